@@ -1,0 +1,41 @@
+"""Identity endpoints shared by every role."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ota_project.roles import roles_of
+
+MeSerializer = inline_serializer(
+    "Me", {"username": serializers.CharField(), "roles": serializers.ListField(child=serializers.CharField())}
+)
+TokenSerializer = inline_serializer("Token", {"token": serializers.CharField()})
+
+
+class MeView(APIView):
+    """The signed-in user and the roles they hold."""
+
+    @extend_schema(responses=MeSerializer)
+    def get(self, request: Request) -> Response:
+        return Response({"username": request.user.get_username(), "roles": sorted(roles_of(request.user))})
+
+
+class TokenIssueView(APIView):
+    """Exchange a username and password for an API token (`Authorization: Token <key>`)."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(request=AuthTokenSerializer, responses=TokenSerializer)
+    def post(self, request: Request) -> Response:
+        serializer = AuthTokenSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response({"token": token.key})

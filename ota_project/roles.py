@@ -1,0 +1,38 @@
+"""The roles people hold, as Django groups, and helpers to ask about them."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import models
+
+
+class Role(models.TextChoices):
+    """Named roles; the value is the Django group name and never changes."""
+
+    REQUESTER = "requester", "Requester (release engineer)"
+    CAB_MEMBER = "cab_member", "CAB member"
+    EMERGENCY_CAB = "emergency_cab", "Emergency CAB member"
+    SECURITY_OFFICER = "security_officer", "Security officer"
+    OPERATOR = "operator", "Operator"
+    AUDITOR = "auditor", "Auditor (read-only)"
+
+
+# Roles whose members take part in change decisions.
+APPROVER_ROLES = frozenset({Role.CAB_MEMBER, Role.EMERGENCY_CAB, Role.SECURITY_OFFICER})
+
+
+def roles_of(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
+    """Return the role names a user holds (empty for anonymous or inactive users)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return frozenset()
+    cached = getattr(user, "_ota_roles", None)
+    if cached is None:
+        valid = set(Role.values)
+        cached = frozenset(name for name in user.groups.values_list("name", flat=True) if name in valid)
+        user._ota_roles = cached  # type: ignore[union-attr]
+    return cached
+
+
+def has_role(user: AbstractBaseUser | AnonymousUser | None, *roles: str) -> bool:
+    """True when the user holds at least one of the given roles."""
+    return bool(roles_of(user) & set(roles))

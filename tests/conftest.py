@@ -1,0 +1,78 @@
+"""Shared fixtures: users per role, API clients, a temporary data directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from rest_framework.test import APIClient
+
+from ota_project.roles import Role
+from tests.factories import UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _isolated_storage(settings, tmp_path):
+    """Artifacts, evidence and the audit key go to a per-test directory, never to .data/."""
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    settings.EVIDENCE_ROOT = tmp_path / "evidence"
+    settings.AUDIT_SIGNING_KEY_PATH = tmp_path / "audit_signing_key.pem"
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
+
+
+@pytest.fixture
+def make_user(db) -> Callable[..., object]:
+    """make_user("cab_member", "security_officer", username="alice") -> a user with those roles."""
+
+    def _make(*roles: str, **kwargs: object):
+        return UserFactory(roles=list(roles), **kwargs)
+
+    return _make
+
+
+@pytest.fixture
+def requester(make_user):
+    return make_user(Role.REQUESTER, username="rita-requester")
+
+
+@pytest.fixture
+def cab_member(make_user):
+    return make_user(Role.CAB_MEMBER, username="carl-cab")
+
+
+@pytest.fixture
+def cab_member_2(make_user):
+    return make_user(Role.CAB_MEMBER, username="cora-cab")
+
+
+@pytest.fixture
+def security_officer(make_user):
+    return make_user(Role.SECURITY_OFFICER, username="sam-security")
+
+
+@pytest.fixture
+def operator(make_user):
+    return make_user(Role.OPERATOR, username="olga-operator")
+
+
+@pytest.fixture
+def auditor(make_user):
+    return make_user(Role.AUDITOR, username="anna-auditor")
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def client_for() -> Callable[[object], APIClient]:
+    """client_for(user) -> an API client authenticated as that user (None: anonymous)."""
+
+    def _client(user: object) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.force_authenticate(user=user)
+        return client
+
+    return _client
