@@ -1,0 +1,29 @@
+"""Serializer building blocks shared by every app's API: strict input (unknown fields are errors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+
+class StrictInputMixin:
+    """Reject fields the serializer does not declare, naming them, instead of silently ignoring them."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        initial = getattr(self, "initial_data", None)
+        if hasattr(initial, "keys"):
+            unknown = sorted(set(initial.keys()) - set(self.fields.keys()))  # type: ignore[attr-defined]
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().validate(attrs)  # type: ignore[misc]
+
+
+class InputSerializer(StrictInputMixin, serializers.Serializer):
+    """Base for request bodies: shape only, unknown fields refused."""
+
+
+class ReasonInputSerializer(InputSerializer):
+    """A body carrying only a reason (for actions that need one)."""
+
+    reason = serializers.CharField(max_length=2000, allow_blank=False)
