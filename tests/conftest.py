@@ -18,6 +18,8 @@ def _isolated_storage(settings, tmp_path):
     settings.EVIDENCE_ROOT = tmp_path / "evidence"
     settings.AUDIT_SIGNING_KEY_PATH = tmp_path / "audit_signing_key.pem"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
+    # Fast hashing for test users; production keeps Django's default PBKDF2.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -1,0 +1,125 @@
+"""Read-side queries for change requests, approvals and policy progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.http import Http404
+from django.utils import timezone
+
+from approvals.choices import (
+    CHANGE_PENDING_REVIEW,
+    RISK_ORDER,
+    ApprovalDecision,
+    ChangeStatus,
+)
+from approvals.models import Approval, ApprovalPolicy, ChangeRequest, DecisionRecord
+from approvals.plans import plan_hash
+from approvals.policy import PolicyProgress, Vote, policy_progress
+from ota_project.roles import APPROVER_ROLES, roles_of
+
+
+def change_list_for_user(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+    """Changes a user may see: every non-draft change for any role holder, drafts only for their author."""
+    if not roles_of(user):
+        return ChangeRequest.objects.none()
+    return (
+        ChangeRequest.objects.filter(~Q(status=ChangeStatus.DRAFT) | Q(author=user))
+        .select_related("release__artifact", "rollback_release", "author", "template")
+        .prefetch_related("release__hardware_models")
+    )
+
+
+def change_get_for_user(user: AbstractBaseUser, pk: Any) -> ChangeRequest:
+    """One change the user may see; 404 both for a missing change and for one that is not theirs to see."""
+    try:
+        return change_list_for_user(user).get(pk=int(pk))
+    except (ChangeRequest.DoesNotExist, ValueError, TypeError, OverflowError) as exc:
+        raise Http404("No such change request.") from exc
+
+
+def change_release_sha256(change: ChangeRequest) -> str:
+    return change.release.artifact.sha256
+
+
+def change_plan_hash(change: ChangeRequest) -> str:
+    return plan_hash(change.rollout_plan)
+
+
+def policy_for(change: ChangeRequest) -> ApprovalPolicy | None:
+    """The approval policy for the change's type and current risk level."""
+    return (
+        ApprovalPolicy.objects.filter(change_type=change.change_type, risk_level=change.risk_level)
+        .prefetch_related("requirements")
+        .first()
+    )
+
+
+def policy_requirements(policy: ApprovalPolicy | None) -> dict[str, int]:
+    return {r.role: r.count for r in policy.requirements.all()} if policy else {}
+
+
+def valid_approvals(change: ChangeRequest) -> QuerySet[Approval]:
+    """Approvals that still count: not voided and bound to the current revision, release hash and plan hash."""
+    return change.approvals.filter(
+        decision=ApprovalDecision.APPROVED,
+        voided_at__isnull=True,
+        revision=change.revision,
+        release_sha256=change_release_sha256(change),
+        plan_hash=change_plan_hash(change),
+    ).select_related("approver")
+
+
+def change_policy_progress(change: ChangeRequest) -> PolicyProgress:
+    """Which required role slots the current valid approvals fill (author excluded, one person once)."""
+    votes = [Vote(a.approver_id, frozenset(a.roles_held)) for a in valid_approvals(change)]
+    return policy_progress(policy_requirements(policy_for(change)), votes, author_id=change.author_id)
+
+
+def change_decision_blockers(user: AbstractBaseUser, change: ChangeRequest) -> list[str]:
+    """Why this user may not approve this change now (empty when they may); shown to reviewers."""
+    reasons = []
+    if change.status not in CHANGE_PENDING_REVIEW:
+        reasons.append(f"The change is {change.get_status_display().lower()}, not awaiting review.")
+    if change.author_id == user.pk:
+        reasons.append("You are the author of this change; authors never approve their own change.")
+    required = set(policy_requirements(policy_for(change)))
+    if not roles_of(user) & required:
+        needed = ", ".join(sorted(required)) or "nobody"
+        reasons.append(f"Your roles do not count under this change's policy (it needs: {needed}).")
+    if change.approvals.filter(approver=user, revision=change.revision, voided_at__isnull=True).exists():
+        reasons.append("You have already decided on this revision.")
+    return reasons
+
+
+def cab_queue(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+    """Changes awaiting review, highest risk first, then by requested window."""
+    risk_rank = Case(
+        *[When(risk_level=level, then=Value(i)) for i, level in enumerate(RISK_ORDER)],
+        output_field=IntegerField(),
+    )
+    if not roles_of(user) & APPROVER_ROLES:
+        return ChangeRequest.objects.none()
+    return (
+        change_list_for_user(user)
+        .filter(status__in=CHANGE_PENDING_REVIEW)
+        .annotate(risk_rank=risk_rank)
+        .order_by("-risk_rank", "requested_window_start", "id")
+    )
+
+
+def change_list_retrospective_overdue() -> QuerySet[ChangeRequest]:
+    """Emergency changes whose retrospective review is past due and not done."""
+    return ChangeRequest.objects.filter(
+        retrospective_due_at__lt=timezone.now(), retrospective_done_at__isnull=True
+    ).order_by("retrospective_due_at")
+
+
+def change_history(change: ChangeRequest) -> QuerySet[DecisionRecord]:
+    """Decision records about this change and its approvals, in chain order."""
+    approval_ids = [str(pk) for pk in change.approvals.values_list("pk", flat=True)]
+    return DecisionRecord.objects.filter(
+        Q(object_type="change", object_id=str(change.pk)) | Q(object_type="approval", object_id__in=approval_ids)
+    ).order_by("seq")

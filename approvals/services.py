@@ -1,0 +1,582 @@
+"""Change request life cycle and approvals: every write and every separation-of-duties rule lives here.
+
+Each service is one atomic action that names its actor and appends to the decision record in the same
+transaction. Refusals raise before anything is written, so they leave no trace but the security log.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.choices import (
+    CHANGE_EDITABLE,
+    CHANGE_REVIEWABLE,
+    CHANGE_TRANSITIONS,
+    ApprovalDecision,
+    ChangeStatus,
+    ChangeType,
+    risk_rank,
+)
+from approvals.models import Approval, ChangeRequest, TestEvidence
+from approvals.plans import plan_normalize
+from approvals.records import record_decision
+from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
+from approvals.selectors import (
+    change_plan_hash,
+    change_policy_progress,
+    change_release_sha256,
+    policy_for,
+    policy_requirements,
+)
+from devices.scope import scope_devices, scope_normalize, scope_summary
+from ota_project.errors import Conflict, InvalidInput, NotPermitted
+from ota_project.files import store_content_addressed, validate_file_name
+from ota_project.roles import APPROVER_ROLES, Role, has_role, roles_of
+
+security_log = logging.getLogger("ota.security")
+
+EDITABLE_FIELDS = (
+    "change_type",
+    "template",
+    "title",
+    "justification",
+    "release",
+    "rollback_release",
+    "target_scope",
+    "impact_analysis",
+    "test_evidence_summary",
+    "requested_window_start",
+    "requested_window_end",
+    "rollout_plan",
+    "emergency_reason",
+    "risk_answers",
+)
+
+
+def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str) -> NotPermitted:
+    """Log a permission refusal to the security log and build the error to raise."""
+    security_log.warning("refused actor=%s change=%s: %s", actor.get_username(), change.pk if change else None, message)
+    return NotPermitted(message)
+
+
+def _snapshot(change: ChangeRequest) -> dict[str, Any]:
+    """The reviewable content of a change as it goes into before/after of decision records."""
+    return {
+        "status": change.status,
+        "revision": change.revision,
+        "change_type": change.change_type,
+        "template": change.template_id,
+        "title": change.title,
+        "justification": change.justification,
+        "release": change.release.version,
+        "release_sha256": change_release_sha256(change),
+        "rollback_release": change.rollback_release.version,
+        "target_scope": change.target_scope,
+        "impact_analysis": change.impact_analysis,
+        "test_evidence_summary": change.test_evidence_summary,
+        "requested_window": [change.requested_window_start.isoformat(), change.requested_window_end.isoformat()],
+        "plan_hash": change_plan_hash(change),
+        "emergency_reason": change.emergency_reason,
+        "risk_answers": change.risk_answers,
+        "risk_score": change.risk_score,
+        "risk_level": change.risk_level,
+        "risk_raised_by": change.risk_raised_by,
+    }
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    keys = [k for k in after if before.get(k) != after.get(k)]
+    return {k: before.get(k) for k in keys}, {k: after[k] for k in keys}
+
+
+def _record(
+    actor: AbstractBaseUser,
+    change: ChangeRequest,
+    action: str,
+    *,
+    before: Any = None,
+    after: Any = None,
+    reason: str = "",
+) -> None:
+    record_decision(
+        actor=actor,
+        action=action,
+        object_type="change",
+        object_id=change.pk,
+        revision=change.revision,
+        before=before,
+        after=after,
+        reason=reason,
+    )
+
+
+def _transition(
+    *, actor: AbstractBaseUser, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
+) -> ChangeRequest:
+    """The one guarded status change: checks the table, updates only from the expected status, records it."""
+    if change.status == to and not updates:
+        return change
+    if to != change.status and to not in CHANGE_TRANSITIONS[change.status]:
+        raise Conflict(f"A change that is {change.status} cannot become {to}.", code="invalid_transition")
+    before = {"status": change.status}
+    updated = ChangeRequest.objects.filter(pk=change.pk, status=change.status).update(
+        status=to, updated_at=timezone.now(), **updates
+    )
+    if updated != 1:
+        raise Conflict("The change was modified at the same time; reload it and try again.")
+    change.refresh_from_db()
+    after = {"status": to, **{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in updates.items()}}
+    _record(actor, change, action, before=before, after=after, reason=reason)
+    return change
+
+
+def _lock(change: ChangeRequest) -> ChangeRequest:
+    """Re-read the change under a row lock so concurrent decisions serialise."""
+    return (
+        ChangeRequest.objects.select_for_update()
+        .select_related("release__artifact", "rollback_release")
+        .get(pk=change.pk)
+    )
+
+
+def _assess(change: ChangeRequest) -> RiskAssessment:
+    summary = scope_summary(change.target_scope)
+    return risk_assess(answers=change.risk_answers, scope_summary=summary)
+
+
+def _apply_assessment(change: ChangeRequest, assessment: RiskAssessment) -> None:
+    change.risk_score = assessment.score
+    change.risk_level = assessment.level
+    change.risk_raised_by = assessment.raised_by
+
+
+def _validate_shape(fields: dict[str, Any]) -> dict[str, Any]:
+    """Checks that hold for drafts too: scope, plan, answers, window, releases, type-specific fields."""
+    errors: dict[str, Any] = {}
+    cleaned = dict(fields)
+    for key, check in (
+        ("target_scope", scope_normalize),
+        ("rollout_plan", plan_normalize),
+        ("risk_answers", lambda v: risk_answers_validate(v, risk_questionnaire())),
+    ):
+        if key in fields:
+            try:
+                cleaned[key] = check(fields[key])
+            except InvalidInput as exc:
+                errors.update(exc.fields)
+    start, end = fields.get("requested_window_start"), fields.get("requested_window_end")
+    if start and end and end <= start:
+        errors["requested_window_end"] = ["The window must end after it starts."]
+    release, rollback = fields.get("release"), fields.get("rollback_release")
+    if release and rollback and release.pk == rollback.pk:
+        errors["rollback_release"] = ["The rollback release must differ from the release being rolled out."]
+    change_type = fields.get("change_type")
+    if change_type == ChangeType.EMERGENCY and not (fields.get("emergency_reason") or "").strip():
+        errors["emergency_reason"] = ["An emergency change needs a reason."]
+    template = fields.get("template")
+    if change_type == ChangeType.STANDARD and template is None:
+        errors["template"] = ["A standard change must be made from a pre-approved template."]
+    if change_type != ChangeType.STANDARD and template is not None:
+        errors["template"] = ["Only standard changes use a template."]
+    if template is not None and not template.is_active:
+        errors["template"] = ["This template is retired."]
+    if errors:
+        raise InvalidInput("The change request is invalid.", fields=errors)
+    return cleaned
+
+
+def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict[str, list[str]]:
+    """Checks a change must pass to be reviewed: its scope, releases, answers, window and policy."""
+    errors: dict[str, list[str]] = {}
+    if assessment.unanswered:
+        errors["risk_answers"] = [f"Unanswered: {', '.join(assessment.unanswered)}."]
+    summary = scope_summary(change.target_scope)
+    if summary["devices"] == 0:
+        errors["target_scope"] = ["The scope hits no active device."]
+    release_models = set(change.release.hardware_models.values_list("name", flat=True))
+    unsupported = sorted(set(summary["by_hardware_model"]) - release_models)
+    if unsupported:
+        errors.setdefault("release", []).append(
+            f"Release {change.release.version} does not support targeted hardware models: {', '.join(unsupported)}."
+        )
+    rollback_models = set(change.rollback_release.hardware_models.values_list("name", flat=True))
+    if set(summary["by_hardware_model"]) - rollback_models:
+        errors.setdefault("rollback_release", []).append(
+            f"Rollback release {change.rollback_release.version} does not support every targeted hardware model."
+        )
+    targets = scope_devices(change.target_scope)
+    elsewhere = {v: n for v, n in summary["by_version"].items() if v != change.rollback_release.version}
+    if elsewhere:
+        listing = ", ".join(f"{n} on {v}" for v, n in elsewhere.items())
+        errors.setdefault("rollback_release", []).append(
+            f"The rollback release must be installed on every target today; {listing}. Narrow the scope."
+        )
+    ahead = targets.filter(installed_release_counter__gte=change.release.release_counter).count()
+    if ahead:
+        errors.setdefault("release", []).append(
+            f"{ahead} targeted devices already run release counter {change.release.release_counter} or higher "
+            "(anti-rollback)."
+        )
+    waves = change.rollout_plan.get("waves", [])
+    if waves and waves[0]["cohort"]["kind"] == "pilot" and not targets.filter(tags__name="pilot").exists():
+        errors["rollout_plan"] = ["The plan starts with a pilot wave but no targeted device is tagged pilot."]
+    if change.requested_window_end <= timezone.now():
+        errors["requested_window_end"] = ["The requested window is already over."]
+    policy = policy_for(change)
+    if policy is None or not policy.allowed:
+        errors.setdefault("risk_level", []).append(
+            f"No approval policy allows a {change.change_type} change at {change.risk_level} risk."
+        )
+    if change.change_type == ChangeType.STANDARD and change.template is not None:
+        if risk_rank(change.risk_level) > risk_rank(change.template.max_risk_level):
+            errors.setdefault("risk_level", []).append(
+                f"Template '{change.template.name}' covers risk up to {change.template.max_risk_level}."
+            )
+        template_models = set(change.template.hardware_models.values_list("name", flat=True))
+        if template_models and set(summary["by_hardware_model"]) - template_models:
+            errors.setdefault("template", []).append("The scope reaches hardware models the template does not cover.")
+    return errors
+
+
+def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
+    errors = _readiness_errors(change, assessment)
+    if errors:
+        raise InvalidInput("The change is not ready for review.", fields=errors)
+
+
+@transaction.atomic
+def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
+    """File a new change request as a draft; only requesters file changes."""
+    if not has_role(actor, Role.REQUESTER):
+        raise _refuse(actor, None, "Only requesters file change requests.")
+    unknown = set(fields) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
+    fields.setdefault("change_type", ChangeType.NORMAL)
+    fields.setdefault("risk_answers", {})
+    cleaned = _validate_shape(fields)
+    change = ChangeRequest(author=actor, status=ChangeStatus.DRAFT, **cleaned)
+    _apply_assessment(change, _assess(change))
+    change.save()
+    _record(actor, change, "change.create", after=_snapshot(change))
+    return change
+
+
+def _void_approvals(actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> int:
+    now = timezone.now()
+    voided = list(change.approvals.filter(voided_at__isnull=True).values_list("pk", flat=True))
+    if voided:
+        change.approvals.filter(pk__in=voided).update(voided_at=now, void_reason=reason[:200])
+        _record(actor, change, "change.approvals_void", after={"voided_approvals": voided}, reason=reason)
+    return len(voided)
+
+
+@transaction.atomic
+def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: Any) -> ChangeRequest:
+    """Edit a change; after submission every edit bumps the revision and voids all approvals given so far."""
+    change = _lock(change)
+    if change.author_id != actor.pk:
+        raise _refuse(actor, change, "Only the author may edit a change request.")
+    if change.status not in CHANGE_EDITABLE:
+        raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
+    unknown = set(fields) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
+    merged = {name: getattr(change, name) for name in EDITABLE_FIELDS}
+    merged.update(fields)
+    cleaned = _validate_shape(merged)
+    before = _snapshot(change)
+    for name, value in cleaned.items():
+        setattr(change, name, value)
+    assessment = _assess(change)
+    _apply_assessment(change, assessment)
+    changed_before, changed_after = _diff(before, _snapshot(change))
+    if not changed_after:
+        return change
+    submitted = change.status != ChangeStatus.DRAFT
+    if submitted:
+        if change.status != ChangeStatus.CHANGES_REQUESTED:
+            _require_ready(change, assessment)
+        change.revision += 1
+    change.save()
+    _record(actor, change, "change.edit", before=changed_before, after=changed_after)
+    if submitted:
+        _void_approvals(actor, change, f"revision {change.revision} supersedes earlier revisions")
+        if change.status in (ChangeStatus.IN_REVIEW, ChangeStatus.APPROVED):
+            change = _transition(
+                actor=actor,
+                change=change,
+                to=ChangeStatus.SUBMITTED,
+                action="change.resubmit",
+                reason="edited after submission",
+            )
+    return change
+
+
+@transaction.atomic
+def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
+    """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
+    change = _lock(change)
+    if change.author_id != actor.pk:
+        raise _refuse(actor, change, "Only the author may submit a change request.")
+    if change.status not in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED):
+        raise Conflict(f"A change that is {change.status} cannot be submitted.", code="invalid_transition")
+    if (
+        change.status == ChangeStatus.CHANGES_REQUESTED
+        and change.approvals.filter(decision=ApprovalDecision.CHANGES_REQUESTED, revision=change.revision).exists()
+    ):
+        raise Conflict("Changes were requested on this revision; edit the change before resubmitting.")
+    assessment = _assess(change)
+    _apply_assessment(change, assessment)
+    _require_ready(change, assessment)
+    change.save(update_fields=["risk_score", "risk_level", "risk_raised_by"])
+    return _transition(
+        actor=actor, change=change, to=ChangeStatus.SUBMITTED, action="change.submit", submitted_at=timezone.now()
+    )
+
+
+def _decide(
+    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, decision: str, comment: str
+) -> ChangeRequest:
+    change = _lock(change)
+    if change.author_id == actor.pk:
+        raise _refuse(actor, change, "You are the author of this change; authors never approve their own change.")
+    actor_roles = roles_of(actor)
+    required = set(policy_requirements(policy_for(change)))
+    counting = required if decision == ApprovalDecision.APPROVED else APPROVER_ROLES
+    if not actor_roles & counting:
+        raise _refuse(
+            actor,
+            change,
+            f"Your roles ({', '.join(sorted(actor_roles)) or 'none'}) cannot decide this change; "
+            f"its policy needs: {', '.join(sorted(required)) or 'nobody'}.",
+        )
+    if change.status not in CHANGE_REVIEWABLE:
+        raise Conflict(f"The change is {change.status}, not awaiting review.", code="not_reviewable")
+    if revision != change.revision:
+        raise Conflict(
+            f"You reviewed revision {revision}, but the change is now at revision {change.revision}; review it again.",
+            code="stale_revision",
+        )
+    if decision != ApprovalDecision.APPROVED and not comment.strip():
+        raise InvalidInput("A rejection or a request for changes needs a comment.", fields={"comment": ["Required."]})
+    if change.approvals.filter(approver=actor, revision=change.revision).exists():
+        raise Conflict("You have already decided on this revision; one person counts once.", code="already_decided")
+    approval = Approval.objects.create(
+        change=change,
+        approver=actor,
+        decision=decision,
+        comment=comment,
+        roles_held=sorted(actor_roles),
+        revision=change.revision,
+        release_sha256=change_release_sha256(change),
+        plan_hash=change_plan_hash(change),
+    )
+    record_decision(
+        actor=actor,
+        action=f"approval.{decision}",
+        object_type="approval",
+        object_id=approval.pk,
+        revision=change.revision,
+        after={
+            "change": change.pk,
+            "decision": decision,
+            "roles_held": approval.roles_held,
+            "release_sha256": approval.release_sha256,
+            "plan_hash": approval.plan_hash,
+        },
+        reason=comment,
+    )
+    if decision == ApprovalDecision.REJECTED:
+        return _transition(actor=actor, change=change, to=ChangeStatus.REJECTED, action="change.reject", reason=comment)
+    if decision == ApprovalDecision.CHANGES_REQUESTED:
+        return _transition(
+            actor=actor,
+            change=change,
+            to=ChangeStatus.CHANGES_REQUESTED,
+            action="change.request_changes",
+            reason=comment,
+        )
+    if change.status == ChangeStatus.SUBMITTED:
+        change = _transition(actor=actor, change=change, to=ChangeStatus.IN_REVIEW, action="change.review_started")
+    progress = change_policy_progress(change)
+    if progress.satisfied:
+        now = timezone.now()
+        policy = policy_for(change)
+        due = None
+        if change.change_type == ChangeType.EMERGENCY and policy and policy.retrospective_days is not None:
+            due = now + timedelta(days=policy.retrospective_days)
+        change = _transition(
+            actor=actor,
+            change=change,
+            to=ChangeStatus.APPROVED,
+            action="change.approve",
+            reason=progress.summary(),
+            approved_at=now,
+            retrospective_due_at=due,
+        )
+    return change
+
+
+@transaction.atomic
+def approval_grant(
+    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str = ""
+) -> ChangeRequest:
+    """Approve one revision; the change is approved once the policy's role slots are filled by distinct people."""
+    return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.APPROVED, comment=comment)
+
+
+@transaction.atomic
+def approval_reject(*, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest:
+    """Reject a change (final); a comment is required."""
+    return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.REJECTED, comment=comment)
+
+
+@transaction.atomic
+def approval_request_changes(
+    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str
+) -> ChangeRequest:
+    """Send a change back to its author; a comment is required."""
+    return _decide(
+        actor=actor, change=change, revision=revision, decision=ApprovalDecision.CHANGES_REQUESTED, comment=comment
+    )
+
+
+def change_assert_approved(change: ChangeRequest) -> None:
+    """Re-check, from the approvals themselves, that a change is approved as it stands (used before release)."""
+    if change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED, ChangeStatus.IMPLEMENTING):
+        raise Conflict(f"The change is {change.status}, not approved.", code="not_approved")
+    progress = change_policy_progress(change)
+    if not progress.satisfied:
+        raise Conflict(f"The approvals no longer satisfy the policy: {progress.summary()}.", code="not_approved")
+
+
+@transaction.atomic
+def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: datetime) -> ChangeRequest:
+    """Schedule an approved change inside its requested window; operators only, never the author."""
+    change = _lock(change)
+    if not has_role(actor, Role.OPERATOR):
+        raise _refuse(actor, change, "Only operators schedule changes.")
+    if change.author_id == actor.pk:
+        raise _refuse(actor, change, "You are the author of this change; someone else must schedule it.")
+    change_assert_approved(change)
+    if not change.requested_window_start <= start < change.requested_window_end:
+        raise InvalidInput(
+            "The start must fall inside the requested window.", fields={"start": ["Outside the window."]}
+        )
+    if change.status == ChangeStatus.SCHEDULED and change.scheduled_start == start:
+        return change
+    if change.status == ChangeStatus.SCHEDULED:
+        raise Conflict("The change is already scheduled.", code="invalid_transition")
+    return _transition(
+        actor=actor, change=change, to=ChangeStatus.SCHEDULED, action="change.schedule", scheduled_start=start
+    )
+
+
+@transaction.atomic
+def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> ChangeRequest:
+    """Withdraw a change that has not started; its author or a CAB member may, with a reason."""
+    change = _lock(change)
+    if change.author_id != actor.pk and not has_role(actor, Role.CAB_MEMBER):
+        raise _refuse(actor, change, "Only the author or a CAB member may cancel a change.")
+    if not reason.strip():
+        raise InvalidInput("Cancelling needs a reason.", fields={"reason": ["Required."]})
+    return _transition(actor=actor, change=change, to=ChangeStatus.CANCELLED, action="change.cancel", reason=reason)
+
+
+def _review_by_other(actor: AbstractBaseUser, change: ChangeRequest, what: str) -> None:
+    if change.author_id == actor.pk:
+        raise _refuse(actor, change, f"The author cannot carry out the {what} of their own change.")
+    if not has_role(actor, Role.CAB_MEMBER, Role.SECURITY_OFFICER):
+        raise _refuse(actor, change, f"Only CAB members and the security officer carry out the {what}.")
+
+
+@transaction.atomic
+def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
+    """Record the retrospective review an approved emergency change owes the full CAB."""
+    change = _lock(change)
+    _review_by_other(actor, change, "retrospective review")
+    if change.retrospective_due_at is None:
+        raise Conflict("Only approved emergency changes owe a retrospective review.")
+    if change.retrospective_done_at is not None:
+        raise Conflict("The retrospective review is already recorded.")
+    if not comment.strip():
+        raise InvalidInput("The review needs a comment.", fields={"comment": ["Required."]})
+    now = timezone.now()
+    ChangeRequest.objects.filter(pk=change.pk).update(retrospective_done_at=now)
+    change.retrospective_done_at = now
+    _record(
+        actor,
+        change,
+        "change.retrospective_review",
+        after={"overdue": now > change.retrospective_due_at},
+        reason=comment,
+    )
+    return change
+
+
+@transaction.atomic
+def change_post_implementation_review(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
+    """Record the post-implementation review of a completed or rolled-back change."""
+    change = _lock(change)
+    _review_by_other(actor, change, "post-implementation review")
+    if change.status not in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK):
+        raise Conflict("Only completed or rolled-back changes get a post-implementation review.")
+    if change.post_review_done_at is not None:
+        raise Conflict("The post-implementation review is already recorded.")
+    if not comment.strip():
+        raise InvalidInput("The review needs a comment.", fields={"comment": ["Required."]})
+    now = timezone.now()
+    ChangeRequest.objects.filter(pk=change.pk).update(post_review_done_at=now)
+    change.post_review_done_at = now
+    _record(actor, change, "change.post_implementation_review", reason=comment)
+    return change
+
+
+@transaction.atomic
+def evidence_add(*, actor: AbstractBaseUser, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
+    """Attach a test evidence file; after submission this is an edit (revision bump, approvals void)."""
+    change = _lock(change)
+    if change.author_id != actor.pk:
+        raise _refuse(actor, change, "Only the author may attach test evidence.")
+    if change.status not in CHANGE_EDITABLE:
+        raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
+    name = validate_file_name(upload.name or "", field="file")
+    stored = store_content_addressed(root=settings.EVIDENCE_ROOT, upload=upload, max_bytes=settings.EVIDENCE_MAX_BYTES)
+    if change.status != ChangeStatus.DRAFT:
+        change.revision += 1
+        change.save(update_fields=["revision", "updated_at"])
+    evidence = TestEvidence.objects.create(
+        change=change,
+        file_name=name,
+        sha256=stored.sha256,
+        size_bytes=stored.size_bytes,
+        storage_path=stored.relative_path,
+        uploaded_by=actor,
+        revision=change.revision,
+    )
+    _record(
+        actor,
+        change,
+        "change.evidence_add",
+        after={"file_name": name, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
+    )
+    if change.status != ChangeStatus.DRAFT:
+        _void_approvals(actor, change, f"revision {change.revision} adds test evidence")
+        if change.status in (ChangeStatus.IN_REVIEW, ChangeStatus.APPROVED):
+            _transition(
+                actor=actor,
+                change=change,
+                to=ChangeStatus.SUBMITTED,
+                action="change.resubmit",
+                reason="test evidence added after submission",
+            )
+    return evidence

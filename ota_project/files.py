@@ -1,0 +1,67 @@
+"""Safe file names and content-addressed storage for uploaded files (evidence, exports)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.core.files.uploadedfile import UploadedFile
+
+from ota_project.errors import InvalidInput
+
+SAFE_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_file_name(name: str, *, field: str = "file") -> str:
+    """Allow only plain names (letters, digits, dot, dash, underscore); never a path, never `..`."""
+    if not isinstance(name, str) or not SAFE_FILE_NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidInput(
+            "File names may only contain letters, digits, '.', '-' and '_', must start with a letter or digit "
+            "and may not contain '..'.",
+            fields={field: ["Invalid file name."]},
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    sha256: str
+    size_bytes: int
+    relative_path: str
+
+
+def store_content_addressed(*, root: Path, upload: UploadedFile, max_bytes: int, field: str = "file") -> StoredFile:
+    """Copy an upload into `root/<sha[:2]>/<sha>` while hashing it; identical content is stored once."""
+    root.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    fd, temp_name = tempfile.mkstemp(dir=root, prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in upload.chunks():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidInput(
+                        f"The file is larger than the limit of {max_bytes} bytes.", fields={field: ["File too large."]}
+                    )
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        sha256 = digest.hexdigest()
+        relative = f"{sha256[:2]}/{sha256}"
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            os.unlink(temp_name)
+        else:
+            os.replace(temp_name, target)
+        return StoredFile(sha256=sha256, size_bytes=size, relative_path=relative)
+    except BaseException:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+        raise
