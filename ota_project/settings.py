@@ -145,6 +145,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RiskLevelEnum": "approvals.choices.RiskLevel",
+        "ChangeStatusEnum": "approvals.choices.ChangeStatus",
+        "DeviceStatusEnum": "devices.choices.DeviceStatus",
+    },
 }
 
 LOGGING = {

@@ -1,4 +1,5 @@
 """A small fleet and a change that is ready for review, built through the services."""
+
 from __future__ import annotations
 
 from datetime import timedelta

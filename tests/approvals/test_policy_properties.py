@@ -1,4 +1,5 @@
 """Property tests: policy evaluation over generated approvers and roles; risk rules only ever raise."""
+
 from __future__ import annotations
 
 from itertools import permutations
@@ -92,4 +93,9 @@ def test_risk_rules_only_raise(answers, rule_set, extra):
 def test_safety_rule_raises_low_score_to_high():
     rule = RuleSpec("safety is high", "safety", "eq", True, "high")
     result = risk_evaluate(QUESTIONS, BANDS, [rule], {"safety": True, "share": 0.0, "component": "app"})
-    assert (result.score, result.score_level, result.level, result.raised_by) == (4, "moderate", "high", ["safety is high"])
+    assert (result.score, result.score_level, result.level, result.raised_by) == (
+        4,
+        "moderate",
+        "high",
+        ["safety is high"],
+    )

@@ -1,4 +1,5 @@
 """Change life cycle and separation of duties, enforced at the service whatever the entry point."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,7 +43,9 @@ def test_author_cannot_approve_own_change(make_user, change_fields):
     with pytest.raises(NotPermitted, match="author"):
         services.approval_grant(actor=author, change=change, revision=1)
     assert Approval.objects.count() == 0 and _records() == before
-    assert "You are the author of this change; authors never approve their own change." in change_decision_blockers(author, change)
+    assert "You are the author of this change; authors never approve their own change." in change_decision_blockers(
+        author, change
+    )
 
 
 def test_one_person_counts_once(submitted_change, cab_member):
@@ -85,7 +88,9 @@ def test_person_with_two_roles_fills_only_one_slot(requester, change_fields, cab
     assert not change_policy_progress(change).satisfied
 
 
-def test_edit_after_submission_bumps_revision_and_voids_approvals(submitted_change, requester, cab_member, cab_member_2):
+def test_edit_after_submission_bumps_revision_and_voids_approvals(
+    submitted_change, requester, cab_member, cab_member_2
+):
     services.approval_grant(actor=cab_member, change=submitted_change, revision=1)
     change = services.change_update(actor=requester, change=submitted_change, impact_analysis="Two reboots.")
     assert change.revision == 2 and change.status == ChangeStatus.SUBMITTED
@@ -119,7 +124,9 @@ def test_rejection_needs_a_comment_and_is_final(submitted_change, cab_member, re
 
 
 def test_changes_requested_needs_an_edit_before_resubmission(submitted_change, cab_member, requester):
-    change = services.approval_request_changes(actor=cab_member, change=submitted_change, revision=1, comment="Add evidence.")
+    change = services.approval_request_changes(
+        actor=cab_member, change=submitted_change, revision=1, comment="Add evidence."
+    )
     assert change.status == ChangeStatus.CHANGES_REQUESTED
     with pytest.raises(Conflict, match="edit"):
         services.change_submit(actor=requester, change=change)
@@ -176,7 +183,10 @@ def test_emergency_change_needs_reason_and_owes_a_retrospective(requester, chang
     with pytest.raises(InvalidInput, match="invalid"):
         services.change_create(actor=requester, change_type=ChangeType.EMERGENCY, **change_fields)
     change = services.change_create(
-        actor=requester, change_type=ChangeType.EMERGENCY, emergency_reason="CVE under active exploitation", **change_fields
+        actor=requester,
+        change_type=ChangeType.EMERGENCY,
+        emergency_reason="CVE under active exploitation",
+        **change_fields,
     )
     change = services.change_submit(actor=requester, change=change)
     with pytest.raises(NotPermitted):
@@ -193,7 +203,9 @@ def test_emergency_change_needs_reason_and_owes_a_retrospective(requester, chang
 
 def test_standard_change_needs_an_active_template_within_its_risk(requester, change_fields, cab_member):
     template = ChangeTemplate.objects.create(name="Monthly patch", description="d", max_risk_level=RiskLevel.LOW)
-    change = services.change_create(actor=requester, change_type=ChangeType.STANDARD, template=template, **change_fields)
+    change = services.change_create(
+        actor=requester, change_type=ChangeType.STANDARD, template=template, **change_fields
+    )
     with pytest.raises(InvalidInput) as refused:
         services.change_submit(actor=requester, change=change)
     assert "risk_level" in refused.value.fields  # the scope makes it moderate, the template allows low

@@ -1,0 +1,94 @@
+"""Shapes of the auditor's API: decision records, chain verdict, public key, export query, error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from approvals.audit import EXPORT_FORMATS, MAX_SEQ
+from approvals.models import DecisionRecord
+from ota_project.serializers import InputSerializer
+
+# The exact form `created_at` is hashed in, so that a row from the API can be re-hashed by an auditor.
+HASHED_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class DecisionRecordSerializer(serializers.ModelSerializer):
+    """One record as it is hashed: the payload fields plus `hash` (sha256 over their canonical JSON)."""
+
+    created_at = serializers.DateTimeField(format=HASHED_TIMESTAMP_FORMAT, read_only=True)
+    actor = serializers.CharField(source="actor_name", read_only=True, help_text="Username or system:<component>.")
+    actor_id = serializers.IntegerField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = DecisionRecord
+        fields = [
+            "seq",
+            "created_at",
+            "actor",
+            "actor_id",
+            "action",
+            "object_type",
+            "object_id",
+            "revision",
+            "before",
+            "after",
+            "reason",
+            "prev_hash",
+            "hash",
+        ]
+        read_only_fields = fields
+
+
+class ChainVerdictSerializer(serializers.Serializer):
+    """The result of walking the whole chain from the genesis hash."""
+
+    ok = serializers.BooleanField()
+    length = serializers.IntegerField(help_text="Records walked (up to and including the first broken one).")
+    broken_seq = serializers.IntegerField(allow_null=True, help_text="The first broken record, if any.")
+    problem = serializers.CharField(allow_blank=True)
+    head_hash = serializers.CharField(help_text="Hash of the last intact record (the genesis hash if none).")
+
+
+class AuditPublicKeySerializer(serializers.Serializer):
+    """The server audit key that signs export manifests, for auditors to pin."""
+
+    algorithm = serializers.CharField()
+    key_id = serializers.CharField(help_text="sha256 (hex) of the raw 32-byte Ed25519 public key.")
+    public_key_pem = serializers.CharField()
+
+
+class ExportQuerySerializer(InputSerializer):
+    """Query of an export: the records format and an optional seq range and created_at range [since, until)."""
+
+    format = serializers.ChoiceField(choices=EXPORT_FORMATS, default="jsonl", help_text="Format of the records file.")
+    from_seq = serializers.IntegerField(min_value=1, max_value=MAX_SEQ, required=False, help_text="First seq.")
+    to_seq = serializers.IntegerField(min_value=1, max_value=MAX_SEQ, required=False, help_text="Last seq.")
+    since = serializers.DateTimeField(required=False, help_text="Records created at or after this time.")
+    until = serializers.DateTimeField(required=False, help_text="Records created before this time.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if "from_seq" in attrs and "to_seq" in attrs and attrs["from_seq"] > attrs["to_seq"]:
+            raise serializers.ValidationError({"to_seq": ["Must not be smaller than from_seq."]})
+        if "since" in attrs and "until" in attrs and attrs["since"] >= attrs["until"]:
+            raise serializers.ValidationError({"until": ["Must be later than since."]})
+        return attrs
+
+
+class _ErrorDetailSerializer(serializers.Serializer):
+    """code, message and per-field messages (built in get_fields: `fields` is a Serializer attribute)."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "code": serializers.CharField(),
+            "message": serializers.CharField(),
+            "fields": serializers.DictField(),
+        }
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error envelope of the API (ota_project.exceptions)."""
+
+    error = _ErrorDetailSerializer()

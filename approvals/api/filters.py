@@ -1,0 +1,25 @@
+"""Query filters for change lists."""
+
+import django_filters
+
+from approvals.choices import ChangeStatus, ChangeType, RiskLevel
+from approvals.models import ChangeRequest
+
+
+class ChangeFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=ChangeStatus.choices)
+    change_type = django_filters.ChoiceFilter(choices=ChangeType.choices)
+    risk_level = django_filters.MultipleChoiceFilter(choices=RiskLevel.choices)
+    author = django_filters.CharFilter(field_name="author__username")
+    release = django_filters.CharFilter(field_name="release__version")
+    mine = django_filters.BooleanFilter(method="filter_mine", label="Only changes I authored")
+
+    class Meta:
+        model = ChangeRequest
+        fields = ["status", "change_type", "risk_level", "author", "release"]
+
+    def filter_mine(self, queryset, name, value):  # type: ignore[no-untyped-def]
+        if value is None:
+            return queryset
+        user = self.request.user if self.request else None
+        return queryset.filter(author=user) if value else queryset.exclude(author=user)

@@ -1,0 +1,73 @@
+"""Verify the decision record's hash chain, or an exported audit bundle; exit status 1 on any problem."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from approvals.audit import audit_bundle_verify
+from approvals.records import chain_verify
+
+
+class Command(BaseCommand):
+    help = (
+        "Walk the decision record from the genesis hash and name the first broken link (exit 1), "
+        "or with --bundle check an exported bundle offline (signature, records sha256, every row's hash)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--bundle", type=Path, help="An export bundle (.zip) to verify instead of the database.")
+        parser.add_argument(
+            "--public-key",
+            type=Path,
+            help="PEM of the server audit key to pin; without it the bundle is checked against the key it carries.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["public_key"] and not options["bundle"]:
+            raise CommandError("--public-key only applies to --bundle")
+        if options["bundle"]:
+            self._verify_bundle(options["bundle"], options["public_key"])
+        else:
+            self._verify_chain()
+
+    def _verify_chain(self) -> None:
+        verdict = chain_verify()
+        if verdict.ok:
+            self.stdout.write(f"decision record: {verdict.length} records, ok, head {verdict.head_hash}")
+            return
+        self.stderr.write(
+            f"decision record: BROKEN at record #{verdict.broken_seq}: {verdict.problem} "
+            f"({verdict.length - 1} records verified before it, last good hash {verdict.head_hash})"
+        )
+        sys.exit(1)
+
+    def _verify_bundle(self, bundle_path: Path, public_key_path: Path | None) -> None:
+        try:
+            trusted_pem = public_key_path.read_bytes() if public_key_path else None
+            with bundle_path.open("rb") as bundle:
+                verdict = audit_bundle_verify(bundle, trusted_public_key_pem=trusted_pem)
+        except OSError as exc:
+            raise CommandError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        if not verdict.ok:
+            self.stderr.write(f"bundle {bundle_path}: FAILED")
+            for problem in verdict.problems:
+                self.stderr.write(f"  - {problem}")
+            sys.exit(1)
+        manifest = verdict.manifest
+        span = "full chain" if manifest["full_chain"] else f"filter {manifest['filter']}"
+        self.stdout.write(
+            f"bundle {bundle_path}: {verdict.record_count} records "
+            f"(#{manifest['first_seq']}..#{manifest['last_seq']}, {span}), ok, head {verdict.head_hash}"
+        )
+        self.stdout.write(
+            f"exported {manifest['created_at']} by {manifest['exported_by']}, signed by key {verdict.key_id}"
+        )
+        if not verdict.key_pinned:
+            self.stderr.write(
+                "warning: checked against the key inside the bundle only; pass --public-key with the server's "
+                "audit key (GET /api/v1/audit/public-key/) to prove who signed it"
+            )
