@@ -228,6 +228,12 @@ def _actor_name(actor: AbstractBaseUser | None, system_actor: str) -> str:
     return f"system:{system_actor}"
 
 
+def bundle_span(manifest: dict[str, Any]) -> str:
+    """Human summary of what a bundle covers, e.g. "#1..#42, full chain" or "no records, filter {...}"."""
+    rows = f"#{manifest['first_seq']}..#{manifest['last_seq']}" if manifest.get("record_count") else "no records"
+    return f"{rows}, full chain" if manifest.get("full_chain") else f"{rows}, filter {manifest.get('filter')}"
+
+
 def audit_export_write(
     out: IO[bytes],
     *,
@@ -383,17 +389,18 @@ def _jsonl_rows(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | str]]
     """(line number, row or a description of why the line is not a row)."""
     for line_no, line in enumerate(stream, start=1):
         try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+            text = line.decode("utf-8")
+            row = json.loads(text)
+            canonical = canonical_json(row) + "\n"
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, NaN, absurd nesting
             yield line_no, f"not valid JSON ({exc})"
             continue
         if not isinstance(row, dict):
             yield line_no, "not a JSON object"
-            continue
-        if canonical_json(row) + "\n" != line.decode("utf-8"):
+        elif canonical != text:
             yield line_no, "not in canonical JSON form"
-            continue
-        yield line_no, row
+        else:
+            yield line_no, row
 
 
 def _csv_rows(stream: IO[bytes], text_fields: frozenset[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
@@ -423,7 +430,7 @@ def _csv_rows(stream: IO[bytes], text_fields: frozenset[str]) -> Iterator[tuple[
         try:
             for name, cell in zip(header, cells, strict=True):
                 row[name] = cell if name in text_fields else json.loads(cell)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             yield reader.line_num, f"cell {name!r} is not JSON ({exc})"
             continue
         yield reader.line_num, row
@@ -437,7 +444,11 @@ def _row_problem(row: dict[str, Any], previous: dict[str, Any] | None, manifest:
     if not isinstance(own_hash, str) or not isinstance(prev_hash, str):
         return "hash and prev_hash must be text"
     payload = {name: value for name, value in row.items() if name != "hash"}
-    if hashlib.sha256(canonical_json(payload).encode()).hexdigest() != own_hash:
+    try:
+        content = canonical_json(payload).encode()
+    except (ValueError, RecursionError):
+        return "holds a value canonical JSON cannot encode (NaN, Infinity or absurd nesting)"
+    if hashlib.sha256(content).hexdigest() != own_hash:
         return "content does not match its hash (the record was altered)"
     filters = manifest.get("filter") or {}
     if previous is None:
@@ -512,7 +523,8 @@ def _verify_archive(archive: zipfile.ZipFile, trusted_public_key_pem: str | byte
     if not audit_verify_signature(verifying_pem, manifest_bytes, signature):  # type: ignore[arg-type]
         if key_pinned and included_key_id != verifying_key_id:
             raise _BundleError(
-                f"the bundle was signed by key {included_key_id}, not by the pinned key {verifying_key_id}"
+                f"the bundle carries key {included_key_id}, not the pinned key {verifying_key_id}, "
+                "and its signature does not verify with the pinned key"
             )
         raise _BundleError(
             f"{SIGNATURE_FILE} is not a valid signature of {MANIFEST_FILE} by key {verifying_key_id} "

@@ -14,7 +14,7 @@ from ota_project.serializers import InputSerializer
 HASHED_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-class DecisionRecordSerializer(serializers.ModelSerializer):
+class AuditRecordSerializer(serializers.ModelSerializer):
     """One record as it is hashed: the payload fields plus `hash` (sha256 over their canonical JSON)."""
 
     created_at = serializers.DateTimeField(format=HASHED_TIMESTAMP_FORMAT, read_only=True)
@@ -77,7 +77,7 @@ class ExportQuerySerializer(InputSerializer):
         return attrs
 
 
-class _ErrorDetailSerializer(serializers.Serializer):
+class AuditErrorDetailSerializer(serializers.Serializer):
     """code, message and per-field messages (built in get_fields: `fields` is a Serializer attribute)."""
 
     def get_fields(self) -> dict[str, serializers.Field]:
@@ -88,7 +88,7 @@ class _ErrorDetailSerializer(serializers.Serializer):
         }
 
 
-class ErrorSerializer(serializers.Serializer):
+class AuditErrorSerializer(serializers.Serializer):
     """The one error envelope of the API (ota_project.exceptions)."""
 
-    error = _ErrorDetailSerializer()
+    error = AuditErrorDetailSerializer()

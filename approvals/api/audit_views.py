@@ -25,10 +25,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals.api.audit_serializers import (
+    AuditErrorSerializer,
     AuditPublicKeySerializer,
+    AuditRecordSerializer,
     ChainVerdictSerializer,
-    DecisionRecordSerializer,
-    ErrorSerializer,
     ExportQuerySerializer,
 )
 from approvals.audit import MAX_SEQ, audit_export_write
@@ -42,8 +42,8 @@ _SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 _MAX_REVISION = 2**31 - 1
 
 _AUTH_ERRORS = {
-    401: OpenApiResponse(ErrorSerializer, description="Not signed in."),
-    403: OpenApiResponse(ErrorSerializer, description="Only auditors and security officers may read the record."),
+    401: OpenApiResponse(AuditErrorSerializer, description="Not signed in."),
+    403: OpenApiResponse(AuditErrorSerializer, description="Only auditors and security officers may read the record."),
 }
 
 
@@ -102,7 +102,7 @@ class DecisionRecordListView(generics.ListAPIView):
     """Page through the decision record in chain order, filtered."""
 
     read_roles = AUDIT_READ_ROLES
-    serializer_class = DecisionRecordSerializer
+    serializer_class = AuditRecordSerializer
     filterset_class = DecisionRecordFilter
 
     def get_queryset(self) -> QuerySet[DecisionRecord]:
@@ -111,9 +111,9 @@ class DecisionRecordListView(generics.ListAPIView):
     @extend_schema(
         tags=["audit"],
         responses={
-            200: DecisionRecordSerializer(many=True),
-            400: OpenApiResponse(ErrorSerializer, description="A filter value is not valid."),
-            404: OpenApiResponse(ErrorSerializer, description="No such page."),
+            200: AuditRecordSerializer(many=True),
+            400: OpenApiResponse(AuditErrorSerializer, description="A filter value is not valid."),
+            404: OpenApiResponse(AuditErrorSerializer, description="No such page."),
             **_AUTH_ERRORS,
         },
     )
@@ -129,13 +129,13 @@ class DecisionRecordDetailView(APIView):
     @extend_schema(
         tags=["audit"],
         responses={
-            200: DecisionRecordSerializer,
-            404: OpenApiResponse(ErrorSerializer, description="No record with this seq."),
+            200: AuditRecordSerializer,
+            404: OpenApiResponse(AuditErrorSerializer, description="No record with this seq."),
             **_AUTH_ERRORS,
         },
     )
     def get(self, request: Request, seq: int) -> Response:
-        return Response(DecisionRecordSerializer(decision_record_get(seq=seq)).data)
+        return Response(AuditRecordSerializer(decision_record_get(seq=seq)).data)
 
 
 class ChainVerifyView(APIView):
@@ -190,7 +190,7 @@ class AuditExportView(APIView):
                 description="ZIP: records.jsonl|records.csv, manifest.json, manifest.sig (base64 Ed25519 over "
                 "manifest.json), audit_public_key.pem.",
             ),
-            400: OpenApiResponse(ErrorSerializer, description="A query parameter is not valid."),
+            400: OpenApiResponse(AuditErrorSerializer, description="A query parameter is not valid."),
             **_AUTH_ERRORS,
         },
     )

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from approvals.audit import EXPORT_FORMATS, audit_export_write
+from approvals.audit import EXPORT_FORMATS, audit_export_write, bundle_span
 from ota_project.errors import InvalidInput
 
 
@@ -89,12 +89,10 @@ class Command(BaseCommand):
 
         manifest = result.manifest
         chain = manifest["chain_at_export"]
-        span = "full chain" if manifest["full_chain"] else f"filter {manifest['filter']}"
         self.stdout.write(
-            f"exported {manifest['record_count']} records (#{manifest['first_seq']}..#{manifest['last_seq']}, "
-            f"{span}) as {manifest['format']} to {output}"
+            f"exported {manifest['record_count']} records ({bundle_span(manifest)}) as {manifest['format']} to {output}"
         )
-        self.stdout.write(f"head {manifest['head_hash']}")
+        self.stdout.write(f"head {manifest['head_hash'] or '(none: no records exported)'}")
         if chain["ok"]:
             self.stdout.write(f"chain at export: ok, {chain['length']} records")
         else:

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from approvals.audit import audit_bundle_verify
+from approvals.audit import audit_bundle_verify, bundle_span
 from approvals.records import chain_verify
 
 
@@ -58,10 +58,9 @@ class Command(BaseCommand):
                 self.stderr.write(f"  - {problem}")
             sys.exit(1)
         manifest = verdict.manifest
-        span = "full chain" if manifest["full_chain"] else f"filter {manifest['filter']}"
         self.stdout.write(
-            f"bundle {bundle_path}: {verdict.record_count} records "
-            f"(#{manifest['first_seq']}..#{manifest['last_seq']}, {span}), ok, head {verdict.head_hash}"
+            f"bundle {bundle_path}: {verdict.record_count} records ({bundle_span(manifest)}), "
+            f"ok, head {verdict.head_hash}"
         )
         self.stdout.write(
             f"exported {manifest['created_at']} by {manifest['exported_by']}, signed by key {verdict.key_id}"
