@@ -1,0 +1,254 @@
+"""Demo data for the embedded default: users for every role, a fleet, two releases and changes in several states.
+
+Everything goes through the same services people use, so the demo's decision record is a real one.
+Idempotent: a second run only prints the users again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import services as change_services
+from approvals.models import ChangeRequest, ChangeTemplate
+from approvals.plans import default_plan
+from devices import services as device_services
+from devices.importer import import_rows
+from devices.models import Device
+from ota_project.roles import Role
+from rollouts.artifacts import receive_stream, release_temp
+from rollouts.models import FirmwareRelease
+from rollouts.services import release_create
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    username: str
+    roles: tuple[str, ...]
+    superuser: bool = False
+
+
+DEMO_USERS = (
+    DemoUser("rita", (Role.REQUESTER,)),
+    DemoUser("rob", (Role.REQUESTER,)),
+    DemoUser("carl", (Role.CAB_MEMBER,)),
+    DemoUser("cora", (Role.CAB_MEMBER,)),
+    DemoUser("eddie", (Role.CAB_MEMBER, Role.EMERGENCY_CAB)),
+    DemoUser("sam", (Role.SECURITY_OFFICER,)),
+    DemoUser("olga", (Role.OPERATOR,)),
+    DemoUser("anna", (Role.AUDITOR,)),
+    DemoUser("admin", (), superuser=True),
+)
+HARDWARE_MODELS = (
+    ("tcu-4g-r2", "tcu-4g", "r2", "ecdsa-p256", ["boot_ok", "modem_attach", "gnss_fix"], 150),
+    ("tcu-5g-r1", "tcu-5g", "r1", "ed25519", ["boot_ok", "modem_attach", "can_bus"], 100),
+    ("tcu-sat-r1", "tcu-sat", "r1", "hybrid-ecdsa-p256+ml-dsa-65", ["boot_ok", "backend_reachable"], 50),
+)
+REGIONS = (
+    ("eu-west", "Western Europe", "Europe/Paris"),
+    ("eu-north", "Nordics", "Europe/Stockholm"),
+    ("na-east", "North America East", "America/New_York"),
+    ("apac", "Asia Pacific", "Asia/Singapore"),
+)
+VEHICLE_TYPES = ("heavy_truck", "light_commercial", "bus", "passenger_car")
+
+
+def _credentials_file() -> Path:
+    return Path(settings.DATA_DIR) / "demo-credentials.txt"
+
+
+def _ensure_users() -> dict[str, tuple[Any, str]]:
+    """Create the demo users once with random passwords kept in .data/ (never committed)."""
+    path = _credentials_file()
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    users = {}
+    user_model = get_user_model()
+    for demo in DEMO_USERS:
+        password = known.get(demo.username) or secrets.token_urlsafe(12)
+        user, created = user_model.objects.get_or_create(
+            username=demo.username, defaults={"is_staff": demo.superuser, "is_superuser": demo.superuser}
+        )
+        if created or demo.username not in known:
+            user.set_password(password)
+            user.save()
+        user.groups.set([Group.objects.get(name=role) for role in demo.roles])
+        known[demo.username] = password
+        users[demo.username] = (user, password)
+    path.write_text(json.dumps(known, indent=2))
+    path.chmod(0o600)
+    return users
+
+
+def _release(actor: Any, version: str, counter: int, models: list[str], seed: int) -> FirmwareRelease:
+    image = random.Random(seed).randbytes(256 * 1024)
+    received = receive_stream([image], max_bytes=settings.ARTIFACT_MAX_BYTES)
+    try:
+        return release_create(
+            actor=actor,
+            version=version,
+            release_counter=counter,
+            hardware_models=models,
+            received=received,
+            artifact_name=f"tcu-fw-{version}.bin",
+            source_revision=f"{seed:07x}a1b2c3d4e5f6",
+            builder="demo-builder-1",
+            sbom_ref=f"sha256:{'0' * 63}{seed}",
+            notes=f"Demo release {version}",
+        )
+    finally:
+        release_temp(received)
+
+
+def _fleet(operator: Any) -> None:
+    for name, family, revision, scheme, checks, _ in HARDWARE_MODELS:
+        device_services.hardware_model_create(
+            actor=operator,
+            name=name,
+            family=family,
+            revision=revision,
+            signing_scheme=scheme,
+            validation_checks=checks,
+            partition_layout={"scheme": "ab", "slots": ["a", "b"], "slot_size_bytes": 256 * 1024 * 1024},
+        )
+    for code, name, zone in REGIONS:
+        device_services.region_create(actor=operator, code=code, name=name, time_zone=zone)
+    rng = random.Random(7)
+    rows = []
+    number = 0
+    for name, _, _, _, _, count in HARDWARE_MODELS:
+        for i in range(count):
+            number += 1
+            rows.append(
+                (
+                    number,
+                    {
+                        "serial": f"TCU{number:08d}",
+                        "hardware_model": name,
+                        "region": REGIONS[rng.randrange(len(REGIONS))][0],
+                        "vehicle_type": rng.choice(VEHICLE_TYPES),
+                        "usage_profile": rng.choice(["urban", "highway", "mixed", "depot"]),
+                        "tags": ["pilot"] if i % 15 == 0 else [],
+                        "network_capabilities": ["lte", "satellite"] if name == "tcu-sat-r1" else ["lte"],
+                        "installed_version": "1.0.0",
+                        "installed_release_counter": 1,
+                    },
+                )
+            )
+    import_rows(actor=operator, rows=rows, sha256="demo-fleet")
+    now = timezone.now()
+    for device in Device.objects.order_by("serial")[5:10]:
+        device_services.device_record_report(device=device, version="1.0.1", release_counter=1, at=now)
+    for device in Device.objects.order_by("-serial")[:2]:
+        device_services.device_quarantine(actor=operator, device=device, reason="Enclosure tamper switch tripped")
+
+
+def _changes(users: dict[str, Any]) -> None:
+    rita, rob = users["rita"], users["rob"]
+    old = FirmwareRelease.objects.get(version="1.0.0")
+    new = FirmwareRelease.objects.get(version="1.1.0")
+    now = timezone.now()
+    answers = {
+        "safety_relevant": False,
+        "component": "connectivity",
+        "tested_on_all_models": True,
+        "rollback_tested": True,
+        "security_fix": False,
+    }
+    base = {
+        "justification": "Units lose LTE after a tunnel handover and need a reboot to recover.",
+        "release": new,
+        "rollback_release": old,
+        "impact_analysis": "One reboot per unit, scheduled while parked.",
+        "test_evidence_summary": "HIL run #412 on both hardware models; 72 h soak on 20 bench units.",
+        "requested_window_start": now - timedelta(hours=1),
+        "requested_window_end": now + timedelta(days=14),
+        "rollout_plan": default_plan(),
+        "risk_answers": answers,
+    }
+
+    def file(author: Any, title: str, scope: dict[str, Any], **extra: Any) -> ChangeRequest:
+        return change_services.change_create(actor=author, title=title, target_scope=scope, **{**base, **extra})
+
+    def submit(change: ChangeRequest) -> ChangeRequest:
+        return change_services.change_submit(actor=change.author, change=change)
+
+    file(rita, "Draft: GNSS cold-start improvement", {"hardware_models": ["tcu-4g-r2"], "regions": ["apac"]})
+    submit(
+        file(rob, "Modem reconnect fix for the Nordics", {"hardware_models": ["tcu-5g-r1"], "regions": ["eu-north"]})
+    )
+    halfway = submit(
+        file(
+            rita,
+            "Modem reconnect fix for 4G units in Western Europe",
+            {"hardware_models": ["tcu-4g-r2"], "regions": ["eu-west"]},
+        )
+    )
+    change_services.approval_grant(actor=users["carl"], change=halfway, revision=1, comment="Soak data convincing.")
+    approved = submit(
+        file(
+            rita,
+            "Modem reconnect fix for North American 5G units",
+            {"hardware_models": ["tcu-5g-r1"], "regions": ["na-east"]},
+        )
+    )
+    change_services.approval_grant(actor=users["carl"], change=approved, revision=1)
+    change_services.approval_grant(actor=users["cora"], change=approved, revision=1, comment="OK for this window.")
+    rejected = submit(
+        file(
+            rob,
+            "Bootloader refresh for all 4G units",
+            {"hardware_models": ["tcu-4g-r2"]},
+            risk_answers={**answers, "component": "bootloader", "rollback_tested": False},
+        )
+    )
+    change_services.approval_reject(
+        actor=users["cora"], change=rejected, revision=1, comment="Bootloader changes need a tested rollback first."
+    )
+    sent_back = submit(
+        file(rob, "Connectivity fix for APAC 5G units", {"hardware_models": ["tcu-5g-r1"], "regions": ["apac"]})
+    )
+    change_services.approval_request_changes(
+        actor=users["carl"], change=sent_back, revision=1, comment="Attach the HIL report for the APAC carrier profile."
+    )
+    emergency = submit(
+        file(
+            rita,
+            "Emergency: certificate pinning fix (CVE-2026-0420)",
+            {"hardware_models": ["tcu-4g-r2"], "tags": ["pilot"]},
+            change_type="emergency",
+            emergency_reason="Exploited in the wild; pinning bypass.",
+            risk_answers={**answers, "security_fix": True},
+        )
+    )
+    change_services.approval_grant(actor=users["eddie"], change=emergency, revision=1, comment="Approved on call.")
+    ChangeTemplate.objects.get_or_create(
+        name="Monthly connectivity patch",
+        defaults={
+            "description": "Pre-approved monthly modem/connectivity patch for the stable channel, up to moderate risk."
+        },
+    )
+
+
+def seed_demo() -> tuple[bool, dict[str, tuple[Any, str]]]:
+    """Load the demo data unless it is there already; return (created, users with passwords)."""
+    with transaction.atomic():
+        users = _ensure_users()
+        if FirmwareRelease.objects.exists():
+            return False, users
+        plain = {name: user for name, (user, _) in users.items()}
+        _fleet(plain["olga"])
+        _release(plain["rita"], "1.0.0", 1, [m[0] for m in HARDWARE_MODELS], seed=1)
+        _release(plain["rob"], "1.1.0", 2, ["tcu-4g-r2", "tcu-5g-r1"], seed=2)
+        _changes(plain)
+        return True, users

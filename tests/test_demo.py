@@ -1,0 +1,37 @@
+"""The embedded demo: users for every role, a fleet, releases and changes in several states, a valid chain."""
+
+import json
+
+import pytest
+from django.core.management import call_command
+
+from approvals.models import ChangeRequest
+from approvals.records import chain_verify
+from devices.models import Device
+from ota_project.roles import Role, roles_of
+from rollouts.models import FirmwareRelease
+
+pytestmark = pytest.mark.django_db
+
+
+def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys):
+    settings.DATA_DIR = tmp_path
+    call_command("seed_demo")
+    printed = capsys.readouterr().out
+    credentials = json.loads((tmp_path / "demo-credentials.txt").read_text())
+    assert all(password in printed for password in credentials.values())
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects.all()
+    held = set().union(*(roles_of(u) for u in users))
+    assert held == set(Role.values)
+    assert all(u.check_password(credentials[u.username]) for u in users)
+    assert Device.objects.count() == 300 and FirmwareRelease.objects.count() == 2
+    statuses = set(ChangeRequest.objects.values_list("status", flat=True))
+    assert {"draft", "submitted", "in_review", "approved", "rejected", "changes_requested"} <= statuses
+    verdict = chain_verify()
+    assert verdict.ok and verdict.length > 20
+
+    call_command("seed_demo")
+    assert ChangeRequest.objects.count() == 7 and chain_verify().length == verdict.length
+    assert json.loads((tmp_path / "demo-credentials.txt").read_text()) == credentials
