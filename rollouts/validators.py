@@ -1,4 +1,4 @@
-"""Format rules for release metadata: semantic versions, git revisions, builders and SBOM references.
+"""Format rules for release metadata: git revisions, builders and SBOM references (semver comes from devices).
 
 Each validator raises django.core.exceptions.ValidationError, so DRF serializer fields, forms and the
 services can share them. Patterns use explicit ASCII classes and `\\Z`: `\\d` would accept other scripts'
@@ -11,15 +11,14 @@ import re
 
 from django.core.exceptions import ValidationError
 
-# semver.org 2.0.0, anchored with \A...\Z and ASCII-only.
-SEMVER_RE = re.compile(
-    r"\A(?P<major>0|[1-9][0-9]*)\.(?P<minor>0|[1-9][0-9]*)\.(?P<patch>0|[1-9][0-9]*)"
-    r"(?:-(?P<prerelease>(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
-    r"(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?\Z"
-)
-VERSION_MAX_LENGTH = 64
+from devices.validators import SEMVER_MAX_LENGTH, SEMVER_RE
 
+# Semantic versions follow the inventory's rule (devices/validators.py), so installed and released versions agree.
+# The OpenAPI schema needs an ECMA regex: the same pattern with `$` in place of `\Z`.
+SEMVER_PATTERN = SEMVER_RE.pattern.removesuffix(r"\Z") + "$"
+VERSION_MAX_LENGTH = SEMVER_MAX_LENGTH
+
+SOURCE_REVISION_PATTERN = r"^[0-9a-fA-F]{7,40}$"  # the API accepts either case; stored lower-case
 SOURCE_REVISION_RE = re.compile(r"\A[0-9a-f]{7,40}\Z")
 SBOM_DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
 # A URI with a scheme we are willing to show as a link (never javascript: or data:).
@@ -28,14 +27,6 @@ SBOM_URI_SCHEMES = frozenset({"https", "http", "urn", "oci", "s3", "gs"})
 SBOM_REF_MAX_LENGTH = 500
 BUILDER_MAX_LENGTH = 120
 _CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def validate_semver(value: str) -> None:
-    """A semantic version per semver.org 2.0.0 (no leading `v`), at most 64 characters."""
-    if not isinstance(value, str) or len(value) > VERSION_MAX_LENGTH or not SEMVER_RE.match(value):
-        raise ValidationError(
-            "Enter a semantic version such as 2.4.1 or 2.5.0-rc.1+build.7 (semver.org 2.0.0).", code="invalid_semver"
-        )
 
 
 def normalize_source_revision(value: str) -> str:
@@ -71,7 +62,9 @@ def validate_sbom_ref(value: str) -> None:
     if value.startswith("sha256:"):
         if SBOM_DIGEST_RE.match(value):
             return
-        raise ValidationError("A digest reference must be sha256: followed by 64 lower-case hex digits.", "invalid_sbom_ref")
+        raise ValidationError(
+            "A digest reference must be sha256: followed by 64 lower-case hex digits.", "invalid_sbom_ref"
+        )
     match = SBOM_URI_RE.match(value)
     if not match or match.group("scheme") not in SBOM_URI_SCHEMES:
         raise ValidationError(
