@@ -13,7 +13,6 @@ from approvals.models import (
     ApprovalPolicy,
     ChangeRequest,
     ChangeTemplate,
-    DecisionRecord,
     RiskQuestion,
     TestEvidence,
 )
@@ -183,26 +182,6 @@ class EvidenceSerializer(serializers.ModelSerializer):
     class Meta:
         model = TestEvidence
         fields = ["id", "file_name", "sha256", "size_bytes", "uploaded_by", "uploaded_at", "revision"]
-        read_only_fields = fields
-
-
-class DecisionRecordSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = DecisionRecord
-        fields = [
-            "seq",
-            "created_at",
-            "actor_name",
-            "action",
-            "object_type",
-            "object_id",
-            "revision",
-            "before",
-            "after",
-            "reason",
-            "prev_hash",
-            "hash",
-        ]
         read_only_fields = fields
 
 

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from approvals import selectors, services
 from approvals.api import serializers as s
+from approvals.api.audit_serializers import AuditRecordSerializer
 from approvals.api.filters import ChangeFilter
 from approvals.models import ApprovalPolicy, ChangeTemplate, RiskQuestion
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
@@ -151,11 +152,11 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         change = self._change(pk)
         return Response(s.ApprovalSerializer(change.approvals.select_related("approver"), many=True).data)
 
-    @extend_schema(responses=s.DecisionRecordSerializer(many=True))
+    @extend_schema(responses=AuditRecordSerializer(many=True))
     @action(detail=True, methods=["get"])
     def history(self, request: Request, pk: str) -> Response:
         page = self.paginate_queryset(selectors.change_history(self._change(pk)))
-        return self.get_paginated_response(s.DecisionRecordSerializer(page, many=True).data)
+        return self.get_paginated_response(AuditRecordSerializer(page, many=True).data)
 
     @extend_schema(methods=["GET"], responses=s.EvidenceSerializer(many=True))
     @extend_schema(
