@@ -145,7 +145,9 @@ def _fleet(operator: Any) -> None:
                     },
                 )
             )
-    import_rows(actor=operator, rows=rows, sha256="demo-fleet")
+    report = import_rows(actor=operator, rows=rows, sha256="demo-fleet")
+    if report.errors:
+        raise RuntimeError(f"demo fleet rows are invalid: {report.errors[:5]}")
     now = timezone.now()
     for device in Device.objects.order_by("serial")[5:10]:
         device_services.device_record_report(device=device, version="1.0.1", release_counter=1, at=now)

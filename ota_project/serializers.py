@@ -27,3 +27,20 @@ class ReasonInputSerializer(InputSerializer):
     """A body carrying only a reason (for actions that need one)."""
 
     reason = serializers.CharField(max_length=2000, allow_blank=False)
+
+
+class ApiErrorDetailSerializer(serializers.Serializer):
+    """code, message and per-field messages (built in get_fields: `fields` is a Serializer attribute)."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "code": serializers.CharField(),
+            "message": serializers.CharField(),
+            "fields": serializers.DictField(child=serializers.JSONField(), help_text="Field name -> messages."),
+        }
+
+
+class ApiErrorSerializer(serializers.Serializer):
+    """The one error envelope of the API (see ota_project.exceptions): {"error": {"code", "message", "fields"}}."""
+
+    error = ApiErrorDetailSerializer()

@@ -75,20 +75,3 @@ class ExportQuerySerializer(InputSerializer):
         if "since" in attrs and "until" in attrs and attrs["since"] >= attrs["until"]:
             raise serializers.ValidationError({"until": ["Must be later than since."]})
         return attrs
-
-
-class AuditErrorDetailSerializer(serializers.Serializer):
-    """code, message and per-field messages (built in get_fields: `fields` is a Serializer attribute)."""
-
-    def get_fields(self) -> dict[str, serializers.Field]:
-        return {
-            "code": serializers.CharField(),
-            "message": serializers.CharField(),
-            "fields": serializers.DictField(),
-        }
-
-
-class AuditErrorSerializer(serializers.Serializer):
-    """The one error envelope of the API (ota_project.exceptions)."""
-
-    error = AuditErrorDetailSerializer()

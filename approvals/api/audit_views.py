@@ -25,7 +25,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals.api.audit_serializers import (
-    AuditErrorSerializer,
     AuditPublicKeySerializer,
     AuditRecordSerializer,
     ChainVerdictSerializer,
@@ -36,14 +35,15 @@ from approvals.audit_keys import AUDIT_SIGNATURE_ALGORITHM, audit_key_id, audit_
 from approvals.models import DecisionRecord
 from approvals.records import chain_verify
 from ota_project.roles import Role
+from ota_project.serializers import ApiErrorSerializer
 
 AUDIT_READ_ROLES = (Role.AUDITOR, Role.SECURITY_OFFICER)
 _SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 _MAX_REVISION = 2**31 - 1
 
 _AUTH_ERRORS = {
-    401: OpenApiResponse(AuditErrorSerializer, description="Not signed in."),
-    403: OpenApiResponse(AuditErrorSerializer, description="Only auditors and security officers may read the record."),
+    401: OpenApiResponse(ApiErrorSerializer, description="Not signed in."),
+    403: OpenApiResponse(ApiErrorSerializer, description="Only auditors and security officers may read the record."),
 }
 
 
@@ -112,8 +112,8 @@ class DecisionRecordListView(generics.ListAPIView):
         tags=["audit"],
         responses={
             200: AuditRecordSerializer(many=True),
-            400: OpenApiResponse(AuditErrorSerializer, description="A filter value is not valid."),
-            404: OpenApiResponse(AuditErrorSerializer, description="No such page."),
+            400: OpenApiResponse(ApiErrorSerializer, description="A filter value is not valid."),
+            404: OpenApiResponse(ApiErrorSerializer, description="No such page."),
             **_AUTH_ERRORS,
         },
     )
@@ -130,7 +130,7 @@ class DecisionRecordDetailView(APIView):
         tags=["audit"],
         responses={
             200: AuditRecordSerializer,
-            404: OpenApiResponse(AuditErrorSerializer, description="No record with this seq."),
+            404: OpenApiResponse(ApiErrorSerializer, description="No record with this seq."),
             **_AUTH_ERRORS,
         },
     )
@@ -190,7 +190,7 @@ class AuditExportView(APIView):
                 description="ZIP: records.jsonl|records.csv, manifest.json, manifest.sig (base64 Ed25519 over "
                 "manifest.json), audit_public_key.pem.",
             ),
-            400: OpenApiResponse(AuditErrorSerializer, description="A query parameter is not valid."),
+            400: OpenApiResponse(ApiErrorSerializer, description="A query parameter is not valid."),
             **_AUTH_ERRORS,
         },
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema_field, inline_serializer
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ota_project.serializers import InputSerializer
@@ -123,18 +123,3 @@ class ReleaseOutputSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.CharField())
     def get_created_by(self, release: FirmwareRelease) -> str:
         return release.created_by.get_username()
-
-
-ErrorResponseSerializer = inline_serializer(
-    "RolloutsError",
-    {
-        "error": inline_serializer(
-            "RolloutsErrorBody",
-            {
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "fields": serializers.DictField(child=serializers.JSONField()),
-            },
-        )
-    },
-)

@@ -18,8 +18,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ota_project.roles import Role
+from ota_project.serializers import ApiErrorSerializer
 from rollouts.api.filters import ReleaseFilter
-from rollouts.api.serializers import ErrorResponseSerializer, ReleaseCreateInputSerializer, ReleaseOutputSerializer
+from rollouts.api.serializers import ReleaseCreateInputSerializer, ReleaseOutputSerializer
 from rollouts.artifacts import artifact_open, artifact_too_large, release_temp
 from rollouts.models import FirmwareRelease
 from rollouts.selectors import release_get, release_list
@@ -35,12 +36,12 @@ from rollouts.uploads import (
 
 logger = logging.getLogger(__name__)
 
-_INVALID = {400: OpenApiResponse(ErrorResponseSerializer, description="Invalid input; `fields` names each bad field.")}
+_INVALID = {400: OpenApiResponse(ApiErrorSerializer, description="Invalid input; `fields` names each bad field.")}
 _AUTH = {
-    401: OpenApiResponse(ErrorResponseSerializer, description="Not signed in."),
-    403: OpenApiResponse(ErrorResponseSerializer, description="Signed in without a role that may do this."),
+    401: OpenApiResponse(ApiErrorSerializer, description="Not signed in."),
+    403: OpenApiResponse(ApiErrorSerializer, description="Signed in without a role that may do this."),
 }
-_NOT_FOUND = {404: OpenApiResponse(ErrorResponseSerializer, description="No such release (or page).")}
+_NOT_FOUND = {404: OpenApiResponse(ApiErrorSerializer, description="No such release (or page).")}
 
 
 class ReleaseListCreateView(generics.ListAPIView):
@@ -88,8 +89,8 @@ class ReleaseListCreateView(generics.ListAPIView):
             201: ReleaseOutputSerializer,
             **_INVALID,
             **_AUTH,
-            413: OpenApiResponse(ErrorResponseSerializer, description="The image or the request body is too large."),
-            415: OpenApiResponse(ErrorResponseSerializer, description="Not a multipart/form-data body."),
+            413: OpenApiResponse(ApiErrorSerializer, description="The image or the request body is too large."),
+            415: OpenApiResponse(ApiErrorSerializer, description="Not a multipart/form-data body."),
         },
     )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -1,0 +1,598 @@
+"""Every write to the fleet inventory, one atomic service per decision, each recorded in the decision record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, TypedDict
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
+
+from approvals.records import record_decision
+from devices.choices import (
+    DEVICE_TRANSITIONS,
+    DeviceStatus,
+    SigningScheme,
+    UpdateChannel,
+    UsageProfile,
+    VehicleType,
+)
+from devices.models import Device, HardwareModel, Region, Tag
+from devices.validators import (
+    validate_certificate_fingerprint,
+    validate_network_capabilities,
+    validate_partition_layout,
+    validate_semver,
+    validate_serial,
+    validate_text,
+    validate_time_zone,
+    validate_validation_checks,
+    validate_vin,
+)
+from ota_project.errors import Conflict, InvalidInput
+
+Actor = AbstractBaseUser | None
+
+# PositiveIntegerField is a 32-bit signed column on PostgreSQL.
+MAX_RELEASE_COUNTER = 2**31 - 1
+MAX_TAGS = 50
+
+# Status a device moves to -> the verb recorded for the move.
+STATUS_ACTIONS: dict[str, str] = {
+    DeviceStatus.ACTIVE: "release",
+    DeviceStatus.QUARANTINED: "quarantine",
+    DeviceStatus.REVOKED: "revoke",
+    DeviceStatus.DECOMMISSIONED: "decommission",
+}
+# Taking a device out of service for cause needs a reason someone can audit later.
+REASON_REQUIRED = frozenset({DeviceStatus.QUARANTINED, DeviceStatus.REVOKED})
+
+
+class HardwareModelChanges(TypedDict, total=False):
+    """Fields of a hardware model that may change after creation (the name is its hardware id and never does)."""
+
+    family: str
+    revision: str
+    update_channel: str
+    signing_scheme: str
+    validation_checks: list[str]
+    partition_layout: dict[str, Any]
+
+
+class DeviceChanges(TypedDict, total=False):
+    """Inventory fields of a device that may change (serial never does; status only through device_set_status)."""
+
+    vin: str | None
+    hardware_model: HardwareModel
+    region: Region
+    vehicle_type: str
+    usage_profile: str
+    tags: list[str]
+    network_capabilities: list[str]
+    installed_version: str
+    installed_release_counter: int
+    certificate_fingerprint: str | None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation shared by the services (and by the importer, which validates rows before any write)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _text_check(max_length: int) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError("This field may not be blank.")
+        if len(value) > max_length:
+            raise ValidationError(f"Ensure this field has no more than {max_length} characters.")
+        validate_text(value)
+
+    return check
+
+
+def _choice_check(choices: Iterable[str]) -> Callable[[Any], None]:
+    allowed = list(choices)
+
+    def check(value: Any) -> None:
+        if value not in allowed:
+            raise ValidationError(f'"{value}" is not a valid choice. Allowed: {", ".join(allowed)}.')
+
+    return check
+
+
+def _slug_check(max_length: int) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, str) or not value or len(value) > max_length:
+            raise ValidationError(f"Enter 1-{max_length} letters, digits, '-' or '_'.")
+        validate_slug(value)
+
+    return check
+
+
+def _optional(check: Callable[[Any], None]) -> Callable[[Any], None]:
+    def wrapped(value: Any) -> None:
+        if value is not None:
+            check(value)
+
+    return wrapped
+
+
+def _release_counter_check(value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RELEASE_COUNTER:
+        raise ValidationError(f"Enter a whole number from 0 to {MAX_RELEASE_COUNTER}.")
+
+
+def _tags_check(value: Any) -> None:
+    if not isinstance(value, list | tuple) or len(value) > MAX_TAGS:
+        raise ValidationError(f"Must be a list of at most {MAX_TAGS} tag names.")
+    for name in value:
+        _slug_check(64)(name)
+
+
+def _instance_check(model: type) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, model) or value.pk is None:
+            raise ValidationError(f"Must be an existing {model._meta.verbose_name}.")
+
+    return check
+
+
+HARDWARE_MODEL_CHECKS: dict[str, Callable[[Any], None]] = {
+    "name": _slug_check(64),
+    "family": _text_check(64),
+    "revision": _text_check(32),
+    "update_channel": _choice_check(UpdateChannel.values),
+    "signing_scheme": _choice_check(SigningScheme.values),
+    "validation_checks": validate_validation_checks,
+    "partition_layout": validate_partition_layout,
+}
+
+REGION_CHECKS: dict[str, Callable[[Any], None]] = {
+    "code": _slug_check(32),
+    "name": _text_check(100),
+    "time_zone": validate_time_zone,
+}
+
+DEVICE_CHECKS: dict[str, Callable[[Any], None]] = {
+    "serial": validate_serial,
+    "vin": _optional(validate_vin),
+    "hardware_model": _instance_check(HardwareModel),
+    "region": _instance_check(Region),
+    "vehicle_type": _choice_check(VehicleType.values),
+    "usage_profile": _choice_check(UsageProfile.values),
+    "tags": _tags_check,
+    "network_capabilities": validate_network_capabilities,
+    "installed_version": validate_semver,
+    "installed_release_counter": _release_counter_check,
+    "certificate_fingerprint": _optional(validate_certificate_fingerprint),
+}
+
+
+def field_errors(values: Mapping[str, Any], checks: Mapping[str, Callable[[Any], None]]) -> dict[str, list[str]]:
+    """Run the check for every given field; return {field: [messages]} for those that fail (empty when valid)."""
+    errors: dict[str, list[str]] = {}
+    for name, value in values.items():
+        check = checks.get(name)
+        if check is None:
+            errors[name] = ["This field cannot be set here."]
+            continue
+        try:
+            check(value)
+        except ValidationError as exc:
+            errors[name] = list(exc.messages)
+    return errors
+
+
+def _raise_if(errors: dict[str, list[str]], message: str) -> None:
+    if errors:
+        raise InvalidInput(message, fields=errors)
+
+
+def _clean_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    try:
+        validate_text(reason)
+    except ValidationError as exc:
+        raise InvalidInput("The reason is not valid text.", fields={"reason": list(exc.messages)}) from None
+    return reason
+
+
+def _device_uniqueness_errors(
+    *, serial: str | None, vin: str | None, fingerprint: str | None, exclude_pk: int | None
+) -> dict[str, list[str]]:
+    others = Device.objects.all() if exclude_pk is None else Device.objects.exclude(pk=exclude_pk)
+    errors: dict[str, list[str]] = {}
+    if serial is not None and others.filter(serial=serial).exists():
+        errors["serial"] = ["A device with this serial already exists."]
+    if vin and others.filter(vin=vin).exists():
+        errors["vin"] = ["Another device already has this VIN."]
+    if fingerprint and others.filter(certificate_fingerprint=fingerprint).exists():
+        errors["certificate_fingerprint"] = ["Another device already has this certificate fingerprint."]
+    return errors
+
+
+def _normalize_device_values(values: dict[str, Any]) -> dict[str, Any]:
+    # Empty strings mean "none" for the optional unique identifiers (NULLs do not collide in a unique index).
+    for key in ("vin", "certificate_fingerprint"):
+        if key in values and values[key] == "":
+            values[key] = None
+    if isinstance(values.get("vin"), str):
+        values["vin"] = values["vin"].upper()
+    if isinstance(values.get("certificate_fingerprint"), str):
+        values["certificate_fingerprint"] = values["certificate_fingerprint"].lower()
+    for key in ("tags", "network_capabilities"):
+        if isinstance(values.get(key), list | tuple):
+            values[key] = list(dict.fromkeys(values[key]))
+    return values
+
+
+def tags_get_or_create(names: Iterable[str]) -> list[Tag]:
+    """The Tag rows for these names, creating the missing ones (tags are free labels, created on first use)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return []
+    Tag.objects.bulk_create([Tag(name=name) for name in wanted], ignore_conflicts=True)
+    return list(Tag.objects.filter(name__in=wanted))
+
+
+def device_snapshot(device: Device, tags: Iterable[str] | None = None) -> dict[str, Any]:
+    """The inventory fields of a device as plain JSON (what decision records store as before/after)."""
+    tag_names = sorted(tags) if tags is not None else sorted(device.tags.values_list("name", flat=True))
+    return {
+        "serial": device.serial,
+        "vin": device.vin,
+        "hardware_model": device.hardware_model.name,
+        "region": device.region.code,
+        "vehicle_type": device.vehicle_type,
+        "usage_profile": device.usage_profile,
+        "tags": tag_names,
+        "network_capabilities": list(device.network_capabilities),
+        "installed_version": device.installed_version,
+        "installed_release_counter": device.installed_release_counter,
+        "certificate_fingerprint": device.certificate_fingerprint,
+        "status": device.status,
+    }
+
+
+def _hardware_model_snapshot(hardware_model: HardwareModel) -> dict[str, Any]:
+    return {
+        "name": hardware_model.name,
+        "family": hardware_model.family,
+        "revision": hardware_model.revision,
+        "update_channel": hardware_model.update_channel,
+        "signing_scheme": hardware_model.signing_scheme,
+        "validation_checks": list(hardware_model.validation_checks),
+        "partition_layout": dict(hardware_model.partition_layout),
+    }
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    keys = [key for key in after if before.get(key) != after[key]]
+    return {key: before.get(key) for key in keys}, {key: after[key] for key in keys}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hardware models and regions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def hardware_model_create(
+    *,
+    actor: Actor,
+    name: str,
+    family: str,
+    revision: str,
+    partition_layout: dict[str, Any],
+    update_channel: str = UpdateChannel.STABLE,
+    signing_scheme: str = SigningScheme.ECDSA_P256,
+    validation_checks: list[str] | None = None,
+) -> HardwareModel:
+    """Add a hardware model; its name is the hardware id that releases and metadata refer to, so it is unique."""
+    values: dict[str, Any] = {
+        "name": name,
+        "family": family,
+        "revision": revision,
+        "update_channel": update_channel,
+        "signing_scheme": signing_scheme,
+        "validation_checks": list(validation_checks or []),
+        "partition_layout": partition_layout,
+    }
+    errors = field_errors(values, HARDWARE_MODEL_CHECKS)
+    if "name" not in errors and HardwareModel.objects.filter(name=name).exists():
+        errors["name"] = ["A hardware model with this name already exists."]
+    _raise_if(errors, "The hardware model is invalid.")
+    hardware_model = HardwareModel(**values)
+    try:
+        with transaction.atomic():
+            hardware_model.save(force_insert=True)
+    except IntegrityError:
+        raise InvalidInput(
+            "A hardware model with this name already exists.",
+            fields={"name": ["A hardware model with this name already exists."]},
+        ) from None
+    record_decision(
+        actor=actor,
+        action="devices.hardware_model.create",
+        object_type="hardware_model",
+        object_id=hardware_model.name,
+        after=_hardware_model_snapshot(hardware_model),
+    )
+    return hardware_model
+
+
+@transaction.atomic
+def hardware_model_update(
+    *, actor: Actor, hardware_model: HardwareModel, changes: HardwareModelChanges, reason: str = ""
+) -> HardwareModel:
+    """Change a hardware model's description, channel, signing scheme, checks or layout; the name is immutable."""
+    reason = _clean_reason(reason)
+    values = dict(changes)
+    errors = field_errors(values, {k: v for k, v in HARDWARE_MODEL_CHECKS.items() if k != "name"})
+    _raise_if(errors, "The hardware model change is invalid.")
+    # Lock the row so "before" is what this change replaces, even if the caller's instance was already modified.
+    current = HardwareModel.objects.select_for_update().get(pk=hardware_model.pk)
+    before = _hardware_model_snapshot(current)
+    for key, value in values.items():
+        setattr(current, key, value)
+    before, after = _changed(before, _hardware_model_snapshot(current))
+    if after:
+        current.save(update_fields=list(after))
+        record_decision(
+            actor=actor,
+            action="devices.hardware_model.update",
+            object_type="hardware_model",
+            object_id=current.name,
+            before=before,
+            after=after,
+            reason=reason,
+        )
+    for key in _hardware_model_snapshot(current):
+        setattr(hardware_model, key, getattr(current, key))
+    return hardware_model
+
+
+@transaction.atomic
+def region_create(*, actor: Actor, code: str, name: str, time_zone: str) -> Region:
+    """Add a region; its time zone must be an IANA zone because maintenance windows are local to it."""
+    values = {"code": code, "name": name, "time_zone": time_zone}
+    errors = field_errors(values, REGION_CHECKS)
+    if "code" not in errors and Region.objects.filter(code=code).exists():
+        errors["code"] = ["A region with this code already exists."]
+    _raise_if(errors, "The region is invalid.")
+    region = Region(**values)
+    try:
+        with transaction.atomic():
+            region.save(force_insert=True)
+    except IntegrityError:
+        raise InvalidInput(
+            "A region with this code already exists.", fields={"code": ["A region with this code already exists."]}
+        ) from None
+    record_decision(
+        actor=actor, action="devices.region.create", object_type="region", object_id=region.code, after=values
+    )
+    return region
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices: inventory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _save_device(device: Device, **save_kwargs: Any) -> None:
+    # A concurrent insert can still collide on a unique column after the checks above; report it as input.
+    try:
+        with transaction.atomic():
+            device.save(**save_kwargs)
+    except IntegrityError:
+        errors = _device_uniqueness_errors(
+            serial=device.serial, vin=device.vin, fingerprint=device.certificate_fingerprint, exclude_pk=device.pk
+        )
+        raise InvalidInput(
+            "Another device already uses one of these identifiers.",
+            fields=errors or {"serial": ["Another device already uses one of these identifiers."]},
+        ) from None
+
+
+@transaction.atomic
+def device_create(
+    *,
+    actor: Actor,
+    serial: str,
+    hardware_model: HardwareModel,
+    region: Region,
+    vehicle_type: str,
+    installed_version: str,
+    installed_release_counter: int = 0,
+    usage_profile: str = UsageProfile.MIXED,
+    vin: str | None = None,
+    tags: list[str] | None = None,
+    network_capabilities: list[str] | None = None,
+    certificate_fingerprint: str | None = None,
+) -> Device:
+    """Add a device to the inventory (active); serial, VIN and certificate fingerprint are unique fleet-wide."""
+    values = _normalize_device_values(
+        {
+            "serial": serial,
+            "vin": vin,
+            "hardware_model": hardware_model,
+            "region": region,
+            "vehicle_type": vehicle_type,
+            "usage_profile": usage_profile,
+            "tags": list(tags or []),
+            "network_capabilities": list(network_capabilities or []),
+            "installed_version": installed_version,
+            "installed_release_counter": installed_release_counter,
+            "certificate_fingerprint": certificate_fingerprint,
+        }
+    )
+    errors = field_errors(values, DEVICE_CHECKS)
+    errors.update(
+        {
+            key: messages
+            for key, messages in _device_uniqueness_errors(
+                serial=values["serial"] if "serial" not in errors else None,
+                vin=values["vin"] if "vin" not in errors else None,
+                fingerprint=values["certificate_fingerprint"] if "certificate_fingerprint" not in errors else None,
+                exclude_pk=None,
+            ).items()
+            if key not in errors
+        }
+    )
+    _raise_if(errors, "The device is invalid.")
+    tag_names = values.pop("tags")
+    device = Device(**values, status=DeviceStatus.ACTIVE)
+    _save_device(device, force_insert=True)
+    device.tags.set(tags_get_or_create(tag_names))
+    record_decision(
+        actor=actor,
+        action="devices.device.create",
+        object_type="device",
+        object_id=device.serial,
+        after=device_snapshot(device, tag_names),
+    )
+    return device
+
+
+@transaction.atomic
+def device_update(*, actor: Actor, device: Device, changes: DeviceChanges, reason: str = "") -> Device:
+    """Correct a device's inventory fields (not its serial, not its status); records what changed."""
+    reason = _clean_reason(reason)
+    values = _normalize_device_values(dict(changes))
+    for key in ("serial", "status", "status_reason"):
+        if key in values:
+            raise InvalidInput(
+                f"{key} cannot be changed here.",
+                fields={key: ["Use the status actions." if key.startswith("status") else "The serial never changes."]},
+            )
+    errors = field_errors(values, DEVICE_CHECKS)
+    _raise_if(errors, "The device change is invalid.")
+    current = Device.objects.select_for_update().select_related("hardware_model", "region").get(pk=device.pk)
+    errors = _device_uniqueness_errors(
+        serial=None,
+        vin=values.get("vin"),
+        fingerprint=values.get("certificate_fingerprint"),
+        exclude_pk=current.pk,
+    )
+    _raise_if(errors, "The device change is invalid.")
+    before_full = device_snapshot(current)
+    tag_names = values.pop("tags", None)
+    for key, value in values.items():
+        setattr(current, key, value)
+    after_full = device_snapshot(current, tag_names if tag_names is not None else before_full["tags"])
+    before, after = _changed(before_full, after_full)
+    if after:
+        _save_device(current, update_fields=[*(key for key in values if key in after), "updated_at"])
+        if tag_names is not None and "tags" in after:
+            current.tags.set(tags_get_or_create(tag_names))
+        record_decision(
+            actor=actor,
+            action="devices.device.update",
+            object_type="device",
+            object_id=current.serial,
+            before=before,
+            after=after,
+            reason=reason,
+        )
+    return current
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices: status (one guarded transition helper)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def device_set_status(*, actor: Actor, device: Device, status: str, reason: str = "") -> Device:
+    """Move a device along DEVICE_TRANSITIONS with a conditional UPDATE and a decision record.
+
+    A no-op when the device already has that status (callers such as activities retry); refuses moves the
+    table does not allow, and quarantine or revocation without a reason.
+    """
+    if status not in DeviceStatus.values:
+        raise InvalidInput(f'"{status}" is not a device status.', fields={"status": ["Unknown status."]})
+    reason = _clean_reason(reason)
+    verb = STATUS_ACTIONS[status]
+    if status in REASON_REQUIRED and not reason:
+        raise InvalidInput(f"A reason is required to {verb} a device.", fields={"reason": ["This field is required."]})
+    current = Device.objects.filter(pk=device.pk).values_list("status", flat=True).first()
+    if current is None:
+        raise Conflict("The device no longer exists.", code="not_found")
+    if current == status:
+        device.refresh_from_db(fields=["status", "status_reason", "updated_at"])
+        return device
+    if status not in DEVICE_TRANSITIONS[current]:
+        raise Conflict(
+            f"A {current} device cannot be moved to {status}.",
+            code="invalid_transition",
+            fields={"status": [f"Allowed from {current}: {', '.join(sorted(DEVICE_TRANSITIONS[current])) or 'none'}."]},
+        )
+    now = timezone.now()
+    # The status in the WHERE clause makes the move atomic against a concurrent one: exactly one of them wins.
+    moved = Device.objects.filter(pk=device.pk, status=current).update(
+        status=status, status_reason=reason, updated_at=now
+    )
+    if moved != 1:
+        raise Conflict("The device's status changed while this request ran; reload and try again.", code="stale")
+    record_decision(
+        actor=actor,
+        action=f"devices.device.{verb}",
+        object_type="device",
+        object_id=device.serial,
+        before={"status": current},
+        after={"status": status},
+        reason=reason,
+    )
+    device.status, device.status_reason, device.updated_at = status, reason, now
+    return device
+
+
+def device_quarantine(*, actor: Actor, device: Device, reason: str) -> Device:
+    """Take a device out of rollouts while it is investigated (reason required)."""
+    return device_set_status(actor=actor, device=device, status=DeviceStatus.QUARANTINED, reason=reason)
+
+
+def device_release_from_quarantine(*, actor: Actor, device: Device, reason: str = "") -> Device:
+    """Return a quarantined device to active service."""
+    return device_set_status(actor=actor, device=device, status=DeviceStatus.ACTIVE, reason=reason)
+
+
+def device_revoke(*, actor: Actor, device: Device, reason: str) -> Device:
+    """Revoke a device's trust for good, e.g. a compromised credential (reason required; only decommission follows)."""
+    return device_set_status(actor=actor, device=device, status=DeviceStatus.REVOKED, reason=reason)
+
+
+def device_decommission(*, actor: Actor, device: Device, reason: str = "") -> Device:
+    """Retire a device permanently (terminal)."""
+    return device_set_status(actor=actor, device=device, status=DeviceStatus.DECOMMISSIONED, reason=reason)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices: what they report
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def device_record_report(*, device: Device, version: str, release_counter: int, at: datetime) -> Device:
+    """Store what a device reports it runs; an older report never overwrites a newer one (out-of-order safe)."""
+    errors = field_errors(
+        {"version": version, "release_counter": release_counter},
+        {"version": validate_semver, "release_counter": _release_counter_check},
+    )
+    if timezone.is_naive(at):
+        errors["at"] = ["Must be timezone-aware."]
+    _raise_if(errors, "The device report is invalid.")
+    Device.objects.filter(pk=device.pk).filter(Q(reported_at__isnull=True) | Q(reported_at__lte=at)).update(
+        reported_version=version,
+        reported_release_counter=release_counter,
+        reported_at=at,
+    )
+    Device.objects.filter(pk=device.pk).update(last_seen_at=Greatest(Coalesce("last_seen_at", at), at))
+    device.refresh_from_db(fields=["reported_version", "reported_release_counter", "reported_at", "last_seen_at"])
+    return device
