@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import pytest
@@ -20,6 +21,27 @@ def _isolated_storage(settings, tmp_path):
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
     # Fast hashing for test users; production keeps Django's default PBKDF2.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _migration_data_for_transactional_tests(request):
+    """Transactional tests flush the database after each test, taking the rows that data migrations made
+    (role groups, default risk questionnaire and approval policy) with them; put them back before each one."""
+    marker = request.node.get_closest_marker("django_db")
+    if not (marker and marker.kwargs.get("transaction")):
+        return
+    request.getfixturevalue("transactional_db")
+    from django.apps import apps
+    from django.contrib.auth.models import Group
+
+    from approvals.models import ApprovalPolicy
+
+    groups = importlib.import_module("approvals.migrations.0003_role_groups")
+    defaults = importlib.import_module("approvals.migrations.0004_default_risk_and_policy")
+    if not Group.objects.exists():
+        groups.create_groups(apps, None)
+    if not ApprovalPolicy.objects.exists():
+        defaults.load_defaults(apps, None)
 
 
 @pytest.fixture
