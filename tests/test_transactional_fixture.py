@@ -1,4 +1,5 @@
 """Transactional tests (the ones later issues use for Temporal end-to-end runs) see the migration data."""
+
 import pytest
 from django.contrib.auth.models import Group
 
