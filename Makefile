@@ -29,6 +29,8 @@ run: install
 
 ## Run the whole suite on PostgreSQL (starts PostgreSQL and Redis when they are down)
 test: install services
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 services:
@@ -36,6 +38,8 @@ services:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache
