@@ -2,11 +2,16 @@
 
 A plan is JSON on the change request. Waves run in order; each names its cohort, how long it soaks, how many
 devices must finish before it is judged, the thresholds that promote or halt it, and whether a person promotes.
+Plan-wide settings (all optional, filled with defaults so that what is approved is exactly what runs):
+monitoring interval, per-device deadlines, retries per failure class, pacing (globally and per region),
+maintenance windows in each region's local time, and blackout windows in UTC.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from datetime import datetime
 from typing import Any
 
 from approvals.records import canonical_json
@@ -16,7 +21,18 @@ COHORT_KINDS = ("pilot", "percent", "count")
 PROMOTION_MODES = ("auto", "manual")
 ABORT_POLICIES = ("halt", "halt_and_rollback")
 WAVE_KEYS = {"name", "cohort", "soak_seconds", "min_sample", "success_threshold", "failure_threshold", "promotion"}
+OPTIONAL_WAVE_KEYS = {"stratify"}
 MAX_WAVES = 20
+PLAN_DEFAULTS: dict[str, Any] = {
+    "monitor_interval_seconds": 30,
+    "deadlines": {"download_seconds": 3600, "install_seconds": 1800, "confirm_seconds": 900},
+    "retries": {"download": 3, "install": 1},
+    "pacing": {"devices_per_minute": 0, "max_concurrent_downloads": 0, "per_region": {}},
+    "maintenance_windows": {},
+    "blackout_windows": [],
+}
+PLAN_KEYS = {"waves", "abort_policy", *PLAN_DEFAULTS}
+HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
 def _is_int(value: Any) -> bool:
@@ -31,8 +47,10 @@ def _wave_errors(wave: Any, index: int, last: bool) -> dict[str, list[str]]:
     if not isinstance(wave, dict):
         return {"wave": ["Must be an object."]}
     errors: dict[str, list[str]] = {}
-    for key in sorted(set(wave) - WAVE_KEYS):
+    for key in sorted(set(wave) - WAVE_KEYS - OPTIONAL_WAVE_KEYS):
         errors[key] = ["Unknown field."]
+    if "stratify" in wave and not isinstance(wave["stratify"], bool):
+        errors["stratify"] = ["true or false: hold each hardware model and region in proportion."]
     for key in sorted(WAVE_KEYS - set(wave)):
         errors[key] = ["This field is required."]
     if errors:
@@ -72,8 +90,10 @@ def plan_normalize(plan: Any) -> dict[str, Any]:
     if not isinstance(plan, dict):
         raise InvalidInput("The rollout plan must be an object.", fields={"rollout_plan": ["Must be an object."]})
     errors: dict[str, Any] = {}
-    for key in sorted(set(plan) - {"waves", "abort_policy"}):
+    for key in sorted(set(plan) - PLAN_KEYS):
         errors[key] = ["Unknown field."]
+    plan = {**PLAN_DEFAULTS, **plan}
+    errors.update(_settings_errors(plan))
     waves = plan.get("waves")
     if not isinstance(waves, list) or not 1 <= len(waves) <= MAX_WAVES:
         errors["waves"] = [f"A list of 1 to {MAX_WAVES} waves."]
@@ -89,6 +109,102 @@ def plan_normalize(plan: Any) -> dict[str, Any]:
     if errors:
         raise InvalidInput("The rollout plan is invalid.", fields={"rollout_plan": errors})
     return plan
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return _is_int(value) and low <= value <= high
+
+
+def _pacing_errors(pacing: Any) -> list[str]:
+    if not isinstance(pacing, dict) or set(pacing) - {"devices_per_minute", "max_concurrent_downloads", "per_region"}:
+        return ['{"devices_per_minute": N, "max_concurrent_downloads": N, "per_region": {"<region>": {...}}}']
+    limits = [pacing.get("devices_per_minute", 0), pacing.get("max_concurrent_downloads", 0)]
+    per_region = pacing.get("per_region", {})
+    if not isinstance(per_region, dict):
+        return ["per_region must map region codes to limits."]
+    for region_limits in per_region.values():
+        if not isinstance(region_limits, dict) or set(region_limits) - {
+            "devices_per_minute",
+            "max_concurrent_downloads",
+        }:
+            return ["Each region's limits: devices_per_minute and max_concurrent_downloads."]
+        limits.extend(region_limits.values())
+    if not all(_int_in(v, 0, 1_000_000) for v in limits):
+        return ["Limits are integers from 0 (no limit) to 1,000,000."]
+    return []
+
+
+def _window_errors(windows: Any) -> list[str]:
+    if not isinstance(windows, dict):
+        return ['{"<region code or *>": [{"days": [0..6], "start": "HH:MM", "end": "HH:MM"}]} in local time.']
+    for spans in windows.values():
+        if not isinstance(spans, list) or not spans:
+            return ["Each region needs a non-empty list of windows."]
+        for span in spans:
+            if (
+                not isinstance(span, dict)
+                or set(span) != {"days", "start", "end"}
+                or not isinstance(span["days"], list)
+                or not span["days"]
+                or not all(_int_in(d, 0, 6) for d in span["days"])
+                or not all(isinstance(span[k], str) and HHMM_RE.match(span[k]) for k in ("start", "end"))
+                or span["start"] == span["end"]
+            ):
+                return [
+                    'A window is {"days": [0..6 (Monday=0)], "start": "HH:MM", "end": "HH:MM"}; end may be past midnight.'
+                ]
+    return []
+
+
+def _parse_utc(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def _blackout_errors(blackouts: Any) -> list[str]:
+    if not isinstance(blackouts, list):
+        return ['A list of {"start": ISO time with zone, "end": ..., "reason": "..."}.']
+    for span in blackouts:
+        if not isinstance(span, dict) or set(span) - {"start", "end", "reason"}:
+            return ['Each blackout is {"start", "end", "reason"}.']
+        start, end = _parse_utc(span.get("start")), _parse_utc(span.get("end"))
+        if start is None or end is None or end <= start:
+            return ["Blackout start and end are ISO times with a zone, end after start."]
+    return []
+
+
+def _settings_errors(plan: dict[str, Any]) -> dict[str, Any]:
+    errors: dict[str, Any] = {}
+    if not _int_in(plan["monitor_interval_seconds"], 1, 3600):
+        errors["monitor_interval_seconds"] = ["An integer number of seconds from 1 to 3600."]
+    deadlines = plan["deadlines"]
+    if (
+        not isinstance(deadlines, dict)
+        or set(deadlines) != set(PLAN_DEFAULTS["deadlines"])
+        or not all(_int_in(v, 1, 7 * 86400) for v in deadlines.values())
+    ):
+        errors["deadlines"] = ["download_seconds, install_seconds and confirm_seconds, each 1 s to 7 days."]
+    retries = plan["retries"]
+    if (
+        not isinstance(retries, dict)
+        or set(retries) != set(PLAN_DEFAULTS["retries"])
+        or not all(_int_in(v, 0, 10) for v in retries.values())
+    ):
+        errors["retries"] = ["download and install retries, each 0 to 10."]
+    for key, check in (
+        ("pacing", _pacing_errors),
+        ("maintenance_windows", _window_errors),
+        ("blackout_windows", _blackout_errors),
+    ):
+        problems = check(plan[key])
+        if problems:
+            errors[key] = problems
+    return errors
 
 
 def plan_hash(plan: dict[str, Any]) -> str:

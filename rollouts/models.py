@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus, WaveStatus
+
 
 class FirmwareArtifact(models.Model):
     """A firmware image stored once, addressed by the sha256 the server computed while receiving it."""
@@ -38,3 +40,89 @@ class FirmwareRelease(models.Model):
 
     def __str__(self) -> str:
         return self.version
+
+
+class Rollout(models.Model):
+    """The execution of one approved change: its waves run by one Temporal workflow (`rollout-<pk>`)."""
+
+    change = models.OneToOneField("approvals.ChangeRequest", on_delete=models.PROTECT, related_name="rollout")
+    release = models.ForeignKey(FirmwareRelease, on_delete=models.PROTECT, related_name="rollouts")
+    rollback_release = models.ForeignKey(FirmwareRelease, on_delete=models.PROTECT, related_name="+")
+    plan = models.JSONField(help_text="The rollout plan exactly as approved.")
+    plan_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=24, choices=RolloutStatus.choices, default=RolloutStatus.SCHEDULED)
+    current_wave = models.PositiveSmallIntegerField(default=0)
+    gate = models.CharField(max_length=24, blank=True, default="", help_text="Why it waits for a person.")
+    status_reason = models.TextField(blank=True, default="")
+    last_health = models.JSONField(null=True, blank=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    halted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"rollout-{self.pk}"
+
+    @property
+    def workflow_id(self) -> str:
+        return f"rollout-{self.pk}"
+
+
+class Wave(models.Model):
+    """One wave of a rollout: its cohort size and verdict."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="waves")
+    index = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=64)
+    status = models.CharField(max_length=20, choices=WaveStatus.choices, default=WaveStatus.PENDING)
+    planned_devices = models.PositiveIntegerField(default=0)
+    assigned_devices = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    verdict_at = models.DateTimeField(null=True, blank=True)
+    health = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["rollout", "index"]
+        constraints = [models.UniqueConstraint(fields=["rollout", "index"], name="one_wave_per_index")]
+
+    def __str__(self) -> str:
+        return f"{self.rollout} wave {self.index} ({self.name})"
+
+
+class Deployment(models.Model):
+    """One device's update (or rollback) within a rollout, tracked to a confirmed, healthy boot."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="deployments")
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="deployments")
+    device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="deployments")
+    release = models.ForeignKey(FirmwareRelease, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=12, choices=DeploymentKind.choices, default=DeploymentKind.UPDATE)
+    status = models.CharField(max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING)
+    not_before = models.DateTimeField(null=True, blank=True, help_text="Pacing: not offered before this time.")
+    deadline_at = models.DateTimeField(null=True, blank=True, help_text="Deadline of the current phase.")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_seq = models.BigIntegerField(default=-1, help_text="Highest device sequence number applied.")
+    failure_class = models.CharField(max_length=32, blank=True, default="")
+    detail = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["rollout", "device", "kind"], name="one_deployment_per_device_and_kind"),
+        ]
+        indexes = [
+            models.Index(fields=["wave", "status"]),
+            models.Index(fields=["rollout", "kind", "status"]),
+            models.Index(fields=["device", "status"]),
+            models.Index(fields=["status", "deadline_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.device_id} in {self.rollout_id}: {self.status}"

@@ -9,6 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from ota_project.roles import Role
+from tests.change_fixtures import SAFE_ANSWERS, approved_change, change_fields, fleet, submitted_change  # noqa: F401
 from tests.factories import UserFactory
 
 

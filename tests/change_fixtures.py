@@ -1,4 +1,4 @@
-"""A small fleet and a change that is ready for review, built through the services."""
+"""A small fleet and changes at each stage (ready, submitted, approved), built through the services."""
 
 from __future__ import annotations
 
@@ -56,3 +56,9 @@ def change_fields(fleet) -> dict[str, Any]:
 def submitted_change(requester, change_fields):
     change = services.change_create(actor=requester, **change_fields)
     return services.change_submit(actor=requester, change=change)
+
+
+@pytest.fixture
+def approved_change(submitted_change, cab_member, cab_member_2):
+    services.approval_grant(actor=cab_member, change=submitted_change, revision=1)
+    return services.approval_grant(actor=cab_member_2, change=submitted_change, revision=1)

@@ -1,0 +1,207 @@
+"""Rollout steps at the service layer: who may start, cohorts, deadlines, halt, rollback, device reports."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from approvals.choices import ChangeStatus
+from approvals.models import ChangeRequest, DecisionRecord
+from devices.models import Device
+from ota_project.errors import Conflict, InvalidInput, NotPermitted
+from rollouts import rollout_services as steps
+from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
+from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.models import Deployment, Rollout
+from workflows.types import PhaseChange
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _no_temporal(settings):
+    settings.TEMPORAL_ENABLED = False
+
+
+@pytest.fixture
+def rollout(approved_change, operator):
+    return steps.rollout_start(actor=operator, change=approved_change)
+
+
+def _drive(deployment: Deployment, *statuses: str) -> Deployment:
+    device = deployment.device
+    for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
+        extra = {"booted_version": deployment.release.version, "health_passed": True} if status == "succeeded" else {}
+        deployment = deployment_report(device=device, deployment_id=deployment.pk, report=Report(seq, status, **extra))
+    return deployment
+
+
+HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
+
+
+def test_operator_starts_an_approved_change_and_plans_waves(rollout, approved_change):
+    assert rollout.status == RolloutStatus.SCHEDULED
+    assert [w.planned_devices for w in rollout.waves.order_by("index")] == [2, 2, 16]  # pilot, 10%, rest
+    approved_change.refresh_from_db()
+    assert approved_change.status == ChangeStatus.IMPLEMENTING
+    assert DecisionRecord.objects.filter(action="rollout.start").exists()
+
+
+def test_author_and_non_operators_cannot_start(approved_change, requester, cab_member, make_user):
+    both = approved_change.author
+    both.groups.add(*__import__("django.contrib.auth.models", fromlist=["Group"]).Group.objects.filter(name="operator"))
+    for user in (both, cab_member):
+        if hasattr(user, "_ota_roles"):
+            del user._ota_roles
+        with pytest.raises(NotPermitted):
+            steps.rollout_start(actor=user, change=approved_change)
+    assert not Rollout.objects.exists()
+
+
+def test_unapproved_change_is_refused(submitted_change, operator):
+    with pytest.raises(Conflict, match="approved"):
+        steps.rollout_start(actor=operator, change=submitted_change)
+    assert not Rollout.objects.exists()
+
+
+def test_start_outside_the_requested_window_is_refused(approved_change, operator):
+    ChangeRequest.objects.filter(pk=approved_change.pk).update(
+        requested_window_start=timezone.now() + timedelta(days=1),
+        requested_window_end=timezone.now() + timedelta(days=2),
+    )
+    with pytest.raises(Conflict, match="window"):
+        steps.rollout_start(actor=operator, change=ChangeRequest.objects.get(pk=approved_change.pk))
+    assert not Rollout.objects.exists()
+
+
+def test_overlapping_active_rollout_is_a_conflict(
+    rollout, requester, change_fields, cab_member, cab_member_2, operator
+):
+    from approvals import services
+
+    other = services.change_submit(actor=requester, change=services.change_create(actor=requester, **change_fields))
+    services.approval_grant(actor=cab_member, change=other, revision=1)
+    other = services.approval_grant(actor=cab_member_2, change=other, revision=1)
+    with pytest.raises(Conflict, match=f"rollout-{rollout.pk}"):
+        steps.rollout_start(actor=operator, change=other)
+
+
+def test_wave_assignment_is_idempotent_and_pilots_first(rollout):
+    assert steps.wave_assign(rollout_id=rollout.pk, wave_index=0) == 2
+    assert steps.wave_assign(rollout_id=rollout.pk, wave_index=0) == 2
+    pilots = Deployment.objects.filter(wave__index=0)
+    assert all(d.device.tags.filter(name="pilot").exists() for d in pilots)
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=1)
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=2)
+    assert Deployment.objects.count() == 20
+    assert Deployment.objects.values("device").distinct().count() == 20
+
+
+def test_missed_deadline_times_out_and_counts_as_failure(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    Deployment.objects.update(deadline_at=timezone.now() - timedelta(seconds=1))
+    health = steps.wave_health(rollout_id=rollout.pk, wave_index=0)
+    assert (health.timed_out, health.failures, health.unfinished) == (2, 2, 0)
+    assert set(Deployment.objects.values_list("failure_class", flat=True)) == {"download"}
+
+
+def test_device_reports_are_idempotent_and_never_go_backwards(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    device = Deployment.objects.first().device
+    offered = deployment_offer(device=device)
+    assert offered.status == DeploymentStatus.OFFERED
+    deployment = _drive(offered, "downloading", "downloaded", "installing")
+    assert deployment.status == DeploymentStatus.INSTALLING
+    # A replayed and an older, out-of-order report change nothing.
+    same = deployment_report(
+        device=device, deployment_id=deployment.pk, report=Report(deployment.last_seq, "downloading")
+    )
+    assert same.status == DeploymentStatus.INSTALLING
+    late = deployment_report(
+        device=device, deployment_id=deployment.pk, report=Report(deployment.last_seq + 1, "downloading")
+    )
+    assert late.status == DeploymentStatus.INSTALLING
+    with pytest.raises(Conflict):
+        deployment_report(
+            device=device,
+            deployment_id=deployment.pk,
+            report=Report(99, "succeeded", booted_version="1.1.0", health_passed=True),
+        )
+    deployment = _drive(Deployment.objects.get(pk=deployment.pk), "rebooting", "confirming")
+    with pytest.raises(InvalidInput):
+        deployment_report(
+            device=device,
+            deployment_id=deployment.pk,
+            report=Report(200, "succeeded", booted_version="1.0.0", health_passed=True),
+        )
+    deployment = _drive(Deployment.objects.get(pk=deployment.pk), "succeeded")
+    assert deployment.status == DeploymentStatus.SUCCEEDED
+    device.refresh_from_db()
+    assert (device.installed_version, device.installed_release_counter) == ("1.1.0", 2)
+
+
+def test_another_devices_deployment_is_refused(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    deployment = Deployment.objects.first()
+    stranger = Device.objects.exclude(pk=deployment.device_id).first()
+    with pytest.raises(InvalidInput):
+        deployment_report(device=stranger, deployment_id=deployment.pk, report=Report(1, "downloading"))
+    deployment.refresh_from_db()
+    assert deployment.status == DeploymentStatus.PENDING
+
+
+def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    first, second = Deployment.objects.order_by("pk")
+    _drive(deployment_offer(device=first.device), *HAPPY)
+    cancelled = steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
+    assert cancelled == 1 and deployment_offer(device=second.device) is None
+    assert steps.rollback_assign(rollout_id=rollout.pk) == 1
+    rollback = Deployment.objects.get(kind=DeploymentKind.ROLLBACK)
+    assert rollback.device_id == first.device_id and rollback.release.version == "1.0.0"
+    offered = deployment_offer(device=first.device)
+    assert offered.pk == rollback.pk
+    _drive(offered, *HAPPY)
+    assert steps.rollback_health(rollout_id=rollout.pk).succeeded == 1
+    steps.rollout_finish(rollout_id=rollout.pk, outcome=RolloutStatus.ROLLED_BACK, reason="restored")
+    first.device.refresh_from_db()
+    assert first.device.installed_version == "1.0.0"
+    assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.ROLLED_BACK
+
+
+def test_human_action_is_reauthorized_against_the_database(rollout, requester, operator, make_user):
+    with pytest.raises(NotPermitted):
+        steps.human_action_authorize(
+            rollout_id=rollout.pk, action="promote", actor_id=requester.pk, reason="", wave_index=0
+        )
+    steps.human_action_authorize(
+        rollout_id=rollout.pk, action="abort", actor_id=operator.pk, reason="bad telemetry", wave_index=-1
+    )
+    record = DecisionRecord.objects.get(action="rollout.abort")
+    assert (record.actor_name, record.reason) == (operator.username, "bad telemetry")
+
+
+def test_pause_blocks_offers(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.PAUSED, 0))
+    assert deployment_offer(device=Deployment.objects.first().device) is None
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    assert deployment_offer(device=Deployment.objects.first().device) is not None
+
+
+def test_maintenance_window_waits_for_the_region(rollout):
+    now = timezone.now().astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris"))
+    closed_hour = (now.hour + 3) % 24
+    plan = dict(
+        rollout.plan,
+        maintenance_windows={
+            "*": [{"days": list(range(7)), "start": f"{closed_hour:02d}:00", "end": f"{(closed_hour + 1) % 24:02d}:00"}]
+        },
+    )
+    Rollout.objects.filter(pk=rollout.pk).update(plan=plan)
+    seconds, reason = steps.wave_window_wait(rollout_id=rollout.pk, wave_index=0)
+    assert 3600 < seconds <= 3 * 3600 + 1 and "maintenance window" in reason

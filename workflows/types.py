@@ -1,0 +1,233 @@
+"""Data crossing the Temporal boundary: workflow, activity, update and query payloads (stdlib only).
+
+Every payload is a dataclass; durations are integer seconds; times are ISO-8601 UTC strings.
+Names here are part of running histories: never rename an activity, update, query or field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TASK_QUEUE = "ota-rollouts"
+WORKFLOW_NAME = "RolloutWorkflow"
+
+
+def rollout_workflow_id(rollout_id: int) -> str:
+    """Deterministic workflow id, so starting twice is a no-op."""
+    return f"rollout-{rollout_id}"
+
+
+class Activity:
+    """Stable activity names (workflows/activities.py implements them).
+
+    Argument -> result, as RolloutWorkflow calls them:
+      WAVE_WINDOW_WAIT        WaveRef -> WindowWait
+      WAVE_ASSIGN             WaveRef -> WaveAssignment (idempotent: bulk insert of the wave's deployments)
+      WAVE_HEALTH             WaveRef -> WaveHealth
+      ROLLOUT_PHASE           PhaseChange -> None (projection + decision record for system actions)
+      ROLLOUT_HALT            HaltRequest -> int (stop offering the release anywhere; idempotent)
+      ROLLBACK_ASSIGN         RollbackRef -> int (devices offered the rollback release; idempotent)
+      ROLLBACK_HEALTH         RollbackRef -> WaveHealth (of the rollback deployments)
+      ROLLOUT_FINISH          FinishRequest -> None (idempotent)
+      HUMAN_ACTION_AUTHORIZE  AuthorizeRequest -> None (raises DomainError to refuse; records the decision)
+    """
+
+    WAVE_WINDOW_WAIT = "rollouts.wave_window_wait"
+    WAVE_ASSIGN = "rollouts.wave_assign"
+    WAVE_HEALTH = "rollouts.wave_health"
+    ROLLOUT_PHASE = "rollouts.rollout_phase"
+    ROLLOUT_HALT = "rollouts.rollout_halt"
+    ROLLBACK_ASSIGN = "rollouts.rollback_assign"
+    ROLLBACK_HEALTH = "rollouts.rollback_health"
+    ROLLOUT_FINISH = "rollouts.rollout_finish"
+    HUMAN_ACTION_AUTHORIZE = "rollouts.human_action_authorize"
+
+
+class Update:
+    PROMOTE = "promote"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+class Query:
+    STATUS = "status"
+
+
+class Phase:
+    """Rollout phases as the workflow sees them (mirrors rollouts.choices.RolloutStatus values)."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    AWAITING_PROMOTION = "awaiting_promotion"
+    PAUSED = "paused"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+
+
+class Gate:
+    """Why the workflow is waiting for a person (empty string: it is not)."""
+
+    NONE = ""
+    PROMOTION = "promotion"  # the wave passed and is manual
+    INCONCLUSIVE = "inconclusive"  # not enough evidence to promote automatically
+    HALTED = "halted"  # the wave failed and the abort policy is `halt`
+
+
+class Verdict:
+    CONTINUE = "continue"
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass
+class WavePlan:
+    """One wave as approved with the change (copied into the workflow input at start)."""
+
+    name: str
+    soak_seconds: int
+    min_sample: int
+    success_threshold: float
+    failure_threshold: float
+    promotion: str  # "auto" | "manual"
+
+
+@dataclass
+class RolloutInput:
+    """Workflow input; also the state carried across continue-as-new."""
+
+    rollout_id: int
+    change_id: int
+    author_id: int
+    waves: list[WavePlan]
+    abort_policy: str  # "halt" | "halt_and_rollback"
+    monitor_interval_seconds: int = 30
+    # Carried across continue-as-new:
+    start_wave: int = 0
+    wave_assigned: bool = False
+    wave_soak_started_at: str = ""  # ISO time the current wave's soak began ("" = not yet)
+    paused: bool = False
+    gate: str = ""  # Gate open when the run continued as new ("" = none)
+    rolling_back: bool = False  # the rollback saga had begun (its assignment is idempotent)
+    rollback_reason: str = ""  # why the rollback began (for the finish record)
+    rollback_actor_id: int | None = None  # who asked for it (None: the abort policy)
+
+
+@dataclass
+class WaveRef:
+    rollout_id: int
+    wave_index: int
+
+
+@dataclass
+class WaveAssignment:
+    wave_index: int
+    assigned: int  # deployments of this wave in the database after the call (idempotent)
+
+
+@dataclass
+class WindowWait:
+    """How long the wave must wait before it may start (0: now), and why."""
+
+    seconds: int
+    reason: str = ""
+
+
+@dataclass
+class WaveHealth:
+    """Counts of one wave's (or the rollback's) deployments; computed from the database."""
+
+    total: int = 0
+    pending: int = 0
+    in_progress: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    rolled_back: int = 0
+    cancelled: int = 0
+
+    @property
+    def failures(self) -> int:
+        return self.failed + self.timed_out + self.rolled_back
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failures
+
+    @property
+    def unfinished(self) -> int:
+        return self.pending + self.in_progress
+
+
+@dataclass
+class PhaseChange:
+    """Projection of the workflow's state into the database (and the decision record for system actions)."""
+
+    rollout_id: int
+    phase: str
+    wave_index: int
+    gate: str = ""
+    reason: str = ""
+    health: WaveHealth | None = None
+
+
+@dataclass
+class HaltRequest:
+    rollout_id: int
+    wave_index: int
+    reason: str
+
+
+@dataclass
+class RollbackRef:
+    rollout_id: int
+
+
+@dataclass
+class FinishRequest:
+    rollout_id: int
+    outcome: str  # Phase.COMPLETED | Phase.ABORTED | Phase.ROLLED_BACK
+    reason: str = ""
+    actor_id: int | None = None
+
+
+@dataclass
+class HumanAction:
+    """A person's request to the workflow (promote, abort, rollback, pause, resume)."""
+
+    actor_id: int
+    actor_roles: list[str] = field(default_factory=list)
+    reason: str = ""
+    wave_index: int = -1  # promote names the wave it promotes; -1 elsewhere
+
+
+@dataclass
+class AuthorizeRequest:
+    """Re-check a human action against the database and record it (activity input)."""
+
+    rollout_id: int
+    action: str
+    actor_id: int
+    reason: str
+    wave_index: int
+
+
+@dataclass
+class RolloutStatus:
+    """What the status query returns."""
+
+    rollout_id: int
+    phase: str
+    wave_index: int
+    wave_name: str
+    waves_total: int
+    paused: bool
+    gate: str
+    last_health: WaveHealth | None = None
+    last_verdict: str = ""
+    message: str = ""
