@@ -1,0 +1,114 @@
+"""Rollout API: start an approved change, watch it, and promote / pause / resume / abort / roll back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import django_filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from approvals.selectors import change_get_for_user
+from ota_project.roles import Role
+from rollouts import rollout_services
+from rollouts.api.rollout_serializers import (
+    DeploymentSerializer,
+    RolloutActionSerializer,
+    RolloutSerializer,
+    RolloutStartSerializer,
+    WorkflowStatusSerializer,
+)
+from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
+from rollouts.models import Deployment, Rollout
+
+
+class RolloutFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=RolloutStatus.choices)
+    change = django_filters.NumberFilter(field_name="change_id")
+
+    class Meta:
+        model = Rollout
+        fields = ["status", "change"]
+
+
+class DeploymentFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=DeploymentStatus.choices)
+    kind = django_filters.ChoiceFilter(choices=DeploymentKind.choices)
+    wave = django_filters.NumberFilter(field_name="wave__index")
+    device = django_filters.CharFilter(field_name="device__serial")
+
+    class Meta:
+        model = Deployment
+        fields = ["status", "kind", "wave", "device"]
+
+
+def _action_view(name: str) -> Any:
+    @extend_schema(request=RolloutActionSerializer, responses=WorkflowStatusSerializer, operation_id=f"rollouts_{name}")
+    def view(self: RolloutViewSet, request: Request, pk: str) -> Response:
+        data = RolloutActionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = rollout_services.rollout_act(
+            actor=request.user, rollout=self.get_object(), action=name, **data.validated_data
+        )
+        return Response(_status_data(result))
+
+    view.__name__ = name
+    view.__doc__ = f"{name.capitalize()} the rollout (operators who did not author the change)."
+    return action(detail=True, methods=["post"])(view)
+
+
+def _status_data(result: Any) -> dict[str, Any]:
+    data = asdict(result)
+    data.pop("last_health", None)
+    return data
+
+
+class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Rollouts: start, list, detail with waves, per-device deployments, and human decisions."""
+
+    serializer_class = RolloutSerializer
+    filterset_class = RolloutFilter
+    action_roles = {name: (Role.OPERATOR,) for name in ("create", *rollout_services.HUMAN_ACTIONS)}
+
+    def get_queryset(self) -> Any:
+        return Rollout.objects.select_related("release", "rollback_release", "started_by").prefetch_related("waves")
+
+    @extend_schema(request=RolloutStartSerializer, responses={201: RolloutSerializer})
+    def create(self, request: Request) -> Response:
+        data = RolloutStartSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        change = change_get_for_user(request.user, data.validated_data["change"])
+        rollout = rollout_services.rollout_start(actor=request.user, change=change)
+        return Response(RolloutSerializer(self.get_queryset().get(pk=rollout.pk)).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses=DeploymentSerializer(many=True),
+        parameters=[
+            OpenApiParameter("status", str, enum=DeploymentStatus.values, many=True),
+            OpenApiParameter("kind", str, enum=DeploymentKind.values),
+            OpenApiParameter("wave", int),
+            OpenApiParameter("device", str, description="Device serial."),
+        ],
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def deployments(self, request: Request, pk: str) -> Response:
+        rollout = self.get_object()
+        filtered = DeploymentFilter(
+            request.query_params,
+            queryset=rollout.deployments.select_related("device", "release", "wave").order_by("pk"),
+        )
+        if not filtered.is_valid():
+            raise ValidationError(filtered.errors)
+        page = self.paginate_queryset(filtered.qs)
+        return self.get_paginated_response(DeploymentSerializer(page, many=True).data)
+
+    promote = _action_view("promote")
+    pause = _action_view("pause")
+    resume = _action_view("resume")
+    abort = _action_view("abort")
+    rollback = _action_view("rollback")
