@@ -12,7 +12,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -262,25 +262,56 @@ def wave_assign(*, rollout_id: int, wave_index: int) -> int:
     region_codes = dict(Region.objects.values_list("pk", "code"))
     not_before = _pacing_times(plan, cohort, region_codes, now)
     download = timedelta(seconds=plan["deadlines"]["download_seconds"])
-    Deployment.objects.bulk_create(
-        (
-            Deployment(
-                rollout=rollout,
-                wave=wave,
-                device_id=target.device_id,
-                release_id=rollout.release_id,
-                kind=DeploymentKind.UPDATE,
-                not_before=start,
-                deadline_at=start + download,
-            )
+    insert_deployments(
+        [
+            (rollout.pk, wave.pk, target.device_id, rollout.release_id, DeploymentKind.UPDATE, start, start + download)
             for target, start in zip(cohort, not_before, strict=True)
-        ),
-        batch_size=BULK_BATCH,
-        ignore_conflicts=True,
+        ]
     )
     Wave.objects.filter(pk=wave.pk).update(assigned_devices=len(cohort), status=WaveStatus.RUNNING, started_at=now)
     _record(None, rollout, "rollout.wave_assign", after={"wave": wave_index, "devices": len(cohort)})
     return len(cohort)
+
+
+DeploymentRow = tuple[int, int, int, int, str, datetime, datetime]
+COPY_COLUMNS = (
+    "rollout_id",
+    "wave_id",
+    "device_id",
+    "release_id",
+    "kind",
+    "not_before",
+    "deadline_at",
+    "status",
+    "attempts",
+    "last_seq",
+    "failure_class",
+    "detail",
+    "created_at",
+    "updated_at",
+)
+
+
+def insert_deployments(rows: list[DeploymentRow]) -> None:
+    """Insert new deployments in bulk: COPY on PostgreSQL (100,000 rows in seconds), bulk_create elsewhere.
+
+    Callers hold the wave or rollout row lock and insert only rows that do not exist yet (no conflicts).
+    """
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        table = Deployment._meta.db_table
+        with connection.cursor() as cursor:
+            with cursor.cursor.copy(f"COPY {table} ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row((*row, DeploymentStatus.PENDING, 0, -1, "", "", now, now))
+        return
+    Deployment.objects.bulk_create(
+        (
+            Deployment(rollout_id=r, wave_id=w, device_id=d, release_id=rel, kind=k, not_before=nb, deadline_at=dl)
+            for r, w, d, rel, k, nb, dl in rows
+        ),
+        batch_size=BULK_BATCH,
+    )
 
 
 def _expire_deadlines(deployments: Any, now: datetime) -> int:
@@ -408,21 +439,13 @@ def rollback_assign(*, rollout_id: int) -> int:
     )
     download = timedelta(seconds=rollout.plan["deadlines"]["download_seconds"])
     rows = list(took.values_list("device_id", "wave_id"))
-    Deployment.objects.bulk_create(
-        (
-            Deployment(
-                rollout=rollout,
-                wave_id=wave_id,
-                device_id=device_id,
-                release_id=rollout.rollback_release_id,
-                kind=DeploymentKind.ROLLBACK,
-                not_before=now,
-                deadline_at=now + download,
-            )
+    already = set(rollout.deployments.filter(kind=DeploymentKind.ROLLBACK).values_list("device_id", flat=True))
+    insert_deployments(
+        [
+            (rollout.pk, wave_id, device_id, rollout.rollback_release_id, DeploymentKind.ROLLBACK, now, now + download)
             for device_id, wave_id in rows
-        ),
-        batch_size=BULK_BATCH,
-        ignore_conflicts=True,
+            if device_id not in already
+        ]
     )
     _transition(
         rollout,
