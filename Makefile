@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-## Start the embedded default: SQLite in .data/, demo data, web app on http://$(HOST):$(PORT)
+## Start the embedded default: SQLite and the Temporal dev server in .data/, demo data, the Temporal worker,
+## web app on http://$(HOST):$(PORT), Temporal UI on http://127.0.0.1:8233 (Ctrl-C stops everything)
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py seed_demo
-	$(BIN)/python manage.py runserver $(HOST):$(PORT) --noreload
+	$(BIN)/python manage.py run_embedded --host $(HOST) --port $(PORT)
 
 ## Run the whole suite on PostgreSQL (starts PostgreSQL and Redis when they are down)
 test: install services

@@ -12,6 +12,9 @@ from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS, approved_change, change_fields, fleet, submitted_change  # noqa: F401
 from tests.factories import UserFactory
 
+# One Temporal dev server per test session, shared by every test that needs one.
+pytest_plugins = ["tests.temporal_support"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path):

@@ -1,6 +1,6 @@
 """Rollout activities: each one service call, sync, on the worker's thread pool, with connection hygiene.
 
-A DomainError (a rule said no) becomes a non-retryable ApplicationError of type "DomainError"; anything else
+A DomainError (a rule said no) becomes a non-retryable ApplicationError named after it; anything else
 (database down, deadlock) is retried by Temporal. Every step is idempotent on (rollout, wave).
 """
 
@@ -41,7 +41,10 @@ def _orm_activity(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except DomainError as exc:
-            raise ApplicationError(exc.message, type="DomainError", non_retryable=True) from exc
+            # The type names the refusal (NotPermitted, Conflict, InvalidInput) so the client maps it to 403/409/400.
+            raise ApplicationError(
+                exc.message, {"code": exc.code, "fields": exc.fields}, type=type(exc).__name__, non_retryable=True
+            ) from exc
         finally:
             close_old_connections()
 

@@ -1,0 +1,103 @@
+"""`manage.py run_embedded` (what `make run` ends with) starts everything, serves, and stops everything on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.temporal_support import REPO_ROOT, free_port, port_accepts, wait_until
+
+
+def _children_of(pid: int) -> set[int]:
+    """Direct children of `pid`, read from /proc."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the parenthesised command name: state, ppid, ...
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_run_embedded_starts_temporal_worker_and_web_and_stops_them_all_on_sigint(tmp_path):
+    web_port, temporal_port, ui_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "OTA_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "TEMPORAL_NAMESPACE": "default",
+        "TEMPORAL_TASK_QUEUE": "ota-rollouts",
+        "PYTHONUNBUFFERED": "1",
+    }
+    manage = [sys.executable, str(REPO_ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, cwd=REPO_ROOT, check=True, timeout=120)
+    log_path = tmp_path / "run_embedded.log"
+    with log_path.open("wb") as log:
+        launcher = subprocess.Popen(
+            [
+                *manage,
+                "run_embedded",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(web_port),
+                "--temporal-ui-port",
+                str(ui_port),
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    try:
+
+        def banner_printed() -> bool:
+            assert launcher.poll() is None, f"run_embedded exited early:\n{output()}"
+            return "  Web app:" in output()
+
+        wait_until(banner_printed, 90, "run_embedded to print its banner", interval=0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as response:
+            assert response.status == 200
+        assert port_accepts("127.0.0.1", temporal_port)
+        wait_until(lambda: port_accepts("127.0.0.1", ui_port), 30, "the Temporal UI")
+        assert f"http://127.0.0.1:{ui_port}/namespaces/default/workflows" in output()
+        assert f"http://127.0.0.1:{web_port}/" in output()
+        wait_until(lambda: "temporal_worker: polling task queue ota-rollouts" in output(), 60, "the worker to poll")
+        assert (tmp_path / "temporal.db").exists()
+        children = _children_of(launcher.pid)
+        assert len(children) == 3, output()  # temporal dev server, worker, web
+
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=90) == 0, output()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+    assert not [pid for pid in children if _alive(pid)], output()
+    assert not port_accepts("127.0.0.1", web_port)
+    assert not port_accepts("127.0.0.1", temporal_port)
+    assert "temporal_worker: stopped" in output()
+    assert "run_embedded: stopped" in output()
