@@ -181,8 +181,13 @@ def workflow_input(rollout: Rollout) -> Any:
     )
 
 
-def search_attributes_for(rollout: Rollout) -> dict[str, Any]:
-    return {"change_id": rollout.change_id, "release_version": rollout.release.version}
+def search_attributes_for(rollout: Rollout) -> Any:
+    """What operators filter on in the Temporal UI: change, release, phase, wave, paused."""
+    from workflows.search_attributes import rollout_search_attributes
+
+    return rollout_search_attributes(
+        change_id=rollout.change_id, release_version=rollout.release.version, phase=rollout.status, wave=0, paused=False
+    )
 
 
 # --- Steps taken by the workflow's activities -------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""Rollouts end to end on the real Temporal dev server: the real workflow, the real activities, PostgreSQL,
+devices driven through the device services."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.contrib.auth.models import Group
+
+from approvals import services as change_services
+from approvals.choices import ChangeStatus
+from approvals.models import ChangeRequest, DecisionRecord
+from approvals.records import chain_verify
+from devices.models import Device
+from ota_project.errors import Conflict, NotPermitted
+from rollouts import rollout_services
+from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
+from rollouts.models import Deployment, Rollout
+from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, run_until
+from tests.temporal_support import running_worker, subprocess_env, worker_process
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def fast_plan(*, pilot_promotion: str = "auto", abort_policy: str = "halt_and_rollback", download: int = 60) -> dict:
+    wave = {"soak_seconds": 1, "min_sample": 1, "success_threshold": 0.9, "failure_threshold": 0.1}
+    return {
+        "waves": [
+            {"name": "pilot", "cohort": {"kind": "pilot"}, "promotion": pilot_promotion, **wave},
+            {"name": "fleet", "cohort": {"kind": "percent", "value": 100}, "promotion": "auto", **wave},
+        ],
+        "abort_policy": abort_policy,
+        "monitor_interval_seconds": 1,
+        "deadlines": {"download_seconds": download, "install_seconds": 60, "confirm_seconds": 60},
+    }
+
+
+@pytest.fixture
+def start(temporal_settings, requester, change_fields, cab_member, cab_member_2, operator):
+    """start(plan) -> a started rollout of an approved change with that plan (workflow started on commit)."""
+
+    def _start(plan: dict) -> Rollout:
+        change = change_services.change_create(actor=requester, **{**change_fields, "rollout_plan": plan})
+        change = change_services.change_submit(actor=requester, change=change)
+        change_services.approval_grant(actor=cab_member, change=change, revision=1)
+        change = change_services.approval_grant(actor=cab_member_2, change=change, revision=1)
+        return rollout_services.rollout_start(actor=operator, change=change)
+
+    return _start
+
+
+def _no_duplicates(rollout: Rollout) -> None:
+    per_device = (
+        Deployment.objects.filter(rollout=rollout, kind=DeploymentKind.UPDATE).values("device").distinct().count()
+    )
+    assert per_device == Deployment.objects.filter(rollout=rollout, kind=DeploymentKind.UPDATE).count()
+
+
+def test_healthy_rollout_completes_every_wave(start):
+    with running_worker():
+        rollout = run_until(start(fast_plan()).pk, healthy, finished)
+    assert rollout.status == RolloutStatus.COMPLETED
+    assert Device.objects.filter(hardware_model__name="tcu-4g-r2", installed_version="1.1.0").count() == 20
+    assert Deployment.objects.filter(rollout=rollout, status=DeploymentStatus.SUCCEEDED).count() == 20
+    _no_duplicates(rollout)
+    assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.COMPLETED
+    assert chain_verify().ok
+
+
+def test_failing_pilot_halts_and_rolls_back_before_the_fleet_sees_it(start):
+    seen: list[int] = []
+
+    def half_bad(deployment: Deployment) -> tuple[str, ...]:
+        if deployment.kind == DeploymentKind.ROLLBACK:
+            return HAPPY
+        seen.append(deployment.device_id)
+        return HAPPY if len(seen) == 1 else FAIL_BOOT
+
+    with running_worker():
+        rollout = run_until(start(fast_plan()).pk, half_bad, finished)
+    assert rollout.status == RolloutStatus.ROLLED_BACK
+    assert not Deployment.objects.filter(rollout=rollout, wave__index=1).exists()  # the fleet wave never started
+    rollback = Deployment.objects.get(rollout=rollout, kind=DeploymentKind.ROLLBACK)
+    assert rollback.status == DeploymentStatus.SUCCEEDED and rollback.device_id == seen[0]
+    assert not Device.objects.filter(installed_version="1.1.0").exists()
+    assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.ROLLED_BACK
+    assert DecisionRecord.objects.filter(action="rollout.halt").exists()
+
+
+def test_manual_gate_waits_for_a_permitted_operator(start, operator, requester):
+    with running_worker():
+        rollout = run_until(
+            start(fast_plan(pilot_promotion="manual")).pk,
+            healthy,
+            lambda r: r.status == RolloutStatus.AWAITING_PROMOTION,
+        )
+        assert rollout.gate == "promotion" and not Deployment.objects.filter(rollout=rollout, wave__index=1).exists()
+        requester.groups.add(Group.objects.get(name="operator"))  # the author holding the operator role
+        from django.contrib.auth import get_user_model
+
+        author = get_user_model().objects.get(pk=requester.pk)
+        with pytest.raises(NotPermitted):
+            rollout_services.rollout_act(actor=author, rollout=rollout, action="promote", wave_index=0)
+        with pytest.raises(Conflict):
+            rollout_services.rollout_act(actor=operator, rollout=rollout, action="promote", wave_index=1, reason="x")
+        status = rollout_services.rollout_act(
+            actor=operator, rollout=rollout, action="promote", wave_index=0, reason="pilot fine"
+        )
+        assert status.wave_index in (0, 1)
+        rollout = run_until(rollout.pk, healthy, finished)
+    assert rollout.status == RolloutStatus.COMPLETED
+    record = DecisionRecord.objects.get(action="rollout.promote")
+    assert (record.actor_name, record.reason) == (operator.username, "pilot fine")
+
+
+def test_pause_stops_new_waves_and_resume_continues(start, operator):
+    plan = fast_plan()
+    plan["waves"][0]["soak_seconds"] = 4
+    with running_worker():
+        rollout = start(plan)
+        pilot_done = lambda r: Deployment.objects.filter(rollout=r, wave__index=0, status="succeeded").count() == 2  # noqa: E731
+        rollout = run_until(rollout.pk, healthy, pilot_done)
+        rollout_services.rollout_act(actor=operator, rollout=rollout, action="pause", reason="shift change")
+        rollout = run_until(rollout.pk, healthy, lambda r: r.status == RolloutStatus.PAUSED)
+        time.sleep(6)  # the pilot's soak ends and it passes meanwhile, but no new wave starts while paused
+        assert Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.PAUSED
+        assert not Deployment.objects.filter(rollout=rollout, wave__index=1).exists()
+        rollout_services.rollout_act(actor=operator, rollout=rollout, action="resume", reason="back")
+        rollout = run_until(rollout.pk, healthy, finished)
+    assert rollout.status == RolloutStatus.COMPLETED
+
+
+def test_missed_deadlines_time_out_and_halt(start, operator):
+    with running_worker():
+        rollout = run_until(
+            start(fast_plan(abort_policy="halt", download=2)).pk,
+            lambda d: None,
+            lambda r: r.status == RolloutStatus.HALTED,
+            timeout=60,
+        )
+        assert Deployment.objects.filter(rollout=rollout, status=DeploymentStatus.TIMED_OUT).count() == 2
+        rollout_services.rollout_act(actor=operator, rollout=rollout, action="abort", reason="devices unreachable")
+        rollout = run_until(rollout.pk, lambda d: None, finished)
+    assert rollout.status == RolloutStatus.ABORTED
+    assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.CANCELLED
+
+
+def test_worker_killed_mid_wave_loses_and_duplicates_nothing(start, settings):
+    env = subprocess_env(settings)
+    with worker_process(env) as worker:
+        rollout = start(fast_plan(pilot_promotion="manual"))
+        run_until(rollout.pk, healthy, lambda r: r.status == RolloutStatus.AWAITING_PROMOTION)
+        worker.kill()
+    with worker_process(env):
+        from django.contrib.auth import get_user_model
+
+        operator = get_user_model().objects.get(username="olga-operator")
+        rollout_services.rollout_act(actor=operator, rollout=rollout, action="promote", wave_index=0, reason="go")
+        rollout = run_until(rollout.pk, healthy, finished, timeout=90)
+    assert rollout.status == RolloutStatus.COMPLETED
+    _no_duplicates(rollout)
+    assert Deployment.objects.filter(rollout=rollout, status=DeploymentStatus.SUCCEEDED).count() == 20
