@@ -14,7 +14,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from approvals.selectors import change_get_for_user
+from ota_project.exceptions import error_body
 from ota_project.roles import Role
+from ota_project.serializers import ApiErrorSerializer
 from rollouts import rollout_services
 from rollouts.api.rollout_serializers import (
     DeploymentSerializer,
@@ -106,6 +108,24 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             raise ValidationError(filtered.errors)
         page = self.paginate_queryset(filtered.qs)
         return self.get_paginated_response(DeploymentSerializer(page, many=True).data)
+
+    @extend_schema(responses={200: WorkflowStatusSerializer, 503: ApiErrorSerializer})
+    @action(detail=True, methods=["get"], url_path="workflow-status")
+    def workflow_status(self, request: Request, pk: str) -> Response:
+        """The workflow's own answer to the `status` query (the rollout detail is the database projection)."""
+        from workflows.client import query_rollout_status
+
+        result = query_rollout_status(self.get_object().pk)
+        if result is None:
+            return Response(
+                error_body(
+                    "workflow_unavailable",
+                    "The rollout's workflow cannot be asked right now (finished, or "
+                    "no worker or server is reachable); the rollout detail shows the last known state.",
+                ),
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response(_status_data(result))
 
     promote = _action_view("promote")
     pause = _action_view("pause")

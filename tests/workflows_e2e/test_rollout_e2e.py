@@ -161,3 +161,20 @@ def test_worker_killed_mid_wave_loses_and_duplicates_nothing(start, settings):
     assert rollout.status == RolloutStatus.COMPLETED
     _no_duplicates(rollout)
     assert Deployment.objects.filter(rollout=rollout, status=DeploymentStatus.SUCCEEDED).count() == 20
+
+
+def test_dev_server_restart_mid_rollout_loses_nothing(start, operator, temporal_dev_server, client_for):
+    with running_worker():
+        rollout = run_until(
+            start(fast_plan(pilot_promotion="manual")).pk,
+            healthy,
+            lambda r: r.status == RolloutStatus.AWAITING_PROMOTION,
+        )
+        live = client_for(operator).get(f"/api/v1/rollouts/{rollout.pk}/workflow-status/")
+        assert live.status_code == 200 and live.json()["gate"] == "promotion"
+    temporal_dev_server.restart()  # same database file: the workflow's history survives
+    with running_worker():
+        rollout_services.rollout_act(actor=operator, rollout=rollout, action="promote", wave_index=0, reason="go")
+        rollout = run_until(rollout.pk, healthy, finished, timeout=90)
+    assert rollout.status == RolloutStatus.COMPLETED
+    _no_duplicates(rollout)
