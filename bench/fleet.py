@@ -66,7 +66,7 @@ def build_fleet(devices: int, *, tag: str, single_wave: bool = False) -> dict[st
         {
             "name": "pilot",
             "cohort": {"kind": "pilot"},
-            "soak_seconds": 0,
+            "soak_seconds": 20,
             "min_sample": 1,
             "success_threshold": 0.9,
             "failure_threshold": 0.1,
@@ -76,7 +76,7 @@ def build_fleet(devices: int, *, tag: str, single_wave: bool = False) -> dict[st
             {
                 "name": f"w{i}",
                 "cohort": {"kind": "percent", "value": 25},
-                "soak_seconds": 0,
+                "soak_seconds": 20,
                 "min_sample": 1,
                 "success_threshold": 0.9,
                 "failure_threshold": 0.1,
@@ -87,7 +87,7 @@ def build_fleet(devices: int, *, tag: str, single_wave: bool = False) -> dict[st
         {
             "name": "rest",
             "cohort": {"kind": "percent", "value": 100},
-            "soak_seconds": 0,
+            "soak_seconds": 20,
             "min_sample": 1,
             "success_threshold": 0.9,
             "failure_threshold": 0.1,

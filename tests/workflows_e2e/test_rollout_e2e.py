@@ -18,7 +18,9 @@ from rollouts import rollout_services
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, run_until
-from tests.temporal_support import running_worker, subprocess_env, worker_process
+from tests.temporal_support import in_temporal_loop, running_worker, subprocess_env, worker_process
+from workflows.client import temporal_client
+from workflows.search_attributes import OTA_CHANGE_ID, OTA_PHASE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,6 +50,15 @@ def start(temporal_settings, requester, change_fields, cab_member, cab_member_2,
         return rollout_services.rollout_start(actor=operator, change=change)
 
     return _start
+
+
+def _search_attributes(workflow_id: str):
+    """What operators filter on in the Temporal UI, as the server holds it now."""
+
+    async def describe():
+        return (await (await temporal_client()).get_workflow_handle(workflow_id).describe()).typed_search_attributes
+
+    return in_temporal_loop(describe())
 
 
 def _no_duplicates(rollout: Rollout) -> None:
@@ -96,6 +107,8 @@ def test_manual_gate_waits_for_a_permitted_operator(start, operator, requester):
             lambda r: r.status == RolloutStatus.AWAITING_PROMOTION,
         )
         assert rollout.gate == "promotion" and not Deployment.objects.filter(rollout=rollout, wave__index=1).exists()
+        attributes = _search_attributes(rollout.workflow_id)
+        assert attributes[OTA_PHASE] == "awaiting_promotion" and attributes[OTA_CHANGE_ID] == rollout.change_id
         requester.groups.add(Group.objects.get(name="operator"))  # the author holding the operator role
         from django.contrib.auth import get_user_model
 
