@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint migrate demo clean
+.PHONY: run test install services lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+
+## Rollout-scale benchmark on PostgreSQL (a scratch database ota_bench is recreated): prints JSON ratios
+bench: install services
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench" -c "CREATE DATABASE ota_bench"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.rollout_scale
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache
