@@ -27,6 +27,7 @@ from rollouts.choices import (
 from rollouts.models import Deployment
 from rollouts.windows import region_open
 
+RETRY_BACKOFF_SECONDS = 60
 OFFERABLE_ROLLOUTS = (RolloutStatus.RUNNING, RolloutStatus.AWAITING_PROMOTION, RolloutStatus.ROLLING_BACK)
 PHASE_OF_STATUS = {
     DeploymentStatus.DOWNLOADING: "download_seconds",
@@ -147,7 +148,18 @@ def deployment_report(*, device: Device, deployment_id: int, report: Report, now
                     "health_passed": ["Must be true."],
                 },
             )
-    if status in (DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK, DeploymentStatus.SUCCEEDED):
+    retries = deployment.rollout.plan.get("retries", {}).get(report.failure_class, 0)
+    if status == DeploymentStatus.FAILED and deployment.attempts <= retries:
+        # A failure class the plan retries (download, install): offer the same deployment again after a backoff.
+        backoff = timedelta(seconds=RETRY_BACKOFF_SECONDS * deployment.attempts)
+        download = timedelta(seconds=deployment.rollout.plan["deadlines"]["download_seconds"])
+        updates.update(
+            status=DeploymentStatus.PENDING,
+            not_before=now + backoff,
+            deadline_at=now + backoff + download,
+            failure_class=report.failure_class[:32],
+        )
+    elif status in (DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK, DeploymentStatus.SUCCEEDED):
         updates.update(
             status=status,
             finished_at=now,

@@ -205,3 +205,24 @@ def test_maintenance_window_waits_for_the_region(rollout):
     Rollout.objects.filter(pk=rollout.pk).update(plan=plan)
     seconds, reason = steps.wave_window_wait(rollout_id=rollout.pk, wave_index=0)
     assert 3600 < seconds <= 3 * 3600 + 1 and "maintenance window" in reason
+
+
+def test_failures_the_plan_retries_are_offered_again(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    device = Deployment.objects.first().device
+    deployment = deployment_offer(device=device)
+    retried = deployment_report(
+        device=device, deployment_id=deployment.pk, report=Report(1, "failed", failure_class="download")
+    )
+    assert retried.status == DeploymentStatus.PENDING and retried.not_before > timezone.now()
+    assert deployment_offer(device=device) is None  # backoff first
+    later = timezone.now() + timedelta(minutes=5)
+    for attempt in range(2, 5):  # the plan retries downloads 3 times: attempts 1..4 are offered, 4 fails for good
+        again = deployment_offer(device=device, now=later)
+        assert again.attempts == attempt
+        result = deployment_report(
+            device=device, deployment_id=again.pk, report=Report(attempt * 10, "failed", failure_class="download")
+        )
+        later += timedelta(minutes=10)
+    assert result.status == DeploymentStatus.FAILED
