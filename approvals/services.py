@@ -36,6 +36,7 @@ from approvals.selectors import (
     policy_for,
     policy_requirements,
 )
+from devices.models import Region
 from devices.scope import scope_devices, scope_normalize, scope_summary
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
@@ -158,13 +159,26 @@ def _apply_assessment(change: ChangeRequest, assessment: RiskAssessment) -> None
     change.risk_raised_by = assessment.raised_by
 
 
+def _plan_with_known_regions(plan: Any) -> dict[str, Any]:
+    """The plan's shape, plus: every region it names in windows or pacing exists."""
+    plan = plan_normalize(plan)
+    named = (set(plan["maintenance_windows"]) - {"*"}) | set(plan["pacing"].get("per_region", {}))
+    unknown = sorted(named - set(Region.objects.filter(code__in=named).values_list("code", flat=True)))
+    if unknown:
+        raise InvalidInput(
+            "The rollout plan names unknown regions.",
+            fields={"rollout_plan": {"regions": [f"Unknown region codes: {', '.join(unknown)}."]}},
+        )
+    return plan
+
+
 def _validate_shape(fields: dict[str, Any]) -> dict[str, Any]:
     """Checks that hold for drafts too: scope, plan, answers, window, releases, type-specific fields."""
     errors: dict[str, Any] = {}
     cleaned = dict(fields)
     for key, check in (
         ("target_scope", scope_normalize),
-        ("rollout_plan", plan_normalize),
+        ("rollout_plan", _plan_with_known_regions),
         ("risk_answers", lambda v: risk_answers_validate(v, risk_questionnaire())),
     ):
         if key in fields:

@@ -232,3 +232,14 @@ def test_cancel_needs_reason(submitted_change, requester):
         services.change_cancel(actor=requester, change=submitted_change, reason="")
     change = services.change_cancel(actor=requester, change=submitted_change, reason="Superseded by 1.1.1")
     assert change.status == ChangeStatus.CANCELLED
+
+
+def test_plan_naming_an_unknown_region_is_refused(requester, change_fields):
+    plan = dict(
+        change_fields["rollout_plan"],
+        maintenance_windows={"atlantis": [{"days": [0], "start": "01:00", "end": "03:00"}]},
+    )
+    with pytest.raises(InvalidInput) as refused:
+        services.change_create(actor=requester, **{**change_fields, "rollout_plan": plan})
+    assert "atlantis" in str(refused.value.fields)
+    assert ChangeRequest.objects.count() == 0
