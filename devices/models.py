@@ -110,3 +110,40 @@ class Device(models.Model):
 DRIFT_Q = Q(reported_at__isnull=False) & (
     ~Q(reported_version=F("installed_version")) | ~Q(reported_release_counter=F("installed_release_counter"))
 )
+
+
+class DeviceCredential(models.Model):
+    """A device's provisioning credential until mTLS lands: only the sha256 of the secret is stored."""
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="credential")
+    secret_hash = models.CharField(max_length=64, help_text="sha256 hex of the secret; the secret is never stored.")
+    created_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"credential of {self.device_id}"
+
+
+class TelemetrySample(models.Model):
+    """One KPI sample a device sent; only what health gates and KPIs need (data minimisation: no positions)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry")
+    # Plain integer, not a foreign key: the inventory app depends on no other app.
+    deployment_id = models.BigIntegerField(null=True, blank=True)
+    reported_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    install_duration_s = models.PositiveIntegerField(null=True, blank=True)
+    boot_time_s = models.PositiveIntegerField(null=True, blank=True)
+    unexpected_reboots = models.PositiveIntegerField(null=True, blank=True)
+    gps_fix_s = models.PositiveIntegerField(null=True, blank=True)
+    sensor_calibrated = models.BooleanField(null=True, blank=True)
+    link_kbps = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["device", "reported_at"]),
+            models.Index(fields=["deployment_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"telemetry {self.device_id} at {self.reported_at}"

@@ -153,6 +153,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["ota_project.schema.management_api_only"],
     "ENUM_NAME_OVERRIDES": {
         "RiskLevelEnum": "approvals.choices.RiskLevel",
         "ChangeStatusEnum": "approvals.choices.ChangeStatus",

@@ -9,8 +9,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.viewsets import GenericViewSet
 
-from devices import importer, selectors, services
+from devices import credentials, importer, selectors, services
 from devices.api.filters import DeviceFilter
 from devices.api.serializers import (
     DeviceCreateInputSerializer,
@@ -40,7 +40,7 @@ from devices.models import Device, HardwareModel, Region
 from devices.validators import SERIAL_RE
 from ota_project.parsers import SafeJSONParser
 from ota_project.roles import Role
-from ota_project.serializers import ApiErrorSerializer, ReasonInputSerializer
+from ota_project.serializers import ApiErrorSerializer, InputSerializer, ReasonInputSerializer
 
 
 def _error(description: str) -> OpenApiResponse:
@@ -232,6 +232,26 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
     @action(detail=True, methods=["post"])
     def decommission(self, request: Request, serial: str) -> Response:
         return self._set_status(request, serial, services.device_decommission)
+
+    @extend_schema(
+        summary="Issue (or replace) a device's credential; the secret is shown only in this answer (operator)",
+        request=None,
+        responses={
+            201: inline_serializer(
+                "DeviceCredentialIssued", {"serial": serializers.CharField(), "secret": serializers.CharField()}
+            ),
+            409: _error("A revoked or decommissioned device gets no credential."),
+            **DETAIL_WRITE_ERRORS,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def credential(self, request: Request, serial: str) -> Response:
+        device = selectors.device_get(serial_or_id=serial)
+        InputSerializer(data=request.data or {}).is_valid(raise_exception=True)  # no fields accepted
+        secret = credentials.device_credential_issue(actor=request.user, device=device)
+        response = Response({"serial": device.serial, "secret": secret}, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
 
     @extend_schema(
         summary="Import devices from CSV or JSON: all rows or none (operator)",

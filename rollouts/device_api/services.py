@@ -1,0 +1,60 @@
+"""Device API reads and writes that belong to no single existing service: offers in progress, artifact access,
+telemetry batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from devices.models import Device, TelemetrySample
+from ota_project.errors import InvalidInput
+from rollouts.choices import DeploymentStatus
+from rollouts.models import Deployment
+
+# A device may fetch (and resume) the image of a deployment in these statuses only.
+DOWNLOADABLE = (DeploymentStatus.OFFERED, DeploymentStatus.DOWNLOADING, DeploymentStatus.DOWNLOADED)
+IN_FLIGHT = (
+    DeploymentStatus.OFFERED,
+    DeploymentStatus.DOWNLOADING,
+    DeploymentStatus.DOWNLOADED,
+    DeploymentStatus.INSTALLING,
+    DeploymentStatus.REBOOTING,
+    DeploymentStatus.CONFIRMING,
+)
+
+
+def device_deployment_get(*, device: Device, deployment_id: int) -> Deployment | None:
+    """The device's own deployment, or None for both "missing" and "another device's"."""
+    return Deployment.objects.filter(pk=deployment_id, device=device).first()
+
+
+def device_has_deployment_in_flight(*, device: Device) -> bool:
+    """True while one of the device's deployments is between offer and confirmation (it should poll faster)."""
+    return Deployment.objects.filter(device=device, status__in=IN_FLIGHT).exists()
+
+
+def device_artifact_offered(*, device: Device, sha256: str) -> Deployment | None:
+    """The device's deployment that currently offers the image with this sha256, if any."""
+    return (
+        Deployment.objects.select_related("release__artifact")
+        .filter(device=device, status__in=DOWNLOADABLE, release__artifact__sha256=sha256)
+        .order_by("-updated_at")
+        .first()
+    )
+
+
+@transaction.atomic
+def telemetry_record(*, device: Device, samples: list[dict[str, Any]]) -> int:
+    """Store a device's KPI batch in one insert; samples may name only the device's own deployments."""
+    named = {s["deployment_id"] for s in samples if s.get("deployment_id")}
+    own = set(Deployment.objects.filter(device=device, pk__in=named).values_list("pk", flat=True))
+    unknown = sorted(named - own)
+    if unknown:
+        raise InvalidInput(
+            "Telemetry names deployments this device does not have.",
+            fields={"samples": [f"Unknown deployment {pk}." for pk in unknown[:20]]},
+        )
+    rows = [TelemetrySample(device=device, **sample) for sample in samples]
+    TelemetrySample.objects.bulk_create(rows)
+    return len(rows)

@@ -1,0 +1,12 @@
+"""Device API routes; the project mounts them at /device/v1/ (no namespace, names start with `device-`)."""
+
+from django.urls import path, re_path
+
+from rollouts.device_api import views
+
+urlpatterns = [
+    path("checkin/", views.CheckinView.as_view(), name="device-checkin"),
+    re_path(r"^artifacts/(?P<sha256>[0-9a-f]{64})/$", views.ArtifactView.as_view(), name="device-artifact"),
+    path("deployments/<int:deployment_id>/status/", views.StatusView.as_view(), name="device-status"),
+    path("telemetry/", views.TelemetryView.as_view(), name="device-telemetry"),
+]

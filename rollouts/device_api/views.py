@@ -1,0 +1,256 @@
+"""Device API views: identity from devices.identity only, input serializer -> one service -> output.
+
+Never the staff permission class: these endpoints authenticate devices, not people.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.http import FileResponse
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from devices.choices import DeviceStatus
+from devices.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
+from devices.services import device_record_report
+from ota_project.errors import DomainError
+from ota_project.exceptions import error_body
+from ota_project.parsers import SafeJSONParser
+from rollouts.artifacts import artifact_open
+from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.device_api import services
+from rollouts.device_api.serializers import (
+    CheckinInputSerializer,
+    CheckinOutputSerializer,
+    StatusInputSerializer,
+    StatusOutputSerializer,
+    TelemetryInputSerializer,
+    TelemetryOutputSerializer,
+)
+from rollouts.models import Deployment
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLL_SECONDS = 300
+IN_FLIGHT_POLL_SECONDS = 30
+SMALL_BODY_BYTES = 16 * 1024
+TELEMETRY_BODY_BYTES = 256 * 1024
+STREAM_BLOCK_BYTES = 64 * 1024
+RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is larger than this endpoint accepts."
+    default_code = "payload_too_large"
+
+
+class DeviceAPIView(APIView):
+    """Base for device endpoints: device identity, JSON only, bounded bodies, errors always as JSON."""
+
+    authentication_classes = DEVICE_AUTHENTICATION
+    permission_classes = DEVICE_PERMISSIONS
+    parser_classes = [SafeJSONParser]
+    renderer_classes = [JSONRenderer]
+    max_body_bytes = SMALL_BODY_BYTES
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # authenticates first: strangers learn nothing about limits
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise exceptions.ParseError("Invalid Content-Length.") from None
+        if length > self.max_body_bytes:
+            raise PayloadTooLarge(f"At most {self.max_body_bytes} bytes.")
+
+    def body(self, request: Request) -> Any:
+        """The parsed body, checked against the real size too (Content-Length can be absent)."""
+        if len(request.body) > self.max_body_bytes:
+            raise PayloadTooLarge(f"At most {self.max_body_bytes} bytes.")
+        return request.data
+
+
+def poll_interval(*, in_flight: bool) -> int:
+    """Seconds until the next check-in: the configured interval, shorter while an update is under way."""
+    base = int(getattr(settings, "OTA_DEVICE_POLL_SECONDS", DEFAULT_POLL_SECONDS))
+    return min(base, IN_FLIGHT_POLL_SECONDS) if in_flight else base
+
+
+def _offer_body(request: Request, deployment: Deployment) -> dict[str, Any]:
+    artifact = deployment.release.artifact
+    url = reverse("device-artifact", kwargs={"sha256": artifact.sha256})
+    return {
+        "deployment_id": deployment.pk,
+        "kind": deployment.kind,
+        "release_version": deployment.release.version,
+        "release_counter": deployment.release.release_counter,
+        "artifact": {"sha256": artifact.sha256, "length": artifact.size_bytes, "url": request.build_absolute_uri(url)},
+        "deadline_at": deployment.deadline_at,
+    }
+
+
+class CheckinView(DeviceAPIView):
+    """Record what the device runs; answer the poll interval and, when one is due, an offer."""
+
+    def post(self, request: Request) -> Response:
+        device = current_device(request)
+        body = CheckinInputSerializer(data=self.body(request))
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        active = data["slots"][data["active_slot"]]
+        device_record_report(
+            device=device, version=active["version"], release_counter=active["release_counter"], at=timezone.now()
+        )
+        # Quarantined devices may check in (their report is drift evidence) but are offered nothing.
+        deployment = deployment_offer(device=device) if device.status == DeviceStatus.ACTIVE else None
+        in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
+        answer = {
+            "poll_interval_seconds": poll_interval(in_flight=in_flight),
+            "offer": _offer_body(request, deployment) if deployment else None,
+        }
+        return Response(CheckinOutputSerializer(answer).data)
+
+
+class StatusView(DeviceAPIView):
+    """Apply one status report to the device's own deployment (idempotent; replays answer applied=false)."""
+
+    def post(self, request: Request, deployment_id: int) -> Response:
+        device = current_device(request)
+        before = services.device_deployment_get(device=device, deployment_id=deployment_id)
+        if before is None:
+            raise exceptions.NotFound("No such deployment for this device.")
+        body = StatusInputSerializer(data=self.body(request))
+        body.is_valid(raise_exception=True)
+        report = Report(**body.validated_data)
+        try:
+            after = deployment_report(device=device, deployment_id=deployment_id, report=report)
+        except DomainError as exc:
+            if exc.code == "not_found":
+                raise exceptions.NotFound("No such deployment for this device.") from exc
+            raise
+        applied = report.seq > before.last_seq and after.last_seq == report.seq
+        answer = {
+            "deployment_id": after.pk,
+            "status": after.status,
+            "last_seq": after.last_seq,
+            "applied": applied,
+            "deadline_at": after.deadline_at,
+        }
+        return Response(StatusOutputSerializer(answer).data)
+
+
+class TelemetryView(DeviceAPIView):
+    """Accept a batch of KPI samples (at most 500) in one insert."""
+
+    max_body_bytes = TELEMETRY_BODY_BYTES
+
+    def post(self, request: Request) -> Response:
+        device = current_device(request)
+        body = TelemetryInputSerializer(data=self.body(request))
+        body.is_valid(raise_exception=True)
+        accepted = services.telemetry_record(device=device, samples=body.validated_data["samples"])
+        return Response(TelemetryOutputSerializer({"accepted": accepted}).data, status=status.HTTP_202_ACCEPTED)
+
+
+class BoundedReader:
+    """A read-only view of `length` bytes of an open file from its current position.
+
+    It has no fileno on purpose: a server's sendfile path would send to the end of the file, not the range.
+    Reads are in blocks, so memory stays bounded whatever the image size.
+    """
+
+    def __init__(self, file: BinaryIO, length: int):
+        self._file = file
+        self._remaining = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        size = self._remaining if size is None or size < 0 else min(size, self._remaining)
+        chunk = self._file.read(min(size, STREAM_BLOCK_BYTES))
+        self._remaining -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
+    """(start, end inclusive) for one satisfiable range; None to ignore the header; False if unsatisfiable."""
+    match = RANGE_RE.match(header.strip())
+    if not match or not (match.group(1) or match.group(2)):
+        return None  # malformed or multiple ranges: RFC 9110 lets us answer the whole image
+    first, last = match.group(1), match.group(2)
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            return False
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        return False
+    return start, min(end, size - 1)
+
+
+class ArtifactView(DeviceAPIView):
+    """Stream an offered image by sha256, with single byte ranges, resume and If-Range; never whole in memory."""
+
+    def get(self, request: Request, sha256: str) -> Any:
+        device = current_device(request)
+        deployment = services.device_artifact_offered(device=device, sha256=sha256)
+        if deployment is None:
+            raise exceptions.NotFound("No such artifact offered to this device.")
+        artifact = deployment.release.artifact
+        try:
+            image = artifact_open(artifact.sha256)
+        except (FileNotFoundError, ValueError) as exc:
+            logger.error("artifact %s offered by deployment %s is missing", artifact.sha256, deployment.pk)
+            raise exceptions.NotFound("The image is missing from the store.", code="artifact_missing") from exc
+        size = os.fstat(image.fileno()).st_size
+        if size != artifact.size_bytes:
+            image.close()
+            logger.error("artifact %s has %s bytes on disk, %s recorded", artifact.sha256, size, artifact.size_bytes)
+            raise exceptions.NotFound("The image is damaged in the store.", code="artifact_missing")
+        etag = f'"{artifact.sha256}"'
+        wanted = request.headers.get("Range", "")
+        if_range = request.headers.get("If-Range")
+        byte_range = parse_range(wanted, size) if wanted and (if_range is None or if_range == etag) else None
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0, must-revalidate"}
+        if byte_range is False:
+            image.close()
+            return Response(
+                error_body("range_not_satisfiable", f"The image has {size} bytes."),
+                status=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
+                headers={**headers, "Content-Range": f"bytes */{size}"},
+            )
+        if byte_range is None:
+            # The whole image: the open file goes to the server's file wrapper (sendfile where available).
+            response = FileResponse(image, content_type="application/octet-stream")
+            response.status_code = status.HTTP_200_OK
+            response["Content-Length"] = str(size)
+        else:
+            start, end = byte_range
+            image.seek(start)
+            response = FileResponse(BoundedReader(image, end - start + 1), content_type="application/octet-stream")
+            response.status_code = status.HTTP_206_PARTIAL_CONTENT
+            response["Content-Length"] = str(end - start + 1)
+            response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        for name, value in headers.items():
+            response[name] = value
+        return response

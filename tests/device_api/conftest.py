@@ -1,0 +1,95 @@
+"""Fixtures for the device API: a running rollout with a stored image, credentialed devices, device clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from rest_framework.test import APIClient
+
+from devices.credentials import device_credential_issue
+from devices.models import Device
+from rollouts import rollout_services as steps
+from rollouts.artifacts import artifact_path
+from rollouts.choices import RolloutStatus
+from rollouts.models import Deployment, FirmwareArtifact, Rollout
+from workflows.types import PhaseChange
+
+IMAGE = bytes(range(256)) * 40 + b"tail-of-image"  # 10253 bytes
+
+
+@pytest.fixture(autouse=True)
+def _no_temporal(settings):
+    settings.TEMPORAL_ENABLED = False
+
+
+@pytest.fixture
+def rollout(approved_change, operator, fleet) -> Rollout:
+    """A started rollout whose new release's image is really in the store."""
+    # The approvals bind the release's sha256, so the image goes where that sha says (content is test data).
+    sha = fleet["new"].artifact.sha256
+    FirmwareArtifact.objects.filter(sha256=sha).update(size_bytes=len(IMAGE))
+    path = artifact_path(sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(IMAGE)
+    return steps.rollout_start(actor=operator, change=approved_change)
+
+
+@pytest.fixture
+def sha(fleet) -> str:
+    return fleet["new"].artifact.sha256
+
+
+@pytest.fixture
+def artifact_url(sha) -> str:
+    return f"/device/v1/artifacts/{sha}/"
+
+
+@pytest.fixture
+def assigned(rollout) -> Rollout:
+    """Wave 0 assigned (two pilot devices), rollout still scheduled."""
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    return rollout
+
+
+@pytest.fixture
+def running(assigned) -> Rollout:
+    steps.rollout_phase(PhaseChange(assigned.pk, RolloutStatus.RUNNING, 0))
+    return assigned
+
+
+@pytest.fixture
+def pilot(assigned) -> Device:
+    return Deployment.objects.order_by("pk").first().device
+
+
+@pytest.fixture
+def other_pilot(assigned) -> Device:
+    return Deployment.objects.order_by("pk").last().device
+
+
+@pytest.fixture
+def device_client(operator) -> Callable[[Device], APIClient]:
+    """device_client(device) -> a client sending that device's freshly issued credential."""
+
+    def _client(device: Device, secret: str | None = None) -> APIClient:
+        secret = secret or device_credential_issue(actor=operator, device=device)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Device {device.serial}:{secret}")
+        return client
+
+    return _client
+
+
+def checkin_body(version: str = "1.0.0", release_counter: int = 1, **overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "slots": {
+            "a": {"version": version, "release_counter": release_counter},
+            "b": {"version": "0.9.0", "release_counter": 0},
+        },
+        "active_slot": "a",
+        "boot_count": 12,
+        "health": {"modem_attach": True, "gnss_fix": True},
+    }
+    body.update(overrides)
+    return body
