@@ -1,4 +1,5 @@
 """OpenAPI schema hooks: /api/schema/ documents the management API only (the device protocol is separate)."""
+
 from typing import Any
 
 
