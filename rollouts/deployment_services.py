@@ -164,7 +164,7 @@ def deployment_report(*, device: Device, deployment_id: int, report: Report, now
             status=status,
             finished_at=now,
             deadline_at=None,
-            failure_class="" if status == DeploymentStatus.SUCCEEDED else report.detail[:32],
+            failure_class="" if status == DeploymentStatus.SUCCEEDED else report.failure_class[:32],
         )
     elif _progress_index(status) > _progress_index(deployment.status):
         updates.update(status=status, deadline_at=_deadline(deployment, status, now))

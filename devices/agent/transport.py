@@ -1,0 +1,126 @@
+"""A tiny HTTP client for the device API on urllib.request: JSON POSTs and ranged, resumable downloads."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+class TransportError(Exception):
+    """A failed call: `retryable` for network trouble, 5xx and 429/408; final for other 4xx."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _from_http_error(exc: urllib.error.HTTPError) -> TransportError:
+    try:
+        detail = exc.read(2048).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - the body is only for the message
+        detail = ""
+    retryable = exc.code >= 500 or exc.code in RETRYABLE_STATUSES
+    return TransportError(
+        f"HTTP {exc.code}: {detail}",
+        retryable=retryable,
+        status=exc.code,
+        retry_after=_retry_after(exc.headers.get("Retry-After") if exc.headers else None),
+    )
+
+
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout)
+
+
+class HttpTransport:
+    """Speaks to one server as one device (`Authorization: Device <serial>:<secret>`)."""
+
+    def __init__(self, server: str, serial: str, secret: str, *, timeout: float = 30.0):
+        self.server = server.rstrip("/")
+        self.auth = f"Device {serial}:{secret}"
+        self.timeout = timeout
+        self.bytes_received = 0  # image bytes received, over all downloads (tests check resume efficiency)
+
+    def _url(self, path: str) -> str:
+        return path if urllib.parse.urlsplit(path).scheme else self.server + path
+
+    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        request = urllib.request.Request(
+            self._url(path),
+            data=data,
+            method="POST",
+            headers={"Authorization": self.auth, "Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise _from_http_error(exc) from exc
+        except NETWORK_ERRORS as exc:
+            raise TransportError(f"network: {exc}", retryable=True) from exc
+        except ValueError as exc:  # a non-JSON answer: a proxy or a server in trouble
+            raise TransportError(f"bad answer: {exc}", retryable=True) from exc
+
+    def download(
+        self, url: str, *, sha256: str, offset: int, sink: Callable[[int, bytes], None], chunk_size: int = 64 * 1024
+    ) -> int:
+        """Stream the image from `offset` into sink(position, chunk); returns the full image length.
+
+        The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed)."""
+        headers = {"Authorization": self.auth}
+        if offset > 0:
+            headers.update({"Range": f"bytes={offset}-", "If-Range": f'"{sha256}"'})
+        request = urllib.request.Request(self._url(url), headers=headers, method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                if response.status == 206:
+                    start, total = _content_range(response.headers.get("Content-Range", ""))
+                else:
+                    start, total = 0, int(response.headers.get("Content-Length", "-1"))
+                position = start
+                while True:
+                    chunk = response.read(chunk_size)
+                    if not chunk:
+                        break
+                    self.bytes_received += len(chunk)
+                    sink(position, chunk)
+                    position += len(chunk)
+                return total
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416:
+                raise TransportError("range not satisfiable", retryable=False, status=416) from exc
+            raise _from_http_error(exc) from exc
+        except NETWORK_ERRORS as exc:
+            raise TransportError(f"network: {exc}", retryable=True) from exc
+
+
+def _content_range(value: str) -> tuple[int, int]:
+    """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (-1, 1000)."""
+    try:
+        unit, _, rest = value.strip().partition(" ")
+        span, _, total = rest.partition("/")
+        if unit != "bytes":
+            raise ValueError(value)
+        start = -1 if span == "*" else int(span.split("-")[0])
+        return start, int(total)
+    except ValueError as exc:
+        raise TransportError(f"bad Content-Range {value!r}", retryable=True) from exc
