@@ -20,7 +20,8 @@ def test_key_is_generated_on_first_use_with_mode_0600_in_a_new_directory(setting
     key_id = audit_key_id()
     key_file = settings.AUDIT_SIGNING_KEY_PATH
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert b"BEGIN PRIVATE KEY" in key_file.read_bytes()
+    loaded = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    assert isinstance(loaded, Ed25519PrivateKey)
     assert audit_key_id() == key_id == public_key_id(audit_public_key_pem())
     assert [p.name for p in key_file.parent.iterdir()] == ["audit.pem"]  # no temporary files left behind
 
