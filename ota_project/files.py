@@ -13,12 +13,18 @@ from django.core.files.uploadedfile import UploadedFile
 
 from ota_project.errors import InvalidInput
 
-SAFE_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SAFE_FILE_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+SAFE_FILE_NAME_MAX_LENGTH = 128
+
+
+def is_safe_file_name(name: object) -> bool:
+    """One plain name: letters, digits, '.', '-', '_', starting with a letter or digit, no `..`; never a path."""
+    return isinstance(name, str) and bool(SAFE_FILE_NAME_RE.match(name)) and ".." not in name
 
 
 def validate_file_name(name: str, *, field: str = "file") -> str:
-    """Allow only plain names (letters, digits, dot, dash, underscore); never a path, never `..`."""
-    if not isinstance(name, str) or not SAFE_FILE_NAME_RE.fullmatch(name) or ".." in name:
+    """Refuse anything but a safe plain file name (see `is_safe_file_name`), naming the field."""
+    if not is_safe_file_name(name):
         raise InvalidInput(
             "File names may only contain letters, digits, '.', '-' and '_', must start with a letter or digit "
             "and may not contain '..'.",

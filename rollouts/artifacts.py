@@ -29,13 +29,13 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 
 from ota_project.errors import Conflict, InvalidInput
+from ota_project.files import SAFE_FILE_NAME_MAX_LENGTH, is_safe_file_name
 from rollouts.models import FirmwareArtifact
 
 logger = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
-ARTIFACT_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-ARTIFACT_NAME_MAX_LENGTH = 128
+ARTIFACT_NAME_MAX_LENGTH = SAFE_FILE_NAME_MAX_LENGTH
 CHUNK_SIZE = 1024 * 1024
 STORED_FILE_MODE = 0o440  # written once, never modified in place
 _DIR_MODE = 0o750
@@ -73,14 +73,7 @@ class StoredArtifact:
 
 def validate_artifact_name(name: str) -> None:
     """Allow-list for artifact file names: one plain name, no path parts, no leading dot, no `..`, no NUL."""
-    if (
-        not isinstance(name, str)
-        or not ARTIFACT_NAME_RE.match(name)
-        or ".." in name
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-    ):
+    if not is_safe_file_name(name):
         raise ValidationError(
             "Use a plain file name: letters, digits, '.', '_' and '-', starting with a letter or digit, "
             f"at most {ARTIFACT_NAME_MAX_LENGTH} characters, without '..' or path separators.",

@@ -6,14 +6,13 @@ from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
-from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.audit import audit_bundle_verify
 from approvals.audit_keys import audit_key_id
 from approvals.models import DecisionRecord
-from approvals.records import record_decision
 from ota_project.roles import Role
+from tests.approvals.chain import append_records, tamper
 
 pytestmark = pytest.mark.django_db
 
@@ -26,37 +25,13 @@ ENDPOINTS = [
 ]
 
 
-def _append(n: int, actor=None, action: str = "test.step", object_type: str = "test", revision=None):
-    with transaction.atomic():
-        return [
-            record_decision(
-                actor=actor,
-                action=action,
-                object_type=object_type,
-                object_id=i,
-                revision=revision,
-                after={"i": i},
-                reason="r",
-            )
-            for i in range(n)
-        ]
-
-
-def _tamper(sql: str, params: list) -> None:
-    # The append-only trigger must be bypassed to simulate an attacker with raw database access.
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute(sql, params)
-        cursor.execute("SET session_replication_role = DEFAULT")
-
-
 def _body(response) -> bytes:
     return b"".join(response.streaming_content) if response.streaming else response.content
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_anonymous_callers_get_401(path, client_for):
-    _append(1)
+    append_records(1)
     response = client_for(None).get(path)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "not_authenticated"
@@ -66,7 +41,7 @@ def test_anonymous_callers_get_401(path, client_for):
 @pytest.mark.parametrize("role", [Role.REQUESTER, Role.OPERATOR, Role.CAB_MEMBER, Role.EMERGENCY_CAB])
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_other_roles_get_403(path, role, make_user, client_for):
-    _append(1)
+    append_records(1)
     response = client_for(make_user(role)).get(path)
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "permission_denied"
@@ -80,14 +55,14 @@ def test_a_user_without_any_role_gets_403(make_user, client_for):
 @pytest.mark.parametrize("role", [Role.AUDITOR, Role.SECURITY_OFFICER])
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_auditors_and_security_officers_get_200(path, role, make_user, client_for):
-    _append(1)
+    append_records(1)
     assert client_for(make_user(role)).get(path).status_code == 200
 
 
 @pytest.mark.parametrize("role", [Role.AUDITOR, Role.SECURITY_OFFICER])
 @pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
 def test_the_record_is_read_only_even_for_auditors(method, role, make_user, client_for):
-    _append(1)
+    append_records(1)
     client = client_for(make_user(role))
     for path in ["/api/v1/audit/records/", "/api/v1/audit/records/1/", "/api/v1/audit/export/"]:
         assert getattr(client, method)(path, {}).status_code in (403, 405)
@@ -95,7 +70,7 @@ def test_the_record_is_read_only_even_for_auditors(method, role, make_user, clie
 
 
 def test_unknown_seq_is_404(auditor, client_for):
-    _append(1)
+    append_records(1)
     client = client_for(auditor)
     for seq in ["2", "0", str(2**63), str(10**40)]:
         response = client.get(f"/api/v1/audit/records/{seq}/")
@@ -104,7 +79,7 @@ def test_unknown_seq_is_404(auditor, client_for):
 
 
 def test_record_detail_carries_every_hashed_field(auditor, client_for, requester):
-    (record,) = _append(1, actor=requester, revision=3)
+    (record,) = append_records(1, actor=requester, revision=3)
     body = client_for(auditor).get("/api/v1/audit/records/1/").json()
     assert body == {
         "seq": 1,
@@ -124,17 +99,17 @@ def test_record_detail_carries_every_hashed_field(auditor, client_for, requester
 
 
 def test_record_list_is_paginated_in_chain_order(auditor, client_for):
-    _append(5)
+    append_records(5)
     body = client_for(auditor).get("/api/v1/audit/records/?page_size=2&page=2").json()
     assert body["count"] == 5
     assert [row["seq"] for row in body["results"]] == [3, 4]
 
 
 def test_record_list_filters(auditor, client_for, requester):
-    _append(3)
-    _append(2, actor=requester, action="change.submit", object_type="change_request", revision=2)
+    append_records(3)
+    append_records(2, actor=requester, action="change.submit", object_type="change_request", revision=2)
     middle = timezone.now()
-    _append(1, action="late.step")
+    append_records(1, action="late.step")
     client = client_for(auditor)
 
     def seqs(query: str) -> list[int]:
@@ -174,14 +149,14 @@ def test_bad_list_filters_are_400_in_the_one_error_format(query, auditor, client
 
 
 def test_verify_reports_the_chain_ok(auditor, client_for):
-    records = _append(3)
+    records = append_records(3)
     body = client_for(auditor).get("/api/v1/audit/verify/").json()
     assert body == {"ok": True, "length": 3, "broken_seq": None, "problem": "", "head_hash": records[-1].hash}
 
 
 def test_verify_names_the_first_broken_link(security_officer, client_for):
-    records = _append(4)
-    _tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 2])
+    records = append_records(4)
+    tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 2])
     body = client_for(security_officer).get("/api/v1/audit/verify/").json()
     assert body["ok"] is False and body["broken_seq"] == 2 and body["head_hash"] == records[0].hash
     assert "altered" in body["problem"]
@@ -194,7 +169,7 @@ def test_public_key_can_be_pinned(auditor, client_for):
 
 
 def test_export_downloads_a_zip_that_verifies_against_the_pinned_key_and_is_recorded(auditor, client_for):
-    records = _append(3)
+    records = append_records(3)
     client = client_for(auditor)
     pinned_pem = client.get("/api/v1/audit/public-key/").json()["public_key_pem"]
 
@@ -215,7 +190,7 @@ def test_export_downloads_a_zip_that_verifies_against_the_pinned_key_and_is_reco
 
 
 def test_csv_export_of_a_range_verifies(security_officer, client_for):
-    _append(5)
+    append_records(5)
     response = client_for(security_officer).get("/api/v1/audit/export/?format=csv&from_seq=2&to_seq=3")
     assert response.status_code == 200
     bundle = _body(response)
@@ -226,7 +201,7 @@ def test_csv_export_of_a_range_verifies(security_officer, client_for):
 
 
 def test_export_ignores_the_accept_header(auditor, client_for):
-    _append(1)
+    append_records(1)
     response = client_for(auditor).get("/api/v1/audit/export/", HTTP_ACCEPT="application/zip")
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
 
@@ -246,7 +221,7 @@ def test_export_ignores_the_accept_header(auditor, client_for):
     ],
 )
 def test_bad_export_params_are_400_and_nothing_is_recorded(query, auditor, client_for):
-    _append(2)
+    append_records(2)
     response = client_for(auditor).get(f"/api/v1/audit/export/?{query}")
     assert response.status_code == 400, _body(response)
     assert response["Content-Type"] == "application/json"
@@ -255,7 +230,7 @@ def test_bad_export_params_are_400_and_nothing_is_recorded(query, auditor, clien
 
 
 def test_export_is_not_run_by_head_requests(auditor, client_for):
-    _append(1)
+    append_records(1)
     assert client_for(auditor).head("/api/v1/audit/export/").status_code == 405
     assert DecisionRecord.objects.count() == 1
 

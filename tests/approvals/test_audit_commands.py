@@ -10,31 +10,15 @@ from urllib.parse import quote
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection, transaction
+from django.db import connection
 
 from approvals.audit_keys import audit_key_id, audit_public_key_pem
 from approvals.models import DecisionRecord
-from approvals.records import record_decision
+from tests.approvals.chain import append_records, tamper
 
 pytestmark = pytest.mark.django_db
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _append(n: int) -> list[DecisionRecord]:
-    with transaction.atomic():
-        return [
-            record_decision(actor=None, action="test.step", object_type="test", object_id=i, after={"i": i}, reason="r")
-            for i in range(n)
-        ]
-
-
-def _tamper(sql: str, params: list) -> None:
-    # The append-only trigger must be bypassed to simulate an attacker with raw database access.
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute(sql, params)
-        cursor.execute("SET session_replication_role = DEFAULT")
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -48,7 +32,7 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 
 def test_audit_verify_prints_the_chain_length_and_ok():
-    records = _append(3)
+    records = append_records(3)
     status, out, _ = _run("audit_verify")
     assert status == 0
     assert out.strip() == f"decision record: 3 records, ok, head {records[-1].hash}"
@@ -60,22 +44,22 @@ def test_audit_verify_of_an_empty_chain_is_ok():
 
 
 def test_audit_verify_exits_1_naming_the_altered_record():
-    _append(5)
-    _tamper("UPDATE approvals_decisionrecord SET after = %s WHERE seq = %s", ['{"i": 99}', 4])
+    append_records(5)
+    tamper("UPDATE approvals_decisionrecord SET after = %s WHERE seq = %s", ['{"i": 99}', 4])
     status, out, err = _run("audit_verify")
     assert status == 1 and out == ""
     assert "BROKEN at record #4: content does not match its hash" in err
 
 
 def test_audit_verify_exits_1_naming_the_record_after_a_deleted_one():
-    _append(4)
-    _tamper("DELETE FROM approvals_decisionrecord WHERE seq = %s", [2])
+    append_records(4)
+    tamper("DELETE FROM approvals_decisionrecord WHERE seq = %s", [2])
     status, _, err = _run("audit_verify")
     assert status == 1 and "BROKEN at record #3" in err and "a record is missing" in err
 
 
 def test_audit_export_writes_a_bundle_that_audit_verify_accepts_with_the_pinned_key(tmp_path, auditor):
-    _append(3)
+    append_records(3)
     output = tmp_path / "out" / "bundle.zip"
     key_file = tmp_path / "server.pem"
     key_file.write_text(audit_public_key_pem())
@@ -101,7 +85,7 @@ def test_audit_export_writes_a_bundle_that_audit_verify_accepts_with_the_pinned_
 
 
 def test_audit_export_of_a_seq_range_is_recorded_by_the_system_actor(tmp_path):
-    _append(5)
+    append_records(5)
     output = tmp_path / "range.zip"
     status, out, _ = _run("audit_export", "--output", str(output), "--from-seq", "2", "--to-seq", "3")
     assert status == 0 and "exported 2 records (#2..#3, filter" in out
@@ -114,7 +98,7 @@ def test_audit_export_of_a_seq_range_is_recorded_by_the_system_actor(tmp_path):
 
 
 def test_audit_verify_bundle_exits_1_when_the_records_were_altered(tmp_path):
-    _append(3)
+    append_records(3)
     output = tmp_path / "bundle.zip"
     _run("audit_export", "--output", str(output))
     with zipfile.ZipFile(output) as archive:
@@ -133,7 +117,7 @@ def test_audit_verify_bundle_exits_1_when_the_records_were_altered(tmp_path):
 
 
 def test_audit_verify_bundle_exits_1_when_signed_by_another_key(settings, tmp_path):
-    _append(2)
+    append_records(2)
     pinned = tmp_path / "pinned.pem"
     pinned.write_text(audit_public_key_pem())
     settings.AUDIT_SIGNING_KEY_PATH = tmp_path / "other-key.pem"
@@ -146,7 +130,7 @@ def test_audit_verify_bundle_exits_1_when_signed_by_another_key(settings, tmp_pa
 
 
 def test_audit_export_with_an_unknown_actor_writes_and_records_nothing(tmp_path):
-    _append(1)
+    append_records(1)
     output = tmp_path / "bundle.zip"
     with pytest.raises(CommandError, match="no active user named 'nobody'"):
         call_command("audit_export", "--output", str(output), "--actor", "nobody")
@@ -154,7 +138,7 @@ def test_audit_export_with_an_unknown_actor_writes_and_records_nothing(tmp_path)
 
 
 def test_audit_export_refuses_an_inverted_range_and_records_nothing(tmp_path):
-    _append(3)
+    append_records(3)
     output = tmp_path / "bundle.zip"
     with pytest.raises(CommandError, match="The export range is not valid"):
         call_command("audit_export", "--output", str(output), "--from-seq", "3", "--to-seq", "1")
@@ -181,7 +165,7 @@ def test_audit_verify_of_a_missing_bundle_file_is_a_command_error(tmp_path):
 def test_manage_py_audit_verify_exit_status_is_0_then_1_after_tampering(tmp_path):
     if connection.vendor != "postgresql":
         pytest.skip("the subprocess reaches the test database through a PostgreSQL DATABASE_URL")
-    records = _append(2)
+    records = append_records(2)
     db = connection.settings_dict
     env = {
         **os.environ,
@@ -196,6 +180,6 @@ def test_manage_py_audit_verify_exit_status_is_0_then_1_after_tampering(tmp_path
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == f"decision record: 2 records, ok, head {records[-1].hash}"
 
-    _tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 1])
+    tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 1])
     broken = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert broken.returncode == 1 and "BROKEN at record #1" in broken.stderr

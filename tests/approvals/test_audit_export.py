@@ -7,45 +7,24 @@ import io
 import json
 import zipfile
 from datetime import timedelta
+from functools import partial
 
 import pytest
-from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.audit import audit_bundle_verify, audit_export
 from approvals.audit_keys import audit_key_id, audit_public_key_pem, public_key_id
 from approvals.models import DecisionRecord
-from approvals.records import GENESIS_HASH, record_decision, record_hash
+from approvals.records import GENESIS_HASH, record_hash
 from ota_project.errors import InvalidInput
+from tests.approvals.chain import append_records, tamper
 
 pytestmark = pytest.mark.django_db
 
+# Records whose `after` exercises nesting, floats, None, booleans and CSV-hostile text.
+_append = partial(append_records, after=lambda i: {"i": i, "nested": {"list": [1, 2.5, None, True], "text": "a,b\nc"}})
+
 AWKWARD_REASON = 'line one\r\nline two, "quoted", =SUM(A1)\u2028 ünïcødé ✓'
-
-
-def _append(n: int, actor=None, **fields) -> list[DecisionRecord]:
-    with transaction.atomic():
-        return [
-            record_decision(
-                actor=actor,
-                action=fields.get("action", "test.step"),
-                object_type="test",
-                object_id=i,
-                revision=fields.get("revision"),
-                before=fields.get("before"),
-                after={"i": i, "nested": {"list": [1, 2.5, None, True], "text": "a,b\nc"}},
-                reason=fields.get("reason", "r"),
-            )
-            for i in range(n)
-        ]
-
-
-def _tamper(sql: str, params: list) -> None:
-    # The append-only trigger must be bypassed to simulate an attacker with raw database access.
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute(sql, params)
-        cursor.execute("SET session_replication_role = DEFAULT")
 
 
 def _members(bundle: bytes) -> dict[str, bytes]:
@@ -286,7 +265,7 @@ def test_a_bundle_signed_by_a_different_key_fails_against_the_pinned_key(setting
 
 def test_export_of_a_tampered_chain_reports_the_altered_record():
     _append(5)
-    _tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 3])
+    tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 3])
     bundle = audit_export(fmt="jsonl")
 
     verdict = audit_bundle_verify(bundle, trusted_public_key_pem=audit_public_key_pem())

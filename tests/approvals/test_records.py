@@ -5,22 +5,13 @@ from django.db import DatabaseError, connection, transaction
 
 from approvals.models import DecisionRecord
 from approvals.records import GENESIS_HASH, chain_verify, record_decision
+from tests.approvals.chain import append_records, tamper
 
 pytestmark = pytest.mark.django_db
 
 
-def _append(n: int, actor=None) -> list[DecisionRecord]:
-    with transaction.atomic():
-        return [
-            record_decision(
-                actor=actor, action="test.step", object_type="test", object_id=i, after={"i": i}, reason="r"
-            )
-            for i in range(n)
-        ]
-
-
 def test_records_link_to_the_one_before(requester):
-    records = _append(3, actor=requester)
+    records = append_records(3, actor=requester)
     assert records[0].prev_hash == GENESIS_HASH
     assert [r.seq for r in records] == [1, 2, 3]
     assert records[1].prev_hash == records[0].hash and records[2].prev_hash == records[1].hash
@@ -36,17 +27,9 @@ def test_record_outside_a_transaction_is_refused():
     assert DecisionRecord.objects.count() == 0
 
 
-def _tamper(sql: str, params: list) -> None:
-    # The append-only trigger must be bypassed to simulate an attacker with raw database access.
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute(sql, params)
-        cursor.execute("SET session_replication_role = DEFAULT")
-
-
 def test_altered_row_is_named_by_verify():
-    records = _append(5)
-    _tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 3])
+    records = append_records(5)
+    tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["forged", 3])
     verdict = chain_verify()
     assert not verdict.ok
     assert verdict.broken_seq == 3
@@ -54,8 +37,8 @@ def test_altered_row_is_named_by_verify():
 
 
 def test_deleted_row_is_named_by_verify():
-    _append(4)
-    _tamper("DELETE FROM approvals_decisionrecord WHERE seq = %s", [2])
+    append_records(4)
+    tamper("DELETE FROM approvals_decisionrecord WHERE seq = %s", [2])
     verdict = chain_verify()
     assert not verdict.ok and verdict.broken_seq == 3
 
@@ -64,7 +47,7 @@ def test_deleted_row_is_named_by_verify():
     "statement", ["UPDATE approvals_decisionrecord SET reason = 'x'", "DELETE FROM approvals_decisionrecord"]
 )
 def test_database_refuses_update_and_delete(statement):
-    _append(2)
+    append_records(2)
     with pytest.raises(DatabaseError, match="append-only"):
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(statement)

@@ -180,6 +180,7 @@ def test_human_action_is_reauthorized_against_the_database(rollout, requester, o
         steps.human_action_authorize(
             rollout_id=rollout.pk, action="promote", actor_id=requester.pk, reason="", wave_index=0
         )
+    assert not DecisionRecord.objects.filter(action="rollout.promote").exists()  # a refusal records nothing
     steps.human_action_authorize(
         rollout_id=rollout.pk, action="abort", actor_id=operator.pk, reason="bad telemetry", wave_index=-1
     )
