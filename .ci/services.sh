@@ -25,3 +25,9 @@ if ! redis_up; then
     for _ in $(seq 1 30); do redis_up && break; sleep 1; done
 fi
 redis_up || { echo "services: Redis is not reachable on 127.0.0.1:6379" >&2; exit 1; }
+
+# Browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+if ! command -v chromium >/dev/null; then
+    echo "services: installing Chromium from Debian" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi

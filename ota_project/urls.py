@@ -4,8 +4,6 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from ota_project import views
-
 api_v1 = [
     path("", include("ota_project.api_urls")),
     path("", include("devices.api.urls")),
@@ -13,8 +11,18 @@ api_v1 = [
     path("", include("approvals.api.urls")),
 ]
 
+# The web UI: each app owns its pages; the shared layer owns sign-in and the layout.
+web = [
+    path("", include("ota_project.web.urls")),
+    path("changes/", include(("approvals.web.change_urls", "web-changes"), namespace="web-changes")),
+    path("audit/", include(("approvals.web.audit_urls", "web-audit"), namespace="web-audit")),
+    path("audit/", include(("rollouts.web.audit_urls", "web-trace"), namespace="web-trace")),
+    path("rollouts/", include(("rollouts.web.urls", "web-rollouts"), namespace="web-rollouts")),
+    path("fleet/", include(("devices.web.urls", "web-fleet"), namespace="web-fleet")),
+]
+
 urlpatterns = [
-    path("", views.home, name="home"),
+    *web,
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"), namespace="api")),
     # The device protocol: devices authenticate with their own credential (mTLS later), never as staff users.

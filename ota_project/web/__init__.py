@@ -1,0 +1,1 @@
+"""The web UI's shared layer: sign-in, layout helpers, template tags (no app imports)."""
