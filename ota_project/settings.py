@@ -201,3 +201,6 @@ TEMPORAL_TLS_SERVER_NAME = os.environ.get("TEMPORAL_TLS_SERVER_NAME", "")
 TEMPORAL_API_KEY = os.environ.get("TEMPORAL_API_KEY", "")
 # Start workflows when rollouts are started (tests of pure services may switch this off).
 TEMPORAL_ENABLED = _env_bool("TEMPORAL_ENABLED", True)
+
+# The embedded demo (`make run`): the sign-in page lists the demo users (never their passwords).
+OTA_DEMO_MODE = _env_bool("OTA_DEMO_MODE", False)

@@ -1,0 +1,1 @@
+"""Page tests for the web UI (Django test client)."""
