@@ -26,7 +26,7 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py seed_demo
-	$(BIN)/python manage.py run_embedded --host $(HOST) --port $(PORT)
+	OTA_DEMO_MODE=true $(BIN)/python manage.py run_embedded --host $(HOST) --port $(PORT)
 
 ## Run the whole suite on PostgreSQL (starts PostgreSQL and Redis when they are down)
 test: install services

@@ -10,7 +10,9 @@ maintenance windows in each region's local time, and blackout windows in UTC.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -246,3 +248,23 @@ def default_plan() -> dict[str, Any]:
         ],
         "abort_policy": "halt_and_rollback",
     }
+
+
+def wave_sizes(waves: Sequence[dict[str, Any]], *, total: int, pilots: int) -> list[int]:
+    """Planned device count per wave: the pilot wave takes the pilot devices, percent waves a share of what
+    remains at that point, count waves a fixed number, and the last wave everything left."""
+    sizes = []
+    remaining = total
+    for index, wave in enumerate(waves):
+        cohort = wave["cohort"]
+        if index == len(waves) - 1:
+            size = remaining
+        elif cohort["kind"] == "pilot":
+            size = min(pilots, remaining)
+        elif cohort["kind"] == "percent":
+            size = min(remaining, math.ceil(remaining * cohort["value"] / 100))
+        else:
+            size = min(remaining, cohort["value"])
+        sizes.append(size)
+        remaining -= size
+    return sizes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -11,13 +13,16 @@ from django.utils import timezone
 
 from approvals.choices import (
     CHANGE_PENDING_REVIEW,
+    CHANGE_REVIEWABLE,
     RISK_ORDER,
     ApprovalDecision,
     ChangeStatus,
 )
 from approvals.models import Approval, ApprovalPolicy, ChangeRequest, DecisionRecord
-from approvals.plans import plan_hash
-from approvals.policy import PolicyProgress, Vote, policy_progress
+from approvals.plans import plan_hash, wave_sizes
+from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
+from devices.scope import scope_devices
+from ota_project.errors import Conflict, DomainError, NotPermitted
 from ota_project.roles import APPROVER_ROLES, roles_of
 
 
@@ -79,19 +84,9 @@ def change_policy_progress(change: ChangeRequest) -> PolicyProgress:
 
 
 def change_decision_blockers(user: AbstractBaseUser, change: ChangeRequest) -> list[str]:
-    """Why this user may not approve this change now (empty when they may); shown to reviewers."""
-    reasons = []
-    if change.status not in CHANGE_PENDING_REVIEW:
-        reasons.append(f"The change is {change.get_status_display().lower()}, not awaiting review.")
-    if change.author_id == user.pk:
-        reasons.append("You are the author of this change; authors never approve their own change.")
-    required = set(policy_requirements(policy_for(change)))
-    if not roles_of(user) & required:
-        needed = ", ".join(sorted(required)) or "nobody"
-        reasons.append(f"Your roles do not count under this change's policy (it needs: {needed}).")
-    if change.approvals.filter(approver=user, revision=change.revision, voided_at__isnull=True).exists():
-        reasons.append("You have already decided on this revision.")
-    return reasons
+    """Why this user may not approve this change now (empty when they may); the same rule the service applies."""
+    refusal = decision_refusal(user, change, ApprovalDecision.APPROVED)
+    return [refusal.message] if refusal is not None else []
 
 
 def cab_queue(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
@@ -123,3 +118,75 @@ def change_history(change: ChangeRequest) -> QuerySet[DecisionRecord]:
     return DecisionRecord.objects.filter(
         Q(object_type="change", object_id=str(change.pk)) | Q(object_type="approval", object_id__in=approval_ids)
     ).order_by("seq")
+
+
+DECISION_VERBS = {
+    ApprovalDecision.APPROVED: "approved",
+    ApprovalDecision.REJECTED: "rejected",
+    ApprovalDecision.CHANGES_REQUESTED: "requested changes on",
+}
+
+
+def _role_list(roles: Iterable[str]) -> str:
+    return ", ".join(ROLE_LABELS.get(role, role) for role in sorted(roles)) or "nobody"
+
+
+def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: str) -> DomainError | None:
+    """Why `user` may not make `decision` on the change as it stands (None when they may).
+
+    The one statement of who may decide: `approvals.services` raises what this returns, and the change page
+    shows its message, so the page never promises an action the service would refuse.
+    """
+    if change.author_id == user.pk:
+        return NotPermitted("You are the author of this change; authors never approve their own change.")
+    held = roles_of(user)
+    required = set(policy_requirements(policy_for(change)))
+    if decision == ApprovalDecision.APPROVED:
+        if not held & required:
+            return NotPermitted(
+                f"Your role is not needed by the policy for a {change.risk_level}-risk {change.change_type} change "
+                f"(it needs: {_role_list(required)})."
+            )
+    elif not held & APPROVER_ROLES:
+        return NotPermitted(
+            f"Your roles ({_role_list(held)}) do not take part in change decisions "
+            f"(CAB, emergency CAB and the security officer do)."
+        )
+    if change.status not in CHANGE_REVIEWABLE:
+        return Conflict(
+            f"The change is not in review; it is {change.get_status_display().lower()}.", code="not_reviewable"
+        )
+    earlier = change.approvals.filter(approver=user, revision=change.revision).first()
+    if earlier is not None:
+        return Conflict(
+            f"You already {DECISION_VERBS.get(earlier.decision, 'decided on')} revision {change.revision} "
+            "(already decided: one person counts once).",
+            code="already_decided",
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class WavePreview:
+    """How many devices one wave of a plan would take from a scope, as planned before the rollout starts."""
+
+    index: int
+    name: str
+    cohort: dict[str, Any]
+    devices: int
+    promotion: str
+
+
+def plan_wave_preview(plan: dict[str, Any], scope: dict[str, list[str]]) -> list[WavePreview]:
+    """Devices per wave for a (normalized) plan over a (normalized) scope, by the rollout's sizing rule.
+
+    Uses `approvals.plans.wave_sizes`, the arithmetic the rollout itself plans its waves with.
+    """
+    targets = scope_devices(scope)
+    pilots = targets.filter(tags__name="pilot").values("pk").distinct().count()
+    waves = plan.get("waves", [])
+    sizes = wave_sizes(waves, total=targets.count(), pilots=pilots)
+    return [
+        WavePreview(index, wave["name"], dict(wave["cohort"]), size, wave["promotion"])
+        for index, (wave, size) in enumerate(zip(waves, sizes, strict=True))
+    ]

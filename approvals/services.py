@@ -18,7 +18,6 @@ from django.utils import timezone
 
 from approvals.choices import (
     CHANGE_EDITABLE,
-    CHANGE_REVIEWABLE,
     CHANGE_TRANSITIONS,
     ApprovalDecision,
     ChangeStatus,
@@ -33,14 +32,14 @@ from approvals.selectors import (
     change_plan_hash,
     change_policy_progress,
     change_release_sha256,
+    decision_refusal,
     policy_for,
-    policy_requirements,
 )
 from devices.models import Region
 from devices.scope import scope_devices, scope_normalize, scope_summary
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
-from ota_project.roles import APPROVER_ROLES, Role, has_role, roles_of
+from ota_project.roles import Role, has_role, roles_of
 
 security_log = logging.getLogger("ota.security")
 
@@ -361,20 +360,12 @@ def _decide(
     *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, decision: str, comment: str
 ) -> ChangeRequest:
     change = _lock(change)
-    if change.author_id == actor.pk:
-        raise _refuse(actor, change, "You are the author of this change; authors never approve their own change.")
-    actor_roles = roles_of(actor)
-    required = set(policy_requirements(policy_for(change)))
-    counting = required if decision == ApprovalDecision.APPROVED else APPROVER_ROLES
-    if not actor_roles & counting:
-        raise _refuse(
-            actor,
-            change,
-            f"Your roles ({', '.join(sorted(actor_roles)) or 'none'}) cannot decide this change; "
-            f"its policy needs: {', '.join(sorted(required)) or 'nobody'}.",
-        )
-    if change.status not in CHANGE_REVIEWABLE:
-        raise Conflict(f"The change is {change.status}, not awaiting review.", code="not_reviewable")
+    # Who may decide, in which status, and only once per revision: one rule shared with the change page.
+    refusal = decision_refusal(actor, change, decision)
+    if isinstance(refusal, NotPermitted):
+        raise _refuse(actor, change, refusal.message)
+    if refusal is not None:
+        raise refusal
     if revision != change.revision:
         raise Conflict(
             f"You reviewed revision {revision}, but the change is now at revision {change.revision}; review it again.",
@@ -382,8 +373,7 @@ def _decide(
         )
     if decision != ApprovalDecision.APPROVED and not comment.strip():
         raise InvalidInput("A rejection or a request for changes needs a comment.", fields={"comment": ["Required."]})
-    if change.approvals.filter(approver=actor, revision=change.revision).exists():
-        raise Conflict("You have already decided on this revision; one person counts once.", code="already_decided")
+    actor_roles = roles_of(actor)
     approval = Approval.objects.create(
         change=change,
         approver=actor,

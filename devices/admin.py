@@ -71,13 +71,21 @@ class HardwareModelForm(ServiceModelForm):
         return services.hardware_model_update(actor=request.user, hardware_model=self.instance, changes=data)  # type: ignore[arg-type]
 
 
+BUDGET_FIELDS = ["poll_interval_seconds", "max_checkins_per_window", "max_concurrent_downloads"]
+
+
 class RegionForm(ServiceModelForm):
     class Meta:
         model = Region
-        fields = ["code", "name", "time_zone"]
+        fields = ["code", "name", "time_zone", *BUDGET_FIELDS]
 
     def service_call(self) -> Region:
-        return services.region_create(actor=self.request.user, **self.cleaned_data)  # type: ignore[attr-defined]
+        actor = self.request.user  # type: ignore[attr-defined]
+        if self.instance.pk is None:
+            return services.region_create(actor=actor, **self.cleaned_data)
+        # Code and time zone are read-only once created (computed maintenance windows depend on them).
+        changes = {key: value for key, value in self.cleaned_data.items() if key in ("name", *BUDGET_FIELDS)}
+        return services.region_update(actor=actor, region=self.instance, changes=changes)  # type: ignore[arg-type]
 
 
 class ServiceAdmin(admin.ModelAdmin):
@@ -112,12 +120,12 @@ class HardwareModelAdmin(ServiceAdmin):
 @admin.register(Region)
 class RegionAdmin(ServiceAdmin):
     form = RegionForm
-    list_display = ["code", "name", "time_zone"]
+    list_display = ["code", "name", "time_zone", *BUDGET_FIELDS]
     search_fields = ["code", "name"]
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Regions are created, not edited (maintenance windows already computed depend on the zone).
-        return obj is None and super().has_change_permission(request, obj)
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # Maintenance windows already computed depend on the code and the zone: they never change.
+        return ["code", "time_zone"] if obj is not None else []
 
 
 @admin.register(Tag)

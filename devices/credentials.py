@@ -6,19 +6,27 @@ Only the sha256 of a secret is stored; the secret is shown once, to the operator
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from approvals.records import record_decision
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceCredential
-from ota_project.errors import Conflict, NotPermitted
+from devices.validators import validate_text
+from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.roles import Role, has_role
 
+security_log = logging.getLogger("ota.security")
+
 SECRET_BYTES = 32
+MAX_REASON_LENGTH = 2000
+# Who may cut a device off: the people who run the fleet and the one who answers for its security.
+REVOKE_ROLES = (Role.OPERATOR, Role.SECURITY_OFFICER)
 # Devices that can never authenticate again get no new credential either.
 NO_CREDENTIAL_STATUSES = frozenset({DeviceStatus.REVOKED, DeviceStatus.DECOMMISSIONED})
 
@@ -32,7 +40,7 @@ def secret_hash(secret: str) -> str:
 def device_credential_issue(*, actor: AbstractBaseUser, device: Device) -> str:
     """Issue (or replace) a device's credential (operator only); returns the secret once and stores its hash."""
     if not has_role(actor, Role.OPERATOR):
-        raise NotPermitted("Only operators issue device credentials.")
+        raise _refused(actor, device, "issue", "Only operators issue device credentials.")
     device = Device.objects.select_for_update().get(pk=device.pk)
     if device.status in NO_CREDENTIAL_STATUSES:
         raise Conflict(f"A {device.status} device gets no credential.", code="device_inactive")
@@ -46,7 +54,7 @@ def device_credential_issue(*, actor: AbstractBaseUser, device: Device) -> str:
         actor=actor,
         action="devices.credential_issue",
         object_type="device",
-        object_id=device.pk,
+        object_id=device.serial,
         # Never the hash in the record: it is enough that a credential was (re)issued and when.
         before={"issued_at": previous.created_at.isoformat()} if previous else None,
         after={"issued_at": now.isoformat(), "replaced": previous is not None},
@@ -54,20 +62,51 @@ def device_credential_issue(*, actor: AbstractBaseUser, device: Device) -> str:
     return secret
 
 
+def _refused(actor: AbstractBaseUser, device: Device, verb: str, message: str) -> NotPermitted:
+    # Refusals change nothing; the security log is their only trace.
+    security_log.warning(
+        "refused credential %s actor=%s device=%s: %s", verb, actor.get_username(), device.serial, message
+    )
+    return NotPermitted(message)
+
+
+def device_credential_get(*, device: Device) -> DeviceCredential | None:
+    """The device's credential record (hash, issue and revocation times), or None if none was ever issued."""
+    return DeviceCredential.objects.filter(device=device).first()
+
+
 @transaction.atomic
-def device_credential_revoke(*, actor: AbstractBaseUser, device: Device, reason: str = "") -> bool:
-    """Revoke a device's credential (operator only); True if an active credential was revoked (idempotent)."""
-    if not has_role(actor, Role.OPERATOR):
-        raise NotPermitted("Only operators revoke device credentials.")
-    now = timezone.now()
-    revoked = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(revoked_at=now)
-    if revoked:
-        record_decision(
-            actor=actor,
-            action="devices.credential_revoke",
-            object_type="device",
-            object_id=device.pk,
-            after={"revoked_at": now.isoformat()},
-            reason=reason,
+def device_credential_revoke(*, actor: AbstractBaseUser, device: Device, reason: str) -> DeviceCredential:
+    """Revoke a device's active credential at once (operator or security officer, reason required, recorded).
+
+    The device is refused from its next request on; a new credential can be issued later (rotation).
+    """
+    if not has_role(actor, *REVOKE_ROLES):
+        raise _refused(actor, device, "revoke", "Only operators and security officers revoke device credentials.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput(
+            "A reason is required to revoke a credential.", fields={"reason": ["This field is required."]}
         )
-    return bool(revoked)
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInput("The reason is too long.", fields={"reason": [f"At most {MAX_REASON_LENGTH} characters."]})
+    try:
+        validate_text(reason)
+    except ValidationError as exc:
+        raise InvalidInput("The reason is not valid text.", fields={"reason": list(exc.messages)}) from None
+    credential = DeviceCredential.objects.select_for_update().filter(device=device).first()
+    if credential is None or credential.revoked_at is not None:
+        raise Conflict("The device has no active credential to revoke.", code="no_active_credential")
+    now = timezone.now()
+    credential.revoked_at = now
+    credential.save(update_fields=["revoked_at"])
+    record_decision(
+        actor=actor,
+        action="devices.credential_revoke",
+        object_type="device",
+        object_id=device.serial,
+        before={"issued_at": credential.created_at.isoformat()},
+        after={"issued_at": credential.created_at.isoformat(), "revoked_at": now.isoformat()},
+        reason=reason,
+    )
+    return credential

@@ -31,15 +31,44 @@ class HardwareModel(models.Model):
         return self.name
 
 
+MIN_POLL_SECONDS = 10
+MAX_POLL_SECONDS = 86_400
+
+
 class Region(models.Model):
-    """A geographic region with its time zone (maintenance windows are local to it)."""
+    """A geographic region with its time zone (maintenance windows are local to it) and its device load budget."""
 
     code = models.SlugField(max_length=32, unique=True)
     name = models.CharField(max_length=100)
     time_zone = models.CharField(max_length=64, help_text="IANA time zone, e.g. Europe/Berlin.")
+    # Load shaping: empty means the global default from settings; 0 (for the budgets) means no limit.
+    poll_interval_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=f"Seconds between check-ins ({MIN_POLL_SECONDS}-{MAX_POLL_SECONDS}); empty: the global default.",
+    )
+    max_checkins_per_window = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Check-ins accepted per budget window (OTA_DEVICE_BUDGET_WINDOW_SECONDS); 0: no limit; "
+        "empty: the global default. Devices over it get 429 with Retry-After.",
+    )
+    max_concurrent_downloads = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Image downloads streaming at once; 0: no limit; empty: the global default. "
+        "Devices over it get 429 with Retry-After.",
+    )
 
     class Meta:
         ordering = ["code"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(poll_interval_seconds__isnull=True)
+                | Q(poll_interval_seconds__gte=MIN_POLL_SECONDS, poll_interval_seconds__lte=MAX_POLL_SECONDS),
+                name="region_poll_interval_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.code
@@ -75,9 +104,16 @@ class Device(models.Model):
     reported_version = models.CharField(max_length=64, blank=True, default="")
     reported_release_counter = models.PositiveIntegerField(null=True, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
+    # The rest of the last check-in (data minimisation: what gates, KPIs and the UI need, nothing else).
+    reported_active_slot = models.CharField(max_length=8, blank=True, default="")
+    reported_boot_count = models.PositiveIntegerField(null=True, blank=True)
+    reported_health = models.JSONField(
+        default=dict, blank=True, help_text='Named health checks as booleans, e.g. {"modem_attach": true}.'
+    )
     status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ACTIVE)
     status_reason = models.TextField(blank=True, default="")
     certificate_fingerprint = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    # The last accepted check-in (what "offline" is measured against).
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -147,3 +183,25 @@ class TelemetrySample(models.Model):
 
     def __str__(self) -> str:
         return f"telemetry {self.device_id} at {self.reported_at}"
+
+
+class TelemetryBatch(models.Model):
+    """One telemetry batch as a device sent it: (device, batch_id) is accepted once; samples kept until processed."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry_batches")
+    batch_id = models.CharField(max_length=80, help_text="The device's id for the batch (or sha256 of its samples).")
+    received_at = models.DateTimeField()
+    sample_count = models.PositiveIntegerField()
+    # The validated samples as JSON until the Celery task folds them into TelemetrySample rows; then cleared.
+    samples = models.JSONField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    stored_count = models.PositiveIntegerField(null=True, blank=True, help_text="Samples kept (empty ones dropped).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device", "batch_id"], name="telemetry_batch_once_per_device"),
+        ]
+        indexes = [models.Index(fields=["processed_at", "received_at"])]
+
+    def __str__(self) -> str:
+        return f"telemetry batch {self.batch_id} of {self.device_id}"

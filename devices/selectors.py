@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.conf import settings
+from django.db.models import Avg, Count, Max, Q, QuerySet, Sum
 from django.http import Http404
+from django.utils import timezone
 
 from devices.choices import DeviceStatus
-from devices.models import DRIFT_Q, Device, HardwareModel, Region, Tag
+from devices.models import DRIFT_Q, Device, HardwareModel, Region, Tag, TelemetrySample
 from devices.validators import SEMVER_RE
+
+# Global defaults of the device load budget (a region's own values win where set).
+DEFAULT_POLL_SECONDS = 300
+DEFAULT_BUDGET_WINDOW_SECONDS = 60
+DEFAULT_OFFLINE_AFTER_POLLS = 3
 
 
 def hardware_model_list() -> QuerySet[HardwareModel]:
@@ -38,6 +48,60 @@ def region_get(*, code: str) -> Region:
     return region
 
 
+@dataclass(frozen=True)
+class LoadShaping:
+    """The effective device load budget of a region: its own values where set, else the global defaults."""
+
+    poll_interval_seconds: int
+    max_checkins_per_window: int  # 0: no limit
+    max_concurrent_downloads: int  # 0: no limit
+    window_seconds: int
+
+
+def _setting_int(name: str, default: int) -> int:
+    return int(getattr(settings, name, default))
+
+
+def region_load_shaping(*, region: Region) -> LoadShaping:
+    """The budget that applies to devices of this region (no query: the region is already loaded)."""
+
+    def pick(own: int | None, setting: str, default: int) -> int:
+        return own if own is not None else _setting_int(setting, default)
+
+    return LoadShaping(
+        poll_interval_seconds=pick(region.poll_interval_seconds, "OTA_DEVICE_POLL_SECONDS", DEFAULT_POLL_SECONDS),
+        max_checkins_per_window=pick(region.max_checkins_per_window, "OTA_DEVICE_MAX_CHECKINS_PER_WINDOW", 0),
+        max_concurrent_downloads=pick(region.max_concurrent_downloads, "OTA_DEVICE_MAX_CONCURRENT_DOWNLOADS", 0),
+        window_seconds=max(1, _setting_int("OTA_DEVICE_BUDGET_WINDOW_SECONDS", DEFAULT_BUDGET_WINDOW_SECONDS)),
+    )
+
+
+def _offline_after(poll_interval_seconds: int) -> timedelta:
+    polls = max(1, _setting_int("OTA_DEVICE_OFFLINE_AFTER_POLLS", DEFAULT_OFFLINE_AFTER_POLLS))
+    return timedelta(seconds=poll_interval_seconds * polls)
+
+
+def device_offline_q(*, now: datetime | None = None) -> Q:
+    """Devices that never checked in, or not within OTA_DEVICE_OFFLINE_AFTER_POLLS poll intervals of their region.
+
+    One condition per region (regions are few), so it works the same on PostgreSQL and SQLite.
+    """
+    now = now or timezone.now()
+    stale = Q(pk__in=[])
+    for region in Region.objects.only("pk", "poll_interval_seconds"):
+        cutoff = now - _offline_after(region_load_shaping(region=region).poll_interval_seconds)
+        stale |= Q(region_id=region.pk, last_seen_at__lt=cutoff)
+    return Q(last_seen_at__isnull=True) | stale
+
+
+def device_is_offline(*, device: Device, now: datetime | None = None) -> bool:
+    """True when the device never checked in or missed OTA_DEVICE_OFFLINE_AFTER_POLLS poll intervals."""
+    if device.last_seen_at is None:
+        return True
+    interval = region_load_shaping(region=device.region).poll_interval_seconds
+    return device.last_seen_at < (now or timezone.now()) - _offline_after(interval)
+
+
 def _devices() -> QuerySet[Device]:
     return Device.objects.select_related("hardware_model", "region").prefetch_related("tags")
 
@@ -53,6 +117,7 @@ def device_list(
     status: str | None = None,
     installed_version: str | None = None,
     drift: bool | None = None,
+    offline: bool | None = None,
     search: str | None = None,
 ) -> QuerySet[Device]:
     """Devices matching every given filter (None means "any"), ordered by serial; `base` narrows the start."""
@@ -76,6 +141,10 @@ def device_list(
         devices = devices.filter(DRIFT_Q)
     elif drift is False:
         devices = devices.exclude(DRIFT_Q)
+    if offline is True:
+        devices = devices.filter(device_offline_q())
+    elif offline is False:
+        devices = devices.exclude(device_offline_q())
     if search:
         devices = devices.filter(Q(serial__icontains=search) | Q(vin__icontains=search))
     return devices.order_by("serial")
@@ -137,3 +206,35 @@ def fleet_version_distribution(*, include_decommissioned: bool = False) -> list[
         }
         for name, versions in sorted(by_model.items())
     ]
+
+
+def _telemetry_kpis(samples: QuerySet[TelemetrySample]) -> dict[str, Any]:
+    figures = samples.aggregate(
+        samples=Count("id"),
+        last_reported_at=Max("reported_at"),
+        mean_install_duration_s=Avg("install_duration_s"),
+        mean_boot_time_s=Avg("boot_time_s"),
+        unexpected_reboots=Sum("unexpected_reboots"),
+        mean_gps_fix_s=Avg("gps_fix_s"),
+        sensor_uncalibrated=Count("id", filter=Q(sensor_calibrated=False)),
+        sensor_reports=Count("id", filter=Q(sensor_calibrated__isnull=False)),
+        mean_link_kbps=Avg("link_kbps"),
+    )
+    for key in ("mean_install_duration_s", "mean_boot_time_s", "mean_gps_fix_s", "mean_link_kbps"):
+        if figures[key] is not None:
+            figures[key] = round(float(figures[key]), 1)
+    figures["unexpected_reboots"] = figures["unexpected_reboots"] or 0
+    return figures
+
+
+def device_telemetry_summary(*, device: Device, since: datetime | None = None) -> dict[str, Any]:
+    """A device's KPI figures over its stored samples (optionally since a time): counts, means, reboots."""
+    samples = TelemetrySample.objects.filter(device=device)
+    if since is not None:
+        samples = samples.filter(reported_at__gte=since)
+    return _telemetry_kpis(samples)
+
+
+def telemetry_deployment_kpis(*, deployment_ids: Iterable[int]) -> dict[str, Any]:
+    """KPI figures over the samples devices sent about these deployments (e.g. one wave's): for gates and KPIs."""
+    return _telemetry_kpis(TelemetrySample.objects.filter(deployment_id__in=list(deployment_ids)))

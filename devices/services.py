@@ -23,7 +23,7 @@ from devices.choices import (
     UsageProfile,
     VehicleType,
 )
-from devices.models import Device, HardwareModel, Region, Tag
+from devices.models import MAX_POLL_SECONDS, MIN_POLL_SECONDS, Device, HardwareModel, Region, Tag
 from devices.validators import (
     validate_certificate_fingerprint,
     validate_network_capabilities,
@@ -63,6 +63,15 @@ class HardwareModelChanges(TypedDict, total=False):
     signing_scheme: str
     validation_checks: list[str]
     partition_layout: dict[str, Any]
+
+
+class RegionChanges(TypedDict, total=False):
+    """Fields of a region that may change after creation: its device load budget (code and time zone never do)."""
+
+    name: str
+    poll_interval_seconds: int | None
+    max_checkins_per_window: int | None
+    max_concurrent_downloads: int | None
 
 
 class DeviceChanges(TypedDict, total=False):
@@ -153,10 +162,28 @@ HARDWARE_MODEL_CHECKS: dict[str, Callable[[Any], None]] = {
     "partition_layout": validate_partition_layout,
 }
 
+
+def _whole_number_check(low: int, high: int) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValidationError(f"Enter a whole number from {low} to {high}.")
+
+    return check
+
+
+# Budgets are counts per window or streams at once; 0 means "no limit", None "the global default".
+MAX_BUDGET = 10_000_000
+
 REGION_CHECKS: dict[str, Callable[[Any], None]] = {
     "code": _slug_check(32),
     "name": _text_check(100),
     "time_zone": validate_time_zone,
+}
+REGION_LOAD_CHECKS: dict[str, Callable[[Any], None]] = {
+    "name": _text_check(100),
+    "poll_interval_seconds": _optional(_whole_number_check(MIN_POLL_SECONDS, MAX_POLL_SECONDS)),
+    "max_checkins_per_window": _optional(_whole_number_check(0, MAX_BUDGET)),
+    "max_concurrent_downloads": _optional(_whole_number_check(0, MAX_BUDGET)),
 }
 
 DEVICE_CHECKS: dict[str, Callable[[Any], None]] = {
@@ -359,10 +386,28 @@ def hardware_model_update(
 
 
 @transaction.atomic
-def region_create(*, actor: Actor, code: str, name: str, time_zone: str) -> Region:
-    """Add a region; its time zone must be an IANA zone because maintenance windows are local to it."""
-    values = {"code": code, "name": name, "time_zone": time_zone}
-    errors = field_errors(values, REGION_CHECKS)
+def region_create(
+    *,
+    actor: Actor,
+    code: str,
+    name: str,
+    time_zone: str,
+    poll_interval_seconds: int | None = None,
+    max_checkins_per_window: int | None = None,
+    max_concurrent_downloads: int | None = None,
+) -> Region:
+    """Add a region; its time zone must be an IANA zone because maintenance windows are local to it.
+
+    Its device load budget is optional: what is not given follows the global defaults.
+    """
+    values: dict[str, Any] = {"code": code, "name": name, "time_zone": time_zone}
+    budget = {
+        "poll_interval_seconds": poll_interval_seconds,
+        "max_checkins_per_window": max_checkins_per_window,
+        "max_concurrent_downloads": max_concurrent_downloads,
+    }
+    values.update({key: value for key, value in budget.items() if value is not None})
+    errors = field_errors(values, {**REGION_CHECKS, **REGION_LOAD_CHECKS})
     if "code" not in errors and Region.objects.filter(code=code).exists():
         errors["code"] = ["A region with this code already exists."]
     _raise_if(errors, "The region is invalid.")
@@ -377,6 +422,47 @@ def region_create(*, actor: Actor, code: str, name: str, time_zone: str) -> Regi
     record_decision(
         actor=actor, action="devices.region.create", object_type="region", object_id=region.code, after=values
     )
+    return region
+
+
+def _region_snapshot(region: Region) -> dict[str, Any]:
+    return {
+        "name": region.name,
+        "poll_interval_seconds": region.poll_interval_seconds,
+        "max_checkins_per_window": region.max_checkins_per_window,
+        "max_concurrent_downloads": region.max_concurrent_downloads,
+    }
+
+
+@transaction.atomic
+def region_update(*, actor: Actor, region: Region, changes: RegionChanges, reason: str = "") -> Region:
+    """Change a region's name or device load budget (poll interval, check-ins per window, concurrent downloads).
+
+    The code and time zone never change (maintenance windows already computed depend on them); every change is
+    recorded with its before and after values.
+    """
+    reason = _clean_reason(reason)
+    values = dict(changes)
+    errors = field_errors(values, REGION_LOAD_CHECKS)
+    _raise_if(errors, "The region change is invalid.")
+    current = Region.objects.select_for_update().get(pk=region.pk)
+    before = _region_snapshot(current)
+    for key, value in values.items():
+        setattr(current, key, value)
+    before, after = _changed(before, _region_snapshot(current))
+    if after:
+        current.save(update_fields=list(after))
+        record_decision(
+            actor=actor,
+            action="devices.region.update",
+            object_type="region",
+            object_id=current.code,
+            before=before,
+            after=after,
+            reason=reason,
+        )
+    for key in _region_snapshot(current):
+        setattr(region, key, getattr(current, key))
     return region
 
 
@@ -578,21 +664,79 @@ def device_decommission(*, actor: Actor, device: Device, reason: str = "") -> De
 # ---------------------------------------------------------------------------------------------------------------
 
 
+SLOT_NAMES = ("a", "b")
+MAX_HEALTH_ENTRIES = 16
+MAX_HEALTH_NAME = 32
+
+
+def _health_check(value: Any) -> None:
+    if not isinstance(value, dict) or len(value) > MAX_HEALTH_ENTRIES:
+        raise ValidationError(f"Must be a map of at most {MAX_HEALTH_ENTRIES} named booleans.")
+    for name, passed in value.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_HEALTH_NAME or not isinstance(passed, bool):
+            raise ValidationError(f"Names have 1 to {MAX_HEALTH_NAME} characters; values are true or false.")
+
+
+REPORT_CHECKS: dict[str, Callable[[Any], None]] = {
+    "version": validate_semver,
+    "release_counter": _release_counter_check,
+    "active_slot": _optional(_choice_check(SLOT_NAMES)),
+    "boot_count": _optional(_release_counter_check),
+    "health": _optional(_health_check),
+}
+
+
 @transaction.atomic
-def device_record_report(*, device: Device, version: str, release_counter: int, at: datetime) -> Device:
-    """Store what a device reports it runs; an older report never overwrites a newer one (out-of-order safe)."""
+def device_record_report(
+    *,
+    device: Device,
+    version: str,
+    release_counter: int,
+    at: datetime,
+    active_slot: str | None = None,
+    boot_count: int | None = None,
+    health: dict[str, bool] | None = None,
+) -> Device:
+    """Store what a device reports at check-in (version of its active slot, boot count, health summary) and when.
+
+    An older report never overwrites a newer one (out-of-order safe); last_seen_at only moves forward.
+    """
     errors = field_errors(
-        {"version": version, "release_counter": release_counter},
-        {"version": validate_semver, "release_counter": _release_counter_check},
+        {
+            "version": version,
+            "release_counter": release_counter,
+            "active_slot": active_slot,
+            "boot_count": boot_count,
+            "health": health,
+        },
+        REPORT_CHECKS,
     )
     if timezone.is_naive(at):
         errors["at"] = ["Must be timezone-aware."]
     _raise_if(errors, "The device report is invalid.")
+    state: dict[str, Any] = {}
+    if active_slot is not None:
+        state["reported_active_slot"] = active_slot
+    if boot_count is not None:
+        state["reported_boot_count"] = boot_count
+    if health is not None:
+        state["reported_health"] = dict(health)
     Device.objects.filter(pk=device.pk).filter(Q(reported_at__isnull=True) | Q(reported_at__lte=at)).update(
         reported_version=version,
         reported_release_counter=release_counter,
         reported_at=at,
+        **state,
     )
     Device.objects.filter(pk=device.pk).update(last_seen_at=Greatest(Coalesce("last_seen_at", at), at))
-    device.refresh_from_db(fields=["reported_version", "reported_release_counter", "reported_at", "last_seen_at"])
+    device.refresh_from_db(
+        fields=[
+            "reported_version",
+            "reported_release_counter",
+            "reported_at",
+            "reported_active_slot",
+            "reported_boot_count",
+            "reported_health",
+            "last_seen_at",
+        ]
+    )
     return device

@@ -1,4 +1,5 @@
-"""Demo data for the embedded default: users for every role, a fleet, two releases and changes in several states.
+"""Demo data for the embedded default: users for every role, a fleet, releases, changes in several states and a
+rollout history (one completed, one halted and rolled back).
 
 Everything goes through the same services people use, so the demo's decision record is a real one.
 Idempotent: a second run only prints the users again.
@@ -21,11 +22,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import services as change_services
+from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest, ChangeTemplate
 from approvals.plans import default_plan
 from devices import services as device_services
 from devices.importer import import_rows
 from devices.models import Device
+from ota_project import demo_rollouts
 from ota_project.roles import Role
 from rollouts.artifacts import receive_stream, release_temp
 from rollouts.models import FirmwareRelease
@@ -155,7 +158,8 @@ def _fleet(operator: Any) -> None:
         device_services.device_quarantine(actor=operator, device=device, reason="Enclosure tamper switch tripped")
 
 
-def _changes(users: dict[str, Any]) -> None:
+def _changes(users: dict[str, Any]) -> tuple[ChangeRequest, ChangeRequest]:
+    """Changes in every state of the CAB's life cycle; returns two approved ones for the rollout history."""
     rita, rob = users["rita"], users["rob"]
     old = FirmwareRelease.objects.get(version="1.0.0")
     new = FirmwareRelease.objects.get(version="1.1.0")
@@ -241,6 +245,36 @@ def _changes(users: dict[str, Any]) -> None:
         },
     )
 
+    def approve(change: ChangeRequest) -> ChangeRequest:
+        for approver in ("carl", "cora", "sam"):  # as many as the policy asks for this change's risk
+            if change.status != ChangeStatus.APPROVED:
+                change = change_services.approval_grant(
+                    actor=users[approver], change=change, revision=1, comment="Evidence reviewed."
+                )
+        return change
+
+    done = approve(
+        submit(
+            file(
+                rob,
+                "Modem reconnect fix for 4G units in North America",
+                {"hardware_models": ["tcu-4g-r2"], "regions": ["na-east"]},
+            )
+        )
+    )
+    bad = approve(
+        submit(
+            file(
+                rob,
+                "Modem power-saving tweak for 4G units outside North America",
+                {"hardware_models": ["tcu-4g-r2"], "regions": ["apac", "eu-west", "eu-north"]},
+                release=FirmwareRelease.objects.get(version="1.2.0"),
+                justification="Cuts idle modem power draw by 18% on parked vehicles.",
+            )
+        )
+    )
+    return done, bad
+
 
 def seed_demo() -> tuple[bool, dict[str, tuple[Any, str]]]:
     """Load the demo data unless it is there already; return (created, users with passwords)."""
@@ -252,5 +286,8 @@ def seed_demo() -> tuple[bool, dict[str, tuple[Any, str]]]:
         _fleet(plain["olga"])
         _release(plain["rita"], "1.0.0", 1, [m[0] for m in HARDWARE_MODELS], seed=1)
         _release(plain["rob"], "1.1.0", 2, ["tcu-4g-r2", "tcu-5g-r1"], seed=2)
-        _changes(plain)
+        _release(plain["rob"], "1.2.0", 3, ["tcu-4g-r2"], seed=3)
+        done, bad = _changes(plain)
+        demo_rollouts.completed_rollout(operator=plain["olga"], change=done)
+        demo_rollouts.halted_rollout(operator=plain["olga"], change=bad, failing_share=0.5, seed=11)
         return True, users

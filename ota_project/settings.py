@@ -204,3 +204,30 @@ TEMPORAL_ENABLED = _env_bool("TEMPORAL_ENABLED", True)
 
 # The embedded demo (`make run`): the sign-in page lists the demo users (never their passwords).
 OTA_DEMO_MODE = _env_bool("OTA_DEMO_MODE", False)
+
+# Celery: short side effects only (telemetry batches, housekeeping). No broker URL (the embedded default): tasks run
+# in-process when queued. Production: CELERY_BROKER_URL=redis://... or amqp://... and `celery -A ota_project worker`.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "") or "memory://"
+CELERY_TASK_ALWAYS_EAGER = _env_bool("CELERY_TASK_ALWAYS_EAGER", not os.environ.get("CELERY_BROKER_URL"))
+
+# Cache (device load-shaping counters): in-process by default; OTA_CACHE_URL=redis://... for several processes,
+# OTA_CACHE_URL=db on PostgreSQL-only deployments (run `manage.py createcachetable` once).
+_CACHE_URL = os.environ.get("OTA_CACHE_URL", "")
+if _CACHE_URL.startswith("redis"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _CACHE_URL}}
+elif _CACHE_URL == "db":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "ota_cache"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+OTA_DEVICE_BUDGET_CACHE = "default"
+
+# Device protocol: poll interval and per-region budgets (regions override these defaults; 0 = no limit).
+OTA_DEVICE_POLL_SECONDS = int(os.environ.get("OTA_DEVICE_POLL_SECONDS", "300"))
+OTA_DEVICE_MAX_CHECKINS_PER_WINDOW = int(os.environ.get("OTA_DEVICE_MAX_CHECKINS_PER_WINDOW", "0"))
+OTA_DEVICE_MAX_CONCURRENT_DOWNLOADS = int(os.environ.get("OTA_DEVICE_MAX_CONCURRENT_DOWNLOADS", "0"))
+OTA_DEVICE_BUDGET_WINDOW_SECONDS = int(os.environ.get("OTA_DEVICE_BUDGET_WINDOW_SECONDS", "60"))
+OTA_DEVICE_DOWNLOAD_LEASE_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_LEASE_SECONDS", "900"))
+OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_RETRY_SECONDS", "30"))
+OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_POLLS", "3"))
+OTA_TELEMETRY_RETENTION_DAYS = int(os.environ.get("OTA_TELEMETRY_RETENTION_DAYS", "90"))
+OTA_TELEMETRY_BATCH_KEEP_DAYS = int(os.environ.get("OTA_TELEMETRY_BATCH_KEEP_DAYS", "14"))

@@ -7,11 +7,9 @@ waves interleave hardware-model/region strata so that every prefix of the order 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -39,26 +37,6 @@ def order_targets(rollout_id: int, targets: Iterable[Target], *, stratify: bool)
         for position, target in enumerate(members):
             keyed.append(((position + 0.5) / len(members), _rank(rollout_id, target.serial), target))
     return [target for _, _, target in sorted(keyed, key=lambda item: (item[0], item[1]))]
-
-
-def wave_sizes(waves: Sequence[dict[str, Any]], *, total: int, pilots: int) -> list[int]:
-    """Planned device count per wave: the pilot wave takes the pilot devices, percent waves a share of what
-    remains at that point, count waves a fixed number, and the last wave everything left."""
-    sizes = []
-    remaining = total
-    for index, wave in enumerate(waves):
-        cohort = wave["cohort"]
-        if index == len(waves) - 1:
-            size = remaining
-        elif cohort["kind"] == "pilot":
-            size = min(pilots, remaining)
-        elif cohort["kind"] == "percent":
-            size = min(remaining, math.ceil(remaining * cohort["value"] / 100))
-        else:
-            size = min(remaining, cohort["value"])
-        sizes.append(size)
-        remaining -= size
-    return sizes
 
 
 def next_cohort(ordered: Sequence[Target], *, already_assigned: set[int], size: int, pilot_only: bool) -> list[Target]:

@@ -126,3 +126,32 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.device_id} in {self.rollout_id}: {self.status}"
+
+
+class HealthSample(models.Model):
+    """One health evaluation of a wave (or of the rollback saga): counts and failure rate, for charts over time.
+
+    Written by the gate's health step, one row per change in the counts: an evaluation that finds the same counts
+    as the previous one only moves that row's `taken_at` (a retried activity or a quiet soak adds no rows).
+    Never one row per device.
+    """
+
+    class Kind(models.TextChoices):
+        WAVE = "wave", "Wave"
+        ROLLBACK = "rollback", "Rollback"
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="health_samples")
+    wave_index = models.PositiveSmallIntegerField()
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.WAVE)
+    first_at = models.DateTimeField(help_text="When these counts were first seen.")
+    taken_at = models.DateTimeField(help_text="When these counts were last seen.")
+    counts = models.JSONField(help_text="total, pending, in_progress, succeeded, failed, timed_out, ...")
+    failure_rate = models.FloatField(null=True, blank=True, help_text="failures / finished; None before any finished.")
+    evaluations = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["rollout", "first_at", "id"]
+        indexes = [models.Index(fields=["rollout", "kind", "wave_index", "first_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.rollout} {self.kind} {self.wave_index} at {self.taken_at:%Y-%m-%d %H:%M:%S}"

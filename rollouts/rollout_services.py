@@ -19,7 +19,7 @@ from django.utils import timezone
 from approvals import services as change_services
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
-from approvals.plans import plan_hash
+from approvals.plans import plan_hash, wave_sizes
 from approvals.records import record_decision
 from devices.models import Region
 from devices.scope import scope_devices
@@ -36,8 +36,8 @@ from rollouts.choices import (
     RolloutStatus,
     WaveStatus,
 )
-from rollouts.cohorts import Target, next_cohort, order_targets, wave_sizes
-from rollouts.models import Deployment, Rollout, Wave
+from rollouts.cohorts import Target, next_cohort, order_targets
+from rollouts.models import Deployment, HealthSample, Rollout, Wave
 from rollouts.windows import blackout_until, region_next_opening
 from workflows.types import PhaseChange, WaveHealth
 
@@ -88,8 +88,10 @@ def _conflicting_rollouts(change: ChangeRequest) -> list[str]:
 
 
 @transaction.atomic
-def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest) -> Rollout:
-    """Start the rollout of an approved change: an operator who is not its author, inside its window, no overlap."""
+def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
+    """Start the rollout of an approved change: an operator who is not its author, inside its window, no overlap.
+
+    `start_workflow=False` only records the start (the demo history plays its steps through the services)."""
     change = ChangeRequest.objects.select_for_update().get(pk=change.pk)
     if not has_role(actor, Role.OPERATOR):
         raise NotPermitted("Only operators start rollouts.")
@@ -142,7 +144,8 @@ def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest) -> Rollout:
             "plan_hash": rollout.plan_hash,
         },
     )
-    transaction.on_commit(lambda: _start_workflow(rollout))
+    if start_workflow:
+        transaction.on_commit(lambda: _start_workflow(rollout))
     return rollout
 
 
@@ -151,9 +154,32 @@ def _start_workflow(rollout: Rollout) -> None:
 
     if not settings.TEMPORAL_ENABLED:
         return
-    from workflows.client import start_rollout_workflow
+    from workflows.client import TemporalUnavailable, start_rollout_workflow
 
-    start_rollout_workflow(workflow_input(rollout), search_attributes_for(rollout))
+    try:
+        start_rollout_workflow(workflow_input(rollout), search_attributes_for(rollout))
+    except TemporalUnavailable as err:
+        raise TemporalUnavailable(
+            f"Rollout {rollout.pk} is recorded, but its workflow could not be started yet ({err.message}); "
+            "the worker starts it as soon as Temporal is reachable."
+        ) from err
+
+
+def rollout_workflows_ensure(*, older_than_seconds: int = 30) -> list[int]:
+    """Start the workflow of every rollout still `scheduled` a while after its start (Temporal was unreachable then).
+
+    Idempotent: the workflow id is `rollout-<pk>` and a start of a running or finished workflow is a no-op. The
+    worker calls this on start and then periodically; raises TemporalUnavailable while Temporal is down.
+    """
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    waiting = Rollout.objects.filter(status=RolloutStatus.SCHEDULED, created_at__lte=cutoff).select_related(
+        "change", "release"
+    )
+    started = []
+    for rollout in waiting.order_by("pk"):
+        _start_workflow(rollout)
+        started.append(rollout.pk)
+    return started
 
 
 def workflow_input(rollout: Rollout) -> Any:
@@ -349,6 +375,33 @@ def _health_json(health: WaveHealth) -> dict[str, int]:
     }
 
 
+def _health_sample(rollout_id: int, wave_index: int, kind: str, health: WaveHealth) -> None:
+    """Keep the health history for charts: a new row only when the counts changed since the last evaluation.
+
+    Retried activities and quiet soaks only move the last row's `taken_at`, so rows grow with changes, not ticks.
+    """
+    now = timezone.now()
+    counts = _health_json(health)
+    last = (
+        HealthSample.objects.filter(rollout_id=rollout_id, kind=kind, wave_index=wave_index)
+        .order_by("-first_at", "-id")
+        .first()
+    )
+    if last is not None and last.counts == counts:
+        HealthSample.objects.filter(pk=last.pk).update(taken_at=now, evaluations=last.evaluations + 1)
+        return
+    rate = health.failures / health.finished if health.finished else None
+    HealthSample.objects.create(
+        rollout_id=rollout_id,
+        wave_index=wave_index,
+        kind=kind,
+        first_at=now,
+        taken_at=now,
+        counts=counts,
+        failure_rate=rate,
+    )
+
+
 @transaction.atomic
 def wave_health(*, rollout_id: int, wave_index: int) -> WaveHealth:
     """Expire missed deadlines (timed_out counts as a failure), then count the wave's update deployments."""
@@ -358,6 +411,7 @@ def wave_health(*, rollout_id: int, wave_index: int) -> WaveHealth:
     health = _health(deployments)
     Wave.objects.filter(pk=wave.pk).update(health=_health_json(health))
     Rollout.objects.filter(pk=rollout_id).update(last_health=_health_json(health))
+    _health_sample(rollout_id, wave_index, HealthSample.Kind.WAVE, health)
     return health
 
 
@@ -414,6 +468,7 @@ def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
         reason=reason,
         halted_at=now,
         current_wave=wave_index,
+        status_reason=reason,
     )
     _record(None, rollout, "rollout.stop_offering", after={"cancelled_deployments": cancelled})
     return cancelled
@@ -468,7 +523,10 @@ def rollback_health(*, rollout_id: int) -> WaveHealth:
     """Expire missed rollback deadlines, then count the rollback deployments."""
     deployments = Deployment.objects.filter(rollout_id=rollout_id, kind=DeploymentKind.ROLLBACK)
     _expire_deadlines(deployments, timezone.now())
-    return _health(deployments)
+    health = _health(deployments)
+    wave_index = Rollout.objects.filter(pk=rollout_id).values_list("current_wave", flat=True).first() or 0
+    _health_sample(rollout_id, wave_index, HealthSample.Kind.ROLLBACK, health)
+    return health
 
 
 @transaction.atomic
@@ -485,7 +543,17 @@ def rollout_finish(*, rollout_id: int, outcome: str, reason: str = "", actor_id:
         )
     if outcome == RolloutStatus.COMPLETED:
         Wave.objects.filter(rollout=rollout).exclude(status=WaveStatus.FAILED).update(status=WaveStatus.PROMOTED)
-    _transition(rollout, outcome, actor=actor, action=f"rollout.{outcome}", reason=reason, finished_at=now)
+    # The finished rollout shows why it ended (the workflow projects nothing after this step).
+    _transition(
+        rollout,
+        outcome,
+        actor=actor,
+        action=f"rollout.{outcome}",
+        reason=reason,
+        finished_at=now,
+        gate="",
+        status_reason=reason or rollout.status_reason,
+    )
     if rollout.change.status == ChangeStatus.IMPLEMENTING:
         change_services.change_mark_implemented(actor=actor, change=rollout.change, outcome=outcome, reason=reason)
 

@@ -17,6 +17,7 @@ Registered from tests/conftest.py with `pytest_plugins = ["tests.temporal_suppor
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -67,8 +68,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 
 
 def in_temporal_loop(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-    """Run async code (clients, handles) on this process's Temporal loop, where the sync helpers' client lives."""
-    return run_sync(coroutine, timeout)
+    """Run async code (clients, handles) on this process's Temporal loop, where the sync helpers' client lives.
+
+    Playwright's sync API keeps an event loop running in the test thread, and `run_sync` refuses to block inside a
+    running loop; blocking is harmless there (Playwright is idle between calls), so wait from a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run_sync(coroutine, timeout)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run_sync, coroutine, timeout).result()
 
 
 class DevServer:

@@ -9,7 +9,7 @@ from approvals.models import ChangeRequest
 from approvals.records import chain_verify
 from devices.models import Device
 from ota_project.roles import Role, roles_of
-from rollouts.models import FirmwareRelease
+from rollouts.models import FirmwareRelease, Rollout
 
 pytestmark = pytest.mark.django_db
 
@@ -26,12 +26,22 @@ def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys):
     held = set().union(*(roles_of(u) for u in users))
     assert held == set(Role.values)
     assert all(u.check_password(credentials[u.username]) for u in users)
-    assert Device.objects.count() == 300 and FirmwareRelease.objects.count() == 2
+    assert Device.objects.count() == 300 and FirmwareRelease.objects.count() == 3
     statuses = set(ChangeRequest.objects.values_list("status", flat=True))
     assert {"draft", "submitted", "in_review", "approved", "rejected", "changes_requested"} <= statuses
+    # The rollout history: one rollout completed, one halted in its pilot and rolled back, devices restored.
+    completed, rolled_back = Rollout.objects.get(status="completed"), Rollout.objects.get(status="rolled_back")
+    assert completed.deployments.filter(status="succeeded").count() == completed.deployments.count() > 0
+    assert completed.change.status == "completed" and completed.status_reason == "All 3 waves passed."
+    assert rolled_back.waves.get(index=0).status == "failed" and rolled_back.halted_at is not None
+    restored = rolled_back.deployments.filter(kind="rollback")
+    assert restored.count() > 0 and restored.exclude(status="succeeded").count() == 0
+    assert not rolled_back.deployments.filter(wave__index__gt=0).exists()
     verdict = chain_verify()
     assert verdict.ok and verdict.length > 20
 
     call_command("seed_demo")
-    assert ChangeRequest.objects.count() == 7 and chain_verify().length == verdict.length
+    assert (
+        ChangeRequest.objects.count() == 9 and Rollout.objects.count() == 2 and chain_verify().length == verdict.length
+    )
     assert json.loads((tmp_path / "demo-credentials.txt").read_text()) == credentials

@@ -1,10 +1,11 @@
-"""Placeholder URL names (replaced by the pages of this module)."""
+"""Audit pages under /audit/ (namespace web-audit); the trace pages share the prefix (rollouts.web.audit_urls)."""
 
 from django.urls import path
-from django.views.generic import TemplateView
 
-_placeholder = TemplateView.as_view(template_name="base.html")
+from approvals.web import audit_views
 
 urlpatterns = [
-    path("", _placeholder, name="records"),
+    path("", audit_views.records, name="records"),
+    path("records/<int:seq>/", audit_views.record_detail, name="record"),
+    path("verify/", audit_views.verify_chain, name="verify"),
 ]

@@ -23,6 +23,9 @@ class DeviceFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=DeviceStatus.choices)
     installed_version = django_filters.CharFilter(max_length=64)
     drift = django_filters.BooleanFilter(help_text="true: reported differs from expected; false: it does not.")
+    offline = django_filters.BooleanFilter(
+        help_text="true: never checked in or missed its region's poll intervals (see OTA_DEVICE_OFFLINE_AFTER_POLLS)."
+    )
     search = django_filters.CharFilter(max_length=64, help_text="Part of a serial or VIN (case-insensitive).")
 
     class Meta:

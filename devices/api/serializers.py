@@ -9,7 +9,9 @@ from rest_framework import serializers
 
 from devices.choices import NetworkCapability, SigningScheme, UpdateChannel, ValidationCheck
 from devices.importer import FORMATS, MAX_IMPORT_ROWS, MODES, DeviceRowSerializer
-from devices.models import Device, HardwareModel, Region
+from devices.models import MAX_POLL_SECONDS, MIN_POLL_SECONDS, Device, HardwareModel, Region
+from devices.selectors import device_is_offline
+from devices.services import MAX_BUDGET
 from devices.validators import validate_partition_layout, validate_time_zone
 from ota_project.serializers import InputSerializer
 
@@ -115,14 +117,47 @@ class HardwareModelUpdateInputSerializer(InputSerializer):
 class RegionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Region
-        fields = ["id", "code", "name", "time_zone"]
+        fields = [
+            "id",
+            "code",
+            "name",
+            "time_zone",
+            "poll_interval_seconds",
+            "max_checkins_per_window",
+            "max_concurrent_downloads",
+        ]
         read_only_fields = fields
+
+
+class RegionUpdateInputSerializer(InputSerializer):
+    """A region's name and device load budget; null means "the global default", 0 (budgets) "no limit"."""
+
+    name = serializers.CharField(max_length=100, required=False)
+    poll_interval_seconds = serializers.IntegerField(
+        min_value=MIN_POLL_SECONDS, max_value=MAX_POLL_SECONDS, required=False, allow_null=True
+    )
+    max_checkins_per_window = serializers.IntegerField(
+        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
+    )
+    max_concurrent_downloads = serializers.IntegerField(
+        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
+    )
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
 
 
 class RegionCreateInputSerializer(InputSerializer):
     code = serializers.SlugField(max_length=32)
     name = serializers.CharField(max_length=100)
     time_zone = serializers.CharField(max_length=64, validators=[validate_time_zone], help_text="e.g. Europe/Berlin")
+    poll_interval_seconds = serializers.IntegerField(
+        min_value=MIN_POLL_SECONDS, max_value=MAX_POLL_SECONDS, required=False, allow_null=True
+    )
+    max_checkins_per_window = serializers.IntegerField(
+        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
+    )
+    max_concurrent_downloads = serializers.IntegerField(
+        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,6 +171,14 @@ class DeviceSerializer(serializers.ModelSerializer):
     tags = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
     network_capabilities = serializers.ListField(child=serializers.ChoiceField(choices=NetworkCapability.choices))
     has_drift = serializers.BooleanField(help_text="The device reported something other than the inventory expects.")
+    reported_health = serializers.DictField(child=serializers.BooleanField(), help_text="Last check-in's health.")
+    offline = serializers.SerializerMethodField(
+        help_text="Never checked in, or missed OTA_DEVICE_OFFLINE_AFTER_POLLS of its region's poll intervals."
+    )
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_offline(self, device: Device) -> bool:
+        return device_is_offline(device=device)
 
     class Meta:
         model = Device
@@ -154,7 +197,11 @@ class DeviceSerializer(serializers.ModelSerializer):
             "reported_version",
             "reported_release_counter",
             "reported_at",
+            "reported_active_slot",
+            "reported_boot_count",
+            "reported_health",
             "has_drift",
+            "offline",
             "status",
             "status_reason",
             "certificate_fingerprint",
@@ -220,6 +267,24 @@ class FleetVersionsSerializer(serializers.Serializer):
     hardware_model = serializers.CharField()
     devices = serializers.IntegerField()
     versions = FleetVersionCountSerializer(many=True)
+
+
+class DeviceCredentialSerializer(serializers.Serializer):
+    """A device credential's state; never its secret or hash."""
+
+    serial = serializers.CharField(source="device.serial")
+    issued_at = serializers.DateTimeField(source="created_at")
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    active = serializers.SerializerMethodField()
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_active(self, credential: Any) -> bool:
+        return credential.revoked_at is None
+
+
+class DeviceCredentialIssuedSerializer(serializers.Serializer):
+    serial = serializers.CharField()
+    secret = serializers.CharField(help_text="Shown only in this answer; only its sha256 is stored.")
 
 
 # ---------------------------------------------------------------------------------------------------------------

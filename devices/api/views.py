@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
-from rest_framework import mixins, serializers, status
+from django.http import Http404, HttpRequest
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -22,6 +22,8 @@ from devices import credentials, importer, selectors, services
 from devices.api.filters import DeviceFilter
 from devices.api.serializers import (
     DeviceCreateInputSerializer,
+    DeviceCredentialIssuedSerializer,
+    DeviceCredentialSerializer,
     DeviceDriftSerializer,
     DeviceImportRowsInputSerializer,
     DeviceImportUploadInputSerializer,
@@ -34,6 +36,7 @@ from devices.api.serializers import (
     ImportReportSerializer,
     RegionCreateInputSerializer,
     RegionSerializer,
+    RegionUpdateInputSerializer,
 )
 from devices.api.uploads import ImportSizeLimitHandler
 from devices.models import Device, HardwareModel, Region
@@ -148,6 +151,26 @@ class RegionViewSet(mixins.ListModelMixin, InventoryViewSet):
         region = services.region_create(actor=request.user, **serializer.validated_data)
         return Response(RegionSerializer(region).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(
+        summary="Change a region's name or device load budget (operator); code and time zone never change",
+        description=(
+            "`poll_interval_seconds` is what check-in answers devices of the region; `max_checkins_per_window` "
+            "(per OTA_DEVICE_BUDGET_WINDOW_SECONDS) and `max_concurrent_downloads` make check-in and download "
+            "answer 429 with Retry-After when exceeded. null: the global default; 0 (budgets): no limit. "
+            "Every change lands in the decision record."
+        ),
+        request=RegionUpdateInputSerializer,
+        responses={200: RegionSerializer, **DETAIL_WRITE_ERRORS},
+    )
+    def partial_update(self, request: Request, code: str) -> Response:
+        region = selectors.region_get(code=code)
+        serializer = RegionUpdateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        changes = dict(serializer.validated_data)
+        reason = changes.pop("reason", "")
+        region = services.region_update(actor=request.user, region=region, changes=changes, reason=reason)  # type: ignore[arg-type]
+        return Response(RegionSerializer(region).data)
+
 
 def _status_action(summary: str) -> Any:
     return extend_schema(
@@ -163,6 +186,8 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
 
     serializer_class = DeviceSerializer
     filterset_class = DeviceFilter
+    # Any role passes the door; the service decides and writes refusals to the security log.
+    action_roles = {"credential_revoke": tuple(Role.values)}
     lookup_field = "serial"
     lookup_value_regex = SERIAL_PATH_RE
 
@@ -234,24 +259,56 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
         return self._set_status(request, serial, services.device_decommission)
 
     @extend_schema(
-        summary="Issue (or replace) a device's credential; the secret is shown only in this answer (operator)",
+        methods=["GET"],
+        summary="A device's credential: when it was issued and whether it is revoked (never the secret)",
+        request=None,
+        responses={200: DeviceCredentialSerializer, **DETAIL_ERRORS},
+    )
+    @extend_schema(
+        methods=["POST"],
+        summary="Issue or rotate a device's credential; the new secret is shown only in this answer (operator)",
+        description="Rotation: a new secret replaces the old one at once (the old one stops working), recorded.",
         request=None,
         responses={
-            201: inline_serializer(
-                "DeviceCredentialIssued", {"serial": serializers.CharField(), "secret": serializers.CharField()}
-            ),
+            201: DeviceCredentialIssuedSerializer,
             409: _error("A revoked or decommissioned device gets no credential."),
             **DETAIL_WRITE_ERRORS,
         },
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["get", "post"])
     def credential(self, request: Request, serial: str) -> Response:
         device = selectors.device_get(serial_or_id=serial)
+        if request.method == "GET":
+            current = credentials.device_credential_get(device=device)
+            if current is None:
+                raise Http404("No credential was issued to this device.")
+            return Response(DeviceCredentialSerializer(current).data)
         InputSerializer(data=request.data or {}).is_valid(raise_exception=True)  # no fields accepted
         secret = credentials.device_credential_issue(actor=request.user, device=device)
         response = Response({"serial": device.serial, "secret": secret}, status=status.HTTP_201_CREATED)
         response["Cache-Control"] = "no-store"
         return response
+
+    @extend_schema(
+        summary="Revoke a device's credential now (operator or security officer; reason required)",
+        description="The device is refused from its next request on; issue a new credential to let it back in.",
+        request=ReasonInputSerializer,
+        responses={
+            200: DeviceCredentialSerializer,
+            403: _error("Only operators and security officers revoke credentials."),
+            409: _error("The device has no active credential."),
+            **DETAIL_WRITE_ERRORS,
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="credential/revoke", url_name="credential-revoke")
+    def credential_revoke(self, request: Request, serial: str) -> Response:
+        device = selectors.device_get(serial_or_id=serial)
+        serializer = ReasonInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        revoked = credentials.device_credential_revoke(
+            actor=request.user, device=device, reason=serializer.validated_data["reason"]
+        )
+        return Response(DeviceCredentialSerializer(revoked).data)
 
     @extend_schema(
         summary="Import devices from CSV or JSON: all rows or none (operator)",

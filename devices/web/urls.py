@@ -1,10 +1,11 @@
-"""Placeholder URL names (replaced by the pages of this module)."""
+"""Fleet pages under /fleet/ (namespace web-fleet)."""
 
 from django.urls import path
-from django.views.generic import TemplateView
 
-_placeholder = TemplateView.as_view(template_name="base.html")
+from devices.web import views
 
 urlpatterns = [
-    path("", _placeholder, name="inventory"),
+    path("", views.inventory, name="inventory"),
+    path("devices/<str:serial>/", views.device_detail, name="device"),
+    path("devices/<str:serial>/release/", views.device_release, name="release"),
 ]

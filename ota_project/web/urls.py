@@ -1,12 +1,11 @@
-"""Sign-in, sign-out and the landing page (placeholder until the web foundation lands)."""
+"""Sign-in, sign-out and the landing page."""
 
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from ota_project import views
+from ota_project.web import views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", views.SignInView.as_view(), name="login"),
+    path("logout/", views.SignOutView.as_view(), name="logout"),
 ]

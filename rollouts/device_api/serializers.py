@@ -102,6 +102,14 @@ class TelemetrySampleSerializer(StrictSerializer):
 
 
 class TelemetryInputSerializer(StrictSerializer):
+    """A batch of KPI samples; the batch id makes a re-send after a dropped response count once."""
+
+    batch_id = serializers.RegexField(
+        r"^[A-Za-z0-9._:-]{1,64}$",
+        required=False,
+        help_text="The device's id for this batch (1-64 of A-Z a-z 0-9 . _ : -); a batch re-sent with the same id "
+        "is not counted twice. Without one, the sha256 of the samples serves as the id.",
+    )
     samples = serializers.ListField(child=TelemetrySampleSerializer(), min_length=1, max_length=MAX_TELEMETRY_SAMPLES)
 
 
@@ -134,4 +142,6 @@ class StatusOutputSerializer(serializers.Serializer):
 
 
 class TelemetryOutputSerializer(serializers.Serializer):
-    accepted = serializers.IntegerField()
+    accepted = serializers.IntegerField(help_text="Samples in the accepted batch (processed asynchronously).")
+    batch_id = serializers.CharField(help_text="The batch's id: the device's, or sha256:<hex> of the samples.")
+    duplicate = serializers.BooleanField(help_text="True when this batch had been accepted before (nothing added).")

@@ -1,5 +1,5 @@
 """Device API reads and writes that belong to no single existing service: offers in progress, artifact access,
-telemetry batches."""
+telemetry intake."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 from django.db import transaction
 
-from devices.models import Device, TelemetrySample
+from devices.models import Device
+from devices.telemetry import BatchAcceptance, telemetry_batch_accept
 from ota_project.errors import InvalidInput
 from rollouts.choices import DeploymentStatus
 from rollouts.models import Deployment
@@ -45,8 +46,8 @@ def device_artifact_offered(*, device: Device, sha256: str) -> Deployment | None
 
 
 @transaction.atomic
-def telemetry_record(*, device: Device, samples: list[dict[str, Any]]) -> int:
-    """Store a device's KPI batch in one insert; samples may name only the device's own deployments."""
+def telemetry_accept(*, device: Device, samples: list[dict[str, Any]], batch_id: str | None) -> BatchAcceptance:
+    """Accept a device's KPI batch for asynchronous processing; samples may name only the device's own deployments."""
     named = {s["deployment_id"] for s in samples if s.get("deployment_id")}
     own = set(Deployment.objects.filter(device=device, pk__in=named).values_list("pk", flat=True))
     unknown = sorted(named - own)
@@ -55,6 +56,4 @@ def telemetry_record(*, device: Device, samples: list[dict[str, Any]]) -> int:
             "Telemetry names deployments this device does not have.",
             fields={"samples": [f"Unknown deployment {pk}." for pk in unknown[:20]]},
         )
-    rows = [TelemetrySample(device=device, **sample) for sample in samples]
-    TelemetrySample.objects.bulk_create(rows)
-    return len(rows)
+    return telemetry_batch_accept(device=device, samples=samples, batch_id=batch_id)

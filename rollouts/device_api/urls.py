@@ -3,10 +3,12 @@
 from django.urls import path, re_path
 
 from rollouts.device_api import views
+from rollouts.device_api.schema import DeviceSchemaView
 
 urlpatterns = [
     path("checkin/", views.CheckinView.as_view(), name="device-checkin"),
     re_path(r"^artifacts/(?P<sha256>[0-9a-f]{64})/$", views.ArtifactView.as_view(), name="device-artifact"),
     path("deployments/<int:deployment_id>/status/", views.StatusView.as_view(), name="device-status"),
     path("telemetry/", views.TelemetryView.as_view(), name="device-telemetry"),
+    path("schema/", DeviceSchemaView.as_view(), name="device-schema"),
 ]

@@ -10,10 +10,11 @@ import os
 import re
 from typing import Any, BinaryIO
 
-from django.conf import settings
 from django.http import FileResponse
 from django.urls import reverse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -22,10 +23,12 @@ from rest_framework.views import APIView
 
 from devices.choices import DeviceStatus
 from devices.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
+from devices.selectors import LoadShaping
 from devices.services import device_record_report
-from ota_project.errors import DomainError
+from ota_project.errors import Conflict, DomainError
 from ota_project.exceptions import error_body
 from ota_project.parsers import SafeJSONParser
+from ota_project.serializers import ApiErrorSerializer
 from rollouts.artifacts import artifact_open
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.device_api import services
@@ -37,11 +40,11 @@ from rollouts.device_api.serializers import (
     TelemetryInputSerializer,
     TelemetryOutputSerializer,
 )
+from rollouts.device_api.throttle import DownloadLease, checkin_admit, download_acquire
 from rollouts.models import Deployment
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_POLL_SECONDS = 300
 IN_FLIGHT_POLL_SECONDS = 30
 SMALL_BODY_BYTES = 16 * 1024
 TELEMETRY_BODY_BYTES = 256 * 1024
@@ -75,6 +78,12 @@ class DeviceAPIView(APIView):
             raise exceptions.ParseError("Invalid Content-Length.") from None
         if length > self.max_body_bytes:
             raise PayloadTooLarge(f"At most {self.max_body_bytes} bytes.")
+        # Last, once nothing else in here can refuse (a download slot taken here is given back by the handler);
+        # still before the body is read or the database asked, so an over-budget refusal costs next to nothing.
+        self.admit(request)
+
+    def admit(self, request: Request) -> None:
+        """Refuse with 429 and Retry-After when the device's region is over its budget (per endpoint)."""
 
     def body(self, request: Request) -> Any:
         """The parsed body, checked against the real size too (Content-Length can be absent)."""
@@ -83,9 +92,18 @@ class DeviceAPIView(APIView):
         return request.data
 
 
-def poll_interval(*, in_flight: bool) -> int:
-    """Seconds until the next check-in: the configured interval, shorter while an update is under way."""
-    base = int(getattr(settings, "OTA_DEVICE_POLL_SECONDS", DEFAULT_POLL_SECONDS))
+def _errors(described: dict[int, str]) -> dict[int, OpenApiResponse]:
+    """Error answers, all in the one envelope {"error": {"code", "message", "fields"}}."""
+    return {code: OpenApiResponse(ApiErrorSerializer, description=text) for code, text in described.items()}
+
+
+OVER_BUDGET = "The region is over its load budget: retry after the `Retry-After` header's seconds."
+UNAUTHENTICATED = "Missing, unknown, wrong or revoked device credential (one answer for all)."
+
+
+def poll_interval(*, shaping: LoadShaping, in_flight: bool) -> int:
+    """Seconds until the next check-in: the region's interval (or the global one), shorter while updating."""
+    base = shaping.poll_interval_seconds
     return min(base, IN_FLIGHT_POLL_SECONDS) if in_flight else base
 
 
@@ -105,6 +123,31 @@ def _offer_body(request: Request, deployment: Deployment) -> dict[str, Any]:
 class CheckinView(DeviceAPIView):
     """Record what the device runs; answer the poll interval and, when one is due, an offer."""
 
+    def admit(self, request: Request) -> None:
+        self.shaping = checkin_admit(device=current_device(request))
+
+    @extend_schema(
+        operation_id="device_checkin",
+        summary="Check in: report slots, boot count and health; get the poll interval and maybe an offer",
+        description=(
+            "The active slot's version is what the device runs (drift is reported vs expected). "
+            "`poll_interval_seconds` comes from the device's region (shorter while an update is in flight). "
+            "When the region is over its check-in budget the answer is 429 with `Retry-After` (seconds) and "
+            "nothing is recorded."
+        ),
+        request=CheckinInputSerializer,
+        responses={
+            200: CheckinOutputSerializer,
+            **_errors(
+                {
+                    400: "Malformed report; `fields` names each problem. Nothing is recorded.",
+                    401: UNAUTHENTICATED,
+                    413: "The body is larger than 16 KiB.",
+                    429: OVER_BUDGET,
+                }
+            ),
+        },
+    )
     def post(self, request: Request) -> Response:
         device = current_device(request)
         body = CheckinInputSerializer(data=self.body(request))
@@ -112,13 +155,19 @@ class CheckinView(DeviceAPIView):
         data = body.validated_data
         active = data["slots"][data["active_slot"]]
         device_record_report(
-            device=device, version=active["version"], release_counter=active["release_counter"], at=timezone.now()
+            device=device,
+            version=active["version"],
+            release_counter=active["release_counter"],
+            at=timezone.now(),
+            active_slot=data["active_slot"],
+            boot_count=data["boot_count"],
+            health=data["health"],
         )
         # Quarantined devices may check in (their report is drift evidence) but are offered nothing.
         deployment = deployment_offer(device=device) if device.status == DeviceStatus.ACTIVE else None
         in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
         answer = {
-            "poll_interval_seconds": poll_interval(in_flight=in_flight),
+            "poll_interval_seconds": poll_interval(shaping=self.shaping, in_flight=in_flight),
             "offer": _offer_body(request, deployment) if deployment else None,
         }
         return Response(CheckinOutputSerializer(answer).data)
@@ -127,6 +176,29 @@ class CheckinView(DeviceAPIView):
 class StatusView(DeviceAPIView):
     """Apply one status report to the device's own deployment (idempotent; replays answer applied=false)."""
 
+    @extend_schema(
+        operation_id="device_deployment_status",
+        summary="Report a deployment's progress with the device's sequence number",
+        description=(
+            "Idempotent: re-sending the last applied report (same `seq`) answers 200 with `applied: false`. "
+            "A `seq` below the last applied one is refused (409 `stale_seq`). A newer report never moves the "
+            "deployment backwards. `succeeded` is accepted only from `confirming`, with the booted version of the "
+            "offered release and `health_passed: true`."
+        ),
+        request=StatusInputSerializer,
+        responses={
+            200: StatusOutputSerializer,
+            **_errors(
+                {
+                    400: "Malformed report, or success without the offered version and a passed health window.",
+                    401: UNAUTHENTICATED,
+                    404: "No such deployment for this device (also: another device's).",
+                    409: "`stale_seq`: older than the last applied report; `not_confirming`: success too early.",
+                    413: "The body is larger than 16 KiB.",
+                }
+            ),
+        },
+    )
     def post(self, request: Request, deployment_id: int) -> Response:
         device = current_device(request)
         before = services.device_deployment_get(device=device, deployment_id=deployment_id)
@@ -135,6 +207,13 @@ class StatusView(DeviceAPIView):
         body = StatusInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
         report = Report(**body.validated_data)
+        if report.seq < before.last_seq:
+            # From the past: a clear refusal (the device drops it); an exact replay of the last seq answers 200.
+            raise Conflict(
+                f"Sequence number {report.seq} is older than the last applied report ({before.last_seq}).",
+                code="stale_seq",
+                fields={"seq": [f"Must be at least {before.last_seq}."]},
+            )
         try:
             after = deployment_report(device=device, deployment_id=deployment_id, report=report)
         except DomainError as exc:
@@ -153,16 +232,57 @@ class StatusView(DeviceAPIView):
 
 
 class TelemetryView(DeviceAPIView):
-    """Accept a batch of KPI samples (at most 500) in one insert."""
+    """Accept a batch of KPI samples (at most 500); a Celery task folds it into the KPI samples."""
 
     max_body_bytes = TELEMETRY_BODY_BYTES
 
+    @extend_schema(
+        operation_id="device_telemetry",
+        summary="Send a batch of KPI samples (processed asynchronously)",
+        description=(
+            "Install duration, boot time, unexpected reboots, GPS fix time, sensor calibration and link throughput; "
+            "nothing else is accepted (data minimisation). 202 once the batch is stored for processing. "
+            "Re-sending a batch (same `batch_id`, or the same samples without one) answers 202 with "
+            "`duplicate: true` and counts nothing twice."
+        ),
+        request=TelemetryInputSerializer,
+        responses={
+            202: TelemetryOutputSerializer,
+            **_errors(
+                {
+                    400: "Malformed batch (unknown fields, bad values, another device's deployment). Nothing stored.",
+                    401: UNAUTHENTICATED,
+                    413: "The body is larger than 256 KiB.",
+                }
+            ),
+        },
+    )
     def post(self, request: Request) -> Response:
         device = current_device(request)
         body = TelemetryInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
-        accepted = services.telemetry_record(device=device, samples=body.validated_data["samples"])
-        return Response(TelemetryOutputSerializer({"accepted": accepted}).data, status=status.HTTP_202_ACCEPTED)
+        outcome = services.telemetry_accept(
+            device=device, samples=body.validated_data["samples"], batch_id=body.validated_data.get("batch_id")
+        )
+        answer = {
+            "accepted": outcome.batch.sample_count,
+            "batch_id": outcome.batch.batch_id,
+            "duplicate": outcome.duplicate,
+        }
+        return Response(TelemetryOutputSerializer(answer).data, status=status.HTTP_202_ACCEPTED)
+
+
+class LeasedFileResponse(FileResponse):
+    """A file response that frees its region download slot when the server closes it (also on a cut stream)."""
+
+    lease: DownloadLease | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
 
 
 class BoundedReader:
@@ -211,7 +331,53 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
 class ArtifactView(DeviceAPIView):
     """Stream an offered image by sha256, with single byte ranges, resume and If-Range; never whole in memory."""
 
+    def admit(self, request: Request) -> None:
+        self.lease = download_acquire(device=current_device(request))
+
+    @extend_schema(
+        operation_id="device_artifact",
+        summary="Download an offered image by sha256 (Range, resume, If-Range)",
+        description=(
+            "Only while a deployment offers this image to the device. One byte range per request (206 with "
+            "`Content-Range`); `ETag` is the quoted sha256 and `If-Range` with another value answers the whole "
+            "image. When the region already streams its maximum of concurrent downloads the answer is 429 with "
+            "`Retry-After`."
+        ),
+        parameters=[
+            OpenApiParameter("Range", OpenApiTypes.STR, OpenApiParameter.HEADER, description="e.g. bytes=1048576-"),
+            OpenApiParameter("If-Range", OpenApiTypes.STR, OpenApiParameter.HEADER, description='"<sha256>"'),
+        ],
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="The whole image."),
+            (206, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="One byte range."),
+            **_errors(
+                {
+                    401: UNAUTHENTICATED,
+                    404: "Not offered to this device, or missing from the store.",
+                    416: "The range starts beyond the image (`Content-Range: bytes */<size>`).",
+                    429: OVER_BUDGET,
+                }
+            ),
+        },
+    )
     def get(self, request: Request, sha256: str) -> Any:
+        try:
+            response = self._stream(request, sha256)
+        except BaseException:
+            self._release()
+            raise
+        if isinstance(response, LeasedFileResponse):
+            response.lease = self.lease  # released when the server closes the response
+        else:
+            self._release()
+        return response
+
+    def _release(self) -> None:
+        lease = getattr(self, "lease", None)
+        if lease is not None:
+            lease.release()
+
+    def _stream(self, request: Request, sha256: str) -> Any:
         device = current_device(request)
         deployment = services.device_artifact_offered(device=device, sha256=sha256)
         if deployment is None:
@@ -241,13 +407,15 @@ class ArtifactView(DeviceAPIView):
             )
         if byte_range is None:
             # The whole image: the open file goes to the server's file wrapper (sendfile where available).
-            response = FileResponse(image, content_type="application/octet-stream")
+            response = LeasedFileResponse(image, content_type="application/octet-stream")
             response.status_code = status.HTTP_200_OK
             response["Content-Length"] = str(size)
         else:
             start, end = byte_range
             image.seek(start)
-            response = FileResponse(BoundedReader(image, end - start + 1), content_type="application/octet-stream")
+            response = LeasedFileResponse(
+                BoundedReader(image, end - start + 1), content_type="application/octet-stream"
+            )
             response.status_code = status.HTTP_206_PARTIAL_CONTENT
             response["Content-Length"] = str(end - start + 1)
             response["Content-Range"] = f"bytes {start}-{end}/{size}"

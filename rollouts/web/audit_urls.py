@@ -1,11 +1,11 @@
-"""Placeholder URL names (replaced by the pages of this module)."""
+"""Trace pages under /audit/ (namespace web-trace); the decision-record pages share the prefix (approvals)."""
 
 from django.urls import path
-from django.views.generic import TemplateView
 
-_placeholder = TemplateView.as_view(template_name="base.html")
+from rollouts.web import trace_views
 
 urlpatterns = [
-    path("changes/<int:pk>/trace/", _placeholder, name="change-trace"),
-    path("vehicles/<str:serial>/", _placeholder, name="vehicle-register"),
+    path("changes/<int:pk>/trace/", trace_views.change_trace, name="change-trace"),
+    path("vehicles/", trace_views.vehicle_lookup, name="vehicle-lookup"),
+    path("vehicles/<str:serial>/", trace_views.vehicle_register, name="vehicle-register"),
 ]

@@ -104,7 +104,30 @@ def test_admin_pages_render(admin_client, hardware_model, region):
         f"/admin/devices/hardwaremodel/{hardware_model.pk}/change/",
         "/admin/devices/region/",
         "/admin/devices/region/add/",
+        f"/admin/devices/region/{region.pk}/change/",
         "/admin/devices/tag/",
         f"{CHANGELIST}{Device.objects.get().pk}/change/",
     ]:
         assert admin_client.get(path).status_code == 200, path
+
+
+def test_admin_edits_a_region_budget_through_the_service_and_never_its_zone(admin_client, region):
+    zone = region.time_zone
+    response = admin_client.post(
+        f"/admin/devices/region/{region.pk}/change/",
+        {"name": region.name, "poll_interval_seconds": 1800, "max_checkins_per_window": 500, "time_zone": "UTC"},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    region.refresh_from_db()
+    assert (region.poll_interval_seconds, region.max_checkins_per_window, region.time_zone) == (1800, 500, zone)
+    record = DecisionRecord.objects.get(actor_name="root")
+    assert record.after["poll_interval_seconds"] == 1800 and record.before["poll_interval_seconds"] is None
+
+
+def test_admin_refuses_a_poll_interval_out_of_range_and_changes_nothing(admin_client, region):
+    response = admin_client.post(
+        f"/admin/devices/region/{region.pk}/change/", {"name": region.name, "poll_interval_seconds": 1}
+    )
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    region.refresh_from_db()
+    assert region.poll_interval_seconds is None and not DecisionRecord.objects.exists()

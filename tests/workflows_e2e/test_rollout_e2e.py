@@ -18,8 +18,8 @@ from rollouts import rollout_services
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, run_until
-from tests.temporal_support import in_temporal_loop, running_worker, subprocess_env, worker_process
-from workflows.client import temporal_client
+from tests.temporal_support import free_port, in_temporal_loop, running_worker, subprocess_env, worker_process
+from workflows.client import TemporalUnavailable, temporal_client
 from workflows.search_attributes import OTA_CHANGE_ID, OTA_PHASE
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -194,5 +194,25 @@ def test_dev_server_restart_mid_rollout_loses_nothing(start, operator, temporal_
     with running_worker():
         rollout_services.rollout_act(actor=operator, rollout=rollout, action="promote", wave_index=0, reason="go")
         rollout = run_until(rollout.pk, healthy, finished, timeout=90)
+    assert rollout.status == RolloutStatus.COMPLETED
+    _no_duplicates(rollout)
+
+
+def test_rollout_recorded_while_temporal_was_down_is_started_later(start, settings):
+    reachable = settings.TEMPORAL_ADDRESS
+    settings.TEMPORAL_ADDRESS = f"127.0.0.1:{free_port()}"  # nothing listens: the start after commit fails
+    with pytest.raises(TemporalUnavailable, match="is recorded, but its workflow could not be started yet"):
+        start(fast_plan())
+    rollout = Rollout.objects.get()
+    assert rollout.status == RolloutStatus.SCHEDULED
+    with pytest.raises(TemporalUnavailable):
+        rollout_services.rollout_workflows_ensure(older_than_seconds=0)  # still down: nothing to report as started
+
+    settings.TEMPORAL_ADDRESS = reachable
+    assert rollout_services.rollout_workflows_ensure(older_than_seconds=3600) == []  # too young to be retried yet
+    with running_worker():
+        assert rollout_services.rollout_workflows_ensure(older_than_seconds=0) == [rollout.pk]
+        rollout = run_until(rollout.pk, healthy, finished)
+        assert rollout_services.rollout_workflows_ensure(older_than_seconds=0) == []
     assert rollout.status == RolloutStatus.COMPLETED
     _no_duplicates(rollout)

@@ -6,17 +6,22 @@ import asyncio
 import logging
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import connections
+from django.db import close_old_connections, connections
 
+from ota_project.errors import DomainError
+from rollouts import rollout_services
 from workflows.client import temporal_client
 from workflows.search_attributes import SearchAttributesMissing, ensure_search_attributes
 from workflows.worker import DEFAULT_GRACEFUL_SHUTDOWN_SECONDS, DEFAULT_MAX_CONCURRENT_ACTIVITIES, run_worker
 
 logger = logging.getLogger("workflows.worker")
+ENSURE_WORKFLOWS_EVERY_SECONDS = 60
 
 
 class Command(BaseCommand):
@@ -57,7 +62,7 @@ class Command(BaseCommand):
                     run_worker(
                         max_concurrent_activities=options["max_concurrent_activities"],
                         graceful_shutdown_seconds=options["graceful_shutdown_seconds"],
-                        on_started=lambda _worker: self._announce(options["max_concurrent_activities"]),
+                        on_started=lambda _worker: self._started(options["max_concurrent_activities"]),
                     )
                 )
         except SearchAttributesMissing as err:
@@ -82,6 +87,27 @@ class Command(BaseCommand):
             f"search attributes in namespace {settings.TEMPORAL_NAMESPACE}: "
             + (f"added {', '.join(added)}" if added else "all present")
         )
+
+    def _started(self, max_concurrent_activities: int) -> None:
+        self._announce(max_concurrent_activities)
+        threading.Thread(target=self._ensure_workflows_forever, name="rollout-workflows-ensure", daemon=True).start()
+
+    def _ensure_workflows_forever(self) -> None:
+        """Start workflows of rollouts recorded while Temporal was unreachable: now, then every minute."""
+        while True:
+            close_old_connections()
+            try:
+                started = rollout_services.rollout_workflows_ensure()
+            except DomainError as err:
+                logger.warning("temporal_worker: cannot start waiting rollouts yet: %s", err.message)
+            except Exception:  # never let the reconciler kill the worker; the next round tries again
+                logger.exception("temporal_worker: starting waiting rollouts failed")
+            else:
+                if started:
+                    logger.info("temporal_worker: started workflows of rollouts %s", started)
+            finally:
+                close_old_connections()
+            time.sleep(ENSURE_WORKFLOWS_EVERY_SECONDS)
 
     def _announce(self, max_concurrent_activities: int) -> None:
         self.stdout.write(

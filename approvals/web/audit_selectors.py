@@ -1,0 +1,121 @@
+"""Page-level reads for the audit pages: filtered decision records, filter options, a timed chain verification."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from approvals.audit import MAX_SEQ
+from approvals.models import DecisionRecord
+from approvals.records import chain_verify, record_hash
+
+
+def audit_record_list(
+    *,
+    action: str = "",
+    actor: str = "",
+    object_type: str = "",
+    object_id: str = "",
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> QuerySet[DecisionRecord]:
+    """Decision records matching every given filter, newest first; the time range is half-open [since, until)."""
+    records = DecisionRecord.objects.all()
+    if action:
+        records = records.filter(action=action)
+    if actor:
+        records = records.filter(actor_name=actor)
+    if object_type:
+        records = records.filter(object_type=object_type)
+    if object_id:
+        records = records.filter(object_id=object_id)
+    if since is not None:
+        records = records.filter(created_at__gte=since)
+    if until is not None:
+        records = records.filter(created_at__lt=until)
+    return records.order_by("-seq")
+
+
+def audit_record_get(*, seq: int) -> DecisionRecord:
+    """One record by its position in the chain; Http404 when there is none."""
+    # The URL converter takes any number of digits; beyond the column's range there is no record to find.
+    record = DecisionRecord.objects.filter(seq=seq).first() if 0 < seq <= MAX_SEQ else None
+    if record is None:
+        raise Http404("No decision record with this number.")
+    return record
+
+
+def audit_record_neighbours(record: DecisionRecord) -> tuple[int | None, int | None]:
+    """The seq of the records before and after this one in the chain (None at either end)."""
+    previous = DecisionRecord.objects.filter(seq__lt=record.seq).order_by("-seq").values_list("seq", flat=True).first()
+    following = DecisionRecord.objects.filter(seq__gt=record.seq).order_by("seq").values_list("seq", flat=True).first()
+    return previous, following
+
+
+def audit_record_hash_matches(record: DecisionRecord) -> bool:
+    """True when the record's stored hash is the sha256 of its content (its own integrity, not the chain's)."""
+    return record_hash(record) == record.hash
+
+
+def audit_action_list() -> list[str]:
+    """Every action that occurs in the record, alphabetically (the choices of the action filter)."""
+    return list(DecisionRecord.objects.order_by("action").values_list("action", flat=True).distinct())
+
+
+def audit_object_type_list() -> list[str]:
+    """Every object type that occurs in the record, alphabetically."""
+    return list(DecisionRecord.objects.order_by("object_type").values_list("object_type", flat=True).distinct())
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    """A chain verification as the audit page shows it: the verdict, when it ran and how long it took."""
+
+    ok: bool
+    length: int
+    broken_seq: int | None
+    problem: str
+    head_hash: str
+    seconds: float
+    checked_at: str
+
+    def as_session(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_session(cls, data: Any) -> ChainStatus | None:
+        """The status kept in the session, or None when there is none (or it has an unexpected shape)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(**data)
+        except TypeError:
+            return None
+
+    @property
+    def checked_at_datetime(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.checked_at)
+        except ValueError:
+            return None
+
+
+def audit_chain_status() -> ChainStatus:
+    """Walk the whole chain from the genesis hash (approvals.records.chain_verify) and time the walk."""
+    started = time.monotonic()
+    verdict = chain_verify()
+    return ChainStatus(
+        ok=verdict.ok,
+        length=verdict.length,
+        broken_seq=verdict.broken_seq,
+        problem=verdict.problem,
+        head_hash=verdict.head_hash,
+        seconds=round(time.monotonic() - started, 3),
+        checked_at=timezone.now().isoformat(),
+    )

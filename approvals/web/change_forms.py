@@ -1,0 +1,501 @@
+"""Forms of the change pages: shapes only; every rule is the services' (their field errors map back here)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from django import forms
+from django.forms import BaseFormSet, formset_factory
+
+from approvals.choices import ChangeStatus, ChangeType, QuestionKind, RiskLevel
+from approvals.models import ChangeRequest, ChangeTemplate, RiskQuestion
+from approvals.plans import ABORT_POLICIES, PLAN_DEFAULTS, PROMOTION_MODES, default_plan
+from devices.choices import VehicleType
+from devices.models import HardwareModel, Region, Tag
+from ota_project.errors import DomainError
+
+# Releases belong to the rollouts app, which approvals may not import: reach them through the ORM relation.
+FirmwareRelease = ChangeRequest._meta.get_field("release").related_model
+
+DATETIME_INPUT_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
+SCOPE_FILTER_FIELDS = {
+    "hardware_models": "scope_hardware_models",
+    "regions": "scope_regions",
+    "vehicle_types": "scope_vehicle_types",
+    "tags": "scope_tags",
+    "devices": "scope_devices",
+}
+PLAN_SETTING_KEYS = tuple(PLAN_DEFAULTS)
+WAVE_FIELD_FOR = {"cohort": "cohort_kind"}
+YES_NO = [("", "Not answered"), ("true", "Yes"), ("false", "No")]
+
+
+class UtcDateTimeInput(forms.DateTimeInput):
+    """A datetime-local input whose value is UTC (the label says so), to the second."""
+
+    input_type = "datetime-local"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs={"step": "1", **(attrs or {})}, format="%Y-%m-%dT%H:%M:%S")
+
+
+def _utc_field(label: str, **kwargs: Any) -> forms.DateTimeField:
+    return forms.DateTimeField(
+        label=label, widget=UtcDateTimeInput(), input_formats=DATETIME_INPUT_FORMATS, help_text="UTC.", **kwargs
+    )
+
+
+def _to_seconds(value: datetime) -> datetime:
+    """What a datetime input can show: UTC, to the second (so an untouched field reads back unchanged)."""
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+class WaveForm(forms.Form):
+    """One wave of the rollout plan."""
+
+    name = forms.CharField(label="Wave name", max_length=64)
+    cohort_kind = forms.ChoiceField(
+        label="Cohort",
+        choices=[("pilot", "Pilot devices"), ("percent", "Percent of the rest"), ("count", "Number of devices")],
+    )
+    cohort_value = forms.IntegerField(
+        label="Cohort size", required=False, help_text="Percent (1-100) or number of devices; empty for pilot."
+    )
+    soak_seconds = forms.IntegerField(label="Soak time (seconds)", min_value=0)
+    min_sample = forms.IntegerField(label="Minimum sample (devices)", min_value=1)
+    success_threshold = forms.FloatField(label="Success threshold (0-1)")
+    failure_threshold = forms.FloatField(label="Failure threshold (0-1)")
+    promotion = forms.ChoiceField(label="Promotion", choices=[(m, m.capitalize()) for m in PROMOTION_MODES])
+    stratify = forms.BooleanField(label="Stratify by model and region", required=False)
+
+    def to_wave(self) -> dict[str, Any]:
+        """The plan's wave object from the cleaned fields."""
+        data = self.cleaned_data
+        return wave_from_values(data)
+
+
+def wave_from_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A plan wave from form values (the same path for submitted and initial values)."""
+    kind = data.get("cohort_kind")
+    cohort: dict[str, Any] = {"kind": kind}
+    if kind != "pilot" and data.get("cohort_value") is not None:
+        cohort["value"] = data["cohort_value"]
+    wave: dict[str, Any] = {
+        "name": data.get("name", ""),
+        "cohort": cohort,
+        "soak_seconds": data.get("soak_seconds"),
+        "min_sample": data.get("min_sample"),
+        "success_threshold": data.get("success_threshold"),
+        "failure_threshold": data.get("failure_threshold"),
+        "promotion": data.get("promotion"),
+    }
+    if data.get("stratify"):
+        wave["stratify"] = True
+    return wave
+
+
+def wave_values(wave: Mapping[str, Any]) -> dict[str, Any]:
+    """Form values for one wave of a stored plan."""
+    cohort = wave.get("cohort") or {}
+    return {
+        "name": wave.get("name", ""),
+        "cohort_kind": cohort.get("kind", "percent"),
+        "cohort_value": cohort.get("value"),
+        "soak_seconds": wave.get("soak_seconds"),
+        "min_sample": wave.get("min_sample"),
+        "success_threshold": wave.get("success_threshold"),
+        "failure_threshold": wave.get("failure_threshold"),
+        "promotion": wave.get("promotion", "auto"),
+        "stratify": bool(wave.get("stratify", False)),
+    }
+
+
+class BaseWaveFormSet(BaseFormSet):
+    """The plan's waves in order; removed waves are left out."""
+
+    def kept_forms(self) -> list[WaveForm]:
+        """The wave forms the requester did not tick for removal, in order."""
+        return [f for f in self.forms if not (f.is_valid() and f.cleaned_data.get("DELETE"))]
+
+    def waves(self) -> list[dict[str, Any]]:
+        return [f.to_wave() for f in self.kept_forms() if f.is_valid()]
+
+
+MAX_WAVE_FORMS = 20
+WaveFormSet = formset_factory(WaveForm, formset=BaseWaveFormSet, extra=0, can_delete=True, max_num=MAX_WAVE_FORMS)
+
+
+def _names(queryset: Iterable[str]) -> list[tuple[str, str]]:
+    return [(name, name) for name in queryset]
+
+
+class ChangeForm(forms.Form):
+    """A change request as the requester files or edits it; the services check every rule on save."""
+
+    title = forms.CharField(label="Title", max_length=200)
+    change_type = forms.ChoiceField(label="Change type", choices=ChangeType.choices, initial=ChangeType.NORMAL)
+    template = forms.ModelChoiceField(
+        label="Template (standard changes)",
+        queryset=ChangeTemplate.objects.filter(is_active=True).order_by("name"),
+        required=False,
+        empty_label="No template",
+    )
+    emergency_reason = forms.CharField(
+        label="Emergency reason", widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=5_000
+    )
+    justification = forms.CharField(label="Justification", widget=forms.Textarea(attrs={"rows": 4}), max_length=10_000)
+    release = forms.ModelChoiceField(label="Release to roll out", queryset=FirmwareRelease.objects.none())
+    rollback_release = forms.ModelChoiceField(label="Rollback release", queryset=FirmwareRelease.objects.none())
+    scope_hardware_models = forms.MultipleChoiceField(
+        label="Hardware models", required=False, widget=forms.CheckboxSelectMultiple
+    )
+    scope_regions = forms.MultipleChoiceField(label="Regions", required=False, widget=forms.CheckboxSelectMultiple)
+    scope_vehicle_types = forms.MultipleChoiceField(
+        label="Vehicle types", required=False, widget=forms.CheckboxSelectMultiple, choices=VehicleType.choices
+    )
+    scope_tags = forms.MultipleChoiceField(label="Tags", required=False, widget=forms.CheckboxSelectMultiple)
+    scope_devices = forms.CharField(
+        label="Or an explicit list of device serials",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Separated by spaces, commas or new lines; cannot be combined with the filters above.",
+    )
+    impact_analysis = forms.CharField(
+        label="Impact analysis", widget=forms.Textarea(attrs={"rows": 4}), max_length=10_000
+    )
+    test_evidence_summary = forms.CharField(
+        label="Test evidence summary", widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=10_000
+    )
+    requested_window_start = _utc_field("Requested window start")
+    requested_window_end = _utc_field("Requested window end")
+    abort_policy = forms.ChoiceField(
+        label="When a wave fails",
+        choices=[(p, p.replace("_", " ").capitalize()) for p in ABORT_POLICIES],
+        initial="halt_and_rollback",
+    )
+    plan_settings = forms.CharField(
+        label="Other plan settings (JSON)",
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false", "class": "mono"}),
+        help_text="Monitoring interval, deadlines, retries, pacing, maintenance windows (local time per region) "
+        "and blackout windows (UTC).",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        releases = FirmwareRelease.objects.order_by("-created_at", "-id")
+        self.fields["release"].queryset = releases
+        self.fields["rollback_release"].queryset = releases
+        self.fields["release"].label_from_instance = self.fields["rollback_release"].label_from_instance = lambda r: (
+            f"{r.version} (counter {r.release_counter})"
+        )
+        self.fields["scope_hardware_models"].choices = _names(
+            HardwareModel.objects.order_by("name").values_list("name", flat=True)
+        )
+        self.fields["scope_regions"].choices = [
+            (code, f"{code} ({name})") for code, name in Region.objects.order_by("code").values_list("code", "name")
+        ]
+        self.fields["scope_tags"].choices = _names(Tag.objects.order_by("name").values_list("name", flat=True))
+        self.questions = list(RiskQuestion.objects.filter(is_active=True, source="requester").order_by("order", "key"))
+        for question in self.questions:
+            self.fields[f"risk_{question.key}"] = self._question_field(question)
+        # Errors the services report about a whole section (scope, plan, risk), shown at the section's top.
+        self.section_errors: dict[str, list[str]] = {"scope": [], "plan": [], "risk": []}
+
+    @staticmethod
+    def _question_field(question: RiskQuestion) -> forms.Field:
+        if question.kind == QuestionKind.BOOLEAN:
+            return forms.TypedChoiceField(
+                label=question.text,
+                choices=YES_NO,
+                coerce=lambda v: v == "true",
+                empty_value=None,
+                required=False,
+            )
+        if question.kind == QuestionKind.CHOICE:
+            return forms.ChoiceField(
+                label=question.text,
+                choices=[("", "Not answered"), *[(c, c.replace("_", " ")) for c in question.choices]],
+                required=False,
+            )
+        return forms.FloatField(label=question.text, required=False)
+
+    def risk_fields(self) -> list[forms.BoundField]:
+        return [self[f"risk_{q.key}"] for q in self.questions]
+
+    def scope_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in SCOPE_FILTER_FIELDS.values()]
+
+    def clean_plan_settings(self) -> dict[str, Any]:
+        raw = self.cleaned_data["plan_settings"]
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc}.") from exc
+        if not isinstance(value, dict):
+            raise forms.ValidationError("A JSON object of plan settings.")
+        misplaced = sorted({"waves", "abort_policy"} & set(value))
+        if misplaced:
+            raise forms.ValidationError(f"Set {', '.join(misplaced)} in the fields above, not here.")
+        unknown = sorted(set(value) - set(PLAN_SETTING_KEYS))
+        if unknown:
+            raise forms.ValidationError(
+                f"Unknown settings: {', '.join(unknown)} (known: {', '.join(PLAN_SETTING_KEYS)})."
+            )
+        return value
+
+
+def _answer(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def split_serials(raw: str) -> list[str]:
+    return [s for s in raw.replace(",", " ").split() if s]
+
+
+def scope_from_values(values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The target scope from form values: the filled filters, or the explicit device list."""
+    scope: dict[str, list[str]] = {}
+    for key, name in SCOPE_FILTER_FIELDS.items():
+        value = values.get(name)
+        items = split_serials(value) if key == "devices" and isinstance(value, str) else list(value or [])
+        if items:
+            scope[key] = items
+    return scope
+
+
+def answers_from_values(values: Mapping[str, Any], questions: Iterable[RiskQuestion]) -> dict[str, Any]:
+    """The requester's risk answers from form values; unanswered questions are left out."""
+    answers = {}
+    for question in questions:
+        value = values.get(f"risk_{question.key}")
+        if value is not None and value != "":
+            answers[question.key] = _answer(value)
+    return answers
+
+
+def plan_from_values(values: Mapping[str, Any], waves: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rollout plan from the waves, the abort policy and the other settings."""
+    plan: dict[str, Any] = {"waves": waves}
+    if values.get("abort_policy"):
+        plan["abort_policy"] = values["abort_policy"]
+    settings = values.get("plan_settings")
+    if isinstance(settings, dict):
+        plan.update(settings)
+    return plan
+
+
+def fields_from_values(
+    values: Mapping[str, Any], waves: list[dict[str, Any]], questions: Iterable[RiskQuestion]
+) -> dict[str, Any]:
+    """The keyword arguments of `change_create` / `change_update` from form values."""
+    fields = {
+        name: values.get(name)
+        for name in (
+            "title",
+            "change_type",
+            "template",
+            "emergency_reason",
+            "justification",
+            "release",
+            "rollback_release",
+            "impact_analysis",
+            "test_evidence_summary",
+            "requested_window_start",
+            "requested_window_end",
+        )
+    }
+    fields["emergency_reason"] = fields["emergency_reason"] or ""
+    fields["test_evidence_summary"] = fields["test_evidence_summary"] or ""
+    fields["target_scope"] = scope_from_values(values)
+    fields["risk_answers"] = answers_from_values(values, questions)
+    fields["rollout_plan"] = plan_from_values(values, waves)
+    return fields
+
+
+def initial_values(change: ChangeRequest | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Form and wave initial values: from a change for the edit page, sensible defaults for a new one."""
+    if change is None:
+        plan = default_plan()
+        settings = {key: PLAN_DEFAULTS[key] for key in PLAN_SETTING_KEYS}
+        return (
+            {
+                "change_type": ChangeType.NORMAL,
+                "abort_policy": plan["abort_policy"],
+                "plan_settings": json.dumps(settings, indent=2),
+            },
+            [wave_values(w) for w in plan["waves"]],
+        )
+    scope = change.target_scope
+    plan = change.rollout_plan
+    values: dict[str, Any] = {
+        "title": change.title,
+        "change_type": change.change_type,
+        "template": change.template,
+        "emergency_reason": change.emergency_reason,
+        "justification": change.justification,
+        "release": change.release,
+        "rollback_release": change.rollback_release,
+        "impact_analysis": change.impact_analysis,
+        "test_evidence_summary": change.test_evidence_summary,
+        "requested_window_start": _to_seconds(change.requested_window_start),
+        "requested_window_end": _to_seconds(change.requested_window_end),
+        "abort_policy": plan.get("abort_policy", "halt_and_rollback"),
+        "plan_settings": json.dumps({k: plan.get(k, PLAN_DEFAULTS[k]) for k in PLAN_SETTING_KEYS}, indent=2),
+        "scope_devices": "\n".join(scope.get("devices", [])),
+    }
+    for key, name in SCOPE_FILTER_FIELDS.items():
+        if key != "devices":
+            values[name] = list(scope.get(key, []))
+    for key, answer in change.risk_answers.items():
+        values[f"risk_{key}"] = ("true" if answer else "false") if isinstance(answer, bool) else answer
+    return values, [wave_values(w) for w in plan.get("waves", [])]
+
+
+def python_values(initial: Mapping[str, Any], questions: Iterable[RiskQuestion]) -> dict[str, Any]:
+    """Initial form values as cleaned data would hold them (parsed plan settings, yes/no as booleans)."""
+    values = dict(initial)
+    try:
+        values["plan_settings"] = json.loads(values.get("plan_settings") or "{}")
+    except ValueError:
+        values["plan_settings"] = {}
+    for question in questions:
+        key = f"risk_{question.key}"
+        if question.kind == QuestionKind.BOOLEAN and isinstance(values.get(key), str):
+            values[key] = values[key] == "true"
+    return values
+
+
+def baseline_fields(change: ChangeRequest, questions: Iterable[RiskQuestion]) -> dict[str, Any]:
+    """What the edit form yields when submitted untouched, so only fields the requester changed are sent."""
+    initial, waves = initial_values(change)
+    return fields_from_values(python_values(initial, questions), [wave_from_values(w) for w in waves], questions)
+
+
+def flatten_errors(value: Any, prefix: str = "") -> list[str]:
+    """Nested service error details as readable lines ("waves 2: name: ...")."""
+    if isinstance(value, Mapping):
+        lines = []
+        for key, inner in value.items():
+            label = f"{prefix}{key}: " if not prefix else f"{prefix}{key}: "
+            lines.extend(flatten_errors(inner, label))
+        return lines
+    if isinstance(value, list | tuple):
+        return [line for item in value for line in flatten_errors(item, prefix)]
+    return [f"{prefix}{value}"]
+
+
+def apply_service_errors(form: ChangeForm, waves: BaseWaveFormSet, error: DomainError) -> None:
+    """Put a service's field errors on the form fields they concern; the rest go to the form or its sections."""
+    if not error.fields:
+        form.add_error(None, error.message)
+        return
+    for key, detail in error.fields.items():
+        if key == "target_scope":
+            _scope_errors(form, detail)
+        elif key == "rollout_plan":
+            _plan_errors(form, waves, detail)
+        elif key in ("risk_answers", "risk_level"):
+            _risk_errors(form, detail)
+        elif key in form.fields:
+            form.add_error(key, flatten_errors(detail))
+        else:
+            form.add_error(None, [f"{key.replace('_', ' ')}: {line}" for line in flatten_errors(detail)])
+
+
+def _scope_errors(form: ChangeForm, detail: Any) -> None:
+    if not isinstance(detail, Mapping):
+        form.section_errors["scope"].extend(flatten_errors(detail))
+        return
+    for key, inner in detail.items():
+        name = SCOPE_FILTER_FIELDS.get(key)
+        if name:
+            form.add_error(name, flatten_errors(inner))
+        else:
+            form.section_errors["scope"].extend(flatten_errors(inner))
+
+
+def _plan_errors(form: ChangeForm, waves: BaseWaveFormSet, detail: Any) -> None:
+    if not isinstance(detail, Mapping):
+        form.section_errors["plan"].extend(flatten_errors(detail))
+        return
+    for key, inner in detail.items():
+        if key == "waves" and isinstance(inner, Mapping):
+            kept = waves.kept_forms()
+            for index, wave_errors in inner.items():
+                position = int(index) if str(index).isdigit() else -1
+                if 0 <= position < len(kept) and isinstance(wave_errors, Mapping):
+                    wave_form = kept[position]
+                    for wave_key, messages in wave_errors.items():
+                        field_name = WAVE_FIELD_FOR.get(wave_key, wave_key)
+                        if field_name in wave_form.fields:
+                            wave_form.add_error(field_name, flatten_errors(messages))
+                        else:
+                            form.section_errors["plan"].extend(flatten_errors(messages, f"wave {position + 1}: "))
+                else:
+                    form.section_errors["plan"].extend(flatten_errors(wave_errors, f"wave {position + 1}: "))
+        elif key == "waves":
+            form.section_errors["plan"].extend(flatten_errors(inner))
+        elif key == "abort_policy":
+            form.add_error("abort_policy", flatten_errors(inner))
+        elif key in PLAN_SETTING_KEYS or key == "regions":
+            form.add_error("plan_settings", flatten_errors(inner, f"{key.replace('_', ' ')}: "))
+        else:
+            form.section_errors["plan"].extend(flatten_errors(inner, f"{key}: "))
+
+
+def _risk_errors(form: ChangeForm, detail: Any) -> None:
+    if not isinstance(detail, Mapping):
+        form.section_errors["risk"].extend(flatten_errors(detail))
+        return
+    for key, inner in detail.items():
+        name = f"risk_{key}"
+        if name in form.fields:
+            form.add_error(name, flatten_errors(inner))
+        else:
+            form.section_errors["risk"].extend(flatten_errors(inner, f"{key}: "))
+
+
+class QueueFilterForm(forms.Form):
+    """Filters of the CAB queue."""
+
+    mine = forms.BooleanField(label="Only changes I filed (any status)", required=False)
+    status = forms.ChoiceField(label="Status", required=False, choices=[("", "Awaiting review"), *ChangeStatus.choices])
+    change_type = forms.ChoiceField(label="Type", required=False, choices=[("", "Any type"), *ChangeType.choices])
+    risk_level = forms.ChoiceField(label="Risk", required=False, choices=[("", "Any risk"), *RiskLevel.choices])
+
+
+class DecisionForm(forms.Form):
+    """A reviewer's decision on the revision they read, with a comment."""
+
+    revision = forms.IntegerField(widget=forms.HiddenInput, min_value=1, max_value=2**31 - 1)
+    decision = forms.ChoiceField(
+        choices=[("approved", "Approve"), ("rejected", "Reject"), ("changes_requested", "Request changes")]
+    )
+    comment = forms.CharField(
+        label="Comment",
+        required=False,
+        max_length=5_000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Required to reject or to request changes.",
+    )
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(label="Reason", max_length=5_000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class CommentForm(forms.Form):
+    comment = forms.CharField(label="Review comment", max_length=5_000, widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class ScheduleForm(forms.Form):
+    start = _utc_field("Start")
+
+
+class EvidenceForm(forms.Form):
+    file = forms.FileField(label="Test evidence file")

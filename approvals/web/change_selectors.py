@@ -1,0 +1,326 @@
+"""Page-level reads for the change pages: the CAB queue rows, the change page's facts and its conflicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Case, IntegerField, QuerySet, Value, When
+
+from approvals.choices import (
+    CHANGE_EDITABLE,
+    CHANGE_PENDING_REVIEW,
+    CHANGE_TERMINAL,
+    CHANGE_TRANSITIONS,
+    RISK_ORDER,
+    ApprovalDecision,
+    ChangeStatus,
+    ChangeType,
+)
+from approvals.models import Approval, ChangeRequest, DecisionRecord, RiskQuestion
+from approvals.plans import plan_normalize
+from approvals.policy import ROLE_LABELS
+from approvals.risk import RiskAssessment, risk_assess
+from approvals.selectors import (
+    WavePreview,
+    change_history,
+    change_list_for_user,
+    change_plan_hash,
+    change_policy_progress,
+    change_release_sha256,
+    decision_refusal,
+    plan_wave_preview,
+)
+from devices.scope import scope_devices, scope_summary
+from ota_project.errors import InvalidInput
+from ota_project.roles import APPROVER_ROLES, Role, has_role
+
+# Statuses whose rollout holds (or is about to hold) devices: a change overlapping them competes for vehicles.
+ACTIVE_ROLLOUT_STATUSES = (ChangeStatus.SCHEDULED, ChangeStatus.IMPLEMENTING)
+DECISIONS = (ApprovalDecision.APPROVED, ApprovalDecision.REJECTED, ApprovalDecision.CHANGES_REQUESTED)
+
+
+def _risk_rank() -> Case:
+    return Case(
+        *[When(risk_level=level, then=Value(i)) for i, level in enumerate(RISK_ORDER)],
+        output_field=IntegerField(),
+    )
+
+
+def queue_changes(
+    user: AbstractBaseUser, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = ""
+) -> QuerySet[ChangeRequest]:
+    """The queue page's rows: pending changes (or, with `mine`, the user's own in any status), riskiest first,
+    then by requested window; requesters who do not review only ever see their own changes."""
+    changes = change_list_for_user(user)
+    if mine or not has_role(user, *APPROVER_ROLES):
+        changes = changes.filter(author=user)
+        if status:
+            changes = changes.filter(status=status)
+    elif status:
+        changes = changes.filter(status=status)
+    else:
+        changes = changes.filter(status__in=CHANGE_PENDING_REVIEW)
+    if change_type:
+        changes = changes.filter(change_type=change_type)
+    if risk_level:
+        changes = changes.filter(risk_level=risk_level)
+    return changes.annotate(risk_rank=_risk_rank()).order_by("-risk_rank", "requested_window_start", "id")
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One change in the queue with what a reviewer scans for: its policy progress and scope size."""
+
+    change: ChangeRequest
+    progress: str
+    devices: int
+
+
+def queue_rows(changes: list[ChangeRequest]) -> list[QueueRow]:
+    """Policy progress in words (only while it is being reviewed) and the targeted device count per change."""
+    rows = []
+    for change in changes:
+        if change.status in CHANGE_PENDING_REVIEW:
+            progress = change_policy_progress(change).summary()
+        elif change.status == ChangeStatus.DRAFT:
+            progress = "not submitted"
+        else:
+            progress = change.get_status_display().lower()
+        rows.append(QueueRow(change, progress, scope_devices(change.target_scope).count()))
+    return rows
+
+
+@dataclass(frozen=True)
+class ApprovalRow:
+    """An approval as the change page lists it, with whether it still counts and why not."""
+
+    approval: Approval
+    roles: str
+    state: str
+    counts: bool
+
+
+def approval_rows(change: ChangeRequest) -> list[ApprovalRow]:
+    """Every decision so far, newest revision first, each saying whether it counts for the current revision."""
+    progress = change_policy_progress(change)
+    counted = {voter for voters in progress.filled.values() for voter in voters}
+    release_sha256, plan_hash = change_release_sha256(change), change_plan_hash(change)
+    rows = []
+    for approval in change.approvals.select_related("approver").order_by("-revision", "created_at", "id"):
+        roles = ", ".join(ROLE_LABELS.get(role, role) for role in approval.roles_held)
+        counts = False
+        if approval.voided_at is not None:
+            state = f"void: {approval.void_reason}" if approval.void_reason else "void"
+        elif approval.revision != change.revision:
+            state = f"given on revision {approval.revision}; the change is at revision {change.revision}"
+        elif approval.release_sha256 != release_sha256 or approval.plan_hash != plan_hash:
+            state = "bound to a different release image or plan"
+        elif approval.decision != ApprovalDecision.APPROVED:
+            state = "current revision"
+        elif approval.approver_id in counted:
+            state, counts = "counts toward the policy", True
+        else:
+            state = "valid, but fills no open role slot"
+        rows.append(ApprovalRow(approval, roles, state, counts))
+    return rows
+
+
+@dataclass(frozen=True)
+class OverlappingChange:
+    """Another change whose rollout holds or will hold some of the same vehicles."""
+
+    change: ChangeRequest
+    shared_devices: int
+    window_overlaps: bool
+
+
+@dataclass(frozen=True)
+class BlackoutConflict:
+    """A blackout window of the plan that falls inside the requested window."""
+
+    start: datetime
+    end: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChangeConflicts:
+    changes: list[OverlappingChange] = field(default_factory=list)
+    blackouts: list[BlackoutConflict] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.changes or self.blackouts)
+
+
+def _parse(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
+    """Scheduled or implementing changes that target some of the same devices, and the plan's blackout windows
+    that overlap the requested window (the rollout will wait them out)."""
+    targets = scope_devices(change.target_scope).values("pk")
+    overlapping = []
+    others = ChangeRequest.objects.filter(status__in=ACTIVE_ROLLOUT_STATUSES).exclude(pk=change.pk)
+    for other in others.select_related("release").order_by("requested_window_start", "id"):
+        shared = scope_devices(other.target_scope).filter(pk__in=targets).count()
+        if shared:
+            window = (
+                other.requested_window_start < change.requested_window_end
+                and change.requested_window_start < other.requested_window_end
+            )
+            overlapping.append(OverlappingChange(other, shared, window))
+    blackouts = []
+    for span in change.rollout_plan.get("blackout_windows", []):
+        start, end = _parse(span.get("start")), _parse(span.get("end"))
+        if start and end and start < change.requested_window_end and change.requested_window_start < end:
+            blackouts.append(BlackoutConflict(start, end, str(span.get("reason", ""))))
+    return ChangeConflicts(overlapping, blackouts)
+
+
+@dataclass(frozen=True)
+class AnswerRow:
+    """One question of the risk questionnaire with the change's answer and the points it scored."""
+
+    text: str
+    answer: Any
+    points: int
+    computed: bool
+
+
+def risk_answer_rows(assessment: RiskAssessment) -> list[AnswerRow]:
+    """The active questionnaire in order with the answers (requester's and computed) and their points."""
+    rows = []
+    for question in RiskQuestion.objects.filter(is_active=True).order_by("order", "key"):
+        answer = assessment.answers.get(question.key)
+        rows.append(
+            AnswerRow(question.text, answer, assessment.points.get(question.key, 0), question.source != "requester")
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class ChangeActions:
+    """What the viewer may do on the change page, and in words why not where it matters."""
+
+    decisions: dict[str, str | None]
+    may_edit: bool
+    may_submit: bool
+    may_cancel: bool
+    may_schedule: bool
+    may_start_rollout: bool
+    may_add_evidence: bool
+    may_review_retrospective: bool
+    may_review_post_implementation: bool
+    is_author: bool
+
+    @property
+    def may_decide(self) -> bool:
+        return any(reason is None for reason in self.decisions.values())
+
+    @property
+    def decision_refusal(self) -> str | None:
+        """The reason shown when the viewer may take none of the decisions (the approve refusal says most)."""
+        if self.may_decide:
+            return None
+        return self.decisions[ApprovalDecision.APPROVED]
+
+
+def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActions:
+    """The page's actions for this viewer; decisions ask `decision_refusal`, the rule the service enforces."""
+    decisions = {}
+    for decision in DECISIONS:
+        refusal = decision_refusal(user, change, decision)
+        decisions[str(decision)] = refusal.message if refusal else None
+    is_author = change.author_id == user.pk
+    editable = change.status in CHANGE_EDITABLE
+    reviewer = has_role(user, Role.CAB_MEMBER, Role.SECURITY_OFFICER) and not is_author
+    return ChangeActions(
+        decisions=decisions,
+        may_edit=is_author and editable and has_role(user, Role.REQUESTER),
+        may_submit=is_author
+        and has_role(user, Role.REQUESTER)
+        and change.status in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED),
+        may_cancel=(is_author or has_role(user, Role.CAB_MEMBER))
+        and has_role(user, Role.REQUESTER, Role.CAB_MEMBER)
+        and ChangeStatus.CANCELLED in CHANGE_TRANSITIONS[change.status],
+        may_schedule=has_role(user, Role.OPERATOR) and not is_author and change.status == ChangeStatus.APPROVED,
+        may_start_rollout=has_role(user, Role.OPERATOR)
+        and not is_author
+        and change.status in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED),
+        may_add_evidence=is_author and editable and has_role(user, Role.REQUESTER),
+        may_review_retrospective=reviewer
+        and change.retrospective_due_at is not None
+        and change.retrospective_done_at is None,
+        may_review_post_implementation=reviewer
+        and change.status in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK)
+        and change.post_review_done_at is None,
+        is_author=is_author,
+    )
+
+
+def change_waves(change: ChangeRequest) -> tuple[list[WavePreview], str]:
+    """Devices per wave of the change's plan over its scope, or an explanation when the plan cannot be sized."""
+    try:
+        plan = plan_normalize(change.rollout_plan)
+    except InvalidInput:
+        return [], "The rollout plan is incomplete; the author must fix it before it can be reviewed."
+    return plan_wave_preview(plan, change.target_scope), ""
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """Everything the change page shows besides the change itself."""
+
+    scope: dict[str, Any]
+    assessment: RiskAssessment
+    answers: list[AnswerRow]
+    reassessed_differs: bool
+    waves: list[WavePreview]
+    waves_problem: str
+    progress: str
+    progress_satisfied: bool
+    approvals: list[ApprovalRow]
+    conflicts: ChangeConflicts
+    history: list[DecisionRecord]
+    evidence: list[Any]
+    actions: ChangeActions
+    compatible_models: list[str]
+    emergency: bool
+
+
+def change_page(user: AbstractBaseUser, change: ChangeRequest) -> ChangePage:
+    """Gather the change page: scope breakdown, risk, waves, approvals, conflicts, timeline and actions."""
+    summary = scope_summary(change.target_scope)
+    assessment = risk_assess(answers=change.risk_answers, scope_summary=summary)
+    waves, waves_problem = change_waves(change)
+    progress = change_policy_progress(change)
+    reviewed = change.status not in (ChangeStatus.DRAFT,) and change.status not in CHANGE_TERMINAL
+    return ChangePage(
+        scope=summary,
+        assessment=assessment,
+        answers=risk_answer_rows(assessment),
+        reassessed_differs=reviewed
+        and (assessment.level != change.risk_level or assessment.score != change.risk_score),
+        waves=waves,
+        waves_problem=waves_problem,
+        progress=progress.summary(),
+        progress_satisfied=progress.satisfied,
+        approvals=approval_rows(change),
+        conflicts=change_conflicts(change),
+        history=list(change_history(change).select_related("actor")),
+        evidence=list(change.evidence.select_related("uploaded_by")),
+        actions=change_actions(user, change),
+        compatible_models=sorted(change.release.hardware_models.values_list("name", flat=True)),
+        emergency=change.change_type == ChangeType.EMERGENCY,
+    )

@@ -1,0 +1,472 @@
+"""Change request pages: the CAB queue, the change page with its actions, and the requester's forms.
+
+Views are thin: a form checks shape, one service acts (the same one the API calls), and a refusal from the
+service is shown on the page with the HTTP status the API would give, never a 500 and never a partial write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from approvals import services
+from approvals.choices import CHANGE_EDITABLE, ApprovalDecision, ChangeStatus
+from approvals.models import ChangeRequest
+from approvals.plans import plan_normalize
+from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
+from approvals.selectors import change_get_for_user, change_plan_hash, plan_wave_preview
+from approvals.web import change_forms as f
+from approvals.web.change_selectors import change_page, queue_changes, queue_rows
+from devices.scope import scope_normalize, scope_summary
+from ota_project.errors import DomainError, InvalidInput
+from ota_project.roles import APPROVER_ROLES, Role, has_role
+from ota_project.web.access import forbidden, role_required
+from ota_project.web.text import describe_duration
+
+ANY_ROLE = tuple(Role.values)
+QUEUE_ROLES = (*sorted(APPROVER_ROLES), Role.REQUESTER)
+PAGE_SIZE = 25
+DECISION_SERVICES: dict[str, Callable[..., ChangeRequest]] = {
+    ApprovalDecision.APPROVED: services.approval_grant,
+    ApprovalDecision.REJECTED: services.approval_reject,
+    ApprovalDecision.CHANGES_REQUESTED: services.approval_request_changes,
+}
+DECISION_DONE = {
+    ApprovalDecision.APPROVED: "You approved revision {revision}.",
+    ApprovalDecision.REJECTED: "You rejected the change.",
+    ApprovalDecision.CHANGES_REQUESTED: "You sent the change back to its author.",
+}
+
+
+def _detail_url(change: ChangeRequest) -> str:
+    return reverse("web-changes:detail", args=[change.pk])
+
+
+# ---- CAB queue ---------------------------------------------------------------------------------------------
+
+
+@require_GET
+@role_required(*QUEUE_ROLES)
+def queue(request: HttpRequest) -> HttpResponse:
+    """Pending change requests, riskiest and soonest first, with policy progress; filters for mine/status/type/risk."""
+    reviewer = has_role(request.user, *APPROVER_ROLES)
+    filters = f.QueueFilterForm(request.GET or None)
+    values = filters.cleaned_data if filters.is_valid() else {}
+    mine = bool(values.get("mine")) or not reviewer
+    if mine:
+        filters.fields["status"].choices = [("", "Any status"), *ChangeStatus.choices]
+    changes = queue_changes(
+        request.user,
+        mine=mine,
+        status=values.get("status", ""),
+        change_type=values.get("change_type", ""),
+        risk_level=values.get("risk_level", ""),
+    )
+    page = Paginator(changes, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "filters": filters,
+        "page": page,
+        "rows": queue_rows(list(page.object_list)),
+        "reviewer": reviewer,
+        "mine": mine,
+        "may_create": has_role(request.user, Role.REQUESTER),
+        "filtered": any(values.get(k) for k in ("mine", "status", "change_type", "risk_level")),
+    }
+    return render(request, "approvals/changes/queue.html", context)
+
+
+# ---- Change page and its actions ---------------------------------------------------------------------------
+
+
+def _render_detail(
+    request: HttpRequest,
+    change: ChangeRequest,
+    *,
+    status: int = 200,
+    error: str = "",
+    error_fields: dict[str, Any] | None = None,
+    **forms: Any,
+) -> HttpResponse:
+    page = change_page(request.user, change)
+    defaults = {
+        "decision_form": f.DecisionForm(initial={"revision": change.revision}),
+        "cancel_form": f.ReasonForm(prefix="cancel"),
+        "schedule_form": f.ScheduleForm(prefix="schedule", initial={"start": change.requested_window_start}),
+        "retrospective_form": f.CommentForm(prefix="retrospective"),
+        "post_review_form": f.CommentForm(prefix="post_review"),
+        "evidence_form": f.EvidenceForm(),
+    }
+    defaults.update(forms)
+    waves = change.rollout_plan.get("waves", [])
+    context = {
+        "change": change,
+        "page": page,
+        "wave_rows": [(f"{w.index + 1}. {w.name}", w.devices) for w in page.waves],
+        "plan_waves": [
+            {
+                "preview": w,
+                "plan": waves[w.index],
+                "soak": describe_duration(timedelta(seconds=waves[w.index]["soak_seconds"]))
+                if waves[w.index]["soak_seconds"]
+                else "none",
+            }
+            for w in page.waves
+        ],
+        "plan_hash": change_plan_hash(change),
+        "plan_json": json.dumps(change.rollout_plan, indent=2, sort_keys=True),
+        "error": error,
+        "error_lines": f.flatten_errors(error_fields or {}),
+        **defaults,
+    }
+    return render(request, "approvals/changes/detail.html", context, status=status)
+
+
+@require_GET
+@role_required(*ANY_ROLE)
+def detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """Everything a reviewer needs to decide, and the actions the viewer may take (or why not)."""
+    return _render_detail(request, change_get_for_user(request.user, pk))
+
+
+def _act(
+    request: HttpRequest,
+    change: ChangeRequest,
+    form_name: str,
+    form: Any,
+    action: Callable[[dict[str, Any]], Any],
+    done: Callable[[Any], str],
+) -> HttpResponse:
+    """Run one service for a posted form: success -> message and redirect; refusal -> the page with the error."""
+    if not form.is_valid():
+        return _render_detail(request, change, status=400, **{form_name: form})
+    try:
+        result = action(form.cleaned_data)
+    except DomainError as exc:
+        for name, problems in exc.fields.items():
+            if name in form.fields:
+                form.add_error(name, f.flatten_errors(problems))
+        return _render_detail(
+            request, change, status=exc.status_code, error=exc.message, error_fields=exc.fields, **{form_name: form}
+        )
+    messages.success(request, done(result))
+    return redirect(_detail_url(change))
+
+
+@require_POST
+@role_required(*ANY_ROLE)
+def decide(request: HttpRequest, pk: int) -> HttpResponse:
+    """Approve, reject or request changes on the revision the reviewer read (approval_grant & co.)."""
+    change = change_get_for_user(request.user, pk)
+    form = f.DecisionForm(request.POST)
+
+    def action(data: dict[str, Any]) -> ChangeRequest:
+        service = DECISION_SERVICES[data["decision"]]
+        return service(actor=request.user, change=change, revision=data["revision"], comment=data["comment"])
+
+    def done(result: ChangeRequest) -> str:
+        text = DECISION_DONE[form.cleaned_data["decision"]].format(revision=form.cleaned_data["revision"])
+        if result.status == ChangeStatus.APPROVED:
+            text += " The policy is satisfied: the change is approved."
+        return text
+
+    return _act(request, change, "decision_form", form, action, done)
+
+
+@require_POST
+@role_required(Role.REQUESTER)
+def submit(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send a draft (or a change sent back) to the CAB; readiness problems are listed on the page."""
+    change = change_get_for_user(request.user, pk)
+    try:
+        services.change_submit(actor=request.user, change=change)
+    except DomainError as exc:
+        change.refresh_from_db()
+        return _render_detail(request, change, status=exc.status_code, error=exc.message, error_fields=exc.fields)
+    messages.success(request, "Submitted for review. The CAB queue shows it now.")
+    return redirect(_detail_url(change))
+
+
+@require_POST
+@role_required(Role.REQUESTER, Role.CAB_MEMBER)
+def cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    """Withdraw a change with a reason (change_cancel)."""
+    change = change_get_for_user(request.user, pk)
+    return _act(
+        request,
+        change,
+        "cancel_form",
+        f.ReasonForm(request.POST, prefix="cancel"),
+        lambda data: services.change_cancel(actor=request.user, change=change, reason=data["reason"]),
+        lambda _: "The change is cancelled.",
+    )
+
+
+@require_POST
+@role_required(Role.OPERATOR)
+def schedule(request: HttpRequest, pk: int) -> HttpResponse:
+    """Schedule an approved change inside its requested window (change_schedule)."""
+    change = change_get_for_user(request.user, pk)
+    return _act(
+        request,
+        change,
+        "schedule_form",
+        f.ScheduleForm(request.POST, prefix="schedule"),
+        lambda data: services.change_schedule(actor=request.user, change=change, start=data["start"]),
+        lambda result: f"Scheduled to start at {result.scheduled_start:%Y-%m-%d %H:%M:%S} UTC.",
+    )
+
+
+@require_POST
+@role_required(Role.CAB_MEMBER, Role.SECURITY_OFFICER)
+def retrospective(request: HttpRequest, pk: int) -> HttpResponse:
+    """Record the retrospective review an approved emergency change owes (change_retrospective_complete)."""
+    change = change_get_for_user(request.user, pk)
+    return _act(
+        request,
+        change,
+        "retrospective_form",
+        f.CommentForm(request.POST, prefix="retrospective"),
+        lambda data: services.change_retrospective_complete(actor=request.user, change=change, comment=data["comment"]),
+        lambda _: "The retrospective review is recorded.",
+    )
+
+
+@require_POST
+@role_required(Role.CAB_MEMBER, Role.SECURITY_OFFICER)
+def post_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """Record the post-implementation review of a finished change (change_post_implementation_review)."""
+    change = change_get_for_user(request.user, pk)
+    return _act(
+        request,
+        change,
+        "post_review_form",
+        f.CommentForm(request.POST, prefix="post_review"),
+        lambda data: services.change_post_implementation_review(
+            actor=request.user, change=change, comment=data["comment"]
+        ),
+        lambda _: "The post-implementation review is recorded.",
+    )
+
+
+@require_POST
+@role_required(Role.REQUESTER)
+def evidence_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    """Attach a test evidence file (evidence_add); after submission this bumps the revision."""
+    change = change_get_for_user(request.user, pk)
+    revision = change.revision
+    return _act(
+        request,
+        change,
+        "evidence_form",
+        f.EvidenceForm(request.POST, request.FILES),
+        lambda data: services.evidence_add(actor=request.user, change=change, upload=data["file"]),
+        lambda evidence: (
+            f"Attached {evidence.file_name}."
+            + (
+                f" The change is now at revision {evidence.revision}; earlier approvals are void."
+                if evidence.revision != revision
+                else ""
+            )
+        ),
+    )
+
+
+# ---- Requester forms ---------------------------------------------------------------------------------------
+
+
+def _bound(request: HttpRequest) -> tuple[f.ChangeForm, f.BaseWaveFormSet]:
+    return f.ChangeForm(request.POST), f.WaveFormSet(request.POST, prefix="waves")
+
+
+NEW_WAVE = {
+    "cohort_kind": "percent",
+    "cohort_value": "25",
+    "soak_seconds": "3600",
+    "min_sample": "10",
+    "success_threshold": "0.97",
+    "failure_threshold": "0.03",
+    "promotion": "auto",
+}
+
+
+def _with_added_wave(request: HttpRequest) -> f.BaseWaveFormSet:
+    """The posted waves plus a new one before the last (the last wave always takes the rest)."""
+    data = request.POST.copy()
+    try:
+        total = int(data.get("waves-TOTAL_FORMS", "0") or 0)
+    except ValueError:
+        total = -1
+    if not 0 <= total < f.MAX_WAVE_FORMS:
+        messages.warning(request, f"A rollout plan has at most {f.MAX_WAVE_FORMS} waves.")
+        return f.WaveFormSet(request.POST, prefix="waves")
+    data["waves-TOTAL_FORMS"] = str(total + 1)
+    slot = max(total - 1, 0)
+    names = [*f.WaveForm.base_fields, "DELETE"]
+    if total:
+        # Move the last wave one place down so that the new wave goes before it.
+        for name in names:
+            if f"waves-{slot}-{name}" in data:
+                data.setlist(f"waves-{total}-{name}", data.pop(f"waves-{slot}-{name}"))
+    data[f"waves-{slot}-name"] = f"wave-{slot + 1}"
+    for name, value in NEW_WAVE.items():
+        data[f"waves-{slot}-{name}"] = value
+    return f.WaveFormSet(data, prefix="waves")
+
+
+def _render_form(
+    request: HttpRequest,
+    form: f.ChangeForm,
+    waves: f.BaseWaveFormSet,
+    *,
+    change: ChangeRequest | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "form": form,
+        "waves": waves,
+        "change": change,
+        "approvals_to_void": change.approvals.filter(voided_at__isnull=True).count() if change else 0,
+        "bumps_revision": change is not None and change.status != ChangeStatus.DRAFT,
+        "preview": _preview(form, waves),
+    }
+    return render(request, "approvals/changes/form.html", context, status=status)
+
+
+def _save(
+    request: HttpRequest,
+    save: Callable[[dict[str, Any]], ChangeRequest],
+    *,
+    change: ChangeRequest | None,
+) -> HttpResponse | ChangeRequest:
+    form, waves = _bound(request)
+    if "add_wave" in request.POST:
+        return _render_form(request, form, _with_added_wave(request), change=change)
+    form_ok, waves_ok = form.is_valid(), waves.is_valid()
+    if not (form_ok and waves_ok):
+        return _render_form(request, form, waves, change=change, status=400)
+    fields = f.fields_from_values(form.cleaned_data, waves.waves(), form.questions)
+    try:
+        return save(fields)
+    except DomainError as exc:
+        f.apply_service_errors(form, waves, exc)
+        if exc.fields:
+            messages.error(request, exc.message)
+        return _render_form(request, form, waves, change=change, status=exc.status_code)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.REQUESTER)
+def create(request: HttpRequest) -> HttpResponse:
+    """File a new change request as a draft (change_create)."""
+    if request.method == "GET":
+        values, waves = f.initial_values(None)
+        return _render_form(request, f.ChangeForm(initial=values), f.WaveFormSet(initial=waves, prefix="waves"))
+    result = _save(request, lambda fields: services.change_create(actor=request.user, **fields), change=None)
+    if isinstance(result, HttpResponse):
+        return result
+    messages.success(
+        request, f"Draft CR-{result.pk} saved. Attach test evidence if you have any, then submit it for review."
+    )
+    return redirect(_detail_url(result))
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.REQUESTER)
+def edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """Edit a change (change_update); after submission this bumps the revision and voids the approvals."""
+    change = change_get_for_user(request.user, pk)
+    if change.author_id != request.user.pk:
+        return forbidden(
+            request, (Role.REQUESTER,), message="Only the author of this change may edit it; you are not its author."
+        )
+    if change.status not in CHANGE_EDITABLE:
+        messages.error(request, f"A change that is {change.get_status_display().lower()} can no longer be edited.")
+        return redirect(_detail_url(change))
+    if request.method == "GET":
+        values, waves = f.initial_values(change)
+        return _render_form(
+            request, f.ChangeForm(initial=values), f.WaveFormSet(initial=waves, prefix="waves"), change=change
+        )
+    revision = change.revision
+
+    def save(fields: dict[str, Any]) -> ChangeRequest:
+        baseline = f.baseline_fields(change, f.ChangeForm().questions)
+        changed = {name: value for name, value in fields.items() if value != baseline.get(name)}
+        return services.change_update(actor=request.user, change=change, **changed)
+
+    result = _save(request, save, change=change)
+    if isinstance(result, HttpResponse):
+        return result
+    if result.revision != revision:
+        messages.success(
+            request, f"Saved as revision {result.revision}. Earlier approvals are void; the CAB reviews it again."
+        )
+    elif result.updated_at != change.updated_at:
+        messages.success(request, "Changes saved.")
+    else:
+        messages.info(request, "Nothing changed.")
+    return redirect(_detail_url(result))
+
+
+# ---- Live preview (htmx) -----------------------------------------------------------------------------------
+
+
+def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet) -> dict[str, Any]:
+    """Scope size, risk level and devices per wave for what the form holds now; problems instead of numbers."""
+    if form.is_bound:
+        form.is_valid()
+        waves.is_valid()
+        values: dict[str, Any] = dict(getattr(form, "cleaned_data", {}))
+        wave_list = waves.waves()
+    else:
+        values = f.python_values(form.initial, form.questions)
+        wave_list = [f.wave_from_values(w) for w in (waves.initial or [])]
+    result: dict[str, Any] = {
+        "scope": None,
+        "scope_errors": [],
+        "risk": None,
+        "risk_errors": [],
+        "waves": None,
+        "plan_errors": [],
+    }
+    scope = None
+    raw_scope = f.scope_from_values(values)
+    if raw_scope:
+        try:
+            scope = scope_normalize(raw_scope)
+            result["scope"] = scope_summary(scope)
+        except InvalidInput as exc:
+            result["scope_errors"] = f.flatten_errors(exc.fields.get("target_scope", exc.message))
+    else:
+        result["scope_errors"] = ["Choose hardware models, regions, vehicle types, tags or devices."]
+    try:
+        answers = risk_answers_validate(f.answers_from_values(values, form.questions), risk_questionnaire())
+        result["risk"] = risk_assess(answers=answers, scope_summary=result["scope"] or {})
+    except InvalidInput as exc:
+        result["risk_errors"] = f.flatten_errors(exc.fields.get("risk_answers", exc.message))
+    if scope is not None:
+        try:
+            plan = plan_normalize(f.plan_from_values(values, wave_list))
+            result["waves"] = plan_wave_preview(plan, scope)
+        except InvalidInput as exc:
+            result["plan_errors"] = f.flatten_errors(exc.fields.get("rollout_plan", exc.message))
+    else:
+        result["plan_errors"] = ["Devices per wave appear once the scope is valid."]
+    return result
+
+
+@require_POST
+@role_required(Role.REQUESTER)
+def preview(request: HttpRequest) -> HttpResponse:
+    """htmx: the live scope count, risk level and devices per wave for the form as it stands (no writes)."""
+    form, waves = _bound(request)
+    return render(request, "approvals/changes/_preview.html", {"preview": _preview(form, waves)})

@@ -1,0 +1,34 @@
+"""Celery tasks of the inventory: short side effects only (telemetry batches and their housekeeping)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from devices import telemetry
+
+# Database trouble is retried with backoff; the services are idempotent, so a retry or a redelivery is harmless.
+RETRY = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "max_retries": 8,
+}
+
+
+@shared_task(name="devices.telemetry_batch_process", ignore_result=True, acks_late=True, **RETRY)
+def telemetry_batch_process_task(batch_pk: int) -> int | None:
+    """Fold one accepted telemetry batch into samples (exactly once, whatever the deliveries)."""
+    return telemetry.telemetry_batch_process(batch_pk=batch_pk)
+
+
+@shared_task(name="devices.telemetry_requeue_stale", ignore_result=True, **RETRY)
+def telemetry_requeue_stale_task() -> int:
+    """Enqueue batches again whose task was lost (run every few minutes by celery beat)."""
+    return telemetry.telemetry_requeue_stale()
+
+
+@shared_task(name="devices.telemetry_purge", ignore_result=True, **RETRY)
+def telemetry_purge_task() -> dict[str, int]:
+    """Delete telemetry past its retention period (run daily by celery beat)."""
+    return telemetry.telemetry_purge()

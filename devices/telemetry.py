@@ -1,0 +1,163 @@
+"""Telemetry intake: a device's KPI batch is accepted once (idempotent on its batch id), then folded into samples
+by a Celery task. Only what the health gates and KPIs need is kept (data minimisation: no positions, no raw batches
+once processed, samples older than the retention period deleted)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from devices.models import Device, TelemetryBatch, TelemetrySample
+from ota_project.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+# The measurements a sample may carry; a sample with none of them is dropped.
+KPI_FIELDS = ("install_duration_s", "boot_time_s", "unexpected_reboots", "gps_fix_s", "sensor_calibrated", "link_kbps")
+SAMPLE_FIELDS = ("deployment_id", "reported_at", *KPI_FIELDS)
+MAX_BATCH_SAMPLES = 500
+DEFAULT_RETENTION_DAYS = 90
+DEFAULT_BATCH_KEEP_DAYS = 14
+# A batch still unprocessed after this long lost its task (broker down at accept time): enqueue it again.
+STALE_BATCH_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class BatchAcceptance:
+    """The outcome of accepting a batch: the batch record and whether it had been accepted before."""
+
+    batch: TelemetryBatch
+    duplicate: bool
+
+
+def _jsonable(sample: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(sample) - set(SAMPLE_FIELDS)
+    if unknown:
+        raise InvalidInput("A telemetry sample has unknown fields.", fields={"samples": sorted(unknown)[:20]})
+    reported_at = sample.get("reported_at")
+    if not isinstance(reported_at, datetime) or timezone.is_naive(reported_at):
+        raise InvalidInput("Every sample needs a timezone-aware reported_at.", fields={"samples": ["reported_at"]})
+    values = {key: sample.get(key) for key in SAMPLE_FIELDS if sample.get(key) is not None}
+    values["reported_at"] = reported_at.isoformat()
+    return values
+
+
+def content_batch_id(samples: list[dict[str, Any]]) -> str:
+    """The batch id of a batch sent without one: the sha256 of its samples, so a re-send is recognised too."""
+    canonical = json.dumps(samples, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _enqueue(batch_pk: int) -> None:
+    from devices.tasks import telemetry_batch_process_task  # the task module imports this one
+
+    telemetry_batch_process_task.delay(batch_pk)
+
+
+@transaction.atomic
+def telemetry_batch_accept(
+    *, device: Device, samples: list[dict[str, Any]], batch_id: str | None = None, now: datetime | None = None
+) -> BatchAcceptance:
+    """Accept a device's KPI batch once per (device, batch id) and hand it to the Celery task after commit.
+
+    A batch re-sent after a dropped response (same batch id, or same samples when the device sends no id) is
+    recognised and not counted twice. Deployment ids are checked by the caller (the device API), since the
+    inventory app does not know deployments.
+    """
+    if not samples or len(samples) > MAX_BATCH_SAMPLES:
+        raise InvalidInput("A batch has 1 to 500 samples.", fields={"samples": ["1 to 500 samples."]})
+    stored = [_jsonable(sample) for sample in samples]
+    batch_id = batch_id or content_batch_id(stored)
+    try:
+        with transaction.atomic():
+            batch = TelemetryBatch.objects.create(
+                device=device,
+                batch_id=batch_id,
+                received_at=now or timezone.now(),
+                sample_count=len(stored),
+                samples=stored,
+            )
+        duplicate = False
+    except IntegrityError:
+        batch = TelemetryBatch.objects.get(device=device, batch_id=batch_id)
+        duplicate = True
+    if batch.processed_at is None:
+        # After commit, so the worker finds the row; a re-sent batch whose task was lost is enqueued again (the
+        # task is idempotent). robust: a broker outage must not fail the device's request; the batch waits.
+        pk = batch.pk
+        transaction.on_commit(lambda: _enqueue(pk), robust=True)
+    return BatchAcceptance(batch=batch, duplicate=duplicate)
+
+
+def _sample_row(device_id: int, sample: dict[str, Any]) -> TelemetrySample | None:
+    kpis = {key: sample[key] for key in KPI_FIELDS if sample.get(key) is not None}
+    if not kpis:
+        return None  # nothing the gates or KPIs use
+    return TelemetrySample(
+        device_id=device_id,
+        deployment_id=sample.get("deployment_id"),
+        reported_at=parse_datetime(sample["reported_at"]),
+        **kpis,
+    )
+
+
+@transaction.atomic
+def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> int | None:
+    """Fold an accepted batch into TelemetrySample rows exactly once; empty and repeated samples are dropped.
+
+    Returns the number of samples stored, or None when the batch is gone or was processed already (a redelivered
+    task message does nothing). The raw batch is cleared afterwards; its id stays as the idempotency record.
+    """
+    batch = TelemetryBatch.objects.select_for_update().filter(pk=batch_pk).first()
+    if batch is None or batch.processed_at is not None:
+        return None
+    rows: list[TelemetrySample] = []
+    seen: set[str] = set()
+    for sample in batch.samples or []:
+        key = json.dumps(sample, sort_keys=True)
+        row = _sample_row(batch.device_id, sample) if key not in seen else None
+        seen.add(key)
+        if row is not None:
+            rows.append(row)
+    TelemetrySample.objects.bulk_create(rows)
+    TelemetryBatch.objects.filter(pk=batch.pk).update(
+        samples=None, processed_at=now or timezone.now(), stored_count=len(rows)
+    )
+    return len(rows)
+
+
+def telemetry_requeue_stale(*, now: datetime | None = None) -> int:
+    """Enqueue again every batch still unprocessed STALE_BATCH_SECONDS after it arrived (its task was lost)."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=STALE_BATCH_SECONDS)
+    pks = list(
+        TelemetryBatch.objects.filter(processed_at__isnull=True, received_at__lt=cutoff).values_list("pk", flat=True)[
+            :10_000
+        ]
+    )
+    for pk in pks:
+        _enqueue(pk)
+    return len(pks)
+
+
+@transaction.atomic
+def telemetry_purge(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete samples past OTA_TELEMETRY_RETENTION_DAYS and processed batch ids past OTA_TELEMETRY_BATCH_KEEP_DAYS."""
+    now = now or timezone.now()
+    retention = int(getattr(settings, "OTA_TELEMETRY_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
+    keep = int(getattr(settings, "OTA_TELEMETRY_BATCH_KEEP_DAYS", DEFAULT_BATCH_KEEP_DAYS))
+    samples, _ = TelemetrySample.objects.filter(received_at__lt=now - timedelta(days=retention)).delete()
+    batches, _ = TelemetryBatch.objects.filter(
+        processed_at__isnull=False, received_at__lt=now - timedelta(days=keep)
+    ).delete()
+    if samples or batches:
+        logger.info("telemetry purge: %s samples, %s batch ids deleted", samples, batches)
+    return {"samples": samples, "batches": batches}

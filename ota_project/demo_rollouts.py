@@ -1,0 +1,96 @@
+"""Rollout history for the embedded demo: one completed rollout and one halted and rolled back.
+
+The demo is seeded before the Temporal dev server starts, so these two rollouts are played step by step through
+the same services the RolloutWorkflow's activities call (assign, health, phase, halt, rollback, finish), with the
+devices' reports going through the device services. No workflow exists for them: their dashboards show the
+database projection. Rollouts started in the running demo are real workflows.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from rollouts import rollout_services
+from rollouts.choices import DEPLOYMENT_TERMINAL
+from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.models import Deployment, Rollout
+from workflows.types import Gate, Phase, PhaseChange
+
+HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
+FAILS_BOOT = ("downloading", "downloaded", "installing", "rebooting", "rolled_back")
+
+
+def _play(deployment: Deployment, statuses: tuple[str, ...]) -> None:
+    """Report `statuses` for one deployment as its device would (sequence numbers continue the device's own)."""
+    for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
+        extra: dict[str, Any] = {}
+        if status == "succeeded":
+            extra = {"booted_version": deployment.release.version, "health_passed": True}
+        elif status in ("failed", "rolled_back"):
+            extra = {"failure_class": "boot", "detail": "boot health check failed: modem_attach"}
+        deployment_report(device=deployment.device, deployment_id=deployment.pk, report=Report(seq, status, **extra))
+
+
+def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
+    """Every device with open work checks in once and plays its update (devices in `fails` fail their boot)."""
+    device_ids = (
+        rollout.deployments.exclude(status__in=DEPLOYMENT_TERMINAL).values_list("device_id", flat=True).distinct()
+    )
+    for device_id in list(device_ids):
+        pending = rollout.deployments.filter(device_id=device_id).select_related("device").first()
+        if pending is None:
+            continue
+        offered = deployment_offer(device=pending.device)
+        if offered is not None:
+            _play(offered, FAILS_BOOT if device_id in fails and offered.kind == "update" else HAPPY)
+
+
+def _run_wave(rollout: Rollout, index: int, fails: set[int]) -> Any:
+    rollout_services.rollout_phase(PhaseChange(rollout.pk, Phase.RUNNING, index, reason=f"Wave {index} assigned."))
+    rollout_services.wave_assign(rollout_id=rollout.pk, wave_index=index)
+    _devices_poll(rollout, fails)
+    return rollout_services.wave_health(rollout_id=rollout.pk, wave_index=index)
+
+
+def completed_rollout(*, operator: Any, change: Any) -> Rollout:
+    """Start `change` and play every wave to success (manual gates promoted by the operator's projection)."""
+    rollout = rollout_services.rollout_start(actor=operator, change=change, start_workflow=False)
+    waves = rollout.plan["waves"]
+    for index, wave in enumerate(waves):
+        health = _run_wave(rollout, index, fails=set())
+        if wave["promotion"] == "manual" and index < len(waves) - 1:
+            reason = f"Wave {wave['name']} passed; waiting for an operator."
+            rollout_services.rollout_phase(
+                PhaseChange(rollout.pk, Phase.AWAITING_PROMOTION, index, Gate.PROMOTION, reason, health)
+            )
+    rollout_services.rollout_finish(
+        rollout_id=rollout.pk, outcome=Phase.COMPLETED, reason=f"All {len(waves)} waves passed."
+    )
+    return rollout
+
+
+def halted_rollout(*, operator: Any, change: Any, failing_share: float, seed: int) -> Rollout:
+    """Start `change`, let a share of the pilot fail its boot check, halt, roll back every device that took it."""
+    rollout = rollout_services.rollout_start(actor=operator, change=change, start_workflow=False)
+    rollout_services.rollout_phase(PhaseChange(rollout.pk, Phase.RUNNING, 0, reason="Pilot wave assigned."))
+    rollout_services.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    pilot = sorted(rollout.deployments.values_list("device_id", flat=True))
+    fails = set(random.Random(seed).sample(pilot, max(1, round(len(pilot) * failing_share))))
+    _devices_poll(rollout, fails)
+    health = rollout_services.wave_health(rollout_id=rollout.pk, wave_index=0)
+    wave = rollout.plan["waves"][0]
+    reason = (
+        f"Wave {wave['name']} failed: {health.failures} of {health.finished} finished devices failed "
+        f"(threshold {wave['failure_threshold']:.0%})."
+    )
+    rollout_services.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason=reason)
+    rollout_services.rollback_assign(rollout_id=rollout.pk)
+    _devices_poll(rollout, fails=set())
+    back = rollout_services.rollback_health(rollout_id=rollout.pk)
+    rollout_services.rollout_finish(
+        rollout_id=rollout.pk,
+        outcome=Phase.ROLLED_BACK,
+        reason=f"Rolled back: {back.succeeded} of {back.total} devices restored. Cause: {reason}",
+    )
+    return rollout

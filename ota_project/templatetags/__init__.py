@@ -1,0 +1,1 @@
+"""Template tags of the web UI ({% load ota_ui %})."""

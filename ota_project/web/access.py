@@ -1,0 +1,99 @@
+"""Who may open a page: sign-in first, then one of the page's roles (the 403 page names the missing role)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import wraps
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django_htmx.http import HttpResponseClientRedirect
+
+from ota_project.roles import Role, has_role
+
+ViewFunc = Callable[..., HttpResponse]
+
+
+def role_labels(roles: Iterable[str]) -> list[str]:
+    """Human labels of role names, in the order given (unknown names are shown as they are)."""
+    labels = dict(Role.choices)
+    return [str(labels.get(role, role)) for role in roles]
+
+
+def missing_role_message(roles: Iterable[str]) -> str:
+    """The sentence a 403 page shows: 'You need the X role to see this page.' (X or Y when several qualify)."""
+    labels = role_labels(roles)
+    if not labels:
+        return "You need a role in this system to see this page."
+    if len(labels) == 1:
+        named = labels[0]
+    else:
+        named = ", ".join(labels[:-1]) + " or " + labels[-1]
+    return f"You need the {named} role to see this page."
+
+
+def forbidden(request: HttpRequest, roles: Iterable[str], *, message: str | None = None) -> HttpResponse:
+    """The 403 page saying which role would open this page."""
+    roles = list(roles)
+    context = {
+        "required_message": message or missing_role_message(roles),
+        "required_roles": role_labels(roles),
+    }
+    return render(request, "403.html", context, status=403)
+
+
+def login_redirect(request: HttpRequest) -> HttpResponse:
+    """Send an anonymous visitor to the sign-in page and back here afterwards (a full-page redirect for htmx)."""
+    if getattr(request, "htmx", False):
+        # An htmx fragment request (e.g. a polling dashboard after the session expired) must not swap the
+        # sign-in page into a fragment: tell htmx to navigate the whole page instead.
+        current = request.htmx.current_url_abs_path or request.get_full_path()
+        return HttpResponseClientRedirect(f"{settings.LOGIN_URL}?{urlencode({'next': current}, safe='/')}")
+    return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)
+
+
+def check_access(request: HttpRequest, roles: tuple[str, ...]) -> HttpResponse | None:
+    """None when the request may proceed; otherwise the redirect (anonymous) or the 403 page (missing role)."""
+    user = request.user
+    if not user.is_authenticated:
+        return login_redirect(request)
+    if not has_role(user, *roles):
+        return forbidden(request, roles)
+    return None
+
+
+def role_required(*roles: str) -> Callable[[ViewFunc], ViewFunc]:
+    """View decorator: anonymous -> sign-in page (?next=), signed in without one of `roles` -> 403 naming them."""
+    if not roles:
+        raise ValueError("role_required needs at least one role")
+
+    def decorator(view: ViewFunc) -> ViewFunc:
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            refused = check_access(request, roles)
+            if refused is not None:
+                return refused
+            return view(request, *args, **kwargs)
+
+        wrapped.required_roles = roles  # type: ignore[attr-defined]
+        return wrapped
+
+    return decorator
+
+
+class RoleRequiredMixin:
+    """Class-based views: set `required_roles = (Role.X, ...)`; same answers as `role_required`."""
+
+    required_roles: tuple[str, ...] = ()
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not self.required_roles:
+            raise ValueError(f"{type(self).__name__} must set required_roles")
+        refused = check_access(request, tuple(self.required_roles))
+        if refused is not None:
+            return refused
+        return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]

@@ -1,0 +1,72 @@
+"""The start page: what starting an approved change's rollout does, and the operator's confirmation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from approvals.models import ChangeRequest
+from approvals.selectors import change_get_for_user
+from ota_project.errors import DomainError
+from ota_project.roles import Role
+from ota_project.web.access import role_required
+from rollouts import rollout_services
+from rollouts.models import Rollout
+from rollouts.web import page_selectors
+from rollouts.web.forms import ChangeChoiceForm, StartRolloutForm
+
+
+def _render(
+    request: HttpRequest,
+    change: ChangeRequest,
+    form: StartRolloutForm,
+    *,
+    error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    preview = page_selectors.rollout_start_preview(change, request.user)
+    context: dict[str, Any] = {"change": change, "preview": preview, "form": form, "error": error}
+    return render(request, "rollouts/start.html", context, status=status)
+
+
+def _choose(request: HttpRequest, form: ChangeChoiceForm, status: int = 200) -> HttpResponse:
+    ready = page_selectors.changes_ready_to_start(request.user)
+    return render(request, "rollouts/start_choose.html", {"form": form, "ready": ready}, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(*Role.values)
+def rollout_start(request: HttpRequest) -> HttpResponse:
+    """GET ?change=<pk>: the change's release, scope and waves with a confirm form; POST: rollout_start."""
+    if request.method == "GET":
+        if "change" not in request.GET:
+            return _choose(request, ChangeChoiceForm())
+        choice = ChangeChoiceForm(request.GET)
+        if not choice.is_valid():
+            return _choose(request, choice, status=400)
+        change = change_get_for_user(request.user, choice.cleaned_data["change"])
+        return _render(request, change, StartRolloutForm(initial={"change": change.pk}))
+    form = StartRolloutForm(request.POST)
+    if not form.is_valid():
+        choice = ChangeChoiceForm(request.POST)
+        if not choice.is_valid():
+            return _choose(request, choice, status=400)
+        change = change_get_for_user(request.user, choice.cleaned_data["change"])
+        return _render(request, change, form, status=400)
+    change = change_get_for_user(request.user, form.cleaned_data["change"])
+    try:
+        rollout = rollout_services.rollout_start(actor=request.user, change=change)
+    except DomainError as refused:
+        started = Rollout.objects.filter(change=change).first()
+        if started is not None:
+            # The rollout was recorded, then starting its workflow failed (Temporal did not answer); the service's
+            # message says so and that the worker starts it once Temporal is reachable.
+            messages.error(request, refused.message)
+            return redirect("web-rollouts:detail", pk=started.pk)
+        return _render(request, change, form, error=refused.message, status=refused.status_code)
+    messages.success(request, f"Rollout {rollout.pk} started: its workflow now runs the first wave.")
+    return redirect("web-rollouts:detail", pk=rollout.pk)

@@ -1,0 +1,187 @@
+"""Telemetry batches: accepted once (202), folded into KPI samples by the Celery task, strict and bounded."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from django.utils import timezone
+
+from devices import telemetry
+from devices.models import TelemetryBatch, TelemetrySample
+from devices.selectors import device_telemetry_summary, telemetry_deployment_kpis
+from ota_project.celery import app as celery_app
+from rollouts.models import Deployment
+from tests.device_api.conftest import checkin_body
+
+pytestmark = pytest.mark.django_db
+
+TELEMETRY = "/device/v1/telemetry/"
+
+
+@pytest.fixture(autouse=True)
+def _eager_celery():
+    """Tasks run in the test's process, as in the embedded default (the real worker has its own test)."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def offered(pilot, running, device_client):
+    client = device_client(pilot)
+    assert client.post("/device/v1/checkin/", checkin_body(), format="json").json()["offer"]
+    return client
+
+
+def _sample(deployment_id: int | None = None, **kpis: object) -> dict[str, object]:
+    return {"deployment_id": deployment_id, "reported_at": "2026-01-05T10:00:00Z", **kpis}
+
+
+def _post(client, body, capture):
+    with capture(execute=True):
+        return client.post(TELEMETRY, body, format="json")
+
+
+def test_batch_is_accepted_and_folded_into_kpi_samples(offered, pilot, django_capture_on_commit_callbacks):
+    deployment_id = Deployment.objects.get(device=pilot).pk
+    full = _sample(
+        deployment_id,
+        install_duration_s=312,
+        boot_time_s=41,
+        unexpected_reboots=1,
+        gps_fix_s=28,
+        sensor_calibrated=False,
+        link_kbps=2400,
+    )
+    empty = {"reported_at": "2026-01-05T11:00:00Z"}  # carries no KPI: dropped
+    response = _post(offered, {"batch_id": "b-1", "samples": [full, empty, full]}, django_capture_on_commit_callbacks)
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 3, "batch_id": "b-1", "duplicate": False}
+    stored = TelemetrySample.objects.get(device=pilot)
+    assert (stored.deployment_id, stored.install_duration_s, stored.boot_time_s) == (deployment_id, 312, 41)
+    assert (stored.unexpected_reboots, stored.gps_fix_s, stored.sensor_calibrated, stored.link_kbps) == (
+        1,
+        28,
+        False,
+        2400,
+    )
+    batch = TelemetryBatch.objects.get(device=pilot, batch_id="b-1")
+    assert batch.processed_at is not None and batch.stored_count == 1
+    assert batch.samples is None  # the raw batch is not kept once processed
+    kpis = telemetry_deployment_kpis(deployment_ids=[deployment_id])
+    assert kpis["samples"] == 1 and kpis["mean_boot_time_s"] == 41.0 and kpis["unexpected_reboots"] == 1
+    assert kpis["sensor_uncalibrated"] == 1 and kpis["sensor_reports"] == 1
+    assert device_telemetry_summary(device=pilot)["mean_link_kbps"] == 2400.0
+
+
+def test_batch_resent_after_a_dropped_response_counts_once(offered, pilot, django_capture_on_commit_callbacks):
+    body = {"batch_id": "2026-01-05T10:00:00Z-7", "samples": [_sample(boot_time_s=40), _sample(link_kbps=900)]}
+    first = _post(offered, body, django_capture_on_commit_callbacks)
+    again = _post(offered, body, django_capture_on_commit_callbacks)
+    assert first.status_code == again.status_code == 202
+    assert (first.json()["duplicate"], again.json()["duplicate"]) == (False, True)
+    assert TelemetrySample.objects.filter(device=pilot).count() == 2
+    assert TelemetryBatch.objects.filter(device=pilot).count() == 1
+
+
+def test_batch_without_id_is_recognised_by_its_content(offered, pilot, django_capture_on_commit_callbacks):
+    body = {"samples": [_sample(gps_fix_s=30)]}
+    first = _post(offered, body, django_capture_on_commit_callbacks).json()
+    again = _post(offered, body, django_capture_on_commit_callbacks).json()
+    other = _post(offered, {"samples": [_sample(gps_fix_s=31)]}, django_capture_on_commit_callbacks).json()
+    assert first["batch_id"].startswith("sha256:") and first["batch_id"] == again["batch_id"] != other["batch_id"]
+    assert again["duplicate"] is True and other["duplicate"] is False
+    assert sorted(TelemetrySample.objects.values_list("gps_fix_s", flat=True)) == [30, 31]
+
+
+def test_the_same_batch_id_from_two_devices_is_two_batches(
+    offered, pilot, other_pilot, device_client, django_capture_on_commit_callbacks
+):
+    body = {"batch_id": "1", "samples": [_sample(boot_time_s=40)]}
+    assert _post(offered, body, django_capture_on_commit_callbacks).json()["duplicate"] is False
+    other = device_client(other_pilot)
+    assert _post(other, body, django_capture_on_commit_callbacks).json()["duplicate"] is False
+    assert TelemetrySample.objects.filter(device__in=[pilot, other_pilot]).count() == 2
+
+
+def test_a_redelivered_task_does_nothing(pilot):
+    accepted = telemetry.telemetry_batch_accept(
+        device=pilot, batch_id="x", samples=[{"reported_at": timezone.now(), "boot_time_s": 30}]
+    )
+    assert telemetry.telemetry_batch_process(batch_pk=accepted.batch.pk) == 1
+    assert telemetry.telemetry_batch_process(batch_pk=accepted.batch.pk) is None
+    assert TelemetrySample.objects.filter(device=pilot).count() == 1
+
+
+def test_broker_outage_still_answers_202_and_the_batch_is_requeued_later(
+    offered, pilot, django_capture_on_commit_callbacks
+):
+    body = {"batch_id": "late", "samples": [_sample(boot_time_s=50)]}
+    with mock.patch.object(telemetry, "_enqueue", side_effect=ConnectionError("broker down")):
+        response = _post(offered, body, django_capture_on_commit_callbacks)
+    assert response.status_code == 202 and response.json()["duplicate"] is False
+    batch = TelemetryBatch.objects.get(device=pilot, batch_id="late")
+    assert batch.processed_at is None and not TelemetrySample.objects.exists()
+    assert telemetry.telemetry_requeue_stale() == 0  # too fresh: its task may still be on the way
+    later = timezone.now() + timedelta(seconds=telemetry.STALE_BATCH_SECONDS + 1)
+    assert telemetry.telemetry_requeue_stale(now=later) == 1
+    batch.refresh_from_db()
+    assert batch.processed_at is not None
+    assert TelemetrySample.objects.get(device=pilot).boot_time_s == 50
+
+
+def test_resending_a_pending_batch_enqueues_it_again(offered, pilot, django_capture_on_commit_callbacks):
+    body = {"batch_id": "pending", "samples": [_sample(boot_time_s=50)]}
+    with mock.patch.object(telemetry, "_enqueue", side_effect=ConnectionError("broker down")):
+        _post(offered, body, django_capture_on_commit_callbacks)
+    again = _post(offered, body, django_capture_on_commit_callbacks)
+    assert again.json()["duplicate"] is True
+    assert TelemetrySample.objects.filter(device=pilot).count() == 1
+
+
+def test_purge_keeps_only_the_retention_period(pilot, settings):
+    settings.OTA_TELEMETRY_RETENTION_DAYS = 30
+    settings.OTA_TELEMETRY_BATCH_KEEP_DAYS = 7
+    now = timezone.now()
+    old = telemetry.telemetry_batch_accept(
+        device=pilot, batch_id="old", samples=[{"reported_at": now, "boot_time_s": 1}], now=now - timedelta(days=40)
+    )
+    fresh = telemetry.telemetry_batch_accept(
+        device=pilot, batch_id="fresh", samples=[{"reported_at": now, "boot_time_s": 2}], now=now
+    )
+    telemetry.telemetry_batch_process(batch_pk=old.batch.pk)
+    telemetry.telemetry_batch_process(batch_pk=fresh.batch.pk)
+    TelemetrySample.objects.filter(boot_time_s=1).update(received_at=now - timedelta(days=31))
+    assert telemetry.telemetry_purge(now=now) == {"samples": 1, "batches": 1}
+    assert list(TelemetrySample.objects.values_list("boot_time_s", flat=True)) == [2]
+    assert list(TelemetryBatch.objects.values_list("batch_id", flat=True)) == ["fresh"]
+
+
+def test_telemetry_is_strict_and_bounded(offered, pilot, other_pilot, django_capture_on_commit_callbacks):
+    other = Deployment.objects.get(device=other_pilot).pk
+    bad = [
+        {"samples": []},
+        {"samples": [{"reported_at": "2026-01-05T10:00:00Z", "latitude": 48.1}]},
+        {"samples": [{"reported_at": "2026-01-05T10:00:00Z", "boot_time_s": -4}]},
+        {"samples": [{"reported_at": "2026-01-05T10:00:00Z", "deployment_id": other}]},
+        {"samples": [{"reported_at": "2026-01-05T10:00:00Z", "deployment_id": 999_999}]},
+        {"samples": [{"boot_time_s": 4}]},
+        {"samples": [{"reported_at": "2026-01-05T10:00:00Z"}] * 501},
+        {"samples": [], "extra": 1},
+        {"batch_id": "", "samples": [_sample(boot_time_s=1)]},
+        {"batch_id": "has space", "samples": [_sample(boot_time_s=1)]},
+        {"batch_id": "x" * 65, "samples": [_sample(boot_time_s=1)]},
+        {"samples": "not a list"},
+        [],
+    ]
+    for body in bad:
+        response = _post(offered, body, django_capture_on_commit_callbacks)
+        assert response.status_code == 400, body
+        assert response.json()["error"]["code"] == "invalid", body
+    huge = {"samples": [{"reported_at": "2026-01-05T10:00:00Z", "link_kbps": 1}] * 5000}
+    assert _post(offered, huge, django_capture_on_commit_callbacks).status_code == 413
+    assert not TelemetrySample.objects.exists()
+    assert not TelemetryBatch.objects.exists()

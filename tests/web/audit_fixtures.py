@@ -1,0 +1,73 @@
+"""Fixtures of the fleet, audit and trace page tests: a change rolled out to its pilot wave, a role-less user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rollouts import rollout_services as steps
+from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
+from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.models import Deployment
+from workflows.types import PhaseChange
+
+HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
+
+
+def drive(deployment: Deployment, *statuses: str, failure_class: str = "") -> Deployment:
+    """Offer the deployment to its device, then report these statuses as the device would (device services)."""
+    offered = deployment_offer(device=deployment.device)
+    assert offered is not None and offered.pk == deployment.pk
+    deployment = offered
+    for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
+        extra: dict[str, Any] = {}
+        if status == "succeeded":
+            extra = {"booted_version": deployment.release.version, "health_passed": True}
+        elif status in ("failed", "rolled_back"):
+            extra = {"failure_class": failure_class or "boot"}
+        deployment = deployment_report(
+            device=deployment.device, deployment_id=deployment.pk, report=Report(seq, status, **extra)
+        )
+    return deployment
+
+
+@pytest.fixture
+def nobody(make_user):
+    """A signed-in user without any role."""
+    return make_user(username="nora-norole")
+
+
+@pytest.fixture
+def rolled_out(approved_change, operator, settings) -> dict[str, Any]:
+    """The approved change started by an operator, its pilot wave assigned: one device succeeded, one failed,
+    and the workflow halted the rollout."""
+    settings.TEMPORAL_ENABLED = False
+    rollout = steps.rollout_start(actor=operator, change=approved_change)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    first, second = Deployment.objects.filter(rollout=rollout).select_related("device", "release").order_by("id")
+    succeeded = drive(first, *HAPPY)
+    failed = drive(second, "downloading", "installing", "failed", failure_class="boot")
+    assert succeeded.status == DeploymentStatus.SUCCEEDED and failed.status == DeploymentStatus.FAILED
+    steps.wave_health(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="pilot failure rate 50% over the 5% threshold")
+    return {
+        "change": approved_change,
+        "rollout": rollout,
+        "succeeded": succeeded,
+        "failed": failed,
+    }
+
+
+@pytest.fixture
+def rolled_back(rolled_out, operator) -> dict[str, Any]:
+    """The halted rollout rolled back by an operator: the device that took the new image went back to the old one."""
+    rollout = rolled_out["rollout"]
+    steps.human_action_authorize(
+        rollout_id=rollout.pk, action="rollback", actor_id=operator.pk, reason="boot failures in pilot", wave_index=-1
+    )
+    steps.rollback_assign(rollout_id=rollout.pk)
+    rollback = Deployment.objects.select_related("device", "release").get(rollout=rollout, kind=DeploymentKind.ROLLBACK)
+    rolled_out["rollback"] = drive(rollback, *HAPPY)
+    return rolled_out
