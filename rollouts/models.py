@@ -102,6 +102,14 @@ class Deployment(models.Model):
     device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="deployments")
     release = models.ForeignKey(FirmwareRelease, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=12, choices=DeploymentKind.choices, default=DeploymentKind.UPDATE)
+    # What the device ran (inventory version and counter) when this row was created; written once by the bulk
+    # insert and never changed. Blank/null on rows created before it was recorded: the register then reconstructs it.
+    from_version = models.CharField(
+        max_length=64, blank=True, default="", help_text="Installed version when the deployment was created."
+    )
+    from_release_counter = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Installed release counter when the deployment was created."
+    )
     status = models.CharField(max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Pacing: not offered before this time.")
     deadline_at = models.DateTimeField(null=True, blank=True, help_text="Deadline of the current phase.")

@@ -21,7 +21,7 @@ from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
 from approvals.plans import plan_hash, wave_sizes
 from approvals.records import record_decision
-from devices.models import Region
+from devices.models import Device, Region
 from devices.scope import scope_devices
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.roles import Role, has_role, roles_of
@@ -304,6 +304,7 @@ def wave_assign(*, rollout_id: int, wave_index: int) -> int:
     return len(cohort)
 
 
+# (rollout_id, wave_id, device_id, release_id, kind, not_before, deadline_at) of one new deployment.
 DeploymentRow = tuple[int, int, int, int, str, datetime, datetime]
 COPY_COLUMNS = (
     "rollout_id",
@@ -320,29 +321,74 @@ COPY_COLUMNS = (
     "detail",
     "created_at",
     "updated_at",
+    "from_version",
+    "from_release_counter",
 )
+# Devices per lookup query where the database caps bound parameters (SQLite: 999 in older builds).
+LOOKUP_BATCH = 900
+UNKNOWN_SOFTWARE: tuple[str, int | None] = ("", None)
+
+
+def _installed_software(device_ids: list[int]) -> dict[int, tuple[str, int | None]]:
+    """What each device runs now per the inventory: device id -> (installed version, release counter).
+
+    One query on PostgreSQL (an array parameter, however large the wave), batches elsewhere; never one per device.
+    """
+    if not device_ids:
+        return {}
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, installed_version, installed_release_counter FROM {Device._meta.db_table} "
+                "WHERE id = ANY(%s)",
+                [device_ids],
+            )
+            return {pk: (version, counter) for pk, version, counter in cursor.fetchall()}
+    installed: dict[int, tuple[str, int | None]] = {}
+    for offset in range(0, len(device_ids), LOOKUP_BATCH):
+        batch = device_ids[offset : offset + LOOKUP_BATCH]
+        for pk, version, counter in Device.objects.filter(pk__in=batch).values_list(
+            "pk", "installed_version", "installed_release_counter"
+        ):
+            installed[pk] = (version, counter)
+    return installed
 
 
 def insert_deployments(rows: list[DeploymentRow]) -> None:
     """Insert new deployments in bulk: COPY on PostgreSQL (100,000 rows in seconds), bulk_create elsewhere.
 
-    Callers hold the wave or rollout row lock and insert only rows that do not exist yet (no conflicts).
+    Each row also stores what its device runs at this moment (`from_version`, `from_release_counter`), read from
+    the inventory in the same transaction, so the software register shows the exact version the deployment
+    replaced. Callers hold the wave or rollout row lock and insert only rows that do not exist yet (no conflicts).
     """
     now = timezone.now()
+    installed = _installed_software([row[2] for row in rows])
     if connection.vendor == "postgresql":
         table = Deployment._meta.db_table
         with connection.cursor() as cursor:
             with cursor.cursor.copy(f"COPY {table} ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy:
                 for row in rows:
-                    copy.write_row((*row, DeploymentStatus.PENDING, 0, -1, "", "", now, now))
+                    # A device missing here does not exist: the deferred foreign key refuses the row at commit.
+                    version, counter = installed.get(row[2], UNKNOWN_SOFTWARE)
+                    copy.write_row((*row, DeploymentStatus.PENDING, 0, -1, "", "", now, now, version, counter))
         return
-    Deployment.objects.bulk_create(
-        (
-            Deployment(rollout_id=r, wave_id=w, device_id=d, release_id=rel, kind=k, not_before=nb, deadline_at=dl)
-            for r, w, d, rel, k, nb, dl in rows
-        ),
-        batch_size=BULK_BATCH,
-    )
+    deployments = []
+    for rollout_id, wave_id, device_id, release_id, kind, not_before, deadline_at in rows:
+        version, counter = installed.get(device_id, UNKNOWN_SOFTWARE)
+        deployments.append(
+            Deployment(
+                rollout_id=rollout_id,
+                wave_id=wave_id,
+                device_id=device_id,
+                release_id=release_id,
+                kind=kind,
+                not_before=not_before,
+                deadline_at=deadline_at,
+                from_version=version,
+                from_release_counter=counter,
+            )
+        )
+    Deployment.objects.bulk_create(deployments, batch_size=BULK_BATCH)
 
 
 def _expire_deadlines(deployments: Any, now: datetime) -> int:

@@ -79,6 +79,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "device",
+            "from_version",
+            "from_release_counter",
             "release",
             "wave",
             "kind",

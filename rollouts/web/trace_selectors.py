@@ -22,6 +22,8 @@ FAILURE_STATUSES = (DeploymentStatus.FAILED, DeploymentStatus.TIMED_OUT, Deploym
 STAGE_OF_OBJECT = {"change": "Request", "approval": "Approval", "rollout": "Rollout"}
 # Deployments a register lists at most (a vehicle gets a handful of updates a year; this is a safety bound).
 REGISTER_MAX_DEPLOYMENTS = 500
+# Where a deployment's "before" version in the register comes from.
+BEFORE_STORED, BEFORE_FROM_HISTORY, BEFORE_ASSUMED = "stored", "history", "assumed"
 
 
 # --- Trace of one change -----------------------------------------------------------------------------------------
@@ -227,11 +229,24 @@ class RegisterEntry:
     title: str
     version_before: str = ""
     version_after: str = ""
-    before_assumed: bool = False
+    # Release counters, where known exactly (the deployment stored what it replaced, or the release it installed).
+    counter_before: int | None = None
+    counter_after: int | None = None
+    before_source: str = ""  # deployments: "stored" | "history" (derived) | "assumed" (the rollback release)
     deployment: Deployment | None = None
     record: DecisionRecord | None = None
     outcome: str = ""
     detail: str = ""
+
+    @property
+    def before_assumed(self) -> bool:
+        """The "before" version is the change's rollback release, not something the device was known to run."""
+        return self.before_source == BEFORE_ASSUMED
+
+    @property
+    def before_derived(self) -> bool:
+        """The "before" version is derived from the device's history, not stored with the deployment."""
+        return self.before_source == BEFORE_FROM_HISTORY
 
 
 @dataclass
@@ -244,6 +259,8 @@ class VehicleRegister:
     truncated: bool
     rollbacks: int
     device_fallbacks: int
+    derived: int = 0  # deployments whose "before" is derived from history (created before it was stored)
+    assumed: int = 0  # deployments whose "before" is assumed to be the change's rollback release
 
 
 def _device_records(device: Device) -> list[DecisionRecord]:
@@ -299,10 +316,12 @@ def vehicle_register(device: Device) -> VehicleRegister:
     """Every software change of a device, oldest first: inventory events and each deployment with the version
     before and after it.
 
-    Deployments do not store the version they replaced, so it is derived by walking the device's history in
-    time order: the version the inventory set (creation, corrections) or the last deployment that succeeded. When
-    nothing earlier is known (e.g. the device came in by bulk import), the change's rollback release is shown and
-    marked as assumed: a change may only name a rollback release that every target runs when it is filed.
+    A deployment stores what the device ran (inventory version and release counter) when it was created; that
+    exact value is shown. Deployments created before it was stored have none, so for them it is derived by walking
+    the device's history in time order: the version the inventory set (creation, corrections) or the last
+    deployment that succeeded. When nothing earlier is known (e.g. the device came in by bulk import), the change's
+    rollback release is shown and marked as assumed: a change may only name a rollback release that every target
+    runs when it is filed.
     """
     all_deployments = device.deployments.select_related(
         "release", "rollout__rollback_release", "rollout__release", "wave"
@@ -329,23 +348,9 @@ def vehicle_register(device: Device) -> VehicleRegister:
         if what == "success":
             known = deployment.release.version
             continue
-        assumed = known is None
-        before = known if known is not None else _assumed_before(deployment)
-        entry = RegisterEntry(
-            at=at,
-            kind=deployment.kind,
-            title=("Rollback" if deployment.kind == DeploymentKind.ROLLBACK else "Update")
-            + f" to {deployment.release.version}",
-            version_before=before,
-            before_assumed=assumed,
-            deployment=deployment,
-            outcome=deployment.status,
-            detail=deployment.detail,
-        )
-        entry.version_after = _version_after(deployment, before)
+        entry = _deployment_entry(deployment, at, known)
         entries.append(entry)
-        if assumed:
-            known = before
+        known = entry.version_before
     return VehicleRegister(
         device=device,
         entries=entries,
@@ -353,7 +358,37 @@ def vehicle_register(device: Device) -> VehicleRegister:
         truncated=total > len(deployments),
         rollbacks=sum(1 for d in deployments if d.kind == DeploymentKind.ROLLBACK),
         device_fallbacks=sum(1 for d in deployments if d.status == DeploymentStatus.ROLLED_BACK),
+        derived=sum(1 for e in entries if e.before_derived),
+        assumed=sum(1 for e in entries if e.before_assumed),
     )
+
+
+def _deployment_entry(deployment: Deployment, at: datetime, known: str | None) -> RegisterEntry:
+    """The register line of one deployment: the stored "before" when the row has it, else the reconstruction."""
+    if deployment.from_release_counter is not None:  # stored at creation (always with its counter)
+        before, source = deployment.from_version, BEFORE_STORED
+    elif known is not None:
+        before, source = known, BEFORE_FROM_HISTORY
+    else:
+        before, source = _assumed_before(deployment), BEFORE_ASSUMED
+    entry = RegisterEntry(
+        at=at,
+        kind=deployment.kind,
+        title=("Rollback" if deployment.kind == DeploymentKind.ROLLBACK else "Update")
+        + f" to {deployment.release.version}",
+        version_before=before,
+        counter_before=deployment.from_release_counter,
+        before_source=source,
+        deployment=deployment,
+        outcome=deployment.status,
+        detail=deployment.detail,
+    )
+    entry.version_after = _version_after(deployment, before)
+    if deployment.status == DeploymentStatus.SUCCEEDED:
+        entry.counter_after = deployment.release.release_counter
+    elif entry.version_after:
+        entry.counter_after = entry.counter_before
+    return entry
 
 
 def _assumed_before(deployment: Deployment) -> str:

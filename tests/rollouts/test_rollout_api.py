@@ -66,5 +66,7 @@ def test_deployments_list_with_filters(client_for, operator, approved_change, au
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     rows = client_for(auditor).get(f"/api/v1/rollouts/{rollout.pk}/deployments/?wave=0&status=pending").json()
     assert rows["count"] == 2 and rows["results"][0]["kind"] == "update"
+    # What each device ran when the deployment was created: the software register's "before".
+    assert {(r["from_version"], r["from_release_counter"]) for r in rows["results"]} == {("1.0.0", 1)}
     bad = client_for(auditor).get(f"/api/v1/rollouts/{rollout.pk}/deployments/?status=exploded")
     assert bad.status_code == 400

@@ -11,8 +11,11 @@ from approvals.models import DecisionRecord
 from devices import services as device_services
 from devices.models import Device
 from ota_project.roles import Role
-from rollouts.choices import DeploymentStatus
+from rollouts import rollout_services as steps
+from rollouts.choices import DeploymentStatus, RolloutStatus
+from rollouts.models import Deployment
 from tests.factories import DeviceFactory
+from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
 
@@ -159,11 +162,71 @@ def test_register_shows_versions_before_and_after_each_update_and_the_rollback(r
         ("update", "1.0.0", "1.1.0", DeploymentStatus.SUCCEEDED),
         ("rollback", "1.1.0", "1.0.0", DeploymentStatus.SUCCEEDED),
     ]
-    assert deployments[0].before_assumed and not deployments[1].before_assumed
-    assert (register.deployments_total, register.rollbacks) == (2, 1)
+    # Both "before" versions are the ones stored when the deployments were created, with their counters.
+    assert [(e.before_source, e.counter_before, e.counter_after) for e in deployments] == [
+        ("stored", 1, 2),
+        ("stored", 2, 1),
+    ]
+    assert (register.deployments_total, register.rollbacks, register.derived, register.assumed) == (2, 1, 0, 0)
     body = response.content.decode()
     assert _trace_url(rolled_back["change"]) in body
     assert "badge-rolled_back" in body
+    assert '1.0.0 <span class="muted">(#1)</span>' in body and '1.1.0 <span class="muted">(#2)</span>' in body
+    assert "assumed-note" not in body and "derived-note" not in body
+
+
+def test_register_shows_the_stored_version_not_a_reconstruction(approved_change, operator, auditor, settings):
+    settings.TEMPORAL_ENABLED = False
+    rollout = steps.rollout_start(actor=operator, change=approved_change)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    pilot = Device.objects.filter(tags__name="pilot").order_by("serial").first()
+    # The unit was re-flashed to a hotfix outside any deployment; the inventory knows, its history does not.
+    Device.objects.filter(pk=pilot.pk).update(installed_version="1.0.1", installed_release_counter=1)
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    response = _client(auditor).get(_register_url(pilot.serial))
+    (entry,) = response.context["register"].entries
+    assert (entry.title, entry.version_before, entry.counter_before, entry.before_source) == (
+        "Update to 1.1.0",
+        "1.0.1",
+        1,
+        "stored",
+    )
+    assert entry.version_after == "" and entry.outcome == DeploymentStatus.PENDING
+    body = response.content.decode()
+    assert '1.0.1 <span class="muted">(#1)</span>' in body
+    assert "in progress" in body and "assumed-note" not in body
+
+
+def test_register_falls_back_to_the_assumed_version_for_an_old_row(rolled_out, auditor):
+    failed = rolled_out["failed"]
+    # A deployment created before deployments stored what they replaced.
+    Deployment.objects.filter(pk=failed.pk).update(from_version="", from_release_counter=None)
+    response = _client(auditor).get(_register_url(failed.device.serial))
+    register = response.context["register"]
+    (entry,) = [e for e in register.entries if e.deployment is not None]
+    assert (entry.version_before, entry.version_after, entry.before_source) == ("1.0.0", "1.0.0", "assumed")
+    assert (entry.counter_before, entry.counter_after) == (None, None)
+    assert (register.assumed, register.derived) == (1, 0)
+    body = response.content.decode()
+    assert 'href="#assumed-note" aria-label="assumed, see note"' in body
+    assert 'id="assumed-note"' in body and "assumed to be the change's rollback release" in body
+
+
+def test_register_mixes_old_rows_from_history_with_stored_ones(rolled_back, auditor):
+    device = rolled_back["succeeded"].device
+    # The update row predates stored versions; the rollback row has its own.
+    Deployment.objects.filter(pk=rolled_back["succeeded"].pk).update(from_version="", from_release_counter=None)
+    register = _client(auditor).get(_register_url(device.serial)).context["register"]
+    update, rollback = [e for e in register.entries if e.deployment is not None]
+    assert (update.version_before, update.before_source) == ("1.0.0", "assumed")
+    assert (rollback.version_before, rollback.counter_before, rollback.before_source) == ("1.1.0", 2, "stored")
+    # Both old: the rollback's "before" is derived from the update that succeeded before it.
+    Deployment.objects.filter(pk=rolled_back["rollback"].pk).update(from_version="", from_release_counter=None)
+    response = _client(auditor).get(_register_url(device.serial))
+    update, rollback = [e for e in response.context["register"].entries if e.deployment is not None]
+    assert (update.before_source, rollback.version_before, rollback.before_source) == ("assumed", "1.1.0", "history")
+    body = response.content.decode()
+    assert 'id="derived-note"' in body and 'id="assumed-note"' in body
 
 
 def test_register_shows_a_failed_update_left_the_version_unchanged(rolled_out, operator):
