@@ -158,7 +158,7 @@ def _window_errors(windows: Any) -> list[str]:
     return []
 
 
-def _parse_utc(value: Any) -> datetime | None:
+def parse_utc(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
@@ -174,7 +174,7 @@ def _blackout_errors(blackouts: Any) -> list[str]:
     for span in blackouts:
         if not isinstance(span, dict) or set(span) - {"start", "end", "reason"}:
             return ['Each blackout is {"start", "end", "reason"}.']
-        start, end = _parse_utc(span.get("start")), _parse_utc(span.get("end"))
+        start, end = parse_utc(span.get("start")), parse_utc(span.get("end"))
         if start is None or end is None or end <= start:
             return ["Blackout start and end are ISO times with a zone, end after start."]
     return []

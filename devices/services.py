@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Model, Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -38,6 +38,7 @@ from devices.validators import (
 from ota_project.errors import Conflict, InvalidInput
 
 Actor = AbstractBaseUser | None
+ModelT = TypeVar("ModelT", bound=Model)
 
 # PositiveIntegerField is a 32-bit signed column on PostgreSQL.
 MAX_RELEASE_COUNTER = 2**31 - 1
@@ -174,16 +175,17 @@ def _whole_number_check(low: int, high: int) -> Callable[[Any], None]:
 # Budgets are counts per window or streams at once; 0 means "no limit", None "the global default".
 MAX_BUDGET = 10_000_000
 
-REGION_CHECKS: dict[str, Callable[[Any], None]] = {
-    "code": _slug_check(32),
-    "name": _text_check(100),
-    "time_zone": validate_time_zone,
-}
-REGION_LOAD_CHECKS: dict[str, Callable[[Any], None]] = {
+# What may change after creation (RegionChanges): the name and the device load budget.
+REGION_CHANGE_CHECKS: dict[str, Callable[[Any], None]] = {
     "name": _text_check(100),
     "poll_interval_seconds": _optional(_whole_number_check(MIN_POLL_SECONDS, MAX_POLL_SECONDS)),
     "max_checkins_per_window": _optional(_whole_number_check(0, MAX_BUDGET)),
     "max_concurrent_downloads": _optional(_whole_number_check(0, MAX_BUDGET)),
+}
+REGION_CHECKS: dict[str, Callable[[Any], None]] = {
+    "code": _slug_check(32),
+    "time_zone": validate_time_zone,
+    **REGION_CHANGE_CHECKS,
 }
 
 DEVICE_CHECKS: dict[str, Callable[[Any], None]] = {
@@ -336,14 +338,7 @@ def hardware_model_create(
         errors["name"] = ["A hardware model with this name already exists."]
     _raise_if(errors, "The hardware model is invalid.")
     hardware_model = HardwareModel(**values)
-    try:
-        with transaction.atomic():
-            hardware_model.save(force_insert=True)
-    except IntegrityError:
-        raise InvalidInput(
-            "A hardware model with this name already exists.",
-            fields={"name": ["A hardware model with this name already exists."]},
-        ) from None
+    _insert_unique(hardware_model, field="name", message="A hardware model with this name already exists.")
     record_decision(
         actor=actor,
         action="devices.hardware_model.create",
@@ -363,26 +358,65 @@ def hardware_model_update(
     values = dict(changes)
     errors = field_errors(values, {k: v for k, v in HARDWARE_MODEL_CHECKS.items() if k != "name"})
     _raise_if(errors, "The hardware model change is invalid.")
-    # Lock the row so "before" is what this change replaces, even if the caller's instance was already modified.
-    current = HardwareModel.objects.select_for_update().get(pk=hardware_model.pk)
-    before = _hardware_model_snapshot(current)
+    _update_recorded(
+        actor=actor,
+        instance=hardware_model,
+        values=values,
+        snapshot=_hardware_model_snapshot,
+        action="devices.hardware_model.update",
+        object_type="hardware_model",
+        object_id=hardware_model.name,  # immutable
+        reason=reason,
+    )
+    return hardware_model
+
+
+REGION_CODE_TAKEN = "A region with this code already exists."
+
+
+def _insert_unique(instance: Model, *, field: str, message: str) -> None:
+    """Insert the row; a concurrent insert of the same key (after the check that saw none) is reported as input."""
+    try:
+        with transaction.atomic():
+            instance.save(force_insert=True)
+    except IntegrityError:
+        raise InvalidInput(message, fields={field: [message]}) from None
+
+
+def _update_recorded(
+    *,
+    actor: Actor,
+    instance: ModelT,
+    values: Mapping[str, Any],
+    snapshot: Callable[[ModelT], dict[str, Any]],
+    action: str,
+    object_type: str,
+    object_id: str,
+    reason: str,
+) -> None:
+    """Apply validated `values` to the locked row, save it and record only what changed (before and after).
+
+    The row is locked so "before" is what this change replaces, even if the caller's instance was already modified;
+    the caller's instance is brought up to date afterwards.
+    """
+    current = type(instance)._default_manager.select_for_update().get(pk=instance.pk)
+    before = snapshot(current)
     for key, value in values.items():
         setattr(current, key, value)
-    before, after = _changed(before, _hardware_model_snapshot(current))
+    before, after = _changed(before, snapshot(current))
     if after:
         current.save(update_fields=list(after))
         record_decision(
             actor=actor,
-            action="devices.hardware_model.update",
-            object_type="hardware_model",
-            object_id=current.name,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
             before=before,
             after=after,
             reason=reason,
         )
-    for key in _hardware_model_snapshot(current):
-        setattr(hardware_model, key, getattr(current, key))
-    return hardware_model
+    for key in snapshot(current):
+        setattr(instance, key, getattr(current, key))
 
 
 @transaction.atomic
@@ -407,18 +441,12 @@ def region_create(
         "max_concurrent_downloads": max_concurrent_downloads,
     }
     values.update({key: value for key, value in budget.items() if value is not None})
-    errors = field_errors(values, {**REGION_CHECKS, **REGION_LOAD_CHECKS})
+    errors = field_errors(values, REGION_CHECKS)
     if "code" not in errors and Region.objects.filter(code=code).exists():
-        errors["code"] = ["A region with this code already exists."]
+        errors["code"] = [REGION_CODE_TAKEN]
     _raise_if(errors, "The region is invalid.")
     region = Region(**values)
-    try:
-        with transaction.atomic():
-            region.save(force_insert=True)
-    except IntegrityError:
-        raise InvalidInput(
-            "A region with this code already exists.", fields={"code": ["A region with this code already exists."]}
-        ) from None
+    _insert_unique(region, field="code", message=REGION_CODE_TAKEN)
     record_decision(
         actor=actor, action="devices.region.create", object_type="region", object_id=region.code, after=values
     )
@@ -443,26 +471,17 @@ def region_update(*, actor: Actor, region: Region, changes: RegionChanges, reaso
     """
     reason = _clean_reason(reason)
     values = dict(changes)
-    errors = field_errors(values, REGION_LOAD_CHECKS)
-    _raise_if(errors, "The region change is invalid.")
-    current = Region.objects.select_for_update().get(pk=region.pk)
-    before = _region_snapshot(current)
-    for key, value in values.items():
-        setattr(current, key, value)
-    before, after = _changed(before, _region_snapshot(current))
-    if after:
-        current.save(update_fields=list(after))
-        record_decision(
-            actor=actor,
-            action="devices.region.update",
-            object_type="region",
-            object_id=current.code,
-            before=before,
-            after=after,
-            reason=reason,
-        )
-    for key in _region_snapshot(current):
-        setattr(region, key, getattr(current, key))
+    _raise_if(field_errors(values, REGION_CHANGE_CHECKS), "The region change is invalid.")
+    _update_recorded(
+        actor=actor,
+        instance=region,
+        values=values,
+        snapshot=_region_snapshot,
+        action="devices.region.update",
+        object_type="region",
+        object_id=region.code,
+        reason=reason,
+    )
     return region
 
 

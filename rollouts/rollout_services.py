@@ -400,7 +400,8 @@ def _expire_deadlines(deployments: Any, now: datetime) -> int:
     return expired
 
 
-def _health(deployments: Any) -> WaveHealth:
+def deployment_health(deployments: Any) -> WaveHealth:
+    """Count deployments per outcome in one aggregate query (the gates' evidence; read-only)."""
     counts = dict(deployments.order_by().values_list("status").annotate(n=Count("id")))
     return WaveHealth(
         total=sum(counts.values()),
@@ -454,7 +455,7 @@ def wave_health(*, rollout_id: int, wave_index: int) -> WaveHealth:
     wave = _wave(rollout_id, wave_index)
     deployments = wave.deployments.filter(kind=DeploymentKind.UPDATE)
     _expire_deadlines(deployments, timezone.now())
-    health = _health(deployments)
+    health = deployment_health(deployments)
     Wave.objects.filter(pk=wave.pk).update(health=_health_json(health))
     Rollout.objects.filter(pk=rollout_id).update(last_health=_health_json(health))
     _health_sample(rollout_id, wave_index, HealthSample.Kind.WAVE, health)
@@ -569,7 +570,7 @@ def rollback_health(*, rollout_id: int) -> WaveHealth:
     """Expire missed rollback deadlines, then count the rollback deployments."""
     deployments = Deployment.objects.filter(rollout_id=rollout_id, kind=DeploymentKind.ROLLBACK)
     _expire_deadlines(deployments, timezone.now())
-    health = _health(deployments)
+    health = deployment_health(deployments)
     wave_index = Rollout.objects.filter(pk=rollout_id).values_list("current_wave", flat=True).first() or 0
     _health_sample(rollout_id, wave_index, HealthSample.Kind.ROLLBACK, health)
     return health

@@ -20,7 +20,10 @@ from approvals.choices import (
     ChangeType,
 )
 from approvals.models import Approval, ChangeRequest, DecisionRecord, RiskQuestion
-from approvals.plans import plan_normalize
+from approvals.plans import (
+    parse_utc,  # the plan's own reading of blackout times
+    plan_normalize,
+)
 from approvals.policy import ROLE_LABELS
 from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
@@ -156,16 +159,6 @@ class ChangeConflicts:
         return bool(self.changes or self.blackouts)
 
 
-def _parse(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else None
-
-
 def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
     """Scheduled or implementing changes that target some of the same devices, and the plan's blackout windows
     that overlap the requested window (the rollout will wait them out)."""
@@ -182,7 +175,7 @@ def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
             overlapping.append(OverlappingChange(other, shared, window))
     blackouts = []
     for span in change.rollout_plan.get("blackout_windows", []):
-        start, end = _parse(span.get("start")), _parse(span.get("end"))
+        start, end = parse_utc(span.get("start")), parse_utc(span.get("end"))
         if start and end and start < change.requested_window_end and change.requested_window_start < end:
             blackouts.append(BlackoutConflict(start, end, str(span.get("reason", ""))))
     return ChangeConflicts(overlapping, blackouts)

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -44,6 +45,30 @@ DECISION_DONE = {
     ApprovalDecision.APPROVED: "You approved revision {revision}.",
     ApprovalDecision.REJECTED: "You rejected the change.",
     ApprovalDecision.CHANGES_REQUESTED: "You sent the change back to its author.",
+}
+
+# The change page's one-field forms, each running one service on the change: form prefix ->
+# (form, service, the field passed on to it, the message on success formatted with the service's `result`).
+FORM_ACTIONS: dict[str, tuple[type[Form], Callable[..., ChangeRequest], str, str]] = {
+    "cancel": (f.ReasonForm, services.change_cancel, "reason", "The change is cancelled."),
+    "schedule": (
+        f.ScheduleForm,
+        services.change_schedule,
+        "start",
+        "Scheduled to start at {result.scheduled_start:%Y-%m-%d %H:%M:%S} UTC.",
+    ),
+    "retrospective": (
+        f.CommentForm,
+        services.change_retrospective_complete,
+        "comment",
+        "The retrospective review is recorded.",
+    ),
+    "post_review": (
+        f.CommentForm,
+        services.change_post_implementation_review,
+        "comment",
+        "The post-implementation review is recorded.",
+    ),
 }
 
 
@@ -98,11 +123,9 @@ def _render_detail(
 ) -> HttpResponse:
     page = change_page(request.user, change)
     defaults = {
+        **{f"{prefix}_form": form_class(prefix=prefix) for prefix, (form_class, *_) in FORM_ACTIONS.items()},
         "decision_form": f.DecisionForm(initial={"revision": change.revision}),
-        "cancel_form": f.ReasonForm(prefix="cancel"),
         "schedule_form": f.ScheduleForm(prefix="schedule", initial={"start": change.requested_window_start}),
-        "retrospective_form": f.CommentForm(prefix="retrospective"),
-        "post_review_form": f.CommentForm(prefix="post_review"),
         "evidence_form": f.EvidenceForm(),
     }
     defaults.update(forms)
@@ -195,66 +218,46 @@ def submit(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(_detail_url(change))
 
 
-@require_POST
-@role_required(Role.REQUESTER, Role.CAB_MEMBER)
-def cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    """Withdraw a change with a reason (change_cancel)."""
+def _form_action(request: HttpRequest, pk: int, prefix: str) -> HttpResponse:
+    """Run the FORM_ACTIONS service named by `prefix` with the posted form's one field, through `_act`."""
+    form_class, service, field_name, done = FORM_ACTIONS[prefix]
     change = change_get_for_user(request.user, pk)
     return _act(
         request,
         change,
-        "cancel_form",
-        f.ReasonForm(request.POST, prefix="cancel"),
-        lambda data: services.change_cancel(actor=request.user, change=change, reason=data["reason"]),
-        lambda _: "The change is cancelled.",
+        f"{prefix}_form",
+        form_class(request.POST, prefix=prefix),
+        lambda data: service(actor=request.user, change=change, **{field_name: data[field_name]}),
+        lambda result: done.format(result=result),
     )
+
+
+@require_POST
+@role_required(Role.REQUESTER, Role.CAB_MEMBER)
+def cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    """Withdraw a change with a reason (change_cancel)."""
+    return _form_action(request, pk, "cancel")
 
 
 @require_POST
 @role_required(Role.OPERATOR)
 def schedule(request: HttpRequest, pk: int) -> HttpResponse:
     """Schedule an approved change inside its requested window (change_schedule)."""
-    change = change_get_for_user(request.user, pk)
-    return _act(
-        request,
-        change,
-        "schedule_form",
-        f.ScheduleForm(request.POST, prefix="schedule"),
-        lambda data: services.change_schedule(actor=request.user, change=change, start=data["start"]),
-        lambda result: f"Scheduled to start at {result.scheduled_start:%Y-%m-%d %H:%M:%S} UTC.",
-    )
+    return _form_action(request, pk, "schedule")
 
 
 @require_POST
 @role_required(Role.CAB_MEMBER, Role.SECURITY_OFFICER)
 def retrospective(request: HttpRequest, pk: int) -> HttpResponse:
     """Record the retrospective review an approved emergency change owes (change_retrospective_complete)."""
-    change = change_get_for_user(request.user, pk)
-    return _act(
-        request,
-        change,
-        "retrospective_form",
-        f.CommentForm(request.POST, prefix="retrospective"),
-        lambda data: services.change_retrospective_complete(actor=request.user, change=change, comment=data["comment"]),
-        lambda _: "The retrospective review is recorded.",
-    )
+    return _form_action(request, pk, "retrospective")
 
 
 @require_POST
 @role_required(Role.CAB_MEMBER, Role.SECURITY_OFFICER)
 def post_review(request: HttpRequest, pk: int) -> HttpResponse:
     """Record the post-implementation review of a finished change (change_post_implementation_review)."""
-    change = change_get_for_user(request.user, pk)
-    return _act(
-        request,
-        change,
-        "post_review_form",
-        f.CommentForm(request.POST, prefix="post_review"),
-        lambda data: services.change_post_implementation_review(
-            actor=request.user, change=change, comment=data["comment"]
-        ),
-        lambda _: "The post-implementation review is recorded.",
-    )
+    return _form_action(request, pk, "post_review")
 
 
 @require_POST

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
+from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -27,7 +27,6 @@ from devices.scope import scope_devices
 from ota_project.roles import Role, roles_of
 from rollouts.choices import (
     DEPLOYMENT_FAILURES,
-    DEPLOYMENT_IN_PROGRESS,
     ROLLOUT_ACTIVE,
     ROLLOUT_TERMINAL,
     DeploymentKind,
@@ -36,8 +35,10 @@ from rollouts.choices import (
 )
 from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout
+from rollouts.rollout_services import deployment_health
+from rollouts.web.trace_selectors import records_about
 from workflows import policy
-from workflows.types import Gate
+from workflows.types import Gate, Verdict, WaveHealth, WavePlan
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def rollout_page_get(pk: int) -> Rollout:
 
 @dataclass
 class WaveView:
-    """One wave: plan, live deployment counts and its health figures next to their thresholds."""
+    """One wave: plan, live deployment counts (as its gate reads them) and its health next to the thresholds."""
 
     index: int
     name: str
@@ -168,50 +169,18 @@ class WaveView:
     started_at: datetime | None
     verdict_at: datetime | None
     plan: dict[str, Any]
-    counts: dict[str, int]
+    health: WaveHealth
     is_current: bool
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def succeeded(self) -> int:
-        return self.counts.get(DeploymentStatus.SUCCEEDED, 0)
-
-    @property
-    def failures(self) -> int:
-        return sum(self.counts.get(s, 0) for s in DEPLOYMENT_FAILURES)
-
-    @property
-    def timed_out(self) -> int:
-        return self.counts.get(DeploymentStatus.TIMED_OUT, 0)
-
-    @property
-    def in_progress(self) -> int:
-        return sum(self.counts.get(s, 0) for s in DEPLOYMENT_IN_PROGRESS)
-
-    @property
-    def pending(self) -> int:
-        return self.counts.get(DeploymentStatus.PENDING, 0)
-
-    @property
-    def cancelled(self) -> int:
-        return self.counts.get(DeploymentStatus.CANCELLED, 0) + self.counts.get(DeploymentStatus.SKIPPED, 0)
-
-    @property
-    def finished(self) -> int:
-        return self.succeeded + self.failures
 
     @property
     def failure_rate(self) -> float | None:
         """failures / finished, as the gate computes it (None before any device finished)."""
-        return self.failures / self.finished if self.finished else None
+        return self.health.failures / self.health.finished if self.health.finished else None
 
     @property
     def success_share(self) -> float | None:
         """succeeded / assigned, as the gate computes it for promotion."""
-        return self.succeeded / self.total if self.total else None
+        return self.health.succeeded / self.health.total if self.health.total else None
 
     @property
     def failure_threshold(self) -> float:
@@ -243,13 +212,20 @@ class WaveView:
 
     @property
     def over_failure_threshold(self) -> bool:
-        sample = max(1, min(self.min_sample, self.total)) if self.total else 1
-        rate = self.failure_rate
-        return rate is not None and self.finished >= sample and rate >= self.failure_threshold - 1e-9
+        """Whether the gate halts the wave on these counts (the FAIL rule of workflows.policy.wave_verdict)."""
+        gate_plan = WavePlan(
+            name=self.name,
+            soak_seconds=int(self.plan.get("soak_seconds", 0)),
+            min_sample=self.min_sample,
+            success_threshold=self.success_threshold,
+            failure_threshold=self.failure_threshold,
+            promotion=str(self.plan.get("promotion", "")),
+        )
+        return policy.wave_verdict(self.health, gate_plan, soak_done=False) == Verdict.FAIL
 
     @property
     def sample_reached(self) -> bool:
-        return self.finished >= self.min_sample
+        return self.health.finished >= self.min_sample
 
     @property
     def meets_success_threshold(self) -> bool:
@@ -257,22 +233,8 @@ class WaveView:
         return share is not None and share >= self.success_threshold - 1e-9
 
 
-def _counts_by(rollout: Rollout, kind: str) -> dict[int, dict[str, int]]:
-    rows = (
-        Deployment.objects.filter(rollout=rollout, kind=kind)
-        .order_by()
-        .values_list("wave__index", "status")
-        .annotate(n=Count("pk"))
-    )
-    counts: dict[int, dict[str, int]] = {}
-    for wave_index, status, n in rows:
-        counts.setdefault(wave_index, {})[status] = n
-    return counts
-
-
 def wave_views(rollout: Rollout) -> list[WaveView]:
-    """Every wave of the rollout with live counts of its update deployments per status."""
-    counts = _counts_by(rollout, DeploymentKind.UPDATE)
+    """Every wave of the rollout with live counts of its update deployments, grouped as the gate groups them."""
     plan_waves = rollout.plan.get("waves", [])
     return [
         WaveView(
@@ -284,7 +246,8 @@ def wave_views(rollout: Rollout) -> list[WaveView]:
             started_at=wave.started_at,
             verdict_at=wave.verdict_at,
             plan=plan_waves[wave.index] if wave.index < len(plan_waves) else {},
-            counts=counts.get(wave.index, {}),
+            # Read-only: unlike rollout_services.wave_health this expires no deadline and writes nothing.
+            health=deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE)),
             is_current=wave.index == rollout.current_wave,
         )
         for wave in rollout.waves.order_by("index")
@@ -399,8 +362,8 @@ def runbook_steps(rollout: Rollout, waves: list[WaveView], failures: list[Failur
         ]
     if rollout.status == RolloutStatus.AWAITING_PROMOTION and rollout.gate == Gate.INCONCLUSIVE:
         sample = wave.min_sample if wave else 0
-        finished = wave.finished if wave else 0
-        timed_out = wave.timed_out if wave else 0
+        finished = wave.health.finished if wave else 0
+        timed_out = wave.health.timed_out if wave else 0
         return [
             f"Wave {name} is held: {finished} of the {sample} devices it needs finished, or too few succeeded "
             "while none failed hard. It is never promoted automatically.",
@@ -448,12 +411,7 @@ class TimelineEntry:
 
 def rollout_timeline(rollout: Rollout, limit: int = TIMELINE_ROWS) -> list[TimelineEntry]:
     """Decision records of the rollout and of its change (and the change's approvals), newest first."""
-    approval_ids = [str(pk) for pk in rollout.change.approvals.values_list("pk", flat=True)]
-    records = DecisionRecord.objects.filter(
-        Q(object_type="rollout", object_id=str(rollout.pk))
-        | Q(object_type="change", object_id=str(rollout.change_id))
-        | Q(object_type="approval", object_id__in=approval_ids)
-    ).order_by("-seq")[:limit]
+    records = records_about(rollout.change, rollout).order_by("-seq")[:limit]
     return [TimelineEntry(record, record.object_type) for record in records]
 
 

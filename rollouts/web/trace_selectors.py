@@ -6,7 +6,7 @@ deployments, and the decision records about each of them. Nothing here decides a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -15,11 +15,12 @@ from django.db.models import Count, Q, QuerySet
 from approvals.models import Approval, ChangeRequest, DecisionRecord, RiskQuestion
 from approvals.selectors import change_plan_hash, change_release_sha256, valid_approvals
 from devices.models import Device
-from rollouts.choices import DeploymentKind, DeploymentStatus
+from rollouts.choices import DEPLOYMENT_FAILURES, DeploymentKind, DeploymentStatus
 from rollouts.models import Deployment, Rollout, Wave
+from workflows.types import WaveHealth
 
-FAILURE_STATUSES = (DeploymentStatus.FAILED, DeploymentStatus.TIMED_OUT, DeploymentStatus.ROLLED_BACK)
 STAGE_OF_OBJECT = {"change": "Request", "approval": "Approval", "rollout": "Rollout"}
+WAVE_HEALTH_FIELDS = tuple(spec.name for spec in fields(WaveHealth))
 # Deployments a register lists at most (a vehicle gets a handful of updates a year; this is a safety bound).
 REGISTER_MAX_DEPLOYMENTS = 500
 # Where a deployment's "before" version in the register comes from.
@@ -29,13 +30,13 @@ BEFORE_STORED, BEFORE_FROM_HISTORY, BEFORE_ASSUMED = "stored", "history", "assum
 # --- Trace of one change -----------------------------------------------------------------------------------------
 
 
-def change_records(change: ChangeRequest, rollout: Rollout | None) -> list[DecisionRecord]:
-    """Every decision record about the change, its approvals and its rollout, in chain (= time) order."""
+def records_about(change: ChangeRequest, rollout: Rollout | None) -> QuerySet[DecisionRecord]:
+    """Every decision record about the change, its approvals and (if started) its rollout; unordered."""
     approval_ids = [str(pk) for pk in change.approvals.values_list("pk", flat=True)]
     about = Q(object_type="change", object_id=str(change.pk)) | Q(object_type="approval", object_id__in=approval_ids)
     if rollout is not None:
         about |= Q(object_type="rollout", object_id=str(rollout.pk))
-    return list(DecisionRecord.objects.filter(about).order_by("seq"))
+    return DecisionRecord.objects.filter(about)
 
 
 @dataclass(frozen=True)
@@ -103,16 +104,16 @@ def _share(part: int, whole: int) -> float | None:
 
 def _wave_step(wave: Wave, plan_waves: list[dict[str, Any]], records: list[DecisionRecord]) -> WaveStep:
     health = dict(wave.health or {})
-    failures = sum(health.get(key, 0) for key in ("failed", "timed_out", "rolled_back"))
-    finished = health.get("succeeded", 0) + failures
+    # The counts the workflow last judged the wave on, read the way its gate reads them.
+    judged = WaveHealth(**{key: health[key] for key in WAVE_HEALTH_FIELDS if isinstance(health.get(key), int)})
     return WaveStep(
         wave=wave,
         plan=plan_waves[wave.index] if wave.index < len(plan_waves) else {},
         health=health,
-        failures=failures,
-        finished=finished,
-        success_share=_share(health.get("succeeded", 0), health.get("total", 0)),
-        failure_share=_share(failures, finished),
+        failures=judged.failures,
+        finished=judged.finished,
+        success_share=_share(judged.succeeded, judged.total),
+        failure_share=_share(judged.failures, judged.finished),
         records=[r for r in records if isinstance(r.after, dict) and r.after.get("wave") == wave.index],
     )
 
@@ -133,7 +134,7 @@ def change_rollout(change: ChangeRequest) -> Rollout | None:
 def change_trace(change: ChangeRequest) -> ChangeTrace:
     """Assemble the trace of one change from its rows and its decision records."""
     rollout = change_rollout(change)
-    records = change_records(change, rollout)
+    records = list(records_about(change, rollout).order_by("seq"))  # chain (= time) order
     by_approval = {r.object_id: r for r in records if r.object_type == "approval"}
     counting = set(valid_approvals(change).values_list("pk", flat=True))
     release_sha256, plan_hash = change_release_sha256(change), change_plan_hash(change)
@@ -402,6 +403,6 @@ def _version_after(deployment: Deployment, before: str) -> str:
     """What the device runs after the deployment: the release once succeeded, unchanged after a failure."""
     if deployment.status == DeploymentStatus.SUCCEEDED:
         return deployment.release.version
-    if deployment.status in (*FAILURE_STATUSES, DeploymentStatus.CANCELLED, DeploymentStatus.SKIPPED):
+    if deployment.status in (*DEPLOYMENT_FAILURES, DeploymentStatus.CANCELLED, DeploymentStatus.SKIPPED):
         return before
     return ""

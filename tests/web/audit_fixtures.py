@@ -1,4 +1,4 @@
-"""Fixtures of the fleet, audit and trace page tests: a change rolled out to its pilot wave, a role-less user."""
+"""Fixtures of the page tests: a change rolled out to its pilot wave (and rolled back), a role-less user, no Temporal."""
 
 from __future__ import annotations
 
@@ -8,28 +8,25 @@ import pytest
 
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
-from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment
+from tests.fleet_driver import HAPPY, play
 from workflows.types import PhaseChange
 
-HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
 
-
-def drive(deployment: Deployment, *statuses: str, failure_class: str = "") -> Deployment:
+def drive(deployment: Deployment, *statuses: str) -> Deployment:
     """Offer the deployment to its device, then report these statuses as the device would (device services)."""
     offered = deployment_offer(device=deployment.device)
     assert offered is not None and offered.pk == deployment.pk
-    deployment = offered
-    for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
-        extra: dict[str, Any] = {}
-        if status == "succeeded":
-            extra = {"booted_version": deployment.release.version, "health_passed": True}
-        elif status in ("failed", "rolled_back"):
-            extra = {"failure_class": failure_class or "boot"}
-        deployment = deployment_report(
-            device=deployment.device, deployment_id=deployment.pk, report=Report(seq, status, **extra)
-        )
-    return deployment
+    play(offered, statuses)
+    offered.refresh_from_db()
+    return offered
+
+
+@pytest.fixture
+def no_temporal(settings) -> None:
+    """Pages and services run without a workflow engine (rollout steps are played through the services)."""
+    settings.TEMPORAL_ENABLED = False
 
 
 @pytest.fixture
@@ -39,16 +36,15 @@ def nobody(make_user):
 
 
 @pytest.fixture
-def rolled_out(approved_change, operator, settings) -> dict[str, Any]:
+def rolled_out(approved_change, operator, no_temporal) -> dict[str, Any]:
     """The approved change started by an operator, its pilot wave assigned: one device succeeded, one failed,
     and the workflow halted the rollout."""
-    settings.TEMPORAL_ENABLED = False
     rollout = steps.rollout_start(actor=operator, change=approved_change)
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     first, second = Deployment.objects.filter(rollout=rollout).select_related("device", "release").order_by("id")
     succeeded = drive(first, *HAPPY)
-    failed = drive(second, "downloading", "installing", "failed", failure_class="boot")
+    failed = drive(second, "downloading", "installing", "failed")
     assert succeeded.status == DeploymentStatus.SUCCEEDED and failed.status == DeploymentStatus.FAILED
     steps.wave_health(rollout_id=rollout.pk, wave_index=0)
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="pilot failure rate 50% over the 5% threshold")

@@ -7,7 +7,6 @@ import zipfile
 from datetime import timedelta
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -15,6 +14,7 @@ from approvals.audit import audit_bundle_verify
 from approvals.models import DecisionRecord
 from ota_project.roles import Role
 from tests.approvals.chain import append_records, tamper
+from tests.web.helpers import page_client
 
 pytestmark = pytest.mark.django_db
 
@@ -22,13 +22,6 @@ RECORDS = reverse("web-audit:records")
 VERIFY = reverse("web-audit:verify")
 AUDIT_ROLES = (Role.AUDITOR, Role.SECURITY_OFFICER)
 OTHER_ROLES = [role for role in Role.values if role not in AUDIT_ROLES]
-
-
-def _client(user=None) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
 
 
 def _seqs(response) -> list[int]:
@@ -49,9 +42,9 @@ def chain(db):
 
 def test_anonymous_is_sent_to_sign_in(chain):
     for response in (
-        _client().get(RECORDS),
-        _client().post(VERIFY),
-        _client().get(reverse("web-audit:record", args=[1])),
+        page_client().get(RECORDS),
+        page_client().post(VERIFY),
+        page_client().get(reverse("web-audit:record", args=[1])),
     ):
         assert response.status_code == 302
         assert response["Location"].startswith("/login/?next=")
@@ -59,7 +52,7 @@ def test_anonymous_is_sent_to_sign_in(chain):
 
 @pytest.mark.parametrize("role", OTHER_ROLES)
 def test_other_roles_get_403(chain, make_user, role):
-    client = _client(make_user(role))
+    client = page_client(make_user(role))
     response = client.get(RECORDS)
     assert response.status_code == 403
     assert "Auditor (read-only) or Security officer role" in response.content.decode()
@@ -68,12 +61,12 @@ def test_other_roles_get_403(chain, make_user, role):
 
 
 def test_user_without_a_role_gets_403(chain, nobody):
-    assert _client(nobody).get(RECORDS).status_code == 403
+    assert page_client(nobody).get(RECORDS).status_code == 403
 
 
 @pytest.mark.parametrize("role", AUDIT_ROLES)
 def test_auditors_and_security_officers_read_the_record(chain, make_user, role):
-    response = _client(make_user(role)).get(RECORDS)
+    response = page_client(make_user(role)).get(RECORDS)
     assert response.status_code == 200
     assert _seqs(response) == list(range(8, 0, -1))  # newest first
     body = response.content.decode()
@@ -86,7 +79,7 @@ def test_auditors_and_security_officers_read_the_record(chain, make_user, role):
 
 
 def test_filter_by_action_object_and_actor(chain, auditor):
-    client = _client(auditor)
+    client = page_client(auditor)
     assert _seqs(client.get(RECORDS, {"action": "approval.approved"})) == [5, 4]
     assert _seqs(client.get(RECORDS, {"object_type": "device", "object_id": "1"})) == [7]
     assert _seqs(client.get(RECORDS, {"actor": "system:system"})) == list(range(8, 0, -1))
@@ -102,14 +95,14 @@ def test_filter_by_date_range(chain, auditor):
         [timezone.now() - timedelta(days=10), old.seq],
     )
     today = timezone.now().date()
-    client = _client(auditor)
+    client = page_client(auditor)
     assert _seqs(client.get(RECORDS, {"date_from": today.isoformat()})) == list(range(8, 1, -1))
     earlier = (today - timedelta(days=10)).isoformat()
     assert _seqs(client.get(RECORDS, {"date_from": earlier, "date_to": earlier})) == [1]
 
 
 def test_invalid_filters_are_form_errors(chain, auditor):
-    response = _client(auditor).get(RECORDS, {"date_from": "2024-05-02", "date_to": "2024-05-01", "action": "nope"})
+    response = page_client(auditor).get(RECORDS, {"date_from": "2024-05-02", "date_to": "2024-05-01", "action": "nope"})
     assert response.status_code == 200
     assert response.context["page"] is None
     assert set(response.context["form"].errors) == {"date_to", "action"}
@@ -117,13 +110,13 @@ def test_invalid_filters_are_form_errors(chain, auditor):
     assert "Must not be before the From day." in body
     assert "These filters cannot be applied." in body
     assert "Download CSV" not in body
-    garbage = _client(auditor).get(RECORDS, {"date_from": "yesterday-ish", "date_to": "9999-12-31"})
+    garbage = page_client(auditor).get(RECORDS, {"date_from": "yesterday-ish", "date_to": "9999-12-31"})
     assert set(garbage.context["form"].errors) == {"date_from", "date_to"}
 
 
 def test_records_are_paginated(db, auditor):
     append_records(60)
-    client = _client(auditor)
+    client = page_client(auditor)
     first = client.get(RECORDS)
     assert _seqs(first) == list(range(60, 10, -1))
     assert _seqs(client.get(RECORDS, {"page": 2})) == list(range(10, 0, -1))
@@ -134,7 +127,7 @@ def test_records_are_paginated(db, auditor):
 
 def test_record_page_shows_hash_links_and_content(chain, security_officer):
     record = chain[3]
-    response = _client(security_officer).get(reverse("web-audit:record", args=[record.seq]))
+    response = page_client(security_officer).get(reverse("web-audit:record", args=[record.seq]))
     body = response.content.decode()
     assert response.status_code == 200
     assert record.hash in body and record.prev_hash in body
@@ -145,20 +138,20 @@ def test_record_page_shows_hash_links_and_content(chain, security_officer):
 
 def test_record_page_flags_an_altered_record(chain, auditor):
     tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["rewritten", 2])
-    body = _client(auditor).get(reverse("web-audit:record", args=[2])).content.decode()
+    body = page_client(auditor).get(reverse("web-audit:record", args=[2])).content.decode()
     assert "does not match its hash" in body
 
 
 @pytest.mark.parametrize("seq", [999, 2**63, 10**30])
 def test_unknown_record_is_404(chain, auditor, seq):
-    assert _client(auditor).get(f"/audit/records/{seq}/").status_code == 404
+    assert page_client(auditor).get(f"/audit/records/{seq}/").status_code == 404
 
 
 # --- Chain verification ----------------------------------------------------------------------------------------
 
 
 def test_verify_chain_reports_an_intact_chain(chain, auditor):
-    client = _client(auditor)
+    client = page_client(auditor)
     assert "has not been verified in this session" in client.get(RECORDS).content.decode()
     response = client.post(VERIFY, {"next": RECORDS + "?action=change.submit"})
     assert response.status_code == 302
@@ -170,7 +163,7 @@ def test_verify_chain_reports_an_intact_chain(chain, auditor):
 
 
 def test_verify_chain_over_htmx_returns_the_status_fragment(chain, auditor):
-    response = _client(auditor).post(VERIFY, HTTP_HX_REQUEST="true")
+    response = page_client(auditor).post(VERIFY, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     body = response.content.decode()
     assert body.lstrip().startswith('<div id="chain-status"')
@@ -180,7 +173,7 @@ def test_verify_chain_over_htmx_returns_the_status_fragment(chain, auditor):
 
 def test_verify_chain_reports_where_it_is_broken(chain, auditor):
     tamper("UPDATE approvals_decisionrecord SET reason = %s WHERE seq = %s", ["rewritten", 4])
-    client = _client(auditor)
+    client = page_client(auditor)
     client.post(VERIFY)
     body = client.get(RECORDS).content.decode()
     assert "Broken at record #4" in body
@@ -190,12 +183,12 @@ def test_verify_chain_reports_where_it_is_broken(chain, auditor):
 
 
 def test_verify_chain_ignores_an_off_site_next(chain, auditor):
-    response = _client(auditor).post(VERIFY, {"next": "https://evil.example/"})
+    response = page_client(auditor).post(VERIFY, {"next": "https://evil.example/"})
     assert response["Location"].startswith(RECORDS)
 
 
 def test_verify_is_post_only(chain, auditor):
-    assert _client(auditor).get(VERIFY).status_code == 405
+    assert page_client(auditor).get(VERIFY).status_code == 405
 
 
 # --- Exports ---------------------------------------------------------------------------------------------------
@@ -209,7 +202,7 @@ def _export_href(body: str, label: str) -> str:
 
 @pytest.mark.parametrize(("label", "member"), [("Download CSV", "records.csv"), ("Download JSONL", "records.jsonl")])
 def test_export_links_download_a_signed_bundle(chain, auditor, label, member):
-    client = _client(auditor)
+    client = page_client(auditor)
     body = client.get(RECORDS).content.decode()
     href = _export_href(body, label)
     assert href.startswith(reverse("api:audit-export"))
@@ -230,7 +223,7 @@ def test_export_links_download_a_signed_bundle(chain, auditor, label, member):
 def test_export_links_carry_the_date_range(chain, auditor):
     day = timezone.now().date()
     body = (
-        _client(auditor)
+        page_client(auditor)
         .get(RECORDS, {"date_from": day.isoformat(), "date_to": day.isoformat(), "action": "change.submit"})
         .content.decode()
     )
@@ -238,7 +231,7 @@ def test_export_links_carry_the_date_range(chain, auditor):
     assert f"since={day.isoformat()}T00%3A00%3A00Z" in href
     assert f"until={(day + timedelta(days=1)).isoformat()}T00%3A00%3A00Z" in href
     assert "Action, actor and object filters do not apply to exports" in body
-    response = _client(auditor).get(href)
+    response = page_client(auditor).get(href)
     verdict = audit_bundle_verify(b"".join(response.streaming_content))
     assert verdict.ok and verdict.record_count == 8
     assert verdict.manifest["filter"]["since"].startswith(day.isoformat())
@@ -247,7 +240,7 @@ def test_export_links_carry_the_date_range(chain, auditor):
 @pytest.mark.parametrize("role", OTHER_ROLES)
 def test_other_roles_cannot_download_exports(chain, make_user, role):
     count = DecisionRecord.objects.count()
-    response = _client(make_user(role)).get(reverse("api:audit-export") + "?format=csv")
+    response = page_client(make_user(role)).get(reverse("api:audit-export") + "?format=csv")
     assert response.status_code == 403
     assert DecisionRecord.objects.count() == count
 
@@ -256,11 +249,11 @@ def test_other_roles_cannot_download_exports(chain, make_user, role):
 
 
 def test_audit_page_has_a_vehicle_register_search(chain, auditor):
-    body = _client(auditor).get(RECORDS).content.decode()
+    body = page_client(auditor).get(RECORDS).content.decode()
     assert f'action="{reverse("web-trace:vehicle-lookup")}"' in body
     assert 'name="serial"' in body
 
 
 def test_empty_record_has_a_designed_empty_state(db, auditor):
-    body = _client(auditor).get(RECORDS).content.decode()
+    body = page_client(auditor).get(RECORDS).content.decode()
     assert "The decision record is empty" in body

@@ -21,28 +21,13 @@ from devices.scope import scope_normalize
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS
 from tests.factories import DeviceFactory
+from tests.web.helpers import html_of, messages_of, page_client, text_of
 
 pytestmark = pytest.mark.django_db
 
 QUEUE = "/changes/"
 NEW = "/changes/new/"
 PREVIEW = "/changes/preview/"
-
-
-def _client(user) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
-
-
-def _html(response) -> str:
-    return response.content.decode()
-
-
-def _text(response) -> str:
-    """The page's visible text with tags removed and whitespace collapsed (for sentence assertions)."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", _html(response)))
 
 
 def _records() -> int:
@@ -59,10 +44,6 @@ def _file(requester, change_fields, **overrides) -> ChangeRequest:
 
 def _submitted(requester, change_fields, **overrides) -> ChangeRequest:
     return services.change_submit(actor=requester, change=_file(requester, change_fields, **overrides))
-
-
-def _messages(response) -> list[str]:
-    return [str(m) for m in response.wsgi_request._messages]
 
 
 # --- CAB queue ------------------------------------------------------------------------------------------------
@@ -85,10 +66,10 @@ def test_queue_sends_anonymous_visitors_to_sign_in(client):
     ],
 )
 def test_queue_access_per_role(make_user, role, status):
-    response = _client(make_user(role)).get(QUEUE)
+    response = page_client(make_user(role)).get(QUEUE)
     assert response.status_code == status
     if status == 403:
-        assert "You need the" in _text(response) and "role to see this page" in _text(response)
+        assert "You need the" in text_of(response) and "role to see this page" in text_of(response)
 
 
 def test_queue_sorts_by_risk_then_window_and_says_policy_progress(requester, cab_member, change_fields):
@@ -109,14 +90,14 @@ def test_queue_sorts_by_risk_then_window_and_says_policy_progress(requester, cab
     services.approval_grant(actor=cab_member, change=moderate_late, revision=1)
     _file(requester, change_fields, title="Still a draft")
 
-    response = _client(cab_member).get(QUEUE)
+    response = page_client(cab_member).get(QUEUE)
 
-    html = _html(response)
+    html = html_of(response)
     assert response.status_code == 200
     rows = re.findall(r'<tr data-change="(\d+)">', html)
     assert rows == [str(high.pk), str(moderate_soon.pk), str(moderate_late.pk)]
     assert "Still a draft" not in html
-    text = _text(response)
+    text = text_of(response)
     assert "0 of 2 CAB, security officer pending" in text
     assert "1 of 2 CAB" in text
     assert "rita-requester" in text and "1.1.0" in text
@@ -126,7 +107,7 @@ def test_queue_sorts_by_risk_then_window_and_says_policy_progress(requester, cab
 def test_queue_highlights_emergency_changes(requester, make_user, change_fields):
     reviewer = make_user(Role.EMERGENCY_CAB)
     _submitted(requester, change_fields, change_type="emergency", emergency_reason="Modems drop off the network.")
-    html = _html(_client(reviewer).get(QUEUE))
+    html = html_of(page_client(reviewer).get(QUEUE))
     assert '<strong><span class="badge badge-emergency">Emergency</span></strong>' in html
 
 
@@ -137,10 +118,10 @@ def test_queue_filters_by_type_risk_status_and_mine(make_user, requester, cab_me
     cancelled = services.change_cancel(
         actor=requester, change=_file(requester, change_fields, title="Gone"), reason="x"
     )
-    client = _client(both)
+    client = page_client(both)
 
     def listed(query: str) -> set[int]:
-        return {int(pk) for pk in re.findall(r'<tr data-change="(\d+)">', _html(client.get(QUEUE + query)))}
+        return {int(pk) for pk in re.findall(r'<tr data-change="(\d+)">', html_of(client.get(QUEUE + query)))}
 
     assert listed("") == {own.pk, high.pk}
     assert listed("?risk_level=high") == {high.pk}
@@ -155,17 +136,19 @@ def test_requester_sees_only_their_own_changes_in_every_status(requester, make_u
     draft = _file(requester, change_fields, title="My draft")
     submitted = _submitted(requester, change_fields, title="My submitted")
     theirs = _submitted(other, change_fields, title="Their change")
-    response = _client(requester).get(QUEUE)
-    html = _html(response)
+    response = page_client(requester).get(QUEUE)
+    html = html_of(response)
     assert set(map(int, re.findall(r'<tr data-change="(\d+)">', html))) == {draft.pk, submitted.pk}
     assert "Their change" not in html and theirs.pk
     assert "<h1>My change requests</h1>" in html
 
 
 def test_queue_empty_states(cab_member, requester, fleet):
-    assert "Nothing is waiting for review." in _text(_client(cab_member).get(QUEUE))
-    assert "You have not filed any change requests yet." in _text(_client(requester).get(QUEUE))
-    assert "No change requests match these filters." in _text(_client(cab_member).get(QUEUE + "?risk_level=critical"))
+    assert "Nothing is waiting for review." in text_of(page_client(cab_member).get(QUEUE))
+    assert "You have not filed any change requests yet." in text_of(page_client(requester).get(QUEUE))
+    assert "No change requests match these filters." in text_of(
+        page_client(cab_member).get(QUEUE + "?risk_level=critical")
+    )
 
 
 # --- Change page ----------------------------------------------------------------------------------------------
@@ -178,22 +161,22 @@ def test_change_page_sends_anonymous_visitors_to_sign_in(client, submitted_chang
 
 @pytest.mark.parametrize("role", list(Role.values))
 def test_every_role_reads_a_submitted_change(make_user, submitted_change, role):
-    response = _client(make_user(role)).get(_detail(submitted_change))
+    response = page_client(make_user(role)).get(_detail(submitted_change))
     assert response.status_code == 200
-    assert _html(response).count("<h1>") == 1
+    assert html_of(response).count("<h1>") == 1
 
 
 def test_drafts_are_visible_only_to_their_author(requester, cab_member, make_user, change_fields):
     draft = _file(requester, change_fields)
-    assert _client(requester).get(_detail(draft)).status_code == 200
-    assert _client(cab_member).get(_detail(draft)).status_code == 404
-    assert _client(make_user()).get(_detail(draft)).status_code == 403
+    assert page_client(requester).get(_detail(draft)).status_code == 200
+    assert page_client(cab_member).get(_detail(draft)).status_code == 404
+    assert page_client(make_user()).get(_detail(draft)).status_code == 403
 
 
 def test_change_page_shows_release_scope_risk_waves_and_timeline(cab_member, submitted_change, fleet):
-    response = _client(cab_member).get(_detail(submitted_change))
-    text = _text(response)
-    html = _html(response)
+    response = page_client(cab_member).get(_detail(submitted_change))
+    text = text_of(response)
+    html = html_of(response)
     release = fleet["new"]
     assert release.artifact.sha256 in html
     assert "1.1.0 (release counter 2)" in text and "tcu-4g-r2" in text
@@ -214,38 +197,40 @@ def test_change_page_shows_release_scope_risk_waves_and_timeline(cab_member, sub
 
 
 def test_reviewer_sees_decision_buttons_and_author_sees_why_not(requester, cab_member, submitted_change):
-    html = _html(_client(cab_member).get(_detail(submitted_change)))
+    html = html_of(page_client(cab_member).get(_detail(submitted_change)))
     for label in ("Approve", "Reject", "Request changes"):
         assert f">{label}</button>" in html
-    author_page = _client(requester).get(_detail(submitted_change))
-    assert ">Approve</button>" not in _html(author_page)
-    assert "You are the author of this change" in _text(author_page)
+    author_page = page_client(requester).get(_detail(submitted_change))
+    assert ">Approve</button>" not in html_of(author_page)
+    assert "You are the author of this change" in text_of(author_page)
 
 
 def test_page_explains_refusals_in_words(operator, cab_member, approved_change, make_user, change_fields):
     other = make_user(Role.REQUESTER, username="other-author")
     high = _submitted(other, change_fields, risk_answers={**SAFE_ANSWERS, "safety_relevant": True})
     emergency_only = make_user(Role.EMERGENCY_CAB)
-    text = _text(_client(emergency_only).get(_detail(high)))
+    text = text_of(page_client(emergency_only).get(_detail(high)))
     assert "You cannot approve: Your role is not needed by the policy for a high-risk normal change" in text
-    assert ">Reject</button>" in _html(_client(emergency_only).get(_detail(high)))
-    operator_page = _client(operator).get(_detail(high))
-    assert "Your role is not needed by the policy for a high-risk normal change" in _text(operator_page)
-    assert ">Reject</button>" not in _html(operator_page)
+    assert ">Reject</button>" in html_of(page_client(emergency_only).get(_detail(high)))
+    operator_page = page_client(operator).get(_detail(high))
+    assert "Your role is not needed by the policy for a high-risk normal change" in text_of(operator_page)
+    assert ">Reject</button>" not in html_of(operator_page)
     services.approval_grant(actor=cab_member, change=high, revision=1)
-    assert "You already approved revision 1" in _text(_client(cab_member).get(_detail(high)))
-    assert "The change is not in review; it is approved." in _text(_client(cab_member).get(_detail(approved_change)))
+    assert "You already approved revision 1" in text_of(page_client(cab_member).get(_detail(high)))
+    assert "The change is not in review; it is approved." in text_of(
+        page_client(cab_member).get(_detail(approved_change))
+    )
 
 
 def test_operator_gets_a_start_rollout_link_on_an_approved_change(approved_change, operator, cab_member):
     link = f'href="/rollouts/start/?change={approved_change.pk}"'
-    assert link in _html(_client(operator).get(_detail(approved_change)))
-    assert link not in _html(_client(cab_member).get(_detail(approved_change)))
+    assert link in html_of(page_client(operator).get(_detail(approved_change)))
+    assert link not in html_of(page_client(cab_member).get(_detail(approved_change)))
 
 
 def test_status_filter_reads_any_status_on_my_changes(requester, cab_member, fleet):
-    assert '<option value="" selected>Any status</option>' in _html(_client(requester).get(QUEUE))
-    assert '<option value="" selected>Awaiting review</option>' in _html(_client(cab_member).get(QUEUE))
+    assert '<option value="" selected>Any status</option>' in html_of(page_client(requester).get(QUEUE))
+    assert '<option value="" selected>Awaiting review</option>' in html_of(page_client(cab_member).get(QUEUE))
 
 
 # --- Decisions ------------------------------------------------------------------------------------------------
@@ -253,13 +238,13 @@ def test_status_filter_reads_any_status_on_my_changes(requester, cab_member, fle
 
 def test_two_cab_members_approve_through_the_page(submitted_change, cab_member, cab_member_2):
     url = f"/changes/{submitted_change.pk}/decide/"
-    response = _client(cab_member).post(url, {"revision": 1, "decision": "approved", "comment": "LGTM"})
+    response = page_client(cab_member).post(url, {"revision": 1, "decision": "approved", "comment": "LGTM"})
     assert response.status_code == 302 and response["Location"] == _detail(submitted_change)
-    assert "You approved revision 1." in _messages(response)
-    response = _client(cab_member_2).post(url, {"revision": 1, "decision": "approved"}, follow=True)
+    assert "You approved revision 1." in messages_of(response)
+    response = page_client(cab_member_2).post(url, {"revision": 1, "decision": "approved"}, follow=True)
     submitted_change.refresh_from_db()
     assert submitted_change.status == ChangeStatus.APPROVED
-    assert "The policy is satisfied: the change is approved." in _text(response)
+    assert "The policy is satisfied: the change is approved." in text_of(response)
     assert Approval.objects.filter(change=submitted_change, comment="LGTM").exists()
 
 
@@ -267,9 +252,9 @@ def test_author_is_refused_when_approving_and_nothing_changes(make_user, change_
     author = make_user(Role.REQUESTER, Role.CAB_MEMBER, username="two-hats")
     change = _submitted(author, change_fields)
     before = _records()
-    response = _client(author).post(f"/changes/{change.pk}/decide/", {"revision": 1, "decision": "approved"})
+    response = page_client(author).post(f"/changes/{change.pk}/decide/", {"revision": 1, "decision": "approved"})
     assert response.status_code == 403
-    assert "You are the author of this change; authors never approve their own change." in _text(response)
+    assert "You are the author of this change; authors never approve their own change." in text_of(response)
     change.refresh_from_db()
     assert change.status == ChangeStatus.SUBMITTED and not Approval.objects.exists() and _records() == before
 
@@ -277,40 +262,42 @@ def test_author_is_refused_when_approving_and_nothing_changes(make_user, change_
 def test_stale_revision_is_refused(submitted_change, requester, cab_member):
     services.change_update(actor=requester, change=submitted_change, impact_analysis="Two reboots.")
     before = _records()
-    response = _client(cab_member).post(
+    response = page_client(cab_member).post(
         f"/changes/{submitted_change.pk}/decide/", {"revision": 1, "decision": "approved"}
     )
     assert response.status_code == 409
-    assert "You reviewed revision 1, but the change is now at revision 2" in _text(response)
+    assert "You reviewed revision 1, but the change is now at revision 2" in text_of(response)
     assert not Approval.objects.exists() and _records() == before
 
 
 def test_reject_needs_a_comment_then_rejects(submitted_change, cab_member):
     url = f"/changes/{submitted_change.pk}/decide/"
     before = _records()
-    response = _client(cab_member).post(url, {"revision": 1, "decision": "rejected", "comment": " "})
+    response = page_client(cab_member).post(url, {"revision": 1, "decision": "rejected", "comment": " "})
     assert response.status_code == 400
-    assert "A rejection or a request for changes needs a comment." in _text(response)
+    assert "A rejection or a request for changes needs a comment." in text_of(response)
     submitted_change.refresh_from_db()
     assert submitted_change.status == ChangeStatus.SUBMITTED and _records() == before
-    response = _client(cab_member).post(url, {"revision": 1, "decision": "rejected", "comment": "No rollback test."})
+    response = page_client(cab_member).post(
+        url, {"revision": 1, "decision": "rejected", "comment": "No rollback test."}
+    )
     submitted_change.refresh_from_db()
     assert response.status_code == 302 and submitted_change.status == ChangeStatus.REJECTED
 
 
 def test_request_changes_sends_the_change_back(submitted_change, cab_member, requester):
-    response = _client(cab_member).post(
+    response = page_client(cab_member).post(
         f"/changes/{submitted_change.pk}/decide/",
         {"revision": 1, "decision": "changes_requested", "comment": "Add the bench report."},
     )
     submitted_change.refresh_from_db()
     assert response.status_code == 302 and submitted_change.status == ChangeStatus.CHANGES_REQUESTED
-    assert "Add the bench report." in _text(_client(requester).get(_detail(submitted_change)))
+    assert "Add the bench report." in text_of(page_client(requester).get(_detail(submitted_change)))
 
 
 def test_decision_form_rejects_an_unknown_decision(submitted_change, cab_member):
     before = _records()
-    response = _client(cab_member).post(f"/changes/{submitted_change.pk}/decide/", {"revision": 1, "decision": "x"})
+    response = page_client(cab_member).post(f"/changes/{submitted_change.pk}/decide/", {"revision": 1, "decision": "x"})
     assert response.status_code == 400 and _records() == before and not Approval.objects.exists()
 
 
@@ -319,34 +306,34 @@ def test_decision_form_rejects_an_unknown_decision(submitted_change, cab_member)
 
 def test_author_submits_a_draft(requester, cab_member, change_fields):
     draft = _file(requester, change_fields)
-    response = _client(requester).post(f"/changes/{draft.pk}/submit/")
+    response = page_client(requester).post(f"/changes/{draft.pk}/submit/")
     draft.refresh_from_db()
     assert response.status_code == 302 and draft.status == ChangeStatus.SUBMITTED
-    assert f"CR-{draft.pk}" in _text(_client(cab_member).get(QUEUE))
+    assert f"CR-{draft.pk}" in text_of(page_client(cab_member).get(QUEUE))
 
 
 def test_submitting_an_unready_draft_lists_the_problems_and_changes_nothing(requester, change_fields):
     draft = _file(requester, change_fields, risk_answers={})
     before = _records()
-    response = _client(requester).post(f"/changes/{draft.pk}/submit/")
+    response = page_client(requester).post(f"/changes/{draft.pk}/submit/")
     assert response.status_code == 400
-    assert "The change is not ready for review." in _text(response) and "Unanswered" in _text(response)
+    assert "The change is not ready for review." in text_of(response) and "Unanswered" in text_of(response)
     draft.refresh_from_db()
     assert draft.status == ChangeStatus.DRAFT and _records() == before
 
 
 def test_cancel_needs_a_reason_and_only_author_or_cab(submitted_change, requester, operator, make_user):
     url = f"/changes/{submitted_change.pk}/cancel/"
-    assert _client(operator).post(url, {"cancel-reason": "no"}).status_code == 403
+    assert page_client(operator).post(url, {"cancel-reason": "no"}).status_code == 403
     other = make_user(Role.REQUESTER, username="not-the-author")
     before = _records()
-    response = _client(other).post(url, {"cancel-reason": "mine now"})
-    assert response.status_code == 403 and "Only the author or a CAB member may cancel" in _text(response)
-    response = _client(requester).post(url, {"cancel-reason": ""})
+    response = page_client(other).post(url, {"cancel-reason": "mine now"})
+    assert response.status_code == 403 and "Only the author or a CAB member may cancel" in text_of(response)
+    response = page_client(requester).post(url, {"cancel-reason": ""})
     assert response.status_code == 400
     submitted_change.refresh_from_db()
     assert submitted_change.status == ChangeStatus.SUBMITTED and _records() == before
-    response = _client(requester).post(url, {"cancel-reason": "Superseded by 1.1.1."})
+    response = page_client(requester).post(url, {"cancel-reason": "Superseded by 1.1.1."})
     submitted_change.refresh_from_db()
     assert response.status_code == 302 and submitted_change.status == ChangeStatus.CANCELLED
 
@@ -355,18 +342,18 @@ def test_operator_schedules_inside_the_window(approved_change, operator):
     url = f"/changes/{approved_change.pk}/schedule/"
     outside = (approved_change.requested_window_end + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
     before = _records()
-    response = _client(operator).post(url, {"schedule-start": outside})
-    assert response.status_code == 400 and "The start must fall inside the requested window." in _text(response)
+    response = page_client(operator).post(url, {"schedule-start": outside})
+    assert response.status_code == 400 and "The start must fall inside the requested window." in text_of(response)
     approved_change.refresh_from_db()
     assert approved_change.status == ChangeStatus.APPROVED and _records() == before
     inside = (timezone.now() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S")
-    response = _client(operator).post(url, {"schedule-start": inside})
+    response = page_client(operator).post(url, {"schedule-start": inside})
     approved_change.refresh_from_db()
     assert response.status_code == 302 and approved_change.status == ChangeStatus.SCHEDULED
 
 
 def test_schedule_is_refused_to_other_roles(approved_change, cab_member):
-    response = _client(cab_member).post(
+    response = page_client(cab_member).post(
         f"/changes/{approved_change.pk}/schedule/", {"schedule-start": "2030-01-01T00:00"}
     )
     approved_change.refresh_from_db()
@@ -375,24 +362,24 @@ def test_schedule_is_refused_to_other_roles(approved_change, cab_member):
 
 def test_evidence_upload_after_submission_bumps_revision_and_is_downloadable(submitted_change, requester, cab_member):
     services.approval_grant(actor=cab_member, change=submitted_change, revision=1)
-    page = _text(_client(requester).get(_detail(submitted_change)))
+    page = text_of(page_client(requester).get(_detail(submitted_change)))
     assert "Adding evidence after submission makes revision 2" in page
     upload = SimpleUploadedFile("bench-report.txt", b"all green\n")
-    response = _client(requester).post(f"/changes/{submitted_change.pk}/evidence/", {"file": upload})
+    response = page_client(requester).post(f"/changes/{submitted_change.pk}/evidence/", {"file": upload})
     assert response.status_code == 302
     submitted_change.refresh_from_db()
     assert submitted_change.revision == 2 and Approval.objects.get().voided_at is not None
-    html = _html(_client(cab_member).get(_detail(submitted_change)))
+    html = html_of(page_client(cab_member).get(_detail(submitted_change)))
     link = re.search(r'<a href="([^"]+)" download>bench-report.txt</a>', html).group(1)
-    download = _client(cab_member).get(link)
+    download = page_client(cab_member).get(link)
     assert download.status_code == 200 and b"".join(download.streaming_content) == b"all green\n"
 
 
 def test_bad_evidence_file_name_is_refused_and_nothing_changes(submitted_change, requester):
     before = _records()
     upload = SimpleUploadedFile("bench report (final).txt", b"x")
-    response = _client(requester).post(f"/changes/{submitted_change.pk}/evidence/", {"file": upload})
-    assert response.status_code == 400 and "Invalid file name." in _text(response)
+    response = page_client(requester).post(f"/changes/{submitted_change.pk}/evidence/", {"file": upload})
+    assert response.status_code == 400 and "Invalid file name." in text_of(response)
     submitted_change.refresh_from_db()
     assert submitted_change.revision == 1 and not EvidenceFile.objects.exists() and _records() == before
 
@@ -410,7 +397,7 @@ def test_conflicts_list_overlapping_scheduled_changes_and_blackouts(
         {"start": soon.isoformat(), "end": (soon + timedelta(hours=6)).isoformat(), "reason": "Holiday freeze"}
     ]
     change = _submitted(requester, change_fields, rollout_plan=plan)
-    text = _text(_client(cab_member).get(_detail(change)))
+    text = text_of(page_client(cab_member).get(_detail(change)))
     assert f"CR-{other.pk} Earlier change" in text and "overlaps this window" in text
     assert "Holiday freeze" in text
 
@@ -420,14 +407,14 @@ def test_emergency_retrospective_is_recorded_by_a_reviewer(requester, make_user,
     change = _submitted(requester, change_fields, change_type="emergency", emergency_reason="Modems drop off.")
     services.approval_grant(actor=reviewer, change=change, revision=1)
     url = f"/changes/{change.pk}/retrospective/"
-    assert "Retrospective review (emergency change)" in _text(_client(cab_member).get(_detail(change)))
+    assert "Retrospective review (emergency change)" in text_of(page_client(cab_member).get(_detail(change)))
     before = _records()
-    assert _client(cab_member).post(url, {"retrospective-comment": ""}).status_code == 400
+    assert page_client(cab_member).post(url, {"retrospective-comment": ""}).status_code == 400
     assert _records() == before
-    response = _client(cab_member).post(url, {"retrospective-comment": "Justified; the fix held."})
+    response = page_client(cab_member).post(url, {"retrospective-comment": "Justified; the fix held."})
     change.refresh_from_db()
     assert response.status_code == 302 and change.retrospective_done_at is not None
-    assert "Retrospective review (emergency change)" not in _text(_client(cab_member).get(_detail(change)))
+    assert "Retrospective review (emergency change)" not in text_of(page_client(cab_member).get(_detail(change)))
 
 
 # --- Requester forms -----------------------------------------------------------------------------------------
@@ -481,9 +468,9 @@ def _form_data(fleet: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 def test_create_page_access_per_role(client, make_user, fleet):
     assert client.get(NEW)["Location"] == "/login/?next=/changes/new/"
     for role in (Role.CAB_MEMBER, Role.SECURITY_OFFICER, Role.OPERATOR, Role.AUDITOR):
-        assert _client(make_user(role)).get(NEW).status_code == 403
-    response = _client(make_user(Role.REQUESTER)).get(NEW)
-    html = _html(response)
+        assert page_client(make_user(role)).get(NEW).status_code == 403
+    response = page_client(make_user(Role.REQUESTER)).get(NEW)
+    html = html_of(response)
     assert response.status_code == 200 and html.count("<h1>") == 1
     for label in ("Title", "Release to roll out", "Rollback release", "Hardware models", "Requested window start"):
         assert f">{label} " in html or f">{label}<" in html, label
@@ -491,7 +478,7 @@ def test_create_page_access_per_role(client, make_user, fleet):
 
 
 def test_requester_files_a_draft_through_the_form(requester, fleet):
-    response = _client(requester).post(NEW, _form_data(fleet))
+    response = page_client(requester).post(NEW, _form_data(fleet))
     change = ChangeRequest.objects.get()
     assert response.status_code == 302 and response["Location"] == _detail(change)
     assert change.status == ChangeStatus.DRAFT and change.author == requester
@@ -508,8 +495,8 @@ def test_service_field_errors_land_on_the_form_and_nothing_is_written(requester,
         rollback_release=fleet["new"].pk,
         **{"waves-1-cohort_value": "50"},
     )
-    response = _client(requester).post(NEW, data)
-    text = _text(response)
+    response = page_client(requester).post(NEW, data)
+    text = text_of(response)
     assert response.status_code == 400
     assert "The rollback release must differ from the release being rolled out." in text
     assert "The last wave must take the remaining targets" in text
@@ -517,16 +504,16 @@ def test_service_field_errors_land_on_the_form_and_nothing_is_written(requester,
 
 
 def test_form_shape_errors_are_shown_per_field(requester, fleet):
-    response = _client(requester).post(NEW, _form_data(fleet, title="", plan_settings="{not json"))
+    response = page_client(requester).post(NEW, _form_data(fleet, title="", plan_settings="{not json"))
     assert response.status_code == 400
-    assert re.search(r'id_title_error_1">This field is required', _html(response))
-    assert "Not valid JSON" in _text(response)
+    assert re.search(r'id_title_error_1">This field is required', html_of(response))
+    assert "Not valid JSON" in text_of(response)
     assert not ChangeRequest.objects.exists()
 
 
 def test_add_wave_redisplays_the_form_with_one_more_wave(requester, fleet):
-    response = _client(requester).post(NEW, {**_form_data(fleet), "add_wave": "1"})
-    html = _html(response)
+    response = page_client(requester).post(NEW, {**_form_data(fleet), "add_wave": "1"})
+    html = html_of(response)
     assert response.status_code == 200 and not ChangeRequest.objects.exists()
     assert 'name="waves-TOTAL_FORMS" value="3"' in html
     assert re.search(r'name="waves-2-name"[^>]*value="fleet"', html)
@@ -541,58 +528,58 @@ def test_removed_waves_are_left_out_of_the_plan(requester, fleet):
     data.update({"waves-1-name": "middle", "waves-1-cohort_kind": "count", "waves-1-cohort_value": "3"})
     data.update({f"waves-1-{k}": data[f"waves-2-{k}"] for k in ("soak_seconds", "min_sample", "promotion")})
     data.update({"waves-1-success_threshold": "0.9", "waves-1-failure_threshold": "0.1", "waves-1-DELETE": "on"})
-    response = _client(requester).post(NEW, data)
+    response = page_client(requester).post(NEW, data)
     assert response.status_code == 302
     assert [w["name"] for w in ChangeRequest.objects.get().rollout_plan["waves"]] == ["pilot", "fleet"]
 
 
 def test_live_preview_counts_devices_risk_and_waves(requester, fleet):
-    response = _client(requester).post(PREVIEW, _form_data(fleet))
-    text = _text(response)
+    response = page_client(requester).post(PREVIEW, _form_data(fleet))
+    text = text_of(response)
     assert response.status_code == 200
     assert "20 active devices (20.0% of the active fleet)" in text and "tcu-4g-r2 20" in text
     assert "Risk level Moderate (score 3)" in text
-    assert re.findall(r"<li>(\w+): <strong>(\d+)</strong>", _html(response)) == [("pilot", "2"), ("fleet", "18")]
-    assert _html(response).count('hx-swap-oob="innerHTML"') == 2
+    assert re.findall(r"<li>(\w+): <strong>(\d+)</strong>", html_of(response)) == [("pilot", "2"), ("fleet", "18")]
+    assert html_of(response).count('hx-swap-oob="innerHTML"') == 2
     # Two pilot devices are 2% of the fleet; a safety-relevant change scores 4 (moderate) and a rule raises it.
     pilots_only = _form_data(fleet, scope_hardware_models=[], scope_tags=["pilot"], risk_safety_relevant="true")
-    text = _text(_client(requester).post(PREVIEW, pilots_only))
+    text = text_of(page_client(requester).post(PREVIEW, pilots_only))
     assert "2 active devices" in text
     assert "Risk level High (score 4; the score alone gives moderate)" in text
     assert "Raised by: Safety-relevant changes are at least high." in text
 
 
 def test_live_preview_reports_problems_instead_of_numbers(requester, fleet):
-    response = _client(requester).post(PREVIEW, _form_data(fleet, scope_hardware_models=[], scope_devices="NOPE-1"))
-    assert response.status_code == 200 and "Unknown: NOPE-1" in _text(response)
+    response = page_client(requester).post(PREVIEW, _form_data(fleet, scope_hardware_models=[], scope_devices="NOPE-1"))
+    assert response.status_code == 200 and "Unknown: NOPE-1" in text_of(response)
     assert Client().post(PREVIEW, {}).status_code == 302
 
 
 def test_preview_is_for_requesters(cab_member, fleet):
-    assert _client(cab_member).post(PREVIEW, _form_data(fleet)).status_code == 403
+    assert page_client(cab_member).post(PREVIEW, _form_data(fleet)).status_code == 403
 
 
 def test_edit_page_only_for_the_author(submitted_change, requester, make_user, cab_member):
     url = f"/changes/{submitted_change.pk}/edit/"
     other = make_user(Role.REQUESTER, username="someone-else")
-    response = _client(other).get(url)
-    assert response.status_code == 403 and "Only the author of this change may edit it" in _text(response)
-    assert _client(cab_member).get(url).status_code == 403
-    response = _client(requester).get(url)
+    response = page_client(other).get(url)
+    assert response.status_code == 403 and "Only the author of this change may edit it" in text_of(response)
+    assert page_client(cab_member).get(url).status_code == 403
+    response = page_client(requester).get(url)
     assert response.status_code == 200
-    assert "Saving an edit makes revision 2" in _text(response)
+    assert "Saving an edit makes revision 2" in text_of(response)
 
 
 def test_untouched_edit_changes_nothing(submitted_change, requester, cab_member):
     services.approval_grant(actor=cab_member, change=submitted_change, revision=1)
     url = f"/changes/{submitted_change.pk}/edit/"
-    html = _html(_client(requester).get(url))
+    html = html_of(page_client(requester).get(url))
     data = _form_values(html)
     before = _records()
-    response = _client(requester).post(url, data)
+    response = page_client(requester).post(url, data)
     submitted_change.refresh_from_db()
-    assert response.status_code == 302, _text(response)[:3000]
-    assert "Nothing changed." in _messages(response)
+    assert response.status_code == 302, text_of(response)[:3000]
+    assert "Nothing changed." in messages_of(response)
     assert submitted_change.revision == 1 and _records() == before
     assert Approval.objects.get().voided_at is None
 
@@ -600,20 +587,20 @@ def test_untouched_edit_changes_nothing(submitted_change, requester, cab_member)
 def test_edit_after_submission_bumps_revision_and_voids_approvals(submitted_change, requester, cab_member):
     services.approval_grant(actor=cab_member, change=submitted_change, revision=1)
     url = f"/changes/{submitted_change.pk}/edit/"
-    data = _form_values(_html(_client(requester).get(url)))
+    data = _form_values(html_of(page_client(requester).get(url)))
     data["impact_analysis"] = "Two reboots per unit."
-    response = _client(requester).post(url, data)
+    response = page_client(requester).post(url, data)
     submitted_change.refresh_from_db()
     assert response.status_code == 302
     assert submitted_change.revision == 2 and submitted_change.impact_analysis == "Two reboots per unit."
     assert Approval.objects.get().voided_at is not None
-    assert any("Saved as revision 2" in m for m in _messages(response))
+    assert any("Saved as revision 2" in m for m in messages_of(response))
 
 
 def test_finished_changes_cannot_be_edited(submitted_change, requester, cab_member):
     services.approval_reject(actor=cab_member, change=submitted_change, revision=1, comment="no")
-    response = _client(requester).get(f"/changes/{submitted_change.pk}/edit/")
-    assert response.status_code == 302 and "can no longer be edited" in " ".join(_messages(response))
+    response = page_client(requester).get(f"/changes/{submitted_change.pk}/edit/")
+    assert response.status_code == 302 and "can no longer be edited" in " ".join(messages_of(response))
 
 
 def _form_values(html: str) -> dict[str, Any]:

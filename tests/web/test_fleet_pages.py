@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -15,17 +14,11 @@ from devices.choices import DeviceStatus
 from devices.models import Device, TelemetrySample
 from ota_project.roles import Role
 from tests.factories import DeviceFactory
+from tests.web.helpers import page_client
 
 pytestmark = pytest.mark.django_db
 
 INVENTORY = reverse("web-fleet:inventory")
-
-
-def _client(user=None) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
 
 
 def _serials(response) -> list[str]:
@@ -46,14 +39,14 @@ def _release_url(serial: str) -> str:
 @pytest.mark.parametrize("url_of", [lambda d: INVENTORY, lambda d: _device_url(d.serial)])
 def test_anonymous_is_sent_to_sign_in(fleet, url_of):
     url = url_of(Device.objects.first())
-    response = _client().get(url)
+    response = page_client().get(url)
     assert response.status_code == 302
     assert response["Location"].startswith("/login/?next=")
 
 
 @pytest.mark.parametrize("url_of", [lambda d: INVENTORY, lambda d: _device_url(d.serial)])
 def test_user_without_a_role_gets_403(fleet, nobody, url_of):
-    response = _client(nobody).get(url_of(Device.objects.first()))
+    response = page_client(nobody).get(url_of(Device.objects.first()))
     assert response.status_code == 403
     assert "role to see this page" in response.content.decode()
 
@@ -62,15 +55,15 @@ def test_user_without_a_role_gets_403(fleet, nobody, url_of):
 def test_every_role_reads_the_inventory_and_a_device(fleet, make_user, role):
     user = make_user(role)
     device = Device.objects.order_by("serial").first()
-    response = _client(user).get(INVENTORY)
+    response = page_client(user).get(INVENTORY)
     assert response.status_code == 200
     assert response.context["page"].paginator.count == 100
     assert device.serial in response.content.decode()
-    assert _client(user).get(_device_url(device.serial)).status_code == 200
+    assert page_client(user).get(_device_url(device.serial)).status_code == 200
 
 
 def test_unknown_device_is_404(fleet, auditor):
-    assert _client(auditor).get(_device_url("NO-SUCH-UNIT")).status_code == 404
+    assert page_client(auditor).get(_device_url("NO-SUCH-UNIT")).status_code == 404
 
 
 # --- Search, filters, pagination -------------------------------------------------------------------------------
@@ -78,7 +71,7 @@ def test_unknown_device_is_404(fleet, auditor):
 
 def test_search_finds_by_part_of_serial_or_vin(fleet, operator):
     DeviceFactory(serial="ZZ-SPECIAL-1", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352")
-    client = _client(operator)
+    client = page_client(operator)
     assert _serials(client.get(INVENTORY, {"q": "special"})) == ["ZZ-SPECIAL-1"]
     assert _serials(client.get(INVENTORY, {"q": "A004352"})) == ["ZZ-SPECIAL-1"]
     empty = client.get(INVENTORY, {"q": "nothing-like-this"})
@@ -93,7 +86,7 @@ def test_filters_combine(fleet, operator, make_user):
     DeviceFactory(
         serial="ASIA-0002", hardware_model=fleet["other_model"], region=other_region, installed_version="1.1.0"
     )
-    client = _client(operator)
+    client = page_client(operator)
     assert _serials(client.get(INVENTORY, {"region": "ap-south"})) == ["ASIA-0001", "ASIA-0002"]
     assert _serials(client.get(INVENTORY, {"region": "ap-south", "hardware_model": "tcu-4g-r2"})) == ["ASIA-0001"]
     assert len(_serials(client.get(INVENTORY, {"tag": "pilot"}))) == 3
@@ -106,7 +99,7 @@ def test_status_and_drift_filters(fleet, operator):
     services.device_quarantine(actor=operator, device=devices[0], reason="tamper alarm")
     services.device_record_report(device=devices[1], version="1.2.0", release_counter=3, at=timezone.now())
     services.device_record_report(device=devices[2], version="1.0.0", release_counter=1, at=timezone.now())
-    client = _client(operator)
+    client = page_client(operator)
     assert _serials(client.get(INVENTORY, {"status": "quarantined"})) == [devices[0].serial]
     drifting = client.get(INVENTORY, {"drift": "on"})
     assert _serials(drifting) == [devices[1].serial]
@@ -115,7 +108,7 @@ def test_status_and_drift_filters(fleet, operator):
 
 
 def test_an_invalid_filter_is_a_form_error_not_a_list(fleet, operator):
-    response = _client(operator).get(INVENTORY, {"status": "exploded", "region": "atlantis"})
+    response = page_client(operator).get(INVENTORY, {"status": "exploded", "region": "atlantis"})
     assert response.status_code == 200
     assert response.context["page"] is None
     assert set(response.context["form"].errors) == {"status", "region"}
@@ -125,7 +118,7 @@ def test_an_invalid_filter_is_a_form_error_not_a_list(fleet, operator):
 
 
 def test_inventory_is_paginated_and_keeps_the_filters(fleet, operator):
-    client = _client(operator)
+    client = page_client(operator)
     first = client.get(INVENTORY, {"hardware_model": "tcu-5g-r1"})
     assert len(_serials(first)) == 50
     assert 'href="?hardware_model=tcu-5g-r1&amp;page=2"' in first.content.decode()
@@ -138,7 +131,7 @@ def test_inventory_is_paginated_and_keeps_the_filters(fleet, operator):
 
 def test_version_distribution_chart_with_numbers(fleet, operator):
     DeviceFactory.create_batch(3, hardware_model=fleet["model"], region=fleet["region"], installed_version="1.1.0")
-    response = _client(operator).get(INVENTORY)
+    response = page_client(operator).get(INVENTORY)
     chart = response.context["chart"]
     assert chart.series == ["1.0.0", "1.1.0"]
     assert dict(chart.rows) == {"tcu-4g-r2": {"1.0.0": 20, "1.1.0": 3}, "tcu-5g-r1": {"1.0.0": 80}}
@@ -148,7 +141,7 @@ def test_version_distribution_chart_with_numbers(fleet, operator):
 
 
 def test_empty_inventory_has_a_designed_empty_state(operator):
-    body = _client(operator).get(INVENTORY).content.decode()
+    body = page_client(operator).get(INVENTORY).content.decode()
     assert "The inventory holds no devices yet." in body
     assert "No devices in service" in body
     assert "No device is quarantined." in body
@@ -165,22 +158,22 @@ def quarantined(fleet, operator) -> Device:
 
 def test_quarantined_devices_are_listed_with_their_reason(quarantined, operator, cab_member):
     for user in (operator, cab_member):
-        body = _client(user).get(INVENTORY).content.decode()
+        body = page_client(user).get(INVENTORY).content.decode()
         assert quarantined.serial in body
         assert "Unexpected reboots after tamper alarm" in body
-    assert "Release from quarantine" in _client(operator).get(INVENTORY).content.decode()
-    cab_body = _client(cab_member).get(INVENTORY).content.decode()
+    assert "Release from quarantine" in page_client(operator).get(INVENTORY).content.decode()
+    cab_body = page_client(cab_member).get(INVENTORY).content.decode()
     assert "Release from quarantine" not in cab_body
     assert "Only operators can release devices from quarantine" in cab_body
 
 
 def test_auditors_get_a_link_to_the_quarantine_record(quarantined, auditor):
-    body = _client(auditor).get(INVENTORY).content.decode()
+    body = page_client(auditor).get(INVENTORY).content.decode()
     assert f"object_id={quarantined.serial}&amp;action=devices.device.quarantine" in body
 
 
 def test_operator_releases_a_device_with_a_reason(quarantined, operator):
-    client = _client(operator)
+    client = page_client(operator)
     response = client.post(
         _release_url(quarantined.serial) + "?next=/fleet/%3Fstatus%3Dquarantined",
         {"reason": "Investigated: loose power connector, fixed"},
@@ -202,7 +195,7 @@ def test_operator_releases_a_device_with_a_reason(quarantined, operator):
 
 def test_release_without_a_reason_changes_nothing(quarantined, operator):
     records = DecisionRecord.objects.count()
-    response = _client(operator).post(_release_url(quarantined.serial), {"reason": "   "}, follow=True)
+    response = page_client(operator).post(_release_url(quarantined.serial), {"reason": "   "}, follow=True)
     assert response.status_code == 200
     assert "A reason is required to release a device from quarantine." in response.content.decode()
     quarantined.refresh_from_db()
@@ -215,7 +208,7 @@ def test_release_refusal_from_the_service_is_shown_and_changes_nothing(fleet, op
         actor=operator, device=Device.objects.order_by("serial").first(), reason="credential leaked"
     )
     records = DecisionRecord.objects.count()
-    response = _client(operator).post(_release_url(device.serial), {"reason": "try anyway"}, follow=True)
+    response = page_client(operator).post(_release_url(device.serial), {"reason": "try anyway"}, follow=True)
     assert response.status_code == 200
     assert "was not released: A revoked device cannot be moved to active." in response.content.decode()
     device.refresh_from_db()
@@ -226,35 +219,35 @@ def test_release_refusal_from_the_service_is_shown_and_changes_nothing(fleet, op
 def test_releasing_an_active_device_says_nothing_changed(fleet, operator):
     device = Device.objects.order_by("serial").first()
     records = DecisionRecord.objects.count()
-    response = _client(operator).post(_release_url(device.serial), {"reason": "just in case"}, follow=True)
+    response = page_client(operator).post(_release_url(device.serial), {"reason": "just in case"}, follow=True)
     assert "is not quarantined; nothing changed." in response.content.decode()
     assert DecisionRecord.objects.count() == records
 
 
 @pytest.mark.parametrize("role", [r for r in Role.values if r != Role.OPERATOR])
 def test_only_operators_may_release(quarantined, make_user, role):
-    response = _client(make_user(role)).post(_release_url(quarantined.serial), {"reason": "not mine to do"})
+    response = page_client(make_user(role)).post(_release_url(quarantined.serial), {"reason": "not mine to do"})
     assert response.status_code == 403
     quarantined.refresh_from_db()
     assert quarantined.status == DeviceStatus.QUARANTINED
 
 
 def test_anonymous_release_is_sent_to_sign_in(quarantined):
-    response = _client().post(_release_url(quarantined.serial), {"reason": "x"})
+    response = page_client().post(_release_url(quarantined.serial), {"reason": "x"})
     assert response.status_code == 302 and response["Location"].startswith("/login/")
     quarantined.refresh_from_db()
     assert quarantined.status == DeviceStatus.QUARANTINED
 
 
 def test_release_ignores_a_next_url_off_site(quarantined, operator):
-    response = _client(operator).post(
+    response = page_client(operator).post(
         _release_url(quarantined.serial) + "?next=https://evil.example/", {"reason": "fixed"}
     )
     assert response["Location"] == _device_url(quarantined.serial)
 
 
 def test_release_is_post_only(quarantined, operator):
-    assert _client(operator).get(_release_url(quarantined.serial)).status_code == 405
+    assert page_client(operator).get(_release_url(quarantined.serial)).status_code == 405
 
 
 # --- Device page -----------------------------------------------------------------------------------------------
@@ -271,7 +264,7 @@ def test_device_page_shows_state_drift_and_telemetry(fleet, cab_member):
             TelemetrySample(device=device, reported_at=now - timedelta(days=30), boot_time_s=999),
         ]
     )
-    response = _client(cab_member).get(_device_url(device.serial))
+    response = page_client(cab_member).get(_device_url(device.serial))
     body = response.content.decode()
     assert response.context["telemetry"]["samples"] == 2
     assert "35.0 s" in body  # mean boot time of the last 7 days, the old sample left out
@@ -282,7 +275,7 @@ def test_device_page_shows_state_drift_and_telemetry(fleet, cab_member):
 
 def test_device_page_lists_its_deployments(rolled_out, operator):
     device = rolled_out["succeeded"].device
-    response = _client(operator).get(_device_url(device.serial))
+    response = page_client(operator).get(_device_url(device.serial))
     body = response.content.decode()
     assert [d.pk for d in response.context["deployments"]] == [rolled_out["succeeded"].pk]
     assert reverse("web-trace:change-trace", args=[rolled_out["change"].pk]) in body
@@ -290,8 +283,8 @@ def test_device_page_lists_its_deployments(rolled_out, operator):
 
 
 def test_device_page_release_action_for_operators_only(quarantined, operator, requester):
-    assert "Release from quarantine" in _client(operator).get(_device_url(quarantined.serial)).content.decode()
-    body = _client(requester).get(_device_url(quarantined.serial)).content.decode()
+    assert "Release from quarantine" in page_client(operator).get(_device_url(quarantined.serial)).content.decode()
+    body = page_client(requester).get(_device_url(quarantined.serial)).content.decode()
     assert "Release from quarantine" not in body
     assert "Only operators can release a device from quarantine." in body
     assert "Unexpected reboots after tamper alarm" in body

@@ -10,16 +10,11 @@ from django.test import Client, RequestFactory
 
 from ota_project import views as error_views
 from ota_project.roles import Role
+from tests.web.helpers import page_client
 
 pytestmark = pytest.mark.django_db
 
 PASSWORD = "correct-horse-battery-staple"
-
-
-def _signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _nav_labels(html: str) -> list[str]:
@@ -51,7 +46,7 @@ def test_home_sends_anonymous_visitors_to_sign_in(client):
 )
 def test_home_lists_what_needs_each_role(make_user, role, expected, absent):
     user = make_user(role)
-    response = _signed_in(user).get("/")
+    response = page_client(user).get("/")
     html = response.content.decode()
     assert response.status_code == 200
     assert html.count("<h1>") == 1 and "Overview" in html
@@ -62,7 +57,7 @@ def test_home_lists_what_needs_each_role(make_user, role, expected, absent):
 
 
 def test_home_without_a_role_explains_what_to_do(make_user):
-    response = _signed_in(make_user()).get("/")
+    response = page_client(make_user()).get("/")
     html = response.content.decode()
     assert response.status_code == 200
     assert "Your account has no role yet" in html
@@ -73,23 +68,23 @@ def test_home_without_a_role_explains_what_to_do(make_user):
 
 
 def test_nav_for_requester_has_own_changes_but_no_cab_queue(requester):
-    labels = _nav_labels(_signed_in(requester).get("/").content.decode())
+    labels = _nav_labels(page_client(requester).get("/").content.decode())
     assert labels == ["Overview", "My changes", "New change", "Fleet", "KPIs"]
 
 
 def test_nav_for_cab_member_has_cab_queue(cab_member):
-    labels = _nav_labels(_signed_in(cab_member).get("/").content.decode())
+    labels = _nav_labels(page_client(cab_member).get("/").content.decode())
     assert labels == ["Overview", "CAB queue", "Fleet", "KPIs"]
 
 
 def test_nav_for_operator_has_rollouts(operator):
-    labels = _nav_labels(_signed_in(operator).get("/").content.decode())
+    labels = _nav_labels(page_client(operator).get("/").content.decode())
     assert labels == ["Overview", "Rollouts", "Fleet", "KPIs"]
 
 
 def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_officer):
-    assert _nav_labels(_signed_in(auditor).get("/").content.decode()) == ["Overview", "Fleet", "KPIs", "Audit"]
-    assert _nav_labels(_signed_in(security_officer).get("/").content.decode()) == [
+    assert _nav_labels(page_client(auditor).get("/").content.decode()) == ["Overview", "Fleet", "KPIs", "Audit"]
+    assert _nav_labels(page_client(security_officer).get("/").content.decode()) == [
         "Overview",
         "CAB queue",
         "Fleet",
@@ -100,7 +95,7 @@ def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_office
 
 def test_nav_marks_the_current_section(make_user):
     user = make_user(Role.REQUESTER, Role.CAB_MEMBER, Role.OPERATOR)
-    client = _signed_in(user)
+    client = page_client(user)
     assert _current_nav(client.get("/").content.decode()) == ["Overview"]
     # The login page is no section: nothing is marked.
     assert _current_nav(client.get("/logout/").content.decode()) == []
@@ -126,7 +121,7 @@ def test_nav_item_match_prefers_the_longest_path_and_matching_query(rf, make_use
 
 
 def test_layout_has_skip_link_first_user_roles_and_post_logout(operator):
-    html = _signed_in(operator).get("/").content.decode()
+    html = page_client(operator).get("/").content.decode()
     body = html.split("<body", 1)[1]
     first_link = re.search(r"<a [^>]*>", body).group(0)
     assert 'class="skip-link"' in first_link and 'href="#main"' in first_link
@@ -139,7 +134,7 @@ def test_layout_has_skip_link_first_user_roles_and_post_logout(operator):
 
 
 def test_messages_are_shown_as_status_alerts(requester):
-    client = _signed_in(requester)
+    client = page_client(requester)
     response = client.post("/logout/", follow=True)
     html = response.content.decode()
     assert '<div class="alert alert-info" role="status">You are signed out.</div>' in html
@@ -183,7 +178,7 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(client, make_user):
 
 
 def test_signed_in_user_visiting_login_is_sent_on(make_user):
-    client = _signed_in(make_user(Role.OPERATOR))
+    client = page_client(make_user(Role.OPERATOR))
     response = client.get("/login/")
     assert response.status_code == 302 and response["Location"] == "/"
 
@@ -249,14 +244,14 @@ def test_demo_mode_without_users_says_how_to_create_them(client, settings):
 
 
 def test_logout_by_get_only_asks_and_keeps_the_session(requester):
-    client = _signed_in(requester)
+    client = page_client(requester)
     response = client.get("/logout/")
     assert response.status_code == 200 and "Sign out of OTA change control" in response.content.decode()
     assert client.session[SESSION_KEY] == str(requester.pk)
 
 
 def test_logout_by_post_ends_the_session(requester):
-    client = _signed_in(requester)
+    client = page_client(requester)
     response = client.post("/logout/")
     assert response.status_code == 302 and response["Location"] == "/login/"
     assert SESSION_KEY not in client.session
@@ -283,7 +278,7 @@ def test_login_without_csrf_token_is_refused(make_user):
 
 
 def test_unknown_page_uses_the_site_layout(requester):
-    response = _signed_in(requester).get("/no-such-page/")
+    response = page_client(requester).get("/no-such-page/")
     html = response.content.decode()
     assert response.status_code == 404
     assert "<h1>Not found</h1>" in html and 'class="skip-link"' in html and "My changes" in html

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
-from django.test import Client
 from django.urls import path
 from django.views import View
 
 from ota_project.roles import Role
 from ota_project.urls import urlpatterns as site_urlpatterns
 from ota_project.web.access import RoleRequiredMixin, role_required
+from tests.web.helpers import page_client
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
@@ -46,22 +46,15 @@ urlpatterns = [
 ]
 
 
-def _client(user=None) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
-
-
 @pytest.mark.parametrize("url", ["/t/operator/", "/t/approver/", "/t/auditor/"])
 def test_anonymous_is_sent_to_sign_in_and_back(url):
-    response = _client().get(url + "?page=2")
+    response = page_client().get(url + "?page=2")
     assert response.status_code == 302
     assert response["Location"] == f"/login/?next={url}%3Fpage%3D2"
 
 
 def test_anonymous_htmx_request_redirects_the_whole_page():
-    response = _client().get(
+    response = page_client().get(
         "/t/operator/", HTTP_HX_REQUEST="true", HTTP_HX_CURRENT_URL="http://testserver/rollouts/4/"
     )
     assert response.status_code == 200
@@ -69,14 +62,14 @@ def test_anonymous_htmx_request_redirects_the_whole_page():
 
 
 def test_role_holder_gets_the_page(operator, cab_member, security_officer, auditor):
-    assert _client(operator).get("/t/operator/").content == b"operator content"
-    assert _client(cab_member).get("/t/approver/").content == b"approver content"
-    assert _client(security_officer).get("/t/approver/").content == b"approver content"
-    assert _client(auditor).get("/t/auditor/").content == b"auditor content"
+    assert page_client(operator).get("/t/operator/").content == b"operator content"
+    assert page_client(cab_member).get("/t/approver/").content == b"approver content"
+    assert page_client(security_officer).get("/t/approver/").content == b"approver content"
+    assert page_client(auditor).get("/t/auditor/").content == b"auditor content"
 
 
 def test_missing_role_is_a_403_page_naming_the_role(auditor):
-    response = _client(auditor).get("/t/operator/")
+    response = page_client(auditor).get("/t/operator/")
     html = response.content.decode()
     assert response.status_code == 403
     assert "You need the Operator role to see this page." in html
@@ -85,23 +78,23 @@ def test_missing_role_is_a_403_page_naming_the_role(auditor):
 
 
 def test_403_names_every_role_that_would_do(requester):
-    html = _client(requester).get("/t/approver/").content.decode()
+    html = page_client(requester).get("/t/approver/").content.decode()
     assert "You need the CAB member or Security officer role to see this page." in html
 
 
 def test_mixin_refuses_like_the_decorator(operator):
-    response = _client(operator).get("/t/auditor/")
+    response = page_client(operator).get("/t/auditor/")
     assert response.status_code == 403
     assert "You need the Auditor (read-only) role to see this page." in response.content.decode()
 
 
 def test_user_without_any_role_is_refused(make_user):
-    response = _client(make_user()).get("/t/operator/")
+    response = page_client(make_user()).get("/t/operator/")
     assert response.status_code == 403
 
 
 def test_permission_denied_from_a_view_shows_its_message_in_the_layout(operator):
-    response = _client(operator).get("/t/denied/")
+    response = page_client(operator).get("/t/denied/")
     html = response.content.decode()
     assert response.status_code == 403
     assert "You are the author of this change." in html and "Rollouts" in html

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.test import Client
 
 from ota_project.roles import Role
 from rollouts import rollout_services as steps
@@ -13,22 +12,12 @@ from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment
 from tests.fleet_driver import FAIL_BOOT, HAPPY, play
+from tests.web.helpers import page_client
 from workflows.types import PhaseChange
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_temporal")]
 
 URL = "/rollouts/kpis/"
-
-
-@pytest.fixture(autouse=True)
-def _no_temporal(settings):
-    settings.TEMPORAL_ENABLED = False
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -54,19 +43,19 @@ def test_anonymous_visitors_sign_in_first(client):
 
 
 def test_people_without_a_role_get_403(make_user):
-    response = signed_in(make_user()).get(URL)
+    response = page_client(make_user()).get(URL)
     assert response.status_code == 403 and "You need the" in response.content.decode()
 
 
 @pytest.mark.parametrize("role", list(Role.values))
 def test_every_role_sees_the_kpis(make_user, role):
-    response = signed_in(make_user(role)).get(URL)
+    response = page_client(make_user(role)).get(URL)
     html = response.content.decode()
     assert response.status_code == 200 and html.count("<h1>") == 1 and "Rollout KPIs" in html
 
 
 def test_empty_states_before_any_rollout(auditor, fleet):
-    html = signed_in(auditor).get(URL).content.decode()
+    html = page_client(auditor).get(URL).content.decode()
     assert "No deployment finished in these periods" in html
     assert "No recovery in these periods" in html
     assert "No rollback in these periods" in html
@@ -80,7 +69,7 @@ def test_empty_states_before_any_rollout(auditor, fleet):
 
 
 def test_figures_after_a_rolled_back_rollout(auditor, rolled_back):
-    html = signed_in(auditor).get(URL, {"unit": "day", "periods": "7"}).content.decode()
+    html = page_client(auditor).get(URL, {"unit": "day", "periods": "7"}).content.decode()
     assert "over the last 7 days" in html
     assert 'data-testid="success-total">1 of 2</strong> succeeded' in html and "(50 %)" in html
     assert 'data-testid="mttr-mean">' in html and f"Rollout {rolled_back.pk}</a>" in html
@@ -103,6 +92,6 @@ def test_figures_after_a_rolled_back_rollout(auditor, rolled_back):
     ],
 )
 def test_bad_period_choices_are_field_errors_not_500(operator, query, message):
-    response = signed_in(operator).get(URL, query)
+    response = page_client(operator).get(URL, query)
     html = response.content.decode()
     assert response.status_code == 400 and message in html and "These periods cannot be shown" in html

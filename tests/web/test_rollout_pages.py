@@ -24,31 +24,13 @@ from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment, HealthSample, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, play, run_until
 from tests.temporal_support import free_port, running_worker
+from tests.web.helpers import html_of, messages_of, page_client
 from workflows.types import PhaseChange
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_temporal")]
 
 LIST_URL = "/rollouts/"
 START_URL = "/rollouts/start/"
-
-
-@pytest.fixture(autouse=True)
-def _no_temporal(settings):
-    settings.TEMPORAL_ENABLED = False
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def html_of(response) -> str:
-    return response.content.decode()
-
-
-def messages_of(response) -> list[str]:
-    return [str(m) for m in response.context["messages"]] if response.context else []
 
 
 def follow(client: Client, response):
@@ -100,13 +82,13 @@ def test_anonymous_visitors_are_sent_to_sign_in(client, rollout, path):
 
 @pytest.mark.parametrize("path", ["/rollouts/", "/rollouts/start/", "/rollouts/kpis/", "ROLLOUT/", "ROLLOUT/live/"])
 def test_people_without_a_role_get_403(make_user, rollout, path):
-    response = signed_in(make_user()).get(path.replace("ROLLOUT", f"/rollouts/{rollout.pk}"))
+    response = page_client(make_user()).get(path.replace("ROLLOUT", f"/rollouts/{rollout.pk}"))
     assert response.status_code == 403 and "You need the" in html_of(response)
 
 
 @pytest.mark.parametrize("role", list(Role.values))
 def test_every_role_reads_the_list_and_the_dashboard(make_user, rollout, role):
-    client = signed_in(make_user(role))
+    client = page_client(make_user(role))
     listed = client.get(LIST_URL)
     assert listed.status_code == 200 and f"Rollout {rollout.pk}" in html_of(listed)
     dashboard = client.get(f"/rollouts/{rollout.pk}/")
@@ -114,8 +96,8 @@ def test_every_role_reads_the_list_and_the_dashboard(make_user, rollout, role):
 
 
 def test_missing_rollout_is_404(operator):
-    assert signed_in(operator).get("/rollouts/999999/").status_code == 404
-    assert signed_in(operator).get("/rollouts/999999/live/").status_code == 404
+    assert page_client(operator).get("/rollouts/999999/").status_code == 404
+    assert page_client(operator).get("/rollouts/999999/live/").status_code == 404
 
 
 def test_htmx_poll_after_the_session_expired_navigates_to_sign_in(client, rollout):
@@ -139,7 +121,7 @@ def test_list_shows_active_rollouts_first_with_wave_and_progress(
     set_state(active, RolloutStatus.RUNNING)
     set_state(active, RolloutStatus.AWAITING_PROMOTION, gate="promotion", wave=1)
 
-    html = html_of(signed_in(operator).get(LIST_URL))
+    html = html_of(page_client(operator).get(LIST_URL))
 
     assert html.index(f"Rollout {active.pk}<") < html.index(f"Rollout {rollout.pk}<")
     assert 'class="badge badge-awaiting_promotion"' in html and 'class="badge badge-aborted"' in html
@@ -149,8 +131,8 @@ def test_list_shows_active_rollouts_first_with_wave_and_progress(
 
 
 def test_list_empty_state_and_no_start_link_for_readers(auditor, operator):
-    assert "No rollout has started yet" in html_of(signed_in(operator).get(LIST_URL))
-    html = html_of(signed_in(auditor).get(LIST_URL))
+    assert "No rollout has started yet" in html_of(page_client(operator).get(LIST_URL))
+    html = html_of(page_client(auditor).get(LIST_URL))
     assert "No rollout has started yet" in html and "Start a rollout</a>" not in html
 
 
@@ -158,7 +140,7 @@ def test_list_empty_state_and_no_start_link_for_readers(auditor, operator):
 
 
 def test_start_page_shows_release_scope_and_waves(operator, approved_change):
-    response = signed_in(operator).get(f"{START_URL}?change={approved_change.pk}")
+    response = page_client(operator).get(f"{START_URL}?change={approved_change.pk}")
     html = html_of(response)
     assert response.status_code == 200
     assert "1.1.0" in html and "1.0.0" in html  # release and rollback release
@@ -169,7 +151,7 @@ def test_start_page_shows_release_scope_and_waves(operator, approved_change):
 
 
 def test_operator_starts_a_rollout_and_lands_on_its_dashboard(operator, approved_change):
-    client = signed_in(operator)
+    client = page_client(operator)
     response = client.post(START_URL, {"change": approved_change.pk, "confirm": "on"})
     rollout = Rollout.objects.get(change=approved_change)
     assert response.status_code == 302 and response["Location"] == f"/rollouts/{rollout.pk}/"
@@ -180,7 +162,7 @@ def test_operator_starts_a_rollout_and_lands_on_its_dashboard(operator, approved
 
 
 def test_start_needs_the_confirmation_tick(operator, approved_change):
-    response = signed_in(operator).post(START_URL, {"change": approved_change.pk})
+    response = page_client(operator).post(START_URL, {"change": approved_change.pk})
     assert response.status_code == 400 and "Tick the box" in html_of(response)
     assert not Rollout.objects.exists()
 
@@ -188,7 +170,7 @@ def test_start_needs_the_confirmation_tick(operator, approved_change):
 @pytest.mark.parametrize("who", ["auditor", "cab_member", "requester"])
 def test_non_operators_see_why_and_cannot_start(request, approved_change, who):
     user = request.getfixturevalue(who)
-    client = signed_in(user)
+    client = page_client(user)
     html = html_of(client.get(f"{START_URL}?change={approved_change.pk}"))
     assert "You need the operator role to start a rollout." in html and "Start rollout</button>" not in html
     refused = client.post(START_URL, {"change": approved_change.pk, "confirm": "on"})
@@ -198,7 +180,7 @@ def test_non_operators_see_why_and_cannot_start(request, approved_change, who):
 
 def test_the_author_is_told_someone_else_must_start(approved_change):
     author = operator_author(approved_change)
-    client = signed_in(author)
+    client = page_client(author)
     assert "another operator must start its rollout" in html_of(client.get(f"{START_URL}?change={approved_change.pk}"))
     refused = client.post(START_URL, {"change": approved_change.pk, "confirm": "on"})
     assert refused.status_code == 403 and "You are the author of this change" in html_of(refused)
@@ -206,7 +188,7 @@ def test_the_author_is_told_someone_else_must_start(approved_change):
 
 
 def test_unapproved_change_is_refused_plainly(operator, submitted_change):
-    client = signed_in(operator)
+    client = page_client(operator)
     html = html_of(client.get(f"{START_URL}?change={submitted_change.pk}"))
     assert "only approved changes are rolled out" in html and "Start rollout</button>" not in html
     before = DecisionRecord.objects.count()
@@ -221,24 +203,24 @@ def test_conflicting_rollout_is_refused_plainly(rollout, operator, requester, ch
     )
     change_services.approval_grant(actor=cab_member, change=other, revision=1)
     other = change_services.approval_grant(actor=cab_member_2, change=other, revision=1)
-    refused = signed_in(operator).post(START_URL, {"change": other.pk, "confirm": "on"})
+    refused = page_client(operator).post(START_URL, {"change": other.pk, "confirm": "on"})
     assert refused.status_code == 409
     assert f"Another active rollout targets some of the same devices: rollout-{rollout.pk}" in html_of(refused)
     assert Rollout.objects.count() == 1
 
 
 def test_an_existing_rollout_is_linked_not_started_again(rollout, operator):
-    html = html_of(signed_in(operator).get(f"{START_URL}?change={rollout.change_id}"))
+    html = html_of(page_client(operator).get(f"{START_URL}?change={rollout.change_id}"))
     assert f"open rollout {rollout.pk}" in html and "Start rollout</button>" not in html
 
 
 def test_start_without_a_change_lists_the_changes_ready_to_start(operator, approved_change):
-    html = html_of(signed_in(operator).get(START_URL))
+    html = html_of(page_client(operator).get(START_URL))
     assert f"?change={approved_change.pk}" in html and approved_change.title in html
 
 
 def test_bad_or_unknown_change_numbers(operator):
-    client = signed_in(operator)
+    client = page_client(operator)
     bad = client.get(f"{START_URL}?change=abc")
     assert bad.status_code == 400 and "Enter a whole number." in html_of(bad)
     assert client.get(f"{START_URL}?change=999999").status_code == 404
@@ -249,7 +231,7 @@ def test_bad_or_unknown_change_numbers(operator):
 def test_temporal_unreachable_at_start_is_shown_plainly(settings, operator, approved_change):
     settings.TEMPORAL_ENABLED = True
     settings.TEMPORAL_ADDRESS = f"127.0.0.1:{free_port()}"
-    client = signed_in(operator)
+    client = page_client(operator)
     response = client.post(START_URL, {"change": approved_change.pk, "confirm": "on"})
     rollout = Rollout.objects.get(change=approved_change)
     page = follow(client, response)
@@ -264,7 +246,7 @@ def test_temporal_unreachable_at_start_is_shown_plainly(settings, operator, appr
 
 
 def test_dashboard_polls_a_fragment_until_the_rollout_ends(rollout, operator):
-    client = signed_in(operator)
+    client = page_client(operator)
     html = html_of(client.get(f"/rollouts/{rollout.pk}/"))
     assert re.search(r'<div id="rollout-live" hx-get="/rollouts/\d+/live/\?state=[^"]+" hx-trigger="every 3s"', html)
     fragment = client.get(f"/rollouts/{rollout.pk}/live/", HTTP_HX_REQUEST="true")
@@ -275,7 +257,7 @@ def test_dashboard_polls_a_fragment_until_the_rollout_ends(rollout, operator):
 
 
 def test_fragment_brings_new_buttons_only_when_the_state_changed(rollout, operator):
-    client = signed_in(operator)
+    client = page_client(operator)
     state = f"{rollout.status}:{rollout.gate}:{rollout.current_wave}"
     same = html_of(client.get(f"/rollouts/{rollout.pk}/live/", {"state": state}))
     assert 'id="rollout-actions"' not in same
@@ -289,24 +271,24 @@ def test_fragment_brings_new_buttons_only_when_the_state_changed(rollout, operat
 
 
 def test_running_rollout_offers_pause_abort_and_rollback_to_operators(rollout, operator):
-    html = html_of(signed_in(operator).get(f"/rollouts/{rollout.pk}/"))
+    html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
     assert buttons(html) == ["Pause", "Abort", "Roll back"]
     assert 'name="csrfmiddlewaretoken"' in html and "required></textarea>" in html
 
 
 def test_auditor_reads_the_dashboard_without_buttons(rollout, auditor):
-    html = html_of(signed_in(auditor).get(f"/rollouts/{rollout.pk}/"))
+    html = html_of(page_client(auditor).get(f"/rollouts/{rollout.pk}/"))
     assert buttons(html) == [] and "You need the operator role to act on a rollout" in html
     assert "Waves" in html and "Timeline of events and decisions" in html
 
 
 def test_author_is_told_why_there_are_no_buttons(rollout):
-    html = html_of(signed_in(operator_author(rollout.change)).get(f"/rollouts/{rollout.pk}/"))
+    html = html_of(page_client(operator_author(rollout.change)).get(f"/rollouts/{rollout.pk}/"))
     assert buttons(html) == [] and "You are the author of this change" in html
 
 
 def test_gate_buttons_and_runbook_follow_the_state(rollout, operator):
-    client = signed_in(operator)
+    client = page_client(operator)
     awaiting = set_state(rollout, RolloutStatus.AWAITING_PROMOTION, gate="promotion", reason="Wave pilot passed.")
     html = html_of(client.get(f"/rollouts/{awaiting.pk}/"))
     assert buttons(html) == ["Pause", "Promote", "Abort", "Roll back"]
@@ -328,7 +310,7 @@ def test_halted_rollout_explains_the_failure_and_offers_abort_or_rollback(rollou
     play_wave(rollout, 0, [HAPPY, FAIL_BOOT])
     steps.wave_health(rollout_id=rollout.pk, wave_index=0)
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="Wave pilot failed: 1 of 2 finished devices failed.")
-    html = html_of(signed_in(operator).get(f"/rollouts/{rollout.pk}/"))
+    html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
     assert buttons(html) == ["Abort", "Roll back"]
     assert "<strong>Halted</strong>" in html and "Wave pilot failed: 1 of 2 finished devices failed." in html
     assert "Most failures: 1 × rolled back on tcu-4g-r2 (failure class boot)." in html
@@ -342,7 +324,7 @@ def test_dashboard_shows_device_counts_and_the_health_history_chart(rollout, ope
     steps.wave_health(rollout_id=rollout.pk, wave_index=0)
     play_wave(rollout, 0, [HAPPY])
     steps.wave_health(rollout_id=rollout.pk, wave_index=0)
-    html = html_of(signed_in(operator).get(f"/rollouts/{rollout.pk}/"))
+    html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
     assert re.search(r"badge-succeeded\">Succeeded</span></th><td class=\"num\">1</td>", html)
     assert re.search(r"badge-pending\">Pending</span></th><td class=\"num\">1</td>", html)
     assert HealthSample.objects.filter(rollout=rollout).count() == 2
@@ -354,7 +336,7 @@ def test_timeline_lists_decisions_newest_first(rollout, operator):
     steps.human_action_authorize(
         rollout_id=rollout.pk, action="pause", actor_id=operator.pk, reason="night freeze", wave_index=-1
     )
-    html = html_of(signed_in(operator).get(f"/rollouts/{rollout.pk}/"))
+    html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
     timeline = re.search(r'id="timeline-heading".*?</table>', html, re.S).group(0)
     actions = re.findall(r"<code>([a-z_.]+)</code>", timeline)
     assert actions[0] == "rollout.pause" and "rollout.start" in actions and "change.submit" in actions
@@ -363,7 +345,7 @@ def test_timeline_lists_decisions_newest_first(rollout, operator):
 
 
 def test_dashboard_says_when_temporal_is_off_or_unreachable(settings, rollout, operator):
-    client = signed_in(operator)
+    client = page_client(operator)
     assert "Temporal is not enabled in this deployment" in html_of(client.get(f"/rollouts/{rollout.pk}/"))
     settings.TEMPORAL_ENABLED = True
     settings.TEMPORAL_ADDRESS = f"127.0.0.1:{free_port()}"
@@ -382,7 +364,7 @@ def _recorded() -> int:
 
 
 def test_action_without_a_reason_is_refused_and_nothing_happens(rollout, operator):
-    client = signed_in(operator)
+    client = page_client(operator)
     response = client.post(f"/rollouts/{rollout.pk}/actions/pause/", {"reason": "  "})
     page = follow(client, response)
     assert "Pause was not sent. Give a reason" in " ".join(messages_of(page))
@@ -391,7 +373,7 @@ def test_action_without_a_reason_is_refused_and_nothing_happens(rollout, operato
 
 def test_promote_must_name_the_wave(rollout, operator):
     set_state(rollout, RolloutStatus.AWAITING_PROMOTION, gate="promotion")
-    client = signed_in(operator)
+    client = page_client(operator)
     page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/promote/", {"reason": "ok"}))
     assert "Promote names the wave that waits for promotion." in " ".join(messages_of(page))
     assert _recorded() == 0
@@ -399,7 +381,7 @@ def test_promote_must_name_the_wave(rollout, operator):
 
 @pytest.mark.parametrize("who", ["auditor", "cab_member", "requester"])
 def test_only_operators_may_post_actions(request, rollout, who):
-    response = signed_in(request.getfixturevalue(who)).post(
+    response = page_client(request.getfixturevalue(who)).post(
         f"/rollouts/{rollout.pk}/actions/abort/", {"reason": "mine"}
     )
     assert response.status_code == 403 and "You need the Operator role" in html_of(response)
@@ -408,7 +390,7 @@ def test_only_operators_may_post_actions(request, rollout, who):
 
 def test_author_action_is_refused_by_the_service(rollout):
     author = operator_author(rollout.change)
-    client = signed_in(author)
+    client = page_client(author)
     page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/abort/", {"reason": "mine"}))
     assert "Abort refused: You are the author of this change" in " ".join(messages_of(page))
     assert _recorded() == 0 and Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.RUNNING
@@ -416,7 +398,7 @@ def test_author_action_is_refused_by_the_service(rollout):
 
 def test_action_on_a_finished_rollout_is_refused(rollout, operator):
     steps.rollout_finish(rollout_id=rollout.pk, outcome=RolloutStatus.ABORTED, reason="done")
-    client = signed_in(operator)
+    client = page_client(operator)
     page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/pause/", {"reason": "late"}))
     assert "Pause refused: The rollout is aborted." in " ".join(messages_of(page))
     assert _recorded() == 0
@@ -424,14 +406,14 @@ def test_action_on_a_finished_rollout_is_refused(rollout, operator):
 
 def test_unreachable_temporal_refuses_the_action_plainly(settings, rollout, operator):
     settings.TEMPORAL_ADDRESS = f"127.0.0.1:{free_port()}"
-    client = signed_in(operator)
+    client = page_client(operator)
     page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/pause/", {"reason": "freeze"}))
     assert "Pause refused: Cannot connect to Temporal" in " ".join(messages_of(page))
     assert _recorded() == 0 and Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.RUNNING
 
 
 def test_unknown_action_and_get_are_refused(rollout, operator):
-    client = signed_in(operator)
+    client = page_client(operator)
     assert client.post(f"/rollouts/{rollout.pk}/actions/explode/", {"reason": "x"}).status_code == 404
     assert client.get(f"/rollouts/{rollout.pk}/actions/pause/").status_code == 405
 
@@ -460,7 +442,7 @@ def test_pause_resume_and_promote_through_the_page_reach_the_workflow(
     change = change_services.change_submit(actor=requester, change=change)
     change_services.approval_grant(actor=cab_member, change=change, revision=1)
     change = change_services.approval_grant(actor=cab_member_2, change=change, revision=1)
-    client = signed_in(operator)
+    client = page_client(operator)
     with running_worker():
         started = client.post(START_URL, {"change": change.pk, "confirm": "on"})
         rollout = Rollout.objects.get(change=change)

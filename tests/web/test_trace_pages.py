@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from approvals import services as change_services
@@ -15,16 +14,10 @@ from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment
 from tests.factories import DeviceFactory
+from tests.web.helpers import page_client
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(user=None) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
 
 
 def _trace_url(change) -> str:
@@ -41,30 +34,30 @@ def _register_url(serial: str) -> str:
 def test_anonymous_is_sent_to_sign_in(rolled_out):
     device = rolled_out["succeeded"].device
     for url in (_trace_url(rolled_out["change"]), _register_url(device.serial), reverse("web-trace:vehicle-lookup")):
-        response = _client().get(url)
+        response = page_client().get(url)
         assert response.status_code == 302
         assert response["Location"].startswith("/login/?next=")
 
 
 def test_user_without_a_role_gets_403(rolled_out, nobody):
-    assert _client(nobody).get(_trace_url(rolled_out["change"])).status_code == 403
-    assert _client(nobody).get(_register_url(rolled_out["succeeded"].device.serial)).status_code == 403
+    assert page_client(nobody).get(_trace_url(rolled_out["change"])).status_code == 403
+    assert page_client(nobody).get(_register_url(rolled_out["succeeded"].device.serial)).status_code == 403
 
 
 @pytest.mark.parametrize("role", list(Role.values))
 def test_every_role_reads_the_trace_and_the_register(rolled_out, make_user, role):
-    client = _client(make_user(role))
+    client = page_client(make_user(role))
     assert client.get(_trace_url(rolled_out["change"])).status_code == 200
     assert client.get(_register_url(rolled_out["succeeded"].device.serial)).status_code == 200
 
 
 def test_someone_elses_draft_and_unknown_ids_are_404(requester, change_fields, cab_member, make_user):
     draft = change_services.change_create(actor=requester, **change_fields)
-    assert _client(requester).get(_trace_url(draft)).status_code == 200
-    assert _client(cab_member).get(_trace_url(draft)).status_code == 404
-    assert _client(cab_member).get("/audit/changes/999999/trace/").status_code == 404
-    assert _client(cab_member).get(f"/audit/changes/{10**30}/trace/").status_code == 404
-    assert _client(cab_member).get(_register_url("NO-SUCH-UNIT")).status_code == 404
+    assert page_client(requester).get(_trace_url(draft)).status_code == 200
+    assert page_client(cab_member).get(_trace_url(draft)).status_code == 404
+    assert page_client(cab_member).get("/audit/changes/999999/trace/").status_code == 404
+    assert page_client(cab_member).get(f"/audit/changes/{10**30}/trace/").status_code == 404
+    assert page_client(cab_member).get(_register_url("NO-SUCH-UNIT")).status_code == 404
 
 
 # --- Trace content ---------------------------------------------------------------------------------------------
@@ -72,7 +65,7 @@ def test_someone_elses_draft_and_unknown_ids_are_404(requester, change_fields, c
 
 def test_trace_shows_every_stage_in_time_order(rolled_out, auditor):
     change = rolled_out["change"]
-    response = _client(auditor).get(_trace_url(change))
+    response = page_client(auditor).get(_trace_url(change))
     body = response.content.decode()
     stages = ["1. Request", "2. Risk", "3. Approvals", "4. Rollout waves", "5. Per-device outcomes"]
     positions = [body.index(stage) for stage in stages]
@@ -105,7 +98,7 @@ def test_trace_shows_every_stage_in_time_order(rolled_out, auditor):
 
 
 def test_trace_records_are_numbered_but_not_linked_for_other_roles(rolled_out, operator):
-    body = _client(operator).get(_trace_url(rolled_out["change"])).content.decode()
+    body = page_client(operator).get(_trace_url(rolled_out["change"])).content.decode()
     assert "/audit/records/" not in body
     assert "record #" in body
     assert "auditors and security officers can open them" in body
@@ -113,7 +106,7 @@ def test_trace_records_are_numbered_but_not_linked_for_other_roles(rolled_out, o
 
 def test_outcome_counts_and_filters(rolled_out, cab_member):
     url = _trace_url(rolled_out["change"])
-    client = _client(cab_member)
+    client = page_client(cab_member)
     response = client.get(url)
     counts = {group["kind"]: dict(group["statuses"]) for group in response.context["trace"].outcome_counts}
     assert counts == {"update": {"succeeded": 1, "failed": 1}}
@@ -129,7 +122,7 @@ def test_outcome_counts_and_filters(rolled_out, cab_member):
 
 
 def test_bad_outcome_filters_are_form_errors(rolled_out, cab_member):
-    response = _client(cab_member).get(_trace_url(rolled_out["change"]), {"status": "melted", "wave": "7"})
+    response = page_client(cab_member).get(_trace_url(rolled_out["change"]), {"status": "melted", "wave": "7"})
     assert response.status_code == 200
     assert response.context["outcomes"] is None
     assert set(response.context["form"].errors) == {"status", "wave"}
@@ -137,7 +130,7 @@ def test_bad_outcome_filters_are_form_errors(rolled_out, cab_member):
 
 
 def test_trace_of_a_change_not_rolled_out_says_so(submitted_change, cab_member):
-    body = _client(cab_member).get(_trace_url(submitted_change)).content.decode()
+    body = page_client(cab_member).get(_trace_url(submitted_change)).content.decode()
     assert "This change has not been rolled out" in body
     assert "No reviewer has decided on this change yet." in body
     assert "No device has received this change." in body
@@ -145,7 +138,7 @@ def test_trace_of_a_change_not_rolled_out_says_so(submitted_change, cab_member):
 
 def test_voided_approval_is_shown_as_not_counting(approved_change, requester, auditor):
     change_services.change_update(actor=requester, change=approved_change, impact_analysis="Two reboots per unit.")
-    trace = _client(auditor).get(_trace_url(approved_change)).context["trace"]
+    trace = page_client(auditor).get(_trace_url(approved_change)).context["trace"]
     assert [step.counts for step in trace.approvals] == [False, False]
     assert [step.binding_current for step in trace.approvals] == [False, False]
 
@@ -155,7 +148,7 @@ def test_voided_approval_is_shown_as_not_counting(approved_change, requester, au
 
 def test_register_shows_versions_before_and_after_each_update_and_the_rollback(rolled_back, auditor):
     device = rolled_back["succeeded"].device
-    response = _client(auditor).get(_register_url(device.serial))
+    response = page_client(auditor).get(_register_url(device.serial))
     register = response.context["register"]
     deployments = [e for e in register.entries if e.deployment is not None]
     assert [(e.kind, e.version_before, e.version_after, e.outcome) for e in deployments] == [
@@ -183,7 +176,7 @@ def test_register_shows_the_stored_version_not_a_reconstruction(approved_change,
     # The unit was re-flashed to a hotfix outside any deployment; the inventory knows, its history does not.
     Device.objects.filter(pk=pilot.pk).update(installed_version="1.0.1", installed_release_counter=1)
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    response = _client(auditor).get(_register_url(pilot.serial))
+    response = page_client(auditor).get(_register_url(pilot.serial))
     (entry,) = response.context["register"].entries
     assert (entry.title, entry.version_before, entry.counter_before, entry.before_source) == (
         "Update to 1.1.0",
@@ -201,7 +194,7 @@ def test_register_falls_back_to_the_assumed_version_for_an_old_row(rolled_out, a
     failed = rolled_out["failed"]
     # A deployment created before deployments stored what they replaced.
     Deployment.objects.filter(pk=failed.pk).update(from_version="", from_release_counter=None)
-    response = _client(auditor).get(_register_url(failed.device.serial))
+    response = page_client(auditor).get(_register_url(failed.device.serial))
     register = response.context["register"]
     (entry,) = [e for e in register.entries if e.deployment is not None]
     assert (entry.version_before, entry.version_after, entry.before_source) == ("1.0.0", "1.0.0", "assumed")
@@ -216,13 +209,13 @@ def test_register_mixes_old_rows_from_history_with_stored_ones(rolled_back, audi
     device = rolled_back["succeeded"].device
     # The update row predates stored versions; the rollback row has its own.
     Deployment.objects.filter(pk=rolled_back["succeeded"].pk).update(from_version="", from_release_counter=None)
-    register = _client(auditor).get(_register_url(device.serial)).context["register"]
+    register = page_client(auditor).get(_register_url(device.serial)).context["register"]
     update, rollback = [e for e in register.entries if e.deployment is not None]
     assert (update.version_before, update.before_source) == ("1.0.0", "assumed")
     assert (rollback.version_before, rollback.counter_before, rollback.before_source) == ("1.1.0", 2, "stored")
     # Both old: the rollback's "before" is derived from the update that succeeded before it.
     Deployment.objects.filter(pk=rolled_back["rollback"].pk).update(from_version="", from_release_counter=None)
-    response = _client(auditor).get(_register_url(device.serial))
+    response = page_client(auditor).get(_register_url(device.serial))
     update, rollback = [e for e in response.context["register"].entries if e.deployment is not None]
     assert (update.before_source, rollback.version_before, rollback.before_source) == ("assumed", "1.1.0", "history")
     body = response.content.decode()
@@ -231,7 +224,7 @@ def test_register_mixes_old_rows_from_history_with_stored_ones(rolled_back, audi
 
 def test_register_shows_a_failed_update_left_the_version_unchanged(rolled_out, operator):
     device = rolled_out["failed"].device
-    register = _client(operator).get(_register_url(device.serial)).context["register"]
+    register = page_client(operator).get(_register_url(device.serial)).context["register"]
     (entry,) = [e for e in register.entries if e.deployment is not None]
     assert (entry.version_before, entry.version_after, entry.outcome) == ("1.0.0", "1.0.0", "failed")
     assert entry.deployment.failure_class == "boot"
@@ -253,7 +246,7 @@ def test_register_uses_the_inventory_history_and_status_changes(fleet, operator,
         reason="re-flashed at depot",
     )
     device_services.device_quarantine(actor=operator, device=device, reason="tamper alarm")
-    response = _client(auditor).get(_register_url(device.serial))
+    response = page_client(auditor).get(_register_url(device.serial))
     entries = response.context["register"].entries
     assert [(e.title, e.version_before, e.version_after) for e in entries] == [
         ("Added to the inventory", "", "0.9.0"),
@@ -268,7 +261,7 @@ def test_register_uses_the_inventory_history_and_status_changes(fleet, operator,
 
 def test_register_of_a_device_without_history(fleet, cab_member):
     device = Device.objects.order_by("serial").first()
-    body = _client(cab_member).get(_register_url(device.serial)).content.decode()
+    body = page_client(cab_member).get(_register_url(device.serial)).content.decode()
     assert "No software change is recorded for this device" in body
 
 
@@ -279,7 +272,7 @@ def test_lookup_jumps_to_the_register_by_serial_or_vin(fleet, auditor):
     device = DeviceFactory(
         serial="VAN-0042", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352"
     )
-    client = _client(auditor)
+    client = page_client(auditor)
     lookup = reverse("web-trace:vehicle-lookup")
     for query in ("VAN-0042", "1hgcm82633a004352"):
         response = client.get(lookup, {"serial": query})
@@ -290,7 +283,7 @@ def test_lookup_jumps_to_the_register_by_serial_or_vin(fleet, auditor):
 def test_lookup_lists_candidates_or_says_nothing_matched(fleet, auditor):
     DeviceFactory(serial="BUS-0001", hardware_model=fleet["model"], region=fleet["region"])
     DeviceFactory(serial="BUS-0002", hardware_model=fleet["model"], region=fleet["region"])
-    client = _client(auditor)
+    client = page_client(auditor)
     lookup = reverse("web-trace:vehicle-lookup")
     several = client.get(lookup, {"serial": "BUS-"})
     assert several.status_code == 200
