@@ -69,3 +69,7 @@ class NetworkCapability(models.TextChoices):
     NB_IOT = "nb_iot", "NB-IoT / LTE-M"
     SATELLITE = "satellite", "Satellite"
     WIFI = "wifi", "Wi-Fi (depot)"
+
+
+# Devices with this tag are the ones `simulate_fleet` runs first (the `make run` demo's live fleet).
+SIMULATED_TAG = "simulated"

@@ -37,6 +37,10 @@ def embedded_defaults() -> dict[str, Any]:
         "beat_schedule": {
             "telemetry-requeue-stale": {"task": "devices.telemetry_requeue_stale", "schedule": 300.0},
             "telemetry-purge": {"task": "devices.telemetry_purge", "schedule": crontab(hour=3, minute=17)},
+            "finished-rollouts-expire-deadlines": {
+                "task": "rollouts.finished_rollouts_expire_deadlines",
+                "schedule": 300.0,
+            },
         },
     }
 

@@ -26,6 +26,7 @@ from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest, ChangeTemplate
 from approvals.plans import default_plan
 from devices import services as device_services
+from devices.choices import SIMULATED_TAG
 from devices.importer import import_rows
 from devices.models import Device
 from ota_project import demo_rollouts
@@ -64,6 +65,11 @@ REGIONS = (
     ("na-east", "North America East", "America/New_York"),
     ("apac", "Asia Pacific", "Asia/Singapore"),
 )
+# `make run` runs a simulated fleet of these devices (simulate_fleet picks the tag); one approved change targets
+# exactly them, with short soaks, so a newcomer can start it and watch it live.
+SIMULATED_MODEL = "tcu-5g-r1"
+SIMULATED_DEVICES = 25
+DEMO_POLL_SECONDS = 15
 VEHICLE_TYPES = ("heavy_truck", "light_commercial", "bus", "passenger_car")
 
 
@@ -125,7 +131,10 @@ def _fleet(operator: Any) -> None:
             partition_layout={"scheme": "ab", "slots": ["a", "b"], "slot_size_bytes": 256 * 1024 * 1024},
         )
     for code, name, zone in REGIONS:
-        device_services.region_create(actor=operator, code=code, name=name, time_zone=zone)
+        # The demo's devices poll often, so a newcomer sees offers taken within seconds (production: minutes).
+        device_services.region_create(
+            actor=operator, code=code, name=name, time_zone=zone, poll_interval_seconds=DEMO_POLL_SECONDS
+        )
     rng = random.Random(7)
     rows = []
     number = 0
@@ -141,7 +150,8 @@ def _fleet(operator: Any) -> None:
                         "region": REGIONS[rng.randrange(len(REGIONS))][0],
                         "vehicle_type": rng.choice(VEHICLE_TYPES),
                         "usage_profile": rng.choice(["urban", "highway", "mixed", "depot"]),
-                        "tags": ["pilot"] if i % 15 == 0 else [],
+                        "tags": (["pilot"] if i % 15 == 0 else [])
+                        + ([SIMULATED_TAG] if name == SIMULATED_MODEL and i < SIMULATED_DEVICES else []),
                         "network_capabilities": ["lte", "satellite"] if name == "tcu-sat-r1" else ["lte"],
                         "installed_version": "1.0.0",
                         "installed_release_counter": 1,
@@ -156,6 +166,15 @@ def _fleet(operator: Any) -> None:
         device_services.device_record_report(device=device, version="1.0.1", release_counter=1, at=now)
     for device in Device.objects.order_by("-serial")[:2]:
         device_services.device_quarantine(actor=operator, device=device, reason="Enclosure tamper switch tripped")
+
+
+def _live_demo_plan() -> dict[str, Any]:
+    """Minutes instead of hours: a pilot gate to promote by hand, then two automatic waves."""
+    plan = default_plan()
+    for wave, soak in zip(plan["waves"], (60, 60, 120), strict=True):
+        wave.update(soak_seconds=soak, min_sample=5 if wave["name"] == "fleet" else 2)  # the live fleet is 25 devices
+    plan["monitor_interval_seconds"] = 10
+    return plan
 
 
 def _changes(users: dict[str, Any]) -> tuple[ChangeRequest, ChangeRequest]:
@@ -204,8 +223,9 @@ def _changes(users: dict[str, Any]) -> tuple[ChangeRequest, ChangeRequest]:
     approved = submit(
         file(
             rita,
-            "Modem reconnect fix for North American 5G units",
-            {"hardware_models": ["tcu-5g-r1"], "regions": ["na-east"]},
+            "Modem reconnect fix for the simulated 5G test fleet",
+            {"tags": [SIMULATED_TAG]},
+            rollout_plan=_live_demo_plan(),
         )
     )
     change_services.approval_grant(actor=users["carl"], change=approved, revision=1)

@@ -61,7 +61,9 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
     the region's maintenance window and the plan's concurrent-download limit."""
     now = now or timezone.now()
     candidates = (
-        Deployment.objects.select_for_update(skip_locked=True)
+        # of=("self",): lock only the deployment rows. Without it PostgreSQL also locks the joined rollout, release
+        # and artifact rows, so concurrent check-ins of one rollout skip each other's deployments (skip_locked).
+        Deployment.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("rollout", "release__artifact")
         .filter(device=device, status__in=(DeploymentStatus.PENDING, DeploymentStatus.OFFERED))
         .order_by("-kind", "created_at")  # "update" > "rollback": rollbacks come first
@@ -123,7 +125,7 @@ def deployment_report(*, device: Device, deployment_id: int, report: Report, now
     if report.status not in DEPLOYMENT_REPORTABLE:
         raise InvalidInput(f"A device cannot report {report.status!r}.", fields={"status": ["Not reportable."]})
     deployment = (
-        Deployment.objects.select_for_update()
+        Deployment.objects.select_for_update(of=("self",))  # never the rollout row: reports would queue on it
         .select_related("rollout", "release")
         .filter(pk=deployment_id, device=device)
         .first()

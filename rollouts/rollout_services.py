@@ -400,6 +400,13 @@ def _expire_deadlines(deployments: Any, now: datetime) -> int:
     return expired
 
 
+def finished_rollouts_expire_deadlines(*, now: datetime | None = None) -> int:
+    """Time out in-flight deployments of finished rollouts whose deadline passed (no workflow watches them any more);
+    idempotent, run periodically by celery beat."""
+    finished = (RolloutStatus.COMPLETED, RolloutStatus.ABORTED, RolloutStatus.ROLLED_BACK)
+    return _expire_deadlines(Deployment.objects.filter(rollout__status__in=finished), now or timezone.now())
+
+
 def deployment_health(deployments: Any) -> WaveHealth:
     """Count deployments per outcome in one aggregate query (the gates' evidence; read-only)."""
     counts = dict(deployments.order_by().values_list("status").annotate(n=Count("id")))
@@ -488,7 +495,14 @@ def rollout_phase(change: PhaseChange) -> None:
         ).update(status=WaveStatus.PROMOTED)
 
 
-STOP_OFFERING = (DeploymentStatus.PENDING, DeploymentStatus.OFFERED, DeploymentStatus.DOWNLOADING)
+# Deployments whose device has not started installing: a halt, abort or completion cancels them (the agent asks the
+# server before it installs, so a device holding a downloaded image drops it).
+STOP_OFFERING = (
+    DeploymentStatus.PENDING,
+    DeploymentStatus.OFFERED,
+    DeploymentStatus.DOWNLOADING,
+    DeploymentStatus.DOWNLOADED,
+)
 
 
 @transaction.atomic
@@ -584,9 +598,11 @@ def rollout_finish(*, rollout_id: int, outcome: str, reason: str = "", actor_id:
     if rollout.status == outcome:
         return
     now = timezone.now()
-    if outcome == RolloutStatus.ABORTED:
+    if outcome in (RolloutStatus.ABORTED, RolloutStatus.COMPLETED):
+        # Nothing is offered after the end: undelivered work is cancelled, never left pending for ever. Devices
+        # already installing finish and report; their deadlines still apply (finished_rollouts_expire_deadlines).
         rollout.deployments.filter(status__in=STOP_OFFERING).update(
-            status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail="rollout aborted"
+            status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail=f"rollout {outcome}"
         )
     if outcome == RolloutStatus.COMPLETED:
         Wave.objects.filter(rollout=rollout).exclude(status=WaveStatus.FAILED).update(status=WaveStatus.PROMOTED)

@@ -7,7 +7,10 @@ from django.core.management import call_command
 
 from approvals.models import ChangeRequest
 from approvals.records import chain_verify
+from approvals.selectors import plan_wave_preview
+from devices.choices import SIMULATED_TAG
 from devices.models import Device
+from devices.scope import scope_devices
 from ota_project.roles import Role, roles_of
 from rollouts.models import FirmwareRelease, Rollout
 
@@ -37,6 +40,13 @@ def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys):
     restored = rolled_back.deployments.filter(kind="rollback")
     assert restored.count() > 0 and restored.exclude(status="succeeded").count() == 0
     assert not rolled_back.deployments.filter(wave__index__gt=0).exists()
+    # The live change a newcomer starts targets exactly the simulated fleet, and every wave can reach its sample.
+    live = ChangeRequest.objects.get(status="approved", target_scope__tags=[SIMULATED_TAG])
+    simulated = Device.objects.filter(tags__name=SIMULATED_TAG)
+    assert simulated.count() == 25 and scope_devices(live.target_scope).count() == 25
+    waves = plan_wave_preview(live.rollout_plan, live.target_scope)
+    assert all(wave.devices >= plan["min_sample"] for wave, plan in zip(waves, live.rollout_plan["waves"], strict=True))
+    assert max(w["soak_seconds"] for w in live.rollout_plan["waves"]) <= 300
     verdict = chain_verify()
     assert verdict.ok and verdict.length > 20
 

@@ -1,9 +1,11 @@
 """The reference device agent: speaks only the public device API; stdlib + `cryptography`, no Django.
 
-Run it with `python -m devices.agent --state-dir DIR --server URL --serial S --secret X`.
+Run it with `python -m devices.agent --state-dir DIR --server URL --serial S --secret X`. The same state machine
+runs on a blocking transport (`HttpTransport`, `Agent.run`) or on asyncio (`AsyncHttpTransport`, `Agent.arun`).
 """
 
 from devices.agent.agent import Agent, PowerLoss
+from devices.agent.aio import AsyncHttpTransport
 from devices.agent.transport import HttpTransport, TransportError
 
-__all__ = ["Agent", "HttpTransport", "PowerLoss", "TransportError"]
+__all__ = ["Agent", "AsyncHttpTransport", "HttpTransport", "PowerLoss", "TransportError"]

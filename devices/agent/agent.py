@@ -4,18 +4,26 @@ slot, reboot, prove the new slot with a health check (boot-count fallback), comm
 Power loss may happen anywhere: every decision is persisted before it is acted on, so a fresh Agent on the same
 state directory carries on. The committed slot is never written while a new image is on trial: there is always
 a good slot to boot.
+
+The logic is written once, as generator "flows" that yield the network calls they need (`PostJson`, `Download`)
+and receive their answers (or have the transport's exception thrown in). Two drivers run the same flows:
+`step()`/`run()` with a blocking transport (the CLI, one device per process) and `astep()`/`arun()` with an
+asyncio transport (the fleet drill: thousands of devices in one event loop, no thread per device).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import random
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,9 +37,16 @@ MAX_TRIAL_BOOTS = 2  # a trial slot booted more often than this without being co
 NONCE_BYTES = 12
 WRITE_BLOCK = 64 * 1024
 FINISHED_KEPT = 20
+TELEMETRY_KEPT = 100  # samples kept while the server cannot take them (oldest dropped first)
+TELEMETRY_BATCH = 500  # the device API's limit per batch
+DEFAULT_POLL_SECONDS = 300.0
+# Statuses only the server sets: the deployment is over whatever the device does next.
+SERVER_DECIDED = frozenset({"cancelled", "timed_out", "skipped"})
 
 HealthCheck = Callable[[bytes, str], bool]
 Hook = Callable[[str], None]
+Probe = Callable[[str], dict[str, Any]]
+T = TypeVar("T")
 
 
 class PowerLoss(Exception):
@@ -40,6 +55,29 @@ class PowerLoss(Exception):
 
 class VerifyError(Exception):
     """The downloaded image is not the offered one (length or sha256)."""
+
+
+@dataclass(frozen=True)
+class PostJson:
+    """A JSON POST the flow needs; the driver answers with the decoded JSON body."""
+
+    path: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Download:
+    """A ranged image download; the transport feeds sink(position, chunk) and the driver answers the full length."""
+
+    url: str
+    sha256: str
+    offset: int
+    sink: Callable[[int, bytes], None]
+    chunk_size: int
+
+
+Call = PostJson | Download
+Flow = Generator[Call, Any, T]
 
 
 def backoff_delay(
@@ -59,8 +97,73 @@ def _sha256_file(path: os.PathLike[str] | str) -> str:
     return digest.hexdigest()
 
 
+def _epoch(value: Any) -> float | None:
+    """An ISO 8601 time from the server as epoch seconds (None when absent or unreadable)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _utc_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _perform(transport: Any, call: Call) -> Any:
+    if isinstance(call, PostJson):
+        return transport.post_json(call.path, call.body)
+    return transport.download(
+        call.url, sha256=call.sha256, offset=call.offset, sink=call.sink, chunk_size=call.chunk_size
+    )
+
+
+async def _aperform(transport: Any, call: Call) -> Any:
+    if isinstance(call, PostJson):
+        return await transport.post_json(call.path, call.body)
+    return await transport.download(
+        call.url, sha256=call.sha256, offset=call.offset, sink=call.sink, chunk_size=call.chunk_size
+    )
+
+
+def drive(flow: Flow[T], perform: Callable[[Call], Any]) -> T:
+    """Run a flow with a blocking transport: each yielded call is performed, its answer or error sent back."""
+    try:
+        call = next(flow)
+        while True:
+            try:
+                answer = perform(call)
+            except Exception as exc:  # noqa: BLE001 - the flow decides what it handles (the rest propagates)
+                call = flow.throw(exc)
+            else:
+                call = flow.send(answer)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def adrive(flow: Flow[T], perform: Callable[[Call], Awaitable[Any]]) -> T:
+    """Run a flow with an asyncio transport (same semantics as `drive`)."""
+    try:
+        call = next(flow)
+        while True:
+            try:
+                answer = await perform(call)
+            except Exception as exc:  # noqa: BLE001 - the flow decides what it handles (the rest propagates)
+                call = flow.throw(exc)
+            else:
+                call = flow.send(answer)
+    except StopIteration as stop:
+        return stop.value
+
+
 class Agent:
-    """One device. `step()` is one poll cycle; `run()` loops with backoff. A new Agent is a power-on."""
+    """One device. `step()` (or `await astep()`) is one poll cycle; `run()`/`arun()` loop with backoff.
+
+    A new Agent on an existing state directory is a power-on. `health_check(image, slot)` is the device's own
+    post-boot check; `probe(slot)` measures boot KPIs (boot_time_s, gps_fix_s, sensor_calibrated) after a boot.
+    """
 
     def __init__(
         self,
@@ -69,21 +172,33 @@ class Agent:
         *,
         health_check: HealthCheck | None = None,
         hook: Hook | None = None,
+        probe: Probe | None = None,
         version: str = "1.0.0",
         release_counter: int = 1,
         factory_image: bytes = b"factory image\n",
         chunk_size: int = 64 * 1024,
         rng: random.Random | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        poll_jitter: float = 0.1,
+        clock: Callable[[], float] = time.time,
     ):
         self.store = StateStore(state_dir, version=version, release_counter=release_counter, image=factory_image)
         self.state = self.store.data
         self.transport = transport
         self.health_check = health_check or (lambda image, slot: True)
         self.hook = hook or (lambda event: None)
+        self.probe = probe
         self.chunk_size = chunk_size
         self.rng = rng or random.Random()
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.poll_jitter = poll_jitter
+        self.clock = clock
         self.booted_slot: str | None = None  # None: powered on (or rebooting), not booted yet
+        self._download_started: tuple[float, int] | None = None  # (when, offset) of the current download attempt
         self._cleanup()
+        self._count_power_on()
 
     # --- persistence helpers ---------------------------------------------------------------------------------
 
@@ -93,6 +208,13 @@ class Agent:
 
     def _save(self) -> None:
         self.store.save()
+
+    def _count_power_on(self) -> None:
+        """A power-on in the middle of an update (other than the planned reboot) is an unexpected reboot."""
+        dep = self.deployment
+        if dep and dep["phase"] not in ("rebooting", "confirming"):
+            self.state["unexpected_reboots"] += 1
+            self._save()
 
     def _enqueue(self, deployment_id: int, status: str, **fields: Any) -> None:
         """Queue a report (the caller saves): it is sent, with a fresh seq, until the server has answered it."""
@@ -110,10 +232,11 @@ class Agent:
         self.hook(phase)
 
     def _finish(self, status: str, *, finished: bool, **fields: Any) -> None:
-        """Close the current deployment with a terminal report (succeeded, rolled_back or failed)."""
+        """Close the current deployment with a terminal report (succeeded, rolled_back or failed) and its KPIs."""
         dep = self.deployment
         assert dep is not None
         self._enqueue(dep["id"], status, **fields)
+        self._sample(dep)
         if finished:
             self.state["finished"] = (self.state["finished"] + [dep["id"]])[-FINISHED_KEPT:]
         self.state["deployment"] = None
@@ -123,6 +246,20 @@ class Agent:
         for path in (self.store.partial_path, self.store.staged_path):
             path.unlink(missing_ok=True)
         self.hook(status)
+
+    def _sample(self, dep: dict[str, Any]) -> None:
+        """Queue one telemetry sample for a finished deployment: only what health gates and KPIs need."""
+        kpis = dep.get("kpis", {})
+        sample = {
+            "deployment_id": dep["id"],
+            "reported_at": _utc_iso(self.clock()),
+            "unexpected_reboots": self.state["unexpected_reboots"],
+            **{k: kpis[k] for k in ("install_duration_s", "link_kbps", "boot_time_s", "gps_fix_s") if k in kpis},
+        }
+        if "sensor_calibrated" in kpis:
+            sample["sensor_calibrated"] = bool(kpis["sensor_calibrated"])
+        self.state["telemetry"] = (self.state["telemetry"] + [sample])[-TELEMETRY_KEPT:]
+        self.state["unexpected_reboots"] = 0
 
     def _cleanup(self) -> None:
         """Remove what a power loss left behind that the current phase does not need."""
@@ -134,27 +271,32 @@ class Agent:
         for stray in self.store.dir.glob("*.tmp"):
             stray.unlink()
 
-    # --- the poll cycle --------------------------------------------------------------------------------------
+    # --- drivers -----------------------------------------------------------------------------------------------
 
     def step(self) -> float:
-        """One poll cycle; returns the seconds to wait before the next one. Raises TransportError."""
-        if self.booted_slot is None:
-            self._boot()
-        self._flush()
-        dep = self.deployment
-        if dep and dep["phase"] == "confirming" and self.booted_slot == self.state["trial_slot"]:
-            self._commit()
-            self._flush()
-        answer = self._checkin()
-        poll = float(answer.get("poll_interval_seconds") or 300)
-        if self.deployment is None:
-            offer = answer.get("offer")
-            if not offer or offer["deployment_id"] in self.state["finished"]:
-                return poll
-            self._accept(offer)
-            self._flush()
-        self._advance()
-        return 0.0 if self.deployment or self.booted_slot is None else poll
+        """One poll cycle on a blocking transport; returns the seconds to wait before the next one."""
+        return drive(self._cycle(), lambda call: _perform(self.transport, call))
+
+    async def astep(self) -> float:
+        """One poll cycle on an asyncio transport; returns the seconds to wait before the next one."""
+        return await adrive(self._cycle(), lambda call: _aperform(self.transport, call))
+
+    def _next_delay(self, outcome: float | TransportError, failures: int) -> tuple[float, int]:
+        """(seconds to wait, consecutive failures) after a cycle: the poll interval, or backoff with jitter."""
+        if isinstance(outcome, TransportError):
+            failures += 1
+            delay = backoff_delay(
+                failures,
+                base=self.backoff_base,
+                cap=self.backoff_cap,
+                rng=self.rng,
+                retry_after=outcome.retry_after or 0,
+            )
+            level = logging.WARNING if outcome.retryable else logging.ERROR
+            logger.log(level, "cycle failed (%s), retrying in %.1fs: %s", failures, delay, outcome)
+            return delay, failures
+        # Spread idle polls a little so a fleet does not check in in lockstep (never sooner than asked).
+        return outcome * (1 + self.rng.uniform(0, self.poll_jitter)) if outcome else 0.0, 0
 
     def run(self, max_cycles: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         """Poll forever (or max_cycles times), backing off exponentially with jitter while calls fail."""
@@ -163,16 +305,63 @@ class Agent:
         while max_cycles is None or cycles < max_cycles:
             cycles += 1
             try:
-                delay = self.step()
-                failures = 0
+                outcome: float | TransportError = self.step()
             except TransportError as exc:
-                failures += 1
-                delay = backoff_delay(failures, rng=self.rng, retry_after=exc.retry_after or 0)
-                level = logging.WARNING if exc.retryable else logging.ERROR
-                logger.log(level, "cycle failed (%s), retrying in %.1fs: %s", failures, delay, exc)
+                outcome = exc
+            delay, failures = self._next_delay(outcome, failures)
             sleep(delay)
 
-    def _checkin(self) -> dict[str, Any]:
+    async def arun(
+        self,
+        max_cycles: int | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """The asyncio `run()`: poll until `stop` is set (or max_cycles), backing off while calls fail."""
+        failures = 0
+        cycles = 0
+        while (max_cycles is None or cycles < max_cycles) and not (stop and stop.is_set()):
+            cycles += 1
+            try:
+                outcome: float | TransportError = await self.astep()
+            except TransportError as exc:
+                outcome = exc
+            delay, failures = self._next_delay(outcome, failures)
+            if stop is None:
+                await sleep(delay)
+            elif delay > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(0)
+
+    # --- the poll cycle --------------------------------------------------------------------------------------
+
+    def _cycle(self) -> Flow[float]:
+        """One poll cycle. Raises TransportError (the caller backs off)."""
+        if self.booted_slot is None:
+            self._boot()
+        yield from self._flush()
+        dep = self.deployment
+        if dep and dep["phase"] == "confirming" and self.booted_slot == self.state["trial_slot"]:
+            self._commit()
+            yield from self._flush()
+        if self.booted_slot is None:  # the server ended the deployment under trial: boot the committed slot
+            self._boot()
+        answer = yield from self._checkin()
+        poll = float(answer.get("poll_interval_seconds") or DEFAULT_POLL_SECONDS)
+        if self.deployment is None:
+            offer = answer.get("offer")
+            if offer and offer["deployment_id"] not in self.state["finished"]:
+                self._accept(offer)
+                yield from self._flush()
+        yield from self._advance()
+        yield from self._send_telemetry()
+        return 0.0 if self.deployment or self.booted_slot is None else poll
+
+    def _checkin(self) -> Flow[dict[str, Any]]:
         slots = {
             name: {"version": slot["version"], "release_counter": slot["release_counter"]}
             for name, slot in self.state["slots"].items()
@@ -182,27 +371,83 @@ class Agent:
             "slots": slots,
             "active_slot": self.booted_slot,
             "boot_count": self.state["boot_count"],
-            "health": {},
+            "health": {"on_trial": self.state["trial_slot"] is not None},
         }
-        return self.transport.post_json("/device/v1/checkin/", body)
+        answer = yield PostJson("/device/v1/checkin/", body)
+        return answer if isinstance(answer, dict) else {}
 
-    def _flush(self) -> None:
+    def _flush(self) -> Flow[None]:
         """Send queued reports in order; each attempt takes a new seq, persisted before it is sent."""
-        outbox = self.state["outbox"]
-        while outbox:
-            item = outbox[0]
+        while self.state["outbox"]:
+            item = self.state["outbox"][0]
             seq = self.store.take_seq()
             body = {"seq": seq, "status": item["status"], **item["fields"]}
+            answer: dict[str, Any] = {}
             try:
-                answer = self.transport.post_json(f"/device/v1/deployments/{item['deployment_id']}/status/", body)
+                answer = yield PostJson(f"/device/v1/deployments/{item['deployment_id']}/status/", body)
                 logger.info("reported %s (seq %s): %s", item["status"], seq, answer)
             except TransportError as exc:
                 if exc.retryable:
                     raise
                 logger.error("report %s (seq %s) refused, dropped: %s", item["status"], seq, exc)
-            outbox.pop(0)
+            self.state["outbox"].pop(0)
             self._save()
             self.hook(f"{item['status']}:sent")
+            self._heed(item["deployment_id"], answer if isinstance(answer, dict) else {})
+
+    def _heed(self, deployment_id: int, answer: dict[str, Any]) -> None:
+        """Take the server's view of the current deployment from a status answer: new deadline, or its end."""
+        dep = self.deployment
+        if not dep or dep["id"] != deployment_id:
+            return
+        if answer.get("status") in SERVER_DECIDED:
+            self._abandon(f"the server ended it as {answer['status']}")
+        elif "deadline_at" in answer:
+            dep["deadline_at"] = _epoch(answer["deadline_at"])
+            self._save()
+
+    def _abandon(self, why: str) -> None:
+        """Drop a deployment the server ended (halt, cancel, deadline): nothing more is installed or committed.
+
+        An image on trial is never committed then: the device goes back to its committed slot, which the server
+        still believes it runs."""
+        dep = self.deployment
+        assert dep is not None
+        trial = self.state["trial_slot"]
+        if trial is not None:
+            self.state["trial_slot"] = None
+            self.state["boot_count"] = 0
+            if self.booted_slot == trial:
+                self.booted_slot = None  # reboot into the committed slot
+        self.state["outbox"] = [item for item in self.state["outbox"] if item["deployment_id"] != dep["id"]]
+        self.state["finished"] = (self.state["finished"] + [dep["id"]])[-FINISHED_KEPT:]
+        self.state["deployment"] = None
+        self.state["download_offset"] = 0
+        self._save()
+        for path in (self.store.partial_path, self.store.staged_path):
+            path.unlink(missing_ok=True)
+        logger.warning("deployment %s abandoned: %s", dep["id"], why)
+        self.hook("abandoned")
+
+    def _send_telemetry(self) -> Flow[None]:
+        """Post queued KPI samples in one batch; a refused batch (4xx) is dropped, a failed one kept for later.
+
+        Telemetry never holds up an update: only a server asking to slow down (429/503) ends the cycle."""
+        samples = self.state["telemetry"][:TELEMETRY_BATCH]
+        if not samples:
+            return
+        try:
+            yield PostJson("/device/v1/telemetry/", {"samples": samples})
+        except TransportError as exc:
+            if exc.status in (429, 503):
+                raise
+            if exc.retryable:
+                logger.warning("telemetry batch of %s not delivered, kept: %s", len(samples), exc)
+                return
+            logger.error("telemetry batch of %s refused, dropped: %s", len(samples), exc)
+        self.state["telemetry"] = self.state["telemetry"][len(samples) :]
+        self._save()
+        self.hook("telemetry:sent")
 
     # --- boot, health and commit -----------------------------------------------------------------------------
 
@@ -222,9 +467,23 @@ class Agent:
         self.hook("booted")
         if self._healthy(trial):
             if self.deployment and self.deployment["phase"] != "confirming":
+                self._measure_boot(trial)
                 self._phase("confirming")
         else:
             self._fall_back(f"slot {trial} failed its health check")
+
+    def _measure_boot(self, slot: str) -> None:
+        dep = self.deployment
+        if dep is None or self.probe is None:
+            return
+        try:
+            measured = self.probe(slot)
+        except Exception:  # noqa: BLE001 - a broken probe costs KPIs, never the update
+            logger.exception("boot probe raised")
+            return
+        dep.setdefault("kpis", {}).update(
+            {k: v for k, v in measured.items() if k in ("boot_time_s", "gps_fix_s", "sensor_calibrated")}
+        )
 
     def _healthy(self, slot: str) -> bool:
         image = self.store.slot_path(slot).read_bytes()
@@ -268,28 +527,49 @@ class Agent:
             "url": artifact["url"],
             "release_version": offer["release_version"],
             "release_counter": int(offer["release_counter"]),
+            "deadline_at": _epoch(offer.get("deadline_at")),
             "phase": "offered",
+            "kpis": {},
         }
         self.store.partial_path.unlink(missing_ok=True)
         self._phase("downloading", download_offset=0)
 
-    def _advance(self) -> None:
+    def _deadline_passed(self, dep: dict[str, Any]) -> bool:
+        deadline = dep.get("deadline_at")
+        return deadline is not None and self.clock() > deadline
+
+    def _give_up_if_late(self, dep: dict[str, Any], failure_class: str) -> bool:
+        """Past the server's deadline nothing new is started: report the failure (the plan decides on retries)."""
+        if not self._deadline_passed(dep):
+            return False
+        when = _utc_iso(dep["deadline_at"])
+        self._finish("failed", finished=False, failure_class=failure_class, detail=f"{failure_class}: deadline {when}")
+        return True
+
+    def _advance(self) -> Flow[None]:
         dep = self.deployment
         if dep is None:
             return
         if dep["phase"] == "downloading":
-            self._download(dep)
-            self._flush()
-        if self.deployment and dep["phase"] == "downloaded":
+            if self._give_up_if_late(dep, "download"):
+                yield from self._flush()
+                return
+            yield from self._download(dep)
+            yield from self._flush()
+        if self.deployment is dep and dep["phase"] == "downloaded":
+            if self._give_up_if_late(dep, "install"):
+                yield from self._flush()
+                return
+            dep.setdefault("kpis", {})["install_started"] = self.clock()
             self._phase("installing")
-            self._flush()
-        if self.deployment and dep["phase"] == "installing":
+            yield from self._flush()  # the answer may say the server ended it: then nothing is installed
+        if self.deployment is dep and dep["phase"] == "installing":
             self._install(dep)
-            self._flush()
-        if self.deployment and dep["phase"] == "rebooting" and self.booted_slot != self.state["trial_slot"]:
+            yield from self._flush()
+        if self.deployment is dep and dep["phase"] == "rebooting" and self.booted_slot != self.state["trial_slot"]:
             self.booted_slot = None  # reboot: the next cycle starts with the bootloader
 
-    def _download(self, dep: dict[str, Any]) -> None:
+    def _download(self, dep: dict[str, Any]) -> Flow[None]:
         path = self.store.partial_path
         length = dep["length"]
         offset = min(self.state["download_offset"], path.stat().st_size if path.exists() else 0)
@@ -297,6 +577,7 @@ class Agent:
             file.truncate(offset)  # anything past the persisted offset was never acknowledged
         self.state["download_offset"] = offset
         if offset < length:
+            self._download_started = (self.clock(), offset)
             with open(path, "r+b") as file:
 
                 def sink(position: int, chunk: bytes) -> None:
@@ -315,9 +596,7 @@ class Agent:
                     self.hook("download:chunk")
 
                 try:
-                    total = self.transport.download(
-                        dep["url"], sha256=dep["sha256"], offset=offset, sink=sink, chunk_size=self.chunk_size
-                    )
+                    total = yield Download(dep["url"], dep["sha256"], offset, sink, self.chunk_size)
                     if total != length:
                         raise VerifyError(f"server has {total} bytes, the offer said {length}")
                 except VerifyError as exc:
@@ -340,7 +619,15 @@ class Agent:
         if size != length or digest != dep["sha256"]:
             self._finish("failed", finished=False, failure_class="verify", detail=f"verify: sha256 {digest}")
             return
+        self._record_throughput(dep)
         self._stage(dep)
+
+    def _record_throughput(self, dep: dict[str, Any]) -> None:
+        if self._download_started is None:
+            return
+        started, offset = self._download_started
+        elapsed = max(self.clock() - started, 1e-3)
+        dep.setdefault("kpis", {})["link_kbps"] = min(int((dep["length"] - offset) * 8 / 1000 / elapsed), 10_000_000)
 
     def _stage(self, dep: dict[str, Any]) -> None:
         """Encrypt the verified image at rest (AES-GCM, device key, sha256 as associated data); drop the plaintext."""
@@ -389,4 +676,8 @@ class Agent:
             "present": True,
         }
         self.store.staged_path.unlink(missing_ok=True)
+        kpis = dep.setdefault("kpis", {})
+        started = kpis.pop("install_started", None)
+        if started is not None:
+            kpis["install_duration_s"] = max(0, int(round(self.clock() - started)))
         self._phase("rebooting", trial_slot=target, boot_count=0)

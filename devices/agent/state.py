@@ -57,6 +57,8 @@ def initial_state(version: str, release_counter: int) -> dict[str, Any]:
         "download_offset": 0,
         "outbox": [],  # reports not yet accepted by the server: [{deployment_id, status, ...}]
         "finished": [],  # ids of deployments this device has finished (offers for them are ignored)
+        "telemetry": [],  # KPI samples not yet accepted by the server
+        "unexpected_reboots": 0,  # power-ons in the middle of an update since the last sample
     }
 
 
@@ -68,7 +70,9 @@ class StateStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / STATE_FILE
         if self.path.exists():
-            self.data: dict[str, Any] = json.loads(self.path.read_text())
+            # Keys added by newer agents get their initial values; nothing already stored is changed.
+            defaults = initial_state(version, release_counter)
+            self.data: dict[str, Any] = {**defaults, **json.loads(self.path.read_text())}
         else:
             # First start: the factory image in slot a, then the state (the state is written last).
             write_atomic(self.slot_path("a"), image)

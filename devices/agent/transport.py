@@ -24,6 +24,14 @@ class TransportError(Exception):
         self.retry_after = retry_after
 
 
+def classify_status(status: int, detail: str, retry_after: str | None) -> TransportError:
+    """The TransportError for an HTTP error status: 5xx, 408, 425 and 429 are retryable (honouring Retry-After)."""
+    retryable = status >= 500 or status in RETRYABLE_STATUSES
+    return TransportError(
+        f"HTTP {status}: {detail}", retryable=retryable, status=status, retry_after=_retry_after(retry_after)
+    )
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -38,13 +46,7 @@ def _from_http_error(exc: urllib.error.HTTPError) -> TransportError:
         detail = exc.read(2048).decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - the body is only for the message
         detail = ""
-    retryable = exc.code >= 500 or exc.code in RETRYABLE_STATUSES
-    return TransportError(
-        f"HTTP {exc.code}: {detail}",
-        retryable=retryable,
-        status=exc.code,
-        retry_after=_retry_after(exc.headers.get("Retry-After") if exc.headers else None),
-    )
+    return classify_status(exc.code, detail, exc.headers.get("Retry-After") if exc.headers else None)
 
 
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout)
@@ -58,6 +60,8 @@ class HttpTransport:
         self.auth = f"Device {serial}:{secret}"
         self.timeout = timeout
         self.bytes_received = 0  # image bytes received, over all downloads (tests check resume efficiency)
+        self.downloads = 0  # download requests made
+        self.resumed_downloads = 0  # of which ranged (resuming a partial image)
 
     def _url(self, path: str) -> str:
         return path if urllib.parse.urlsplit(path).scheme else self.server + path
@@ -87,13 +91,15 @@ class HttpTransport:
 
         The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed)."""
         headers = {"Authorization": self.auth}
+        self.downloads += 1
         if offset > 0:
+            self.resumed_downloads += 1
             headers.update({"Range": f"bytes={offset}-", "If-Range": f'"{sha256}"'})
         request = urllib.request.Request(self._url(url), headers=headers, method="GET")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 if response.status == 206:
-                    start, total = _content_range(response.headers.get("Content-Range", ""))
+                    start, total = content_range(response.headers.get("Content-Range", ""))
                 else:
                     start, total = 0, int(response.headers.get("Content-Length", "-1"))
                 position = start
@@ -113,7 +119,7 @@ class HttpTransport:
             raise TransportError(f"network: {exc}", retryable=True) from exc
 
 
-def _content_range(value: str) -> tuple[int, int]:
+def content_range(value: str) -> tuple[int, int]:
     """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (-1, 1000)."""
     try:
         unit, _, rest = value.strip().partition(" ")

@@ -175,6 +175,51 @@ def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(ro
     assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.ROLLED_BACK
 
 
+def test_halt_cancels_a_downloaded_image_before_it_is_installed(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    first, _ = Deployment.objects.order_by("pk")
+    _drive(deployment_offer(device=first.device), "downloading", "downloaded")
+    assert steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed") == 2
+    first.refresh_from_db()
+    assert first.status == DeploymentStatus.CANCELLED
+    # The device asks before it installs: its report is not applied, and no rollback is owed to it.
+    assert _drive(first, "installing").status == DeploymentStatus.CANCELLED
+    assert steps.rollback_assign(rollout_id=rollout.pk) == 0
+
+
+def test_completion_cancels_undelivered_work_and_stragglers_time_out_later(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    installing, waiting = Deployment.objects.order_by("pk")
+    _drive(deployment_offer(device=installing.device), "downloading", "downloaded", "installing")
+    steps.rollout_finish(rollout_id=rollout.pk, outcome=RolloutStatus.COMPLETED, reason="enough evidence")
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.detail) == (DeploymentStatus.CANCELLED, "rollout completed")
+    assert Deployment.objects.get(pk=installing.pk).status == DeploymentStatus.INSTALLING  # may still finish
+    assert steps.finished_rollouts_expire_deadlines() == 0  # its install deadline has not passed
+    later = timezone.now() + timedelta(days=1)
+    assert steps.finished_rollouts_expire_deadlines(now=later) == 1
+    expired = Deployment.objects.get(pk=installing.pk)
+    assert (expired.status, expired.failure_class) == (DeploymentStatus.TIMED_OUT, "install")
+    assert steps.finished_rollouts_expire_deadlines(now=later) == 0  # idempotent
+
+
+def test_deadline_sweep_leaves_running_rollouts_to_their_workflow(rollout):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    assert steps.finished_rollouts_expire_deadlines(now=timezone.now() + timedelta(days=1)) == 0
+    assert not Deployment.objects.filter(status=DeploymentStatus.TIMED_OUT).exists()
+
+
+def test_the_deadline_sweep_is_scheduled_for_celery_beat():
+    from ota_project.celery import app
+    from rollouts.tasks import finished_rollouts_expire_deadlines_task
+
+    entry = app.conf.beat_schedule["finished-rollouts-expire-deadlines"]
+    assert entry["task"] == finished_rollouts_expire_deadlines_task.name
+
+
 def test_human_action_is_reauthorized_against_the_database(rollout, requester, operator, make_user):
     with pytest.raises(NotPermitted):
         steps.human_action_authorize(

@@ -31,6 +31,7 @@ POLL_SECONDS = 0.2
 STARTUP_TIMEOUT_SECONDS = 60.0
 CHILD_STOP_SECONDS = 40.0  # the worker lets running activities finish for up to 30 s
 SERVER_STOP_SECONDS = 15.0
+DEMO_FLEET_SIZE = 25  # `make run` (OTA_DEMO_MODE) shows this many simulated devices checking in
 
 
 @dataclass
@@ -42,13 +43,25 @@ class Child:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
-def children(*, host: str, port: int) -> list[Child]:
+def children(*, host: str, port: int, simulated_devices: int = 0) -> list[Child]:
     """The processes `make run` supervises besides the Temporal dev server (add one per line)."""
     manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
-    return [
+    processes = [
         Child("worker", [*manage, "temporal_worker"]),
         Child("web", [*manage, "runserver", f"{host}:{port}", "--noreload"]),
     ]
+    if simulated_devices:
+        # A small simulated fleet checking in through the device API (it retries until the web app answers).
+        server = f"http://{_local(host)}:{port}"
+        processes.append(
+            Child("fleet", [*manage, "simulate_fleet", "--devices", str(simulated_devices), "--server", server])
+        )
+    return processes
+
+
+def _local(host: str) -> str:
+    """An address on this machine that reaches a server listening on `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def temporal_binary() -> str:
@@ -187,12 +200,18 @@ class _StopRequested(Exception):
 class Command(BaseCommand):
     help = (
         "Run the embedded system: Temporal dev server (data in OTA_DATA_DIR, unless TEMPORAL_ADDRESS already "
-        "answers), the Temporal worker and the web app. Ctrl-C stops all of them."
+        "answers), the Temporal worker, the web app and (in demo mode) a small simulated fleet. Ctrl-C stops all."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="Address the web app listens on.")
         parser.add_argument("--port", type=int, default=8000, help="Port of the web app.")
+        parser.add_argument(
+            "--simulated-devices",
+            type=int,
+            default=DEMO_FLEET_SIZE if settings.OTA_DEMO_MODE else 0,
+            help=f"Size of the simulated fleet checking in (default: {DEMO_FLEET_SIZE} in demo mode, else 0: none).",
+        )
         parser.add_argument(
             "--temporal-ui-port",
             type=int,
@@ -212,9 +231,11 @@ class Command(BaseCommand):
             supervisor.run_to_end(
                 "register search attributes", [*manage, "temporal_worker", "--register-search-attributes"]
             )
-            for child in children(host=options["host"], port=options["port"]):
+            for child in children(
+                host=options["host"], port=options["port"], simulated_devices=options["simulated_devices"]
+            ):
                 supervisor.start(child)
-            web_host = "127.0.0.1" if options["host"] in ("0.0.0.0", "::", "") else options["host"]
+            web_host = _local(options["host"])
             supervisor.wait_for_port(web_host, options["port"], "the web app")
             self._banner(web_host, options["port"], server, options["temporal_ui_port"])
             supervisor.wait()

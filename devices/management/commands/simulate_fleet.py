@@ -1,0 +1,196 @@
+"""`python manage.py simulate_fleet`: a small simulated fleet checking in forever against a running web server.
+
+`make run` starts it (through run_embedded) so a newcomer sees devices check in, take offers and report. Each
+device is a reference agent (asyncio transport, all in one process) with its state under
+$OTA_DATA_DIR/simulated-fleet/<serial>; credentials are issued through the credential service once and kept
+(0600) next to the states, so a restart continues where the devices were. SIGINT or SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from devices.agent import Agent, AsyncHttpTransport, PowerLoss, TransportError
+from devices.choices import SIMULATED_TAG, DeviceStatus
+from devices.credentials import device_credential_issue, secret_hash
+from devices.drill.faults import DeviceFate, probe_for
+from devices.models import Device, DeviceCredential
+from ota_project.roles import Role
+
+SUMMARY_SECONDS = 60.0
+WAIT_SECONDS = 5.0
+CREDENTIALS_FILE = "credentials.json"
+
+
+class NotReady(Exception):
+    """Nothing to simulate yet (no active devices, no operator): wait and look again."""
+
+
+class CountingTransport(AsyncHttpTransport):
+    """The agent's asyncio transport, counting check-ins for the summary line."""
+
+    checkins = 0
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await super().post_json(path, body)
+        if path.endswith("/checkin/"):
+            CountingTransport.checkins += 1
+        return answer
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a small simulated fleet (reference agents in one asyncio loop) against a running web server, forever. "
+        "Credentials are issued through the credential service by an operator. Ctrl-C stops it."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--devices", type=int, default=25, help="How many active devices to simulate (1-200).")
+        parser.add_argument("--server", default="http://127.0.0.1:8000", help="Base URL of the web server.")
+        parser.add_argument("--operator", default=None, help="Username issuing credentials (default: an operator).")
+        parser.add_argument("--state-dir", type=Path, default=None, help="Default: $OTA_DATA_DIR/simulated-fleet.")
+        parser.add_argument("--seed", type=int, default=1)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        count = options["devices"]
+        if not 1 <= count <= 200:
+            raise CommandError("--devices must be from 1 to 200 (use fleet_drill for large fleets)")
+        root: Path = options["state_dir"] or Path(settings.DATA_DIR) / "simulated-fleet"
+        root.mkdir(parents=True, exist_ok=True)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        ready = self._wait_for_fleet(count, root, options["operator"], stop)
+        if ready is None:
+            self._say("simulate_fleet: stopped")
+            return
+        devices, secrets_by_serial = ready
+        logging.getLogger("devices.agent").setLevel(logging.ERROR)
+        self._say(f"simulate_fleet: {len(devices)} devices checking in at {options['server']} (state in {root})")
+        asyncio.run(self._run(devices, secrets_by_serial, root, options["server"], options["seed"]))
+        self._say("simulate_fleet: stopped")
+
+    def _wait_for_fleet(
+        self, count: int, root: Path, operator_name: str | None, stop: threading.Event
+    ) -> tuple[list[Device], dict[str, str]] | None:
+        """Active devices with credentials; waits (saying why) while there are none or no operator to issue them."""
+        said = ""
+        while not stop.is_set():
+            active = Device.objects.filter(status=DeviceStatus.ACTIVE).select_related("hardware_model")
+            # Devices tagged `simulated` first (the demo's live change targets them), then the others by serial.
+            tagged = list(active.filter(tags__name=SIMULATED_TAG).order_by("serial")[:count])
+            rest = active.exclude(pk__in=[d.pk for d in tagged]).order_by("serial")[: count - len(tagged)]
+            devices = tagged + list(rest)
+            try:
+                if not devices:
+                    raise NotReady("no active devices yet (make run loads the demo fleet)")
+                return devices, self._credentials(devices, root, operator_name)
+            except NotReady as exc:
+                if str(exc) != said:
+                    said = str(exc)
+                    self._say(f"simulate_fleet: waiting: {exc}")
+            stop.wait(WAIT_SECONDS)
+        return None
+
+    def _credentials(self, devices: list[Device], root: Path, operator_name: str | None) -> dict[str, str]:
+        """Reuse the kept secret of each device while it is still its valid credential, else issue a new one."""
+        path = root / CREDENTIALS_FILE
+        kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        valid = {
+            c.device_id: c.secret_hash
+            for c in DeviceCredential.objects.filter(device__in=devices, revoked_at__isnull=True)
+        }
+        operator = None
+        result = {}
+        for device in devices:
+            secret = kept.get(device.serial)
+            if secret and valid.get(device.pk) == secret_hash(secret):
+                result[device.serial] = secret
+                continue
+            operator = operator or self._operator(operator_name)
+            result[device.serial] = device_credential_issue(actor=operator, device=device)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump({**kept, **result}, file, indent=1)
+        return result
+
+    def _operator(self, username: str | None) -> Any:
+        users = get_user_model().objects.filter(is_active=True, groups__name=Role.OPERATOR)
+        user = users.filter(username=username).first() if username else users.order_by("pk").first()
+        if user is None:
+            raise NotReady(
+                f"no active operator {'named ' + repr(username) if username else 'exists'} to issue credentials"
+            )
+        return user
+
+    async def _run(self, devices: list[Device], secrets: dict[str, str], root: Path, server: str, seed: int) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        rng = random.Random(seed)
+        lives = [
+            self._live(device, secrets[device.serial], root, server, rng.randrange(2**31), stop) for device in devices
+        ]
+        lives.append(self._summarise(len(devices), stop))
+        await asyncio.gather(*lives)
+
+    async def _live(self, device: Device, secret: str, root: Path, server: str, seed: int, stop: asyncio.Event) -> None:
+        rng = random.Random(seed)
+        transport = CountingTransport(server, device.serial, secret, timeout=20)
+        fate = DeviceFate(device.serial, device.hardware_model.name, kpi_seed=seed)
+
+        def hook(event: str) -> None:
+            if event in ("downloading", "installing", "rebooting", "succeeded", "rolled_back", "failed", "abandoned"):
+                self._say(f"simulate_fleet: {device.serial} {event}")
+
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=rng.uniform(0, 5))
+            return
+        except TimeoutError:
+            pass
+        while not stop.is_set():
+            agent = Agent(
+                root / device.serial,
+                transport,
+                hook=hook,
+                probe=probe_for(fate),
+                version=device.installed_version,
+                release_counter=device.installed_release_counter,
+                factory_image=f"factory image {device.installed_version} {device.serial}\n".encode(),
+                rng=random.Random(rng.randrange(2**31)),
+                backoff_cap=60,
+            )
+            try:
+                await agent.arun(stop=stop)
+            except (PowerLoss, TransportError, OSError) as exc:
+                self._say(f"simulate_fleet: {device.serial} restarting after {exc!r}")
+                await asyncio.sleep(5)
+
+    async def _summarise(self, count: int, stop: asyncio.Event) -> None:
+        started = time.monotonic()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=SUMMARY_SECONDS)
+            except TimeoutError:
+                minutes = (time.monotonic() - started) / 60
+                self._say(
+                    f"simulate_fleet: {count} devices, {CountingTransport.checkins} check-ins in {minutes:.0f} min"
+                )
+
+    def _say(self, message: str) -> None:
+        self.stdout.write(message)
+        self.stdout.flush()
