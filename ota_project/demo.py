@@ -31,9 +31,8 @@ from devices.importer import import_rows
 from devices.models import Device
 from ota_project import demo_rollouts
 from ota_project.roles import Role
-from rollouts.artifacts import receive_stream, release_temp
 from rollouts.models import FirmwareRelease
-from rollouts.services import release_create
+from rollouts.services import release_create_from_chunks
 
 
 @dataclass(frozen=True)
@@ -100,23 +99,18 @@ def _ensure_users() -> dict[str, tuple[Any, str]]:
 
 
 def _release(actor: Any, version: str, counter: int, models: list[str], seed: int) -> FirmwareRelease:
-    image = random.Random(seed).randbytes(256 * 1024)
-    received = receive_stream([image], max_bytes=settings.ARTIFACT_MAX_BYTES)
-    try:
-        return release_create(
-            actor=actor,
-            version=version,
-            release_counter=counter,
-            hardware_models=models,
-            received=received,
-            artifact_name=f"tcu-fw-{version}.bin",
-            source_revision=f"{seed:07x}a1b2c3d4e5f6",
-            builder="demo-builder-1",
-            sbom_ref=f"sha256:{'0' * 63}{seed}",
-            notes=f"Demo release {version}",
-        )
-    finally:
-        release_temp(received)
+    return release_create_from_chunks(
+        actor=actor,
+        chunks=[random.Random(seed).randbytes(256 * 1024)],
+        version=version,
+        release_counter=counter,
+        hardware_models=models,
+        artifact_name=f"tcu-fw-{version}.bin",
+        source_revision=f"{seed:07x}a1b2c3d4e5f6",
+        builder="demo-builder-1",
+        sbom_ref=f"sha256:{'0' * 63}{seed}",
+        notes=f"Demo release {version}",
+    )
 
 
 def _fleet(operator: Any) -> None:

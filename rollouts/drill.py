@@ -26,7 +26,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import close_old_connections
@@ -49,7 +48,6 @@ from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
 from ota_project.roles import Role
 from rollouts import rollout_services
-from rollouts.artifacts import receive_stream, release_temp
 from rollouts.choices import (
     DEPLOYMENT_TERMINAL,
     ROLLOUT_TERMINAL,
@@ -59,7 +57,7 @@ from rollouts.choices import (
     WaveStatus,
 )
 from rollouts.models import Deployment, FirmwareRelease, Rollout
-from rollouts.services import release_create
+from rollouts.services import release_create_from_chunks
 
 SETTLE_SECONDS = 120.0  # after the rollout ended: time for the last devices to report
 PROGRESS_SECONDS = 1.0
@@ -232,21 +230,17 @@ def _user(run_id: str, name: str, role: str) -> Any:
 
 
 def _release(actor: Any, version: str, counter: int, models: list[str], image: bytes, run_id: str) -> FirmwareRelease:
-    received = receive_stream([image], max_bytes=settings.ARTIFACT_MAX_BYTES)
-    try:
-        return release_create(
-            actor=actor,
-            version=version,
-            release_counter=counter,
-            hardware_models=models,
-            received=received,
-            artifact_name=f"drill-{run_id}-{version}.bin",
-            source_revision=hashlib.sha1(f"{run_id}:{version}".encode()).hexdigest(),
-            builder="fleet-drill",
-            notes=f"Fleet drill {run_id}",
-        )
-    finally:
-        release_temp(received)
+    return release_create_from_chunks(
+        actor=actor,
+        chunks=[image],
+        version=version,
+        release_counter=counter,
+        hardware_models=models,
+        artifact_name=f"drill-{run_id}-{version}.bin",
+        source_revision=hashlib.sha1(f"{run_id}:{version}".encode()).hexdigest(),
+        builder="fleet-drill",
+        notes=f"Fleet drill {run_id}",
+    )
 
 
 def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], None]) -> World:

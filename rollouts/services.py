@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -15,7 +16,14 @@ from devices.models import HardwareModel
 from devices.validators import validate_semver
 from ota_project.errors import InvalidInput, NotPermitted
 from ota_project.roles import Role, has_role
-from rollouts.artifacts import ReceivedArtifact, artifact_discard, artifact_store, validate_artifact_name
+from rollouts.artifacts import (
+    ReceivedArtifact,
+    artifact_discard,
+    artifact_store,
+    receive_stream,
+    release_temp,
+    validate_artifact_name,
+)
 from rollouts.models import FirmwareRelease
 from rollouts.selectors import release_latest_counters
 from rollouts.validators import (
@@ -160,3 +168,13 @@ def release_create(
         artifact_discard(stored)
         raise
     return release
+
+
+def release_create_from_chunks(*, actor: AbstractBaseUser, chunks: Iterable[bytes], **fields: Any) -> FirmwareRelease:
+    """Hash `chunks` into a temp file as they arrive (size-limited), then `release_create` from it; the temp file is
+    always removed (commands, the demo and the drills; the API streams through its upload handler instead)."""
+    received = receive_stream(chunks, max_bytes=settings.ARTIFACT_MAX_BYTES)
+    try:
+        return release_create(actor=actor, received=received, **fields)
+    finally:
+        release_temp(received)

@@ -223,20 +223,27 @@ class FaultProxy:
                     if to_server and sink.can_write_eof():
                         sink.write_eof()
                     return "eof"
-                if limit is not None and sent + len(data) >= limit:
-                    sink.write(data[: limit - sent])
-                    self._count(to_server, limit - sent)
-                    await sink.drain()
+                forwarded = await self._forward(sink, data, sent, to_server=to_server, limit=limit)
+                if forwarded is None:
                     return "cut"
-                sink.write(data)
-                sent += len(data)
-                self._count(to_server, len(data))
-                await sink.drain()
+                sent = forwarded
         except (ConnectionError, OSError):
             return "error"
         finally:
             pumping.cancel()
             await asyncio.gather(pumping, return_exceptions=True)
+
+    async def _forward(self, sink: Any, data: bytes, sent: int, *, to_server: bool, limit: int | None) -> int | None:
+        """Write `data`, cut at `limit` bytes in all; the new total sent, or None once the stream was cut."""
+        if limit is not None and sent + len(data) >= limit:
+            sink.write(data[: limit - sent])
+            self._count(to_server, limit - sent)
+            await sink.drain()
+            return None
+        sink.write(data)
+        self._count(to_server, len(data))
+        await sink.drain()
+        return sent + len(data)
 
     async def _pipe_direct(
         self, source: asyncio.StreamReader, sink: Any, first: bytes, *, to_server: bool, limit: int | None
@@ -251,15 +258,10 @@ class FaultProxy:
                     if to_server and sink.can_write_eof():
                         sink.write_eof()
                     return "eof"
-                if limit is not None and sent + len(data) >= limit:
-                    sink.write(data[: limit - sent])
-                    self._count(to_server, limit - sent)
-                    await sink.drain()
+                forwarded = await self._forward(sink, data, sent, to_server=to_server, limit=limit)
+                if forwarded is None:
                     return "cut"
-                sink.write(data)
-                sent += len(data)
-                self._count(to_server, len(data))
-                await sink.drain()
+                sent = forwarded
                 data = b""
         except (ConnectionError, OSError):
             return "error"

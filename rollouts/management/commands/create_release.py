@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ota_project.errors import DomainError
-from rollouts.artifacts import iter_file, receive_stream, release_temp
-from rollouts.services import release_create
+from rollouts.artifacts import iter_file
+from rollouts.services import release_create_from_chunks
 
 
 class Command(BaseCommand):
@@ -54,28 +53,22 @@ class Command(BaseCommand):
         try:
             with path.open("rb") as source:
                 # Hash the bytes as they are copied, so the digest describes exactly what will be stored.
-                received = receive_stream(iter_file(source), max_bytes=settings.ARTIFACT_MAX_BYTES)
+                release = release_create_from_chunks(
+                    actor=actor,
+                    chunks=iter_file(source),
+                    version=options["release_version"],
+                    release_counter=options["counter"],
+                    hardware_models=options["hardware_models"],
+                    artifact_name=options["name"] or path.name,
+                    source_revision=options["source_revision"],
+                    builder=options["builder"],
+                    sbom_ref=options["sbom_ref"],
+                    notes=options["notes"],
+                )
         except DomainError as exc:
             raise CommandError(self._describe(exc)) from exc
         except OSError as exc:
             raise CommandError(f"{path}: {exc.strerror or exc}") from exc
-        try:
-            release = release_create(
-                actor=actor,
-                version=options["release_version"],
-                release_counter=options["counter"],
-                hardware_models=options["hardware_models"],
-                received=received,
-                artifact_name=options["name"] or path.name,
-                source_revision=options["source_revision"],
-                builder=options["builder"],
-                sbom_ref=options["sbom_ref"],
-                notes=options["notes"],
-            )
-        except DomainError as exc:
-            raise CommandError(self._describe(exc)) from exc
-        finally:
-            release_temp(received)
         self.stdout.write(
             self.style.SUCCESS(
                 f"Created release {release.version} (id {release.pk}, counter {release.release_counter}) "
