@@ -13,23 +13,10 @@ from typing import Any
 
 from rollouts import rollout_services
 from rollouts.choices import DEPLOYMENT_TERMINAL
-from rollouts.deployment_services import Report, deployment_offer, deployment_report
-from rollouts.models import Deployment, Rollout
+from rollouts.deployment_services import deployment_offer
+from rollouts.device_playback import FAIL_BOOT, HAPPY, play
+from rollouts.models import Rollout
 from workflows.types import Gate, Phase, PhaseChange
-
-HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
-FAILS_BOOT = ("downloading", "downloaded", "installing", "rebooting", "rolled_back")
-
-
-def _play(deployment: Deployment, statuses: tuple[str, ...]) -> None:
-    """Report `statuses` for one deployment as its device would (sequence numbers continue the device's own)."""
-    for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
-        extra: dict[str, Any] = {}
-        if status == "succeeded":
-            extra = {"booted_version": deployment.release.version, "health_passed": True}
-        elif status in ("failed", "rolled_back"):
-            extra = {"failure_class": "boot", "detail": "boot health check failed: modem_attach"}
-        deployment_report(device=deployment.device, deployment_id=deployment.pk, report=Report(seq, status, **extra))
 
 
 def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
@@ -43,7 +30,10 @@ def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
             continue
         offered = deployment_offer(device=pending.device)
         if offered is not None:
-            _play(offered, FAILS_BOOT if device_id in fails and offered.kind == "update" else HAPPY)
+            if device_id in fails and offered.kind == "update":
+                play(offered, FAIL_BOOT, failure_detail="boot health check failed: modem_attach")
+            else:
+                play(offered, HAPPY)
 
 
 def _run_wave(rollout: Rollout, index: int, fails: set[int]) -> Any:

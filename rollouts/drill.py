@@ -43,9 +43,10 @@ from devices.drill.fleet import DeviceSpec, Fleet, FleetSettings
 from devices.drill.progress import ProgressBar
 from devices.drill.proxy import FaultProxy, NetworkFaults
 from devices.drill.report import assemble, fleet_facts
-from devices.drill.stack import Stack, free_port
+from devices.drill.stack import Stack
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
+from ota_project.net import free_port
 from ota_project.roles import Role
 from rollouts import rollout_services
 from rollouts.choices import (

@@ -1,5 +1,5 @@
-"""Drive devices through the device services (the real agent and HTTP API come with the device issue):
-each call offers pending work to every device of a rollout and plays one behaviour per device."""
+"""Drive devices through the device services: each call offers pending work to every device of a rollout and plays
+one behaviour per device (`rollouts.device_playback`)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,17 @@ from collections.abc import Callable
 from django.db import close_old_connections
 
 from rollouts.choices import DEPLOYMENT_TERMINAL, RolloutStatus
-from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.deployment_services import deployment_offer
+from rollouts.device_playback import FAIL_BOOT, HAPPY, play
 from rollouts.models import Deployment, Rollout
 
-HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
-FAIL_BOOT = ("downloading", "downloaded", "installing", "rebooting", "rolled_back")
+__all__ = ["FAIL_BOOT", "HAPPY", "finished", "healthy", "play", "run_until", "step"]
 
 Behaviour = Callable[[Deployment], tuple[str, ...] | None]
 
 
 def healthy(_: Deployment) -> tuple[str, ...]:
     return HAPPY
-
-
-def play(deployment: Deployment, statuses: tuple[str, ...]) -> None:
-    device = deployment.device
-    for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
-        extra = {}
-        if status == "succeeded":
-            extra = {"booted_version": deployment.release.version, "health_passed": True}
-        elif status in ("failed", "rolled_back"):
-            extra = {"failure_class": "boot"}
-        deployment_report(device=device, deployment_id=deployment.pk, report=Report(seq, status, **extra))
 
 
 def step(rollout_id: int, behaviour: Behaviour) -> int:

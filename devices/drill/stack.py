@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+
+from ota_project.net import free_port, port_answers
 
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 20.0
@@ -35,20 +36,6 @@ def _die_with_parent() -> None:
 
 class StackError(RuntimeError):
     """A part of the stack did not come up (the message names it and quotes its log)."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def database_url() -> str:

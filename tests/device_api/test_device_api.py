@@ -81,6 +81,9 @@ def test_missing_or_bad_credentials_are_401(pilot, operator, header):
 
 def test_staff_users_cannot_use_the_device_api(client_for, operator, running):
     assert client_for(operator).post(CHECKIN, checkin_body(), format="json").status_code in (401, 403)
+    # Nothing was offered or recorded for anyone.
+    assert not running.deployments.exclude(status=DeploymentStatus.PENDING).exists()
+    assert not Device.objects.filter(reported_at__isnull=False).exists()
 
 
 def test_revoked_credential_and_inactive_devices_are_refused(pilot, other_pilot, operator, device_client):

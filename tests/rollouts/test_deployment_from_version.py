@@ -9,12 +9,11 @@ from devices.models import Device
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.device_playback import HAPPY
 from rollouts.models import Deployment
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
-
-HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.device_playback import HAPPY
 from rollouts.models import Deployment, Rollout
 from workflows.types import PhaseChange
 
@@ -39,9 +40,6 @@ def _drive(deployment: Deployment, *statuses: str) -> Deployment:
         extra = {"booted_version": deployment.release.version, "health_passed": True} if status == "succeeded" else {}
         deployment = deployment_report(device=device, deployment_id=deployment.pk, report=Report(seq, status, **extra))
     return deployment
-
-
-HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
 
 
 def test_operator_starts_an_approved_change_and_plans_waves(rollout, approved_change):

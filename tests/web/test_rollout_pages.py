@@ -17,13 +17,14 @@ from django.test import Client
 from approvals import services as change_services
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest, DecisionRecord
+from ota_project.net import free_port
 from ota_project.roles import Role
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment, HealthSample, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, play, run_until
-from tests.temporal_support import free_port, running_worker
+from tests.temporal_support import running_worker
 from tests.web.helpers import html_of, messages_of, page_client
 from workflows.types import PhaseChange
 
@@ -416,6 +417,7 @@ def test_unknown_action_and_get_are_refused(rollout, operator):
     client = page_client(operator)
     assert client.post(f"/rollouts/{rollout.pk}/actions/explode/", {"reason": "x"}).status_code == 404
     assert client.get(f"/rollouts/{rollout.pk}/actions/pause/").status_code == 405
+    assert _recorded() == 0 and Rollout.objects.get(pk=rollout.pk).status == rollout.status
 
 
 # --- against the real Temporal dev server ------------------------------------------------------------------------

@@ -14,11 +14,12 @@ from approvals.models import ChangeRequest, DecisionRecord
 from approvals.records import chain_verify
 from devices.models import Device
 from ota_project.errors import Conflict, NotPermitted
+from ota_project.net import free_port
 from rollouts import rollout_services
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, run_until
-from tests.temporal_support import free_port, in_temporal_loop, running_worker, subprocess_env, worker_process
+from tests.temporal_support import in_temporal_loop, running_worker, subprocess_env, worker_process
 from workflows.client import TemporalUnavailable, temporal_client
 from workflows.search_attributes import OTA_CHANGE_ID, OTA_PHASE
 

@@ -13,7 +13,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import TLSConfig
 
 from ota_project.errors import Conflict, NotPermitted
-from tests.temporal_support import free_port, in_temporal_loop, running_worker
+from ota_project.net import free_port
+from tests.temporal_support import in_temporal_loop, running_worker
 from tests.workflows_runtime.helpers import OPERATOR_ID, STANDIN, new_rollout_id, rollout_input, start_attributes
 from workflows import client as client_module
 from workflows.client import (

@@ -9,7 +9,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.temporal_support import REPO_ROOT, free_port, port_accepts, wait_until
+from ota_project.net import free_port, port_answers
+from tests.temporal_support import REPO_ROOT, wait_until
 
 
 def _children_of(pid: int) -> set[int]:
@@ -80,8 +81,8 @@ def test_run_embedded_starts_temporal_worker_and_web_and_stops_them_all_on_sigin
         wait_until(banner_printed, 90, "run_embedded to print its banner", interval=0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as response:
             assert response.status == 200
-        assert port_accepts("127.0.0.1", temporal_port)
-        wait_until(lambda: port_accepts("127.0.0.1", ui_port), 30, "the Temporal UI")
+        assert port_answers("127.0.0.1", temporal_port)
+        wait_until(lambda: port_answers("127.0.0.1", ui_port), 30, "the Temporal UI")
         assert f"http://127.0.0.1:{ui_port}/namespaces/default/workflows" in output()
         assert f"http://127.0.0.1:{web_port}/" in output()
         wait_until(lambda: "temporal_worker: polling task queue ota-rollouts" in output(), 60, "the worker to poll")
@@ -97,7 +98,7 @@ def test_run_embedded_starts_temporal_worker_and_web_and_stops_them_all_on_sigin
             launcher.wait()
 
     assert not [pid for pid in children if _alive(pid)], output()
-    assert not port_accepts("127.0.0.1", web_port)
-    assert not port_accepts("127.0.0.1", temporal_port)
+    assert not port_answers("127.0.0.1", web_port)
+    assert not port_answers("127.0.0.1", temporal_port)
     assert "temporal_worker: stopped" in output()
     assert "run_embedded: stopped" in output()

@@ -15,7 +15,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ota_project.net import port_answers
 
 POLL_SECONDS = 0.2
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -80,14 +81,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise CommandError(f"TEMPORAL_ADDRESS must be host:port, not {address!r}")
     return host.strip("[]"), int(port)
-
-
-def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def is_loopback(host: str) -> bool:

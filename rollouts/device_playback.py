@@ -1,0 +1,24 @@
+"""Play device reports through the device services (no HTTP): the demo's rollout history and the tests use it.
+
+Real devices (the reference agent, the fleet drill) go through the device API instead.
+"""
+
+from __future__ import annotations
+
+from rollouts.deployment_services import Report, deployment_report
+from rollouts.models import Deployment
+
+HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
+FAIL_BOOT = ("downloading", "downloaded", "installing", "rebooting", "rolled_back")
+
+
+def play(deployment: Deployment, statuses: tuple[str, ...], *, failure_detail: str = "") -> None:
+    """Report `statuses` for one deployment as its device would (sequence numbers continue the device's own)."""
+    device = deployment.device
+    for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
+        extra: dict[str, object] = {}
+        if status == "succeeded":
+            extra = {"booted_version": deployment.release.version, "health_passed": True}
+        elif status in ("failed", "rolled_back"):
+            extra = {"failure_class": "boot", "detail": failure_detail}
+        deployment_report(device=device, deployment_id=deployment.pk, report=Report(seq, status, **extra))
