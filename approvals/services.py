@@ -220,23 +220,15 @@ def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict
         errors.setdefault("release", []).append(
             f"Release {change.release.version} does not support targeted hardware models: {', '.join(unsupported)}."
         )
-    rollback_models = set(change.rollback_release.hardware_models.values_list("name", flat=True))
-    if set(summary["by_hardware_model"]) - rollback_models:
-        errors.setdefault("rollback_release", []).append(
-            f"Rollback release {change.rollback_release.version} does not support every targeted hardware model."
-        )
+    errors_rollback = rollback_plan_errors(change)
+    if errors_rollback:
+        errors.setdefault("rollback_release", []).extend(errors_rollback)
     targets = scope_devices(change.target_scope)
-    elsewhere = {v: n for v, n in summary["by_version"].items() if v != change.rollback_release.version}
-    if elsewhere:
-        listing = ", ".join(f"{n} on {v}" for v, n in elsewhere.items())
-        errors.setdefault("rollback_release", []).append(
-            f"The rollback release must be installed on every target today; {listing}. Narrow the scope."
-        )
-    ahead = targets.filter(installed_release_counter__gte=change.release.release_counter).count()
+    ahead = targets.filter(installed_release_counter__gt=change.release.release_counter).count()
     if ahead:
         errors.setdefault("release", []).append(
-            f"{ahead} targeted devices already run release counter {change.release.release_counter} or higher "
-            "(anti-rollback)."
+            f"{ahead} targeted devices already run a release counter above {change.release.release_counter} "
+            "(anti-rollback: the counter never goes down)."
         )
     waves = change.rollout_plan.get("waves", [])
     if waves and waves[0]["cohort"]["kind"] == "pilot" and not targets.filter(tags__name="pilot").exists():
@@ -257,6 +249,37 @@ def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict
         if template_models and set(summary["by_hardware_model"]) - template_models:
             errors.setdefault("template", []).append("The scope reaches hardware models the template does not cover.")
     return errors
+
+
+def rollback_plan_errors(change: ChangeRequest) -> list[str]:
+    """Why the change could not roll back its targets (empty when it can); checked at submission and at start.
+
+    The release counter is a security epoch that never goes down on a device: devices that took the new release
+    commit its counter, so the rollback release needs a counter at least as high (the old image re-released with
+    the current counter is the usual way). It must support every targeted hardware model and be the software the
+    targets run today (the same version, or a re-release of the same image).
+    """
+    problems: list[str] = []
+    rollback, release = change.rollback_release, change.release
+    summary = scope_summary(change.target_scope)
+    if rollback.release_counter < release.release_counter:
+        problems.append(
+            f"Rollback release {rollback.version} has release counter {rollback.release_counter}, below "
+            f"{release.release_counter} of {release.version}: devices that take {release.version} could never "
+            f"roll back (anti-rollback). Re-release the old image with counter {release.release_counter}."
+        )
+    rollback_models = set(rollback.hardware_models.values_list("name", flat=True))
+    if set(summary["by_hardware_model"]) - rollback_models:
+        problems.append(f"Rollback release {rollback.version} does not support every targeted hardware model.")
+    same_image = set(rollback.artifact.releases.values_list("version", flat=True))
+    elsewhere = {v: n for v, n in summary["by_version"].items() if v not in same_image}
+    if elsewhere:
+        listing = ", ".join(f"{n} on {v}" for v, n in elsewhere.items())
+        problems.append(
+            f"The rollback release must be the software every target runs today (the same version or the same "
+            f"image re-released); {listing}. Narrow the scope."
+        )
+    return problems
 
 
 def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:

@@ -299,8 +299,8 @@ def seed_demo() -> tuple[bool, dict[str, tuple[Any, str]]]:
         plain = {name: user for name, (user, _) in users.items()}
         _fleet(plain["olga"])
         _release(plain["rita"], "1.0.0", 1, [m[0] for m in HARDWARE_MODELS], seed=1)
-        _release(plain["rob"], "1.1.0", 2, ["tcu-4g-r2", "tcu-5g-r1"], seed=2)
-        _release(plain["rob"], "1.2.0", 3, ["tcu-4g-r2"], seed=3)
+        _release(plain["rob"], "1.1.0", 1, ["tcu-4g-r2", "tcu-5g-r1"], seed=2)
+        _release(plain["rob"], "1.2.0", 1, ["tcu-4g-r2"], seed=3)
         done, bad = _changes(plain)
         demo_rollouts.completed_rollout(operator=plain["olga"], change=done)
         demo_rollouts.halted_rollout(operator=plain["olga"], change=bad, failing_share=0.5, seed=11)

@@ -9,14 +9,21 @@ database projection. Rollouts started in the running demo are real workflows.
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 from typing import Any
 
+from django.db.models import F
+from django.utils import timezone
+
 from rollouts import rollout_services
+from rollouts.action_tokens import action_token_mint
 from rollouts.choices import DEPLOYMENT_TERMINAL
 from rollouts.deployment_services import deployment_offer
 from rollouts.device_playback import FAIL_BOOT, HAPPY, play
-from rollouts.models import Rollout
-from workflows.types import Gate, Phase, PhaseChange
+from rollouts.health import wave_plan_of
+from rollouts.models import Rollout, Wave
+from workflows import policy
+from workflows.types import Gate, Phase, PhaseChange, Verdict
 
 
 def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
@@ -37,23 +44,45 @@ def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
 
 
 def _run_wave(rollout: Rollout, index: int, fails: set[int]) -> Any:
-    rollout_services.rollout_phase(PhaseChange(rollout.pk, Phase.RUNNING, index, reason=f"Wave {index} assigned."))
     rollout_services.wave_assign(rollout_id=rollout.pk, wave_index=index)
     _devices_poll(rollout, fails)
     return rollout_services.wave_health(rollout_id=rollout.pk, wave_index=index)
 
 
+def _soak_over(rollout: Rollout, index: int) -> None:
+    """History playback: the wave opened a soak earlier, so the gate may be judged now (nothing waits in the demo)."""
+    soak = timedelta(seconds=rollout.plan["waves"][index]["soak_seconds"])
+    Wave.objects.filter(rollout=rollout, index=index).update(started_at=F("started_at") - soak)
+
+
+def _operator_decides(rollout: Rollout, operator: Any, action: str, reason: str, wave_index: int = -1) -> None:
+    """An operator's decision as the workflow's authorize step takes it: with a proof minted for them."""
+    token = action_token_mint(
+        actor_id=operator.pk, rollout_id=rollout.pk, action=action, wave_index=wave_index, now=timezone.now()
+    )
+    rollout_services.human_action_authorize(
+        rollout_id=rollout.pk, action=action, actor_id=operator.pk, reason=reason, wave_index=wave_index, token=token
+    )
+
+
 def completed_rollout(*, operator: Any, change: Any) -> Rollout:
-    """Start `change` and play every wave to success (manual gates promoted by the operator's projection)."""
+    """Start `change` and play every wave to success (manual gates promoted by the operator)."""
     rollout = rollout_services.rollout_start(actor=operator, change=change, start_workflow=False)
     waves = rollout.plan["waves"]
     for index, wave in enumerate(waves):
         health = _run_wave(rollout, index, fails=set())
-        if wave["promotion"] == "manual" and index < len(waves) - 1:
-            reason = f"Wave {wave['name']} passed; waiting for an operator."
-            rollout_services.rollout_phase(
-                PhaseChange(rollout.pk, Phase.AWAITING_PROMOTION, index, Gate.PROMOTION, reason, health)
-            )
+        _soak_over(rollout, index)
+        if index == len(waves) - 1:
+            break
+        passed = policy.wave_verdict(health, wave_plan_of(wave), soak_done=True) == Verdict.PASS
+        if wave["promotion"] == "auto" and passed:
+            rollout_services.wave_promote(rollout_id=rollout.pk, wave_index=index)
+            continue
+        # A manual gate, or too little evidence (inconclusive): an operator decides.
+        gate = Gate.PROMOTION if passed else Gate.INCONCLUSIVE
+        reason = f"Wave {wave['name']} {'passed' if passed else 'is inconclusive'}; waiting for an operator."
+        rollout_services.rollout_phase(PhaseChange(rollout.pk, Phase.AWAITING_PROMOTION, index, gate, reason, health))
+        _operator_decides(rollout, operator, "promote", "KPIs nominal", wave_index=index)
     rollout_services.rollout_finish(
         rollout_id=rollout.pk, outcome=Phase.COMPLETED, reason=f"All {len(waves)} waves passed."
     )
@@ -63,7 +92,6 @@ def completed_rollout(*, operator: Any, change: Any) -> Rollout:
 def halted_rollout(*, operator: Any, change: Any, failing_share: float, seed: int) -> Rollout:
     """Start `change`, let a share of the pilot fail its boot check, halt, roll back every device that took it."""
     rollout = rollout_services.rollout_start(actor=operator, change=change, start_workflow=False)
-    rollout_services.rollout_phase(PhaseChange(rollout.pk, Phase.RUNNING, 0, reason="Pilot wave assigned."))
     rollout_services.wave_assign(rollout_id=rollout.pk, wave_index=0)
     pilot = sorted(rollout.deployments.values_list("device_id", flat=True))
     fails = set(random.Random(seed).sample(pilot, max(1, round(len(pilot) * failing_share))))
@@ -75,6 +103,8 @@ def halted_rollout(*, operator: Any, change: Any, failing_share: float, seed: in
         f"(threshold {wave['failure_threshold']:.0%})."
     )
     rollout_services.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason=reason)
+    if rollout.plan["abort_policy"] != "halt_and_rollback":
+        _operator_decides(rollout, operator, "rollback", "pilot boot failures")
     rollout_services.rollback_assign(rollout_id=rollout.pk)
     _devices_poll(rollout, fails=set())
     back = rollout_services.rollback_health(rollout_id=rollout.pk)

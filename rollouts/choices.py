@@ -78,7 +78,11 @@ DEPLOYMENT_PROGRESS: tuple[str, ...] = (
     D.REBOOTING,
     D.CONFIRMING,
 )
+# A device holds at most one deployment in these statuses across all rollouts (a partial unique index).
+DEPLOYMENT_ACTIVE = frozenset(DEPLOYMENT_PROGRESS)
 DEPLOYMENT_TERMINAL = frozenset({D.SUCCEEDED, D.FAILED, D.TIMED_OUT, D.ROLLED_BACK, D.CANCELLED, D.SKIPPED})
+# Not yet installing: a halt, abort, breaker or withdrawal still stops these (the device drops a staged image).
+DEPLOYMENT_UNSTARTED = frozenset({D.PENDING, D.OFFERED, D.DOWNLOADING, D.DOWNLOADED})
 DEPLOYMENT_IN_PROGRESS = frozenset(DEPLOYMENT_PROGRESS) - {D.PENDING}
 DEPLOYMENT_FAILURES = frozenset({D.FAILED, D.TIMED_OUT, D.ROLLED_BACK})
 # Statuses a device may report (the server sets pending, offered, timed_out, cancelled and skipped itself).

@@ -18,6 +18,7 @@ class Target:
     serial: str
     stratum: tuple[int, int]  # (hardware model id, region id)
     pilot: bool
+    committed_counter: int = 0  # the higher of the inventory's and the device's own reported release counter
 
 
 def _rank(rollout_id: int, serial: str) -> str:

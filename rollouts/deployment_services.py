@@ -12,23 +12,41 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from approvals.choices import ChangeStatus
+from approvals.records import record_decision
+from devices.choices import DeviceStatus
 from devices.models import Device
 from ota_project.errors import Conflict, InvalidInput
 from rollouts.choices import (
     DEPLOYMENT_PROGRESS,
     DEPLOYMENT_REPORTABLE,
     DEPLOYMENT_TERMINAL,
+    DEPLOYMENT_UNSTARTED,
     DeploymentKind,
     DeploymentStatus,
     RolloutStatus,
 )
-from rollouts.models import Deployment
+from rollouts.eligibility import release_refusal
+from rollouts.health import deployment_health, health_counts, wave_plan_of
+from rollouts.models import Deployment, FirmwareRelease, Wave
 from rollouts.windows import region_open
+from workflows import policy
+from workflows.types import Verdict
 
 RETRY_BACKOFF_SECONDS = 60
 OFFERABLE_ROLLOUTS = (RolloutStatus.RUNNING, RolloutStatus.AWAITING_PROMOTION, RolloutStatus.ROLLING_BACK)
+# Rollouts that offer, retry or continue no update any more.
+UPDATES_STOPPED = (
+    RolloutStatus.HALTED,
+    RolloutStatus.ROLLING_BACK,
+    RolloutStatus.ABORTED,
+    RolloutStatus.COMPLETED,
+    RolloutStatus.ROLLED_BACK,
+)
 PHASE_OF_STATUS = {
     DeploymentStatus.DOWNLOADING: "download_seconds",
     DeploymentStatus.DOWNLOADED: "install_seconds",
@@ -55,23 +73,108 @@ def _deadline(deployment: Deployment, status: str, now: datetime) -> datetime | 
     return now + timedelta(seconds=deployment.rollout.plan["deadlines"][key]) if key else None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a deployment may not go on: skipped (the device does not qualify) or withdrawn (the rollout stopped)."""
+
+    status: str
+    reason: str
+
+
+def _withdrawal(deployment: Deployment, device_status: str) -> Refusal | None:
+    """Why the rollout no longer wants this deployment to go on: device not active, change closed, breaker."""
+    rollout = deployment.rollout
+    if device_status != DeviceStatus.ACTIVE:
+        return Refusal(DeploymentStatus.CANCELLED, f"withdrawn: the device is {device_status}")
+    if rollout.change.status != ChangeStatus.IMPLEMENTING:
+        return Refusal(DeploymentStatus.CANCELLED, f"withdrawn: the change is {rollout.change.status}")
+    if deployment.kind == DeploymentKind.UPDATE and rollout.status in UPDATES_STOPPED:
+        return Refusal(DeploymentStatus.CANCELLED, f"withdrawn: the rollout is {rollout.status}")
+    if deployment.kind == DeploymentKind.UPDATE and breaker_tripped(rollout.pk):
+        return Refusal(DeploymentStatus.CANCELLED, "withdrawn: the rollout's failure threshold was crossed")
+    return None
+
+
+def _refusal_to_offer(deployment: Deployment, facts: DeviceFacts) -> Refusal | None:
+    """Why this deployment may not be offered (or stay offered) to the device now; None when it may.
+
+    Checked at offer time, not only at submission: the device's inventory, its status, the change and the
+    rollout's breaker may all have moved since the deployment was created.
+    """
+    withdrawal = _withdrawal(deployment, facts.status)
+    if withdrawal is not None:
+        return withdrawal
+    ineligible = release_ineligibility(deployment.release, facts)
+    return Refusal(DeploymentStatus.SKIPPED, f"skipped: {ineligible}") if ineligible else None
+
+
+def release_ineligibility(release: FirmwareRelease, facts: DeviceFacts) -> str:
+    """Why a device may not take this release now (hardware model, anti-rollback); "" when it may."""
+    return release_refusal(
+        release,
+        supported_model_ids=set(release.hardware_models.values_list("pk", flat=True)),
+        hardware_model_id=facts.hardware_model_id,
+        committed_counter=facts.committed_counter,
+    )
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the offer rules read about a device, fresh from its row (not from the request's cached copy)."""
+
+    status: str
+    hardware_model_id: int
+    committed_counter: int
+
+
+def device_facts(device_id: int) -> DeviceFacts:
+    """The device's status, hardware model and committed counter (the higher of inventory and its own report)."""
+    status, model_id, installed, reported = Device.objects.filter(pk=device_id).values_list(
+        "status", "hardware_model_id", "installed_release_counter", "reported_release_counter"
+    )[0]
+    return DeviceFacts(status, model_id, max(installed or 0, reported or 0))
+
+
+def breaker_tripped(rollout_id: int) -> bool:
+    """True once any wave of the rollout crossed its failure threshold (the release is offered nowhere)."""
+    return Wave.objects.filter(rollout_id=rollout_id, breaker_tripped_at__isnull=False).exists()
+
+
+def _end_unstarted(deployment: Deployment, refusal: Refusal, now: datetime) -> None:
+    """End a deployment the device has not started installing (pending .. downloaded), with the reason."""
+    Deployment.objects.filter(pk=deployment.pk, status__in=DEPLOYMENT_UNSTARTED).update(
+        status=refusal.status, finished_at=now, updated_at=now, deadline_at=None, detail=refusal.reason[:500]
+    )
+
+
 @transaction.atomic
 def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployment | None:
-    """The deployment to offer a checking-in device now, if any: rollbacks first, respecting pause, halt, pacing,
-    the region's maintenance window and the plan's concurrent-download limit."""
+    """The deployment to offer a checking-in device now, if any: rollbacks first, respecting pause, halt, the
+    breaker, pacing, the region's maintenance window and the plan's concurrent-download limit.
+
+    Every candidate is re-checked against the device as it is now (status, hardware model, anti-rollback) and the
+    change (still implementing): a deployment that no longer qualifies is skipped (or cancelled) with the reason.
+    """
     now = now or timezone.now()
-    candidates = (
+    candidates = list(
         # of=("self",): lock only the deployment rows. Without it PostgreSQL also locks the joined rollout, release
         # and artifact rows, so concurrent check-ins of one rollout skip each other's deployments (skip_locked).
         Deployment.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("rollout", "release__artifact")
+        .select_related("rollout__change", "release__artifact")
         .filter(device=device, status__in=(DeploymentStatus.PENDING, DeploymentStatus.OFFERED))
         .order_by("-kind", "created_at")  # "update" > "rollback": rollbacks come first
     )
+    if not candidates:
+        return None
+    facts = device_facts(device.pk)
     for deployment in candidates:
         rollout = deployment.rollout
         allowed = OFFERABLE_ROLLOUTS if deployment.kind == DeploymentKind.UPDATE else (RolloutStatus.ROLLING_BACK,)
         if rollout.status not in allowed:
+            continue
+        refusal = _refusal_to_offer(deployment, facts)
+        if refusal:
+            _end_unstarted(deployment, refusal, now)
             continue
         if deployment.status == DeploymentStatus.OFFERED:
             return deployment
@@ -118,40 +221,107 @@ def _progress_index(status: str) -> int:
     return DEPLOYMENT_PROGRESS.index(status) if status in DEPLOYMENT_PROGRESS else len(DEPLOYMENT_PROGRESS)
 
 
+@dataclass(frozen=True)
+class ReportOutcome:
+    """The deployment after a report, and whether this report changed it (True exactly once per seq)."""
+
+    deployment: Deployment
+    applied: bool
+
+
+# Failure reports that can take a wave across its failure threshold (a retried failure goes back to pending).
+_WAVE_FAILURES = (DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK)
+# A deployment the server ended before the device confirmed; a later confirmed success is still the device's truth.
+_LATE_SUCCESS_FROM = (DeploymentStatus.TIMED_OUT, DeploymentStatus.CANCELLED)
+
+
 @transaction.atomic
-def deployment_report(*, device: Device, deployment_id: int, report: Report, now: datetime | None = None) -> Deployment:
-    """Apply a device's report to its own deployment: idempotent, out-of-order safe, never backwards."""
+def deployment_report(
+    *, device: Device, deployment_id: int, report: Report, now: datetime | None = None
+) -> ReportOutcome:
+    """Apply a device's report to its own deployment: idempotent, out-of-order safe, never backwards.
+
+    Decided under the deployment's row lock, so of many concurrent copies of one report exactly one is applied.
+    A report that crosses the wave's failure threshold trips the breaker in the same transaction; a device still
+    short of installing whose rollout tripped (or that was quarantined) is told the deployment was withdrawn.
+    """
     now = now or timezone.now()
     if report.status not in DEPLOYMENT_REPORTABLE:
         raise InvalidInput(f"A device cannot report {report.status!r}.", fields={"status": ["Not reportable."]})
     deployment = (
         Deployment.objects.select_for_update(of=("self",))  # never the rollout row: reports would queue on it
-        .select_related("rollout", "release")
+        .select_related("rollout__change", "release", "wave")
         .filter(pk=deployment_id, device=device)
         .first()
     )
     if deployment is None:
         # Another device's deployment looks exactly like a missing one: no information leaks.
         raise InvalidInput("No such deployment for this device.", fields={"deployment": ["Unknown."]}, code="not_found")
-    if report.seq <= deployment.last_seq or deployment.status in DEPLOYMENT_TERMINAL:
-        return deployment  # replay, stale report, or already decided: nothing changes
+    if report.seq < deployment.last_seq:
+        raise Conflict(
+            f"Sequence number {report.seq} is older than the last applied report ({deployment.last_seq}).",
+            code="stale_seq",
+            fields={"seq": [f"Must be at least {deployment.last_seq}."]},
+        )
+    if report.seq == deployment.last_seq:
+        return ReportOutcome(deployment, applied=False)  # a replay: nothing changes
+    if deployment.status in DEPLOYMENT_TERMINAL:
+        if report.status == DeploymentStatus.SUCCEEDED and deployment.status in _LATE_SUCCESS_FROM:
+            _check_success(deployment, report)
+            _apply_late_success(device, deployment, report, now)
+        else:
+            Deployment.objects.filter(pk=deployment.pk).update(last_seq=report.seq, updated_at=now)
+        deployment.refresh_from_db()
+        return ReportOutcome(deployment, applied=True)
+    updates = _report_updates(device, deployment, report, now)
+    Deployment.objects.filter(pk=deployment.pk).update(**updates)
+    status = updates.get("status")
+    if status == DeploymentStatus.SUCCEEDED:
+        _commit_inventory(device, deployment, now)
+    elif status in _WAVE_FAILURES and deployment.kind == DeploymentKind.UPDATE:
+        wave_breaker_check(wave_id=deployment.wave_id, now=now)
+    deployment.refresh_from_db()
+    return ReportOutcome(deployment, applied=True)
+
+
+def _check_success(deployment: Deployment, report: Report) -> None:
+    if report.booted_version != deployment.release.version or not report.health_passed:
+        raise InvalidInput(
+            "Success needs the booted version of the offered release and a passed health window.",
+            fields={
+                "booted_version": [f"Expected {deployment.release.version}."],
+                "health_passed": ["Must be true."],
+            },
+        )
+
+
+def _report_updates(device: Device, deployment: Deployment, report: Report, now: datetime) -> dict[str, Any]:
+    """The columns a (fresh, in-order) report changes on an unfinished deployment."""
     updates: dict[str, Any] = {"last_seq": report.seq, "updated_at": now, "detail": report.detail[:500]}
     status = report.status
+    if status in (DeploymentStatus.DOWNLOADING, DeploymentStatus.DOWNLOADED, DeploymentStatus.INSTALLING):
+        refusal = deployment_withdrawal(deployment, device)
+        if refusal is not None and deployment.status in DEPLOYMENT_UNSTARTED:
+            # Nothing new starts on a withdrawn deployment: the answer tells the device to drop it.
+            return {
+                **updates,
+                "status": refusal.status,
+                "finished_at": now,
+                "deadline_at": None,
+                "detail": refusal.reason[:500],
+            }
     if status == DeploymentStatus.SUCCEEDED:
         if deployment.status != DeploymentStatus.CONFIRMING:
             raise Conflict(
                 "Success is accepted only from a deployment that is confirming its boot.", code="not_confirming"
             )
-        if report.booted_version != deployment.release.version or not report.health_passed:
-            raise InvalidInput(
-                "Success needs the booted version of the offered release and a passed health window.",
-                fields={
-                    "booted_version": [f"Expected {deployment.release.version}."],
-                    "health_passed": ["Must be true."],
-                },
-            )
+        _check_success(deployment, report)
     retries = deployment.rollout.plan.get("retries", {}).get(report.failure_class, 0)
-    if status == DeploymentStatus.FAILED and deployment.attempts <= retries:
+    if (
+        status == DeploymentStatus.FAILED
+        and deployment.attempts <= retries
+        and deployment_withdrawal(deployment, device) is None
+    ):
         # A failure class the plan retries (download, install): offer the same deployment again after a backoff.
         backoff = timedelta(seconds=RETRY_BACKOFF_SECONDS * deployment.attempts)
         download = timedelta(seconds=deployment.rollout.plan["deadlines"]["download_seconds"])
@@ -170,12 +340,75 @@ def deployment_report(*, device: Device, deployment_id: int, report: Report, now
         )
     elif _progress_index(status) > _progress_index(deployment.status):
         updates.update(status=status, deadline_at=_deadline(deployment, status, now))
-    Deployment.objects.filter(pk=deployment.pk).update(**updates)
-    if updates.get("status") == DeploymentStatus.SUCCEEDED:
-        Device.objects.filter(pk=device.pk).update(
-            installed_version=deployment.release.version,
-            installed_release_counter=deployment.release.release_counter,
-            updated_at=now,
-        )
-    deployment.refresh_from_db()
-    return deployment
+    return updates
+
+
+def deployment_withdrawal(deployment: Deployment, device: Device) -> Refusal | None:
+    """Why a deployment must not go on now (device not active, change closed, breaker tripped); None if it may.
+
+    `device` is the one this request authenticated (its status read at the start of the request)."""
+    return _withdrawal(deployment, device.status)
+
+
+def _commit_inventory(device: Device, deployment: Deployment, now: datetime) -> None:
+    """The device runs the release now; its committed counter never goes down (anti-rollback)."""
+    counter = deployment.release.release_counter
+    Device.objects.filter(pk=device.pk).update(
+        installed_version=deployment.release.version,
+        installed_release_counter=Greatest(F("installed_release_counter"), Value(counter)),
+        updated_at=now,
+    )
+
+
+def _apply_late_success(device: Device, deployment: Deployment, report: Report, now: datetime) -> None:
+    """A confirmed, healthy boot reported after the server gave up on the deployment: the device's truth wins."""
+    was = deployment.status
+    Deployment.objects.filter(pk=deployment.pk).update(
+        status=DeploymentStatus.SUCCEEDED,
+        last_seq=report.seq,
+        updated_at=now,
+        finished_at=now,
+        failure_class="",
+        detail=f"succeeded late: confirmed after the deployment was {was}"[:500],
+    )
+    _commit_inventory(device, deployment, now)
+    record_decision(
+        actor=None,
+        action="deployment.late_success",
+        object_type="deployment",
+        object_id=deployment.pk,
+        before={"status": was},
+        after={"status": DeploymentStatus.SUCCEEDED, "device": device.serial, "version": deployment.release.version},
+        reason="The device confirmed a healthy boot of the release after its deadline; the inventory follows it.",
+        system_actor="device_api",
+    )
+
+
+def wave_breaker_check(*, wave_id: int, now: datetime) -> bool:
+    """Trip the wave's breaker if its failures crossed the failure threshold; True when tripped (now or before).
+
+    Takes the wave row lock so concurrent failure reports are counted one after another (none can miss the
+    others); lock order: deployment row, then wave row, never the rollout row.
+    """
+    wave = Wave.objects.select_for_update(of=("self",)).select_related("rollout").get(pk=wave_id)
+    if wave.breaker_tripped_at is not None:
+        return True
+    plan = wave.rollout.plan["waves"][wave.index]
+    health = deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE))
+    if policy.wave_verdict(health, wave_plan_of(plan), soak_done=False) != Verdict.FAIL:
+        return False
+    reason = (
+        f"Wave {wave.name} crossed its failure threshold: {health.failures} of {health.finished} finished devices "
+        f"failed (threshold {float(plan['failure_threshold']):.0%}). The release is offered nowhere any more."
+    )
+    Wave.objects.filter(pk=wave.pk).update(breaker_tripped_at=now, breaker_reason=reason[:300])
+    record_decision(
+        actor=None,
+        action="rollout.breaker_tripped",
+        object_type="rollout",
+        object_id=wave.rollout_id,
+        after={"wave": wave.index, "counts": health_counts(health)},
+        reason=reason,
+        system_actor="device_api",
+    )
+    return True

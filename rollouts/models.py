@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 
-from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus, WaveStatus
+from rollouts.choices import DEPLOYMENT_ACTIVE, DeploymentKind, DeploymentStatus, RolloutStatus, WaveStatus
 
 
 class FirmwareArtifact(models.Model):
@@ -24,7 +25,9 @@ class FirmwareRelease(models.Model):
     """A firmware release: a semantic version with an anti-rollback counter for its hardware models."""
 
     version = models.CharField(max_length=64, unique=True)
-    release_counter = models.PositiveIntegerField(help_text="Anti-rollback counter; strictly grows per hardware model.")
+    release_counter = models.PositiveIntegerField(
+        help_text="Anti-rollback security epoch; never falls per hardware model, rises with security fixes."
+    )
     hardware_models = models.ManyToManyField("devices.HardwareModel", related_name="releases")
     artifact = models.ForeignKey(FirmwareArtifact, on_delete=models.PROTECT, related_name="releases")
     artifact_name = models.CharField(max_length=128, help_text="File name as uploaded (allow-listed).")
@@ -85,6 +88,11 @@ class Wave(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     verdict_at = models.DateTimeField(null=True, blank=True)
     health = models.JSONField(null=True, blank=True)
+    # The server-side breaker: set in the same transaction as the device report that took the wave across its
+    # failure threshold. From then on the offer, download and report paths refuse the rollout's release, whether
+    # or not a workflow worker is alive to run the halt step.
+    breaker_tripped_at = models.DateTimeField(null=True, blank=True)
+    breaker_reason = models.CharField(max_length=300, blank=True, default="")
 
     class Meta:
         ordering = ["rollout", "index"]
@@ -124,6 +132,12 @@ class Deployment(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["rollout", "device", "kind"], name="one_deployment_per_device_and_kind"),
+            # A device holds at most one active deployment across all rollouts: the database refuses the second.
+            models.UniqueConstraint(
+                fields=["device"],
+                condition=Q(status__in=sorted(DEPLOYMENT_ACTIVE)),
+                name="one_active_deployment_per_device",
+            ),
         ]
         indexes = [
             models.Index(fields=["wave", "status"]),
@@ -163,3 +177,17 @@ class HealthSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rollout} {self.kind} {self.wave_index} at {self.taken_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ActionTokenUse(models.Model):
+    """A human-action token that has been spent: each token moves a rollout at most once (replays are refused)."""
+
+    nonce = models.CharField(max_length=32, unique=True)
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="+")
+    action = models.CharField(max_length=16)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.action} on {self.rollout_id} by {self.actor_id}"

@@ -7,28 +7,31 @@ retries activities, so repeating a step must change nothing.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import Count
+from django.db.models import Q
 from django.utils import timezone
 
 from approvals import services as change_services
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest
+from approvals.models import ChangeRequest, DecisionRecord
 from approvals.plans import plan_hash, wave_sizes
 from approvals.records import record_decision
-from devices.models import Device, Region
+from devices.models import Region
 from devices.scope import scope_devices
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.roles import Role, has_role, roles_of
+from rollouts.action_tokens import action_token_mint, action_token_spend
+from rollouts.assignment import NewDeployment, insert_deployments
 from rollouts.choices import (
     DEADLINE_PHASE,
     DEPLOYMENT_FAILURES,
-    DEPLOYMENT_IN_PROGRESS,
+    DEPLOYMENT_UNSTARTED,
     ROLLOUT_ACTIVE,
     ROLLOUT_TRANSITIONS,
     DeploymentKind,
@@ -37,12 +40,15 @@ from rollouts.choices import (
     WaveStatus,
 )
 from rollouts.cohorts import Target, next_cohort, order_targets
+from rollouts.deployment_services import breaker_tripped, wave_breaker_check
+from rollouts.eligibility import release_refusal
+from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
 from rollouts.windows import blackout_until, region_next_opening
-from workflows.types import PhaseChange, WaveHealth
+from workflows import policy
+from workflows.types import PhaseChange, Verdict, WaveAssignment, WaveHealth
 
 SYSTEM = "temporal"
-BULK_BATCH = 5000
 
 
 def _record(actor: AbstractBaseUser | None, rollout: Rollout, action: str, **kwargs: Any) -> None:
@@ -72,9 +78,14 @@ def _transition(
 
 
 def _targets(change: ChangeRequest) -> list[Target]:
-    devices = scope_devices(change.target_scope).values_list("pk", "serial", "hardware_model_id", "region_id")
+    devices = scope_devices(change.target_scope).values_list(
+        "pk", "serial", "hardware_model_id", "region_id", "installed_release_counter", "reported_release_counter"
+    )
     pilots = set(scope_devices(change.target_scope).filter(tags__name="pilot").values_list("pk", flat=True))
-    return [Target(pk, serial, (model, region), pk in pilots) for pk, serial, model, region in devices]
+    return [
+        Target(pk, serial, (model, region), pk in pilots, max(installed or 0, reported or 0))
+        for pk, serial, model, region, installed, reported in devices
+    ]
 
 
 def _conflicting_rollouts(change: ChangeRequest) -> list[str]:
@@ -87,12 +98,26 @@ def _conflicting_rollouts(change: ChangeRequest) -> list[str]:
     return clashes
 
 
+# Any 64-bit number will do; it only has to be the same for every process that starts rollouts.
+_START_LOCK_KEY = 0x07A_5747_0001
+
+
+def _serialise_starts() -> None:
+    """One rollout start at a time (PostgreSQL advisory lock until commit; SQLite serialises writers itself)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_START_LOCK_KEY])
+
+
 @transaction.atomic
 def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
     """Start the rollout of an approved change: an operator who is not its author, inside its window, no overlap.
 
+    Starts are serialised (one advisory lock, taken first), so two operators starting overlapping changes at the
+    same instant cannot both pass the overlap check; the partial unique index on active deployments backs it up.
     `start_workflow=False` only records the start (the demo history plays its steps through the services)."""
-    change = ChangeRequest.objects.select_for_update().get(pk=change.pk)
+    _serialise_starts()
+    change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
     if not has_role(actor, Role.OPERATOR):
         raise NotPermitted("Only operators start rollouts.")
     if change.author_id == actor.pk:
@@ -111,6 +136,13 @@ def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workf
         raise Conflict(f"The change is scheduled to start at {change.scheduled_start:%Y-%m-%d %H:%M} UTC.")
     if Rollout.objects.filter(change=change).exists():
         raise Conflict("This change already has a rollout.", code="already_started")
+    cannot_roll_back = change_services.rollback_plan_errors(change)
+    if cannot_roll_back:
+        raise Conflict(
+            "The change cannot roll back: " + " ".join(cannot_roll_back),
+            code="cannot_roll_back",
+            fields={"rollback_release": cannot_roll_back},
+        )
     clashes = _conflicting_rollouts(change)
     if clashes:
         raise Conflict(
@@ -184,24 +216,14 @@ def rollout_workflows_ensure(*, older_than_seconds: int = 30) -> list[int]:
 
 def workflow_input(rollout: Rollout) -> Any:
     """The RolloutWorkflow input for a rollout, from its approved plan."""
-    from workflows.types import RolloutInput, WavePlan
+    from workflows.types import RolloutInput
 
     plan = rollout.plan
     return RolloutInput(
         rollout_id=rollout.pk,
         change_id=rollout.change_id,
         author_id=rollout.change.author_id,
-        waves=[
-            WavePlan(
-                w["name"],
-                w["soak_seconds"],
-                w["min_sample"],
-                float(w["success_threshold"]),
-                float(w["failure_threshold"]),
-                w["promotion"],
-            )
-            for w in plan["waves"]
-        ],
+        waves=[wave_plan_of(w) for w in plan["waves"]],
         abort_policy=plan["abort_policy"],
         monitor_interval_seconds=plan.get("monitor_interval_seconds", 30),
     )
@@ -270,16 +292,39 @@ def _pacing_times(
     return times
 
 
+def _require_previous_wave_promoted(rollout: Rollout, wave_index: int) -> None:
+    """Only a verified promotion opens the next wave: an automatic pass re-checked by `wave_promote`, or a
+    person's promote at a gate (`human_action_authorize`). A forged or replayed workflow cannot skip a gate."""
+    if wave_index == 0:
+        return
+    previous = Wave.objects.filter(rollout=rollout, index=wave_index - 1).values_list("status", flat=True).first()
+    if previous != WaveStatus.PROMOTED:
+        raise _forged(
+            rollout,
+            f"Wave {wave_index} may not start: wave {wave_index - 1} was not promoted (it is {previous or 'missing'}).",
+        )
+
+
+WAVE_OPENABLE = (RolloutStatus.SCHEDULED, RolloutStatus.RUNNING, RolloutStatus.AWAITING_PROMOTION)
+
+
 @transaction.atomic
-def wave_assign(*, rollout_id: int, wave_index: int) -> int:
-    """Create the wave's deployments in bulk; idempotent (a wave is assigned in one transaction or not at all)."""
-    wave = (
-        Wave.objects.select_for_update().select_related("rollout__change").get(rollout_id=rollout_id, index=wave_index)
-    )
-    rollout = wave.rollout
-    existing = wave.deployments.filter(kind=DeploymentKind.UPDATE).count()
-    if existing:
-        return existing
+def wave_assign(*, rollout_id: int, wave_index: int) -> WaveAssignment:
+    """Open a wave: create its deployments in bulk and show the rollout running it, in one transaction.
+
+    Idempotent (a wave is opened once; a retry returns the same opening). The soak clock starts at `opened_at`,
+    when devices can really be offered the release. Devices that no longer qualify (hardware model, anti-rollback)
+    or already hold an active deployment are recorded as skipped with the reason, never silently dropped.
+    """
+    rollout = Rollout.objects.select_for_update(of=("self",)).select_related("change", "release").get(pk=rollout_id)
+    wave = Wave.objects.select_for_update().get(rollout=rollout, index=wave_index)
+    if wave.started_at is not None:
+        return WaveAssignment(wave_index, wave.assigned_devices, wave.started_at.isoformat())
+    _require_previous_wave_promoted(rollout, wave_index)
+    if rollout.status not in WAVE_OPENABLE or breaker_tripped(rollout.pk):
+        raise Conflict(f"A wave cannot start while the rollout is {rollout.status}.", code="invalid_transition")
+    if rollout.change.status != ChangeStatus.IMPLEMENTING:
+        raise Conflict(f"The change is {rollout.change.status}; no wave starts.", code="not_implementing")
     plan = rollout.plan
     wave_plan = plan["waves"][wave_index]
     last = wave_index == len(plan["waves"]) - 1
@@ -293,102 +338,49 @@ def wave_assign(*, rollout_id: int, wave_index: int) -> int:
     region_codes = dict(Region.objects.values_list("pk", "code"))
     not_before = _pacing_times(plan, cohort, region_codes, now)
     download = timedelta(seconds=plan["deadlines"]["download_seconds"])
-    insert_deployments(
-        [
-            (rollout.pk, wave.pk, target.device_id, rollout.release_id, DeploymentKind.UPDATE, start, start + download)
-            for target, start in zip(cohort, not_before, strict=True)
-        ]
-    )
-    Wave.objects.filter(pk=wave.pk).update(assigned_devices=len(cohort), status=WaveStatus.RUNNING, started_at=now)
-    _record(None, rollout, "rollout.wave_assign", after={"wave": wave_index, "devices": len(cohort)})
-    return len(cohort)
-
-
-# (rollout_id, wave_id, device_id, release_id, kind, not_before, deadline_at) of one new deployment.
-DeploymentRow = tuple[int, int, int, int, str, datetime, datetime]
-COPY_COLUMNS = (
-    "rollout_id",
-    "wave_id",
-    "device_id",
-    "release_id",
-    "kind",
-    "not_before",
-    "deadline_at",
-    "status",
-    "attempts",
-    "last_seq",
-    "failure_class",
-    "detail",
-    "created_at",
-    "updated_at",
-    "from_version",
-    "from_release_counter",
-)
-# Devices per lookup query where the database caps bound parameters (SQLite: 999 in older builds).
-LOOKUP_BATCH = 900
-UNKNOWN_SOFTWARE: tuple[str, int | None] = ("", None)
-
-
-def _installed_software(device_ids: list[int]) -> dict[int, tuple[str, int | None]]:
-    """What each device runs now per the inventory: device id -> (installed version, release counter).
-
-    One query on PostgreSQL (an array parameter, however large the wave), batches elsewhere; never one per device.
-    """
-    if not device_ids:
-        return {}
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT id, installed_version, installed_release_counter FROM {Device._meta.db_table} "
-                "WHERE id = ANY(%s)",
-                [device_ids],
-            )
-            return {pk: (version, counter) for pk, version, counter in cursor.fetchall()}
-    installed: dict[int, tuple[str, int | None]] = {}
-    for offset in range(0, len(device_ids), LOOKUP_BATCH):
-        batch = device_ids[offset : offset + LOOKUP_BATCH]
-        for pk, version, counter in Device.objects.filter(pk__in=batch).values_list(
-            "pk", "installed_version", "installed_release_counter"
-        ):
-            installed[pk] = (version, counter)
-    return installed
-
-
-def insert_deployments(rows: list[DeploymentRow]) -> None:
-    """Insert new deployments in bulk: COPY on PostgreSQL (100,000 rows in seconds), bulk_create elsewhere.
-
-    Each row also stores what its device runs at this moment (`from_version`, `from_release_counter`), read from
-    the inventory in the same transaction, so the software register shows the exact version the deployment
-    replaced. Callers hold the wave or rollout row lock and insert only rows that do not exist yet (no conflicts).
-    """
-    now = timezone.now()
-    installed = _installed_software([row[2] for row in rows])
-    if connection.vendor == "postgresql":
-        table = Deployment._meta.db_table
-        with connection.cursor() as cursor:
-            with cursor.cursor.copy(f"COPY {table} ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy:
-                for row in rows:
-                    # A device missing here does not exist: the deferred foreign key refuses the row at commit.
-                    version, counter = installed.get(row[2], UNKNOWN_SOFTWARE)
-                    copy.write_row((*row, DeploymentStatus.PENDING, 0, -1, "", "", now, now, version, counter))
-        return
-    deployments = []
-    for rollout_id, wave_id, device_id, release_id, kind, not_before, deadline_at in rows:
-        version, counter = installed.get(device_id, UNKNOWN_SOFTWARE)
-        deployments.append(
-            Deployment(
-                rollout_id=rollout_id,
-                wave_id=wave_id,
-                device_id=device_id,
-                release_id=release_id,
-                kind=kind,
-                not_before=not_before,
-                deadline_at=deadline_at,
-                from_version=version,
-                from_release_counter=counter,
+    supported = set(rollout.release.hardware_models.values_list("pk", flat=True))
+    rows = []
+    for target, start in zip(cohort, not_before, strict=True):
+        ineligible = release_refusal(
+            rollout.release,
+            supported_model_ids=supported,
+            hardware_model_id=target.stratum[0],
+            committed_counter=target.committed_counter,
+        )
+        status = DeploymentStatus.SKIPPED if ineligible else DeploymentStatus.PENDING
+        rows.append(
+            NewDeployment(
+                rollout.pk,
+                wave.pk,
+                target.device_id,
+                rollout.release_id,
+                DeploymentKind.UPDATE,
+                start,
+                None if ineligible else start + download,
+                status,
+                f"skipped: {ineligible}" if ineligible else "",
             )
         )
-    Deployment.objects.bulk_create(deployments, batch_size=BULK_BATCH)
+    busy = insert_deployments(rows)
+    skipped = sum(1 for row in rows if row.status == DeploymentStatus.SKIPPED) + len(busy)
+    Wave.objects.filter(pk=wave.pk).update(assigned_devices=len(cohort), status=WaveStatus.RUNNING, started_at=now)
+    _transition(
+        rollout,
+        RolloutStatus.RUNNING,
+        actor=None,
+        action="rollout.running",
+        reason=f"Wave {wave.name} opened.",
+        current_wave=wave_index,
+        gate="",
+        status_reason=f"Wave {wave.name} assigned to {len(cohort) - skipped} devices; soaking.",
+    )
+    _record(
+        None,
+        rollout,
+        "rollout.wave_assign",
+        after={"wave": wave_index, "devices": len(cohort), "skipped": skipped, "opened_at": now.isoformat()},
+    )
+    return WaveAssignment(wave_index, len(cohort), now.isoformat())
 
 
 def _expire_deadlines(deployments: Any, now: datetime) -> int:
@@ -407,35 +399,13 @@ def finished_rollouts_expire_deadlines(*, now: datetime | None = None) -> int:
     return _expire_deadlines(Deployment.objects.filter(rollout__status__in=finished), now or timezone.now())
 
 
-def deployment_health(deployments: Any) -> WaveHealth:
-    """Count deployments per outcome in one aggregate query (the gates' evidence; read-only)."""
-    counts = dict(deployments.order_by().values_list("status").annotate(n=Count("id")))
-    return WaveHealth(
-        total=sum(counts.values()),
-        pending=counts.get(DeploymentStatus.PENDING, 0),
-        in_progress=sum(counts.get(s, 0) for s in DEPLOYMENT_IN_PROGRESS),
-        succeeded=counts.get(DeploymentStatus.SUCCEEDED, 0),
-        failed=counts.get(DeploymentStatus.FAILED, 0),
-        timed_out=counts.get(DeploymentStatus.TIMED_OUT, 0),
-        rolled_back=counts.get(DeploymentStatus.ROLLED_BACK, 0),
-        cancelled=counts.get(DeploymentStatus.CANCELLED, 0) + counts.get(DeploymentStatus.SKIPPED, 0),
-    )
-
-
-def _health_json(health: WaveHealth) -> dict[str, int]:
-    return {
-        k: getattr(health, k)
-        for k in ("total", "pending", "in_progress", "succeeded", "failed", "timed_out", "rolled_back", "cancelled")
-    }
-
-
 def _health_sample(rollout_id: int, wave_index: int, kind: str, health: WaveHealth) -> None:
     """Keep the health history for charts: a new row only when the counts changed since the last evaluation.
 
     Retried activities and quiet soaks only move the last row's `taken_at`, so rows grow with changes, not ticks.
     """
     now = timezone.now()
-    counts = _health_json(health)
+    counts = health_counts(health)
     last = (
         HealthSample.objects.filter(rollout_id=rollout_id, kind=kind, wave_index=wave_index)
         .order_by("-first_at", "-id")
@@ -458,13 +428,17 @@ def _health_sample(rollout_id: int, wave_index: int, kind: str, health: WaveHeal
 
 @transaction.atomic
 def wave_health(*, rollout_id: int, wave_index: int) -> WaveHealth:
-    """Expire missed deadlines (timed_out counts as a failure), then count the wave's update deployments."""
+    """Expire missed deadlines (timed_out counts as a failure), count the wave's update deployments, and trip the
+    wave's breaker when they crossed the failure threshold (the offer path refuses the release from then on)."""
+    Rollout.objects.select_for_update(of=("self",)).filter(pk=rollout_id).first()  # lock order: rollout first
     wave = _wave(rollout_id, wave_index)
     deployments = wave.deployments.filter(kind=DeploymentKind.UPDATE)
-    _expire_deadlines(deployments, timezone.now())
+    now = timezone.now()
+    _expire_deadlines(deployments, now)
+    wave_breaker_check(wave_id=wave.pk, now=now)
     health = deployment_health(deployments)
-    Wave.objects.filter(pk=wave.pk).update(health=_health_json(health))
-    Rollout.objects.filter(pk=rollout_id).update(last_health=_health_json(health))
+    Wave.objects.filter(pk=wave.pk).update(health=health_counts(health))
+    Rollout.objects.filter(pk=rollout_id).update(last_health=health_counts(health))
     _health_sample(rollout_id, wave_index, HealthSample.Kind.WAVE, health)
     return health
 
@@ -476,41 +450,74 @@ WAVE_STATUS_FOR_GATE = {
 }
 
 
+def _promoted_frontier(rollout: Rollout) -> int:
+    """The furthest wave the rollout may be at: the first wave not promoted by a verified step."""
+    statuses = list(Wave.objects.filter(rollout=rollout).order_by("index").values_list("status", flat=True))
+    for index, status in enumerate(statuses):
+        if status != WaveStatus.PROMOTED:
+            return index
+    return len(statuses)
+
+
 @transaction.atomic
 def rollout_phase(change: PhaseChange) -> None:
-    """Project the workflow's phase, wave and gate into the database (records only real status changes)."""
-    rollout = Rollout.objects.select_for_update().get(pk=change.rollout_id)
+    """Project the workflow's phase, wave and gate into the database (records only real status changes).
+
+    Idempotent: a re-projection after a crash or continue-as-new writes the same state again. A projection can
+    never put the rollout past a wave that was not promoted by a verified step.
+    """
+    rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=change.rollout_id)
+    if change.wave_index > _promoted_frontier(rollout):
+        raise _forged(rollout, f"The workflow claims wave {change.wave_index}, which no promotion opened.")
     updates: dict[str, Any] = {"current_wave": change.wave_index, "gate": change.gate, "status_reason": change.reason}
     if change.health is not None:
-        updates["last_health"] = _health_json(change.health)
+        updates["last_health"] = health_counts(change.health)
     _transition(rollout, change.phase, actor=None, action=f"rollout.{change.phase}", reason=change.reason, **updates)
     wave_status = WAVE_STATUS_FOR_GATE.get(change.gate)
     if wave_status:
-        Wave.objects.filter(rollout=rollout, index=change.wave_index).update(
+        Wave.objects.filter(rollout=rollout, index=change.wave_index).exclude(status=WaveStatus.PROMOTED).update(
             status=wave_status, verdict_at=timezone.now()
         )
-    elif change.phase == RolloutStatus.RUNNING:
-        Wave.objects.filter(rollout=rollout, index__lt=change.wave_index).exclude(
-            status__in=[WaveStatus.FAILED]
-        ).update(status=WaveStatus.PROMOTED)
 
 
-# Deployments whose device has not started installing: a halt, abort or completion cancels them (the agent asks the
-# server before it installs, so a device holding a downloaded image drops it).
-STOP_OFFERING = (
-    DeploymentStatus.PENDING,
-    DeploymentStatus.OFFERED,
-    DeploymentStatus.DOWNLOADING,
-    DeploymentStatus.DOWNLOADED,
-)
+@transaction.atomic
+def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
+    """Promote a wave automatically: re-checked here from the database (an `auto` wave whose soak is over and whose
+    verdict is a pass, no breaker, not paused), recorded once with its evidence; idempotent."""
+    rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=rollout_id)
+    wave = Wave.objects.select_for_update().get(rollout=rollout, index=wave_index)
+    if wave.status == WaveStatus.PROMOTED:
+        return False
+    plan = rollout.plan["waves"][wave_index]
+    if plan["promotion"] != "auto":
+        raise _forged(rollout, f"Wave {wave.name} is promoted only by a person (manual gate).")
+    health = deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE))
+    soak_done = wave.started_at is not None and timezone.now() >= wave.started_at + timedelta(
+        seconds=plan["soak_seconds"]
+    )
+    verdict = policy.wave_verdict(health, wave_plan_of(plan), soak_done=soak_done)
+    if verdict != Verdict.PASS or wave.breaker_tripped_at is not None or rollout.status not in WAVE_OPENABLE:
+        raise _forged(rollout, f"Wave {wave.name} has not passed (verdict {verdict}, rollout {rollout.status}).")
+    Wave.objects.filter(pk=wave.pk).update(status=WaveStatus.PROMOTED, verdict_at=timezone.now())
+    _record(
+        None,
+        rollout,
+        "rollout.promote_auto",
+        after={"wave": wave_index, "counts": health_counts(health)},
+        reason=(
+            f"Wave {wave.name} passed and was promoted automatically: {health.succeeded} of {health.total} devices "
+            f"succeeded (needs {float(plan['success_threshold']):.0%}), {health.failures} failed."
+        ),
+    )
+    return True
 
 
 @transaction.atomic
 def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
     """Halt at once: the release is offered nowhere any more (undelivered deployments are cancelled)."""
-    rollout = Rollout.objects.select_for_update().get(pk=rollout_id)
+    rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=rollout_id)
     now = timezone.now()
-    cancelled = rollout.deployments.filter(kind=DeploymentKind.UPDATE, status__in=STOP_OFFERING).update(
+    cancelled = rollout.deployments.filter(kind=DeploymentKind.UPDATE, status__in=DEPLOYMENT_UNSTARTED).update(
         status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail="rollout halted"
     )
     Wave.objects.filter(rollout=rollout, index=wave_index).update(status=WaveStatus.FAILED, verdict_at=now)
@@ -535,73 +542,137 @@ def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
     return cancelled
 
 
+# Update deployments whose device took (or may have taken) the new image, once the update is over for the device.
 TOOK_NEW_IMAGE = (
     DeploymentStatus.INSTALLING,
     DeploymentStatus.REBOOTING,
     DeploymentStatus.CONFIRMING,
     DeploymentStatus.SUCCEEDED,
 )
+_UPDATE_IN_FLIGHT = (DeploymentStatus.INSTALLING, DeploymentStatus.REBOOTING, DeploymentStatus.CONFIRMING)
+
+
+def _rollback_allowed(rollout: Rollout) -> bool:
+    """A rollback is asked for by a person (recorded), or by the abort policy after a wave failed."""
+    if rollout.status == RolloutStatus.ROLLING_BACK:
+        return True
+    if _person_decided(rollout, "rollback"):
+        return True
+    failed = Wave.objects.filter(rollout=rollout).filter(
+        Q(status=WaveStatus.FAILED) | Q(breaker_tripped_at__isnull=False)
+    )
+    return rollout.plan.get("abort_policy") == "halt_and_rollback" and failed.exists()
+
+
+def _assign_rollbacks(rollout: Rollout, now: datetime) -> int:
+    """Insert rollback deployments for devices whose update is over and took the new image; the ones still
+    installing get theirs once they finish (a device holds one active deployment at a time)."""
+    updates = rollout.deployments.filter(kind=DeploymentKind.UPDATE)
+    took = updates.filter(status=DeploymentStatus.SUCCEEDED) | updates.filter(
+        status__in=DEPLOYMENT_FAILURES - {DeploymentStatus.ROLLED_BACK}, failure_class__in=["install", "confirm"]
+    )
+    already = rollout.deployments.filter(kind=DeploymentKind.ROLLBACK).values("device_id")
+    rows = list(took.exclude(device_id__in=already).values_list("device_id", "wave_id"))
+    download = timedelta(seconds=rollout.plan["deadlines"]["download_seconds"])
+    insert_deployments(
+        [
+            NewDeployment(
+                rollout.pk,
+                wave_id,
+                device_id,
+                rollout.rollback_release_id,
+                DeploymentKind.ROLLBACK,
+                now,
+                now + download,
+            )
+            for device_id, wave_id in rows
+        ]
+    )
+    return len(rows)
 
 
 @transaction.atomic
 def rollback_assign(*, rollout_id: int) -> int:
-    """Offer the rollback release to every device that took the new image; idempotent."""
-    rollout = Rollout.objects.select_for_update().get(pk=rollout_id)
+    """Offer the rollback release to every device that took the new image; idempotent (records only new rows)."""
+    rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=rollout_id)
+    if not _rollback_allowed(rollout):
+        raise _forged(rollout, "No person asked for a rollback and no wave failed under a halt_and_rollback policy.")
     now = timezone.now()
-    rollout.deployments.filter(kind=DeploymentKind.UPDATE, status__in=STOP_OFFERING).update(
+    rollout.deployments.filter(kind=DeploymentKind.UPDATE, status__in=DEPLOYMENT_UNSTARTED).update(
         status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail="rollout rolling back"
     )
-    took = rollout.deployments.filter(kind=DeploymentKind.UPDATE).filter(
-        status__in=TOOK_NEW_IMAGE
-    ) | rollout.deployments.filter(
-        kind=DeploymentKind.UPDATE,
-        status__in=DEPLOYMENT_FAILURES - {DeploymentStatus.ROLLED_BACK},
-        failure_class__in=["install", "confirm"],
-    )
-    download = timedelta(seconds=rollout.plan["deadlines"]["download_seconds"])
-    rows = list(took.values_list("device_id", "wave_id"))
-    already = set(rollout.deployments.filter(kind=DeploymentKind.ROLLBACK).values_list("device_id", flat=True))
-    insert_deployments(
-        [
-            (rollout.pk, wave_id, device_id, rollout.rollback_release_id, DeploymentKind.ROLLBACK, now, now + download)
-            for device_id, wave_id in rows
-            if device_id not in already
-        ]
-    )
-    _transition(
+    added = _assign_rollbacks(rollout, now)
+    entered = _transition(
         rollout,
         RolloutStatus.ROLLING_BACK,
         actor=None,
         action="rollout.rolling_back",
         reason="rollback offered to every device that took the new image",
     )
-    _record(None, rollout, "rollout.rollback_assign", after={"devices": len(rows)})
+    if entered or added:
+        _record(None, rollout, "rollout.rollback_assign", after={"devices": added})
     return rollout.deployments.filter(kind=DeploymentKind.ROLLBACK).count()
 
 
 @transaction.atomic
 def rollback_health(*, rollout_id: int) -> WaveHealth:
-    """Expire missed rollback deadlines, then count the rollback deployments."""
+    """Offer the rollback to devices whose update finished since, expire missed rollback deadlines, then count the
+    rollback deployments; updates still installing count as pending (the saga waits for them)."""
+    rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=rollout_id)
+    now = timezone.now()
+    updates = Deployment.objects.filter(rollout_id=rollout_id, kind=DeploymentKind.UPDATE)
+    _expire_deadlines(updates.filter(status__in=_UPDATE_IN_FLIGHT), now)
+    if rollout.status == RolloutStatus.ROLLING_BACK:
+        _assign_rollbacks(rollout, now)
     deployments = Deployment.objects.filter(rollout_id=rollout_id, kind=DeploymentKind.ROLLBACK)
-    _expire_deadlines(deployments, timezone.now())
+    _expire_deadlines(deployments, now)
     health = deployment_health(deployments)
-    wave_index = Rollout.objects.filter(pk=rollout_id).values_list("current_wave", flat=True).first() or 0
-    _health_sample(rollout_id, wave_index, HealthSample.Kind.ROLLBACK, health)
+    waiting = updates.filter(status__in=_UPDATE_IN_FLIGHT).count()
+    health = replace(health, total=health.total + waiting, pending=health.pending + waiting)
+    _health_sample(rollout_id, rollout.current_wave, HealthSample.Kind.ROLLBACK, health)
     return health
+
+
+def _person_decided(rollout: Rollout, action: str, actor_id: int | None = None) -> bool:
+    """True when the decision record holds this person's (or any person's) authorised action on the rollout."""
+    records = DecisionRecord.objects.filter(
+        object_type="rollout", object_id=str(rollout.pk), action=f"rollout.{action}", actor__isnull=False
+    )
+    return records.filter(actor_id=actor_id).exists() if actor_id else records.exists()
+
+
+def _require_finish_allowed(rollout: Rollout, outcome: str, actor_id: int | None) -> None:
+    """Every way a rollout ends is backed by the database: a completion by promoted waves, an abort or a
+    person's rollback by that person's recorded decision, a rollback by the saga having begun."""
+    if outcome == RolloutStatus.COMPLETED:
+        last = rollout.waves.count() - 1
+        if (
+            _promoted_frontier(rollout) < last
+            or not Wave.objects.filter(rollout=rollout, index=last, started_at__isnull=False).exists()
+        ):
+            raise _forged(rollout, "The rollout cannot complete: not every wave was opened through a promotion.")
+        return
+    if outcome == RolloutStatus.ABORTED and not _person_decided(rollout, "abort", actor_id):
+        raise _forged(rollout, "No operator's abort is recorded for this rollout.")
+    if outcome == RolloutStatus.ROLLED_BACK and rollout.status != RolloutStatus.ROLLING_BACK:
+        raise _forged(rollout, "The rollout was not rolling back.")
+    if outcome == RolloutStatus.ROLLED_BACK and actor_id and not _person_decided(rollout, "rollback", actor_id):
+        raise _forged(rollout, "That person's rollback is not recorded.")
 
 
 @transaction.atomic
 def rollout_finish(*, rollout_id: int, outcome: str, reason: str = "", actor_id: int | None = None) -> None:
     """End the rollout (completed, aborted or rolled back) and close its change accordingly; idempotent."""
-    rollout = Rollout.objects.select_for_update().select_related("change").get(pk=rollout_id)
-    actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
+    rollout = Rollout.objects.select_for_update(of=("self",)).select_related("change").get(pk=rollout_id)
     if rollout.status == outcome:
         return
+    _require_finish_allowed(rollout, outcome, actor_id)
+    actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id else None
     now = timezone.now()
     if outcome in (RolloutStatus.ABORTED, RolloutStatus.COMPLETED):
         # Nothing is offered after the end: undelivered work is cancelled, never left pending for ever. Devices
         # already installing finish and report; their deadlines still apply (finished_rollouts_expire_deadlines).
-        rollout.deployments.filter(status__in=STOP_OFFERING).update(
+        rollout.deployments.filter(status__in=DEPLOYMENT_UNSTARTED).update(
             status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail=f"rollout {outcome}"
         )
     if outcome == RolloutStatus.COMPLETED:
@@ -624,17 +695,52 @@ def rollout_finish(*, rollout_id: int, outcome: str, reason: str = "", actor_id:
 HUMAN_ACTIONS = ("promote", "abort", "rollback", "pause", "resume")
 
 
+def workflow_step_forged(*, rollout_id: int | None, message: str) -> NotPermitted:
+    """A workflow step or action the database does not back: refused for good, and evidence of tampering."""
+    return NotPermitted(f"Refused for rollout {rollout_id}: {message}", code="forged_action")
+
+
+def _forged(rollout: Rollout, message: str) -> NotPermitted:
+    return workflow_step_forged(rollout_id=rollout.pk, message=message)
+
+
+def _promotable(rollout: Rollout, wave_index: int) -> str:
+    """Why a person may not promote this wave now ("" when they may): it must be open, over its soak, not failed."""
+    wave = Wave.objects.filter(rollout=rollout, index=wave_index).first()
+    if wave is None or wave.started_at is None:
+        return f"Wave {wave_index} has not started."
+    if wave.status in (WaveStatus.FAILED, WaveStatus.PROMOTED) or wave.breaker_tripped_at is not None:
+        return f"Wave {wave.name} is {'failed' if wave.status != WaveStatus.PROMOTED else 'already promoted'}."
+    soak = timedelta(seconds=rollout.plan["waves"][wave_index]["soak_seconds"])
+    if timezone.now() < wave.started_at + soak:
+        return f"Wave {wave.name} is still soaking."
+    return ""
+
+
 @transaction.atomic
-def human_action_authorize(*, rollout_id: int, action: str, actor_id: int, reason: str, wave_index: int) -> None:
-    """Re-check a person's action against the database and record it; raises NotPermitted when refused."""
-    rollout = Rollout.objects.select_related("change").get(pk=rollout_id)
+def human_action_authorize(
+    *, rollout_id: int, action: str, actor_id: int, reason: str, wave_index: int, token: str
+) -> None:
+    """Re-check a person's action against the database, verify and spend its proof (the token minted for that
+    person after sign-in), and record it; raises NotPermitted when refused. A promotion opens the next wave."""
+    rollout = Rollout.objects.select_for_update(of=("self",)).select_related("change").get(pk=rollout_id)
+    if action not in HUMAN_ACTIONS:
+        raise InvalidInput(f"Unknown action {action}.")
+    action_token_spend(
+        token=token, actor_id=actor_id, rollout_id=rollout_id, action=action, wave_index=wave_index, now=timezone.now()
+    )
     actor = get_user_model().objects.filter(pk=actor_id, is_active=True).first()
     if actor is None or not has_role(actor, Role.OPERATOR):
         raise NotPermitted("Only operators act on rollouts.")
     if rollout.change.author_id == actor.pk:
         raise NotPermitted("You are the author of this change; someone else must decide on its rollout.")
-    if action not in HUMAN_ACTIONS:
-        raise InvalidInput(f"Unknown action {action}.")
+    if action == "promote":
+        refusal = _promotable(rollout, wave_index)
+        if refusal:
+            raise Conflict(refusal, code="not_promotable")
+        Wave.objects.filter(rollout=rollout, index=wave_index).update(
+            status=WaveStatus.PROMOTED, verdict_at=timezone.now()
+        )
     after = {"wave": wave_index} if wave_index >= 0 else None
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason)
 
@@ -644,13 +750,25 @@ def rollout_act(
 ) -> Any:
     """A person's promote / abort / rollback / pause / resume, sent to the workflow as a Temporal Update.
 
-    Checked here first so the caller gets a clear refusal without a round trip; the workflow's validator and
-    its authorize activity check again (the `temporal` CLI reaches the workflow without passing through here)
-    and the activity writes the decision record.
+    Checked here first so the caller gets a clear refusal without a round trip; the update carries a token minted
+    for this authenticated person, which the workflow's authorize activity verifies and spends before it records
+    the decision (the `temporal` CLI reaches the workflow without passing through here, see action_token_issue).
     """
     from workflows.client import execute_rollout_update
     from workflows.types import HumanAction
 
+    token = action_token_issue(actor=actor, rollout=rollout, action=action, reason=reason, wave_index=wave_index)
+    return execute_rollout_update(
+        rollout.pk,
+        action,
+        HumanAction(
+            actor_id=actor.pk, actor_roles=sorted(roles_of(actor)), reason=reason, wave_index=wave_index, token=token
+        ),
+    )
+
+
+def action_token_issue(*, actor: AbstractBaseUser, rollout: Rollout, action: str, reason: str, wave_index: int) -> str:
+    """Mint the proof for one action by this signed-in person, after the checks the workflow would make."""
     if action not in HUMAN_ACTIONS:
         raise InvalidInput(f"Unknown action {action}.", fields={"action": [f"One of: {', '.join(HUMAN_ACTIONS)}."]})
     if not has_role(actor, Role.OPERATOR):
@@ -661,8 +779,6 @@ def rollout_act(
         raise InvalidInput(f"A reason is required to {action}.", fields={"reason": ["Required."]})
     if rollout.status not in ROLLOUT_ACTIVE:
         raise Conflict(f"The rollout is {rollout.status}.", code="finished")
-    return execute_rollout_update(
-        rollout.pk,
-        action,
-        HumanAction(actor_id=actor.pk, actor_roles=sorted(roles_of(actor)), reason=reason, wave_index=wave_index),
+    return action_token_mint(
+        actor_id=actor.pk, rollout_id=rollout.pk, action=action, wave_index=wave_index, now=timezone.now()
     )

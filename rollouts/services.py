@@ -83,8 +83,8 @@ def release_create(
 ) -> FirmwareRelease:
     """Create a release from an image the server hashed itself; only release engineers (requester role) may.
 
-    Enforces: semantic version, unique version, known hardware models, a release counter strictly above every
-    existing release's counter for each listed hardware model (anti-rollback), build provenance (git revision,
+    Enforces: semantic version, unique version, known hardware models, a release counter no lower than
+    any existing release's counter for each listed hardware model (a security epoch: anti-rollback), build provenance (git revision,
     builder, optional SBOM reference) and an allow-listed artifact name. Identical images share one stored file.
     Refusals write nothing: no release row, no artifact row, no file in the store, no decision record.
     """
@@ -121,10 +121,13 @@ def release_create(
         raise _refuse({"version": [f"Release {version} already exists."]}, code="version_exists")
 
     latest = release_latest_counters(models)
+    # The counter is a security epoch: it stays the same for an ordinary release, rises with a security fix, and
+    # never falls below the highest one a hardware model has (equal counters let an old image be re-released as
+    # the rollback target of a newer one).
     too_low = [
-        f"Must be greater than {latest[model.pk]}, the highest release counter for {model.name}."
+        f"Must be at least {latest[model.pk]}, the highest release counter for {model.name}."
         for model in models
-        if model.pk in latest and release_counter <= latest[model.pk]
+        if model.pk in latest and release_counter < latest[model.pk]
     ]
     if too_low:
         raise _refuse({"release_counter": too_low}, code="counter_not_increasing")

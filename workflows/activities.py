@@ -6,8 +6,11 @@ A DomainError (a rule said no) becomes a non-retryable ApplicationError named af
 
 from __future__ import annotations
 
+import contextvars
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from django.db import close_old_connections
@@ -27,19 +30,57 @@ from workflows.types import (
     WaveHealth,
     WaveRef,
     WindowWait,
+    rollout_workflow_id,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Bulk steps heartbeat this often; the workflow gives them a heartbeat timeout a few times longer, so a worker that
+# dies inside one is noticed in seconds, not after the step's whole start-to-close timeout.
+HEARTBEAT_SECONDS = 2.0
+
+
+def _require_own_workflow(payload: Any) -> None:
+    """An activity acts only for the one workflow of its rollout (`rollout-<pk>`): anything else is forged."""
+    rollout_id = getattr(payload, "rollout_id", None)
+    workflow_id = activity.info().workflow_id
+    if rollout_id is None or workflow_id != rollout_workflow_id(rollout_id):
+        raise steps.workflow_step_forged(
+            rollout_id=rollout_id,
+            message=f"workflow {workflow_id!r} is not the rollout's workflow {rollout_workflow_id(rollout_id or 0)!r}",
+        )
+
+
+@contextmanager
+def _heartbeating() -> Iterator[None]:
+    """Heartbeat from a helper thread (in the activity's context) while a long, single-transaction step runs."""
+    done = threading.Event()
+    context = contextvars.copy_context()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            activity.heartbeat()
+
+    thread = threading.Thread(target=context.run, args=(beat,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
 
 def _orm_activity(func: F) -> F:
-    """Fresh, healthy database connections around the call; domain refusals are not retried."""
+    """Fresh, healthy database connections around the call, heartbeats while it runs, and only for the rollout's
+    own workflow; domain refusals are not retried."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(payload: Any) -> Any:
         close_old_connections()
         try:
-            return func(*args, **kwargs)
+            _require_own_workflow(payload)
+            with _heartbeating():
+                return func(payload)
         except DomainError as exc:
             # The type names the refusal (NotPermitted, Conflict, InvalidInput) so the client maps it to 403/409/400.
             raise ApplicationError(
@@ -63,7 +104,7 @@ def wave_window_wait(ref: WaveRef) -> WindowWait:
 @_orm_activity
 def wave_assign(ref: WaveRef) -> WaveAssignment:
     """Bulk-create the wave's per-device deployments (idempotent)."""
-    return WaveAssignment(ref.wave_index, steps.wave_assign(rollout_id=ref.rollout_id, wave_index=ref.wave_index))
+    return steps.wave_assign(rollout_id=ref.rollout_id, wave_index=ref.wave_index)
 
 
 @activity.defn(name=Activity.WAVE_HEALTH)
@@ -120,7 +161,15 @@ def human_action_authorize(request: AuthorizeRequest) -> None:
         actor_id=request.actor_id,
         reason=request.reason,
         wave_index=request.wave_index,
+        token=request.token,
     )
+
+
+@activity.defn(name=Activity.WAVE_PROMOTE)
+@_orm_activity
+def wave_promote(ref: WaveRef) -> bool:
+    """Promote a passed `auto` wave after re-checking its verdict in the database (recorded once)."""
+    return steps.wave_promote(rollout_id=ref.rollout_id, wave_index=ref.wave_index)
 
 
 ACTIVITIES = [
@@ -133,4 +182,5 @@ ACTIVITIES = [
     rollback_health,
     rollout_finish,
     human_action_authorize,
+    wave_promote,
 ]

@@ -68,6 +68,10 @@ with workflow.unsafe.imports_passed_through():
 MONITOR_CLAMP_PATCH = "monitor-check-clamped-to-soak-end"
 # An automatic promotion is projected, with the health that justified it, before the next step (decision record).
 AUTO_PROMOTION_RECORD_PATCH = "auto-promotion-recorded"
+# An automatic promotion is a step of its own (WAVE_PROMOTE) that the database re-checks and records once.
+AUTO_PROMOTION_VERIFIED_PATCH = "auto-promotion-verified"
+# Every run (first, after continue-as-new, after a reset) projects its state first, idempotently.
+REPROJECT_ON_START_PATCH = "reproject-on-start"
 # _watch_wave's result when a person promoted (Verdict.PASS: promoted automatically).
 _PROMOTED_BY_PERSON = "promoted_by_person"
 
@@ -88,9 +92,13 @@ _AUTHORIZE_RETRY = RetryPolicy(
     maximum_attempts=3,
     non_retryable_error_types=["DomainError"],
 )
-_SHORT = timedelta(seconds=30)
-_QUERY = timedelta(minutes=1)  # aggregate counts over a wave's deployments
-_BULK = timedelta(minutes=5)  # bulk writes over up to ~100k deployment rows
+# Short timeouts: a decision devices depend on must not wait for a dead worker's long timeout. Single-row steps get
+# a few seconds; steps that touch many rows heartbeat (workflows/activities.py) and are retried within seconds of a
+# worker's death through their heartbeat timeout, however long they may legitimately run.
+_SHORT = timedelta(seconds=10)
+_HEARTBEAT = timedelta(seconds=10)
+_QUERY = timedelta(minutes=2)  # aggregate counts over a wave's deployments (heartbeating)
+_BULK = timedelta(minutes=10)  # bulk writes over up to ~100k deployment rows (heartbeating)
 
 _END_ABORT = "abort"
 _END_ROLLBACK = "rollback"
@@ -140,6 +148,10 @@ class RolloutWorkflow:
         """Run the waves from `inp.start_wave` (or resume the rollback) until the rollout is finished."""
         mode = _END_ROLLBACK if inp.rolling_back else ""
         stuck_reason = ""
+        if self._patched(REPROJECT_ON_START_PATCH):
+            # The database never keeps showing a wave or gate this run has left (e.g. a pause accepted while the
+            # previous run continued as new); the projection is idempotent.
+            await self._project(self._message or "Workflow run started.")
         while True:
             try:
                 if mode == _END_ROLLBACK:
@@ -197,17 +209,29 @@ class RolloutWorkflow:
                     WaveRef(self._inp.rollout_id, index),
                     result_type=WaveAssignment,
                     start_to_close_timeout=_BULK,
+                    heartbeat_timeout=_HEARTBEAT,
                     retry_policy=_RETRY,
                 )
                 self._wave_assigned = True
-                self._soak_started_at = workflow.now().isoformat()
+                # The soak starts when the wave really opened to devices (the database's time, returned by the
+                # step), not when this workflow task ran: a worker that died after the assignment loses no soak.
+                self._soak_started_at = assignment.opened_at or workflow.now().isoformat()
                 self._phase = Phase.RUNNING
                 self._last_health, self._last_verdict = None, ""
                 await self._project(f"Wave {wave.name} assigned to {assignment.assigned} devices; soaking.")
             verdict = await self._watch_wave(index, wave)
             if verdict == Verdict.FAIL:
                 await self._fail(index, wave)
-            if verdict == Verdict.PASS and self._patched(AUTO_PROMOTION_RECORD_PATCH):
+            if verdict == Verdict.PASS and self._patched(AUTO_PROMOTION_VERIFIED_PATCH):
+                # The database re-checks the pass and records it once; only then may the next wave open.
+                await workflow.execute_activity(
+                    Activity.WAVE_PROMOTE,
+                    WaveRef(self._inp.rollout_id, index),
+                    result_type=bool,
+                    start_to_close_timeout=_SHORT,
+                    retry_policy=_RETRY,
+                )
+            elif verdict == Verdict.PASS and self._patched(AUTO_PROMOTION_RECORD_PATCH):
                 # The system promoted on its own: the record shows on what evidence.
                 await self._project(_auto_promotion_reason(wave, self._last_health or WaveHealth()))
             # Promoted (automatically after a pass, or by a person at a gate).
@@ -264,6 +288,7 @@ class RolloutWorkflow:
                     WaveRef(self._inp.rollout_id, index),
                     result_type=WaveHealth,
                     start_to_close_timeout=_QUERY,
+                    heartbeat_timeout=_HEARTBEAT,
                     retry_policy=_RETRY,
                 )
                 soak_done = workflow.now() >= soak_end
@@ -379,6 +404,7 @@ class RolloutWorkflow:
             RollbackRef(self._inp.rollout_id),
             result_type=int,
             start_to_close_timeout=_BULK,
+            heartbeat_timeout=_HEARTBEAT,
             retry_policy=_RETRY,
         )
         self._message = f"Rollback offered to {offered} devices."
@@ -391,6 +417,7 @@ class RolloutWorkflow:
                 RollbackRef(self._inp.rollout_id),
                 result_type=WaveHealth,
                 start_to_close_timeout=_QUERY,
+                heartbeat_timeout=_HEARTBEAT,
                 retry_policy=_RETRY,
             )
             self._last_health = health
@@ -409,6 +436,7 @@ class RolloutWorkflow:
             Activity.ROLLOUT_HALT,
             HaltRequest(self._inp.rollout_id, self._wave_index, reason),
             start_to_close_timeout=_BULK,
+            heartbeat_timeout=_HEARTBEAT,
             retry_policy=_RETRY,
         )
         self._halted = True
@@ -418,6 +446,7 @@ class RolloutWorkflow:
             Activity.ROLLOUT_FINISH,
             FinishRequest(self._inp.rollout_id, outcome, reason, actor_id),
             start_to_close_timeout=_BULK,
+            heartbeat_timeout=_HEARTBEAT,
             retry_policy=_RETRY,
         )
         self._phase, self._gate, self._paused, self._message = outcome, Gate.NONE, False, reason
@@ -561,6 +590,7 @@ class RolloutWorkflow:
                     actor_id=request.actor_id,
                     reason=request.reason,
                     wave_index=request.wave_index if action == Update.PROMOTE else self._wave_index,
+                    token=request.token,
                 ),
                 start_to_close_timeout=_SHORT,
                 retry_policy=_AUTHORIZE_RETRY,

@@ -30,6 +30,10 @@ class Activity:
       ROLLBACK_HEALTH         RollbackRef -> WaveHealth (of the rollback deployments)
       ROLLOUT_FINISH          FinishRequest -> None (idempotent)
       HUMAN_ACTION_AUTHORIZE  AuthorizeRequest -> None (raises DomainError to refuse; records the decision)
+      WAVE_PROMOTE            WaveRef -> bool (an automatic promotion, re-checked in the database; idempotent)
+
+    Every activity checks that it runs for the workflow `rollout_workflow_id(rollout_id)`, and the database
+    refuses steps no recorded gate allows: a second or forged workflow cannot move a rollout.
     """
 
     WAVE_WINDOW_WAIT = "rollouts.wave_window_wait"
@@ -41,6 +45,7 @@ class Activity:
     ROLLBACK_HEALTH = "rollouts.rollback_health"
     ROLLOUT_FINISH = "rollouts.rollout_finish"
     HUMAN_ACTION_AUTHORIZE = "rollouts.human_action_authorize"
+    WAVE_PROMOTE = "rollouts.wave_promote"
 
 
 class Update:
@@ -128,6 +133,7 @@ class WaveRef:
 class WaveAssignment:
     wave_index: int
     assigned: int  # deployments of this wave in the database after the call (idempotent)
+    opened_at: str = ""  # ISO time the wave opened to devices (its soak starts then); "" in old histories
 
 
 @dataclass
@@ -204,6 +210,7 @@ class HumanAction:
     actor_roles: list[str] = field(default_factory=list)
     reason: str = ""
     wave_index: int = -1  # promote names the wave it promotes; -1 elsewhere
+    token: str = ""  # proof of the authenticated person, minted by the project (POST .../action-token/)
 
 
 @dataclass
@@ -215,6 +222,7 @@ class AuthorizeRequest:
     actor_id: int
     reason: str
     wave_index: int
+    token: str = ""
 
 
 @dataclass

@@ -11,6 +11,7 @@ from devices.models import Device
 from devices.telemetry import BatchAcceptance, telemetry_batch_accept
 from ota_project.errors import InvalidInput
 from rollouts.choices import DeploymentStatus
+from rollouts.deployment_services import deployment_withdrawal
 from rollouts.models import Deployment
 
 # A device may fetch (and resume) the image of a deployment in these statuses only.
@@ -37,12 +38,17 @@ def device_has_deployment_in_flight(*, device: Device) -> bool:
 
 def device_artifact_offered(*, device: Device, sha256: str) -> Deployment | None:
     """The device's deployment that currently offers the image with this sha256, if any."""
-    return (
-        Deployment.objects.select_related("release__artifact")
+    deployment = (
+        Deployment.objects.select_related("release__artifact", "rollout__change")
         .filter(device=device, status__in=DOWNLOADABLE, release__artifact__sha256=sha256)
         .order_by("-updated_at")
         .first()
     )
+    # The offer's rules hold for every range: a quarantined device, a closed change or a tripped breaker stop the
+    # bytes too, not only new offers.
+    if deployment is None or deployment_withdrawal(deployment, device) is not None:
+        return None
+    return deployment
 
 
 @transaction.atomic

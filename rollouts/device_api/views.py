@@ -21,7 +21,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices.choices import DeviceStatus
 from devices.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
 from devices.selectors import LoadShaping
 from devices.services import device_record_report
@@ -163,8 +162,9 @@ class CheckinView(DeviceAPIView):
             boot_count=data["boot_count"],
             health=data["health"],
         )
-        # Quarantined devices may check in (their report is drift evidence) but are offered nothing.
-        deployment = deployment_offer(device=device) if device.status == DeviceStatus.ACTIVE else None
+        # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
+        # service withdraws what they had been offered and not yet started installing.
+        deployment = deployment_offer(device=device)
         in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
         answer = {
             "poll_interval_seconds": poll_interval(shaping=self.shaping, in_flight=in_flight),
@@ -215,12 +215,13 @@ class StatusView(DeviceAPIView):
                 fields={"seq": [f"Must be at least {before.last_seq}."]},
             )
         try:
-            after = deployment_report(device=device, deployment_id=deployment_id, report=report)
+            outcome = deployment_report(device=device, deployment_id=deployment_id, report=report)
         except DomainError as exc:
             if exc.code == "not_found":
                 raise exceptions.NotFound("No such deployment for this device.") from exc
             raise
-        applied = report.seq > before.last_seq and after.last_seq == report.seq
+        # Decided under the deployment's row lock: of concurrent copies of one report exactly one says applied.
+        after, applied = outcome.deployment, outcome.applied
         answer = {
             "deployment_id": after.pk,
             "status": after.status,

@@ -33,9 +33,9 @@ from rollouts.choices import (
     DeploymentStatus,
     RolloutStatus,
 )
+from rollouts.health import deployment_health
 from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout
-from rollouts.rollout_services import deployment_health
 from rollouts.web.trace_selectors import records_about
 from workflows import policy
 from workflows.types import Gate, Verdict, WaveHealth, WavePlan

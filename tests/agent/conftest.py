@@ -45,7 +45,7 @@ def fleet(db) -> dict[str, Any]:
     region = RegionFactory(code="eu-west", time_zone="Europe/Paris")
     old = FirmwareReleaseFactory(version="1.0.0", release_counter=1, hardware_models=[model, other_model])
     artifact = FirmwareArtifactFactory(sha256=hashlib.sha256(IMAGE).hexdigest(), size_bytes=len(IMAGE))
-    new = FirmwareReleaseFactory(version="1.1.0", release_counter=2, hardware_models=[model], artifact=artifact)
+    new = FirmwareReleaseFactory(version="1.1.0", release_counter=1, hardware_models=[model], artifact=artifact)
     DeviceFactory.create_batch(2, hardware_model=model, region=region, tags=["pilot"])
     DeviceFactory.create_batch(18, hardware_model=model, region=region)
     DeviceFactory.create_batch(80, hardware_model=other_model, region=region)

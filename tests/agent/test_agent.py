@@ -68,7 +68,7 @@ def assert_updated(device) -> None:
     assert device.model.installed_version == "1.1.0"
     saved = state(device)
     assert saved["active_slot"] == "b" and saved["trial_slot"] is None and saved["deployment"] is None
-    assert saved["slots"]["b"] == {"version": "1.1.0", "release_counter": 2, "present": True}
+    assert saved["slots"]["b"] == {"version": "1.1.0", "release_counter": 1, "present": True}
     assert (device.dir / "slot_b.img").read_bytes() == IMAGE
     assert (device.dir / "slot_a.img").read_bytes() == FACTORY_IMAGE
     assert not (device.dir / "staged.enc").exists() and not (device.dir / "download.part").exists()

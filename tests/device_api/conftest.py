@@ -47,8 +47,9 @@ def artifact_url(sha) -> str:
 
 @pytest.fixture
 def assigned(rollout) -> Rollout:
-    """Wave 0 assigned (two pilot devices), rollout still scheduled."""
+    """Wave 0 assigned (two pilot devices), the rollout paused before anything was offered."""
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.PAUSED, 0))
     return rollout
 
 

@@ -113,14 +113,14 @@ def test_offer_only_when_the_rollout_runs(pilot, assigned, device_client, settin
     settings.OTA_DEVICE_POLL_SECONDS = 600
     client = device_client(pilot)
     answer = client.post(CHECKIN, checkin_body(), format="json").json()
-    assert answer == {"poll_interval_seconds": 600, "offer": None}  # scheduled, not running yet
+    assert answer == {"poll_interval_seconds": 600, "offer": None}  # paused: nothing is offered
     steps.rollout_phase(PhaseChange(assigned.pk, RolloutStatus.RUNNING, 0))
     answer = client.post(CHECKIN, checkin_body(), format="json").json()
     offer = answer["offer"]
     deployment = Deployment.objects.get(device=pilot)
     assert answer["poll_interval_seconds"] == 30
     assert offer["deployment_id"] == deployment.pk and offer["kind"] == "update"
-    assert (offer["release_version"], offer["release_counter"]) == ("1.1.0", 2)
+    assert (offer["release_version"], offer["release_counter"]) == ("1.1.0", 1)
     assert offer["artifact"]["sha256"] == sha and offer["artifact"]["length"] == len(IMAGE)
     assert offer["artifact"]["url"].endswith(artifact_url) and offer["deadline_at"]
     assert deployment.status == DeploymentStatus.OFFERED
@@ -137,7 +137,8 @@ def test_quarantined_device_checks_in_but_gets_no_offer(pilot, running, operator
     device_quarantine(actor=operator, device=pilot, reason="odd modem behaviour")
     response = client.post(CHECKIN, checkin_body("1.0.0", 1), format="json")
     assert response.status_code == 200 and response.json()["offer"] is None
-    assert Deployment.objects.get(device=pilot).status == DeploymentStatus.PENDING
+    withdrawn = Deployment.objects.get(device=pilot)
+    assert (withdrawn.status, withdrawn.detail) == (DeploymentStatus.CANCELLED, "withdrawn: the device is quarantined")
 
 
 @pytest.mark.parametrize(
@@ -246,7 +247,7 @@ def test_status_flow_to_succeeded_with_replays(offered_client, pilot):
     )
     assert done.status_code == 200 and done.json()["status"] == "succeeded" and done.json()["applied"] is True
     pilot.refresh_from_db()
-    assert (pilot.installed_version, pilot.installed_release_counter) == ("1.1.0", 2)
+    assert (pilot.installed_version, pilot.installed_release_counter) == ("1.1.0", 1)
 
 
 def test_out_of_order_report_never_moves_backwards(offered_client, pilot):

@@ -181,18 +181,27 @@ def test_json_body_is_415(client_for, requester):
     _error(response)
 
 
-def test_counter_not_above_an_existing_release_for_the_model_is_400_and_writes_nothing(
+def test_counter_below_an_existing_release_for_the_model_is_400_and_writes_nothing(
     client_for, requester, post_release, snapshot
 ):
     client = client_for(requester)
     assert post_release(client, content=b"one", version="2.0.0", release_counter="10").status_code == 201
     before = snapshot()
-    for counter in ["10", "9"]:
+    for counter in ["9", "1"]:
         response = post_release(client, content=b"two", version="2.1.0", release_counter=counter)
         assert response.status_code == 400
         error = _error(response)
         assert error["code"] == "counter_not_increasing" and "release_counter" in error["fields"]
     assert snapshot() == before
+
+
+def test_same_counter_is_a_release_within_the_security_epoch(client_for, requester, post_release):
+    """The counter rises only with a security fix: an ordinary release, or the old image re-released as a
+    rollback target, keeps the model's current counter."""
+    client = client_for(requester)
+    assert post_release(client, content=b"one", version="2.0.0", release_counter="10").status_code == 201
+    again = post_release(client, content=b"old image", version="1.9.1", release_counter="10")
+    assert again.status_code == 201
 
 
 def test_same_counter_on_a_different_hardware_model_is_201(client_for, requester, post_release, hw_model_2):

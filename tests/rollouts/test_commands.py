@@ -62,7 +62,9 @@ def test_command_exits_1_on_refusal_and_writes_nothing(requester, hw_model, imag
     # run_from_argv closes every connection when it ends, which would end the test's transaction too.
     monkeypatch.setattr("django.core.management.base.connections.close_all", lambda: None)
     with pytest.raises(SystemExit) as exited:
-        Command().run_from_argv(["manage.py", "create_release", *_args(image, **{"--version": "3.2.0"})])
+        Command().run_from_argv(
+            ["manage.py", "create_release", *_args(image, **{"--version": "3.2.0", "--counter": "29"})]
+        )
     assert exited.value.code == 1
     assert snapshot() == before
 

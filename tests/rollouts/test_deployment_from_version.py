@@ -6,11 +6,15 @@ import pytest
 from django.db import connection
 
 from devices.models import Device
+from ota_project.roles import Role
+from rollouts import assignment
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.device_playback import HAPPY
 from rollouts.models import Deployment
+from tests.factories import UserFactory
+from tests.support.rollouts import assign_through, authorize
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +40,7 @@ def _drive(deployment: Deployment, *statuses: str) -> Deployment:
         extra = {"booted_version": offered.release.version, "health_passed": True} if status == "succeeded" else {}
         offered = deployment_report(
             device=offered.device, deployment_id=offered.pk, report=Report(seq, status, **extra)
-        )
+        ).deployment
     return offered
 
 
@@ -62,8 +66,7 @@ def _stored(rollout, kind: str = DeploymentKind.UPDATE) -> dict[int, tuple[str, 
 def test_wave_assignment_stores_each_devices_installed_version_through_copy(rollout, fleet):
     assert connection.vendor == "postgresql"  # the COPY path of insert_deployments
     expected = _mixed_inventory(fleet)
-    for wave_index in range(3):
-        steps.wave_assign(rollout_id=rollout.pk, wave_index=wave_index)
+    assign_through(rollout, 2)
     stored = _stored(rollout)
     assert len(stored) == 20
     assert stored == {device_id: expected[device_id] for device_id in stored}
@@ -73,9 +76,8 @@ def test_bulk_create_path_stores_the_same_values_in_lookup_batches(rollout, flee
     expected = _mixed_inventory(fleet)
     # The embedded (SQLite) path: bulk_create, and device lookups in small batches to cross batch boundaries.
     monkeypatch.setattr(connection, "vendor", "sqlite")
-    monkeypatch.setattr(steps, "LOOKUP_BATCH", 3)
-    for wave_index in range(3):
-        steps.wave_assign(rollout_id=rollout.pk, wave_index=wave_index)
+    monkeypatch.setattr(assignment, "LOOKUP_BATCH", 3)
+    assign_through(rollout, 2)
     stored = _stored(rollout)
     assert len(stored) == 20
     assert stored == {device_id: expected[device_id] for device_id in stored}
@@ -86,10 +88,10 @@ def test_stored_version_is_the_one_at_creation_and_never_changes(rollout):
     first, second = Deployment.objects.filter(rollout=rollout).select_related("device", "release").order_by("pk")
     _drive(first, *HAPPY)
     first.device.refresh_from_db()
-    assert (first.device.installed_version, first.device.installed_release_counter) == ("1.1.0", 2)
+    assert (first.device.installed_version, first.device.installed_release_counter) == ("1.1.0", 1)
     # The inventory of a device not yet updated changes after assignment (a depot re-flash, say).
     Device.objects.filter(pk=second.device_id).update(installed_version="1.0.9", installed_release_counter=1)
-    assert steps.wave_assign(rollout_id=rollout.pk, wave_index=0) == 2  # a retried activity inserts nothing
+    assert steps.wave_assign(rollout_id=rollout.pk, wave_index=0).assigned == 2  # a retry inserts nothing
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.from_version, first.from_release_counter) == ("1.0.0", 1)
@@ -101,8 +103,7 @@ def test_later_wave_stores_what_devices_run_when_that_wave_is_assigned(rollout, 
     unassigned = Device.objects.filter(hardware_model=fleet["model"]).exclude(deployments__rollout=rollout)
     moved = list(unassigned.values_list("pk", flat=True)[:5])
     Device.objects.filter(pk__in=moved).update(installed_version="1.0.5", installed_release_counter=1)
-    steps.wave_assign(rollout_id=rollout.pk, wave_index=1)
-    steps.wave_assign(rollout_id=rollout.pk, wave_index=2)
+    assign_through(rollout, 2)
     stored = _stored(rollout)
     assert {stored[pk] for pk in moved} == {("1.0.5", 1)}
     assert {value for pk, value in stored.items() if pk not in moved} == {("1.0.0", 1)}
@@ -114,9 +115,16 @@ def test_rollback_deployment_stores_the_version_the_device_runs_when_rolling_bac
     _drive(first, *HAPPY)  # took 1.1.0 and confirmed it
     _drive(second, "downloading", "downloaded", "installing")  # flashing, the inventory still says 1.0.0
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
-    assert steps.rollback_assign(rollout_id=rollout.pk) == 2
+    authorize(rollout, "rollback", UserFactory(roles=[Role.OPERATOR]), reason="boot loops")
+    # One active deployment per device: the device still flashing gets its rollback once its update is over.
+    assert steps.rollback_assign(rollout_id=rollout.pk) == 1
+    assert steps.rollback_health(rollout_id=rollout.pk).pending == 2  # its own rollback, and one still installing
+    second = deployment_report(
+        device=second.device, deployment_id=second.pk, report=Report(10, "failed", failure_class="install")
+    ).deployment
+    assert steps.rollback_health(rollout_id=rollout.pk).total == 2
     rollbacks = _stored(rollout, DeploymentKind.ROLLBACK)
-    assert rollbacks == {first.device_id: ("1.1.0", 2), second.device_id: ("1.0.0", 1)}
+    assert rollbacks == {first.device_id: ("1.1.0", 1), second.device_id: ("1.0.0", 1)}
     # The update rows keep what the devices ran before the update.
     assert _stored(rollout) == {first.device_id: ("1.0.0", 1), second.device_id: ("1.0.0", 1)}
     # Retrying the step adds nothing and rewrites nothing.
@@ -130,6 +138,7 @@ def test_rollback_through_bulk_create_stores_the_same_values(rollout, monkeypatc
     first, _second = Deployment.objects.filter(rollout=rollout).select_related("device", "release").order_by("pk")
     _drive(first, *HAPPY)
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
+    authorize(rollout, "rollback", UserFactory(roles=[Role.OPERATOR]), reason="boot loops")
     monkeypatch.setattr(connection, "vendor", "sqlite")
     assert steps.rollback_assign(rollout_id=rollout.pk) == 1
-    assert _stored(rollout, DeploymentKind.ROLLBACK) == {first.device_id: ("1.1.0", 2)}
+    assert _stored(rollout, DeploymentKind.ROLLBACK) == {first.device_id: ("1.1.0", 1)}

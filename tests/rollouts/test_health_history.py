@@ -8,6 +8,7 @@ from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, DeploymentStatus
 from rollouts.models import Deployment, HealthSample
 from tests.fleet_driver import FAIL_BOOT, HAPPY, play
+from tests.support.rollouts import assign_through
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
@@ -74,7 +75,7 @@ def test_repeated_evaluations_with_the_same_counts_extend_the_last_sample(rollou
 
 def test_samples_are_per_wave_and_never_per_device(rollout):
     for index in (0, 1, 2):
-        steps.wave_assign(rollout_id=rollout.pk, wave_index=index)
+        assign_through(rollout, index)
         steps.wave_health(rollout_id=rollout.pk, wave_index=index)
 
     rows = list(HealthSample.objects.filter(rollout=rollout).values_list("wave_index", "counts__total"))

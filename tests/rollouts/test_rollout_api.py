@@ -5,6 +5,7 @@ import pytest
 from approvals.models import DecisionRecord
 from rollouts import rollout_services as steps
 from rollouts.models import Rollout
+from tests.support.rollouts import authorize
 
 pytestmark = pytest.mark.django_db
 
@@ -54,11 +55,12 @@ def test_actions_refused_before_reaching_the_workflow(client_for, operator, appr
     assert refused.status_code == 403 and "author" in refused.json()["error"]["message"]
     no_reason = client_for(operator).post(f"/api/v1/rollouts/{rollout.pk}/abort/", {}, format="json")
     assert no_reason.status_code == 400 and "reason" in no_reason.json()["error"]["fields"]
-    steps.rollout_finish(rollout_id=rollout.pk, outcome="aborted", reason="test")
+    authorize(rollout, "abort", operator, reason="test")
+    steps.rollout_finish(rollout_id=rollout.pk, outcome="aborted", reason="test", actor_id=operator.pk)
     finished = client_for(operator).post(f"/api/v1/rollouts/{rollout.pk}/pause/", {}, format="json")
     assert finished.status_code == 409
     assert DecisionRecord.objects.filter(action__startswith="rollout.p").count() == 0
-    assert DecisionRecord.objects.count() > before  # only the finish itself
+    assert DecisionRecord.objects.count() > before  # only the abort and the finish
 
 
 def test_deployments_list_with_filters(client_for, operator, approved_change, auditor):

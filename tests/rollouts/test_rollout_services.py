@@ -19,6 +19,7 @@ from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.device_playback import HAPPY
 from rollouts.models import Deployment, Rollout
+from tests.support.rollouts import assign_through, authorize
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +39,9 @@ def _drive(deployment: Deployment, *statuses: str) -> Deployment:
     device = deployment.device
     for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
         extra = {"booted_version": deployment.release.version, "health_passed": True} if status == "succeeded" else {}
-        deployment = deployment_report(device=device, deployment_id=deployment.pk, report=Report(seq, status, **extra))
+        deployment = deployment_report(
+            device=device, deployment_id=deployment.pk, report=Report(seq, status, **extra)
+        ).deployment
     return deployment
 
 
@@ -89,12 +92,12 @@ def test_overlapping_active_rollout_is_a_conflict(
 
 
 def test_wave_assignment_is_idempotent_and_pilots_first(rollout):
-    assert steps.wave_assign(rollout_id=rollout.pk, wave_index=0) == 2
-    assert steps.wave_assign(rollout_id=rollout.pk, wave_index=0) == 2
+    first = steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    assert first.assigned == 2
+    assert steps.wave_assign(rollout_id=rollout.pk, wave_index=0) == first  # a retry returns the same opening
     pilots = Deployment.objects.filter(wave__index=0)
     assert all(d.device.tags.filter(name="pilot").exists() for d in pilots)
-    steps.wave_assign(rollout_id=rollout.pk, wave_index=1)
-    steps.wave_assign(rollout_id=rollout.pk, wave_index=2)
+    assign_through(rollout, 2)
     assert Deployment.objects.count() == 20
     assert Deployment.objects.values("device").distinct().count() == 20
 
@@ -109,7 +112,6 @@ def test_missed_deadline_times_out_and_counts_as_failure(rollout):
 
 def test_device_reports_are_idempotent_and_never_go_backwards(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     device = Deployment.objects.first().device
     offered = deployment_offer(device=device)
     assert offered.status == DeploymentStatus.OFFERED
@@ -119,11 +121,11 @@ def test_device_reports_are_idempotent_and_never_go_backwards(rollout):
     same = deployment_report(
         device=device, deployment_id=deployment.pk, report=Report(deployment.last_seq, "downloading")
     )
-    assert same.status == DeploymentStatus.INSTALLING
+    assert same.deployment.status == DeploymentStatus.INSTALLING and not same.applied
     late = deployment_report(
         device=device, deployment_id=deployment.pk, report=Report(deployment.last_seq + 1, "downloading")
     )
-    assert late.status == DeploymentStatus.INSTALLING
+    assert late.deployment.status == DeploymentStatus.INSTALLING
     with pytest.raises(Conflict):
         deployment_report(
             device=device,
@@ -140,7 +142,7 @@ def test_device_reports_are_idempotent_and_never_go_backwards(rollout):
     deployment = _drive(Deployment.objects.get(pk=deployment.pk), "succeeded")
     assert deployment.status == DeploymentStatus.SUCCEEDED
     device.refresh_from_db()
-    assert (device.installed_version, device.installed_release_counter) == ("1.1.0", 2)
+    assert (device.installed_version, device.installed_release_counter) == ("1.1.0", 1)
 
 
 def test_another_devices_deployment_is_refused(rollout):
@@ -155,7 +157,6 @@ def test_another_devices_deployment_is_refused(rollout):
 
 def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     first, second = Deployment.objects.order_by("pk")
     _drive(deployment_offer(device=first.device), *HAPPY)
     cancelled = steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
@@ -175,7 +176,6 @@ def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(ro
 
 def test_halt_cancels_a_downloaded_image_before_it_is_installed(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     first, _ = Deployment.objects.order_by("pk")
     _drive(deployment_offer(device=first.device), "downloading", "downloaded")
     assert steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed") == 2
@@ -187,9 +187,8 @@ def test_halt_cancels_a_downloaded_image_before_it_is_installed(rollout):
 
 
 def test_completion_cancels_undelivered_work_and_stragglers_time_out_later(rollout):
-    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
-    installing, waiting = Deployment.objects.order_by("pk")
+    assign_through(rollout, 2)
+    installing, waiting = Deployment.objects.filter(wave__index=2).order_by("pk")[:2]
     _drive(deployment_offer(device=installing.device), "downloading", "downloaded", "installing")
     steps.rollout_finish(rollout_id=rollout.pk, outcome=RolloutStatus.COMPLETED, reason="enough evidence")
     waiting.refresh_from_db()
@@ -205,7 +204,6 @@ def test_completion_cancels_undelivered_work_and_stragglers_time_out_later(rollo
 
 def test_deadline_sweep_leaves_running_rollouts_to_their_workflow(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     assert steps.finished_rollouts_expire_deadlines(now=timezone.now() + timedelta(days=1)) == 0
     assert not Deployment.objects.filter(status=DeploymentStatus.TIMED_OUT).exists()
 
@@ -220,13 +218,9 @@ def test_the_deadline_sweep_is_scheduled_for_celery_beat():
 
 def test_human_action_is_reauthorized_against_the_database(rollout, requester, operator, make_user):
     with pytest.raises(NotPermitted):
-        steps.human_action_authorize(
-            rollout_id=rollout.pk, action="promote", actor_id=requester.pk, reason="", wave_index=0
-        )
+        authorize(rollout, "promote", requester, wave_index=0, reason="")
     assert not DecisionRecord.objects.filter(action="rollout.promote").exists()  # a refusal records nothing
-    steps.human_action_authorize(
-        rollout_id=rollout.pk, action="abort", actor_id=operator.pk, reason="bad telemetry", wave_index=-1
-    )
+    authorize(rollout, "abort", operator, reason="bad telemetry")
     record = DecisionRecord.objects.get(action="rollout.abort")
     assert (record.actor_name, record.reason) == (operator.username, "bad telemetry")
 
@@ -255,12 +249,11 @@ def test_maintenance_window_waits_for_the_region(rollout):
 
 def test_failures_the_plan_retries_are_offered_again(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     device = Deployment.objects.first().device
     deployment = deployment_offer(device=device)
     retried = deployment_report(
         device=device, deployment_id=deployment.pk, report=Report(1, "failed", failure_class="download")
-    )
+    ).deployment
     assert retried.status == DeploymentStatus.PENDING and retried.not_before > timezone.now()
     assert deployment_offer(device=device) is None  # backoff first
     later = timezone.now() + timedelta(minutes=5)
@@ -269,6 +262,6 @@ def test_failures_the_plan_retries_are_offered_again(rollout):
         assert again.attempts == attempt
         result = deployment_report(
             device=device, deployment_id=again.pk, report=Report(attempt * 10, "failed", failure_class="download")
-        )
+        ).deployment
         later += timedelta(minutes=10)
     assert result.status == DeploymentStatus.FAILED

@@ -11,6 +11,7 @@ from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment
 from tests.fleet_driver import HAPPY, play
+from tests.support.rollouts import authorize
 from workflows.types import PhaseChange
 
 
@@ -60,9 +61,7 @@ def rolled_out(approved_change, operator, no_temporal) -> dict[str, Any]:
 def rolled_back(rolled_out, operator) -> dict[str, Any]:
     """The halted rollout rolled back by an operator: the device that took the new image went back to the old one."""
     rollout = rolled_out["rollout"]
-    steps.human_action_authorize(
-        rollout_id=rollout.pk, action="rollback", actor_id=operator.pk, reason="boot failures in pilot", wave_index=-1
-    )
+    authorize(rollout, "rollback", operator, reason="boot failures in pilot")
     steps.rollback_assign(rollout_id=rollout.pk)
     rollback = Deployment.objects.select_related("device", "release").get(rollout=rollout, kind=DeploymentKind.ROLLBACK)
     rolled_out["rollback"] = drive(rollback, *HAPPY)

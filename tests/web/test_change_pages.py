@@ -179,7 +179,7 @@ def test_change_page_shows_release_scope_risk_waves_and_timeline(cab_member, sub
     html = html_of(response)
     release = fleet["new"]
     assert release.artifact.sha256 in html
-    assert "1.1.0 (release counter 2)" in text and "tcu-4g-r2" in text
+    assert "1.1.0 (release counter 1)" in text and "tcu-4g-r2" in text
     assert release.source_revision in text and "ci-builder-7" in text
     assert "1.0.0 on 20 devices" in text  # what it replaces
     assert re.search(r'id="scope-devices">20<', html)

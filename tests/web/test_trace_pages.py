@@ -88,7 +88,8 @@ def test_trace_shows_every_stage_in_time_order(rolled_out, auditor):
     # Waves: the pilot failed (halted) with its health, the halt recorded with its reason.
     pilot = trace.waves[0]
     assert (pilot.wave.status, pilot.health["succeeded"], pilot.failures) == ("failed", 1, 1)
-    assert [r.action for r in pilot.records] == ["rollout.wave_assign"]
+    # The report that crossed the failure threshold tripped the wave's breaker before the workflow halted it.
+    assert [r.action for r in pilot.records] == ["rollout.wave_assign", "rollout.breaker_tripped"]
     assert "pilot failure rate 50% over the 5% threshold" in body
     assert "rollout.halt" in [r.action for r in trace.rollout_events]
     # Timeline: every record about the change, approvals and rollout, in chain order.
@@ -155,16 +156,17 @@ def test_register_shows_versions_before_and_after_each_update_and_the_rollback(r
         ("update", "1.0.0", "1.1.0", DeploymentStatus.SUCCEEDED),
         ("rollback", "1.1.0", "1.0.0", DeploymentStatus.SUCCEEDED),
     ]
-    # Both "before" versions are the ones stored when the deployments were created, with their counters.
+    # Both "before" versions are the ones stored when the deployments were created, with their counters: the
+    # update and its rollback stay in one security epoch (a rollback never lowers the counter).
     assert [(e.before_source, e.counter_before, e.counter_after) for e in deployments] == [
-        ("stored", 1, 2),
-        ("stored", 2, 1),
+        ("stored", 1, 1),
+        ("stored", 1, 1),
     ]
     assert (register.deployments_total, register.rollbacks, register.derived, register.assumed) == (2, 1, 0, 0)
     body = response.content.decode()
     assert _trace_url(rolled_back["change"]) in body
     assert "badge-rolled_back" in body
-    assert '1.0.0 <span class="muted">(#1)</span>' in body and '1.1.0 <span class="muted">(#2)</span>' in body
+    assert '1.0.0 <span class="muted">(#1)</span>' in body and '1.1.0 <span class="muted">(#1)</span>' in body
     assert "assumed-note" not in body and "derived-note" not in body
 
 
@@ -212,7 +214,7 @@ def test_register_mixes_old_rows_from_history_with_stored_ones(rolled_back, audi
     register = page_client(auditor).get(_register_url(device.serial)).context["register"]
     update, rollback = [e for e in register.entries if e.deployment is not None]
     assert (update.version_before, update.before_source) == ("1.0.0", "assumed")
-    assert (rollback.version_before, rollback.counter_before, rollback.before_source) == ("1.1.0", 2, "stored")
+    assert (rollback.version_before, rollback.counter_before, rollback.before_source) == ("1.1.0", 1, "stored")
     # Both old: the rollback's "before" is derived from the update that succeeded before it.
     Deployment.objects.filter(pk=rolled_back["rollback"].pk).update(from_version="", from_release_counter=None)
     response = page_client(auditor).get(_register_url(device.serial))

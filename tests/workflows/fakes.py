@@ -76,6 +76,7 @@ class FakeFleet:
     phases: list[PhaseChange] = field(default_factory=list)
     halts: list[HaltRequest] = field(default_factory=list)
     finishes: list[FinishRequest] = field(default_factory=list)
+    promotions: list[int] = field(default_factory=list)  # waves promoted automatically (WAVE_PROMOTE)
 
     def _health(self, script: HealthScript, check: int) -> WaveHealth:
         if callable(script):
@@ -157,6 +158,12 @@ class FakeFleet:
             raise ApplicationError("The database says this person may not act.", type="DomainError", non_retryable=True)
         self.decisions.append(request)
 
+    @activity.defn(name=Activity.WAVE_PROMOTE)
+    async def wave_promote(self, ref: WaveRef) -> bool:
+        self.calls.append((Activity.WAVE_PROMOTE, ref.wave_index))
+        self.promotions.append(ref.wave_index)
+        return True
+
     @property
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -169,4 +176,5 @@ class FakeFleet:
             self.rollback_health,
             self.rollout_finish,
             self.human_action_authorize,
+            self.wave_promote,
         ]

@@ -74,22 +74,21 @@ async def test_a_healthy_three_wave_rollout_completes_every_wave(time_env):
     assert fleet.deployments == {0: 10, 1: 200, 2: 5000}
     # Each wave is judged at the end of its 600 s soak (checks every 60 s: 11 checks) before the next one starts.
     assert fleet.health_checks == {0: 11, 1: 11, 2: 11}
-    assert calls_after(fleet, Activity.WAVE_HEALTH, (0, 11))[:3] == [
-        Activity.ROLLOUT_PHASE,  # the automatic promotion, with its evidence, for the decision record
+    assert calls_after(fleet, Activity.WAVE_HEALTH, (0, 11))[:4] == [
+        Activity.WAVE_PROMOTE,  # the automatic promotion, re-checked and recorded by the database
+        Activity.ROLLOUT_PHASE,  # the next run projects its state first (idempotent)
         Activity.WAVE_WINDOW_WAIT,
         Activity.WAVE_ASSIGN,
     ]
+    assert fleet.promotions == [0, 1, 2]
     assert fleet.halts == [] and fleet.decisions == []
-    assert [(p.phase, p.wave_index) for p in fleet.phases] == [(Phase.RUNNING, 0), (Phase.RUNNING, 0)] + [
+    # Each run projects where it starts, then the opened wave.
+    assert [(p.phase, p.wave_index) for p in fleet.phases] == [(Phase.SCHEDULED, 0), (Phase.RUNNING, 0)] + [
         (Phase.RUNNING, 1),
         (Phase.RUNNING, 1),
         (Phase.RUNNING, 2),
         (Phase.RUNNING, 2),
     ]
-    assert fleet.phases[1].reason == (
-        "Wave pilot passed and was promoted automatically: 10 of 10 devices succeeded (needs 95%), 0 failed."
-    )
-    assert fleet.phases[1].health == counts(10, succeeded=10)
     # One run per wave: the run continues as new after each promoted wave.
     assert len(await run_histories(time_env.client, handle)) == 3
 
@@ -256,7 +255,7 @@ async def test_pause_stops_the_next_assignment_and_resume_continues(time_env):
     assert result.phase == Phase.COMPLETED
     assert fleet.assign_calls == {0: 1, 1: 1}
     assert [d.action for d in fleet.decisions] == [Update.PAUSE, Update.RESUME]
-    assert [p.phase for p in fleet.phases][:3] == [Phase.RUNNING, Phase.PAUSED, Phase.RUNNING]
+    assert [p.phase for p in fleet.phases][:4] == [Phase.SCHEDULED, Phase.RUNNING, Phase.PAUSED, Phase.RUNNING]
 
 
 async def test_pause_during_a_window_wait_holds_the_assignment(time_env):
