@@ -30,16 +30,18 @@ from approvals.plans import plan_normalize
 from approvals.records import record_decision
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
+    change_cancel_refusal,
     change_plan_hash,
     change_policy_progress,
     change_release_sha256,
     decision_refusal,
+    evidence_add_refusal,
     policy_for,
 )
 from devices.models import Region
 from devices.scope import scope_devices, scope_normalize, scope_summary
 from ota_project.db import atomic_with_retry
-from ota_project.errors import Conflict, InvalidInput, NotPermitted
+from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
 from ota_project.roles import Role, has_role, roles_of
 
@@ -67,6 +69,14 @@ def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str)
     """Log a permission refusal to the security log and build the error to raise."""
     security_log.warning("refused actor=%s change=%s: %s", actor.get_username(), change.pk if change else None, message)
     return NotPermitted(message)
+
+
+def _raise_refusal(actor: AbstractBaseUser, change: ChangeRequest, refusal: DomainError | None) -> None:
+    """Raise what a `<action>_refusal` rule returned; permission refusals also go to the security log."""
+    if isinstance(refusal, NotPermitted):
+        raise _refuse(actor, change, refusal.message)
+    if refusal is not None:
+        raise refusal
 
 
 def _snapshot(change: ChangeRequest) -> dict[str, Any]:
@@ -367,11 +377,7 @@ def _decide(
 ) -> ChangeRequest:
     change = _lock(change)
     # Who may decide, in which status, and only once per revision: one rule shared with the change page.
-    refusal = decision_refusal(actor, change, decision)
-    if isinstance(refusal, NotPermitted):
-        raise _refuse(actor, change, refusal.message)
-    if refusal is not None:
-        raise refusal
+    _raise_refusal(actor, change, decision_refusal(actor, change, decision))
     if revision != change.revision:
         raise Conflict(
             f"You reviewed revision {revision}, but the change is now at revision {change.revision}; review it again.",
@@ -519,10 +525,9 @@ def change_mark_implemented(
 
 @atomic_with_retry()
 def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> ChangeRequest:
-    """Withdraw a change that has not started; its author or a CAB member may, with a reason."""
+    """Withdraw a change whose rollout has not started; its author or a CAB member may, with a reason."""
     change = _lock(change)
-    if change.author_id != actor.pk and not has_role(actor, Role.CAB_MEMBER):
-        raise _refuse(actor, change, "Only the author or a CAB member may cancel a change.")
+    _raise_refusal(actor, change, change_cancel_refusal(actor, change))
     if not reason.strip():
         raise InvalidInput("Cancelling needs a reason.", fields={"reason": ["Required."]})
     return _transition(actor=actor, change=change, to=ChangeStatus.CANCELLED, action="change.cancel", reason=reason)
@@ -581,10 +586,7 @@ def change_post_implementation_review(*, actor: AbstractBaseUser, change: Change
 def evidence_add(*, actor: AbstractBaseUser, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
     """Attach a test evidence file; after submission this is an edit (revision bump, approvals void)."""
     change = _lock(change)
-    if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may attach test evidence.")
-    if change.status not in CHANGE_EDITABLE:
-        raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
+    _raise_refusal(actor, change, evidence_add_refusal(actor, change))
     name = validate_file_name(upload.name or "", field="file")
     stored = store_content_addressed(root=settings.EVIDENCE_ROOT, upload=upload, max_bytes=settings.EVIDENCE_MAX_BYTES)
     if change.status != ChangeStatus.DRAFT:
