@@ -38,6 +38,11 @@ CHANGE_TERMINAL = frozenset({S.REJECTED, S.COMPLETED, S.ROLLED_BACK, S.CANCELLED
 CHANGE_REVIEWABLE = frozenset({S.SUBMITTED, S.IN_REVIEW})
 # Statuses in which the author may still edit; editing after submission bumps the revision.
 CHANGE_EDITABLE = frozenset({S.DRAFT, S.SUBMITTED, S.IN_REVIEW, S.CHANGES_REQUESTED, S.APPROVED})
+# Statuses in which a person may cancel the change. Implementing -> cancelled stays in the table for the rollout's
+# abort (rollouts.rollout_finish closes the change); a person aborts the rollout instead of cancelling its change.
+CHANGE_CANCELLABLE = frozenset({S.DRAFT, S.SUBMITTED, S.IN_REVIEW, S.CHANGES_REQUESTED, S.APPROVED, S.SCHEDULED})
+# Statuses in which the change's rollout runs and offers its release to devices.
+CHANGE_ROLLOUT_RUNNING = frozenset({S.IMPLEMENTING})
 # Statuses after which the change has been reviewed as a whole and waits for the CAB queue no longer.
 CHANGE_PENDING_REVIEW = frozenset({S.SUBMITTED, S.IN_REVIEW})
 

@@ -12,8 +12,11 @@ from django.http import Http404
 from django.utils import timezone
 
 from approvals.choices import (
+    CHANGE_CANCELLABLE,
+    CHANGE_EDITABLE,
     CHANGE_PENDING_REVIEW,
     CHANGE_REVIEWABLE,
+    CHANGE_ROLLOUT_RUNNING,
     RISK_ORDER,
     ApprovalDecision,
     ChangeStatus,
@@ -23,7 +26,7 @@ from approvals.plans import plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
 from devices.scope import scope_devices
 from ota_project.errors import Conflict, DomainError, NotPermitted
-from ota_project.roles import APPROVER_ROLES, roles_of
+from ota_project.roles import APPROVER_ROLES, Role, has_role, roles_of
 
 
 def change_list_for_user(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
@@ -162,6 +165,38 @@ def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: st
             f"You already {DECISION_VERBS.get(earlier.decision, 'decided on')} revision {change.revision} "
             "(already decided: one person counts once).",
             code="already_decided",
+        )
+    return None
+
+
+ROLLOUT_RUNNING_MESSAGE = "Its rollout is running: abort the rollout (which closes the change) instead."
+
+
+def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not cancel the change as it stands (None when they may); the service and the page both ask.
+
+    The author (still a requester) or a CAB member may cancel until the rollout starts; once it runs, cancelling
+    the change would leave the rollout offering the release, so only aborting the rollout closes the change.
+    """
+    is_author = change.author_id == user.pk and has_role(user, Role.REQUESTER)
+    if not is_author and not has_role(user, Role.CAB_MEMBER):
+        return NotPermitted("Only the author or a CAB member may cancel a change.")
+    if change.status in CHANGE_ROLLOUT_RUNNING:
+        return Conflict(ROLLOUT_RUNNING_MESSAGE, code="rollout_running")
+    if change.status not in CHANGE_CANCELLABLE:
+        return Conflict(
+            f"A change that is {change.get_status_display().lower()} cannot be cancelled.", code="invalid_transition"
+        )
+    return None
+
+
+def evidence_add_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not attach test evidence to the change as it stands (None when they may); service and page ask."""
+    if change.author_id != user.pk or not has_role(user, Role.REQUESTER):
+        return NotPermitted("Only the author may attach test evidence.")
+    if change.status not in CHANGE_EDITABLE:
+        return Conflict(
+            f"A change that is {change.get_status_display().lower()} can no longer be edited.", code="not_editable"
         )
     return None
 

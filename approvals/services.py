@@ -2,6 +2,8 @@
 
 Each service is one atomic action that names its actor and appends to the decision record in the same
 transaction. Refusals raise before anything is written, so they leave no trace but the security log.
+Services run in `atomic_with_retry`: called outside a transaction (from a view) a deadlock or serialization
+failure re-runs the whole service, which re-reads everything it locks; inside a caller's transaction it runs once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
 from django.utils import timezone
 
 from approvals.choices import (
@@ -29,15 +30,18 @@ from approvals.plans import plan_normalize
 from approvals.records import record_decision
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
+    change_cancel_refusal,
     change_plan_hash,
     change_policy_progress,
     change_release_sha256,
     decision_refusal,
+    evidence_add_refusal,
     policy_for,
 )
 from devices.models import Region
 from devices.scope import scope_devices, scope_normalize, scope_summary
-from ota_project.errors import Conflict, InvalidInput, NotPermitted
+from ota_project.db import atomic_with_retry
+from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
 from ota_project.roles import Role, has_role, roles_of
 
@@ -65,6 +69,14 @@ def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str)
     """Log a permission refusal to the security log and build the error to raise."""
     security_log.warning("refused actor=%s change=%s: %s", actor.get_username(), change.pk if change else None, message)
     return NotPermitted(message)
+
+
+def _raise_refusal(actor: AbstractBaseUser, change: ChangeRequest, refusal: DomainError | None) -> None:
+    """Raise what a `<action>_refusal` rule returned; permission refusals also go to the security log."""
+    if isinstance(refusal, NotPermitted):
+        raise _refuse(actor, change, refusal.message)
+    if refusal is not None:
+        raise refusal
 
 
 def _snapshot(change: ChangeRequest) -> dict[str, Any]:
@@ -140,8 +152,12 @@ def _transition(
 
 def _lock(change: ChangeRequest) -> ChangeRequest:
     """Re-read the change under a row lock so concurrent decisions serialise."""
+    # Lock the change row only (`of=("self",)`). A plain FOR UPDATE over this join also locks the joined release,
+    # rollback release and artifact rows; wave assignment inserts deployments that reference those releases while
+    # it holds the decision-record chain lock (their foreign-key checks take FOR KEY SHARE on the release row at
+    # commit), and this service takes the chain lock after its row locks: the two deadlocked each other.
     return (
-        ChangeRequest.objects.select_for_update()
+        ChangeRequest.objects.select_for_update(of=("self",))
         .select_related("release__artifact", "rollback_release")
         .get(pk=change.pk)
     )
@@ -288,7 +304,7 @@ def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
         raise InvalidInput("The change is not ready for review.", fields=errors)
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
     """File a new change request as a draft; only requesters file changes."""
     if not has_role(actor, Role.REQUESTER):
@@ -315,7 +331,7 @@ def _void_approvals(actor: AbstractBaseUser, change: ChangeRequest, reason: str)
     return len(voided)
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: Any) -> ChangeRequest:
     """Edit a change; after submission every edit bumps the revision and voids all approvals given so far."""
     change = _lock(change)
@@ -357,7 +373,7 @@ def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: A
     return change
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
@@ -384,11 +400,7 @@ def _decide(
 ) -> ChangeRequest:
     change = _lock(change)
     # Who may decide, in which status, and only once per revision: one rule shared with the change page.
-    refusal = decision_refusal(actor, change, decision)
-    if isinstance(refusal, NotPermitted):
-        raise _refuse(actor, change, refusal.message)
-    if refusal is not None:
-        raise refusal
+    _raise_refusal(actor, change, decision_refusal(actor, change, decision))
     if revision != change.revision:
         raise Conflict(
             f"You reviewed revision {revision}, but the change is now at revision {change.revision}; review it again.",
@@ -453,7 +465,7 @@ def _decide(
     return change
 
 
-@transaction.atomic
+@atomic_with_retry()
 def approval_grant(
     *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str = ""
 ) -> ChangeRequest:
@@ -461,13 +473,13 @@ def approval_grant(
     return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.APPROVED, comment=comment)
 
 
-@transaction.atomic
+@atomic_with_retry()
 def approval_reject(*, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest:
     """Reject a change (final); a comment is required."""
     return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.REJECTED, comment=comment)
 
 
-@transaction.atomic
+@atomic_with_retry()
 def approval_request_changes(
     *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str
 ) -> ChangeRequest:
@@ -486,7 +498,7 @@ def change_assert_approved(change: ChangeRequest) -> None:
         raise Conflict(f"The approvals no longer satisfy the policy: {progress.summary()}.", code="not_approved")
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: datetime) -> ChangeRequest:
     """Schedule an approved change inside its requested window; operators only, never the author."""
     change = _lock(change)
@@ -508,7 +520,7 @@ def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: da
     )
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_mark_implementing(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
     """A rollout of the change has started (called by the rollout service, which checked who may start it)."""
     change = _lock(change)
@@ -523,7 +535,7 @@ IMPLEMENTATION_OUTCOMES = {
 }
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_mark_implemented(
     *, actor: AbstractBaseUser | None, change: ChangeRequest, outcome: str, reason: str = ""
 ) -> ChangeRequest:
@@ -534,12 +546,11 @@ def change_mark_implemented(
     )
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> ChangeRequest:
-    """Withdraw a change that has not started; its author or a CAB member may, with a reason."""
+    """Withdraw a change whose rollout has not started; its author or a CAB member may, with a reason."""
     change = _lock(change)
-    if change.author_id != actor.pk and not has_role(actor, Role.CAB_MEMBER):
-        raise _refuse(actor, change, "Only the author or a CAB member may cancel a change.")
+    _raise_refusal(actor, change, change_cancel_refusal(actor, change))
     if not reason.strip():
         raise InvalidInput("Cancelling needs a reason.", fields={"reason": ["Required."]})
     return _transition(actor=actor, change=change, to=ChangeStatus.CANCELLED, action="change.cancel", reason=reason)
@@ -552,7 +563,7 @@ def _review_by_other(actor: AbstractBaseUser, change: ChangeRequest, what: str) 
         raise _refuse(actor, change, f"Only CAB members and the security officer carry out the {what}.")
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the retrospective review an approved emergency change owes the full CAB."""
     change = _lock(change)
@@ -576,7 +587,7 @@ def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequ
     return change
 
 
-@transaction.atomic
+@atomic_with_retry()
 def change_post_implementation_review(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the post-implementation review of a completed or rolled-back change."""
     change = _lock(change)
@@ -594,14 +605,11 @@ def change_post_implementation_review(*, actor: AbstractBaseUser, change: Change
     return change
 
 
-@transaction.atomic
+@atomic_with_retry()
 def evidence_add(*, actor: AbstractBaseUser, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
     """Attach a test evidence file; after submission this is an edit (revision bump, approvals void)."""
     change = _lock(change)
-    if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may attach test evidence.")
-    if change.status not in CHANGE_EDITABLE:
-        raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
+    _raise_refusal(actor, change, evidence_add_refusal(actor, change))
     name = validate_file_name(upload.name or "", field="file")
     stored = store_content_addressed(root=settings.EVIDENCE_ROOT, upload=upload, max_bytes=settings.EVIDENCE_MAX_BYTES)
     if change.status != ChangeStatus.DRAFT:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
@@ -32,6 +31,7 @@ from devices.validators import (
     validate_vin,
 )
 from ota_project.errors import Conflict, InvalidInput
+from ota_project.parsers import JSONBodyError, json_loads_strict
 from ota_project.serializers import InputSerializer
 
 # Limits do not depend on settings so that every entry point (API, command) refuses the same files.
@@ -281,24 +281,14 @@ def _parse_csv(text: str) -> list[tuple[int, Any]]:
     return rows
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
 def _parse_json(text: str) -> list[tuple[int, Any]]:
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise _file_error(f"The file is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
-    except (ValueError, RecursionError) as exc:
+        # The one reader of JSON from requests: refuses duplicated keys, NaN, absurd nesting and lone surrogates.
+        value = json_loads_strict(text)
+    except JSONBodyError as exc:
         raise _file_error(f"The file is not valid JSON: {exc}.") from None
     if not isinstance(value, list):
         raise _file_error("The JSON must be a list of device objects.")
-    try:
-        # "\ud800" escapes decode to unpaired surrogates, which no database column or answer can carry.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise _file_error("The JSON contains an escaped unpaired surrogate, which is not valid Unicode text.") from None
     if len(value) > MAX_IMPORT_ROWS:
         raise _file_error(f"The file has more than {MAX_IMPORT_ROWS} rows; split it into smaller files.")
     return list(enumerate(value, start=1))

@@ -196,12 +196,18 @@ class TelemetryBatch(models.Model):
     samples = models.JSONField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     stored_count = models.PositiveIntegerField(null=True, blank=True, help_text="Samples kept (empty ones dropped).")
+    # When an unprocessed batch counts as stale (its task lost) and is enqueued again; later each time it is.
+    requeue_after = models.DateTimeField(null=True, blank=True)
+    requeue_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["device", "batch_id"], name="telemetry_batch_once_per_device"),
         ]
-        indexes = [models.Index(fields=["processed_at", "received_at"])]
+        indexes = [
+            models.Index(fields=["processed_at", "received_at"]),
+            models.Index(fields=["processed_at", "requeue_after"], name="telemetry_batch_requeue"),
+        ]
 
     def __str__(self) -> str:
         return f"telemetry batch {self.batch_id} of {self.device_id}"

@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -27,8 +29,15 @@ SAMPLE_FIELDS = ("deployment_id", "reported_at", *KPI_FIELDS)
 MAX_BATCH_SAMPLES = 500
 DEFAULT_RETENTION_DAYS = 90
 DEFAULT_BATCH_KEEP_DAYS = 14
-# A batch still unprocessed after this long lost its task (broker down at accept time): enqueue it again.
-STALE_BATCH_SECONDS = 300
+# A batch still unprocessed this long after its task was sent, and not being processed right now, lost its task
+# (broker down at accept time, worker killed, retries exhausted): enqueue it again. Each further requeue of the same
+# batch waits twice as long (up to an hour), so a backlogged queue is not flooded with copies of its own messages.
+STALE_BATCH_SECONDS = 30
+MAX_STALE_BATCH_SECONDS = 3600
+REQUEUE_LIMIT = 1000
+# The purge deletes in chunks within a time budget, well inside the Celery time limit; the rest waits an hour.
+PURGE_CHUNK = 5000
+PURGE_BUDGET_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -77,14 +86,16 @@ def telemetry_batch_accept(
         raise InvalidInput("A batch has 1 to 500 samples.", fields={"samples": ["1 to 500 samples."]})
     stored = [_jsonable(sample) for sample in samples]
     batch_id = batch_id or content_batch_id(stored)
+    received_at = now or timezone.now()
     try:
         with transaction.atomic():
             batch = TelemetryBatch.objects.create(
                 device=device,
                 batch_id=batch_id,
-                received_at=now or timezone.now(),
+                received_at=received_at,
                 sample_count=len(stored),
                 samples=stored,
+                requeue_after=received_at + timedelta(seconds=STALE_BATCH_SECONDS),
             )
         duplicate = False
     except IntegrityError:
@@ -135,29 +146,63 @@ def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> in
     return len(rows)
 
 
+def _requeue_delay(requeues: int) -> timedelta:
+    return timedelta(seconds=min(STALE_BATCH_SECONDS * 2 ** (requeues + 1), MAX_STALE_BATCH_SECONDS))
+
+
 def telemetry_requeue_stale(*, now: datetime | None = None) -> int:
-    """Enqueue again every batch still unprocessed STALE_BATCH_SECONDS after it arrived (its task was lost)."""
-    cutoff = (now or timezone.now()) - timedelta(seconds=STALE_BATCH_SECONDS)
-    pks = list(
-        TelemetryBatch.objects.filter(processed_at__isnull=True, received_at__lt=cutoff).values_list("pk", flat=True)[
-            :10_000
-        ]
+    """Enqueue again the batches that are really stale: unprocessed, past their requeue time, and not locked by a
+    worker processing them right now (a worker holds the batch's row lock until it commits)."""
+    now = now or timezone.now()
+    due = Q(requeue_after__lt=now) | Q(
+        requeue_after__isnull=True, received_at__lt=now - timedelta(seconds=STALE_BATCH_SECONDS)
     )
-    for pk in pks:
-        _enqueue(pk)
-    return len(pks)
+    with transaction.atomic():
+        stale = list(
+            TelemetryBatch.objects.select_for_update(skip_locked=True)
+            .filter(due, processed_at__isnull=True)
+            .order_by("received_at")
+            .only("pk", "requeue_count")[:REQUEUE_LIMIT]
+        )
+        for batch in stale:
+            TelemetryBatch.objects.filter(pk=batch.pk).update(
+                requeue_after=now + _requeue_delay(batch.requeue_count), requeue_count=F("requeue_count") + 1
+            )
+    # Sent after the block, once the row locks are released (the task locks the batch itself).
+    for batch in stale:
+        _enqueue(batch.pk)
+    if stale:
+        logger.warning("telemetry: %s stale batches enqueued again", len(stale))
+    return len(stale)
+
+
+def _delete_in_chunks(queryset: QuerySet[Any], deadline: float) -> int:
+    deleted = 0
+    while time.monotonic() < deadline:
+        pks = list(queryset.values_list("pk", flat=True)[:PURGE_CHUNK])
+        if not pks:
+            break
+        count, _ = queryset.model.objects.filter(pk__in=pks).delete()
+        deleted += count
+        if len(pks) < PURGE_CHUNK:
+            break
+    return deleted
 
 
 @transaction.atomic
 def telemetry_purge(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete samples past OTA_TELEMETRY_RETENTION_DAYS and processed batch ids past OTA_TELEMETRY_BATCH_KEEP_DAYS."""
+    """Delete samples past OTA_TELEMETRY_RETENTION_DAYS and processed batch ids past OTA_TELEMETRY_BATCH_KEEP_DAYS
+    (in chunks, for at most PURGE_BUDGET_SECONDS per run; beat runs it hourly)."""
     now = now or timezone.now()
     retention = int(getattr(settings, "OTA_TELEMETRY_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
     keep = int(getattr(settings, "OTA_TELEMETRY_BATCH_KEEP_DAYS", DEFAULT_BATCH_KEEP_DAYS))
-    samples, _ = TelemetrySample.objects.filter(received_at__lt=now - timedelta(days=retention)).delete()
-    batches, _ = TelemetryBatch.objects.filter(
-        processed_at__isnull=False, received_at__lt=now - timedelta(days=keep)
-    ).delete()
+    deadline = time.monotonic() + PURGE_BUDGET_SECONDS
+    samples = _delete_in_chunks(
+        TelemetrySample.objects.filter(received_at__lt=now - timedelta(days=retention)), deadline
+    )
+    batches = _delete_in_chunks(
+        TelemetryBatch.objects.filter(processed_at__isnull=False, received_at__lt=now - timedelta(days=keep)), deadline
+    )
     if samples or batches:
         logger.info("telemetry purge: %s samples, %s batch ids deleted", samples, batches)
     return {"samples": samples, "batches": batches}

@@ -16,6 +16,15 @@ from celery.schedules import crontab
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ota_project.settings")
 
 EMBEDDED_BROKER = "memory://"
+# Redis (and SQS) only: a message a worker took but never acknowledged, because the worker died, goes back to the
+# queue after this many seconds (kombu's default is an hour). RabbitMQ does not need it: it redelivers as soon as
+# the dead worker's connection closes. A task still running when the timeout passes is delivered a second time to
+# another worker while the first copy runs, so every task must finish well inside it: the time limits below stop a
+# task first (it is then acknowledged as failed, and what it left undone is picked up again by the periodic
+# housekeeping), and retry countdowns stay shorter than it (an ETA message waits unacknowledged in its worker).
+VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT_SECONDS", "60"))
+# How often beat looks for telemetry batches whose task was lost (devices.telemetry.telemetry_requeue_stale).
+TELEMETRY_REQUEUE_SECONDS = float(os.environ.get("OTA_TELEMETRY_REQUEUE_SECONDS", "30"))
 
 
 def embedded_defaults() -> dict[str, Any]:
@@ -29,14 +38,21 @@ def embedded_defaults() -> dict[str, Any]:
         # At-least-once: a task is acknowledged after it ran; the tasks are idempotent.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        # Enforced by the prefork pool (the production default), not by the solo pool.
+        "task_soft_time_limit": max(1, VISIBILITY_TIMEOUT_SECONDS // 2),
+        "task_time_limit": max(2, VISIBILITY_TIMEOUT_SECONDS * 3 // 4),
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "task_default_queue": os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "ota"),
         "broker_connection_retry_on_startup": True,
         "timezone": "UTC",
         "beat_schedule": {
-            "telemetry-requeue-stale": {"task": "devices.telemetry_requeue_stale", "schedule": 300.0},
-            "telemetry-purge": {"task": "devices.telemetry_purge", "schedule": crontab(hour=3, minute=17)},
+            "telemetry-requeue-stale": {
+                "task": "devices.telemetry_requeue_stale",
+                "schedule": TELEMETRY_REQUEUE_SECONDS,
+            },
+            "telemetry-purge": {"task": "devices.telemetry_purge", "schedule": crontab(minute=17)},
             "finished-rollouts-expire-deadlines": {
                 "task": "rollouts.finished_rollouts_expire_deadlines",
                 "schedule": 300.0,

@@ -11,6 +11,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ota_project.db import RETRY_AFTER_SECONDS, is_retryable_db_error
 from ota_project.errors import DomainError
 
 
@@ -28,8 +29,16 @@ def _first_message(detail: Any) -> str:
     return str(detail)
 
 
+RETRY_LATER_MESSAGE = "The database refused the transaction under concurrent load; retry the request shortly."
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Map domain, validation, permission and parse errors to the one error format."""
+    """Map domain, validation, permission and parse errors to the one error format; retryable database errors
+    (serialization failure, deadlock) to 503 with Retry-After, never a 500."""
+    if is_retryable_db_error(exc):
+        response = Response(error_body("retry_later", RETRY_LATER_MESSAGE), status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):

@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A deadlock or serialization failure that escapes a page's retries answers 503 + Retry-After, not 500.
+    "ota_project.views.RetryLaterMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into a refusal page.
     "axes.middleware.AxesMiddleware",
 ]

@@ -17,6 +17,7 @@ from approvals.models import (
     TestEvidence,
 )
 from approvals.selectors import change_plan_hash, change_policy_progress, change_release_sha256
+from ota_project.parsers import StrictJSONField
 from ota_project.serializers import InputSerializer
 from rollouts.models import FirmwareRelease
 
@@ -32,14 +33,14 @@ class ChangeWriteSerializer(InputSerializer):
     justification = serializers.CharField(max_length=10_000)
     release = serializers.PrimaryKeyRelatedField(queryset=FirmwareRelease.objects.all())
     rollback_release = serializers.PrimaryKeyRelatedField(queryset=FirmwareRelease.objects.all())
-    target_scope = serializers.JSONField()
+    target_scope = StrictJSONField()
     impact_analysis = serializers.CharField(max_length=10_000)
     test_evidence_summary = serializers.CharField(max_length=10_000, required=False, allow_blank=True)
     requested_window_start = serializers.DateTimeField()
     requested_window_end = serializers.DateTimeField()
-    rollout_plan = serializers.JSONField()
+    rollout_plan = StrictJSONField()
     emergency_reason = serializers.CharField(max_length=5_000, required=False, allow_blank=True)
-    risk_answers = serializers.JSONField(required=False)
+    risk_answers = StrictJSONField(required=False)
 
 
 class RevisionDecisionSerializer(InputSerializer):
@@ -58,12 +59,12 @@ class ScheduleSerializer(InputSerializer):
 
 
 class ScopePreviewSerializer(InputSerializer):
-    target_scope = serializers.JSONField()
+    target_scope = StrictJSONField()
 
 
 class RiskPreviewSerializer(InputSerializer):
-    target_scope = serializers.JSONField()
-    risk_answers = serializers.JSONField()
+    target_scope = StrictJSONField()
+    risk_answers = StrictJSONField()
 
 
 class EvidenceUploadSerializer(InputSerializer):

@@ -16,6 +16,7 @@ from approvals.plans import ABORT_POLICIES, PLAN_DEFAULTS, PROMOTION_MODES, defa
 from devices.choices import VehicleType
 from devices.models import HardwareModel, Region, Tag
 from ota_project.errors import DomainError
+from ota_project.parsers import JSONBodyError, json_loads_strict
 
 # Releases belong to the rollouts app, which approvals may not import: reach them through the ORM relation.
 FirmwareRelease = ChangeRequest._meta.get_field("release").related_model
@@ -231,8 +232,8 @@ class ChangeForm(forms.Form):
     def clean_plan_settings(self) -> dict[str, Any]:
         raw = self.cleaned_data["plan_settings"]
         try:
-            value = json.loads(raw)
-        except ValueError as exc:
+            value = json_loads_strict(raw)
+        except JSONBodyError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc}.") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError("A JSON object of plan settings.")

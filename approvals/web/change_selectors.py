@@ -13,7 +13,6 @@ from approvals.choices import (
     CHANGE_EDITABLE,
     CHANGE_PENDING_REVIEW,
     CHANGE_TERMINAL,
-    CHANGE_TRANSITIONS,
     RISK_ORDER,
     ApprovalDecision,
     ChangeStatus,
@@ -28,16 +27,18 @@ from approvals.policy import ROLE_LABELS
 from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
     WavePreview,
+    change_cancel_refusal,
     change_history,
     change_list_for_user,
     change_plan_hash,
     change_policy_progress,
     change_release_sha256,
     decision_refusal,
+    evidence_add_refusal,
     plan_wave_preview,
 )
 from devices.scope import scope_devices, scope_summary
-from ota_project.errors import InvalidInput
+from ota_project.errors import DomainError, InvalidInput, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role
 
 # Statuses whose rollout holds (or is about to hold) devices: a change overlapping them competes for vehicles.
@@ -213,6 +214,9 @@ class ChangeActions:
     may_schedule: bool
     may_start_rollout: bool
     may_add_evidence: bool
+    # Why a viewer who may otherwise cancel (or attach evidence) cannot now; None when they can or may not at all.
+    cancel_refusal: str | None
+    evidence_refusal: str | None
     may_review_retrospective: bool
     may_review_post_implementation: bool
     is_author: bool
@@ -229,8 +233,18 @@ class ChangeActions:
         return self.decisions[ApprovalDecision.APPROVED]
 
 
+def _blocked_reason(change: ChangeRequest, refusal: DomainError | None) -> str | None:
+    """A state refusal worth showing: the viewer holds the right, the change is still open, the status forbids it."""
+    if refusal is None or isinstance(refusal, NotPermitted) or change.status in CHANGE_TERMINAL:
+        return None
+    return refusal.message
+
+
 def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActions:
-    """The page's actions for this viewer; decisions ask `decision_refusal`, the rule the service enforces."""
+    """The page's actions for this viewer; decisions, cancelling and evidence ask the `<action>_refusal` rules the
+    services enforce, so the page never offers what the service would refuse."""
+    cancel_refusal = change_cancel_refusal(user, change)
+    evidence_refusal = evidence_add_refusal(user, change)
     decisions = {}
     for decision in DECISIONS:
         refusal = decision_refusal(user, change, decision)
@@ -244,14 +258,14 @@ def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActio
         may_submit=is_author
         and has_role(user, Role.REQUESTER)
         and change.status in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED),
-        may_cancel=(is_author or has_role(user, Role.CAB_MEMBER))
-        and has_role(user, Role.REQUESTER, Role.CAB_MEMBER)
-        and ChangeStatus.CANCELLED in CHANGE_TRANSITIONS[change.status],
+        may_cancel=cancel_refusal is None,
         may_schedule=has_role(user, Role.OPERATOR) and not is_author and change.status == ChangeStatus.APPROVED,
         may_start_rollout=has_role(user, Role.OPERATOR)
         and not is_author
         and change.status in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED),
-        may_add_evidence=is_author and editable and has_role(user, Role.REQUESTER),
+        may_add_evidence=evidence_refusal is None,
+        cancel_refusal=_blocked_reason(change, cancel_refusal),
+        evidence_refusal=_blocked_reason(change, evidence_refusal),
         may_review_retrospective=reviewer
         and change.retrospective_due_at is not None
         and change.retrospective_done_at is None,

@@ -55,7 +55,9 @@ def _snapshot(pilot: Device) -> tuple:
             413,
             "payload_too_large",
         ),
+        ("status", "application/json", b'{"seq": 9, "status": "failed", "status": "downloading"}', 400, "parse_error"),
         ("checkin", "application/json", b"{not json", 400, "parse_error"),
+        ("checkin", "application/json", b'{"active_slot": "a", "active_slot": "b"}', 400, "parse_error"),
         ("checkin", "text/plain", b"hello", 415, "unsupported_media_type"),
         ("checkin", "application/json", b"[" * 5000 + b"]" * 5000, 400, "parse_error"),
         (
@@ -114,3 +116,36 @@ def test_only_post_and_get_are_answered(offered, artifact_url):
     assert offered.get(CHECKIN).status_code == 405
     assert offered.delete(artifact_url).status_code == 405
     assert offered.put("/device/v1/telemetry/", {}, format="json").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "key"),
+    [
+        # Top level: which status did the device mean? Today the last one silently wins.
+        ("status", b'{"seq": 10, "status": "failed", "status": "downloading"}', "status"),
+        # Nested: two different versions claimed for the same slot.
+        (
+            "checkin",
+            b'{"slots": {"a": {"version": "1.1.0", "release_counter": 2, "version": "1.0.0"}}, "active_slot": "a"}',
+            "version",
+        ),
+        ("telemetry", b'{"samples": [{"boot_time_s": 1, "boot_time_s": 2}]}', "boot_time_s"),
+    ],
+)
+def test_a_duplicated_key_is_a_400_naming_it_and_changes_nothing(offered, pilot, path, payload, key):
+    url = {
+        "status": status_url(Deployment.objects.get(device=pilot).pk),
+        "checkin": CHECKIN,
+        "telemetry": "/device/v1/telemetry/",
+    }[path]
+    before = _snapshot(pilot)
+    response = offered.generic("POST", url, payload, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "parse_error",
+            "message": f'JSON parse error - the key "{key}" appears more than once in the same object.',
+            "fields": {},
+        }
+    }
+    assert _snapshot(pilot) == before

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from devices import telemetry
@@ -185,3 +187,52 @@ def test_telemetry_is_strict_and_bounded(offered, pilot, other_pilot, django_cap
     assert _post(offered, huge, django_capture_on_commit_callbacks).status_code == 413
     assert not TelemetrySample.objects.exists()
     assert not TelemetryBatch.objects.exists()
+
+
+def _unsent_batch(device, batch_id: str) -> TelemetryBatch:
+    """A batch whose task never reached the broker."""
+    with mock.patch.object(telemetry, "_enqueue"):
+        return telemetry.telemetry_batch_accept(
+            device=device, batch_id=batch_id, samples=[{"reported_at": timezone.now(), "boot_time_s": 30}]
+        ).batch
+
+
+def test_each_requeue_of_a_batch_waits_twice_as_long(pilot):
+    batch = _unsent_batch(pilot, "lost")
+    start = timezone.now()
+    with mock.patch.object(telemetry, "_enqueue") as enqueue:
+        at = [start + timedelta(seconds=s) for s in (29, 31, 32, 90, 92, 211, 213)]
+        counts = [telemetry.telemetry_requeue_stale(now=now) for now in at]
+    # Stale 30 s after it arrived; then again 60 s after that requeue, then 120 s after the next.
+    assert counts == [0, 1, 0, 0, 1, 0, 1]
+    assert [c.args for c in enqueue.call_args_list] == [(batch.pk,)] * 3
+    assert TelemetryBatch.objects.get(pk=batch.pk).requeue_count == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_a_worker_is_processing_is_not_requeued(pilot):
+    locked, other = _unsent_batch(pilot, "in-progress"), _unsent_batch(pilot, "lost")
+    later = timezone.now() + timedelta(seconds=telemetry.STALE_BATCH_SECONDS + 1)
+    holding, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        # What telemetry_batch_process does: hold the batch's row lock until its transaction commits.
+        try:
+            with transaction.atomic():
+                TelemetryBatch.objects.select_for_update().get(pk=locked.pk)
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with mock.patch.object(telemetry, "_enqueue") as enqueue:
+            assert telemetry.telemetry_requeue_stale(now=later) == 1
+        assert [c.args for c in enqueue.call_args_list] == [(other.pk,)]
+    finally:
+        release.set()
+        thread.join(10)
+    assert TelemetryBatch.objects.get(pk=locked.pk).requeue_count == 0

@@ -657,3 +657,11 @@ def test_wave_preview_sizes_waves_like_the_rollout_does(fleet, waves):
     preview = [w.devices for w in plan_wave_preview(plan, scope)]
     assert preview == wave_sizes(plan["waves"], total=23, pilots=5)
     assert sum(preview) == 23
+
+
+def test_plan_settings_with_a_duplicated_key_are_refused_naming_it(requester, fleet):
+    settings = '{"monitor_interval_seconds": 30, "monitor_interval_seconds": 60}'
+    response = page_client(requester).post(NEW, _form_data(fleet, plan_settings=settings))
+    assert response.status_code == 400
+    assert 'the key "monitor_interval_seconds" appears more than once' in html_of(response).replace("&quot;", '"')
+    assert not ChangeRequest.objects.exists()

@@ -1,0 +1,131 @@
+"""A Celery worker killed (SIGKILL) while it folds a telemetry batch loses nothing: on a real Redis broker with real
+`celery worker` processes, the batch is processed by the next worker within a minute and counted exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.utils import timezone
+
+from devices import telemetry
+from devices.models import TelemetryBatch, TelemetrySample
+from ota_project.celery import app as celery_app
+from tests.factories import DeviceFactory
+from tests.test_celery_worker import BROKER_URL, _fresh_connections, _redis_available, _wait_for
+
+REDELIVERY_BUDGET_SECONDS = 60
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _start_worker(queue: str, tmp_path: Path, name: str, *extra: str, env: dict[str, str] | None = None):
+    environment = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": BROKER_URL,
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        "OTA_DATA_DIR": str(settings.DATA_DIR),
+        **(env or {}),
+    }
+    log = (tmp_path / f"{name}.log").open("wb")
+    command = [sys.executable, "-m", "celery", "-A", "ota_project", "worker", "--pool", "solo", "--queues", queue]
+    command += ["--hostname", f"{name}-{queue}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+    # Its own session, so that stopping it stops what it started (the embedded beat) and nothing else.
+    return subprocess.Popen(
+        [*command, *extra],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def _being_processed(batch_pk: int) -> bool:
+    """Whether a worker holds the batch's row lock (telemetry_batch_process locks it until it commits)."""
+    try:
+        with transaction.atomic():
+            TelemetryBatch.objects.select_for_update(nowait=True).get(pk=batch_pk)
+    except OperationalError:
+        return True
+    return False
+
+
+@pytest.fixture
+def redis_queue():
+    """A queue of its own on the Redis broker, published to from this process."""
+    if not _redis_available():
+        pytest.fail(f"Redis is needed at {BROKER_URL} (make test starts it)")
+    saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager", "task_default_queue")}
+    queue = f"ota-crash-{uuid.uuid4().hex[:12]}"
+    celery_app.conf.update(broker_url=BROKER_URL, task_always_eager=False, task_default_queue=queue)
+    _fresh_connections()
+    try:
+        yield queue
+    finally:
+        celery_app.conf.update(saved)
+        _fresh_connections()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_worker_was_killed_is_processed_by_the_next_worker_within_a_minute_once(redis_queue, tmp_path):
+    slow = _start_worker(
+        redis_queue,
+        tmp_path,
+        "doomed",
+        "--include",
+        "tests.support.slow_telemetry",
+        env={"OTA_TEST_SLOW_SAMPLE_SECONDS": "120"},
+    )
+    successor = None
+    try:
+        device = DeviceFactory()
+        now = timezone.now()
+        samples = [{"reported_at": now, "boot_time_s": 38}, {"reported_at": now, "link_kbps": 5100}]
+        batch = telemetry.telemetry_batch_accept(device=device, batch_id="crash-1", samples=samples).batch
+
+        assert _wait_for(lambda: _being_processed(batch.pk), timeout=60), (tmp_path / "doomed.log").read_text()
+        os.killpg(slow.pid, signal.SIGKILL)
+        slow.wait(timeout=10)
+        killed_at = time.monotonic()
+        assert TelemetryBatch.objects.get(pk=batch.pk).processed_at is None
+
+        # The next worker, with the beat that runs the stale-batch requeue (every 30 s by default).
+        successor = _start_worker(
+            redis_queue, tmp_path, "successor", "--beat", "--schedule", str(tmp_path / "beat-schedule")
+        )
+        processed = _wait_for(
+            lambda: TelemetryBatch.objects.filter(pk=batch.pk, processed_at__isnull=False).exists(),
+            timeout=REDELIVERY_BUDGET_SECONDS + 5,
+        )
+        waited = time.monotonic() - killed_at
+        assert processed and waited < REDELIVERY_BUDGET_SECONDS, (waited, (tmp_path / "successor.log").read_text())
+        assert TelemetryBatch.objects.get(pk=batch.pk).stored_count == 2
+        assert TelemetrySample.objects.filter(device=device).count() == 2
+    finally:
+        _stop(slow, signal.SIGKILL)
+        if successor is not None:
+            _stop(successor)
