@@ -37,6 +37,8 @@ def embedded_defaults() -> dict[str, Any]:
         "beat_schedule": {
             "telemetry-requeue-stale": {"task": "devices.telemetry_requeue_stale", "schedule": 300.0},
             "telemetry-purge": {"task": "devices.telemetry_purge", "schedule": crontab(hour=3, minute=17)},
+            # A signed checkpoint of the decision record's head, kept outside the database (when the head moved).
+            "audit-checkpoint": {"task": "approvals.audit_checkpoint", "schedule": 60.0},
             "finished-rollouts-expire-deadlines": {
                 "task": "rollouts.finished_rollouts_expire_deadlines",
                 "schedule": 300.0,
