@@ -24,6 +24,7 @@ import binascii
 import csv
 import hashlib
 import io
+import itertools
 import json
 import zipfile
 import zlib
@@ -239,6 +240,15 @@ def _write_records(archive: zipfile.ZipFile, fmt: str, rows: Iterator[dict[str, 
     return summary
 
 
+def _checkpoint_seq(line: str) -> int:
+    """The seq a checkpoint log line names (0 if it names none: such lines are kept in the bundle as they are)."""
+    try:
+        seq = json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return 0
+    return seq if isinstance(seq, int) else 0
+
+
 def _actor_name(actor: AbstractBaseUser | None, system_actor: str) -> str:
     if actor is not None and actor.is_authenticated:
         return actor.get_username()
@@ -273,21 +283,18 @@ def audit_export_write(
     created_at = timezone.now()
     exported_by = _actor_name(actor, system_actor)
 
-    # The head seen now bounds the export, so rows, counts and head hash describe one prefix of the chain
-    # even while decisions keep being appended (appends serialise on a lock, so committed seqs have no holes).
-    head_seq = DecisionRecord.objects.aggregate(head=Max("seq"))["head"] or 0
     # Verifying also signs a checkpoint of the head when the chain is intact (one per export, at most).
     verdict, _ = checkpoint_after_verify()
-    # The log's seqs only grow, so the lines up to the exported head are a prefix: numbering and links stay whole.
-    checkpoint_lines: list[str] = []
-    for line in checkpoint_log_lines():
-        try:
-            line_seq = json.loads(line).get("seq")
-        except (ValueError, AttributeError):
-            line_seq = None
-        if not isinstance(line_seq, int) or line_seq > head_seq:
-            break
-        checkpoint_lines.append(line)
+    checkpoint_lines = checkpoint_log_lines()
+    if verdict.ok:
+        # The verified head bounds the export, so rows, counts and head hash describe one prefix of the chain even
+        # while decisions keep being appended (appends serialise on a lock, so committed seqs have no holes). The
+        # log's seqs only grow: the lines up to that head are a prefix, whose numbering and links stay whole.
+        head_seq = verdict.length
+        checkpoint_lines = list(itertools.takewhile(lambda line: _checkpoint_seq(line) <= head_seq, checkpoint_lines))
+    else:
+        # A damaged chain is exported as it stands, with every checkpoint: they are the evidence of what is missing.
+        head_seq = DecisionRecord.objects.aggregate(head=Max("seq"))["head"] or 0
     checkpoints_bytes = "".join(checkpoint_lines).encode("utf-8")
     public_pem = audit_public_key_pem()
     key_id = audit_key_id()
