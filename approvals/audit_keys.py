@@ -57,10 +57,14 @@ def _create_key_file(path: Path) -> None:
 
 # The parsed key, remembered per file identity: every decision record is signed at append time, and parsing the PEM
 # costs far more than the signature. A rotated or replaced file has a new identity and is read again.
-_loaded_key: tuple[tuple[str, int, int, int], Ed25519PrivateKey] | None = None
+_loaded_key: tuple[tuple[str, int, int, int], Ed25519PrivateKey, str] | None = None
 
 
 def _load_private_key() -> Ed25519PrivateKey:
+    return _load_key_and_id()[0]
+
+
+def _load_key_and_id() -> tuple[Ed25519PrivateKey, str]:
     global _loaded_key
     path = _key_path()
     try:
@@ -70,10 +74,10 @@ def _load_private_key() -> Ed25519PrivateKey:
         stat = path.stat()
     identity = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
     if _loaded_key is not None and _loaded_key[0] == identity:
-        return _loaded_key[1]
+        return _loaded_key[1], _loaded_key[2]
     key = _read_private_key(path)
-    _loaded_key = (identity, key)
-    return key
+    _loaded_key = (identity, key, _key_id_of(key))
+    return key, _loaded_key[2]
 
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
@@ -105,7 +109,7 @@ def audit_public_key_pem() -> str:
 
 def audit_key_id() -> str:
     """sha256 (hex) of the raw 32-byte public key: a short, stable name for the server audit key."""
-    return _key_id_of(_load_private_key())
+    return _load_key_and_id()[1]
 
 
 def audit_sign(data: bytes) -> bytes:
@@ -115,8 +119,8 @@ def audit_sign(data: bytes) -> bytes:
 
 def audit_sign_with_key_id(data: bytes) -> tuple[str, bytes]:
     """(key id, signature) of `data` by the server audit key, from one load of the key (no rotation in between)."""
-    key = _load_private_key()
-    return _key_id_of(key), key.sign(data)
+    key, key_id = _load_key_and_id()
+    return key_id, key.sign(data)
 
 
 def load_audit_public_key(public_pem: str | bytes) -> Ed25519PublicKey:
