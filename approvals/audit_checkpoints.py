@@ -33,9 +33,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.utils import timezone
 
-from approvals.audit_keys import audit_key_id, audit_keyring, audit_sign_with_key_id
+from approvals.audit_keys import audit_key_id, audit_key_retire_current, audit_keyring, audit_sign_with_key_id
 from approvals.models import DecisionRecord
 from approvals.records import (
     GENESIS_HASH,
@@ -45,7 +47,9 @@ from approvals.records import (
     SignatureVerifier,
     canonical_json,
     chain_verify,
+    record_decision,
 )
+from ota_project.errors import Conflict
 
 logger = logging.getLogger(__name__)
 security_log = logging.getLogger("ota.security")
@@ -290,3 +294,43 @@ class AuditKeyTrust:
 
     def checkpoints(self) -> CheckpointSet:
         return checkpoint_log_read().as_set()
+
+
+KEY_ROTATE_ACTION = "audit.key_rotate"
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """A finished rotation: the retired and the new key id, and the checkpoints signed by each around it."""
+
+    retired_key_id: str
+    new_key_id: str
+    last_checkpoint_of_retired_key: Checkpoint | None
+    first_checkpoint_of_new_key: Checkpoint | None
+
+
+def audit_key_rotate(*, actor: AbstractBaseUser | None, reason: str = "") -> KeyRotation:
+    """Retire the audit key (its public half stays known) and start a new one; refused unless the chain verifies,
+    so the retired key's last checkpoint vouches for everything it signed, and the rotation is itself recorded."""
+    verdict, before = checkpoint_after_verify()
+    if not verdict.ok:
+        raise Conflict(f"the decision record does not verify, so the audit key is not rotated: {verdict.problems[0]}")
+    last_of_retired = before
+    if last_of_retired is None:  # the head had not moved since the last checkpoint
+        existing = checkpoint_log_read().checkpoints
+        last_of_retired = existing[-1] if existing else None
+    retired_key_id = audit_key_retire_current()
+    new_key_id = audit_key_id()  # generates the new key
+    with transaction.atomic():
+        record_decision(
+            actor=actor,
+            action=KEY_ROTATE_ACTION,
+            object_type="audit_key",
+            object_id=new_key_id,
+            before={"key_id": retired_key_id},
+            after={"key_id": new_key_id},
+            reason=reason,
+            system_actor="audit_key_rotate",
+        )
+    verdict, first_of_new = checkpoint_after_verify(from_latest_checkpoint=True)
+    return KeyRotation(retired_key_id, new_key_id, last_of_retired, first_of_new)

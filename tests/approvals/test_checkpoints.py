@@ -15,7 +15,7 @@ import zipfile
 
 import pytest
 from django.apps import apps
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 from django.urls import reverse
 
@@ -358,3 +358,32 @@ def test_a_bundle_exported_after_a_tail_deletion_fails_verification(tmp_path):
 
     assert status == 1
     assert "the bundle ends at #3 but checkpoint #1" in err and "records were deleted" in err
+
+
+def test_audit_key_rotate_keeps_old_signatures_verifiable_and_records_the_rotation(settings):
+    _checkpointed_chain(2)
+    old_key_id = audit_key_id()
+
+    status, out, _ = _run("audit_key_rotate", "--reason", "yearly")
+
+    assert status == 0 and f"retired key {old_key_id}" in out
+    new_key_id = audit_key_id()
+    assert new_key_id != old_key_id and (settings.AUDIT_RETIRED_KEYS_DIR / f"{old_key_id}.pem").exists()
+    rotation = DecisionRecord.objects.get(action="audit.key_rotate")
+    assert rotation.before == {"key_id": old_key_id} and rotation.after == {"key_id": new_key_id}
+    assert rotation.key_id == new_key_id
+    assert [json.loads(line)["key_id"] for line in checkpoint_log_lines()] == [old_key_id, new_key_id]
+    assert _run("audit_verify")[0] == 0
+
+
+def test_audit_key_rotate_is_refused_on_a_broken_chain_and_changes_nothing():
+    records = _checkpointed_chain(5)
+    _delete_tail(records)
+    old_key_id = audit_key_id()
+    lines = checkpoint_log_lines()
+
+    with pytest.raises(CommandError, match="does not verify, so the audit key is not rotated"):
+        call_command("audit_key_rotate")
+
+    assert audit_key_id() == old_key_id and checkpoint_log_lines() == lines
+    assert not DecisionRecord.objects.filter(action="audit.key_rotate").exists()
