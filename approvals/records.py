@@ -197,7 +197,7 @@ def iter_records(batch_size: int = 2000) -> Iterator[DecisionRecord]:
 
 
 def _count(checkpoints: int) -> str:
-    return f"{checkpoints} signed checkpoint{'' if checkpoints == 1 else 's'}"
+    return f"{checkpoints} signed checkpoint exists" if checkpoints == 1 else f"{checkpoints} signed checkpoints exist"
 
 
 def _describe(checkpoint: Checkpoint) -> str:
@@ -310,7 +310,7 @@ def chain_verify(*, from_latest_checkpoint: bool = False) -> ChainVerdict:
         said = f"says the head was #{latest.seq} with hash {latest.head_hash}"
         if head_seq == 0:
             problem = (
-                f"the record table is empty but {_count(len(checkpoint_set.checkpoints))} exist; the latest, "
+                f"the record table is empty but {_count(len(checkpoint_set.checkpoints))}; the latest, "
                 f"{_describe(latest)}, {said}: the records were deleted or the table truncated"
             )
         else:

@@ -127,7 +127,7 @@ ATTACKS = {
     ),
     "edit, recompute and strip the signatures": (_rewrite_unsigned, 5, "does not match the signed checkpoint #1"),
     "delete the newest records": (_delete_tail, None, "the chain ends at #3 but checkpoint #1 (signed at "),
-    "truncate the table": (_truncate, None, "the record table is empty but 1 signed checkpoint exist"),
+    "truncate the table": (_truncate, None, "the record table is empty but 1 signed checkpoint exists"),
 }
 
 
@@ -203,7 +203,7 @@ def test_the_database_refuses_truncate_until_the_owner_drops_the_trigger():
     assert DecisionRecord.objects.count() == 0
     verdict = chain_verify()
     assert not verdict.ok and verdict.length == 0
-    assert verdict.problem.startswith("the record table is empty but 1 signed checkpoint exist")
+    assert verdict.problem.startswith("the record table is empty but 1 signed checkpoint exists")
 
 
 def test_an_appended_record_without_a_signature_is_reported():
