@@ -41,9 +41,13 @@ class Command(BaseCommand):
         if verdict.ok:
             self.stdout.write(f"decision record: {verdict.length} records, ok, head {verdict.head_hash}")
             if verbosity >= 2:
+                pinned = (
+                    f"pinned by {verdict.checkpoints} signed checkpoints (latest at #{verdict.checkpoint_seq})"
+                    if verdict.checkpoints
+                    else "pinned by no signed checkpoint yet"
+                )
                 self.stdout.write(
-                    f"pinned by {verdict.checkpoints} signed checkpoints (latest at #{verdict.checkpoint_seq}) in "
-                    f"{checkpoint_log_path()}; {verdict.unsigned_legacy} unsigned legacy records"
+                    f"{pinned} in {checkpoint_log_path()}; {verdict.unsigned_legacy} unsigned legacy records"
                 )
                 if checkpoint is not None:
                     self.stdout.write(f"signed checkpoint #{checkpoint.number} of head #{checkpoint.seq}")
