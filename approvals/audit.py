@@ -5,10 +5,14 @@ A bundle holds:
   manifest.json                 what was exported, by whom, when, the records file's sha256, the chain verdict
   manifest.sig                  base64 Ed25519 signature over the exact bytes of manifest.json
   audit_public_key.pem          the server audit public key (pin it: compare its key id with a trusted copy)
+  checkpoints.jsonl             the server's signed checkpoint log up to the exported head (bundle_version 2);
+                                the manifest binds its sha256 and carries the public keys of retired audit keys
 
 Anyone holding a bundle can check it without the server: the signature binds the manifest, the manifest's
 sha256 binds the records file, and each row's hash is recomputed from its fields, so no row can be altered,
-dropped, inserted or reordered unnoticed. With `openssl` alone:
+dropped, inserted or reordered unnoticed; every checkpoint's signature is checked and every exported record
+at a checkpoint's seq must carry the hash that checkpoint signed (a full export must reach the latest one).
+With `openssl` alone:
   base64 -d manifest.sig > manifest.sig.bin
   openssl pkeyutl -verify -pubin -inkey audit_public_key.pem -rawin -in manifest.json -sigfile manifest.sig.bin
 """
@@ -20,6 +24,7 @@ import binascii
 import csv
 import hashlib
 import io
+import itertools
 import json
 import zipfile
 import zlib
@@ -33,24 +38,37 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from approvals.audit_checkpoints import checkpoint_after_verify, checkpoint_log_lines, checkpoint_log_parse
 from approvals.audit_keys import (
     AUDIT_SIGNATURE_ALGORITHM,
     audit_key_id,
     audit_public_key_pem,
+    audit_retired_public_keys,
     audit_sign,
     audit_verify_signature,
+    load_audit_public_key,
     public_key_id,
 )
 from approvals.models import DecisionRecord
-from approvals.records import GENESIS_HASH, canonical_json, chain_verify, iter_records, record_decision, record_payload
+from approvals.records import (
+    GENESIS_HASH,
+    Checkpoint,
+    canonical_json,
+    iter_records,
+    record_decision,
+    record_payload,
+)
 from ota_project.errors import InvalidInput
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+# Version 1 bundles (no checkpoints) from earlier servers still verify, without the checkpoint checks.
+READABLE_BUNDLE_VERSIONS = (1, 2)
 EXPORT_FORMATS = ("jsonl", "csv")
 RECORDS_FILE = {"jsonl": "records.jsonl", "csv": "records.csv"}
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 PUBLIC_KEY_FILE = "audit_public_key.pem"
+CHECKPOINTS_FILE = "checkpoints.jsonl"
 EXPORT_ACTION = "audit.export"
 EXPORT_OBJECT_TYPE = "audit_bundle"
 EXPORT_BATCH_SIZE = 2000
@@ -222,6 +240,15 @@ def _write_records(archive: zipfile.ZipFile, fmt: str, rows: Iterator[dict[str, 
     return summary
 
 
+def _checkpoint_seq(line: str) -> int:
+    """The seq a checkpoint log line names (0 if it names none: such lines are kept in the bundle as they are)."""
+    try:
+        seq = json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return 0
+    return seq if isinstance(seq, int) else 0
+
+
 def _actor_name(actor: AbstractBaseUser | None, system_actor: str) -> str:
     if actor is not None and actor.is_authenticated:
         return actor.get_username()
@@ -256,10 +283,19 @@ def audit_export_write(
     created_at = timezone.now()
     exported_by = _actor_name(actor, system_actor)
 
-    # The head seen now bounds the export, so rows, counts and head hash describe one prefix of the chain
-    # even while decisions keep being appended (appends serialise on a lock, so committed seqs have no holes).
-    head_seq = DecisionRecord.objects.aggregate(head=Max("seq"))["head"] or 0
-    verdict = chain_verify()
+    # Verifying also signs a checkpoint of the head when the chain is intact (one per export, at most).
+    verdict, _ = checkpoint_after_verify()
+    checkpoint_lines = checkpoint_log_lines()
+    if verdict.ok:
+        # The verified head bounds the export, so rows, counts and head hash describe one prefix of the chain even
+        # while decisions keep being appended (appends serialise on a lock, so committed seqs have no holes). The
+        # log's seqs only grow: the lines up to that head are a prefix, whose numbering and links stay whole.
+        head_seq = verdict.length
+        checkpoint_lines = list(itertools.takewhile(lambda line: _checkpoint_seq(line) <= head_seq, checkpoint_lines))
+    else:
+        # A damaged chain is exported as it stands, with every checkpoint: they are the evidence of what is missing.
+        head_seq = DecisionRecord.objects.aggregate(head=Max("seq"))["head"] or 0
+    checkpoints_bytes = "".join(checkpoint_lines).encode("utf-8")
     public_pem = audit_public_key_pem()
     key_id = audit_key_id()
 
@@ -292,10 +328,15 @@ def audit_export_write(
         }
         if fmt == "csv":
             manifest["csv_text_fields"] = list(CSV_TEXT_FIELDS)
+        manifest["checkpoints_file"] = CHECKPOINTS_FILE
+        manifest["checkpoints_sha256"] = hashlib.sha256(checkpoints_bytes).hexdigest()
+        manifest["checkpoint_count"] = len(checkpoint_lines)
+        manifest["checkpoint_keys"] = audit_retired_public_keys()
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         archive.writestr(_zip_info(MANIFEST_FILE, created_at), manifest_bytes)
         archive.writestr(_zip_info(SIGNATURE_FILE, created_at), base64.b64encode(audit_sign(manifest_bytes)) + b"\n")
         archive.writestr(_zip_info(PUBLIC_KEY_FILE, created_at), public_pem.encode())
+        archive.writestr(_zip_info(CHECKPOINTS_FILE, created_at), checkpoints_bytes)
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
 
     # The export is recorded AFTER the bundle is complete, for two reasons: the record can then name the exact
@@ -476,10 +517,57 @@ def _row_problem(row: dict[str, Any], previous: dict[str, Any] | None, manifest:
     return ""
 
 
+def _verify_bundle_checkpoints(
+    archive: zipfile.ZipFile,
+    manifest: dict[str, Any],
+    verifying_pem: str | bytes,
+    verifying_key_id: str,
+    problems: list[str],
+) -> tuple[Checkpoint, ...]:
+    """Check the bundle's checkpoint log against the signed manifest and the keys it names; the valid ones."""
+    if CHECKPOINTS_FILE not in archive.namelist():
+        raise _BundleError(f"{CHECKPOINTS_FILE} is missing")
+    keyring = {verifying_key_id: load_audit_public_key(verifying_pem)}
+    retired = manifest.get("checkpoint_keys")
+    if not isinstance(retired, dict):
+        raise _BundleError(f"{MANIFEST_FILE} does not list the checkpoint keys")
+    for key_id, pem in retired.items():
+        try:
+            if public_key_id(pem) != key_id:
+                raise ValueError(f"its key id is {public_key_id(pem)}")
+            keyring[key_id] = load_audit_public_key(pem)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"checkpoint key {key_id} in {MANIFEST_FILE} is not usable ({exc})")
+    try:
+        data = _read_checkpoints(archive)
+    except _ZIP_READ_ERRORS as exc:
+        raise _BundleError(f"{CHECKPOINTS_FILE} is damaged inside the ZIP: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != manifest.get("checkpoints_sha256"):
+        problems.append(f"{CHECKPOINTS_FILE} does not match the sha256 in the signed manifest (the file was altered)")
+    try:
+        lines = data.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        problems.append(f"{CHECKPOINTS_FILE} is not UTF-8 text")
+        return ()
+    log = checkpoint_log_parse(lines, keyring)
+    problems.extend(f"{CHECKPOINTS_FILE}: {problem}" for problem in log.problems)
+    if log.line_count != manifest.get("checkpoint_count"):
+        problems.append(
+            f"the manifest says checkpoint_count {manifest.get('checkpoint_count')!r}, "
+            f"{CHECKPOINTS_FILE} has {log.line_count}"
+        )
+    return log.checkpoints
+
+
+def _read_checkpoints(archive: zipfile.ZipFile) -> bytes:
+    with archive.open(CHECKPOINTS_FILE) as member:
+        return member.read()
+
+
 def _check_manifest_shape(manifest: Any) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise _BundleError(f"{MANIFEST_FILE} is not a JSON object")
-    if manifest.get("bundle_version") != BUNDLE_VERSION:
+    if manifest.get("bundle_version") not in READABLE_BUNDLE_VERSIONS:
         raise _BundleError(f"unsupported bundle_version {manifest.get('bundle_version')!r}")
     if manifest.get("algorithm") != AUDIT_SIGNATURE_ALGORITHM:
         raise _BundleError(f"unsupported signature algorithm {manifest.get('algorithm')!r}")
@@ -543,7 +631,15 @@ def _verify_archive(archive: zipfile.ZipFile, trusted_public_key_pem: str | byte
     records_file = manifest["records_file"]
     if records_file not in names:
         raise _BundleError(f"{records_file} is missing")
-    unexpected = sorted(set(names) - {MANIFEST_FILE, SIGNATURE_FILE, PUBLIC_KEY_FILE, records_file})
+    expected = {MANIFEST_FILE, SIGNATURE_FILE, PUBLIC_KEY_FILE, records_file}
+    checkpoints: tuple[Checkpoint, ...] = ()
+    if manifest["bundle_version"] >= 2:
+        expected.add(CHECKPOINTS_FILE)
+        checkpoints = _verify_bundle_checkpoints(archive, manifest, verifying_pem, verifying_key_id, problems)
+    anchors: dict[int, list[Checkpoint]] = {}
+    for checkpoint in checkpoints:
+        anchors.setdefault(checkpoint.seq, []).append(checkpoint)
+    unexpected = sorted(set(names) - expected)
     if unexpected:
         problems.append(f"unexpected files in the bundle: {', '.join(unexpected)}")
 
@@ -554,7 +650,7 @@ def _verify_archive(archive: zipfile.ZipFile, trusted_public_key_pem: str | byte
     count = 0
     first_seq = last_seq = head_hash = None
     bad_seq = bad_line = None
-    row_problem = ""
+    row_problem = checkpoint_problem = ""
     previous: dict[str, Any] | None = None
     try:
         with archive.open(records_file) as member:
@@ -574,6 +670,12 @@ def _verify_archive(archive: zipfile.ZipFile, trusted_public_key_pem: str | byte
                 if problem and not row_problem:
                     row_problem, bad_seq, bad_line = problem, seq, line_no
                 if isinstance(row, dict) and seq is not None:
+                    for checkpoint in anchors.get(seq, ()):
+                        if row.get("hash") != checkpoint.head_hash and not checkpoint_problem:
+                            checkpoint_problem = (
+                                f"record #{seq} does not match the signed checkpoint #{checkpoint.number} "
+                                f"(signed at {checkpoint.signed_at}): the chain was rewritten"
+                            )
                     previous = row
                     first_seq = seq if first_seq is None else first_seq
                     last_seq, head_hash = seq, row.get("hash")
@@ -589,6 +691,15 @@ def _verify_archive(archive: zipfile.ZipFile, trusted_public_key_pem: str | byte
     for name, actual in claims.items():
         if manifest.get(name) != actual:
             problems.append(f"the manifest says {name} {manifest.get(name)!r}, the records file has {actual!r}")
+    if checkpoint_problem:
+        problems.append(checkpoint_problem)
+    latest = max(checkpoints, key=lambda c: (c.seq, c.number), default=None)
+    if manifest.get("full_chain") and latest is not None and (last_seq or 0) < latest.seq:
+        ends = f"ends at #{last_seq}" if last_seq else "holds no records"
+        problems.append(
+            f"the bundle {ends} but checkpoint #{latest.number} (signed at {latest.signed_at}) says the head was "
+            f"#{latest.seq} with hash {latest.head_hash}: records were deleted"
+        )
     chain = manifest.get("chain_at_export") or {}
     if chain.get("ok") is not True:
         problems.append(

@@ -55,13 +55,33 @@ def _create_key_file(path: Path) -> None:
         temp_path.unlink(missing_ok=True)
 
 
+# The parsed key, remembered per file identity: every decision record is signed at append time, and parsing the PEM
+# costs far more than the signature. A rotated or replaced file has a new identity and is read again.
+_loaded_key: tuple[tuple[str, int, int, int], Ed25519PrivateKey, str] | None = None
+
+
 def _load_private_key() -> Ed25519PrivateKey:
+    return _load_key_and_id()[0]
+
+
+def _load_key_and_id() -> tuple[Ed25519PrivateKey, str]:
+    global _loaded_key
     path = _key_path()
     try:
-        pem = path.read_bytes()
+        stat = path.stat()
     except FileNotFoundError:
         _create_key_file(path)
-        pem = path.read_bytes()
+        stat = path.stat()
+    identity = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if _loaded_key is not None and _loaded_key[0] == identity:
+        return _loaded_key[1], _loaded_key[2]
+    key = _read_private_key(path)
+    _loaded_key = (identity, key, _key_id_of(key))
+    return key, _loaded_key[2]
+
+
+def _read_private_key(path: Path) -> Ed25519PrivateKey:
+    pem = path.read_bytes()
     if path.stat().st_mode & 0o077:
         logger.warning("audit signing key %s is readable by group or others; it should be mode 0600", path)
     try:
@@ -89,12 +109,18 @@ def audit_public_key_pem() -> str:
 
 def audit_key_id() -> str:
     """sha256 (hex) of the raw 32-byte public key: a short, stable name for the server audit key."""
-    return _key_id_of(_load_private_key())
+    return _load_key_and_id()[1]
 
 
 def audit_sign(data: bytes) -> bytes:
     """Sign `data` with the server audit key (a 64-byte Ed25519 signature)."""
     return _load_private_key().sign(data)
+
+
+def audit_sign_with_key_id(data: bytes) -> tuple[str, bytes]:
+    """(key id, signature) of `data` by the server audit key, from one load of the key (no rotation in between)."""
+    key, key_id = _load_key_and_id()
+    return key_id, key.sign(data)
 
 
 def load_audit_public_key(public_pem: str | bytes) -> Ed25519PublicKey:
@@ -121,3 +147,49 @@ def audit_verify_signature(public_pem: str | bytes, data: bytes, signature: byte
     except (ValueError, InvalidSignature):
         return False
     return True
+
+
+def _retired_dir() -> Path:
+    return Path(settings.AUDIT_RETIRED_KEYS_DIR)
+
+
+def audit_retired_public_keys() -> dict[str, str]:
+    """Public keys (PEM) of retired audit keys by key id, read from settings.AUDIT_RETIRED_KEYS_DIR (*.pem)."""
+    keys: dict[str, str] = {}
+    directory = _retired_dir()
+    if not directory.is_dir():
+        return keys
+    for pem_file in sorted(directory.glob("*.pem")):
+        pem = pem_file.read_text()
+        try:
+            keys[public_key_id(pem)] = pem
+        except ValueError:
+            logger.warning("ignoring %s: not an Ed25519 public key", pem_file)
+    return keys
+
+
+def audit_keyring() -> dict[str, Ed25519PublicKey]:
+    """Every public key whose signatures verification accepts: the current audit key and the retired ones."""
+    keyring = {key_id: load_audit_public_key(pem) for key_id, pem in audit_retired_public_keys().items()}
+    current = _load_private_key().public_key()
+    keyring[hashlib.sha256(_raw_public_bytes(current)).hexdigest()] = current
+    return keyring
+
+
+def audit_key_retire_current() -> str:
+    """Keep the current key's public half in the retired-keys directory and remove the private key (rotation);
+    the next signature generates a new key. Returns the retired key id."""
+    retired_id = audit_key_id()
+    directory = _retired_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = directory / f"{retired_id}.pem"
+    temp_path = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    with temp_path.open("w") as temp_file:
+        temp_file.write(audit_public_key_pem())
+        temp_file.flush()
+        os.fsync(temp_file.fileno())
+    os.replace(temp_path, target)
+    # Only once the public half is safely kept may the private half go: old signatures must stay verifiable.
+    _key_path().unlink()
+    logger.warning("retired audit signing key %s (public key kept at %s)", retired_id, target)
+    return retired_id

@@ -53,6 +53,8 @@ def embedded_defaults() -> dict[str, Any]:
                 "schedule": TELEMETRY_REQUEUE_SECONDS,
             },
             "telemetry-purge": {"task": "devices.telemetry_purge", "schedule": crontab(minute=17)},
+            # A signed checkpoint of the decision record's head, kept outside the database (when the head moved).
+            "audit-checkpoint": {"task": "approvals.audit_checkpoint", "schedule": 60.0},
             "finished-rollouts-expire-deadlines": {
                 "task": "rollouts.finished_rollouts_expire_deadlines",
                 "schedule": 300.0,

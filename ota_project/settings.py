@@ -125,6 +125,11 @@ ARTIFACT_MAX_BYTES = int(os.environ.get("OTA_ARTIFACT_MAX_BYTES", str(512 * 1024
 EVIDENCE_ROOT = Path(os.environ.get("OTA_EVIDENCE_ROOT", DATA_DIR / "evidence"))
 EVIDENCE_MAX_BYTES = int(os.environ.get("OTA_EVIDENCE_MAX_BYTES", str(20 * 1024 * 1024)))
 AUDIT_SIGNING_KEY_PATH = Path(os.environ.get("OTA_AUDIT_SIGNING_KEY", DATA_DIR / "audit_signing_key.pem"))
+# Signed checkpoints of the decision record's head: kept outside the database, so whoever owns the table cannot
+# rewrite them. Back this file up and ship copies elsewhere (see README, "As an auditor").
+AUDIT_CHECKPOINT_LOG_PATH = Path(os.environ.get("OTA_AUDIT_CHECKPOINT_LOG", DATA_DIR / "audit_checkpoints.jsonl"))
+# Public keys (PEM) of retired audit keys, so records and checkpoints they signed still verify after a rotation.
+AUDIT_RETIRED_KEYS_DIR = Path(os.environ.get("OTA_AUDIT_RETIRED_KEYS_DIR", DATA_DIR / "audit_retired_keys"))
 
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"

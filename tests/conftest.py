@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable
 
 import pytest
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
 from ota_project.roles import Role
@@ -16,12 +17,29 @@ from tests.factories import UserFactory
 pytest_plugins = ["tests.temporal_support"]
 
 
+def _allow_decision_record_reset(sender, connection, **kwargs):
+    """Transactional tests end with a flush (TRUNCATE of every table); migration 0005 refuses TRUNCATE on the
+    decision record unless the session says the reset is deliberate."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET ota.allow_decision_record_reset = 'on'")
+
+
+connection_created.connect(_allow_decision_record_reset)
+
+
 @pytest.fixture(autouse=True)
-def _isolated_storage(settings, tmp_path):
-    """Artifacts, evidence and the audit key go to a per-test directory, never to .data/."""
+def _isolated_storage(settings, tmp_path, tmp_path_factory):
+    """Artifacts, evidence, the audit key and the checkpoint log go to per-test directories, never to .data/.
+    The audit files sit outside tmp_path: every decision record is signed, and tests that check tmp_path for
+    leftovers must not see the key appear there."""
+    audit_dir = tmp_path_factory.mktemp("audit")
+    (audit_dir / "key").mkdir()
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     settings.EVIDENCE_ROOT = tmp_path / "evidence"
-    settings.AUDIT_SIGNING_KEY_PATH = tmp_path / "audit_signing_key.pem"
+    settings.AUDIT_SIGNING_KEY_PATH = audit_dir / "key" / "audit_signing_key.pem"
+    settings.AUDIT_CHECKPOINT_LOG_PATH = audit_dir / "audit_checkpoints.jsonl"
+    settings.AUDIT_RETIRED_KEYS_DIR = audit_dir / "audit_retired_keys"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
     # Fast hashing for test users; production keeps Django's default PBKDF2.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -42,12 +42,16 @@ class AuditRecordSerializer(serializers.ModelSerializer):
 
 
 class ChainVerdictSerializer(serializers.Serializer):
-    """The result of walking the whole chain from the genesis hash."""
+    """The result of walking the whole chain from the genesis hash against signatures and signed checkpoints."""
 
     ok = serializers.BooleanField()
     length = serializers.IntegerField(help_text="Records walked (up to and including the first broken one).")
-    broken_seq = serializers.IntegerField(allow_null=True, help_text="The first broken record, if any.")
-    problem = serializers.CharField(allow_blank=True)
+    broken_seq = serializers.IntegerField(
+        allow_null=True, help_text="The first broken record, if any (null when records are missing at the end)."
+    )
+    problem = serializers.CharField(
+        allow_blank=True, help_text="What is wrong, e.g. records deleted against a signed checkpoint."
+    )
     head_hash = serializers.CharField(help_text="Hash of the last intact record (the genesis hash if none).")
 
 

@@ -62,6 +62,8 @@ def child_environment(**overrides: str) -> dict[str, str]:
         "OTA_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
         "OTA_EVIDENCE_ROOT": str(settings.EVIDENCE_ROOT),
         "OTA_AUDIT_SIGNING_KEY": str(settings.AUDIT_SIGNING_KEY_PATH),
+        "OTA_AUDIT_CHECKPOINT_LOG": str(settings.AUDIT_CHECKPOINT_LOG_PATH),
+        "OTA_AUDIT_RETIRED_KEYS_DIR": str(settings.AUDIT_RETIRED_KEYS_DIR),
         "SECRET_KEY": settings.SECRET_KEY,
         "TEMPORAL_NAMESPACE": settings.TEMPORAL_NAMESPACE,
         "TEMPORAL_ENABLED": "true",

@@ -73,6 +73,7 @@ def test_audit_export_writes_a_bundle_that_audit_verify_accepts_with_the_pinned_
     assert DecisionRecord.objects.get(seq=4).actor_name == auditor.username
     assert sorted(zipfile.ZipFile(output).namelist()) == [
         "audit_public_key.pem",
+        "checkpoints.jsonl",
         "manifest.json",
         "manifest.sig",
         "records.csv",
@@ -162,7 +163,7 @@ def test_audit_verify_of_a_missing_bundle_file_is_a_command_error(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_manage_py_audit_verify_exit_status_is_0_then_1_after_tampering(tmp_path):
+def test_manage_py_audit_verify_exit_status_is_0_then_1_after_tampering(settings, tmp_path):
     if connection.vendor != "postgresql":
         pytest.skip("the subprocess reaches the test database through a PostgreSQL DATABASE_URL")
     records = append_records(2)
@@ -172,6 +173,10 @@ def test_manage_py_audit_verify_exit_status_is_0_then_1_after_tampering(tmp_path
         "DATABASE_URL": f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@"
         f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{quote(db['NAME'])}",
         "OTA_DATA_DIR": str(tmp_path / "data"),
+        # The same server: the audit key that signed the records and the checkpoint log that pins them.
+        "OTA_AUDIT_SIGNING_KEY": str(settings.AUDIT_SIGNING_KEY_PATH),
+        "OTA_AUDIT_CHECKPOINT_LOG": str(settings.AUDIT_CHECKPOINT_LOG_PATH),
+        "OTA_AUDIT_RETIRED_KEYS_DIR": str(settings.AUDIT_RETIRED_KEYS_DIR),
         "SECRET_KEY": "test-only-secret",
     }
     command = [sys.executable, "manage.py", "audit_verify"]

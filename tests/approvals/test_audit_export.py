@@ -65,7 +65,13 @@ def test_bundle_holds_records_manifest_signature_and_public_key(auditor):
     bundle = audit_export(actor=auditor, fmt="jsonl")
 
     members = _members(bundle)
-    assert set(members) == {"records.jsonl", "manifest.json", "manifest.sig", "audit_public_key.pem"}
+    assert set(members) == {
+        "records.jsonl",
+        "manifest.json",
+        "manifest.sig",
+        "audit_public_key.pem",
+        "checkpoints.jsonl",
+    }
     manifest = json.loads(members["manifest.json"])
     assert manifest["format"] == "jsonl" and manifest["algorithm"] == "ed25519"
     assert manifest["record_count"] == 3 and (manifest["first_seq"], manifest["last_seq"]) == (1, 3)
@@ -248,9 +254,9 @@ def test_one_byte_changed_in_the_manifest_fails_the_signature_check():
 
 
 def test_a_bundle_signed_by_a_different_key_fails_against_the_pinned_key(settings, tmp_path):
-    _append(2)
     pinned_pem = audit_public_key_pem()
     settings.AUDIT_SIGNING_KEY_PATH = tmp_path / "attacker.pem"  # an attacker re-signs with a key of their own
+    _append(2)  # on a server of their own, whose records their key signed
     forged = audit_export(fmt="jsonl")
     attacker_key_id = audit_key_id()
 

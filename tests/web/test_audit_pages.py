@@ -212,7 +212,9 @@ def test_export_links_download_a_signed_bundle(chain, auditor, label, member):
     assert "attachment" in response["Content-Disposition"]
     data = b"".join(response.streaming_content)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        assert {"manifest.json", "manifest.sig", "audit_public_key.pem", member} == set(archive.namelist())
+        assert {"manifest.json", "manifest.sig", "audit_public_key.pem", "checkpoints.jsonl", member} == set(
+            archive.namelist()
+        )
     verdict = audit_bundle_verify(data)
     assert verdict.ok, verdict.problems
     assert verdict.record_count == 8

@@ -1,4 +1,5 @@
-"""Verify the decision record's hash chain, or an exported audit bundle; exit status 1 on any problem."""
+"""Verify the decision record (hash chain, record signatures, signed checkpoints), or an exported audit bundle;
+exit status 1 on any problem. An intact chain gets a new signed checkpoint of its head."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit import audit_bundle_verify, bundle_span
-from approvals.records import chain_verify
+from approvals.audit_checkpoints import checkpoint_after_verify, checkpoint_log_path
 
 
 class Command(BaseCommand):
     help = (
-        "Walk the decision record from the genesis hash and name the first broken link (exit 1), "
-        "or with --bundle check an exported bundle offline (signature, records sha256, every row's hash)."
+        "Walk the decision record from the genesis hash, check each record's signature and the signed checkpoints "
+        "of the chain head, and name the first problem (exit 1); an intact chain gets a new checkpoint. "
+        "With --bundle check an exported bundle offline (signature, records sha256, every row's hash, checkpoints)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -32,17 +34,38 @@ class Command(BaseCommand):
         if options["bundle"]:
             self._verify_bundle(options["bundle"], options["public_key"])
         else:
-            self._verify_chain()
+            self._verify_chain(options["verbosity"])
 
-    def _verify_chain(self) -> None:
-        verdict = chain_verify()
+    def _verify_chain(self, verbosity: int) -> None:
+        verdict, checkpoint = checkpoint_after_verify()
         if verdict.ok:
             self.stdout.write(f"decision record: {verdict.length} records, ok, head {verdict.head_hash}")
+            if verbosity >= 2:
+                pinned = (
+                    f"pinned by {verdict.checkpoints} signed checkpoints (latest at #{verdict.checkpoint_seq})"
+                    if verdict.checkpoints
+                    else "pinned by no signed checkpoint yet"
+                )
+                self.stdout.write(
+                    f"{pinned} in {checkpoint_log_path()}; {verdict.unsigned_legacy} unsigned legacy records"
+                )
+                if checkpoint is not None:
+                    self.stdout.write(f"signed checkpoint #{checkpoint.number} of head #{checkpoint.seq}")
+            if verdict.length and not verdict.checkpoints:
+                self.stderr.write(
+                    "warning: no signed checkpoint existed before this verification, so records deleted from the "
+                    f"end of the chain could not have been noticed; one is signed now in {checkpoint_log_path()}"
+                )
             return
-        self.stderr.write(
-            f"decision record: BROKEN at record #{verdict.broken_seq}: {verdict.problem} "
-            f"({verdict.length - 1} records verified before it, last good hash {verdict.head_hash})"
-        )
+        if verdict.broken_seq is not None:
+            self.stderr.write(
+                f"decision record: BROKEN at record #{verdict.broken_seq}: {verdict.problem} "
+                f"({verdict.length - 1} records verified before it, last good hash {verdict.head_hash})"
+            )
+        else:
+            self.stderr.write(f"decision record: FAILED: {verdict.problem}")
+        for problem in verdict.problems[1:]:
+            self.stderr.write(f"  - {problem}")
         sys.exit(1)
 
     def _verify_bundle(self, bundle_path: Path, public_key_path: Path | None) -> None:
