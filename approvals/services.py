@@ -1,12 +1,12 @@
 """Change request life cycle and approvals: every write and every separation-of-duties rule lives here.
 
 Each service is one atomic action that names its actor and appends to the decision record in the same
-transaction. Refusals raise before anything is written, so they leave no trace but the security log.
+transaction. Refusals raise before anything is written; permission refusals and decisions on a stale revision are
+recorded as security events, which outlive the rolled-back transaction.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from approvals.models import Approval, ChangeRequest, TestEvidence
 from approvals.plans import plan_normalize
 from approvals.records import record_decision
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
+from approvals.security import SecurityEventKind, security_event
 from approvals.selectors import (
     change_plan_hash,
     change_policy_progress,
@@ -40,8 +41,6 @@ from devices.scope import scope_devices, scope_normalize, scope_summary
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
 from ota_project.roles import Role, has_role, roles_of
-
-security_log = logging.getLogger("ota.security")
 
 EDITABLE_FIELDS = (
     "change_type",
@@ -61,9 +60,15 @@ EDITABLE_FIELDS = (
 )
 
 
-def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str) -> NotPermitted:
-    """Log a permission refusal to the security log and build the error to raise."""
-    security_log.warning("refused actor=%s change=%s: %s", actor.get_username(), change.pk if change else None, message)
+def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str, *, service: str) -> NotPermitted:
+    """Record a permission refusal as a security event and build the error to raise."""
+    security_event(
+        kind=SecurityEventKind.ACTION_UNAUTHORISED,
+        source=f"approvals.{service}",
+        message=message,
+        actor=actor,
+        subject=f"change:{change.pk}" if change is not None else "",
+    )
     return NotPermitted(message)
 
 
@@ -269,7 +274,7 @@ def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
 def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
     """File a new change request as a draft; only requesters file changes."""
     if not has_role(actor, Role.REQUESTER):
-        raise _refuse(actor, None, "Only requesters file change requests.")
+        raise _refuse(actor, None, "Only requesters file change requests.", service="change_create")
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
@@ -297,7 +302,7 @@ def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: A
     """Edit a change; after submission every edit bumps the revision and voids all approvals given so far."""
     change = _lock(change)
     if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may edit a change request.")
+        raise _refuse(actor, change, "Only the author may edit a change request.", service="change_update")
     if change.status not in CHANGE_EDITABLE:
         raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
     unknown = set(fields) - set(EDITABLE_FIELDS)
@@ -339,7 +344,7 @@ def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRe
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
     if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may submit a change request.")
+        raise _refuse(actor, change, "Only the author may submit a change request.", service="change_submit")
     if change.status not in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED):
         raise Conflict(f"A change that is {change.status} cannot be submitted.", code="invalid_transition")
     if (
@@ -363,10 +368,17 @@ def _decide(
     # Who may decide, in which status, and only once per revision: one rule shared with the change page.
     refusal = decision_refusal(actor, change, decision)
     if isinstance(refusal, NotPermitted):
-        raise _refuse(actor, change, refusal.message)
+        raise _refuse(actor, change, refusal.message, service="approval_decide")
     if refusal is not None:
         raise refusal
     if revision != change.revision:
+        security_event(
+            kind=SecurityEventKind.STALE_REVISION,
+            source=f"approvals.approval_{decision}",
+            message=f"A decision on revision {revision} was refused: the change is at revision {change.revision}.",
+            actor=actor,
+            subject=f"change:{change.pk}",
+        )
         raise Conflict(
             f"You reviewed revision {revision}, but the change is now at revision {change.revision}; review it again.",
             code="stale_revision",
@@ -468,9 +480,14 @@ def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: da
     """Schedule an approved change inside its requested window; operators only, never the author."""
     change = _lock(change)
     if not has_role(actor, Role.OPERATOR):
-        raise _refuse(actor, change, "Only operators schedule changes.")
+        raise _refuse(actor, change, "Only operators schedule changes.", service="change_schedule")
     if change.author_id == actor.pk:
-        raise _refuse(actor, change, "You are the author of this change; someone else must schedule it.")
+        raise _refuse(
+            actor,
+            change,
+            "You are the author of this change; someone else must schedule it.",
+            service="change_schedule",
+        )
     change_assert_approved(change)
     if not change.requested_window_start <= start < change.requested_window_end:
         raise InvalidInput(
@@ -516,7 +533,7 @@ def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str
     """Withdraw a change that has not started; its author or a CAB member may, with a reason."""
     change = _lock(change)
     if change.author_id != actor.pk and not has_role(actor, Role.CAB_MEMBER):
-        raise _refuse(actor, change, "Only the author or a CAB member may cancel a change.")
+        raise _refuse(actor, change, "Only the author or a CAB member may cancel a change.", service="change_cancel")
     if not reason.strip():
         raise InvalidInput("Cancelling needs a reason.", fields={"reason": ["Required."]})
     return _transition(actor=actor, change=change, to=ChangeStatus.CANCELLED, action="change.cancel", reason=reason)
@@ -524,9 +541,13 @@ def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str
 
 def _review_by_other(actor: AbstractBaseUser, change: ChangeRequest, what: str) -> None:
     if change.author_id == actor.pk:
-        raise _refuse(actor, change, f"The author cannot carry out the {what} of their own change.")
+        raise _refuse(
+            actor, change, f"The author cannot carry out the {what} of their own change.", service="change_review"
+        )
     if not has_role(actor, Role.CAB_MEMBER, Role.SECURITY_OFFICER):
-        raise _refuse(actor, change, f"Only CAB members and the security officer carry out the {what}.")
+        raise _refuse(
+            actor, change, f"Only CAB members and the security officer carry out the {what}.", service="change_review"
+        )
 
 
 @transaction.atomic
@@ -576,7 +597,7 @@ def evidence_add(*, actor: AbstractBaseUser, change: ChangeRequest, upload: Uplo
     """Attach a test evidence file; after submission this is an edit (revision bump, approvals void)."""
     change = _lock(change)
     if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may attach test evidence.")
+        raise _refuse(actor, change, "Only the author may attach test evidence.", service="evidence_add")
     if change.status not in CHANGE_EDITABLE:
         raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
     name = validate_file_name(upload.name or "", field="file")
