@@ -37,6 +37,7 @@ def embedded_defaults() -> dict[str, Any]:
         "beat_schedule": {
             "telemetry-requeue-stale": {"task": "devices.telemetry_requeue_stale", "schedule": 300.0},
             "telemetry-purge": {"task": "devices.telemetry_purge", "schedule": crontab(hour=3, minute=17)},
+            "security-events-purge": {"task": "approvals.security_event_purge", "schedule": crontab(hour=3, minute=41)},
             "finished-rollouts-expire-deadlines": {
                 "task": "rollouts.finished_rollouts_expire_deadlines",
                 "schedule": 300.0,
