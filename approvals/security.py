@@ -124,8 +124,8 @@ def security_event(
     if kind not in _KINDS:
         raise ValueError(f"Unknown security event kind {kind!r}; add it to approvals.choices.SecurityEventKind.")
     _recorded_in_request.set(True)
-    known = actor is not None and actor.is_authenticated
-    actor_id = actor.pk if known and actor is not None else None
+    person = actor if actor is not None and actor.is_authenticated else None
+    actor_id = person.pk if person is not None else None
     serial = _clip(device_serial, 64)
     ip = _clip(address, 64)
     event = _Event(
@@ -133,7 +133,7 @@ def security_event(
         source=_clip(source, 64),
         key=_key(actor_id, serial, ip),
         actor_id=actor_id,
-        actor_name=_clip(actor.get_username(), 150) if known and actor is not None else "",
+        actor_name=_clip(person.get_username(), 150) if person is not None else "",
         device_serial=serial,
         address=ip,
         subject=_clip(subject, 200),
