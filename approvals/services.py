@@ -1,14 +1,14 @@
 """Change request life cycle and approvals: every write and every separation-of-duties rule lives here.
 
 Each service is one atomic action that names its actor and appends to the decision record in the same
-transaction. Refusals raise before anything is written, so they leave no trace but the security log.
+transaction. Refusals raise before anything is written; permission refusals and decisions on a stale revision are
+recorded as security events, which outlive the rolled-back transaction.
 Services run in `atomic_with_retry`: called outside a transaction (from a view) a deadlock or serialization
 failure re-runs the whole service, which re-reads everything it locks; inside a caller's transaction it runs once.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from approvals.models import Approval, ChangeRequest, TestEvidence
 from approvals.plans import plan_normalize
 from approvals.records import record_decision
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
+from approvals.security import SecurityEventKind, security_event
 from approvals.selectors import (
     change_cancel_refusal,
     change_plan_hash,
@@ -44,8 +45,6 @@ from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
 from ota_project.roles import Role, has_role, roles_of
-
-security_log = logging.getLogger("ota.security")
 
 EDITABLE_FIELDS = (
     "change_type",
@@ -65,16 +64,24 @@ EDITABLE_FIELDS = (
 )
 
 
-def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str) -> NotPermitted:
-    """Log a permission refusal to the security log and build the error to raise."""
-    security_log.warning("refused actor=%s change=%s: %s", actor.get_username(), change.pk if change else None, message)
+def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str, *, service: str) -> NotPermitted:
+    """Record a permission refusal as a security event and build the error to raise."""
+    security_event(
+        kind=SecurityEventKind.ACTION_UNAUTHORISED,
+        source=f"approvals.{service}",
+        message=message,
+        actor=actor,
+        subject=f"change:{change.pk}" if change is not None else "",
+    )
     return NotPermitted(message)
 
 
-def _raise_refusal(actor: AbstractBaseUser, change: ChangeRequest, refusal: DomainError | None) -> None:
-    """Raise what a `<action>_refusal` rule returned; permission refusals also go to the security log."""
+def _raise_refusal(
+    actor: AbstractBaseUser, change: ChangeRequest, refusal: DomainError | None, *, service: str
+) -> None:
+    """Raise what a `<action>_refusal` rule returned; permission refusals are recorded as security events."""
     if isinstance(refusal, NotPermitted):
-        raise _refuse(actor, change, refusal.message)
+        raise _refuse(actor, change, refusal.message, service=service)
     if refusal is not None:
         raise refusal
 
@@ -308,7 +315,7 @@ def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
 def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
     """File a new change request as a draft; only requesters file changes."""
     if not has_role(actor, Role.REQUESTER):
-        raise _refuse(actor, None, "Only requesters file change requests.")
+        raise _refuse(actor, None, "Only requesters file change requests.", service="change_create")
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
@@ -336,7 +343,7 @@ def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: A
     """Edit a change; after submission every edit bumps the revision and voids all approvals given so far."""
     change = _lock(change)
     if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may edit a change request.")
+        raise _refuse(actor, change, "Only the author may edit a change request.", service="change_update")
     if change.status not in CHANGE_EDITABLE:
         raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
     unknown = set(fields) - set(EDITABLE_FIELDS)
@@ -378,7 +385,7 @@ def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRe
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
     if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may submit a change request.")
+        raise _refuse(actor, change, "Only the author may submit a change request.", service="change_submit")
     if change.status not in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED):
         raise Conflict(f"A change that is {change.status} cannot be submitted.", code="invalid_transition")
     if (
@@ -400,8 +407,15 @@ def _decide(
 ) -> ChangeRequest:
     change = _lock(change)
     # Who may decide, in which status, and only once per revision: one rule shared with the change page.
-    _raise_refusal(actor, change, decision_refusal(actor, change, decision))
+    _raise_refusal(actor, change, decision_refusal(actor, change, decision), service="approval_decide")
     if revision != change.revision:
+        security_event(
+            kind=SecurityEventKind.STALE_REVISION,
+            source=f"approvals.approval_{decision}",
+            message=f"A decision on revision {revision} was refused: the change is at revision {change.revision}.",
+            actor=actor,
+            subject=f"change:{change.pk}",
+        )
         raise Conflict(
             f"You reviewed revision {revision}, but the change is now at revision {change.revision}; review it again.",
             code="stale_revision",
@@ -503,9 +517,14 @@ def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: da
     """Schedule an approved change inside its requested window; operators only, never the author."""
     change = _lock(change)
     if not has_role(actor, Role.OPERATOR):
-        raise _refuse(actor, change, "Only operators schedule changes.")
+        raise _refuse(actor, change, "Only operators schedule changes.", service="change_schedule")
     if change.author_id == actor.pk:
-        raise _refuse(actor, change, "You are the author of this change; someone else must schedule it.")
+        raise _refuse(
+            actor,
+            change,
+            "You are the author of this change; someone else must schedule it.",
+            service="change_schedule",
+        )
     change_assert_approved(change)
     if not change.requested_window_start <= start < change.requested_window_end:
         raise InvalidInput(
@@ -550,7 +569,7 @@ def change_mark_implemented(
 def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> ChangeRequest:
     """Withdraw a change whose rollout has not started; its author or a CAB member may, with a reason."""
     change = _lock(change)
-    _raise_refusal(actor, change, change_cancel_refusal(actor, change))
+    _raise_refusal(actor, change, change_cancel_refusal(actor, change), service="change_cancel")
     if not reason.strip():
         raise InvalidInput("Cancelling needs a reason.", fields={"reason": ["Required."]})
     return _transition(actor=actor, change=change, to=ChangeStatus.CANCELLED, action="change.cancel", reason=reason)
@@ -558,9 +577,13 @@ def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str
 
 def _review_by_other(actor: AbstractBaseUser, change: ChangeRequest, what: str) -> None:
     if change.author_id == actor.pk:
-        raise _refuse(actor, change, f"The author cannot carry out the {what} of their own change.")
+        raise _refuse(
+            actor, change, f"The author cannot carry out the {what} of their own change.", service="change_review"
+        )
     if not has_role(actor, Role.CAB_MEMBER, Role.SECURITY_OFFICER):
-        raise _refuse(actor, change, f"Only CAB members and the security officer carry out the {what}.")
+        raise _refuse(
+            actor, change, f"Only CAB members and the security officer carry out the {what}.", service="change_review"
+        )
 
 
 @atomic_with_retry()
@@ -609,7 +632,7 @@ def change_post_implementation_review(*, actor: AbstractBaseUser, change: Change
 def evidence_add(*, actor: AbstractBaseUser, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
     """Attach a test evidence file; after submission this is an edit (revision bump, approvals void)."""
     change = _lock(change)
-    _raise_refusal(actor, change, evidence_add_refusal(actor, change))
+    _raise_refusal(actor, change, evidence_add_refusal(actor, change), service="evidence_add")
     name = validate_file_name(upload.name or "", field="file")
     stored = store_content_addressed(root=settings.EVIDENCE_ROOT, upload=upload, max_bytes=settings.EVIDENCE_MAX_BYTES)
     if change.status != ChangeStatus.DRAFT:

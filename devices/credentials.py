@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.records import record_decision
+from approvals.security import SecurityEventKind, security_event
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceCredential
 from devices.validators import validate_text
@@ -63,9 +64,16 @@ def device_credential_issue(*, actor: AbstractBaseUser, device: Device) -> str:
 
 
 def _refused(actor: AbstractBaseUser, device: Device, verb: str, message: str) -> NotPermitted:
-    # Refusals change nothing; the security log is their only trace.
+    # Refusals change nothing here; the security event (kept past the rollback) and the log line are their trace.
     security_log.warning(
         "refused credential %s actor=%s device=%s: %s", verb, actor.get_username(), device.serial, message
+    )
+    security_event(
+        kind=SecurityEventKind.ACTION_UNAUTHORISED,
+        source=f"devices.credential_{verb}",
+        message=message,
+        actor=actor,
+        subject=f"device:{device.serial}",
     )
     return NotPermitted(message)
 

@@ -3,6 +3,8 @@
 Today: a per-device credential issued at provisioning, sent as `Authorization: Device <serial>:<secret>`.
 The stored sha256 of the secret is compared with `hmac.compare_digest`, so the comparison takes the same time
 whether the serial is unknown, the credential revoked or the secret wrong (a dummy hash is compared then too).
+Every presented credential that fails is recorded as one `device_auth_failed` security event (same message for
+every reason); a request with no device credential at all is a plain 401 and no event.
 
 How mTLS replaces it: the TLS terminator verifies the client certificate against the device CA and passes the
 certificate's sha256 fingerprint in a header it sets itself (stripping any client-supplied copy), e.g.
@@ -22,6 +24,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from approvals.security import SecurityEventKind, security_event
 from devices.choices import DeviceStatus
 from devices.credentials import secret_hash
 from devices.models import Device, DeviceCredential
@@ -63,6 +66,20 @@ def _device_for(serial: str, secret: str) -> Device | None:
     return credential.device
 
 
+def _refused(request: Request, serial: str = "") -> exceptions.AuthenticationFailed:
+    """Record a failed device authentication and build the one answer every failure gets."""
+    # The event says as little as the answer: which of the reasons it was would tell an attacker what to try next
+    # if the record ever leaked, and the security officer can look the serial up.
+    security_event(
+        kind=SecurityEventKind.DEVICE_AUTH_FAILED,
+        source="device_api.auth",
+        message="Invalid device credentials.",
+        device_serial=serial,
+        address=str(request.META.get("REMOTE_ADDR", "") or ""),
+    )
+    return exceptions.AuthenticationFailed("Invalid device credentials.")
+
+
 class DeviceCredentialAuthentication(BaseAuthentication):
     """`Authorization: Device <serial>:<secret>` -> request.user = DeviceIdentity, request.auth = the Device."""
 
@@ -71,20 +88,20 @@ class DeviceCredentialAuthentication(BaseAuthentication):
         if not header:
             return None
         if len(header) > MAX_HEADER_LENGTH:
-            raise exceptions.AuthenticationFailed("Invalid device credentials.")
+            raise _refused(request)
         try:
             keyword, _, value = header.decode("ascii").partition(" ")
         except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed("Invalid device credentials.") from None
+            raise _refused(request) from None
         if keyword != KEYWORD:
             return None
         serial, sep, secret = value.strip().partition(":")
         if not sep or not serial or not secret:
-            raise exceptions.AuthenticationFailed("Invalid device credentials.")
+            raise _refused(request, serial)
         device = _device_for(serial, secret)
         if device is None:
             # One answer for unknown serial, wrong secret, revoked credential and inactive device.
-            raise exceptions.AuthenticationFailed("Invalid device credentials.")
+            raise _refused(request, serial)
         return DeviceIdentity(device), device
 
     def authenticate_header(self, request: Request) -> str:

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ota_project.roles import roles_of
+from ota_project.signals import REFUSAL_API_AUTH_FAILED, refusal
 
 MeSerializer = inline_serializer(
     "Me", {"username": serializers.CharField(), "roles": serializers.ListField(child=serializers.CharField())}
@@ -36,6 +37,16 @@ class TokenIssueView(APIView):
     @extend_schema(request=AuthTokenSerializer, responses=TokenSerializer)
     def post(self, request: Request) -> Response:
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
-        serializer.is_valid(raise_exception=True)
+        if not serializer.is_valid():
+            username = request.data.get("username", "") if hasattr(request.data, "get") else ""
+            refusal.send_robust(
+                sender=TokenIssueView,
+                request=request,
+                kind=REFUSAL_API_AUTH_FAILED,
+                source="api.TokenIssueView",
+                message="A token was asked for with a wrong or missing user name or password.",
+                subject=f"username:{str(username)[:150]}",
+            )
+            raise serializers.ValidationError(serializer.errors)
         token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
         return Response({"token": token.key})

@@ -55,6 +55,7 @@ def embedded_defaults() -> dict[str, Any]:
             "telemetry-purge": {"task": "devices.telemetry_purge", "schedule": crontab(minute=17)},
             # A signed checkpoint of the decision record's head, kept outside the database (when the head moved).
             "audit-checkpoint": {"task": "approvals.audit_checkpoint", "schedule": 60.0},
+            "security-events-purge": {"task": "approvals.security_event_purge", "schedule": crontab(hour=3, minute=41)},
             "finished-rollouts-expire-deadlines": {
                 "task": "rollouts.finished_rollouts_expire_deadlines",
                 "schedule": 300.0,

@@ -238,3 +238,11 @@ OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_RETR
 OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_POLLS", "3"))
 OTA_TELEMETRY_RETENTION_DAYS = int(os.environ.get("OTA_TELEMETRY_RETENTION_DAYS", "90"))
 OTA_TELEMETRY_BATCH_KEEP_DAYS = int(os.environ.get("OTA_TELEMETRY_BATCH_KEEP_DAYS", "14"))
+
+# Security events (approvals.security): refusals counted per kind, source, actor/device/address key and time bucket.
+# Buckets of this many seconds; past KEYS_PER_ADDRESS keys from one address, or KEYS_PER_BUCKET keys for one kind
+# and source, in one bucket, further keys collapse (so a flood of random serials stays a bounded number of rows).
+OTA_SECURITY_EVENT_BUCKET_SECONDS = int(os.environ.get("OTA_SECURITY_EVENT_BUCKET_SECONDS", "300"))
+OTA_SECURITY_EVENT_KEYS_PER_BUCKET = int(os.environ.get("OTA_SECURITY_EVENT_KEYS_PER_BUCKET", "100"))
+OTA_SECURITY_EVENT_KEYS_PER_ADDRESS = int(os.environ.get("OTA_SECURITY_EVENT_KEYS_PER_ADDRESS", "5"))
+OTA_SECURITY_EVENT_RETENTION_DAYS = int(os.environ.get("OTA_SECURITY_EVENT_RETENTION_DAYS", "180"))

@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable
 
 import pytest
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
@@ -64,6 +65,27 @@ def _migration_data_for_transactional_tests(request):
         groups.create_groups(apps, None)
     if not ApprovalPolicy.objects.exists():
         defaults.load_defaults(apps, None)
+
+
+def _uses_database(request: pytest.FixtureRequest) -> bool:
+    names = set(request.fixturenames)
+    return bool(names & {"db", "transactional_db"}) or request.node.get_closest_marker("django_db") is not None
+
+
+@pytest.fixture(autouse=True)
+def _security_events_cleared(request, django_db_blocker):
+    """Security events are committed outside the test's transaction on purpose (they outlive rollbacks), so the
+    test's rollback does not take them away: delete them after each test that used the database."""
+    yield
+    if not _uses_database(request):
+        return
+    with django_db_blocker.unblock():
+        side = connections.create_connection(DEFAULT_DB_ALIAS)
+        try:
+            with side.cursor() as cursor:
+                cursor.execute("DELETE FROM approvals_securityevent")
+        finally:
+            side.close()
 
 
 @pytest.fixture

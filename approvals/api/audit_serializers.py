@@ -7,7 +7,8 @@ from typing import Any
 from rest_framework import serializers
 
 from approvals.audit import EXPORT_FORMATS, MAX_SEQ
-from approvals.models import DecisionRecord
+from approvals.choices import SECURITY_SEVERITY, SecurityEventKind, SecuritySeverity
+from approvals.models import DecisionRecord, SecurityEvent
 from ota_project.serializers import InputSerializer
 
 # The exact form `created_at` is hashed in, so that a row from the API can be re-hashed by an auditor.
@@ -79,3 +80,52 @@ class ExportQuerySerializer(InputSerializer):
         if "since" in attrs and "until" in attrs and attrs["since"] >= attrs["until"]:
             raise serializers.ValidationError({"until": ["Must be later than since."]})
         return attrs
+
+
+class SecurityEventSerializer(serializers.ModelSerializer):
+    """One aggregate row: `count` refusals of `kind` from `source` by one key within the bucket starting `bucket`."""
+
+    severity = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SecurityEvent
+        fields = [
+            "id",
+            "kind",
+            "severity",
+            "source",
+            "bucket",
+            "key",
+            "actor_id",
+            "actor_name",
+            "device_serial",
+            "address",
+            "subject",
+            "message",
+            "count",
+            "first_at",
+            "last_at",
+        ]
+        read_only_fields = fields
+
+    def get_severity(self, event: SecurityEvent) -> str:
+        return str(SECURITY_SEVERITY.get(event.kind, SecuritySeverity.MEDIUM))
+
+
+class SecurityKindCountSerializer(serializers.Serializer):
+    """Refusals of one kind over the last 24 hours and 7 days."""
+
+    kind = serializers.ChoiceField(choices=SecurityEventKind.choices)
+    label = serializers.CharField()
+    severity = serializers.ChoiceField(choices=SecuritySeverity.choices)
+    last_24h = serializers.IntegerField()
+    last_7d = serializers.IntegerField()
+
+
+class SecuritySummarySerializer(serializers.Serializer):
+    """Counts of refusals per kind (every kind listed, zero included) at `generated_at`."""
+
+    generated_at = serializers.DateTimeField()
+    total_24h = serializers.IntegerField()
+    total_7d = serializers.IntegerField()
+    kinds = SecurityKindCountSerializer(many=True)

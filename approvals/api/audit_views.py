@@ -11,6 +11,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics
@@ -25,12 +26,15 @@ from approvals.api.audit_serializers import (
     AuditRecordSerializer,
     ChainVerdictSerializer,
     ExportQuerySerializer,
+    SecurityEventSerializer,
+    SecuritySummarySerializer,
 )
-from approvals.api.filters import DecisionRecordFilter
+from approvals.api.filters import DecisionRecordFilter, SecurityEventFilter
 from approvals.audit import audit_export_write
 from approvals.audit_checkpoints import checkpoint_after_verify
 from approvals.audit_keys import AUDIT_SIGNATURE_ALGORITHM, audit_key_id, audit_public_key_pem
-from approvals.models import DecisionRecord
+from approvals.models import DecisionRecord, SecurityEvent
+from approvals.security_selectors import security_event_list, security_event_summary
 from ota_project.roles import Role
 from ota_project.serializers import ApiErrorSerializer
 
@@ -193,3 +197,44 @@ class AuditPublicKeyView(APIView):
                 }
             ).data
         )
+
+
+class SecurityEventListView(generics.ListAPIView):
+    """Page through the security events (refusals counted per kind, source, key and time bucket), latest first."""
+
+    read_roles = AUDIT_READ_ROLES
+    serializer_class = SecurityEventSerializer
+    filterset_class = SecurityEventFilter
+
+    def get_queryset(self) -> QuerySet[SecurityEvent]:
+        return security_event_list()
+
+    @extend_schema(
+        tags=["audit"],
+        responses={
+            200: SecurityEventSerializer(many=True),
+            400: OpenApiResponse(ApiErrorSerializer, description="A filter value is not valid."),
+            404: OpenApiResponse(ApiErrorSerializer, description="No such page."),
+            **_AUTH_ERRORS,
+        },
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class SecurityEventSummaryView(APIView):
+    """Refusals per kind over the last 24 hours and the last 7 days (every kind listed, zero included)."""
+
+    read_roles = AUDIT_READ_ROLES
+
+    @extend_schema(tags=["audit"], responses={200: SecuritySummarySerializer, **_AUTH_ERRORS})
+    def get(self, request: Request) -> Response:
+        now = timezone.now()
+        kinds = security_event_summary(now=now)
+        summary = {
+            "generated_at": now,
+            "total_24h": sum(k.last_24h for k in kinds),
+            "total_7d": sum(k.last_7d for k in kinds),
+            "kinds": kinds,
+        }
+        return Response(SecuritySummarySerializer(summary).data)

@@ -8,8 +8,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from approvals.audit import MAX_SEQ
-from approvals.choices import ChangeStatus, ChangeType, RiskLevel
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.choices import ChangeStatus, ChangeType, RiskLevel, SecurityEventKind
+from approvals.models import ChangeRequest, DecisionRecord, SecurityEvent
 
 
 class ChangeFilter(django_filters.FilterSet):
@@ -72,4 +72,20 @@ class DecisionRecordFilter(django_filters.FilterSet):
 
     class Meta:
         model = DecisionRecord
+        fields: list[str] = []
+
+
+class SecurityEventFilter(django_filters.FilterSet):
+    """Filters of the security events (the API and the Security page share them); times match the latest refusal."""
+
+    kind = django_filters.MultipleChoiceFilter(choices=SecurityEventKind.choices, help_text="One or more kinds.")
+    source = django_filters.CharFilter(help_text="Exact source, e.g. device_api.auth or approvals.change_update.")
+    actor = django_filters.CharFilter(field_name="actor_name", help_text="Username of the refused person.")
+    device_serial = django_filters.CharFilter()
+    address = django_filters.CharFilter()
+    since = _UTCDateTimeFilter(field_name="last_at", lookup_expr="gte", help_text="Last refused at or after.")
+    until = _UTCDateTimeFilter(field_name="last_at", lookup_expr="lt", help_text="Last refused before.")
+
+    class Meta:
+        model = SecurityEvent
         fields: list[str] = []

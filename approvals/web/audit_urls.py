@@ -8,4 +8,5 @@ urlpatterns = [
     path("", audit_views.records, name="records"),
     path("records/<int:seq>/", audit_views.record_detail, name="record"),
     path("verify/", audit_views.verify_chain, name="verify"),
+    path("security/", audit_views.security, name="security"),
 ]

@@ -1,4 +1,5 @@
-"""Audit pages: the decision record with filters, one record, on-demand chain verification, export links.
+"""Audit pages: the decision record with filters, one record, on-demand chain verification, export links, and the
+security events (refusals counted per kind, with the latest rows).
 
 Exports are downloaded from the API endpoint itself (/api/v1/audit/export/, approvals.api.audit_views.AuditExportView):
 the page only builds its links from the validated filters, so there is one export code path and one record of it.
@@ -18,8 +19,11 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from approvals.api.audit_views import AUDIT_READ_ROLES
+from approvals.api.filters import SecurityEventFilter
 from approvals.audit import EXPORT_FORMATS
+from approvals.choices import SecurityEventKind
 from approvals.models import DecisionRecord
+from approvals.security_selectors import security_event_list, security_event_summary
 from approvals.web import audit_selectors
 from approvals.web.audit_forms import RecordFilterForm
 from ota_project.web.access import role_required
@@ -129,3 +133,20 @@ def verify_chain(request: HttpRequest) -> HttpResponse:
     if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
         return HttpResponseRedirect(target)
     return redirect(reverse("web-audit:records") + "#chain-heading")
+
+
+@require_GET
+@role_required(*AUDIT_READ_ROLES)
+def security(request: HttpRequest) -> HttpResponse:
+    """Security events: refusals per kind over 24 hours and 7 days, and the latest rows (optionally of one kind)."""
+    filters = SecurityEventFilter(request.GET, queryset=security_event_list())
+    page = Paginator(filters.qs, PAGE_SIZE).get_page(request.GET.get("page")) if filters.is_valid() else None
+    kinds = filters.form.cleaned_data.get("kind") if filters.is_valid() else None
+    context: dict[str, Any] = {
+        "summary": security_event_summary(),
+        "page": page,
+        "events": list(page.object_list) if page else [],
+        "kind_labels": [str(SecurityEventKind(kind).label) for kind in kinds or ()],
+        "filtered": bool(page is not None and any(filters.form.cleaned_data.values())),
+    }
+    return render(request, "approvals/audit/security.html", context)

@@ -14,6 +14,7 @@ from django.shortcuts import render
 from django_htmx.http import HttpResponseClientRedirect
 
 from ota_project.roles import Role, has_role
+from ota_project.signals import REFUSAL_UNAUTHORISED, refusal
 
 ViewFunc = Callable[..., HttpResponse]
 
@@ -36,13 +37,27 @@ def missing_role_message(roles: Iterable[str]) -> str:
     return f"You need the {named} role to see this page."
 
 
+def _page_source(request: HttpRequest) -> str:
+    """The refusing page by its URL name, e.g. web.web-audit:records (names from code, never from input)."""
+    match = getattr(request, "resolver_match", None)
+    return f"web.{match.view_name}" if match is not None and match.view_name else "web"
+
+
 def forbidden(request: HttpRequest, roles: Iterable[str], *, message: str | None = None) -> HttpResponse:
-    """The 403 page saying which role would open this page."""
+    """The 403 page saying which role would open this page; the refusal is announced as security-relevant."""
     roles = list(roles)
     context = {
         "required_message": message or missing_role_message(roles),
         "required_roles": role_labels(roles),
     }
+    refusal.send_robust(
+        sender=forbidden,
+        request=request,
+        kind=REFUSAL_UNAUTHORISED,
+        source=_page_source(request),
+        message=context["required_message"],
+        subject=f"{request.method} {request.path}"[:200],
+    )
     return render(request, "403.html", context, status=403)
 
 

@@ -37,6 +37,7 @@ def _sections(roles: frozenset[str]) -> list[tuple[str, str]]:
     items.append(("KPIs", reverse("web-rollouts:kpis")))
     if roles & {Role.AUDITOR, Role.SECURITY_OFFICER}:
         items.append(("Audit", reverse("web-audit:records")))
+        items.append(("Security", reverse("web-audit:security")))
     return items
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db import transaction
 
+from approvals.security import SecurityEventKind, security_event
 from devices.models import Device
 from devices.telemetry import BatchAcceptance, telemetry_batch_accept
 from ota_project.errors import InvalidInput
@@ -29,6 +30,11 @@ IN_FLIGHT = (
 def device_deployment_get(*, device: Device, deployment_id: int) -> Deployment | None:
     """The device's own deployment, or None for both "missing" and "another device's"."""
     return Deployment.objects.filter(pk=deployment_id, device=device).first()
+
+
+def deployment_is_another_devices(*, device: Device, deployment_id: int) -> bool:
+    """True when the deployment exists but belongs to another device (a device naming it is suspicious)."""
+    return Deployment.objects.filter(pk=deployment_id).exclude(device=device).exists()
 
 
 def device_has_deployment_in_flight(*, device: Device) -> bool:
@@ -58,6 +64,15 @@ def telemetry_accept(*, device: Device, samples: list[dict[str, Any]], batch_id:
     own = set(Deployment.objects.filter(device=device, pk__in=named).values_list("pk", flat=True))
     unknown = sorted(named - own)
     if unknown:
+        others = list(Deployment.objects.filter(pk__in=unknown).order_by("pk").values_list("pk", flat=True)[:20])
+        if others:
+            security_event(
+                kind=SecurityEventKind.DEVICE_CROSS_DEVICE,
+                source="device_api.telemetry",
+                message="Telemetry named another device's deployment.",
+                device_serial=device.serial,
+                subject="deployments:" + ",".join(str(pk) for pk in others),
+            )
         raise InvalidInput(
             "Telemetry names deployments this device does not have.",
             fields={"samples": [f"Unknown deployment {pk}." for pk in unknown[:20]]},

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from approvals.security import SecurityEventKind, security_event
 from devices.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
 from devices.selectors import LoadShaping
 from devices.services import device_record_report
@@ -98,6 +99,18 @@ def _errors(described: dict[int, str]) -> dict[int, OpenApiResponse]:
 
 OVER_BUDGET = "The region is over its load budget: retry after the `Retry-After` header's seconds."
 UNAUTHENTICATED = "Missing, unknown, wrong or revoked device credential (one answer for all)."
+
+
+def _device_event(request: Request, *, kind: str, endpoint: str, subject: str, message: str) -> None:
+    """Record a refused or suspicious request of the authenticated device as a security event."""
+    security_event(
+        kind=kind,
+        source=f"device_api.{endpoint}",
+        message=message,
+        device_serial=current_device(request).serial,
+        address=str(request.META.get("REMOTE_ADDR", "") or ""),
+        subject=subject,
+    )
 
 
 def poll_interval(*, shaping: LoadShaping, in_flight: bool) -> int:
@@ -203,11 +216,27 @@ class StatusView(DeviceAPIView):
         device = current_device(request)
         before = services.device_deployment_get(device=device, deployment_id=deployment_id)
         if before is None:
+            if services.deployment_is_another_devices(device=device, deployment_id=deployment_id):
+                # Still the same 404 as for a missing deployment: the device learns nothing from the difference.
+                _device_event(
+                    request,
+                    kind=SecurityEventKind.DEVICE_CROSS_DEVICE,
+                    endpoint="status",
+                    subject=f"deployment:{deployment_id}",
+                    message="A status report named another device's deployment.",
+                )
             raise exceptions.NotFound("No such deployment for this device.")
         body = StatusInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
         report = Report(**body.validated_data)
         if report.seq < before.last_seq:
+            _device_event(
+                request,
+                kind=SecurityEventKind.DEVICE_STALE_REPORT,
+                endpoint="status",
+                subject=f"deployment:{deployment_id}",
+                message=f"Sequence number {report.seq} is older than the last applied report ({before.last_seq}).",
+            )
             # From the past: a clear refusal (the device drops it); an exact replay of the last seq answers 200.
             raise Conflict(
                 f"Sequence number {report.seq} is older than the last applied report ({before.last_seq}).",
@@ -222,6 +251,15 @@ class StatusView(DeviceAPIView):
             raise
         # Decided under the deployment's row lock: of concurrent copies of one report exactly one says applied.
         after, applied = outcome.deployment, outcome.applied
+        if not applied:
+            # Usually a lost answer re-sent over a flaky link (low severity), but also what a replay attack looks like.
+            _device_event(
+                request,
+                kind=SecurityEventKind.DEVICE_REPLAY,
+                endpoint="status",
+                subject=f"deployment:{deployment_id}",
+                message=f"Sequence number {report.seq} was already applied.",
+            )
         answer = {
             "deployment_id": after.pk,
             "status": after.status,
@@ -382,6 +420,13 @@ class ArtifactView(DeviceAPIView):
         device = current_device(request)
         deployment = services.device_artifact_offered(device=device, sha256=sha256)
         if deployment is None:
+            _device_event(
+                request,
+                kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED,
+                endpoint="artifact",
+                subject=f"sha256:{sha256}",
+                message="An image was requested that is not offered to this device.",
+            )
             raise exceptions.NotFound("No such artifact offered to this device.")
         artifact = deployment.release.artifact
         try:

@@ -83,13 +83,20 @@ def test_nav_for_operator_has_rollouts(operator):
 
 
 def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_officer):
-    assert _nav_labels(page_client(auditor).get("/").content.decode()) == ["Overview", "Fleet", "KPIs", "Audit"]
+    assert _nav_labels(page_client(auditor).get("/").content.decode()) == [
+        "Overview",
+        "Fleet",
+        "KPIs",
+        "Audit",
+        "Security",
+    ]
     assert _nav_labels(page_client(security_officer).get("/").content.decode()) == [
         "Overview",
         "CAB queue",
         "Fleet",
         "KPIs",
         "Audit",
+        "Security",
     ]
 
 
