@@ -43,6 +43,7 @@ from django.db import close_old_connections, connection
 from django.db.models import Count, Max
 from django.test.utils import override_settings
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
 from approvals import services as change_services
 from approvals.choices import ChangeStatus
@@ -336,14 +337,14 @@ class World:
     images: dict[str, bytes]
     change: Any
     device_ids: list[int]
-    # racing-starts: a second approved change whose scope overlaps the first, and the API passwords of the two
-    # operators who race (username -> password)
+    # racing-starts: a second approved change whose scope overlaps the first, and the API tokens of the two
+    # operators who race (name -> token)
     rival_change: Any = None
-    passwords: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
 
 
-def _user(run_id: str, name: str, role: str, password: str | None = None) -> Any:
-    user = get_user_model().objects.create_user(username=f"drill-{run_id}-{name}", password=password)
+def _user(run_id: str, name: str, role: str) -> Any:
+    user = get_user_model().objects.create_user(username=f"drill-{run_id}-{name}", password=None)
     user.groups.set([Group.objects.get(name=role)])
     return user
 
@@ -374,11 +375,12 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
         "operator": _user(run_id, "olga", Role.OPERATOR),
     }
     operator = users["operator"]
-    passwords: dict[str, str] = {}
+    tokens: dict[str, str] = {}
     if SCENARIOS[options.scenario].chaos == RACING_STARTS:
-        for name in ("otto", "opal"):  # two operators on call who both press "start"
-            passwords[name] = secrets.token_urlsafe(18)
-            users[name] = _user(run_id, name, Role.OPERATOR, passwords[name])
+        for name in ("otto", "opal"):  # two operators on call who both press "start", each with an API token
+            users[name] = _user(run_id, name, Role.OPERATOR)
+            # What POST /api/v1/auth/token/ hands out; made here because the drill's users have no password.
+            tokens[name] = Token.objects.get_or_create(user=users[name])[0].key
     models = [f"drill-{run_id}-tcu-4g", f"drill-{run_id}-tcu-5g"]
     for name in models:
         device_services.hardware_model_create(
@@ -435,11 +437,11 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
     new = _release(requester, new_version, 2, models, images["new"], run_id)
     change = _approved_change(options, users, run_id, {"hardware_models": models}, new, old, plan)
     rival = None
-    if passwords:
+    if tokens:
         # The second change targets one hardware model: every one of its devices is also in the first change's scope.
         rival = _approved_change(options, users, run_id, {"hardware_models": models[:1]}, new, old, plan)
     say(f"change {change.pk} approved; releases {old_version} -> {new_version}")
-    return World(run_id, users, models, specs, pilot_serials, old, new, images, change, device_ids, rival, passwords)
+    return World(run_id, users, models, specs, pilot_serials, old, new, images, change, device_ids, rival, tokens)
 
 
 def _approved_change(
@@ -741,7 +743,6 @@ class Drill:
     def _race_starts(self, world: World, stack: Stack) -> list[int]:
         """Two operators start the two overlapping changes at the same instant, over HTTP, each on a web process."""
         racers = [("otto", world.change), ("opal", world.rival_change)]
-        tokens = {name: _api_token(stack.web_ports[0], world, name) for name, _ in racers}
         barrier = threading.Barrier(len(racers))
         answers: list[dict[str, Any]] = [{} for _ in racers]
 
@@ -749,7 +750,7 @@ class Drill:
             port = stack.web_ports[index % len(stack.web_ports)]
             barrier.wait()
             sent = datetime.now(UTC)
-            status, body = _post_json(port, "/api/v1/rollouts/", {"change": change.pk}, token=tokens[name])
+            status, body = _post_json(port, "/api/v1/rollouts/", {"change": change.pk}, token=world.tokens[name])
             answers[index] = {
                 "operator": f"drill-{world.run_id}-{name}",
                 "change": change.pk,
@@ -977,16 +978,6 @@ class Drill:
             "seconds_threshold_to_last_offer": seconds_between(crossed, last_offer),
             "offers_of_failing_release_after_threshold": after if self.scenario.bad_release else None,
         }
-
-
-def _api_token(port: int, world: World, name: str) -> str:
-    """Log a drill operator in through the API (username and password), as a person's script would."""
-    status, body = _post_json(
-        port, "/api/v1/auth/token/", {"username": f"drill-{world.run_id}-{name}", "password": world.passwords[name]}
-    )
-    if status != 200 or "token" not in body:
-        raise DrillError(f"the API refused drill operator {name}'s login: HTTP {status} {body}")
-    return str(body["token"])
 
 
 def _post_json(port: int, path: str, payload: dict[str, Any], *, token: str | None = None) -> tuple[int, dict]:
