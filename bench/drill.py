@@ -1,4 +1,4 @@
-"""Full-size fleet drills (not a test): the acceptance outcomes of issue #4, each drill in its own process.
+"""Full-size fleet drills (not a test): the acceptance outcomes of issues #4 and #9, each drill in its own process.
 
 Run on PostgreSQL with a scratch database, e.g.
 `DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_drill_bench python -m bench.drill [--only healthy ...]`.
@@ -28,6 +28,11 @@ RUNS = (
     ("power-loss-500", "power-loss", 500),
     ("offline-devices-500", "offline-devices", 500),
     ("abort-rollback-500", "abort-rollback", 500),
+    ("worker-killed-at-assignment-500", "worker-killed-at-assignment", 500),
+    ("worker-killed-in-halt-500", "worker-killed-in-halt", 500),
+    ("worker-killed-mid-wave-500", "worker-killed-mid-wave", 500),
+    ("db-connections-dropped-500", "db-connections-dropped", 500),
+    ("racing-starts-500", "racing-starts", 500),
     ("healthy-500", "healthy", 500),
 )
 CLEAN = ("lost_deployments", "duplicated_deployments", "bricked_devices")
@@ -78,12 +83,16 @@ def run(label: str, scenario: str, devices: int, seed: int) -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     seconds = round(time.monotonic() - started, 1)
-    if done.returncode != 0:
+    try:
+        report = json.loads(done.stdout)  # exit 1 still prints the report: an acceptance check failed
+    except ValueError:
         return {"label": label, "scenario": scenario, "devices": devices, "error": done.stderr[-2000:]}
-    report = json.loads(done.stdout)
     report["label"] = label
     report["process_wall_clock_seconds"] = seconds
-    report["failed_expectations"] = expectations(label, report)
+    # The issue's outcome for this run, then every acceptance check of the drill itself that failed.
+    failed = expectations(label, report)
+    failed += [f"check: {check['name']}" for check in report.get("checks", []) if not check["ok"]]
+    report["failed_expectations"] = failed
     return report
 
 

@@ -7,6 +7,12 @@ processes), puts the fault proxy and N reference agents in front of it, starts t
 and watches it to its end. The report is computed from the database and from the devices' own disks, never
 from what the scenario intended. Time is compressed by configuration only (soak, deadlines, poll interval).
 
+Chaos scenarios add faults to the stack itself (issue #9): the Temporal worker SIGKILLed at a chosen step and
+restarted by the stack's supervisor, the database connections of every process terminated mid-wave, two
+operators starting overlapping changes at the same instant over HTTP. Their figures (lost, duplicated and
+doubly-held deployments, seconds from the failure threshold to the last offer of the failing release) and the
+acceptance checks come from rollouts.drill_checks.
+
 This module is where the drill crosses apps (approvals, devices, rollouts, workflows); devices.drill holds the
 app-independent parts (fleet, proxy, faults, stack, report).
 """
@@ -14,24 +20,30 @@ app-independent parts (fleet, proxy, faults, stack, report).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import secrets
 import shutil
+import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.db.models import Count, Max
 from django.test.utils import override_settings
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
 from approvals import services as change_services
 from approvals.choices import ChangeStatus
@@ -46,10 +58,13 @@ from devices.drill.report import assemble, fleet_facts
 from devices.drill.stack import Stack
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
+from devices.scope import scope_devices
 from ota_project.net import free_port
 from ota_project.roles import Role
 from rollouts import rollout_services
 from rollouts.choices import (
+    DEPLOYMENT_FAILURES,
+    DEPLOYMENT_IN_PROGRESS,
     DEPLOYMENT_TERMINAL,
     ROLLOUT_TERMINAL,
     DeploymentKind,
@@ -57,14 +72,43 @@ from rollouts.choices import (
     RolloutStatus,
     WaveStatus,
 )
+from rollouts.drill_checks import (
+    Check,
+    DeploymentFact,
+    FinishedReport,
+    acceptance_checks,
+    doubly_held,
+    duplicated_deployments,
+    is_failure,
+    last_offer_at,
+    lost_deployments,
+    seconds_between,
+    threshold_crossed_at,
+)
 from rollouts.models import Deployment, FirmwareRelease, Rollout
 from rollouts.services import release_create_from_chunks
 
 SETTLE_SECONDS = 120.0  # after the rollout ended: time for the last devices to report
 PROGRESS_SECONDS = 1.0
 START_SECONDS = 90.0  # a rollout still scheduled after this long: the workflow is failing (see the worker log)
+CHAOS_TICK_SECONDS = 0.25  # chaos scenarios watch closer: a fault is injected right after the step it targets
+SAMPLE_SECONDS = 0.5  # doubly-held devices are sampled at most this often
 ROLLBACK_REASON = "Drill: operator rolls back mid-rollout (rollback rehearsal)"
 HELD_REASON = "Drill: the rollout was held as inconclusive; the drill accepts no partial evidence"
+# Chaos faults (Scenario.chaos)
+KILL_AT_ASSIGNMENT = "kill-worker-at-assignment"
+KILL_IN_HALT = "kill-worker-in-halt"
+KILL_MID_WAVE = "kill-worker-mid-wave"
+DROP_DB_CONNECTIONS = "drop-db-connections"
+RACING_STARTS = "racing-starts"
+WORKER_KILLS = (KILL_AT_ASSIGNMENT, KILL_IN_HALT, KILL_MID_WAVE)
+WORKER_START_SECONDS = 10  # a restarted worker polls again within this (Django set-up, Temporal connection)
+DB_DROP_ROUNDS = 3
+DB_DROP_SPACING_SECONDS = 3.0
+TERMINATE_BACKENDS = (
+    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +124,14 @@ class Scenario:
     operator_rollback: bool = False
     # Soak past the download deadline, so devices that never show up are timed out before a wave is judged.
     soak_covers_deadline: bool = False
+    expected_status: str = RolloutStatus.COMPLETED
+    chaos: str = ""  # one of the chaos faults above
+    restart_after_seconds: float = 5.0  # a killed process is started again this long after the kill
+    stall_activity: str = ""  # the drill's worker holds this activity's first attempt (devices.drill.stall)
+    stall_seconds: float = 60.0
+    pilot_share: float = 0.01
+    pilot_min_sample: int | None = None  # default: min(pilots, 10)
+    pilot_spread_seconds: int = 0  # pace the offers of the pilot over this long (0: all at once)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -92,6 +144,7 @@ SCENARIOS: dict[str, Scenario] = {
             2000,
             faults=DeviceFaults(bad_boot_share=0.3),
             bad_release=True,
+            expected_status=RolloutStatus.ROLLED_BACK,
         ),
         Scenario(
             "flaky-network",
@@ -114,6 +167,51 @@ SCENARIOS: dict[str, Scenario] = {
             "the operator rolls the rollout back in its second wave: every updated device returns to the old release",
             500,
             operator_rollback=True,
+            expected_status=RolloutStatus.ROLLED_BACK,
+        ),
+        Scenario(
+            "worker-killed-at-assignment",
+            "the Temporal worker is SIGKILLed as soon as the pilot's deployments are in the database, and restarted "
+            "5 s later: the rollout completes, nobody is lost or assigned twice",
+            500,
+            chaos=KILL_AT_ASSIGNMENT,
+        ),
+        Scenario(
+            "worker-killed-in-halt",
+            "a bad release fails the pilot (20% of the fleet, offered over 30 s); the worker is SIGKILLed inside the "
+            "halt step and restarted 20 s later: the failing release must stop being offered at once all the same",
+            500,
+            faults=DeviceFaults(bad_boot_share=0.3),
+            bad_release=True,
+            expected_status=RolloutStatus.ROLLED_BACK,
+            chaos=KILL_IN_HALT,
+            restart_after_seconds=20.0,
+            stall_activity="rollouts.rollout_halt",
+            pilot_share=0.2,
+            pilot_min_sample=5,
+            pilot_spread_seconds=30,
+        ),
+        Scenario(
+            "worker-killed-mid-wave",
+            "the worker is SIGKILLed during the healthy pilot wave's soak and restarted 10 s later: the rollout "
+            "completes",
+            500,
+            chaos=KILL_MID_WAVE,
+            restart_after_seconds=10.0,
+        ),
+        Scenario(
+            "db-connections-dropped",
+            "every PostgreSQL connection of the web processes and the worker is terminated 3 times, 3 s apart, "
+            "during the fleet wave: the devices ride it out and the rollout completes",
+            500,
+            chaos=DROP_DB_CONNECTIONS,
+        ),
+        Scenario(
+            "racing-starts",
+            "two operators start two approved changes with overlapping scopes at the same instant through the "
+            "API: exactly one start may succeed, no device may hold two active deployments",
+            500,
+            chaos=RACING_STARTS,
         ),
     )
 }
@@ -154,6 +252,8 @@ def validate_options(options: DrillOptions) -> Scenario:
         raise DrillError("--poll-seconds must be from 1 to 600")
     if not 1 <= options.web_processes <= 8:
         raise DrillError("--web-processes must be from 1 to 8")
+    if scenario.chaos == DROP_DB_CONNECTIONS and connection.vendor != "postgresql":
+        raise DrillError(f"{scenario.name} terminates PostgreSQL connections: run it on PostgreSQL")
     return scenario
 
 
@@ -169,13 +269,14 @@ def image_bytes_for(devices: int) -> int:
     return 256 * 1024 if devices <= 200 else 128 * 1024 if devices <= 1000 else 64 * 1024
 
 
-def pilot_count(devices: int) -> int:
-    return max(3, round(devices * 0.01))
+def pilot_count(devices: int, share: float = 0.01) -> int:
+    return max(3, round(devices * share))
 
 
-def drill_plan(devices: int, poll: int, *, soak_covers_deadline: bool = False) -> dict[str, Any]:
+def drill_plan(devices: int, poll: int, scenario: Scenario) -> dict[str, Any]:
     """pilot -> fleet, soaks of seconds, deadlines sized to the poll interval and the fleet."""
-    pilots = pilot_count(devices)
+    soak_covers_deadline = scenario.soak_covers_deadline
+    pilots = pilot_count(devices, scenario.pilot_share)
     # Generous: the whole wave must be offered and downloaded within it (a pending deployment's deadline covers
     # both), at the rate this machine serves; only devices that never show up should miss it.
     download = max(120, 4 * poll + devices // 5)
@@ -185,6 +286,11 @@ def drill_plan(devices: int, poll: int, *, soak_covers_deadline: bool = False) -
     if soak_covers_deadline:
         download = max(30, 3 * poll + devices // 4)  # online devices must all make it; the offline ones time out
         soak = download + 5
+    if scenario.chaos in WORKER_KILLS:
+        # A soak runs on while the worker is down, and devices are offered nothing until the restarted worker
+        # records the wave as running: compressed to seconds, the outage would eat the soak and leave the wave
+        # inconclusive. Real soaks last hours; the drill's soak outlasts the outage instead.
+        soak += math.ceil(scenario.restart_after_seconds) + WORKER_START_SECONDS
     # A wave passes only when every device succeeded: a rollout that completes at 90% leaves the rest pending for
     # good (a completed rollout offers nothing more). Where devices are expected to stay away, the soak outlasts
     # the download deadline instead, so they are timed out (failures, within the 10% the plan tolerates) first.
@@ -192,11 +298,20 @@ def drill_plan(devices: int, poll: int, *, soak_covers_deadline: bool = False) -
     wave = {"soak_seconds": soak, "success_threshold": success, "failure_threshold": 0.1, "promotion": "auto"}
     # Two waves: the pilot (about 1%) gates the fleet. Every wave costs a poll interval of discovery and a soak,
     # and this machine's budget (1,000 devices in under 5 minutes) has room for the one gate that matters.
+    pilot_sample = min(pilots, 10 if scenario.pilot_min_sample is None else scenario.pilot_min_sample)
     waves = [
-        {"name": "pilot", "cohort": {"kind": "pilot"}, "min_sample": min(pilots, 10), **wave},
+        {"name": "pilot", "cohort": {"kind": "pilot"}, "min_sample": pilot_sample, **wave},
         {"name": "fleet", "cohort": {"kind": "percent", "value": 100}, "min_sample": 5, **wave},
     ]
+    pacing = {}
+    if scenario.pilot_spread_seconds:
+        # The pilot's offers spread over pilot_spread_seconds (the soak covers them): the wave can fail while some
+        # pilots still wait for their offer, and the halt must stop those at once.
+        pacing = {"pacing": {"devices_per_minute": math.ceil(pilots * 60 / scenario.pilot_spread_seconds)}}
+        for wave_plan in waves:
+            wave_plan["soak_seconds"] += scenario.pilot_spread_seconds
     return {
+        **pacing,
         "waves": waves,
         "abort_policy": "halt_and_rollback",
         "monitor_interval_seconds": 1 if devices <= 100 else 2,
@@ -222,6 +337,10 @@ class World:
     images: dict[str, bytes]
     change: Any
     device_ids: list[int]
+    # racing-starts: a second approved change whose scope overlaps the first, and the API tokens of the two
+    # operators who race (name -> token)
+    rival_change: Any = None
+    tokens: dict[str, str] = field(default_factory=dict)
 
 
 def _user(run_id: str, name: str, role: str) -> Any:
@@ -256,6 +375,12 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
         "operator": _user(run_id, "olga", Role.OPERATOR),
     }
     operator = users["operator"]
+    tokens: dict[str, str] = {}
+    if SCENARIOS[options.scenario].chaos == RACING_STARTS:
+        for name in ("otto", "opal"):  # two operators on call who both press "start", each with an API token
+            users[name] = _user(run_id, name, Role.OPERATOR)
+            # What POST /api/v1/auth/token/ hands out; made here because the drill's users have no password.
+            tokens[name] = Token.objects.get_or_create(user=users[name])[0].key
     models = [f"drill-{run_id}-tcu-4g", f"drill-{run_id}-tcu-5g"]
     for name in models:
         device_services.hardware_model_create(
@@ -274,7 +399,7 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
         "new": random.Random(f"new:{options.seed}:{run_id}").randbytes(size),
     }
     old_version, new_version = f"1.0.0-drill.{run_id}", f"1.1.0-drill.{run_id}"
-    pilots = pilot_count(options.devices)
+    pilots = pilot_count(options.devices, SCENARIOS[options.scenario].pilot_share)
     stride = options.devices / pilots
     pilot_numbers = {int(i * stride) for i in range(pilots)}
     rows = []
@@ -310,6 +435,26 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
     requester = users["requester"]
     old = _release(requester, old_version, 1, models, images["old"], run_id)
     new = _release(requester, new_version, 2, models, images["new"], run_id)
+    change = _approved_change(options, users, run_id, {"hardware_models": models}, new, old, plan)
+    rival = None
+    if tokens:
+        # The second change targets one hardware model: every one of its devices is also in the first change's scope.
+        rival = _approved_change(options, users, run_id, {"hardware_models": models[:1]}, new, old, plan)
+    say(f"change {change.pk} approved; releases {old_version} -> {new_version}")
+    return World(run_id, users, models, specs, pilot_serials, old, new, images, change, device_ids, rival, tokens)
+
+
+def _approved_change(
+    options: DrillOptions,
+    users: dict[str, Any],
+    run_id: str,
+    scope: dict[str, Any],
+    new: FirmwareRelease,
+    old: FirmwareRelease,
+    plan: dict[str, Any],
+) -> Any:
+    """A change for `scope`, submitted by the drill requester and approved by as many drill approvers as needed."""
+    requester = users["requester"]
     now = timezone.now()
     change = change_services.change_create(
         actor=requester,
@@ -317,7 +462,7 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
         justification="Rollback drill: rehearse the rollout and the recovery path on a simulated fleet.",
         release=new,
         rollback_release=old,
-        target_scope={"hardware_models": models},
+        target_scope=scope,
         impact_analysis="Simulated fleet only; one reboot per simulated unit.",
         test_evidence_summary="Drill images generated for this run.",
         requested_window_start=now - timedelta(minutes=5),
@@ -339,8 +484,7 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
             )
     if change.status != ChangeStatus.APPROVED:
         raise DrillError(f"the drill change is {change.status} after every drill approver approved it")
-    say(f"change {change.pk} approved; releases {old_version} -> {new_version}")
-    return World(run_id, users, models, specs, pilot_serials, old, new, images, change, device_ids)
+    return change
 
 
 # --- running -------------------------------------------------------------------------------------------------------
@@ -353,10 +497,22 @@ class Drill:
         self.options = options
         self.scenario = validate_options(options)
         self.poll = options.poll_seconds or poll_seconds_for(options.devices)
-        self.plan = drill_plan(options.devices, self.poll, soak_covers_deadline=self.scenario.soak_covers_deadline)
+        self.plan = drill_plan(options.devices, self.poll, self.scenario)
         self.say = options.say
         self.rollback_requested_at: Any = None
         self.held_reason = ""
+        self.held: set[int] = set()  # rollouts the drill operator aborted because they were held as inconclusive
+        self.rollout_ids: list[int] = []
+        self.watch_timed_out = False
+        # chaos: what was injected, and what the doubly-held samples saw
+        self.fault_fired_at: datetime | None = None
+        self.fault_steps: list[dict[str, Any]] = []
+        self.racing: dict[str, Any] | None = None
+        self.doubly_held_seen: set[int] = set()
+        self.doubly_held_most = 0
+        self.doubly_held_samples = 0
+        self._sampled_at = 0.0
+        self._stall_mark: Path | None = None
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -375,6 +531,7 @@ class Drill:
                 poll_seconds=self.poll,
                 web_processes=self.options.web_processes,
                 temporal_address=self.options.temporal_address,
+                worker_argv=self._worker_argv(workdir),
             ).start(self.say)
             fleet = self._fleet(world, stack, workdir)
             fleet.start()
@@ -382,13 +539,17 @@ class Drill:
             with override_settings(
                 TEMPORAL_ADDRESS=stack.temporal_address, TEMPORAL_TASK_QUEUE=task_queue, TEMPORAL_ENABLED=True
             ):
-                rollout = rollout_services.rollout_start(actor=world.users["operator"], change=world.change)
-                self.say(f"rollout {rollout.pk} started")
-                self._watch(rollout.pk, world, stack, fleet, started)
+                if self.scenario.chaos == RACING_STARTS:
+                    self.rollout_ids = self._race_starts(world, stack)
+                else:
+                    rollout = rollout_services.rollout_start(actor=world.users["operator"], change=world.change)
+                    self.rollout_ids = [rollout.pk]
+                self.say(f"rollout {', '.join(map(str, self.rollout_ids))} started")
+                self._watch(world, stack, fleet, started)
             fleet.stop()
             if fleet.error is not None:
                 raise DrillError(f"the fleet stopped with an error: {fleet.error!r}")
-            report = self._report(world, fleet, rollout.pk)
+            report = self._report(world, fleet, stack)
             report["wall_clock_seconds"] = round(time.monotonic() - started, 1)
             return assemble(report)
         finally:
@@ -400,6 +561,23 @@ class Drill:
             close_old_connections()
             if not self.options.keep_workdir and self.options.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    def _worker_argv(self, workdir: Path) -> list[str] | None:
+        """The drill's own worker entry point (with its fault hook) when the scenario stalls an activity."""
+        if not self.scenario.stall_activity:
+            return None
+        self._stall_mark = workdir / "stall-mark.json"
+        return [
+            sys.executable,
+            "-m",
+            "rollouts.drill_worker",
+            "--stall",
+            self.scenario.stall_activity,
+            "--stall-seconds",
+            str(self.scenario.stall_seconds),
+            "--stall-mark",
+            str(self._stall_mark),
+        ]
 
     def _fleet(self, world: World, stack: Stack, workdir: Path) -> Fleet:
         faults = self.scenario.faults
@@ -427,55 +605,175 @@ class Drill:
         )
         return Fleet(world.specs, fates, fleet_settings, proxy=proxy)
 
-    def _watch(self, rollout_id: int, world: World, stack: Stack, fleet: Fleet, started: float) -> None:
-        """Follow the rollout to its end (and the fleet until it settled); the operator acts when the scenario says."""
+    def _watch(self, world: World, stack: Stack, fleet: Fleet, started: float) -> None:
+        """Follow the rollouts to their end (and the fleet until it settled); the operator acts when the scenario
+        says, the chaos fault fires when its moment comes, and devices holding two open deployments are sampled."""
         deadline = started + self.options.timeout_seconds
         ended_at: float | None = None
         watching = time.monotonic()
         online = sum(1 for device in fleet.devices if not device.fate.offline)
+        tick = CHAOS_TICK_SECONDS if self.scenario.chaos else PROGRESS_SECONDS
         while True:
-            time.sleep(PROGRESS_SECONDS)
+            time.sleep(tick)
             close_old_connections()
             dead = stack.dead()
             if dead is not None:
-                raise DrillError(f"{dead.name} died during the drill:\n{dead.log_tail()}")
+                raise DrillError(f"{dead.name} is gone for good (not restarted):\n{dead.log_tail()}")
             if fleet.error is not None:
                 raise DrillError(f"the fleet stopped with an error: {fleet.error!r}")
-            rollout = Rollout.objects.get(pk=rollout_id)
-            deployments = Deployment.objects.filter(rollout_id=rollout_id)
+            self._sample_doubly_held()
+            rollouts = list(Rollout.objects.filter(pk__in=self.rollout_ids).order_by("pk"))
+            first = rollouts[0]
+            deployments = Deployment.objects.filter(rollout_id__in=self.rollout_ids)
             counts = dict(deployments.values_list("status").annotate(n=Count("id")).order_by())
-            label = f"{rollout.status} wave {rollout.current_wave + 1}/{len(self.plan['waves'])}"
+            label = f"{first.status} wave {first.current_wave + 1}/{len(self.plan['waves'])}"
             done = counts.get(DeploymentStatus.SUCCEEDED, 0)
             self.options.progress.update(done, online, label)
-            if rollout.status == RolloutStatus.SCHEDULED and time.monotonic() - watching > START_SECONDS:
+            if first.status == RolloutStatus.SCHEDULED and time.monotonic() - watching > START_SECONDS:
                 worker = next(child for child in stack.children if child.name == "worker")
                 raise DrillError(f"the rollout never started its first wave; worker log:\n{worker.log_tail()}")
-            if (
-                rollout.status == RolloutStatus.AWAITING_PROMOTION
-                and rollout.gate == "inconclusive"
-                and not self.held_reason
-            ):
-                # The runbook: promote only on evidence one accepts. A drill accepts none: it aborts, and reports.
-                self.held_reason = rollout.status_reason
-                rollout_services.rollout_act(
-                    actor=world.users["operator"], rollout=rollout, action="abort", reason=HELD_REASON
-                )
-                self.say(f"rollout held as inconclusive, the drill operator aborted it: {rollout.status_reason}")
+            for rollout in rollouts:
+                self._abort_if_held(rollout, world)
             if self.scenario.operator_rollback and self.rollback_requested_at is None:
-                self._maybe_roll_back(rollout, world)
-            if rollout.status in ROLLOUT_TERMINAL:
+                self._maybe_roll_back(first, world)
+            if self.scenario.chaos:
+                self._chaos(first, stack)
+            if all(rollout.status in ROLLOUT_TERMINAL for rollout in rollouts):
                 if ended_at is None:
                     ended_at = time.monotonic()
-                    self.say(f"rollout {rollout.status}: {rollout.status_reason}")
+                    for rollout in rollouts:
+                        self.say(f"rollout {rollout.pk} {rollout.status}: {rollout.status_reason}")
                 open_deployments = deployments.exclude(status__in=DEPLOYMENT_TERMINAL).count()
                 if (open_deployments == 0 and fleet.busy() == 0) or time.monotonic() - ended_at > SETTLE_SECONDS:
                     self.options.progress.update(done, online, label, force=True)
                     return
             if time.monotonic() > deadline:
-                raise DrillError(
-                    f"no outcome within {self.options.timeout_seconds:.0f} s: rollout {rollout.status} "
-                    f"wave {rollout.current_wave}: {rollout.status_reason}"
+                # The report still comes out (the checks say the rollout did not end): a hang is a finding too.
+                self.watch_timed_out = True
+                self.say(
+                    f"no outcome within {self.options.timeout_seconds:.0f} s: rollout {first.status} "
+                    f"wave {first.current_wave}: {first.status_reason}"
                 )
+                return
+
+    def _abort_if_held(self, rollout: Rollout, world: World) -> None:
+        if rollout.status != RolloutStatus.AWAITING_PROMOTION or rollout.gate != "inconclusive":
+            return
+        if rollout.pk in self.held:
+            return
+        # The runbook: promote only on evidence one accepts. A drill accepts none: it aborts, and reports.
+        self.held.add(rollout.pk)
+        self.held_reason = rollout.status_reason
+        rollout_services.rollout_act(actor=world.users["operator"], rollout=rollout, action="abort", reason=HELD_REASON)
+        self.say(f"rollout {rollout.pk} held as inconclusive, the drill operator aborted it: {rollout.status_reason}")
+
+    def _sample_doubly_held(self) -> None:
+        """One sample of the devices holding more than one open deployment (across all the drill's rollouts)."""
+        now = time.monotonic()
+        if now - self._sampled_at < SAMPLE_SECONDS:
+            return
+        self._sampled_at = now
+        rows = (
+            Deployment.objects.filter(rollout_id__in=self.rollout_ids)
+            .exclude(status__in=DEPLOYMENT_TERMINAL)
+            .values_list("device_id", "id")
+        )
+        held = doubly_held(rows)
+        self.doubly_held_samples += 1
+        self.doubly_held_seen |= held
+        self.doubly_held_most = max(self.doubly_held_most, len(held))
+
+    # --- chaos ---------------------------------------------------------------------------------------------------
+
+    def _fault(self, step: str, **details: Any) -> None:
+        now = datetime.now(UTC)
+        if self.fault_fired_at is None:
+            self.fault_fired_at = now
+        self.fault_steps.append({"at": now.isoformat(), "step": step, **details})
+        self.say(f"chaos: {step} {details}" if details else f"chaos: {step}")
+
+    def _chaos(self, rollout: Rollout, stack: Stack) -> None:
+        """Inject the scenario's fault once its moment has come (each fault fires once per drill)."""
+        chaos = self.scenario.chaos
+        restart_after = self.scenario.restart_after_seconds
+        if chaos == KILL_AT_ASSIGNMENT and self.fault_fired_at is None:
+            # Right after the pilot's deployments were committed: the worker may not even have reported the activity.
+            if Deployment.objects.filter(rollout=rollout, wave__index=0).exists():
+                event = stack.kill("worker", restart_after=restart_after)
+                self._fault("worker SIGKILLed after the pilot was assigned", pid=event.pid)
+        elif chaos == KILL_IN_HALT and self.fault_fired_at is None:
+            # The drill's worker writes the mark when it enters the halt step (and holds it there).
+            if self._stall_mark is not None and self._stall_mark.exists():
+                event = stack.kill("worker", restart_after=restart_after)
+                mark = json.loads(self._stall_mark.read_text())
+                self._fault("worker SIGKILLed inside the halt step", pid=event.pid, activity=mark.get("activity"))
+        elif chaos == KILL_MID_WAVE and self.fault_fired_at is None:
+            # The pilot wave is soaking: some of its devices already succeeded, the verdict is still to come.
+            if (
+                rollout.current_wave == 0
+                and Deployment.objects.filter(
+                    rollout=rollout, wave__index=0, status=DeploymentStatus.SUCCEEDED
+                ).exists()
+            ):
+                event = stack.kill("worker", restart_after=restart_after)
+                self._fault("worker SIGKILLed during the pilot's soak", pid=event.pid)
+        elif chaos == DROP_DB_CONNECTIONS:
+            self._drop_connections(rollout)
+
+    def _drop_connections(self, rollout: Rollout) -> None:
+        """DB_DROP_ROUNDS rounds, DB_DROP_SPACING_SECONDS apart, once the fleet wave's devices are updating."""
+        rounds = sum(1 for step in self.fault_steps if step["step"] == "database connections terminated")
+        if rounds >= DB_DROP_ROUNDS:
+            return
+        if self.fault_fired_at is None:
+            if (
+                rollout.current_wave < 1
+                or not Deployment.objects.filter(
+                    rollout=rollout, wave__index=1, status__in=DEPLOYMENT_IN_PROGRESS
+                ).exists()
+            ):
+                return
+        elif (datetime.now(UTC) - self.fault_fired_at).total_seconds() < rounds * DB_DROP_SPACING_SECONDS:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(TERMINATE_BACKENDS)
+            terminated = sum(1 for _pid, done in cursor.fetchall() if done)
+        self._fault("database connections terminated", connections=terminated, round=rounds + 1)
+
+    def _race_starts(self, world: World, stack: Stack) -> list[int]:
+        """Two operators start the two overlapping changes at the same instant, over HTTP, each on a web process."""
+        racers = [("otto", world.change), ("opal", world.rival_change)]
+        barrier = threading.Barrier(len(racers))
+        answers: list[dict[str, Any]] = [{} for _ in racers]
+
+        def race(index: int, name: str, change: Any) -> None:
+            port = stack.web_ports[index % len(stack.web_ports)]
+            barrier.wait()
+            sent = datetime.now(UTC)
+            status, body = _post_json(port, "/api/v1/rollouts/", {"change": change.pk}, token=world.tokens[name])
+            answers[index] = {
+                "operator": f"drill-{world.run_id}-{name}",
+                "change": change.pk,
+                "sent_at": sent.isoformat(),
+                "http_status": status,
+                "rollout_id": body.get("id") if status == 201 else None,
+                "detail": "" if status == 201 else str(body.get("detail") or body)[:300],
+            }
+
+        threads = [
+            threading.Thread(target=race, args=(index, name, change), name=f"racer-{name}")
+            for index, (name, change) in enumerate(racers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        started = [answer["rollout_id"] for answer in answers if answer["rollout_id"] is not None]
+        self.racing = {"starts": answers, "starts_succeeded": len(started)}
+        self.say(f"racing starts: {[(a['operator'], a['http_status']) for a in answers]}")
+        if not started:
+            raise DrillError(f"neither racing start succeeded: {answers}")
+        return sorted(started)
 
     def _maybe_roll_back(self, rollout: Rollout, world: World) -> None:
         """The rehearsal: once the second wave has updated devices, the operator rolls back (the API's path)."""
@@ -497,8 +795,10 @@ class Drill:
 
     # --- the report ----------------------------------------------------------------------------------------------
 
-    def _report(self, world: World, fleet: Fleet, rollout_id: int) -> dict[str, Any]:
-        rollout = Rollout.objects.get(pk=rollout_id)
+    def _report(self, world: World, fleet: Fleet, stack: Stack) -> dict[str, Any]:
+        self._sampled_at = 0.0
+        self._sample_doubly_held()  # and once more at the very end
+        rollout = Rollout.objects.get(pk=self.rollout_ids[0])
         deployments = Deployment.objects.filter(rollout=rollout)
         updates = deployments.filter(kind=DeploymentKind.UPDATE)
         rollbacks = deployments.filter(kind=DeploymentKind.ROLLBACK)
@@ -540,17 +840,7 @@ class Drill:
             restored = rollbacks.filter(status=DeploymentStatus.SUCCEEDED).count()
             if needing == restored and not facts["exposed_ending_on_bad_release"]:
                 restore = round(((last or restore_from) - restore_from).total_seconds(), 1)
-        duplicated = sum(
-            n - 1
-            for n in deployments.values("device_id", "kind").annotate(n=Count("id")).values_list("n", flat=True)
-            if n > 1
-        )
-        lost = deployments.exclude(status__in=DEPLOYMENT_TERMINAL).count()
-        if rollout.status == RolloutStatus.COMPLETED:
-            lost += Device.objects.filter(pk__in=world.device_ids).exclude(pk__in=updates.values("device_id")).count()
-        if rollout.status == RolloutStatus.ROLLED_BACK:
-            needing_rollback = updates.filter(status__in=rollout_services.TOOK_NEW_IMAGE).values("device_id")
-            lost += needing_rollback.exclude(device_id__in=rollbacks.values("device_id")).count()
+        facts = {**facts, **self._chaos_figures(world, fleet, stack)}
         offline_db = Device.objects.filter(pk__in=world.device_ids, last_seen_at__isnull=True)
         waves = list(rollout.waves.order_by("index").values_list("status", flat=True))
         return {
@@ -593,8 +883,25 @@ class Drill:
             "download_overhead_ratio": facts["download_overhead_ratio"],
             "resumed_downloads": facts["resumed_downloads"],
             "downloads": facts["downloads"],
-            "lost_deployments": lost,
-            "duplicated_deployments": duplicated,
+            "lost_deployments": facts["lost_deployments"],
+            "duplicated_deployments": facts["duplicated_deployments"],
+            "doubly_held_devices": facts["doubly_held_devices"],
+            "doubly_held_most_at_once": facts["doubly_held_most_at_once"],
+            "doubly_held_samples": facts["doubly_held_samples"],
+            "rollout_ended": facts["rollout_ended"],
+            "rollouts": facts["rollouts"],
+            "threshold_crossed_at": facts["threshold_crossed_at"],
+            "last_offer_of_failing_release_at": facts["last_offer_of_failing_release_at"],
+            "seconds_threshold_to_last_offer": facts["seconds_threshold_to_last_offer"],
+            "offers_of_failing_release_after_threshold": facts["offers_of_failing_release_after_threshold"],
+            "bad_release_sha256": world.new.artifact.sha256 if self.scenario.bad_release else None,
+            "chaos": self.scenario.chaos or None,
+            "chaos_steps": self.fault_steps,
+            "racing": self.racing,
+            "process_events": [event.as_dict() for event in stack.events],
+            "worker_kills": sum(1 for e in stack.events if e.process == "worker" and e.event == "killed"),
+            "process_restarts": sum(1 for e in stack.events if e.event == "restarted"),
+            "watch_timed_out": self.watch_timed_out,
             "bricked_devices": facts["bricked_devices"],
             "bricked_serials": facts["bricked_serials"],
             "power_losses": facts["power_losses"],
@@ -612,7 +919,96 @@ class Drill:
             "audit_chain_ok": chain_verify().ok,
         }
 
+    def _chaos_figures(self, world: World, fleet: Fleet, stack: Stack) -> dict[str, Any]:
+        """Lost, duplicated and doubly-held deployments over every rollout of the drill, and how long the failing
+        release was still offered after its wave crossed the failure threshold (rollouts.drill_checks)."""
+        rollouts = list(Rollout.objects.filter(pk__in=self.rollout_ids).select_related("change").order_by("pk"))
+        facts = [
+            DeploymentFact(*row)
+            for row in Deployment.objects.filter(rollout_id__in=self.rollout_ids).values_list(
+                "rollout_id", "device_id", "kind", "status"
+            )
+        ]
+        ended = all(rollout.status in ROLLOUT_TERMINAL for rollout in rollouts)
+        lost: int | None = 0
+        for rollout in rollouts:
+            in_scope = set(
+                scope_devices(rollout.change.target_scope).filter(pk__in=world.device_ids).values_list("pk", flat=True)
+            )
+            mine = lost_deployments(
+                rollout_status=rollout.status,
+                in_scope=in_scope,
+                deployments=[fact for fact in facts if fact.rollout_id == rollout.pk],
+            )
+            lost = None if lost is None or mine is None else lost + mine
+        crossed = last_offer = None
+        after = 0
+        if self.scenario.bad_release:
+            wave_plan = self.plan["waves"][0]
+            pilot = Deployment.objects.filter(rollout=rollouts[0], kind=DeploymentKind.UPDATE, wave__index=0)
+            reports = [
+                FinishedReport(finished_at, is_failure(status))
+                for finished_at, status in pilot.filter(
+                    finished_at__isnull=False, status__in=[DeploymentStatus.SUCCEEDED, *DEPLOYMENT_FAILURES]
+                ).values_list("finished_at", "status")
+            ]
+            crossed = threshold_crossed_at(
+                reports,
+                total=pilot.count(),
+                min_sample=wave_plan["min_sample"],
+                failure_threshold=wave_plan["failure_threshold"],
+            )
+            bad_sha256 = world.new.artifact.sha256
+            last_offer = last_offer_at(fleet.offers, bad_sha256)
+            if crossed is not None:
+                after = sum(1 for offer in fleet.offers if offer.sha256 == bad_sha256 and offer.at > crossed)
+        return {
+            "rollout_ended": ended and not self.watch_timed_out,
+            "rollouts": [
+                {"rollout_id": r.pk, "change": r.change_id, "status": r.status, "reason": r.status_reason}
+                for r in rollouts
+            ],
+            "lost_deployments": lost,
+            "duplicated_deployments": duplicated_deployments(facts),
+            "doubly_held_devices": len(self.doubly_held_seen),
+            "doubly_held_most_at_once": self.doubly_held_most,
+            "doubly_held_samples": self.doubly_held_samples,
+            "threshold_crossed_at": crossed.isoformat() if crossed else None,
+            "last_offer_of_failing_release_at": last_offer.isoformat() if last_offer else None,
+            "seconds_threshold_to_last_offer": seconds_between(crossed, last_offer),
+            "offers_of_failing_release_after_threshold": after if self.scenario.bad_release else None,
+        }
+
+
+def _post_json(port: int, path: str, payload: dict[str, Any], *, token: str | None = None) -> tuple[int, dict]:
+    """POST JSON to a web process of the drill's stack; (HTTP status, decoded body)."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Token {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=json.dumps(payload).encode(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status, raw = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        body = {"detail": raw[:300].decode(errors="replace")}
+    return status, body if isinstance(body, dict) else {"detail": body}
+
+
+def drill_checks(report: dict[str, Any]) -> list[Check]:
+    """The acceptance checks of a drill report (its scenario says which outcome it expects)."""
+    return acceptance_checks(report, expected_status=SCENARIOS[report["scenario"]].expected_status)
+
 
 def run_drill(options: DrillOptions) -> dict[str, Any]:
-    """Run one drill and return its report (raises DrillError when it could not run)."""
-    return Drill(options).run()
+    """Run one drill and return its report with its acceptance checks (raises DrillError when it could not run)."""
+    report = Drill(options).run()
+    checks = drill_checks(report)
+    report["checks"] = [check.as_dict() for check in checks]
+    report["checks_passed"] = all(check.ok for check in checks)
+    return report

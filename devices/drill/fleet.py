@@ -17,7 +17,9 @@ import logging
 import random
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss
 from devices.agent.state import STATE_FILE
@@ -57,6 +59,43 @@ class FleetSettings:
     bad_sha256: str | None = None
 
 
+@dataclass(frozen=True)
+class OfferSeen:
+    """A check-in answer that offered this device a deployment, as the device received it (fleet-side clock)."""
+
+    at: datetime
+    serial: str
+    deployment_id: int
+    sha256: str
+    release_version: str
+
+
+class OfferRecordingTransport(AsyncHttpTransport):
+    """The agent's asyncio transport, noting every offer a check-in answer carries (accepted or not): when the
+    server last offered a release is known on the devices' side, whatever the server recorded."""
+
+    def __init__(self, server: str, serial: str, secret: str, *, offers: list[OfferSeen], timeout: float = 30.0):
+        super().__init__(server, serial, secret, timeout=timeout)
+        self.serial = serial
+        self.offers = offers
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await super().post_json(path, body)
+        offer = answer.get("offer") if path.rstrip("/").endswith("/checkin") else None
+        if offer:
+            artifact = offer.get("artifact") or {}
+            self.offers.append(
+                OfferSeen(
+                    datetime.now(UTC),
+                    self.serial,
+                    int(offer["deployment_id"]),
+                    str(artifact.get("sha256", "")),
+                    str(offer.get("release_version", "")),
+                )
+            )
+        return answer
+
+
 @dataclass
 class SimulatedDevice:
     """One unit of the fleet: its fate, its transport (counters survive power losses) and its current agent."""
@@ -94,8 +133,11 @@ class Fleet:
         self.settings = settings
         self.proxy = proxy  # started on the fleet's loop before the first device powers on
         self.devices: list[SimulatedDevice] = []
+        self.offers: list[OfferSeen] = []  # appended on the fleet's loop; read once the fleet stopped
         for spec in specs:
-            transport = AsyncHttpTransport(settings.server_url, spec.serial, spec.secret, timeout=settings.timeout)
+            transport = OfferRecordingTransport(
+                settings.server_url, spec.serial, spec.secret, offers=self.offers, timeout=settings.timeout
+            )
             self.devices.append(SimulatedDevice(spec, fates[spec.serial], settings.state_root / spec.serial, transport))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

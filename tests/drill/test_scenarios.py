@@ -14,31 +14,13 @@ from django.conf import settings
 from approvals.models import DecisionRecord
 from devices.models import Device
 from rollouts.choices import DeploymentKind, DeploymentStatus
-from rollouts.drill import DrillError, DrillOptions, run_drill, validate_options
+from rollouts.drill import DrillError, DrillOptions, validate_options
 from rollouts.models import Deployment
 from tests.temporal_support import REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ZEROS = ("lost_deployments", "duplicated_deployments", "bricked_devices", "agent_errors", "updated_disagreements")
-
-
-@pytest.fixture
-def drill(temporal_settings, temporal_dev_server):
-    """drill(scenario, devices) -> the report of a drill on the session's Temporal dev server."""
-
-    def _run(scenario: str, devices: int) -> dict:
-        options = DrillOptions(
-            scenario=scenario,
-            devices=devices,
-            seed=7,
-            web_processes=1,
-            temporal_address=temporal_dev_server.address,
-            timeout_seconds=180,
-        )
-        return run_drill(options)
-
-    return _run
 
 
 def assert_clean(report: dict) -> None:

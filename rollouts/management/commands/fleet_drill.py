@@ -1,4 +1,7 @@
-"""`python manage.py fleet_drill --scenario NAME --devices N [--seed S] [--json]`: a rollout drill on the real stack."""
+"""`python manage.py fleet_drill --scenario NAME --devices N [--seed S] [--json]`: a rollout drill on the real stack.
+
+Exit status: 0 when every acceptance check of the report held, 1 when one failed (the checks are printed, or listed
+under "checks" in the JSON report), and the usual CommandError status when the drill could not run at all."""
 
 from __future__ import annotations
 
@@ -33,7 +36,11 @@ SUMMARY_KEYS = (
     "resumed_downloads",
     "lost_deployments",
     "duplicated_deployments",
+    "doubly_held_devices",
+    "seconds_threshold_to_last_offer",
     "bricked_devices",
+    "worker_kills",
+    "process_restarts",
     "audit_chain_ok",
     "wall_clock_seconds",
 )
@@ -43,7 +50,9 @@ class Command(BaseCommand):
     help = (
         "Run a fleet drill: provision drill users, devices and releases through the services, start the Temporal "
         "dev server, a worker and web processes, put N reference agents behind a fault proxy, run an approved "
-        "rollout and report what the database and the devices say. Scenarios: " + ", ".join(SCENARIOS) + "."
+        "rollout and report what the database and the devices say; exit 1 if an acceptance check failed. Scenarios: "
+        + ", ".join(SCENARIOS)
+        + "."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -99,10 +108,16 @@ class Command(BaseCommand):
                 self._say(f"  {key:<38} {report.get(key)}")
             if report.get("offline_serials"):
                 self._say(f"  offline devices: {', '.join(report['offline_serials'])}")
+            for event in report.get("process_events") or []:
+                self._say(f"  {event['at']} {event['process']} {event['event']} (pid {event['pid']})")
+        say = self._say_to_stderr if as_json else self._say
+        say("Acceptance checks:")
+        for check in report["checks"]:
+            say(f"  [{'ok' if check['ok'] else 'FAILED'}] {check['name']}: {check['value']}")
         self.stdout.flush()
         # Temporal's client threads can crash at interpreter exit (sdk-python#300): leave without teardown.
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(0 if report["checks_passed"] else 1)
 
     def _say(self, message: str) -> None:
         self.stdout.write(message)
