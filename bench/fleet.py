@@ -56,7 +56,7 @@ def build_fleet(devices: int, *, tag: str, single_wave: bool = False) -> dict[st
     Device.tags.through.objects.bulk_create([Device.tags.through(device_id=i, tag_id=pilot.pk) for i in ids])
     requester = bench_user("bench-requester", "requester")
     releases = []
-    for version, counter in (("1.0.0", 1), (f"2.0.0-{tag}", 2)):
+    for version, counter in (("1.0.0", 1), (f"2.0.0-{tag}", 1)):
         release = (
             _release(requester, version, counter, model.name) if version != "1.0.0" else _old_release(requester, model)
         )

@@ -14,7 +14,6 @@ BULK_SUCCESS_EVERY = 0.5  # seconds between the simulated fleet's bulk outcome w
 def _complete_everything(rollout_id: int) -> None:
     """Every offered or pending update deployment of the rollout succeeds (the fleet's outcomes, in bulk)."""
     from django.db import transaction
-    from django.db.models import F
     from django.utils import timezone
 
     from devices.models import Device
@@ -25,9 +24,7 @@ def _complete_everything(rollout_id: int) -> None:
         open_rows = Deployment.objects.filter(rollout_id=rollout_id).exclude(status__in=DEPLOYMENT_TERMINAL)
         device_ids = list(open_rows.values_list("device_id", flat=True))
         open_rows.update(status=DeploymentStatus.SUCCEEDED, finished_at=timezone.now())
-        Device.objects.filter(pk__in=device_ids).update(
-            installed_version="2.0.0", installed_release_counter=F("installed_release_counter") + 1
-        )
+        Device.objects.filter(pk__in=device_ids).update(installed_version="2.0.0")
 
 
 async def _history_events(client: Any, workflow_id: str) -> tuple[int, int, int]:

@@ -36,6 +36,7 @@ def bench_assignment(devices: int) -> dict[str, Any]:
 
     from bench.fleet import build_fleet
     from rollouts import rollout_services as steps
+    from rollouts.assignment import NewDeployment, insert_deployments
     from rollouts.models import Deployment, Rollout
 
     settings.TEMPORAL_ENABLED = False
@@ -43,7 +44,7 @@ def bench_assignment(devices: int) -> dict[str, Any]:
     fleet = build_fleet(devices, tag=tag, single_wave=True)
     rollout = steps.rollout_start(actor=fleet["operator"], change=fleet["change"])
     started = time.perf_counter()
-    assigned = steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    assigned = steps.wave_assign(rollout_id=rollout.pk, wave_index=0).assigned
     assign_seconds = time.perf_counter() - started
 
     rows = list(Deployment.objects.filter(rollout=rollout).values_list("device_id", "wave_id", "release_id"))
@@ -60,10 +61,10 @@ def bench_assignment(devices: int) -> dict[str, Any]:
         Deployment.objects.bulk_create(objects, batch_size=5000)
     orm_seconds = time.perf_counter() - started
     Deployment.objects.filter(rollout=rollout).delete()
-    copy_rows = [(rollout.pk, wave, device, release, "update", now, now) for device, wave, release in rows]
+    copy_rows = [NewDeployment(rollout.pk, wave, device, release, "update", now, now) for device, wave, release in rows]
     started = time.perf_counter()
     with transaction.atomic():
-        steps.insert_deployments(copy_rows)
+        insert_deployments(copy_rows)
     copy_seconds = time.perf_counter() - started
     Rollout.objects.filter(pk=rollout.pk).update(status="aborted")
     return {

@@ -434,7 +434,9 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
     say(f"issued {len(specs)} device credentials")
     requester = users["requester"]
     old = _release(requester, old_version, 1, models, images["old"], run_id)
-    new = _release(requester, new_version, 2, models, images["new"], run_id)
+    new = _release(
+        requester, new_version, 1, models, images["new"], run_id
+    )  # same security epoch: 1.0 stays a valid rollback
     change = _approved_change(options, users, run_id, {"hardware_models": models}, new, old, plan)
     rival = None
     if tokens:
