@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -20,6 +19,7 @@ from approvals.choices import ChangeStatus
 from approvals.records import record_decision
 from devices.choices import DeviceStatus
 from devices.models import Device
+from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, InvalidInput
 from rollouts.choices import (
     DEPLOYMENT_PROGRESS,
@@ -147,7 +147,7 @@ def _end_unstarted(deployment: Deployment, refusal: Refusal, now: datetime) -> N
     )
 
 
-@transaction.atomic
+@atomic_with_retry()
 def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployment | None:
     """The deployment to offer a checking-in device now, if any: rollbacks first, respecting pause, halt, the
     breaker, pacing, the region's maintenance window and the plan's concurrent-download limit.
@@ -235,7 +235,7 @@ _WAVE_FAILURES = (DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK)
 _LATE_SUCCESS_FROM = (DeploymentStatus.TIMED_OUT, DeploymentStatus.CANCELLED)
 
 
-@transaction.atomic
+@atomic_with_retry()
 def deployment_report(
     *, device: Device, deployment_id: int, report: Report, now: datetime | None = None
 ) -> ReportOutcome:

@@ -7,6 +7,8 @@ retries activities, so repeating a step must change nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,9 +24,11 @@ from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest, DecisionRecord
 from approvals.plans import plan_hash, wave_sizes
 from approvals.records import record_decision
+from approvals.security import SecurityEventKind, security_event
 from devices.models import Region
 from devices.scope import scope_devices
-from ota_project.errors import Conflict, InvalidInput, NotPermitted
+from ota_project.db import atomic_with_retry
+from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.roles import Role, has_role, roles_of
 from rollouts.action_tokens import action_token_mint, action_token_spend
 from rollouts.assignment import NewDeployment, insert_deployments
@@ -109,13 +113,20 @@ def _serialise_starts() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_START_LOCK_KEY])
 
 
-@transaction.atomic
+@atomic_with_retry()
 def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
     """Start the rollout of an approved change: an operator who is not its author, inside its window, no overlap.
 
     Starts are serialised (one advisory lock, taken first), so two operators starting overlapping changes at the
     same instant cannot both pass the overlap check; the partial unique index on active deployments backs it up.
     `start_workflow=False` only records the start (the demo history plays its steps through the services)."""
+    with _refusals_recorded(
+        SecurityEventKind.START_REFUSED, "rollouts.rollout_start", actor=actor, subject=f"change:{change.pk}"
+    ):
+        return _rollout_start(actor=actor, change=change, start_workflow=start_workflow)
+
+
+def _rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool) -> Rollout:
     _serialise_starts()
     change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
     if not has_role(actor, Role.OPERATOR):
@@ -697,7 +708,24 @@ HUMAN_ACTIONS = ("promote", "abort", "rollback", "pause", "resume")
 
 def workflow_step_forged(*, rollout_id: int | None, message: str) -> NotPermitted:
     """A workflow step or action the database does not back: refused for good, and evidence of tampering."""
-    return NotPermitted(f"Refused for rollout {rollout_id}: {message}", code="forged_action")
+    text = f"Refused for rollout {rollout_id}: {message}"
+    security_event(
+        kind=SecurityEventKind.ACTION_FORGED,
+        source="rollouts.workflow_step",
+        message=text,
+        subject=f"rollout:{rollout_id}",
+    )
+    return NotPermitted(text, code="forged_action")
+
+
+@contextmanager
+def _refusals_recorded(kind: str, source: str, *, actor: AbstractBaseUser | None, subject: str) -> Iterator[None]:
+    """Every refusal (DomainError) raised inside becomes a security event before it propagates."""
+    try:
+        yield
+    except DomainError as exc:
+        security_event(kind=kind, source=source, message=exc.message, actor=actor, subject=subject)
+        raise
 
 
 def _forged(rollout: Rollout, message: str) -> NotPermitted:
@@ -726,14 +754,24 @@ def human_action_authorize(
     rollout = Rollout.objects.select_for_update(of=("self",)).select_related("change").get(pk=rollout_id)
     if action not in HUMAN_ACTIONS:
         raise InvalidInput(f"Unknown action {action}.")
-    action_token_spend(
-        token=token, actor_id=actor_id, rollout_id=rollout_id, action=action, wave_index=wave_index, now=timezone.now()
-    )
+    subject = f"rollout:{rollout_id} {action} as user {actor_id}"
+    with _refusals_recorded(SecurityEventKind.ACTION_FORGED, "rollouts.human_action", actor=None, subject=subject):
+        action_token_spend(
+            token=token,
+            actor_id=actor_id,
+            rollout_id=rollout_id,
+            action=action,
+            wave_index=wave_index,
+            now=timezone.now(),
+        )
     actor = get_user_model().objects.filter(pk=actor_id, is_active=True).first()
-    if actor is None or not has_role(actor, Role.OPERATOR):
-        raise NotPermitted("Only operators act on rollouts.")
-    if rollout.change.author_id == actor.pk:
-        raise NotPermitted("You are the author of this change; someone else must decide on its rollout.")
+    with _refusals_recorded(
+        SecurityEventKind.ACTION_UNAUTHORISED, "rollouts.human_action", actor=actor, subject=subject
+    ):
+        if actor is None or not has_role(actor, Role.OPERATOR):
+            raise NotPermitted("Only operators act on rollouts.")
+        if rollout.change.author_id == actor.pk:
+            raise NotPermitted("You are the author of this change; someone else must decide on its rollout.")
     if action == "promote":
         refusal = _promotable(rollout, wave_index)
         if refusal:

@@ -532,6 +532,12 @@ class Agent:
             "kpis": {},
         }
         self.store.partial_path.unlink(missing_ok=True)
+        committed = int(self.state["slots"][self.state["active_slot"]]["release_counter"])
+        if int(offer["release_counter"]) < committed:
+            # Anti-rollback on the device too: whatever the server offers, the committed counter never goes down.
+            detail = f"anti_rollback: offered counter {offer['release_counter']} is below the committed {committed}"
+            self._finish("failed", finished=True, failure_class="anti_rollback", detail=detail)
+            return
         self._phase("downloading", download_offset=0)
 
     def _deadline_passed(self, dep: dict[str, Any]) -> bool:

@@ -20,6 +20,23 @@ class RolloutActionSerializer(InputSerializer):
     wave_index = serializers.IntegerField(min_value=0, max_value=100, required=False, default=-1)
 
 
+class ActionTokenRequestSerializer(RolloutActionSerializer):
+    """Which action the token is for (it proves this person asked for exactly this, once, for a few minutes)."""
+
+    action = serializers.ChoiceField(choices=["promote", "abort", "rollback", "pause", "resume"])
+
+
+class ActionTokenSerializer(serializers.Serializer):
+    """A proof of the signed-in person for one rollout action, and the `temporal` command that uses it."""
+
+    token = serializers.CharField()
+    expires_in_seconds = serializers.IntegerField()
+    workflow_id = serializers.CharField()
+    update = serializers.CharField()
+    input = serializers.DictField()
+    command = serializers.CharField()
+
+
 class WaveSerializer(serializers.ModelSerializer):
     class Meta:
         model = Wave

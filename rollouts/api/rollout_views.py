@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import asdict
 from typing import Any
 
@@ -15,10 +17,13 @@ from rest_framework.response import Response
 
 from approvals.selectors import change_get_for_user
 from ota_project.exceptions import error_body
-from ota_project.roles import Role
+from ota_project.roles import Role, roles_of
 from ota_project.serializers import ApiErrorSerializer
 from rollouts import rollout_services
+from rollouts.action_tokens import TOKEN_TTL
 from rollouts.api.rollout_serializers import (
+    ActionTokenRequestSerializer,
+    ActionTokenSerializer,
     DeploymentSerializer,
     RolloutActionSerializer,
     RolloutSerializer,
@@ -75,7 +80,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     serializer_class = RolloutSerializer
     filterset_class = RolloutFilter
-    action_roles = {name: (Role.OPERATOR,) for name in ("create", *rollout_services.HUMAN_ACTIONS)}
+    action_roles = {name: (Role.OPERATOR,) for name in ("create", "action_token", *rollout_services.HUMAN_ACTIONS)}
 
     def get_queryset(self) -> Any:
         return Rollout.objects.select_related("release", "rollback_release", "started_by").prefetch_related("waves")
@@ -126,6 +131,42 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return Response(_status_data(result))
+
+    @extend_schema(request=ActionTokenRequestSerializer, responses={201: ActionTokenSerializer})
+    @action(detail=True, methods=["post"], url_path="action-token")
+    def action_token(self, request: Request, pk: str) -> Response:
+        """Mint the proof a `temporal workflow update` needs: bound to you, this rollout, action and wave; 5 minutes,
+        usable once. The answer includes the ready-to-run `temporal` command."""
+        data = ActionTokenRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        rollout = self.get_object()
+        fields = data.validated_data
+        token = rollout_services.action_token_issue(
+            actor=request.user,
+            rollout=rollout,
+            action=fields["action"],
+            reason=fields["reason"],
+            wave_index=fields["wave_index"],
+        )
+        update_input = {
+            "actor_id": request.user.pk,
+            "actor_roles": sorted(roles_of(request.user)),
+            "reason": fields["reason"],
+            "wave_index": fields["wave_index"],
+            "token": token,
+        }
+        body = {
+            "token": token,
+            "expires_in_seconds": int(TOKEN_TTL.total_seconds()),
+            "workflow_id": rollout.workflow_id,
+            "update": fields["action"],
+            "input": update_input,
+            "command": (
+                f"temporal workflow update execute --workflow-id {rollout.workflow_id} --name {fields['action']} "
+                f"--input {shlex.quote(json.dumps(update_input, separators=(',', ':')))}"
+            ),
+        }
+        return Response(ActionTokenSerializer(body).data, status=status.HTTP_201_CREATED)
 
     promote = _action_view("promote")
     pause = _action_view("pause")
