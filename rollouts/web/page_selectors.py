@@ -35,7 +35,7 @@ from rollouts.choices import (
 )
 from rollouts.health import deployment_health
 from rollouts.kpis import percent
-from rollouts.models import Deployment, HealthSample, Rollout
+from rollouts.models import Deployment, HealthSample, Rollout, Wave
 from rollouts.web.trace_selectors import records_about
 from workflows import policy
 from workflows.types import Gate, Verdict, WaveHealth, WavePlan
@@ -296,6 +296,33 @@ def failure_breakdown(rollout: Rollout) -> list[FailureRow]:
         FailureRow(model, status, failure_class or "unspecified", n)
         for model, status, failure_class, n in rows[:FAILURE_ROWS]
     ]
+
+
+@dataclass
+class SetAside:
+    """Deployments ended without an attempt, grouped by why: skipped (the device no longer qualified or was busy)
+    or withdrawn (the breaker tripped, the device was quarantined, the change closed)."""
+
+    status: str
+    reason: str
+    count: int
+
+
+def set_aside_breakdown(rollout: Rollout) -> list[SetAside]:
+    """Skipped and withdrawn deployments by reason, most first (the reason is stored on each deployment)."""
+    rows = (
+        Deployment.objects.filter(rollout=rollout, status__in=(DeploymentStatus.SKIPPED, DeploymentStatus.CANCELLED))
+        .order_by()
+        .values_list("status", "detail")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "status", "detail")
+    )
+    return [SetAside(status, detail or "no reason recorded", n) for status, detail, n in rows[:FAILURE_ROWS]]
+
+
+def tripped_breakers(rollout: Rollout) -> list[Wave]:
+    """Waves whose breaker tripped: from then on the release was offered nowhere, whatever the workflow did."""
+    return list(Wave.objects.filter(rollout=rollout, breaker_tripped_at__isnull=False).order_by("index"))
 
 
 @dataclass

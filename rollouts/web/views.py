@@ -63,6 +63,8 @@ def _live_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "update_states": page_selectors.state_counts(rollout, DeploymentKind.UPDATE),
         "rollback_states": page_selectors.state_counts(rollout, DeploymentKind.ROLLBACK),
         "failures": failures,
+        "set_aside": page_selectors.set_aside_breakdown(rollout),
+        "breakers": page_selectors.tripped_breakers(rollout),
         "gate": page_selectors.gate_view(rollout, waves),
         "runbook": page_selectors.runbook_steps(rollout, waves, failures),
         "charts": page_selectors.health_charts(rollout, waves),

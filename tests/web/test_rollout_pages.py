@@ -483,3 +483,17 @@ def test_pause_resume_and_promote_through_the_page_reach_the_workflow(
     assert Deployment.objects.filter(rollout=rollout, kind=DeploymentKind.UPDATE, status="succeeded").count() == 20
     done = html_of(client.get(f"/rollouts/{rollout.pk}/"))
     assert "hx-trigger" not in done and "nothing more can be done" in done
+
+
+def test_dashboard_shows_the_tripped_breaker_and_why_devices_were_set_aside(rollout, operator):
+    plan = rollout.plan
+    plan["waves"][0]["min_sample"] = 1  # the pilot is judged after its first device
+    Rollout.objects.filter(pk=rollout.pk).update(plan=plan)
+    play_wave(rollout, 0, [FAIL_BOOT])
+    other = Deployment.objects.filter(rollout=rollout, status="pending").select_related("device").first()
+    assert deployment_offer(device=other.device) is None  # withdrawn by the breaker, no workflow involved
+    html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
+    breaker = re.search(r'id="breaker-0">(.*?)</p>', html, re.S).group(1)
+    assert "Breaker tripped" in breaker and "crossed its failure threshold" in breaker
+    set_aside = re.search(r'id="set-aside-heading".*?</section>', html, re.S).group(0)
+    assert "withdrawn: the rollout&#x27;s failure threshold was crossed" in set_aside
