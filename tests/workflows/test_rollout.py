@@ -387,3 +387,31 @@ async def test_a_pause_racing_an_abort_is_refused_once_the_abort_is_authorized(t
 
     assert result.phase == Phase.ABORTED
     assert [d.action for d in fleet.decisions] == [Update.ABORT]
+
+
+async def test_a_pause_accepted_with_a_promotion_shows_in_the_database_at_the_next_wave(time_env):
+    """Promote and pause race at an open gate; both are accepted. The next run must project where it really is
+    (wave 1, paused) instead of leaving the database at wave 0 until a resume."""
+    slow_database = asyncio.Event()
+    fleet = FakeFleet(waves=[finishing(10, ticks=2), finishing(100, ticks=2)], authorize_gate=slow_database)
+    plan = [wave("pilot", promotion="manual"), wave("fleet")]
+    async with fleet_worker(time_env.client, fleet) as task_queue:
+        handle = await start(time_env.client, rollout_input(plan), task_queue)
+        await wait_for(time_env, handle, lambda s: s.gate == Gate.PROMOTION)
+        promote = asyncio.create_task(update(handle, Update.PROMOTE, operator(wave_index=0, reason="go")))
+        while Activity.HUMAN_ACTION_AUTHORIZE not in fleet.names():
+            await asyncio.sleep(0.02)
+        pause = asyncio.create_task(update(handle, Update.PAUSE, operator(reason="shift change")))
+        await asyncio.sleep(0.3)
+        slow_database.set()
+        await promote
+        await pause
+        held = await wait_for(time_env, handle, lambda s: s.wave_index == 1, step_seconds=1)
+        assert (held.phase, held.paused) == (Phase.PAUSED, True)
+        for _ in range(100):
+            if fleet.phases[-1].wave_index == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert (fleet.phases[-1].phase, fleet.phases[-1].wave_index) == (Phase.PAUSED, 1)
+        assert 1 not in fleet.assign_calls
+        await handle.terminate("test over")
