@@ -54,7 +54,7 @@ def _file_change(page: Page) -> int:
     expect(page.get_by_role("heading", level=1)).to_have_text("New change request")
     page.get_by_label("Title").fill("Modem reconnect fix for tcu-4g-r2")
     page.get_by_label("Justification").fill("Units lose LTE after a tunnel handover and need a manual reset.")
-    page.get_by_label("Release to roll out").select_option(label="1.1.0 (counter 2)")
+    page.get_by_label("Release to roll out").select_option(label="1.1.0 (counter 1)")
     page.get_by_label("Rollback release").select_option(label="1.0.0 (counter 1)")
     page.get_by_label("tcu-4g-r2", exact=True).check()
     page.get_by_label(SAFETY_QUESTION).select_option(label="Yes")

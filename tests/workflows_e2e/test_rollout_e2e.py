@@ -53,13 +53,22 @@ def start(temporal_settings, requester, change_fields, cab_member, cab_member_2,
     return _start
 
 
-def _search_attributes(workflow_id: str):
-    """What operators filter on in the Temporal UI, as the server holds it now."""
+def _search_attributes(workflow_id: str, *, phase: str = "", seconds: float = 10.0):
+    """What operators filter on in the Temporal UI, as the server holds it now; with `phase`, once it shows it.
+
+    The workflow writes the database projection first and upserts its search attributes in the workflow task that
+    follows, so the server shows the phase a moment after the database does.
+    """
 
     async def describe():
         return (await (await temporal_client()).get_workflow_handle(workflow_id).describe()).typed_search_attributes
 
-    return in_temporal_loop(describe())
+    deadline = time.monotonic() + seconds
+    while True:
+        attributes = in_temporal_loop(describe())
+        if not phase or attributes.get(OTA_PHASE) == phase or time.monotonic() > deadline:
+            return attributes
+        time.sleep(0.2)
 
 
 def _no_duplicates(rollout: Rollout) -> None:
@@ -108,7 +117,7 @@ def test_manual_gate_waits_for_a_permitted_operator(start, operator, requester):
             lambda r: r.status == RolloutStatus.AWAITING_PROMOTION,
         )
         assert rollout.gate == "promotion" and not Deployment.objects.filter(rollout=rollout, wave__index=1).exists()
-        attributes = _search_attributes(rollout.workflow_id)
+        attributes = _search_attributes(rollout.workflow_id, phase="awaiting_promotion")
         assert attributes[OTA_PHASE] == "awaiting_promotion" and attributes[OTA_CHANGE_ID] == rollout.change_id
         requester.groups.add(Group.objects.get(name="operator"))  # the author holding the operator role
         from django.contrib.auth import get_user_model
