@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -36,21 +38,28 @@ def _redis_available() -> bool:
         return False
 
 
-@pytest.fixture
-def redis_worker():
-    """An in-process worker (solo pool) consuming a queue of its own on the Redis broker."""
+@contextmanager
+def redis_queue(prefix: str) -> Iterator[str]:
+    """A queue of its own on the Redis broker, published to from this process; the settings come back after."""
     if not _redis_available():
         pytest.fail(f"Redis is needed at {BROKER_URL} (make test starts it)")
     saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager", "task_default_queue")}
-    queue = f"ota-test-{uuid.uuid4().hex[:12]}"
+    queue = f"{prefix}-{uuid.uuid4().hex[:12]}"
     celery_app.conf.update(broker_url=BROKER_URL, task_always_eager=False, task_default_queue=queue)
     _fresh_connections()
     try:
-        with start_worker(celery_app, pool="solo", perform_ping_check=False, queues=[queue], shutdown_timeout=20):
-            yield queue
+        yield queue
     finally:
         celery_app.conf.update(saved)
         _fresh_connections()
+
+
+@pytest.fixture
+def redis_worker():
+    """An in-process worker (solo pool) consuming a queue of its own on the Redis broker."""
+    with redis_queue("ota-test") as queue:
+        with start_worker(celery_app, pool="solo", perform_ping_check=False, queues=[queue], shutdown_timeout=20):
+            yield queue
 
 
 def _wait_for(condition, timeout: float = 30.0) -> bool:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,8 @@ from django.utils import timezone
 
 from devices import telemetry
 from devices.models import TelemetryBatch, TelemetrySample
-from ota_project.celery import app as celery_app
 from tests.factories import DeviceFactory
-from tests.test_celery_worker import BROKER_URL, _fresh_connections, _redis_available, _wait_for
+from tests.test_celery_worker import BROKER_URL, _wait_for, redis_queue
 
 REDELIVERY_BUDGET_SECONDS = 60
 
@@ -75,25 +73,16 @@ def _being_processed(batch_pk: int) -> bool:
 
 
 @pytest.fixture
-def redis_queue():
+def crash_queue():
     """A queue of its own on the Redis broker, published to from this process."""
-    if not _redis_available():
-        pytest.fail(f"Redis is needed at {BROKER_URL} (make test starts it)")
-    saved = {key: celery_app.conf[key] for key in ("broker_url", "task_always_eager", "task_default_queue")}
-    queue = f"ota-crash-{uuid.uuid4().hex[:12]}"
-    celery_app.conf.update(broker_url=BROKER_URL, task_always_eager=False, task_default_queue=queue)
-    _fresh_connections()
-    try:
+    with redis_queue("ota-crash") as queue:
         yield queue
-    finally:
-        celery_app.conf.update(saved)
-        _fresh_connections()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_whose_worker_was_killed_is_processed_by_the_next_worker_within_a_minute_once(redis_queue, tmp_path):
+def test_a_batch_whose_worker_was_killed_is_processed_by_the_next_worker_within_a_minute_once(crash_queue, tmp_path):
     slow = _start_worker(
-        redis_queue,
+        crash_queue,
         tmp_path,
         "doomed",
         "--include",
@@ -115,7 +104,7 @@ def test_a_batch_whose_worker_was_killed_is_processed_by_the_next_worker_within_
 
         # The next worker, with the beat that runs the stale-batch requeue (every 30 s by default).
         successor = _start_worker(
-            redis_queue, tmp_path, "successor", "--beat", "--schedule", str(tmp_path / "beat-schedule")
+            crash_queue, tmp_path, "successor", "--beat", "--schedule", str(tmp_path / "beat-schedule")
         )
         processed = _wait_for(
             lambda: TelemetryBatch.objects.filter(pk=batch.pk, processed_at__isnull=False).exists(),
