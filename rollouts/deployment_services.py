@@ -279,7 +279,7 @@ def deployment_report(
     if status == DeploymentStatus.SUCCEEDED:
         _commit_inventory(device, deployment, now)
     elif status in _WAVE_FAILURES and deployment.kind == DeploymentKind.UPDATE:
-        wave_breaker_check(wave_id=deployment.wave_id, now=now)
+        wave_breaker_check(wave_id=deployment.wave_id, now=now, system_actor="device_api")
     deployment.refresh_from_db()
     return ReportOutcome(deployment, applied=True)
 
@@ -384,7 +384,7 @@ def _apply_late_success(device: Device, deployment: Deployment, report: Report, 
     )
 
 
-def wave_breaker_check(*, wave_id: int, now: datetime) -> bool:
+def wave_breaker_check(*, wave_id: int, now: datetime, system_actor: str) -> bool:
     """Trip the wave's breaker if its failures crossed the failure threshold; True when tripped (now or before).
 
     Takes the wave row lock so concurrent failure reports are counted one after another (none can miss the
@@ -409,6 +409,6 @@ def wave_breaker_check(*, wave_id: int, now: datetime) -> bool:
         object_id=wave.rollout_id,
         after={"wave": wave.index, "counts": health_counts(health)},
         reason=reason,
-        system_actor="device_api",
+        system_actor=system_actor,
     )
     return True

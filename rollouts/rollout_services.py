@@ -446,7 +446,7 @@ def wave_health(*, rollout_id: int, wave_index: int) -> WaveHealth:
     deployments = wave.deployments.filter(kind=DeploymentKind.UPDATE)
     now = timezone.now()
     _expire_deadlines(deployments, now)
-    wave_breaker_check(wave_id=wave.pk, now=now)
+    wave_breaker_check(wave_id=wave.pk, now=now, system_actor=SYSTEM)
     health = deployment_health(deployments)
     Wave.objects.filter(pk=wave.pk).update(health=health_counts(health))
     Rollout.objects.filter(pk=rollout_id).update(last_health=health_counts(health))

@@ -25,7 +25,7 @@ from approvals.security import SecurityEventKind, security_event
 from devices.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
 from devices.selectors import LoadShaping
 from devices.services import device_record_report
-from ota_project.errors import Conflict, DomainError
+from ota_project.errors import DomainError
 from ota_project.exceptions import error_body
 from ota_project.parsers import SafeJSONParser
 from ota_project.serializers import ApiErrorSerializer
@@ -229,25 +229,20 @@ class StatusView(DeviceAPIView):
         body = StatusInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
         report = Report(**body.validated_data)
-        if report.seq < before.last_seq:
-            _device_event(
-                request,
-                kind=SecurityEventKind.DEVICE_STALE_REPORT,
-                endpoint="status",
-                subject=f"deployment:{deployment_id}",
-                message=f"Sequence number {report.seq} is older than the last applied report ({before.last_seq}).",
-            )
-            # From the past: a clear refusal (the device drops it); an exact replay of the last seq answers 200.
-            raise Conflict(
-                f"Sequence number {report.seq} is older than the last applied report ({before.last_seq}).",
-                code="stale_seq",
-                fields={"seq": [f"Must be at least {before.last_seq}."]},
-            )
         try:
             outcome = deployment_report(device=device, deployment_id=deployment_id, report=report)
         except DomainError as exc:
             if exc.code == "not_found":
                 raise exceptions.NotFound("No such deployment for this device.") from exc
+            if exc.code == "stale_seq":
+                # From the past (decided under the row lock by the service): the device drops it.
+                _device_event(
+                    request,
+                    kind=SecurityEventKind.DEVICE_STALE_REPORT,
+                    endpoint="status",
+                    subject=f"deployment:{deployment_id}",
+                    message=exc.message,
+                )
             raise
         # Decided under the deployment's row lock: of concurrent copies of one report exactly one says applied.
         after, applied = outcome.deployment, outcome.applied
