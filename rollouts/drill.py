@@ -398,7 +398,8 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
         "old": random.Random(f"old:{options.seed}").randbytes(size),
         "new": random.Random(f"new:{options.seed}:{run_id}").randbytes(size),
     }
-    old_version, new_version = f"1.0.0-drill.{run_id}", f"1.1.0-drill.{run_id}"
+    # "r" first: an all-digit run id with a leading zero (e.g. 012345) is not a valid semver pre-release part.
+    old_version, new_version = f"1.0.0-drill.r{run_id}", f"1.1.0-drill.r{run_id}"
     pilots = pilot_count(options.devices, SCENARIOS[options.scenario].pilot_share)
     stride = options.devices / pilots
     pilot_numbers = {int(i * stride) for i in range(pilots)}
