@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollouts.drill import DrillOptions, run_drill
+from rollouts.drill.run import DrillOptions, run_drill
 
 
 @pytest.fixture

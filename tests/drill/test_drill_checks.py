@@ -1,11 +1,11 @@
-"""The chaos figures and acceptance checks of a drill report, on hand-made data (rollouts.drill_checks)."""
+"""The chaos figures and acceptance checks of a drill report, on hand-made data (rollouts.drill.checks)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from rollouts.drill_checks import (
+from rollouts.drill.checks import (
     DeploymentFact,
     FinishedReport,
     acceptance_checks,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from devices.drill.proxy import FaultProxy, NetworkFaults
+from rollouts.drill.proxy import FaultProxy, NetworkFaults
 
 pytestmark = pytest.mark.asyncio
 

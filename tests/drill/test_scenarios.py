@@ -14,7 +14,7 @@ from django.conf import settings
 from approvals.models import DecisionRecord
 from devices.models import Device
 from rollouts.choices import DeploymentKind, DeploymentStatus
-from rollouts.drill import DrillError, DrillOptions, validate_options
+from rollouts.drill.run import DrillError, DrillOptions, validate_options
 from rollouts.models import Deployment
 from tests.temporal_support import REPO_ROOT, subprocess_env
 

@@ -1,5 +1,5 @@
 """The drill stack as a process manager: what dies or is killed comes back after its delay, and the record says
-when (devices.drill.stack.Supervisor on real child processes)."""
+when (rollouts.drill.stack.Supervisor on real child processes)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from devices.drill import stack as stack_module
-from devices.drill.stack import Child, Supervisor
+from rollouts.drill import stack as stack_module
+from rollouts.drill.stack import Child, Supervisor
 from tests.temporal_support import wait_until
 
 

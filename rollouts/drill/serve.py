@@ -1,4 +1,4 @@
-"""`python -m devices.drill.serve --port P`: the project's WSGI app on a small pooled WSGI server for drills.
+"""`python -m rollouts.drill.serve --port P`: the project's WSGI app on a small pooled WSGI server for drills.
 
 Why not `runserver`: it opens a database connection per request (and closes it), handles each connection on a
 new thread and queues only ten pending connections, so a fleet of thousands spends its time in SYN retries and
@@ -54,12 +54,12 @@ class PooledWSGIServer(WSGIServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m devices.drill.serve")
+    parser = argparse.ArgumentParser(prog="python -m rollouts.drill.serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args(argv)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "devices.drill.server_settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rollouts.drill.server_settings")
     from django.core.wsgi import get_wsgi_application
 
     application = get_wsgi_application()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from devices.drill.fleet import DeviceOutcome
+from rollouts.drill.fleet import DeviceOutcome
 
 # The keys every report has, in this order (issue #4); scenario-specific ones follow.
 REPORT_KEYS = (

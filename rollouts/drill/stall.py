@@ -1,6 +1,6 @@
 """A drill-only fault hook for the Temporal worker: stall one named activity before it runs.
 
-Used only by the drill's own worker entry point (`python -m rollouts.drill_worker`), never by the production
+Used only by the drill's own worker entry point (`python -m rollouts.drill.worker`), never by the production
 worker: it lets a chaos scenario catch the worker *inside* a given step (e.g. the halt) and SIGKILL it there. The
 first attempt of the activity announces itself by writing a mark file (the drill watches for it), then sleeps;
 later attempts (the retry after the kill) run at once, so the restarted worker does the step for real.

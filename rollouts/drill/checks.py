@@ -1,6 +1,6 @@
 """The chaos figures of a drill report and its acceptance checks, as pure functions over plain data.
 
-The drill (rollouts.drill) reads the rows from the database and the offers from the fleet; everything that turns
+The drill (rollouts.drill.run) reads the rows from the database and the offers from the fleet; everything that turns
 them into a figure lives here, so it is unit-tested on hand-made data (tests/drill/test_drill_checks.py):
 
 - lost deployments: a device in scope left without a deployment by a completed rollout, a device that took the

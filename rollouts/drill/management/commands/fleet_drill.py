@@ -15,8 +15,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devices.drill.progress import ProgressBar
-from rollouts.drill import SCENARIOS, DrillError, DrillOptions, run_drill, validate_options
+from rollouts.drill.progress import ProgressBar
+from rollouts.drill.run import SCENARIOS, DrillError, DrillOptions, run_drill, validate_options
 
 SUMMARY_KEYS = (
     "rollout_status",

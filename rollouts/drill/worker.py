@@ -1,7 +1,7 @@
-"""`python -m rollouts.drill_worker --stall ACTIVITY --stall-seconds N --stall-mark PATH`: the drill's worker.
+"""`python -m rollouts.drill.worker --stall ACTIVITY --stall-seconds N --stall-mark PATH`: the drill's worker.
 
 The production worker (`manage.py temporal_worker`) with one drill-only fault hook wired in through the client:
-devices.drill.stall.StallActivity holds the first attempt of one named activity for N seconds, after writing
+rollouts.drill.stall.StallActivity holds the first attempt of one named activity for N seconds, after writing
 PATH, so a chaos scenario can SIGKILL the worker inside that step. Only the drill's stack starts this entry point;
 it prints the same "polling task queue" line as the production worker, which the stack waits for.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rollouts.drill_worker")
+    parser = argparse.ArgumentParser(prog="python -m rollouts.drill.worker")
     parser.add_argument("--stall", required=True, help="Activity type to stall, e.g. rollouts.rollout_halt.")
     parser.add_argument("--stall-seconds", type=float, required=True)
     parser.add_argument("--stall-mark", type=Path, required=True, help="Written when the stall begins.")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from django.db import connections
     from temporalio.client import Client
 
-    from devices.drill.stall import StallActivity
+    from rollouts.drill.stall import StallActivity
     from workflows.client import temporal_client
     from workflows.worker import run_worker
 

@@ -26,9 +26,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss, TransportError
 from devices.choices import SIMULATED_TAG, DeviceStatus
 from devices.credentials import device_credential_issue, secret_hash
-from devices.drill.faults import DeviceFate, probe_for
 from devices.models import Device, DeviceCredential
 from ota_project.roles import Role
+from rollouts.drill.faults import DeviceFate, probe_for
 
 SUMMARY_SECONDS = 60.0
 WAIT_SECONDS = 5.0

@@ -11,10 +11,10 @@ Chaos scenarios add faults to the stack itself (issue #9): the Temporal worker S
 restarted by the stack's supervisor, the database connections of every process terminated mid-wave, two
 operators starting overlapping changes at the same instant over HTTP. Their figures (lost, duplicated and
 doubly-held deployments, seconds from the failure threshold to the last offer of the failing release) and the
-acceptance checks come from rollouts.drill_checks.
+acceptance checks come from rollouts.drill.checks.
 
-This module is where the drill crosses apps (approvals, devices, rollouts, workflows); devices.drill holds the
-app-independent parts (fleet, proxy, faults, stack, report).
+This module is where the drill crosses apps (approvals, devices, rollouts, workflows); the other modules of
+rollouts.drill hold the app-independent parts (fleet, proxy, faults, stack, report).
 """
 
 from __future__ import annotations
@@ -50,12 +50,6 @@ from approvals.choices import ChangeStatus
 from approvals.records import chain_verify
 from devices import services as device_services
 from devices.credentials import device_credential_issue
-from devices.drill.faults import DeviceFaults, plan_fates
-from devices.drill.fleet import DeviceSpec, Fleet, FleetSettings
-from devices.drill.progress import ProgressBar
-from devices.drill.proxy import FaultProxy, NetworkFaults
-from devices.drill.report import assemble, fleet_facts
-from devices.drill.stack import Stack
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
 from devices.scope import scope_devices
@@ -72,7 +66,7 @@ from rollouts.choices import (
     RolloutStatus,
     WaveStatus,
 )
-from rollouts.drill_checks import (
+from rollouts.drill.checks import (
     Check,
     DeploymentFact,
     FinishedReport,
@@ -85,6 +79,12 @@ from rollouts.drill_checks import (
     seconds_between,
     threshold_crossed_at,
 )
+from rollouts.drill.faults import DeviceFaults, plan_fates
+from rollouts.drill.fleet import DeviceSpec, Fleet, FleetSettings
+from rollouts.drill.progress import ProgressBar
+from rollouts.drill.proxy import FaultProxy, NetworkFaults
+from rollouts.drill.report import assemble, fleet_facts
+from rollouts.drill.stack import Stack
 from rollouts.models import Deployment, FirmwareRelease, Rollout
 from rollouts.services import release_create_from_chunks
 
@@ -127,7 +127,7 @@ class Scenario:
     expected_status: str = RolloutStatus.COMPLETED
     chaos: str = ""  # one of the chaos faults above
     restart_after_seconds: float = 5.0  # a killed process is started again this long after the kill
-    stall_activity: str = ""  # the drill's worker holds this activity's first attempt (devices.drill.stall)
+    stall_activity: str = ""  # the drill's worker holds this activity's first attempt (rollouts.drill.stall)
     stall_seconds: float = 60.0
     pilot_share: float = 0.01
     pilot_min_sample: int | None = None  # default: min(pilots, 10)
@@ -573,7 +573,7 @@ class Drill:
         return [
             sys.executable,
             "-m",
-            "rollouts.drill_worker",
+            "rollouts.drill.worker",
             "--stall",
             self.scenario.stall_activity,
             "--stall-seconds",
@@ -924,7 +924,7 @@ class Drill:
 
     def _chaos_figures(self, world: World, fleet: Fleet, stack: Stack) -> dict[str, Any]:
         """Lost, duplicated and doubly-held deployments over every rollout of the drill, and how long the failing
-        release was still offered after its wave crossed the failure threshold (rollouts.drill_checks)."""
+        release was still offered after its wave crossed the failure threshold (rollouts.drill.checks)."""
         rollouts = list(Rollout.objects.filter(pk__in=self.rollout_ids).select_related("change").order_by("pk"))
         facts = [
             DeploymentFact(*row)

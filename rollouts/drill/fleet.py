@@ -23,10 +23,10 @@ from typing import Any
 
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss
 from devices.agent.state import STATE_FILE
-from devices.drill.faults import DeviceFate, health_check_for, power_cut_for, probe_for
-from devices.drill.proxy import FaultProxy
+from rollouts.drill.faults import DeviceFate, health_check_for, power_cut_for, probe_for
+from rollouts.drill.proxy import FaultProxy
 
-logger = logging.getLogger("devices.drill")
+logger = logging.getLogger("rollouts.drill")
 
 RESTART_AFTER_ERROR_SECONDS = 2.0
 
