@@ -12,10 +12,10 @@ from django.core.cache import caches
 from django.utils import timezone
 
 from approvals.models import DecisionRecord
+from devices.edge import throttle
 from devices.models import Device, Region
 from devices.selectors import device_is_offline, device_list
 from devices.services import region_update
-from rollouts.device_api import throttle
 from tests.device_api.conftest import IMAGE, checkin_body
 
 pytestmark = pytest.mark.django_db

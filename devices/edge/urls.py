@@ -2,8 +2,8 @@
 
 from django.urls import path, re_path
 
-from rollouts.device_api import views
-from rollouts.device_api.schema import DeviceSchemaView
+from devices.edge import views
+from devices.edge.schema import DeviceSchemaView
 
 urlpatterns = [
     path("checkin/", views.CheckinView.as_view(), name="device-checkin"),

@@ -13,9 +13,9 @@ SECURITY_SCHEME = "DeviceCredential"
 
 
 class DeviceCredentialScheme(OpenApiAuthenticationExtension):
-    """Documents devices.identity.DeviceCredentialAuthentication as the device API's security scheme."""
+    """Documents devices.edge.identity.DeviceCredentialAuthentication as the device API's security scheme."""
 
-    target_class = "devices.identity.DeviceCredentialAuthentication"
+    target_class = "devices.edge.identity.DeviceCredentialAuthentication"
     name = SECURITY_SCHEME
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
@@ -70,10 +70,10 @@ class DeviceSchemaView(SpectacularAPIView):
             "Retry-After."
         ),
         "VERSION": "1",
-        "PREPROCESSING_HOOKS": ["rollouts.device_api.schema.device_api_only"],
+        "PREPROCESSING_HOOKS": ["devices.edge.schema.device_api_only"],
         "POSTPROCESSING_HOOKS": [
             "drf_spectacular.hooks.postprocess_schema_enums",
-            "rollouts.device_api.schema.retry_after_headers",
+            "devices.edge.schema.retry_after_headers",
         ],
         "SCHEMA_PATH_PREFIX": "/device/v1",
     }

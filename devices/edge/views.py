@@ -1,4 +1,4 @@
-"""Device API views: identity from devices.identity only, input serializer -> one service -> output.
+"""Device API views: identity from devices.edge.identity only, input serializer -> one service -> output.
 
 Never the staff permission class: these endpoints authenticate devices, not people.
 """
@@ -22,7 +22,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals.security import SecurityEventKind, security_event
-from devices.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
+from devices.edge import services
+from devices.edge.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
+from devices.edge.serializers import (
+    CheckinInputSerializer,
+    CheckinOutputSerializer,
+    StatusInputSerializer,
+    StatusOutputSerializer,
+    TelemetryInputSerializer,
+    TelemetryOutputSerializer,
+)
+from devices.edge.throttle import DownloadLease, checkin_admit, download_acquire
 from devices.selectors import LoadShaping
 from devices.services import device_record_report
 from ota_project.errors import DomainError
@@ -31,16 +41,6 @@ from ota_project.parsers import SafeJSONParser
 from ota_project.serializers import ApiErrorSerializer
 from rollouts.artifacts import artifact_open
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
-from rollouts.device_api import services
-from rollouts.device_api.serializers import (
-    CheckinInputSerializer,
-    CheckinOutputSerializer,
-    StatusInputSerializer,
-    StatusOutputSerializer,
-    TelemetryInputSerializer,
-    TelemetryOutputSerializer,
-)
-from rollouts.device_api.throttle import DownloadLease, checkin_admit, download_acquire
 from rollouts.models import Deployment
 
 logger = logging.getLogger(__name__)
