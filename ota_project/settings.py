@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "rollouts",
     "approvals",
     "rollouts.drill",
+    "rollouts.demo",
 ]
 
 MIDDLEWARE = [

@@ -1,5 +1,5 @@
 """Drive devices through the device services: each call offers pending work to every device of a rollout and plays
-one behaviour per device (`rollouts.device_playback`)."""
+one behaviour per device (`rollouts.demo.playback`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Callable
 from django.db import close_old_connections
 
 from rollouts.choices import DEPLOYMENT_TERMINAL, RolloutStatus
+from rollouts.demo.playback import FAIL_BOOT, HAPPY, play
 from rollouts.deployment_services import deployment_offer
-from rollouts.device_playback import FAIL_BOOT, HAPPY, play
 from rollouts.models import Deployment, Rollout
 
 __all__ = ["FAIL_BOOT", "HAPPY", "finished", "healthy", "play", "run_until", "step"]

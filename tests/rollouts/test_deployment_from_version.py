@@ -10,8 +10,8 @@ from ota_project.roles import Role
 from rollouts import assignment
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, RolloutStatus
+from rollouts.demo.playback import HAPPY
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
-from rollouts.device_playback import HAPPY
 from rollouts.models import Deployment
 from tests.factories import UserFactory
 from tests.support.rollouts import assign_through, authorize

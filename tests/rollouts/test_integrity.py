@@ -22,8 +22,8 @@ from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.roles import Role
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus, WaveStatus
+from rollouts.demo.playback import FAIL_BOOT, HAPPY, play
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
-from rollouts.device_playback import FAIL_BOOT, HAPPY, play
 from rollouts.models import Deployment, Rollout, Wave
 from tests.factories import FirmwareReleaseFactory, HardwareModelFactory, UserFactory
 from tests.support.rollouts import abort, assign_through, authorize, token_for

@@ -16,8 +16,8 @@ from devices.models import Device
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
+from rollouts.demo.playback import HAPPY
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
-from rollouts.device_playback import HAPPY
 from rollouts.models import Deployment, Rollout
 from tests.support.rollouts import assign_through, authorize
 from workflows.types import PhaseChange

@@ -29,8 +29,8 @@ from devices import services as device_services
 from devices.choices import SIMULATED_TAG
 from devices.importer import import_rows
 from devices.models import Device
-from ota_project import demo_rollouts
 from ota_project.roles import Role
+from rollouts.demo import history as demo_history
 from rollouts.models import FirmwareRelease
 from rollouts.services import release_create_from_chunks
 
@@ -302,6 +302,6 @@ def seed_demo() -> tuple[bool, dict[str, tuple[Any, str]]]:
         _release(plain["rob"], "1.1.0", 1, ["tcu-4g-r2", "tcu-5g-r1"], seed=2)
         _release(plain["rob"], "1.2.0", 1, ["tcu-4g-r2"], seed=3)
         done, bad = _changes(plain)
-        demo_rollouts.completed_rollout(operator=plain["olga"], change=done)
-        demo_rollouts.halted_rollout(operator=plain["olga"], change=bad, failing_share=0.5, seed=11)
+        demo_history.completed_rollout(operator=plain["olga"], change=done)
+        demo_history.halted_rollout(operator=plain["olga"], change=bad, failing_share=0.5, seed=11)
         return True, users

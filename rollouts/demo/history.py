@@ -18,8 +18,8 @@ from django.utils import timezone
 from rollouts import rollout_services
 from rollouts.action_tokens import action_token_mint
 from rollouts.choices import DEPLOYMENT_TERMINAL
+from rollouts.demo.playback import FAIL_BOOT, HAPPY, play
 from rollouts.deployment_services import deployment_offer
-from rollouts.device_playback import FAIL_BOOT, HAPPY, play
 from rollouts.health import wave_plan_of
 from rollouts.models import Rollout, Wave
 from workflows import policy

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from ota_project.demo import DEMO_USERS, seed_demo
+from rollouts.demo.seed import DEMO_USERS, seed_demo
 
 
 class Command(BaseCommand):
