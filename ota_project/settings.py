@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "devices",
     "rollouts",
     "approvals",
+    "workflows",
     "rollouts.drill",
     "rollouts.demo",
 ]
