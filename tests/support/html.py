@@ -169,3 +169,27 @@ def number(element: Element, attribute: str) -> float:
     value = element.get(attribute)
     assert value is not None, f"{element} has no {attribute}"
     return float(value)
+
+
+def badges(html: str | bytes | Element) -> list[tuple[str, str]]:
+    """The status badges shown, in page order: (label, the status its colour class names, e.g. "rolled_back")."""
+    return [
+        (badge.text(), next(css[len("badge-") :] for css in badge.classes if css.startswith("badge-")))
+        for badge in find_all(html, "span", class_="badge")
+    ]
+
+
+def row_cells(html: str | bytes | Element, header: str) -> list[str]:
+    """The cells of the table row whose header cell reads `header` (the first such row)."""
+    for row in find_all(html, "tr"):
+        cells = [cell for cell in row.children if isinstance(cell, Element)]
+        if cells and cells[0].tag == "th" and cells[0].text() == header:
+            return [cell.text() for cell in cells[1:]]
+    raise AssertionError(f"no table row headed {header!r}")
+
+
+def table_captioned(html: str | bytes | Element, caption: str) -> Element:
+    """The one table whose caption reads `caption` (captions are what screen readers announce for a table)."""
+    tables = [table for table in find_all(html, "table") if [c.text() for c in find_all(table, "caption")] == [caption]]
+    assert len(tables) == 1, f"expected one table captioned {caption!r}, found {len(tables)}"
+    return tables[0]
