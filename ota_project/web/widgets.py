@@ -26,23 +26,24 @@ def page_unique_id(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class Moment:
-    """A <time>: `machine` is its datetime attribute; `utc` times are rewritten to the viewer's zone by app.js."""
+    """A point in time as shown: `machine` is the <time datetime> value ("" when there is no time to mark up);
+    `utc` times are rewritten to the viewer's zone by app.js."""
 
     machine: str
     text: str
-    utc: bool
+    utc: bool = False
 
 
-def moment_data(value: datetime | date | None) -> Moment | str:
-    """A datetime as a UTC Moment, a date as a plain one, "—" for nothing, any other value as its text."""
+def moment_data(value: datetime | date | None) -> Moment:
+    """A datetime in UTC, a date as it is, "—" for nothing, any other value as its text."""
     if value is None or value == "":
-        return EMPTY
+        return Moment("", EMPTY)
     if isinstance(value, datetime):
         utc = as_utc(value)
         return Moment(utc.isoformat().replace("+00:00", "Z"), utc.strftime("%Y-%m-%d %H:%M UTC"), utc=True)
     if isinstance(value, date):
-        return Moment(value.isoformat(), value.isoformat(), utc=False)
-    return str(value)
+        return Moment(value.isoformat(), value.isoformat())
+    return Moment("", str(value))
 
 
 @dataclass(frozen=True)

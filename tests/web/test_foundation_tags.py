@@ -58,6 +58,12 @@ def test_when_renders_dash_for_none_and_plain_dates_without_zone_rewriting():
     assert time.get("data-utc") is None  # a day has no time zone to convert
 
 
+def test_when_shows_any_other_value_as_escaped_text():
+    html = render("{% when value %}", value=EVIL)
+    assert find_all(html, "script") == [] and find_all(html, "time") == []
+    assert visible_text(html) == EVIL
+
+
 def test_when_is_inline_so_sentences_around_it_read_naturally():
     html = render("from {% when a %} to {% when b %}.", a=date(2025, 1, 2), b=date(2025, 1, 3))
     assert visible_text(html) == "from 2025-01-02 to 2025-01-03."
