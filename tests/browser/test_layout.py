@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
+from django.template import Context, Template
 from playwright.sync_api import Page, expect
 
 from ota_project.roles import Role
@@ -64,14 +67,16 @@ def test_sign_in_works_with_the_keyboard_alone(page: Page, make_user):
 def test_times_are_shown_in_the_viewers_zone_also_after_htmx_swaps(page: Page, make_user):
     make_user(Role.AUDITOR, username="anna")
     sign_in(page, "anna")  # the browser context runs in Europe/Berlin
+    # A fragment as an htmx swap brings it: rendered by the real {% when %} tag, inserted after the page loaded.
+    fragment = Template('{% load ota_ui %}<p id="swapped">{% when at %}</p>').render(
+        Context({"at": datetime(2025, 1, 15, 12, 0, tzinfo=UTC)})
+    )
     page.evaluate(
-        """() => {
-            const main = document.getElementById('main');
-            main.insertAdjacentHTML('beforeend',
-              '<p id="swapped"><time datetime="2025-01-15T12:00:00Z" title="2025-01-15 12:00 UTC" data-utc="1">' +
-              '2025-01-15 12:00 UTC</time></p>');
+        """(fragment) => {
+            document.getElementById('main').insertAdjacentHTML('beforeend', fragment);
             document.body.dispatchEvent(new CustomEvent('htmx:afterSwap', {bubbles: true, detail: {}}));
-        }"""
+        }""",
+        fragment,
     )
     time = page.locator("#swapped time")
     expect(time).to_contain_text("13:00")

@@ -14,6 +14,7 @@ from devices.choices import DeviceStatus
 from devices.models import Device, TelemetrySample
 from ota_project.roles import Role
 from tests.factories import DeviceFactory
+from tests.support.html import accessible_name, badges, find, find_all, row_cells, visible_text
 from tests.web.helpers import page_client
 
 pytestmark = pytest.mark.django_db
@@ -135,9 +136,14 @@ def test_version_distribution_chart_with_numbers(fleet, operator):
     chart = response.context["chart"]
     assert chart.series == ["1.0.0", "1.1.0"]
     assert dict(chart.rows) == {"tcu-4g-r2": {"1.0.0": 20, "1.1.0": 3}, "tcu-5g-r1": {"1.0.0": 80}}
-    body = response.content.decode()
-    assert "<svg" in body and "stacked-bars" in body
-    assert "<td>23</td>" in body  # total of tcu-4g-r2 in the numbers table
+    figure = find(response.content, "figure", class_="stacked-bars")
+    assert [visible_text(label) for label in find_all(figure, "text", text_anchor="end")] == ["tcu-4g-r2", "tcu-5g-r1"]
+    assert [accessible_name(segment) for segment in find_all(figure, "rect")] == [
+        "tcu-4g-r2 – 1.0.0: 20",
+        "tcu-4g-r2 – 1.1.0: 3",
+        "tcu-5g-r1 – 1.0.0: 80",
+    ]
+    assert row_cells(figure, "tcu-4g-r2") == ["20", "3", "23"]  # the numbers table, with the total
 
 
 def test_empty_inventory_has_a_designed_empty_state(operator):
@@ -279,7 +285,7 @@ def test_device_page_lists_its_deployments(rolled_out, operator):
     body = response.content.decode()
     assert [d.pk for d in response.context["deployments"]] == [rolled_out["succeeded"].pk]
     assert reverse("web-trace:change-trace", args=[rolled_out["change"].pk]) in body
-    assert "badge-succeeded" in body
+    assert ("Succeeded", "succeeded") in badges(body)
 
 
 def test_device_page_release_action_for_operators_only(quarantined, operator, requester):

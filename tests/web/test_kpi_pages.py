@@ -12,6 +12,7 @@ from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment
 from tests.fleet_driver import FAIL_BOOT, HAPPY, play
+from tests.support.html import find, find_all, row_cells, table_captioned, visible_text
 from tests.web.helpers import page_client
 from workflows.types import PhaseChange
 
@@ -60,12 +61,9 @@ def test_empty_states_before_any_rollout(auditor, fleet):
     assert "No recovery in these periods" in html
     assert "No rollback in these periods" in html
     # The fleet exists, so the share is known even without rollouts: everyone on 1.0.0, tcu-4g-r2's latest is 1.1.0.
-    assert re.search(
-        r"<th scope=\"row\">tcu-4g-r2</th><td>1\.1\.0</td><td class=\"num\">20</td><td class=\"num\">0</td>", html
-    )
-    assert re.search(
-        r"<th scope=\"row\">tcu-5g-r1</th><td>1\.0\.0</td><td class=\"num\">80</td><td class=\"num\">80</td>", html
-    )
+    shares = table_captioned(html, "Devices on the latest release now, per hardware model")
+    assert row_cells(shares, "tcu-4g-r2")[:3] == ["1.1.0", "20", "0"]
+    assert row_cells(shares, "tcu-5g-r1")[:3] == ["1.0.0", "80", "80"]
 
 
 def test_figures_after_a_rolled_back_rollout(auditor, rolled_back):
@@ -75,11 +73,11 @@ def test_figures_after_a_rolled_back_rollout(auditor, rolled_back):
     assert 'data-testid="mttr-mean">' in html and f"Rollout {rolled_back.pk}</a>" in html
     rollbacks = re.search(r'id="rollbacks-heading".*?</section>', html, re.S).group(0)
     # 1.1.0: one rolled-back rollout, one device restored by the saga, one that fell back on its own.
-    assert re.search(
-        r'<th scope="row">1\.1\.0</th><td class="num">1</td><td class="num">1</td><td class="num">1</td>', rollbacks
-    )
-    assert "<svg" in rollbacks
-    assert html.count('<figure class="chart') >= 4
+    assert row_cells(table_captioned(rollbacks, "Rollbacks per release"), "1.1.0") == ["1", "1", "1"]
+    (chart,) = find_all(rollbacks, "figure", class_="stacked-bars")
+    assert visible_text(find(chart, "figcaption")) == "Rolled-back rollouts per period and release"
+    assert [item.text() for item in find_all(chart, "li")] == ["1.1.0"]  # one series per rolled-back release
+    assert len(find_all(html, "figure", class_="chart")) >= 4
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment, HealthSample, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, play, run_until
+from tests.support.html import accessible_name, badges, find, find_all, number, row_cells, visible_text
 from tests.support.rollouts import abort, assign_through, authorize
 from tests.temporal_support import running_worker
 from tests.web.helpers import html_of, messages_of, page_client
@@ -131,9 +132,11 @@ def test_list_shows_active_rollouts_first_with_wave_and_progress(
     html = html_of(page_client(operator).get(LIST_URL))
 
     assert html.index(f"Rollout {active.pk}<") < html.index(f"Rollout {rollout.pk}<")
-    assert 'class="badge badge-awaiting_promotion"' in html and 'class="badge badge-aborted"' in html
+    statuses = [status for _, status in badges(html)]
+    assert "awaiting_promotion" in statuses and "aborted" in statuses
     assert "2/3" in html  # the active rollout's current wave, k/n
-    assert 'aria-valuenow="1" aria-valuetext="1 of 20"' in html  # one device of the aborted rollout succeeded
+    bars = [(accessible_name(bar), bar.get("aria-valuetext")) for bar in find_all(html, role="progressbar")]
+    assert ("Devices succeeded", "1 of 20") in bars  # one device of the aborted rollout succeeded
     assert "Start a rollout" in html
 
 
@@ -152,9 +155,8 @@ def test_start_page_shows_release_scope_and_waves(operator, approved_change):
     assert response.status_code == 200
     assert "1.1.0" in html and "1.0.0" in html  # release and rollback release
     assert "<strong>20</strong> devices targeted today, 2 of them tagged pilot" in html
-    assert re.search(r"1\. pilot</th>\s*<td class=\"num\">2</td>", html)
-    assert re.search(r"3\. fleet</th>\s*<td class=\"num\">16</td>", html)
-    assert '<button type="submit" class="btn btn-primary">Start rollout</button>' in html
+    assert row_cells(html, "1. pilot")[0] == "2" and row_cells(html, "3. fleet")[0] == "16"  # devices per wave
+    assert [button.text() for button in find_all(html, "button", type="submit")][-1] == "Start rollout"
 
 
 def test_operator_starts_a_rollout_and_lands_on_its_dashboard(operator, approved_change):
@@ -332,11 +334,17 @@ def test_dashboard_shows_device_counts_and_the_health_history_chart(rollout, ope
     play_wave(rollout, 0, [HAPPY])
     steps.wave_health(rollout_id=rollout.pk, wave_index=0)
     html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
-    assert re.search(r"badge-succeeded\">Succeeded</span></th><td class=\"num\">1</td>", html)
-    assert re.search(r"badge-pending\">Pending</span></th><td class=\"num\">1</td>", html)
+    assert row_cells(html, "Succeeded") == ["1"] and row_cells(html, "Pending") == ["1"]
+    assert ("Succeeded", "succeeded") in badges(html) and ("Pending", "pending") in badges(html)
     assert HealthSample.objects.filter(rollout=rollout).count() == 2
-    assert "Failure rate of wave pilot over time (%)" in html and "<polyline" in html
-    assert "threshold 5" in html and "threshold 95" in html  # the pilot's failure and success thresholds
+    charts = {visible_text(find(figure, "figcaption")): figure for figure in find_all(html, "figure", class_="chart")}
+    failure_chart = charts["Failure rate of wave pilot over time (%)"]
+    # The first sample had no finished device (no rate yet); the second one measured 0 %, below the 5 % limit.
+    (point,) = find_all(failure_chart, "circle")
+    assert accessible_name(point).endswith(": 0")
+    assert number(find(failure_chart, "line", class_="threshold"), "y1") < number(point, "cy")  # drawn above it
+    thresholds = [visible_text(label) for label in find_all(html, "text", class_="threshold-label")]
+    assert "threshold 5" in thresholds and "threshold 95" in thresholds  # the pilot's failure and success thresholds
 
 
 def test_timeline_lists_decisions_newest_first(rollout, operator):
