@@ -138,7 +138,7 @@ def _release(actor: Any, version: str, counter: int, model: str) -> Any:
 
 
 def _old_release(actor: Any, model: HardwareModel) -> Any:
-    from rollouts.models import FirmwareRelease
+    from devices.firmware.models import FirmwareRelease
 
     existing = FirmwareRelease.objects.filter(version="1.0.0").first()
     if existing:

@@ -56,6 +56,7 @@ from devices.drill.progress import ProgressBar
 from devices.drill.proxy import FaultProxy, NetworkFaults
 from devices.drill.report import assemble, fleet_facts
 from devices.drill.stack import Stack
+from devices.firmware.models import FirmwareRelease
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
 from devices.scope import scope_devices
@@ -85,7 +86,7 @@ from rollouts.drill_checks import (
     seconds_between,
     threshold_crossed_at,
 )
-from rollouts.models import Deployment, FirmwareRelease, Rollout
+from rollouts.models import Deployment, Rollout
 from rollouts.services import release_create_from_chunks
 
 SETTLE_SECONDS = 120.0  # after the rollout ended: time for the last devices to report

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from approvals.records import record_decision
+from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel
 from devices.validators import validate_semver
 from ota_project.errors import InvalidInput, NotPermitted
@@ -24,7 +25,6 @@ from rollouts.artifacts import (
     release_temp,
     validate_artifact_name,
 )
-from rollouts.models import FirmwareRelease
 from rollouts.selectors import release_latest_counters
 from rollouts.validators import (
     normalize_source_revision,

@@ -7,7 +7,7 @@ from django import forms
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from rollouts.models import FirmwareRelease
+from devices.firmware.models import FirmwareRelease
 from rollouts.services import RELEASE_COUNTER_MAX
 
 

@@ -8,9 +8,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from devices.firmware.models import FirmwareRelease
 from ota_project.serializers import InputSerializer
 from rollouts.artifacts import validate_artifact_name
-from rollouts.models import FirmwareRelease
 from rollouts.services import NOTES_MAX_LENGTH, RELEASE_COUNTER_MAX
 from rollouts.uploads import client_file_name
 from rollouts.validators import (

@@ -17,12 +17,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from devices.firmware.models import FirmwareRelease
 from ota_project.roles import Role
 from ota_project.serializers import ApiErrorSerializer
 from rollouts.api.filters import ReleaseFilter
 from rollouts.api.serializers import ReleaseCreateInputSerializer, ReleaseOutputSerializer
 from rollouts.artifacts import artifact_open, artifact_too_large, release_temp
-from rollouts.models import FirmwareRelease
 from rollouts.selectors import release_get, release_list
 from rollouts.services import release_create
 from rollouts.uploads import (

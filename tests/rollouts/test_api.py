@@ -9,9 +9,9 @@ from django.middleware.csrf import _get_new_csrf_string
 from rest_framework.test import APIClient
 
 from approvals.models import DecisionRecord
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from ota_project.roles import Role
 from rollouts.artifacts import artifact_path
-from rollouts.models import FirmwareArtifact, FirmwareRelease
 from tests.factories import FirmwareReleaseFactory
 from tests.rollouts.conftest import RELEASES_URL, files_under, image_bytes, multipart_body
 

@@ -8,6 +8,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from devices.firmware.models import FirmwareArtifact
 from ota_project.errors import InvalidInput
 from rollouts.artifacts import (
     artifact_discard,
@@ -17,7 +18,6 @@ from rollouts.artifacts import (
     receive_stream,
     validate_artifact_name,
 )
-from rollouts.models import FirmwareArtifact
 from tests.rollouts.conftest import files_under, image_bytes
 
 

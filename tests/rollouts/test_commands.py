@@ -9,9 +9,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from approvals.models import DecisionRecord
+from devices.firmware.models import FirmwareRelease
 from rollouts.artifacts import artifact_path
 from rollouts.management.commands.create_release import Command
-from rollouts.models import FirmwareRelease
 from tests.rollouts.conftest import GOOD_REVISION, files_under, image_bytes
 
 pytestmark = pytest.mark.django_db

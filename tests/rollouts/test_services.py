@@ -11,12 +11,12 @@ from django.db import connection
 
 from approvals.models import DecisionRecord
 from approvals.records import chain_verify
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from devices.models import HardwareModel
 from devices.validators import validate_semver
 from ota_project.errors import InvalidInput, NotPermitted
 from ota_project.roles import Role
 from rollouts.artifacts import artifact_path, receive_stream, release_temp
-from rollouts.models import FirmwareArtifact, FirmwareRelease
 from rollouts.selectors import release_latest_counter
 from rollouts.services import release_create
 from tests.factories import FirmwareReleaseFactory, HardwareModelFactory, UserFactory
