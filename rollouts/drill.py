@@ -57,6 +57,7 @@ from devices.drill.proxy import FaultProxy, NetworkFaults
 from devices.drill.report import assemble, fleet_facts
 from devices.drill.stack import Stack
 from devices.firmware.models import FirmwareRelease
+from devices.firmware.services import release_create_from_chunks
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
 from devices.scope import scope_devices
@@ -87,7 +88,6 @@ from rollouts.drill_checks import (
     threshold_crossed_at,
 )
 from rollouts.models import Deployment, Rollout
-from rollouts.services import release_create_from_chunks
 
 SETTLE_SECONDS = 120.0  # after the rollout ended: time for the last devices to report
 PROGRESS_SECONDS = 1.0

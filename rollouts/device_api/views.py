@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals.security import SecurityEventKind, security_event
+from devices.firmware.storage import artifact_open
 from devices.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
 from devices.selectors import LoadShaping
 from devices.services import device_record_report
@@ -29,7 +30,6 @@ from ota_project.errors import DomainError
 from ota_project.exceptions import error_body
 from ota_project.parsers import SafeJSONParser
 from ota_project.serializers import ApiErrorSerializer
-from rollouts.artifacts import artifact_open
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.device_api import services
 from rollouts.device_api.serializers import (

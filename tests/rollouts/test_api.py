@@ -10,8 +10,8 @@ from rest_framework.test import APIClient
 
 from approvals.models import DecisionRecord
 from devices.firmware.models import FirmwareArtifact, FirmwareRelease
+from devices.firmware.storage import artifact_path
 from ota_project.roles import Role
-from rollouts.artifacts import artifact_path
 from tests.factories import FirmwareReleaseFactory
 from tests.rollouts.conftest import RELEASES_URL, files_under, image_bytes, multipart_body
 

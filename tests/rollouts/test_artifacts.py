@@ -9,8 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from devices.firmware.models import FirmwareArtifact
-from ota_project.errors import InvalidInput
-from rollouts.artifacts import (
+from devices.firmware.storage import (
     artifact_discard,
     artifact_open,
     artifact_path,
@@ -18,6 +17,7 @@ from rollouts.artifacts import (
     receive_stream,
     validate_artifact_name,
 )
+from ota_project.errors import InvalidInput
 from tests.rollouts.conftest import files_under, image_bytes
 
 

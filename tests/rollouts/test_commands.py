@@ -9,9 +9,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from approvals.models import DecisionRecord
+from devices.firmware.management.commands.create_release import Command
 from devices.firmware.models import FirmwareRelease
-from rollouts.artifacts import artifact_path
-from rollouts.management.commands.create_release import Command
+from devices.firmware.storage import artifact_path
 from tests.rollouts.conftest import GOOD_REVISION, files_under, image_bytes
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ import pytest
 from django.core.files.uploadhandler import StopUpload
 from django.test import RequestFactory
 
-from rollouts.uploads import HashedUploadedFile, HashingUploadHandler
+from devices.firmware.uploads import HashedUploadedFile, HashingUploadHandler
 from tests.rollouts.conftest import files_under, image_bytes
 
 
