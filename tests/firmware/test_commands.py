@@ -12,7 +12,7 @@ from approvals.models import DecisionRecord
 from devices.firmware.management.commands.create_release import Command
 from devices.firmware.models import FirmwareRelease
 from devices.firmware.storage import artifact_path
-from tests.rollouts.conftest import GOOD_REVISION, files_under, image_bytes
+from tests.firmware.conftest import GOOD_REVISION, files_under, image_bytes
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from devices.validators import validate_semver
 from ota_project.errors import InvalidInput, NotPermitted
 from ota_project.roles import Role
 from tests.factories import FirmwareReleaseFactory, HardwareModelFactory, UserFactory
-from tests.rollouts.conftest import GOOD_REVISION
+from tests.firmware.conftest import GOOD_REVISION
 
 pytestmark = pytest.mark.django_db
 

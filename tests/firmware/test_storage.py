@@ -18,7 +18,7 @@ from devices.firmware.storage import (
     validate_artifact_name,
 )
 from ota_project.errors import InvalidInput
-from tests.rollouts.conftest import files_under, image_bytes
+from tests.firmware.conftest import files_under, image_bytes
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from devices.firmware.storage import artifact_path
 from ota_project.roles import Role
 from tests.factories import FirmwareReleaseFactory
-from tests.rollouts.conftest import RELEASES_URL, files_under, image_bytes, multipart_body
+from tests.firmware.conftest import RELEASES_URL, files_under, image_bytes, multipart_body
 
 pytestmark = pytest.mark.django_db
 
