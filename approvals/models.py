@@ -80,9 +80,9 @@ class ChangeRequest(models.Model):
     )
     title = models.CharField(max_length=200)
     justification = models.TextField()
-    release = models.ForeignKey("rollouts.FirmwareRelease", on_delete=models.PROTECT, related_name="changes")
+    release = models.ForeignKey("firmware.FirmwareRelease", on_delete=models.PROTECT, related_name="changes")
     rollback_release = models.ForeignKey(
-        "rollouts.FirmwareRelease", on_delete=models.PROTECT, related_name="rollback_for_changes"
+        "firmware.FirmwareRelease", on_delete=models.PROTECT, related_name="rollback_for_changes"
     )
     target_scope = models.JSONField(default=dict)
     impact_analysis = models.TextField()

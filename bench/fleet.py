@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from approvals import services as change_services
 from approvals.plans import default_plan
+from devices.firmware.services import release_create
+from devices.firmware.storage import receive_stream, release_temp
 from devices.models import Device, HardwareModel, Region, Tag
-from rollouts.artifacts import receive_stream, release_temp
-from rollouts.services import release_create
 
 ANSWERS = {
     "safety_relevant": False,
@@ -138,7 +138,7 @@ def _release(actor: Any, version: str, counter: int, model: str) -> Any:
 
 
 def _old_release(actor: Any, model: HardwareModel) -> Any:
-    from rollouts.models import FirmwareRelease
+    from devices.firmware.models import FirmwareRelease
 
     existing = FirmwareRelease.objects.filter(version="1.0.0").first()
     if existing:

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "axes",
     "ota_project",
     "devices",
+    "devices.firmware",
     "rollouts",
     "approvals",
     "workflows",

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 api_v1 = [
     path("", include("ota_project.api_urls")),
     path("", include("devices.api.urls")),
+    path("", include("devices.firmware.api.urls")),
     path("", include("rollouts.api.urls")),
     path("", include("approvals.api.urls")),
 ]

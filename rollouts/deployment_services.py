@@ -18,6 +18,7 @@ from django.utils import timezone
 from approvals.choices import ChangeStatus
 from approvals.records import record_decision
 from devices.choices import DeviceStatus
+from devices.firmware.models import FirmwareRelease
 from devices.models import Device
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, InvalidInput
@@ -32,7 +33,7 @@ from rollouts.choices import (
 )
 from rollouts.eligibility import release_refusal
 from rollouts.health import deployment_health, health_counts, wave_plan_of
-from rollouts.models import Deployment, FirmwareRelease, Wave
+from rollouts.models import Deployment, Wave
 from rollouts.windows import region_open
 from workflows import policy
 from workflows.types import Verdict

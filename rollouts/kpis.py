@@ -16,9 +16,10 @@ from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from devices.choices import DeviceStatus
+from devices.firmware.models import FirmwareRelease
 from devices.models import Device, HardwareModel
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
-from rollouts.models import Deployment, FirmwareRelease, Rollout
+from rollouts.models import Deployment, Rollout
 
 DAY = "day"
 WEEK = "week"

@@ -11,8 +11,8 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from approvals.models import ChangeRequest, ChangeTemplate
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from devices.models import Device, HardwareModel, Region, Tag
-from rollouts.models import FirmwareArtifact, FirmwareRelease
 
 PASSWORD = "correct-horse-battery-staple"
 

@@ -9,10 +9,11 @@ from approvals.models import ChangeRequest
 from approvals.records import chain_verify
 from approvals.selectors import plan_wave_preview
 from devices.choices import SIMULATED_TAG
+from devices.firmware.models import FirmwareRelease
 from devices.models import Device
 from devices.scope import scope_devices
 from ota_project.roles import Role, roles_of
-from rollouts.models import FirmwareRelease, Rollout
+from rollouts.models import Rollout
 
 pytestmark = pytest.mark.django_db
 

@@ -17,9 +17,9 @@ from approvals.models import (
     TestEvidence,
 )
 from approvals.selectors import change_plan_hash, change_policy_progress, change_release_sha256
+from devices.firmware.models import FirmwareRelease
 from ota_project.parsers import StrictJSONField
 from ota_project.serializers import InputSerializer
-from rollouts.models import FirmwareRelease
 
 
 class ChangeWriteSerializer(InputSerializer):

@@ -14,12 +14,10 @@ from approvals.choices import ChangeStatus, ChangeType, QuestionKind, RiskLevel
 from approvals.models import ChangeRequest, ChangeTemplate, RiskQuestion
 from approvals.plans import ABORT_POLICIES, PLAN_DEFAULTS, PROMOTION_MODES, default_plan
 from devices.choices import VehicleType
+from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel, Region, Tag
 from ota_project.errors import DomainError
 from ota_project.parsers import JSONBodyError, json_loads_strict
-
-# Releases belong to the rollouts app, which approvals may not import: reach them through the ORM relation.
-FirmwareRelease = ChangeRequest._meta.get_field("release").related_model
 
 DATETIME_INPUT_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
 SCOPE_FILTER_FIELDS = {

@@ -33,13 +33,13 @@ from devices.edge.serializers import (
     TelemetryOutputSerializer,
 )
 from devices.edge.throttle import DownloadLease, checkin_admit, download_acquire
+from devices.firmware.storage import artifact_open
 from devices.selectors import LoadShaping
 from devices.services import device_record_report
 from ota_project.errors import DomainError
 from ota_project.exceptions import error_body
 from ota_project.parsers import SafeJSONParser
 from ota_project.serializers import ApiErrorSerializer
-from rollouts.artifacts import artifact_open
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.models import Deployment
 

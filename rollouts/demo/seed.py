@@ -27,12 +27,12 @@ from approvals.models import ChangeRequest, ChangeTemplate
 from approvals.plans import default_plan
 from devices import services as device_services
 from devices.choices import SIMULATED_TAG
+from devices.firmware.models import FirmwareRelease
+from devices.firmware.services import release_create_from_chunks
 from devices.importer import import_rows
 from devices.models import Device
 from ota_project.roles import Role
 from rollouts.demo import history as demo_history
-from rollouts.models import FirmwareRelease
-from rollouts.services import release_create_from_chunks
 
 
 @dataclass(frozen=True)

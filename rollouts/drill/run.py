@@ -50,6 +50,8 @@ from approvals.choices import ChangeStatus
 from approvals.records import chain_verify
 from devices import services as device_services
 from devices.credentials import device_credential_issue
+from devices.firmware.models import FirmwareRelease
+from devices.firmware.services import release_create_from_chunks
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
 from devices.scope import scope_devices
@@ -85,8 +87,7 @@ from rollouts.drill.progress import ProgressBar
 from rollouts.drill.proxy import FaultProxy, NetworkFaults
 from rollouts.drill.report import assemble, fleet_facts
 from rollouts.drill.stack import Stack
-from rollouts.models import Deployment, FirmwareRelease, Rollout
-from rollouts.services import release_create_from_chunks
+from rollouts.models import Deployment, Rollout
 
 SETTLE_SECONDS = 120.0  # after the rollout ended: time for the last devices to report
 PROGRESS_SECONDS = 1.0

@@ -12,9 +12,9 @@ import pytest
 
 from devices.agent import Agent, HttpTransport
 from devices.credentials import device_credential_issue
+from devices.firmware.storage import artifact_path
 from devices.models import Device
 from rollouts import rollout_services as steps
-from rollouts.artifacts import artifact_path
 from rollouts.choices import RolloutStatus
 from rollouts.models import Deployment, Rollout
 from tests.factories import (

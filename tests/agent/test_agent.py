@@ -229,7 +229,7 @@ def test_the_agent_runs_without_django():
 
 
 def test_image_that_fails_verification_is_never_installed(device, fleet, settings):
-    from rollouts.artifacts import artifact_path
+    from devices.firmware.storage import artifact_path
 
     artifact_path(fleet["new"].artifact.sha256).write_bytes(b"X" * len(IMAGE))  # same length, other bytes
     agent = device.power_on()

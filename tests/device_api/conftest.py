@@ -8,11 +8,12 @@ import pytest
 from rest_framework.test import APIClient
 
 from devices.credentials import device_credential_issue
+from devices.firmware.models import FirmwareArtifact
+from devices.firmware.storage import artifact_path
 from devices.models import Device
 from rollouts import rollout_services as steps
-from rollouts.artifacts import artifact_path
 from rollouts.choices import RolloutStatus
-from rollouts.models import Deployment, FirmwareArtifact, Rollout
+from rollouts.models import Deployment, Rollout
 from workflows.types import PhaseChange
 
 IMAGE = bytes(range(256)) * 40 + b"tail-of-image"  # 10253 bytes

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devices.firmware.models import FirmwareRelease
 from devices.models import Device
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.kpis import (
@@ -19,7 +20,7 @@ from rollouts.kpis import (
     rollbacks_per_release,
     success_rate_total,
 )
-from rollouts.models import Deployment, FirmwareRelease, Rollout, Wave
+from rollouts.models import Deployment, Rollout, Wave
 from tests.factories import ChangeRequestFactory, DeviceFactory, FirmwareReleaseFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from approvals.models import DecisionRecord
-from rollouts.models import FirmwareArtifact, FirmwareRelease
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from tests.factories import HardwareModelFactory
 
 RELEASES_URL = "/api/v1/releases/"

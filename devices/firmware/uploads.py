@@ -1,6 +1,6 @@
 """Receiving firmware uploads: hash while streaming, cap the size, keep the client's file name for validation.
 
-How an upload flows (see rollouts/api/views.py, ReleaseListCreateView):
+How an upload flows (see devices/firmware/api/views.py, ReleaseListCreateView):
 
 1. `install_hashing_handler(django_request)` runs in the view's `initialize_request`, before DRF builds its
    Request and before anything can read the body. It must be that early: for session users DRF's CSRF check
@@ -12,7 +12,7 @@ How an upload flows (see rollouts/api/views.py, ReleaseListCreateView):
    stops the upload; the view sees `handler.too_large` and answers 413 `artifact_too_large`.
 3. `ArtifactMultiPartParser` keeps the file name exactly as the client sent it (Django's parser would silently
    strip `../` and drop `..`), so the allow-list can refuse path tricks with a 400 instead of guessing.
-   The name never becomes a path: the store uses the server's sha256 (rollouts/artifacts.py).
+   The name never becomes a path: the store uses the server's sha256 (devices/firmware/storage.py).
 4. The view turns the upload into a `ReceivedArtifact` (sha256, size, temp path) for the service, and in a
    `finally` deletes every temp file of the request, whatever the outcome.
 """
@@ -33,7 +33,7 @@ from django.utils.datastructures import MultiValueDict
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import DataAndFiles, MultiPartParser
 
-from rollouts.artifacts import ReceivedArtifact, iter_file, receive_stream
+from devices.firmware.storage import ReceivedArtifact, iter_file, receive_stream
 
 # Room for the form fields and multipart framing next to the image in one request body.
 MULTIPART_FRAMING_BYTES = 64 * 1024

@@ -9,10 +9,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from approvals.models import DecisionRecord
-from rollouts.artifacts import artifact_path
-from rollouts.management.commands.create_release import Command
-from rollouts.models import FirmwareRelease
-from tests.rollouts.conftest import GOOD_REVISION, files_under, image_bytes
+from devices.firmware.management.commands.create_release import Command
+from devices.firmware.models import FirmwareRelease
+from devices.firmware.storage import artifact_path
+from tests.firmware.conftest import GOOD_REVISION, files_under, image_bytes
 
 pytestmark = pytest.mark.django_db
 

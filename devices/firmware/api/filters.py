@@ -7,8 +7,8 @@ from django import forms
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from rollouts.models import FirmwareRelease
-from rollouts.services import RELEASE_COUNTER_MAX
+from devices.firmware.models import FirmwareRelease
+from devices.firmware.services import RELEASE_COUNTER_MAX
 
 
 @extend_schema_field(OpenApiTypes.INT)

@@ -11,16 +11,16 @@ from django.db import connection
 
 from approvals.models import DecisionRecord
 from approvals.records import chain_verify
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease
+from devices.firmware.selectors import release_latest_counter
+from devices.firmware.services import release_create
+from devices.firmware.storage import artifact_path, receive_stream, release_temp
 from devices.models import HardwareModel
 from devices.validators import validate_semver
 from ota_project.errors import InvalidInput, NotPermitted
 from ota_project.roles import Role
-from rollouts.artifacts import artifact_path, receive_stream, release_temp
-from rollouts.models import FirmwareArtifact, FirmwareRelease
-from rollouts.selectors import release_latest_counter
-from rollouts.services import release_create
 from tests.factories import FirmwareReleaseFactory, HardwareModelFactory, UserFactory
-from tests.rollouts.conftest import GOOD_REVISION
+from tests.firmware.conftest import GOOD_REVISION
 
 pytestmark = pytest.mark.django_db
 
@@ -184,7 +184,7 @@ def test_a_refusal_after_storing_leaves_no_file(requester, hw_model, snapshot, m
     def broken_record(**kwargs):
         raise RuntimeError("record store down")
 
-    monkeypatch.setattr("rollouts.services.record_decision", broken_record)
+    monkeypatch.setattr("devices.firmware.services.record_decision", broken_record)
     before = snapshot()
     with pytest.raises(RuntimeError):
         _create(requester, b"new image")

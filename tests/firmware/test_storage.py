@@ -8,8 +8,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from ota_project.errors import InvalidInput
-from rollouts.artifacts import (
+from devices.firmware.models import FirmwareArtifact
+from devices.firmware.storage import (
     artifact_discard,
     artifact_open,
     artifact_path,
@@ -17,8 +17,8 @@ from rollouts.artifacts import (
     receive_stream,
     validate_artifact_name,
 )
-from rollouts.models import FirmwareArtifact
-from tests.rollouts.conftest import files_under, image_bytes
+from ota_project.errors import InvalidInput
+from tests.firmware.conftest import files_under, image_bytes
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from devices.firmware.services import release_create_from_chunks
+from devices.firmware.storage import iter_file
 from ota_project.errors import DomainError
-from rollouts.artifacts import iter_file
-from rollouts.services import release_create_from_chunks
 
 
 class Command(BaseCommand):

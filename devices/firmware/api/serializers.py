@@ -1,4 +1,4 @@
-"""Request and response shapes for firmware releases (shape only: the rules live in rollouts/services.py)."""
+"""Request and response shapes for firmware releases (shape only: the rules live in devices/firmware/services.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ota_project.serializers import InputSerializer
-from rollouts.artifacts import validate_artifact_name
-from rollouts.models import FirmwareRelease
-from rollouts.services import NOTES_MAX_LENGTH, RELEASE_COUNTER_MAX
-from rollouts.uploads import client_file_name
-from rollouts.validators import (
+from devices.firmware.models import FirmwareRelease
+from devices.firmware.services import NOTES_MAX_LENGTH, RELEASE_COUNTER_MAX
+from devices.firmware.storage import validate_artifact_name
+from devices.firmware.uploads import client_file_name
+from devices.firmware.validators import (
     BUILDER_MAX_LENGTH,
     SBOM_REF_MAX_LENGTH,
     SEMVER_PATTERN,
     SOURCE_REVISION_PATTERN,
     VERSION_MAX_LENGTH,
 )
+from ota_project.serializers import InputSerializer
 
 MAX_HARDWARE_MODELS = 100
 

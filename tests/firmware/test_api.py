@@ -9,11 +9,11 @@ from django.middleware.csrf import _get_new_csrf_string
 from rest_framework.test import APIClient
 
 from approvals.models import DecisionRecord
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease
+from devices.firmware.storage import artifact_path
 from ota_project.roles import Role
-from rollouts.artifacts import artifact_path
-from rollouts.models import FirmwareArtifact, FirmwareRelease
 from tests.factories import FirmwareReleaseFactory
-from tests.rollouts.conftest import RELEASES_URL, files_under, image_bytes, multipart_body
+from tests.firmware.conftest import RELEASES_URL, files_under, image_bytes, multipart_body
 
 pytestmark = pytest.mark.django_db
 

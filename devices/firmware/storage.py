@@ -28,9 +28,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection
 
+from devices.firmware.models import FirmwareArtifact
 from ota_project.errors import Conflict, InvalidInput
 from ota_project.files import SAFE_FILE_NAME_MAX_LENGTH, is_safe_file_name
-from rollouts.models import FirmwareArtifact
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.db.models import Max, QuerySet
 from django.shortcuts import get_object_or_404
 
+from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel
-from rollouts.models import FirmwareRelease
 
 
 def release_list() -> QuerySet[FirmwareRelease]:

@@ -12,11 +12,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from approvals.records import record_decision
-from devices.models import HardwareModel
-from devices.validators import validate_semver
-from ota_project.errors import InvalidInput, NotPermitted
-from ota_project.roles import Role, has_role
-from rollouts.artifacts import (
+from devices.firmware.models import FirmwareRelease
+from devices.firmware.selectors import release_latest_counters
+from devices.firmware.storage import (
     ReceivedArtifact,
     artifact_discard,
     artifact_store,
@@ -24,14 +22,16 @@ from rollouts.artifacts import (
     release_temp,
     validate_artifact_name,
 )
-from rollouts.models import FirmwareRelease
-from rollouts.selectors import release_latest_counters
-from rollouts.validators import (
+from devices.firmware.validators import (
     normalize_source_revision,
     validate_builder,
     validate_sbom_ref,
     validate_source_revision,
 )
+from devices.models import HardwareModel
+from devices.validators import validate_semver
+from ota_project.errors import InvalidInput, NotPermitted
+from ota_project.roles import Role, has_role
 
 RELEASE_COUNTER_MAX = 2**31 - 1  # PositiveIntegerField is a 32-bit integer on every backend
 HARDWARE_MODEL_NAME_RE = re.compile(r"\A[-a-zA-Z0-9_]{1,64}\Z")

@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from rollouts.models import FirmwareArtifact, FirmwareRelease
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -8,8 +8,8 @@ import pytest
 from django.core.files.uploadhandler import StopUpload
 from django.test import RequestFactory
 
-from rollouts.uploads import HashedUploadedFile, HashingUploadHandler
-from tests.rollouts.conftest import files_under, image_bytes
+from devices.firmware.uploads import HashedUploadedFile, HashingUploadHandler
+from tests.firmware.conftest import files_under, image_bytes
 
 
 def _handler(max_bytes: int) -> HashingUploadHandler:

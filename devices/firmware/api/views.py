@@ -17,15 +17,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ota_project.roles import Role
-from ota_project.serializers import ApiErrorSerializer
-from rollouts.api.filters import ReleaseFilter
-from rollouts.api.serializers import ReleaseCreateInputSerializer, ReleaseOutputSerializer
-from rollouts.artifacts import artifact_open, artifact_too_large, release_temp
-from rollouts.models import FirmwareRelease
-from rollouts.selectors import release_get, release_list
-from rollouts.services import release_create
-from rollouts.uploads import (
+from devices.firmware.api.filters import ReleaseFilter
+from devices.firmware.api.serializers import ReleaseCreateInputSerializer, ReleaseOutputSerializer
+from devices.firmware.models import FirmwareRelease
+from devices.firmware.selectors import release_get, release_list
+from devices.firmware.services import release_create
+from devices.firmware.storage import artifact_open, artifact_too_large, release_temp
+from devices.firmware.uploads import (
     ArtifactMultiPartParser,
     HashingUploadHandler,
     client_file_name,
@@ -33,6 +31,8 @@ from rollouts.uploads import (
     install_hashing_handler,
     received_from_upload,
 )
+from ota_project.roles import Role
+from ota_project.serializers import ApiErrorSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ReleaseListCreateView(generics.ListAPIView):
         return release_list()
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
-        # Before DRF wraps the request: nothing may have read the body yet (see rollouts/uploads.py).
+        # Before DRF wraps the request: nothing may have read the body yet (see devices/firmware/uploads.py).
         if request.method == "POST":
             self.upload_handler = install_hashing_handler(request)
         return super().initialize_request(request, *args, **kwargs)
