@@ -87,6 +87,7 @@ from rollouts.drill_checks import (
 )
 from rollouts.models import Deployment, FirmwareRelease, Rollout
 from rollouts.services import release_create_from_chunks
+from workflows.types import Gate
 
 SETTLE_SECONDS = 120.0  # after the rollout ended: time for the last devices to report
 PROGRESS_SECONDS = 1.0
@@ -660,7 +661,7 @@ class Drill:
                 return
 
     def _abort_if_held(self, rollout: Rollout, world: World) -> None:
-        if rollout.status != RolloutStatus.AWAITING_PROMOTION or rollout.gate != "inconclusive":
+        if rollout.status != RolloutStatus.AWAITING_PROMOTION or rollout.gate != Gate.INCONCLUSIVE:
             return
         if rollout.pk in self.held:
             return
