@@ -37,6 +37,7 @@ def bench_assignment(devices: int) -> dict[str, Any]:
     from bench.fleet import build_fleet
     from rollouts import rollout_services as steps
     from rollouts.assignment import NewDeployment, insert_deployments
+    from rollouts.choices import RolloutStatus
     from rollouts.models import Deployment, Rollout
 
     settings.TEMPORAL_ENABLED = False
@@ -66,7 +67,7 @@ def bench_assignment(devices: int) -> dict[str, Any]:
     with transaction.atomic():
         insert_deployments(copy_rows)
     copy_seconds = time.perf_counter() - started
-    Rollout.objects.filter(pk=rollout.pk).update(status="aborted")
+    Rollout.objects.filter(pk=rollout.pk).update(status=RolloutStatus.ABORTED)
     return {
         "devices": devices,
         "assigned": assigned,

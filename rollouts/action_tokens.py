@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 
 from ota_project.errors import NotPermitted
 from rollouts.models import ActionTokenUse
+from workflows.types import Update
 
 TOKEN_TTL = timedelta(minutes=5)
 _CONTEXT = b"ota-rollout-action-token-v1"
@@ -98,7 +99,7 @@ def action_token_spend(
     claim = action_token_read(token)
     if (claim.actor_id, claim.rollout_id, claim.action) != (actor_id, rollout_id, action):
         raise NotPermitted("The action's proof was minted for another person, rollout or action.", code="forged_action")
-    if action == "promote" and claim.wave_index != wave_index:
+    if action == Update.PROMOTE and claim.wave_index != wave_index:
         raise NotPermitted("The promotion's proof names another wave.", code="forged_action")
     if claim.expires_at <= now:
         raise NotPermitted("The action's proof has expired; ask for a new one.", code="expired_action_token")

@@ -1,20 +1,34 @@
-"""Rollout, wave and per-device deployment statuses with their transition tables."""
+"""Rollout, wave and per-device deployment statuses with their transition tables and named groups.
 
+The rollout's status words are the workflow's (workflows.types.Phase, Django-free): the model choices are built
+from them and checked against them at import. Status values live in rows and workflow histories: never renamed.
+Moves between statuses go through rollouts.transitions, which checks the tables here.
+"""
+
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+
+from workflows.types import Gate, Phase
 
 
 class RolloutStatus(models.TextChoices):
-    """Rollout status; the same values as workflows.types.Phase. Never renamed (rows and histories hold them)."""
+    """Rollout status: exactly the values of workflows.types.Phase, with labels for people."""
 
-    SCHEDULED = "scheduled", "Scheduled"
-    RUNNING = "running", "Running"
-    AWAITING_PROMOTION = "awaiting_promotion", "Awaiting a decision"
-    PAUSED = "paused", "Paused"
-    HALTED = "halted", "Halted"
-    COMPLETED = "completed", "Completed"
-    ABORTED = "aborted", "Aborted"
-    ROLLING_BACK = "rolling_back", "Rolling back"
-    ROLLED_BACK = "rolled_back", "Rolled back"
+    SCHEDULED = Phase.SCHEDULED.value, "Scheduled"
+    RUNNING = Phase.RUNNING.value, "Running"
+    AWAITING_PROMOTION = Phase.AWAITING_PROMOTION.value, "Awaiting a decision"
+    PAUSED = Phase.PAUSED.value, "Paused"
+    HALTED = Phase.HALTED.value, "Halted"
+    COMPLETED = Phase.COMPLETED.value, "Completed"
+    ABORTED = Phase.ABORTED.value, "Aborted"
+    ROLLING_BACK = Phase.ROLLING_BACK.value, "Rolling back"
+    ROLLED_BACK = Phase.ROLLED_BACK.value, "Rolled back"
+
+
+if {status.value for status in RolloutStatus} != {phase.value for phase in Phase}:
+    raise ImproperlyConfigured(
+        "rollouts.choices.RolloutStatus and workflows.types.Phase must hold the same status words."
+    )
 
 
 R = RolloutStatus
@@ -34,6 +48,8 @@ ROLLOUT_ACTIVE = frozenset(set(R.values) - ROLLOUT_TERMINAL)
 
 
 class WaveStatus(models.TextChoices):
+    """A wave's status: opened once, judged by its gate, then promoted (the next wave may open) or failed."""
+
     PENDING = "pending", "Pending"
     WAITING_WINDOW = "waiting_window", "Waiting for a window"
     RUNNING = "running", "Running"
@@ -41,6 +57,30 @@ class WaveStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     INCONCLUSIVE = "inconclusive", "Inconclusive"
     PROMOTED = "promoted", "Promoted"
+
+
+W = WaveStatus
+# Every move a wave may make (rollouts.transitions.wave_transition refuses the rest).
+WAVE_TRANSITIONS: dict[str, frozenset[str]] = {
+    # A halt on a wave that never opened (a step failed for good before its assignment) ends it failed.
+    W.PENDING: frozenset({W.WAITING_WINDOW, W.RUNNING, W.FAILED}),
+    W.WAITING_WINDOW: frozenset({W.RUNNING, W.FAILED}),
+    W.RUNNING: frozenset({W.PASSED, W.INCONCLUSIVE, W.FAILED, W.PROMOTED}),
+    # A gate is open: a person promotes; the health checks go on and can still fail the wave.
+    W.PASSED: frozenset({W.FAILED, W.PROMOTED}),
+    W.INCONCLUSIVE: frozenset({W.FAILED, W.PROMOTED}),
+    W.FAILED: frozenset(),
+    W.PROMOTED: frozenset(),
+}
+WAVE_TERMINAL = frozenset({W.FAILED, W.PROMOTED})
+# Opened to devices and not yet decided for good.
+WAVE_ACTIVE = frozenset({W.RUNNING, W.PASSED, W.INCONCLUSIVE})
+# The wave status an open gate of the workflow shows (Gate.NONE: the projection leaves the wave alone).
+WAVE_STATUS_FOR_GATE: dict[str, str] = {
+    Gate.PROMOTION: W.PASSED,
+    Gate.INCONCLUSIVE: W.INCONCLUSIVE,
+    Gate.HALTED: W.FAILED,
+}
 
 
 class DeploymentKind(models.TextChoices):
@@ -99,4 +139,25 @@ DEADLINE_PHASE: dict[str, str] = {
     D.INSTALLING: "install",
     D.REBOOTING: "confirm",
     D.CONFIRMING: "confirm",
+}
+
+DEPLOYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
+    # Along the progress order, forwards only (a device may skip steps it reports late); back to pending for a
+    # retried failure; out to a failure or the deadline's time-out from anywhere; withdrawn (cancelled, skipped)
+    # only before installing; succeeded only from confirming (a confirmed, healthy boot).
+    **{
+        status: frozenset(DEPLOYMENT_PROGRESS[index + 1 :])
+        | ({D.PENDING} if status != D.PENDING else set())
+        | {D.FAILED, D.ROLLED_BACK, D.TIMED_OUT}
+        | ({D.CANCELLED, D.SKIPPED} if status in DEPLOYMENT_UNSTARTED else set())
+        | ({D.SUCCEEDED} if status == D.CONFIRMING else set())
+        for index, status in enumerate(DEPLOYMENT_PROGRESS)
+    },
+    # The server gave up before the device confirmed; a later confirmed, healthy boot is still the device's truth.
+    D.TIMED_OUT: frozenset({D.SUCCEEDED}),
+    D.CANCELLED: frozenset({D.SUCCEEDED}),
+    D.SUCCEEDED: frozenset(),
+    D.FAILED: frozenset(),
+    D.ROLLED_BACK: frozenset(),
+    D.SKIPPED: frozenset(),
 }

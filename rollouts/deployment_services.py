@@ -34,6 +34,7 @@ from rollouts.choices import (
 from rollouts.eligibility import release_refusal
 from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, Wave
+from rollouts.transitions import deployment_transition
 from rollouts.windows import region_open
 from workflows import policy
 from workflows.types import Verdict
@@ -143,8 +144,12 @@ def breaker_tripped(rollout_id: int) -> bool:
 
 def _end_unstarted(deployment: Deployment, refusal: Refusal, now: datetime) -> None:
     """End a deployment the device has not started installing (pending .. downloaded), with the reason."""
-    Deployment.objects.filter(pk=deployment.pk, status__in=DEPLOYMENT_UNSTARTED).update(
-        status=refusal.status, finished_at=now, updated_at=now, deadline_at=None, detail=refusal.reason[:500]
+    deployment_transition(
+        deployments=[deployment.pk],  # the table withdraws (cancelled, skipped) only before installing
+        to=refusal.status,
+        now=now,
+        reason=refusal.reason,
+        deadline_at=None,
     )
 
 
@@ -188,10 +193,11 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
             continue
         if not _download_slot_free(deployment, region.code):
             continue
-        Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.PENDING).update(
-            status=DeploymentStatus.OFFERED,
+        deployment_transition(
+            deployments=[deployment.pk],
+            to=DeploymentStatus.OFFERED,
+            now=now,
             attempts=deployment.attempts + 1,
-            updated_at=now,
             deadline_at=max(
                 deployment.deadline_at or now, now + timedelta(seconds=rollout.plan["deadlines"]["download_seconds"])
             ),
@@ -275,8 +281,13 @@ def deployment_report(
         deployment.refresh_from_db()
         return ReportOutcome(deployment, applied=True)
     updates = _report_updates(device, deployment, report, now)
-    Deployment.objects.filter(pk=deployment.pk).update(**updates)
-    status = updates.get("status")
+    status = updates.pop("status", deployment.status)
+    if status == deployment.status:
+        Deployment.objects.filter(pk=deployment.pk).update(**updates)
+    elif deployment_transition(deployments=[deployment.pk], to=status, now=now, **updates) != 1:
+        # Decided under the row lock from the deployment's status: a refusal here is a rule this file and the
+        # transition table disagree on, never a race.
+        raise Conflict(f"A deployment that is {deployment.status} cannot become {status}.", code="invalid_transition")
     if status == DeploymentStatus.SUCCEEDED:
         _commit_inventory(device, deployment, now)
     elif status in _WAVE_FAILURES and deployment.kind == DeploymentKind.UPDATE:
@@ -364,13 +375,13 @@ def _commit_inventory(device: Device, deployment: Deployment, now: datetime) -> 
 def _apply_late_success(device: Device, deployment: Deployment, report: Report, now: datetime) -> None:
     """A confirmed, healthy boot reported after the server gave up on the deployment: the device's truth wins."""
     was = deployment.status
-    Deployment.objects.filter(pk=deployment.pk).update(
-        status=DeploymentStatus.SUCCEEDED,
+    deployment_transition(
+        deployments=[deployment.pk],
+        to=DeploymentStatus.SUCCEEDED,
+        now=now,
+        reason=f"succeeded late: confirmed after the deployment was {was}",
         last_seq=report.seq,
-        updated_at=now,
-        finished_at=now,
         failure_class="",
-        detail=f"succeeded late: confirmed after the deployment was {was}"[:500],
     )
     _commit_inventory(device, deployment, now)
     record_decision(

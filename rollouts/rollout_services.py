@@ -35,9 +35,9 @@ from rollouts.assignment import NewDeployment, insert_deployments
 from rollouts.choices import (
     DEADLINE_PHASE,
     DEPLOYMENT_FAILURES,
-    DEPLOYMENT_UNSTARTED,
     ROLLOUT_ACTIVE,
     ROLLOUT_TRANSITIONS,
+    WAVE_STATUS_FOR_GATE,
     DeploymentKind,
     DeploymentStatus,
     RolloutStatus,
@@ -48,9 +48,11 @@ from rollouts.deployment_services import breaker_tripped, wave_breaker_check
 from rollouts.eligibility import release_refusal
 from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
+from rollouts.transitions import deployment_transition, wave_transition
 from rollouts.windows import blackout_until, region_next_opening
 from workflows import policy
-from workflows.types import PhaseChange, Verdict, WaveAssignment, WaveHealth
+from workflows.policy import HUMAN_ACTIONS
+from workflows.types import PhaseChange, Update, Verdict, WaveAssignment, WaveHealth
 
 SYSTEM = "temporal"
 
@@ -374,7 +376,8 @@ def wave_assign(*, rollout_id: int, wave_index: int) -> WaveAssignment:
         )
     busy = insert_deployments(rows)
     skipped = sum(1 for row in rows if row.status == DeploymentStatus.SKIPPED) + len(busy)
-    Wave.objects.filter(pk=wave.pk).update(assigned_devices=len(cohort), status=WaveStatus.RUNNING, started_at=now)
+    if wave_transition(waves=[wave.pk], to=WaveStatus.RUNNING, assigned_devices=len(cohort), started_at=now) != 1:
+        raise Conflict(f"Wave {wave.name} is {wave.status}; it cannot open.", code="invalid_transition")
     _transition(
         rollout,
         RolloutStatus.RUNNING,
@@ -397,8 +400,11 @@ def wave_assign(*, rollout_id: int, wave_index: int) -> WaveAssignment:
 def _expire_deadlines(deployments: Any, now: datetime) -> int:
     expired = 0
     for status, phase in DEADLINE_PHASE.items():
-        expired += deployments.filter(status=status, deadline_at__lt=now).update(
-            status=DeploymentStatus.TIMED_OUT, failure_class=phase, finished_at=now, updated_at=now
+        expired += deployment_transition(
+            deployments=deployments.filter(status=status, deadline_at__lt=now),
+            to=DeploymentStatus.TIMED_OUT,
+            now=now,
+            failure_class=phase,
         )
     return expired
 
@@ -454,13 +460,6 @@ def wave_health(*, rollout_id: int, wave_index: int) -> WaveHealth:
     return health
 
 
-WAVE_STATUS_FOR_GATE = {
-    "promotion": WaveStatus.PASSED,
-    "inconclusive": WaveStatus.INCONCLUSIVE,
-    "halted": WaveStatus.FAILED,
-}
-
-
 def _promoted_frontier(rollout: Rollout) -> int:
     """The furthest wave the rollout may be at: the first wave not promoted by a verified step."""
     statuses = list(Wave.objects.filter(rollout=rollout).order_by("index").values_list("status", flat=True))
@@ -486,8 +485,10 @@ def rollout_phase(change: PhaseChange) -> None:
     _transition(rollout, change.phase, actor=None, action=f"rollout.{change.phase}", reason=change.reason, **updates)
     wave_status = WAVE_STATUS_FOR_GATE.get(change.gate)
     if wave_status:
-        Wave.objects.filter(rollout=rollout, index=change.wave_index).exclude(status=WaveStatus.PROMOTED).update(
-            status=wave_status, verdict_at=timezone.now()
+        wave_transition(
+            waves=Wave.objects.filter(rollout=rollout, index=change.wave_index),
+            to=wave_status,
+            verdict_at=timezone.now(),
         )
 
 
@@ -509,7 +510,7 @@ def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
     verdict = policy.wave_verdict(health, wave_plan_of(plan), soak_done=soak_done)
     if verdict != Verdict.PASS or wave.breaker_tripped_at is not None or rollout.status not in WAVE_OPENABLE:
         raise _forged(rollout, f"Wave {wave.name} has not passed (verdict {verdict}, rollout {rollout.status}).")
-    Wave.objects.filter(pk=wave.pk).update(status=WaveStatus.PROMOTED, verdict_at=timezone.now())
+    wave_transition(waves=[wave.pk], to=WaveStatus.PROMOTED, verdict_at=timezone.now())
     _record(
         None,
         rollout,
@@ -528,10 +529,14 @@ def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
     """Halt at once: the release is offered nowhere any more (undelivered deployments are cancelled)."""
     rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=rollout_id)
     now = timezone.now()
-    cancelled = rollout.deployments.filter(kind=DeploymentKind.UPDATE, status__in=DEPLOYMENT_UNSTARTED).update(
-        status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail="rollout halted"
+    # The table cancels only deployments not yet installing; those installing finish and report.
+    cancelled = deployment_transition(
+        deployments=rollout.deployments.filter(kind=DeploymentKind.UPDATE),
+        to=DeploymentStatus.CANCELLED,
+        now=now,
+        reason="rollout halted",
     )
-    Wave.objects.filter(rollout=rollout, index=wave_index).update(status=WaveStatus.FAILED, verdict_at=now)
+    wave_transition(waves=Wave.objects.filter(rollout=rollout, index=wave_index), to=WaveStatus.FAILED, verdict_at=now)
     if rollout.status in (
         RolloutStatus.HALTED,
         RolloutStatus.ROLLING_BACK,
@@ -567,7 +572,7 @@ def _rollback_allowed(rollout: Rollout) -> bool:
     """A rollback is asked for by a person (recorded), or by the abort policy after a wave failed."""
     if rollout.status == RolloutStatus.ROLLING_BACK:
         return True
-    if _person_decided(rollout, "rollback"):
+    if _person_decided(rollout, Update.ROLLBACK):
         return True
     failed = Wave.objects.filter(rollout=rollout).filter(
         Q(status=WaveStatus.FAILED) | Q(breaker_tripped_at__isnull=False)
@@ -609,8 +614,11 @@ def rollback_assign(*, rollout_id: int) -> int:
     if not _rollback_allowed(rollout):
         raise _forged(rollout, "No person asked for a rollback and no wave failed under a halt_and_rollback policy.")
     now = timezone.now()
-    rollout.deployments.filter(kind=DeploymentKind.UPDATE, status__in=DEPLOYMENT_UNSTARTED).update(
-        status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail="rollout rolling back"
+    deployment_transition(
+        deployments=rollout.deployments.filter(kind=DeploymentKind.UPDATE),
+        to=DeploymentStatus.CANCELLED,
+        now=now,
+        reason="rollout rolling back",
     )
     added = _assign_rollbacks(rollout, now)
     entered = _transition(
@@ -663,11 +671,11 @@ def _require_finish_allowed(rollout: Rollout, outcome: str, actor_id: int | None
         ):
             raise _forged(rollout, "The rollout cannot complete: not every wave was opened through a promotion.")
         return
-    if outcome == RolloutStatus.ABORTED and not _person_decided(rollout, "abort", actor_id):
+    if outcome == RolloutStatus.ABORTED and not _person_decided(rollout, Update.ABORT, actor_id):
         raise _forged(rollout, "No operator's abort is recorded for this rollout.")
     if outcome == RolloutStatus.ROLLED_BACK and rollout.status != RolloutStatus.ROLLING_BACK:
         raise _forged(rollout, "The rollout was not rolling back.")
-    if outcome == RolloutStatus.ROLLED_BACK and actor_id and not _person_decided(rollout, "rollback", actor_id):
+    if outcome == RolloutStatus.ROLLED_BACK and actor_id and not _person_decided(rollout, Update.ROLLBACK, actor_id):
         raise _forged(rollout, "That person's rollback is not recorded.")
 
 
@@ -683,11 +691,14 @@ def rollout_finish(*, rollout_id: int, outcome: str, reason: str = "", actor_id:
     if outcome in (RolloutStatus.ABORTED, RolloutStatus.COMPLETED):
         # Nothing is offered after the end: undelivered work is cancelled, never left pending for ever. Devices
         # already installing finish and report; their deadlines still apply (finished_rollouts_expire_deadlines).
-        rollout.deployments.filter(status__in=DEPLOYMENT_UNSTARTED).update(
-            status=DeploymentStatus.CANCELLED, finished_at=now, updated_at=now, detail=f"rollout {outcome}"
+        deployment_transition(
+            deployments=rollout.deployments.all(),
+            to=DeploymentStatus.CANCELLED,
+            now=now,
+            reason=f"rollout {outcome}",
         )
     if outcome == RolloutStatus.COMPLETED:
-        Wave.objects.filter(rollout=rollout).exclude(status=WaveStatus.FAILED).update(status=WaveStatus.PROMOTED)
+        wave_transition(waves=Wave.objects.filter(rollout=rollout), to=WaveStatus.PROMOTED)
     # The finished rollout shows why it ended (the workflow projects nothing after this step).
     _transition(
         rollout,
@@ -701,9 +712,6 @@ def rollout_finish(*, rollout_id: int, outcome: str, reason: str = "", actor_id:
     )
     if rollout.change.status == ChangeStatus.IMPLEMENTING:
         change_services.change_mark_implemented(actor=actor, change=rollout.change, outcome=outcome, reason=reason)
-
-
-HUMAN_ACTIONS = ("promote", "abort", "rollback", "pause", "resume")
 
 
 def workflow_step_forged(*, rollout_id: int | None, message: str) -> NotPermitted:
@@ -772,12 +780,14 @@ def human_action_authorize(
             raise NotPermitted("Only operators act on rollouts.")
         if rollout.change.author_id == actor.pk:
             raise NotPermitted("You are the author of this change; someone else must decide on its rollout.")
-    if action == "promote":
+    if action == Update.PROMOTE:
         refusal = _promotable(rollout, wave_index)
         if refusal:
             raise Conflict(refusal, code="not_promotable")
-        Wave.objects.filter(rollout=rollout, index=wave_index).update(
-            status=WaveStatus.PROMOTED, verdict_at=timezone.now()
+        wave_transition(
+            waves=Wave.objects.filter(rollout=rollout, index=wave_index),
+            to=WaveStatus.PROMOTED,
+            verdict_at=timezone.now(),
         )
     after = {"wave": wave_index} if wave_index >= 0 else None
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason)
@@ -813,7 +823,7 @@ def action_token_issue(*, actor: AbstractBaseUser, rollout: Rollout, action: str
         raise NotPermitted("Only operators act on rollouts.")
     if rollout.change.author_id == actor.pk:
         raise NotPermitted("You are the author of this change; someone else must decide on its rollout.")
-    if action in ("abort", "rollback") and not reason.strip():
+    if action in (Update.ABORT, Update.ROLLBACK) and not reason.strip():
         raise InvalidInput(f"A reason is required to {action}.", fields={"reason": ["Required."]})
     if rollout.status not in ROLLOUT_ACTIVE:
         raise Conflict(f"The rollout is {rollout.status}.", code="finished")

@@ -63,7 +63,15 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from workflows.search_attributes import to_typed_search_attributes
-from workflows.types import WORKFLOW_NAME, HumanAction, Query, RolloutInput, RolloutStatus, Update, rollout_workflow_id
+from workflows.types import (
+    WORKFLOW_NAME,
+    HumanAction,
+    Query,
+    RolloutInput,
+    RolloutProgress,
+    Update,
+    rollout_workflow_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +336,7 @@ def start_rollout_workflow(
     run_sync(astart_rollout_workflow(input, search_attributes), _sync_timeout(RPC_TIMEOUT))
 
 
-async def aexecute_rollout_update(rollout_id: int, update_name: str, action: HumanAction) -> RolloutStatus:
+async def aexecute_rollout_update(rollout_id: int, update_name: str, action: HumanAction) -> RolloutProgress:
     """Send a person's decision (promote/abort/rollback/pause/resume) and return the status after it.
 
     A refusal by the workflow's validator or handler raises the matching DomainError with the workflow's message.
@@ -338,7 +346,7 @@ async def aexecute_rollout_update(rollout_id: int, update_name: str, action: Hum
     client = await _client_or_unavailable()
     handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))  # latest run (continue-as-new safe)
     try:
-        return await handle.execute_update(update_name, action, result_type=RolloutStatus, rpc_timeout=UPDATE_TIMEOUT)
+        return await handle.execute_update(update_name, action, result_type=RolloutProgress, rpc_timeout=UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as err:
         raise domain_error_from_failure(err) from err
     except WorkflowUpdateRPCTimeoutOrCancelledError as err:
@@ -349,12 +357,12 @@ async def aexecute_rollout_update(rollout_id: int, update_name: str, action: Hum
         raise _rpc_error(err, rollout_id) from err
 
 
-def execute_rollout_update(rollout_id: int, update_name: str, action: HumanAction) -> RolloutStatus:
+def execute_rollout_update(rollout_id: int, update_name: str, action: HumanAction) -> RolloutProgress:
     """Sync `aexecute_rollout_update` for services."""
     return run_sync(aexecute_rollout_update(rollout_id, update_name, action), _sync_timeout(UPDATE_TIMEOUT))
 
 
-async def aquery_rollout_status(rollout_id: int) -> RolloutStatus | None:
+async def aquery_rollout_status(rollout_id: int) -> RolloutProgress | None:
     """The workflow's own view of the rollout; None when it cannot answer (no such workflow, no worker, no server).
 
     Callers fall back to the database projection, which the workflow keeps up to date.
@@ -362,7 +370,7 @@ async def aquery_rollout_status(rollout_id: int) -> RolloutStatus | None:
     try:
         client = await _client_or_unavailable()
         handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
-        return await handle.query(Query.STATUS, result_type=RolloutStatus, rpc_timeout=RPC_TIMEOUT)
+        return await handle.query(Query.STATUS, result_type=RolloutProgress, rpc_timeout=RPC_TIMEOUT)
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             logger.warning("rollout %s: status query failed: %s", rollout_id, err.message)
@@ -372,7 +380,7 @@ async def aquery_rollout_status(rollout_id: int) -> RolloutStatus | None:
         return None
 
 
-def query_rollout_status(rollout_id: int) -> RolloutStatus | None:
+def query_rollout_status(rollout_id: int) -> RolloutProgress | None:
     """Sync `aquery_rollout_status` for services and views."""
     try:
         return run_sync(aquery_rollout_status(rollout_id), _sync_timeout(RPC_TIMEOUT))

@@ -10,7 +10,8 @@ from collections.abc import Collection
 from workflows.types import Gate, Phase, Update, Verdict, WaveHealth, WavePlan
 
 OPERATOR_ROLE = "operator"
-HUMAN_ACTIONS = (Update.PROMOTE, Update.ABORT, Update.ROLLBACK, Update.PAUSE, Update.RESUME)
+# The one list of what a person may ask of a running rollout (API, pages, token minting and the workflow use it).
+HUMAN_ACTIONS: tuple[str, ...] = tuple(Update)
 FINISHED_PHASES = frozenset({Phase.COMPLETED, Phase.ABORTED, Phase.ROLLED_BACK})
 PAUSABLE_PHASES = frozenset({Phase.RUNNING, Phase.AWAITING_PROMOTION})
 # A person may promote past a passed manual wave, or past an inconclusive one (never the workflow by itself).

@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
         Query,
         RollbackRef,
         RolloutInput,
-        RolloutStatus,
+        RolloutProgress,
         Update,
         Verdict,
         WaveAssignment,
@@ -144,7 +144,7 @@ class RolloutWorkflow:
     # ------------------------------------------------------------------ run
 
     @workflow.run
-    async def run(self, inp: RolloutInput) -> RolloutStatus:
+    async def run(self, inp: RolloutInput) -> RolloutProgress:
         """Run the waves from `inp.start_wave` (or resume the rollback) until the rollout is finished."""
         mode = _END_ROLLBACK if inp.rolling_back else ""
         stuck_reason = ""
@@ -196,7 +196,7 @@ class RolloutWorkflow:
 
     # ---------------------------------------------------------------- waves
 
-    async def _run_waves(self) -> RolloutStatus:
+    async def _run_waves(self) -> RolloutProgress:
         waves = self._inp.waves
         while self._wave_index < len(waves):
             index, wave = self._wave_index, waves[self._wave_index]
@@ -374,7 +374,7 @@ class RolloutWorkflow:
 
     # ------------------------------------------------------------- endings
 
-    async def _abort(self) -> RolloutStatus:
+    async def _abort(self) -> RolloutProgress:
         """A person aborted: stop offering the release, then finish as aborted."""
         assert self._end_request is not None
         action = self._end_request[1]
@@ -383,7 +383,7 @@ class RolloutWorkflow:
             await self._halt(f"Aborted by an operator: {action.reason}")
         return await self._finish(Phase.ABORTED, action.reason, action.actor_id)
 
-    async def _roll_back(self) -> RolloutStatus:
+    async def _roll_back(self) -> RolloutProgress:
         """Saga: offer the rollback release to every device that took the new one, track it, finish rolled_back."""
         if self._end_request is not None and self._end_request[0] == _END_ROLLBACK:
             action = self._end_request[1]
@@ -441,7 +441,7 @@ class RolloutWorkflow:
         )
         self._halted = True
 
-    async def _finish(self, outcome: str, reason: str, actor_id: int | None) -> RolloutStatus:
+    async def _finish(self, outcome: str, reason: str, actor_id: int | None) -> RolloutProgress:
         await workflow.execute_activity(
             Activity.ROLLOUT_FINISH,
             FinishRequest(self._inp.rollout_id, outcome, reason, actor_id),
@@ -578,7 +578,9 @@ class RolloutWorkflow:
         if reason:
             raise ValueError(reason)
 
-    async def _authorize_and_apply(self, action: str, request: HumanAction, apply: Callable[[], Any]) -> RolloutStatus:
+    async def _authorize_and_apply(
+        self, action: str, request: HumanAction, apply: Callable[[], Any]
+    ) -> RolloutProgress:
         """Re-check under a lock, let the database re-check and record the decision, then change state."""
         async with self._action_lock:
             self._refuse_if_moved(action, request)
@@ -606,7 +608,7 @@ class RolloutWorkflow:
             raise ApplicationError(reason, type="ActionRefused", non_retryable=True)
 
     @workflow.update(name=Update.PROMOTE)
-    async def promote(self, request: HumanAction) -> RolloutStatus:
+    async def promote(self, request: HumanAction) -> RolloutProgress:
         """An operator (never the author) promotes past the gate open on exactly the named wave."""
 
         def apply() -> None:
@@ -622,7 +624,7 @@ class RolloutWorkflow:
         self._validate(Update.PROMOTE, request)
 
     @workflow.update(name=Update.ABORT)
-    async def abort(self, request: HumanAction) -> RolloutStatus:
+    async def abort(self, request: HumanAction) -> RolloutProgress:
         """An operator (never the author) aborts: halt and finish as aborted."""
 
         def apply() -> None:
@@ -635,7 +637,7 @@ class RolloutWorkflow:
         self._validate(Update.ABORT, request)
 
     @workflow.update(name=Update.ROLLBACK)
-    async def rollback(self, request: HumanAction) -> RolloutStatus:
+    async def rollback(self, request: HumanAction) -> RolloutProgress:
         """An operator (never the author) rolls back every affected wave (the saga)."""
 
         def apply() -> None:
@@ -648,7 +650,7 @@ class RolloutWorkflow:
         self._validate(Update.ROLLBACK, request)
 
     @workflow.update(name=Update.PAUSE)
-    async def pause(self, request: HumanAction) -> RolloutStatus:
+    async def pause(self, request: HumanAction) -> RolloutProgress:
         """An operator pauses: no new wave is assigned and nothing is promoted until resumed."""
 
         def apply() -> None:
@@ -662,7 +664,7 @@ class RolloutWorkflow:
         self._validate(Update.PAUSE, request)
 
     @workflow.update(name=Update.RESUME)
-    async def resume(self, request: HumanAction) -> RolloutStatus:
+    async def resume(self, request: HumanAction) -> RolloutProgress:
         """An operator resumes a paused rollout where it was."""
 
         def apply() -> None:
@@ -676,11 +678,11 @@ class RolloutWorkflow:
         self._validate(Update.RESUME, request)
 
     @workflow.query(name=Query.STATUS)
-    def status(self) -> RolloutStatus:
+    def status(self) -> RolloutProgress:
         """Where the rollout stands: phase, wave, open gate, last health and verdict."""
         inp = self._inp
         index = min(self._wave_index, len(inp.waves) - 1) if inp.waves else 0
-        return RolloutStatus(
+        return RolloutProgress(
             rollout_id=inp.rollout_id,
             phase=self._shown_phase(),
             wave_index=self._wave_index,

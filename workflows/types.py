@@ -7,6 +7,7 @@ Names here are part of running histories: never rename an activity, update, quer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 TASK_QUEUE = "ota-rollouts"
 WORKFLOW_NAME = "RolloutWorkflow"
@@ -48,7 +49,9 @@ class Activity:
     WAVE_PROMOTE = "rollouts.wave_promote"
 
 
-class Update:
+class Update(StrEnum):
+    """A person's actions on a running rollout, sent as Temporal Updates of these names (the human actions)."""
+
     PROMOTE = "promote"
     ABORT = "abort"
     ROLLBACK = "rollback"
@@ -56,12 +59,16 @@ class Update:
     RESUME = "resume"
 
 
-class Query:
+class Query(StrEnum):
     STATUS = "status"
 
 
-class Phase:
-    """Rollout phases as the workflow sees them (mirrors rollouts.choices.RolloutStatus values)."""
+class Phase(StrEnum):
+    """Rollout phases as the workflow sees them: the one list of rollout status words.
+
+    rollouts.choices.RolloutStatus (the model's choices) has exactly these values; a test and an import-time check
+    hold them together. Values live in rows and workflow histories: never rename one.
+    """
 
     SCHEDULED = "scheduled"
     RUNNING = "running"
@@ -74,7 +81,7 @@ class Phase:
     ROLLED_BACK = "rolled_back"
 
 
-class Gate:
+class Gate(StrEnum):
     """Why the workflow is waiting for a person (empty string: it is not)."""
 
     NONE = ""
@@ -83,7 +90,9 @@ class Gate:
     HALTED = "halted"  # the wave failed and the abort policy is `halt`
 
 
-class Verdict:
+class Verdict(StrEnum):
+    """A wave's health verdict (workflows.policy.wave_verdict)."""
+
     CONTINUE = "continue"
     PASS = "pass"
     FAIL = "fail"
@@ -226,8 +235,8 @@ class AuthorizeRequest:
 
 
 @dataclass
-class RolloutStatus:
-    """What the status query returns."""
+class RolloutProgress:
+    """What the status query and every human-action update return (the workflow's view of its rollout)."""
 
     rollout_id: int
     phase: str

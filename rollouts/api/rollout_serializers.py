@@ -7,6 +7,7 @@ from rest_framework import serializers
 from ota_project.serializers import InputSerializer
 from rollouts.choices import DeploymentKind, DeploymentStatus
 from rollouts.models import Deployment, Rollout, Wave
+from workflows.policy import HUMAN_ACTIONS
 
 
 class RolloutStartSerializer(InputSerializer):
@@ -23,7 +24,7 @@ class RolloutActionSerializer(InputSerializer):
 class ActionTokenRequestSerializer(RolloutActionSerializer):
     """Which action the token is for (it proves this person asked for exactly this, once, for a few minutes)."""
 
-    action = serializers.ChoiceField(choices=["promote", "abort", "rollback", "pause", "resume"])
+    action = serializers.ChoiceField(choices=list(HUMAN_ACTIONS))
 
 
 class ActionTokenSerializer(serializers.Serializer):

@@ -32,6 +32,8 @@ from rollouts.api.rollout_serializers import (
 )
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment, Rollout
+from workflows.policy import HUMAN_ACTIONS
+from workflows.types import Update
 
 
 class RolloutFilter(django_filters.FilterSet):
@@ -80,7 +82,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     serializer_class = RolloutSerializer
     filterset_class = RolloutFilter
-    action_roles = {name: (Role.OPERATOR,) for name in ("create", "action_token", *rollout_services.HUMAN_ACTIONS)}
+    action_roles = {name: (Role.OPERATOR,) for name in ("create", "action_token", *HUMAN_ACTIONS)}
 
     def get_queryset(self) -> Any:
         return Rollout.objects.select_related("release", "rollback_release", "started_by").prefetch_related("waves")
@@ -168,8 +170,8 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         }
         return Response(ActionTokenSerializer(body).data, status=status.HTTP_201_CREATED)
 
-    promote = _action_view("promote")
-    pause = _action_view("pause")
-    resume = _action_view("resume")
-    abort = _action_view("abort")
-    rollback = _action_view("rollback")
+    promote = _action_view(Update.PROMOTE)
+    pause = _action_view(Update.PAUSE)
+    resume = _action_view(Update.RESUME)
+    abort = _action_view(Update.ABORT)
+    rollback = _action_view(Update.ROLLBACK)

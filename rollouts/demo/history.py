@@ -23,7 +23,7 @@ from rollouts.deployment_services import deployment_offer
 from rollouts.health import wave_plan_of
 from rollouts.models import Rollout, Wave
 from workflows import policy
-from workflows.types import Gate, Phase, PhaseChange, Verdict
+from workflows.types import Gate, Phase, PhaseChange, Update, Verdict
 
 
 def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
@@ -82,7 +82,7 @@ def completed_rollout(*, operator: Any, change: Any) -> Rollout:
         gate = Gate.PROMOTION if passed else Gate.INCONCLUSIVE
         reason = f"Wave {wave['name']} {'passed' if passed else 'is inconclusive'}; waiting for an operator."
         rollout_services.rollout_phase(PhaseChange(rollout.pk, Phase.AWAITING_PROMOTION, index, gate, reason, health))
-        _operator_decides(rollout, operator, "promote", "KPIs nominal", wave_index=index)
+        _operator_decides(rollout, operator, Update.PROMOTE, "KPIs nominal", wave_index=index)
     rollout_services.rollout_finish(
         rollout_id=rollout.pk, outcome=Phase.COMPLETED, reason=f"All {len(waves)} waves passed."
     )
@@ -104,7 +104,7 @@ def halted_rollout(*, operator: Any, change: Any, failing_share: float, seed: in
     )
     rollout_services.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason=reason)
     if rollout.plan["abort_policy"] != "halt_and_rollback":
-        _operator_decides(rollout, operator, "rollback", "pilot boot failures")
+        _operator_decides(rollout, operator, Update.ROLLBACK, "pilot boot failures")
     rollout_services.rollback_assign(rollout_id=rollout.pk)
     _devices_poll(rollout, fails=set())
     back = rollout_services.rollback_health(rollout_id=rollout.pk)

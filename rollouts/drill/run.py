@@ -88,6 +88,7 @@ from rollouts.drill.proxy import FaultProxy, NetworkFaults
 from rollouts.drill.report import assemble, fleet_facts
 from rollouts.drill.stack import Stack
 from rollouts.models import Deployment, Rollout
+from workflows.types import Gate
 
 SETTLE_SECONDS = 120.0  # after the rollout ended: time for the last devices to report
 PROGRESS_SECONDS = 1.0
@@ -661,7 +662,7 @@ class Drill:
                 return
 
     def _abort_if_held(self, rollout: Rollout, world: World) -> None:
-        if rollout.status != RolloutStatus.AWAITING_PROMOTION or rollout.gate != "inconclusive":
+        if rollout.status != RolloutStatus.AWAITING_PROMOTION or rollout.gate != Gate.INCONCLUSIVE:
             return
         if rollout.pk in self.held:
             return

@@ -38,7 +38,7 @@ from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
 from rollouts.web.trace_selectors import records_about
 from workflows import policy
-from workflows.types import Gate, Verdict, WaveHealth, WavePlan
+from workflows.types import Gate, Update, Verdict, WaveHealth, WavePlan
 
 logger = logging.getLogger(__name__)
 
@@ -526,11 +526,11 @@ class ActionView:
 
 
 ACTIONS = (
-    ("pause", "Pause", False, "Pause: no new wave starts and nothing is promoted until someone resumes."),
-    ("resume", "Resume", False, "Resume: the rollout continues where it was paused."),
-    ("promote", "Promote", False, "Promote: the waiting wave is accepted and the next wave starts."),
-    ("abort", "Abort", True, "Abort: stop now; devices keep what they installed and the change is cancelled."),
-    ("rollback", "Roll back", True, "Roll back: every device that took the new release is offered the old one."),
+    (Update.PAUSE, "Pause", False, "Pause: no new wave starts and nothing is promoted until someone resumes."),
+    (Update.RESUME, "Resume", False, "Resume: the rollout continues where it was paused."),
+    (Update.PROMOTE, "Promote", False, "Promote: the waiting wave is accepted and the next wave starts."),
+    (Update.ABORT, "Abort", True, "Abort: stop now; devices keep what they installed and the change is cancelled."),
+    (Update.ROLLBACK, "Roll back", True, "Roll back: every device that took the new release is offered the old one."),
 )
 
 
@@ -565,7 +565,7 @@ def rollout_actions_for(user: AbstractBaseUser, rollout: Rollout) -> ActionsView
             requested_wave=rollout.current_wave,
         )
         if not refusal:
-            wave_index = rollout.current_wave if name == "promote" else None
+            wave_index = rollout.current_wave if name == Update.PROMOTE else None
             url = reverse("web-rollouts:act", args=[rollout.pk, name])
             actions.append(ActionView(name, label, url, danger, prompt, wave_index))
     return ActionsView(actions, "" if actions else "No action is possible in this state.")

@@ -22,6 +22,8 @@ from rollouts.choices import ROLLOUT_TERMINAL, DeploymentKind
 from rollouts.models import Rollout
 from rollouts.web import page_selectors
 from rollouts.web.forms import RolloutActionForm
+from workflows.policy import HUMAN_ACTIONS
+from workflows.types import Update
 
 # Anyone with a role reads rollouts (as in the API); only operators act (rollout_act checks again).
 READ_ROLES = tuple(Role.values)
@@ -96,12 +98,12 @@ def rollout_live(request: HttpRequest, pk: int) -> HttpResponse:
 @role_required(*ACT_ROLES)
 def rollout_act(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     """Pause, resume, promote, abort or roll back, with a reason, through the same service as the API."""
-    if action not in rollout_services.HUMAN_ACTIONS:
+    if action not in HUMAN_ACTIONS:
         raise Http404("No such action.")
     rollout = page_selectors.rollout_page_get(pk)
     label = ACTION_LABELS[action]
     form = RolloutActionForm(request.POST)
-    if form.is_valid() and action == "promote" and form.cleaned_data["wave_index"] is None:
+    if form.is_valid() and action == Update.PROMOTE and form.cleaned_data["wave_index"] is None:
         form.add_error("wave_index", "Promote names the wave that waits for promotion.")
     if not form.is_valid():
         problems = " ".join(str(error) for errors in form.errors.values() for error in errors)

@@ -29,6 +29,7 @@ from tests.support.html import accessible_name, badges, find, find_all, number, 
 from tests.support.rollouts import abort, assign_through, authorize
 from tests.temporal_support import running_worker
 from tests.web.helpers import html_of, messages_of, page_client
+from workflows.policy import HUMAN_ACTIONS
 from workflows.types import PhaseChange
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_temporal")]
@@ -373,7 +374,7 @@ def test_dashboard_says_when_temporal_is_off_or_unreachable(settings, rollout, o
 
 
 def _recorded() -> int:
-    return DecisionRecord.objects.filter(action__in=[f"rollout.{a}" for a in steps.HUMAN_ACTIONS]).count()
+    return DecisionRecord.objects.filter(action__in=[f"rollout.{a}" for a in HUMAN_ACTIONS]).count()
 
 
 def test_action_without_a_reason_is_refused_and_nothing_happens(rollout, operator):

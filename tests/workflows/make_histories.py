@@ -35,7 +35,7 @@ from tests.workflows.support import (
     wait_for,
     wave,
 )
-from workflows.types import Gate, HumanAction, Phase, RolloutStatus, Update
+from workflows.types import Gate, HumanAction, Phase, RolloutProgress, Update
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded with the workflow as it was before its `workflow.patched` changes (MONITOR_CLAMP_PATCH: soak 150 s with
@@ -48,7 +48,7 @@ FAILING = [counts(100, succeeded=4), counts(100, succeeded=6, failed=2), counts(
 
 
 async def _update(handle: WorkflowHandle, name: str, action: HumanAction) -> None:
-    await handle.execute_update(name, action, result_type=RolloutStatus)
+    await handle.execute_update(name, action, result_type=RolloutProgress)
 
 
 async def healthy_3_waves(env: WorkflowEnvironment, client: Client, task_queue: str) -> WorkflowHandle:

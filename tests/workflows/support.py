@@ -24,7 +24,7 @@ from workflows.types import (
     HumanAction,
     Query,
     RolloutInput,
-    RolloutStatus,
+    RolloutProgress,
     WavePlan,
     rollout_workflow_id,
 )
@@ -117,7 +117,7 @@ async def _terminate_leftovers(client: Client, handles: list[WorkflowHandle[Any,
             pass
 
 
-async def start(client: Client, inp: RolloutInput, task_queue: str) -> WorkflowHandle[Any, RolloutStatus]:
+async def start(client: Client, inp: RolloutInput, task_queue: str) -> WorkflowHandle[Any, RolloutProgress]:
     """Start the workflow; the handle addresses the latest run (updates, queries) and its result follows
     continue-as-new. Keep using it: on the time-skipping server only a started handle's result() skips time."""
     handle = await client.start_workflow(
@@ -125,13 +125,13 @@ async def start(client: Client, inp: RolloutInput, task_queue: str) -> WorkflowH
         inp,
         id=rollout_workflow_id(inp.rollout_id),
         task_queue=task_queue,
-        result_type=RolloutStatus,
+        result_type=RolloutProgress,
     )
     _started.setdefault(task_queue, []).append(handle)
     return handle
 
 
-async def status(handle: WorkflowHandle[Any, Any]) -> RolloutStatus:
+async def status(handle: WorkflowHandle[Any, Any]) -> RolloutProgress:
     """Query the latest run's status.
 
     A query that reaches the time-skipping test server just as the run continues as new is sometimes never
@@ -139,7 +139,7 @@ async def status(handle: WorkflowHandle[Any, Any]) -> RolloutStatus:
     """
     for _ in range(5):
         try:
-            return await handle.query(Query.STATUS, result_type=RolloutStatus, rpc_timeout=timedelta(seconds=2))
+            return await handle.query(Query.STATUS, result_type=RolloutProgress, rpc_timeout=timedelta(seconds=2))
         except RPCError as err:
             last_error = err
     raise last_error
@@ -148,11 +148,11 @@ async def status(handle: WorkflowHandle[Any, Any]) -> RolloutStatus:
 async def wait_for(
     env: WorkflowEnvironment,
     handle: WorkflowHandle[Any, Any],
-    condition: Callable[[RolloutStatus], bool],
+    condition: Callable[[RolloutProgress], bool],
     *,
     step_seconds: float = 30,
     attempts: int = 400,
-) -> RolloutStatus:
+) -> RolloutProgress:
     """Query until `condition(status)` holds, skipping `step_seconds` of (test server) time between queries."""
     for _ in range(attempts):
         current = await status(handle)

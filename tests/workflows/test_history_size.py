@@ -16,7 +16,7 @@ from tests.workflows.support import (
     wave,
 )
 from workflows.rollout import HISTORY_EVENT_BUDGET
-from workflows.types import Gate, Phase, RolloutStatus, Update
+from workflows.types import Gate, Phase, RolloutProgress, Update
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 RUN_BOUND = HISTORY_EVENT_BUDGET + 25
 
 
-async def run_to_end(env, fleet: FakeFleet, inp) -> tuple[RolloutStatus, list[int]]:
+async def run_to_end(env, fleet: FakeFleet, inp) -> tuple[RolloutProgress, list[int]]:
     async with fleet_worker(env.client, fleet) as task_queue:
         handle = await start(env.client, inp, task_queue)
         result = await handle.result()
@@ -50,7 +50,7 @@ async def test_an_open_gate_and_a_pause_survive_continue_as_new(time_env):
     async with fleet_worker(time_env.client, fleet) as task_queue:
         handle = await start(time_env.client, rollout_input(plan), task_queue)
         await wait_for(time_env, handle, lambda s: s.gate == Gate.PROMOTION)
-        await handle.execute_update(Update.PAUSE, operator(), result_type=RolloutStatus)
+        await handle.execute_update(Update.PAUSE, operator(), result_type=RolloutProgress)
         await time_env.sleep(5 * 3600)  # monitoring at the gate goes on: ~300 checks, more than one run holds
         assert len(await run_histories(time_env.client, handle)) >= 2
         carried = await status(handle)  # the started handle addresses the latest run
@@ -61,8 +61,8 @@ async def test_an_open_gate_and_a_pause_survive_continue_as_new(time_env):
             0,
         )
 
-        await handle.execute_update(Update.RESUME, operator(), result_type=RolloutStatus)
-        await handle.execute_update(Update.PROMOTE, operator(wave_index=0), result_type=RolloutStatus)
+        await handle.execute_update(Update.RESUME, operator(), result_type=RolloutProgress)
+        await handle.execute_update(Update.PROMOTE, operator(wave_index=0), result_type=RolloutProgress)
         result = await handle.result()
 
     assert result.phase == Phase.COMPLETED

@@ -18,7 +18,7 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from workflows.rollout import AUTO_PROMOTION_RECORD_PATCH, MONITOR_CLAMP_PATCH, RolloutWorkflow
-from workflows.types import WORKFLOW_NAME, RolloutInput, RolloutStatus
+from workflows.types import WORKFLOW_NAME, RolloutInput, RolloutProgress
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 HISTORIES = sorted(HISTORY_DIR.glob("*.json"))
@@ -76,7 +76,7 @@ class UnguardedRolloutWorkflow(RolloutWorkflow):
     """The current workflow as if its changes had been made without `workflow.patched`."""
 
     @workflow.run
-    async def run(self, inp: RolloutInput) -> RolloutStatus:
+    async def run(self, inp: RolloutInput) -> RolloutProgress:
         return await super().run(inp)
 
     def _patched(self, patch_id: str) -> bool:

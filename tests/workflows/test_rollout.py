@@ -27,7 +27,7 @@ from tests.workflows.support import (
     wait_for,
     wave,
 )
-from workflows.types import Activity, Gate, HumanAction, Phase, RolloutStatus, Update, Verdict
+from workflows.types import Activity, Gate, HumanAction, Phase, RolloutProgress, Update, Verdict
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -40,8 +40,8 @@ FAILING_WAVE = [
 ]
 
 
-async def update(handle, name: str, action: HumanAction) -> RolloutStatus:
-    return await handle.execute_update(name, action, result_type=RolloutStatus)
+async def update(handle, name: str, action: HumanAction) -> RolloutProgress:
+    return await handle.execute_update(name, action, result_type=RolloutProgress)
 
 
 async def refused(handle, name: str, action: HumanAction) -> str:

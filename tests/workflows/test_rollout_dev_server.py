@@ -22,7 +22,7 @@ from tests.workflows.support import (
     wave,
 )
 from workflows.rollout import RolloutWorkflow
-from workflows.types import Gate, HumanAction, Phase, RolloutStatus, Update
+from workflows.types import Gate, HumanAction, Phase, RolloutProgress, Update
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -74,10 +74,10 @@ async def test_a_manual_gate_refuses_the_author_and_opens_for_an_operator(dev_en
 
         author = HumanAction(actor_id=AUTHOR_ID, actor_roles=["operator"], reason="ship it", wave_index=0)
         with pytest.raises(WorkflowUpdateFailedError):
-            await handle.execute_update(Update.PROMOTE, author, result_type=RolloutStatus)
+            await handle.execute_update(Update.PROMOTE, author, result_type=RolloutProgress)
         assert fleet.decisions == [] and 1 not in fleet.assign_calls
 
-        promoted = await handle.execute_update(Update.PROMOTE, operator(wave_index=0), result_type=RolloutStatus)
+        promoted = await handle.execute_update(Update.PROMOTE, operator(wave_index=0), result_type=RolloutProgress)
         assert promoted.gate == Gate.NONE
         result = await handle.result()
 

@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.search_attributes import progress_updates
-    from workflows.types import WORKFLOW_NAME, HumanAction, Phase, Query, RolloutInput, RolloutStatus, Update
+    from workflows.types import WORKFLOW_NAME, HumanAction, Phase, Query, RolloutInput, RolloutProgress, Update
 
 AUTHORIZE_ACTIVITY = "tests.standin_authorize"
 
@@ -44,7 +44,7 @@ class StandInRolloutWorkflow:
         return self._phase
 
     @workflow.update(name=Update.PROMOTE)
-    async def promote(self, action: HumanAction) -> RolloutStatus:
+    async def promote(self, action: HumanAction) -> RolloutProgress:
         await workflow.execute_activity(AUTHORIZE_ACTIVITY, action, start_to_close_timeout=timedelta(seconds=10))
         self._message = f"promoted wave {action.wave_index}"
         return self.status()
@@ -57,7 +57,7 @@ class StandInRolloutWorkflow:
             raise ApplicationError(f"Wave 0 is waiting for promotion, not wave {action.wave_index}.", type="Conflict")
 
     @workflow.update(name=Update.PAUSE)
-    async def pause(self, action: HumanAction) -> RolloutStatus:
+    async def pause(self, action: HumanAction) -> RolloutProgress:
         self._paused = True
         workflow.upsert_search_attributes(progress_updates(phase=Phase.PAUSED, wave=0, paused=True))
         return self.status()
@@ -68,13 +68,13 @@ class StandInRolloutWorkflow:
             raise ValueError("Only a running rollout or one awaiting promotion can be paused; this one is paused.")
 
     @workflow.update(name=Update.ABORT)
-    async def abort(self, action: HumanAction) -> RolloutStatus:
+    async def abort(self, action: HumanAction) -> RolloutProgress:
         self._phase = Phase.ABORTED
         return self.status()
 
     @workflow.query(name=Query.STATUS)
-    def status(self) -> RolloutStatus:
-        return RolloutStatus(
+    def status(self) -> RolloutProgress:
+        return RolloutProgress(
             rollout_id=self._input.rollout_id,
             phase=Phase.PAUSED if self._paused and self._phase == Phase.RUNNING else self._phase,
             wave_index=0,
