@@ -11,6 +11,7 @@ from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 from django.utils import timezone
 
+from approvals.audit.models import DecisionRecord
 from approvals.choices import (
     CHANGE_CANCELLABLE,
     CHANGE_EDITABLE,
@@ -21,7 +22,7 @@ from approvals.choices import (
     ApprovalDecision,
     ChangeStatus,
 )
-from approvals.models import Approval, ApprovalPolicy, ChangeRequest, DecisionRecord
+from approvals.models import Approval, ApprovalPolicy, ChangeRequest
 from approvals.plans import plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
 from devices.scope import scope_devices

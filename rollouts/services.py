@@ -11,7 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from approvals.records import record_decision
+from approvals.audit.records import record_decision
 from devices.models import HardwareModel
 from devices.validators import validate_semver
 from ota_project.errors import InvalidInput, NotPermitted

@@ -20,8 +20,10 @@ from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 
+from approvals.audit.models import DecisionRecord
+from approvals.audit.web.trace_selectors import records_about
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.models import ChangeRequest
 from approvals.plans import wave_sizes
 from devices.scope import scope_devices
 from ota_project.roles import Role, roles_of
@@ -36,7 +38,6 @@ from rollouts.choices import (
 from rollouts.health import deployment_health
 from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
-from rollouts.web.trace_selectors import records_about
 from workflows import policy
 from workflows.types import Gate, Verdict, WaveHealth, WavePlan
 

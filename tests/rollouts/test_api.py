@@ -8,7 +8,7 @@ import pytest
 from django.middleware.csrf import _get_new_csrf_string
 from rest_framework.test import APIClient
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from ota_project.roles import Role
 from rollouts.artifacts import artifact_path
 from rollouts.models import FirmwareArtifact, FirmwareRelease
