@@ -14,9 +14,10 @@ import stat
 import zipfile
 
 import pytest
-from django.apps import apps
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.state import StateApps
 from django.urls import reverse
 from django.utils.html import escape
 
@@ -39,6 +40,11 @@ from tests.web.helpers import page_client
 pytestmark = pytest.mark.django_db
 
 legacy_migration = importlib.import_module("approvals.migrations.0005_decision_record_signatures")
+
+
+def _apps_at_legacy_migration() -> StateApps:
+    """The models as that migration sees them (the decision record was then approvals.DecisionRecord)."""
+    return MigrationLoader(connection).project_state(("approvals", "0005_decision_record_signatures")).apps
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -289,7 +295,7 @@ def test_the_migration_pins_unsigned_legacy_records_with_a_signed_checkpoint():
     verdict = chain_verify()
     assert not verdict.ok and verdict.broken_seq == 1 and "carries no signature" in verdict.problem
 
-    legacy_migration.sign_legacy_head(apps, None)
+    legacy_migration.sign_legacy_head(_apps_at_legacy_migration(), None)
 
     verdict = chain_verify()
     assert verdict.ok and verdict.unsigned_legacy == 4 and verdict.checkpoint_seq == 4
@@ -300,7 +306,7 @@ def test_the_migration_pins_unsigned_legacy_records_with_a_signed_checkpoint():
 def test_the_migration_signs_no_checkpoint_over_a_broken_chain():
     append_records(3)
     as_table_owner("UPDATE approvals_decisionrecord SET signature = NULL, reason = 'x' WHERE seq = 2")
-    legacy_migration.sign_legacy_head(apps, None)
+    legacy_migration.sign_legacy_head(_apps_at_legacy_migration(), None)
     assert checkpoint_log_lines() == []
 
 
