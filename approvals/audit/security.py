@@ -122,7 +122,7 @@ def security_event(
 ) -> None:
     """Count one refusal in its aggregate row; kept even if the caller's transaction rolls back, never raises."""
     if kind not in _KINDS:
-        raise ValueError(f"Unknown security event kind {kind!r}; add it to approvals.choices.SecurityEventKind.")
+        raise ValueError(f"Unknown security event kind {kind!r}; add it to approvals.audit.choices.SecurityEventKind.")
     _recorded_in_request.set(True)
     person = actor if actor is not None and actor.is_authenticated else None
     actor_id = person.pk if person is not None else None
