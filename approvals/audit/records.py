@@ -1,9 +1,9 @@
 """The hash-chained decision record: append (inside the caller's transaction) and verify.
 
-This module is the one part of `approvals` that other apps may import: it depends on nothing
-else in the project, so devices and rollouts can record their decisions without a cycle.
+Part of the audit room's low part (approvals.audit): it imports no app room, so devices, change control and
+rollouts can all record their decisions without a cycle (an import-linter contract keeps it so).
 The key that signs each record and the signed checkpoints of the chain head reach it through a
-`RecordTrust` that the approvals app installs at start-up (approvals.audit.checkpoints), so the
+`RecordTrust` that the audit app installs at start-up (approvals.audit.checkpoints), so the
 private key and the checkpoint log stay outside the database and outside this module.
 """
 
@@ -75,14 +75,14 @@ _trust: RecordTrust | None = None
 
 
 def record_trust_install(trust: RecordTrust) -> None:
-    """Make `trust` sign new records and anchor verification (the approvals app does this at start-up)."""
+    """Make `trust` sign new records and anchor verification (the audit app, approvals.audit, does this at start-up)."""
     global _trust
     _trust = trust
 
 
 def _installed_trust() -> RecordTrust:
     if _trust is None:
-        raise RuntimeError("no RecordTrust installed: the approvals app must be in INSTALLED_APPS")
+        raise RuntimeError("no RecordTrust installed: the audit app (approvals.audit) must be in INSTALLED_APPS")
     return _trust
 
 

@@ -1,7 +1,7 @@
 """Security events: every refusal that could be an attack leaves a counted, bounded trace.
 
-Like `approvals.audit.records`, this module depends only on `approvals.models` and Django, so devices and rollouts can
-call `security_event` without a cycle. Three properties matter and each has its reason:
+Like `approvals.audit.records`, this module depends only on the audit room's models and Django, so devices, change
+control and rollouts can call `security_event` without a cycle. Three properties matter and each has its reason:
 
 - **It survives the refusal's rollback.** Refusals are mostly raised inside `@transaction.atomic`, and the
   exception rolls that transaction back. Outside a transaction the row is written on the default connection in

@@ -1,4 +1,6 @@
-"""Celery tasks of change control: short side effects only (signed checkpoints of the decision record, purges)."""
+"""Celery tasks of the audit room: short side effects only (signed checkpoints of the decision record, purges).
+
+The task names keep their approvals.* prefix: they are stable names in beat schedules and queued messages."""
 
 from __future__ import annotations
 
