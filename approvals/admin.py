@@ -1,5 +1,5 @@
 """Admin: administrators edit the risk questionnaire, rules, bands, policy and templates (each edit recorded);
-change requests, approvals and the decision record are read-only here, so every rule is enforced by services."""
+change requests and approvals are read-only here (the decision record's page is approvals.audit.admin), so every rule is enforced by services."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ from django.contrib import admin
 from django.forms.models import model_to_dict
 from django.http import HttpRequest
 
+from approvals.audit.records import record_decision
 from approvals.models import (
     Approval,
     ApprovalPolicy,
     ApprovalRequirement,
     ChangeRequest,
     ChangeTemplate,
-    DecisionRecord,
     RiskLevelBand,
     RiskQuestion,
     RiskRule,
 )
-from approvals.records import record_decision
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -145,10 +144,3 @@ class ChangeRequestAdmin(ReadOnlyAdmin):
 class ApprovalAdmin(ReadOnlyAdmin):
     list_display = ["change", "approver", "decision", "revision", "created_at", "voided_at"]
     list_filter = ["decision"]
-
-
-@admin.register(DecisionRecord)
-class DecisionRecordAdmin(ReadOnlyAdmin):
-    list_display = ["seq", "created_at", "actor_name", "action", "object_type", "object_id", "revision"]
-    list_filter = ["action", "object_type"]
-    search_fields = ["object_id", "actor_name", "hash"]

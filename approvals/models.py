@@ -1,4 +1,4 @@
-"""Change requests, risk questionnaire, approval policy, approvals and the hash-chained decision record."""
+"""Change requests, risk questionnaire, approval policy and approvals (the decision record lives in approvals.audit)."""
 
 from __future__ import annotations
 
@@ -14,47 +14,8 @@ from approvals.choices import (
     QuestionKind,
     RiskLevel,
     RuleOperator,
-    SecurityEventKind,
 )
 from ota_project.roles import Role
-
-
-class DecisionRecord(models.Model):
-    """One entry of the append-only, hash-chained log of every decision and transition."""
-
-    seq = models.PositiveBigIntegerField(unique=True, help_text="Position in the chain, from 1.")
-    created_at = models.DateTimeField()
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+")
-    actor_name = models.CharField(max_length=150, help_text="Username at the time, or system:<component>.")
-    action = models.CharField(max_length=64)
-    object_type = models.CharField(max_length=64)
-    object_id = models.CharField(max_length=64)
-    revision = models.PositiveIntegerField(null=True, blank=True)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
-    reason = models.TextField(blank=True, default="")
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
-    # Ed25519 over the hash by the audit key (outside the database). NULL means "never signed": records from before
-    # signing at append time, pinned by the signed checkpoint that migration 0005 wrote. Nullable also so that
-    # adding the columns does not rebuild the SQLite table (which would drop its append-only triggers).
-    signature = models.CharField(  # noqa: DJ001
-        max_length=88, null=True, blank=True, help_text="base64 Ed25519 over the hash."
-    )
-    key_id = models.CharField(  # noqa: DJ001
-        max_length=64, null=True, blank=True, help_text="sha256 of the signing public key."
-    )
-
-    class Meta:
-        ordering = ["seq"]
-        indexes = [
-            models.Index(fields=["object_type", "object_id"]),
-            models.Index(fields=["action"]),
-            models.Index(fields=["created_at"]),
-        ]
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.action} {self.object_type}:{self.object_id}"
 
 
 class ChangeTemplate(models.Model):
@@ -239,44 +200,3 @@ class Approval(models.Model):
                 fields=["change", "approver", "revision"], name="one_decision_per_person_per_revision"
             ),
         ]
-
-
-class SecurityEvent(models.Model):
-    """Refusals of one kind, from one source, by one actor, device or address within one time bucket (aggregated).
-
-    Written only by approvals.security.security_event, outside the refused request's transaction, so a rolled-back
-    refusal still leaves its trace. No foreign keys on purpose: the row must not wait on, or vanish with, the user
-    or device it names (an actor created in an uncommitted transaction would make the write block).
-    """
-
-    kind = models.CharField(max_length=32, choices=SecurityEventKind.choices)
-    source = models.CharField(max_length=64, help_text="Where the refusal happened, e.g. device_api.status.")
-    bucket = models.DateTimeField(help_text="Start of the time bucket this row counts refusals in.")
-    key = models.CharField(
-        max_length=100,
-        help_text="Who it aggregates by: user:<id>, device:<serial>, address:<ip>, - (nobody known) or * (overflow).",
-    )
-    actor_id = models.BigIntegerField(null=True, blank=True, help_text="The refused person's user id, if any.")
-    actor_name = models.CharField(max_length=150, blank=True, default="")
-    device_serial = models.CharField(max_length=64, blank=True, default="", help_text="Serial claimed or used.")
-    address = models.CharField(max_length=64, blank=True, default="", help_text="Client address (REMOTE_ADDR).")
-    subject = models.CharField(max_length=200, blank=True, default="", help_text="What was asked for (latest).")
-    message = models.CharField(max_length=500, help_text="The latest refusal message.")
-    count = models.PositiveBigIntegerField(default=1)
-    first_at = models.DateTimeField()
-    last_at = models.DateTimeField()
-
-    class Meta:
-        ordering = ["-last_at", "-id"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["kind", "source", "bucket", "key"], name="one_security_event_per_key_and_bucket"
-            ),
-        ]
-        indexes = [
-            models.Index(fields=["kind", "source", "bucket", "address"], name="security_event_address_idx"),
-            models.Index(fields=["last_at"], name="security_event_last_at_idx"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.source} {self.key} x{self.count}"

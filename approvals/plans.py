@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from approvals.records import canonical_json
+from approvals.audit.records import canonical_json
 from ota_project.errors import InvalidInput
 
 COHORT_KINDS = ("pilot", "percent", "count")

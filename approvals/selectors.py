@@ -11,6 +11,7 @@ from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 from django.utils import timezone
 
+from approvals.audit.models import DecisionRecord
 from approvals.choices import (
     CHANGE_CANCELLABLE,
     CHANGE_EDITABLE,
@@ -21,7 +22,7 @@ from approvals.choices import (
     ApprovalDecision,
     ChangeStatus,
 )
-from approvals.models import Approval, ApprovalPolicy, ChangeRequest, DecisionRecord
+from approvals.models import Approval, ApprovalPolicy, ChangeRequest
 from approvals.plans import plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
 from devices.scope import scope_devices
@@ -225,3 +226,12 @@ def plan_wave_preview(plan: dict[str, Any], scope: dict[str, list[str]]) -> list
         WavePreview(index, wave["name"], dict(wave["cohort"]), size, wave["promotion"])
         for index, (wave, size) in enumerate(zip(waves, sizes, strict=True))
     ]
+
+
+def change_records(change: ChangeRequest, *, rollout_id: int | None = None) -> QuerySet[DecisionRecord]:
+    """Every decision record about the change, its approvals and (if started) its rollout; unordered."""
+    approval_ids = [str(pk) for pk in change.approvals.values_list("pk", flat=True)]
+    about = Q(object_type="change", object_id=str(change.pk)) | Q(object_type="approval", object_id__in=approval_ids)
+    if rollout_id is not None:
+        about |= Q(object_type="rollout", object_id=str(rollout_id))
+    return DecisionRecord.objects.filter(about)

@@ -17,6 +17,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.uploadedfile import UploadedFile
 from django.utils import timezone
 
+from approvals.audit.records import record_decision
+from approvals.audit.security import SecurityEventKind, security_event
 from approvals.choices import (
     CHANGE_EDITABLE,
     CHANGE_TRANSITIONS,
@@ -27,9 +29,7 @@ from approvals.choices import (
 )
 from approvals.models import Approval, ChangeRequest, TestEvidence
 from approvals.plans import plan_normalize
-from approvals.records import record_decision
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
-from approvals.security import SecurityEventKind, security_event
 from approvals.selectors import (
     change_cancel_refusal,
     change_plan_hash,

@@ -25,9 +25,9 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 
-from approvals import records  # noqa: E402
-from approvals.audit_checkpoints import AuditKeyTrust  # noqa: E402
-from approvals.records import CheckpointSet, SignatureVerifier  # noqa: E402
+from approvals.audit import records  # noqa: E402
+from approvals.audit.checkpoints import AuditKeyTrust  # noqa: E402
+from approvals.audit.records import CheckpointSet, SignatureVerifier  # noqa: E402
 
 
 class UnsignedTrust:

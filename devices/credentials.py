@@ -14,8 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.records import record_decision
-from approvals.security import SecurityEventKind, security_event
+from approvals.audit.records import record_decision
+from approvals.audit.security import SecurityEventKind, security_event
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceCredential
 from devices.validators import validate_text

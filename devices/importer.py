@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from approvals.records import canonical_json, record_decision
+from approvals.audit.records import canonical_json, record_decision
 from devices.choices import DeviceStatus, NetworkCapability, UsageProfile, VehicleType
 from devices.models import Device, HardwareModel, Region
 from devices.services import MAX_RELEASE_COUNTER, MAX_TAGS, tags_get_or_create

@@ -14,7 +14,7 @@ from django.db.models import Model, Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from approvals.records import record_decision
+from approvals.audit.records import record_decision
 from devices.choices import (
     DEVICE_TRANSITIONS,
     DeviceStatus,

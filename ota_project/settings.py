@@ -48,6 +48,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "axes",
     "ota_project",
+    # The audit room sits below every other app: the inventory, change control and rollouts append to its record.
+    "approvals.audit",
     "devices",
     "devices.firmware",
     "rollouts",
@@ -243,7 +245,7 @@ OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_PO
 OTA_TELEMETRY_RETENTION_DAYS = int(os.environ.get("OTA_TELEMETRY_RETENTION_DAYS", "90"))
 OTA_TELEMETRY_BATCH_KEEP_DAYS = int(os.environ.get("OTA_TELEMETRY_BATCH_KEEP_DAYS", "14"))
 
-# Security events (approvals.security): refusals counted per kind, source, actor/device/address key and time bucket.
+# Security events (approvals.audit.security): refusals counted per kind, source, actor/device/address key and time bucket.
 # Buckets of this many seconds; past KEYS_PER_ADDRESS keys from one address, or KEYS_PER_BUCKET keys for one kind
 # and source, in one bucket, further keys collapse (so a flood of random serials stays a bounded number of rows).
 OTA_SECURITY_EVENT_BUCKET_SECONDS = int(os.environ.get("OTA_SECURITY_EVENT_BUCKET_SECONDS", "300"))

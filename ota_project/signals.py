@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.dispatch import Signal
 
 # A request that could be an attack was refused by the shared layer (API exception handler, 403 page, token issue).
-# Keyword arguments: request, kind (a value of approvals.choices.SecurityEventKind), source, message, subject.
+# Keyword arguments: request, kind (a value of approvals.audit.choices.SecurityEventKind), source, message, subject.
 # Sent with send_robust: a receiver's failure never changes the refusal's answer.
 refusal = Signal()
 

@@ -10,14 +10,15 @@ api_v1 = [
     path("", include("devices.firmware.api.urls")),
     path("", include("rollouts.api.urls")),
     path("", include("approvals.api.urls")),
+    path("audit/", include("approvals.audit.api.urls")),
 ]
 
 # The web UI: each app owns its pages; the shared layer owns sign-in and the layout.
 web = [
     path("", include("ota_project.web.urls")),
     path("changes/", include(("approvals.web.change_urls", "web-changes"), namespace="web-changes")),
-    path("audit/", include(("approvals.web.audit_urls", "web-audit"), namespace="web-audit")),
-    path("audit/", include(("rollouts.web.audit_urls", "web-trace"), namespace="web-trace")),
+    path("audit/", include(("approvals.audit.web.urls", "web-audit"), namespace="web-audit")),
+    path("audit/", include(("approvals.audit.web.trace_urls", "web-trace"), namespace="web-trace")),
     path("rollouts/", include(("rollouts.web.urls", "web-rollouts"), namespace="web-rollouts")),
     path("fleet/", include(("devices.web.urls", "web-fleet"), namespace="web-fleet")),
 ]

@@ -15,8 +15,8 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from approvals.audit.records import record_decision
 from approvals.choices import ChangeStatus
-from approvals.records import record_decision
 from devices.choices import DeviceStatus
 from devices.firmware.models import FirmwareRelease
 from devices.models import Device

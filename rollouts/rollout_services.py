@@ -20,11 +20,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from approvals import services as change_services
+from approvals.audit.models import DecisionRecord
+from approvals.audit.records import record_decision
+from approvals.audit.security import SecurityEventKind, security_event
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.models import ChangeRequest
 from approvals.plans import plan_hash, wave_sizes
-from approvals.records import record_decision
-from approvals.security import SecurityEventKind, security_event
 from devices.models import Region
 from devices.scope import scope_devices
 from ota_project.db import atomic_with_retry

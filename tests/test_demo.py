@@ -5,8 +5,8 @@ import json
 import pytest
 from django.core.management import call_command
 
+from approvals.audit.records import chain_verify
 from approvals.models import ChangeRequest
-from approvals.records import chain_verify
 from approvals.selectors import plan_wave_preview
 from devices.choices import SIMULATED_TAG
 from devices.firmware.models import FirmwareRelease

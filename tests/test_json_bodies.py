@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.audit.models import DecisionRecord
+from approvals.models import ChangeRequest
 from ota_project.parsers import JSONBodyError, json_loads_strict
 
 CHANGES = "/api/v1/changes/"

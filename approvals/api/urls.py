@@ -1,4 +1,4 @@
-from django.urls import include, path
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from approvals.api import views
@@ -12,6 +12,5 @@ router.register("change-templates", views.ChangeTemplateViewSet, basename="chang
 urlpatterns = [
     path("scope/preview/", views.ScopePreviewView.as_view(), name="scope-preview"),
     path("risk/preview/", views.RiskPreviewView.as_view(), name="risk-preview"),
-    path("audit/", include("approvals.api.audit_urls")),
     *router.urls,
 ]

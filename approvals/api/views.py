@@ -14,8 +14,8 @@ from rest_framework.views import APIView
 
 from approvals import selectors, services
 from approvals.api import serializers as s
-from approvals.api.audit_serializers import AuditRecordSerializer
 from approvals.api.filters import ChangeFilter
+from approvals.audit.api.serializers import AuditRecordSerializer
 from approvals.models import ApprovalPolicy, ChangeTemplate, RiskQuestion
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
 from devices.scope import scope_normalize, scope_summary

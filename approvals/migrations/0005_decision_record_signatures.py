@@ -12,8 +12,8 @@
 
 from django.db import migrations, models
 
-from approvals.audit_checkpoints import checkpoint_append
-from approvals.records import GENESIS_HASH, record_hash
+from approvals.audit.checkpoints import checkpoint_append
+from approvals.audit.records import GENESIS_HASH, record_hash
 
 CREATE_NO_TRUNCATE = """
 CREATE OR REPLACE FUNCTION approvals_decisionrecord_no_truncate() RETURNS trigger AS $$
@@ -66,16 +66,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="decisionrecord",
             name="signature",
-            field=models.CharField(
-                blank=True, help_text="base64 Ed25519 over the hash.", max_length=88, null=True
-            ),
+            field=models.CharField(blank=True, help_text="base64 Ed25519 over the hash.", max_length=88, null=True),
         ),
         migrations.AddField(
             model_name="decisionrecord",
             name="key_id",
-            field=models.CharField(
-                blank=True, help_text="sha256 of the signing public key.", max_length=64, null=True
-            ),
+            field=models.CharField(blank=True, help_text="sha256 of the signing public key.", max_length=64, null=True),
         ),
         migrations.RunPython(create_truncate_trigger, drop_truncate_trigger),
         migrations.RunPython(sign_legacy_head, migrations.RunPython.noop),

@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 
+from approvals.audit.models import DecisionRecord
 from approvals.choices import (
     CHANGE_EDITABLE,
     CHANGE_PENDING_REVIEW,
@@ -18,7 +19,7 @@ from approvals.choices import (
     ChangeStatus,
     ChangeType,
 )
-from approvals.models import Approval, ChangeRequest, DecisionRecord, RiskQuestion
+from approvals.models import Approval, ChangeRequest, RiskQuestion
 from approvals.plans import (
     parse_utc,  # the plan's own reading of blackout times
     plan_normalize,

@@ -24,7 +24,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from approvals.security import SecurityEventKind, security_event
+from approvals.audit.security import SecurityEventKind, security_event
 from devices.choices import DeviceStatus
 from devices.credentials import secret_hash
 from devices.models import Device, DeviceCredential

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db import transaction
 
-from approvals.security import SecurityEventKind, security_event
+from approvals.audit.security import SecurityEventKind, security_event
 from devices.models import Device
 from devices.telemetry import BatchAcceptance, telemetry_batch_accept
 from ota_project.errors import InvalidInput

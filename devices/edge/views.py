@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from approvals.security import SecurityEventKind, security_event
+from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge import services
 from devices.edge.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
 from devices.edge.serializers import (

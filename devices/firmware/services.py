@@ -11,7 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from approvals.records import record_decision
+from approvals.audit.records import record_decision
 from devices.firmware.models import FirmwareRelease
 from devices.firmware.selectors import release_latest_counters
 from devices.firmware.storage import (

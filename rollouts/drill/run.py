@@ -46,8 +46,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from approvals import services as change_services
+from approvals.audit.records import chain_verify
 from approvals.choices import ChangeStatus
-from approvals.records import chain_verify
 from devices import services as device_services
 from devices.credentials import device_credential_issue
 from devices.firmware.models import FirmwareRelease

@@ -20,9 +20,11 @@ from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 
+from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.models import ChangeRequest
 from approvals.plans import wave_sizes
+from approvals.selectors import change_records
 from devices.scope import scope_devices
 from ota_project.roles import Role, roles_of
 from rollouts.choices import (
@@ -36,7 +38,6 @@ from rollouts.choices import (
 from rollouts.health import deployment_health
 from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
-from rollouts.web.trace_selectors import records_about
 from workflows import policy
 from workflows.types import Gate, Update, Verdict, WaveHealth, WavePlan
 
@@ -438,7 +439,7 @@ class TimelineEntry:
 
 def rollout_timeline(rollout: Rollout, limit: int = TIMELINE_ROWS) -> list[TimelineEntry]:
     """Decision records of the rollout and of its change (and the change's approvals), newest first."""
-    records = records_about(rollout.change, rollout).order_by("-seq")[:limit]
+    records = change_records(rollout.change, rollout_id=rollout.pk).order_by("-seq")[:limit]
     return [TimelineEntry(record, record.object_type) for record in records]
 
 

@@ -7,8 +7,9 @@ import json
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
-from approvals.models import Approval, ChangeRequest, DecisionRecord
+from approvals.models import Approval, ChangeRequest
 from ota_project.roles import Role
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
 from approvals import services
+from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.models import ChangeRequest
 from approvals.models import TestEvidence as EvidenceFile
 from approvals.selectors import ROLLOUT_RUNNING_MESSAGE
 from approvals.web.change_selectors import change_actions

@@ -10,9 +10,10 @@ import pytest
 from django.db import OperationalError, connection, transaction
 
 from approvals import services
+from approvals.audit.models import DecisionRecord
+from approvals.audit.records import chain_verify, record_decision
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
-from approvals.records import chain_verify, record_decision
+from approvals.models import ChangeRequest
 from ota_project import db
 from ota_project.db import atomic_with_retry
 from tests.web.helpers import page_client

@@ -8,8 +8,10 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from approvals import services
-from approvals.choices import ChangeStatus, SecurityEventKind
-from approvals.models import Approval, ChangeRequest, DecisionRecord, SecurityEvent
+from approvals.audit.choices import SecurityEventKind
+from approvals.audit.models import DecisionRecord, SecurityEvent
+from approvals.choices import ChangeStatus
+from approvals.models import Approval, ChangeRequest
 from ota_project.errors import Conflict, NotPermitted
 from ota_project.roles import Role
 from tests.web.helpers import page_client

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from approvals import services
+from approvals.audit.models import DecisionRecord
+from approvals.audit.records import chain_verify
 from approvals.choices import ChangeStatus, ChangeType, RiskLevel
-from approvals.models import Approval, ChangeRequest, ChangeTemplate, DecisionRecord
-from approvals.records import chain_verify
+from approvals.models import Approval, ChangeRequest, ChangeTemplate
 from approvals.selectors import change_decision_blockers, change_list_retrospective_overdue, change_policy_progress
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.roles import Role

@@ -16,10 +16,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from playwright.sync_api import Page, expect
 
-from approvals.audit import audit_bundle_verify
-from approvals.audit_keys import audit_public_key_pem
+from approvals.audit.keys import audit_public_key_pem
+from approvals.audit.models import DecisionRecord
+from approvals.audit.verify import audit_bundle_verify
 from approvals.choices import ChangeStatus
-from approvals.models import Approval, ChangeRequest, DecisionRecord
+from approvals.models import Approval, ChangeRequest
 from ota_project.roles import Role
 from rollouts.choices import DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment, Rollout

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.credentials import device_credential_issue
 from devices.models import DeviceCredential
 from tests.device_api.conftest import checkin_body

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.credentials import device_credential_issue, device_credential_revoke, secret_hash
 from devices.models import Device, DeviceCredential
 from devices.services import device_decommission, device_quarantine

@@ -11,7 +11,7 @@ import pytest
 from django.core.cache import caches
 from django.utils import timezone
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.edge import throttle
 from devices.models import Device, Region
 from devices.selectors import device_is_offline, device_list

@@ -7,9 +7,9 @@ import pytest
 from django.db import OperationalError
 from rest_framework.test import APIClient
 
-from approvals import security
-from approvals.choices import SecurityEventKind
-from approvals.models import DecisionRecord, SecurityEvent
+from approvals.audit import security
+from approvals.audit.choices import SecurityEventKind
+from approvals.audit.models import DecisionRecord, SecurityEvent
 from devices.credentials import device_credential_issue, device_credential_revoke
 from devices.models import Device, TelemetryBatch
 from rollouts.models import Deployment

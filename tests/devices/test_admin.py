@@ -3,7 +3,7 @@
 import pytest
 from django.test import Client
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.choices import DeviceStatus
 from devices.models import Device, HardwareModel
 from tests.factories import DeviceFactory, UserFactory

@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices import importer
 from devices.choices import DeviceStatus
 from devices.models import Device, HardwareModel, Region

@@ -3,7 +3,7 @@
 import pytest
 from django.core.management import base, call_command, load_command_class
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.models import Device
 from tests.devices.files import rows_to_csv, rows_to_json
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices import importer
 from devices.choices import DeviceStatus
 from devices.models import Device, Tag

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.models import Device, Region
 from devices.services import device_record_report, region_update
 from ota_project.errors import InvalidInput

@@ -6,8 +6,8 @@ from itertools import product
 import pytest
 from django.utils import timezone
 
-from approvals.models import DecisionRecord
-from approvals.records import chain_verify
+from approvals.audit.models import DecisionRecord
+from approvals.audit.records import chain_verify
 from devices import services
 from devices.choices import DEVICE_TRANSITIONS, DeviceStatus
 from devices.models import DRIFT_Q, Device, HardwareModel, Region, Tag

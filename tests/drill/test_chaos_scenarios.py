@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from rollouts.choices import DeploymentKind
 from rollouts.models import Deployment, Rollout, Wave
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from django.conf import settings
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.models import Device
 from rollouts.choices import DeploymentKind, DeploymentStatus
 from rollouts.drill.run import DrillError, DrillOptions, validate_options

@@ -12,7 +12,7 @@ import time
 import pytest
 from django.db import close_old_connections
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.models import Device
 from tests.factories import DeviceFactory
 from tests.temporal_support import REPO_ROOT, subprocess_env

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from tests.factories import HardwareModelFactory
 

@@ -8,7 +8,7 @@ import pytest
 from django.middleware.csrf import _get_new_csrf_string
 from rest_framework.test import APIClient
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from devices.firmware.storage import artifact_path
 from ota_project.roles import Role

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices.firmware.management.commands.create_release import Command
 from devices.firmware.models import FirmwareRelease
 from devices.firmware.storage import artifact_path

@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
 
-from approvals.models import DecisionRecord
-from approvals.records import chain_verify
+from approvals.audit.models import DecisionRecord
+from approvals.audit.records import chain_verify
 from devices.firmware.models import FirmwareArtifact, FirmwareRelease
 from devices.firmware.selectors import release_latest_counter
 from devices.firmware.services import release_create

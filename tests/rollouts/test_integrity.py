@@ -15,8 +15,10 @@ from django.utils import timezone
 from temporalio.testing import ActivityEnvironment
 
 from approvals import services as change_services
-from approvals.choices import ChangeStatus, SecurityEventKind
-from approvals.models import ChangeRequest, DecisionRecord, SecurityEvent
+from approvals.audit.choices import SecurityEventKind
+from approvals.audit.models import DecisionRecord, SecurityEvent
+from approvals.choices import ChangeStatus
+from approvals.models import ChangeRequest
 from devices.models import Device
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.roles import Role

@@ -2,7 +2,7 @@
 
 import pytest
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from rollouts import rollout_services as steps
 from rollouts.models import Rollout
 from tests.support.rollouts import authorize

@@ -10,8 +10,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
+from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.models import ChangeRequest
 from devices.models import Device
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from rollouts import rollout_services as steps

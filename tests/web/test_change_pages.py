@@ -12,8 +12,9 @@ from django.test import Client
 from django.utils import timezone
 
 from approvals import services
+from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
-from approvals.models import Approval, ChangeRequest, DecisionRecord
+from approvals.models import Approval, ChangeRequest
 from approvals.models import TestEvidence as EvidenceFile
 from approvals.plans import default_plan, wave_sizes
 from approvals.selectors import plan_wave_preview

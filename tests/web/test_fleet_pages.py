@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from devices import services
 from devices.choices import DeviceStatus
 from devices.models import Device, TelemetrySample

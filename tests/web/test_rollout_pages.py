@@ -15,8 +15,9 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from approvals import services as change_services
+from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.models import ChangeRequest
 from devices.models import Device
 from ota_project.net import free_port
 from ota_project.roles import Role

@@ -9,9 +9,10 @@ import pytest
 from django.contrib.auth.models import Group
 
 from approvals import services as change_services
+from approvals.audit.models import DecisionRecord
+from approvals.audit.records import chain_verify
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest, DecisionRecord
-from approvals.records import chain_verify
+from approvals.models import ChangeRequest
 from devices.models import Device
 from ota_project.errors import Conflict, NotPermitted
 from ota_project.net import free_port

@@ -1,0 +1,45 @@
+"""Security event kinds and their display severity (values live in rows and are never renamed)."""
+
+from django.db import models
+
+
+class SecurityEventKind(models.TextChoices):
+    """What was refused; values live in rows and are never renamed."""
+
+    DEVICE_AUTH_FAILED = "device_auth_failed", "Device authentication failed"
+    DEVICE_REPLAY = "device_replay", "Device report replayed"
+    DEVICE_STALE_REPORT = "device_stale_report", "Stale device report"
+    DEVICE_CROSS_DEVICE = "device_cross_device", "Device named another device's deployment"
+    DEVICE_ARTIFACT_REFUSED = "device_artifact_refused", "Image not offered to the device"
+    ACTION_FORGED = "action_forged", "Forged or unverifiable action"
+    ACTION_UNAUTHORISED = "action_unauthorised", "Action not permitted"
+    STALE_REVISION = "stale_revision", "Decision on a stale revision"
+    START_REFUSED = "start_refused", "Rollout start refused"
+    LOGIN_LOCKED_OUT = "login_locked_out", "Sign-in locked out"
+    API_AUTH_FAILED = "api_auth_failed", "API authentication failed"
+
+
+class SecuritySeverity(models.TextChoices):
+    """How urgently a kind of refusal deserves a look (for display and sorting only, never stored)."""
+
+    LOW = "low", "Low"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High"
+
+
+K = SecurityEventKind
+SECURITY_SEVERITY: dict[str, str] = {
+    # Expected on flaky links (a lost answer makes the device re-send) or in a busy CAB: worth counting only.
+    K.DEVICE_REPLAY: SecuritySeverity.LOW,
+    K.DEVICE_STALE_REPORT: SecuritySeverity.LOW,
+    K.STALE_REVISION: SecuritySeverity.LOW,
+    K.DEVICE_AUTH_FAILED: SecuritySeverity.MEDIUM,
+    K.DEVICE_ARTIFACT_REFUSED: SecuritySeverity.MEDIUM,
+    K.ACTION_UNAUTHORISED: SecuritySeverity.MEDIUM,
+    K.START_REFUSED: SecuritySeverity.MEDIUM,
+    K.API_AUTH_FAILED: SecuritySeverity.MEDIUM,
+    # A device naming another's deployment, a forged step or a locked-out account points at an attack.
+    K.DEVICE_CROSS_DEVICE: SecuritySeverity.HIGH,
+    K.ACTION_FORGED: SecuritySeverity.HIGH,
+    K.LOGIN_LOCKED_OUT: SecuritySeverity.HIGH,
+}
