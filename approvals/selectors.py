@@ -302,11 +302,16 @@ ROLLOUT_RUNNING_MESSAGE = "Its rollout is running: abort the rollout (which clos
 def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not cancel the change as it stands (None when they may); the service and the page both ask.
 
-    The author (still a requester) or a CAB member may cancel until the rollout starts; once it runs, cancelling
-    the change would leave the rollout offering the release, so only aborting the rollout closes the change.
+    The author (still a requester) or, once it is submitted, a CAB member may cancel until the rollout starts; once
+    it runs, cancelling the change would leave the rollout offering the release, so only aborting the rollout
+    closes the change.
     """
-    if author_refusal(user, change, act="cancel it") is not None and not has_role(user, Role.CAB_MEMBER):
-        return NotPermitted("Only the author or a CAB member may cancel a change.")
+    if author_refusal(user, change, act="cancel it") is not None:
+        if not has_role(user, Role.CAB_MEMBER):
+            return NotPermitted("Only the author or a CAB member may cancel a change.")
+        if change.status == ChangeStatus.DRAFT:
+            # A draft is its author's alone (nobody else can even see it) until it is submitted.
+            return NotPermitted("Only the author may cancel a draft.")
     if change.status in CHANGE_ROLLOUT_RUNNING:
         return Conflict(ROLLOUT_RUNNING_MESSAGE, code="rollout_running")
     if change.status not in CHANGE_CANCELLABLE:
