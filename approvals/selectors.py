@@ -169,6 +169,13 @@ def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: st
     return None
 
 
+def change_create_refusal(user: AbstractBaseUser) -> NotPermitted | None:
+    """Why `user` may not file a change request (None when they may): only requesters file changes."""
+    if not has_role(user, Role.REQUESTER):
+        return NotPermitted("Only requesters file change requests.")
+    return None
+
+
 def author_refusal(user: AbstractBaseUser, change: ChangeRequest, *, act: str) -> NotPermitted | None:
     """Only the change's author, while still a requester, works on its content (edit, submit, attach evidence)."""
     if change.author_id != user.pk:
@@ -245,9 +252,9 @@ def change_start_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Domai
         return Conflict(
             f"The change is {_status_label(change)}; only approved changes are rolled out.", code="not_approved"
         )
-    refusal = _approved_refusal(change)
-    if refusal is not None:
-        return refusal
+    not_approved = _approved_refusal(change)
+    if not_approved is not None:
+        return not_approved
     now = timezone.now()
     if not change.requested_window_start <= now < change.requested_window_end:
         return Conflict(

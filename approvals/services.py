@@ -31,6 +31,7 @@ from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, r
 from approvals.security import SecurityEventKind, security_event
 from approvals.selectors import (
     change_cancel_refusal,
+    change_create_refusal,
     change_edit_refusal,
     change_plan_hash,
     change_policy_progress,
@@ -48,7 +49,7 @@ from devices.scope import scope_devices, scope_normalize, scope_summary
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
-from ota_project.roles import Role, has_role, roles_of
+from ota_project.roles import roles_of
 
 EDITABLE_FIELDS = (
     "change_type",
@@ -318,8 +319,9 @@ def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
 @atomic_with_retry()
 def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
     """File a new change request as a draft; only requesters file changes."""
-    if not has_role(actor, Role.REQUESTER):
-        raise _refuse(actor, None, "Only requesters file change requests.", service="change_create")
+    refusal = change_create_refusal(actor)
+    if refusal is not None:
+        raise _refuse(actor, None, refusal.message, service="change_create")
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})

@@ -24,7 +24,13 @@ from approvals.choices import ApprovalDecision, ChangeStatus
 from approvals.models import ChangeRequest
 from approvals.plans import plan_normalize
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
-from approvals.selectors import change_edit_refusal, change_get_for_user, change_plan_hash, plan_wave_preview
+from approvals.selectors import (
+    change_create_refusal,
+    change_edit_refusal,
+    change_get_for_user,
+    change_plan_hash,
+    plan_wave_preview,
+)
 from approvals.web import change_forms as f
 from approvals.web.change_selectors import change_page, queue_changes, queue_rows
 from devices.scope import scope_normalize, scope_summary
@@ -103,7 +109,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         "rows": queue_rows(list(page.object_list)),
         "reviewer": reviewer,
         "mine": mine,
-        "may_create": has_role(request.user, Role.REQUESTER),
+        "may_create": change_create_refusal(request.user) is None,
         "filtered": any(values.get(k) for k in ("mine", "status", "change_type", "risk_level")),
     }
     return render(request, "approvals/changes/queue.html", context)
