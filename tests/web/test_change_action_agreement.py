@@ -16,7 +16,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import services
-from approvals.models import Approval, ChangeRequest, DecisionRecord, TestEvidence
+from approvals.models import Approval, ChangeRequest, DecisionRecord
+from approvals.models import TestEvidence as EvidenceFile
 from ota_project.errors import DomainError
 from ota_project.roles import Role
 from rollouts import rollout_services
@@ -107,7 +108,7 @@ def _state(change: ChangeRequest) -> tuple:
         fresh.post_review_done_at,
         list(DecisionRecord.objects.values_list("seq", flat=True)),
         Approval.objects.filter(change=fresh).count(),
-        TestEvidence.objects.filter(change=fresh).count(),
+        EvidenceFile.objects.filter(change=fresh).count(),
         Rollout.objects.filter(change=fresh).count(),
     )
 
