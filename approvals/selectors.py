@@ -27,7 +27,7 @@ from approvals.plans import plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
 from devices.scope import scope_devices
 from ota_project.errors import Conflict, DomainError, NotPermitted
-from ota_project.roles import APPROVER_ROLES, Role, has_role, roles_of
+from ota_project.roles import APPROVER_ROLES, Role, has_role, operator_not_author_refusal, roles_of
 
 
 def change_list_for_user(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
@@ -170,18 +170,156 @@ def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: st
     return None
 
 
+def change_create_refusal(user: AbstractBaseUser) -> NotPermitted | None:
+    """Why `user` may not file a change request (None when they may): only requesters file changes."""
+    if not has_role(user, Role.REQUESTER):
+        return NotPermitted("Only requesters file change requests.")
+    return None
+
+
+def author_refusal(user: AbstractBaseUser, change: ChangeRequest, *, act: str) -> NotPermitted | None:
+    """Only the change's author, while still a requester, works on its content (edit, submit, attach evidence)."""
+    if change.author_id != user.pk:
+        return NotPermitted(f"Only the author of this change may {act}; you are not its author.")
+    if not has_role(user, Role.REQUESTER):
+        return NotPermitted(f"Only the author of this change may {act}, and only while holding the requester role.")
+    return None
+
+
+def _status_label(change: ChangeRequest) -> str:
+    return str(change.get_status_display()).lower()
+
+
+def change_edit_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not edit the change as it stands (None when they may): the author, while it is editable."""
+    refusal = author_refusal(user, change, act="edit it")
+    if refusal is not None:
+        return refusal
+    if change.status not in CHANGE_EDITABLE:
+        return Conflict(f"A change that is {_status_label(change)} can no longer be edited.", code="not_editable")
+    return None
+
+
+def change_submit_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not submit the change now (None when they may): the author, a draft or a change sent back
+    and edited since. Whether its content is ready for review is checked by the service (field errors)."""
+    refusal = author_refusal(user, change, act="submit it")
+    if refusal is not None:
+        return refusal
+    if change.status not in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED):
+        return Conflict(f"A change that is {_status_label(change)} cannot be submitted.", code="invalid_transition")
+    if (
+        change.status == ChangeStatus.CHANGES_REQUESTED
+        and change.approvals.filter(decision=ApprovalDecision.CHANGES_REQUESTED, revision=change.revision).exists()
+    ):
+        return Conflict("Changes were requested on this revision; edit the change before resubmitting.")
+    return None
+
+
+def _approved_refusal(change: ChangeRequest) -> DomainError | None:
+    """The approvals, re-read, still satisfy the policy for the change as it stands."""
+    progress = change_policy_progress(change)
+    if not progress.satisfied:
+        return Conflict(f"The approvals no longer satisfy the policy: {progress.summary()}.", code="not_approved")
+    return None
+
+
+def change_schedule_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not schedule the change (None when they may): an operator other than the author schedules
+    an approved change whose approvals still satisfy the policy. The start time is checked by the service."""
+    refusal = operator_not_author_refusal(
+        user, author_id=change.author_id, act="schedule a change", act_as_other="schedule it"
+    )
+    if refusal is not None:
+        return refusal
+    if change.status == ChangeStatus.SCHEDULED:
+        return Conflict("The change is already scheduled.", code="invalid_transition")
+    if change.status != ChangeStatus.APPROVED:
+        return Conflict(f"The change is {_status_label(change)}, not approved.", code="not_approved")
+    return _approved_refusal(change)
+
+
+def change_start_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not start the change's rollout now (None when they may): an operator other than the author,
+    an approved (or scheduled) change still satisfying its policy, inside its window, at or after its scheduled
+    start, without a rollout yet. `rollouts.rollout_services.rollout_start` raises what this returns and then
+    checks, under its lock, what only the start itself can (rollback plan, overlapping rollouts)."""
+    refusal = operator_not_author_refusal(
+        user, author_id=change.author_id, act="start a rollout", act_as_other="start its rollout"
+    )
+    if refusal is not None:
+        return refusal
+    if change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED):
+        return Conflict(
+            f"The change is {_status_label(change)}; only approved changes are rolled out.", code="not_approved"
+        )
+    not_approved = _approved_refusal(change)
+    if not_approved is not None:
+        return not_approved
+    now = timezone.now()
+    if not change.requested_window_start <= now < change.requested_window_end:
+        return Conflict(
+            f"Outside the change's requested window ({change.requested_window_start:%Y-%m-%d %H:%M} to "
+            f"{change.requested_window_end:%Y-%m-%d %H:%M} UTC).",
+            code="outside_window",
+        )
+    if change.scheduled_start and now < change.scheduled_start:
+        return Conflict(f"The change is scheduled to start at {change.scheduled_start:%Y-%m-%d %H:%M} UTC.")
+    # Through the ORM relation: change control does not import the rollouts app.
+    if ChangeRequest.objects.filter(pk=change.pk, rollout__isnull=False).exists():
+        return Conflict("This change already has a rollout.", code="already_started")
+    return None
+
+
+def _reviewer_refusal(user: AbstractBaseUser, change: ChangeRequest, what: str) -> NotPermitted | None:
+    """Reviews of a change after the fact are carried out by a CAB member or the security officer, never its author."""
+    if change.author_id == user.pk:
+        return NotPermitted(f"The author cannot carry out the {what} of their own change.")
+    if not has_role(user, Role.CAB_MEMBER, Role.SECURITY_OFFICER):
+        return NotPermitted(f"Only CAB members and the security officer carry out the {what}.")
+    return None
+
+
+def retrospective_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not record the retrospective review an approved emergency change owes (None when they may)."""
+    refusal = _reviewer_refusal(user, change, "retrospective review")
+    if refusal is not None:
+        return refusal
+    if change.retrospective_due_at is None:
+        return Conflict("Only approved emergency changes owe a retrospective review.")
+    if change.retrospective_done_at is not None:
+        return Conflict("The retrospective review is already recorded.")
+    return None
+
+
+def post_review_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+    """Why `user` may not record the post-implementation review of the change (None when they may)."""
+    refusal = _reviewer_refusal(user, change, "post-implementation review")
+    if refusal is not None:
+        return refusal
+    if change.status not in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK):
+        return Conflict("Only completed or rolled-back changes get a post-implementation review.")
+    if change.post_review_done_at is not None:
+        return Conflict("The post-implementation review is already recorded.")
+    return None
+
+
 ROLLOUT_RUNNING_MESSAGE = "Its rollout is running: abort the rollout (which closes the change) instead."
 
 
 def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not cancel the change as it stands (None when they may); the service and the page both ask.
 
-    The author (still a requester) or a CAB member may cancel until the rollout starts; once it runs, cancelling
-    the change would leave the rollout offering the release, so only aborting the rollout closes the change.
+    The author (still a requester) or, once it is submitted, a CAB member may cancel until the rollout starts; once
+    it runs, cancelling the change would leave the rollout offering the release, so only aborting the rollout
+    closes the change.
     """
-    is_author = change.author_id == user.pk and has_role(user, Role.REQUESTER)
-    if not is_author and not has_role(user, Role.CAB_MEMBER):
-        return NotPermitted("Only the author or a CAB member may cancel a change.")
+    if author_refusal(user, change, act="cancel it") is not None:
+        if not has_role(user, Role.CAB_MEMBER):
+            return NotPermitted("Only the author or a CAB member may cancel a change.")
+        if change.status == ChangeStatus.DRAFT:
+            # A draft is its author's alone (nobody else can even see it) until it is submitted.
+            return NotPermitted("Only the author may cancel a draft.")
     if change.status in CHANGE_ROLLOUT_RUNNING:
         return Conflict(ROLLOUT_RUNNING_MESSAGE, code="rollout_running")
     if change.status not in CHANGE_CANCELLABLE:
@@ -193,13 +331,10 @@ def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Doma
 
 def evidence_add_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not attach test evidence to the change as it stands (None when they may); service and page ask."""
-    if change.author_id != user.pk or not has_role(user, Role.REQUESTER):
-        return NotPermitted("Only the author may attach test evidence.")
-    if change.status not in CHANGE_EDITABLE:
-        return Conflict(
-            f"A change that is {change.get_status_display().lower()} can no longer be edited.", code="not_editable"
-        )
-    return None
+    refusal = author_refusal(user, change, act="attach test evidence")
+    if refusal is not None:
+        return refusal
+    return change_edit_refusal(user, change)
 
 
 @dataclass(frozen=True)

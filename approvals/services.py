@@ -20,7 +20,6 @@ from django.utils import timezone
 from approvals.audit.records import record_decision
 from approvals.audit.security import SecurityEventKind, security_event
 from approvals.choices import (
-    CHANGE_EDITABLE,
     CHANGE_TRANSITIONS,
     ApprovalDecision,
     ChangeStatus,
@@ -32,19 +31,25 @@ from approvals.plans import plan_normalize
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
     change_cancel_refusal,
+    change_create_refusal,
+    change_edit_refusal,
     change_plan_hash,
     change_policy_progress,
     change_release_sha256,
+    change_schedule_refusal,
+    change_submit_refusal,
     decision_refusal,
     evidence_add_refusal,
     policy_for,
+    post_review_refusal,
+    retrospective_refusal,
 )
 from devices.models import Region
 from devices.scope import scope_devices, scope_normalize, scope_summary
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
-from ota_project.roles import Role, has_role, roles_of
+from ota_project.roles import roles_of
 
 EDITABLE_FIELDS = (
     "change_type",
@@ -314,8 +319,9 @@ def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
 @atomic_with_retry()
 def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
     """File a new change request as a draft; only requesters file changes."""
-    if not has_role(actor, Role.REQUESTER):
-        raise _refuse(actor, None, "Only requesters file change requests.", service="change_create")
+    refusal = change_create_refusal(actor)
+    if refusal is not None:
+        raise _refuse(actor, None, refusal.message, service="change_create")
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
@@ -342,10 +348,7 @@ def _void_approvals(actor: AbstractBaseUser, change: ChangeRequest, reason: str)
 def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: Any) -> ChangeRequest:
     """Edit a change; after submission every edit bumps the revision and voids all approvals given so far."""
     change = _lock(change)
-    if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may edit a change request.", service="change_update")
-    if change.status not in CHANGE_EDITABLE:
-        raise Conflict(f"A change that is {change.status} can no longer be edited.", code="not_editable")
+    _raise_refusal(actor, change, change_edit_refusal(actor, change), service="change_update")
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
@@ -384,15 +387,7 @@ def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: A
 def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
-    if change.author_id != actor.pk:
-        raise _refuse(actor, change, "Only the author may submit a change request.", service="change_submit")
-    if change.status not in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED):
-        raise Conflict(f"A change that is {change.status} cannot be submitted.", code="invalid_transition")
-    if (
-        change.status == ChangeStatus.CHANGES_REQUESTED
-        and change.approvals.filter(decision=ApprovalDecision.CHANGES_REQUESTED, revision=change.revision).exists()
-    ):
-        raise Conflict("Changes were requested on this revision; edit the change before resubmitting.")
+    _raise_refusal(actor, change, change_submit_refusal(actor, change), service="change_submit")
     assessment = _assess(change)
     _apply_assessment(change, assessment)
     _require_ready(change, assessment)
@@ -516,24 +511,15 @@ def change_assert_approved(change: ChangeRequest) -> None:
 def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: datetime) -> ChangeRequest:
     """Schedule an approved change inside its requested window; operators only, never the author."""
     change = _lock(change)
-    if not has_role(actor, Role.OPERATOR):
-        raise _refuse(actor, change, "Only operators schedule changes.", service="change_schedule")
-    if change.author_id == actor.pk:
-        raise _refuse(
-            actor,
-            change,
-            "You are the author of this change; someone else must schedule it.",
-            service="change_schedule",
-        )
-    change_assert_approved(change)
+    refusal = change_schedule_refusal(actor, change)
+    if not isinstance(refusal, NotPermitted) and change.status == ChangeStatus.SCHEDULED:
+        if change.scheduled_start == start:
+            return change  # the same request again (a retry): a no-op
+    _raise_refusal(actor, change, refusal, service="change_schedule")
     if not change.requested_window_start <= start < change.requested_window_end:
         raise InvalidInput(
             "The start must fall inside the requested window.", fields={"start": ["Outside the window."]}
         )
-    if change.status == ChangeStatus.SCHEDULED and change.scheduled_start == start:
-        return change
-    if change.status == ChangeStatus.SCHEDULED:
-        raise Conflict("The change is already scheduled.", code="invalid_transition")
     return _transition(
         actor=actor, change=change, to=ChangeStatus.SCHEDULED, action="change.schedule", scheduled_start=start
     )
@@ -575,26 +561,11 @@ def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str
     return _transition(actor=actor, change=change, to=ChangeStatus.CANCELLED, action="change.cancel", reason=reason)
 
 
-def _review_by_other(actor: AbstractBaseUser, change: ChangeRequest, what: str) -> None:
-    if change.author_id == actor.pk:
-        raise _refuse(
-            actor, change, f"The author cannot carry out the {what} of their own change.", service="change_review"
-        )
-    if not has_role(actor, Role.CAB_MEMBER, Role.SECURITY_OFFICER):
-        raise _refuse(
-            actor, change, f"Only CAB members and the security officer carry out the {what}.", service="change_review"
-        )
-
-
 @atomic_with_retry()
 def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the retrospective review an approved emergency change owes the full CAB."""
     change = _lock(change)
-    _review_by_other(actor, change, "retrospective review")
-    if change.retrospective_due_at is None:
-        raise Conflict("Only approved emergency changes owe a retrospective review.")
-    if change.retrospective_done_at is not None:
-        raise Conflict("The retrospective review is already recorded.")
+    _raise_refusal(actor, change, retrospective_refusal(actor, change), service="change_review")
     if not comment.strip():
         raise InvalidInput("The review needs a comment.", fields={"comment": ["Required."]})
     now = timezone.now()
@@ -614,11 +585,7 @@ def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequ
 def change_post_implementation_review(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the post-implementation review of a completed or rolled-back change."""
     change = _lock(change)
-    _review_by_other(actor, change, "post-implementation review")
-    if change.status not in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK):
-        raise Conflict("Only completed or rolled-back changes get a post-implementation review.")
-    if change.post_review_done_at is not None:
-        raise Conflict("The post-implementation review is already recorded.")
+    _raise_refusal(actor, change, post_review_refusal(actor, change), service="change_review")
     if not comment.strip():
         raise InvalidInput("The review needs a comment.", fields={"comment": ["Required."]})
     now = timezone.now()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models
 
+from ota_project.errors import NotPermitted
+
 
 class Role(models.TextChoices):
     """Named roles; the value is the Django group name and never changes."""
@@ -36,3 +38,18 @@ def roles_of(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
 def has_role(user: AbstractBaseUser | AnonymousUser | None, *roles: str) -> bool:
     """True when the user holds at least one of the given roles."""
     return bool(roles_of(user) & set(roles))
+
+
+def operator_not_author_refusal(
+    user: AbstractBaseUser | AnonymousUser | None, *, author_id: int | None, act: str, act_as_other: str
+) -> NotPermitted | None:
+    """Separation of duties for carrying a change out: only an operator, and never the change's author.
+
+    The one statement of this rule for scheduling a change, starting its rollout and acting on the rollout;
+    `act` completes "You need the operator role to ...", `act_as_other` "... another operator must ...".
+    """
+    if not has_role(user, Role.OPERATOR):
+        return NotPermitted(f"You need the operator role to {act}.")
+    if user is not None and user.pk == author_id:
+        return NotPermitted(f"You are the author of this change; another operator must {act_as_other}.")
+    return None

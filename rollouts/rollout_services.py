@@ -26,11 +26,12 @@ from approvals.audit.security import SecurityEventKind, security_event
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
 from approvals.plans import plan_hash, wave_sizes
+from approvals.selectors import change_start_refusal
 from devices.models import Region
 from devices.scope import scope_devices
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
-from ota_project.roles import Role, has_role, roles_of
+from ota_project.roles import operator_not_author_refusal, roles_of
 from rollouts.action_tokens import action_token_mint, action_token_spend
 from rollouts.assignment import NewDeployment, insert_deployments
 from rollouts.choices import (
@@ -132,24 +133,10 @@ def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workf
 def _rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool) -> Rollout:
     _serialise_starts()
     change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
-    if not has_role(actor, Role.OPERATOR):
-        raise NotPermitted("Only operators start rollouts.")
-    if change.author_id == actor.pk:
-        raise NotPermitted("You are the author of this change; someone else must start its rollout.")
-    if change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED):
-        raise Conflict(f"The change is {change.status}; only approved changes are rolled out.", code="not_approved")
-    change_services.change_assert_approved(change)
-    now = timezone.now()
-    if not change.requested_window_start <= now < change.requested_window_end:
-        raise Conflict(
-            f"Outside the change's requested window ({change.requested_window_start:%Y-%m-%d %H:%M} to "
-            f"{change.requested_window_end:%Y-%m-%d %H:%M} UTC).",
-            code="outside_window",
-        )
-    if change.scheduled_start and now < change.scheduled_start:
-        raise Conflict(f"The change is scheduled to start at {change.scheduled_start:%Y-%m-%d %H:%M} UTC.")
-    if Rollout.objects.filter(change=change).exists():
-        raise Conflict("This change already has a rollout.", code="already_started")
+    # Who may start, and when: one rule shared with the change page and the start page.
+    refusal = change_start_refusal(actor, change)
+    if refusal is not None:
+        raise refusal
     cannot_roll_back = change_services.rollback_plan_errors(change)
     if cannot_roll_back:
         raise Conflict(
@@ -777,10 +764,9 @@ def human_action_authorize(
     with _refusals_recorded(
         SecurityEventKind.ACTION_UNAUTHORISED, "rollouts.human_action", actor=actor, subject=subject
     ):
-        if actor is None or not has_role(actor, Role.OPERATOR):
-            raise NotPermitted("Only operators act on rollouts.")
-        if rollout.change.author_id == actor.pk:
-            raise NotPermitted("You are the author of this change; someone else must decide on its rollout.")
+        refusal = rollout_actor_refusal(actor, rollout)
+        if refusal is not None:
+            raise refusal
     if action == Update.PROMOTE:
         refusal = _promotable(rollout, wave_index)
         if refusal:
@@ -792,6 +778,57 @@ def human_action_authorize(
         )
     after = {"wave": wave_index} if wave_index >= 0 else None
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason)
+
+
+def rollout_actor_refusal(actor: AbstractBaseUser | None, rollout: Rollout) -> NotPermitted | None:
+    """Who may act on a rollout at all: an operator who did not author its change (separation of duties)."""
+    return operator_not_author_refusal(
+        actor, author_id=rollout.change.author_id, act="act on a rollout", act_as_other="decide on its rollout"
+    )
+
+
+def rollout_act_refusal(actor: AbstractBaseUser, rollout: Rollout, action: str) -> DomainError | None:
+    """The part of `rollout_action_refusal` the database decides for good: a known action, by an operator who did
+    not author the change, on a rollout that has not finished. The phase part is the workflow's to apply."""
+    if action not in HUMAN_ACTIONS:
+        return InvalidInput(f"Unknown action {action}.", fields={"action": [f"One of: {', '.join(HUMAN_ACTIONS)}."]})
+    refusal = rollout_actor_refusal(actor, rollout)
+    if refusal is not None:
+        return refusal
+    if rollout.status not in ROLLOUT_ACTIVE:
+        return Conflict(
+            f"The rollout is already {rollout.get_status_display().lower()}; nothing more can be done.", code="finished"
+        )
+    return None
+
+
+def rollout_action_refusal(
+    actor: AbstractBaseUser, rollout: Rollout, action: str, *, wave_index: int | None = None
+) -> DomainError | None:
+    """Why `actor` may not take `action` (promote, pause, resume, abort, rollback) on the rollout now (None when
+    they may): an operator who did not author the change, on an unfinished rollout, in a phase that allows it
+    (`workflows.policy.human_action_refusal` over the database projection, the rule the workflow's update
+    validator applies to its own state). The dashboard offers exactly the actions for which it returns None.
+    `action_token_issue` raises its person part (`rollout_act_refusal`); the phase part is raised by the workflow's
+    update validator from the same function over the workflow's live state, because the projection read here can
+    trail the workflow by one activity (refusing on it would turn away a pause the workflow accepts). `wave_index`
+    is the wave a promotion names (default: the current wave)."""
+    refusal = rollout_act_refusal(actor, rollout, action)
+    if refusal is not None:
+        return refusal
+    phase_refusal = policy.human_action_refusal(
+        action,
+        actor_id=actor.pk,
+        actor_roles=roles_of(actor),
+        author_id=rollout.change.author_id,
+        phase=rollout.status,
+        gate=rollout.gate,
+        gated_wave=rollout.current_wave,
+        requested_wave=rollout.current_wave if wave_index is None or wave_index < 0 else wave_index,
+    )
+    if phase_refusal:
+        return Conflict(phase_refusal, code="not_allowed_now")
+    return None
 
 
 def rollout_act(
@@ -818,16 +855,11 @@ def rollout_act(
 
 def action_token_issue(*, actor: AbstractBaseUser, rollout: Rollout, action: str, reason: str, wave_index: int) -> str:
     """Mint the proof for one action by this signed-in person, after the checks the workflow would make."""
-    if action not in HUMAN_ACTIONS:
-        raise InvalidInput(f"Unknown action {action}.", fields={"action": [f"One of: {', '.join(HUMAN_ACTIONS)}."]})
-    if not has_role(actor, Role.OPERATOR):
-        raise NotPermitted("Only operators act on rollouts.")
-    if rollout.change.author_id == actor.pk:
-        raise NotPermitted("You are the author of this change; someone else must decide on its rollout.")
+    refusal = rollout_act_refusal(actor, rollout, action)
+    if refusal is not None:
+        raise refusal
     if action in (Update.ABORT, Update.ROLLBACK) and not reason.strip():
         raise InvalidInput(f"A reason is required to {action}.", fields={"reason": ["Required."]})
-    if rollout.status not in ROLLOUT_ACTIVE:
-        raise Conflict(f"The rollout is {rollout.status}.", code="finished")
     return action_token_mint(
         actor_id=actor.pk, rollout_id=rollout.pk, action=action, wave_index=wave_index, now=timezone.now()
     )

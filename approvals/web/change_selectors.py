@@ -11,7 +11,6 @@ from django.db.models import Case, IntegerField, QuerySet, Value, When
 
 from approvals.audit.models import DecisionRecord
 from approvals.choices import (
-    CHANGE_EDITABLE,
     CHANGE_PENDING_REVIEW,
     CHANGE_TERMINAL,
     RISK_ORDER,
@@ -29,18 +28,24 @@ from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
     WavePreview,
     change_cancel_refusal,
+    change_edit_refusal,
     change_history,
     change_list_for_user,
     change_plan_hash,
     change_policy_progress,
     change_release_sha256,
+    change_schedule_refusal,
+    change_start_refusal,
+    change_submit_refusal,
     decision_refusal,
     evidence_add_refusal,
     plan_wave_preview,
+    post_review_refusal,
+    retrospective_refusal,
 )
 from devices.scope import scope_devices, scope_summary
 from ota_project.errors import DomainError, InvalidInput, NotPermitted
-from ota_project.roles import APPROVER_ROLES, Role, has_role
+from ota_project.roles import APPROVER_ROLES, has_role
 
 # Statuses whose rollout holds (or is about to hold) devices: a change overlapping them competes for vehicles.
 ACTIVE_ROLLOUT_STATUSES = (ChangeStatus.SCHEDULED, ChangeStatus.IMPLEMENTING)
@@ -206,7 +211,11 @@ def risk_answer_rows(assessment: RiskAssessment) -> list[AnswerRow]:
 
 @dataclass(frozen=True)
 class ChangeActions:
-    """What the viewer may do on the change page, and in words why not where it matters."""
+    """What the viewer may do on the change page, and in words why not where it matters.
+
+    Every `may_*` is "the `<action>_refusal` rule the service raises returned None", and every `*_refusal` is
+    that rule's message when it is worth showing; the page decides nothing on its own.
+    """
 
     decisions: dict[str, str | None]
     may_edit: bool
@@ -215,9 +224,12 @@ class ChangeActions:
     may_schedule: bool
     may_start_rollout: bool
     may_add_evidence: bool
-    # Why a viewer who may otherwise cancel (or attach evidence) cannot now; None when they can or may not at all.
+    # Why a viewer who may otherwise take the action cannot now; None when they can or may not at all.
     cancel_refusal: str | None
     evidence_refusal: str | None
+    submit_refusal: str | None
+    schedule_refusal: str | None
+    start_rollout_refusal: str | None
     may_review_retrospective: bool
     may_review_post_implementation: bool
     is_author: bool
@@ -242,38 +254,37 @@ def _blocked_reason(change: ChangeRequest, refusal: DomainError | None) -> str |
 
 
 def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActions:
-    """The page's actions for this viewer; decisions, cancelling and evidence ask the `<action>_refusal` rules the
-    services enforce, so the page never offers what the service would refuse."""
-    cancel_refusal = change_cancel_refusal(user, change)
-    evidence_refusal = evidence_add_refusal(user, change)
+    """The page's actions for this viewer, each from the `<action>_refusal` rule its service raises, so the page
+    never offers what the service would refuse nor hides what it would accept."""
+    cancel = change_cancel_refusal(user, change)
+    evidence = evidence_add_refusal(user, change)
+    submit = change_submit_refusal(user, change)
+    schedule = change_schedule_refusal(user, change)
+    start = change_start_refusal(user, change)
     decisions = {}
     for decision in DECISIONS:
         refusal = decision_refusal(user, change, decision)
         decisions[str(decision)] = refusal.message if refusal else None
-    is_author = change.author_id == user.pk
-    editable = change.status in CHANGE_EDITABLE
-    reviewer = has_role(user, Role.CAB_MEMBER, Role.SECURITY_OFFICER) and not is_author
     return ChangeActions(
         decisions=decisions,
-        may_edit=is_author and editable and has_role(user, Role.REQUESTER),
-        may_submit=is_author
-        and has_role(user, Role.REQUESTER)
-        and change.status in (ChangeStatus.DRAFT, ChangeStatus.CHANGES_REQUESTED),
-        may_cancel=cancel_refusal is None,
-        may_schedule=has_role(user, Role.OPERATOR) and not is_author and change.status == ChangeStatus.APPROVED,
-        may_start_rollout=has_role(user, Role.OPERATOR)
-        and not is_author
-        and change.status in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED),
-        may_add_evidence=evidence_refusal is None,
-        cancel_refusal=_blocked_reason(change, cancel_refusal),
-        evidence_refusal=_blocked_reason(change, evidence_refusal),
-        may_review_retrospective=reviewer
-        and change.retrospective_due_at is not None
-        and change.retrospective_done_at is None,
-        may_review_post_implementation=reviewer
-        and change.status in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK)
-        and change.post_review_done_at is None,
-        is_author=is_author,
+        may_edit=change_edit_refusal(user, change) is None,
+        may_submit=submit is None,
+        may_cancel=cancel is None,
+        may_schedule=schedule is None,
+        may_start_rollout=start is None,
+        may_add_evidence=evidence is None,
+        cancel_refusal=_blocked_reason(change, cancel),
+        evidence_refusal=_blocked_reason(change, evidence),
+        # Submitting is only worth explaining where it is the next step (a change sent back, not yet edited).
+        submit_refusal=_blocked_reason(change, submit) if change.status == ChangeStatus.CHANGES_REQUESTED else None,
+        # Scheduling and starting are explained only where they are the next step (an approved change).
+        schedule_refusal=_blocked_reason(change, schedule) if change.status == ChangeStatus.APPROVED else None,
+        start_rollout_refusal=_blocked_reason(change, start)
+        if change.status in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED)
+        else None,
+        may_review_retrospective=retrospective_refusal(user, change) is None,
+        may_review_post_implementation=post_review_refusal(user, change) is None,
+        is_author=change.author_id == user.pk,
     )
 
 

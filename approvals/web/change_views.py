@@ -20,15 +20,21 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from approvals import services
-from approvals.choices import CHANGE_EDITABLE, ApprovalDecision, ChangeStatus
+from approvals.choices import ApprovalDecision, ChangeStatus
 from approvals.models import ChangeRequest
 from approvals.plans import plan_normalize
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
-from approvals.selectors import change_get_for_user, change_plan_hash, plan_wave_preview
+from approvals.selectors import (
+    change_create_refusal,
+    change_edit_refusal,
+    change_get_for_user,
+    change_plan_hash,
+    plan_wave_preview,
+)
 from approvals.web import change_forms as f
 from approvals.web.change_selectors import change_page, queue_changes, queue_rows
 from devices.scope import scope_normalize, scope_summary
-from ota_project.errors import DomainError, InvalidInput
+from ota_project.errors import DomainError, InvalidInput, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role
 from ota_project.web.access import forbidden, role_required
 from ota_project.web.text import describe_duration
@@ -103,7 +109,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         "rows": queue_rows(list(page.object_list)),
         "reviewer": reviewer,
         "mine": mine,
-        "may_create": has_role(request.user, Role.REQUESTER),
+        "may_create": change_create_refusal(request.user) is None,
         "filtered": any(values.get(k) for k in ("mine", "status", "change_type", "risk_level")),
     }
     return render(request, "approvals/changes/queue.html", context)
@@ -387,12 +393,11 @@ def create(request: HttpRequest) -> HttpResponse:
 def edit(request: HttpRequest, pk: int) -> HttpResponse:
     """Edit a change (change_update); after submission this bumps the revision and voids the approvals."""
     change = change_get_for_user(request.user, pk)
-    if change.author_id != request.user.pk:
-        return forbidden(
-            request, (Role.REQUESTER,), message="Only the author of this change may edit it; you are not its author."
-        )
-    if change.status not in CHANGE_EDITABLE:
-        messages.error(request, f"A change that is {change.get_status_display().lower()} can no longer be edited.")
+    refusal = change_edit_refusal(request.user, change)
+    if isinstance(refusal, NotPermitted):
+        return forbidden(request, (Role.REQUESTER,), message=refusal.message)
+    if refusal is not None:
+        messages.error(request, refusal.message)
         return redirect(_detail_url(change))
     if request.method == "GET":
         values, waves = f.initial_values(change)

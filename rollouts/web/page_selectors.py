@@ -24,9 +24,8 @@ from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
 from approvals.plans import wave_sizes
-from approvals.selectors import change_records
+from approvals.selectors import change_records, change_start_refusal
 from devices.scope import scope_devices
-from ota_project.roles import Role, roles_of
 from rollouts.choices import (
     DEPLOYMENT_FAILURES,
     ROLLOUT_ACTIVE,
@@ -38,6 +37,7 @@ from rollouts.choices import (
 from rollouts.health import deployment_health
 from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
+from rollouts.rollout_services import rollout_action_refusal
 from workflows import policy
 from workflows.types import Gate, Update, Verdict, WaveHealth, WavePlan
 
@@ -108,10 +108,8 @@ class StartPreview:
 
 
 def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> StartPreview:
-    """The start page's figures and the reasons (if any) this user cannot start this rollout now.
-
-    The reasons only explain; rollout_start re-checks every rule when the form is sent.
-    """
+    """The start page's figures and the reason (if any) this user cannot start this rollout now: the rule
+    `approvals.selectors.change_start_refusal` that rollout_start raises when the form is sent."""
     devices = scope_devices(change.target_scope)
     scope_size = devices.count()
     pilots = devices.filter(tags__name="pilot").count()
@@ -125,15 +123,8 @@ def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> Star
     sizes = wave_sizes(plan_waves, total=scope_size, pilots=pilots) if plan_waves else []
     waves = [WavePreview(i, w.get("name", f"wave {i}"), sizes[i], w) for i, w in enumerate(plan_waves)]
     existing = Rollout.objects.filter(change=change).first()
-    blockers = []
-    if Role.OPERATOR not in roles_of(user):
-        blockers.append("You need the operator role to start a rollout.")
-    if change.author_id == user.pk:
-        blockers.append("You are the author of this change; another operator must start its rollout.")
-    if existing is not None:
-        blockers.append(f"This change already has a rollout (rollout-{existing.pk}).")
-    elif change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED):
-        blockers.append(f"The change is {change.get_status_display().lower()}; only approved changes are rolled out.")
+    refusal = change_start_refusal(user, change)
+    blockers = [refusal.message] if refusal is not None else []
     return StartPreview(change, scope_size, pilots, by_model, waves, existing, blockers)
 
 
@@ -544,28 +535,15 @@ class ActionsView:
 
 
 def rollout_actions_for(user: AbstractBaseUser, rollout: Rollout) -> ActionsView:
-    """Buttons for the actions the workflow would accept from this person now (the workflow's own rule,
-    `workflows.policy.human_action_refusal`), or one sentence saying why there are none."""
-    roles = roles_of(user)
-    if Role.OPERATOR not in roles:
-        return ActionsView([], "You need the operator role to act on a rollout; this dashboard is read-only for you.")
-    if rollout.change.author_id == user.pk:
-        return ActionsView([], "You are the author of this change; another operator must decide on its rollout.")
-    if rollout.status in ROLLOUT_TERMINAL:
-        return ActionsView([], f"The rollout is {rollout.get_status_display().lower()}; nothing more can be done.")
+    """Buttons for exactly the actions `rollout_action_refusal` (the rule the service raises) allows this person
+    now, or one sentence saying why there are none."""
+    refusal = rollout_action_refusal(user, rollout, Update.ABORT)
+    if refusal is not None:
+        # Abort is allowed in every unfinished phase: its refusal is the reason no action at all is possible.
+        return ActionsView([], refusal.message)
     actions = []
     for name, label, danger, prompt in ACTIONS:
-        refusal = policy.human_action_refusal(
-            name,
-            actor_id=user.pk,
-            actor_roles=roles,
-            author_id=rollout.change.author_id,
-            phase=rollout.status,
-            gate=rollout.gate,
-            gated_wave=rollout.current_wave,
-            requested_wave=rollout.current_wave,
-        )
-        if not refusal:
+        if rollout_action_refusal(user, rollout, name) is None:
             wave_index = rollout.current_wave if name == Update.PROMOTE else None
             url = reverse("web-rollouts:act", args=[rollout.pk, name])
             actions.append(ActionView(name, label, url, danger, prompt, wave_index))

@@ -185,7 +185,7 @@ def test_non_operators_see_why_and_cannot_start(request, approved_change, who):
     html = html_of(client.get(f"{START_URL}?change={approved_change.pk}"))
     assert "You need the operator role to start a rollout." in html and "Start rollout</button>" not in html
     refused = client.post(START_URL, {"change": approved_change.pk, "confirm": "on"})
-    assert refused.status_code == 403 and "Only operators start rollouts." in html_of(refused)
+    assert refused.status_code == 403 and "You need the operator role to start a rollout." in html_of(refused)
     assert not Rollout.objects.exists()
 
 
@@ -416,7 +416,7 @@ def test_action_on_a_finished_rollout_is_refused(rollout, operator):
     before = _recorded()
     client = page_client(operator)
     page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/pause/", {"reason": "late"}))
-    assert "Pause refused: The rollout is aborted." in " ".join(messages_of(page))
+    assert "Pause refused: The rollout is already aborted; nothing more can be done." in " ".join(messages_of(page))
     assert _recorded() == before
 
 
