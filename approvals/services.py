@@ -26,7 +26,7 @@ from approvals.choices import (
     risk_rank,
 )
 from approvals.models import Approval, ChangeRequest, TestEvidence
-from approvals.plans import plan_normalize
+from approvals.plans import plan_parse
 from approvals.records import record_decision
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.security import SecurityEventKind, security_event
@@ -181,17 +181,17 @@ def _apply_assessment(change: ChangeRequest, assessment: RiskAssessment) -> None
     change.risk_raised_by = assessment.raised_by
 
 
-def _plan_with_known_regions(plan: Any) -> dict[str, Any]:
-    """The plan's shape, plus: every region it names in windows or pacing exists."""
-    plan = plan_normalize(plan)
-    named = (set(plan["maintenance_windows"]) - {"*"}) | set(plan["pacing"].get("per_region", {}))
+def _plan_with_known_regions(value: object) -> dict[str, Any]:
+    """The plan (typed, or JSON parsed here) as stored, once every region it names in windows or pacing exists."""
+    plan = plan_parse(value)
+    named = plan.named_regions()
     unknown = sorted(named - set(Region.objects.filter(code__in=named).values_list("code", flat=True)))
     if unknown:
         raise InvalidInput(
             "The rollout plan names unknown regions.",
             fields={"rollout_plan": {"regions": [f"Unknown region codes: {', '.join(unknown)}."]}},
         )
-    return plan
+    return plan.to_json()
 
 
 def _validate_shape(fields: dict[str, Any]) -> dict[str, Any]:
@@ -253,8 +253,8 @@ def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict
             f"{ahead} targeted devices already run a release counter above {change.release.release_counter} "
             "(anti-rollback: the counter never goes down)."
         )
-    waves = change.rollout_plan.get("waves", [])
-    if waves and waves[0]["cohort"]["kind"] == "pilot" and not targets.filter(tags__name="pilot").exists():
+    plan = change.plan
+    if plan is not None and plan.starts_with_pilot and not targets.filter(tags__name="pilot").exists():
         errors["rollout_plan"] = ["The plan starts with a pilot wave but no targeted device is tagged pilot."]
     if change.requested_window_end <= timezone.now():
         errors["requested_window_end"] = ["The requested window is already over."]

@@ -19,10 +19,6 @@ from approvals.choices import (
     ChangeType,
 )
 from approvals.models import Approval, ChangeRequest, DecisionRecord, RiskQuestion
-from approvals.plans import (
-    parse_utc,  # the plan's own reading of blackout times
-    plan_normalize,
-)
 from approvals.policy import ROLE_LABELS
 from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
@@ -175,10 +171,14 @@ def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
             )
             overlapping.append(OverlappingChange(other, shared, window))
     blackouts = []
-    for span in change.rollout_plan.get("blackout_windows", []):
-        start, end = parse_utc(span.get("start")), parse_utc(span.get("end"))
-        if start and end and start < change.requested_window_end and change.requested_window_start < end:
-            blackouts.append(BlackoutConflict(start, end, str(span.get("reason", ""))))
+    try:
+        plan = change.plan
+    except InvalidInput:
+        plan = None  # the page says the plan is incomplete (see change_waves)
+    for span in plan.blackout_windows if plan else ():
+        start, end = span.starts_at, span.ends_at
+        if start < change.requested_window_end and change.requested_window_start < end:
+            blackouts.append(BlackoutConflict(start, end, span.reason or ""))
     return ChangeConflicts(overlapping, blackouts)
 
 
@@ -279,8 +279,10 @@ def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActio
 def change_waves(change: ChangeRequest) -> tuple[list[WavePreview], str]:
     """Devices per wave of the change's plan over its scope, or an explanation when the plan cannot be sized."""
     try:
-        plan = plan_normalize(change.rollout_plan)
+        plan = change.plan
     except InvalidInput:
+        plan = None
+    if plan is None:
         return [], "The rollout plan is incomplete; the author must fix it before it can be reviewed."
     return plan_wave_preview(plan, change.target_scope), ""
 
