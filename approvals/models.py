@@ -18,6 +18,7 @@ from approvals.choices import (
     RuleOperator,
     SecurityEventKind,
 )
+from devices.scope import TargetScope
 from ota_project.roles import Role
 
 if TYPE_CHECKING:
@@ -131,6 +132,11 @@ class ChangeRequest(models.Model):
         from approvals.plans import plan_parse  # plans -> records -> models
 
         return plan_parse(self.rollout_plan) if self.rollout_plan else None
+
+    @property
+    def scope(self) -> TargetScope:
+        """The stored target scope, typed (empty while a draft has none yet)."""
+        return TargetScope.stored(self.target_scope)
 
 
 class TestEvidence(models.Model):

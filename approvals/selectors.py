@@ -24,7 +24,7 @@ from approvals.choices import (
 from approvals.models import Approval, ApprovalPolicy, ChangeRequest, DecisionRecord
 from approvals.plans import Cohort, RolloutPlan, plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
-from devices.scope import scope_devices
+from devices.scope import TargetScope, scope_devices
 from ota_project.errors import Conflict, DomainError, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role, roles_of
 
@@ -212,8 +212,8 @@ class WavePreview:
     promotion: str
 
 
-def plan_wave_preview(plan: RolloutPlan, scope: dict[str, list[str]]) -> list[WavePreview]:
-    """Devices per wave for a plan over a (normalized) scope, by the rollout's sizing rule.
+def plan_wave_preview(plan: RolloutPlan, scope: TargetScope) -> list[WavePreview]:
+    """Devices per wave for a plan over a scope, by the rollout's sizing rule.
 
     Uses `approvals.plans.wave_sizes`, the arithmetic the rollout itself plans its waves with.
     """

@@ -171,7 +171,7 @@ def _lock(change: ChangeRequest) -> ChangeRequest:
 
 
 def _assess(change: ChangeRequest) -> RiskAssessment:
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     return risk_assess(answers=change.risk_answers, scope_summary=summary)
 
 
@@ -234,7 +234,7 @@ def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict
     errors: dict[str, list[str]] = {}
     if assessment.unanswered:
         errors["risk_answers"] = [f"Unanswered: {', '.join(assessment.unanswered)}."]
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     if summary["devices"] == 0:
         errors["target_scope"] = ["The scope hits no active device."]
     release_models = set(change.release.hardware_models.values_list("name", flat=True))
@@ -246,7 +246,7 @@ def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict
     errors_rollback = rollback_plan_errors(change)
     if errors_rollback:
         errors.setdefault("rollback_release", []).extend(errors_rollback)
-    targets = scope_devices(change.target_scope)
+    targets = scope_devices(change.scope)
     ahead = targets.filter(installed_release_counter__gt=change.release.release_counter).count()
     if ahead:
         errors.setdefault("release", []).append(
@@ -284,7 +284,7 @@ def rollback_plan_errors(change: ChangeRequest) -> list[str]:
     """
     problems: list[str] = []
     rollback, release = change.rollback_release, change.release
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     if rollback.release_counter < release.release_counter:
         problems.append(
             f"Rollback release {rollback.version} has release counter {rollback.release_counter}, below "

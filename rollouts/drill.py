@@ -939,7 +939,7 @@ class Drill:
         lost: int | None = 0
         for rollout in rollouts:
             in_scope = set(
-                scope_devices(rollout.change.target_scope).filter(pk__in=world.device_ids).values_list("pk", flat=True)
+                scope_devices(rollout.change.scope).filter(pk__in=world.device_ids).values_list("pk", flat=True)
             )
             mine = lost_deployments(
                 rollout_status=rollout.status,

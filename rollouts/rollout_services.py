@@ -82,10 +82,10 @@ def _transition(
 
 
 def _targets(change: ChangeRequest) -> list[Target]:
-    devices = scope_devices(change.target_scope).values_list(
+    devices = scope_devices(change.scope).values_list(
         "pk", "serial", "hardware_model_id", "region_id", "installed_release_counter", "reported_release_counter"
     )
-    pilots = set(scope_devices(change.target_scope).filter(tags__name="pilot").values_list("pk", flat=True))
+    pilots = set(scope_devices(change.scope).filter(tags__name="pilot").values_list("pk", flat=True))
     return [
         Target(pk, serial, (model, region), pk in pilots, max(installed or 0, reported or 0))
         for pk, serial, model, region, installed, reported in devices
@@ -93,10 +93,10 @@ def _targets(change: ChangeRequest) -> list[Target]:
 
 
 def _conflicting_rollouts(change: ChangeRequest) -> list[str]:
-    mine = scope_devices(change.target_scope).values("pk")
+    mine = scope_devices(change.scope).values("pk")
     clashes = []
     for other in Rollout.objects.filter(status__in=ROLLOUT_ACTIVE).select_related("change"):
-        overlap = scope_devices(other.change.target_scope).filter(pk__in=mine).count()
+        overlap = scope_devices(other.change.scope).filter(pk__in=mine).count()
         if overlap:
             clashes.append(f"rollout-{other.pk} (change {other.change_id}) shares {overlap} devices")
     return clashes
@@ -271,7 +271,7 @@ def wave_window_wait(*, rollout_id: int, wave_index: int) -> tuple[int, str]:
         return max(1, int((end - now).total_seconds()) + 1), f"blackout until {end.isoformat()}: {reason}"
     if not plan.maintenance_windows:
         return 0, ""
-    region_ids = scope_devices(rollout.change.target_scope).values("region_id")
+    region_ids = scope_devices(rollout.change.scope).values("region_id")
     openings = [
         region_next_opening(plan, code, zone, now)
         for code, zone in Region.objects.filter(pk__in=region_ids).values_list("code", "time_zone")

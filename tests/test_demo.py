@@ -46,7 +46,7 @@ def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys):
     assert simulated.count() == 25 and scope_devices(live.target_scope).count() == 25
     plan = live.plan
     assert plan is not None
-    waves = plan_wave_preview(plan, live.target_scope)
+    waves = plan_wave_preview(plan, live.scope)
     assert all(wave.devices >= planned.min_sample for wave, planned in zip(waves, plan.waves, strict=True))
     assert max(w.soak_seconds for w in plan.waves) <= 300
     verdict = chain_verify()

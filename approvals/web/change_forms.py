@@ -318,7 +318,7 @@ def initial_values(change: ChangeRequest | None) -> tuple[dict[str, Any], list[d
             {"change_type": ChangeType.NORMAL, **plan_values(default_plan())},
             [wave_values(w) for w in default_plan().waves],
         )
-    scope = change.target_scope
+    scope = change.scope
     try:
         plan = change.plan
     except DomainError:
@@ -336,11 +336,12 @@ def initial_values(change: ChangeRequest | None) -> tuple[dict[str, Any], list[d
         "requested_window_start": _to_seconds(change.requested_window_start),
         "requested_window_end": _to_seconds(change.requested_window_end),
         **plan_values(plan),
-        "scope_devices": "\n".join(scope.get("devices", [])),
+        "scope_devices": "\n".join(scope.devices),
+        "scope_hardware_models": list(scope.hardware_models),
+        "scope_regions": list(scope.regions),
+        "scope_vehicle_types": list(scope.vehicle_types),
+        "scope_tags": list(scope.tags),
     }
-    for key, name in SCOPE_FILTER_FIELDS.items():
-        if key != "devices":
-            values[name] = list(scope.get(key, []))
     for key, answer in change.risk_answers.items():
         values[f"risk_{key}"] = ("true" if answer else "false") if isinstance(answer, bool) else answer
     return values, [wave_values(w) for w in plan.waves] if plan else []

@@ -89,7 +89,7 @@ def queue_rows(changes: list[ChangeRequest]) -> list[QueueRow]:
             progress = "not submitted"
         else:
             progress = change.get_status_display().lower()
-        rows.append(QueueRow(change, progress, scope_devices(change.target_scope).count()))
+        rows.append(QueueRow(change, progress, scope_devices(change.scope).count()))
     return rows
 
 
@@ -159,11 +159,11 @@ class ChangeConflicts:
 def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
     """Scheduled or implementing changes that target some of the same devices, and the plan's blackout windows
     that overlap the requested window (the rollout will wait them out)."""
-    targets = scope_devices(change.target_scope).values("pk")
+    targets = scope_devices(change.scope).values("pk")
     overlapping = []
     others = ChangeRequest.objects.filter(status__in=ACTIVE_ROLLOUT_STATUSES).exclude(pk=change.pk)
     for other in others.select_related("release").order_by("requested_window_start", "id"):
-        shared = scope_devices(other.target_scope).filter(pk__in=targets).count()
+        shared = scope_devices(other.scope).filter(pk__in=targets).count()
         if shared:
             window = (
                 other.requested_window_start < change.requested_window_end
@@ -284,7 +284,7 @@ def change_waves(change: ChangeRequest) -> tuple[list[WavePreview], str]:
         plan = None
     if plan is None:
         return [], "The rollout plan is incomplete; the author must fix it before it can be reviewed."
-    return plan_wave_preview(plan, change.target_scope), ""
+    return plan_wave_preview(plan, change.scope), ""
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ class ChangePage:
 
 def change_page(user: AbstractBaseUser, change: ChangeRequest) -> ChangePage:
     """Gather the change page: scope breakdown, risk, waves, approvals, conflicts, timeline and actions."""
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     assessment = risk_assess(answers=change.risk_answers, scope_summary=summary)
     waves, waves_problem = change_waves(change)
     progress = change_policy_progress(change)

@@ -27,7 +27,7 @@ from approvals.risk import risk_answers_validate, risk_assess, risk_questionnair
 from approvals.selectors import change_get_for_user, change_plan_hash, plan_wave_preview
 from approvals.web import change_forms as f
 from approvals.web.change_selectors import change_page, queue_changes, queue_rows
-from devices.scope import scope_normalize, scope_summary
+from devices.scope import scope_parse, scope_summary
 from ota_project.errors import DomainError, InvalidInput
 from ota_project.roles import APPROVER_ROLES, Role, has_role
 from ota_project.web.access import forbidden, role_required
@@ -443,7 +443,7 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet) -> dict[str, Any]:
     raw_scope = f.scope_from_values(values)
     if raw_scope:
         try:
-            scope = scope_normalize(raw_scope)
+            scope = scope_parse(raw_scope)
             result["scope"] = scope_summary(scope)
         except InvalidInput as exc:
             result["scope_errors"] = f.flatten_errors(exc.fields.get("target_scope", exc.message))

@@ -111,7 +111,7 @@ def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> Star
 
     The reasons only explain; rollout_start re-checks every rule when the form is sent.
     """
-    devices = scope_devices(change.target_scope)
+    devices = scope_devices(change.scope)
     scope_size = devices.count()
     pilots = devices.filter(tags__name="pilot").count()
     by_model = list(

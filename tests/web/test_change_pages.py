@@ -18,7 +18,7 @@ from approvals.models import Approval, ChangeRequest, DecisionRecord
 from approvals.models import TestEvidence as EvidenceFile
 from approvals.plans import Blackout, default_plan, plan_parse, wave_sizes
 from approvals.selectors import plan_wave_preview
-from devices.scope import scope_normalize
+from devices.scope import scope_parse
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS
 from tests.factories import DeviceFactory
@@ -655,7 +655,7 @@ def test_wave_preview_sizes_waves_like_the_rollout_does(fleet, cohorts):
     gate = {"soak_seconds": 0, "min_sample": 1, "success_threshold": 0.9, "failure_threshold": 0.1}
     waves = [{"name": f"w{i}", "promotion": "auto", "cohort": cohort, **gate} for i, cohort in enumerate(cohorts)]
     plan = plan_parse({"waves": waves, "abort_policy": "halt"})
-    scope = scope_normalize({"hardware_models": ["tcu-4g-r2"]})
+    scope = scope_parse({"hardware_models": ["tcu-4g-r2"]})
     preview = [w.devices for w in plan_wave_preview(plan, scope)]
     assert preview == wave_sizes(plan.waves, total=23, pilots=5)
     assert sum(preview) == 23
