@@ -230,14 +230,10 @@ class ChangeForm(forms.Form):
             raise forms.ValidationError(f"Not valid JSON: {exc}.") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError("A JSON object of plan settings.")
+        # Here only because these keys would replace the form's own fields; everything else is plan_parse's to check.
         misplaced = sorted({"waves", "abort_policy"} & set(value))
         if misplaced:
             raise forms.ValidationError(f"Set {', '.join(misplaced)} in the fields above, not here.")
-        unknown = sorted(set(value) - set(PLAN_SETTING_KEYS))
-        if unknown:
-            raise forms.ValidationError(
-                f"Unknown settings: {', '.join(unknown)} (known: {', '.join(PLAN_SETTING_KEYS)})."
-            )
         return value
 
 
@@ -441,10 +437,9 @@ def _plan_errors(form: ChangeForm, waves: BaseWaveFormSet, detail: Any) -> None:
             form.section_errors["plan"].extend(flatten_errors(inner))
         elif key == "abort_policy":
             form.add_error("abort_policy", flatten_errors(inner))
-        elif key in PLAN_SETTING_KEYS or key == "regions":
-            form.add_error("plan_settings", flatten_errors(inner, f"{key.replace('_', ' ')}: "))
         else:
-            form.section_errors["plan"].extend(flatten_errors(inner, f"{key}: "))
+            # Plan-wide settings, the regions they name, and unknown keys: all come from the settings JSON.
+            form.add_error("plan_settings", flatten_errors(inner, f"{key.replace('_', ' ')}: "))
 
 
 def _risk_errors(form: ChangeForm, detail: Any) -> None:

@@ -503,6 +503,17 @@ def test_service_field_errors_land_on_the_form_and_nothing_is_written(requester,
     assert not ChangeRequest.objects.exists() and _records() == before
 
 
+def test_plan_settings_errors_from_the_parser_land_on_the_settings_field(requester, fleet):
+    before = _records()
+    settings = '{"monitor_interval_seconds": 0, "colour": "red"}'
+    response = page_client(requester).post(NEW, _form_data(fleet, plan_settings=settings))
+    assert response.status_code == 400
+    html = html_of(response)
+    assert re.search(r'id_plan_settings_error_\d">monitor interval seconds: An integer number of seconds', html)
+    assert re.search(r'id_plan_settings_error_\d">colour: Unknown field', html)
+    assert not ChangeRequest.objects.exists() and _records() == before
+
+
 def test_form_shape_errors_are_shown_per_field(requester, fleet):
     response = page_client(requester).post(NEW, _form_data(fleet, title="", plan_settings="{not json"))
     assert response.status_code == 400
