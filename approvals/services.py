@@ -40,7 +40,7 @@ from approvals.selectors import (
     policy_for,
 )
 from devices.models import Region
-from devices.scope import scope_devices, scope_normalize, scope_summary
+from devices.scope import scope_devices, scope_parse, scope_summary
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
@@ -199,7 +199,7 @@ def _validate_shape(fields: dict[str, Any]) -> dict[str, Any]:
     errors: dict[str, Any] = {}
     cleaned = dict(fields)
     for key, check in (
-        ("target_scope", scope_normalize),
+        ("target_scope", lambda v: scope_parse(v).to_json()),
         ("rollout_plan", _plan_with_known_regions),
         ("risk_answers", lambda v: risk_answers_validate(v, risk_questionnaire())),
     ):

@@ -337,7 +337,7 @@ def stored_plans(draw: st.DrawFn) -> dict[str, Any]:
                         _blackout,
                         _instant,
                         st.integers(1, 48),
-                        st.none() | st.text(st.characters(exclude_categories=("Cs",)), max_size=20),
+                        st.none() | st.text(st.characters(codec="utf-8"), max_size=20),
                     ),
                     max_size=3,
                 ),
