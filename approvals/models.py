@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -15,7 +17,11 @@ from approvals.choices import (
     RiskLevel,
     RuleOperator,
 )
+from devices.scope import TargetScope
 from ota_project.roles import Role
+
+if TYPE_CHECKING:
+    from approvals.plans import RolloutPlan
 
 
 class ChangeTemplate(models.Model):
@@ -80,6 +86,18 @@ class ChangeRequest(models.Model):
 
     def __str__(self) -> str:
         return f"CR-{self.pk} r{self.revision} {self.title}"
+
+    @property
+    def plan(self) -> RolloutPlan | None:
+        """The stored rollout plan, typed; None while a draft has none yet."""
+        from approvals.plans import plan_parse  # plans -> records -> models
+
+        return plan_parse(self.rollout_plan) if self.rollout_plan else None
+
+    @property
+    def scope(self) -> TargetScope:
+        """The stored target scope, typed (empty while a draft has none yet)."""
+        return TargetScope.stored(self.target_scope)
 
 
 class TestEvidence(models.Model):

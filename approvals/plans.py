@@ -1,18 +1,25 @@
-"""Rollout plans as approved with a change: shape checks and the hash approvals bind to.
+"""Rollout plans as approved with a change: one typed plan, one parser, and the hash approvals bind to.
 
-A plan is JSON on the change request. Waves run in order; each names its cohort, how long it soaks, how many
-devices must finish before it is judged, the thresholds that promote or halt it, and whether a person promotes.
-Plan-wide settings (all optional, filled with defaults so that what is approved is exactly what runs):
-monitoring interval, per-device deadlines, retries per failure class, pacing (globally and per region),
-maintenance windows in each region's local time, and blackout windows in UTC.
+A plan is JSON on the change request (and, copied at start, on the rollout). `plan_parse` is the one place that
+checks it, shape and rules, and returns a `RolloutPlan`; everything past the boundary reads attributes.
+`RolloutPlan.to_json()` gives back exactly the JSON stored (optional keys that were absent stay absent), so the
+plan hash of a stored plan never changes.
+
+Waves run in order; each names its cohort, how long it soaks, how many devices must finish before it is judged,
+the thresholds that promote or halt it, and whether a person promotes. Plan-wide settings (all optional, filled
+with defaults so that what is approved is exactly what runs): monitoring interval, per-device deadlines, retries
+per failure class, pacing (globally and per region), maintenance windows in each region's local time, and
+blackout windows in UTC. Durations are integer seconds.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +32,7 @@ ABORT_POLICIES = ("halt", "halt_and_rollback")
 WAVE_KEYS = {"name", "cohort", "soak_seconds", "min_sample", "success_threshold", "failure_threshold", "promotion"}
 OPTIONAL_WAVE_KEYS = {"stratify"}
 MAX_WAVES = 20
+# Plan-wide settings a stored plan always holds (filled in at parse time, so what is approved is what runs).
 PLAN_DEFAULTS: dict[str, Any] = {
     "monitor_interval_seconds": 30,
     "deadlines": {"download_seconds": 3600, "install_seconds": 1800, "confirm_seconds": 900},
@@ -85,32 +93,6 @@ def _wave_errors(wave: Any, index: int, last: bool) -> dict[str, list[str]]:
     if wave["promotion"] not in PROMOTION_MODES:
         errors["promotion"] = ["auto or manual."]
     return errors
-
-
-def plan_normalize(plan: Any) -> dict[str, Any]:
-    """Check a rollout plan strictly and return it; raises InvalidInput naming every bad field."""
-    if not isinstance(plan, dict):
-        raise InvalidInput("The rollout plan must be an object.", fields={"rollout_plan": ["Must be an object."]})
-    errors: dict[str, Any] = {}
-    for key in sorted(set(plan) - PLAN_KEYS):
-        errors[key] = ["Unknown field."]
-    plan = {**PLAN_DEFAULTS, **plan}
-    errors.update(_settings_errors(plan))
-    waves = plan.get("waves")
-    if not isinstance(waves, list) or not 1 <= len(waves) <= MAX_WAVES:
-        errors["waves"] = [f"A list of 1 to {MAX_WAVES} waves."]
-    else:
-        wave_errors = {str(i): e for i, w in enumerate(waves) if (e := _wave_errors(w, i, i == len(waves) - 1))}
-        if wave_errors:
-            errors["waves"] = wave_errors
-        names = [w.get("name") for w in waves if isinstance(w, dict)]
-        if not wave_errors and len(set(names)) != len(names):
-            errors["waves"] = ["Wave names must be unique."]
-    if plan.get("abort_policy") not in ABORT_POLICIES:
-        errors["abort_policy"] = ["halt or halt_and_rollback."]
-    if errors:
-        raise InvalidInput("The rollout plan is invalid.", fields={"rollout_plan": errors})
-    return plan
 
 
 def _int_in(value: Any, low: int, high: int) -> bool:
@@ -174,6 +156,8 @@ def _blackout_errors(blackouts: Any) -> list[str]:
     for span in blackouts:
         if not isinstance(span, dict) or set(span) - {"start", "end", "reason"}:
             return ['Each blackout is {"start", "end", "reason"}.']
+        if not isinstance(span.get("reason", ""), str):
+            return ["A blackout's reason is text."]
         start, end = parse_utc(span.get("start")), parse_utc(span.get("end"))
         if start is None or end is None or end <= start:
             return ["Blackout start and end are ISO times with a zone, end after start."]
@@ -209,62 +193,358 @@ def _settings_errors(plan: dict[str, Any]) -> dict[str, Any]:
     return errors
 
 
-def plan_hash(plan: dict[str, Any]) -> str:
-    """sha256 of the plan's canonical JSON: what an approval binds to."""
-    return hashlib.sha256(canonical_json(plan).encode()).hexdigest()
+# --- The typed plan ---------------------------------------------------------------------------------------------
 
 
-def default_plan() -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """Which devices a wave takes: the pilot devices, a percent of the remaining targets, or a number of them."""
+
+    kind: str  # one of COHORT_KINDS
+    value: int | None = None  # percent or count; None for pilot
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind} if self.value is None else {"kind": self.kind, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanWave:
+    """One wave: its cohort, soak, and the gate that promotes or halts it (thresholds are fractions 0..1)."""
+
+    name: str
+    cohort: Cohort
+    soak_seconds: int
+    min_sample: int
+    success_threshold: float
+    failure_threshold: float
+    promotion: str  # one of PROMOTION_MODES
+    stratify: bool | None = None  # None: not stated (and left out of the JSON), which means no
+
+    @property
+    def is_pilot(self) -> bool:
+        return self.cohort.kind == "pilot"
+
+    @property
+    def promotes_automatically(self) -> bool:
+        return self.promotion == "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        wave: dict[str, Any] = {
+            "name": self.name,
+            "cohort": self.cohort.to_json(),
+            "soak_seconds": self.soak_seconds,
+            "min_sample": self.min_sample,
+            "success_threshold": self.success_threshold,
+            "failure_threshold": self.failure_threshold,
+            "promotion": self.promotion,
+        }
+        if self.stratify is not None:
+            wave["stratify"] = self.stratify
+        return wave
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long a device may take per step before its deployment times out."""
+
+    download_seconds: int
+    install_seconds: int
+    confirm_seconds: int
+
+    def for_phase(self, phase: str) -> int:
+        """Seconds allowed for a phase: download, install or confirm."""
+        return {"download": self.download_seconds, "install": self.install_seconds, "confirm": self.confirm_seconds}[
+            phase
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "download_seconds": self.download_seconds,
+            "install_seconds": self.install_seconds,
+            "confirm_seconds": self.confirm_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """How often a device is offered the release again after a failure of each class."""
+
+    download: int
+    install: int
+
+    def for_failure(self, failure_class: str) -> int:
+        """Retries allowed for a failure class (none for classes the plan does not name)."""
+        return {"download": self.download, "install": self.install}.get(failure_class, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"download": self.download, "install": self.install}
+
+
+@dataclass(frozen=True, slots=True)
+class PacingLimits:
+    """Offer rate and concurrent downloads; 0 or None (not stated, left out of the JSON) means no limit."""
+
+    devices_per_minute: int | None = None
+    max_concurrent_downloads: int | None = None
+
+    @property
+    def rate(self) -> int:
+        return self.devices_per_minute or 0
+
+    @property
+    def concurrent(self) -> int:
+        return self.max_concurrent_downloads or 0
+
+    def to_json(self) -> dict[str, Any]:
+        limits: dict[str, Any] = {}
+        if self.devices_per_minute is not None:
+            limits["devices_per_minute"] = self.devices_per_minute
+        if self.max_concurrent_downloads is not None:
+            limits["max_concurrent_downloads"] = self.max_concurrent_downloads
+        return limits
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """Plan-wide limits, and limits per region code (per_region None: not stated)."""
+
+    limits: PacingLimits
+    per_region: Mapping[str, PacingLimits] | None = None
+
+    def region(self, code: str) -> PacingLimits:
+        """The limits of one region (none when the plan names no limits for it)."""
+        return (self.per_region or {}).get(code, PacingLimits())
+
+    def to_json(self) -> dict[str, Any]:
+        pacing = self.limits.to_json()
+        if self.per_region is not None:
+            pacing["per_region"] = {code: limits.to_json() for code, limits in self.per_region.items()}
+        return pacing
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """A weekly window in a region's local time: weekdays (Monday=0) and HH:MM start and end (end may be past
+    midnight)."""
+
+    days: tuple[int, ...]
+    start: str
+    end: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"days": list(self.days), "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True, slots=True)
+class Blackout:
+    """A span in which no wave starts; start and end are kept as written (ISO 8601 with a zone)."""
+
+    start: str
+    end: str
+    reason: str | None = None  # None: not stated
+
+    @property
+    def starts_at(self) -> datetime:
+        return _utc(self.start)
+
+    @property
+    def ends_at(self) -> datetime:
+        return _utc(self.end)
+
+    def to_json(self) -> dict[str, Any]:
+        span: dict[str, Any] = {"start": self.start, "end": self.end}
+        if self.reason is not None:
+            span["reason"] = self.reason
+        return span
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPlan:
+    """A checked rollout plan: waves in order, what a failed wave does, and the plan-wide settings."""
+
+    waves: tuple[PlanWave, ...]
+    abort_policy: str  # one of ABORT_POLICIES
+    monitor_interval_seconds: int
+    deadlines: Deadlines
+    retries: Retries
+    pacing: Pacing
+    # region code (or "*" for every other region) -> its windows; empty: devices may update at any time
+    maintenance_windows: Mapping[str, tuple[MaintenanceWindow, ...]]
+    blackout_windows: tuple[Blackout, ...]
+
+    @property
+    def rolls_back(self) -> bool:
+        """A failed wave rolls the updated devices back (not only halts)."""
+        return self.abort_policy == "halt_and_rollback"
+
+    @property
+    def starts_with_pilot(self) -> bool:
+        return self.waves[0].is_pilot
+
+    def windows_for(self, region_code: str) -> tuple[MaintenanceWindow, ...] | None:
+        """A region's maintenance windows; None when the plan has none at all (always open)."""
+        if not self.maintenance_windows:
+            return None
+        return self.maintenance_windows.get(region_code, self.maintenance_windows.get("*", ()))
+
+    def named_regions(self) -> set[str]:
+        """Region codes the plan names in its windows or pacing."""
+        return (set(self.maintenance_windows) - {"*"}) | set(self.pacing.per_region or {})
+
+    def to_json(self) -> dict[str, Any]:
+        """Exactly the JSON stored on the change (and hashed by approvals)."""
+        return {
+            "waves": [wave.to_json() for wave in self.waves],
+            "abort_policy": self.abort_policy,
+            "monitor_interval_seconds": self.monitor_interval_seconds,
+            "deadlines": self.deadlines.to_json(),
+            "retries": self.retries.to_json(),
+            "pacing": self.pacing.to_json(),
+            "maintenance_windows": {
+                region: [window.to_json() for window in windows] for region, windows in self.maintenance_windows.items()
+            },
+            "blackout_windows": [blackout.to_json() for blackout in self.blackout_windows],
+        }
+
+
+def _utc(value: str) -> datetime:
+    parsed = parse_utc(value)
+    if parsed is None:  # plan_parse let no such value through
+        raise ValueError(f"not an ISO time with a zone: {value!r}")
+    return parsed
+
+
+def _check(data: object) -> dict[str, Any]:
+    """Every shape and rule error of a plan at once, or the plan with its settings defaulted."""
+    if not isinstance(data, dict):
+        raise InvalidInput("The rollout plan must be an object.", fields={"rollout_plan": ["Must be an object."]})
+    errors: dict[str, Any] = {}
+    for key in sorted(set(data) - PLAN_KEYS):
+        errors[key] = ["Unknown field."]
+    plan = {**copy.deepcopy(PLAN_DEFAULTS), **data}
+    errors.update(_settings_errors(plan))
+    waves = plan.get("waves")
+    if not isinstance(waves, list) or not 1 <= len(waves) <= MAX_WAVES:
+        errors["waves"] = [f"A list of 1 to {MAX_WAVES} waves."]
+    else:
+        wave_errors = {str(i): e for i, w in enumerate(waves) if (e := _wave_errors(w, i, i == len(waves) - 1))}
+        if wave_errors:
+            errors["waves"] = wave_errors
+        names = [w.get("name") for w in waves if isinstance(w, dict)]
+        if not wave_errors and len(set(names)) != len(names):
+            errors["waves"] = ["Wave names must be unique."]
+    if plan.get("abort_policy") not in ABORT_POLICIES:
+        errors["abort_policy"] = ["halt or halt_and_rollback."]
+    if errors:
+        raise InvalidInput("The rollout plan is invalid.", fields={"rollout_plan": errors})
+    return plan
+
+
+def _limits(data: Mapping[str, Any]) -> PacingLimits:
+    return PacingLimits(data.get("devices_per_minute"), data.get("max_concurrent_downloads"))
+
+
+def plan_parse(data: object) -> RolloutPlan:
+    """The one parser of rollout plans (API, forms, admin, demo and drill builders, stored rows).
+
+    Raises InvalidInput with every bad field under `rollout_plan`, nested as the JSON is: e.g.
+    `{"rollout_plan": {"waves": {"2": {"cohort": [...]}}, "deadlines": [...]}}`.
+    """
+    if isinstance(data, RolloutPlan):
+        data = data.to_json()  # built in code (e.g. with dataclasses.replace): the same rules apply
+    plan = _check(data)
+    pacing = plan["pacing"]
+    per_region = pacing.get("per_region")
+    return RolloutPlan(
+        waves=tuple(
+            PlanWave(
+                name=wave["name"],
+                cohort=Cohort(wave["cohort"]["kind"], wave["cohort"].get("value")),
+                soak_seconds=wave["soak_seconds"],
+                min_sample=wave["min_sample"],
+                success_threshold=wave["success_threshold"],
+                failure_threshold=wave["failure_threshold"],
+                promotion=wave["promotion"],
+                stratify=wave.get("stratify"),
+            )
+            for wave in plan["waves"]
+        ),
+        abort_policy=plan["abort_policy"],
+        monitor_interval_seconds=plan["monitor_interval_seconds"],
+        deadlines=Deadlines(**plan["deadlines"]),
+        retries=Retries(**plan["retries"]),
+        pacing=Pacing(
+            _limits(pacing),
+            None if per_region is None else {code: _limits(limits) for code, limits in per_region.items()},
+        ),
+        maintenance_windows={
+            region: tuple(MaintenanceWindow(tuple(w["days"]), w["start"], w["end"]) for w in windows)
+            for region, windows in plan["maintenance_windows"].items()
+        },
+        blackout_windows=tuple(Blackout(b["start"], b["end"], b.get("reason")) for b in plan["blackout_windows"]),
+    )
+
+
+def plan_hash(plan: RolloutPlan | Mapping[str, Any]) -> str:
+    """sha256 of the plan's canonical JSON: what an approval binds to (a stored plan hashes as its RolloutPlan)."""
+
+    stored = plan.to_json() if isinstance(plan, RolloutPlan) else plan
+    return hashlib.sha256(canonical_json(stored).encode()).hexdigest()
+
+
+def default_plan() -> RolloutPlan:
     """A sensible three-wave plan: pilot, 10% of the rest, then everyone, halting and rolling back on failure."""
-    return {
-        "waves": [
-            {
-                "name": "pilot",
-                "cohort": {"kind": "pilot"},
-                "soak_seconds": 3600,
-                "min_sample": 5,
-                "success_threshold": 0.95,
-                "failure_threshold": 0.05,
-                "promotion": "manual",
-            },
-            {
-                "name": "early",
-                "cohort": {"kind": "percent", "value": 10},
-                "soak_seconds": 7200,
-                "min_sample": 20,
-                "success_threshold": 0.97,
-                "failure_threshold": 0.03,
-                "promotion": "auto",
-            },
-            {
-                "name": "fleet",
-                "cohort": {"kind": "percent", "value": 100},
-                "soak_seconds": 7200,
-                "min_sample": 50,
-                "success_threshold": 0.98,
-                "failure_threshold": 0.02,
-                "promotion": "auto",
-            },
-        ],
-        "abort_policy": "halt_and_rollback",
-    }
+    return plan_parse(
+        {
+            "waves": [
+                {
+                    "name": "pilot",
+                    "cohort": {"kind": "pilot"},
+                    "soak_seconds": 3600,
+                    "min_sample": 5,
+                    "success_threshold": 0.95,
+                    "failure_threshold": 0.05,
+                    "promotion": "manual",
+                },
+                {
+                    "name": "early",
+                    "cohort": {"kind": "percent", "value": 10},
+                    "soak_seconds": 7200,
+                    "min_sample": 20,
+                    "success_threshold": 0.97,
+                    "failure_threshold": 0.03,
+                    "promotion": "auto",
+                },
+                {
+                    "name": "fleet",
+                    "cohort": {"kind": "percent", "value": 100},
+                    "soak_seconds": 7200,
+                    "min_sample": 50,
+                    "success_threshold": 0.98,
+                    "failure_threshold": 0.02,
+                    "promotion": "auto",
+                },
+            ],
+            "abort_policy": "halt_and_rollback",
+        }
+    )
 
 
-def wave_sizes(waves: Sequence[dict[str, Any]], *, total: int, pilots: int) -> list[int]:
+def wave_sizes(waves: Sequence[PlanWave], *, total: int, pilots: int) -> list[int]:
     """Planned device count per wave: the pilot wave takes the pilot devices, percent waves a share of what
     remains at that point, count waves a fixed number, and the last wave everything left."""
     sizes = []
     remaining = total
     for index, wave in enumerate(waves):
-        cohort = wave["cohort"]
+        cohort = wave.cohort
         if index == len(waves) - 1:
             size = remaining
-        elif cohort["kind"] == "pilot":
+        elif cohort.kind == "pilot":
             size = min(pilots, remaining)
-        elif cohort["kind"] == "percent":
-            size = min(remaining, math.ceil(remaining * cohort["value"] / 100))
+        elif cohort.kind == "percent":
+            size = min(remaining, math.ceil(remaining * (cohort.value or 0) / 100))
         else:
-            size = min(remaining, cohort["value"])
+            size = min(remaining, cohort.value or 0)
         sizes.append(size)
         remaining -= size
     return sizes

@@ -23,9 +23,9 @@ from approvals.choices import (
     ChangeStatus,
 )
 from approvals.models import Approval, ApprovalPolicy, ChangeRequest
-from approvals.plans import plan_hash, wave_sizes
+from approvals.plans import Cohort, RolloutPlan, plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
-from devices.scope import scope_devices
+from devices.scope import TargetScope, scope_devices
 from ota_project.errors import Conflict, DomainError, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role, operator_not_author_refusal, roles_of
 
@@ -343,23 +343,22 @@ class WavePreview:
 
     index: int
     name: str
-    cohort: dict[str, Any]
+    cohort: Cohort
     devices: int
     promotion: str
 
 
-def plan_wave_preview(plan: dict[str, Any], scope: dict[str, list[str]]) -> list[WavePreview]:
-    """Devices per wave for a (normalized) plan over a (normalized) scope, by the rollout's sizing rule.
+def plan_wave_preview(plan: RolloutPlan, scope: TargetScope) -> list[WavePreview]:
+    """Devices per wave for a plan over a scope, by the rollout's sizing rule.
 
     Uses `approvals.plans.wave_sizes`, the arithmetic the rollout itself plans its waves with.
     """
     targets = scope_devices(scope)
     pilots = targets.filter(tags__name="pilot").values("pk").distinct().count()
-    waves = plan.get("waves", [])
-    sizes = wave_sizes(waves, total=targets.count(), pilots=pilots)
+    sizes = wave_sizes(plan.waves, total=targets.count(), pilots=pilots)
     return [
-        WavePreview(index, wave["name"], dict(wave["cohort"]), size, wave["promotion"])
-        for index, (wave, size) in enumerate(zip(waves, sizes, strict=True))
+        WavePreview(index, wave.name, wave.cohort, size, wave.promotion)
+        for index, (wave, size) in enumerate(zip(plan.waves, sizes, strict=True))
     ]
 
 

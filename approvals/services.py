@@ -27,7 +27,7 @@ from approvals.choices import (
     risk_rank,
 )
 from approvals.models import Approval, ChangeRequest, TestEvidence
-from approvals.plans import plan_normalize
+from approvals.plans import plan_parse
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
     change_cancel_refusal,
@@ -45,7 +45,7 @@ from approvals.selectors import (
     retrospective_refusal,
 )
 from devices.models import Region
-from devices.scope import scope_devices, scope_normalize, scope_summary
+from devices.scope import scope_devices, scope_parse, scope_summary
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.files import store_content_addressed, validate_file_name
@@ -176,7 +176,7 @@ def _lock(change: ChangeRequest) -> ChangeRequest:
 
 
 def _assess(change: ChangeRequest) -> RiskAssessment:
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     return risk_assess(answers=change.risk_answers, scope_summary=summary)
 
 
@@ -186,17 +186,17 @@ def _apply_assessment(change: ChangeRequest, assessment: RiskAssessment) -> None
     change.risk_raised_by = assessment.raised_by
 
 
-def _plan_with_known_regions(plan: Any) -> dict[str, Any]:
-    """The plan's shape, plus: every region it names in windows or pacing exists."""
-    plan = plan_normalize(plan)
-    named = (set(plan["maintenance_windows"]) - {"*"}) | set(plan["pacing"].get("per_region", {}))
+def _plan_with_known_regions(value: object) -> dict[str, Any]:
+    """The plan (typed, or JSON parsed here) as stored, once every region it names in windows or pacing exists."""
+    plan = plan_parse(value)
+    named = plan.named_regions()
     unknown = sorted(named - set(Region.objects.filter(code__in=named).values_list("code", flat=True)))
     if unknown:
         raise InvalidInput(
             "The rollout plan names unknown regions.",
             fields={"rollout_plan": {"regions": [f"Unknown region codes: {', '.join(unknown)}."]}},
         )
-    return plan
+    return plan.to_json()
 
 
 def _validate_shape(fields: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +204,7 @@ def _validate_shape(fields: dict[str, Any]) -> dict[str, Any]:
     errors: dict[str, Any] = {}
     cleaned = dict(fields)
     for key, check in (
-        ("target_scope", scope_normalize),
+        ("target_scope", lambda v: scope_parse(v).to_json()),
         ("rollout_plan", _plan_with_known_regions),
         ("risk_answers", lambda v: risk_answers_validate(v, risk_questionnaire())),
     ):
@@ -239,7 +239,7 @@ def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict
     errors: dict[str, list[str]] = {}
     if assessment.unanswered:
         errors["risk_answers"] = [f"Unanswered: {', '.join(assessment.unanswered)}."]
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     if summary["devices"] == 0:
         errors["target_scope"] = ["The scope hits no active device."]
     release_models = set(change.release.hardware_models.values_list("name", flat=True))
@@ -251,15 +251,15 @@ def _readiness_errors(change: ChangeRequest, assessment: RiskAssessment) -> dict
     errors_rollback = rollback_plan_errors(change)
     if errors_rollback:
         errors.setdefault("rollback_release", []).extend(errors_rollback)
-    targets = scope_devices(change.target_scope)
+    targets = scope_devices(change.scope)
     ahead = targets.filter(installed_release_counter__gt=change.release.release_counter).count()
     if ahead:
         errors.setdefault("release", []).append(
             f"{ahead} targeted devices already run a release counter above {change.release.release_counter} "
             "(anti-rollback: the counter never goes down)."
         )
-    waves = change.rollout_plan.get("waves", [])
-    if waves and waves[0]["cohort"]["kind"] == "pilot" and not targets.filter(tags__name="pilot").exists():
+    plan = change.plan
+    if plan is not None and plan.starts_with_pilot and not targets.filter(tags__name="pilot").exists():
         errors["rollout_plan"] = ["The plan starts with a pilot wave but no targeted device is tagged pilot."]
     if change.requested_window_end <= timezone.now():
         errors["requested_window_end"] = ["The requested window is already over."]
@@ -289,7 +289,7 @@ def rollback_plan_errors(change: ChangeRequest) -> list[str]:
     """
     problems: list[str] = []
     rollback, release = change.rollback_release, change.release
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     if rollback.release_counter < release.release_counter:
         problems.append(
             f"Rollback release {rollback.version} has release counter {rollback.release_counter}, below "

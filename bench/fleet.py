@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from approvals import services as change_services
-from approvals.plans import default_plan
+from approvals.plans import default_plan, plan_parse
 from devices.firmware.services import release_create
 from devices.firmware.storage import receive_stream, release_temp
 from devices.models import Device, HardwareModel, Region, Tag
@@ -61,42 +61,25 @@ def build_fleet(devices: int, *, tag: str, single_wave: bool = False) -> dict[st
             _release(requester, version, counter, model.name) if version != "1.0.0" else _old_release(requester, model)
         )
         releases.append(release)
-    plan = default_plan()
-    plan["waves"] = [
-        {
-            "name": "pilot",
-            "cohort": {"kind": "pilot"},
-            "soak_seconds": 20,
-            "min_sample": 1,
-            "success_threshold": 0.9,
-            "failure_threshold": 0.1,
-            "promotion": "auto",
-        },
-        *[
-            {
-                "name": f"w{i}",
-                "cohort": {"kind": "percent", "value": 25},
-                "soak_seconds": 20,
-                "min_sample": 1,
-                "success_threshold": 0.9,
-                "failure_threshold": 0.1,
-                "promotion": "auto",
-            }
-            for i in (1, 2, 3)
-        ],
-        {
-            "name": "rest",
-            "cohort": {"kind": "percent", "value": 100},
-            "soak_seconds": 20,
-            "min_sample": 1,
-            "success_threshold": 0.9,
-            "failure_threshold": 0.1,
-            "promotion": "auto",
-        },
+    gate = {
+        "soak_seconds": 20,
+        "min_sample": 1,
+        "success_threshold": 0.9,
+        "failure_threshold": 0.1,
+        "promotion": "auto",
+    }
+    waves = [
+        {"name": "pilot", "cohort": {"kind": "pilot"}, **gate},
+        *[{"name": f"w{i}", "cohort": {"kind": "percent", "value": 25}, **gate} for i in (1, 2, 3)],
+        {"name": "rest", "cohort": {"kind": "percent", "value": 100}, **gate},
     ]
-    if single_wave:
-        plan["waves"] = plan["waves"][-1:]
-    plan["monitor_interval_seconds"] = 1
+    plan = plan_parse(
+        {
+            "waves": waves[-1:] if single_wave else waves,
+            "abort_policy": default_plan().abort_policy,
+            "monitor_interval_seconds": 1,
+        }
+    )
     now = timezone.now()
     change = change_services.change_create(
         actor=requester,

@@ -50,11 +50,11 @@ UPDATES_STOPPED = (
     RolloutStatus.ROLLED_BACK,
 )
 PHASE_OF_STATUS = {
-    DeploymentStatus.DOWNLOADING: "download_seconds",
-    DeploymentStatus.DOWNLOADED: "install_seconds",
-    DeploymentStatus.INSTALLING: "install_seconds",
-    DeploymentStatus.REBOOTING: "confirm_seconds",
-    DeploymentStatus.CONFIRMING: "confirm_seconds",
+    DeploymentStatus.DOWNLOADING: "download",
+    DeploymentStatus.DOWNLOADED: "install",
+    DeploymentStatus.INSTALLING: "install",
+    DeploymentStatus.REBOOTING: "confirm",
+    DeploymentStatus.CONFIRMING: "confirm",
 }
 
 
@@ -71,8 +71,8 @@ class Report:
 
 
 def _deadline(deployment: Deployment, status: str, now: datetime) -> datetime | None:
-    key = PHASE_OF_STATUS.get(status)
-    return now + timedelta(seconds=deployment.rollout.plan["deadlines"][key]) if key else None
+    phase = PHASE_OF_STATUS.get(status)
+    return now + timedelta(seconds=deployment.rollout.approved_plan.deadlines.for_phase(phase)) if phase else None
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
             continue
         region = device.region
         if deployment.kind == DeploymentKind.UPDATE and not region_open(
-            rollout.plan, region.code, region.time_zone, now
+            rollout.approved_plan, region.code, region.time_zone, now
         ):
             continue
         if not _download_slot_free(deployment, region.code):
@@ -199,7 +199,7 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
             now=now,
             attempts=deployment.attempts + 1,
             deadline_at=max(
-                deployment.deadline_at or now, now + timedelta(seconds=rollout.plan["deadlines"]["download_seconds"])
+                deployment.deadline_at or now, now + timedelta(seconds=rollout.approved_plan.deadlines.download_seconds)
             ),
         )
         deployment.refresh_from_db()
@@ -208,10 +208,11 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
 
 
 def _download_slot_free(deployment: Deployment, region_code: str) -> bool:
-    pacing = deployment.rollout.plan.get("pacing", {})
-    limits = [(pacing.get("max_concurrent_downloads", 0), {})]
-    region_limit = pacing.get("per_region", {}).get(region_code, {}).get("max_concurrent_downloads", 0)
-    limits.append((region_limit, {"device__region__code": region_code}))
+    pacing = deployment.rollout.approved_plan.pacing
+    limits: list[tuple[int, dict[str, str]]] = [
+        (pacing.limits.concurrent, {}),
+        (pacing.region(region_code).concurrent, {"device__region__code": region_code}),
+    ]
     for limit, scope in limits:
         if (
             limit
@@ -328,7 +329,7 @@ def _report_updates(device: Device, deployment: Deployment, report: Report, now:
                 "Success is accepted only from a deployment that is confirming its boot.", code="not_confirming"
             )
         _check_success(deployment, report)
-    retries = deployment.rollout.plan.get("retries", {}).get(report.failure_class, 0)
+    retries = deployment.rollout.approved_plan.retries.for_failure(report.failure_class)
     if (
         status == DeploymentStatus.FAILED
         and deployment.attempts <= retries
@@ -336,7 +337,7 @@ def _report_updates(device: Device, deployment: Deployment, report: Report, now:
     ):
         # A failure class the plan retries (download, install): offer the same deployment again after a backoff.
         backoff = timedelta(seconds=RETRY_BACKOFF_SECONDS * deployment.attempts)
-        download = timedelta(seconds=deployment.rollout.plan["deadlines"]["download_seconds"])
+        download = timedelta(seconds=deployment.rollout.approved_plan.deadlines.download_seconds)
         updates.update(
             status=DeploymentStatus.PENDING,
             not_before=now + backoff,
@@ -405,13 +406,13 @@ def wave_breaker_check(*, wave_id: int, now: datetime, system_actor: str) -> boo
     wave = Wave.objects.select_for_update(of=("self",)).select_related("rollout").get(pk=wave_id)
     if wave.breaker_tripped_at is not None:
         return True
-    plan = wave.rollout.plan["waves"][wave.index]
+    plan = wave.rollout.approved_plan.waves[wave.index]
     health = deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE))
     if policy.wave_verdict(health, wave_plan_of(plan), soak_done=False) != Verdict.FAIL:
         return False
     reason = (
         f"Wave {wave.name} crossed its failure threshold: {health.failures} of {health.finished} finished devices "
-        f"failed (threshold {float(plan['failure_threshold']):.0%}). The release is offered nowhere any more."
+        f"failed (threshold {plan.failure_threshold:.0%}). The release is offered nowhere any more."
     )
     Wave.objects.filter(pk=wave.pk).update(breaker_tripped_at=now, breaker_reason=reason[:300])
     record_decision(

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.db.models import Count
 
+from approvals.plans import PlanWave
 from rollouts.choices import DEPLOYMENT_IN_PROGRESS, DeploymentStatus
 from workflows.types import WaveHealth, WavePlan
 
@@ -32,13 +33,13 @@ def health_counts(health: WaveHealth) -> dict[str, int]:
     return {name: getattr(health, name) for name in HEALTH_FIELDS}
 
 
-def wave_plan_of(wave: dict[str, Any]) -> WavePlan:
-    """One approved wave of a plan as the gate policy reads it."""
+def wave_plan_of(wave: PlanWave) -> WavePlan:
+    """One approved wave of a plan as the gate policy (and the workflow input) reads it."""
     return WavePlan(
-        wave["name"],
-        wave["soak_seconds"],
-        wave["min_sample"],
-        float(wave["success_threshold"]),
-        float(wave["failure_threshold"]),
-        wave["promotion"],
+        wave.name,
+        wave.soak_seconds,
+        wave.min_sample,
+        float(wave.success_threshold),
+        float(wave.failure_threshold),
+        wave.promotion,
     )

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from approvals.plans import RolloutPlan, plan_parse
 from devices.firmware.models import FirmwareRelease
 from rollouts.choices import DEPLOYMENT_ACTIVE, DeploymentKind, DeploymentStatus, RolloutStatus, WaveStatus
 
@@ -38,6 +39,16 @@ class Rollout(models.Model):
 
     def __str__(self) -> str:
         return f"rollout-{self.pk}"
+
+    @property
+    def approved_plan(self) -> RolloutPlan:
+        """The plan this rollout runs (as approved), typed; parsed once per loaded JSON value."""
+        # Keyed on the JSON object's identity: assigning `plan` or reloading the row parses again.
+        cached = self.__dict__.get("_approved_plan")
+        if cached is None or cached[0] is not self.plan:
+            cached = (self.plan, plan_parse(self.plan))
+            self.__dict__["_approved_plan"] = cached
+        return cached[1]
 
     @property
     def workflow_id(self) -> str:

@@ -25,7 +25,7 @@ from approvals.audit.records import record_decision
 from approvals.audit.security import SecurityEventKind, security_event
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
-from approvals.plans import plan_hash, wave_sizes
+from approvals.plans import Pacing, plan_hash, wave_sizes
 from approvals.selectors import change_start_refusal
 from devices.models import Region
 from devices.scope import scope_devices
@@ -86,10 +86,10 @@ def _transition(
 
 
 def _targets(change: ChangeRequest) -> list[Target]:
-    devices = scope_devices(change.target_scope).values_list(
+    devices = scope_devices(change.scope).values_list(
         "pk", "serial", "hardware_model_id", "region_id", "installed_release_counter", "reported_release_counter"
     )
-    pilots = set(scope_devices(change.target_scope).filter(tags__name="pilot").values_list("pk", flat=True))
+    pilots = set(scope_devices(change.scope).filter(tags__name="pilot").values_list("pk", flat=True))
     return [
         Target(pk, serial, (model, region), pk in pilots, max(installed or 0, reported or 0))
         for pk, serial, model, region, installed, reported in devices
@@ -97,10 +97,10 @@ def _targets(change: ChangeRequest) -> list[Target]:
 
 
 def _conflicting_rollouts(change: ChangeRequest) -> list[str]:
-    mine = scope_devices(change.target_scope).values("pk")
+    mine = scope_devices(change.scope).values("pk")
     clashes = []
     for other in Rollout.objects.filter(status__in=ROLLOUT_ACTIVE).select_related("change"):
-        overlap = scope_devices(other.change.target_scope).filter(pk__in=mine).count()
+        overlap = scope_devices(other.change.scope).filter(pk__in=mine).count()
         if overlap:
             clashes.append(f"rollout-{other.pk} (change {other.change_id}) shares {overlap} devices")
     return clashes
@@ -150,18 +150,20 @@ def _rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_work
             "Another active rollout targets some of the same devices: " + "; ".join(clashes) + ".", code="conflict"
         )
     targets = _targets(change)
-    plan = change.rollout_plan
+    plan = change.plan
+    if plan is None:
+        raise Conflict("The change has no rollout plan.", code="no_plan")
     rollout = Rollout.objects.create(
         change=change,
         release=change.release,
         rollback_release=change.rollback_release,
-        plan=plan,
-        plan_hash=plan_hash(plan),
+        plan=change.rollout_plan,  # exactly the JSON the approvals' plan hash covers
+        plan_hash=plan_hash(change.rollout_plan),
         started_by=actor,
     )
-    sizes = wave_sizes(plan["waves"], total=len(targets), pilots=sum(t.pilot for t in targets))
+    sizes = wave_sizes(plan.waves, total=len(targets), pilots=sum(t.pilot for t in targets))
     Wave.objects.bulk_create(
-        Wave(rollout=rollout, index=i, name=w["name"], planned_devices=sizes[i]) for i, w in enumerate(plan["waves"])
+        Wave(rollout=rollout, index=i, name=w.name, planned_devices=sizes[i]) for i, w in enumerate(plan.waves)
     )
     change_services.change_mark_implementing(actor=actor, change=change)
     _record(
@@ -216,17 +218,17 @@ def rollout_workflows_ensure(*, older_than_seconds: int = 30) -> list[int]:
 
 
 def workflow_input(rollout: Rollout) -> Any:
-    """The RolloutWorkflow input for a rollout, from its approved plan."""
+    """The RolloutWorkflow input for a rollout, from its approved plan (the one RolloutPlan -> workflow mapping)."""
     from workflows.types import RolloutInput
 
-    plan = rollout.plan
+    plan = rollout.approved_plan
     return RolloutInput(
         rollout_id=rollout.pk,
         change_id=rollout.change_id,
         author_id=rollout.change.author_id,
-        waves=[wave_plan_of(w) for w in plan["waves"]],
-        abort_policy=plan["abort_policy"],
-        monitor_interval_seconds=plan.get("monitor_interval_seconds", 30),
+        waves=[wave_plan_of(w) for w in plan.waves],
+        abort_policy=plan.abort_policy,
+        monitor_interval_seconds=plan.monitor_interval_seconds,
     )
 
 
@@ -252,15 +254,16 @@ def wave_window_wait(*, rollout_id: int, wave_index: int) -> tuple[int, str]:
     """Seconds until the wave may start (0: now) and why: blackouts, then the targeted regions' windows."""
     rollout = Rollout.objects.get(pk=rollout_id)
     now = timezone.now()
-    blackout = blackout_until(rollout.plan, now)
+    plan = rollout.approved_plan
+    blackout = blackout_until(plan, now)
     if blackout:
         end, reason = blackout
         return max(1, int((end - now).total_seconds()) + 1), f"blackout until {end.isoformat()}: {reason}"
-    if not rollout.plan.get("maintenance_windows"):
+    if not plan.maintenance_windows:
         return 0, ""
-    region_ids = scope_devices(rollout.change.target_scope).values("region_id")
+    region_ids = scope_devices(rollout.change.scope).values("region_id")
     openings = [
-        region_next_opening(rollout.plan, code, zone, now)
+        region_next_opening(plan, code, zone, now)
         for code, zone in Region.objects.filter(pk__in=region_ids).values_list("code", "time_zone")
     ]
     openings = [o for o in openings if o is not None]
@@ -273,16 +276,14 @@ def wave_window_wait(*, rollout_id: int, wave_index: int) -> tuple[int, str]:
 
 
 def _pacing_times(
-    plan: dict[str, Any], cohort: list[Target], region_codes: dict[int, str], start: datetime
+    pacing: Pacing, cohort: list[Target], region_codes: dict[int, str], start: datetime
 ) -> list[datetime]:
-    pacing = plan.get("pacing", {})
-    rate = pacing.get("devices_per_minute", 0)
-    per_region = pacing.get("per_region", {})
+    rate = pacing.limits.rate
     counters: dict[int, int] = {}
     times = []
     for position, target in enumerate(cohort):
         region_id = target.stratum[1]
-        region_rate = per_region.get(region_codes.get(region_id, ""), {}).get("devices_per_minute", 0)
+        region_rate = pacing.region(region_codes.get(region_id, "")).rate
         offsets = [0.0]
         if rate:
             offsets.append(position / rate)
@@ -326,19 +327,17 @@ def wave_assign(*, rollout_id: int, wave_index: int) -> WaveAssignment:
         raise Conflict(f"A wave cannot start while the rollout is {rollout.status}.", code="invalid_transition")
     if rollout.change.status != ChangeStatus.IMPLEMENTING:
         raise Conflict(f"The change is {rollout.change.status}; no wave starts.", code="not_implementing")
-    plan = rollout.plan
-    wave_plan = plan["waves"][wave_index]
-    last = wave_index == len(plan["waves"]) - 1
+    plan = rollout.approved_plan
+    wave_plan = plan.waves[wave_index]
+    last = wave_index == len(plan.waves) - 1
     assigned = set(rollout.deployments.values_list("device_id", flat=True))
-    ordered = order_targets(rollout.pk, _targets(rollout.change), stratify=bool(wave_plan.get("stratify")))
+    ordered = order_targets(rollout.pk, _targets(rollout.change), stratify=bool(wave_plan.stratify))
     size = len(ordered) if last else wave.planned_devices
-    cohort = next_cohort(
-        ordered, already_assigned=assigned, size=size, pilot_only=wave_plan["cohort"]["kind"] == "pilot"
-    )
+    cohort = next_cohort(ordered, already_assigned=assigned, size=size, pilot_only=wave_plan.is_pilot)
     now = timezone.now()
     region_codes = dict(Region.objects.values_list("pk", "code"))
-    not_before = _pacing_times(plan, cohort, region_codes, now)
-    download = timedelta(seconds=plan["deadlines"]["download_seconds"])
+    not_before = _pacing_times(plan.pacing, cohort, region_codes, now)
+    download = timedelta(seconds=plan.deadlines.download_seconds)
     supported = set(rollout.release.hardware_models.values_list("pk", flat=True))
     rows = []
     for target, start in zip(cohort, not_before, strict=True):
@@ -488,13 +487,11 @@ def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
     wave = Wave.objects.select_for_update().get(rollout=rollout, index=wave_index)
     if wave.status == WaveStatus.PROMOTED:
         return False
-    plan = rollout.plan["waves"][wave_index]
-    if plan["promotion"] != "auto":
+    plan = rollout.approved_plan.waves[wave_index]
+    if not plan.promotes_automatically:
         raise _forged(rollout, f"Wave {wave.name} is promoted only by a person (manual gate).")
     health = deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE))
-    soak_done = wave.started_at is not None and timezone.now() >= wave.started_at + timedelta(
-        seconds=plan["soak_seconds"]
-    )
+    soak_done = wave.started_at is not None and timezone.now() >= wave.started_at + timedelta(seconds=plan.soak_seconds)
     verdict = policy.wave_verdict(health, wave_plan_of(plan), soak_done=soak_done)
     if verdict != Verdict.PASS or wave.breaker_tripped_at is not None or rollout.status not in WAVE_OPENABLE:
         raise _forged(rollout, f"Wave {wave.name} has not passed (verdict {verdict}, rollout {rollout.status}).")
@@ -506,7 +503,7 @@ def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
         after={"wave": wave_index, "counts": health_counts(health)},
         reason=(
             f"Wave {wave.name} passed and was promoted automatically: {health.succeeded} of {health.total} devices "
-            f"succeeded (needs {float(plan['success_threshold']):.0%}), {health.failures} failed."
+            f"succeeded (needs {plan.success_threshold:.0%}), {health.failures} failed."
         ),
     )
     return True
@@ -565,7 +562,7 @@ def _rollback_allowed(rollout: Rollout) -> bool:
     failed = Wave.objects.filter(rollout=rollout).filter(
         Q(status=WaveStatus.FAILED) | Q(breaker_tripped_at__isnull=False)
     )
-    return rollout.plan.get("abort_policy") == "halt_and_rollback" and failed.exists()
+    return rollout.approved_plan.rolls_back and failed.exists()
 
 
 def _assign_rollbacks(rollout: Rollout, now: datetime) -> int:
@@ -577,7 +574,7 @@ def _assign_rollbacks(rollout: Rollout, now: datetime) -> int:
     )
     already = rollout.deployments.filter(kind=DeploymentKind.ROLLBACK).values("device_id")
     rows = list(took.exclude(device_id__in=already).values_list("device_id", "wave_id"))
-    download = timedelta(seconds=rollout.plan["deadlines"]["download_seconds"])
+    download = timedelta(seconds=rollout.approved_plan.deadlines.download_seconds)
     insert_deployments(
         [
             NewDeployment(
@@ -735,7 +732,7 @@ def _promotable(rollout: Rollout, wave_index: int) -> str:
         return f"Wave {wave_index} has not started."
     if wave.status in (WaveStatus.FAILED, WaveStatus.PROMOTED) or wave.breaker_tripped_at is not None:
         return f"Wave {wave.name} is {'failed' if wave.status != WaveStatus.PROMOTED else 'already promoted'}."
-    soak = timedelta(seconds=rollout.plan["waves"][wave_index]["soak_seconds"])
+    soak = timedelta(seconds=rollout.approved_plan.waves[wave_index].soak_seconds)
     if timezone.now() < wave.started_at + soak:
         return f"Wave {wave.name} is still soaking."
     return ""

@@ -49,7 +49,7 @@ def change_fields(fleet) -> dict[str, Any]:
         "impact_analysis": "One reboot per unit, during parking.",
         "requested_window_start": now - timedelta(hours=1),
         "requested_window_end": now + timedelta(days=7),
-        "rollout_plan": default_plan(),
+        "rollout_plan": default_plan().to_json(),
         "risk_answers": dict(SAFE_ANSWERS),
     }
 

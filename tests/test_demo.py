@@ -45,9 +45,11 @@ def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys):
     live = ChangeRequest.objects.get(status="approved", target_scope__tags=[SIMULATED_TAG])
     simulated = Device.objects.filter(tags__name=SIMULATED_TAG)
     assert simulated.count() == 25 and scope_devices(live.target_scope).count() == 25
-    waves = plan_wave_preview(live.rollout_plan, live.target_scope)
-    assert all(wave.devices >= plan["min_sample"] for wave, plan in zip(waves, live.rollout_plan["waves"], strict=True))
-    assert max(w["soak_seconds"] for w in live.rollout_plan["waves"]) <= 300
+    plan = live.plan
+    assert plan is not None
+    waves = plan_wave_preview(plan, live.scope)
+    assert all(wave.devices >= planned.min_sample for wave, planned in zip(waves, plan.waves, strict=True))
+    assert max(w.soak_seconds for w in plan.waves) <= 300
     verdict = chain_verify()
     assert verdict.ok and verdict.length > 20
 

@@ -16,10 +16,23 @@ from approvals.models import (
     RiskQuestion,
     TestEvidence,
 )
+from approvals.plans import RolloutPlan, plan_parse
 from approvals.selectors import change_plan_hash, change_policy_progress, change_release_sha256
 from devices.firmware.models import FirmwareRelease
+from ota_project.errors import InvalidInput
 from ota_project.parsers import StrictJSONField
 from ota_project.serializers import InputSerializer
+
+
+class RolloutPlanField(StrictJSONField):
+    """A rollout plan, parsed at the boundary by `plan_parse`: services receive a RolloutPlan. Its field errors
+    nest as the JSON does (`{"rollout_plan": {"waves": {"2": {"cohort": [...]}}}}`), as the service's would."""
+
+    def to_internal_value(self, data: Any) -> RolloutPlan:  # type: ignore[override]  # stubs pin JSON types
+        try:
+            return plan_parse(super().to_internal_value(data))
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.fields.get("rollout_plan", [exc.message])) from exc
 
 
 class ChangeWriteSerializer(InputSerializer):
@@ -38,7 +51,7 @@ class ChangeWriteSerializer(InputSerializer):
     test_evidence_summary = serializers.CharField(max_length=10_000, required=False, allow_blank=True)
     requested_window_start = serializers.DateTimeField()
     requested_window_end = serializers.DateTimeField()
-    rollout_plan = StrictJSONField()
+    rollout_plan = RolloutPlanField()
     emergency_reason = serializers.CharField(max_length=5_000, required=False, allow_blank=True)
     risk_answers = StrictJSONField(required=False)
 

@@ -18,7 +18,7 @@ from approvals.api.filters import ChangeFilter
 from approvals.audit.api.serializers import AuditRecordSerializer
 from approvals.models import ApprovalPolicy, ChangeTemplate, RiskQuestion
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
-from devices.scope import scope_normalize, scope_summary
+from devices.scope import scope_parse, scope_summary
 from ota_project.roles import Role
 from ota_project.serializers import ReasonInputSerializer
 
@@ -136,7 +136,7 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(responses=s.ScopeSummarySerializer)
     @action(detail=True, methods=["get"])
     def scope(self, request: Request, pk: str) -> Response:
-        return Response(scope_summary(self._change(pk).target_scope))
+        return Response(scope_summary(self._change(pk).scope))
 
     @extend_schema(responses=s.PolicyProgressSerializer)
     @action(detail=True, methods=["get"])
@@ -209,7 +209,7 @@ class ScopePreviewView(APIView):
     def post(self, request: Request) -> Response:
         data = s.ScopePreviewSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(scope_summary(scope_normalize(data.validated_data["target_scope"])))
+        return Response(scope_summary(scope_parse(data.validated_data["target_scope"])))
 
 
 class RiskPreviewView(APIView):
@@ -222,7 +222,7 @@ class RiskPreviewView(APIView):
         data = s.RiskPreviewSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         answers = risk_answers_validate(data.validated_data["risk_answers"], risk_questionnaire())
-        summary = scope_summary(scope_normalize(data.validated_data["target_scope"]))
+        summary = scope_summary(scope_parse(data.validated_data["target_scope"]))
         return Response(s.RiskAssessmentSerializer(risk_assess(answers=answers, scope_summary=summary)).data)
 
 

@@ -12,7 +12,7 @@ from django.forms import BaseFormSet, formset_factory
 
 from approvals.choices import ChangeStatus, ChangeType, QuestionKind, RiskLevel
 from approvals.models import ChangeRequest, ChangeTemplate, RiskQuestion
-from approvals.plans import ABORT_POLICIES, PLAN_DEFAULTS, PROMOTION_MODES, default_plan
+from approvals.plans import ABORT_POLICIES, PLAN_DEFAULTS, PROMOTION_MODES, Cohort, PlanWave, RolloutPlan, default_plan
 from devices.choices import VehicleType
 from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel, Region, Tag
@@ -70,45 +70,38 @@ class WaveForm(forms.Form):
     promotion = forms.ChoiceField(label="Promotion", choices=[(m, m.capitalize()) for m in PROMOTION_MODES])
     stratify = forms.BooleanField(label="Stratify by model and region", required=False)
 
-    def to_wave(self) -> dict[str, Any]:
-        """The plan's wave object from the cleaned fields."""
-        data = self.cleaned_data
-        return wave_from_values(data)
+    def to_wave(self) -> PlanWave:
+        """The plan's wave from the cleaned fields (its rules are checked with the whole plan)."""
+        return wave_from_values(self.cleaned_data)
 
 
-def wave_from_values(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A plan wave from form values (the same path for submitted and initial values)."""
-    kind = data.get("cohort_kind")
-    cohort: dict[str, Any] = {"kind": kind}
-    if kind != "pilot" and data.get("cohort_value") is not None:
-        cohort["value"] = data["cohort_value"]
-    wave: dict[str, Any] = {
-        "name": data.get("name", ""),
-        "cohort": cohort,
-        "soak_seconds": data.get("soak_seconds"),
-        "min_sample": data.get("min_sample"),
-        "success_threshold": data.get("success_threshold"),
-        "failure_threshold": data.get("failure_threshold"),
-        "promotion": data.get("promotion"),
-    }
-    if data.get("stratify"):
-        wave["stratify"] = True
-    return wave
+def wave_from_values(data: Mapping[str, Any]) -> PlanWave:
+    """A plan wave from a valid wave form's values (the same path for submitted and initial values)."""
+    kind = data["cohort_kind"]
+    return PlanWave(
+        name=data["name"],
+        cohort=Cohort(kind, None if kind == "pilot" else data.get("cohort_value")),
+        soak_seconds=data["soak_seconds"],
+        min_sample=data["min_sample"],
+        success_threshold=data["success_threshold"],
+        failure_threshold=data["failure_threshold"],
+        promotion=data["promotion"],
+        stratify=True if data.get("stratify") else None,
+    )
 
 
-def wave_values(wave: Mapping[str, Any]) -> dict[str, Any]:
-    """Form values for one wave of a stored plan."""
-    cohort = wave.get("cohort") or {}
+def wave_values(wave: PlanWave) -> dict[str, Any]:
+    """Form values for one wave of a plan."""
     return {
-        "name": wave.get("name", ""),
-        "cohort_kind": cohort.get("kind", "percent"),
-        "cohort_value": cohort.get("value"),
-        "soak_seconds": wave.get("soak_seconds"),
-        "min_sample": wave.get("min_sample"),
-        "success_threshold": wave.get("success_threshold"),
-        "failure_threshold": wave.get("failure_threshold"),
-        "promotion": wave.get("promotion", "auto"),
-        "stratify": bool(wave.get("stratify", False)),
+        "name": wave.name,
+        "cohort_kind": wave.cohort.kind,
+        "cohort_value": wave.cohort.value,
+        "soak_seconds": wave.soak_seconds,
+        "min_sample": wave.min_sample,
+        "success_threshold": wave.success_threshold,
+        "failure_threshold": wave.failure_threshold,
+        "promotion": wave.promotion,
+        "stratify": bool(wave.stratify),
     }
 
 
@@ -119,7 +112,7 @@ class BaseWaveFormSet(BaseFormSet):
         """The wave forms the requester did not tick for removal, in order."""
         return [f for f in self.forms if not (f.is_valid() and f.cleaned_data.get("DELETE"))]
 
-    def waves(self) -> list[dict[str, Any]]:
+    def waves(self) -> list[PlanWave]:
         return [f.to_wave() for f in self.kept_forms() if f.is_valid()]
 
 
@@ -235,14 +228,10 @@ class ChangeForm(forms.Form):
             raise forms.ValidationError(f"Not valid JSON: {exc}.") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError("A JSON object of plan settings.")
+        # Here only because these keys would replace the form's own fields; everything else is plan_parse's to check.
         misplaced = sorted({"waves", "abort_policy"} & set(value))
         if misplaced:
             raise forms.ValidationError(f"Set {', '.join(misplaced)} in the fields above, not here.")
-        unknown = sorted(set(value) - set(PLAN_SETTING_KEYS))
-        if unknown:
-            raise forms.ValidationError(
-                f"Unknown settings: {', '.join(unknown)} (known: {', '.join(PLAN_SETTING_KEYS)})."
-            )
         return value
 
 
@@ -277,9 +266,9 @@ def answers_from_values(values: Mapping[str, Any], questions: Iterable[RiskQuest
     return answers
 
 
-def plan_from_values(values: Mapping[str, Any], waves: list[dict[str, Any]]) -> dict[str, Any]:
-    """The rollout plan from the waves, the abort policy and the other settings."""
-    plan: dict[str, Any] = {"waves": waves}
+def plan_from_values(values: Mapping[str, Any], waves: list[PlanWave]) -> dict[str, Any]:
+    """The rollout plan's JSON from the waves, the abort policy and the other settings, for `plan_parse`."""
+    plan: dict[str, Any] = {"waves": [wave.to_json() for wave in waves]}
     if values.get("abort_policy"):
         plan["abort_policy"] = values["abort_policy"]
     settings = values.get("plan_settings")
@@ -289,7 +278,7 @@ def plan_from_values(values: Mapping[str, Any], waves: list[dict[str, Any]]) -> 
 
 
 def fields_from_values(
-    values: Mapping[str, Any], waves: list[dict[str, Any]], questions: Iterable[RiskQuestion]
+    values: Mapping[str, Any], waves: list[PlanWave], questions: Iterable[RiskQuestion]
 ) -> dict[str, Any]:
     """The keyword arguments of `change_create` / `change_update` from form values."""
     fields = {
@@ -319,18 +308,15 @@ def fields_from_values(
 def initial_values(change: ChangeRequest | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Form and wave initial values: from a change for the edit page, sensible defaults for a new one."""
     if change is None:
-        plan = default_plan()
-        settings = {key: PLAN_DEFAULTS[key] for key in PLAN_SETTING_KEYS}
         return (
-            {
-                "change_type": ChangeType.NORMAL,
-                "abort_policy": plan["abort_policy"],
-                "plan_settings": json.dumps(settings, indent=2),
-            },
-            [wave_values(w) for w in plan["waves"]],
+            {"change_type": ChangeType.NORMAL, **plan_values(default_plan())},
+            [wave_values(w) for w in default_plan().waves],
         )
-    scope = change.target_scope
-    plan = change.rollout_plan
+    scope = change.scope
+    try:
+        plan = change.plan
+    except DomainError:
+        plan = None  # a stored plan that no longer parses: the requester starts over from the defaults
     values: dict[str, Any] = {
         "title": change.title,
         "change_type": change.change_type,
@@ -343,16 +329,24 @@ def initial_values(change: ChangeRequest | None) -> tuple[dict[str, Any], list[d
         "test_evidence_summary": change.test_evidence_summary,
         "requested_window_start": _to_seconds(change.requested_window_start),
         "requested_window_end": _to_seconds(change.requested_window_end),
-        "abort_policy": plan.get("abort_policy", "halt_and_rollback"),
-        "plan_settings": json.dumps({k: plan.get(k, PLAN_DEFAULTS[k]) for k in PLAN_SETTING_KEYS}, indent=2),
-        "scope_devices": "\n".join(scope.get("devices", [])),
+        **plan_values(plan),
+        "scope_devices": "\n".join(scope.devices),
+        "scope_hardware_models": list(scope.hardware_models),
+        "scope_regions": list(scope.regions),
+        "scope_vehicle_types": list(scope.vehicle_types),
+        "scope_tags": list(scope.tags),
     }
-    for key, name in SCOPE_FILTER_FIELDS.items():
-        if key != "devices":
-            values[name] = list(scope.get(key, []))
     for key, answer in change.risk_answers.items():
         values[f"risk_{key}"] = ("true" if answer else "false") if isinstance(answer, bool) else answer
-    return values, [wave_values(w) for w in plan.get("waves", [])]
+    return values, [wave_values(w) for w in plan.waves] if plan else []
+
+
+def plan_values(plan: RolloutPlan | None) -> dict[str, Any]:
+    """Form values for a plan's abort policy and its other settings (the JSON field); defaults without a plan."""
+    if plan is None:
+        return {"abort_policy": "halt_and_rollback", "plan_settings": json.dumps(PLAN_DEFAULTS, indent=2)}
+    settings = {key: value for key, value in plan.to_json().items() if key in PLAN_SETTING_KEYS}
+    return {"abort_policy": plan.abort_policy, "plan_settings": json.dumps(settings, indent=2)}
 
 
 def python_values(initial: Mapping[str, Any], questions: Iterable[RiskQuestion]) -> dict[str, Any]:
@@ -441,10 +435,9 @@ def _plan_errors(form: ChangeForm, waves: BaseWaveFormSet, detail: Any) -> None:
             form.section_errors["plan"].extend(flatten_errors(inner))
         elif key == "abort_policy":
             form.add_error("abort_policy", flatten_errors(inner))
-        elif key in PLAN_SETTING_KEYS or key == "regions":
-            form.add_error("plan_settings", flatten_errors(inner, f"{key.replace('_', ' ')}: "))
         else:
-            form.section_errors["plan"].extend(flatten_errors(inner, f"{key}: "))
+            # Plan-wide settings, the regions they name, and unknown keys: all come from the settings JSON.
+            form.add_error("plan_settings", flatten_errors(inner, f"{key.replace('_', ' ')}: "))
 
 
 def _risk_errors(form: ChangeForm, detail: Any) -> None:

@@ -19,10 +19,6 @@ from approvals.choices import (
     ChangeType,
 )
 from approvals.models import Approval, ChangeRequest, RiskQuestion
-from approvals.plans import (
-    parse_utc,  # the plan's own reading of blackout times
-    plan_normalize,
-)
 from approvals.policy import ROLE_LABELS
 from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
@@ -99,7 +95,7 @@ def queue_rows(changes: list[ChangeRequest]) -> list[QueueRow]:
             progress = "not submitted"
         else:
             progress = change.get_status_display().lower()
-        rows.append(QueueRow(change, progress, scope_devices(change.target_scope).count()))
+        rows.append(QueueRow(change, progress, scope_devices(change.scope).count()))
     return rows
 
 
@@ -169,11 +165,11 @@ class ChangeConflicts:
 def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
     """Scheduled or implementing changes that target some of the same devices, and the plan's blackout windows
     that overlap the requested window (the rollout will wait them out)."""
-    targets = scope_devices(change.target_scope).values("pk")
+    targets = scope_devices(change.scope).values("pk")
     overlapping = []
     others = ChangeRequest.objects.filter(status__in=ACTIVE_ROLLOUT_STATUSES).exclude(pk=change.pk)
     for other in others.select_related("release").order_by("requested_window_start", "id"):
-        shared = scope_devices(other.target_scope).filter(pk__in=targets).count()
+        shared = scope_devices(other.scope).filter(pk__in=targets).count()
         if shared:
             window = (
                 other.requested_window_start < change.requested_window_end
@@ -181,10 +177,14 @@ def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
             )
             overlapping.append(OverlappingChange(other, shared, window))
     blackouts = []
-    for span in change.rollout_plan.get("blackout_windows", []):
-        start, end = parse_utc(span.get("start")), parse_utc(span.get("end"))
-        if start and end and start < change.requested_window_end and change.requested_window_start < end:
-            blackouts.append(BlackoutConflict(start, end, str(span.get("reason", ""))))
+    try:
+        plan = change.plan
+    except InvalidInput:
+        plan = None  # the page says the plan is incomplete (see change_waves)
+    for span in plan.blackout_windows if plan else ():
+        start, end = span.starts_at, span.ends_at
+        if start < change.requested_window_end and change.requested_window_start < end:
+            blackouts.append(BlackoutConflict(start, end, span.reason or ""))
     return ChangeConflicts(overlapping, blackouts)
 
 
@@ -291,10 +291,12 @@ def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActio
 def change_waves(change: ChangeRequest) -> tuple[list[WavePreview], str]:
     """Devices per wave of the change's plan over its scope, or an explanation when the plan cannot be sized."""
     try:
-        plan = plan_normalize(change.rollout_plan)
+        plan = change.plan
     except InvalidInput:
+        plan = None
+    if plan is None:
         return [], "The rollout plan is incomplete; the author must fix it before it can be reviewed."
-    return plan_wave_preview(plan, change.target_scope), ""
+    return plan_wave_preview(plan, change.scope), ""
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,7 @@ class ChangePage:
 
 def change_page(user: AbstractBaseUser, change: ChangeRequest) -> ChangePage:
     """Gather the change page: scope breakdown, risk, waves, approvals, conflicts, timeline and actions."""
-    summary = scope_summary(change.target_scope)
+    summary = scope_summary(change.scope)
     assessment = risk_assess(answers=change.risk_answers, scope_summary=summary)
     waves, waves_problem = change_waves(change)
     progress = change_policy_progress(change)

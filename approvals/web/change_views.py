@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from approvals import services
 from approvals.choices import ApprovalDecision, ChangeStatus
 from approvals.models import ChangeRequest
-from approvals.plans import plan_normalize
+from approvals.plans import plan_parse
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
     change_create_refusal,
@@ -33,7 +33,7 @@ from approvals.selectors import (
 )
 from approvals.web import change_forms as f
 from approvals.web.change_selectors import change_page, queue_changes, queue_rows
-from devices.scope import scope_normalize, scope_summary
+from devices.scope import scope_parse, scope_summary
 from ota_project.errors import DomainError, InvalidInput, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role
 from ota_project.web.access import forbidden, role_required
@@ -135,7 +135,7 @@ def _render_detail(
         "evidence_form": f.EvidenceForm(),
     }
     defaults.update(forms)
-    waves = change.rollout_plan.get("waves", [])
+    plan = change.plan if page.waves else None  # no waves shown: no plan, or one that does not parse
     context = {
         "change": change,
         "page": page,
@@ -143,12 +143,10 @@ def _render_detail(
         "plan_waves": [
             {
                 "preview": w,
-                "plan": waves[w.index],
-                "soak": describe_duration(timedelta(seconds=waves[w.index]["soak_seconds"]))
-                if waves[w.index]["soak_seconds"]
-                else "none",
+                "plan": wave,
+                "soak": describe_duration(timedelta(seconds=wave.soak_seconds)) if wave.soak_seconds else "none",
             }
-            for w in page.waves
+            for w, wave in zip(page.waves, plan.waves if plan else (), strict=True)
         ],
         "plan_hash": change_plan_hash(change),
         "plan_json": json.dumps(change.rollout_plan, indent=2, sort_keys=True),
@@ -450,7 +448,7 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet) -> dict[str, Any]:
     raw_scope = f.scope_from_values(values)
     if raw_scope:
         try:
-            scope = scope_normalize(raw_scope)
+            scope = scope_parse(raw_scope)
             result["scope"] = scope_summary(scope)
         except InvalidInput as exc:
             result["scope_errors"] = f.flatten_errors(exc.fields.get("target_scope", exc.message))
@@ -463,7 +461,7 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet) -> dict[str, Any]:
         result["risk_errors"] = f.flatten_errors(exc.fields.get("risk_answers", exc.message))
     if scope is not None:
         try:
-            plan = plan_normalize(f.plan_from_values(values, wave_list))
+            plan = plan_parse(f.plan_from_values(values, wave_list))
             result["waves"] = plan_wave_preview(plan, scope)
         except InvalidInput as exc:
             result["plan_errors"] = f.flatten_errors(exc.fields.get("rollout_plan", exc.message))

@@ -51,7 +51,7 @@ def _run_wave(rollout: Rollout, index: int, fails: set[int]) -> Any:
 
 def _soak_over(rollout: Rollout, index: int) -> None:
     """History playback: the wave opened a soak earlier, so the gate may be judged now (nothing waits in the demo)."""
-    soak = timedelta(seconds=rollout.plan["waves"][index]["soak_seconds"])
+    soak = timedelta(seconds=rollout.approved_plan.waves[index].soak_seconds)
     Wave.objects.filter(rollout=rollout, index=index).update(started_at=F("started_at") - soak)
 
 
@@ -68,19 +68,19 @@ def _operator_decides(rollout: Rollout, operator: Any, action: str, reason: str,
 def completed_rollout(*, operator: Any, change: Any) -> Rollout:
     """Start `change` and play every wave to success (manual gates promoted by the operator)."""
     rollout = rollout_services.rollout_start(actor=operator, change=change, start_workflow=False)
-    waves = rollout.plan["waves"]
+    waves = rollout.approved_plan.waves
     for index, wave in enumerate(waves):
         health = _run_wave(rollout, index, fails=set())
         _soak_over(rollout, index)
         if index == len(waves) - 1:
             break
         passed = policy.wave_verdict(health, wave_plan_of(wave), soak_done=True) == Verdict.PASS
-        if wave["promotion"] == "auto" and passed:
+        if wave.promotes_automatically and passed:
             rollout_services.wave_promote(rollout_id=rollout.pk, wave_index=index)
             continue
         # A manual gate, or too little evidence (inconclusive): an operator decides.
         gate = Gate.PROMOTION if passed else Gate.INCONCLUSIVE
-        reason = f"Wave {wave['name']} {'passed' if passed else 'is inconclusive'}; waiting for an operator."
+        reason = f"Wave {wave.name} {'passed' if passed else 'is inconclusive'}; waiting for an operator."
         rollout_services.rollout_phase(PhaseChange(rollout.pk, Phase.AWAITING_PROMOTION, index, gate, reason, health))
         _operator_decides(rollout, operator, Update.PROMOTE, "KPIs nominal", wave_index=index)
     rollout_services.rollout_finish(
@@ -97,13 +97,14 @@ def halted_rollout(*, operator: Any, change: Any, failing_share: float, seed: in
     fails = set(random.Random(seed).sample(pilot, max(1, round(len(pilot) * failing_share))))
     _devices_poll(rollout, fails)
     health = rollout_services.wave_health(rollout_id=rollout.pk, wave_index=0)
-    wave = rollout.plan["waves"][0]
+    plan = rollout.approved_plan
+    wave = plan.waves[0]
     reason = (
-        f"Wave {wave['name']} failed: {health.failures} of {health.finished} finished devices failed "
-        f"(threshold {wave['failure_threshold']:.0%})."
+        f"Wave {wave.name} failed: {health.failures} of {health.finished} finished devices failed "
+        f"(threshold {wave.failure_threshold:.0%})."
     )
     rollout_services.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason=reason)
-    if rollout.plan["abort_policy"] != "halt_and_rollback":
+    if not plan.rolls_back:
         _operator_decides(rollout, operator, Update.ROLLBACK, "pilot boot failures")
     rollout_services.rollback_assign(rollout_id=rollout.pk)
     _devices_poll(rollout, fails=set())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from django.utils import timezone
 from approvals import services as change_services
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest, ChangeTemplate
-from approvals.plans import default_plan
+from approvals.plans import RolloutPlan, default_plan
 from devices import services as device_services
 from devices.choices import SIMULATED_TAG
 from devices.firmware.models import FirmwareRelease
@@ -162,13 +162,15 @@ def _fleet(operator: Any) -> None:
         device_services.device_quarantine(actor=operator, device=device, reason="Enclosure tamper switch tripped")
 
 
-def _live_demo_plan() -> dict[str, Any]:
+def _live_demo_plan() -> RolloutPlan:
     """Minutes instead of hours: a pilot gate to promote by hand, then two automatic waves."""
     plan = default_plan()
-    for wave, soak in zip(plan["waves"], (60, 60, 120), strict=True):
-        wave.update(soak_seconds=soak, min_sample=5 if wave["name"] == "fleet" else 2)  # the live fleet is 25 devices
-    plan["monitor_interval_seconds"] = 10
-    return plan
+    waves = tuple(
+        # the live fleet is 25 devices
+        replace(wave, soak_seconds=soak, min_sample=5 if wave.name == "fleet" else 2)
+        for wave, soak in zip(plan.waves, (60, 60, 120), strict=True)
+    )
+    return replace(plan, waves=waves, monitor_interval_seconds=10)
 
 
 def _changes(users: dict[str, Any]) -> tuple[ChangeRequest, ChangeRequest]:

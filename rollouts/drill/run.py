@@ -48,6 +48,7 @@ from rest_framework.authtoken.models import Token
 from approvals import services as change_services
 from approvals.audit.records import chain_verify
 from approvals.choices import ChangeStatus
+from approvals.plans import RolloutPlan, plan_parse
 from devices import services as device_services
 from devices.credentials import device_credential_issue
 from devices.firmware.models import FirmwareRelease
@@ -275,7 +276,7 @@ def pilot_count(devices: int, share: float = 0.01) -> int:
     return max(3, round(devices * share))
 
 
-def drill_plan(devices: int, poll: int, scenario: Scenario) -> dict[str, Any]:
+def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     """pilot -> fleet, soaks of seconds, deadlines sized to the poll interval and the fleet."""
     soak_covers_deadline = scenario.soak_covers_deadline
     pilots = pilot_count(devices, scenario.pilot_share)
@@ -312,14 +313,16 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> dict[str, Any]:
         pacing = {"pacing": {"devices_per_minute": math.ceil(pilots * 60 / scenario.pilot_spread_seconds)}}
         for wave_plan in waves:
             wave_plan["soak_seconds"] += scenario.pilot_spread_seconds
-    return {
-        **pacing,
-        "waves": waves,
-        "abort_policy": "halt_and_rollback",
-        "monitor_interval_seconds": 1 if devices <= 100 else 2,
-        "deadlines": {"download_seconds": download, "install_seconds": 60 + poll, "confirm_seconds": 60 + poll},
-        "retries": {"download": 3, "install": 1},
-    }
+    return plan_parse(
+        {
+            **pacing,
+            "waves": waves,
+            "abort_policy": "halt_and_rollback",
+            "monitor_interval_seconds": 1 if devices <= 100 else 2,
+            "deadlines": {"download_seconds": download, "install_seconds": 60 + poll, "confirm_seconds": 60 + poll},
+            "retries": {"download": 3, "install": 1},
+        }
+    )
 
 
 # --- the drill's world, built through the services ---------------------------------------------------------------
@@ -365,7 +368,7 @@ def _release(actor: Any, version: str, counter: int, models: list[str], image: b
     )
 
 
-def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], None]) -> World:
+def provision(options: DrillOptions, plan: RolloutPlan, say: Callable[[str], None]) -> World:
     """Users, hardware models, regions, devices with credentials, releases and an approved change."""
     run_id = secrets.token_hex(3)
     rng = random.Random(f"world:{options.seed}")
@@ -456,7 +459,7 @@ def _approved_change(
     scope: dict[str, Any],
     new: FirmwareRelease,
     old: FirmwareRelease,
-    plan: dict[str, Any],
+    plan: RolloutPlan,
 ) -> Any:
     """A change for `scope`, submitted by the drill requester and approved by as many drill approvers as needed."""
     requester = users["requester"]
@@ -631,7 +634,7 @@ class Drill:
             first = rollouts[0]
             deployments = Deployment.objects.filter(rollout_id__in=self.rollout_ids)
             counts = dict(deployments.values_list("status").annotate(n=Count("id")).order_by())
-            label = f"{first.status} wave {first.current_wave + 1}/{len(self.plan['waves'])}"
+            label = f"{first.status} wave {first.current_wave + 1}/{len(self.plan.waves)}"
             done = counts.get(DeploymentStatus.SUCCEEDED, 0)
             self.options.progress.update(done, online, label)
             if first.status == RolloutStatus.SCHEDULED and time.monotonic() - watching > START_SECONDS:
@@ -782,7 +785,7 @@ class Drill:
 
     def _maybe_roll_back(self, rollout: Rollout, world: World) -> None:
         """The rehearsal: once the second wave has updated devices, the operator rolls back (the API's path)."""
-        last_wave = len(self.plan["waves"]) - 1
+        last_wave = len(self.plan.waves) - 1
         if rollout.status != RolloutStatus.RUNNING or rollout.current_wave < 1:
             return
         updated_in_wave = Deployment.objects.filter(
@@ -857,7 +860,7 @@ class Drill:
             "rollout_status": rollout.status,
             "new_release": new_version,
             "rollback_release": world.old.version,
-            "waves_planned": len(self.plan["waves"]),
+            "waves_planned": len(self.plan.waves),
             "waves_completed": sum(1 for s in waves if s in (WaveStatus.PASSED, WaveStatus.PROMOTED)),
             "halted": rollout.halted_at is not None,
             "halted_wave": rollout.current_wave if rollout.halted_at is not None else None,
@@ -916,9 +919,9 @@ class Drill:
             "network": fleet.proxy.counters.as_dict(),
             "poll_seconds": self.poll,
             "plan": {
-                "waves": [w["name"] for w in self.plan["waves"]],
-                "soak_seconds": self.plan["waves"][0]["soak_seconds"],
-                "deadlines": self.plan["deadlines"],
+                "waves": [w.name for w in self.plan.waves],
+                "soak_seconds": self.plan.waves[0].soak_seconds,
+                "deadlines": self.plan.deadlines.to_json(),
             },
             "held_as_inconclusive": self.held_reason or None,
             "audit_chain_ok": chain_verify().ok,
@@ -938,7 +941,7 @@ class Drill:
         lost: int | None = 0
         for rollout in rollouts:
             in_scope = set(
-                scope_devices(rollout.change.target_scope).filter(pk__in=world.device_ids).values_list("pk", flat=True)
+                scope_devices(rollout.change.scope).filter(pk__in=world.device_ids).values_list("pk", flat=True)
             )
             mine = lost_deployments(
                 rollout_status=rollout.status,
@@ -949,7 +952,7 @@ class Drill:
         crossed = last_offer = None
         after = 0
         if self.scenario.bad_release:
-            wave_plan = self.plan["waves"][0]
+            wave_plan = self.plan.waves[0]
             pilot = Deployment.objects.filter(rollout=rollouts[0], kind=DeploymentKind.UPDATE, wave__index=0)
             reports = [
                 FinishedReport(finished_at, is_failure(status))
@@ -960,8 +963,8 @@ class Drill:
             crossed = threshold_crossed_at(
                 reports,
                 total=pilot.count(),
-                min_sample=wave_plan["min_sample"],
-                failure_threshold=wave_plan["failure_threshold"],
+                min_sample=wave_plan.min_sample,
+                failure_threshold=wave_plan.failure_threshold,
             )
             bad_sha256 = world.new.artifact.sha256
             last_offer = last_offer_at(fleet.offers, bad_sha256)

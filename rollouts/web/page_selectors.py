@@ -23,7 +23,7 @@ from django.urls import reverse
 from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
-from approvals.plans import wave_sizes
+from approvals.plans import PlanWave, wave_sizes
 from approvals.selectors import change_records, change_start_refusal
 from devices.scope import scope_devices
 from rollouts.choices import (
@@ -34,12 +34,12 @@ from rollouts.choices import (
     DeploymentStatus,
     RolloutStatus,
 )
-from rollouts.health import deployment_health
+from rollouts.health import deployment_health, wave_plan_of
 from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
 from rollouts.rollout_services import rollout_action_refusal
 from workflows import policy
-from workflows.types import Gate, Update, Verdict, WaveHealth, WavePlan
+from workflows.types import Gate, Update, Verdict, WaveHealth
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +83,15 @@ class WavePreview:
     index: int
     name: str
     devices: int
-    plan: dict[str, Any]
+    plan: PlanWave
 
     @property
     def success_threshold_pct(self) -> str:
-        return percent(self.plan.get("success_threshold"))
+        return percent(self.plan.success_threshold)
 
     @property
     def failure_threshold_pct(self) -> str:
-        return percent(self.plan.get("failure_threshold"))
+        return percent(self.plan.failure_threshold)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class StartPreview:
 def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> StartPreview:
     """The start page's figures and the reason (if any) this user cannot start this rollout now: the rule
     `approvals.selectors.change_start_refusal` that rollout_start raises when the form is sent."""
-    devices = scope_devices(change.target_scope)
+    devices = scope_devices(change.scope)
     scope_size = devices.count()
     pilots = devices.filter(tags__name="pilot").count()
     by_model = list(
@@ -119,9 +119,9 @@ def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> Star
         .annotate(n=Count("pk"))
         .order_by("-n", "hardware_model__name")
     )
-    plan_waves = (change.rollout_plan or {}).get("waves") or []
-    sizes = wave_sizes(plan_waves, total=scope_size, pilots=pilots) if plan_waves else []
-    waves = [WavePreview(i, w.get("name", f"wave {i}"), sizes[i], w) for i, w in enumerate(plan_waves)]
+    plan_waves = plan.waves if (plan := change.plan) else ()
+    sizes = wave_sizes(plan_waves, total=scope_size, pilots=pilots)
+    waves = [WavePreview(i, w.name, sizes[i], w) for i, w in enumerate(plan_waves)]
     existing = Rollout.objects.filter(change=change).first()
     refusal = change_start_refusal(user, change)
     blockers = [refusal.message] if refusal is not None else []
@@ -160,7 +160,7 @@ class WaveView:
     assigned: int
     started_at: datetime | None
     verdict_at: datetime | None
-    plan: dict[str, Any]
+    plan: PlanWave
     health: WaveHealth
     is_current: bool
 
@@ -176,15 +176,15 @@ class WaveView:
 
     @property
     def failure_threshold(self) -> float:
-        return float(self.plan.get("failure_threshold", 0))
+        return float(self.plan.failure_threshold)
 
     @property
     def success_threshold(self) -> float:
-        return float(self.plan.get("success_threshold", 0))
+        return float(self.plan.success_threshold)
 
     @property
     def min_sample(self) -> int:
-        return int(self.plan.get("min_sample", 0))
+        return self.plan.min_sample
 
     @property
     def failure_rate_pct(self) -> str:
@@ -205,15 +205,7 @@ class WaveView:
     @property
     def over_failure_threshold(self) -> bool:
         """Whether the gate halts the wave on these counts (the FAIL rule of workflows.policy.wave_verdict)."""
-        gate_plan = WavePlan(
-            name=self.name,
-            soak_seconds=int(self.plan.get("soak_seconds", 0)),
-            min_sample=self.min_sample,
-            success_threshold=self.success_threshold,
-            failure_threshold=self.failure_threshold,
-            promotion=str(self.plan.get("promotion", "")),
-        )
-        return policy.wave_verdict(self.health, gate_plan, soak_done=False) == Verdict.FAIL
+        return policy.wave_verdict(self.health, wave_plan_of(self.plan), soak_done=False) == Verdict.FAIL
 
     @property
     def sample_reached(self) -> bool:
@@ -227,7 +219,7 @@ class WaveView:
 
 def wave_views(rollout: Rollout) -> list[WaveView]:
     """Every wave of the rollout with live counts of its update deployments, grouped as the gate groups them."""
-    plan_waves = rollout.plan.get("waves", [])
+    plan_waves = rollout.approved_plan.waves
     return [
         WaveView(
             index=wave.index,
@@ -237,7 +229,7 @@ def wave_views(rollout: Rollout) -> list[WaveView]:
             assigned=wave.assigned_devices,
             started_at=wave.started_at,
             verdict_at=wave.verdict_at,
-            plan=plan_waves[wave.index] if wave.index < len(plan_waves) else {},
+            plan=plan_waves[wave.index],  # the waves were created from this plan, one per planned wave
             # Read-only: unlike rollout_services.wave_health this expires no deadline and writes nothing.
             health=deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE)),
             is_current=wave.index == rollout.current_wave,

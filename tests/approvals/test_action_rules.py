@@ -9,7 +9,8 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from approvals import services
-from approvals.models import ChangeRequest, DecisionRecord
+from approvals.audit.models import DecisionRecord
+from approvals.models import ChangeRequest
 from ota_project.errors import NotPermitted
 from ota_project.roles import Role
 

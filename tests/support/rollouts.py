@@ -41,7 +41,7 @@ def authorize(rollout: Rollout, action: str, actor: Any, *, wave_index: int = -1
 
 def end_soak(rollout: Rollout, wave_index: int) -> None:
     """Move the wave's opening back past its soak (the tests do not wait out soak times)."""
-    soak = timedelta(seconds=rollout.plan["waves"][wave_index]["soak_seconds"])
+    soak = timedelta(seconds=rollout.approved_plan.waves[wave_index].soak_seconds)
     Wave.objects.filter(rollout=rollout, index=wave_index).update(started_at=F("started_at") - soak)
 
 

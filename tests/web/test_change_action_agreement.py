@@ -16,7 +16,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import services
-from approvals.models import Approval, ChangeRequest, DecisionRecord
+from approvals.audit.models import DecisionRecord
+from approvals.models import Approval, ChangeRequest
 from approvals.models import TestEvidence as EvidenceFile
 from ota_project.errors import DomainError
 from ota_project.roles import Role

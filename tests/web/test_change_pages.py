@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -16,9 +17,9 @@ from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
 from approvals.models import Approval, ChangeRequest
 from approvals.models import TestEvidence as EvidenceFile
-from approvals.plans import default_plan, wave_sizes
+from approvals.plans import Blackout, default_plan, plan_parse, wave_sizes
 from approvals.selectors import plan_wave_preview
-from devices.scope import scope_normalize
+from devices.scope import scope_parse
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS
 from tests.factories import DeviceFactory
@@ -394,11 +395,9 @@ def test_conflicts_list_overlapping_scheduled_changes_and_blackouts(
     for reviewer in (cab_member, cab_member_2):
         services.approval_grant(actor=reviewer, change=other, revision=1)
     services.change_schedule(actor=operator, change=other, start=timezone.now())
-    plan = default_plan()
     soon = timezone.now() + timedelta(days=1)
-    plan["blackout_windows"] = [
-        {"start": soon.isoformat(), "end": (soon + timedelta(hours=6)).isoformat(), "reason": "Holiday freeze"}
-    ]
+    freeze = Blackout(soon.isoformat(), (soon + timedelta(hours=6)).isoformat(), "Holiday freeze")
+    plan = replace(default_plan(), blackout_windows=(freeze,))
     change = _submitted(requester, change_fields, rollout_plan=plan)
     text = text_of(page_client(cab_member).get(_detail(change)))
     assert f"CR-{other.pk} Earlier change" in text and "overlaps this window" in text
@@ -487,8 +486,9 @@ def test_requester_files_a_draft_through_the_form(requester, fleet):
     assert change.status == ChangeStatus.DRAFT and change.author == requester
     assert change.target_scope == {"hardware_models": ["tcu-4g-r2"]}
     assert change.risk_answers == SAFE_ANSWERS and change.risk_level == "moderate"
-    assert [w["name"] for w in change.rollout_plan["waves"]] == ["pilot", "fleet"]
-    assert change.rollout_plan["deadlines"] == default_plan().get("deadlines", change.rollout_plan["deadlines"])
+    assert change.plan is not None
+    assert [w.name for w in change.plan.waves] == ["pilot", "fleet"]
+    assert change.plan.deadlines == default_plan().deadlines
 
 
 def test_service_field_errors_land_on_the_form_and_nothing_is_written(requester, fleet):
@@ -503,6 +503,17 @@ def test_service_field_errors_land_on_the_form_and_nothing_is_written(requester,
     assert response.status_code == 400
     assert "The rollback release must differ from the release being rolled out." in text
     assert "The last wave must take the remaining targets" in text
+    assert not ChangeRequest.objects.exists() and _records() == before
+
+
+def test_plan_settings_errors_from_the_parser_land_on_the_settings_field(requester, fleet):
+    before = _records()
+    settings = '{"monitor_interval_seconds": 0, "colour": "red"}'
+    response = page_client(requester).post(NEW, _form_data(fleet, plan_settings=settings))
+    assert response.status_code == 400
+    html = html_of(response)
+    assert re.search(r'id_plan_settings_error_\d">monitor interval seconds: An integer number of seconds', html)
+    assert re.search(r'id_plan_settings_error_\d">colour: Unknown field', html)
     assert not ChangeRequest.objects.exists() and _records() == before
 
 
@@ -533,7 +544,7 @@ def test_removed_waves_are_left_out_of_the_plan(requester, fleet):
     data.update({"waves-1-success_threshold": "0.9", "waves-1-failure_threshold": "0.1", "waves-1-DELETE": "on"})
     response = page_client(requester).post(NEW, data)
     assert response.status_code == 302
-    assert [w["name"] for w in ChangeRequest.objects.get().rollout_plan["waves"]] == ["pilot", "fleet"]
+    assert [w.name for w in ChangeRequest.objects.get().plan.waves] == ["pilot", "fleet"]
 
 
 def test_live_preview_counts_devices_risk_and_waves(requester, fleet):
@@ -641,24 +652,26 @@ def _unescape(value: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "waves",
+    "cohorts",
     [
-        default_plan()["waves"],
-        [{"cohort": {"kind": "count", "value": 7}}, {"cohort": {"kind": "percent", "value": 100}}],
+        [wave.cohort.to_json() for wave in default_plan().waves],
+        [{"kind": "count", "value": 7}, {"kind": "percent", "value": 100}],
         [
-            {"cohort": {"kind": "pilot"}},
-            {"cohort": {"kind": "percent", "value": 33}},
-            {"cohort": {"kind": "count", "value": 500}},
-            {"cohort": {"kind": "percent", "value": 100}},
+            {"kind": "pilot"},
+            {"kind": "percent", "value": 33},
+            {"kind": "count", "value": 500},
+            {"kind": "percent", "value": 100},
         ],
     ],
 )
-def test_wave_preview_sizes_waves_like_the_rollout_does(fleet, waves):
+def test_wave_preview_sizes_waves_like_the_rollout_does(fleet, cohorts):
     DeviceFactory.create_batch(3, hardware_model=fleet["model"], region=fleet["region"], tags=["pilot", "bench"])
-    plan = {"waves": [{"name": f"w{i}", "promotion": "auto", **w} for i, w in enumerate(waves)]}
-    scope = scope_normalize({"hardware_models": ["tcu-4g-r2"]})
+    gate = {"soak_seconds": 0, "min_sample": 1, "success_threshold": 0.9, "failure_threshold": 0.1}
+    waves = [{"name": f"w{i}", "promotion": "auto", "cohort": cohort, **gate} for i, cohort in enumerate(cohorts)]
+    plan = plan_parse({"waves": waves, "abort_policy": "halt"})
+    scope = scope_parse({"hardware_models": ["tcu-4g-r2"]})
     preview = [w.devices for w in plan_wave_preview(plan, scope)]
-    assert preview == wave_sizes(plan["waves"], total=23, pilots=5)
+    assert preview == wave_sizes(plan.waves, total=23, pilots=5)
     assert sum(preview) == 23
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from approvals import services as change_services
-from approvals.models import DecisionRecord
+from approvals.audit.models import DecisionRecord
 from ota_project.errors import DomainError
 from ota_project.roles import Role, roles_of
 from rollouts import rollout_services as steps

@@ -6,6 +6,7 @@ deployments, and the decision records about each of them. Nothing here decides a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from django.db.models import Count, QuerySet
 
 from approvals.audit.models import DecisionRecord
 from approvals.models import Approval, ChangeRequest, RiskQuestion
+from approvals.plans import PlanWave
 from approvals.selectors import change_plan_hash, change_records, change_release_sha256, valid_approvals
 from devices.models import Device
 from rollouts.choices import DEPLOYMENT_FAILURES, DeploymentKind, DeploymentStatus
@@ -55,7 +57,7 @@ class WaveStep:
     """One wave with its verdict, health against the plan's thresholds, and the records about it."""
 
     wave: Wave
-    plan: dict[str, Any]
+    plan: PlanWave
     health: dict[str, int]
     failures: int
     finished: int
@@ -94,13 +96,13 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _wave_step(wave: Wave, plan_waves: list[dict[str, Any]], records: list[DecisionRecord]) -> WaveStep:
+def _wave_step(wave: Wave, plan_waves: Sequence[PlanWave], records: list[DecisionRecord]) -> WaveStep:
     health = dict(wave.health or {})
     # The counts the workflow last judged the wave on, read the way its gate reads them.
     judged = WaveHealth(**{key: health[key] for key in WAVE_HEALTH_FIELDS if isinstance(health.get(key), int)})
     return WaveStep(
         wave=wave,
-        plan=plan_waves[wave.index] if wave.index < len(plan_waves) else {},
+        plan=plan_waves[wave.index],  # one wave row per planned wave
         health=health,
         failures=judged.failures,
         finished=judged.finished,
@@ -148,7 +150,7 @@ def change_trace(change: ChangeRequest) -> ChangeTrace:
     waves: list[WaveStep] = []
     outcome_counts: list[dict[str, Any]] = []
     if rollout is not None:
-        plan_waves = list((rollout.plan or {}).get("waves", []))
+        plan_waves = rollout.approved_plan.waves
         waves = [_wave_step(wave, plan_waves, rollout_records) for wave in rollout.waves.order_by("index")]
         outcome_counts = deployment_outcome_counts(rollout)
     change_side = [r for r in records if r.object_type == "change"]
