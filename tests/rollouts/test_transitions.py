@@ -26,8 +26,8 @@ from rollouts.choices import (
     RolloutStatus,
     WaveStatus,
 )
+from rollouts.demo.playback import play
 from rollouts.deployment_services import deployment_offer
-from rollouts.device_playback import play
 from rollouts.models import Deployment, Rollout, Wave
 from rollouts.transitions import deployment_transition, transition_sources, wave_transition
 
