@@ -44,6 +44,11 @@ class DecisionRecord(models.Model):
     key_id = models.CharField(  # noqa: DJ001
         max_length=64, null=True, blank=True, help_text="sha256 of the signing public key."
     )
+    # Idempotency key of a step that may run more than once (a retried activity, a re-run after continue-as-new):
+    # an append with a key already in the chain appends nothing. NULL for decisions made exactly once by nature.
+    step_key = models.CharField(  # noqa: DJ001
+        max_length=200, null=True, blank=True, help_text="Idempotency key of the step that made the decision."
+    )
 
     class Meta:
         ordering = ["seq"]
@@ -51,6 +56,11 @@ class DecisionRecord(models.Model):
             models.Index(fields=["object_type", "object_id"]),
             models.Index(fields=["action"]),
             models.Index(fields=["created_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step_key"], condition=Q(step_key__isnull=False), name="decisionrecord_step_key_once"
+            )
         ]
 
     def __str__(self) -> str:

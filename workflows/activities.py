@@ -162,6 +162,7 @@ def human_action_authorize(request: AuthorizeRequest) -> None:
         reason=request.reason,
         wave_index=request.wave_index,
         token=request.token,
+        update_id=request.update_id,
     )
 
 

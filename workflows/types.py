@@ -223,6 +223,9 @@ class AuthorizeRequest:
     reason: str
     wave_index: int
     token: str = ""
+    # Id of the Temporal Update that carried the action: the decision is recorded once per update, however often
+    # the activity is retried ("" in histories recorded before it was sent: recorded without idempotency).
+    update_id: str = ""
 
 
 @dataclass
