@@ -18,9 +18,14 @@ of decision more than once, what tells those apart; never a clock. The keys foll
 
 from __future__ import annotations
 
+import hashlib
+
 from workflows.types import rollout_workflow_id
 
 HOLD_GATES = ("promotion", "inconclusive")
+# Update ids come from whoever sent the update (the API, the `temporal` CLI): longer ones are hashed, so a key
+# always fits its column.
+_MAX_UPDATE_ID = 64
 
 
 def verdict_step_key(rollout_id: int, wave_index: int, verdict: str, reason: str = "") -> str:
@@ -38,4 +43,6 @@ def human_action_step_key(rollout_id: int, wave_index: int, action: str, update_
     """The key of a person's action, from the id of the Temporal Update that carried it (None: no update id)."""
     if not update_id:
         return None
+    if len(update_id) > _MAX_UPDATE_ID:
+        update_id = "sha256-" + hashlib.sha256(update_id.encode()).hexdigest()
     return f"{rollout_workflow_id(rollout_id)}/wave-{wave_index}/{action}/update-{update_id}"

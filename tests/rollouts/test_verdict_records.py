@@ -19,6 +19,7 @@ from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.device_playback import FAIL_BOOT, HAPPY
 from rollouts.models import ActionTokenUse, Deployment, Rollout
+from rollouts.step_keys import human_action_step_key
 from tests.factories import UserFactory
 from tests.support.rollouts import end_soak, promote, token_for
 from workflows.types import PhaseChange, WaveHealth
@@ -249,3 +250,12 @@ def test_a_halt_and_its_breaker_are_recorded_once_each(rollout):
     assert Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.HALTED
     assert not Deployment.objects.filter(rollout=rollout, status=DeploymentStatus.PENDING, wave__index=0).exists()
     _no_step_key_twice()
+
+
+def test_a_step_key_fits_its_column_however_long_the_update_id():
+    long_id = "x" * 5000
+    key = human_action_step_key(12, 3, "pause", long_id)
+    assert key is not None and len(key) <= 200 and key.startswith("rollout-12/wave-3/pause/update-sha256-")
+    assert key == human_action_step_key(12, 3, "pause", long_id)  # deterministic
+    assert key != human_action_step_key(12, 3, "pause", long_id + "y")
+    assert human_action_step_key(12, 3, "pause", "") is None  # histories from before update ids were sent
