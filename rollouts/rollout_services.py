@@ -806,8 +806,9 @@ def _authorized_before(
             wave_index=wave_index,
             now=timezone.now(),
         )
-        if (record.action, record.actor_id) != (f"rollout.{action}", actor_id) or not action_token_spent(claim):
-            raise _forged(rollout, f"The {action} of update {step_key} was recorded for another action or person.")
+    if (record.action, record.actor_id) != (f"rollout.{action}", actor_id) or not action_token_spent(claim):
+        # _forged reports the security event itself.
+        raise _forged(rollout, f"Update {step_key} was already recorded for another action, person or proof.")
     return True
 
 
