@@ -89,13 +89,10 @@ def action_token_read(token: str) -> ActionClaim:
         raise refused from None
 
 
-def action_token_spend(
+def action_token_check(
     *, token: str, actor_id: int, rollout_id: int, action: str, wave_index: int, now: datetime
 ) -> ActionClaim:
-    """Verify that the token proves exactly this action by this person now, and spend it (once).
-
-    Runs inside the caller's transaction: if the action is then refused, the token is not spent.
-    """
+    """Verify that the token proves exactly this action by this person now, without spending it."""
     claim = action_token_read(token)
     if (claim.actor_id, claim.rollout_id, claim.action) != (actor_id, rollout_id, action):
         raise NotPermitted("The action's proof was minted for another person, rollout or action.", code="forged_action")
@@ -103,6 +100,24 @@ def action_token_spend(
         raise NotPermitted("The promotion's proof names another wave.", code="forged_action")
     if claim.expires_at <= now:
         raise NotPermitted("The action's proof has expired; ask for a new one.", code="expired_action_token")
+    return claim
+
+
+def action_token_spent(claim: ActionClaim) -> bool:
+    """True when the token of this claim was already spent (by the action it proved)."""
+    return ActionTokenUse.objects.filter(nonce=claim.nonce, rollout_id=claim.rollout_id, action=claim.action).exists()
+
+
+def action_token_spend(
+    *, token: str, actor_id: int, rollout_id: int, action: str, wave_index: int, now: datetime
+) -> ActionClaim:
+    """Verify that the token proves exactly this action by this person now, and spend it (once).
+
+    Runs inside the caller's transaction: if the action is then refused, the token is not spent.
+    """
+    claim = action_token_check(
+        token=token, actor_id=actor_id, rollout_id=rollout_id, action=action, wave_index=wave_index, now=now
+    )
     try:
         with transaction.atomic():
             ActionTokenUse.objects.create(

@@ -34,6 +34,7 @@ from rollouts.choices import (
 from rollouts.eligibility import release_refusal
 from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, Wave
+from rollouts.step_keys import verdict_step_key
 from rollouts.transitions import deployment_transition
 from rollouts.windows import region_open
 from workflows import policy
@@ -423,5 +424,6 @@ def wave_breaker_check(*, wave_id: int, now: datetime, system_actor: str) -> boo
         after={"wave": wave.index, "counts": health_counts(health)},
         reason=reason,
         system_actor=system_actor,
+        step_key=verdict_step_key(wave.rollout_id, wave.index, "breaker"),
     )
     return True

@@ -32,7 +32,7 @@ from devices.scope import scope_devices
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.roles import operator_not_author_refusal, roles_of
-from rollouts.action_tokens import action_token_mint, action_token_spend
+from rollouts.action_tokens import action_token_check, action_token_mint, action_token_spend, action_token_spent
 from rollouts.assignment import NewDeployment, insert_deployments
 from rollouts.choices import (
     DEADLINE_PHASE,
@@ -50,6 +50,7 @@ from rollouts.deployment_services import breaker_tripped, wave_breaker_check
 from rollouts.eligibility import release_refusal
 from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
+from rollouts.step_keys import HOLD_GATES, human_action_step_key, rollback_step_key, verdict_step_key
 from rollouts.transitions import deployment_transition, wave_transition
 from rollouts.windows import blackout_until, region_next_opening
 from workflows import policy
@@ -66,9 +67,17 @@ def _record(actor: AbstractBaseUser | None, rollout: Rollout, action: str, **kwa
 
 
 def _transition(
-    rollout: Rollout, to: str, *, actor: AbstractBaseUser | None, action: str, reason: str = "", **updates: Any
+    rollout: Rollout,
+    to: str,
+    *,
+    actor: AbstractBaseUser | None,
+    action: str,
+    reason: str = "",
+    step_key: str | None = None,
+    **updates: Any,
 ) -> bool:
-    """The one guarded status change; False (and nothing written) when already in `to`."""
+    """The one guarded status change; False (and nothing written) when already in `to`; `step_key` makes its
+    record idempotent for a decision the workflow may take again (see rollouts.step_keys)."""
     if rollout.status == to:
         if updates:
             Rollout.objects.filter(pk=rollout.pk).update(**updates)
@@ -80,7 +89,15 @@ def _transition(
     )
     if changed != 1:
         raise Conflict("The rollout changed at the same time; try again.")
-    _record(actor, rollout, action, before={"status": rollout.status}, after={"status": to}, reason=reason)
+    _record(
+        actor,
+        rollout,
+        action,
+        before={"status": rollout.status},
+        after={"status": to},
+        reason=reason,
+        step_key=step_key,
+    )
     rollout.status = to
     return True
 
@@ -458,7 +475,8 @@ def _promoted_frontier(rollout: Rollout) -> int:
 
 @transaction.atomic
 def rollout_phase(change: PhaseChange) -> None:
-    """Project the workflow's phase, wave and gate into the database (records only real status changes).
+    """Project the workflow's phase, wave and gate into the database (records only real status changes, and a
+    hold verdict once per wave and gate: rollouts.step_keys).
 
     Idempotent: a re-projection after a crash or continue-as-new writes the same state again. A projection can
     never put the rollout past a wave that was not promoted by a verified step.
@@ -472,11 +490,25 @@ def rollout_phase(change: PhaseChange) -> None:
     _transition(rollout, change.phase, actor=None, action=f"rollout.{change.phase}", reason=change.reason, **updates)
     wave_status = WAVE_STATUS_FOR_GATE.get(change.gate)
     if wave_status:
-        wave_transition(
+        moved = wave_transition(
             waves=Wave.objects.filter(rollout=rollout, index=change.wave_index),
             to=wave_status,
             verdict_at=timezone.now(),
         )
+        if moved and change.gate in HOLD_GATES:
+            # The gate verdict "hold" itself, once per (wave, gate) however often it is projected again.
+            _record(
+                None,
+                rollout,
+                "rollout.hold",
+                after={
+                    "wave": change.wave_index,
+                    "gate": change.gate,
+                    "counts": health_counts(change.health) if change.health is not None else None,
+                },
+                reason=change.reason,
+                step_key=verdict_step_key(rollout.pk, change.wave_index, "hold", change.gate),
+            )
 
 
 @transaction.atomic
@@ -505,6 +537,7 @@ def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
             f"Wave {wave.name} passed and was promoted automatically: {health.succeeded} of {health.total} devices "
             f"succeeded (needs {plan.success_threshold:.0%}), {health.failures} failed."
         ),
+        step_key=verdict_step_key(rollout.pk, wave_index, "promote"),
     )
     return True
 
@@ -535,11 +568,18 @@ def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
         actor=None,
         action="rollout.halt",
         reason=reason,
+        step_key=verdict_step_key(rollout.pk, wave_index, "halt"),
         halted_at=now,
         current_wave=wave_index,
         status_reason=reason,
     )
-    _record(None, rollout, "rollout.stop_offering", after={"cancelled_deployments": cancelled})
+    _record(
+        None,
+        rollout,
+        "rollout.stop_offering",
+        after={"cancelled_deployments": cancelled},
+        step_key=verdict_step_key(rollout.pk, wave_index, "halt", "stop_offering"),
+    )
     return cancelled
 
 
@@ -594,7 +634,8 @@ def _assign_rollbacks(rollout: Rollout, now: datetime) -> int:
 
 @transaction.atomic
 def rollback_assign(*, rollout_id: int) -> int:
-    """Offer the rollback release to every device that took the new image; idempotent (records only new rows)."""
+    """Offer the rollback release to every device that took the new image; idempotent: the saga's beginning is
+    recorded once (a re-run after continue-as-new or a retry records nothing; later offers are mechanics)."""
     rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=rollout_id)
     if not _rollback_allowed(rollout):
         raise _forged(rollout, "No person asked for a rollback and no wave failed under a halt_and_rollback policy.")
@@ -614,7 +655,9 @@ def rollback_assign(*, rollout_id: int) -> int:
         reason="rollback offered to every device that took the new image",
     )
     if entered or added:
-        _record(None, rollout, "rollout.rollback_assign", after={"devices": added})
+        _record(
+            None, rollout, "rollout.rollback_assign", after={"devices": added}, step_key=rollback_step_key(rollout.pk)
+        )
     return rollout.deployments.filter(kind=DeploymentKind.ROLLBACK).count()
 
 
@@ -738,16 +781,51 @@ def _promotable(rollout: Rollout, wave_index: int) -> str:
     return ""
 
 
+def _authorized_before(
+    rollout: Rollout, step_key: str, *, action: str, actor_id: int, wave_index: int, token: str, subject: str
+) -> bool:
+    """True when this very action (same update, person, proof) was authorised and recorded by an earlier attempt.
+
+    An activity retried after its transaction committed (the worker died before reporting) finds its own record
+    and its own spent token: it succeeds without recording again. Anything else under the same key is refused.
+    """
+    record = DecisionRecord.objects.filter(step_key=step_key).only("action", "actor_id").first()
+    if record is None:
+        return False
+    with _refusals_recorded(SecurityEventKind.ACTION_FORGED, "rollouts.human_action", actor=None, subject=subject):
+        claim = action_token_check(
+            token=token,
+            actor_id=actor_id,
+            rollout_id=rollout.pk,
+            action=action,
+            wave_index=wave_index,
+            now=timezone.now(),
+        )
+    if (record.action, record.actor_id) != (f"rollout.{action}", actor_id) or not action_token_spent(claim):
+        # _forged reports the security event itself.
+        raise _forged(rollout, f"Update {step_key} was already recorded for another action, person or proof.")
+    return True
+
+
 @transaction.atomic
 def human_action_authorize(
-    *, rollout_id: int, action: str, actor_id: int, reason: str, wave_index: int, token: str
+    *, rollout_id: int, action: str, actor_id: int, reason: str, wave_index: int, token: str, update_id: str = ""
 ) -> None:
     """Re-check a person's action against the database, verify and spend its proof (the token minted for that
-    person after sign-in), and record it; raises NotPermitted when refused. A promotion opens the next wave."""
+    person after sign-in), and record it; raises NotPermitted when refused. A promotion opens the next wave.
+
+    Exactly once per Temporal Update (`update_id`): a retried attempt of an action already recorded changes and
+    records nothing (see rollouts.step_keys and `_authorized_before`)."""
     rollout = Rollout.objects.select_for_update(of=("self",)).select_related("change").get(pk=rollout_id)
     if action not in HUMAN_ACTIONS:
         raise InvalidInput(f"Unknown action {action}.")
     subject = f"rollout:{rollout_id} {action} as user {actor_id}"
+    # The rollout row lock serialises every action on this rollout, so the earlier attempt has committed or failed.
+    step_key = human_action_step_key(rollout_id, wave_index, action, update_id)
+    if step_key is not None and _authorized_before(
+        rollout, step_key, action=action, actor_id=actor_id, wave_index=wave_index, token=token, subject=subject
+    ):
+        return
     with _refusals_recorded(SecurityEventKind.ACTION_FORGED, "rollouts.human_action", actor=None, subject=subject):
         action_token_spend(
             token=token,
@@ -774,7 +852,7 @@ def human_action_authorize(
             verdict_at=timezone.now(),
         )
     after = {"wave": wave_index} if wave_index >= 0 else None
-    _record(actor, rollout, f"rollout.{action}", after=after, reason=reason)
+    _record(actor, rollout, f"rollout.{action}", after=after, reason=reason, step_key=step_key)
 
 
 def rollout_actor_refusal(actor: AbstractBaseUser | None, rollout: Rollout) -> NotPermitted | None:

@@ -1,7 +1,8 @@
 """Rollout activities: each one service call, sync, on the worker's thread pool, with connection hygiene.
 
 A DomainError (a rule said no) becomes a non-retryable ApplicationError named after it; anything else
-(database down, deadlock) is retried by Temporal. Every step is idempotent on (rollout, wave).
+(database down, deadlock) is retried by Temporal. Every step is idempotent on (rollout, wave), and every decision
+it records carries a step key (rollouts.step_keys), so a retried step records nothing twice.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def rollout_finish(request: FinishRequest) -> None:
 @activity.defn(name=Activity.HUMAN_ACTION_AUTHORIZE)
 @_orm_activity
 def human_action_authorize(request: AuthorizeRequest) -> None:
-    """Re-check a person's action against the database and write it to the decision record."""
+    """Re-check a person's action against the database and write it to the decision record, once per update."""
     steps.human_action_authorize(
         rollout_id=request.rollout_id,
         action=request.action,
@@ -162,6 +163,7 @@ def human_action_authorize(request: AuthorizeRequest) -> None:
         reason=request.reason,
         wave_index=request.wave_index,
         token=request.token,
+        update_id=request.update_id,
     )
 
 

@@ -582,6 +582,9 @@ class RolloutWorkflow:
         self, action: str, request: HumanAction, apply: Callable[[], Any]
     ) -> RolloutProgress:
         """Re-check under a lock, let the database re-check and record the decision, then change state."""
+        # The update's id is in the history: the same on every retry of the activity and every replay, so the
+        # database records this decision once (a payload field, not a command: replays of older histories match).
+        update = workflow.current_update_info()
         async with self._action_lock:
             self._refuse_if_moved(action, request)
             await workflow.execute_activity(
@@ -593,6 +596,7 @@ class RolloutWorkflow:
                     reason=request.reason,
                     wave_index=request.wave_index if action == Update.PROMOTE else self._wave_index,
                     token=request.token,
+                    update_id=update.id if update is not None else "",
                 ),
                 start_to_close_timeout=_SHORT,
                 retry_policy=_AUTHORIZE_RETRY,

@@ -30,7 +30,8 @@ class Activity:
       ROLLBACK_ASSIGN         RollbackRef -> int (devices offered the rollback release; idempotent)
       ROLLBACK_HEALTH         RollbackRef -> WaveHealth (of the rollback deployments)
       ROLLOUT_FINISH          FinishRequest -> None (idempotent)
-      HUMAN_ACTION_AUTHORIZE  AuthorizeRequest -> None (raises DomainError to refuse; records the decision)
+      HUMAN_ACTION_AUTHORIZE  AuthorizeRequest -> None (raises DomainError to refuse; records the decision once
+                              per update id: a retry after the commit succeeds and records nothing)
       WAVE_PROMOTE            WaveRef -> bool (an automatic promotion, re-checked in the database; idempotent)
 
     Every activity checks that it runs for the workflow `rollout_workflow_id(rollout_id)`, and the database
@@ -232,6 +233,9 @@ class AuthorizeRequest:
     reason: str
     wave_index: int
     token: str = ""
+    # Id of the Temporal Update that carried the action: the decision is recorded once per update, however often
+    # the activity is retried ("" in histories recorded before it was sent: recorded without idempotency).
+    update_id: str = ""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Signed exports of the decision record (ZIP bundles); approvals.audit.verify checks them offline.
 
 A bundle holds:
-  records.jsonl | records.csv   every field of each record's hashed payload, plus its `hash`
+  records.jsonl | records.csv   every field of each record's hashed payload, plus its `hash`; `step_key` is hashed
+                                only when it is not null (a CSV has the column on every row, null where absent)
   manifest.json                 what was exported, by whom, when, the records file's sha256, the chain verdict
   manifest.sig                  base64 Ed25519 signature over the exact bytes of manifest.json
   audit_public_key.pem          the server audit public key (pin it: compare its key id with a trusted copy)
@@ -193,6 +194,9 @@ def _write_records(archive: zipfile.ZipFile, fmt: str, rows: Iterator[dict[str, 
             if fmt == "jsonl":
                 emit(canonical_json(row) + "\n")
             else:
+                # Every CSV row has the same columns: a record without a step key shows null (not hashed).
+                payload = {name: value for name, value in row.items() if name not in ("step_key", "hash")}
+                row = {**payload, "step_key": row.get("step_key"), "hash": row["hash"]}
                 if fields is None:
                     fields = list(row)
                     csv_writer.writerow(fields)

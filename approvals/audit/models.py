@@ -38,6 +38,12 @@ class DecisionRecord(models.Model):
         max_length=64, null=True, blank=True, help_text="sha256 of the signing public key."
     )
 
+    # Idempotency key of a step that may run more than once (a retried activity, a re-run after continue-as-new):
+    # an append with a key already in the chain appends nothing. NULL for decisions made exactly once by nature.
+    step_key = models.CharField(  # noqa: DJ001
+        max_length=200, null=True, blank=True, help_text="Idempotency key of the step that made the decision."
+    )
+
     class Meta:
         db_table = "approvals_decisionrecord"
         ordering = ["seq"]
@@ -45,6 +51,11 @@ class DecisionRecord(models.Model):
             models.Index(fields=["object_type", "object_id"]),
             models.Index(fields=["action"]),
             models.Index(fields=["created_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step_key"], condition=models.Q(step_key__isnull=False), name="decisionrecord_step_key_once"
+            )
         ]
 
     def __str__(self) -> str:

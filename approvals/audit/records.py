@@ -96,8 +96,12 @@ def _timestamp(value: datetime) -> str:
 
 
 def record_payload(record: DecisionRecord) -> dict[str, Any]:
-    """The fields a record's hash covers, in the form they are hashed."""
-    return {
+    """The fields a record's hash covers, in the form they are hashed.
+
+    The step key is covered only when the record has one: records without one (every record from before the
+    column existed) hash exactly as they always did, so they stay verifiable.
+    """
+    payload = {
         "seq": record.seq,
         "created_at": _timestamp(record.created_at),
         "actor": record.actor_name,
@@ -111,6 +115,11 @@ def record_payload(record: DecisionRecord) -> dict[str, Any]:
         "reason": record.reason,
         "prev_hash": record.prev_hash,
     }
+    # getattr: migration 0005 hashes records through a historical model that has no step_key yet.
+    step_key = getattr(record, "step_key", None)
+    if step_key is not None:
+        payload["step_key"] = step_key
+    return payload
 
 
 def record_hash(record: DecisionRecord) -> str:
@@ -147,11 +156,28 @@ def record_decision(
     after: Any = None,
     reason: str = "",
     system_actor: str = "system",
+    step_key: str | None = None,
 ) -> DecisionRecord:
-    """Append one decision to the chain; must run inside the transaction that makes the decision."""
+    """Append one decision to the chain; must run inside the transaction that makes the decision.
+
+    With a `step_key` the append is idempotent: when the chain already holds a record with that key (the same step
+    ran before: a retried activity, a re-run after continue-as-new), nothing is appended and that record is
+    returned. The check runs after the chain lock is taken, so it sees every committed append and no other append
+    can slip in between; a skipped append touches neither `seq` nor `prev_hash`, so the chain stays one line.
+    The partial unique index on `step_key` backs this up at the database.
+    """
     if not connection.in_atomic_block:
         raise RuntimeError("record_decision must run inside the transaction of the decision it records")
     _lock_chain()
+    if step_key is not None:
+        existing = DecisionRecord.objects.filter(step_key=step_key).first()
+        if existing is not None:
+            if (existing.action, existing.object_type, existing.object_id) != (action, object_type, str(object_id)):
+                raise ValueError(
+                    f"step key {step_key!r} already names {existing.action} on {existing.object_type}:"
+                    f"{existing.object_id}, not {action} on {object_type}:{object_id}"
+                )
+            return existing
     last = DecisionRecord.objects.order_by("-seq").only("seq", "hash").first()
     record = DecisionRecord(
         seq=(last.seq + 1) if last else 1,
@@ -166,6 +192,7 @@ def record_decision(
         after=_json_safe(after),
         reason=reason,
         prev_hash=last.hash if last else GENESIS_HASH,
+        step_key=step_key,
     )
     record.hash = record_hash(record)
     # Signed with a key the database does not hold, so whoever owns the table cannot recompute a valid record.

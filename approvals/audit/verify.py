@@ -156,6 +156,8 @@ def _row_problem(row: dict[str, Any], previous: dict[str, Any] | None, manifest:
     if not isinstance(own_hash, str) or not isinstance(prev_hash, str):
         return "hash and prev_hash must be text"
     payload = {name: value for name, value in row.items() if name != "hash"}
+    if "step_key" in payload and payload["step_key"] is None:
+        del payload["step_key"]  # hashed only when present (approvals.audit.records.record_payload)
     try:
         content = canonical_json(payload).encode()
     except (ValueError, RecursionError):

@@ -334,3 +334,40 @@ def test_hostile_rows_are_named_not_raised(bad_line):
 
     assert not verdict.ok and verdict.first_bad_line == 3
     assert "does not match the sha256" in verdict.problem
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_bundle_mixing_records_with_and_without_step_keys_verifies(fmt):
+    from django.db import transaction
+
+    from approvals.audit.records import record_decision
+
+    plain = _append(2)
+    with transaction.atomic():
+        keyed = record_decision(
+            actor=None, action="rollout.hold", object_type="rollout", object_id=3, step_key="rollout-3/wave-0/hold/x"
+        )
+    bundle = audit_export(fmt=fmt)
+
+    verdict = audit_bundle_verify(bundle, trusted_public_key_pem=audit_public_key_pem())
+
+    assert verdict.ok, verdict.problems
+    assert verdict.record_count == 3 and verdict.head_hash == keyed.hash
+    assert [plain[0].hash, plain[1].hash] == [r.hash for r in DecisionRecord.objects.filter(seq__lte=2)]
+
+
+def test_a_step_key_altered_in_a_csv_bundle_fails():
+    from django.db import transaction
+
+    from approvals.audit.records import record_decision
+
+    with transaction.atomic():
+        record_decision(
+            actor=None, action="rollout.hold", object_type="rollout", object_id=3, step_key="rollout-3/wave-0/hold/x"
+        )
+    bundle = audit_export(fmt="csv")
+    forged = _rebuild(bundle, "records.csv", lambda data: data.replace(b"wave-0/hold/x", b"wave-1/hold/x"))
+
+    verdict = audit_bundle_verify(forged)
+
+    assert not verdict.ok and verdict.first_bad_seq == 1  # the row's recomputed hash no longer matches

@@ -142,6 +142,21 @@ async def resumed_rollback(env: WorkflowEnvironment, client: Client, task_queue:
     return await start(client, carried, task_queue)
 
 
+async def human_actions_by_update_id(env: WorkflowEnvironment, client: Client, task_queue: str) -> WorkflowHandle:
+    """Pause, resume and promote at a manual gate, each authorised under its update's id (the decision's step key)."""
+    handle = await start(
+        client, rollout_input([wave("pilot", soak=120, promotion="manual"), wave("fleet")]), task_queue
+    )
+    await wait_for(env, handle, lambda s: s.gate == Gate.PROMOTION)
+    for update_id, name, action in [
+        ("pause-1", Update.PAUSE, operator()),
+        ("resume-1", Update.RESUME, operator()),
+        ("promote-1", Update.PROMOTE, operator(wave_index=0)),
+    ]:
+        await handle.execute_update(name, action, id=update_id, result_type=RolloutProgress)
+    return handle
+
+
 SCENARIOS: dict[str, tuple[Scenario, Callable[[], FakeFleet]]] = {
     "healthy_3_waves": (healthy_3_waves, lambda: FakeFleet([finishing(10, ticks=2)] * 3)),
     "v1_before_patches": (v1_before_patches, lambda: FakeFleet([finishing(10, ticks=2)])),
@@ -165,6 +180,10 @@ SCENARIOS: dict[str, tuple[Scenario, Callable[[], FakeFleet]]] = {
         lambda: FakeFleet(
             [finishing(10, ticks=1), finishing(100, ticks=1), finishing(1000, ticks=1)], deployments={1: 100}
         ),
+    ),
+    "human_actions_by_update_id": (
+        human_actions_by_update_id,
+        lambda: FakeFleet([finishing(5, ticks=1), finishing(50, ticks=2)]),
     ),
     "resumed_rollback": (
         resumed_rollback,

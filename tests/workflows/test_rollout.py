@@ -415,3 +415,28 @@ async def test_a_pause_accepted_with_a_promotion_shows_in_the_database_at_the_ne
         assert (fleet.phases[-1].phase, fleet.phases[-1].wave_index) == (Phase.PAUSED, 1)
         assert 1 not in fleet.assign_calls
         await handle.terminate("test over")
+
+
+async def test_each_human_action_reaches_the_database_under_the_id_of_its_update(time_env):
+    fleet = FakeFleet(waves=[finishing(10, ticks=2), finishing(100, ticks=2)])
+    plan = [wave("pilot", promotion="manual"), wave("fleet")]
+    async with fleet_worker(time_env.client, fleet) as task_queue:
+        handle = await start(time_env.client, rollout_input(plan), task_queue)
+        await wait_for(time_env, handle, lambda s: s.gate == Gate.PROMOTION)
+        for update_id, name, action in [
+            ("pause-1", Update.PAUSE, operator()),
+            ("resume-1", Update.RESUME, operator()),
+            ("promote-1", Update.PROMOTE, operator(wave_index=0)),
+        ]:
+            await handle.execute_update(name, action, id=update_id, result_type=RolloutProgress)
+        # The client retries an update it got no answer for with the same id: Temporal answers from the first.
+        await handle.execute_update(Update.PROMOTE, operator(wave_index=0), id="promote-1", result_type=RolloutProgress)
+        result = await handle.result()
+
+    assert result.phase == Phase.COMPLETED
+    # The id is the database's idempotency key of the decision (rollouts.step_keys): one per update, never reused.
+    assert [(d.action, d.update_id) for d in fleet.decisions] == [
+        (Update.PAUSE, "pause-1"),
+        (Update.RESUME, "resume-1"),
+        (Update.PROMOTE, "promote-1"),
+    ]
