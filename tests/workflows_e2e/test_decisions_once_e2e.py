@@ -20,7 +20,7 @@ from approvals import services as change_services
 from approvals.audit.models import DecisionRecord
 from approvals.audit.records import chain_verify
 from rollouts import rollout_services
-from rollouts.choices import DeploymentKind, RolloutProgress
+from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.models import Deployment, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, run_until
 from tests.temporal_support import running_worker
@@ -126,7 +126,7 @@ def test_human_actions_and_gate_verdicts_are_one_record_each_though_every_reply_
         rollout = run_until(
             start(fast_plan(pilot_promotion="manual")).pk,
             healthy,
-            lambda r: r.status == RolloutProgress.AWAITING_PROMOTION,
+            lambda r: r.status == RolloutStatus.AWAITING_PROMOTION,
             timeout=90,
         )
         act = functools.partial(rollout_services.rollout_act, actor=operator, rollout=rollout)
@@ -135,7 +135,7 @@ def test_human_actions_and_gate_verdicts_are_one_record_each_though_every_reply_
         act(action="promote", wave_index=0, reason="pilot fine")
         rollout = run_until(rollout.pk, healthy, finished, timeout=120)
 
-    assert rollout.status == RolloutProgress.COMPLETED
+    assert rollout.status == RolloutStatus.COMPLETED
     # Each authorisation ran twice (its first reply lost) and still moved the rollout.
     assert lost.attempts["rollouts.human_action_authorize"] == 6
     actions = _actions(rollout)
@@ -165,11 +165,11 @@ def test_a_halt_and_rollback_across_continue_as_new_is_one_record_each(start, lo
 
     with running_worker(workflows=[ShortRunRolloutWorkflow], activities=lost.activities()):
         rollout = start(fast_plan(pilot_promotion="auto"))
-        rollout = run_until(rollout.pk, pilot_fails_rollback_waits, lambda r: r.status == RolloutProgress.ROLLING_BACK)
+        rollout = run_until(rollout.pk, pilot_fails_rollback_waits, lambda r: r.status == RolloutStatus.ROLLING_BACK)
         held_until = time.monotonic() + 60
         rollout = run_until(rollout.pk, pilot_fails_rollback_waits, finished, timeout=120)
 
-    assert rollout.status == RolloutProgress.ROLLED_BACK
+    assert rollout.status == RolloutStatus.ROLLED_BACK
     assert len(lost.runs["rollouts.rollback_assign"]) >= 2  # the saga's assignment ran again in a later run
     actions = _actions(rollout)
     assert actions["rollout.halt"] == 1 and actions["rollout.stop_offering"] == 1
