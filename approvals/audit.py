@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -249,7 +249,7 @@ def _checkpoint_seq(line: str) -> int:
     return seq if isinstance(seq, int) else 0
 
 
-def _actor_name(actor: AbstractBaseUser | None, system_actor: str) -> str:
+def _actor_name(actor: User | None, system_actor: str) -> str:
     if actor is not None and actor.is_authenticated:
         return actor.get_username()
     return f"system:{system_actor}"
@@ -264,7 +264,7 @@ def bundle_span(manifest: dict[str, Any]) -> str:
 def audit_export_write(
     out: IO[bytes],
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     fmt: str,
     from_seq: int | None = None,
     to_seq: int | None = None,
@@ -370,7 +370,7 @@ def audit_export_write(
 
 def audit_export(
     *,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     fmt: str,
     from_seq: int | None = None,
     to_seq: int | None = None,

@@ -33,7 +33,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -309,7 +309,7 @@ class KeyRotation:
     first_checkpoint_of_new_key: Checkpoint | None
 
 
-def audit_key_rotate(*, actor: AbstractBaseUser | None, reason: str = "") -> KeyRotation:
+def audit_key_rotate(*, actor: User | None, reason: str = "") -> KeyRotation:
     """Retire the audit key (its public half stays known) and start a new one; refused unless the chain verifies,
     so the retired key's last checkpoint vouches for everything it signed, and the rotation is itself recorded."""
     verdict, before = checkpoint_after_verify()

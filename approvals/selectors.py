@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 from django.utils import timezone
@@ -29,7 +29,7 @@ from ota_project.errors import Conflict, DomainError, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role, roles_of
 
 
-def change_list_for_user(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+def change_list_for_user(user: User) -> QuerySet[ChangeRequest]:
     """Changes a user may see: every non-draft change for any role holder, drafts only for their author."""
     if not roles_of(user):
         return ChangeRequest.objects.none()
@@ -40,7 +40,7 @@ def change_list_for_user(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
     )
 
 
-def change_get_for_user(user: AbstractBaseUser, pk: Any) -> ChangeRequest:
+def change_get_for_user(user: User, pk: Any) -> ChangeRequest:
     """One change the user may see; 404 both for a missing change and for one that is not theirs to see."""
     try:
         return change_list_for_user(user).get(pk=int(pk))
@@ -86,13 +86,13 @@ def change_policy_progress(change: ChangeRequest) -> PolicyProgress:
     return policy_progress(policy_requirements(policy_for(change)), votes, author_id=change.author_id)
 
 
-def change_decision_blockers(user: AbstractBaseUser, change: ChangeRequest) -> list[str]:
+def change_decision_blockers(user: User, change: ChangeRequest) -> list[str]:
     """Why this user may not approve this change now (empty when they may); the same rule the service applies."""
     refusal = decision_refusal(user, change, ApprovalDecision.APPROVED)
     return [refusal.message] if refusal is not None else []
 
 
-def cab_queue(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+def cab_queue(user: User) -> QuerySet[ChangeRequest]:
     """Changes awaiting review, highest risk first, then by requested window."""
     risk_rank = Case(
         *[When(risk_level=level, then=Value(i)) for i, level in enumerate(RISK_ORDER)],
@@ -134,7 +134,7 @@ def _role_list(roles: Iterable[str]) -> str:
     return ", ".join(ROLE_LABELS.get(role, role) for role in sorted(roles)) or "nobody"
 
 
-def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: str) -> DomainError | None:
+def decision_refusal(user: User, change: ChangeRequest, decision: str) -> DomainError | None:
     """Why `user` may not make `decision` on the change as it stands (None when they may).
 
     The one statement of who may decide: `approvals.services` raises what this returns, and the change page
@@ -172,7 +172,7 @@ def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: st
 ROLLOUT_RUNNING_MESSAGE = "Its rollout is running: abort the rollout (which closes the change) instead."
 
 
-def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def change_cancel_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not cancel the change as it stands (None when they may); the service and the page both ask.
 
     The author (still a requester) or a CAB member may cancel until the rollout starts; once it runs, cancelling
@@ -190,7 +190,7 @@ def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Doma
     return None
 
 
-def evidence_add_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def evidence_add_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not attach test evidence to the change as it stands (None when they may); service and page ask."""
     if change.author_id != user.pk or not has_role(user, Role.REQUESTER):
         return NotPermitted("Only the author may attach test evidence.")

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.utils import timezone
 
@@ -64,7 +64,7 @@ EDITABLE_FIELDS = (
 )
 
 
-def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str, *, service: str) -> NotPermitted:
+def _refuse(actor: User, change: ChangeRequest | None, message: str, *, service: str) -> NotPermitted:
     """Record a permission refusal as a security event and build the error to raise."""
     security_event(
         kind=SecurityEventKind.ACTION_UNAUTHORISED,
@@ -77,7 +77,7 @@ def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str,
 
 
 def _raise_refusal(
-    actor: AbstractBaseUser, change: ChangeRequest, refusal: DomainError | None, *, service: str
+    actor: User, change: ChangeRequest, refusal: DomainError | None, *, service: str
 ) -> None:
     """Raise what a `<action>_refusal` rule returned; permission refusals are recorded as security events."""
     if isinstance(refusal, NotPermitted):
@@ -117,7 +117,7 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any]
 
 
 def _record(
-    actor: AbstractBaseUser,
+    actor: User,
     change: ChangeRequest,
     action: str,
     *,
@@ -138,7 +138,7 @@ def _record(
 
 
 def _transition(
-    *, actor: AbstractBaseUser, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
+    *, actor: User, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
 ) -> ChangeRequest:
     """The one guarded status change: checks the table, updates only from the expected status, records it."""
     if change.status == to and not updates:
@@ -312,7 +312,7 @@ def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
 
 
 @atomic_with_retry()
-def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
+def change_create(*, actor: User, **fields: Any) -> ChangeRequest:
     """File a new change request as a draft; only requesters file changes."""
     if not has_role(actor, Role.REQUESTER):
         raise _refuse(actor, None, "Only requesters file change requests.", service="change_create")
@@ -329,7 +329,7 @@ def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
     return change
 
 
-def _void_approvals(actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> int:
+def _void_approvals(actor: User, change: ChangeRequest, reason: str) -> int:
     now = timezone.now()
     voided = list(change.approvals.filter(voided_at__isnull=True).values_list("pk", flat=True))
     if voided:
@@ -339,7 +339,7 @@ def _void_approvals(actor: AbstractBaseUser, change: ChangeRequest, reason: str)
 
 
 @atomic_with_retry()
-def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: Any) -> ChangeRequest:
+def change_update(*, actor: User, change: ChangeRequest, **fields: Any) -> ChangeRequest:
     """Edit a change; after submission every edit bumps the revision and voids all approvals given so far."""
     change = _lock(change)
     if change.author_id != actor.pk:
@@ -381,7 +381,7 @@ def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: A
 
 
 @atomic_with_retry()
-def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
+def change_submit(*, actor: User, change: ChangeRequest) -> ChangeRequest:
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
     if change.author_id != actor.pk:
@@ -403,7 +403,7 @@ def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRe
 
 
 def _decide(
-    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, decision: str, comment: str
+    *, actor: User, change: ChangeRequest, revision: int, decision: str, comment: str
 ) -> ChangeRequest:
     change = _lock(change)
     # Who may decide, in which status, and only once per revision: one rule shared with the change page.
@@ -481,21 +481,21 @@ def _decide(
 
 @atomic_with_retry()
 def approval_grant(
-    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str = ""
+    *, actor: User, change: ChangeRequest, revision: int, comment: str = ""
 ) -> ChangeRequest:
     """Approve one revision; the change is approved once the policy's role slots are filled by distinct people."""
     return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.APPROVED, comment=comment)
 
 
 @atomic_with_retry()
-def approval_reject(*, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest:
+def approval_reject(*, actor: User, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest:
     """Reject a change (final); a comment is required."""
     return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.REJECTED, comment=comment)
 
 
 @atomic_with_retry()
 def approval_request_changes(
-    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str
+    *, actor: User, change: ChangeRequest, revision: int, comment: str
 ) -> ChangeRequest:
     """Send a change back to its author; a comment is required."""
     return _decide(
@@ -513,7 +513,7 @@ def change_assert_approved(change: ChangeRequest) -> None:
 
 
 @atomic_with_retry()
-def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: datetime) -> ChangeRequest:
+def change_schedule(*, actor: User, change: ChangeRequest, start: datetime) -> ChangeRequest:
     """Schedule an approved change inside its requested window; operators only, never the author."""
     change = _lock(change)
     if not has_role(actor, Role.OPERATOR):
@@ -540,7 +540,7 @@ def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: da
 
 
 @atomic_with_retry()
-def change_mark_implementing(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
+def change_mark_implementing(*, actor: User, change: ChangeRequest) -> ChangeRequest:
     """A rollout of the change has started (called by the rollout service, which checked who may start it)."""
     change = _lock(change)
     change_assert_approved(change)
@@ -556,7 +556,7 @@ IMPLEMENTATION_OUTCOMES = {
 
 @atomic_with_retry()
 def change_mark_implemented(
-    *, actor: AbstractBaseUser | None, change: ChangeRequest, outcome: str, reason: str = ""
+    *, actor: User | None, change: ChangeRequest, outcome: str, reason: str = ""
 ) -> ChangeRequest:
     """Close a change after its rollout ended: completed, rolled back, or cancelled when the rollout was aborted."""
     change = _lock(change)
@@ -566,7 +566,7 @@ def change_mark_implemented(
 
 
 @atomic_with_retry()
-def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> ChangeRequest:
+def change_cancel(*, actor: User, change: ChangeRequest, reason: str) -> ChangeRequest:
     """Withdraw a change whose rollout has not started; its author or a CAB member may, with a reason."""
     change = _lock(change)
     _raise_refusal(actor, change, change_cancel_refusal(actor, change), service="change_cancel")
@@ -575,7 +575,7 @@ def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str
     return _transition(actor=actor, change=change, to=ChangeStatus.CANCELLED, action="change.cancel", reason=reason)
 
 
-def _review_by_other(actor: AbstractBaseUser, change: ChangeRequest, what: str) -> None:
+def _review_by_other(actor: User, change: ChangeRequest, what: str) -> None:
     if change.author_id == actor.pk:
         raise _refuse(
             actor, change, f"The author cannot carry out the {what} of their own change.", service="change_review"
@@ -587,7 +587,7 @@ def _review_by_other(actor: AbstractBaseUser, change: ChangeRequest, what: str) 
 
 
 @atomic_with_retry()
-def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
+def change_retrospective_complete(*, actor: User, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the retrospective review an approved emergency change owes the full CAB."""
     change = _lock(change)
     _review_by_other(actor, change, "retrospective review")
@@ -611,7 +611,7 @@ def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequ
 
 
 @atomic_with_retry()
-def change_post_implementation_review(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
+def change_post_implementation_review(*, actor: User, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the post-implementation review of a completed or rolled-back change."""
     change = _lock(change)
     _review_by_other(actor, change, "post-implementation review")
@@ -629,7 +629,7 @@ def change_post_implementation_review(*, actor: AbstractBaseUser, change: Change
 
 
 @atomic_with_retry()
-def evidence_add(*, actor: AbstractBaseUser, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
+def evidence_add(*, actor: User, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
     """Attach a test evidence file; after submission this is an edit (revision bump, approvals void)."""
     change = _lock(change)
     _raise_refusal(actor, change, evidence_add_refusal(actor, change), service="evidence_add")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.validators import ProhibitNullCharactersValidator
 from django.db import IntegrityError, transaction
 from rest_framework import serializers
@@ -442,7 +442,7 @@ def _write(rows: list[dict[str, Any]], *, mode: str, existing: set[str], report:
 
 def import_rows(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     rows: list[tuple[int, Any]],
     mode: str = "create",
     file_format: str = "json",
@@ -487,7 +487,7 @@ def import_rows(
     return report
 
 
-def import_file(*, actor: AbstractBaseUser | None, data: bytes, file_format: str, mode: str = "create") -> ImportReport:
+def import_file(*, actor: User | None, data: bytes, file_format: str, mode: str = "create") -> ImportReport:
     """Import devices from the bytes of a CSV or JSON file: all rows or, on any error, none."""
     rows = parse_rows(data, file_format)
     return import_rows(
@@ -504,7 +504,7 @@ def rows_sha256(rows: list[Any]) -> str:
 
 
 def import_upload(
-    *, actor: AbstractBaseUser | None, upload: Any, file_format: str | None = None, mode: str = "create"
+    *, actor: User | None, upload: Any, file_format: str | None = None, mode: str = "create"
 ) -> ImportReport:
     """Import an uploaded file; the format comes from `file_format`, else from the file name's extension."""
     file_format = file_format or format_from_name(getattr(upload, "name", None))

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
@@ -37,7 +37,7 @@ from devices.validators import (
 )
 from ota_project.errors import Conflict, InvalidInput
 
-Actor = AbstractBaseUser | None
+Actor = User | None
 ModelT = TypeVar("ModelT", bound=Model)
 
 # PositiveIntegerField is a 32-bit signed column on PostgreSQL.

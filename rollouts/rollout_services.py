@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -55,14 +55,14 @@ from workflows.types import PhaseChange, Verdict, WaveAssignment, WaveHealth
 SYSTEM = "temporal"
 
 
-def _record(actor: AbstractBaseUser | None, rollout: Rollout, action: str, **kwargs: Any) -> None:
+def _record(actor: User | None, rollout: Rollout, action: str, **kwargs: Any) -> None:
     record_decision(
         actor=actor, action=action, object_type="rollout", object_id=rollout.pk, system_actor=SYSTEM, **kwargs
     )
 
 
 def _transition(
-    rollout: Rollout, to: str, *, actor: AbstractBaseUser | None, action: str, reason: str = "", **updates: Any
+    rollout: Rollout, to: str, *, actor: User | None, action: str, reason: str = "", **updates: Any
 ) -> bool:
     """The one guarded status change; False (and nothing written) when already in `to`."""
     if rollout.status == to:
@@ -114,7 +114,7 @@ def _serialise_starts() -> None:
 
 
 @atomic_with_retry()
-def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
+def rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
     """Start the rollout of an approved change: an operator who is not its author, inside its window, no overlap.
 
     Starts are serialised (one advisory lock, taken first), so two operators starting overlapping changes at the
@@ -126,7 +126,7 @@ def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workf
         return _rollout_start(actor=actor, change=change, start_workflow=start_workflow)
 
 
-def _rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool) -> Rollout:
+def _rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool) -> Rollout:
     _serialise_starts()
     change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
     if not has_role(actor, Role.OPERATOR):
@@ -719,7 +719,7 @@ def workflow_step_forged(*, rollout_id: int | None, message: str) -> NotPermitte
 
 
 @contextmanager
-def _refusals_recorded(kind: str, source: str, *, actor: AbstractBaseUser | None, subject: str) -> Iterator[None]:
+def _refusals_recorded(kind: str, source: str, *, actor: User | None, subject: str) -> Iterator[None]:
     """Every refusal (DomainError) raised inside becomes a security event before it propagates."""
     try:
         yield
@@ -784,7 +784,7 @@ def human_action_authorize(
 
 
 def rollout_act(
-    *, actor: AbstractBaseUser, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1
+    *, actor: User, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1
 ) -> Any:
     """A person's promote / abort / rollback / pause / resume, sent to the workflow as a Temporal Update.
 
@@ -805,7 +805,7 @@ def rollout_act(
     )
 
 
-def action_token_issue(*, actor: AbstractBaseUser, rollout: Rollout, action: str, reason: str, wave_index: int) -> str:
+def action_token_issue(*, actor: User, rollout: Rollout, action: str, reason: str, wave_index: int) -> str:
     """Mint the proof for one action by this signed-in person, after the checks the workflow would make."""
     if action not in HUMAN_ACTIONS:
         raise InvalidInput(f"Unknown action {action}.", fields={"action": [f"One of: {', '.join(HUMAN_ACTIONS)}."]})

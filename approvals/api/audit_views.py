@@ -35,7 +35,7 @@ from approvals.audit_checkpoints import checkpoint_after_verify
 from approvals.audit_keys import AUDIT_SIGNATURE_ALGORITHM, audit_key_id, audit_public_key_pem
 from approvals.models import DecisionRecord, SecurityEvent
 from approvals.security_selectors import security_event_list, security_event_summary
-from ota_project.roles import Role
+from ota_project.roles import Role, acting_user
 from ota_project.serializers import ApiErrorSerializer
 
 AUDIT_READ_ROLES = (Role.AUDITOR, Role.SECURITY_OFFICER)
@@ -163,7 +163,7 @@ class AuditExportView(APIView):
         try:
             result = audit_export_write(
                 spool,
-                actor=request.user,
+                actor=acting_user(request),
                 fmt=params["format"],
                 from_seq=params.get("from_seq"),
                 to_seq=params.get("to_seq"),

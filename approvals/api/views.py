@@ -19,7 +19,7 @@ from approvals.api.filters import ChangeFilter
 from approvals.models import ApprovalPolicy, ChangeTemplate, RiskQuestion
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
 from devices.scope import scope_normalize, scope_summary
-from ota_project.roles import Role
+from ota_project.roles import Role, acting_user
 from ota_project.serializers import ReasonInputSerializer
 
 
@@ -49,16 +49,16 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     }
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return selectors.change_list_for_user(self.request.user)
+        return selectors.change_list_for_user(acting_user(self.request))
 
     def _change(self, pk: str):  # type: ignore[no-untyped-def]
-        return selectors.change_get_for_user(self.request.user, pk)
+        return selectors.change_get_for_user(acting_user(self.request), pk)
 
     @extend_schema(request=s.ChangeWriteSerializer, responses={201: s.ChangeSerializer})
     def create(self, request: Request) -> Response:
         data = s.ChangeWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        change = services.change_create(actor=request.user, **data.validated_data)
+        change = services.change_create(actor=acting_user(request), **data.validated_data)
         return _change_response(change, status.HTTP_201_CREATED)
 
     def retrieve(self, request: Request, pk: str) -> Response:
@@ -69,12 +69,12 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         change = self._change(pk)
         data = s.ChangeWriteSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        return _change_response(services.change_update(actor=request.user, change=change, **data.validated_data))
+        return _change_response(services.change_update(actor=acting_user(request), change=change, **data.validated_data))
 
     @extend_schema(request=None, responses=s.ChangeSerializer)
     @action(detail=True, methods=["post"])
     def submit(self, request: Request, pk: str) -> Response:
-        return _change_response(services.change_submit(actor=request.user, change=self._change(pk)))
+        return _change_response(services.change_submit(actor=acting_user(request), change=self._change(pk)))
 
     def _decide(self, request: Request, pk: str, service) -> Response:  # type: ignore[no-untyped-def]
         change = self._change(pk)
@@ -103,7 +103,7 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         change = self._change(pk)
         data = s.ScheduleSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _change_response(services.change_schedule(actor=request.user, change=change, **data.validated_data))
+        return _change_response(services.change_schedule(actor=acting_user(request), change=change, **data.validated_data))
 
     @extend_schema(request=ReasonInputSerializer, responses=s.ChangeSerializer)
     @action(detail=True, methods=["post"])
@@ -111,7 +111,7 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         change = self._change(pk)
         data = ReasonInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _change_response(services.change_cancel(actor=request.user, change=change, **data.validated_data))
+        return _change_response(services.change_cancel(actor=acting_user(request), change=change, **data.validated_data))
 
     @extend_schema(request=s.CommentSerializer, responses=s.ChangeSerializer)
     @action(detail=True, methods=["post"])
@@ -120,7 +120,7 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         data = s.CommentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return _change_response(
-            services.change_retrospective_complete(actor=request.user, change=change, **data.validated_data)
+            services.change_retrospective_complete(actor=acting_user(request), change=change, **data.validated_data)
         )
 
     @extend_schema(request=s.CommentSerializer, responses=s.ChangeSerializer)
@@ -130,7 +130,7 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         data = s.CommentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return _change_response(
-            services.change_post_implementation_review(actor=request.user, change=change, **data.validated_data)
+            services.change_post_implementation_review(actor=acting_user(request), change=change, **data.validated_data)
         )
 
     @extend_schema(responses=s.ScopeSummarySerializer)
@@ -143,7 +143,7 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def policy(self, request: Request, pk: str) -> Response:
         change = self._change(pk)
         return Response(
-            {**s.progress_data(change), "blockers": selectors.change_decision_blockers(request.user, change)}
+            {**s.progress_data(change), "blockers": selectors.change_decision_blockers(acting_user(request), change)}
         )
 
     @extend_schema(responses=s.ApprovalSerializer(many=True))
@@ -171,7 +171,7 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             return Response(s.EvidenceSerializer(change.evidence.select_related("uploaded_by"), many=True).data)
         data = s.EvidenceUploadSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        evidence = services.evidence_add(actor=request.user, change=change, upload=data.validated_data["file"])
+        evidence = services.evidence_add(actor=acting_user(request), change=change, upload=data.validated_data["file"])
         return Response(s.EvidenceSerializer(evidence).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
@@ -189,13 +189,13 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(responses=s.ChangeSerializer(many=True))
     @action(detail=False, methods=["get"])
     def queue(self, request: Request) -> Response:
-        page = self.paginate_queryset(selectors.cab_queue(request.user))
+        page = self.paginate_queryset(selectors.cab_queue(acting_user(request)))
         return self.get_paginated_response(s.ChangeSerializer(page, many=True).data)
 
     @extend_schema(responses=s.ChangeSerializer(many=True))
     @action(detail=False, methods=["get"], url_path="overdue-retrospectives")
     def overdue_retrospectives(self, request: Request) -> Response:
-        visible = selectors.change_list_for_user(request.user)
+        visible = selectors.change_list_for_user(acting_user(request))
         page = self.paginate_queryset(visible.filter(pk__in=selectors.change_list_retrospective_overdue().values("pk")))
         return self.get_paginated_response(s.ChangeSerializer(page, many=True).data)
 

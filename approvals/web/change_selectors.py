@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 
 from approvals.choices import (
@@ -54,7 +54,7 @@ def _risk_rank() -> Case:
 
 
 def queue_changes(
-    user: AbstractBaseUser, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = ""
+    user: User, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = ""
 ) -> QuerySet[ChangeRequest]:
     """The queue page's rows: pending changes (or, with `mine`, the user's own in any status), riskiest first,
     then by requested window; requesters who do not review only ever see their own changes."""
@@ -240,7 +240,7 @@ def _blocked_reason(change: ChangeRequest, refusal: DomainError | None) -> str |
     return refusal.message
 
 
-def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActions:
+def change_actions(user: User, change: ChangeRequest) -> ChangeActions:
     """The page's actions for this viewer; decisions, cancelling and evidence ask the `<action>_refusal` rules the
     services enforce, so the page never offers what the service would refuse."""
     cancel_refusal = change_cancel_refusal(user, change)
@@ -306,7 +306,7 @@ class ChangePage:
     emergency: bool
 
 
-def change_page(user: AbstractBaseUser, change: ChangeRequest) -> ChangePage:
+def change_page(user: User, change: ChangeRequest) -> ChangePage:
     """Gather the change page: scope breakdown, risk, waves, approvals, conflicts, timeline and actions."""
     summary = scope_summary(change.target_scope)
     assessment = risk_assess(answers=change.risk_answers, scope_summary=summary)

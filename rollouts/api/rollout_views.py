@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from approvals.selectors import change_get_for_user
 from ota_project.exceptions import error_body
-from ota_project.roles import Role, roles_of
+from ota_project.roles import Role, acting_user, roles_of
 from ota_project.serializers import ApiErrorSerializer
 from rollouts import rollout_services
 from rollouts.action_tokens import TOKEN_TTL
@@ -60,7 +60,7 @@ def _action_view(name: str) -> Any:
         data = RolloutActionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         result = rollout_services.rollout_act(
-            actor=request.user, rollout=self.get_object(), action=name, **data.validated_data
+            actor=acting_user(request), rollout=self.get_object(), action=name, **data.validated_data
         )
         return Response(_status_data(result))
 
@@ -89,8 +89,8 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def create(self, request: Request) -> Response:
         data = RolloutStartSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        change = change_get_for_user(request.user, data.validated_data["change"])
-        rollout = rollout_services.rollout_start(actor=request.user, change=change)
+        change = change_get_for_user(acting_user(request), data.validated_data["change"])
+        rollout = rollout_services.rollout_start(actor=acting_user(request), change=change)
         return Response(RolloutSerializer(self.get_queryset().get(pk=rollout.pk)).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -142,7 +142,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         rollout = self.get_object()
         fields = data.validated_data
         token = rollout_services.action_token_issue(
-            actor=request.user,
+            actor=acting_user(request),
             rollout=rollout,
             action=fields["action"],
             reason=fields["reason"],

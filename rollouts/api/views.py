@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ota_project.roles import Role
+from ota_project.roles import Role, acting_user
 from ota_project.serializers import ApiErrorSerializer
 from rollouts.api.filters import ReleaseFilter
 from rollouts.api.serializers import ReleaseCreateInputSerializer, ReleaseOutputSerializer
@@ -103,7 +103,7 @@ class ReleaseListCreateView(generics.ListAPIView):
         received = received_from_upload(values["file"], max_bytes=settings.ARTIFACT_MAX_BYTES)
         try:
             release = release_create(
-                actor=request.user,
+                actor=acting_user(request),
                 version=values["version"],
                 release_counter=values["release_counter"],
                 hardware_models=values["hardware_models"],

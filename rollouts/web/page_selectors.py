@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
@@ -106,7 +106,7 @@ class StartPreview:
     blockers: list[str]
 
 
-def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> StartPreview:
+def rollout_start_preview(change: ChangeRequest, user: User) -> StartPreview:
     """The start page's figures and the reasons (if any) this user cannot start this rollout now.
 
     The reasons only explain; rollout_start re-checks every rule when the form is sent.
@@ -136,7 +136,7 @@ def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> Star
     return StartPreview(change, scope_size, pilots, by_model, waves, existing, blockers)
 
 
-def changes_ready_to_start(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+def changes_ready_to_start(user: User) -> QuerySet[ChangeRequest]:
     """Approved (or scheduled) changes without a rollout yet, that this user may see; oldest window first."""
     from approvals.selectors import change_list_for_user
 
@@ -542,7 +542,7 @@ class ActionsView:
     blocked_reason: str
 
 
-def rollout_actions_for(user: AbstractBaseUser, rollout: Rollout) -> ActionsView:
+def rollout_actions_for(user: User, rollout: Rollout) -> ActionsView:
     """Buttons for the actions the workflow would accept from this person now (the workflow's own rule,
     `workflows.policy.human_action_refusal`), or one sentence saying why there are none."""
     roles = roles_of(user)

@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from ota_project.errors import DomainError
-from ota_project.roles import Role, has_role
+from ota_project.roles import Role, acting_user, has_role
 from ota_project.web.access import role_required
 from rollouts import rollout_services
 from rollouts.choices import ROLLOUT_TERMINAL, DeploymentKind
@@ -70,7 +70,7 @@ def _live_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "charts": page_selectors.health_charts(rollout, waves),
         "timeline": page_selectors.rollout_timeline(rollout),
         "live": page_selectors.rollout_live_status(rollout),
-        "actions": page_selectors.rollout_actions_for(request.user, rollout),
+        "actions": page_selectors.rollout_actions_for(acting_user(request), rollout),
     }
 
 
@@ -110,7 +110,7 @@ def rollout_act(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     wave_index = form.cleaned_data["wave_index"]
     try:
         result = rollout_services.rollout_act(
-            actor=request.user,
+            actor=acting_user(request),
             rollout=rollout,
             action=action,
             reason=form.cleaned_data["reason"],
