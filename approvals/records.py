@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
@@ -191,6 +191,11 @@ class ChainVerdict:
     problems: tuple[str, ...] = field(default_factory=tuple)
 
 
+class _CheckpointSummary(TypedDict):
+    checkpoints: int
+    checkpoint_seq: int | None
+
+
 def iter_records(batch_size: int = 2000) -> Iterator[DecisionRecord]:
     """All records in chain order, fetched in batches (memory stays flat for long chains)."""
     return DecisionRecord.objects.order_by("seq").iterator(chunk_size=batch_size)
@@ -272,7 +277,7 @@ def chain_verify(*, from_latest_checkpoint: bool = False) -> ChainVerdict:
         trust.verifier(),
         skip_signatures_to=latest.seq if from_latest_checkpoint and latest is not None else 0,
     )
-    summary = {
+    summary: _CheckpointSummary = {
         "checkpoints": len(checkpoint_set.checkpoints),
         "checkpoint_seq": latest.seq if latest else None,
     }

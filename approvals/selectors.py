@@ -123,7 +123,7 @@ def change_history(change: ChangeRequest) -> QuerySet[DecisionRecord]:
     ).order_by("seq")
 
 
-DECISION_VERBS = {
+DECISION_VERBS: dict[str, str] = {
     ApprovalDecision.APPROVED: "approved",
     ApprovalDecision.REJECTED: "rejected",
     ApprovalDecision.CHANGES_REQUESTED: "requested changes on",

@@ -117,7 +117,7 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any]
 
 
 def _record(
-    actor: User,
+    actor: User | None,
     change: ChangeRequest,
     action: str,
     *,
@@ -138,7 +138,7 @@ def _record(
 
 
 def _transition(
-    *, actor: User, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
+    *, actor: User | None, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
 ) -> ChangeRequest:
     """The one guarded status change: checks the table, updates only from the expected status, records it."""
     if change.status == to and not updates:
