@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
 
-
 if TYPE_CHECKING:
     _SerializerBase = serializers.Serializer[Any]
 else:

@@ -6,10 +6,12 @@ from typing import Any
 import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 
 from approvals.audit import MAX_SEQ
 from approvals.choices import ChangeStatus, ChangeType, RiskLevel, SecurityEventKind
 from approvals.models import ChangeRequest, DecisionRecord, SecurityEvent
+from ota_project.roles import acting_user
 
 
 class ChangeFilter(django_filters.FilterSet):
@@ -24,10 +26,10 @@ class ChangeFilter(django_filters.FilterSet):
         model = ChangeRequest
         fields = ["status", "change_type", "risk_level", "author", "release"]
 
-    def filter_mine(self, queryset, name, value):  # type: ignore[no-untyped-def]
+    def filter_mine(self, queryset: QuerySet[ChangeRequest], name: str, value: bool | None) -> QuerySet[ChangeRequest]:
         if value is None:
             return queryset
-        user = self.request.user if self.request else None
+        user = acting_user(self.request) if self.request else None
         return queryset.filter(author=user) if value else queryset.exclude(author=user)
 
 
@@ -37,7 +39,7 @@ _MAX_REVISION = 2**31 - 1
 class _IntegerFilter(django_filters.NumberFilter):
     """A whole-number filter (NumberFilter would accept decimals); bounds keep values inside the column type."""
 
-    field_class = forms.IntegerField
+    field_class = forms.IntegerField  # type: ignore[assignment]  # the stubs pin NumberFilter to DecimalField; any number field works
 
 
 class _UTCDateTimeField(forms.DateTimeField):
@@ -53,7 +55,7 @@ class _UTCDateTimeField(forms.DateTimeField):
             raise ValidationError("Date-time out of range.", code="overflow") from exc
 
 
-class _UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
+class _UTCDateTimeFilter(django_filters.DateTimeFilter):  # IsoDateTimeFilter is DateTimeFilter with its own field_class
     field_class = _UTCDateTimeField
 
 

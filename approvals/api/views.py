@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -16,14 +20,18 @@ from approvals import selectors, services
 from approvals.api import serializers as s
 from approvals.api.audit_serializers import AuditRecordSerializer
 from approvals.api.filters import ChangeFilter
-from approvals.models import ApprovalPolicy, ChangeTemplate, RiskQuestion
+from approvals.models import ApprovalPolicy, ChangeRequest, ChangeTemplate, RiskQuestion
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
 from devices.scope import scope_normalize, scope_summary
 from ota_project.roles import Role, acting_user
 from ota_project.serializers import ReasonInputSerializer
 
 
-def _change_response(change, code: int = status.HTTP_200_OK) -> Response:  # type: ignore[no-untyped-def]
+class _DecisionService(Protocol):
+    def __call__(self, *, actor: User, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest: ...
+
+
+def _change_response(change: ChangeRequest, code: int = status.HTTP_200_OK) -> Response:
     return Response(s.ChangeSerializer(change).data, status=code)
 
 
@@ -48,10 +56,10 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         "post_review": (Role.CAB_MEMBER, Role.SECURITY_OFFICER),
     }
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self) -> QuerySet[ChangeRequest]:
         return selectors.change_list_for_user(acting_user(self.request))
 
-    def _change(self, pk: str):  # type: ignore[no-untyped-def]
+    def _change(self, pk: str) -> ChangeRequest:
         return selectors.change_get_for_user(acting_user(self.request), pk)
 
     @extend_schema(request=s.ChangeWriteSerializer, responses={201: s.ChangeSerializer})
@@ -69,18 +77,20 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         change = self._change(pk)
         data = s.ChangeWriteSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        return _change_response(services.change_update(actor=acting_user(request), change=change, **data.validated_data))
+        return _change_response(
+            services.change_update(actor=acting_user(request), change=change, **data.validated_data)
+        )
 
     @extend_schema(request=None, responses=s.ChangeSerializer)
     @action(detail=True, methods=["post"])
     def submit(self, request: Request, pk: str) -> Response:
         return _change_response(services.change_submit(actor=acting_user(request), change=self._change(pk)))
 
-    def _decide(self, request: Request, pk: str, service) -> Response:  # type: ignore[no-untyped-def]
+    def _decide(self, request: Request, pk: str, service: _DecisionService) -> Response:
         change = self._change(pk)
         data = s.RevisionDecisionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _change_response(service(actor=request.user, change=change, **data.validated_data))
+        return _change_response(service(actor=acting_user(request), change=change, **data.validated_data))
 
     @extend_schema(request=s.RevisionDecisionSerializer, responses=s.ChangeSerializer)
     @action(detail=True, methods=["post"])
@@ -103,7 +113,9 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         change = self._change(pk)
         data = s.ScheduleSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _change_response(services.change_schedule(actor=acting_user(request), change=change, **data.validated_data))
+        return _change_response(
+            services.change_schedule(actor=acting_user(request), change=change, **data.validated_data)
+        )
 
     @extend_schema(request=ReasonInputSerializer, responses=s.ChangeSerializer)
     @action(detail=True, methods=["post"])
@@ -111,7 +123,9 @@ class ChangeViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         change = self._change(pk)
         data = ReasonInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _change_response(services.change_cancel(actor=acting_user(request), change=change, **data.validated_data))
+        return _change_response(
+            services.change_cancel(actor=acting_user(request), change=change, **data.validated_data)
+        )
 
     @extend_schema(request=s.CommentSerializer, responses=s.ChangeSerializer)
     @action(detail=True, methods=["post"])

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.forms import Form
@@ -31,6 +32,7 @@ from devices.scope import scope_normalize, scope_summary
 from ota_project.errors import DomainError, InvalidInput
 from ota_project.roles import APPROVER_ROLES, Role, acting_user, has_role
 from ota_project.web.access import forbidden, role_required
+from ota_project.web.forms import form_field
 from ota_project.web.text import describe_duration
 
 ANY_ROLE = tuple(Role.values)
@@ -88,7 +90,7 @@ def queue(request: HttpRequest) -> HttpResponse:
     values = filters.cleaned_data if filters.is_valid() else {}
     mine = bool(values.get("mine")) or not reviewer
     if mine:
-        filters.fields["status"].choices = [("", "Any status"), *ChangeStatus.choices]
+        form_field(filters, "status", forms.ChoiceField).choices = [("", "Any status"), *ChangeStatus.choices]
     changes = queue_changes(
         acting_user(request),
         mine=mine,
