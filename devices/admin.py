@@ -34,7 +34,7 @@ class ServiceModelForm(forms.ModelForm):
     def service_call(self) -> Any:
         raise NotImplementedError
 
-    def clean(self) -> dict[str, Any]:
+    def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
         if not self.errors:
             try:

@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import User
 from django.core.validators import ProhibitNullCharactersValidator
@@ -326,7 +326,10 @@ def _flatten(detail: Any, field_name: str) -> Iterator[tuple[str, str]]:
         yield field_name, str(detail)
 
 
-def _chunks(values: list[str]) -> Iterator[list[str]]:
+T = TypeVar("T")
+
+
+def _chunks(values: list[T]) -> Iterator[list[T]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
 
@@ -412,7 +415,7 @@ def _write(rows: list[dict[str, Any]], *, mode: str, existing: set[str], report:
     tags = {tag.name: tag.pk for tag in tags_get_or_create(name for row in rows for name in row["tags"])}
     devices = []
     for row in rows:
-        values = {name: row.get(name) for name in UPSERT_FIELDS}
+        values: dict[str, Any] = {name: row.get(name) for name in UPSERT_FIELDS}
         values["network_capabilities"] = list(dict.fromkeys(values["network_capabilities"]))
         values["vin"] = values["vin"] or None
         values["certificate_fingerprint"] = values["certificate_fingerprint"] or None

@@ -145,7 +145,7 @@ def _tags_check(value: Any) -> None:
         _slug_check(64)(name)
 
 
-def _instance_check(model: type) -> Callable[[Any], None]:
+def _instance_check(model: type[Model]) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if not isinstance(value, model) or value.pk is None:
             raise ValidationError(f"Must be an existing {model._meta.verbose_name}.")
