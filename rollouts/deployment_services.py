@@ -47,7 +47,7 @@ UPDATES_STOPPED = (
     RolloutStatus.COMPLETED,
     RolloutStatus.ROLLED_BACK,
 )
-PHASE_OF_STATUS = {
+PHASE_OF_STATUS: dict[str, str] = {
     DeploymentStatus.DOWNLOADING: "download_seconds",
     DeploymentStatus.DOWNLOADED: "install_seconds",
     DeploymentStatus.INSTALLING: "install_seconds",
@@ -202,7 +202,7 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
 
 def _download_slot_free(deployment: Deployment, region_code: str) -> bool:
     pacing = deployment.rollout.plan.get("pacing", {})
-    limits = [(pacing.get("max_concurrent_downloads", 0), {})]
+    limits: list[tuple[int, dict[str, str]]] = [(pacing.get("max_concurrent_downloads", 0), {})]
     region_limit = pacing.get("per_region", {}).get(region_code, {}).get("max_concurrent_downloads", 0)
     limits.append((region_limit, {"device__region__code": region_code}))
     for limit, scope in limits:

@@ -299,7 +299,7 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> dict[str, Any]:
     # Two waves: the pilot (about 1%) gates the fleet. Every wave costs a poll interval of discovery and a soak,
     # and this machine's budget (1,000 devices in under 5 minutes) has room for the one gate that matters.
     pilot_sample = min(pilots, 10 if scenario.pilot_min_sample is None else scenario.pilot_min_sample)
-    waves = [
+    waves: list[dict[str, Any]] = [
         {"name": "pilot", "cohort": {"kind": "pilot"}, "min_sample": pilot_sample, **wave},
         {"name": "fleet", "cohort": {"kind": "percent", "value": 100}, "min_sample": 5, **wave},
     ]
@@ -403,7 +403,7 @@ def provision(options: DrillOptions, plan: dict[str, Any], say: Callable[[str], 
     pilots = pilot_count(options.devices, SCENARIOS[options.scenario].pilot_share)
     stride = options.devices / pilots
     pilot_numbers = {int(i * stride) for i in range(pilots)}
-    rows = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     for number in range(options.devices):
         rows.append(
             (
@@ -538,6 +538,7 @@ class Drill:
             ).start(self.say)
             fleet = self._fleet(world, stack, workdir)
             fleet.start()
+            assert fleet.proxy is not None  # the drill's fleet always talks through the fault proxy
             self.say(f"fleet of {len(world.specs)} agents started behind {fleet.proxy.url}")
             with override_settings(
                 TEMPORAL_ADDRESS=stack.temporal_address, TEMPORAL_TASK_QUEUE=task_queue, TEMPORAL_ENABLED=True
@@ -911,7 +912,7 @@ class Drill:
             "agent_errors": facts["agent_errors"],
             "devices_still_busy": facts["still_busy"],
             "telemetry_samples": TelemetrySample.objects.filter(device_id__in=world.device_ids).count(),
-            "network": fleet.proxy.counters.as_dict(),
+            "network": fleet.proxy.counters.as_dict() if fleet.proxy else {},
             "poll_seconds": self.poll,
             "plan": {
                 "waves": [w["name"] for w in self.plan["waves"]],
@@ -954,6 +955,7 @@ class Drill:
                 for finished_at, status in pilot.filter(
                     finished_at__isnull=False, status__in=[DeploymentStatus.SUCCEEDED, *DEPLOYMENT_FAILURES]
                 ).values_list("finished_at", "status")
+                if finished_at is not None  # always: the query excludes the others
             ]
             crossed = threshold_crossed_at(
                 reports,

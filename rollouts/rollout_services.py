@@ -273,10 +273,10 @@ def wave_window_wait(*, rollout_id: int, wave_index: int) -> tuple[int, str]:
         region_next_opening(rollout.plan, code, zone, now)
         for code, zone in Region.objects.filter(pk__in=region_ids).values_list("code", "time_zone")
     ]
-    openings = [o for o in openings if o is not None]
-    if not openings:
+    known_openings = [o for o in openings if o is not None]
+    if not known_openings:
         return 3600, "no maintenance window opens for the targeted regions within a week"
-    first = min(openings)
+    first = min(known_openings)
     if first <= now:
         return 0, ""
     return max(1, int((first - now).total_seconds()) + 1), f"next maintenance window opens {first.isoformat()}"
@@ -783,9 +783,7 @@ def human_action_authorize(
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason)
 
 
-def rollout_act(
-    *, actor: User, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1
-) -> Any:
+def rollout_act(*, actor: User, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1) -> Any:
     """A person's promote / abort / rollback / pause / resume, sent to the workflow as a Temporal Update.
 
     Checked here first so the caller gets a clear refusal without a round trip; the update carries a token minted

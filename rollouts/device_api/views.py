@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from django.http import FileResponse
 from django.urls import reverse
@@ -342,7 +342,7 @@ class BoundedReader:
         self._file.close()
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: str, size: int) -> tuple[int, int] | Literal[False] | None:
     """(start, end inclusive) for one satisfiable range; None to ignore the header; False if unsatisfiable."""
     match = RANGE_RE.match(header.strip())
     if not match or not (match.group(1) or match.group(2)):
