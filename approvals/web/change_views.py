@@ -195,7 +195,7 @@ def decide(request: HttpRequest, pk: int) -> HttpResponse:
 
     def action(data: dict[str, Any]) -> ChangeRequest:
         service = DECISION_SERVICES[data["decision"]]
-        return service(actor=request.user, change=change, revision=data["revision"], comment=data["comment"])
+        return service(actor=acting_user(request), change=change, revision=data["revision"], comment=data["comment"])
 
     def done(result: ChangeRequest) -> str:
         text = DECISION_DONE[form.cleaned_data["decision"]].format(revision=form.cleaned_data["revision"])
@@ -229,7 +229,7 @@ def _form_action(request: HttpRequest, pk: int, prefix: str) -> HttpResponse:
         change,
         f"{prefix}_form",
         form_class(request.POST, prefix=prefix),
-        lambda data: service(actor=request.user, change=change, **{field_name: data[field_name]}),
+        lambda data: service(actor=acting_user(request), change=change, **{field_name: data[field_name]}),
         lambda result: done.format(result=result),
     )
 

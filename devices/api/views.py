@@ -5,7 +5,7 @@ Any user with a role reads; operators write. Each view: input serializer -> one 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
@@ -112,12 +112,13 @@ class HardwareModelViewSet(mixins.ListModelMixin, InventoryViewSet):
         hardware_model = selectors.hardware_model_get(name=name)
         serializer = HardwareModelUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        changes = dict(serializer.validated_data)
-        reason = changes.pop("reason", "")
+        data = dict(serializer.validated_data)
+        reason = data.pop("reason", "")
+        changes = cast(services.HardwareModelChanges, data)  # the input serializer declares the changeable fields
         hardware_model = services.hardware_model_update(
             actor=acting_user(request),
             hardware_model=hardware_model,
-            changes=changes,  # type: ignore[arg-type]
+            changes=changes,
             reason=reason,
         )
         return Response(HardwareModelSerializer(hardware_model).data)
@@ -166,9 +167,10 @@ class RegionViewSet(mixins.ListModelMixin, InventoryViewSet):
         region = selectors.region_get(code=code)
         serializer = RegionUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        changes = dict(serializer.validated_data)
-        reason = changes.pop("reason", "")
-        region = services.region_update(actor=request.user, region=region, changes=changes, reason=reason)  # type: ignore[arg-type]
+        data = dict(serializer.validated_data)
+        reason = data.pop("reason", "")
+        changes = cast(services.RegionChanges, data)  # the input serializer declares the changeable fields
+        region = services.region_update(actor=acting_user(request), region=region, changes=changes, reason=reason)
         return Response(RegionSerializer(region).data)
 
 
@@ -226,16 +228,17 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
         device = selectors.device_get(serial_or_id=serial)
         serializer = DeviceUpdateInputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        changes = dict(serializer.validated_data)
-        reason = changes.pop("reason", "")
-        device = services.device_update(actor=request.user, device=device, changes=changes, reason=reason)  # type: ignore[arg-type]
+        data = dict(serializer.validated_data)
+        reason = data.pop("reason", "")
+        changes = cast(services.DeviceChanges, data)  # the input serializer declares the changeable fields
+        device = services.device_update(actor=acting_user(request), device=device, changes=changes, reason=reason)
         return Response(DeviceSerializer(selectors.device_get(serial_or_id=device.pk)).data)
 
     def _set_status(self, request: Request, serial: str, service: Any) -> Response:
         device = selectors.device_get(serial_or_id=serial)
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        device = service(actor=request.user, device=device, reason=serializer.validated_data["reason"])
+        device = service(actor=acting_user(request), device=device, reason=serializer.validated_data["reason"])
         return Response(DeviceSerializer(device).data)
 
     @_status_action("Quarantine a device: no rollout targets it until released (operator)")
