@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
 from devices import services
@@ -33,7 +33,7 @@ class ServiceModelForm(forms.ModelForm):
 
     request: HttpRequest  # set on the class by ServiceAdmin.get_form
 
-    def service_call(self) -> Any:
+    def service_call(self) -> Model:
         raise NotImplementedError
 
     def clean(self) -> dict[str, Any] | None:

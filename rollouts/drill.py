@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.db import close_old_connections, connection
 from django.db.models import Count, Max
 from django.test.utils import override_settings
@@ -47,6 +47,7 @@ from rest_framework.authtoken.models import Token
 
 from approvals import services as change_services
 from approvals.choices import ChangeStatus
+from approvals.models import ChangeRequest
 from approvals.records import chain_verify
 from devices import services as device_services
 from devices.credentials import device_credential_issue
@@ -343,7 +344,7 @@ class World:
     tokens: dict[str, str] = field(default_factory=dict)
 
 
-def _user(run_id: str, name: str, role: str) -> Any:
+def _user(run_id: str, name: str, role: str) -> User:
     user = get_user_model().objects.create_user(username=f"drill-{run_id}-{name}", password=None)
     user.groups.set([Group.objects.get(name=role)])
     return user
@@ -455,7 +456,7 @@ def _approved_change(
     new: FirmwareRelease,
     old: FirmwareRelease,
     plan: dict[str, Any],
-) -> Any:
+) -> ChangeRequest:
     """A change for `scope`, submitted by the drill requester and approved by as many drill approvers as needed."""
     requester = users["requester"]
     now = timezone.now()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -50,7 +50,12 @@ from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
 from rollouts.windows import blackout_until, region_next_opening
 from workflows import policy
-from workflows.types import PhaseChange, Verdict, WaveAssignment, WaveHealth
+from workflows.types import PhaseChange, RolloutInput, Verdict, WaveAssignment, WaveHealth
+
+if TYPE_CHECKING:
+    from temporalio.common import TypedSearchAttributes
+
+    from workflows.types import RolloutStatus as WorkflowStatus
 
 SYSTEM = "temporal"
 
@@ -225,10 +230,8 @@ def rollout_workflows_ensure(*, older_than_seconds: int = 30) -> list[int]:
     return started
 
 
-def workflow_input(rollout: Rollout) -> Any:
+def workflow_input(rollout: Rollout) -> RolloutInput:
     """The RolloutWorkflow input for a rollout, from its approved plan."""
-    from workflows.types import RolloutInput
-
     plan = rollout.plan
     return RolloutInput(
         rollout_id=rollout.pk,
@@ -240,7 +243,7 @@ def workflow_input(rollout: Rollout) -> Any:
     )
 
 
-def search_attributes_for(rollout: Rollout) -> Any:
+def search_attributes_for(rollout: Rollout) -> TypedSearchAttributes:
     """What operators filter on in the Temporal UI: change, release, phase, wave, paused."""
     from workflows.search_attributes import rollout_search_attributes
 
@@ -783,7 +786,9 @@ def human_action_authorize(
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason)
 
 
-def rollout_act(*, actor: User, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1) -> Any:
+def rollout_act(
+    *, actor: User, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1
+) -> WorkflowStatus:
     """A person's promote / abort / rollback / pause / resume, sent to the workflow as a Temporal Update.
 
     Checked here first so the caller gets a clear refusal without a round trip; the update carries a token minted

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import django_filters
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -54,7 +56,7 @@ class DeploymentFilter(django_filters.FilterSet):
         fields = ["status", "kind", "wave", "device"]
 
 
-def _action_view(name: str) -> Any:
+def _action_view(name: str) -> Callable[..., Response]:
     @extend_schema(request=RolloutActionSerializer, responses=WorkflowStatusSerializer, operation_id=f"rollouts_{name}")
     def view(self: RolloutViewSet, request: Request, pk: str) -> Response:
         data = RolloutActionSerializer(data=request.data)
@@ -82,7 +84,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     filterset_class = RolloutFilter
     action_roles = {name: (Role.OPERATOR,) for name in ("create", "action_token", *rollout_services.HUMAN_ACTIONS)}
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> QuerySet[Rollout]:
         return Rollout.objects.select_related("release", "rollback_release", "started_by").prefetch_related("waves")
 
     @extend_schema(request=RolloutStartSerializer, responses={201: RolloutSerializer})
