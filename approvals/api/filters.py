@@ -26,7 +26,7 @@ class ChangeFilter(django_filters.FilterSet):
         model = ChangeRequest
         fields = ["status", "change_type", "risk_level", "author", "release"]
 
-    def filter_mine(self, queryset: QuerySet[ChangeRequest], name: str, value: bool | None) -> QuerySet[ChangeRequest]:
+    def filter_mine(self, queryset: QuerySet[ChangeRequest], name: str, value: bool) -> QuerySet[ChangeRequest]:
         if value is None:
             return queryset
         user = acting_user(self.request) if self.request else None
