@@ -32,6 +32,7 @@ run: install
 test: install services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 services:
@@ -41,6 +42,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 ## Rollout-scale benchmark on PostgreSQL (a scratch database ota_bench is recreated): prints JSON ratios
 bench: install services

@@ -20,6 +20,7 @@ from approvals.models import (
     RiskQuestion,
     RiskRule,
 )
+from ota_project.roles import acting_user
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -37,7 +38,7 @@ class RecordedConfigAdmin(admin.ModelAdmin):
         before = _plain(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
         super().save_model(request, obj, form, change)
         record_decision(
-            actor=request.user,
+            actor=acting_user(request),
             action=f"config.{obj._meta.model_name}.{'update' if change else 'create'}",
             object_type=obj._meta.model_name,
             object_id=obj.pk,
@@ -50,7 +51,7 @@ class RecordedConfigAdmin(admin.ModelAdmin):
         pk = obj.pk
         super().delete_model(request, obj)
         record_decision(
-            actor=request.user,
+            actor=acting_user(request),
             action=f"config.{obj._meta.model_name}.delete",
             object_type=obj._meta.model_name,
             object_id=pk,
@@ -94,7 +95,7 @@ class ApprovalPolicyAdmin(RecordedConfigAdmin):
         super().save_related(request, form, formsets, change)
         policy = form.instance
         record_decision(
-            actor=request.user,
+            actor=acting_user(request),
             action="config.approvalpolicy.requirements",
             object_type="approvalpolicy",
             object_id=policy.pk,

@@ -150,7 +150,7 @@ def risk_answers_validate(answers: Any, questions: Sequence[QuestionSpec]) -> di
 def risk_assess(*, answers: Mapping[str, Any], scope_summary: Mapping[str, Any]) -> RiskAssessment:
     """Assess a change: requester answers plus answers computed from its scope, against the current rules."""
     questions = risk_questionnaire()
-    computed = {
+    computed: dict[str, Any] = {
         AnswerSource.FLEET_SHARE_PERCENT: scope_summary.get("fleet_share_percent", 0.0),
         AnswerSource.HARDWARE_MODELS_TOUCHED: len(scope_summary.get("by_hardware_model", {})),
         AnswerSource.DEVICES_TARGETED: scope_summary.get("devices", 0),

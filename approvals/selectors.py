@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.http import Http404
 from django.utils import timezone
@@ -30,7 +30,7 @@ from ota_project.errors import Conflict, DomainError, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role, operator_not_author_refusal, roles_of
 
 
-def change_list_for_user(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+def change_list_for_user(user: User) -> QuerySet[ChangeRequest]:
     """Changes a user may see: every non-draft change for any role holder, drafts only for their author."""
     if not roles_of(user):
         return ChangeRequest.objects.none()
@@ -41,7 +41,7 @@ def change_list_for_user(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
     )
 
 
-def change_get_for_user(user: AbstractBaseUser, pk: Any) -> ChangeRequest:
+def change_get_for_user(user: User, pk: Any) -> ChangeRequest:
     """One change the user may see; 404 both for a missing change and for one that is not theirs to see."""
     try:
         return change_list_for_user(user).get(pk=int(pk))
@@ -87,13 +87,13 @@ def change_policy_progress(change: ChangeRequest) -> PolicyProgress:
     return policy_progress(policy_requirements(policy_for(change)), votes, author_id=change.author_id)
 
 
-def change_decision_blockers(user: AbstractBaseUser, change: ChangeRequest) -> list[str]:
+def change_decision_blockers(user: User, change: ChangeRequest) -> list[str]:
     """Why this user may not approve this change now (empty when they may); the same rule the service applies."""
     refusal = decision_refusal(user, change, ApprovalDecision.APPROVED)
     return [refusal.message] if refusal is not None else []
 
 
-def cab_queue(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+def cab_queue(user: User) -> QuerySet[ChangeRequest]:
     """Changes awaiting review, highest risk first, then by requested window."""
     risk_rank = Case(
         *[When(risk_level=level, then=Value(i)) for i, level in enumerate(RISK_ORDER)],
@@ -124,7 +124,7 @@ def change_history(change: ChangeRequest) -> QuerySet[DecisionRecord]:
     ).order_by("seq")
 
 
-DECISION_VERBS = {
+DECISION_VERBS: dict[str, str] = {
     ApprovalDecision.APPROVED: "approved",
     ApprovalDecision.REJECTED: "rejected",
     ApprovalDecision.CHANGES_REQUESTED: "requested changes on",
@@ -135,7 +135,7 @@ def _role_list(roles: Iterable[str]) -> str:
     return ", ".join(ROLE_LABELS.get(role, role) for role in sorted(roles)) or "nobody"
 
 
-def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: str) -> DomainError | None:
+def decision_refusal(user: User, change: ChangeRequest, decision: str) -> DomainError | None:
     """Why `user` may not make `decision` on the change as it stands (None when they may).
 
     The one statement of who may decide: `approvals.services` raises what this returns, and the change page
@@ -170,14 +170,14 @@ def decision_refusal(user: AbstractBaseUser, change: ChangeRequest, decision: st
     return None
 
 
-def change_create_refusal(user: AbstractBaseUser) -> NotPermitted | None:
+def change_create_refusal(user: User) -> NotPermitted | None:
     """Why `user` may not file a change request (None when they may): only requesters file changes."""
     if not has_role(user, Role.REQUESTER):
         return NotPermitted("Only requesters file change requests.")
     return None
 
 
-def author_refusal(user: AbstractBaseUser, change: ChangeRequest, *, act: str) -> NotPermitted | None:
+def author_refusal(user: User, change: ChangeRequest, *, act: str) -> NotPermitted | None:
     """Only the change's author, while still a requester, works on its content (edit, submit, attach evidence)."""
     if change.author_id != user.pk:
         return NotPermitted(f"Only the author of this change may {act}; you are not its author.")
@@ -190,7 +190,7 @@ def _status_label(change: ChangeRequest) -> str:
     return str(change.get_status_display()).lower()
 
 
-def change_edit_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def change_edit_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not edit the change as it stands (None when they may): the author, while it is editable."""
     refusal = author_refusal(user, change, act="edit it")
     if refusal is not None:
@@ -200,7 +200,7 @@ def change_edit_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Domain
     return None
 
 
-def change_submit_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def change_submit_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not submit the change now (None when they may): the author, a draft or a change sent back
     and edited since. Whether its content is ready for review is checked by the service (field errors)."""
     refusal = author_refusal(user, change, act="submit it")
@@ -224,7 +224,7 @@ def _approved_refusal(change: ChangeRequest) -> DomainError | None:
     return None
 
 
-def change_schedule_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def change_schedule_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not schedule the change (None when they may): an operator other than the author schedules
     an approved change whose approvals still satisfy the policy. The start time is checked by the service."""
     refusal = operator_not_author_refusal(
@@ -239,7 +239,7 @@ def change_schedule_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Do
     return _approved_refusal(change)
 
 
-def change_start_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def change_start_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not start the change's rollout now (None when they may): an operator other than the author,
     an approved (or scheduled) change still satisfying its policy, inside its window, at or after its scheduled
     start, without a rollout yet. `rollouts.rollout_services.rollout_start` raises what this returns and then
@@ -271,7 +271,7 @@ def change_start_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Domai
     return None
 
 
-def _reviewer_refusal(user: AbstractBaseUser, change: ChangeRequest, what: str) -> NotPermitted | None:
+def _reviewer_refusal(user: User, change: ChangeRequest, what: str) -> NotPermitted | None:
     """Reviews of a change after the fact are carried out by a CAB member or the security officer, never its author."""
     if change.author_id == user.pk:
         return NotPermitted(f"The author cannot carry out the {what} of their own change.")
@@ -280,7 +280,7 @@ def _reviewer_refusal(user: AbstractBaseUser, change: ChangeRequest, what: str) 
     return None
 
 
-def retrospective_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def retrospective_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not record the retrospective review an approved emergency change owes (None when they may)."""
     refusal = _reviewer_refusal(user, change, "retrospective review")
     if refusal is not None:
@@ -292,7 +292,7 @@ def retrospective_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Doma
     return None
 
 
-def post_review_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def post_review_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not record the post-implementation review of the change (None when they may)."""
     refusal = _reviewer_refusal(user, change, "post-implementation review")
     if refusal is not None:
@@ -307,7 +307,7 @@ def post_review_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Domain
 ROLLOUT_RUNNING_MESSAGE = "Its rollout is running: abort the rollout (which closes the change) instead."
 
 
-def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def change_cancel_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not cancel the change as it stands (None when they may); the service and the page both ask.
 
     The author (still a requester) or, once it is submitted, a CAB member may cancel until the rollout starts; once
@@ -329,7 +329,7 @@ def change_cancel_refusal(user: AbstractBaseUser, change: ChangeRequest) -> Doma
     return None
 
 
-def evidence_add_refusal(user: AbstractBaseUser, change: ChangeRequest) -> DomainError | None:
+def evidence_add_refusal(user: User, change: ChangeRequest) -> DomainError | None:
     """Why `user` may not attach test evidence to the change as it stands (None when they may); service and page ask."""
     refusal = author_refusal(user, change, act="attach test evidence")
     if refusal is not None:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.utils import timezone
 
@@ -69,7 +69,7 @@ EDITABLE_FIELDS = (
 )
 
 
-def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str, *, service: str) -> NotPermitted:
+def _refuse(actor: User, change: ChangeRequest | None, message: str, *, service: str) -> NotPermitted:
     """Record a permission refusal as a security event and build the error to raise."""
     security_event(
         kind=SecurityEventKind.ACTION_UNAUTHORISED,
@@ -81,9 +81,7 @@ def _refuse(actor: AbstractBaseUser, change: ChangeRequest | None, message: str,
     return NotPermitted(message)
 
 
-def _raise_refusal(
-    actor: AbstractBaseUser, change: ChangeRequest, refusal: DomainError | None, *, service: str
-) -> None:
+def _raise_refusal(actor: User, change: ChangeRequest, refusal: DomainError | None, *, service: str) -> None:
     """Raise what a `<action>_refusal` rule returned; permission refusals are recorded as security events."""
     if isinstance(refusal, NotPermitted):
         raise _refuse(actor, change, refusal.message, service=service)
@@ -122,7 +120,7 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any]
 
 
 def _record(
-    actor: AbstractBaseUser,
+    actor: User | None,
     change: ChangeRequest,
     action: str,
     *,
@@ -143,7 +141,7 @@ def _record(
 
 
 def _transition(
-    *, actor: AbstractBaseUser, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
+    *, actor: User | None, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
 ) -> ChangeRequest:
     """The one guarded status change: checks the table, updates only from the expected status, records it."""
     if change.status == to and not updates:
@@ -317,7 +315,7 @@ def _require_ready(change: ChangeRequest, assessment: RiskAssessment) -> None:
 
 
 @atomic_with_retry()
-def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
+def change_create(*, actor: User, **fields: Any) -> ChangeRequest:
     """File a new change request as a draft; only requesters file changes."""
     refusal = change_create_refusal(actor)
     if refusal is not None:
@@ -335,7 +333,7 @@ def change_create(*, actor: AbstractBaseUser, **fields: Any) -> ChangeRequest:
     return change
 
 
-def _void_approvals(actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> int:
+def _void_approvals(actor: User, change: ChangeRequest, reason: str) -> int:
     now = timezone.now()
     voided = list(change.approvals.filter(voided_at__isnull=True).values_list("pk", flat=True))
     if voided:
@@ -345,7 +343,7 @@ def _void_approvals(actor: AbstractBaseUser, change: ChangeRequest, reason: str)
 
 
 @atomic_with_retry()
-def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: Any) -> ChangeRequest:
+def change_update(*, actor: User, change: ChangeRequest, **fields: Any) -> ChangeRequest:
     """Edit a change; after submission every edit bumps the revision and voids all approvals given so far."""
     change = _lock(change)
     _raise_refusal(actor, change, change_edit_refusal(actor, change), service="change_update")
@@ -384,7 +382,7 @@ def change_update(*, actor: AbstractBaseUser, change: ChangeRequest, **fields: A
 
 
 @atomic_with_retry()
-def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
+def change_submit(*, actor: User, change: ChangeRequest) -> ChangeRequest:
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
     _raise_refusal(actor, change, change_submit_refusal(actor, change), service="change_submit")
@@ -397,9 +395,7 @@ def change_submit(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRe
     )
 
 
-def _decide(
-    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, decision: str, comment: str
-) -> ChangeRequest:
+def _decide(*, actor: User, change: ChangeRequest, revision: int, decision: str, comment: str) -> ChangeRequest:
     change = _lock(change)
     # Who may decide, in which status, and only once per revision: one rule shared with the change page.
     _raise_refusal(actor, change, decision_refusal(actor, change, decision), service="approval_decide")
@@ -475,23 +471,19 @@ def _decide(
 
 
 @atomic_with_retry()
-def approval_grant(
-    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str = ""
-) -> ChangeRequest:
+def approval_grant(*, actor: User, change: ChangeRequest, revision: int, comment: str = "") -> ChangeRequest:
     """Approve one revision; the change is approved once the policy's role slots are filled by distinct people."""
     return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.APPROVED, comment=comment)
 
 
 @atomic_with_retry()
-def approval_reject(*, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest:
+def approval_reject(*, actor: User, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest:
     """Reject a change (final); a comment is required."""
     return _decide(actor=actor, change=change, revision=revision, decision=ApprovalDecision.REJECTED, comment=comment)
 
 
 @atomic_with_retry()
-def approval_request_changes(
-    *, actor: AbstractBaseUser, change: ChangeRequest, revision: int, comment: str
-) -> ChangeRequest:
+def approval_request_changes(*, actor: User, change: ChangeRequest, revision: int, comment: str) -> ChangeRequest:
     """Send a change back to its author; a comment is required."""
     return _decide(
         actor=actor, change=change, revision=revision, decision=ApprovalDecision.CHANGES_REQUESTED, comment=comment
@@ -508,7 +500,7 @@ def change_assert_approved(change: ChangeRequest) -> None:
 
 
 @atomic_with_retry()
-def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: datetime) -> ChangeRequest:
+def change_schedule(*, actor: User, change: ChangeRequest, start: datetime) -> ChangeRequest:
     """Schedule an approved change inside its requested window; operators only, never the author."""
     change = _lock(change)
     refusal = change_schedule_refusal(actor, change)
@@ -526,7 +518,7 @@ def change_schedule(*, actor: AbstractBaseUser, change: ChangeRequest, start: da
 
 
 @atomic_with_retry()
-def change_mark_implementing(*, actor: AbstractBaseUser, change: ChangeRequest) -> ChangeRequest:
+def change_mark_implementing(*, actor: User, change: ChangeRequest) -> ChangeRequest:
     """A rollout of the change has started (called by the rollout service, which checked who may start it)."""
     change = _lock(change)
     change_assert_approved(change)
@@ -542,7 +534,7 @@ IMPLEMENTATION_OUTCOMES = {
 
 @atomic_with_retry()
 def change_mark_implemented(
-    *, actor: AbstractBaseUser | None, change: ChangeRequest, outcome: str, reason: str = ""
+    *, actor: User | None, change: ChangeRequest, outcome: str, reason: str = ""
 ) -> ChangeRequest:
     """Close a change after its rollout ended: completed, rolled back, or cancelled when the rollout was aborted."""
     change = _lock(change)
@@ -552,7 +544,7 @@ def change_mark_implemented(
 
 
 @atomic_with_retry()
-def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str) -> ChangeRequest:
+def change_cancel(*, actor: User, change: ChangeRequest, reason: str) -> ChangeRequest:
     """Withdraw a change whose rollout has not started; its author or a CAB member may, with a reason."""
     change = _lock(change)
     _raise_refusal(actor, change, change_cancel_refusal(actor, change), service="change_cancel")
@@ -562,7 +554,7 @@ def change_cancel(*, actor: AbstractBaseUser, change: ChangeRequest, reason: str
 
 
 @atomic_with_retry()
-def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
+def change_retrospective_complete(*, actor: User, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the retrospective review an approved emergency change owes the full CAB."""
     change = _lock(change)
     _raise_refusal(actor, change, retrospective_refusal(actor, change), service="change_review")
@@ -575,14 +567,14 @@ def change_retrospective_complete(*, actor: AbstractBaseUser, change: ChangeRequ
         actor,
         change,
         "change.retrospective_review",
-        after={"overdue": now > change.retrospective_due_at},
+        after={"overdue": change.retrospective_due_at is not None and now > change.retrospective_due_at},
         reason=comment,
     )
     return change
 
 
 @atomic_with_retry()
-def change_post_implementation_review(*, actor: AbstractBaseUser, change: ChangeRequest, comment: str) -> ChangeRequest:
+def change_post_implementation_review(*, actor: User, change: ChangeRequest, comment: str) -> ChangeRequest:
     """Record the post-implementation review of a completed or rolled-back change."""
     change = _lock(change)
     _raise_refusal(actor, change, post_review_refusal(actor, change), service="change_review")
@@ -596,7 +588,7 @@ def change_post_implementation_review(*, actor: AbstractBaseUser, change: Change
 
 
 @atomic_with_retry()
-def evidence_add(*, actor: AbstractBaseUser, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
+def evidence_add(*, actor: User, change: ChangeRequest, upload: UploadedFile) -> TestEvidence:
     """Attach a test evidence file; after submission this is an edit (revision bump, approvals void)."""
     change = _lock(change)
     _raise_refusal(actor, change, evidence_add_refusal(actor, change), service="evidence_add")

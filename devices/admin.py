@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
 from devices import services
 from devices.models import Device, HardwareModel, Region, Tag
 from ota_project.errors import DomainError
-from ota_project.roles import Role, has_role
+from ota_project.roles import Role, acting_user, has_role
 
 
 def _is_operator(request: HttpRequest) -> bool:
@@ -31,10 +31,12 @@ def _form_errors(form: forms.ModelForm, error: DomainError) -> None:
 class ServiceModelForm(forms.ModelForm):
     """A model form whose clean() asks the service instead of the model (services hold the rules)."""
 
-    def service_call(self) -> Any:
+    request: HttpRequest  # set on the class by ServiceAdmin.get_form
+
+    def service_call(self) -> Model:
         raise NotImplementedError
 
-    def clean(self) -> dict[str, Any]:
+    def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
         if not self.errors:
             try:
@@ -64,11 +66,13 @@ class HardwareModelForm(ServiceModelForm):
 
     def service_call(self) -> HardwareModel:
         data = dict(self.cleaned_data)
-        request = self.request  # type: ignore[attr-defined]
+        actor = acting_user(self.request)
         if self.instance.pk is None:
-            return services.hardware_model_create(actor=request.user, **data)
+            return services.hardware_model_create(actor=actor, **data)
         data.pop("name", None)
-        return services.hardware_model_update(actor=request.user, hardware_model=self.instance, changes=data)  # type: ignore[arg-type]
+        # The form's fields are the model's changeable fields, cleaned by the model form.
+        changes = cast(services.HardwareModelChanges, data)
+        return services.hardware_model_update(actor=actor, hardware_model=self.instance, changes=changes)
 
 
 BUDGET_FIELDS = ["poll_interval_seconds", "max_checkins_per_window", "max_concurrent_downloads"]
@@ -80,12 +84,15 @@ class RegionForm(ServiceModelForm):
         fields = ["code", "name", "time_zone", *BUDGET_FIELDS]
 
     def service_call(self) -> Region:
-        actor = self.request.user  # type: ignore[attr-defined]
+        actor = acting_user(self.request)
         if self.instance.pk is None:
             return services.region_create(actor=actor, **self.cleaned_data)
         # Code and time zone are read-only once created (computed maintenance windows depend on them).
-        changes = {key: value for key, value in self.cleaned_data.items() if key in ("name", *BUDGET_FIELDS)}
-        return services.region_update(actor=actor, region=self.instance, changes=changes)  # type: ignore[arg-type]
+        changes = cast(
+            services.RegionChanges,
+            {key: value for key, value in self.cleaned_data.items() if key in ("name", *BUDGET_FIELDS)},
+        )
+        return services.region_update(actor=actor, region=self.instance, changes=changes)
 
 
 class ServiceAdmin(admin.ModelAdmin):
@@ -187,7 +194,7 @@ class DeviceAdmin(admin.ModelAdmin):
         done, refused = 0, []
         for device in devices:
             try:
-                service(actor=request.user, device=device, reason=reason)
+                service(actor=acting_user(request), device=device, reason=reason)
                 done += 1
             except (DomainError, ValidationError) as error:
                 refused.append(f"{device.serial}: {getattr(error, 'message', error)}")

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import secrets
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -38,7 +38,7 @@ def secret_hash(secret: str) -> str:
 
 
 @transaction.atomic
-def device_credential_issue(*, actor: AbstractBaseUser, device: Device) -> str:
+def device_credential_issue(*, actor: User, device: Device) -> str:
     """Issue (or replace) a device's credential (operator only); returns the secret once and stores its hash."""
     if not has_role(actor, Role.OPERATOR):
         raise _refused(actor, device, "issue", "Only operators issue device credentials.")
@@ -63,7 +63,7 @@ def device_credential_issue(*, actor: AbstractBaseUser, device: Device) -> str:
     return secret
 
 
-def _refused(actor: AbstractBaseUser, device: Device, verb: str, message: str) -> NotPermitted:
+def _refused(actor: User, device: Device, verb: str, message: str) -> NotPermitted:
     # Refusals change nothing here; the security event (kept past the rollback) and the log line are their trace.
     security_log.warning(
         "refused credential %s actor=%s device=%s: %s", verb, actor.get_username(), device.serial, message
@@ -84,7 +84,7 @@ def device_credential_get(*, device: Device) -> DeviceCredential | None:
 
 
 @transaction.atomic
-def device_credential_revoke(*, actor: AbstractBaseUser, device: Device, reason: str) -> DeviceCredential:
+def device_credential_revoke(*, actor: User, device: Device, reason: str) -> DeviceCredential:
     """Revoke a device's active credential at once (operator or security officer, reason required, recorded).
 
     The device is refused from its next request on; a new credential can be issued later (rotation).

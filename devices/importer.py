@@ -12,9 +12,9 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.validators import ProhibitNullCharactersValidator
 from django.db import IntegrityError, transaction
 from rest_framework import serializers
@@ -326,7 +326,10 @@ def _flatten(detail: Any, field_name: str) -> Iterator[tuple[str, str]]:
         yield field_name, str(detail)
 
 
-def _chunks(values: list[str]) -> Iterator[list[str]]:
+T = TypeVar("T")
+
+
+def _chunks(values: list[T]) -> Iterator[list[T]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
 
@@ -412,7 +415,7 @@ def _write(rows: list[dict[str, Any]], *, mode: str, existing: set[str], report:
     tags = {tag.name: tag.pk for tag in tags_get_or_create(name for row in rows for name in row["tags"])}
     devices = []
     for row in rows:
-        values = {name: row.get(name) for name in UPSERT_FIELDS}
+        values: dict[str, Any] = {name: row.get(name) for name in UPSERT_FIELDS}
         values["network_capabilities"] = list(dict.fromkeys(values["network_capabilities"]))
         values["vin"] = values["vin"] or None
         values["certificate_fingerprint"] = values["certificate_fingerprint"] or None
@@ -442,7 +445,7 @@ def _write(rows: list[dict[str, Any]], *, mode: str, existing: set[str], report:
 
 def import_rows(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     rows: list[tuple[int, Any]],
     mode: str = "create",
     file_format: str = "json",
@@ -487,7 +490,7 @@ def import_rows(
     return report
 
 
-def import_file(*, actor: AbstractBaseUser | None, data: bytes, file_format: str, mode: str = "create") -> ImportReport:
+def import_file(*, actor: User | None, data: bytes, file_format: str, mode: str = "create") -> ImportReport:
     """Import devices from the bytes of a CSV or JSON file: all rows or, on any error, none."""
     rows = parse_rows(data, file_format)
     return import_rows(
@@ -504,7 +507,7 @@ def rows_sha256(rows: list[Any]) -> str:
 
 
 def import_upload(
-    *, actor: AbstractBaseUser | None, upload: Any, file_format: str | None = None, mode: str = "create"
+    *, actor: User | None, upload: Any, file_format: str | None = None, mode: str = "create"
 ) -> ImportReport:
     """Import an uploaded file; the format comes from `file_format`, else from the file name's extension."""
     file_format = file_format or format_from_name(getattr(upload, "name", None))

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
@@ -37,7 +37,7 @@ from devices.validators import (
 )
 from ota_project.errors import Conflict, InvalidInput
 
-Actor = AbstractBaseUser | None
+Actor = User | None
 ModelT = TypeVar("ModelT", bound=Model)
 
 # PositiveIntegerField is a 32-bit signed column on PostgreSQL.
@@ -145,7 +145,7 @@ def _tags_check(value: Any) -> None:
         _slug_check(64)(name)
 
 
-def _instance_check(model: type) -> Callable[[Any], None]:
+def _instance_check(model: type[Model]) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if not isinstance(value, model) or value.pk is None:
             raise ValidationError(f"Must be an existing {model._meta.verbose_name}.")

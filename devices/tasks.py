@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from devices import telemetry
 
+
 # Database trouble is retried with backoff; the services are idempotent, so a retry or a redelivery is harmless.
 # The countdown stays below the Redis visibility timeout (ota_project.celery): a retry waits in its worker as an
 # unacknowledged ETA message, which Redis would otherwise hand to a second worker. A batch whose retries run out
 # stays unprocessed and is enqueued again by telemetry_requeue_stale.
-RETRY = {
+class _RetryOptions(TypedDict):
+    autoretry_for: tuple[type[Exception], ...]
+    retry_backoff: bool
+    retry_backoff_max: int
+    max_retries: int
+
+
+RETRY: _RetryOptions = {
     "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": True,
     "retry_backoff_max": 20,

@@ -113,10 +113,13 @@ def _sample_row(device_id: int, sample: dict[str, Any]) -> TelemetrySample | Non
     kpis = {key: sample[key] for key in KPI_FIELDS if sample.get(key) is not None}
     if not kpis:
         return None  # nothing the gates or KPIs use
+    reported_at = parse_datetime(sample["reported_at"])
+    if reported_at is None:  # checked when the batch was accepted: a stored batch with a bad time is corrupt
+        raise ValueError(f"unreadable reported_at {sample['reported_at']!r} in a stored telemetry batch")
     return TelemetrySample(
         device_id=device_id,
         deployment_id=sample.get("deployment_id"),
-        reported_at=parse_datetime(sample["reported_at"]),
+        reported_at=reported_at,
         **kpis,
     )
 

@@ -35,13 +35,13 @@ PARTITION_SCHEMES = ("ab", "single")
 MAX_SLOT_SIZE_BYTES = 2**62
 
 
-def validate_semver(value: str) -> None:
+def validate_semver(value: object) -> None:
     """Raise ValidationError unless value is a semantic version such as 1.4.0 or 2.0.0-rc.1+build.7."""
     if not isinstance(value, str) or len(value) > SEMVER_MAX_LENGTH or not SEMVER_RE.match(value):
         raise ValidationError("Enter a semantic version such as 1.4.2 or 2.0.0-rc.1.", code="invalid_semver")
 
 
-def validate_serial(value: str) -> None:
+def validate_serial(value: object) -> None:
     """Raise ValidationError unless value is a device serial: 3-64 of A-Z a-z 0-9 . _ - starting alphanumeric."""
     if not isinstance(value, str) or not SERIAL_RE.match(value):
         raise ValidationError(
@@ -52,7 +52,7 @@ def validate_serial(value: str) -> None:
         raise ValidationError(f"'{value}' is reserved and cannot be a serial.", code="reserved_serial")
 
 
-def validate_vin(value: str) -> None:
+def validate_vin(value: object) -> None:
     """Raise ValidationError unless value is a 17-character VIN (upper case, no I, O or Q)."""
     if not isinstance(value, str) or not VIN_RE.match(value):
         raise ValidationError(
@@ -60,7 +60,7 @@ def validate_vin(value: str) -> None:
         )
 
 
-def validate_certificate_fingerprint(value: str) -> None:
+def validate_certificate_fingerprint(value: object) -> None:
     """Raise ValidationError unless value is a sha256 fingerprint: 64 lowercase hex digits."""
     if not isinstance(value, str) or not FINGERPRINT_RE.match(value):
         raise ValidationError(
@@ -74,7 +74,7 @@ def _known_time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
-def validate_time_zone(value: str) -> None:
+def validate_time_zone(value: object) -> None:
     """Raise ValidationError unless value names an IANA time zone known to this system (e.g. Europe/Berlin)."""
     message = "Enter an IANA time zone such as Europe/Berlin."
     if not isinstance(value, str) or len(value) > 64 or not TIME_ZONE_RE.match(value):

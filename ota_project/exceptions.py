@@ -68,9 +68,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     """Map domain, validation, permission and parse errors to the one error format; announce refusals; retryable
     database errors (serialization failure, deadlock) become 503 with Retry-After, never a 500."""
     if is_retryable_db_error(exc):
-        response = Response(error_body("retry_later", RETRY_LATER_MESSAGE), status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        unavailable = Response(
+            error_body("retry_later", RETRY_LATER_MESSAGE), status=status.HTTP_503_SERVICE_UNAVAILABLE
+        )
+        unavailable["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return unavailable
     if isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     _announce_refusal(exc, context)

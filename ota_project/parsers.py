@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -65,7 +66,7 @@ def json_loads_strict(text: str | bytes) -> Any:
 class SafeJSONParser(JSONParser):
     """DRF's JSONParser reading through `json_loads_strict`: every refusal is a 400 parse error that says why."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = codecs.getreader(encoding)(stream).read()

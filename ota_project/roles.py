@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import PermissionDenied
 from django.db import models
+from django.http import HttpRequest
 
 from ota_project.errors import NotPermitted
 
@@ -23,7 +25,7 @@ class Role(models.TextChoices):
 APPROVER_ROLES = frozenset({Role.CAB_MEMBER, Role.EMERGENCY_CAB, Role.SECURITY_OFFICER})
 
 
-def roles_of(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
+def roles_of(user: User | AnonymousUser | None) -> frozenset[str]:
     """Return the role names a user holds (empty for anonymous or inactive users)."""
     if user is None or not user.is_authenticated or not user.is_active:
         return frozenset()
@@ -31,17 +33,17 @@ def roles_of(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
     if cached is None:
         valid = set(Role.values)
         cached = frozenset(name for name in user.groups.values_list("name", flat=True) if name in valid)
-        user._ota_roles = cached  # type: ignore[union-attr]
+        user._ota_roles = cached  # type: ignore[attr-defined]  # a cache on this request's user object, not a field
     return cached
 
 
-def has_role(user: AbstractBaseUser | AnonymousUser | None, *roles: str) -> bool:
+def has_role(user: User | AnonymousUser | None, *roles: str) -> bool:
     """True when the user holds at least one of the given roles."""
     return bool(roles_of(user) & set(roles))
 
 
 def operator_not_author_refusal(
-    user: AbstractBaseUser | AnonymousUser | None, *, author_id: int | None, act: str, act_as_other: str
+    user: User | AnonymousUser | None, *, author_id: int | None, act: str, act_as_other: str
 ) -> NotPermitted | None:
     """Separation of duties for carrying a change out: only an operator, and never the change's author.
 
@@ -53,3 +55,11 @@ def operator_not_author_refusal(
     if user is not None and user.pk == author_id:
         return NotPermitted(f"You are the author of this change; another operator must {act_as_other}.")
     return None
+
+
+def acting_user(request: HttpRequest) -> User:
+    """The signed-in person behind a request that passed a login or permission check (403 for anyone else)."""
+    user = request.user
+    if not isinstance(user, User) or not user.is_authenticated:
+        raise PermissionDenied("Sign in to do this.")
+    return user

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
 
+if TYPE_CHECKING:
+    _SerializerBase = serializers.Serializer[Any]
+else:
+    _SerializerBase = object
 
-class StrictInputMixin:
+
+class StrictInputMixin(_SerializerBase):
     """Reject fields the serializer does not declare, naming them, instead of silently ignoring them."""
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        initial = getattr(self, "initial_data", None)
+        initial: Any = getattr(self, "initial_data", None)
         if hasattr(initial, "keys"):
-            unknown = sorted(set(initial.keys()) - set(self.fields.keys()))  # type: ignore[attr-defined]
+            unknown = sorted(set(initial.keys()) - set(self.fields.keys()))
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().validate(attrs)  # type: ignore[misc]
+        return super().validate(attrs)
 
 
 class InputSerializer(StrictInputMixin, serializers.Serializer):

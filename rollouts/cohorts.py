@@ -42,7 +42,7 @@ def order_targets(rollout_id: int, targets: Iterable[Target], *, stratify: bool)
 
 def next_cohort(ordered: Sequence[Target], *, already_assigned: set[int], size: int, pilot_only: bool) -> list[Target]:
     """The next `size` devices in the order that this rollout has not assigned yet (pilots only for a pilot wave)."""
-    cohort = []
+    cohort: list[Target] = []
     for target in ordered:
         if len(cohort) >= size:
             break

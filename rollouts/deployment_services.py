@@ -50,7 +50,7 @@ UPDATES_STOPPED = (
     RolloutStatus.COMPLETED,
     RolloutStatus.ROLLED_BACK,
 )
-PHASE_OF_STATUS = {
+PHASE_OF_STATUS: dict[str, str] = {
     DeploymentStatus.DOWNLOADING: "download",
     DeploymentStatus.DOWNLOADED: "install",
     DeploymentStatus.INSTALLING: "install",

@@ -205,7 +205,14 @@ def mean_time_to_recover(periods: list[Period]) -> MeanTimeToRecover:
     ).values_list(
         "pk", "change_id", "release__version", "rollback_release__version", "halted_at", "recovered_at", "rollback_ok"
     )
-    recoveries = sorted((Recovery(*row) for row in recovered), key=lambda r: (r.recovered_at, r.rollout_id))
+    recoveries = sorted(
+        (
+            Recovery(pk, change_id, release, rollback, halted_at, recovered_at, devices)
+            for pk, change_id, release, rollback, halted_at, recovered_at, devices in recovered
+            if halted_at is not None  # always: only halted rollouts are read
+        ),
+        key=lambda r: (r.recovered_at, r.rollout_id),
+    )
     rows = [RecoveryRow(p) for p in periods]
     starts = [p.start for p in periods]
     for recovery in recoveries:
@@ -325,6 +332,8 @@ def latest_release_share(periods: list[Period], now: datetime | None = None) -> 
         )
     )  # fmt: skip
     for device_id, finished_at, version, kind, rolled_out, rollback_to in successes.iterator(chunk_size=5000):
+        if finished_at is None:  # never: the query excludes them
+            continue
         before = rollback_to if kind == DeploymentKind.UPDATE else rolled_out
         history[device_id].append((finished_at, version, before))
     for device_id, model_id, created_at, installed in fleet.filter(pk__in=touched).values_list(

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -55,12 +55,17 @@ from rollouts.transitions import deployment_transition, wave_transition
 from rollouts.windows import blackout_until, region_next_opening
 from workflows import policy
 from workflows.policy import HUMAN_ACTIONS
-from workflows.types import PhaseChange, Update, Verdict, WaveAssignment, WaveHealth
+from workflows.types import PhaseChange, RolloutInput, Update, Verdict, WaveAssignment, WaveHealth
+
+if TYPE_CHECKING:
+    from temporalio.common import TypedSearchAttributes
+
+    from workflows.types import RolloutProgress as WorkflowStatus
 
 SYSTEM = "temporal"
 
 
-def _record(actor: AbstractBaseUser | None, rollout: Rollout, action: str, **kwargs: Any) -> None:
+def _record(actor: User | None, rollout: Rollout, action: str, **kwargs: Any) -> None:
     record_decision(
         actor=actor, action=action, object_type="rollout", object_id=rollout.pk, system_actor=SYSTEM, **kwargs
     )
@@ -70,7 +75,7 @@ def _transition(
     rollout: Rollout,
     to: str,
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     reason: str = "",
     step_key: str | None = None,
@@ -135,7 +140,7 @@ def _serialise_starts() -> None:
 
 
 @atomic_with_retry()
-def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
+def rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
     """Start the rollout of an approved change: an operator who is not its author, inside its window, no overlap.
 
     Starts are serialised (one advisory lock, taken first), so two operators starting overlapping changes at the
@@ -147,7 +152,7 @@ def rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workf
         return _rollout_start(actor=actor, change=change, start_workflow=start_workflow)
 
 
-def _rollout_start(*, actor: AbstractBaseUser, change: ChangeRequest, start_workflow: bool) -> Rollout:
+def _rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool) -> Rollout:
     _serialise_starts()
     change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
     # Who may start, and when: one rule shared with the change page and the start page.
@@ -234,10 +239,8 @@ def rollout_workflows_ensure(*, older_than_seconds: int = 30) -> list[int]:
     return started
 
 
-def workflow_input(rollout: Rollout) -> Any:
+def workflow_input(rollout: Rollout) -> RolloutInput:
     """The RolloutWorkflow input for a rollout, from its approved plan (the one RolloutPlan -> workflow mapping)."""
-    from workflows.types import RolloutInput
-
     plan = rollout.approved_plan
     return RolloutInput(
         rollout_id=rollout.pk,
@@ -249,7 +252,7 @@ def workflow_input(rollout: Rollout) -> Any:
     )
 
 
-def search_attributes_for(rollout: Rollout) -> Any:
+def search_attributes_for(rollout: Rollout) -> TypedSearchAttributes:
     """What operators filter on in the Temporal UI: change, release, phase, wave, paused."""
     from workflows.search_attributes import rollout_search_attributes
 
@@ -283,10 +286,10 @@ def wave_window_wait(*, rollout_id: int, wave_index: int) -> tuple[int, str]:
         region_next_opening(plan, code, zone, now)
         for code, zone in Region.objects.filter(pk__in=region_ids).values_list("code", "time_zone")
     ]
-    openings = [o for o in openings if o is not None]
-    if not openings:
+    known_openings = [o for o in openings if o is not None]
+    if not known_openings:
         return 3600, "no maintenance window opens for the targeted regions within a week"
-    first = min(openings)
+    first = min(known_openings)
     if first <= now:
         return 0, ""
     return max(1, int((first - now).total_seconds()) + 1), f"next maintenance window opens {first.isoformat()}"
@@ -755,7 +758,7 @@ def workflow_step_forged(*, rollout_id: int | None, message: str) -> NotPermitte
 
 
 @contextmanager
-def _refusals_recorded(kind: str, source: str, *, actor: AbstractBaseUser | None, subject: str) -> Iterator[None]:
+def _refusals_recorded(kind: str, source: str, *, actor: User | None, subject: str) -> Iterator[None]:
     """Every refusal (DomainError) raised inside becomes a security event before it propagates."""
     try:
         yield
@@ -843,9 +846,9 @@ def human_action_authorize(
         if refusal is not None:
             raise refusal
     if action == Update.PROMOTE:
-        refusal = _promotable(rollout, wave_index)
-        if refusal:
-            raise Conflict(refusal, code="not_promotable")
+        promote_refusal = _promotable(rollout, wave_index)
+        if promote_refusal:
+            raise Conflict(promote_refusal, code="not_promotable")
         wave_transition(
             waves=Wave.objects.filter(rollout=rollout, index=wave_index),
             to=WaveStatus.PROMOTED,
@@ -855,14 +858,14 @@ def human_action_authorize(
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason, step_key=step_key)
 
 
-def rollout_actor_refusal(actor: AbstractBaseUser | None, rollout: Rollout) -> NotPermitted | None:
+def rollout_actor_refusal(actor: User | None, rollout: Rollout) -> NotPermitted | None:
     """Who may act on a rollout at all: an operator who did not author its change (separation of duties)."""
     return operator_not_author_refusal(
         actor, author_id=rollout.change.author_id, act="act on a rollout", act_as_other="decide on its rollout"
     )
 
 
-def rollout_act_refusal(actor: AbstractBaseUser, rollout: Rollout, action: str) -> DomainError | None:
+def rollout_act_refusal(actor: User, rollout: Rollout, action: str) -> DomainError | None:
     """The part of `rollout_action_refusal` the database decides for good: a known action, by an operator who did
     not author the change, on a rollout that has not finished. The phase part is the workflow's to apply."""
     if action not in HUMAN_ACTIONS:
@@ -878,7 +881,7 @@ def rollout_act_refusal(actor: AbstractBaseUser, rollout: Rollout, action: str) 
 
 
 def rollout_action_refusal(
-    actor: AbstractBaseUser, rollout: Rollout, action: str, *, wave_index: int | None = None
+    actor: User, rollout: Rollout, action: str, *, wave_index: int | None = None
 ) -> DomainError | None:
     """Why `actor` may not take `action` (promote, pause, resume, abort, rollback) on the rollout now (None when
     they may): an operator who did not author the change, on an unfinished rollout, in a phase that allows it
@@ -907,8 +910,8 @@ def rollout_action_refusal(
 
 
 def rollout_act(
-    *, actor: AbstractBaseUser, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1
-) -> Any:
+    *, actor: User, rollout: Rollout, action: str, reason: str = "", wave_index: int = -1
+) -> WorkflowStatus:
     """A person's promote / abort / rollback / pause / resume, sent to the workflow as a Temporal Update.
 
     Checked here first so the caller gets a clear refusal without a round trip; the update carries a token minted
@@ -928,7 +931,7 @@ def rollout_act(
     )
 
 
-def action_token_issue(*, actor: AbstractBaseUser, rollout: Rollout, action: str, reason: str, wave_index: int) -> str:
+def action_token_issue(*, actor: User, rollout: Rollout, action: str, reason: str, wave_index: int) -> str:
     """Mint the proof for one action by this signed-in person, after the checks the workflow would make."""
     refusal = rollout_act_refusal(actor, rollout, action)
     if refusal is not None:

@@ -34,7 +34,8 @@ from workflows.types import (
     rollout_workflow_id,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
+PayloadT = TypeVar("PayloadT")
+ResultT = TypeVar("ResultT")
 
 # Bulk steps heartbeat this often; the workflow gives them a heartbeat timeout a few times longer, so a worker that
 # dies inside one is noticed in seconds, not after the step's whole start-to-close timeout.
@@ -71,12 +72,12 @@ def _heartbeating() -> Iterator[None]:
         thread.join()
 
 
-def _orm_activity(func: F) -> F:
+def _orm_activity(func: Callable[[PayloadT], ResultT]) -> Callable[[PayloadT], ResultT]:
     """Fresh, healthy database connections around the call, heartbeats while it runs, and only for the rollout's
     own workflow; domain refusals are not retried."""
 
     @functools.wraps(func)
-    def wrapper(payload: Any) -> Any:
+    def wrapper(payload: PayloadT) -> ResultT:
         close_old_connections()
         try:
             _require_own_workflow(payload)
@@ -90,7 +91,7 @@ def _orm_activity(func: F) -> F:
         finally:
             close_old_connections()
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @activity.defn(name=Activity.WAVE_WINDOW_WAIT)
@@ -174,7 +175,7 @@ def wave_promote(ref: WaveRef) -> bool:
     return steps.wave_promote(rollout_id=ref.rollout_id, wave_index=ref.wave_index)
 
 
-ACTIVITIES = [
+ACTIVITIES: list[Callable[..., Any]] = [
     wave_window_wait,
     wave_assign,
     wave_health,

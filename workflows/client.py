@@ -301,7 +301,7 @@ def _sync_timeout(rpc_timeout: timedelta) -> float:
 
 async def astart_rollout_workflow(
     input: RolloutInput,
-    search_attributes: Mapping[SearchAttributeKey | str, object] | TypedSearchAttributes,
+    search_attributes: Mapping[SearchAttributeKey[Any] | str, object] | TypedSearchAttributes,
 ) -> None:
     """Start the rollout's workflow; a no-op if it runs or ever ran (deterministic id, duplicates rejected)."""
     typed_attributes = to_typed_search_attributes(search_attributes)
@@ -330,7 +330,7 @@ async def astart_rollout_workflow(
 
 def start_rollout_workflow(
     input: RolloutInput,
-    search_attributes: Mapping[SearchAttributeKey | str, object] | TypedSearchAttributes,
+    search_attributes: Mapping[SearchAttributeKey[Any] | str, object] | TypedSearchAttributes,
 ) -> None:
     """Sync `astart_rollout_workflow` for services (call it in `transaction.on_commit`)."""
     run_sync(astart_rollout_workflow(input, search_attributes), _sync_timeout(RPC_TIMEOUT))
@@ -346,7 +346,10 @@ async def aexecute_rollout_update(rollout_id: int, update_name: str, action: Hum
     client = await _client_or_unavailable()
     handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))  # latest run (continue-as-new safe)
     try:
-        return await handle.execute_update(update_name, action, result_type=RolloutProgress, rpc_timeout=UPDATE_TIMEOUT)
+        status: RolloutProgress = await handle.execute_update(
+            update_name, action, result_type=RolloutProgress, rpc_timeout=UPDATE_TIMEOUT
+        )
+        return status
     except WorkflowUpdateFailedError as err:
         raise domain_error_from_failure(err) from err
     except WorkflowUpdateRPCTimeoutOrCancelledError as err:
@@ -370,7 +373,10 @@ async def aquery_rollout_status(rollout_id: int) -> RolloutProgress | None:
     try:
         client = await _client_or_unavailable()
         handle = client.get_workflow_handle(rollout_workflow_id(rollout_id))
-        return await handle.query(Query.STATUS, result_type=RolloutProgress, rpc_timeout=RPC_TIMEOUT)
+        queried: RolloutProgress = await handle.query(
+            Query.STATUS, result_type=RolloutProgress, rpc_timeout=RPC_TIMEOUT
+        )
+        return queried
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             logger.warning("rollout %s: status query failed: %s", rollout_id, err.message)

@@ -121,9 +121,9 @@ class RolloutWorkflow:
     def __init__(self, inp: RolloutInput) -> None:
         # @workflow.init: the state exists before any update validator or query runs, even in the first task.
         self._input = inp
-        self._phase = Phase.SCHEDULED
+        self._phase: str = Phase.SCHEDULED
         self._paused = False
-        self._gate = Gate.NONE
+        self._gate: str = Gate.NONE
         self._wave_index = 0
         self._wave_assigned = False
         self._soak_started_at = ""
@@ -508,7 +508,7 @@ class RolloutWorkflow:
         self._projected = key
         # Keep the Temporal UI's filters (phase, wave, paused) current. Only for workflows started with the rollout
         # search attributes (so they are registered), and guarded: histories recorded before this lack the command.
-        if OTA_PHASE in workflow.info().typed_search_attributes and workflow.patched("search-attributes-upserted"):
+        if OTA_PHASE in workflow.info().typed_search_attributes and workflow.patched("search-attributes-upserted"):  # type: ignore[comparison-overlap]  # __contains__ takes a key, iteration yields pairs
             workflow.upsert_search_attributes(
                 progress_updates(phase=self._shown_phase(), wave=self._wave_index, paused=self._paused)
             )

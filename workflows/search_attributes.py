@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import (
@@ -29,8 +31,8 @@ OTA_PHASE: SearchAttributeKey[str] = SearchAttributeKey.for_keyword("OtaPhase")
 OTA_WAVE: SearchAttributeKey[int] = SearchAttributeKey.for_int("OtaWave")
 OTA_PAUSED: SearchAttributeKey[bool] = SearchAttributeKey.for_bool("OtaPaused")
 
-ALL_KEYS: tuple[SearchAttributeKey, ...] = (OTA_CHANGE_ID, OTA_RELEASE_VERSION, OTA_PHASE, OTA_WAVE, OTA_PAUSED)
-KEYS_BY_NAME: dict[str, SearchAttributeKey] = {key.name: key for key in ALL_KEYS}
+ALL_KEYS: tuple[SearchAttributeKey[Any], ...] = (OTA_CHANGE_ID, OTA_RELEASE_VERSION, OTA_PHASE, OTA_WAVE, OTA_PAUSED)
+KEYS_BY_NAME: dict[str, SearchAttributeKey[Any]] = {key.name: key for key in ALL_KEYS}
 
 
 class SearchAttributesMissing(RuntimeError):
@@ -52,18 +54,18 @@ def rollout_search_attributes(
     )
 
 
-def progress_updates(*, phase: str, wave: int, paused: bool) -> list[SearchAttributeUpdate]:
+def progress_updates(*, phase: str, wave: int, paused: bool) -> list[SearchAttributeUpdate[Any]]:
     """What `RolloutWorkflow` upserts when its phase, wave or pause flag changes (deterministic, no I/O)."""
     return [OTA_PHASE.value_set(phase), OTA_WAVE.value_set(wave), OTA_PAUSED.value_set(paused)]
 
 
 def to_typed_search_attributes(
-    values: Mapping[SearchAttributeKey | str, object] | TypedSearchAttributes,
+    values: Mapping[SearchAttributeKey[Any] | str, object] | TypedSearchAttributes,
 ) -> TypedSearchAttributes:
     """Accept {OTA_PHASE: "running"} or {"OtaPhase": "running"}; refuse unknown names and wrongly typed values."""
     if isinstance(values, TypedSearchAttributes):
         return values
-    pairs: list[SearchAttributePair] = []
+    pairs: list[SearchAttributePair[Any]] = []
     for raw_key, value in values.items():
         key = KEYS_BY_NAME.get(raw_key) if isinstance(raw_key, str) else raw_key
         if key is None or KEYS_BY_NAME.get(key.name) != key:
@@ -126,6 +128,6 @@ async def ensure_search_attributes(client: Client, namespace: str | None = None)
     return sorted(missing)
 
 
-def _indexed_value_type(key: SearchAttributeKey) -> int:
+def _indexed_value_type(key: SearchAttributeKey[Any]) -> IndexedValueType.ValueType:
     # The SDK's enum mirrors the API's IndexedValueType numbers.
-    return int(key.indexed_value_type)
+    return IndexedValueType.ValueType(int(key.indexed_value_type))

@@ -1,9 +1,11 @@
 """Query filters for change lists (the decision record's live in approvals.audit.api.filters)."""
 
 import django_filters
+from django.db.models import QuerySet
 
 from approvals.choices import ChangeStatus, ChangeType, RiskLevel
 from approvals.models import ChangeRequest
+from ota_project.roles import acting_user
 
 
 class ChangeFilter(django_filters.FilterSet):
@@ -18,8 +20,8 @@ class ChangeFilter(django_filters.FilterSet):
         model = ChangeRequest
         fields = ["status", "change_type", "risk_level", "author", "release"]
 
-    def filter_mine(self, queryset, name, value):  # type: ignore[no-untyped-def]
+    def filter_mine(self, queryset: QuerySet[ChangeRequest], name: str, value: bool) -> QuerySet[ChangeRequest]:
         if value is None:
             return queryset
-        user = self.request.user if self.request else None
+        user = acting_user(self.request) if self.request else None
         return queryset.filter(author=user) if value else queryset.exclude(author=user)

@@ -19,6 +19,7 @@ from approvals.models import (
 from approvals.plans import RolloutPlan, plan_parse
 from approvals.selectors import change_plan_hash, change_policy_progress, change_release_sha256
 from devices.firmware.models import FirmwareRelease
+from devices.models import HardwareModel
 from ota_project.errors import InvalidInput
 from ota_project.parsers import StrictJSONField
 from ota_project.serializers import InputSerializer
@@ -94,7 +95,7 @@ class ReleaseRefSerializer(serializers.ModelSerializer):
 
 
 class PolicyProgressSerializer(serializers.Serializer):
-    required = serializers.DictField(child=serializers.IntegerField())
+    required = serializers.DictField(child=serializers.IntegerField())  # type: ignore[assignment]  # a declared field: the metaclass takes it off the class, Field.required is untouched
     missing = serializers.DictField(child=serializers.IntegerField())
     satisfied = serializers.BooleanField()
     summary = serializers.CharField()
@@ -238,7 +239,9 @@ class ApprovalPolicySerializer(serializers.ModelSerializer):
 
 
 class ChangeTemplateSerializer(serializers.ModelSerializer):
-    hardware_models = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    hardware_models: serializers.SlugRelatedField[HardwareModel] = serializers.SlugRelatedField(
+        slug_field="name", many=True, read_only=True
+    )
 
     class Meta:
         model = ChangeTemplate

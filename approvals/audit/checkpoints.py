@@ -33,7 +33,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -206,12 +206,13 @@ def checkpoint_append(*, seq: int, head_hash: str) -> Checkpoint | None:
         if last_line and not last_line.endswith("\n"):
             logger.error("the last line of %s is incomplete; not appending", path)
             return None
+        signed_at = timezone.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         body = {
             "v": CHECKPOINT_VERSION,
             "number": number,
             "seq": seq,
             "head_hash": head_hash,
-            "signed_at": timezone.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "signed_at": signed_at,
             "prev": previous_digest,
         }
         body["key_id"] = key_id = audit_key_id()
@@ -230,7 +231,7 @@ def checkpoint_append(*, seq: int, head_hash: str) -> Checkpoint | None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return Checkpoint(number=number, seq=seq, head_hash=head_hash, signed_at=body["signed_at"], key_id=key_id)
+    return Checkpoint(number=number, seq=seq, head_hash=head_hash, signed_at=signed_at, key_id=key_id)
 
 
 def checkpoint_after_verify(*, from_latest_checkpoint: bool = False) -> tuple[ChainVerdict, Checkpoint | None]:
@@ -309,7 +310,7 @@ class KeyRotation:
     first_checkpoint_of_new_key: Checkpoint | None
 
 
-def audit_key_rotate(*, actor: AbstractBaseUser | None, reason: str = "") -> KeyRotation:
+def audit_key_rotate(*, actor: User | None, reason: str = "") -> KeyRotation:
     """Retire the audit key (its public half stays known) and start a new one; refused unless the chain verifies,
     so the retired key's last checkpoint vouches for everything it signed, and the rotation is itself recorded."""
     verdict, before = checkpoint_after_verify()

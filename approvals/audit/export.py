@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, User
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -239,7 +239,7 @@ def bundle_span(manifest: dict[str, Any]) -> str:
 def audit_export_write(
     out: IO[bytes],
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     fmt: str,
     from_seq: int | None = None,
     to_seq: int | None = None,
@@ -345,7 +345,7 @@ def audit_export_write(
 
 def audit_export(
     *,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     fmt: str,
     from_seq: int | None = None,
     to_seq: int | None = None,

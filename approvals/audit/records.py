@@ -16,9 +16,9 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -147,7 +147,7 @@ def _json_safe(value: Any) -> Any:
 
 def record_decision(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     object_type: str,
     object_id: str | int,
@@ -216,6 +216,11 @@ class ChainVerdict:
     checkpoint_seq: int | None = None
     unsigned_legacy: int = 0
     problems: tuple[str, ...] = field(default_factory=tuple)
+
+
+class _CheckpointSummary(TypedDict):
+    checkpoints: int
+    checkpoint_seq: int | None
 
 
 def iter_records(batch_size: int = 2000) -> Iterator[DecisionRecord]:
@@ -299,7 +304,7 @@ def chain_verify(*, from_latest_checkpoint: bool = False) -> ChainVerdict:
         trust.verifier(),
         skip_signatures_to=latest.seq if from_latest_checkpoint and latest is not None else 0,
     )
-    summary = {
+    summary: _CheckpointSummary = {
         "checkpoints": len(checkpoint_set.checkpoints),
         "checkpoint_seq": latest.seq if latest else None,
     }

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
@@ -115,7 +115,7 @@ def security_event(
     kind: str,
     source: str,
     message: str,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     device_serial: str = "",
     address: str = "",
     subject: str = "",

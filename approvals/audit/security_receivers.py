@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 
 from approvals.audit.choices import SecurityEventKind
@@ -16,10 +16,10 @@ def client_address(request: Any) -> str:
     return str(getattr(request, "META", {}).get("REMOTE_ADDR", "") or "")
 
 
-def request_actor(request: Any) -> AbstractBaseUser | None:
+def request_actor(request: Any) -> User | None:
     """The signed-in person making the request, if any (devices and anonymous callers are no actor)."""
     user = getattr(request, "user", None)
-    return user if isinstance(user, AbstractBaseUser) and user.is_authenticated else None
+    return user if isinstance(user, User) and user.is_authenticated else None
 
 
 def on_refusal(

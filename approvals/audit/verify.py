@@ -273,15 +273,15 @@ def _verify_archive(archive: zipfile.ZipFile, trusted_public_key_pem: str | byte
     except ValueError as exc:
         raise _BundleError(f"{PUBLIC_KEY_FILE} is not an Ed25519 public key ({exc})") from exc
     key_pinned = trusted_public_key_pem is not None
-    if key_pinned:
+    if trusted_public_key_pem is not None:
         try:
-            verifying_key_id = public_key_id(trusted_public_key_pem)  # type: ignore[arg-type]
+            verifying_key_id = public_key_id(trusted_public_key_pem)
         except ValueError as exc:
             raise _BundleError(f"the pinned public key is not an Ed25519 public key ({exc})") from exc
         verifying_pem = trusted_public_key_pem
     else:
         verifying_key_id, verifying_pem = included_key_id, included_pem
-    if not audit_verify_signature(verifying_pem, manifest_bytes, signature):  # type: ignore[arg-type]
+    if not audit_verify_signature(verifying_pem, manifest_bytes, signature):
         if key_pinned and included_key_id != verifying_key_id:
             raise _BundleError(
                 f"the bundle carries key {included_key_id}, not the pinned key {verifying_key_id}, "

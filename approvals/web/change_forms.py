@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.forms import BaseFormSet, formset_factory
@@ -18,6 +18,7 @@ from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel, Region, Tag
 from ota_project.errors import DomainError
 from ota_project.parsers import JSONBodyError, json_loads_strict
+from ota_project.web.forms import form_field
 
 DATETIME_INPUT_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
 SCOPE_FILTER_FIELDS = {
@@ -117,11 +118,20 @@ class BaseWaveFormSet(BaseFormSet):
 
 
 MAX_WAVE_FORMS = 20
-WaveFormSet = formset_factory(WaveForm, formset=BaseWaveFormSet, extra=0, can_delete=True, max_num=MAX_WAVE_FORMS)
+# formset_factory builds a subclass of `formset` (the stubs only know it is some BaseFormSet).
+WaveFormSet = cast(
+    type[BaseWaveFormSet],
+    formset_factory(WaveForm, formset=BaseWaveFormSet, extra=0, can_delete=True, max_num=MAX_WAVE_FORMS),
+)
 
 
 def _names(queryset: Iterable[str]) -> list[tuple[str, str]]:
     return [(name, name) for name in queryset]
+
+
+class _ReleaseChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.version} (counter {obj.release_counter})"
 
 
 class ChangeForm(forms.Form):
@@ -139,8 +149,8 @@ class ChangeForm(forms.Form):
         label="Emergency reason", widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=5_000
     )
     justification = forms.CharField(label="Justification", widget=forms.Textarea(attrs={"rows": 4}), max_length=10_000)
-    release = forms.ModelChoiceField(label="Release to roll out", queryset=FirmwareRelease.objects.none())
-    rollback_release = forms.ModelChoiceField(label="Rollback release", queryset=FirmwareRelease.objects.none())
+    release = _ReleaseChoiceField(label="Release to roll out", queryset=FirmwareRelease._default_manager.none())
+    rollback_release = _ReleaseChoiceField(label="Rollback release", queryset=FirmwareRelease._default_manager.none())
     scope_hardware_models = forms.MultipleChoiceField(
         label="Hardware models", required=False, widget=forms.CheckboxSelectMultiple
     )
@@ -177,19 +187,19 @@ class ChangeForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        releases = FirmwareRelease.objects.order_by("-created_at", "-id")
-        self.fields["release"].queryset = releases
-        self.fields["rollback_release"].queryset = releases
-        self.fields["release"].label_from_instance = self.fields["rollback_release"].label_from_instance = lambda r: (
-            f"{r.version} (counter {r.release_counter})"
-        )
-        self.fields["scope_hardware_models"].choices = _names(
+        releases = FirmwareRelease._default_manager.order_by("-created_at", "-id")
+        release_field = form_field(self, "release", forms.ModelChoiceField)
+        rollback_field = form_field(self, "rollback_release", forms.ModelChoiceField)
+        release_field.queryset = rollback_field.queryset = releases
+        form_field(self, "scope_hardware_models", forms.ChoiceField).choices = _names(
             HardwareModel.objects.order_by("name").values_list("name", flat=True)
         )
-        self.fields["scope_regions"].choices = [
+        form_field(self, "scope_regions", forms.ChoiceField).choices = [
             (code, f"{code} ({name})") for code, name in Region.objects.order_by("code").values_list("code", "name")
         ]
-        self.fields["scope_tags"].choices = _names(Tag.objects.order_by("name").values_list("name", flat=True))
+        form_field(self, "scope_tags", forms.ChoiceField).choices = _names(
+            Tag.objects.order_by("name").values_list("name", flat=True)
+        )
         self.questions = list(RiskQuestion.objects.filter(is_active=True, source="requester").order_by("order", "key"))
         for question in self.questions:
             self.fields[f"risk_{question.key}"] = self._question_field(question)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 
 from approvals.audit.models import DecisionRecord
@@ -56,7 +56,7 @@ def _risk_rank() -> Case:
 
 
 def queue_changes(
-    user: AbstractBaseUser, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = ""
+    user: User, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = ""
 ) -> QuerySet[ChangeRequest]:
     """The queue page's rows: pending changes (or, with `mine`, the user's own in any status), riskiest first,
     then by requested window; requesters who do not review only ever see their own changes."""
@@ -253,7 +253,7 @@ def _blocked_reason(change: ChangeRequest, refusal: DomainError | None) -> str |
     return refusal.message
 
 
-def change_actions(user: AbstractBaseUser, change: ChangeRequest) -> ChangeActions:
+def change_actions(user: User, change: ChangeRequest) -> ChangeActions:
     """The page's actions for this viewer, each from the `<action>_refusal` rule its service raises, so the page
     never offers what the service would refuse nor hides what it would accept."""
     cancel = change_cancel_refusal(user, change)
@@ -320,7 +320,7 @@ class ChangePage:
     emergency: bool
 
 
-def change_page(user: AbstractBaseUser, change: ChangeRequest) -> ChangePage:
+def change_page(user: User, change: ChangeRequest) -> ChangePage:
     """Gather the change page: scope breakdown, risk, waves, approvals, conflicts, timeline and actions."""
     summary = scope_summary(change.scope)
     assessment = risk_assess(answers=change.risk_answers, scope_summary=summary)

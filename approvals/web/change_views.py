@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.forms import Form
@@ -35,8 +36,9 @@ from approvals.web import change_forms as f
 from approvals.web.change_selectors import change_page, queue_changes, queue_rows
 from devices.scope import scope_parse, scope_summary
 from ota_project.errors import DomainError, InvalidInput, NotPermitted
-from ota_project.roles import APPROVER_ROLES, Role, has_role
+from ota_project.roles import APPROVER_ROLES, Role, acting_user, has_role
 from ota_project.web.access import forbidden, role_required
+from ota_project.web.forms import form_field
 from ota_project.web.text import describe_duration
 
 ANY_ROLE = tuple(Role.values)
@@ -94,9 +96,9 @@ def queue(request: HttpRequest) -> HttpResponse:
     values = filters.cleaned_data if filters.is_valid() else {}
     mine = bool(values.get("mine")) or not reviewer
     if mine:
-        filters.fields["status"].choices = [("", "Any status"), *ChangeStatus.choices]
+        form_field(filters, "status", forms.ChoiceField).choices = [("", "Any status"), *ChangeStatus.choices]
     changes = queue_changes(
-        request.user,
+        acting_user(request),
         mine=mine,
         status=values.get("status", ""),
         change_type=values.get("change_type", ""),
@@ -109,7 +111,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         "rows": queue_rows(list(page.object_list)),
         "reviewer": reviewer,
         "mine": mine,
-        "may_create": change_create_refusal(request.user) is None,
+        "may_create": change_create_refusal(acting_user(request)) is None,
         "filtered": any(values.get(k) for k in ("mine", "status", "change_type", "risk_level")),
     }
     return render(request, "approvals/changes/queue.html", context)
@@ -127,7 +129,7 @@ def _render_detail(
     error_fields: dict[str, Any] | None = None,
     **forms: Any,
 ) -> HttpResponse:
-    page = change_page(request.user, change)
+    page = change_page(acting_user(request), change)
     defaults = {
         **{f"{prefix}_form": form_class(prefix=prefix) for prefix, (form_class, *_) in FORM_ACTIONS.items()},
         "decision_form": f.DecisionForm(initial={"revision": change.revision}),
@@ -161,7 +163,7 @@ def _render_detail(
 @role_required(*ANY_ROLE)
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     """Everything a reviewer needs to decide, and the actions the viewer may take (or why not)."""
-    return _render_detail(request, change_get_for_user(request.user, pk))
+    return _render_detail(request, change_get_for_user(acting_user(request), pk))
 
 
 def _act(
@@ -192,12 +194,12 @@ def _act(
 @role_required(*ANY_ROLE)
 def decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Approve, reject or request changes on the revision the reviewer read (approval_grant & co.)."""
-    change = change_get_for_user(request.user, pk)
+    change = change_get_for_user(acting_user(request), pk)
     form = f.DecisionForm(request.POST)
 
     def action(data: dict[str, Any]) -> ChangeRequest:
         service = DECISION_SERVICES[data["decision"]]
-        return service(actor=request.user, change=change, revision=data["revision"], comment=data["comment"])
+        return service(actor=acting_user(request), change=change, revision=data["revision"], comment=data["comment"])
 
     def done(result: ChangeRequest) -> str:
         text = DECISION_DONE[form.cleaned_data["decision"]].format(revision=form.cleaned_data["revision"])
@@ -212,9 +214,9 @@ def decide(request: HttpRequest, pk: int) -> HttpResponse:
 @role_required(Role.REQUESTER)
 def submit(request: HttpRequest, pk: int) -> HttpResponse:
     """Send a draft (or a change sent back) to the CAB; readiness problems are listed on the page."""
-    change = change_get_for_user(request.user, pk)
+    change = change_get_for_user(acting_user(request), pk)
     try:
-        services.change_submit(actor=request.user, change=change)
+        services.change_submit(actor=acting_user(request), change=change)
     except DomainError as exc:
         change.refresh_from_db()
         return _render_detail(request, change, status=exc.status_code, error=exc.message, error_fields=exc.fields)
@@ -225,13 +227,13 @@ def submit(request: HttpRequest, pk: int) -> HttpResponse:
 def _form_action(request: HttpRequest, pk: int, prefix: str) -> HttpResponse:
     """Run the FORM_ACTIONS service named by `prefix` with the posted form's one field, through `_act`."""
     form_class, service, field_name, done = FORM_ACTIONS[prefix]
-    change = change_get_for_user(request.user, pk)
+    change = change_get_for_user(acting_user(request), pk)
     return _act(
         request,
         change,
         f"{prefix}_form",
         form_class(request.POST, prefix=prefix),
-        lambda data: service(actor=request.user, change=change, **{field_name: data[field_name]}),
+        lambda data: service(actor=acting_user(request), change=change, **{field_name: data[field_name]}),
         lambda result: done.format(result=result),
     )
 
@@ -268,14 +270,14 @@ def post_review(request: HttpRequest, pk: int) -> HttpResponse:
 @role_required(Role.REQUESTER)
 def evidence_upload(request: HttpRequest, pk: int) -> HttpResponse:
     """Attach a test evidence file (evidence_add); after submission this bumps the revision."""
-    change = change_get_for_user(request.user, pk)
+    change = change_get_for_user(acting_user(request), pk)
     revision = change.revision
     return _act(
         request,
         change,
         "evidence_form",
         f.EvidenceForm(request.POST, request.FILES),
-        lambda data: services.evidence_add(actor=request.user, change=change, upload=data["file"]),
+        lambda data: services.evidence_add(actor=acting_user(request), change=change, upload=data["file"]),
         lambda evidence: (
             f"Attached {evidence.file_name}."
             + (
@@ -377,7 +379,7 @@ def create(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         values, waves = f.initial_values(None)
         return _render_form(request, f.ChangeForm(initial=values), f.WaveFormSet(initial=waves, prefix="waves"))
-    result = _save(request, lambda fields: services.change_create(actor=request.user, **fields), change=None)
+    result = _save(request, lambda fields: services.change_create(actor=acting_user(request), **fields), change=None)
     if isinstance(result, HttpResponse):
         return result
     messages.success(
@@ -390,8 +392,8 @@ def create(request: HttpRequest) -> HttpResponse:
 @role_required(Role.REQUESTER)
 def edit(request: HttpRequest, pk: int) -> HttpResponse:
     """Edit a change (change_update); after submission this bumps the revision and voids the approvals."""
-    change = change_get_for_user(request.user, pk)
-    refusal = change_edit_refusal(request.user, change)
+    change = change_get_for_user(acting_user(request), pk)
+    refusal = change_edit_refusal(acting_user(request), change)
     if isinstance(refusal, NotPermitted):
         return forbidden(request, (Role.REQUESTER,), message=refusal.message)
     if refusal is not None:
@@ -407,7 +409,7 @@ def edit(request: HttpRequest, pk: int) -> HttpResponse:
     def save(fields: dict[str, Any]) -> ChangeRequest:
         baseline = f.baseline_fields(change, f.ChangeForm().questions)
         changed = {name: value for name, value in fields.items() if value != baseline.get(name)}
-        return services.change_update(actor=request.user, change=change, **changed)
+        return services.change_update(actor=acting_user(request), change=change, **changed)
 
     result = _save(request, save, change=change)
     if isinstance(result, HttpResponse):

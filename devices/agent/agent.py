@@ -84,8 +84,8 @@ def backoff_delay(
     attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: random.Random | None = None, retry_after: float = 0
 ) -> float:
     """Exponential backoff with (equal) jitter for the attempt-th consecutive failure, never below Retry-After."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
-    jittered = ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
+    jittered = ceiling / 2 + (rng.uniform if rng else random.uniform)(0, ceiling / 2)
     return max(jittered, retry_after or 0)
 
 
@@ -140,7 +140,8 @@ def drive(flow: Flow[T], perform: Callable[[Call], Any]) -> T:
             else:
                 call = flow.send(answer)
     except StopIteration as stop:
-        return stop.value
+        result: T = stop.value
+        return result
 
 
 async def adrive(flow: Flow[T], perform: Callable[[Call], Awaitable[Any]]) -> T:
@@ -155,7 +156,8 @@ async def adrive(flow: Flow[T], perform: Callable[[Call], Awaitable[Any]]) -> T:
             else:
                 call = flow.send(answer)
     except StopIteration as stop:
-        return stop.value
+        result: T = stop.value
+        return result
 
 
 class Agent:
@@ -204,7 +206,8 @@ class Agent:
 
     @property
     def deployment(self) -> dict[str, Any] | None:
-        return self.state["deployment"]
+        deployment: dict[str, Any] | None = self.state["deployment"]
+        return deployment
 
     def _save(self) -> None:
         self.store.save()
@@ -382,7 +385,7 @@ class Agent:
             item = self.state["outbox"][0]
             seq = self.store.take_seq()
             body = {"seq": seq, "status": item["status"], **item["fields"]}
-            answer: dict[str, Any] = {}
+            answer: object = {}  # the server's JSON: checked to be an object before use
             try:
                 answer = yield PostJson(f"/device/v1/deployments/{item['deployment_id']}/status/", body)
                 logger.info("reported %s (seq %s): %s", item["status"], seq, answer)
@@ -579,8 +582,8 @@ class Agent:
         path = self.store.partial_path
         length = dep["length"]
         offset = min(self.state["download_offset"], path.stat().st_size if path.exists() else 0)
-        with open(path, "ab") as file:
-            file.truncate(offset)  # anything past the persisted offset was never acknowledged
+        with open(path, "ab") as partial:
+            partial.truncate(offset)  # anything past the persisted offset was never acknowledged
         self.state["download_offset"] = offset
         if offset < length:
             self._download_started = (self.clock(), offset)

@@ -12,7 +12,7 @@ import asyncio
 import json
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -88,7 +88,7 @@ class AsyncHttpTransport:
                 fields[name.strip().lower()] = value.strip()
         return _Response(status, fields, reader, writer)
 
-    async def _chunks(self, response: _Response, chunk_size: int) -> AsyncIterator[bytes]:
+    async def _chunks(self, response: _Response, chunk_size: int) -> AsyncGenerator[bytes, None]:
         """The body in chunks of at most chunk_size bytes; a body cut short is a retryable TransportError."""
         reader = response.reader
         try:

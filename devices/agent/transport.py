@@ -76,7 +76,8 @@ class HttpTransport:
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"{}")
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as exc:
             raise _from_http_error(exc) from exc
         except NETWORK_ERRORS as exc:

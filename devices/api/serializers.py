@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -9,14 +10,14 @@ from rest_framework import serializers
 
 from devices.choices import NetworkCapability, SigningScheme, UpdateChannel, ValidationCheck
 from devices.importer import FORMATS, MAX_IMPORT_ROWS, MODES, DeviceRowSerializer
-from devices.models import MAX_POLL_SECONDS, MIN_POLL_SECONDS, Device, HardwareModel, Region
+from devices.models import MAX_POLL_SECONDS, MIN_POLL_SECONDS, Device, HardwareModel, Region, Tag
 from devices.selectors import device_is_offline
 from devices.services import MAX_BUDGET
 from devices.validators import validate_partition_layout, validate_time_zone
 from ota_project.serializers import InputSerializer
 
 
-def _choice_field(*choices: str) -> type[serializers.ChoiceField]:
+def _choice_field(*choices: str) -> Callable[..., serializers.ChoiceField]:
     """A ChoiceField documented as a string pattern rather than an enum.
 
     drf-spectacular names enum components after the field ("format", "mode", "scheme"); other apps have
@@ -166,9 +167,11 @@ class RegionCreateInputSerializer(InputSerializer):
 
 
 class DeviceSerializer(serializers.ModelSerializer):
-    hardware_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    region = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    tags = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    hardware_model: serializers.SlugRelatedField[HardwareModel] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
+    region: serializers.SlugRelatedField[Region] = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    tags: serializers.SlugRelatedField[Tag] = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
     network_capabilities = serializers.ListField(child=serializers.ChoiceField(choices=NetworkCapability.choices))
     has_drift = serializers.BooleanField(help_text="The device reported something other than the inventory expects.")
     reported_health = serializers.DictField(child=serializers.BooleanField(), help_text="Last check-in's health.")
@@ -219,7 +222,7 @@ class DeviceCreateInputSerializer(DeviceRowSerializer):
 class DeviceUpdateInputSerializer(DeviceRowSerializer):
     """Inventory corrections (use with partial=True); serial and status cannot change here."""
 
-    serial = None  # type: ignore[assignment]
+    serial = None  # type: ignore[assignment]  # DRF's way to drop a field declared by the parent serializer
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
 
 
@@ -323,7 +326,7 @@ class ImportReportSerializer(serializers.Serializer):
     rows = serializers.IntegerField()
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
-    errors = ImportRowErrorSerializer(many=True)
+    errors = ImportRowErrorSerializer(many=True)  # type: ignore[assignment]  # a declared field: the metaclass takes it off the class, Serializer.errors is untouched
     error_count = serializers.IntegerField()
     format = FileFormatField()
     mode = ModeField()

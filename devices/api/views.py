@@ -5,7 +5,7 @@ Any user with a role reads; operators write. Each view: input serializer -> one 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
@@ -42,7 +42,7 @@ from devices.api.uploads import ImportSizeLimitHandler
 from devices.models import Device, HardwareModel, Region
 from devices.validators import SERIAL_RE
 from ota_project.parsers import SafeJSONParser
-from ota_project.roles import Role
+from ota_project.roles import Role, acting_user
 from ota_project.serializers import ApiErrorSerializer, InputSerializer, ReasonInputSerializer
 
 
@@ -100,7 +100,7 @@ class HardwareModelViewSet(mixins.ListModelMixin, InventoryViewSet):
     def create(self, request: Request) -> Response:
         serializer = HardwareModelCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        hardware_model = services.hardware_model_create(actor=request.user, **serializer.validated_data)
+        hardware_model = services.hardware_model_create(actor=acting_user(request), **serializer.validated_data)
         return Response(HardwareModelSerializer(hardware_model).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -112,12 +112,13 @@ class HardwareModelViewSet(mixins.ListModelMixin, InventoryViewSet):
         hardware_model = selectors.hardware_model_get(name=name)
         serializer = HardwareModelUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        changes = dict(serializer.validated_data)
-        reason = changes.pop("reason", "")
+        data = dict(serializer.validated_data)
+        reason = data.pop("reason", "")
+        changes = cast(services.HardwareModelChanges, data)  # the input serializer declares the changeable fields
         hardware_model = services.hardware_model_update(
-            actor=request.user,
+            actor=acting_user(request),
             hardware_model=hardware_model,
-            changes=changes,  # type: ignore[arg-type]
+            changes=changes,
             reason=reason,
         )
         return Response(HardwareModelSerializer(hardware_model).data)
@@ -148,7 +149,7 @@ class RegionViewSet(mixins.ListModelMixin, InventoryViewSet):
     def create(self, request: Request) -> Response:
         serializer = RegionCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        region = services.region_create(actor=request.user, **serializer.validated_data)
+        region = services.region_create(actor=acting_user(request), **serializer.validated_data)
         return Response(RegionSerializer(region).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -166,9 +167,10 @@ class RegionViewSet(mixins.ListModelMixin, InventoryViewSet):
         region = selectors.region_get(code=code)
         serializer = RegionUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        changes = dict(serializer.validated_data)
-        reason = changes.pop("reason", "")
-        region = services.region_update(actor=request.user, region=region, changes=changes, reason=reason)  # type: ignore[arg-type]
+        data = dict(serializer.validated_data)
+        reason = data.pop("reason", "")
+        changes = cast(services.RegionChanges, data)  # the input serializer declares the changeable fields
+        region = services.region_update(actor=acting_user(request), region=region, changes=changes, reason=reason)
         return Response(RegionSerializer(region).data)
 
 
@@ -214,7 +216,7 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
     def create(self, request: Request) -> Response:
         serializer = DeviceCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        device = services.device_create(actor=request.user, **serializer.validated_data)
+        device = services.device_create(actor=acting_user(request), **serializer.validated_data)
         return Response(DeviceSerializer(selectors.device_get(serial_or_id=device.pk)).data, status=201)
 
     @extend_schema(
@@ -226,16 +228,17 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
         device = selectors.device_get(serial_or_id=serial)
         serializer = DeviceUpdateInputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        changes = dict(serializer.validated_data)
-        reason = changes.pop("reason", "")
-        device = services.device_update(actor=request.user, device=device, changes=changes, reason=reason)  # type: ignore[arg-type]
+        data = dict(serializer.validated_data)
+        reason = data.pop("reason", "")
+        changes = cast(services.DeviceChanges, data)  # the input serializer declares the changeable fields
+        device = services.device_update(actor=acting_user(request), device=device, changes=changes, reason=reason)
         return Response(DeviceSerializer(selectors.device_get(serial_or_id=device.pk)).data)
 
     def _set_status(self, request: Request, serial: str, service: Any) -> Response:
         device = selectors.device_get(serial_or_id=serial)
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        device = service(actor=request.user, device=device, reason=serializer.validated_data["reason"])
+        device = service(actor=acting_user(request), device=device, reason=serializer.validated_data["reason"])
         return Response(DeviceSerializer(device).data)
 
     @_status_action("Quarantine a device: no rollout targets it until released (operator)")
@@ -284,7 +287,7 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
                 raise Http404("No credential was issued to this device.")
             return Response(DeviceCredentialSerializer(current).data)
         InputSerializer(data=request.data or {}).is_valid(raise_exception=True)  # no fields accepted
-        secret = credentials.device_credential_issue(actor=request.user, device=device)
+        secret = credentials.device_credential_issue(actor=acting_user(request), device=device)
         response = Response({"serial": device.serial, "secret": secret}, status=status.HTTP_201_CREATED)
         response["Cache-Control"] = "no-store"
         return response
@@ -306,7 +309,7 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
         serializer = ReasonInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         revoked = credentials.device_credential_revoke(
-            actor=request.user, device=device, reason=serializer.validated_data["reason"]
+            actor=acting_user(request), device=device, reason=serializer.validated_data["reason"]
         )
         return Response(DeviceCredentialSerializer(revoked).data)
 
@@ -344,7 +347,7 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
             upload = DeviceImportUploadInputSerializer(data=data)
             upload.is_valid(raise_exception=True)
             report = importer.import_upload(
-                actor=request.user,
+                actor=acting_user(request),
                 upload=upload.validated_data["file"],
                 file_format=upload.validated_data.get("format"),
                 mode=upload.validated_data["mode"],
@@ -354,7 +357,7 @@ class DeviceViewSet(mixins.ListModelMixin, InventoryViewSet):
             body.is_valid(raise_exception=True)
             rows = body.validated_data["rows"]
             report = importer.import_rows(
-                actor=request.user,
+                actor=acting_user(request),
                 rows=list(enumerate(rows, start=1)),
                 mode=body.validated_data["mode"],
                 file_format="json",

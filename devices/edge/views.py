@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -67,7 +67,7 @@ class DeviceAPIView(APIView):
     renderer_classes = [JSONRenderer]
     max_body_bytes = SMALL_BODY_BYTES
 
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
         return super().perform_content_negotiation(request, force=True)
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
@@ -342,7 +342,7 @@ class BoundedReader:
         self._file.close()
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: str, size: int) -> tuple[int, int] | Literal[False] | None:
     """(start, end inclusive) for one satisfiable range; None to ignore the header; False if unsatisfiable."""
     match = RANGE_RE.match(header.strip())
     if not match or not (match.group(1) or match.group(2)):
@@ -394,7 +394,7 @@ class ArtifactView(DeviceAPIView):
             ),
         },
     )
-    def get(self, request: Request, sha256: str) -> Any:
+    def get(self, request: Request, sha256: str) -> HttpResponseBase:
         try:
             response = self._stream(request, sha256)
         except BaseException:
@@ -411,7 +411,7 @@ class ArtifactView(DeviceAPIView):
         if lease is not None:
             lease.release()
 
-    def _stream(self, request: Request, sha256: str) -> Any:
+    def _stream(self, request: Request, sha256: str) -> HttpResponseBase:
         device = current_device(request)
         deployment = services.device_artifact_offered(device=device, sha256=sha256)
         if deployment is None:

@@ -21,7 +21,7 @@ def release_get(*, release_id: int) -> FirmwareRelease:
 
 def release_latest_counter(hardware_model: HardwareModel | str) -> int | None:
     """The highest release counter of any release for this hardware model (None before the first release)."""
-    lookup = (
+    lookup: dict[str, HardwareModel | str] = (
         {"hardware_models__name": hardware_model}
         if isinstance(hardware_model, str)
         else {"hardware_models": hardware_model}

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
@@ -70,7 +70,7 @@ def _refuse(errors: dict[str, list[str]], code: str = "invalid") -> InvalidInput
 @transaction.atomic
 def release_create(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     version: str,
     release_counter: int,
     hardware_models: Sequence[str],
@@ -173,7 +173,7 @@ def release_create(
     return release
 
 
-def release_create_from_chunks(*, actor: AbstractBaseUser, chunks: Iterable[bytes], **fields: Any) -> FirmwareRelease:
+def release_create_from_chunks(*, actor: User, chunks: Iterable[bytes], **fields: Any) -> FirmwareRelease:
     """Hash `chunks` into a temp file as they arrive (size-limited), then `release_create` from it; the temp file is
     always removed (commands, the demo and the drills; the API streams through its upload handler instead)."""
     received = receive_stream(chunks, max_bytes=settings.ARTIFACT_MAX_BYTES)

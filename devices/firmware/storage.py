@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files import File
 from django.db import connection
 
 from devices.firmware.models import FirmwareArtifact
@@ -244,7 +245,7 @@ def receive_stream(chunks: Iterable[bytes], *, max_bytes: int, field: str = "fil
     return ReceivedArtifact(sha256=digest.hexdigest(), size_bytes=size, temp_path=temp_path)
 
 
-def iter_file(source: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterable[bytes]:
+def iter_file(source: BinaryIO | File[bytes], chunk_size: int = CHUNK_SIZE) -> Iterable[bytes]:
     """Read a binary file in chunks (never the whole image at once)."""
     while chunk := source.read(chunk_size):
         yield chunk

@@ -20,6 +20,7 @@ How an upload flows (see devices/firmware/api/views.py, ReleaseListCreateView):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class HashedUploadedFile(TemporaryUploadedFile):
 class HashingUploadHandler(TemporaryFileUploadHandler):
     """Streams file parts to temp files, computing sha256 chunk by chunk; stops past `max_bytes` per file."""
 
+    file: HashedUploadedFile
+
     def __init__(self, request: HttpRequest | None = None, *, max_bytes: int, max_request_bytes: int) -> None:
         super().__init__(request)
         self.max_bytes = max_bytes
@@ -66,7 +69,7 @@ class HashingUploadHandler(TemporaryFileUploadHandler):
         input_data: Any,
         META: dict[str, Any],
         content_length: int,
-        boundary: bytes,
+        boundary: bytes,  # type: ignore[override]  # Django passes the boundary as bytes; the stubs say str
         encoding: str | None = None,
     ) -> tuple[QueryDict, MultiValueDict] | None:
         # A body that declares more than an image plus its form can hold is refused unread.
@@ -152,7 +155,7 @@ class _RawNameMultiPartParser(DjangoMultiPartParser):
 class ArtifactMultiPartParser(MultiPartParser):
     """DRF multipart parser that hands the client's raw file name to the hashing handler."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         parser_context = parser_context or {}
         request = parser_context["request"]
         meta = request.META.copy()

@@ -8,6 +8,7 @@ from django import forms
 
 from devices.choices import DeviceStatus
 from devices.web.selectors import inventory_filter_options
+from ota_project.web.forms import form_field
 
 MAX_REASON_LENGTH = 2000
 
@@ -33,7 +34,7 @@ class InventoryFilterForm(forms.Form):
             "installed_version": "Any version",
         }
         for name, label in any_label.items():
-            self.fields[name].choices = [("", label), *options[name]]  # type: ignore[attr-defined]
+            form_field(self, name, forms.ChoiceField).choices = [("", label), *options[name]]
 
     def selector_filters(self) -> dict[str, Any]:
         """The cleaned values as keyword arguments of devices.selectors.device_list (empty values left out)."""

@@ -105,5 +105,5 @@ def device_recent_deployments(device: Device, *, limit: int = RECENT_DEPLOYMENT_
     Read through the ORM relation that the rollouts app declares on Device: the inventory imports no
     other app (see the import-linter contracts), the relation is how it sees what was rolled out to it.
     """
-    deployments = device.deployments  # type: ignore[attr-defined]
+    deployments = device.deployments
     return list(deployments.select_related("release", "rollout", "wave").order_by("-created_at", "-id")[:limit])

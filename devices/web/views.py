@@ -15,7 +15,7 @@ from devices.choices import DeviceStatus
 from devices.web import selectors as page_selectors
 from devices.web.forms import InventoryFilterForm, ReasonForm
 from ota_project.errors import DomainError
-from ota_project.roles import Role, has_role
+from ota_project.roles import Role, acting_user, has_role
 from ota_project.web.access import role_required
 
 # Every role may read the inventory, as in the API (ota_project.permissions.HasAnyRole: any role reads).
@@ -104,7 +104,9 @@ def device_release(request: HttpRequest, serial: str) -> HttpResponse:
         return _back(request, device.serial)
     was = device.status
     try:
-        services.device_release_from_quarantine(actor=request.user, device=device, reason=form.cleaned_data["reason"])
+        services.device_release_from_quarantine(
+            actor=acting_user(request), device=device, reason=form.cleaned_data["reason"]
+        )
     except DomainError as exc:
         messages.error(request, f"{device.serial} was not released: {exc.message}")
         return _back(request, device.serial)

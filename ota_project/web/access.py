@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
+from django.views import View
 from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
 
 from ota_project.roles import Role, has_role
 from ota_project.signals import REFUSAL_UNAUTHORISED, refusal
 
 ViewFunc = Callable[..., HttpResponse]
+
+
+class HtmxHttpRequest(HttpRequest):
+    """The request as views see it: django-htmx's middleware (installed for every request) adds `htmx`."""
+
+    htmx: HtmxDetails
 
 
 def role_labels(roles: Iterable[str]) -> list[str]:
@@ -63,10 +71,11 @@ def forbidden(request: HttpRequest, roles: Iterable[str], *, message: str | None
 
 def login_redirect(request: HttpRequest) -> HttpResponse:
     """Send an anonymous visitor to the sign-in page and back here afterwards (a full-page redirect for htmx)."""
-    if getattr(request, "htmx", False):
+    htmx: HtmxDetails | None = getattr(request, "htmx", None)
+    if htmx:
         # An htmx fragment request (e.g. a polling dashboard after the session expired) must not swap the
         # sign-in page into a fragment: tell htmx to navigate the whole page instead.
-        current = request.htmx.current_url_abs_path or request.get_full_path()
+        current = htmx.current_url_abs_path or request.get_full_path()
         return HttpResponseClientRedirect(f"{settings.LOGIN_URL}?{urlencode({'next': current}, safe='/')}")
     return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)
 
@@ -94,21 +103,26 @@ def role_required(*roles: str) -> Callable[[ViewFunc], ViewFunc]:
                 return refused
             return view(request, *args, **kwargs)
 
-        wrapped.required_roles = roles  # type: ignore[attr-defined]
         return wrapped
 
     return decorator
 
 
-class RoleRequiredMixin:
+if TYPE_CHECKING:
+    _ViewBase = View
+else:
+    _ViewBase = object
+
+
+class RoleRequiredMixin(_ViewBase):
     """Class-based views: set `required_roles = (Role.X, ...)`; same answers as `role_required`."""
 
     required_roles: tuple[str, ...] = ()
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not self.required_roles:
             raise ValueError(f"{type(self).__name__} must set required_roles")
         refused = check_access(request, tuple(self.required_roles))
         if refused is not None:
             return refused
-        return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+        return super().dispatch(request, *args, **kwargs)

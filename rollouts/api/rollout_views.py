@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import django_filters
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -17,7 +19,7 @@ from rest_framework.response import Response
 
 from approvals.selectors import change_get_for_user
 from ota_project.exceptions import error_body
-from ota_project.roles import Role, roles_of
+from ota_project.roles import Role, acting_user, roles_of
 from ota_project.serializers import ApiErrorSerializer
 from rollouts import rollout_services
 from rollouts.action_tokens import TOKEN_TTL
@@ -56,13 +58,13 @@ class DeploymentFilter(django_filters.FilterSet):
         fields = ["status", "kind", "wave", "device"]
 
 
-def _action_view(name: str) -> Any:
+def _action_view(name: str) -> Callable[..., Response]:
     @extend_schema(request=RolloutActionSerializer, responses=WorkflowStatusSerializer, operation_id=f"rollouts_{name}")
     def view(self: RolloutViewSet, request: Request, pk: str) -> Response:
         data = RolloutActionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         result = rollout_services.rollout_act(
-            actor=request.user, rollout=self.get_object(), action=name, **data.validated_data
+            actor=acting_user(request), rollout=self.get_object(), action=name, **data.validated_data
         )
         return Response(_status_data(result))
 
@@ -84,15 +86,15 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     filterset_class = RolloutFilter
     action_roles = {name: (Role.OPERATOR,) for name in ("create", "action_token", *HUMAN_ACTIONS)}
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> QuerySet[Rollout]:
         return Rollout.objects.select_related("release", "rollback_release", "started_by").prefetch_related("waves")
 
     @extend_schema(request=RolloutStartSerializer, responses={201: RolloutSerializer})
     def create(self, request: Request) -> Response:
         data = RolloutStartSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        change = change_get_for_user(request.user, data.validated_data["change"])
-        rollout = rollout_services.rollout_start(actor=request.user, change=change)
+        change = change_get_for_user(acting_user(request), data.validated_data["change"])
+        rollout = rollout_services.rollout_start(actor=acting_user(request), change=change)
         return Response(RolloutSerializer(self.get_queryset().get(pk=rollout.pk)).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -144,7 +146,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         rollout = self.get_object()
         fields = data.validated_data
         token = rollout_services.action_token_issue(
-            actor=request.user,
+            actor=acting_user(request),
             rollout=rollout,
             action=fields["action"],
             reason=fields["reason"],

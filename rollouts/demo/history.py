@@ -23,7 +23,7 @@ from rollouts.deployment_services import deployment_offer
 from rollouts.health import wave_plan_of
 from rollouts.models import Rollout, Wave
 from workflows import policy
-from workflows.types import Gate, Phase, PhaseChange, Update, Verdict
+from workflows.types import Gate, Phase, PhaseChange, Update, Verdict, WaveHealth
 
 
 def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
@@ -43,7 +43,7 @@ def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
                 play(offered, HAPPY)
 
 
-def _run_wave(rollout: Rollout, index: int, fails: set[int]) -> Any:
+def _run_wave(rollout: Rollout, index: int, fails: set[int]) -> WaveHealth:
     rollout_services.wave_assign(rollout_id=rollout.pk, wave_index=index)
     _devices_poll(rollout, fails)
     return rollout_services.wave_health(rollout_id=rollout.pk, wave_index=index)

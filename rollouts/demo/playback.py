@@ -5,6 +5,8 @@ Real devices (the reference agent, the fleet drill) go through the device API in
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from rollouts.deployment_services import Report, deployment_report
 from rollouts.models import Deployment
 
@@ -12,11 +14,18 @@ HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "
 FAIL_BOOT = ("downloading", "downloaded", "installing", "rebooting", "rolled_back")
 
 
+class _Outcome(TypedDict, total=False):
+    booted_version: str
+    health_passed: bool
+    failure_class: str
+    detail: str
+
+
 def play(deployment: Deployment, statuses: tuple[str, ...], *, failure_detail: str = "") -> None:
     """Report `statuses` for one deployment as its device would (sequence numbers continue the device's own)."""
     device = deployment.device
     for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
-        extra: dict[str, object] = {}
+        extra: _Outcome = {}
         if status == "succeeded":
             extra = {"booted_version": deployment.release.version, "health_passed": True}
         elif status in ("failed", "rolled_back"):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.db import close_old_connections, connection
 from django.db.models import Count, Max
 from django.test.utils import override_settings
@@ -48,6 +48,7 @@ from rest_framework.authtoken.models import Token
 from approvals import services as change_services
 from approvals.audit.records import chain_verify
 from approvals.choices import ChangeStatus
+from approvals.models import ChangeRequest
 from approvals.plans import RolloutPlan, plan_parse
 from devices import services as device_services
 from devices.credentials import device_credential_issue
@@ -302,7 +303,7 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     # Two waves: the pilot (about 1%) gates the fleet. Every wave costs a poll interval of discovery and a soak,
     # and this machine's budget (1,000 devices in under 5 minutes) has room for the one gate that matters.
     pilot_sample = min(pilots, 10 if scenario.pilot_min_sample is None else scenario.pilot_min_sample)
-    waves = [
+    waves: list[dict[str, Any]] = [
         {"name": "pilot", "cohort": {"kind": "pilot"}, "min_sample": pilot_sample, **wave},
         {"name": "fleet", "cohort": {"kind": "percent", "value": 100}, "min_sample": 5, **wave},
     ]
@@ -348,7 +349,7 @@ class World:
     tokens: dict[str, str] = field(default_factory=dict)
 
 
-def _user(run_id: str, name: str, role: str) -> Any:
+def _user(run_id: str, name: str, role: str) -> User:
     user = get_user_model().objects.create_user(username=f"drill-{run_id}-{name}", password=None)
     user.groups.set([Group.objects.get(name=role)])
     return user
@@ -408,7 +409,7 @@ def provision(options: DrillOptions, plan: RolloutPlan, say: Callable[[str], Non
     pilots = pilot_count(options.devices, SCENARIOS[options.scenario].pilot_share)
     stride = options.devices / pilots
     pilot_numbers = {int(i * stride) for i in range(pilots)}
-    rows = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     for number in range(options.devices):
         rows.append(
             (
@@ -460,7 +461,7 @@ def _approved_change(
     new: FirmwareRelease,
     old: FirmwareRelease,
     plan: RolloutPlan,
-) -> Any:
+) -> ChangeRequest:
     """A change for `scope`, submitted by the drill requester and approved by as many drill approvers as needed."""
     requester = users["requester"]
     now = timezone.now()
@@ -543,6 +544,7 @@ class Drill:
             ).start(self.say)
             fleet = self._fleet(world, stack, workdir)
             fleet.start()
+            assert fleet.proxy is not None  # the drill's fleet always talks through the fault proxy
             self.say(f"fleet of {len(world.specs)} agents started behind {fleet.proxy.url}")
             with override_settings(
                 TEMPORAL_ADDRESS=stack.temporal_address, TEMPORAL_TASK_QUEUE=task_queue, TEMPORAL_ENABLED=True
@@ -916,7 +918,7 @@ class Drill:
             "agent_errors": facts["agent_errors"],
             "devices_still_busy": facts["still_busy"],
             "telemetry_samples": TelemetrySample.objects.filter(device_id__in=world.device_ids).count(),
-            "network": fleet.proxy.counters.as_dict(),
+            "network": fleet.proxy.counters.as_dict() if fleet.proxy else {},
             "poll_seconds": self.poll,
             "plan": {
                 "waves": [w.name for w in self.plan.waves],
@@ -959,6 +961,7 @@ class Drill:
                 for finished_at, status in pilot.filter(
                     finished_at__isnull=False, status__in=[DeploymentStatus.SUCCEEDED, *DEPLOYMENT_FAILURES]
                 ).values_list("finished_at", "status")
+                if finished_at is not None  # always: the query excludes the others
             ]
             crossed = threshold_crossed_at(
                 reports,

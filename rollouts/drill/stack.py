@@ -13,6 +13,7 @@ is not restarted (its death ends the drill), nor a process that keeps dying (MAX
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -164,7 +165,7 @@ class ProcessEvent:
     pid: int | None
     detail: str = ""
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, str | int | None]:
         return {"at": self.at.isoformat(), "process": self.process, "event": self.event, "pid": self.pid} | (
             {"detail": self.detail} if self.detail else {}
         )
@@ -292,11 +293,11 @@ class Stack:
                 port = free_port()
                 argv = [sys.executable, "-m", "rollouts.drill.serve", "--port", str(port), "--threads", "8"]
                 web = Child(f"web-{index}", argv, web_env, self.workdir / f"web-{index}.log")
-                web.ready_check = lambda port=port: port_answers("127.0.0.1", port)
+                web.ready_check = functools.partial(port_answers, "127.0.0.1", port)
                 self.children.append(web.start())
                 self.web_ports.append(port)
             for index, port in enumerate(self.web_ports):
-                self._wait(lambda port=port: port_answers("127.0.0.1", port), self.children[1 + index])
+                self._wait(functools.partial(port_answers, "127.0.0.1", port), self.children[1 + index])
             say(f"web processes on ports {', '.join(map(str, self.web_ports))}")
             self._wait(worker.ready_check, worker)
             say(f"worker polling task queue {self.task_queue}")

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         base = await temporal_client()
-        client = Client(**{**base.config(), "interceptors": [stall]})
+        config = base.config()  # a copy
+        config["interceptors"] = [stall]
+        client = Client(**config)
         await run_worker(client=client, on_started=announce)
 
     code = 0

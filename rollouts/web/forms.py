@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from rollouts.kpis import DEFAULT_PERIODS, MAX_PERIODS, PERIOD_UNITS, WEEK
@@ -51,8 +53,8 @@ class KpiPeriodForm(forms.Form):
         help_text=f"Up to {MAX_PERIODS['week']} weeks or {MAX_PERIODS['day']} days.",
     )
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         unit = data.get("unit") or WEEK
         data["unit"] = unit
         periods = data.get("periods")

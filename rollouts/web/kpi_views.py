@@ -22,7 +22,7 @@ def rollout_kpis(request: HttpRequest) -> HttpResponse:
         report = kpis.kpi_report(unit=kpis.WEEK)
     elif form.is_valid():
         report = kpis.kpi_report(unit=form.cleaned_data["unit"], count=form.cleaned_data["periods"])
-    context = {"form": form, "report": report}
+    context: dict[str, object] = {"form": form, "report": report}
     if report is not None:
         context.update(_charts(report))
     return render(request, "rollouts/kpis.html", context, status=200 if report is not None else 400)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
@@ -107,7 +107,7 @@ class StartPreview:
     blockers: list[str]
 
 
-def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> StartPreview:
+def rollout_start_preview(change: ChangeRequest, user: User) -> StartPreview:
     """The start page's figures and the reason (if any) this user cannot start this rollout now: the rule
     `approvals.selectors.change_start_refusal` that rollout_start raises when the form is sent."""
     devices = scope_devices(change.scope)
@@ -128,7 +128,7 @@ def rollout_start_preview(change: ChangeRequest, user: AbstractBaseUser) -> Star
     return StartPreview(change, scope_size, pilots, by_model, waves, existing, blockers)
 
 
-def changes_ready_to_start(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
+def changes_ready_to_start(user: User) -> QuerySet[ChangeRequest]:
     """Approved (or scheduled) changes without a rollout yet, that this user may see; oldest window first."""
     from approvals.selectors import change_list_for_user
 
@@ -318,7 +318,7 @@ class GateView:
     detail: str
 
 
-GATE_LABELS = {
+GATE_LABELS: dict[str, str] = {
     Gate.PROMOTION: "Awaiting promotion",
     Gate.INCONCLUSIVE: "Held: inconclusive",
     Gate.HALTED: "Halted",
@@ -526,7 +526,7 @@ class ActionsView:
     blocked_reason: str
 
 
-def rollout_actions_for(user: AbstractBaseUser, rollout: Rollout) -> ActionsView:
+def rollout_actions_for(user: User, rollout: Rollout) -> ActionsView:
     """Buttons for exactly the actions `rollout_action_refusal` (the rule the service raises) allows this person
     now, or one sentence saying why there are none."""
     refusal = rollout_action_refusal(user, rollout, Update.ABORT)

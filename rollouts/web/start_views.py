@@ -12,7 +12,7 @@ from django.views.decorators.http import require_http_methods
 from approvals.models import ChangeRequest
 from approvals.selectors import change_get_for_user
 from ota_project.errors import DomainError
-from ota_project.roles import Role
+from ota_project.roles import Role, acting_user
 from ota_project.web.access import role_required
 from rollouts import rollout_services
 from rollouts.models import Rollout
@@ -28,13 +28,13 @@ def _render(
     error: str = "",
     status: int = 200,
 ) -> HttpResponse:
-    preview = page_selectors.rollout_start_preview(change, request.user)
+    preview = page_selectors.rollout_start_preview(change, acting_user(request))
     context: dict[str, Any] = {"change": change, "preview": preview, "form": form, "error": error}
     return render(request, "rollouts/start.html", context, status=status)
 
 
 def _choose(request: HttpRequest, form: ChangeChoiceForm, status: int = 200) -> HttpResponse:
-    ready = page_selectors.changes_ready_to_start(request.user)
+    ready = page_selectors.changes_ready_to_start(acting_user(request))
     return render(request, "rollouts/start_choose.html", {"form": form, "ready": ready}, status=status)
 
 
@@ -48,18 +48,18 @@ def rollout_start(request: HttpRequest) -> HttpResponse:
         choice = ChangeChoiceForm(request.GET)
         if not choice.is_valid():
             return _choose(request, choice, status=400)
-        change = change_get_for_user(request.user, choice.cleaned_data["change"])
+        change = change_get_for_user(acting_user(request), choice.cleaned_data["change"])
         return _render(request, change, StartRolloutForm(initial={"change": change.pk}))
     form = StartRolloutForm(request.POST)
     if not form.is_valid():
         choice = ChangeChoiceForm(request.POST)
         if not choice.is_valid():
             return _choose(request, choice, status=400)
-        change = change_get_for_user(request.user, choice.cleaned_data["change"])
+        change = change_get_for_user(acting_user(request), choice.cleaned_data["change"])
         return _render(request, change, form, status=400)
-    change = change_get_for_user(request.user, form.cleaned_data["change"])
+    change = change_get_for_user(acting_user(request), form.cleaned_data["change"])
     try:
-        rollout = rollout_services.rollout_start(actor=request.user, change=change)
+        rollout = rollout_services.rollout_start(actor=acting_user(request), change=change)
     except DomainError as refused:
         started = Rollout.objects.filter(change=change).first()
         if started is not None:

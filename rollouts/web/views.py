@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from ota_project.errors import DomainError
-from ota_project.roles import Role, has_role
+from ota_project.roles import Role, acting_user, has_role
 from ota_project.web.access import role_required
 from rollouts import rollout_services
 from rollouts.choices import ROLLOUT_TERMINAL, DeploymentKind
@@ -30,7 +30,7 @@ READ_ROLES = tuple(Role.values)
 ACT_ROLES = (Role.OPERATOR,)
 PAGE_SIZE = 25
 POLL_SECONDS = 3
-ACTION_LABELS = {name: label for name, label, *_ in page_selectors.ACTIONS}
+ACTION_LABELS: dict[str, str] = {name: label for name, label, *_ in page_selectors.ACTIONS}
 
 
 def state_token(rollout: Rollout) -> str:
@@ -72,7 +72,7 @@ def _live_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
         "charts": page_selectors.health_charts(rollout, waves),
         "timeline": page_selectors.rollout_timeline(rollout),
         "live": page_selectors.rollout_live_status(rollout),
-        "actions": page_selectors.rollout_actions_for(request.user, rollout),
+        "actions": page_selectors.rollout_actions_for(acting_user(request), rollout),
     }
 
 
@@ -112,7 +112,7 @@ def rollout_act(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     wave_index = form.cleaned_data["wave_index"]
     try:
         result = rollout_services.rollout_act(
-            actor=request.user,
+            actor=acting_user(request),
             rollout=rollout,
             action=action,
             reason=form.cleaned_data["reason"],

@@ -216,7 +216,7 @@ def test_device_update_without_changes_records_nothing(operator, hardware_model,
 def test_device_update_cannot_change_status_or_serial(operator, hardware_model, region, field):
     device = _create(operator, hardware_model, region)
     with pytest.raises(InvalidInput):
-        services.device_update(actor=operator, device=device, changes={field: "revoked"})  # type: ignore[typeddict-unknown-key]
+        services.device_update(actor=operator, device=device, changes={field: "revoked"})  # type: ignore[typeddict-unknown-key]  # the refusal under test
     device.refresh_from_db()
     assert device.status == DeviceStatus.ACTIVE and device.serial == "TCU-0001"
 

@@ -116,7 +116,7 @@ class SecurityKindCountSerializer(serializers.Serializer):
     """Refusals of one kind over the last 24 hours and 7 days."""
 
     kind = serializers.ChoiceField(choices=SecurityEventKind.choices)
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a declared field: the metaclass takes it off the class, Field.label is untouched
     severity = serializers.ChoiceField(choices=SecuritySeverity.choices)
     last_24h = serializers.IntegerField()
     last_7d = serializers.IntegerField()

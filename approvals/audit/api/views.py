@@ -6,6 +6,7 @@ Read-only for auditors and security officers; every other role gets 403, anonymo
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import QuerySet
@@ -16,6 +17,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -35,7 +37,7 @@ from approvals.audit.export import audit_export_write
 from approvals.audit.keys import AUDIT_SIGNATURE_ALGORITHM, audit_key_id, audit_public_key_pem
 from approvals.audit.models import DecisionRecord, SecurityEvent
 from approvals.audit.security_selectors import security_event_list, security_event_summary
-from ota_project.roles import Role
+from ota_project.roles import Role, acting_user
 from ota_project.serializers import ApiErrorSerializer
 
 AUDIT_READ_ROLES = (Role.AUDITOR, Role.SECURITY_OFFICER)
@@ -123,13 +125,14 @@ class _ExportNegotiation(BaseContentNegotiation):
     """The export answers with a ZIP, or with a JSON error, whatever `Accept` says; and its `?format=` names
     the records format, so DRF must not read it as a renderer override (that would answer 404)."""
 
-    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
-        return parsers[0] if parsers else None
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return next(iter(parsers), None)
 
     def select_renderer(
-        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
     ) -> tuple[BaseRenderer, str]:
-        return renderers[0], renderers[0].media_type
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
 
 
 class AuditExportView(APIView):
@@ -163,7 +166,7 @@ class AuditExportView(APIView):
         try:
             result = audit_export_write(
                 spool,
-                actor=request.user,
+                actor=acting_user(request),
                 fmt=params["format"],
                 from_seq=params.get("from_seq"),
                 to_seq=params.get("to_seq"),

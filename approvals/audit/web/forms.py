@@ -8,6 +8,7 @@ from typing import Any
 from django import forms
 
 from approvals.audit.web.selectors import audit_action_list, audit_object_type_list
+from ota_project.web.forms import form_field
 
 
 class RecordFilterForm(forms.Form):
@@ -28,8 +29,11 @@ class RecordFilterForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["action"].choices = [("", "Any action"), *((a, a) for a in audit_action_list())]  # type: ignore[attr-defined]
-        self.fields["object_type"].choices = [  # type: ignore[attr-defined]
+        form_field(self, "action", forms.ChoiceField).choices = [
+            ("", "Any action"),
+            *((a, a) for a in audit_action_list()),
+        ]
+        form_field(self, "object_type", forms.ChoiceField).choices = [
             ("", "Any object type"),
             *((t, t) for t in audit_object_type_list()),
         ]

@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 
+from ota_project.web.forms import form_field
 from rollouts.choices import DeploymentKind, DeploymentStatus
 
 
@@ -21,7 +22,7 @@ class DeploymentFilterForm(forms.Form):
 
     def __init__(self, *args: Any, waves: list[tuple[int, str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["wave"].choices = [  # type: ignore[attr-defined]
+        form_field(self, "wave", forms.ChoiceField).choices = [
             ("", "Any wave"),
             *((str(index), f"{index} — {name}") for index, name in waves or []),
         ]

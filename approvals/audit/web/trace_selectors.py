@@ -322,7 +322,7 @@ def vehicle_register(device: Device) -> VehicleRegister:
     """
     all_deployments = device.deployments.select_related(
         "release", "rollout__rollback_release", "rollout__release", "wave"
-    )  # type: ignore[attr-defined]
+    )
     total = all_deployments.count()
     deployments = list(all_deployments.order_by("-created_at", "-id")[:REGISTER_MAX_DEPLOYMENTS])
     deployments.reverse()
@@ -341,7 +341,7 @@ def vehicle_register(device: Device) -> VehicleRegister:
             if entry is not None:
                 entries.append(entry)
             continue
-        deployment: Deployment = payload
+        deployment = payload
         if what == "success":
             known = deployment.release.version
             continue

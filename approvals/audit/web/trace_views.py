@@ -12,7 +12,7 @@ from approvals.audit.web import trace_selectors
 from approvals.audit.web.trace_forms import DeploymentFilterForm, VehicleSearchForm
 from approvals.selectors import change_get_for_user
 from devices import selectors as device_selectors
-from ota_project.roles import Role, has_role
+from ota_project.roles import Role, acting_user, has_role
 from ota_project.web.access import role_required
 
 # Any role reads changes and deployments in the API (ota_project.permissions.HasAnyRole); the pages mirror it.
@@ -27,7 +27,7 @@ LOOKUP_CANDIDATES = 20
 @role_required(*READ_ROLES)
 def change_trace(request: HttpRequest, pk: int) -> HttpResponse:
     """The end-to-end trace of one change, in time order, each step with its decision record."""
-    change = change_get_for_user(request.user, pk)
+    change = change_get_for_user(acting_user(request), pk)
     trace = trace_selectors.change_trace(change)
     outcomes = None
     form = None

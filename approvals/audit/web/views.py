@@ -26,7 +26,7 @@ from approvals.audit.models import DecisionRecord
 from approvals.audit.security_selectors import security_event_list, security_event_summary
 from approvals.audit.web import selectors as audit_selectors
 from approvals.audit.web.forms import RecordFilterForm
-from ota_project.web.access import role_required
+from ota_project.web.access import HtmxHttpRequest, role_required
 
 PAGE_SIZE = 50
 CHAIN_STATUS_SESSION_KEY = "audit_chain_status"
@@ -123,11 +123,11 @@ def record_detail(request: HttpRequest, seq: int) -> HttpResponse:
 
 @require_POST
 @role_required(*AUDIT_READ_ROLES)
-def verify_chain(request: HttpRequest) -> HttpResponse:
+def verify_chain(request: HtmxHttpRequest) -> HttpResponse:
     """Walk the chain now; htmx gets the status fragment, a plain form post is redirected back (PRG)."""
     status = audit_selectors.audit_chain_status()
     request.session[CHAIN_STATUS_SESSION_KEY] = status.as_session()
-    if request.htmx:  # type: ignore[attr-defined]
+    if request.htmx:
         return render(request, "approvals/audit/_chain_status.html", {"chain": status})
     target = request.POST.get("next", "")
     if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):

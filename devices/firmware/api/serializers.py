@@ -19,6 +19,7 @@ from devices.firmware.validators import (
     SOURCE_REVISION_PATTERN,
     VERSION_MAX_LENGTH,
 )
+from devices.models import HardwareModel
 from ota_project.serializers import InputSerializer
 
 MAX_HARDWARE_MODELS = 100
@@ -78,7 +79,7 @@ class ReleaseCreateInputSerializer(InputSerializer):
     notes = serializers.CharField(max_length=NOTES_MAX_LENGTH, required=False, allow_blank=True, default="")
 
     def validate_file(self, value: Any) -> Any:
-        initial = getattr(self, "initial_data", None)
+        initial: Any = getattr(self, "initial_data", None)
         if hasattr(initial, "getlist") and len(initial.getlist("file")) > 1:
             raise serializers.ValidationError("Send exactly one file.")
         try:
@@ -98,7 +99,9 @@ class ReleaseArtifactSerializer(serializers.Serializer):
 class ReleaseOutputSerializer(serializers.ModelSerializer):
     """A firmware release as the API shows it."""
 
-    hardware_models = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    hardware_models: serializers.SlugRelatedField[HardwareModel] = serializers.SlugRelatedField(
+        many=True, read_only=True, slug_field="name"
+    )
     artifact = ReleaseArtifactSerializer(read_only=True)
     created_by = serializers.SerializerMethodField()
 

@@ -7,12 +7,13 @@ import os
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.http import FileResponse, HttpRequest
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, generics, status
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -31,7 +32,7 @@ from devices.firmware.uploads import (
     install_hashing_handler,
     received_from_upload,
 )
-from ota_project.roles import Role
+from ota_project.roles import Role, acting_user
 from ota_project.serializers import ApiErrorSerializer
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ReleaseListCreateView(generics.ListAPIView):
     parser_classes = [ArtifactMultiPartParser]
     upload_handler: HashingUploadHandler | None = None
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> QuerySet[FirmwareRelease]:
         return release_list()
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
@@ -62,7 +63,7 @@ class ReleaseListCreateView(generics.ListAPIView):
             self.upload_handler = install_hashing_handler(request)
         return super().initialize_request(request, *args, **kwargs)
 
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         # Runs on every outcome, including refusals before `post` (a session user's CSRF check parses the body
         # before the role check): delete every temp file of this request now, not when the server closes it.
         if self.upload_handler is not None:
@@ -103,7 +104,7 @@ class ReleaseListCreateView(generics.ListAPIView):
         received = received_from_upload(values["file"], max_bytes=settings.ARTIFACT_MAX_BYTES)
         try:
             release = release_create(
-                actor=request.user,
+                actor=acting_user(request),
                 version=values["version"],
                 release_counter=values["release_counter"],
                 hardware_models=values["hardware_models"],
@@ -138,7 +139,7 @@ class ReleaseArtifactView(APIView):
     # Errors are always JSON, even for `Accept: application/octet-stream`; the image itself bypasses renderers.
     renderer_classes = [JSONRenderer]
 
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
         return super().perform_content_negotiation(request, force=True)
 
     @extend_schema(

@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss, TransportError
@@ -127,7 +128,7 @@ class Command(BaseCommand):
             json.dump({**kept, **result}, file, indent=1)
         return result
 
-    def _operator(self, username: str | None) -> Any:
+    def _operator(self, username: str | None) -> User:
         users = get_user_model().objects.filter(is_active=True, groups__name=Role.OPERATOR)
         user = users.filter(username=username).first() if username else users.order_by("pk").first()
         if user is None:
