@@ -14,6 +14,7 @@ from approvals.audit.models import DecisionRecord
 from approvals.audit.verify import audit_bundle_verify
 from ota_project.roles import Role
 from tests.audit.chain import append_records, tamper
+from tests.support.html import find, visible_text
 from tests.web.helpers import page_client
 
 pytestmark = pytest.mark.django_db
@@ -176,9 +177,9 @@ def test_verify_chain_reports_where_it_is_broken(chain, auditor):
     client = page_client(auditor)
     client.post(VERIFY)
     body = client.get(RECORDS).content.decode()
-    assert "Broken at record #4" in body
-    assert "content does not match its hash" in body
-    assert 'class="error-state' in body
+    alert = visible_text(find(body, class_="error-state"))
+    assert "Broken at record #4" in alert
+    assert "content does not match its hash" in visible_text(body)
     assert reverse("web-audit:record", args=[4]) in body
 
 
