@@ -72,6 +72,9 @@ AUTO_PROMOTION_RECORD_PATCH = "auto-promotion-recorded"
 AUTO_PROMOTION_VERIFIED_PATCH = "auto-promotion-verified"
 # Every run (first, after continue-as-new, after a reset) projects its state first, idempotently.
 REPROJECT_ON_START_PATCH = "reproject-on-start"
+# A state change not yet projected (a resume accepted while the health check that passed the wave was in flight)
+# reaches the database before the automatic promotion, which the database refuses for a paused rollout.
+PROJECT_BEFORE_PROMOTION_PATCH = "project-before-promotion"
 # _watch_wave's result when a person promoted (Verdict.PASS: promoted automatically).
 _PROMOTED_BY_PERSON = "promoted_by_person"
 
@@ -223,6 +226,8 @@ class RolloutWorkflow:
             if verdict == Verdict.FAIL:
                 await self._fail(index, wave)
             if verdict == Verdict.PASS and self._patched(AUTO_PROMOTION_VERIFIED_PATCH):
+                if self._projection_key() != self._projected and self._patched(PROJECT_BEFORE_PROMOTION_PATCH):
+                    await self._project(self._message)
                 # The database re-checks the pass and records it once; only then may the next wave open.
                 await workflow.execute_activity(
                     Activity.WAVE_PROMOTE,

@@ -19,6 +19,7 @@ from workflows.types import (
     AuthorizeRequest,
     FinishRequest,
     HaltRequest,
+    Phase,
     PhaseChange,
     RollbackRef,
     WaveAssignment,
@@ -77,6 +78,10 @@ class FakeFleet:
     halts: list[HaltRequest] = field(default_factory=list)
     finishes: list[FinishRequest] = field(default_factory=list)
     promotions: list[int] = field(default_factory=list)  # waves promoted automatically (WAVE_PROMOTE)
+    # One health check (wave, check) waits for `health_release` after setting `health_held` (a slow database).
+    hold_health_check: tuple[int, int] | None = None
+    health_held: asyncio.Event = field(default_factory=asyncio.Event)
+    health_release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _health(self, script: HealthScript, check: int) -> WaveHealth:
         if callable(script):
@@ -110,6 +115,9 @@ class FakeFleet:
         check = self.health_checks.get(ref.wave_index, 0) + 1
         self.health_checks[ref.wave_index] = check
         self.calls.append((Activity.WAVE_HEALTH, (ref.wave_index, check)))
+        if self.hold_health_check == (ref.wave_index, check):
+            self.health_held.set()
+            await self.health_release.wait()
         return self._health(self.waves[ref.wave_index], check)
 
     @activity.defn(name=Activity.ROLLOUT_PHASE)
@@ -161,6 +169,10 @@ class FakeFleet:
     @activity.defn(name=Activity.WAVE_PROMOTE)
     async def wave_promote(self, ref: WaveRef) -> bool:
         self.calls.append((Activity.WAVE_PROMOTE, ref.wave_index))
+        # Like the database (rollouts.rollout_services.waves.wave_promote): no automatic promotion of a rollout
+        # whose projected phase is paused.
+        if self.phases and self.phases[-1].phase == Phase.PAUSED:
+            raise ApplicationError("A paused rollout is not promoted.", type="DomainError", non_retryable=True)
         self.promotions.append(ref.wave_index)
         return True
 

@@ -258,6 +258,29 @@ async def test_pause_stops_the_next_assignment_and_resume_continues(time_env):
     assert [p.phase for p in fleet.phases][:4] == [Phase.SCHEDULED, Phase.RUNNING, Phase.PAUSED, Phase.RUNNING]
 
 
+async def test_a_resume_during_a_health_check_reaches_the_database_before_the_promotion(time_env):
+    """The database refuses to promote a paused rollout: a resume accepted while the health check that passes the
+    wave is in flight must be projected before the promotion step, or the rollout would halt for nothing."""
+    fleet = FakeFleet(waves=[finishing(10, ticks=3), finishing(100, ticks=1)], hold_health_check=(0, 3))
+    plan = [wave("pilot", soak=60), wave("fleet", soak=60)]
+    async with fleet_worker(time_env.client, fleet) as task_queue:
+        handle = await start(time_env.client, rollout_input(plan), task_queue)
+        await wait_for(time_env, handle, lambda s: s.phase == Phase.RUNNING, step_seconds=1)
+        await update(handle, Update.PAUSE, operator(reason="shift change"))
+        await wait_for(time_env, handle, lambda s: fleet.phases[-1].phase == Phase.PAUSED, step_seconds=1)
+        while not fleet.health_held.is_set():  # the check that will find the pilot passed starts, and waits
+            await time_env.sleep(30)
+        await update(handle, Update.RESUME, operator(reason="back"))
+        fleet.health_release.set()
+        result = await handle.result()
+
+    assert result.phase == Phase.COMPLETED
+    assert fleet.promotions == [0, 1] and not fleet.halts
+    promote = fleet.calls.index((Activity.WAVE_PROMOTE, 0))
+    last_projection = max(i for i, (name, _) in enumerate(fleet.calls[:promote]) if name == Activity.ROLLOUT_PHASE)
+    assert fleet.calls[last_projection][1][0] == Phase.RUNNING
+
+
 async def test_pause_during_a_window_wait_holds_the_assignment(time_env):
     fleet = FakeFleet(waves=[finishing(10, ticks=1), finishing(100, ticks=1)], window_waits={1: [3600, 0]})
     plan = [wave("pilot", soak=60), wave("fleet", soak=60)]
