@@ -103,8 +103,8 @@ _HEARTBEAT = timedelta(seconds=10)
 _QUERY = timedelta(minutes=2)  # aggregate counts over a wave's deployments (heartbeating)
 _BULK = timedelta(minutes=10)  # bulk writes over up to ~100k deployment rows (heartbeating)
 
-_END_ABORT = "abort"
-_END_ROLLBACK = "rollback"
+_END_ABORT = Update.ABORT
+_END_ROLLBACK = Update.ROLLBACK
 _STUCK = "stuck"
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from rollouts.choices import DeploymentStatus
 from rollouts.deployment_services import Report, deployment_report
 from rollouts.models import Deployment
 
-HAPPY = ("downloading", "downloaded", "installing", "rebooting", "confirming", "succeeded")
-FAIL_BOOT = ("downloading", "downloaded", "installing", "rebooting", "rolled_back")
+_S = DeploymentStatus
+HAPPY = (_S.DOWNLOADING, _S.DOWNLOADED, _S.INSTALLING, _S.REBOOTING, _S.CONFIRMING, _S.SUCCEEDED)
+FAIL_BOOT = (_S.DOWNLOADING, _S.DOWNLOADED, _S.INSTALLING, _S.REBOOTING, _S.ROLLED_BACK)
 
 
 class _Outcome(TypedDict, total=False):
