@@ -33,6 +33,15 @@ TIME_ZONE_RE = re.compile(r"^[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*\Z")
 SLOT_NAME_RE = re.compile(r"^[a-z0-9_]{1,16}\Z")
 PARTITION_SCHEMES = ("ab", "single")
 MAX_SLOT_SIZE_BYTES = 2**62
+# Anti-rollback counters and boot counts: a PositiveIntegerField is a 32-bit signed column on PostgreSQL.
+MAX_RELEASE_COUNTER = 2**31 - 1
+MAX_TAGS = 50
+# Region budgets are counts per window or streams at once; 0 means "no limit", None "the global default".
+MAX_BUDGET = 10_000_000
+# What a device reports at check-in: its active slot and a small health summary.
+SLOT_NAMES = ("a", "b")
+MAX_HEALTH_ENTRIES = 16
+MAX_HEALTH_NAME = 32
 
 
 def validate_semver(value: str) -> None:
