@@ -13,6 +13,7 @@ from django.http import HttpRequest
 
 from devices import services
 from devices.models import Device, HardwareModel, Region, Tag
+from devices.validators import validate_partition_layout, validate_time_zone, validate_validation_checks
 from ota_project.errors import DomainError
 from ota_project.roles import Role, has_role
 
@@ -29,7 +30,19 @@ def _form_errors(form: forms.ModelForm, error: DomainError) -> None:
 
 
 class ServiceModelForm(forms.ModelForm):
-    """A model form whose clean() asks the service instead of the model (services hold the rules)."""
+    """A model form whose clean() asks the service instead of the model (services hold the rules).
+
+    The form parses what a model field cannot say about its value with the same validators as the API
+    (devices.validators), so the messages are the API's; the service parses again and adds its rules.
+    """
+
+    field_validators: dict[str, Any] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, validator in self.field_validators.items():
+            if name in self.fields:
+                self.fields[name].validators.append(validator)
 
     def service_call(self) -> Any:
         raise NotImplementedError
@@ -50,6 +63,11 @@ class ServiceModelForm(forms.ModelForm):
 
 
 class HardwareModelForm(ServiceModelForm):
+    field_validators = {
+        "validation_checks": validate_validation_checks,
+        "partition_layout": validate_partition_layout,
+    }
+
     class Meta:
         model = HardwareModel
         fields = [
@@ -75,6 +93,8 @@ BUDGET_FIELDS = ["poll_interval_seconds", "max_checkins_per_window", "max_concur
 
 
 class RegionForm(ServiceModelForm):
+    field_validators = {"time_zone": validate_time_zone}
+
     class Meta:
         model = Region
         fields = ["code", "name", "time_zone", *BUDGET_FIELDS]
