@@ -13,7 +13,12 @@ from django.http import HttpRequest
 
 from devices import services
 from devices.models import Device, HardwareModel, Region, Tag
-from devices.validators import validate_partition_layout, validate_time_zone, validate_validation_checks
+from devices.validators import (
+    MAX_REASON_LENGTH,
+    validate_partition_layout,
+    validate_time_zone,
+    validate_validation_checks,
+)
 from ota_project.errors import DomainError
 from ota_project.roles import Role, has_role
 
@@ -165,7 +170,10 @@ class TagAdmin(admin.ModelAdmin):
 
 class DeviceActionForm(ActionForm):
     reason = forms.CharField(
-        required=False, max_length=2000, help_text="Required to quarantine.", widget=forms.TextInput({"size": 40})
+        required=False,
+        max_length=MAX_REASON_LENGTH,
+        help_text="Required to quarantine.",
+        widget=forms.TextInput({"size": 40}),
     )
 
 

@@ -26,7 +26,7 @@ from devices.inputs import (
     parse,
 )
 from devices.models import Device, HardwareModel, Region, Tag
-from devices.validators import validate_text
+from devices.validators import validate_reason
 from ota_project.errors import Conflict, InvalidInput
 
 Actor = AbstractBaseUser | None
@@ -88,12 +88,14 @@ def _raise_if(errors: dict[str, list[str]], message: str) -> None:
         raise InvalidInput(message, fields=errors)
 
 
-def _clean_reason(reason: str) -> str:
+def reason_clean(reason: str | None) -> str:
+    """The reason stripped; InvalidInput (fields.reason) when it is too long or not storable text."""
     reason = (reason or "").strip()
     try:
-        validate_text(reason)
+        validate_reason(reason)
     except ValidationError as exc:
-        raise InvalidInput("The reason is not valid text.", fields={"reason": list(exc.messages)}) from None
+        message = "The reason is too long." if exc.code == "max_length" else "The reason is not valid text."
+        raise InvalidInput(message, fields={"reason": list(exc.messages)}) from None
     return reason
 
 
@@ -232,7 +234,7 @@ def hardware_model_update(
     *, actor: Actor, hardware_model: HardwareModel, changes: HardwareModelChanges, reason: str = ""
 ) -> HardwareModel:
     """Change a hardware model's description, channel, signing scheme, checks or layout; the name is immutable."""
-    reason = _clean_reason(reason)
+    reason = reason_clean(reason)
     values = parse(HardwareModelChangesInput, changes, message="The hardware model change is invalid.")
     _update_recorded(
         actor=actor,
@@ -344,7 +346,7 @@ def region_update(*, actor: Actor, region: Region, changes: RegionChanges, reaso
     The code and time zone never change (maintenance windows already computed depend on them); every change is
     recorded with its before and after values.
     """
-    reason = _clean_reason(reason)
+    reason = reason_clean(reason)
     values = parse(RegionChangesInput, changes, message="The region change is invalid.")
     _update_recorded(
         actor=actor,
@@ -432,7 +434,7 @@ def device_create(
 @transaction.atomic
 def device_update(*, actor: Actor, device: Device, changes: DeviceChanges, reason: str = "") -> Device:
     """Correct a device's inventory fields (not its serial, not its status); records what changed."""
-    reason = _clean_reason(reason)
+    reason = reason_clean(reason)
     for key in ("serial", "status", "status_reason"):
         if key in changes:
             raise InvalidInput(
@@ -478,7 +480,7 @@ def device_set_status(*, actor: Actor, device: Device, status: str, reason: str 
     """
     if status not in DeviceStatus.values:
         raise InvalidInput(f'"{status}" is not a device status.', fields={"status": ["Unknown status."]})
-    reason = _clean_reason(reason)
+    reason = reason_clean(reason)
     verb = STATUS_ACTIONS[status]
     if status in REASON_REQUIRED and not reason:
         raise InvalidInput(f"A reason is required to {verb} a device.", fields={"reason": ["This field is required."]})

@@ -42,6 +42,8 @@ MAX_BUDGET = 10_000_000
 SLOT_NAMES = ("a", "b")
 MAX_HEALTH_ENTRIES = 16
 MAX_HEALTH_NAME = 32
+# The reason a person gives for a decision (status moves, changes, credential revocations).
+MAX_REASON_LENGTH = 2000
 
 
 def validate_semver(value: str) -> None:
@@ -151,6 +153,13 @@ def validate_partition_layout(value: Any) -> None:
             raise ValidationError("Slot names are 1-16 of a-z, 0-9 and '_'.", code="invalid_slots")
         if len(set(slots)) != len(slots):
             raise ValidationError("Slot names must differ.", code="invalid_slots")
+
+
+def validate_reason(value: str) -> None:
+    """Raise ValidationError unless value is a storable reason of at most MAX_REASON_LENGTH characters."""
+    if len(value) > MAX_REASON_LENGTH:
+        raise ValidationError(f"At most {MAX_REASON_LENGTH} characters.", code="max_length")
+    validate_text(value)
 
 
 def validate_text(value: str) -> None:

@@ -21,6 +21,7 @@ from devices.inputs import (
 )
 from devices.models import Device, HardwareModel, Region
 from devices.selectors import device_is_offline
+from devices.validators import MAX_REASON_LENGTH
 from ota_project.serializers import InputSerializer
 
 FileFormatField = choice_field(*FORMATS)
@@ -65,7 +66,7 @@ class HardwareModelCreateInputSerializer(HardwareModelInput):
 class HardwareModelUpdateInputSerializer(HardwareModelChangesInput):
     """What may change on a hardware model, and why."""
 
-    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH, required=False, allow_blank=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ class RegionSerializer(serializers.ModelSerializer):
 class RegionUpdateInputSerializer(RegionChangesInput):
     """A region's name and device load budget; null means "the global default", 0 (budgets) "no limit"."""
 
-    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH, required=False, allow_blank=True)
 
 
 class RegionCreateInputSerializer(RegionInput):
@@ -161,7 +162,7 @@ class DeviceCreateInputSerializer(DeviceInput):
 class DeviceUpdateInputSerializer(DeviceChangesInput):
     """Inventory corrections (use with partial=True); serial and status cannot change here."""
 
-    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH, required=False, allow_blank=True)
 
 
 class DeviceVersionSerializer(serializers.Serializer):

@@ -7,9 +7,8 @@ from typing import Any
 from django import forms
 
 from devices.choices import DeviceStatus
+from devices.validators import MAX_REASON_LENGTH
 from devices.web.selectors import inventory_filter_options
-
-MAX_REASON_LENGTH = 2000
 
 
 class InventoryFilterForm(forms.Form):

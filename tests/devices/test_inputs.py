@@ -173,3 +173,15 @@ def test_identifier_holders_names_the_device_holding_each_value():
     }
     with pytest.raises(ValueError):
         services.identifier_holders("vehicle_type", ["bus"])
+
+
+@pytest.mark.parametrize(("reason", "message"), [("x" * 2001, "At most 2000 characters."), ("nul\x00", None)])
+def test_a_reason_the_api_would_refuse_is_refused_by_the_service_too(operator, reason, message):
+    device = DeviceFactory()
+    with pytest.raises(InvalidInput) as refused:
+        services.device_quarantine(actor=operator, device=device, reason=reason)
+    assert list(refused.value.fields) == ["reason"]
+    if message:
+        assert refused.value.fields["reason"] == [message]
+    device.refresh_from_db()
+    assert device.status == "active" and not DecisionRecord.objects.exists()
