@@ -9,7 +9,7 @@ field errors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from django.core.validators import ProhibitNullCharactersValidator
@@ -121,7 +121,7 @@ class DistinctListField(serializers.ListField):
         return list(dict.fromkeys(super().to_internal_value(data)))
 
 
-def choice_field(*choices: str) -> type[serializers.ChoiceField]:
+def choice_field(*choices: str) -> Callable[..., serializers.ChoiceField]:
     """A ChoiceField documented as a string pattern rather than an enum.
 
     drf-spectacular names enum components after the field ("format", "mode", "scheme"); other apps have
