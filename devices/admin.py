@@ -13,6 +13,12 @@ from django.http import HttpRequest
 
 from devices import services
 from devices.models import Device, HardwareModel, Region, Tag
+from devices.validators import (
+    MAX_REASON_LENGTH,
+    validate_partition_layout,
+    validate_time_zone,
+    validate_validation_checks,
+)
 from ota_project.errors import DomainError
 from ota_project.roles import Role, acting_user, has_role
 
@@ -29,7 +35,19 @@ def _form_errors(form: forms.ModelForm, error: DomainError) -> None:
 
 
 class ServiceModelForm(forms.ModelForm):
-    """A model form whose clean() asks the service instead of the model (services hold the rules)."""
+    """A model form whose clean() asks the service instead of the model (services hold the rules).
+
+    The form parses what a model field cannot say about its value with the same validators as the API
+    (devices.validators), so the messages are the API's; the service parses again and adds its rules.
+    """
+
+    field_validators: dict[str, Any] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, validator in self.field_validators.items():
+            if name in self.fields:
+                self.fields[name].validators.append(validator)
 
     request: HttpRequest  # set on the class by ServiceAdmin.get_form
 
@@ -52,6 +70,11 @@ class ServiceModelForm(forms.ModelForm):
 
 
 class HardwareModelForm(ServiceModelForm):
+    field_validators = {
+        "validation_checks": validate_validation_checks,
+        "partition_layout": validate_partition_layout,
+    }
+
     class Meta:
         model = HardwareModel
         fields = [
@@ -79,6 +102,8 @@ BUDGET_FIELDS = ["poll_interval_seconds", "max_checkins_per_window", "max_concur
 
 
 class RegionForm(ServiceModelForm):
+    field_validators = {"time_zone": validate_time_zone}
+
     class Meta:
         model = Region
         fields = ["code", "name", "time_zone", *BUDGET_FIELDS]
@@ -152,7 +177,10 @@ class TagAdmin(admin.ModelAdmin):
 
 class DeviceActionForm(ActionForm):
     reason = forms.CharField(
-        required=False, max_length=2000, help_text="Required to quarantine.", widget=forms.TextInput({"size": 40})
+        required=False,
+        max_length=MAX_REASON_LENGTH,
+        help_text="Required to quarantine.",
+        widget=forms.TextInput({"size": 40}),
     )
 
 

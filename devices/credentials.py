@@ -10,7 +10,6 @@ import logging
 import secrets
 
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -18,14 +17,13 @@ from approvals.audit.records import record_decision
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceCredential
-from devices.validators import validate_text
+from devices.services import reason_clean
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.roles import Role, has_role
 
 security_log = logging.getLogger("ota.security")
 
 SECRET_BYTES = 32
-MAX_REASON_LENGTH = 2000
 # Who may cut a device off: the people who run the fleet and the one who answers for its security.
 REVOKE_ROLES = (Role.OPERATOR, Role.SECURITY_OFFICER)
 # Devices that can never authenticate again get no new credential either.
@@ -91,17 +89,11 @@ def device_credential_revoke(*, actor: User, device: Device, reason: str) -> Dev
     """
     if not has_role(actor, *REVOKE_ROLES):
         raise _refused(actor, device, "revoke", "Only operators and security officers revoke device credentials.")
-    reason = (reason or "").strip()
+    reason = reason_clean(reason)
     if not reason:
         raise InvalidInput(
             "A reason is required to revoke a credential.", fields={"reason": ["This field is required."]}
         )
-    if len(reason) > MAX_REASON_LENGTH:
-        raise InvalidInput("The reason is too long.", fields={"reason": [f"At most {MAX_REASON_LENGTH} characters."]})
-    try:
-        validate_text(reason)
-    except ValidationError as exc:
-        raise InvalidInput("The reason is not valid text.", fields={"reason": list(exc.messages)}) from None
     credential = DeviceCredential.objects.select_for_update().filter(device=device).first()
     if credential is None or credential.revoked_at is not None:
         raise Conflict("The device has no active credential to revoke.", code="no_active_credential")

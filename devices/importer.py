@@ -9,30 +9,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import Any
 
 from django.contrib.auth.models import User
-from django.core.validators import ProhibitNullCharactersValidator
 from django.db import IntegrityError, transaction
 from rest_framework import serializers
-from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from approvals.audit.records import canonical_json, record_decision
-from devices.choices import DeviceStatus, NetworkCapability, UsageProfile, VehicleType
+from devices.choices import DeviceStatus
+from devices.inputs import DeviceInput, error_messages
 from devices.models import Device, HardwareModel, Region
-from devices.services import MAX_RELEASE_COUNTER, MAX_TAGS, tags_get_or_create
-from devices.validators import (
-    validate_certificate_fingerprint,
-    validate_semver,
-    validate_serial,
-    validate_vin,
-)
+from devices.services import identifier_holders, tags_get_or_create
 from ota_project.errors import Conflict, InvalidInput
 from ota_project.parsers import JSONBodyError, json_loads_strict
-from ota_project.serializers import InputSerializer
 
 # Limits do not depend on settings so that every entry point (API, command) refuses the same files.
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
@@ -65,93 +57,6 @@ UPSERT_FIELDS = (
     "installed_release_counter",
     "certificate_fingerprint",
 )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The row serializer (also the body of POST /api/v1/devices/)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class NaturalKeyField(serializers.CharField):
-    """A related object named by its natural key (hardware model name, region code).
-
-    Looks names up in `context[cache]` when the caller preloaded them (the importer does, once per file),
-    else asks the database.
-    """
-
-    default_error_messages = {"does_not_exist": 'Unknown {what} "{value}".'}
-
-    def __init__(self, *, model: type[HardwareModel] | type[Region], key: str, cache: str, **kwargs: Any) -> None:
-        self.model, self.key, self.cache = model, key, cache
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data: Any) -> Any:
-        value = super().to_internal_value(data)
-        # The CharField validators (length, NUL, surrogates) apply to the name, not to the object it names.
-        serializers.CharField.run_validators(self, value)
-        cache = self.context.get(self.cache)
-        found = cache.get(value) if cache is not None else self.model.objects.filter(**{self.key: value}).first()
-        if found is None:
-            self.fail("does_not_exist", what=self.model._meta.verbose_name, value=value)
-        return found
-
-    def run_validators(self, value: Any) -> None:
-        """Nothing left to check: to_internal_value validated the name before looking it up."""
-
-    def to_representation(self, value: Any) -> str:
-        return getattr(value, self.key, value)
-
-
-class PatternField(serializers.CharField):
-    """A CharField whose validators include an ASCII-only pattern.
-
-    The pattern already refuses NUL and surrogate characters, so DRF's per-character checks for them (a real
-    cost over 200,000 import rows) are dropped.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.validators = [
-            v
-            for v in self.validators
-            if not isinstance(v, ProhibitNullCharactersValidator | ProhibitSurrogateCharactersValidator)
-        ]
-
-
-class UpperCaseCharField(PatternField):
-    """A CharField that upper-cases its input before the validators run (VINs)."""
-
-    def to_internal_value(self, data: Any) -> str:
-        return super().to_internal_value(data).upper()
-
-
-class LowerCaseCharField(PatternField):
-    """A CharField that lower-cases its input before the validators run (hex fingerprints)."""
-
-    def to_internal_value(self, data: Any) -> str:
-        return super().to_internal_value(data).lower()
-
-
-class DeviceRowSerializer(InputSerializer):
-    """One device as imported or created: shape, patterns, and hardware model and region looked up by name."""
-
-    serial = PatternField(max_length=64, validators=[validate_serial])
-    vin = UpperCaseCharField(
-        max_length=17, required=False, allow_null=True, allow_blank=True, validators=[validate_vin]
-    )
-    hardware_model = NaturalKeyField(model=HardwareModel, key="name", cache="hardware_models", max_length=64)
-    region = NaturalKeyField(model=Region, key="code", cache="regions", max_length=32)
-    vehicle_type = serializers.ChoiceField(choices=VehicleType.choices)
-    usage_profile = serializers.ChoiceField(choices=UsageProfile.choices, default=UsageProfile.MIXED)
-    tags = serializers.ListField(child=serializers.SlugField(max_length=64), max_length=MAX_TAGS, default=list)
-    network_capabilities = serializers.ListField(
-        child=serializers.ChoiceField(choices=NetworkCapability.choices), max_length=10, default=list
-    )
-    installed_version = PatternField(max_length=64, validators=[validate_semver])
-    installed_release_counter = serializers.IntegerField(min_value=0, max_value=MAX_RELEASE_COUNTER, default=0)
-    certificate_fingerprint = LowerCaseCharField(
-        max_length=64, required=False, allow_null=True, allow_blank=True, validators=[validate_certificate_fingerprint]
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,35 +216,9 @@ def parse_rows(data: bytes, file_format: str) -> list[tuple[int, Any]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _flatten(detail: Any, field_name: str) -> Iterator[tuple[str, str]]:
-    if isinstance(detail, dict):
-        for key, value in detail.items():
-            if isinstance(key, int):
-                for name, message in _flatten(value, field_name):
-                    yield name, f"item {key + 1}: {message}"
-            else:
-                yield from _flatten(value, str(key) if field_name == "row" else field_name)
-    elif isinstance(detail, list):
-        for item in detail:
-            yield from _flatten(item, field_name)
-    else:
-        yield field_name, str(detail)
-
-
-T = TypeVar("T")
-
-
-def _chunks(values: list[T]) -> Iterator[list[T]]:
+def _chunks(values: list[int]) -> Iterator[list[int]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
-
-
-def _existing(column: str, values: Iterable[str]) -> dict[str, str]:
-    """{value: serial of the device holding it} for values of a unique column already in the inventory."""
-    found: dict[str, str] = {}
-    for chunk in _chunks(sorted(set(values))):
-        found.update(Device.objects.filter(**{f"{column}__in": chunk}).values_list(column, "serial"))
-    return found
 
 
 def validate_rows(
@@ -347,9 +226,11 @@ def validate_rows(
 ) -> tuple[list[dict[str, Any]], set[str]]:
     """Check every row (shape, lookups, duplicates in the file, collisions with the inventory); errors go to report.
 
+    The shape of a row is devices.inputs.DeviceInput, the body of POST /api/v1/devices/.
+
     Returns the valid rows and the serials among them that are already in the inventory.
     """
-    serializer = DeviceRowSerializer(
+    serializer = DeviceInput(
         context={
             "hardware_models": {hm.name: hm for hm in HardwareModel.objects.all()},
             "regions": {region.code: region for region in Region.objects.all()},
@@ -368,7 +249,7 @@ def validate_rows(
         try:
             data = serializer.run_validation(row)
         except serializers.ValidationError as exc:
-            for name, message in _flatten(exc.detail, "row"):
+            for name, message in error_messages(exc.detail):
                 report.add_error(number, name, message)
             continue
         duplicate = False
@@ -389,12 +270,9 @@ def validate_rows(
 
 
 def _check_inventory(rows: list[dict[str, Any]], *, mode: str, report: ImportReport) -> set[str]:
-    serials = _existing("serial", (row["serial"] for row in rows))
-    vins = _existing("vin", (row["vin"] for row in rows if row.get("vin")))
-    fingerprints = _existing(
-        "certificate_fingerprint",
-        (row["certificate_fingerprint"] for row in rows if row.get("certificate_fingerprint")),
-    )
+    serials = identifier_holders("serial", (row["serial"] for row in rows))
+    vins = identifier_holders("vin", (row.get("vin") for row in rows))
+    fingerprints = identifier_holders("certificate_fingerprint", (row.get("certificate_fingerprint") for row in rows))
     for row in rows:
         number = row["_row"]
         if row["serial"] in serials and mode == "create":
@@ -416,7 +294,6 @@ def _write(rows: list[dict[str, Any]], *, mode: str, existing: set[str], report:
     devices = []
     for row in rows:
         values: dict[str, Any] = {name: row.get(name) for name in UPSERT_FIELDS}
-        values["network_capabilities"] = list(dict.fromkeys(values["network_capabilities"]))
         values["vin"] = values["vin"] or None
         values["certificate_fingerprint"] = values["certificate_fingerprint"] or None
         devices.append(Device(serial=row["serial"], status=DeviceStatus.ACTIVE, **values))
@@ -434,7 +311,7 @@ def _write(rows: list[dict[str, Any]], *, mode: str, existing: set[str], report:
     through = Device.tags.through
     for chunk in _chunks([device.pk for device in devices if device.serial in existing]):
         through.objects.filter(device_id__in=chunk).delete()
-    tag_names = {row["serial"]: sorted(set(row["tags"])) for row in rows}
+    tag_names = {row["serial"]: sorted(row["tags"]) for row in rows}
     through.objects.bulk_create(
         [through(device_id=device.pk, tag_id=tags[name]) for device in devices for name in tag_names[device.serial]],
         batch_size=5000,

@@ -8,41 +8,29 @@ from typing import Any, TypedDict, TypeVar
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.db.models import Model, Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from approvals.audit.records import record_decision
-from devices.choices import (
-    DEVICE_TRANSITIONS,
-    DeviceStatus,
-    SigningScheme,
-    UpdateChannel,
-    UsageProfile,
-    VehicleType,
+from devices.choices import DEVICE_TRANSITIONS, DeviceStatus, SigningScheme, UpdateChannel, UsageProfile
+from devices.inputs import (
+    DeviceChangesInput,
+    DeviceInput,
+    DeviceReportInput,
+    HardwareModelChangesInput,
+    HardwareModelInput,
+    RegionChangesInput,
+    RegionInput,
+    parse,
 )
-from devices.models import MAX_POLL_SECONDS, MIN_POLL_SECONDS, Device, HardwareModel, Region, Tag
-from devices.validators import (
-    validate_certificate_fingerprint,
-    validate_network_capabilities,
-    validate_partition_layout,
-    validate_semver,
-    validate_serial,
-    validate_text,
-    validate_time_zone,
-    validate_validation_checks,
-    validate_vin,
-)
+from devices.models import Device, HardwareModel, Region, Tag
+from devices.validators import validate_reason
 from ota_project.errors import Conflict, InvalidInput
 
 Actor = User | None
 ModelT = TypeVar("ModelT", bound=Model)
-
-# PositiveIntegerField is a 32-bit signed column on PostgreSQL.
-MAX_RELEASE_COUNTER = 2**31 - 1
-MAX_TAGS = 50
 
 # Status a device moves to -> the verb recorded for the move.
 STATUS_ACTIONS: dict[str, str] = {
@@ -91,131 +79,8 @@ class DeviceChanges(TypedDict, total=False):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Validation shared by the services (and by the importer, which validates rows before any write)
+# Input: parsed with the boundary's own shapes (devices.inputs), so a direct call is refused like an API call
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _text_check(max_length: int) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        if not isinstance(value, str) or not value.strip():
-            raise ValidationError("This field may not be blank.")
-        if len(value) > max_length:
-            raise ValidationError(f"Ensure this field has no more than {max_length} characters.")
-        validate_text(value)
-
-    return check
-
-
-def _choice_check(choices: Iterable[str]) -> Callable[[Any], None]:
-    allowed = list(choices)
-
-    def check(value: Any) -> None:
-        if value not in allowed:
-            raise ValidationError(f'"{value}" is not a valid choice. Allowed: {", ".join(allowed)}.')
-
-    return check
-
-
-def _slug_check(max_length: int) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        if not isinstance(value, str) or not value or len(value) > max_length:
-            raise ValidationError(f"Enter 1-{max_length} letters, digits, '-' or '_'.")
-        validate_slug(value)
-
-    return check
-
-
-def _optional(check: Callable[[Any], None]) -> Callable[[Any], None]:
-    def wrapped(value: Any) -> None:
-        if value is not None:
-            check(value)
-
-    return wrapped
-
-
-def _release_counter_check(value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RELEASE_COUNTER:
-        raise ValidationError(f"Enter a whole number from 0 to {MAX_RELEASE_COUNTER}.")
-
-
-def _tags_check(value: Any) -> None:
-    if not isinstance(value, list | tuple) or len(value) > MAX_TAGS:
-        raise ValidationError(f"Must be a list of at most {MAX_TAGS} tag names.")
-    for name in value:
-        _slug_check(64)(name)
-
-
-def _instance_check(model: type[Model]) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        if not isinstance(value, model) or value.pk is None:
-            raise ValidationError(f"Must be an existing {model._meta.verbose_name}.")
-
-    return check
-
-
-HARDWARE_MODEL_CHECKS: dict[str, Callable[[Any], None]] = {
-    "name": _slug_check(64),
-    "family": _text_check(64),
-    "revision": _text_check(32),
-    "update_channel": _choice_check(UpdateChannel.values),
-    "signing_scheme": _choice_check(SigningScheme.values),
-    "validation_checks": validate_validation_checks,
-    "partition_layout": validate_partition_layout,
-}
-
-
-def _whole_number_check(low: int, high: int) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ValidationError(f"Enter a whole number from {low} to {high}.")
-
-    return check
-
-
-# Budgets are counts per window or streams at once; 0 means "no limit", None "the global default".
-MAX_BUDGET = 10_000_000
-
-# What may change after creation (RegionChanges): the name and the device load budget.
-REGION_CHANGE_CHECKS: dict[str, Callable[[Any], None]] = {
-    "name": _text_check(100),
-    "poll_interval_seconds": _optional(_whole_number_check(MIN_POLL_SECONDS, MAX_POLL_SECONDS)),
-    "max_checkins_per_window": _optional(_whole_number_check(0, MAX_BUDGET)),
-    "max_concurrent_downloads": _optional(_whole_number_check(0, MAX_BUDGET)),
-}
-REGION_CHECKS: dict[str, Callable[[Any], None]] = {
-    "code": _slug_check(32),
-    "time_zone": validate_time_zone,
-    **REGION_CHANGE_CHECKS,
-}
-
-DEVICE_CHECKS: dict[str, Callable[[Any], None]] = {
-    "serial": validate_serial,
-    "vin": _optional(validate_vin),
-    "hardware_model": _instance_check(HardwareModel),
-    "region": _instance_check(Region),
-    "vehicle_type": _choice_check(VehicleType.values),
-    "usage_profile": _choice_check(UsageProfile.values),
-    "tags": _tags_check,
-    "network_capabilities": validate_network_capabilities,
-    "installed_version": validate_semver,
-    "installed_release_counter": _release_counter_check,
-    "certificate_fingerprint": _optional(validate_certificate_fingerprint),
-}
-
-
-def field_errors(values: Mapping[str, Any], checks: Mapping[str, Callable[[Any], None]]) -> dict[str, list[str]]:
-    """Run the check for every given field; return {field: [messages]} for those that fail (empty when valid)."""
-    errors: dict[str, list[str]] = {}
-    for name, value in values.items():
-        check = checks.get(name)
-        if check is None:
-            errors[name] = ["This field cannot be set here."]
-            continue
-        try:
-            check(value)
-        except ValidationError as exc:
-            errors[name] = list(exc.messages)
-    return errors
 
 
 def _raise_if(errors: dict[str, list[str]], message: str) -> None:
@@ -223,42 +88,58 @@ def _raise_if(errors: dict[str, list[str]], message: str) -> None:
         raise InvalidInput(message, fields=errors)
 
 
-def _clean_reason(reason: str) -> str:
+def reason_clean(reason: str | None) -> str:
+    """The reason stripped; InvalidInput (fields.reason) when it is too long or not storable text."""
     reason = (reason or "").strip()
     try:
-        validate_text(reason)
+        validate_reason(reason)
     except ValidationError as exc:
-        raise InvalidInput("The reason is not valid text.", fields={"reason": list(exc.messages)}) from None
+        message = "The reason is too long." if exc.code == "max_length" else "The reason is not valid text."
+        raise InvalidInput(message, fields={"reason": list(exc.messages)}) from None
     return reason
 
 
-def _device_uniqueness_errors(
-    *, serial: str | None, vin: str | None, fingerprint: str | None, exclude_pk: int | None
-) -> dict[str, list[str]]:
-    others = Device.objects.all() if exclude_pk is None else Device.objects.exclude(pk=exclude_pk)
-    errors: dict[str, list[str]] = {}
-    if serial is not None and others.filter(serial=serial).exists():
-        errors["serial"] = ["A device with this serial already exists."]
-    if vin and others.filter(vin=vin).exists():
-        errors["vin"] = ["Another device already has this VIN."]
-    if fingerprint and others.filter(certificate_fingerprint=fingerprint).exists():
-        errors["certificate_fingerprint"] = ["Another device already has this certificate fingerprint."]
-    return errors
-
-
-def _normalize_device_values(values: dict[str, Any]) -> dict[str, Any]:
+def _none_if_blank(values: dict[str, Any]) -> dict[str, Any]:
     # Empty strings mean "none" for the optional unique identifiers (NULLs do not collide in a unique index).
     for key in ("vin", "certificate_fingerprint"):
-        if key in values and values[key] == "":
+        if values.get(key) == "":
             values[key] = None
-    if isinstance(values.get("vin"), str):
-        values["vin"] = values["vin"].upper()
-    if isinstance(values.get("certificate_fingerprint"), str):
-        values["certificate_fingerprint"] = values["certificate_fingerprint"].lower()
-    for key in ("tags", "network_capabilities"):
-        if isinstance(values.get(key), list | tuple):
-            values[key] = list(dict.fromkeys(values[key]))
     return values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The uniqueness of device identifiers (one query, used by the device services and the importer)
+# ---------------------------------------------------------------------------------------------------------------
+
+UNIQUE_IDENTIFIERS = ("serial", "vin", "certificate_fingerprint")
+_HOLDER_CHUNK = 5000
+
+
+def identifier_holders(column: str, values: Iterable[str | None]) -> dict[str, str]:
+    """{value: serial of the device holding it} for the values of a unique identifier already in the inventory."""
+    if column not in UNIQUE_IDENTIFIERS:
+        raise ValueError(f"{column} is not a unique device identifier")
+    wanted = sorted({value for value in values if value})
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), _HOLDER_CHUNK):
+        chunk = wanted[start : start + _HOLDER_CHUNK]
+        found.update(Device.objects.filter(**{f"{column}__in": chunk}).values_list(column, "serial"))
+    return found
+
+
+def _device_uniqueness_errors(values: Mapping[str, Any], *, own_serial: str | None) -> dict[str, list[str]]:
+    """Field errors for the identifiers in `values` that another device (not `own_serial`) already holds."""
+    messages = {
+        "serial": "A device with this serial already exists.",
+        "vin": "Another device already has this VIN.",
+        "certificate_fingerprint": "Another device already has this certificate fingerprint.",
+    }
+    errors: dict[str, list[str]] = {}
+    for column, message in messages.items():
+        holder = identifier_holders(column, [values.get(column)]).get(values.get(column) or "")
+        if holder is not None and holder != own_serial:
+            errors[column] = [message]
+    return errors
 
 
 def tags_get_or_create(names: Iterable[str]) -> list[Tag]:
@@ -333,10 +214,9 @@ def hardware_model_create(
         "validation_checks": list(validation_checks or []),
         "partition_layout": partition_layout,
     }
-    errors = field_errors(values, HARDWARE_MODEL_CHECKS)
-    if "name" not in errors and HardwareModel.objects.filter(name=name).exists():
-        errors["name"] = ["A hardware model with this name already exists."]
-    _raise_if(errors, "The hardware model is invalid.")
+    values = parse(HardwareModelInput, values, message="The hardware model is invalid.")
+    if HardwareModel.objects.filter(name=values["name"]).exists():
+        _raise_if({"name": ["A hardware model with this name already exists."]}, "The hardware model is invalid.")
     hardware_model = HardwareModel(**values)
     _insert_unique(hardware_model, field="name", message="A hardware model with this name already exists.")
     record_decision(
@@ -354,10 +234,8 @@ def hardware_model_update(
     *, actor: Actor, hardware_model: HardwareModel, changes: HardwareModelChanges, reason: str = ""
 ) -> HardwareModel:
     """Change a hardware model's description, channel, signing scheme, checks or layout; the name is immutable."""
-    reason = _clean_reason(reason)
-    values = dict(changes)
-    errors = field_errors(values, {k: v for k, v in HARDWARE_MODEL_CHECKS.items() if k != "name"})
-    _raise_if(errors, "The hardware model change is invalid.")
+    reason = reason_clean(reason)
+    values = parse(HardwareModelChangesInput, changes, message="The hardware model change is invalid.")
     _update_recorded(
         actor=actor,
         instance=hardware_model,
@@ -441,10 +319,9 @@ def region_create(
         "max_concurrent_downloads": max_concurrent_downloads,
     }
     values.update({key: value for key, value in budget.items() if value is not None})
-    errors = field_errors(values, REGION_CHECKS)
-    if "code" not in errors and Region.objects.filter(code=code).exists():
-        errors["code"] = [REGION_CODE_TAKEN]
-    _raise_if(errors, "The region is invalid.")
+    values = parse(RegionInput, values, message="The region is invalid.")
+    if Region.objects.filter(code=values["code"]).exists():
+        _raise_if({"code": [REGION_CODE_TAKEN]}, "The region is invalid.")
     region = Region(**values)
     _insert_unique(region, field="code", message=REGION_CODE_TAKEN)
     record_decision(
@@ -469,9 +346,8 @@ def region_update(*, actor: Actor, region: Region, changes: RegionChanges, reaso
     The code and time zone never change (maintenance windows already computed depend on them); every change is
     recorded with its before and after values.
     """
-    reason = _clean_reason(reason)
-    values = dict(changes)
-    _raise_if(field_errors(values, REGION_CHANGE_CHECKS), "The region change is invalid.")
+    reason = reason_clean(reason)
+    values = parse(RegionChangesInput, changes, message="The region change is invalid.")
     _update_recorded(
         actor=actor,
         instance=region,
@@ -497,7 +373,7 @@ def _save_device(device: Device, **save_kwargs: Any) -> None:
             device.save(**save_kwargs)
     except IntegrityError:
         errors = _device_uniqueness_errors(
-            serial=device.serial, vin=device.vin, fingerprint=device.certificate_fingerprint, exclude_pk=device.pk
+            {key: getattr(device, key) for key in UNIQUE_IDENTIFIERS}, own_serial=device.serial if device.pk else None
         )
         raise InvalidInput(
             "Another device already uses one of these identifiers.",
@@ -522,7 +398,8 @@ def device_create(
     certificate_fingerprint: str | None = None,
 ) -> Device:
     """Add a device to the inventory (active); serial, VIN and certificate fingerprint are unique fleet-wide."""
-    values = _normalize_device_values(
+    values = parse(
+        DeviceInput,
         {
             "serial": serial,
             "vin": vin,
@@ -535,22 +412,11 @@ def device_create(
             "installed_version": installed_version,
             "installed_release_counter": installed_release_counter,
             "certificate_fingerprint": certificate_fingerprint,
-        }
+        },
+        message="The device is invalid.",
     )
-    errors = field_errors(values, DEVICE_CHECKS)
-    errors.update(
-        {
-            key: messages
-            for key, messages in _device_uniqueness_errors(
-                serial=values["serial"] if "serial" not in errors else None,
-                vin=values["vin"] if "vin" not in errors else None,
-                fingerprint=values["certificate_fingerprint"] if "certificate_fingerprint" not in errors else None,
-                exclude_pk=None,
-            ).items()
-            if key not in errors
-        }
-    )
-    _raise_if(errors, "The device is invalid.")
+    _none_if_blank(values)
+    _raise_if(_device_uniqueness_errors(values, own_serial=None), "The device is invalid.")
     tag_names = values.pop("tags")
     device = Device(**values, status=DeviceStatus.ACTIVE)
     _save_device(device, force_insert=True)
@@ -568,24 +434,16 @@ def device_create(
 @transaction.atomic
 def device_update(*, actor: Actor, device: Device, changes: DeviceChanges, reason: str = "") -> Device:
     """Correct a device's inventory fields (not its serial, not its status); records what changed."""
-    reason = _clean_reason(reason)
-    values = _normalize_device_values(dict(changes))
+    reason = reason_clean(reason)
     for key in ("serial", "status", "status_reason"):
-        if key in values:
+        if key in changes:
             raise InvalidInput(
                 f"{key} cannot be changed here.",
                 fields={key: ["Use the status actions." if key.startswith("status") else "The serial never changes."]},
             )
-    errors = field_errors(values, DEVICE_CHECKS)
-    _raise_if(errors, "The device change is invalid.")
+    values = _none_if_blank(parse(DeviceChangesInput, changes, message="The device change is invalid.", partial=True))
     current = Device.objects.select_for_update().select_related("hardware_model", "region").get(pk=device.pk)
-    errors = _device_uniqueness_errors(
-        serial=None,
-        vin=values.get("vin"),
-        fingerprint=values.get("certificate_fingerprint"),
-        exclude_pk=current.pk,
-    )
-    _raise_if(errors, "The device change is invalid.")
+    _raise_if(_device_uniqueness_errors(values, own_serial=current.serial), "The device change is invalid.")
     before_full = device_snapshot(current)
     tag_names = values.pop("tags", None)
     for key, value in values.items():
@@ -622,7 +480,7 @@ def device_set_status(*, actor: Actor, device: Device, status: str, reason: str 
     """
     if status not in DeviceStatus.values:
         raise InvalidInput(f'"{status}" is not a device status.', fields={"status": ["Unknown status."]})
-    reason = _clean_reason(reason)
+    reason = reason_clean(reason)
     verb = STATUS_ACTIONS[status]
     if status in REASON_REQUIRED and not reason:
         raise InvalidInput(f"A reason is required to {verb} a device.", fields={"reason": ["This field is required."]})
@@ -683,28 +541,6 @@ def device_decommission(*, actor: Actor, device: Device, reason: str = "") -> De
 # ---------------------------------------------------------------------------------------------------------------
 
 
-SLOT_NAMES = ("a", "b")
-MAX_HEALTH_ENTRIES = 16
-MAX_HEALTH_NAME = 32
-
-
-def _health_check(value: Any) -> None:
-    if not isinstance(value, dict) or len(value) > MAX_HEALTH_ENTRIES:
-        raise ValidationError(f"Must be a map of at most {MAX_HEALTH_ENTRIES} named booleans.")
-    for name, passed in value.items():
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_HEALTH_NAME or not isinstance(passed, bool):
-            raise ValidationError(f"Names have 1 to {MAX_HEALTH_NAME} characters; values are true or false.")
-
-
-REPORT_CHECKS: dict[str, Callable[[Any], None]] = {
-    "version": validate_semver,
-    "release_counter": _release_counter_check,
-    "active_slot": _optional(_choice_check(SLOT_NAMES)),
-    "boot_count": _optional(_release_counter_check),
-    "health": _optional(_health_check),
-}
-
-
 @transaction.atomic
 def device_record_report(
     *,
@@ -720,7 +556,10 @@ def device_record_report(
 
     An older report never overwrites a newer one (out-of-order safe); last_seen_at only moves forward.
     """
-    errors = field_errors(
+    if timezone.is_naive(at):
+        _raise_if({"at": ["Must be timezone-aware."]}, "The device report is invalid.")
+    report = parse(
+        DeviceReportInput,
         {
             "version": version,
             "release_counter": release_counter,
@@ -728,11 +567,9 @@ def device_record_report(
             "boot_count": boot_count,
             "health": health,
         },
-        REPORT_CHECKS,
+        message="The device report is invalid.",
     )
-    if timezone.is_naive(at):
-        errors["at"] = ["Must be timezone-aware."]
-    _raise_if(errors, "The device report is invalid.")
+    version, release_counter, health = report["version"], report["release_counter"], report["health"]
     state: dict[str, Any] = {}
     if active_slot is not None:
         state["reported_active_slot"] = active_slot

@@ -33,6 +33,17 @@ TIME_ZONE_RE = re.compile(r"^[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*\Z")
 SLOT_NAME_RE = re.compile(r"^[a-z0-9_]{1,16}\Z")
 PARTITION_SCHEMES = ("ab", "single")
 MAX_SLOT_SIZE_BYTES = 2**62
+# Anti-rollback counters and boot counts: a PositiveIntegerField is a 32-bit signed column on PostgreSQL.
+MAX_RELEASE_COUNTER = 2**31 - 1
+MAX_TAGS = 50
+# Region budgets are counts per window or streams at once; 0 means "no limit", None "the global default".
+MAX_BUDGET = 10_000_000
+# What a device reports at check-in: its active slot and a small health summary.
+SLOT_NAMES = ("a", "b")
+MAX_HEALTH_ENTRIES = 16
+MAX_HEALTH_NAME = 32
+# The reason a person gives for a decision (status moves, changes, credential revocations).
+MAX_REASON_LENGTH = 2000
 
 
 def validate_semver(value: object) -> None:
@@ -142,6 +153,13 @@ def validate_partition_layout(value: Any) -> None:
             raise ValidationError("Slot names are 1-16 of a-z, 0-9 and '_'.", code="invalid_slots")
         if len(set(slots)) != len(slots):
             raise ValidationError("Slot names must differ.", code="invalid_slots")
+
+
+def validate_reason(value: str) -> None:
+    """Raise ValidationError unless value is a storable reason of at most MAX_REASON_LENGTH characters."""
+    if len(value) > MAX_REASON_LENGTH:
+        raise ValidationError(f"At most {MAX_REASON_LENGTH} characters.", code="max_length")
+    validate_text(value)
 
 
 def validate_text(value: str) -> None:

@@ -2,40 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from devices.choices import NetworkCapability, SigningScheme, UpdateChannel, ValidationCheck
-from devices.importer import FORMATS, MAX_IMPORT_ROWS, MODES, DeviceRowSerializer
-from devices.models import MAX_POLL_SECONDS, MIN_POLL_SECONDS, Device, HardwareModel, Region, Tag
+from devices.choices import NetworkCapability, ValidationCheck
+from devices.importer import FORMATS, MAX_IMPORT_ROWS, MODES
+from devices.inputs import (
+    DeviceChangesInput,
+    DeviceInput,
+    HardwareModelChangesInput,
+    HardwareModelInput,
+    PartitionLayoutField,
+    RegionChangesInput,
+    RegionInput,
+    choice_field,
+)
+from devices.models import Device, HardwareModel, Region, Tag
 from devices.selectors import device_is_offline
-from devices.services import MAX_BUDGET
-from devices.validators import validate_partition_layout, validate_time_zone
+from devices.validators import MAX_REASON_LENGTH
 from ota_project.serializers import InputSerializer
 
-
-def _choice_field(*choices: str) -> Callable[..., serializers.ChoiceField]:
-    """A ChoiceField documented as a string pattern rather than an enum.
-
-    drf-spectacular names enum components after the field ("format", "mode", "scheme"); other apps have
-    fields of the same names with other values, and the names would collide.
-    """
-
-    @extend_schema_field({"type": "string", "pattern": "^(" + "|".join(choices) + ")$"})
-    class OneOfField(serializers.ChoiceField):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(choices=list(choices), **kwargs)
-
-    return OneOfField
-
-
-FileFormatField = _choice_field(*FORMATS)
-JsonFormatField = _choice_field("json")
-ModeField = _choice_field(*MODES)
-SchemeField = _choice_field("ab", "single")
+FileFormatField = choice_field(*FORMATS)
+JsonFormatField = choice_field("json")
+ModeField = choice_field(*MODES)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -46,24 +37,6 @@ SchemeField = _choice_field("ab", "single")
 # ---------------------------------------------------------------------------------------------------------------
 # Hardware models
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class PartitionLayoutSerializer(serializers.Serializer):
-    """Documents the partition layout object; the rules are in devices.validators.validate_partition_layout."""
-
-    scheme = SchemeField()
-    slots = serializers.ListField(
-        child=serializers.RegexField(r"^[a-z0-9_]{1,16}$"), min_length=1, max_length=2, required=False
-    )
-    slot_size_bytes = serializers.IntegerField(min_value=1, max_value=2**62, required=False)
-
-
-@extend_schema_field(PartitionLayoutSerializer)
-class PartitionLayoutField(serializers.DictField):
-    """A partition layout, kept exactly as sent (unknown keys are refused by the validator, not dropped)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(validators=[validate_partition_layout], **kwargs)
 
 
 class HardwareModelSerializer(serializers.ModelSerializer):
@@ -86,28 +59,14 @@ class HardwareModelSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class HardwareModelCreateInputSerializer(InputSerializer):
-    name = serializers.SlugField(max_length=64, help_text="Hardware id, e.g. tcu-4g-r2; never changes.")
-    family = serializers.CharField(max_length=64)
-    revision = serializers.CharField(max_length=32)
-    update_channel = serializers.ChoiceField(choices=UpdateChannel.choices, default=UpdateChannel.STABLE)
-    signing_scheme = serializers.ChoiceField(choices=SigningScheme.choices, default=SigningScheme.ECDSA_P256)
-    validation_checks = serializers.ListField(
-        child=serializers.ChoiceField(choices=ValidationCheck.choices), max_length=len(ValidationCheck), default=list
-    )
-    partition_layout = PartitionLayoutField()
+class HardwareModelCreateInputSerializer(HardwareModelInput):
+    """A new hardware model (devices.inputs.HardwareModelInput)."""
 
 
-class HardwareModelUpdateInputSerializer(InputSerializer):
-    family = serializers.CharField(max_length=64, required=False)
-    revision = serializers.CharField(max_length=32, required=False)
-    update_channel = serializers.ChoiceField(choices=UpdateChannel.choices, required=False)
-    signing_scheme = serializers.ChoiceField(choices=SigningScheme.choices, required=False)
-    validation_checks = serializers.ListField(
-        child=serializers.ChoiceField(choices=ValidationCheck.choices), max_length=len(ValidationCheck), required=False
-    )
-    partition_layout = PartitionLayoutField(required=False)
-    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+class HardwareModelUpdateInputSerializer(HardwareModelChangesInput):
+    """What may change on a hardware model, and why."""
+
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH, required=False, allow_blank=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,35 +89,14 @@ class RegionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class RegionUpdateInputSerializer(InputSerializer):
+class RegionUpdateInputSerializer(RegionChangesInput):
     """A region's name and device load budget; null means "the global default", 0 (budgets) "no limit"."""
 
-    name = serializers.CharField(max_length=100, required=False)
-    poll_interval_seconds = serializers.IntegerField(
-        min_value=MIN_POLL_SECONDS, max_value=MAX_POLL_SECONDS, required=False, allow_null=True
-    )
-    max_checkins_per_window = serializers.IntegerField(
-        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
-    )
-    max_concurrent_downloads = serializers.IntegerField(
-        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
-    )
-    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH, required=False, allow_blank=True)
 
 
-class RegionCreateInputSerializer(InputSerializer):
-    code = serializers.SlugField(max_length=32)
-    name = serializers.CharField(max_length=100)
-    time_zone = serializers.CharField(max_length=64, validators=[validate_time_zone], help_text="e.g. Europe/Berlin")
-    poll_interval_seconds = serializers.IntegerField(
-        min_value=MIN_POLL_SECONDS, max_value=MAX_POLL_SECONDS, required=False, allow_null=True
-    )
-    max_checkins_per_window = serializers.IntegerField(
-        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
-    )
-    max_concurrent_downloads = serializers.IntegerField(
-        min_value=0, max_value=MAX_BUDGET, required=False, allow_null=True
-    )
+class RegionCreateInputSerializer(RegionInput):
+    """A new region (devices.inputs.RegionInput)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,15 +153,18 @@ class DeviceSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class DeviceCreateInputSerializer(DeviceRowSerializer):
+class DeviceRowSerializer(DeviceInput):
+    """One import row: the same shape as a new device (devices.inputs.DeviceInput)."""
+
+
+class DeviceCreateInputSerializer(DeviceInput):
     """A new device; hardware_model by name and region by code (the same rules as one import row)."""
 
 
-class DeviceUpdateInputSerializer(DeviceRowSerializer):
+class DeviceUpdateInputSerializer(DeviceChangesInput):
     """Inventory corrections (use with partial=True); serial and status cannot change here."""
 
-    serial = None  # type: ignore[assignment]  # DRF's way to drop a field declared by the parent serializer
-    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH, required=False, allow_blank=True)
 
 
 class DeviceVersionSerializer(serializers.Serializer):

@@ -7,11 +7,11 @@ from typing import Any
 
 from rest_framework import serializers
 
+from devices.inputs import HealthField
+from devices.validators import MAX_RELEASE_COUNTER, SLOT_NAMES
 from rollouts.choices import DEPLOYMENT_REPORTABLE
 
 MAX_TELEMETRY_SAMPLES = 500
-MAX_HEALTH_ENTRIES = 16
-SLOT_NAMES = ("a", "b")
 FAILURE_CLASSES = ("download", "install", "boot", "health", "verify", "space", "power", "other")
 
 
@@ -28,22 +28,7 @@ class StrictSerializer(serializers.Serializer):
 
 class SlotSerializer(StrictSerializer):
     version = serializers.CharField(max_length=64)
-    release_counter = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
-
-
-class HealthField(serializers.DictField):
-    """A small map of named booleans, e.g. {"modem_attach": true, "gnss_fix": false}."""
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(child=serializers.BooleanField(), **kwargs)
-
-    def to_internal_value(self, data: Any) -> dict[str, bool]:
-        value = super().to_internal_value(data)
-        if len(value) > MAX_HEALTH_ENTRIES:
-            raise serializers.ValidationError(f"At most {MAX_HEALTH_ENTRIES} entries.")
-        if any(not key or len(key) > 32 for key in value):
-            raise serializers.ValidationError("Entry names must have 1 to 32 characters.")
-        return value
+    release_counter = serializers.IntegerField(min_value=0, max_value=MAX_RELEASE_COUNTER)
 
 
 class CheckinInputSerializer(StrictSerializer):
@@ -51,7 +36,7 @@ class CheckinInputSerializer(StrictSerializer):
 
     slots = serializers.DictField(child=SlotSerializer())
     active_slot = serializers.ChoiceField(choices=SLOT_NAMES)
-    boot_count = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    boot_count = serializers.IntegerField(min_value=0, max_value=MAX_RELEASE_COUNTER)
     health = HealthField(required=False, default=dict)
 
     def validate_slots(self, value: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,9 @@ from typing import Any
 from django import forms
 
 from devices.choices import DeviceStatus
+from devices.validators import MAX_REASON_LENGTH
 from devices.web.selectors import inventory_filter_options
 from ota_project.web.forms import form_field
-
-MAX_REASON_LENGTH = 2000
 
 
 class InventoryFilterForm(forms.Form):
