@@ -1,10 +1,10 @@
 """Forms of the change pages: shapes only; every rule is the services' (their field errors map back here).
 
 The form reads and builds the typed change: initial values come from the change's `scope`, `risk_answers` and
-`plan`; the wave formset yields `PlanWave`s and the settings fields the rest of a `RolloutPlan`, which
-`plan_parse` checks (in the service, like every other caller's plan). Errors, from the services or the parser,
-are nested as the input is (`rollout_plan > waves > 2 > cohort`); `add_service_errors` puts each one on the field
-its path names.
+`plan`; the wave formset yields `PlanWave`s and the settings fields the rest of a `RolloutPlan`. `plan_parse` is
+the one check: of the settings when the form is cleaned, of the whole plan in the service. Its errors and the
+services' are nested as the input is (`rollout_plan > waves > 2 > cohort`); `add_service_errors` puts each message
+on the field its path names.
 """
 
 from __future__ import annotations

@@ -440,7 +440,7 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest
     elif change is None:
         scope, answers, plan = TargetScope(), {}, default_plan()
     else:  # the edit page shows the plan as the form does; no waves when the stored plan no longer parses
-        scope, answers = change.scope, change.risk_answers
+        scope, answers = change.scope, {k: v for k, v in change.risk_answers.items() if f"risk_{k}" in form.fields}
         plan = f.shown_plan(change) or replace(default_plan(), waves=())
     result: dict[str, Any] = {
         "scope": None,

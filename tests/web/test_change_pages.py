@@ -706,6 +706,13 @@ def test_editing_one_wave_sends_the_new_plan(submitted_change, requester):
     assert submitted_change.plan.deadlines == default_plan().deadlines
 
 
+def test_edit_page_previews_the_stored_change(submitted_change, requester):
+    response = page_client(requester).get(f"/changes/{submitted_change.pk}/edit/")
+    waves = re.findall(r"<li>(\w+): <strong>(\d+)</strong>", html_of(response))
+    assert waves == [("pilot", "2"), ("early", "2"), ("fleet", "16")]
+    assert "20 active devices" in text_of(response) and "Risk level Moderate (score 3)" in text_of(response)
+
+
 def test_finished_changes_cannot_be_edited(submitted_change, requester, cab_member):
     services.approval_reject(actor=cab_member, change=submitted_change, revision=1, comment="no")
     response = page_client(requester).get(f"/changes/{submitted_change.pk}/edit/")
