@@ -1,9 +1,17 @@
-"""Forms of the change pages: shapes only; every rule is the services' (their field errors map back here)."""
+"""Forms of the change pages: shapes only; every rule is the services' (their field errors map back here).
+
+The form reads and builds the typed change: initial values come from the change's `scope`, `risk_answers` and
+`plan`; the wave formset yields `PlanWave`s and the settings fields the rest of a `RolloutPlan`. `plan_parse` is
+the one check: of the settings when the form is cleaned, of the whole plan in the service. Its errors and the
+services' are nested as the input is (`rollout_plan > waves > 2 > cohort`); `add_service_errors` puts each message
+on the field its path names.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -12,23 +20,30 @@ from django.forms import BaseFormSet, formset_factory
 
 from approvals.choices import ChangeStatus, ChangeType, QuestionKind, RiskLevel
 from approvals.models import ChangeRequest, ChangeTemplate, RiskQuestion
-from approvals.plans import ABORT_POLICIES, PLAN_DEFAULTS, PROMOTION_MODES, Cohort, PlanWave, RolloutPlan, default_plan
+from approvals.plans import ABORT_POLICIES, PROMOTION_MODES, Cohort, PlanWave, RolloutPlan, default_plan, plan_parse
 from devices.choices import VehicleType
 from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel, Region, Tag
-from ota_project.errors import DomainError
+from devices.scope import FILTER_KEYS, SCOPE_KEYS, TargetScope
+from ota_project.errors import DomainError, InvalidInput
 from ota_project.parsers import JSONBodyError, json_loads_strict
 from ota_project.web.forms import form_field
 
 DATETIME_INPUT_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
-SCOPE_FILTER_FIELDS = {
-    "hardware_models": "scope_hardware_models",
-    "regions": "scope_regions",
-    "vehicle_types": "scope_vehicle_types",
-    "tags": "scope_tags",
-    "devices": "scope_devices",
-}
-PLAN_SETTING_KEYS = tuple(PLAN_DEFAULTS)
+# Service fields the form passes on as cleaned; the scope, the answers and the plan are built from several fields.
+PLAIN_FIELDS = (
+    "title",
+    "change_type",
+    "template",
+    "emergency_reason",
+    "justification",
+    "release",
+    "rollback_release",
+    "impact_analysis",
+    "test_evidence_summary",
+    "requested_window_start",
+    "requested_window_end",
+)
 WAVE_FIELD_FOR = {"cohort": "cohort_kind"}
 YES_NO = [("", "Not answered"), ("true", "Yes"), ("false", "No")]
 
@@ -71,46 +86,42 @@ class WaveForm(forms.Form):
     promotion = forms.ChoiceField(label="Promotion", choices=[(m, m.capitalize()) for m in PROMOTION_MODES])
     stratify = forms.BooleanField(label="Stratify by model and region", required=False)
 
+    @staticmethod
+    def initial_for(wave: PlanWave) -> dict[str, Any]:
+        """The fields' initial values for one wave of a plan."""
+        return {
+            "name": wave.name,
+            "cohort_kind": wave.cohort.kind,
+            "cohort_value": wave.cohort.value,
+            "soak_seconds": wave.soak_seconds,
+            "min_sample": wave.min_sample,
+            "success_threshold": wave.success_threshold,
+            "failure_threshold": wave.failure_threshold,
+            "promotion": wave.promotion,
+            "stratify": bool(wave.stratify),
+        }
+
     def to_wave(self) -> PlanWave:
         """The plan's wave from the cleaned fields (its rules are checked with the whole plan)."""
-        return wave_from_values(self.cleaned_data)
-
-
-def wave_from_values(data: Mapping[str, Any]) -> PlanWave:
-    """A plan wave from a valid wave form's values (the same path for submitted and initial values)."""
-    kind = data["cohort_kind"]
-    return PlanWave(
-        name=data["name"],
-        cohort=Cohort(kind, None if kind == "pilot" else data.get("cohort_value")),
-        soak_seconds=data["soak_seconds"],
-        min_sample=data["min_sample"],
-        success_threshold=data["success_threshold"],
-        failure_threshold=data["failure_threshold"],
-        promotion=data["promotion"],
-        stratify=True if data.get("stratify") else None,
-    )
-
-
-def wave_values(wave: PlanWave) -> dict[str, Any]:
-    """Form values for one wave of a plan."""
-    return {
-        "name": wave.name,
-        "cohort_kind": wave.cohort.kind,
-        "cohort_value": wave.cohort.value,
-        "soak_seconds": wave.soak_seconds,
-        "min_sample": wave.min_sample,
-        "success_threshold": wave.success_threshold,
-        "failure_threshold": wave.failure_threshold,
-        "promotion": wave.promotion,
-        "stratify": bool(wave.stratify),
-    }
+        data = self.cleaned_data
+        kind = data["cohort_kind"]
+        return PlanWave(
+            name=data["name"],
+            cohort=Cohort(kind, None if kind == "pilot" else data["cohort_value"]),
+            soak_seconds=data["soak_seconds"],
+            min_sample=data["min_sample"],
+            success_threshold=data["success_threshold"],
+            failure_threshold=data["failure_threshold"],
+            promotion=data["promotion"],
+            stratify=True if data["stratify"] else None,  # an unticked box leaves it unstated, as most plans do
+        )
 
 
 class BaseWaveFormSet(BaseFormSet):
     """The plan's waves in order; removed waves are left out."""
 
     def kept_forms(self) -> list[WaveForm]:
-        """The wave forms the requester did not tick for removal, in order."""
+        """The wave forms the requester did not tick for removal, in order (the plan's wave i is the i-th)."""
         return [f for f in self.forms if not (f.is_valid() and f.cleaned_data.get("DELETE"))]
 
     def waves(self) -> list[PlanWave]:
@@ -228,7 +239,7 @@ class ChangeForm(forms.Form):
         return [self[f"risk_{q.key}"] for q in self.questions]
 
     def scope_fields(self) -> list[forms.BoundField]:
-        return [self[name] for name in SCOPE_FILTER_FIELDS.values()]
+        return [self[f"scope_{key}"] for key in SCOPE_KEYS]
 
     def clean_plan_settings(self) -> dict[str, Any]:
         raw = self.cleaned_data["plan_settings"]
@@ -244,222 +255,169 @@ class ChangeForm(forms.Form):
             raise forms.ValidationError(f"Set {', '.join(misplaced)} in the fields above, not here.")
         return value
 
+    def clean(self) -> dict[str, Any]:
+        """The settings become a checked plan (over the default waves, which the formset's replace): plan_parse
+        is their one check, and its errors land on the settings field like the services' do."""
+        cleaned = super().clean() or {}
+        settings = cleaned.get("plan_settings")
+        if isinstance(settings, dict):
+            try:
+                cleaned["plan_settings"] = plan_parse({**default_plan().to_json(), **settings})
+            except InvalidInput as exc:
+                add_service_errors(self, exc)
+        return cleaned
 
-def _answer(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    def target_scope(self) -> TargetScope:
+        """The scope the filled filters, or the explicit device list, name (sorted, as a checked scope is)."""
+        data = self.cleaned_data
+        devices = str(data.get("scope_devices") or "").replace(",", " ").split()
+        filters = {key: tuple(sorted(set(data.get(f"scope_{key}") or ()))) for key in FILTER_KEYS}
+        return TargetScope(**filters, devices=tuple(sorted(set(devices))))
 
+    def risk_answers(self) -> dict[str, Any]:
+        """The answered questions (a whole number typed as 3.0 is the answer 3)."""
+        answers: dict[str, Any] = {}
+        for question in self.questions:
+            value = self.cleaned_data.get(f"risk_{question.key}")
+            if value is not None and value != "":
+                answers[question.key] = int(value) if isinstance(value, float) and value.is_integer() else value
+        return answers
 
-def split_serials(raw: str) -> list[str]:
-    return [s for s in raw.replace(",", " ").split() if s]
-
-
-def scope_from_values(values: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The target scope from form values: the filled filters, or the explicit device list."""
-    scope: dict[str, list[str]] = {}
-    for key, name in SCOPE_FILTER_FIELDS.items():
-        value = values.get(name)
-        items = split_serials(value) if key == "devices" and isinstance(value, str) else list(value or [])
-        if items:
-            scope[key] = items
-    return scope
-
-
-def answers_from_values(values: Mapping[str, Any], questions: Iterable[RiskQuestion]) -> dict[str, Any]:
-    """The requester's risk answers from form values; unanswered questions are left out."""
-    answers = {}
-    for question in questions:
-        value = values.get(f"risk_{question.key}")
-        if value is not None and value != "":
-            answers[question.key] = _answer(value)
-    return answers
-
-
-def plan_from_values(values: Mapping[str, Any], waves: list[PlanWave]) -> dict[str, Any]:
-    """The rollout plan's JSON from the waves, the abort policy and the other settings, for `plan_parse`."""
-    plan: dict[str, Any] = {"waves": [wave.to_json() for wave in waves]}
-    if values.get("abort_policy"):
-        plan["abort_policy"] = values["abort_policy"]
-    settings = values.get("plan_settings")
-    if isinstance(settings, dict):
-        plan.update(settings)
-    return plan
-
-
-def fields_from_values(
-    values: Mapping[str, Any], waves: list[PlanWave], questions: Iterable[RiskQuestion]
-) -> dict[str, Any]:
-    """The keyword arguments of `change_create` / `change_update` from form values."""
-    fields = {
-        name: values.get(name)
-        for name in (
-            "title",
-            "change_type",
-            "template",
-            "emergency_reason",
-            "justification",
-            "release",
-            "rollback_release",
-            "impact_analysis",
-            "test_evidence_summary",
-            "requested_window_start",
-            "requested_window_end",
+    def rollout_plan(self, waves: Sequence[PlanWave]) -> RolloutPlan:
+        """The formset's waves with the abort policy and the settings (the defaults while those are invalid, for
+        the live preview); not yet checked: the service checks the whole plan with plan_parse."""
+        settings = self.cleaned_data.get("plan_settings")
+        return replace(
+            settings if isinstance(settings, RolloutPlan) else default_plan(),
+            waves=tuple(waves),
+            abort_policy=self.cleaned_data.get("abort_policy", ""),
         )
-    }
-    fields["emergency_reason"] = fields["emergency_reason"] or ""
-    fields["test_evidence_summary"] = fields["test_evidence_summary"] or ""
-    fields["target_scope"] = scope_from_values(values)
-    fields["risk_answers"] = answers_from_values(values, questions)
-    fields["rollout_plan"] = plan_from_values(values, waves)
-    return fields
 
+    def service_fields(self, waves: Sequence[PlanWave]) -> dict[str, Any]:
+        """The keyword arguments of `change_create` / `change_update`: typed scope and plan, the answers."""
+        return {
+            **{name: self.cleaned_data[name] for name in PLAIN_FIELDS},
+            "target_scope": self.target_scope(),
+            "risk_answers": self.risk_answers(),
+            "rollout_plan": self.rollout_plan(waves),
+        }
 
-def initial_values(change: ChangeRequest | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Form and wave initial values: from a change for the edit page, sensible defaults for a new one."""
-    if change is None:
-        return (
-            {"change_type": ChangeType.NORMAL, **plan_values(default_plan())},
-            [wave_values(w) for w in default_plan().waves],
+    def edited_fields(self, fields: Mapping[str, Any], change: ChangeRequest) -> dict[str, Any]:
+        """The fields whose typed value differs from the change's as this form shows it (times to the second, the
+        plan as `shown_plan` reads it, the answers to the questions on the form): an untouched edit sends nothing,
+        so it voids no approval."""
+        shown: dict[str, Any] = {name: getattr(change, name) for name in PLAIN_FIELDS}
+        shown.update(
+            requested_window_start=_to_seconds(change.requested_window_start),
+            requested_window_end=_to_seconds(change.requested_window_end),
+            target_scope=change.scope,
+            risk_answers={key: answer for key, answer in change.risk_answers.items() if f"risk_{key}" in self.fields},
+            rollout_plan=shown_plan(change),
         )
-    scope = change.scope
+        return {name: value for name, value in fields.items() if value != shown[name]}
+
+    def error_place(
+        self, path: Sequence[str], wave_forms: Sequence[forms.Form]
+    ) -> tuple[forms.Form, str | None, list[str]]:
+        """Where an error at `path` goes: a form and its field, a section of this form (scope, risk, plan) or None
+        (the form's top); and the keys of the path the message must still name."""
+        match path:
+            case ("target_scope", key, *rest) if f"scope_{key}" in self.fields:
+                return self, f"scope_{key}", rest
+            case ("target_scope", *rest):
+                return self, "scope", [key for key in rest if key != "target_scope"]  # that key: the whole scope
+            case ("risk_answers", key, *rest) if f"risk_{key}" in self.fields:
+                return self, f"risk_{key}", rest
+            case ("risk_answers" | "risk_level", *rest):
+                return self, "risk", rest
+            case ("rollout_plan", "waves", index, *rest) if index.isdigit():
+                position, name = int(index), WAVE_FIELD_FOR.get(rest[0], rest[0]) if rest else ""
+                if position < len(wave_forms) and name in wave_forms[position].fields:
+                    return wave_forms[position], name, rest[1:]
+                return self, "plan", [f"wave {position + 1}", *rest]
+            case ("rollout_plan",) | ("rollout_plan", "waves"):
+                return self, "plan", []
+            case ("rollout_plan", "abort_policy", *rest):
+                return self, "abort_policy", rest
+            case ("rollout_plan", key, *rest):
+                # Plan-wide settings, the regions they name and unknown keys: all typed in the settings JSON.
+                return self, "plan_settings", [key.replace("_", " "), *rest]
+            case (name, *rest) if name in self.fields:
+                return self, name, rest
+            case (name, *rest):
+                return self, None, [name.replace("_", " "), *rest]
+        return self, None, []
+
+
+def shown_plan(change: ChangeRequest) -> RolloutPlan | None:
+    """The change's plan as the form shows it (an unticked stratify box is "not stated"); None without a plan or
+    when the stored plan no longer parses (the requester then starts over)."""
     try:
         plan = change.plan
     except DomainError:
-        plan = None  # a stored plan that no longer parses: the requester starts over from the defaults
+        return None
+    if plan is None:
+        return None
+    return replace(plan, waves=tuple(replace(wave, stratify=wave.stratify or None) for wave in plan.waves))
+
+
+def initial_values(change: ChangeRequest | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The form's and the waves' initial values, read from the typed change; sensible defaults for a new one."""
+    plan = default_plan() if change is None else shown_plan(change)
+    settings = plan or default_plan()
     values: dict[str, Any] = {
-        "title": change.title,
-        "change_type": change.change_type,
-        "template": change.template,
-        "emergency_reason": change.emergency_reason,
-        "justification": change.justification,
-        "release": change.release,
-        "rollback_release": change.rollback_release,
-        "impact_analysis": change.impact_analysis,
-        "test_evidence_summary": change.test_evidence_summary,
-        "requested_window_start": _to_seconds(change.requested_window_start),
-        "requested_window_end": _to_seconds(change.requested_window_end),
-        **plan_values(plan),
-        "scope_devices": "\n".join(scope.devices),
-        "scope_hardware_models": list(scope.hardware_models),
-        "scope_regions": list(scope.regions),
-        "scope_vehicle_types": list(scope.vehicle_types),
-        "scope_tags": list(scope.tags),
+        "change_type": ChangeType.NORMAL,
+        "abort_policy": settings.abort_policy,
+        "plan_settings": json.dumps(
+            {key: value for key, value in settings.to_json().items() if key not in ("waves", "abort_policy")}, indent=2
+        ),
     }
+    waves = [WaveForm.initial_for(wave) for wave in plan.waves] if plan else []
+    if change is None:
+        return values, waves
+    scope = change.scope
+    values.update({name: getattr(change, name) for name in PLAIN_FIELDS})
+    values.update(
+        requested_window_start=_to_seconds(change.requested_window_start),
+        requested_window_end=_to_seconds(change.requested_window_end),
+        scope_devices="\n".join(scope.devices),
+        **{f"scope_{key}": list(getattr(scope, key)) for key in FILTER_KEYS},
+    )
     for key, answer in change.risk_answers.items():
         values[f"risk_{key}"] = ("true" if answer else "false") if isinstance(answer, bool) else answer
-    return values, [wave_values(w) for w in plan.waves] if plan else []
+    return values, waves
 
 
-def plan_values(plan: RolloutPlan | None) -> dict[str, Any]:
-    """Form values for a plan's abort policy and its other settings (the JSON field); defaults without a plan."""
-    if plan is None:
-        return {"abort_policy": "halt_and_rollback", "plan_settings": json.dumps(PLAN_DEFAULTS, indent=2)}
-    settings = {key: value for key, value in plan.to_json().items() if key in PLAN_SETTING_KEYS}
-    return {"abort_policy": plan.abort_policy, "plan_settings": json.dumps(settings, indent=2)}
-
-
-def python_values(initial: Mapping[str, Any], questions: Iterable[RiskQuestion]) -> dict[str, Any]:
-    """Initial form values as cleaned data would hold them (parsed plan settings, yes/no as booleans)."""
-    values = dict(initial)
-    try:
-        values["plan_settings"] = json.loads(values.get("plan_settings") or "{}")
-    except ValueError:
-        values["plan_settings"] = {}
-    for question in questions:
-        key = f"risk_{question.key}"
-        if question.kind == QuestionKind.BOOLEAN and isinstance(values.get(key), str):
-            values[key] = values[key] == "true"
-    return values
-
-
-def baseline_fields(change: ChangeRequest, questions: Iterable[RiskQuestion]) -> dict[str, Any]:
-    """What the edit form yields when submitted untouched, so only fields the requester changed are sent."""
-    initial, waves = initial_values(change)
-    return fields_from_values(python_values(initial, questions), [wave_from_values(w) for w in waves], questions)
-
-
-def flatten_errors(value: Any, prefix: str = "") -> list[str]:
-    """Nested service error details as readable lines ("waves 2: name: ...")."""
-    if isinstance(value, Mapping):
-        lines = []
-        for key, inner in value.items():
-            label = f"{prefix}{key}: " if not prefix else f"{prefix}{key}: "
-            lines.extend(flatten_errors(inner, label))
-        return lines
-    if isinstance(value, list | tuple):
-        return [line for item in value for line in flatten_errors(item, prefix)]
-    return [f"{prefix}{value}"]
-
-
-def apply_service_errors(form: ChangeForm, waves: BaseWaveFormSet, error: DomainError) -> None:
-    """Put a service's field errors on the form fields they concern; the rest go to the form or its sections."""
+def add_service_errors(form: ChangeForm, error: DomainError, wave_forms: Sequence[forms.Form] = ()) -> None:
+    """Put each message of a service's (or the parser's) nested errors where its path says (`error_place`): on a
+    field, at the top of a section, or at the top of the form, led by the keys of the path no field names."""
     if not error.fields:
         form.add_error(None, error.message)
         return
-    for key, detail in error.fields.items():
-        if key == "target_scope":
-            _scope_errors(form, detail)
-        elif key == "rollout_plan":
-            _plan_errors(form, waves, detail)
-        elif key in ("risk_answers", "risk_level"):
-            _risk_errors(form, detail)
-        elif key in form.fields:
-            form.add_error(key, flatten_errors(detail))
+    for path, message in _error_leaves(error.fields):
+        target, place, said = form.error_place(path, wave_forms)
+        text = ": ".join([*said, message])
+        if place in form.section_errors:
+            form.section_errors[place].append(text)
         else:
-            form.add_error(None, [f"{key.replace('_', ' ')}: {line}" for line in flatten_errors(detail)])
+            target.add_error(place, text)
 
 
-def _scope_errors(form: ChangeForm, detail: Any) -> None:
-    if not isinstance(detail, Mapping):
-        form.section_errors["scope"].extend(flatten_errors(detail))
-        return
-    for key, inner in detail.items():
-        name = SCOPE_FILTER_FIELDS.get(key)
-        if name:
-            form.add_error(name, flatten_errors(inner))
-        else:
-            form.section_errors["scope"].extend(flatten_errors(inner))
+def error_lines(detail: Any) -> list[str]:
+    """Nested error details as readable lines ("rollout_plan: waves: 2: name: ...")."""
+    return [": ".join([*path, message]) for path, message in _error_leaves(detail)]
 
 
-def _plan_errors(form: ChangeForm, waves: BaseWaveFormSet, detail: Any) -> None:
-    if not isinstance(detail, Mapping):
-        form.section_errors["plan"].extend(flatten_errors(detail))
-        return
-    for key, inner in detail.items():
-        if key == "waves" and isinstance(inner, Mapping):
-            kept = waves.kept_forms()
-            for index, wave_errors in inner.items():
-                position = int(index) if str(index).isdigit() else -1
-                if 0 <= position < len(kept) and isinstance(wave_errors, Mapping):
-                    wave_form = kept[position]
-                    for wave_key, messages in wave_errors.items():
-                        field_name = WAVE_FIELD_FOR.get(wave_key, wave_key)
-                        if field_name in wave_form.fields:
-                            wave_form.add_error(field_name, flatten_errors(messages))
-                        else:
-                            form.section_errors["plan"].extend(flatten_errors(messages, f"wave {position + 1}: "))
-                else:
-                    form.section_errors["plan"].extend(flatten_errors(wave_errors, f"wave {position + 1}: "))
-        elif key == "waves":
-            form.section_errors["plan"].extend(flatten_errors(inner))
-        elif key == "abort_policy":
-            form.add_error("abort_policy", flatten_errors(inner))
-        else:
-            # Plan-wide settings, the regions they name, and unknown keys: all come from the settings JSON.
-            form.add_error("plan_settings", flatten_errors(inner, f"{key.replace('_', ' ')}: "))
-
-
-def _risk_errors(form: ChangeForm, detail: Any) -> None:
-    if not isinstance(detail, Mapping):
-        form.section_errors["risk"].extend(flatten_errors(detail))
-        return
-    for key, inner in detail.items():
-        name = f"risk_{key}"
-        if name in form.fields:
-            form.add_error(name, flatten_errors(inner))
-        else:
-            form.section_errors["risk"].extend(flatten_errors(inner, f"{key}: "))
+def _error_leaves(detail: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Each message of nested error details, with the keys that lead to it."""
+    if isinstance(detail, Mapping):
+        for key, inner in detail.items():
+            yield from _error_leaves(inner, (*path, str(key)))
+    elif isinstance(detail, list | tuple):
+        for inner in detail:
+            yield from _error_leaves(inner, path)
+    else:
+        yield path, str(detail)
 
 
 class QueueFilterForm(forms.Form):

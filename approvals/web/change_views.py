@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from approvals import services
 from approvals.choices import ApprovalDecision, ChangeStatus
 from approvals.models import ChangeRequest
-from approvals.plans import plan_parse
+from approvals.plans import default_plan, plan_parse
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
     change_create_refusal,
@@ -34,7 +35,7 @@ from approvals.selectors import (
 )
 from approvals.web import change_forms as f
 from approvals.web.change_selectors import change_page, queue_changes, queue_rows
-from devices.scope import scope_parse, scope_summary
+from devices.scope import TargetScope, scope_parse, scope_summary
 from ota_project.errors import DomainError, InvalidInput, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, acting_user, has_role
 from ota_project.web.access import forbidden, role_required
@@ -153,7 +154,7 @@ def _render_detail(
         "plan_hash": change_plan_hash(change),
         "plan_json": json.dumps(change.rollout_plan, indent=2, sort_keys=True),
         "error": error,
-        "error_lines": f.flatten_errors(error_fields or {}),
+        "error_lines": f.error_lines(error_fields or {}),
         **defaults,
     }
     return render(request, "approvals/changes/detail.html", context, status=status)
@@ -182,7 +183,7 @@ def _act(
     except DomainError as exc:
         for name, problems in exc.fields.items():
             if name in form.fields:
-                form.add_error(name, f.flatten_errors(problems))
+                form.add_error(name, f.error_lines(problems))
         return _render_detail(
             request, change, status=exc.status_code, error=exc.message, error_fields=exc.fields, **{form_name: form}
         )
@@ -345,7 +346,7 @@ def _render_form(
         "change": change,
         "approvals_to_void": change.approvals.filter(voided_at__isnull=True).count() if change else 0,
         "bumps_revision": change is not None and change.status != ChangeStatus.DRAFT,
-        "preview": _preview(form, waves),
+        "preview": _preview(form, waves, change),
     }
     return render(request, "approvals/changes/form.html", context, status=status)
 
@@ -356,17 +357,18 @@ def _save(
     *,
     change: ChangeRequest | None,
 ) -> HttpResponse | ChangeRequest:
+    """Check the form's shape and run the service; an edit sends only the fields whose value the requester changed."""
     form, waves = _bound(request)
     if "add_wave" in request.POST:
         return _render_form(request, form, _with_added_wave(request), change=change)
     form_ok, waves_ok = form.is_valid(), waves.is_valid()
     if not (form_ok and waves_ok):
         return _render_form(request, form, waves, change=change, status=400)
-    fields = f.fields_from_values(form.cleaned_data, waves.waves(), form.questions)
+    fields = form.service_fields(waves.waves())
     try:
-        return save(fields)
+        return save(fields if change is None else form.edited_fields(fields, change))
     except DomainError as exc:
-        f.apply_service_errors(form, waves, exc)
+        f.add_service_errors(form, exc, waves.kept_forms())
         if exc.fields:
             messages.error(request, exc.message)
         return _render_form(request, form, waves, change=change, status=exc.status_code)
@@ -406,12 +408,11 @@ def edit(request: HttpRequest, pk: int) -> HttpResponse:
         )
     revision = change.revision
 
-    def save(fields: dict[str, Any]) -> ChangeRequest:
-        baseline = f.baseline_fields(change, f.ChangeForm().questions)
-        changed = {name: value for name, value in fields.items() if value != baseline.get(name)}
-        return services.change_update(actor=acting_user(request), change=change, **changed)
-
-    result = _save(request, save, change=change)
+    result = _save(
+        request,
+        lambda fields: services.change_update(actor=acting_user(request), change=change, **fields),
+        change=change,
+    )
     if isinstance(result, HttpResponse):
         return result
     if result.revision != revision:
@@ -428,16 +429,19 @@ def edit(request: HttpRequest, pk: int) -> HttpResponse:
 # ---- Live preview (htmx) -----------------------------------------------------------------------------------
 
 
-def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet) -> dict[str, Any]:
+def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest | None = None) -> dict[str, Any]:
     """Scope size, risk level and devices per wave for what the form holds now; problems instead of numbers."""
+    settings_errors: list[str] = []
     if form.is_bound:
         form.is_valid()
         waves.is_valid()
-        values: dict[str, Any] = dict(getattr(form, "cleaned_data", {}))
-        wave_list = waves.waves()
-    else:
-        values = f.python_values(form.initial, form.questions)
-        wave_list = [f.wave_from_values(w) for w in (waves.initial or [])]
+        scope, answers, plan = form.target_scope(), form.risk_answers(), form.rollout_plan(waves.waves())
+        settings_errors = [str(error) for error in form.errors.get("plan_settings") or ()]
+    elif change is None:
+        scope, answers, plan = TargetScope(), {}, default_plan()
+    else:  # the edit page shows the plan as the form does; no waves when the stored plan no longer parses
+        scope, answers = change.scope, {k: v for k, v in change.risk_answers.items() if f"risk_{k}" in form.fields}
+        plan = f.shown_plan(change) or replace(default_plan(), waves=())
     result: dict[str, Any] = {
         "scope": None,
         "scope_errors": [],
@@ -446,27 +450,27 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet) -> dict[str, Any]:
         "waves": None,
         "plan_errors": [],
     }
-    scope = None
-    raw_scope = f.scope_from_values(values)
-    if raw_scope:
+    checked_scope = None
+    if not scope.is_empty:
         try:
-            scope = scope_parse(raw_scope)
-            result["scope"] = scope_summary(scope)
+            checked_scope = scope_parse(scope)
+            result["scope"] = scope_summary(checked_scope)
         except InvalidInput as exc:
-            result["scope_errors"] = f.flatten_errors(exc.fields.get("target_scope", exc.message))
+            result["scope_errors"] = f.error_lines(exc.fields.get("target_scope", exc.message))
     else:
         result["scope_errors"] = ["Choose hardware models, regions, vehicle types, tags or devices."]
     try:
-        answers = risk_answers_validate(f.answers_from_values(values, form.questions), risk_questionnaire())
-        result["risk"] = risk_assess(answers=answers, scope_summary=result["scope"] or {})
+        checked_answers = risk_answers_validate(answers, risk_questionnaire())
+        result["risk"] = risk_assess(answers=checked_answers, scope_summary=result["scope"] or {})
     except InvalidInput as exc:
-        result["risk_errors"] = f.flatten_errors(exc.fields.get("risk_answers", exc.message))
-    if scope is not None:
+        result["risk_errors"] = f.error_lines(exc.fields.get("risk_answers", exc.message))
+    if settings_errors:
+        result["plan_errors"] = settings_errors
+    elif checked_scope is not None:
         try:
-            plan = plan_parse(f.plan_from_values(values, wave_list))
-            result["waves"] = plan_wave_preview(plan, scope)
+            result["waves"] = plan_wave_preview(plan_parse(plan), checked_scope)
         except InvalidInput as exc:
-            result["plan_errors"] = f.flatten_errors(exc.fields.get("rollout_plan", exc.message))
+            result["plan_errors"] = f.error_lines(exc.fields.get("rollout_plan", exc.message))
     else:
         result["plan_errors"] = ["Devices per wave appear once the scope is valid."]
     return result

@@ -23,7 +23,7 @@ from devices.scope import scope_parse
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS
 from tests.factories import DeviceFactory
-from tests.support.html import find_all
+from tests.support.html import Element, find_all
 from tests.web.helpers import html_of, messages_of, page_client, text_of
 
 pytestmark = pytest.mark.django_db
@@ -517,6 +517,76 @@ def test_plan_settings_errors_from_the_parser_land_on_the_settings_field(request
     assert not ChangeRequest.objects.exists() and _records() == before
 
 
+def _field_errors(html: str, field_id: str) -> list[str]:
+    """The error lines shown under one field of the change form."""
+    errors = find_all(html, "p", class_="field-error")
+    return [error.text() for error in errors if error.attrs.get("id", "").startswith(f"{field_id}_error_")]
+
+
+def test_a_bad_wave_cohort_is_shown_next_to_that_waves_cohort(requester, fleet):
+    response = page_client(requester).post(NEW, _form_data(fleet, **{"waves-1-cohort_value": "50"}))
+    assert response.status_code == 400
+    html = html_of(response)
+    (error,) = _field_errors(html, "id_waves-1-cohort_kind")
+    assert error.startswith("The last wave must take the remaining targets")
+    assert _field_errors(html, "id_waves-0-cohort_kind") == [] and _field_errors(html, "id_plan_settings") == []
+    assert not ChangeRequest.objects.exists()
+
+
+def test_wave_errors_skip_removed_waves(requester, fleet):
+    """The plan's second wave is the third form when the requester removed the second."""
+    data = _form_data(fleet, **{"waves-TOTAL_FORMS": "3"})
+    for key in [k for k in data if k.startswith("waves-1-")]:
+        data[key.replace("waves-1-", "waves-2-")] = data.pop(key)
+    data.update({f"waves-1-{k}": data[f"waves-2-{k}"] for k in ("soak_seconds", "min_sample", "promotion")})
+    data.update({"waves-1-name": "gone", "waves-1-cohort_kind": "count", "waves-1-cohort_value": "3"})
+    data.update({"waves-1-success_threshold": "0.9", "waves-1-failure_threshold": "0.1", "waves-1-DELETE": "on"})
+    data["waves-2-failure_threshold"] = "0.5"  # 0.98 + 0.5 > 1
+    response = page_client(requester).post(NEW, data)
+    assert response.status_code == 400
+    html = html_of(response)
+    assert _field_errors(html, "id_waves-2-failure_threshold") == [
+        "success_threshold + failure_threshold must not exceed 1."
+    ]
+    assert _field_errors(html, "id_waves-1-failure_threshold") == []
+    assert not ChangeRequest.objects.exists()
+
+
+def test_a_bad_blackout_is_shown_next_to_the_settings_field(requester, fleet):
+    settings = '{"blackout_windows": [{"start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}]}'
+    response = page_client(requester).post(NEW, _form_data(fleet, plan_settings=settings))
+    assert response.status_code == 400
+    assert _field_errors(html_of(response), "id_plan_settings") == [
+        "blackout windows: Blackout start and end are ISO times with a zone, end after start."
+    ]
+    assert not ChangeRequest.objects.exists()
+
+
+def test_an_unknown_region_in_the_settings_is_shown_next_to_the_settings_field(requester, fleet):
+    settings = '{"maintenance_windows": {"mars-1": [{"days": [0], "start": "01:00", "end": "04:00"}]}}'
+    response = page_client(requester).post(NEW, _form_data(fleet, plan_settings=settings))
+    assert response.status_code == 400
+    assert _field_errors(html_of(response), "id_plan_settings") == ["regions: Unknown region codes: mars-1."]
+    assert not ChangeRequest.objects.exists()
+
+
+def test_plan_wide_and_scope_wide_errors_are_shown_at_their_sections_top(requester, fleet):
+    data = _form_data(fleet, scope_hardware_models=[], **{"waves-1-name": "pilot"})
+    response = page_client(requester).post(NEW, data)
+    assert response.status_code == 400
+    sections = {}  # legend -> the errors at the top of that fieldset
+    for fieldset in find_all(html_of(response), "fieldset"):
+        children = [child for child in fieldset.children if isinstance(child, Element)]
+        if children and children[0].tag == "legend":
+            errors = [child.text() for child in children if child.tag == "p" and "field-error" in child.classes]
+            sections[children[0].text()] = errors
+    assert sections["Target scope"] == [
+        "The scope is empty: name hardware models, regions, vehicle types, tags or devices."
+    ]
+    assert sections["Rollout plan"] == ["Wave names must be unique."]
+    assert not ChangeRequest.objects.exists()
+
+
 def test_form_shape_errors_are_shown_per_field(requester, fleet):
     response = page_client(requester).post(NEW, _form_data(fleet, title="", plan_settings="{not json"))
     assert response.status_code == 400
@@ -609,6 +679,38 @@ def test_edit_after_submission_bumps_revision_and_voids_approvals(submitted_chan
     assert submitted_change.revision == 2 and submitted_change.impact_analysis == "Two reboots per unit."
     assert Approval.objects.get().voided_at is not None
     assert any("Saved as revision 2" in m for m in messages_of(response))
+
+
+def test_untouched_edit_of_a_plan_stating_no_stratification_changes_nothing(requester, cab_member, change_fields):
+    plan = default_plan()
+    plan = replace(plan, waves=tuple(replace(wave, stratify=False) for wave in plan.waves))
+    change = _submitted(requester, change_fields, rollout_plan=plan)
+    services.approval_grant(actor=cab_member, change=change, revision=1)
+    url = f"/changes/{change.pk}/edit/"
+    data = _form_values(html_of(page_client(requester).get(url)))
+    before = _records()
+    response = page_client(requester).post(url, data)
+    change.refresh_from_db()
+    assert response.status_code == 302 and "Nothing changed." in messages_of(response)
+    assert change.revision == 1 and _records() == before and change.rollout_plan == plan.to_json()
+
+
+def test_editing_one_wave_sends_the_new_plan(submitted_change, requester):
+    url = f"/changes/{submitted_change.pk}/edit/"
+    data = _form_values(html_of(page_client(requester).get(url)))
+    data["waves-1-soak_seconds"] = "60"
+    response = page_client(requester).post(url, data)
+    submitted_change.refresh_from_db()
+    assert response.status_code == 302 and submitted_change.revision == 2
+    assert [wave.soak_seconds for wave in submitted_change.plan.waves] == [3600, 60, 7200]
+    assert submitted_change.plan.deadlines == default_plan().deadlines
+
+
+def test_edit_page_previews_the_stored_change(submitted_change, requester):
+    response = page_client(requester).get(f"/changes/{submitted_change.pk}/edit/")
+    waves = re.findall(r"<li>(\w+): <strong>(\d+)</strong>", html_of(response))
+    assert waves == [("pilot", "2"), ("early", "2"), ("fleet", "16")]
+    assert "20 active devices" in text_of(response) and "Risk level Moderate (score 3)" in text_of(response)
 
 
 def test_finished_changes_cannot_be_edited(submitted_change, requester, cab_member):
