@@ -13,10 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, TelemetryBatch, TelemetrySample
 from ota_project.errors import InvalidInput
@@ -109,19 +108,28 @@ def telemetry_batch_accept(
     return BatchAcceptance(batch=batch, duplicate=duplicate)
 
 
-def _sample_row(device_id: int, sample: dict[str, Any]) -> TelemetrySample | None:
-    kpis = {key: sample[key] for key in KPI_FIELDS if sample.get(key) is not None}
-    if not kpis:
+# The columns the task writes with COPY, in this order; received_at is the task's clock (auto_now_add elsewhere).
+COPY_COLUMNS = ("device_id", "deployment_id", "reported_at", "received_at", *KPI_FIELDS)
+
+
+def _sample_row(device_id: int, sample: dict[str, Any]) -> tuple[Any, ...] | None:
+    """A stored sample as a COPY row (COPY_COLUMNS order, received_at left to the caller), or None without a KPI."""
+    kpis = tuple(sample.get(key) for key in KPI_FIELDS)
+    if kpis.count(None) == len(kpis):
         return None  # nothing the gates or KPIs use
-    reported_at = parse_datetime(sample["reported_at"])
-    if reported_at is None:  # checked when the batch was accepted: a stored batch with a bad time is corrupt
-        raise ValueError(f"unreadable reported_at {sample['reported_at']!r} in a stored telemetry batch")
-    return TelemetrySample(
-        device_id=device_id,
-        deployment_id=sample.get("deployment_id"),
-        reported_at=reported_at,
-        **kpis,
-    )
+    # reported_at stays the ISO text stored at accept time: PostgreSQL parses it (a corrupt one fails the COPY).
+    return (device_id, sample.get("deployment_id"), sample["reported_at"], *kpis)
+
+
+def _copy_samples(rows: list[tuple[Any, ...]], received_at: datetime) -> None:
+    """Write sample rows with one COPY (psycopg 3) inside the caller's transaction."""
+    table = TelemetrySample._meta.db_table
+    received = received_at.isoformat()
+    with connection.cursor() as cursor, cursor.cursor.copy(
+        f"COPY {table} ({', '.join(COPY_COLUMNS)}) FROM STDIN"
+    ) as copy:
+        for device_id, deployment_id, reported_at, *kpis in rows:
+            copy.write_row((device_id, deployment_id, reported_at, received, *kpis))
 
 
 @transaction.atomic
@@ -129,23 +137,25 @@ def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> in
     """Fold an accepted batch into TelemetrySample rows exactly once; empty and repeated samples are dropped.
 
     Returns the number of samples stored, or None when the batch is gone or was processed already (a redelivered
-    task message does nothing). The raw batch is cleared afterwards; its id stays as the idempotency record.
+    task message does nothing). Exactly once: the batch's row lock is held from the check to the commit, and the
+    COPY and the processed mark commit together, so a redelivered or requeued copy of the task waits for the lock
+    and then finds the batch processed (or, if the worker died, finds nothing written and does it all). The raw
+    batch is cleared afterwards; its id stays as the idempotency record.
     """
-    batch = TelemetryBatch.objects.select_for_update().filter(pk=batch_pk).first()
+    batch = TelemetryBatch.objects.select_for_update().filter(pk=batch_pk).only("pk", "device_id", "samples", "processed_at").first()
     if batch is None or batch.processed_at is not None:
         return None
-    rows: list[TelemetrySample] = []
-    seen: set[str] = set()
+    now = now or timezone.now()
+    rows: list[tuple[Any, ...]] = []
+    seen: set[tuple[Any, ...]] = set()
     for sample in batch.samples or []:
-        key = json.dumps(sample, sort_keys=True)
-        row = _sample_row(batch.device_id, sample) if key not in seen else None
-        seen.add(key)
-        if row is not None:
+        row = _sample_row(batch.device_id, sample)
+        if row is not None and row not in seen:
+            seen.add(row)
             rows.append(row)
-    TelemetrySample.objects.bulk_create(rows)
-    TelemetryBatch.objects.filter(pk=batch.pk).update(
-        samples=None, processed_at=now or timezone.now(), stored_count=len(rows)
-    )
+    if rows:
+        _copy_samples(rows, now)
+    TelemetryBatch.objects.filter(pk=batch.pk).update(samples=None, processed_at=now, stored_count=len(rows))
     return len(rows)
 
 
