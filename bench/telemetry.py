@@ -103,10 +103,7 @@ def _copy_rows(fleet: list[tuple[int, str]], batches: int) -> list[list[tuple[An
     for batch in range(batches):
         device_pk = fleet[batch % len(fleet)][0]
         rows.append(
-            [
-                (device_pk, None, s["reported_at"], received, *(s.get(k) for k in KPI_FIELDS))
-                for s in _samples(batch)
-            ]
+            [(device_pk, None, s["reported_at"], received, *(s.get(k) for k in KPI_FIELDS)) for s in _samples(batch)]
         )
     return rows
 

@@ -47,14 +47,17 @@ class BatchAcceptance:
     duplicate: bool
 
 
+_SAMPLE_FIELD_SET = frozenset(SAMPLE_FIELDS)
+
+
 def _jsonable(sample: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(sample) - set(SAMPLE_FIELDS)
-    if unknown:
+    if not _SAMPLE_FIELD_SET.issuperset(sample):
+        unknown = set(sample) - _SAMPLE_FIELD_SET
         raise InvalidInput("A telemetry sample has unknown fields.", fields={"samples": sorted(unknown)[:20]})
     reported_at = sample.get("reported_at")
-    if not isinstance(reported_at, datetime) or timezone.is_naive(reported_at):
+    if not isinstance(reported_at, datetime) or reported_at.utcoffset() is None:
         raise InvalidInput("Every sample needs a timezone-aware reported_at.", fields={"samples": ["reported_at"]})
-    values = {key: sample.get(key) for key in SAMPLE_FIELDS if sample.get(key) is not None}
+    values = {key: value for key, value in sample.items() if value is not None}
     values["reported_at"] = reported_at.isoformat()
     return values
 
@@ -125,9 +128,10 @@ def _copy_samples(rows: list[tuple[Any, ...]], received_at: datetime) -> None:
     """Write sample rows with one COPY (psycopg 3) inside the caller's transaction."""
     table = TelemetrySample._meta.db_table
     received = received_at.isoformat()
-    with connection.cursor() as cursor, cursor.cursor.copy(
-        f"COPY {table} ({', '.join(COPY_COLUMNS)}) FROM STDIN"
-    ) as copy:
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {table} ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy,
+    ):
         for device_id, deployment_id, reported_at, *kpis in rows:
             copy.write_row((device_id, deployment_id, reported_at, received, *kpis))
 
@@ -142,7 +146,12 @@ def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> in
     and then finds the batch processed (or, if the worker died, finds nothing written and does it all). The raw
     batch is cleared afterwards; its id stays as the idempotency record.
     """
-    batch = TelemetryBatch.objects.select_for_update().filter(pk=batch_pk).only("pk", "device_id", "samples", "processed_at").first()
+    batch = (
+        TelemetryBatch.objects.select_for_update()
+        .filter(pk=batch_pk)
+        .only("pk", "device_id", "samples", "processed_at")
+        .first()
+    )
     if batch is None or batch.processed_at is not None:
         return None
     now = now or timezone.now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -113,17 +114,28 @@ class _Column(NamedTuple):
     high: int
 
 
-def _columns(sample: serializers.Serializer) -> tuple[_Column, ...]:
-    """The sample serializer's KPI fields compiled into plain (name, kind, range) checks: one source for both."""
+class _SampleSpec(NamedTuple):
+    """The sample serializer compiled once: its field names, KPI checks and defaults."""
+
+    allowed: frozenset[str]
+    columns: tuple[_Column, ...]
+    defaults: dict[str, Any]
+
+
+@functools.cache
+def _sample_spec() -> _SampleSpec:
+    """Compiled from TelemetrySampleSerializer itself, so the loop and the serializer share one definition."""
+    fields = TelemetrySampleSerializer().fields
     columns = []
-    for name, field in sample.fields.items():
+    for name, field in fields.items():
         if isinstance(field, serializers.BooleanField):
             columns.append(_Column(name, True, 0, 1))
         elif isinstance(field, serializers.IntegerField):
             low = field.min_value if field.min_value is not None else -(2**63)
             high = field.max_value if field.max_value is not None else 2**63 - 1
             columns.append(_Column(name, False, int(low), int(high)))
-    return tuple(columns)
+    defaults = {name: field.default for name, field in fields.items() if field.default is not empty}
+    return _SampleSpec(frozenset(fields), tuple(columns), defaults)
 
 
 class TelemetrySamplesField(serializers.ListField):
@@ -136,10 +148,6 @@ class TelemetrySamplesField(serializers.ListField):
 
     def __init__(self, **kwargs: Any):
         super().__init__(child=TelemetrySampleSerializer(), **kwargs)
-        self.compiled = _columns(self.child)
-        self.allowed = frozenset(self.child.fields)
-        self.defaults = {name: field.default for name, field in self.child.fields.items() if not field.required}
-        self.defaults = {name: value for name, value in self.defaults.items() if value is not empty}
 
     def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
         fast = self.batch_validate(data) if type(data) is list and data else None
@@ -147,7 +155,7 @@ class TelemetrySamplesField(serializers.ListField):
 
     def batch_validate(self, samples: list[Any]) -> list[dict[str, Any]] | None:
         """The validated samples, or None when any one needs the serializer (to accept it or to say why not)."""
-        allowed, columns, defaults = self.allowed, self.compiled, self.defaults
+        allowed, columns, defaults = _sample_spec()
         zone = timezone.get_current_timezone()
         times: dict[str, datetime] = {}
         validated = []
