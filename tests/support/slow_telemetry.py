@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from devices import telemetry
 
-_sample_row = telemetry._sample_row
+_copy_samples = telemetry._copy_samples
 
 
-def _slow_sample_row(device_id: int, sample: dict[str, Any]) -> Any:
-    time.sleep(float(os.environ.get("OTA_TEST_SLOW_SAMPLE_SECONDS", "60")))
-    return _sample_row(device_id, sample)
+def _slow_copy_samples(rows: str) -> None:
+    time.sleep(float(os.environ.get("OTA_TEST_SLOW_SAMPLE_SECONDS", "60")) * rows.count("\n"))
+    _copy_samples(rows)
 
 
-telemetry._sample_row = _slow_sample_row
+telemetry._copy_samples = _slow_copy_samples
