@@ -184,9 +184,11 @@ def bench_api(processes: int, *, timeout: float = 600.0) -> dict[str, float]:
     return {"api_seconds": api_seconds, "end_to_end_seconds": end_to_end_seconds}
 
 
-def _start_worker(concurrency: int, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "celery", "-A", "ota_project", "worker", "--pool", "prefork"]
+def _start_worker(pool: str, concurrency: int, prefetch: int | None, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "celery", "-A", "ota_project", "worker", "--pool", pool]
     command += ["--concurrency", str(concurrency), "--queues", os.environ["CELERY_TASK_DEFAULT_QUEUE"]]
+    if prefetch is not None:
+        command += ["--prefetch-multiplier", str(prefetch)]
     command += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"]
     return subprocess.Popen(
         command, env=os.environ.copy(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
@@ -208,14 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument("--worker-pool", default="prefork", choices=["prefork", "solo", "threads"])
     parser.add_argument("--worker-concurrency", type=int, default=1)
+    parser.add_argument("--worker-prefetch", type=int, default=None, help="default: the app's (1)")
     args = parser.parse_args(argv)
     _setup()
     import signal
 
     log = Path(os.environ.get("OTA_DATA_DIR", "/tmp")) / "bench-telemetry-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    worker = _start_worker(args.worker_concurrency, log)
+    worker = _start_worker(args.worker_pool, args.worker_concurrency, args.worker_prefetch, log)
     try:
         _clear()
         tag = uuid.uuid4().hex[:6]
@@ -243,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch_samples": BATCH_SAMPLES,
             "rounds": args.rounds,
             "api_processes": args.api_processes,
-            "worker": f"celery prefork, concurrency {args.worker_concurrency}, Redis broker",
+            "worker": f"celery {args.worker_pool}, concurrency {args.worker_concurrency}, prefetch multiplier "
+            f"{args.worker_prefetch or 1}, Redis broker",
             "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],

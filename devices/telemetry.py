@@ -53,37 +53,43 @@ COPY_COLUMNS = ("device_id", "received_at", "deployment_id", "reported_at", *KPI
 COPY_NULL = "\\N"
 
 
-def _int_text(value: Any) -> str:
-    if value is None:
-        return COPY_NULL
-    if type(value) is not int:  # validated upstream; never let other text into the COPY stream
-        raise InvalidInput("Telemetry values are integers.", fields={"samples": [f"Not an integer: {value!r}"[:80]]})
-    return str(value)
+_BOOL_TEXT = {True: "t", False: "f", None: COPY_NULL}
 
 
-def _bool_text(value: Any) -> str:
-    if value is None:
-        return COPY_NULL
-    if type(value) is not bool:
-        raise InvalidInput("sensor_calibrated is true or false.", fields={"samples": ["sensor_calibrated"]})
-    return "t" if value else "f"
+def _column_text(values: list[Any], *, boolean: bool) -> list[str]:
+    """One column of COPY text; only integers (or booleans) and nulls, so nothing needs escaping."""
+    kinds = {type(value) for value in values} - {type(None)}
+    if kinds - {bool if boolean else int}:
+        # Validated upstream; never let other text into the COPY stream.
+        raise InvalidInput("Telemetry values are integers or booleans.", fields={"samples": ["Not a number."]})
+    if boolean:
+        return [_BOOL_TEXT[value] for value in values]
+    return [COPY_NULL if value is None else str(value) for value in values]
 
 
-_KPI_TEXT = tuple((key, _bool_text if key == "sensor_calibrated" else _int_text) for key in KPI_FIELDS)
-
-
-def _sample_text(sample: dict[str, Any]) -> tuple[str, bool]:
-    """A validated sample as COPY text (deployment_id, reported_at and the KPIs, tab-separated) and whether it
-    carries a KPI. Only integers, booleans and ISO times are written, so nothing needs escaping."""
-    if not _SAMPLE_FIELD_SET.issuperset(sample):
-        unknown = set(sample) - _SAMPLE_FIELD_SET
+def _samples_text(samples: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """Validated samples as COPY text (deployment_id, reported_at and the KPIs, tab-separated), each with whether it
+    carries a KPI; formatted column by column."""
+    if not _SAMPLE_FIELD_SET.issuperset(set().union(*samples)):
+        unknown = set().union(*samples) - _SAMPLE_FIELD_SET
         raise InvalidInput("A telemetry sample has unknown fields.", fields={"samples": sorted(unknown)[:20]})
-    reported_at = sample.get("reported_at")
-    if not isinstance(reported_at, datetime) or reported_at.utcoffset() is None:
+    times: list[Any] = [sample.get("reported_at") for sample in samples]
+    if not all(isinstance(at, datetime) and at.utcoffset() is not None for at in times):
         raise InvalidInput("Every sample needs a timezone-aware reported_at.", fields={"samples": ["reported_at"]})
-    kpis = [text(sample.get(key)) for key, text in _KPI_TEXT]
-    has_kpi = kpis.count(COPY_NULL) != len(kpis)
-    return "\t".join((_int_text(sample.get("deployment_id")), reported_at.isoformat(), *kpis)), has_kpi
+    kpis = [[sample.get(key) for sample in samples] for key in KPI_FIELDS]
+    columns = [
+        _column_text([sample.get("deployment_id") for sample in samples], boolean=False),
+        [at.isoformat() for at in times],
+        *(
+            _column_text(values, boolean=key == "sensor_calibrated")
+            for key, values in zip(KPI_FIELDS, kpis, strict=True)
+        ),
+    ]
+    empty = len(KPI_FIELDS)
+    return [
+        ("\t".join(parts), row.count(None) != empty)
+        for parts, row in zip(zip(*columns, strict=True), zip(*kpis, strict=True), strict=True)
+    ]
 
 
 def content_batch_id(sample_texts: list[str]) -> str:
@@ -111,7 +117,7 @@ def telemetry_batch_accept(
     """
     if not samples or len(samples) > MAX_BATCH_SAMPLES:
         raise InvalidInput("A batch has 1 to 500 samples.", fields={"samples": ["1 to 500 samples."]})
-    texts = [_sample_text(sample) for sample in samples]
+    texts = _samples_text(samples)
     batch_id = batch_id or content_batch_id([text for text, _ in texts])
     received_at = now or timezone.now()
     prefix = f"{device.pk}\t{received_at.isoformat()}\t"
@@ -142,14 +148,13 @@ def telemetry_batch_accept(
 def _legacy_rows(batch: TelemetryBatch) -> str:
     """The COPY text of a batch stored as JSON samples (accepted before the COPY intake), empty and repeated ones
     dropped as they always were."""
-    texts = []
+    samples = []
     for sample in batch.samples or []:
         reported_at = parse_datetime(sample["reported_at"])
         if reported_at is None:  # checked when the batch was accepted: a stored batch with a bad time is corrupt
             raise ValueError(f"unreadable reported_at {sample['reported_at']!r} in a stored telemetry batch")
-        text, has_kpi = _sample_text({**sample, "reported_at": reported_at})
-        if has_kpi:
-            texts.append(text)
+        samples.append({**sample, "reported_at": reported_at})
+    texts = [text for text, has_kpi in _samples_text(samples) if has_kpi] if samples else []
     prefix = f"{batch.device_id}\t{batch.received_at.isoformat()}\t"
     return "".join(prefix + text + "\n" for text in dict.fromkeys(texts))
 
