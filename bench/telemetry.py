@@ -42,6 +42,13 @@ def _setup() -> None:
 
     django.setup()
     from django.core.management import call_command
+    from django.db import connection
+
+    # Every round deletes all telemetry: never on anything but a scratch database.
+    if not str(connection.settings_dict["NAME"]).startswith("ota_bench"):
+        raise SystemExit(
+            f"bench.telemetry runs on a scratch database ota_bench*, not {connection.settings_dict['NAME']}"
+        )
 
     call_command("migrate", verbosity=0)
 
@@ -211,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--api-processes", type=int, default=2)
     parser.add_argument("--worker-pool", default="prefork", choices=["prefork", "solo", "threads"])
-    parser.add_argument("--worker-concurrency", type=int, default=1)
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=os.cpu_count() or 1, help="celery's default: the CPUs"
+    )
     parser.add_argument("--worker-prefetch", type=int, default=None, help="default: the app's (1)")
     args = parser.parse_args(argv)
     _setup()
