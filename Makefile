@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench clean
+.PHONY: run test install services lint bench bench-telemetry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ lint: install
 bench: install services
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench" -c "CREATE DATABASE ota_bench"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.rollout_scale
+
+## Telemetry intake benchmark on PostgreSQL with a real Celery worker on Redis (scratch database ota_bench_telemetry)
+bench-telemetry: install services
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_telemetry" -c "CREATE DATABASE ota_bench_telemetry"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_telemetry OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.telemetry
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

@@ -192,8 +192,11 @@ class TelemetryBatch(models.Model):
     batch_id = models.CharField(max_length=80, help_text="The device's id for the batch (or sha256 of its samples).")
     received_at = models.DateTimeField()
     sample_count = models.PositiveIntegerField()
-    # The validated samples as JSON until the Celery task folds them into TelemetrySample rows; then cleared.
+    # The validated samples until the Celery task folds them into TelemetrySample rows; then cleared. Since the COPY
+    # intake: `rows`, the samples already as PostgreSQL COPY text (one line per kept sample, COPY_COLUMNS order), so
+    # the task hands them to COPY untouched. `samples` (JSON) only in batches accepted before it.
     samples = models.JSONField(null=True, blank=True)
+    rows = models.TextField(blank=True, default="", editable=False)
     processed_at = models.DateTimeField(null=True, blank=True)
     stored_count = models.PositiveIntegerField(null=True, blank=True, help_text="Samples kept (empty ones dropped).")
     # When an unprocessed batch counts as stale (its task lost) and is enqueued again; later each time it is.

@@ -118,3 +118,48 @@ def test_a_batch_whose_worker_was_killed_is_processed_by_the_next_worker_within_
         _stop(slow, signal.SIGKILL)
         if successor is not None:
             _stop(successor)
+
+
+def _pool_processes(worker_pid: int) -> list[int]:
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_pool_process_was_killed_is_redelivered_at_once_and_counted_once(crash_queue, tmp_path):
+    """Prefork (the production pool): the task is acknowledged late and rejected when its process is lost, so the
+    broker hands it to the next pool process at once, without waiting for the visibility timeout or the requeue."""
+    gate = tmp_path / "hold"
+    gate.write_text("")
+    worker = _start_worker(
+        crash_queue,
+        tmp_path,
+        "prefork",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "1",
+        "--include",
+        "tests.support.slow_telemetry",
+        env={"OTA_TEST_SLOW_WHILE_FILE": str(gate)},
+    )
+    try:
+        device = DeviceFactory()
+        now = timezone.now()
+        samples = [{"reported_at": now, "boot_time_s": 38}, {"reported_at": now, "link_kbps": 5100}]
+        batch = telemetry.telemetry_batch_accept(device=device, batch_id="pool-crash", samples=samples).batch
+
+        assert _wait_for(lambda: _being_processed(batch.pk), timeout=60), (tmp_path / "prefork.log").read_text()
+        (pool_process,) = _pool_processes(worker.pid)
+        os.kill(pool_process, signal.SIGKILL)
+        killed_at = time.monotonic()
+        gate.unlink()
+        processed = _wait_for(
+            lambda: TelemetryBatch.objects.filter(pk=batch.pk, processed_at__isnull=False).exists(), timeout=30
+        )
+        waited = time.monotonic() - killed_at
+        assert processed and waited < 15, (waited, (tmp_path / "prefork.log").read_text())
+        assert TelemetryBatch.objects.get(pk=batch.pk).stored_count == 2
+        assert TelemetrySample.objects.filter(device=device).count() == 2
+    finally:
+        _stop(worker)

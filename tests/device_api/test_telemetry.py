@@ -236,3 +236,83 @@ def test_a_batch_a_worker_is_processing_is_not_requeued(pilot):
         release.set()
         thread.join(10)
     assert TelemetryBatch.objects.get(pk=locked.pk).requeue_count == 0
+
+
+def test_a_bad_record_in_a_full_batch_is_named_and_refuses_the_whole_batch(
+    offered, pilot, django_capture_on_commit_callbacks
+):
+    samples = [_sample(boot_time_s=40 + i % 10, sensor_calibrated=True) for i in range(500)]
+    samples[3] = _sample(boot_time_s=3601)
+    samples[417] = _sample(sensor_calibrated="perhaps", link_kbps=-1)
+    response = _post(offered, {"samples": samples}, django_capture_on_commit_callbacks)
+    assert response.status_code == 400
+    fields = response.json()["error"]["fields"]["samples"]
+    assert set(fields) == {"3", "417"}
+    assert set(fields["3"]) == {"boot_time_s"} and set(fields["417"]) == {"sensor_calibrated", "link_kbps"}
+    assert not TelemetryBatch.objects.exists() and not TelemetrySample.objects.exists()
+
+
+def test_batch_validation_agrees_with_the_sample_serializer():
+    """The tight loop accepts only what the serializer accepts, with the same values; the rest goes to it."""
+    import random
+
+    from rest_framework import serializers
+
+    from devices.edge.serializers import TelemetryInputSerializer, TelemetrySampleSerializer
+
+    values = [None, 0, 1, -1, 41, 3600, 3601, True, False, "12", 12.0, "x", [], 10**20, 7 * 86400]
+    times = [
+        "2026-01-05T10:00:00Z",
+        "2026-01-05T10:00:00+02:00",
+        "2026-01-05T10:00:00",
+        "yesterday",
+        "2026-01-05",
+        "2026-01-05 10:00:00.123456+00:00",
+        None,
+        5,
+        "0001-01-01T00:00:00+01:00",
+    ]
+    fields = [*telemetry.KPI_FIELDS, "deployment_id"]
+    reference = serializers.ListField(child=TelemetrySampleSerializer())
+    rnd = random.Random(10)
+    fast = 0
+    for _ in range(3000):
+        samples = []
+        for _ in range(rnd.randint(1, 3)):
+            sample = {"reported_at": rnd.choice(times)} if rnd.random() < 0.95 else {}
+            sample.update({name: rnd.choice(values) for name in rnd.sample(fields, rnd.randint(0, 4))})
+            if rnd.random() < 0.02:
+                sample["latitude"] = 48.1
+            samples.append(sample)
+        body = TelemetryInputSerializer(data={"samples": samples})
+        fast += body.fields["samples"].batch_validate(samples) is not None
+        try:
+            expected = reference.run_validation(samples)
+        except serializers.ValidationError as exc:
+            assert not body.is_valid() and body.errors["samples"] == exc.detail, samples
+        else:
+            assert body.is_valid() and [dict(s) for s in body.validated_data["samples"]] == [
+                dict(s) for s in expected
+            ], samples
+    assert fast > 50  # the tight loop did decide part of them
+
+
+def test_a_batch_stored_as_json_before_the_copy_intake_is_folded_once(pilot):
+    received = timezone.now()
+    batch = TelemetryBatch.objects.create(
+        device=pilot,
+        batch_id="before-copy",
+        received_at=received,
+        sample_count=3,
+        samples=[
+            {"reported_at": "2026-01-05T10:00:00+00:00", "boot_time_s": 38, "sensor_calibrated": True},
+            {"reported_at": "2026-01-05T10:00:00+00:00", "boot_time_s": 38, "sensor_calibrated": True},
+            {"reported_at": "2026-01-05T10:05:00+00:00"},
+        ],
+    )
+    assert telemetry.telemetry_batch_process(batch_pk=batch.pk) == 1
+    assert telemetry.telemetry_batch_process(batch_pk=batch.pk) is None
+    stored = TelemetrySample.objects.get(device=pilot)
+    assert (stored.boot_time_s, stored.sensor_calibrated, stored.received_at) == (38, True, received)
+    batch.refresh_from_db()
+    assert batch.samples is None and batch.rows == "" and batch.stored_count == 1
