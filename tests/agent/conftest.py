@@ -40,12 +40,12 @@ def _no_temporal(settings):
 def fleet(db) -> dict[str, Any]:
     """As tests.change_fixtures.fleet, but the new release's artifact is a real image (sha256 and length match),
     so the approvals bind the image the agent verifies."""
-    model = HardwareModelFactory(name="tcu-4g-r2")
-    other_model = HardwareModelFactory(name="tcu-5g-r1")
-    region = RegionFactory(code="eu-west", time_zone="Europe/Paris")
-    old = FirmwareReleaseFactory(version="1.0.0", release_counter=1, hardware_models=[model, other_model])
-    artifact = FirmwareArtifactFactory(sha256=hashlib.sha256(IMAGE).hexdigest(), size_bytes=len(IMAGE))
-    new = FirmwareReleaseFactory(version="1.1.0", release_counter=1, hardware_models=[model], artifact=artifact)
+    model = HardwareModelFactory.create(name="tcu-4g-r2")
+    other_model = HardwareModelFactory.create(name="tcu-5g-r1")
+    region = RegionFactory.create(code="eu-west", time_zone="Europe/Paris")
+    old = FirmwareReleaseFactory.create(version="1.0.0", release_counter=1, hardware_models=[model, other_model])
+    artifact = FirmwareArtifactFactory.create(sha256=hashlib.sha256(IMAGE).hexdigest(), size_bytes=len(IMAGE))
+    new = FirmwareReleaseFactory.create(version="1.1.0", release_counter=1, hardware_models=[model], artifact=artifact)
     DeviceFactory.create_batch(2, hardware_model=model, region=region, tags=["pilot"])
     DeviceFactory.create_batch(18, hardware_model=model, region=region)
     DeviceFactory.create_batch(80, hardware_model=other_model, region=region)

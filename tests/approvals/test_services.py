@@ -149,7 +149,7 @@ def test_rollback_release_must_be_installed_on_targets(requester, change_fields,
     change_fields["target_scope"] = {"regions": ["eu-west"]}
     from tests.factories import DeviceFactory
 
-    DeviceFactory(hardware_model=fleet["model"], region=fleet["region"], installed_version="0.9.0")
+    DeviceFactory.create(hardware_model=fleet["model"], region=fleet["region"], installed_version="0.9.0")
     change = services.change_create(actor=requester, **change_fields)
     with pytest.raises(InvalidInput) as refused:
         services.change_submit(actor=requester, change=change)

@@ -273,7 +273,7 @@ def test_register_of_a_device_without_history(fleet, cab_member):
 
 
 def test_lookup_jumps_to_the_register_by_serial_or_vin(fleet, auditor):
-    device = DeviceFactory(
+    device = DeviceFactory.create(
         serial="VAN-0042", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352"
     )
     client = page_client(auditor)
@@ -285,8 +285,8 @@ def test_lookup_jumps_to_the_register_by_serial_or_vin(fleet, auditor):
 
 
 def test_lookup_lists_candidates_or_says_nothing_matched(fleet, auditor):
-    DeviceFactory(serial="BUS-0001", hardware_model=fleet["model"], region=fleet["region"])
-    DeviceFactory(serial="BUS-0002", hardware_model=fleet["model"], region=fleet["region"])
+    DeviceFactory.create(serial="BUS-0001", hardware_model=fleet["model"], region=fleet["region"])
+    DeviceFactory.create(serial="BUS-0002", hardware_model=fleet["model"], region=fleet["region"])
     client = page_client(auditor)
     lookup = reverse("web-trace:vehicle-lookup")
     several = client.get(lookup, {"serial": "BUS-"})

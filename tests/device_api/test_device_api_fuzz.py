@@ -25,9 +25,9 @@ def device_header(db) -> str:
     request_finished.disconnect(close_old_connections)
     caches["default"].clear()
     try:
-        region = RegionFactory(code="eu-west", max_checkins_per_window=5, max_concurrent_downloads=1)
-        device = DeviceFactory(hardware_model=HardwareModelFactory(name="tcu-4g-r2"), region=region)
-        secret = device_credential_issue(actor=UserFactory(roles=[Role.OPERATOR]), device=device)
+        region = RegionFactory.create(code="eu-west", max_checkins_per_window=5, max_concurrent_downloads=1)
+        device = DeviceFactory.create(hardware_model=HardwareModelFactory.create(name="tcu-4g-r2"), region=region)
+        secret = device_credential_issue(actor=UserFactory.create(roles=[Role.OPERATOR]), device=device)
         yield f"Device {device.serial}:{secret}"
     finally:
         request_started.connect(close_old_connections)

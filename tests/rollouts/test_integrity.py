@@ -122,7 +122,7 @@ def test_two_operators_starting_overlapping_changes_at_once_get_exactly_one_roll
 def test_offer_skips_a_device_whose_hardware_model_changed_since_assignment(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     deployment = Deployment.objects.select_related("device").first()
-    Device.objects.filter(pk=deployment.device_id).update(hardware_model=HardwareModelFactory(name="tcu-9g-r1"))
+    Device.objects.filter(pk=deployment.device_id).update(hardware_model=HardwareModelFactory.create(name="tcu-9g-r1"))
     assert deployment_offer(device=deployment.device) is None
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.SKIPPED
@@ -311,7 +311,7 @@ def test_an_action_naming_a_real_operator_without_their_proof_is_refused(rollout
         "not-a-token",
         token_for(operator, rollout, "pause"),  # another action
         token_for(operator, Rollout(pk=rollout.pk + 1), "abort"),  # another rollout
-        token_for(UserFactory(roles=[Role.OPERATOR]), rollout, "abort"),  # another person
+        token_for(UserFactory.create(roles=[Role.OPERATOR]), rollout, "abort"),  # another person
     ]
     for token in forged:
         with pytest.raises(NotPermitted):
@@ -377,7 +377,7 @@ def test_the_api_mints_a_proof_with_the_temporal_command(rollout, operator, clie
 
 
 def test_a_rollback_release_below_the_new_counter_is_refused_at_submission(requester, change_fields, fleet):
-    security = FirmwareReleaseFactory(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
+    security = FirmwareReleaseFactory.create(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
     change = change_services.change_create(actor=requester, **{**change_fields, "release": security})
     with pytest.raises(InvalidInput) as refused:
         change_services.change_submit(actor=requester, change=change)
@@ -386,8 +386,8 @@ def test_a_rollback_release_below_the_new_counter_is_refused_at_submission(reque
 
 
 def test_the_old_image_re_released_in_the_new_epoch_is_a_valid_rollback(requester, change_fields, fleet):
-    security = FirmwareReleaseFactory(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
-    rereleased = FirmwareReleaseFactory(
+    security = FirmwareReleaseFactory.create(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
+    rereleased = FirmwareReleaseFactory.create(
         version="1.0.1", release_counter=2, hardware_models=[fleet["model"]], artifact=fleet["old"].artifact
     )
     fields = {**change_fields, "release": security, "rollback_release": rereleased}

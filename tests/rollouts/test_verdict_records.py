@@ -135,7 +135,7 @@ def test_every_update_is_its_own_decision(rollout, operator):
 
 def test_another_persons_action_under_a_recorded_update_id_is_refused(rollout, operator):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    other = UserFactory(roles=[Role.OPERATOR])
+    other = UserFactory.create(roles=[Role.OPERATOR])
     steps.human_action_authorize(
         rollout_id=rollout.pk,
         action="pause",

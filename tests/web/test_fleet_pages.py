@@ -71,7 +71,9 @@ def test_unknown_device_is_404(fleet, auditor):
 
 
 def test_search_finds_by_part_of_serial_or_vin(fleet, operator):
-    DeviceFactory(serial="ZZ-SPECIAL-1", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352")
+    DeviceFactory.create(
+        serial="ZZ-SPECIAL-1", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352"
+    )
     client = page_client(operator)
     assert _serials(client.get(INVENTORY, {"q": "special"})) == ["ZZ-SPECIAL-1"]
     assert _serials(client.get(INVENTORY, {"q": "A004352"})) == ["ZZ-SPECIAL-1"]
@@ -81,10 +83,10 @@ def test_search_finds_by_part_of_serial_or_vin(fleet, operator):
 
 
 def test_filters_combine(fleet, operator, make_user):
-    other_region = DeviceFactory(
+    other_region = DeviceFactory.create(
         serial="ASIA-0001", hardware_model=fleet["model"], region__code="ap-south", tags=["pilot"]
     ).region
-    DeviceFactory(
+    DeviceFactory.create(
         serial="ASIA-0002", hardware_model=fleet["other_model"], region=other_region, installed_version="1.1.0"
     )
     client = page_client(operator)
