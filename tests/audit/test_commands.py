@@ -92,6 +92,7 @@ def test_audit_export_of_a_seq_range_is_recorded_by_the_system_actor(tmp_path):
     assert status == 0 and "exported 2 records (#2..#3, filter" in out
     export_record = DecisionRecord.objects.get(action="audit.export")
     assert export_record.actor_name == "system:audit_export"
+    assert export_record.after is not None
     assert export_record.after["filter"]["from_seq"] == 2
 
     status, out, err = _run("audit_verify", "--bundle", str(output))

@@ -243,6 +243,7 @@ def test_a_region_can_be_created_with_its_budget(db, client_for, operator):
     assert created.status_code == 201 and created.json()["poll_interval_seconds"] == 1200
     assert created.json()["max_checkins_per_window"] is None
     record = DecisionRecord.objects.get(action="devices.region.create", object_id="ap-south")
+    assert record.after is not None
     assert record.after["poll_interval_seconds"] == 1200
     bad = client_for(operator).post(
         "/api/v1/regions/", {**body, "code": "ap-east", "max_concurrent_downloads": -3}, format="json"

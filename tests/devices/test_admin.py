@@ -121,6 +121,7 @@ def test_admin_edits_a_region_budget_through_the_service_and_never_its_zone(admi
     region.refresh_from_db()
     assert (region.poll_interval_seconds, region.max_checkins_per_window, region.time_zone) == (1800, 500, zone)
     record = DecisionRecord.objects.get(actor_name="root")
+    assert record.after is not None and record.before is not None
     assert record.after["poll_interval_seconds"] == 1800 and record.before["poll_interval_seconds"] is None
 
 

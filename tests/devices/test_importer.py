@@ -137,7 +137,8 @@ def test_upsert_updates_existing_devices_and_creates_new_ones(device_row, hardwa
     assert existing.hardware_model == other_model and existing.installed_version == "1.4.2"
     assert existing.vin == "WDB00000000000001" and existing.status == existing_status
     assert sorted(existing.tags.values_list("name", flat=True)) == ["eu", "pilot"]
-    assert DecisionRecord.objects.get().after["updated"] == 1
+    record = DecisionRecord.objects.get()
+    assert record.after is not None and record.after["updated"] == 1
 
 
 def test_upsert_still_refuses_a_vin_held_by_another_device(device_row):

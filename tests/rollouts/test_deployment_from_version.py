@@ -37,10 +37,12 @@ def _drive(deployment: Deployment, *statuses: str) -> Deployment:
     offered = deployment_offer(device=deployment.device)
     assert offered is not None and offered.pk == deployment.pk
     for seq, status in enumerate(statuses, start=offered.last_seq + 1):
-        extra = {"booted_version": offered.release.version, "health_passed": True} if status == "succeeded" else {}
-        offered = deployment_report(
-            device=offered.device, deployment_id=offered.pk, report=Report(seq, status, **extra)
-        ).deployment
+        report = (
+            Report(seq, status, booted_version=offered.release.version, health_passed=True)
+            if status == "succeeded"
+            else Report(seq, status)
+        )
+        offered = deployment_report(device=offered.device, deployment_id=offered.pk, report=report).deployment
     return offered
 
 

@@ -122,6 +122,7 @@ def test_success_rate_counts_finished_update_deployments_per_period(old_fleet):
     ]
     assert [r.rate for r in rows] == [0.75, 4 / 6, 1.0]
     total = success_rate_total(rows)
+    assert total is not None
     assert (total.attempted, total.succeeded, total.rate) == (12, 9, 0.75)
 
 
@@ -261,5 +262,6 @@ def test_rollbacks_are_counted_per_release_and_period(old_fleet):
 def test_report_uses_default_period_counts(old_fleet):
     report = kpi_report(unit=DAY, now=NOW)
     assert len(report.periods) == 14 and report.periods[-1].label == "2026-11-25"
+    assert report.success_total is not None  # the default window has periods, so there is a total
     assert report.success_total.attempted == 0 and report.recovery.mean is None and report.rollbacks == []
     assert {s.model for s in report.shares} == {"tcu-4g-r2", "tcu-5g-r1"}
