@@ -65,7 +65,9 @@ def running(approved_change, operator, fleet) -> Rollout:
 
 @pytest.fixture
 def pilot(running) -> Device:
-    return Deployment.objects.order_by("pk").first().device
+    deployment = Deployment.objects.order_by("pk").first()
+    assert deployment is not None  # the pilot wave is assigned
+    return deployment.device
 
 
 class RecordingTransport(HttpTransport):
@@ -103,6 +105,7 @@ def device(live_server, pilot, operator, tmp_path) -> Any:
     class Device_:
         model = pilot
         dir = state_dir
+        transport: RecordingTransport  # assigned below (`transport = transport` here would not read the local)
 
         @staticmethod
         def power_on(**kwargs: Any) -> Agent:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import schemathesis
 from django.core.cache import caches
@@ -19,7 +21,7 @@ schema = schemathesis.openapi.from_wsgi("/device/v1/schema/?format=json", get_ws
 
 
 @pytest.fixture
-def device_header(db) -> str:
+def device_header(db) -> Iterator[str]:
     """A credentialed device in a region with a tight budget, so 429 paths are exercised as well."""
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)

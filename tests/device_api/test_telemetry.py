@@ -96,7 +96,7 @@ def test_batch_without_id_is_recognised_by_its_content(offered, pilot, django_ca
     other = _post(offered, {"samples": [_sample(gps_fix_s=31)]}, django_capture_on_commit_callbacks).json()
     assert first["batch_id"].startswith("sha256:") and first["batch_id"] == again["batch_id"] != other["batch_id"]
     assert again["duplicate"] is True and other["duplicate"] is False
-    assert sorted(TelemetrySample.objects.values_list("gps_fix_s", flat=True)) == [30, 31]
+    assert list(TelemetrySample.objects.order_by("gps_fix_s").values_list("gps_fix_s", flat=True)) == [30, 31]
 
 
 def test_the_same_batch_id_from_two_devices_is_two_batches(
