@@ -27,7 +27,8 @@ def _run(*args: str) -> tuple[int, str, str]:
     try:
         call_command(*args, stdout=out, stderr=err)
     except SystemExit as exc:
-        return int(exc.code), out.getvalue(), err.getvalue()
+        assert isinstance(exc.code, int)  # the commands exit with a status number (sys.exit(1))
+        return exc.code, out.getvalue(), err.getvalue()
     return 0, out.getvalue(), err.getvalue()
 
 
