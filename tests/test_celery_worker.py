@@ -26,7 +26,7 @@ TELEMETRY = "/device/v1/telemetry/"
 def _fresh_connections() -> None:
     # Eager calls earlier in this process opened the producer pool on the embedded memory:// transport; drop the
     # pools (what Celery itself does after a fork) so the next publish connects to the broker configured now.
-    celery_app._after_fork()
+    celery_app._after_fork()  # type: ignore[attr-defined]  # private Celery API, absent from celery-types' stubs
 
 
 def _redis_available() -> bool:
