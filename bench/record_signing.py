@@ -95,7 +95,7 @@ def main() -> None:
         sign_only.append((time.perf_counter() - started) * 1e6)
 
     # Interleaved, each after a VACUUM: rolled-back rows leave dead tuples that would slow whichever runs later.
-    trusts = {"unsigned baseline": UnsignedTrust(), "signed": trust}
+    trusts: dict[str, records.RecordTrust] = {"unsigned baseline": UnsignedTrust(), "signed": trust}
     samples: dict[str, list[tuple[float, float]]] = {label: [] for label in trusts}
     for _ in range(args.runs):
         for label, installed in trusts.items():

@@ -26,11 +26,11 @@ def fleet(db) -> dict[str, Any]:
     """20 active devices on 1.0.0 (2 tagged pilot) plus 80 devices elsewhere, so the scope is 20% of the fleet.
 
     1.1.0 is an ordinary release in the same security epoch (counter 1), so 1.0.0 stays a valid rollback target."""
-    model = HardwareModelFactory(name="tcu-4g-r2")
-    other_model = HardwareModelFactory(name="tcu-5g-r1")
-    region = RegionFactory(code="eu-west", time_zone="Europe/Paris")
-    old = FirmwareReleaseFactory(version="1.0.0", release_counter=1, hardware_models=[model, other_model])
-    new = FirmwareReleaseFactory(version="1.1.0", release_counter=1, hardware_models=[model])
+    model = HardwareModelFactory.create(name="tcu-4g-r2")
+    other_model = HardwareModelFactory.create(name="tcu-5g-r1")
+    region = RegionFactory.create(code="eu-west", time_zone="Europe/Paris")
+    old = FirmwareReleaseFactory.create(version="1.0.0", release_counter=1, hardware_models=[model, other_model])
+    new = FirmwareReleaseFactory.create(version="1.1.0", release_counter=1, hardware_models=[model])
     DeviceFactory.create_batch(2, hardware_model=model, region=region, tags=["pilot"])
     DeviceFactory.create_batch(18, hardware_model=model, region=region)
     DeviceFactory.create_batch(80, hardware_model=other_model, region=region)

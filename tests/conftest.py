@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
@@ -89,42 +90,42 @@ def _security_events_cleared(request, django_db_blocker):
 
 
 @pytest.fixture
-def make_user(db) -> Callable[..., object]:
+def make_user(db) -> Callable[..., User]:
     """make_user("cab_member", "security_officer", username="alice") -> a user with those roles."""
 
-    def _make(*roles: str, **kwargs: object):
-        return UserFactory(roles=list(roles), **kwargs)
+    def _make(*roles: str, **kwargs: object) -> User:
+        return UserFactory.create(roles=list(roles), **kwargs)
 
     return _make
 
 
 @pytest.fixture
-def requester(make_user):
+def requester(make_user) -> User:
     return make_user(Role.REQUESTER, username="rita-requester")
 
 
 @pytest.fixture
-def cab_member(make_user):
+def cab_member(make_user) -> User:
     return make_user(Role.CAB_MEMBER, username="carl-cab")
 
 
 @pytest.fixture
-def cab_member_2(make_user):
+def cab_member_2(make_user) -> User:
     return make_user(Role.CAB_MEMBER, username="cora-cab")
 
 
 @pytest.fixture
-def security_officer(make_user):
+def security_officer(make_user) -> User:
     return make_user(Role.SECURITY_OFFICER, username="sam-security")
 
 
 @pytest.fixture
-def operator(make_user):
+def operator(make_user) -> User:
     return make_user(Role.OPERATOR, username="olga-operator")
 
 
 @pytest.fixture
-def auditor(make_user):
+def auditor(make_user) -> User:
     return make_user(Role.AUDITOR, username="anna-auditor")
 
 
@@ -134,10 +135,10 @@ def api_client() -> APIClient:
 
 
 @pytest.fixture
-def client_for() -> Callable[[object], APIClient]:
+def client_for() -> Callable[[User | None], APIClient]:
     """client_for(user) -> an API client authenticated as that user (None: anonymous)."""
 
-    def _client(user: object) -> APIClient:
+    def _client(user: User | None) -> APIClient:
         client = APIClient()
         if user is not None:
             client.force_authenticate(user=user)

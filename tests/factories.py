@@ -1,4 +1,10 @@
-"""factory_boy factories for every domain model (shared by all test modules)."""
+"""factory_boy factories for every domain model (shared by all test modules).
+
+Each factory is typed with its model (`DjangoModelFactory[Device]`), so call `DeviceFactory.create(...)` (or
+`.create_batch(n, ...)`): mypy types the result as a `Device`. Calling the class itself (`DeviceFactory(...)`) does the
+same at run time, but factory_boy's metaclass `__call__` is unannotated, so mypy would type the result as a
+`DeviceFactory`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,7 @@ import hashlib
 from datetime import timedelta
 
 import factory
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
 from approvals.models import ChangeRequest, ChangeTemplate
@@ -17,9 +22,31 @@ from devices.models import Device, HardwareModel, Region, Tag
 PASSWORD = "correct-horse-battery-staple"
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+# Post-generation hooks are module functions rather than methods: factory_boy calls them with the built model
+# instance, not the factory, so their first parameter is typed as the model.
+
+
+def _add_roles(user: User, create: bool, extracted: list[str] | None, **kwargs: object) -> None:
+    user.save()
+    for name in extracted or []:
+        user.groups.add(Group.objects.get(name=name))
+
+
+def _add_tags(device: Device, create: bool, extracted: list[str] | None, **kwargs: object) -> None:
+    for name in extracted or []:
+        device.tags.add(Tag.objects.get_or_create(name=name)[0])
+
+
+def _set_hardware_models(
+    release: FirmwareRelease, create: bool, extracted: list[HardwareModel] | None, **kwargs: object
+) -> None:
+    if extracted:
+        release.hardware_models.set(extracted)
+
+
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
-        model = get_user_model()
+        model = User
         django_get_or_create = ("username",)
         skip_postgeneration_save = True
 
@@ -27,14 +54,10 @@ class UserFactory(factory.django.DjangoModelFactory):
     email = factory.LazyAttribute(lambda u: f"{u.username}@example.test")
     password = factory.PostGenerationMethodCall("set_password", PASSWORD)
 
-    @factory.post_generation
-    def roles(self, create: bool, extracted: list[str] | None, **kwargs: object) -> None:
-        self.save()
-        for name in extracted or []:
-            self.groups.add(Group.objects.get(name=name))
+    roles = factory.post_generation(_add_roles)
 
 
-class HardwareModelFactory(factory.django.DjangoModelFactory):
+class HardwareModelFactory(factory.django.DjangoModelFactory[HardwareModel]):
     class Meta:
         model = HardwareModel
         django_get_or_create = ("name",)
@@ -46,7 +69,7 @@ class HardwareModelFactory(factory.django.DjangoModelFactory):
     partition_layout = factory.LazyFunction(lambda: {"scheme": "ab", "slots": ["a", "b"], "slot_size_bytes": 268435456})
 
 
-class RegionFactory(factory.django.DjangoModelFactory):
+class RegionFactory(factory.django.DjangoModelFactory[Region]):
     class Meta:
         model = Region
         django_get_or_create = ("code",)
@@ -56,7 +79,7 @@ class RegionFactory(factory.django.DjangoModelFactory):
     time_zone = "Europe/Berlin"
 
 
-class TagFactory(factory.django.DjangoModelFactory):
+class TagFactory(factory.django.DjangoModelFactory[Tag]):
     class Meta:
         model = Tag
         django_get_or_create = ("name",)
@@ -64,7 +87,7 @@ class TagFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"tag-{n}")
 
 
-class DeviceFactory(factory.django.DjangoModelFactory):
+class DeviceFactory(factory.django.DjangoModelFactory[Device]):
     class Meta:
         model = Device
         skip_postgeneration_save = True
@@ -78,13 +101,10 @@ class DeviceFactory(factory.django.DjangoModelFactory):
     installed_version = "1.0.0"
     installed_release_counter = 1
 
-    @factory.post_generation
-    def tags(self, create: bool, extracted: list[str] | None, **kwargs: object) -> None:
-        for name in extracted or []:
-            self.tags.add(Tag.objects.get_or_create(name=name)[0])
+    tags = factory.post_generation(_add_tags)
 
 
-class FirmwareArtifactFactory(factory.django.DjangoModelFactory):
+class FirmwareArtifactFactory(factory.django.DjangoModelFactory[FirmwareArtifact]):
     class Meta:
         model = FirmwareArtifact
         django_get_or_create = ("sha256",)
@@ -94,7 +114,7 @@ class FirmwareArtifactFactory(factory.django.DjangoModelFactory):
     storage_path = factory.LazyAttribute(lambda a: f"{a.sha256[:2]}/{a.sha256}")
 
 
-class FirmwareReleaseFactory(factory.django.DjangoModelFactory):
+class FirmwareReleaseFactory(factory.django.DjangoModelFactory[FirmwareRelease]):
     class Meta:
         model = FirmwareRelease
         skip_postgeneration_save = True
@@ -107,13 +127,10 @@ class FirmwareReleaseFactory(factory.django.DjangoModelFactory):
     builder = "ci-builder-7"
     created_by = factory.SubFactory(UserFactory, roles=["requester"])
 
-    @factory.post_generation
-    def hardware_models(self, create: bool, extracted: list[HardwareModel] | None, **kwargs: object) -> None:
-        if extracted:
-            self.hardware_models.set(extracted)
+    hardware_models = factory.post_generation(_set_hardware_models)
 
 
-class ChangeTemplateFactory(factory.django.DjangoModelFactory):
+class ChangeTemplateFactory(factory.django.DjangoModelFactory[ChangeTemplate]):
     class Meta:
         model = ChangeTemplate
 
@@ -121,7 +138,7 @@ class ChangeTemplateFactory(factory.django.DjangoModelFactory):
     description = "Pre-approved monthly patch for the stable channel."
 
 
-class ChangeRequestFactory(factory.django.DjangoModelFactory):
+class ChangeRequestFactory(factory.django.DjangoModelFactory[ChangeRequest]):
     """A draft change row built directly (for selector and API read tests; services build real ones)."""
 
     class Meta:

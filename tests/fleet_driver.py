@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from django.db import close_old_connections
 
+from devices.models import Device
 from rollouts.choices import DEPLOYMENT_TERMINAL, RolloutStatus
 from rollouts.demo.playback import FAIL_BOOT, HAPPY, play
 from rollouts.deployment_services import deployment_offer
@@ -32,7 +33,7 @@ def step(rollout_id: int, behaviour: Behaviour) -> int:
         .distinct()
     )
     for device_id in list(device_ids):
-        deployment = deployment_offer(device=Deployment.objects.filter(device_id=device_id).first().device)
+        deployment = deployment_offer(device=Device.objects.get(pk=device_id))
         if deployment is None:
             continue
         statuses = behaviour(deployment)

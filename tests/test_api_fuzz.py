@@ -34,10 +34,10 @@ def keep_test_connection(db):
 @pytest.fixture
 def all_roles_token(keep_test_connection) -> str:
     """A user holding every role, so requests reach the services instead of stopping at the permission check."""
-    user = UserFactory(username="fuzzer", roles=list(Role.values))
-    model = HardwareModelFactory(name="tcu-4g-r2")
-    region = RegionFactory(code="eu-west")
-    FirmwareReleaseFactory(version="1.0.0", release_counter=1, hardware_models=[model])
+    user = UserFactory.create(username="fuzzer", roles=list(Role.values))
+    model = HardwareModelFactory.create(name="tcu-4g-r2")
+    region = RegionFactory.create(code="eu-west")
+    FirmwareReleaseFactory.create(version="1.0.0", release_counter=1, hardware_models=[model])
     DeviceFactory.create_batch(3, hardware_model=model, region=region, tags=["pilot"])
     return Token.objects.create(user=user).key
 

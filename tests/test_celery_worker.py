@@ -26,7 +26,7 @@ TELEMETRY = "/device/v1/telemetry/"
 def _fresh_connections() -> None:
     # Eager calls earlier in this process opened the producer pool on the embedded memory:// transport; drop the
     # pools (what Celery itself does after a fork) so the next publish connects to the broker configured now.
-    celery_app._after_fork()
+    celery_app._after_fork()  # type: ignore[attr-defined]  # private Celery API, absent from celery-types' stubs
 
 
 def _redis_available() -> bool:
@@ -74,8 +74,8 @@ def _wait_for(condition, timeout: float = 30.0) -> bool:
 @pytest.mark.django_db(transaction=True)
 def test_telemetry_batch_is_processed_by_a_real_worker_exactly_once(redis_worker):
     assert celery_app.conf.task_always_eager is False and celery_app.conf.broker_url == BROKER_URL
-    device = DeviceFactory()
-    operator = UserFactory(roles=[Role.OPERATOR])
+    device = DeviceFactory.create()
+    operator = UserFactory.create(roles=[Role.OPERATOR])
     client = APIClient()
     client.credentials(
         HTTP_AUTHORIZATION=f"Device {device.serial}:{device_credential_issue(actor=operator, device=device)}"

@@ -91,7 +91,7 @@ def test_a_batch_whose_worker_was_killed_is_processed_by_the_next_worker_within_
     )
     successor = None
     try:
-        device = DeviceFactory()
+        device = DeviceFactory.create()
         now = timezone.now()
         samples = [{"reported_at": now, "boot_time_s": 38}, {"reported_at": now, "link_kbps": 5100}]
         batch = telemetry.telemetry_batch_accept(device=device, batch_id="crash-1", samples=samples).batch
@@ -144,7 +144,7 @@ def test_a_batch_whose_pool_process_was_killed_is_redelivered_at_once_and_counte
         env={"OTA_TEST_SLOW_WHILE_FILE": str(gate)},
     )
     try:
-        device = DeviceFactory()
+        device = DeviceFactory.create()
         now = timezone.now()
         samples = [{"reported_at": now, "boot_time_s": 38}, {"reported_at": now, "link_kbps": 5100}]
         batch = telemetry.telemetry_batch_accept(device=device, batch_id="pool-crash", samples=samples).batch

@@ -47,5 +47,5 @@ def test_the_schema_documents_every_app():
 def test_anonymous_is_401_and_roleless_user_is_403(client_for, method, path):
     url = _concrete(path)
     assert getattr(client_for(None), method)(url, {}, format="json").status_code == 401
-    roleless = UserFactory(username="no-role")
+    roleless = UserFactory.create(username="no-role")
     assert getattr(client_for(roleless), method)(url, {}, format="json").status_code == 403

@@ -40,12 +40,12 @@ def _no_temporal(settings):
 def fleet(db) -> dict[str, Any]:
     """As tests.change_fixtures.fleet, but the new release's artifact is a real image (sha256 and length match),
     so the approvals bind the image the agent verifies."""
-    model = HardwareModelFactory(name="tcu-4g-r2")
-    other_model = HardwareModelFactory(name="tcu-5g-r1")
-    region = RegionFactory(code="eu-west", time_zone="Europe/Paris")
-    old = FirmwareReleaseFactory(version="1.0.0", release_counter=1, hardware_models=[model, other_model])
-    artifact = FirmwareArtifactFactory(sha256=hashlib.sha256(IMAGE).hexdigest(), size_bytes=len(IMAGE))
-    new = FirmwareReleaseFactory(version="1.1.0", release_counter=1, hardware_models=[model], artifact=artifact)
+    model = HardwareModelFactory.create(name="tcu-4g-r2")
+    other_model = HardwareModelFactory.create(name="tcu-5g-r1")
+    region = RegionFactory.create(code="eu-west", time_zone="Europe/Paris")
+    old = FirmwareReleaseFactory.create(version="1.0.0", release_counter=1, hardware_models=[model, other_model])
+    artifact = FirmwareArtifactFactory.create(sha256=hashlib.sha256(IMAGE).hexdigest(), size_bytes=len(IMAGE))
+    new = FirmwareReleaseFactory.create(version="1.1.0", release_counter=1, hardware_models=[model], artifact=artifact)
     DeviceFactory.create_batch(2, hardware_model=model, region=region, tags=["pilot"])
     DeviceFactory.create_batch(18, hardware_model=model, region=region)
     DeviceFactory.create_batch(80, hardware_model=other_model, region=region)
@@ -65,7 +65,9 @@ def running(approved_change, operator, fleet) -> Rollout:
 
 @pytest.fixture
 def pilot(running) -> Device:
-    return Deployment.objects.order_by("pk").first().device
+    deployment = Deployment.objects.order_by("pk").first()
+    assert deployment is not None  # the pilot wave is assigned
+    return deployment.device
 
 
 class RecordingTransport(HttpTransport):
@@ -103,6 +105,7 @@ def device(live_server, pilot, operator, tmp_path) -> Any:
     class Device_:
         model = pilot
         dir = state_dir
+        transport: RecordingTransport  # assigned below (`transport = transport` here would not read the local)
 
         @staticmethod
         def power_on(**kwargs: Any) -> Agent:

@@ -8,6 +8,7 @@ import random
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,16 +27,23 @@ def no_sleep(seconds: float) -> None:
     pass
 
 
-def cut_power_at(event: str, times: int = 1):
-    """A hook cutting the power the first `times` times `event` happens; .fired counts the cuts."""
+class PowerCut:
+    """An agent hook cutting the power the first `times` times `when(event)` holds; .fired counts the cuts."""
 
-    def hook(name: str) -> None:
-        if name == event and hook.fired < times:
-            hook.fired += 1
+    def __init__(self, when: Callable[[str], bool], times: int = 1) -> None:
+        self.when = when
+        self.times = times
+        self.fired = 0
+
+    def __call__(self, name: str) -> None:
+        if self.fired < self.times and self.when(name):
+            self.fired += 1
             raise PowerLoss(name)
 
-    hook.fired = 0
-    return hook
+
+def cut_power_at(event: str, times: int = 1) -> PowerCut:
+    """A hook cutting the power the first `times` times `event` happens; .fired counts the cuts."""
+    return PowerCut(lambda name: name == event, times)
 
 
 def run_until_done(device, *, hook=None, health_check=None, power_ons: int = 8, cycles: int = 6):
@@ -96,12 +104,7 @@ def test_healthy_update_ends_succeeded_with_the_image_in_the_active_slot(device)
 
 @pytest.mark.parametrize("cut_after", [4096, 12288, 36864])
 def test_download_cut_by_power_loss_resumes_where_it_stopped(device, cut_after):
-    def hook(name: str) -> None:
-        if name == "download:chunk" and not hook.fired and device.transport.bytes_received >= cut_after:
-            hook.fired = True
-            raise PowerLoss(name)
-
-    hook.fired = False
+    hook = PowerCut(lambda name: name == "download:chunk" and device.transport.bytes_received >= cut_after)
     run_until_done(device, hook=hook)
     assert hook.fired
     assert device.transport.download_offsets == [0, cut_after]

@@ -33,7 +33,7 @@ def _imported_top_levels(path: Path) -> set[str]:
 
 def test_agent_imports_only_the_stdlib_itself_and_its_listed_dependencies():
     allowed_third_party = set(_requirements())
-    offending = {}
+    offending: dict[str, list[str]] = {}
     for path in sorted(AGENT.rglob("*.py")):
         for name in _imported_top_levels(path):
             top = name.split(".")[0]

@@ -54,11 +54,16 @@ def _advisory_lock_waiters() -> int:
 def test_cancel_deadlocked_against_the_chain_lock_is_retried_and_both_succeed(submitted_change, requester, monkeypatch):
     monkeypatch.setattr(db, "_BACKOFF_BASE_SECONDS", 0.0)
     change = submitted_change
-    lock_calls = []
+    lock_calls: list[int] = []
     real_lock = services._lock
-    monkeypatch.setattr(services, "_lock", lambda c: (lock_calls.append(c.pk), real_lock(c))[1])
+
+    def counting_lock(locked: ChangeRequest) -> ChangeRequest:
+        lock_calls.append(locked.pk)
+        return real_lock(locked)
+
+    monkeypatch.setattr(services, "_lock", counting_lock)
     chain_held = threading.Event()
-    other_attempts = []
+    other_attempts: list[int] = []
 
     @atomic_with_retry()
     def append_then_lock_the_change() -> None:

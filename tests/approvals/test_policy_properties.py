@@ -46,7 +46,7 @@ def test_author_never_counts_and_each_person_fills_at_most_one_slot(required, al
     counted = [voter for voters in progress.filled.values() for voter in voters]
     assert author_id not in counted
     assert len(counted) == len(set(counted))
-    first_roles = {}
+    first_roles: dict[int, frozenset[str]] = {}
     for vote in all_votes:
         first_roles.setdefault(vote.approver_id, vote.roles)
     for role, voters in progress.filled.items():

@@ -149,7 +149,7 @@ def test_rollback_release_must_be_installed_on_targets(requester, change_fields,
     change_fields["target_scope"] = {"regions": ["eu-west"]}
     from tests.factories import DeviceFactory
 
-    DeviceFactory(hardware_model=fleet["model"], region=fleet["region"], installed_version="0.9.0")
+    DeviceFactory.create(hardware_model=fleet["model"], region=fleet["region"], installed_version="0.9.0")
     change = services.change_create(actor=requester, **change_fields)
     with pytest.raises(InvalidInput) as refused:
         services.change_submit(actor=requester, change=change)
@@ -196,6 +196,7 @@ def test_emergency_change_needs_reason_and_owes_a_retrospective(requester, chang
     change = services.approval_grant(actor=on_call, change=change, revision=1)
     assert change.status == ChangeStatus.APPROVED
     assert change.retrospective_due_at is not None and change.retrospective_done_at is None
+    assert change.approved_at is not None
     ChangeRequest.objects.filter(pk=change.pk).update(retrospective_due_at=change.approved_at.replace(year=2000))
     assert list(change_list_retrospective_overdue()) == [change]
     services.change_retrospective_complete(actor=cab_member, change=change, comment="Justified; patch verified.")

@@ -52,7 +52,8 @@ def _run(*args: str) -> tuple[int, str, str]:
     try:
         call_command(*args, stdout=out, stderr=err)
     except SystemExit as exc:
-        return int(exc.code), out.getvalue(), err.getvalue()
+        assert isinstance(exc.code, int)  # the commands exit with a status number (sys.exit(1))
+        return exc.code, out.getvalue(), err.getvalue()
     return 0, out.getvalue(), err.getvalue()
 
 
@@ -79,6 +80,7 @@ def test_records_are_signed_at_append_by_the_audit_key():
     (record,) = append_records(1)
     record.refresh_from_db()
     assert record.key_id == audit_key_id()
+    assert record.signature is not None
     assert len(base64.b64decode(record.signature, validate=True)) == 64
 
 

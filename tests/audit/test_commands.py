@@ -27,7 +27,8 @@ def _run(*args: str) -> tuple[int, str, str]:
     try:
         call_command(*args, stdout=out, stderr=err)
     except SystemExit as exc:
-        return int(exc.code), out.getvalue(), err.getvalue()
+        assert isinstance(exc.code, int)  # the commands exit with a status number (sys.exit(1))
+        return exc.code, out.getvalue(), err.getvalue()
     return 0, out.getvalue(), err.getvalue()
 
 
@@ -92,6 +93,7 @@ def test_audit_export_of_a_seq_range_is_recorded_by_the_system_actor(tmp_path):
     assert status == 0 and "exported 2 records (#2..#3, filter" in out
     export_record = DecisionRecord.objects.get(action="audit.export")
     assert export_record.actor_name == "system:audit_export"
+    assert export_record.after is not None
     assert export_record.after["filter"]["from_seq"] == 2
 
     status, out, err = _run("audit_verify", "--bundle", str(output))

@@ -127,6 +127,7 @@ def test_export_is_recorded_after_the_bundle_and_names_its_manifest(auditor):
     assert export_record.actor_name == auditor.username and export_record.reason == "quarterly audit"
     assert export_record.object_type == "audit_bundle"
     assert export_record.object_id == hashlib.sha256(manifest_bytes).hexdigest()
+    assert export_record.after is not None
     assert export_record.after["head_hash"] == json.loads(manifest_bytes)["head_hash"]
 
     next_bundle = audit_export(fmt="jsonl")  # the next export carries the record of the first one

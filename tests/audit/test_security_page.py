@@ -75,5 +75,5 @@ def test_nav_entry_only_for_auditors_and_security_officers(make_user):
     link = f'href="{PAGE}"'
     for role in READERS:
         assert link in page_client(make_user(role)).get("/").content.decode()
-    for role in OTHER_ROLES:
-        assert link not in page_client(make_user(role)).get("/").content.decode()
+    for other_role in OTHER_ROLES:
+        assert link not in page_client(make_user(other_role)).get("/").content.decode()

@@ -177,6 +177,7 @@ def test_register_shows_the_stored_version_not_a_reconstruction(approved_change,
     rollout = steps.rollout_start(actor=operator, change=approved_change)
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     pilot = Device.objects.filter(tags__name="pilot").order_by("serial").first()
+    assert pilot is not None
     # The unit was re-flashed to a hotfix outside any deployment; the inventory knows, its history does not.
     Device.objects.filter(pk=pilot.pk).update(installed_version="1.0.1", installed_release_counter=1)
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
@@ -265,6 +266,7 @@ def test_register_uses_the_inventory_history_and_status_changes(fleet, operator,
 
 def test_register_of_a_device_without_history(fleet, cab_member):
     device = Device.objects.order_by("serial").first()
+    assert device is not None
     body = page_client(cab_member).get(_register_url(device.serial)).content.decode()
     assert "No software change is recorded for this device" in body
 
@@ -273,7 +275,7 @@ def test_register_of_a_device_without_history(fleet, cab_member):
 
 
 def test_lookup_jumps_to_the_register_by_serial_or_vin(fleet, auditor):
-    device = DeviceFactory(
+    device = DeviceFactory.create(
         serial="VAN-0042", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352"
     )
     client = page_client(auditor)
@@ -285,8 +287,8 @@ def test_lookup_jumps_to_the_register_by_serial_or_vin(fleet, auditor):
 
 
 def test_lookup_lists_candidates_or_says_nothing_matched(fleet, auditor):
-    DeviceFactory(serial="BUS-0001", hardware_model=fleet["model"], region=fleet["region"])
-    DeviceFactory(serial="BUS-0002", hardware_model=fleet["model"], region=fleet["region"])
+    DeviceFactory.create(serial="BUS-0001", hardware_model=fleet["model"], region=fleet["region"])
+    DeviceFactory.create(serial="BUS-0002", hardware_model=fleet["model"], region=fleet["region"])
     client = page_client(auditor)
     lookup = reverse("web-trace:vehicle-lookup")
     several = client.get(lookup, {"serial": "BUS-"})

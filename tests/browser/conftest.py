@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, ViewportSize, sync_playwright
 
 from tests.browser.support import (
     CHROMIUM,
@@ -66,7 +66,7 @@ def new_page(browser: Browser, base_url: str) -> Iterator[Callable[..., Page]]:
     contexts: list[BrowserContext] = []
     errors: list[str] = []
 
-    def _new(viewport: dict[str, int] | None = None, **options: Any) -> Page:
+    def _new(viewport: ViewportSize | None = None, **options: Any) -> Page:
         context = browser.new_context(
             base_url=base_url, viewport=viewport or LAPTOP, timezone_id="Europe/Berlin", **options
         )

@@ -80,7 +80,9 @@ def _file_change(page: Page) -> int:
     screenshot(page, "journey-01-change-form")
     page.get_by_role("button", name="Save draft").click()
     expect(page.get_by_role("status").first).to_contain_text("saved")
-    change_id = int(re.search(r"/changes/(\d+)/$", page.url).group(1))
+    saved_url = re.search(r"/changes/(\d+)/$", page.url)
+    assert saved_url is not None  # the saved draft's page
+    change_id = int(saved_url.group(1))
     page.get_by_role("button", name="Submit for review").click()
     expect(page.get_by_role("status").first).to_contain_text("Submitted for review")
     return change_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -62,12 +63,16 @@ def running(assigned) -> Rollout:
 
 @pytest.fixture
 def pilot(assigned) -> Device:
-    return Deployment.objects.order_by("pk").first().device
+    deployment = Deployment.objects.order_by("pk").first()
+    assert deployment is not None  # the pilot wave is assigned
+    return deployment.device
 
 
 @pytest.fixture
 def other_pilot(assigned) -> Device:
-    return Deployment.objects.order_by("pk").last().device
+    deployment = Deployment.objects.order_by("pk").last()
+    assert deployment is not None  # the pilot wave is assigned
+    return deployment.device
 
 
 @pytest.fixture
@@ -83,8 +88,9 @@ def device_client(operator) -> Callable[[Device], APIClient]:
     return _client
 
 
-def checkin_body(version: str = "1.0.0", release_counter: int = 1, **overrides: object) -> dict[str, object]:
-    body: dict[str, object] = {
+def checkin_body(version: str = "1.0.0", release_counter: int = 1, **overrides: object) -> dict[str, Any]:
+    """A check-in's JSON body (a test may change any part of it before posting)."""
+    body: dict[str, Any] = {
         "slots": {
             "a": {"version": version, "release_counter": release_counter},
             "b": {"version": "0.9.0", "release_counter": 0},

@@ -10,6 +10,7 @@ from approvals.audit.models import DecisionRecord
 from devices.credentials import device_credential_issue
 from devices.models import DeviceCredential
 from tests.device_api.conftest import checkin_body
+from tests.support.records import after_state
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +41,7 @@ def test_rotation_replaces_the_secret_at_once_and_shows_it_only_once(device, cli
     assert set(state) == {"serial", "issued_at", "revoked_at", "active"}  # never the secret or its hash
     assert state["active"] is True and state["revoked_at"] is None
     records = DecisionRecord.objects.filter(action="devices.credential_issue", object_id=device.serial)
-    assert [r.after["replaced"] for r in records.order_by("seq")] == [False, True]
+    assert [after_state(r)["replaced"] for r in records.order_by("seq")] == [False, True]
 
 
 @pytest.mark.parametrize("role_fixture", ["operator", "security_officer"])

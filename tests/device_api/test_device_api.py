@@ -101,6 +101,7 @@ def test_revoked_credential_and_inactive_devices_are_refused(pilot, other_pilot,
 
 def test_checkin_records_the_active_slot_and_shows_drift(fleet, device_client):
     device = Device.objects.filter(hardware_model=fleet["model"]).first()
+    assert device is not None
     response = device_client(device).post(CHECKIN, checkin_body("0.9.5", 1), format="json")
     assert response.status_code == 200
     assert response.json() == {"poll_interval_seconds": 300, "offer": None}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import schemathesis
 from django.core.cache import caches
@@ -19,15 +21,15 @@ schema = schemathesis.openapi.from_wsgi("/device/v1/schema/?format=json", get_ws
 
 
 @pytest.fixture
-def device_header(db) -> str:
+def device_header(db) -> Iterator[str]:
     """A credentialed device in a region with a tight budget, so 429 paths are exercised as well."""
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     caches["default"].clear()
     try:
-        region = RegionFactory(code="eu-west", max_checkins_per_window=5, max_concurrent_downloads=1)
-        device = DeviceFactory(hardware_model=HardwareModelFactory(name="tcu-4g-r2"), region=region)
-        secret = device_credential_issue(actor=UserFactory(roles=[Role.OPERATOR]), device=device)
+        region = RegionFactory.create(code="eu-west", max_checkins_per_window=5, max_concurrent_downloads=1)
+        device = DeviceFactory.create(hardware_model=HardwareModelFactory.create(name="tcu-4g-r2"), region=region)
+        secret = device_credential_issue(actor=UserFactory.create(roles=[Role.OPERATOR]), device=device)
         yield f"Device {device.serial}:{secret}"
     finally:
         request_started.connect(close_old_connections)

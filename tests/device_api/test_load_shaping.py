@@ -205,6 +205,7 @@ def test_region_api_role_matrix_and_field_errors(fleet, client_for, operator, re
 
 def test_checkin_stores_boot_count_active_slot_health_and_time(fleet, device_client, client_for, auditor):
     device = Device.objects.filter(region=fleet["region"]).first()
+    assert device is not None
     body = checkin_body("1.0.0", 1, active_slot="b", boot_count=3, health={"modem_attach": True, "gnss_fix": False})
     body["slots"]["b"] = {"version": "1.0.0", "release_counter": 1}
     before = timezone.now()
@@ -212,7 +213,7 @@ def test_checkin_stores_boot_count_active_slot_health_and_time(fleet, device_cli
     device.refresh_from_db()
     assert (device.reported_active_slot, device.reported_boot_count) == ("b", 3)
     assert device.reported_health == {"modem_attach": True, "gnss_fix": False}
-    assert device.last_seen_at >= before and not device.has_drift
+    assert device.last_seen_at is not None and device.last_seen_at >= before and not device.has_drift
     shown = client_for(auditor).get(f"/api/v1/devices/{device.serial}/").json()
     assert (shown["reported_active_slot"], shown["reported_boot_count"], shown["offline"]) == ("b", 3, False)
     assert shown["reported_health"] == {"modem_attach": True, "gnss_fix": False}
@@ -243,6 +244,7 @@ def test_a_region_can_be_created_with_its_budget(db, client_for, operator):
     assert created.status_code == 201 and created.json()["poll_interval_seconds"] == 1200
     assert created.json()["max_checkins_per_window"] is None
     record = DecisionRecord.objects.get(action="devices.region.create", object_id="ap-south")
+    assert record.after is not None
     assert record.after["poll_interval_seconds"] == 1200
     bad = client_for(operator).post(
         "/api/v1/regions/", {**body, "code": "ap-east", "max_concurrent_downloads": -3}, format="json"

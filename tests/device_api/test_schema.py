@@ -25,9 +25,11 @@ def _device_routes() -> set[str]:
                 routes.add("/" + prefix + text)
 
     walk(get_resolver().url_patterns, "")
-    templated = {
-        re.sub(r"\(\?P<(\w+)>[^)]*\)|<(?:\w+:)?(\w+)>", lambda m: "{" + (m[1] or m[2]) + "}", r) for r in routes
-    }
+
+    def template(match: re.Match[str]) -> str:
+        return "{" + (match[1] or match[2]) + "}"
+
+    templated = {re.sub(r"\(\?P<(\w+)>[^)]*\)|<(?:\w+:)?(\w+)>", template, r) for r in routes}
     return {route for route in templated if route.startswith("/device/v1/")}
 
 

@@ -122,6 +122,7 @@ def test_stale_and_replayed_reports_are_recorded_and_change_nothing(offered_clie
 
 def test_an_image_not_offered_to_the_device_is_refused_and_recorded(pilot, other_pilot, running, device_client, sha):
     stranger = Device.objects.exclude(pk__in=[pilot.pk, other_pilot.pk]).first()
+    assert stranger is not None
     response = device_client(stranger).get(f"/device/v1/artifacts/{sha}/")
     assert response.status_code == 404
     (event,) = SecurityEvent.objects.all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -96,7 +97,7 @@ def test_batch_without_id_is_recognised_by_its_content(offered, pilot, django_ca
     other = _post(offered, {"samples": [_sample(gps_fix_s=31)]}, django_capture_on_commit_callbacks).json()
     assert first["batch_id"].startswith("sha256:") and first["batch_id"] == again["batch_id"] != other["batch_id"]
     assert again["duplicate"] is True and other["duplicate"] is False
-    assert sorted(TelemetrySample.objects.values_list("gps_fix_s", flat=True)) == [30, 31]
+    assert list(TelemetrySample.objects.order_by("gps_fix_s").values_list("gps_fix_s", flat=True)) == [30, 31]
 
 
 def test_the_same_batch_id_from_two_devices_is_two_batches(
@@ -258,9 +259,9 @@ def test_batch_validation_agrees_with_the_sample_serializer():
 
     from rest_framework import serializers
 
-    from devices.edge.serializers import TelemetryInputSerializer, TelemetrySampleSerializer
+    from devices.edge.serializers import TelemetryInputSerializer, TelemetrySampleSerializer, TelemetrySamplesField
 
-    values = [None, 0, 1, -1, 41, 3600, 3601, True, False, "12", 12.0, "x", [], 10**20, 7 * 86400]
+    values: list[Any] = [None, 0, 1, -1, 41, 3600, 3601, True, False, "12", 12.0, "x", [], 10**20, 7 * 86400]
     times = [
         "2026-01-05T10:00:00Z",
         "2026-01-05T10:00:00+02:00",
@@ -279,13 +280,15 @@ def test_batch_validation_agrees_with_the_sample_serializer():
     for _ in range(3000):
         samples = []
         for _ in range(rnd.randint(1, 3)):
-            sample = {"reported_at": rnd.choice(times)} if rnd.random() < 0.95 else {}
+            sample: dict[str, Any] = {"reported_at": rnd.choice(times)} if rnd.random() < 0.95 else {}
             sample.update({name: rnd.choice(values) for name in rnd.sample(fields, rnd.randint(0, 4))})
             if rnd.random() < 0.02:
                 sample["latitude"] = 48.1
             samples.append(sample)
         body = TelemetryInputSerializer(data={"samples": samples})
-        fast += body.fields["samples"].batch_validate(samples) is not None
+        samples_field = body.fields["samples"]
+        assert isinstance(samples_field, TelemetrySamplesField)
+        fast += samples_field.batch_validate(samples) is not None
         try:
             expected = reference.run_validation(samples)
         except serializers.ValidationError as exc:

@@ -16,7 +16,7 @@ CHANGELIST = "/admin/devices/device/"
 @pytest.fixture
 def admin_client():
     client = Client()
-    client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    client.force_login(UserFactory.create(username="root", is_staff=True, is_superuser=True))
     return client
 
 
@@ -39,7 +39,7 @@ def test_admin_quarantine_action_calls_the_service_with_the_reason(admin_client)
 
 
 def test_admin_quarantine_without_a_reason_changes_nothing(admin_client):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     response = _action(admin_client, "quarantine", [device])
     assert "A reason is required" in response.content.decode()
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.ACTIVE
@@ -47,14 +47,14 @@ def test_admin_quarantine_without_a_reason_changes_nothing(admin_client):
 
 
 def test_admin_release_action_releases_quarantined_devices(admin_client):
-    device = DeviceFactory(status=DeviceStatus.QUARANTINED)
+    device = DeviceFactory.create(status=DeviceStatus.QUARANTINED)
     _action(admin_client, "release", [device])
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.ACTIVE
     assert DecisionRecord.objects.get().action == "devices.device.release"
 
 
 def test_admin_cannot_edit_devices_directly(admin_client):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     response = admin_client.post(f"{CHANGELIST}{device.pk}/change/", {"status": "revoked"})
     assert response.status_code == 403
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.ACTIVE
@@ -121,6 +121,7 @@ def test_admin_edits_a_region_budget_through_the_service_and_never_its_zone(admi
     region.refresh_from_db()
     assert (region.poll_interval_seconds, region.max_checkins_per_window, region.time_zone) == (1800, 500, zone)
     record = DecisionRecord.objects.get(actor_name="root")
+    assert record.after is not None and record.before is not None
     assert record.after["poll_interval_seconds"] == 1800 and record.before["poll_interval_seconds"] is None
 
 

@@ -1,7 +1,8 @@
 """manage.py import_devices: prints the report, exits 1 and writes nothing on any error."""
 
 import pytest
-from django.core.management import base, call_command, load_command_class
+from django.core.management import call_command, load_command_class
+from django.db import connections
 
 from approvals.audit.models import DecisionRecord
 from devices.models import Device
@@ -12,8 +13,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _keep_test_connection(monkeypatch):
-    # run_from_argv closes every connection when it ends, which would end the test's transaction.
-    monkeypatch.setattr(base.connections, "close_all", lambda: None)
+    # run_from_argv closes every connection when it ends (django.db.connections, the handler it imports), which
+    # would end the test's transaction.
+    monkeypatch.setattr(connections, "close_all", lambda: None)
 
 
 def _run(*argv: str) -> int:

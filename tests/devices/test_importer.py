@@ -124,8 +124,8 @@ def test_identifiers_already_in_the_inventory_are_refused_in_create_mode(device_
 
 
 def test_upsert_updates_existing_devices_and_creates_new_ones(device_row, hardware_model, operator):
-    other_model = HardwareModelFactory(name="tcu-5g-r1")
-    existing = DeviceFactory(
+    other_model = HardwareModelFactory.create(name="tcu-5g-r1")
+    existing = DeviceFactory.create(
         serial="TCU-IMPORT-00001", hardware_model=hardware_model, installed_version="1.0.0", tags=["old"]
     )
     existing_status = DeviceStatus.QUARANTINED
@@ -137,7 +137,8 @@ def test_upsert_updates_existing_devices_and_creates_new_ones(device_row, hardwa
     assert existing.hardware_model == other_model and existing.installed_version == "1.4.2"
     assert existing.vin == "WDB00000000000001" and existing.status == existing_status
     assert sorted(existing.tags.values_list("name", flat=True)) == ["eu", "pilot"]
-    assert DecisionRecord.objects.get().after["updated"] == 1
+    record = DecisionRecord.objects.get()
+    assert record.after is not None and record.after["updated"] == 1
 
 
 def test_upsert_still_refuses_a_vin_held_by_another_device(device_row):

@@ -94,11 +94,11 @@ def test_repeated_tags_and_capabilities_are_stored_once(operator, hardware_model
     ],
 )
 def test_device_update_called_directly_refuses_bad_changes_and_writes_nothing(operator, changes, field):
-    device = DeviceFactory(installed_version="1.0.0")
+    device = DeviceFactory.create(installed_version="1.0.0")
     if field == "hardware_model":
         changes = {"hardware_model": HardwareModel(name="tcu-4g-r2")}  # never saved
     with pytest.raises(InvalidInput) as refused:
-        services.device_update(actor=operator, device=device, changes=changes)  # type: ignore[arg-type]
+        services.device_update(actor=operator, device=device, changes=changes)
     assert field in refused.value.fields
     assert Device.objects.get(pk=device.pk).installed_version == "1.0.0"
     assert not DecisionRecord.objects.exists()
@@ -156,7 +156,7 @@ def test_region_create_called_directly_refuses_bad_values_and_writes_nothing(ope
     ],
 )
 def test_a_malformed_report_called_directly_is_refused_and_nothing_is_stored(values, field):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     report = {"version": "1.0.0", "release_counter": 1, "at": timezone.now(), **values}
     with pytest.raises(InvalidInput) as refused:
         services.device_record_report(device=device, **report)
@@ -166,8 +166,8 @@ def test_a_malformed_report_called_directly_is_refused_and_nothing_is_stored(val
 
 
 def test_identifier_holders_names_the_device_holding_each_value():
-    first = DeviceFactory(vin="WDB96340310000001")
-    DeviceFactory(vin=None)
+    first = DeviceFactory.create(vin="WDB96340310000001")
+    DeviceFactory.create(vin=None)
     assert services.identifier_holders("vin", ["WDB96340310000001", "WDB96340310000009", None, ""]) == {
         "WDB96340310000001": first.serial
     }
@@ -177,7 +177,7 @@ def test_identifier_holders_names_the_device_holding_each_value():
 
 @pytest.mark.parametrize(("reason", "message"), [("x" * 2001, "At most 2000 characters."), ("nul\x00", None)])
 def test_a_reason_the_api_would_refuse_is_refused_by_the_service_too(operator, reason, message):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     with pytest.raises(InvalidInput) as refused:
         services.device_quarantine(actor=operator, device=device, reason=reason)
     assert list(refused.value.fields) == ["reason"]

@@ -52,6 +52,7 @@ def test_invalid_region_budget_is_refused_and_changes_nothing(fleet, operator, c
 
 def test_an_older_report_never_overwrites_a_newer_one(fleet):
     device = Device.objects.filter(region=fleet["region"]).first()
+    assert device is not None
     now = timezone.now()
     device_record_report(device=device, version="1.1.0", release_counter=2, at=now, active_slot="b", boot_count=1)
     device_record_report(

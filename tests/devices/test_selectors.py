@@ -16,7 +16,7 @@ def _serials(devices) -> list[str]:
 
 
 def test_device_list_combines_filters_with_and():
-    bus_pilot = DeviceFactory(serial="BUS-1", vehicle_type="bus", tags=["pilot"])
+    bus_pilot = DeviceFactory.create(serial="BUS-1", vehicle_type="bus", tags=["pilot"])
     DeviceFactory(serial="BUS-2", vehicle_type="bus")
     DeviceFactory(serial="TRUCK-1", tags=["pilot"])
     assert _serials(selectors.device_list(vehicle_type="bus", tag="pilot")) == [bus_pilot.serial]
@@ -24,9 +24,9 @@ def test_device_list_combines_filters_with_and():
 
 
 def test_device_list_filters_by_hardware_model_region_status_version_and_search():
-    hardware_model = HardwareModelFactory(name="tcu-5g-r1")
-    region = RegionFactory(code="us-east", time_zone="America/New_York")
-    target = DeviceFactory(
+    hardware_model = HardwareModelFactory.create(name="tcu-5g-r1")
+    region = RegionFactory.create(code="us-east", time_zone="America/New_York")
+    target = DeviceFactory.create(
         serial="TCU-A1",
         vin="1FTFW1ET5DFC10312",
         hardware_model=hardware_model,
@@ -49,7 +49,9 @@ def test_a_device_with_two_matching_tags_is_listed_once():
 
 def test_drift_lists_only_devices_whose_report_differs():
     now = timezone.now()
-    drifting = DeviceFactory(serial="DRIFT-1", reported_version="0.9.0", reported_release_counter=1, reported_at=now)
+    drifting = DeviceFactory.create(
+        serial="DRIFT-1", reported_version="0.9.0", reported_release_counter=1, reported_at=now
+    )
     DeviceFactory(serial="DRIFT-2", reported_version="1.0.0", reported_release_counter=0, reported_at=now)
     DeviceFactory(serial="OK-1", reported_version="1.0.0", reported_release_counter=1, reported_at=now)
     DeviceFactory(serial="NEVER-REPORTED")
@@ -59,7 +61,7 @@ def test_drift_lists_only_devices_whose_report_differs():
 
 
 def test_device_get_by_serial_never_falls_back_to_an_id():
-    device = DeviceFactory(serial="TCU-X1")
+    device = DeviceFactory.create(serial="TCU-X1")
     assert selectors.device_get(serial_or_id="TCU-X1") == device
     assert selectors.device_get(serial_or_id=device.pk) == device
     with pytest.raises(Http404):
@@ -69,8 +71,8 @@ def test_device_get_by_serial_never_falls_back_to_an_id():
 
 
 def test_version_distribution_counts_per_hardware_model_in_version_order():
-    first = HardwareModelFactory(name="tcu-a")
-    second = HardwareModelFactory(name="tcu-b")
+    first = HardwareModelFactory.create(name="tcu-a")
+    second = HardwareModelFactory.create(name="tcu-b")
     for version in ["1.10.0", "1.9.0", "1.9.0", "2.0.0-rc.1", "2.0.0"]:
         DeviceFactory(hardware_model=first, installed_version=version)
     DeviceFactory(hardware_model=second, installed_version="3.0.0")

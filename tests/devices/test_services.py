@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 from itertools import product
+from typing import cast
 
 import pytest
 from django.utils import timezone
@@ -101,8 +102,10 @@ def test_hardware_model_update_records_only_what_changed(operator, hardware_mode
 
 
 def test_hardware_model_name_cannot_be_changed(operator, hardware_model):
+    # cast: "name" is deliberately not a HardwareModelChanges key (the refusal under test)
+    changes = cast(services.HardwareModelChanges, {"name": "other"})
     with pytest.raises(InvalidInput):
-        services.hardware_model_update(actor=operator, hardware_model=hardware_model, changes={"name": "other"})
+        services.hardware_model_update(actor=operator, hardware_model=hardware_model, changes=changes)
     assert HardwareModel.objects.get(pk=hardware_model.pk).name == "tcu-4g-r2"
 
 
@@ -216,7 +219,8 @@ def test_device_update_without_changes_records_nothing(operator, hardware_model,
 def test_device_update_cannot_change_status_or_serial(operator, hardware_model, region, field):
     device = _create(operator, hardware_model, region)
     with pytest.raises(InvalidInput):
-        services.device_update(actor=operator, device=device, changes={field: "revoked"})  # type: ignore[typeddict-unknown-key]  # the refusal under test
+        # cast: status and serial are deliberately not DeviceChanges keys (the refusal under test)
+        services.device_update(actor=operator, device=device, changes=cast(services.DeviceChanges, {field: "revoked"}))
     device.refresh_from_db()
     assert device.status == DeviceStatus.ACTIVE and device.serial == "TCU-0001"
 
@@ -240,7 +244,7 @@ ALL_STATUSES = list(DeviceStatus.values)
 
 @pytest.mark.parametrize(("current", "target"), list(product(ALL_STATUSES, ALL_STATUSES)))
 def test_status_moves_follow_the_transition_table(operator, current, target):
-    device = DeviceFactory(status=current, status_reason="before")
+    device = DeviceFactory.create(status=current, status_reason="before")
     allowed = target in DEVICE_TRANSITIONS[current]
     if current == target:
         services.device_set_status(actor=operator, device=device, status=target, reason="again")
@@ -266,7 +270,7 @@ def test_status_moves_follow_the_transition_table(operator, current, target):
 @pytest.mark.parametrize("service", [services.device_quarantine, services.device_revoke])
 @pytest.mark.parametrize("reason", ["", "   "])
 def test_quarantine_and_revoke_need_a_reason(operator, service, reason):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     with pytest.raises(InvalidInput) as refused:
         service(actor=operator, device=device, reason=reason)
     assert "reason" in refused.value.fields
@@ -275,7 +279,7 @@ def test_quarantine_and_revoke_need_a_reason(operator, service, reason):
 
 
 def test_release_and_decommission_need_no_reason(operator):
-    device = DeviceFactory(status=DeviceStatus.QUARANTINED)
+    device = DeviceFactory.create(status=DeviceStatus.QUARANTINED)
     services.device_release_from_quarantine(actor=operator, device=device)
     services.device_decommission(actor=operator, device=device)
     device.refresh_from_db()
@@ -287,7 +291,7 @@ def test_release_and_decommission_need_no_reason(operator):
 
 
 def test_a_stale_device_instance_is_judged_by_the_stored_status(operator):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     stale = Device.objects.get(pk=device.pk)
     services.device_revoke(actor=operator, device=device, reason="key leaked")
     with pytest.raises(Conflict):
@@ -296,7 +300,7 @@ def test_a_stale_device_instance_is_judged_by_the_stored_status(operator):
 
 
 def test_status_moves_keep_the_decision_chain_intact(operator):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     services.device_quarantine(actor=operator, device=device, reason="bad modem firmware")
     services.device_release_from_quarantine(actor=operator, device=device, reason="fixed")
     services.device_revoke(actor=operator, device=device, reason="stolen vehicle")
@@ -305,7 +309,7 @@ def test_status_moves_keep_the_decision_chain_intact(operator):
 
 
 def test_a_reason_that_is_not_valid_unicode_is_refused(operator):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     with pytest.raises(InvalidInput):
         services.device_quarantine(actor=operator, device=device, reason="bad \ud800")
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.ACTIVE
@@ -315,7 +319,7 @@ def test_a_reason_that_is_not_valid_unicode_is_refused(operator):
 
 
 def test_a_report_matching_the_inventory_is_not_drift():
-    device = DeviceFactory(installed_version="1.0.0", installed_release_counter=1)
+    device = DeviceFactory.create(installed_version="1.0.0", installed_release_counter=1)
     now = timezone.now()
     services.device_record_report(device=device, version="1.0.0", release_counter=1, at=now)
     assert device.reported_at == now and device.last_seen_at == now
@@ -324,14 +328,14 @@ def test_a_report_matching_the_inventory_is_not_drift():
 
 
 def test_a_report_differing_from_the_inventory_is_drift():
-    device = DeviceFactory(installed_version="1.0.0", installed_release_counter=1)
+    device = DeviceFactory.create(installed_version="1.0.0", installed_release_counter=1)
     services.device_record_report(device=device, version="0.9.0", release_counter=1, at=timezone.now())
     assert device.has_drift
     assert not _records().exists()
 
 
 def test_an_older_report_never_overwrites_a_newer_one():
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     now = timezone.now()
     services.device_record_report(device=device, version="2.0.0", release_counter=2, at=now)
     services.device_record_report(device=device, version="1.0.0", release_counter=1, at=now - timedelta(minutes=5))
@@ -342,7 +346,7 @@ def test_an_older_report_never_overwrites_a_newer_one():
 
 @pytest.mark.parametrize(("version", "counter"), [("latest", 1), ("1.0.0", -1), ("1.0.0", 2**31)])
 def test_a_malformed_report_is_refused(version, counter):
-    device = DeviceFactory()
+    device = DeviceFactory.create()
     with pytest.raises(InvalidInput):
         services.device_record_report(device=device, version=version, release_counter=counter, at=timezone.now())
     device.refresh_from_db()

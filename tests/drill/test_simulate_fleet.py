@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 from django.db import close_old_connections
@@ -26,6 +27,7 @@ def run_fleet(live_server, settings, state_dir, *, until, timeout: float = 40.0)
     process = subprocess.Popen(
         argv, cwd=REPO_ROOT, env=subprocess_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    assert process.stdout is not None  # piped
     try:
         deadline = time.monotonic() + timeout
         while not until():
@@ -59,10 +61,13 @@ def test_simulated_fleet_checks_in_and_keeps_its_credentials_across_restarts(liv
         assert (state_dir / device.serial / "state.json").exists()
         assert device.reported_version == "1.0.0"
 
-    first_seen = dict(Device.objects.values_list("serial", "last_seen_at"))
+    first_seen: dict[str, datetime] = {}
+    for serial, last_seen_at in Device.objects.values_list("serial", "last_seen_at"):
+        assert last_seen_at is not None  # every unit has checked in
+        first_seen[serial] = last_seen_at
 
     def seen_again() -> bool:
-        return all(d.last_seen_at > first_seen[d.serial] for d in Device.objects.all())
+        return all(d.last_seen_at is not None and d.last_seen_at > first_seen[d.serial] for d in Device.objects.all())
 
     run_fleet(live_server, settings, state_dir, until=seen_again)
     assert DecisionRecord.objects.filter(action="devices.credential_issue").count() == issued  # kept, not reissued
@@ -74,6 +79,7 @@ def test_without_an_operator_it_waits_issues_nothing_and_stops_on_sigint(live_se
     process = subprocess.Popen(
         argv, cwd=REPO_ROOT, env=subprocess_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    assert process.stdout is not None  # piped
     try:
         line = ""
         while "simulate_fleet:" not in line:  # skip what Django apps print at start-up

@@ -86,12 +86,12 @@ def snapshot(tmp_path) -> Callable[[], Written]:
 
 @pytest.fixture
 def hw_model(db):
-    return HardwareModelFactory(name="tcu-4g-r2")
+    return HardwareModelFactory.create(name="tcu-4g-r2")
 
 
 @pytest.fixture
 def hw_model_2(db):
-    return HardwareModelFactory(name="tcu-5g-r1")
+    return HardwareModelFactory.create(name="tcu-5g-r1")
 
 
 @pytest.fixture

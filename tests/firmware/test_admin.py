@@ -13,12 +13,12 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def admin_client():
     client = Client()
-    client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    client.force_login(UserFactory.create(username="root", is_staff=True, is_superuser=True))
     return client
 
 
 def test_release_admin_pages_render_under_the_firmware_app(admin_client):
-    release = FirmwareReleaseFactory(hardware_models=[HardwareModelFactory()])
+    release = FirmwareReleaseFactory.create(hardware_models=[HardwareModelFactory.create()])
     for path in [
         "/admin/firmware/",
         "/admin/firmware/firmwarerelease/",
@@ -32,7 +32,7 @@ def test_release_admin_pages_render_under_the_firmware_app(admin_client):
 
 
 def test_release_admin_refuses_edits_and_deletes(admin_client):
-    release = FirmwareReleaseFactory(hardware_models=[HardwareModelFactory()], notes="as built")
+    release = FirmwareReleaseFactory.create(hardware_models=[HardwareModelFactory.create()], notes="as built")
     edit = admin_client.post(f"/admin/firmware/firmwarerelease/{release.pk}/change/", {"notes": "rewritten"})
     delete = admin_client.post(f"/admin/firmware/firmwarerelease/{release.pk}/delete/", {"post": "yes"})
     assert admin_client.get("/admin/firmware/firmwarerelease/add/").status_code == 403

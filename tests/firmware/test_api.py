@@ -287,7 +287,7 @@ def test_artifact_download_returns_the_bytes_with_etag_and_length(client_for, re
 
 
 def test_artifact_missing_from_the_store_is_404_not_500(client_for, auditor):
-    release = FirmwareReleaseFactory()  # a row whose image was never stored
+    release = FirmwareReleaseFactory.create()  # a row whose image was never stored
     response = client_for(auditor).get(f"{RELEASES_URL}{release.pk}/artifact/")
     assert response.status_code == 404 and _error(response)["code"] == "artifact_missing"
 

@@ -163,11 +163,11 @@ def test_same_counter_on_a_different_hardware_model_is_fine(requester, hw_model,
     assert release.release_counter == 10
     assert release_latest_counter("tcu-4g-r2") == 10
     assert release_latest_counter(HardwareModel.objects.get(name="tcu-5g-r1")) == 10
-    assert release_latest_counter(HardwareModelFactory(name="tcu-new")) is None
+    assert release_latest_counter(HardwareModelFactory.create(name="tcu-new")) is None
 
 
 def test_counter_counts_releases_created_outside_the_service_too(requester, hw_model):
-    FirmwareReleaseFactory(release_counter=50, hardware_models=[hw_model])
+    FirmwareReleaseFactory.create(release_counter=50, hardware_models=[hw_model])
     with pytest.raises(InvalidInput):
         _create(requester, release_counter=49)
 
@@ -204,8 +204,8 @@ def test_concurrent_creates_never_let_a_models_counter_go_down(tmp_path):
     7 was created first and both exist, or 8 was and 7 is refused; without the model lock both pass either way."""
     # Threads need committed rows, hence a transactional test; an earlier one may have flushed the role groups.
     Group.objects.get_or_create(name=Role.REQUESTER)
-    HardwareModelFactory(name="tcu-4g-r2")
-    actor = UserFactory(username="rita-concurrent", roles=[Role.REQUESTER])
+    HardwareModelFactory.create(name="tcu-4g-r2")
+    actor = UserFactory.create(username="rita-concurrent", roles=[Role.REQUESTER])
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
 

@@ -92,7 +92,7 @@ def test_store_path_is_the_digest_and_identical_images_share_one_file(tmp_path, 
 def test_discarding_takes_away_only_a_file_this_call_placed(settings):
     with transaction.atomic():
         stored = artifact_store(received=receive_stream([b"image"], max_bytes=100))
-    assert stored.placed_path.exists()
+    assert stored.placed_path is not None and stored.placed_path.exists()
     artifact_discard(stored)
     assert not stored.placed_path.exists()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from django.core.files.uploadhandler import StopUpload
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.test import RequestFactory
 
 from devices.firmware.uploads import HashedUploadedFile, HashingUploadHandler
@@ -20,8 +20,10 @@ def test_handler_hashes_chunk_by_chunk_into_a_temp_file(tmp_path):
     content = image_bytes(200_000)
     handler = _handler(max_bytes=10**6)
     handler.new_file("file", "../raw name.bin", "application/octet-stream", None)
+    as_django_sees_it: FileUploadHandler = handler  # whose receive_data_chunk may hand bytes on to the next handler
     for start in range(0, len(content), 65536):
-        assert handler.receive_data_chunk(content[start : start + 65536], start) is None  # nothing kept in memory
+        # None: nothing is handed on (nothing kept in memory)
+        assert as_django_sees_it.receive_data_chunk(content[start : start + 65536], start) is None
     uploaded = handler.file_complete(len(content))
 
     assert isinstance(uploaded, HashedUploadedFile)
@@ -46,6 +48,8 @@ def test_handler_stops_past_the_limit_and_deletes_its_temp_file(tmp_path):
 
 def test_handler_refuses_a_body_that_declares_more_than_it_may_hold_before_reading_it():
     handler = _handler(max_bytes=1000)
-    data, files = handler.handle_raw_input(None, {}, 1000 + 4096 + 1, b"b")
+    refused = handler.handle_raw_input(None, {}, 1000 + 4096 + 1, b"b")
+    assert refused is not None  # answered without reading the body
+    data, files = refused
     assert handler.too_large and not data and not files
     assert _handler(max_bytes=1000).handle_raw_input(None, {}, 5000, b"b") is None

@@ -37,10 +37,12 @@ def _drive(deployment: Deployment, *statuses: str) -> Deployment:
     offered = deployment_offer(device=deployment.device)
     assert offered is not None and offered.pk == deployment.pk
     for seq, status in enumerate(statuses, start=offered.last_seq + 1):
-        extra = {"booted_version": offered.release.version, "health_passed": True} if status == "succeeded" else {}
-        offered = deployment_report(
-            device=offered.device, deployment_id=offered.pk, report=Report(seq, status, **extra)
-        ).deployment
+        report = (
+            Report(seq, status, booted_version=offered.release.version, health_passed=True)
+            if status == "succeeded"
+            else Report(seq, status)
+        )
+        offered = deployment_report(device=offered.device, deployment_id=offered.pk, report=report).deployment
     return offered
 
 
@@ -115,7 +117,7 @@ def test_rollback_deployment_stores_the_version_the_device_runs_when_rolling_bac
     _drive(first, *HAPPY)  # took 1.1.0 and confirmed it
     _drive(second, "downloading", "downloaded", "installing")  # flashing, the inventory still says 1.0.0
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
-    authorize(rollout, "rollback", UserFactory(roles=[Role.OPERATOR]), reason="boot loops")
+    authorize(rollout, "rollback", UserFactory.create(roles=[Role.OPERATOR]), reason="boot loops")
     # One active deployment per device: the device still flashing gets its rollback once its update is over.
     assert steps.rollback_assign(rollout_id=rollout.pk) == 1
     assert steps.rollback_health(rollout_id=rollout.pk).pending == 2  # its own rollback, and one still installing
@@ -138,7 +140,7 @@ def test_rollback_through_bulk_create_stores_the_same_values(rollout, monkeypatc
     first, _second = Deployment.objects.filter(rollout=rollout).select_related("device", "release").order_by("pk")
     _drive(first, *HAPPY)
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
-    authorize(rollout, "rollback", UserFactory(roles=[Role.OPERATOR]), reason="boot loops")
+    authorize(rollout, "rollback", UserFactory.create(roles=[Role.OPERATOR]), reason="boot loops")
     monkeypatch.setattr(connection, "vendor", "sqlite")
     assert steps.rollback_assign(rollout_id=rollout.pk) == 1
     assert _stored(rollout, DeploymentKind.ROLLBACK) == {first.device_id: ("1.1.0", 1)}

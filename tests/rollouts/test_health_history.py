@@ -8,7 +8,7 @@ from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, DeploymentStatus
 from rollouts.models import Deployment, HealthSample
 from tests.fleet_driver import FAIL_BOOT, HAPPY, play
-from tests.support.rollouts import assign_through
+from tests.support.rollouts import assign_through, expect_offer
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
@@ -27,12 +27,9 @@ def rollout(approved_change, operator):
 
 
 def _offer_and_play(rollout, wave_index: int, statuses_per_device: list[tuple[str, ...]]) -> None:
-    from rollouts.deployment_services import deployment_offer
-
     deployments = Deployment.objects.filter(rollout=rollout, wave__index=wave_index, status="pending").order_by("pk")
     for deployment, statuses in zip(list(deployments), statuses_per_device, strict=False):
-        offered = deployment_offer(device=deployment.device)
-        play(offered, statuses)
+        play(expect_offer(deployment.device), statuses)
 
 
 def test_each_change_in_counts_adds_one_sample_with_its_failure_rate(rollout):
@@ -89,9 +86,8 @@ def test_rollback_health_is_sampled_as_rollback(rollout):
     steps.rollback_assign(rollout_id=rollout.pk)
     steps.rollback_health(rollout_id=rollout.pk)
     rollback = Deployment.objects.filter(rollout=rollout, kind=DeploymentKind.ROLLBACK).first()
-    from rollouts.deployment_services import deployment_offer
-
-    play(deployment_offer(device=rollback.device), HAPPY)
+    assert rollback is not None
+    play(expect_offer(rollback.device), HAPPY)
     steps.rollback_health(rollout_id=rollout.pk)
 
     samples = list(HealthSample.objects.filter(rollout=rollout, kind="rollback").order_by("first_at", "pk"))

@@ -28,7 +28,7 @@ from rollouts.demo.playback import FAIL_BOOT, HAPPY, play
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.models import Deployment, Rollout, Wave
 from tests.factories import FirmwareReleaseFactory, HardwareModelFactory, UserFactory
-from tests.support.rollouts import abort, assign_through, authorize, token_for
+from tests.support.rollouts import abort, assign_through, authorize, expect_offer, token_for
 from workflows import activities
 from workflows.types import PhaseChange, WaveRef
 
@@ -63,6 +63,7 @@ def _approved(requester, cab_member, cab_member_2, fields) -> ChangeRequest:
 def test_the_database_refuses_a_second_active_deployment_for_a_device(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     held = Deployment.objects.first()
+    assert held is not None
     with pytest.raises(IntegrityError), transaction.atomic():
         Deployment.objects.create(
             rollout=rollout, wave=held.wave, device=held.device, release=held.release, kind=DeploymentKind.ROLLBACK
@@ -73,9 +74,11 @@ def test_a_device_busy_in_another_rollout_is_skipped_with_the_reason(
     rollout, operator, requester, cab_member, cab_member_2, change_fields
 ):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    busy = Deployment.objects.get(rollout=rollout, device__tags__name="pilot", pk=Deployment.objects.first().pk)
+    first = Deployment.objects.first()
+    assert first is not None
+    busy = Deployment.objects.get(rollout=rollout, device__tags__name="pilot", pk=first.pk)
     # A second rollout over the same devices (the first one finished, but a pilot unit is still installing).
-    play(deployment_offer(device=busy.device), ("downloading", "downloaded", "installing"))
+    play(expect_offer(busy.device), ("downloading", "downloaded", "installing"))
     abort(rollout, reason="superseded")
     other = steps.rollout_start(actor=operator, change=_approved(requester, cab_member, cab_member_2, change_fields))
     steps.wave_assign(rollout_id=other.pk, wave_index=0)
@@ -122,7 +125,8 @@ def test_two_operators_starting_overlapping_changes_at_once_get_exactly_one_roll
 def test_offer_skips_a_device_whose_hardware_model_changed_since_assignment(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     deployment = Deployment.objects.select_related("device").first()
-    Device.objects.filter(pk=deployment.device_id).update(hardware_model=HardwareModelFactory(name="tcu-9g-r1"))
+    assert deployment is not None
+    Device.objects.filter(pk=deployment.device_id).update(hardware_model=HardwareModelFactory.create(name="tcu-9g-r1"))
     assert deployment_offer(device=deployment.device) is None
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.SKIPPED
@@ -132,6 +136,7 @@ def test_offer_skips_a_device_whose_hardware_model_changed_since_assignment(roll
 def test_offer_never_lowers_a_devices_committed_counter(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     deployment = Deployment.objects.select_related("device").first()
+    assert deployment is not None
     Device.objects.filter(pk=deployment.device_id).update(installed_release_counter=9)
     assert deployment_offer(device=deployment.device) is None
     deployment.refresh_from_db()
@@ -141,6 +146,7 @@ def test_offer_never_lowers_a_devices_committed_counter(rollout):
 
 def test_wave_assignment_skips_devices_that_no_longer_qualify(rollout):
     pilot = Device.objects.filter(tags__name="pilot").first()
+    assert pilot is not None
     Device.objects.filter(pk=pilot.pk).update(installed_release_counter=9)
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     row = Deployment.objects.get(device=pilot)
@@ -149,7 +155,9 @@ def test_wave_assignment_skips_devices_that_no_longer_qualify(rollout):
 
 def test_a_cancelled_change_offers_nothing_any_more(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    device = Deployment.objects.first().device
+    assigned = Deployment.objects.first()
+    assert assigned is not None
+    device = assigned.device
     ChangeRequest.objects.filter(pk=rollout.change_id).update(status=ChangeStatus.CANCELLED)  # a side door
     assert deployment_offer(device=device) is None
     assert Deployment.objects.get(device=device).detail == "withdrawn: the change is cancelled"
@@ -174,7 +182,7 @@ def test_the_report_that_crosses_the_failure_threshold_stops_every_offer_at_once
     _pilot_judged_after_one_device(rollout)
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     first, second = Deployment.objects.filter(wave__index=0).select_related("device").order_by("pk")
-    play(deployment_offer(device=first.device), FAIL_BOOT)  # 1 of 1 finished failed: over the pilot's 5%
+    play(expect_offer(first.device), FAIL_BOOT)  # 1 of 1 finished failed: over the pilot's 5%
     wave = Wave.objects.get(rollout=rollout, index=0)
     assert wave.breaker_tripped_at is not None and "crossed its failure threshold" in wave.breaker_reason
     # No workflow has run the halt: the rollout still says running, yet nothing is offered any more.
@@ -188,8 +196,8 @@ def test_a_device_mid_download_when_the_breaker_trips_is_told_to_drop_it(rollout
     _pilot_judged_after_one_device(rollout)
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     first, second = Deployment.objects.filter(wave__index=0).select_related("device").order_by("pk")
-    play(deployment_offer(device=second.device), ("downloading",))
-    play(deployment_offer(device=first.device), FAIL_BOOT)
+    play(expect_offer(second.device), ("downloading",))
+    play(expect_offer(first.device), FAIL_BOOT)
     answer = deployment_report(device=second.device, deployment_id=second.pk, report=Report(10, "downloaded"))
     assert answer.deployment.status == DeploymentStatus.CANCELLED and answer.applied
 
@@ -198,9 +206,9 @@ def test_failures_below_the_threshold_leave_the_breaker_closed(rollout):
     assign_through(rollout, 2)
     wave = Deployment.objects.filter(wave__index=2).select_related("device").order_by("pk")
     for deployment in list(wave[:4]):
-        play(deployment_offer(device=deployment.device), HAPPY)
+        play(expect_offer(deployment.device), HAPPY)
     # min_sample of the last wave is not reached by one failure among five finished.
-    play(deployment_offer(device=wave[4].device), FAIL_BOOT)
+    play(expect_offer(wave[4].device), FAIL_BOOT)
     assert not Wave.objects.filter(rollout=rollout, breaker_tripped_at__isnull=False).exists()
 
 
@@ -211,7 +219,9 @@ def test_failures_below_the_threshold_leave_the_breaker_closed(rollout):
 def test_fifty_copies_of_one_report_are_applied_exactly_once(approved_change, operator):
     rollout = steps.rollout_start(actor=operator, change=approved_change)
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    deployment = deployment_offer(device=Deployment.objects.first().device)
+    assigned = Deployment.objects.first()
+    assert assigned is not None
+    deployment = expect_offer(assigned.device)
     answers: list[bool] = []
     barrier = threading.Barrier(10)
 
@@ -237,7 +247,9 @@ def test_fifty_copies_of_one_report_are_applied_exactly_once(approved_change, op
 
 def test_a_success_after_the_deadline_is_the_devices_truth(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    deployment = deployment_offer(device=Deployment.objects.first().device)
+    assigned = Deployment.objects.first()
+    assert assigned is not None
+    deployment = expect_offer(assigned.device)
     play(deployment, ("downloading", "downloaded", "installing", "rebooting", "confirming"))
     Deployment.objects.filter(pk=deployment.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
     steps.wave_health(rollout_id=rollout.pk, wave_index=0)
@@ -311,7 +323,7 @@ def test_an_action_naming_a_real_operator_without_their_proof_is_refused(rollout
         "not-a-token",
         token_for(operator, rollout, "pause"),  # another action
         token_for(operator, Rollout(pk=rollout.pk + 1), "abort"),  # another rollout
-        token_for(UserFactory(roles=[Role.OPERATOR]), rollout, "abort"),  # another person
+        token_for(UserFactory.create(roles=[Role.OPERATOR]), rollout, "abort"),  # another person
     ]
     for token in forged:
         with pytest.raises(NotPermitted):
@@ -377,7 +389,7 @@ def test_the_api_mints_a_proof_with_the_temporal_command(rollout, operator, clie
 
 
 def test_a_rollback_release_below_the_new_counter_is_refused_at_submission(requester, change_fields, fleet):
-    security = FirmwareReleaseFactory(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
+    security = FirmwareReleaseFactory.create(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
     change = change_services.change_create(actor=requester, **{**change_fields, "release": security})
     with pytest.raises(InvalidInput) as refused:
         change_services.change_submit(actor=requester, change=change)
@@ -386,8 +398,8 @@ def test_a_rollback_release_below_the_new_counter_is_refused_at_submission(reque
 
 
 def test_the_old_image_re_released_in_the_new_epoch_is_a_valid_rollback(requester, change_fields, fleet):
-    security = FirmwareReleaseFactory(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
-    rereleased = FirmwareReleaseFactory(
+    security = FirmwareReleaseFactory.create(version="1.2.0", release_counter=2, hardware_models=[fleet["model"]])
+    rereleased = FirmwareReleaseFactory.create(
         version="1.0.1", release_counter=2, hardware_models=[fleet["model"]], artifact=fleet["old"].artifact
     )
     fields = {**change_fields, "release": security, "rollback_release": rereleased}
@@ -398,9 +410,9 @@ def test_the_old_image_re_released_in_the_new_epoch_is_a_valid_rollback(requeste
 
 
 def test_start_rechecks_that_the_change_can_still_roll_back(approved_change, operator):
-    Device.objects.filter(pk=Device.objects.filter(hardware_model__name="tcu-4g-r2").first().pk).update(
-        installed_version="1.0.7"
-    )
+    old_model_unit = Device.objects.filter(hardware_model__name="tcu-4g-r2").first()
+    assert old_model_unit is not None
+    Device.objects.filter(pk=old_model_unit.pk).update(installed_version="1.0.7")
     with pytest.raises(Conflict) as refused:
         steps.rollout_start(actor=operator, change=approved_change)
     assert refused.value.code == "cannot_roll_back"

@@ -20,7 +20,7 @@ from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.demo.playback import HAPPY
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.models import Deployment, Rollout
-from tests.support.rollouts import assign_through, authorize
+from tests.support.rollouts import assign_through, authorize, expect_offer
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
@@ -39,10 +39,12 @@ def rollout(approved_change, operator):
 def _drive(deployment: Deployment, *statuses: str) -> Deployment:
     device = deployment.device
     for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
-        extra = {"booted_version": deployment.release.version, "health_passed": True} if status == "succeeded" else {}
-        deployment = deployment_report(
-            device=device, deployment_id=deployment.pk, report=Report(seq, status, **extra)
-        ).deployment
+        report = (
+            Report(seq, status, booted_version=deployment.release.version, health_passed=True)
+            if status == "succeeded"
+            else Report(seq, status)
+        )
+        deployment = deployment_report(device=device, deployment_id=deployment.pk, report=report).deployment
     return deployment
 
 
@@ -113,8 +115,10 @@ def test_missed_deadline_times_out_and_counts_as_failure(rollout):
 
 def test_device_reports_are_idempotent_and_never_go_backwards(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    device = Deployment.objects.first().device
-    offered = deployment_offer(device=device)
+    assigned = Deployment.objects.first()
+    assert assigned is not None
+    device = assigned.device
+    offered = expect_offer(device)
     assert offered.status == DeploymentStatus.OFFERED
     deployment = _drive(offered, "downloading", "downloaded", "installing")
     assert deployment.status == DeploymentStatus.INSTALLING
@@ -149,7 +153,9 @@ def test_device_reports_are_idempotent_and_never_go_backwards(rollout):
 def test_another_devices_deployment_is_refused(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     deployment = Deployment.objects.first()
+    assert deployment is not None
     stranger = Device.objects.exclude(pk=deployment.device_id).first()
+    assert stranger is not None
     with pytest.raises(InvalidInput):
         deployment_report(device=stranger, deployment_id=deployment.pk, report=Report(1, "downloading"))
     deployment.refresh_from_db()
@@ -159,13 +165,13 @@ def test_another_devices_deployment_is_refused(rollout):
 def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     first, second = Deployment.objects.order_by("pk")
-    _drive(deployment_offer(device=first.device), *HAPPY)
+    _drive(expect_offer(first.device), *HAPPY)
     cancelled = steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
     assert cancelled == 1 and deployment_offer(device=second.device) is None
     assert steps.rollback_assign(rollout_id=rollout.pk) == 1
     rollback = Deployment.objects.get(kind=DeploymentKind.ROLLBACK)
     assert rollback.device_id == first.device_id and rollback.release.version == "1.0.0"
-    offered = deployment_offer(device=first.device)
+    offered = expect_offer(first.device)
     assert offered.pk == rollback.pk
     _drive(offered, *HAPPY)
     assert steps.rollback_health(rollout_id=rollout.pk).succeeded == 1
@@ -178,7 +184,7 @@ def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(ro
 def test_halt_cancels_a_downloaded_image_before_it_is_installed(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     first, _ = Deployment.objects.order_by("pk")
-    _drive(deployment_offer(device=first.device), "downloading", "downloaded")
+    _drive(expect_offer(first.device), "downloading", "downloaded")
     assert steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed") == 2
     first.refresh_from_db()
     assert first.status == DeploymentStatus.CANCELLED
@@ -190,7 +196,7 @@ def test_halt_cancels_a_downloaded_image_before_it_is_installed(rollout):
 def test_completion_cancels_undelivered_work_and_stragglers_time_out_later(rollout):
     assign_through(rollout, 2)
     installing, waiting = Deployment.objects.filter(wave__index=2).order_by("pk")[:2]
-    _drive(deployment_offer(device=installing.device), "downloading", "downloaded", "installing")
+    _drive(expect_offer(installing.device), "downloading", "downloaded", "installing")
     steps.rollout_finish(rollout_id=rollout.pk, outcome=RolloutStatus.COMPLETED, reason="enough evidence")
     waiting.refresh_from_db()
     assert (waiting.status, waiting.detail) == (DeploymentStatus.CANCELLED, "rollout completed")
@@ -229,9 +235,11 @@ def test_human_action_is_reauthorized_against_the_database(rollout, requester, o
 def test_pause_blocks_offers(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.PAUSED, 0))
-    assert deployment_offer(device=Deployment.objects.first().device) is None
+    assigned = Deployment.objects.first()
+    assert assigned is not None
+    assert deployment_offer(device=assigned.device) is None
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
-    assert deployment_offer(device=Deployment.objects.first().device) is not None
+    assert deployment_offer(device=assigned.device) is not None
 
 
 def test_maintenance_window_waits_for_the_region(rollout):
@@ -250,16 +258,19 @@ def test_maintenance_window_waits_for_the_region(rollout):
 
 def test_failures_the_plan_retries_are_offered_again(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    device = Deployment.objects.first().device
-    deployment = deployment_offer(device=device)
+    assigned = Deployment.objects.first()
+    assert assigned is not None
+    device = assigned.device
+    deployment = expect_offer(device)
     retried = deployment_report(
         device=device, deployment_id=deployment.pk, report=Report(1, "failed", failure_class="download")
     ).deployment
-    assert retried.status == DeploymentStatus.PENDING and retried.not_before > timezone.now()
+    assert retried.status == DeploymentStatus.PENDING
+    assert retried.not_before is not None and retried.not_before > timezone.now()
     assert deployment_offer(device=device) is None  # backoff first
     later = timezone.now() + timedelta(minutes=5)
     for attempt in range(2, 5):  # the plan retries downloads 3 times: attempts 1..4 are offered, 4 fails for good
-        again = deployment_offer(device=device, now=later)
+        again = expect_offer(device, now=later)
         assert again.attempts == attempt
         result = deployment_report(
             device=device, deployment_id=again.pk, report=Report(attempt * 10, "failed", failure_class="download")

@@ -17,11 +17,12 @@ from ota_project.roles import Role
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
 from rollouts.demo.playback import FAIL_BOOT, HAPPY
-from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.deployment_services import Report, deployment_report
 from rollouts.models import ActionTokenUse, Deployment, Rollout
 from rollouts.step_keys import human_action_step_key
 from tests.factories import UserFactory
-from tests.support.rollouts import end_soak, promote, token_for
+from tests.support.records import after_state
+from tests.support.rollouts import end_soak, expect_offer, promote, token_for
 from workflows.types import PhaseChange, WaveHealth
 
 pytestmark = pytest.mark.django_db
@@ -54,10 +55,12 @@ def rollout(requester, change_fields, cab_member, cab_member_2, operator) -> Rol
 
 def _drive(deployment: Deployment, *statuses: str) -> Deployment:
     for seq, status in enumerate(statuses, start=deployment.last_seq + 1):
-        extra = {"booted_version": deployment.release.version, "health_passed": True} if status == "succeeded" else {}
-        deployment = deployment_report(
-            device=deployment.device, deployment_id=deployment.pk, report=Report(seq, status, **extra)
-        ).deployment
+        report = (
+            Report(seq, status, booted_version=deployment.release.version, health_passed=True)
+            if status == "succeeded"
+            else Report(seq, status)
+        )
+        deployment = deployment_report(device=deployment.device, deployment_id=deployment.pk, report=report).deployment
     return deployment
 
 
@@ -79,7 +82,7 @@ def _no_step_key_twice() -> None:
 def test_an_automatic_promotion_is_one_record_however_often_its_step_runs(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     for deployment in _pilots(rollout):
-        _drive(deployment_offer(device=deployment.device), *HAPPY)
+        _drive(expect_offer(deployment.device), *HAPPY)
     end_soak(rollout, 0)
 
     assert steps.wave_promote(rollout_id=rollout.pk, wave_index=0) is True
@@ -87,6 +90,7 @@ def test_an_automatic_promotion_is_one_record_however_often_its_step_runs(rollou
 
     [record] = _records(rollout, "rollout.promote_auto")
     assert record.step_key == f"rollout-{rollout.pk}/wave-0/promote"
+    assert record.after is not None
     assert record.actor_name == "system:temporal" and record.after["counts"]["succeeded"] == 2
     _no_step_key_twice()
 
@@ -135,7 +139,7 @@ def test_every_update_is_its_own_decision(rollout, operator):
 
 def test_another_persons_action_under_a_recorded_update_id_is_refused(rollout, operator):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    other = UserFactory(roles=[Role.OPERATOR])
+    other = UserFactory.create(roles=[Role.OPERATOR])
     steps.human_action_authorize(
         rollout_id=rollout.pk,
         action="pause",
@@ -182,8 +186,8 @@ def test_a_recorded_update_id_does_not_excuse_a_forged_proof(rollout, operator):
 def test_rerunning_the_rollback_assignment_after_continue_as_new_records_nothing(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     done, installing = _pilots(rollout)
-    _drive(deployment_offer(device=done.device), *HAPPY)
-    installing = _drive(deployment_offer(device=installing.device), "downloading", "downloaded", "installing")
+    _drive(expect_offer(done.device), *HAPPY)
+    installing = _drive(expect_offer(installing.device), "downloading", "downloaded", "installing")
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
 
     assert steps.rollback_assign(rollout_id=rollout.pk) == 1
@@ -211,6 +215,7 @@ def test_a_hold_is_recorded_once_per_wave_and_reason_not_per_projection(rollout)
     steps.rollout_phase(held)  # resumed at the same gate, and re-projected by the next run after continue-as-new
 
     [hold] = _records(rollout, "rollout.hold")
+    assert hold.after is not None
     assert hold.after == {"wave": 0, "gate": "inconclusive", "counts": hold.after["counts"]}
     assert hold.after["counts"]["succeeded"] == 1 and hold.reason == "1 of 2"
 
@@ -223,13 +228,13 @@ def test_a_hold_is_recorded_once_per_wave_and_reason_not_per_projection(rollout)
     steps.rollout_phase(gate)
 
     holds = _records(rollout, "rollout.hold")
-    assert [(r.after["wave"], r.after["gate"]) for r in holds] == [(0, "inconclusive"), (1, "promotion")]
+    assert [(after_state(r)["wave"], after_state(r)["gate"]) for r in holds] == [(0, "inconclusive"), (1, "promotion")]
     _no_step_key_twice()
 
 
 def test_a_halt_and_its_breaker_are_recorded_once_each(rollout):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
-    offered = [deployment_offer(device=deployment.device) for deployment in _pilots(rollout)]
+    offered = [expect_offer(deployment.device) for deployment in _pilots(rollout)]
     for deployment in offered:  # the first failure trips the breaker (the device API's path), the second adds to it
         _drive(deployment, *FAIL_BOOT)
 

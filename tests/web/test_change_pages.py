@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.http import StreamingHttpResponse
 from django.test import Client
 from django.utils import timezone
 
@@ -374,9 +375,11 @@ def test_evidence_upload_after_submission_bumps_revision_and_is_downloadable(sub
     submitted_change.refresh_from_db()
     assert submitted_change.revision == 2 and Approval.objects.get().voided_at is not None
     html = html_of(page_client(cab_member).get(_detail(submitted_change)))
-    link = re.search(r'<a href="([^"]+)" download>bench-report.txt</a>', html).group(1)
-    download = page_client(cab_member).get(link)
-    assert download.status_code == 200 and b"".join(download.streaming_content) == b"all green\n"
+    link = re.search(r'<a href="([^"]+)" download>bench-report.txt</a>', html)
+    assert link is not None
+    download = page_client(cab_member).get(link.group(1))
+    assert isinstance(download, StreamingHttpResponse)  # the evidence file is streamed
+    assert download.status_code == 200 and download.getvalue() == b"all green\n"
 
 
 def test_bad_evidence_file_name_is_refused_and_nothing_changes(submitted_change, requester):
@@ -614,7 +617,9 @@ def test_removed_waves_are_left_out_of_the_plan(requester, fleet):
     data.update({"waves-1-success_threshold": "0.9", "waves-1-failure_threshold": "0.1", "waves-1-DELETE": "on"})
     response = page_client(requester).post(NEW, data)
     assert response.status_code == 302
-    assert [w.name for w in ChangeRequest.objects.get().plan.waves] == ["pilot", "fleet"]
+    plan = ChangeRequest.objects.get().plan
+    assert plan is not None
+    assert [w.name for w in plan.waves] == ["pilot", "fleet"]
 
 
 def test_live_preview_counts_devices_risk_and_waves(requester, fleet):
@@ -721,7 +726,9 @@ def test_finished_changes_cannot_be_edited(submitted_change, requester, cab_memb
 
 def _form_values(html: str) -> dict[str, Any]:
     """The values a browser would post for the change form as rendered."""
-    form = re.search(r'<form method="post" id="change-form".*?</form>', html, re.S).group(0)
+    form_match = re.search(r'<form method="post" id="change-form".*?</form>', html, re.S)
+    assert form_match is not None
+    form = form_match.group(0)
     data: dict[str, Any] = {}
     for tag in re.findall(r"<input[^>]*>", form):
         name = re.search(r'name="([^"]+)"', tag)

@@ -26,6 +26,13 @@ def _serials(response) -> list[str]:
     return [device.serial for device in response.context["page"].object_list]
 
 
+def _first_device() -> Device:
+    """The fleet's first device by serial (for tests over the `fleet` fixture, which has devices)."""
+    device = Device.objects.order_by("serial").first()
+    assert device is not None
+    return device
+
+
 def _device_url(serial: str) -> str:
     return reverse("web-fleet:device", args=[serial])
 
@@ -55,7 +62,7 @@ def test_user_without_a_role_gets_403(fleet, nobody, url_of):
 @pytest.mark.parametrize("role", list(Role.values))
 def test_every_role_reads_the_inventory_and_a_device(fleet, make_user, role):
     user = make_user(role)
-    device = Device.objects.order_by("serial").first()
+    device = _first_device()
     response = page_client(user).get(INVENTORY)
     assert response.status_code == 200
     assert response.context["page"].paginator.count == 100
@@ -71,7 +78,9 @@ def test_unknown_device_is_404(fleet, auditor):
 
 
 def test_search_finds_by_part_of_serial_or_vin(fleet, operator):
-    DeviceFactory(serial="ZZ-SPECIAL-1", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352")
+    DeviceFactory.create(
+        serial="ZZ-SPECIAL-1", hardware_model=fleet["model"], region=fleet["region"], vin="1HGCM82633A004352"
+    )
     client = page_client(operator)
     assert _serials(client.get(INVENTORY, {"q": "special"})) == ["ZZ-SPECIAL-1"]
     assert _serials(client.get(INVENTORY, {"q": "A004352"})) == ["ZZ-SPECIAL-1"]
@@ -81,10 +90,10 @@ def test_search_finds_by_part_of_serial_or_vin(fleet, operator):
 
 
 def test_filters_combine(fleet, operator, make_user):
-    other_region = DeviceFactory(
+    other_region = DeviceFactory.create(
         serial="ASIA-0001", hardware_model=fleet["model"], region__code="ap-south", tags=["pilot"]
     ).region
-    DeviceFactory(
+    DeviceFactory.create(
         serial="ASIA-0002", hardware_model=fleet["other_model"], region=other_region, installed_version="1.1.0"
     )
     client = page_client(operator)
@@ -123,11 +132,11 @@ def test_inventory_is_paginated_and_keeps_the_filters(fleet, operator):
     first = client.get(INVENTORY, {"hardware_model": "tcu-5g-r1"})
     assert len(_serials(first)) == 50
     assert 'href="?hardware_model=tcu-5g-r1&amp;page=2"' in first.content.decode()
-    second = client.get(INVENTORY, {"hardware_model": "tcu-5g-r1", "page": 2})
+    second = client.get(INVENTORY, {"hardware_model": "tcu-5g-r1", "page": "2"})
     assert len(_serials(second)) == 30
     assert not set(_serials(first)) & set(_serials(second))
     # A page number out of range shows the last page rather than failing.
-    assert _serials(client.get(INVENTORY, {"hardware_model": "tcu-5g-r1", "page": 99})) == _serials(second)
+    assert _serials(client.get(INVENTORY, {"hardware_model": "tcu-5g-r1", "page": "99"})) == _serials(second)
 
 
 def test_version_distribution_chart_with_numbers(fleet, operator):
@@ -158,7 +167,7 @@ def test_empty_inventory_has_a_designed_empty_state(operator):
 
 @pytest.fixture
 def quarantined(fleet, operator) -> Device:
-    device = Device.objects.order_by("serial").first()
+    device = _first_device()
     return services.device_quarantine(actor=operator, device=device, reason="Unexpected reboots after tamper alarm")
 
 
@@ -189,6 +198,7 @@ def test_operator_releases_a_device_with_a_reason(quarantined, operator):
     quarantined.refresh_from_db()
     assert quarantined.status == DeviceStatus.ACTIVE
     record = DecisionRecord.objects.order_by("-seq").first()
+    assert record is not None
     assert (record.action, record.object_id, record.actor_name) == (
         "devices.device.release",
         quarantined.serial,
@@ -210,9 +220,7 @@ def test_release_without_a_reason_changes_nothing(quarantined, operator):
 
 
 def test_release_refusal_from_the_service_is_shown_and_changes_nothing(fleet, operator):
-    device = services.device_revoke(
-        actor=operator, device=Device.objects.order_by("serial").first(), reason="credential leaked"
-    )
+    device = services.device_revoke(actor=operator, device=_first_device(), reason="credential leaked")
     records = DecisionRecord.objects.count()
     response = page_client(operator).post(_release_url(device.serial), {"reason": "try anyway"}, follow=True)
     assert response.status_code == 200
@@ -223,7 +231,7 @@ def test_release_refusal_from_the_service_is_shown_and_changes_nothing(fleet, op
 
 
 def test_releasing_an_active_device_says_nothing_changed(fleet, operator):
-    device = Device.objects.order_by("serial").first()
+    device = _first_device()
     records = DecisionRecord.objects.count()
     response = page_client(operator).post(_release_url(device.serial), {"reason": "just in case"}, follow=True)
     assert "is not quarantined; nothing changed." in response.content.decode()
@@ -260,7 +268,7 @@ def test_release_is_post_only(quarantined, operator):
 
 
 def test_device_page_shows_state_drift_and_telemetry(fleet, cab_member):
-    device = Device.objects.order_by("serial").first()
+    device = _first_device()
     services.device_record_report(device=device, version="1.0.1", release_counter=1, at=timezone.now())
     now = timezone.now()
     TelemetrySample.objects.bulk_create(

@@ -365,7 +365,9 @@ def test_confirm_action_is_a_post_form_with_csrf_and_required_reason():
     token = find(form, "input", name="csrfmiddlewaretoken").get("value") or ""
     assert len(token) >= 32 and token.isalnum()
     label = find(form, "label")
-    reason = find(form, "textarea", id=label.get("for"))  # the label names the field
+    label_for = label.get("for")
+    assert label_for is not None
+    reason = find(form, "textarea", id=label_for)  # the label names the field
     assert label.text() == "Reason" and reason.get("name") == "reason" and "required" in reason.attrs
     assert find(form, "p").text() == "Pause: are you sure? This is recorded with your name."
     button = find(form, "button", type="submit")

@@ -9,10 +9,10 @@ import pytest
 from ota_project.roles import Role
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, RolloutStatus
-from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment
 from tests.fleet_driver import FAIL_BOOT, HAPPY, play
 from tests.support.html import find, find_all, row_cells, table_captioned, visible_text
+from tests.support.rollouts import expect_offer
 from tests.web.helpers import page_client
 from workflows.types import PhaseChange
 
@@ -29,11 +29,11 @@ def rolled_back(approved_change, operator):
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     pilots = Deployment.objects.filter(rollout=rollout).order_by("pk")
     for deployment, statuses in zip(pilots, (HAPPY, FAIL_BOOT), strict=True):
-        play(deployment_offer(device=deployment.device), statuses)
+        play(expect_offer(deployment.device), statuses)
     steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="pilot failed")
     steps.rollback_assign(rollout_id=rollout.pk)
     rollback = Deployment.objects.get(rollout=rollout, kind=DeploymentKind.ROLLBACK)
-    play(deployment_offer(device=rollback.device), HAPPY)
+    play(expect_offer(rollback.device), HAPPY)
     steps.rollout_finish(rollout_id=rollout.pk, outcome=RolloutStatus.ROLLED_BACK, reason="restored")
     return rollout
 
@@ -71,7 +71,9 @@ def test_figures_after_a_rolled_back_rollout(auditor, rolled_back):
     assert "over the last 7 days" in html
     assert 'data-testid="success-total">1 of 2</strong> succeeded' in html and "(50 %)" in html
     assert 'data-testid="mttr-mean">' in html and f"Rollout {rolled_back.pk}</a>" in html
-    rollbacks = re.search(r'id="rollbacks-heading".*?</section>', html, re.S).group(0)
+    rollbacks_match = re.search(r'id="rollbacks-heading".*?</section>', html, re.S)
+    assert rollbacks_match is not None
+    rollbacks = rollbacks_match.group(0)
     # 1.1.0: one rolled-back rollout, one device restored by the saga, one that fell back on its own.
     assert row_cells(table_captioned(rollbacks, "Rollbacks per release"), "1.1.0") == ["1", "1", "1"]
     (chart,) = find_all(rollbacks, "figure", class_="stacked-bars")

@@ -27,7 +27,7 @@ from rollouts.deployment_services import deployment_offer
 from rollouts.models import Deployment, HealthSample, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, play, run_until
 from tests.support.html import accessible_name, badges, find, find_all, number, row_cells, visible_text
-from tests.support.rollouts import abort, assign_through, authorize
+from tests.support.rollouts import abort, assign_through, authorize, expect_offer
 from tests.temporal_support import running_worker
 from tests.web.helpers import html_of, messages_of, page_client
 from workflows.policy import HUMAN_ACTIONS
@@ -56,7 +56,7 @@ def rollout(approved_change, operator) -> Rollout:
 def play_wave(rollout: Rollout, wave_index: int, behaviours: list[tuple[str, ...]]) -> None:
     pending = Deployment.objects.filter(rollout=rollout, wave__index=wave_index, status="pending").order_by("pk")
     for deployment, statuses in zip(list(pending), behaviours, strict=False):
-        play(deployment_offer(device=deployment.device), statuses)
+        play(expect_offer(deployment.device), statuses)
 
 
 def set_state(rollout: Rollout, phase: str, gate: str = "", wave: int = 0, reason: str = "") -> Rollout:
@@ -326,7 +326,9 @@ def test_halted_rollout_explains_the_failure_and_offers_abort_or_rollback(rollou
     assert "<strong>Halted</strong>" in html and "Wave pilot failed: 1 of 2 finished devices failed." in html
     assert "Most failures: 1 × rolled back on tcu-4g-r2 (failure class boot)." in html
     assert "Roll back if devices that took 1.1.0 must return to 1.0.0" in html
-    figures = re.search(r'data-testid="health-figures".*?</table>', html, re.S).group(0)
+    figures_match = re.search(r'data-testid="health-figures".*?</table>', html, re.S)
+    assert figures_match is not None
+    figures = figures_match.group(0)
     assert "50 % (1/2)" in figures and "5 %" in figures  # failure rate next to the pilot's 5 % threshold
     assert "Over the threshold: the wave halts" in figures
 
@@ -352,7 +354,9 @@ def test_dashboard_shows_device_counts_and_the_health_history_chart(rollout, ope
 def test_timeline_lists_decisions_newest_first(rollout, operator):
     authorize(rollout, "pause", operator, reason="night freeze")
     html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
-    timeline = re.search(r'id="timeline-heading".*?</table>', html, re.S).group(0)
+    timeline_match = re.search(r'id="timeline-heading".*?</table>', html, re.S)
+    assert timeline_match is not None
+    timeline = timeline_match.group(0)
     actions = re.findall(r"<code>([a-z_.]+)</code>", timeline)
     assert actions[0] == "rollout.pause" and "rollout.start" in actions and "change.submit" in actions
     assert actions.index("rollout.start") < actions.index("change.submit")
@@ -501,9 +505,14 @@ def test_dashboard_shows_the_tripped_breaker_and_why_devices_were_set_aside(roll
     Rollout.objects.filter(pk=rollout.pk).update(plan=plan)
     play_wave(rollout, 0, [FAIL_BOOT])
     other = Deployment.objects.filter(rollout=rollout, status="pending").select_related("device").first()
+    assert other is not None
     assert deployment_offer(device=other.device) is None  # withdrawn by the breaker, no workflow involved
     html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
-    breaker = re.search(r'id="breaker-0">(.*?)</p>', html, re.S).group(1)
+    breaker_match = re.search(r'id="breaker-0">(.*?)</p>', html, re.S)
+    assert breaker_match is not None
+    breaker = breaker_match.group(1)
     assert "Breaker tripped" in breaker and "crossed its failure threshold" in breaker
-    set_aside = re.search(r'id="set-aside-heading".*?</section>', html, re.S).group(0)
+    set_aside_match = re.search(r'id="set-aside-heading".*?</section>', html, re.S)
+    assert set_aside_match is not None
+    set_aside = set_aside_match.group(0)
     assert "withdrawn: the rollout&#x27;s failure threshold was crossed" in set_aside

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.workflows.fakes import counts
@@ -79,7 +81,7 @@ def test_cancelled_devices_are_no_evidence_of_success():
 
 
 def refusal(action: str, **overrides) -> str:
-    arguments = {
+    arguments: dict[str, Any] = {  # keyword arguments of several types, any of them overridden
         "actor_id": 11,
         "actor_roles": ["operator"],
         "author_id": 7,

@@ -79,12 +79,14 @@ class LostReplies:
 
     def _lossy(self, step: Callable[..., Any]) -> Callable[..., Any]:
         name = _Definition.must_from_callable(step).name
+        assert name is not None  # the steps are defined activities, with their names
 
         @activity.defn(name=name)
         @functools.wraps(step, updated=())  # not its __dict__: that holds the activity definition
         def lossy(payload: Any) -> Any:
             info = activity.info()
             self.attempts[name] += 1
+            assert info.workflow_run_id is not None  # an activity of a workflow, not a standalone one
             self.runs.setdefault(name, set()).add(info.workflow_run_id)
             result = step(payload)
             if info.attempt == 1:
@@ -144,6 +146,7 @@ def test_human_actions_and_gate_verdicts_are_one_record_each_though_every_reply_
     assert actions["rollout.promote_auto"] == 1 and lost.attempts["rollouts.wave_promote"] >= 2
     assert actions["rollout.completed"] == 1
     hold = DecisionRecord.objects.get(action="rollout.hold")
+    assert hold.after is not None
     assert (hold.after["wave"], hold.after["gate"]) == (0, "promotion")
     _each_step_key_once_and_chain_whole()
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
 
 from tests.temporal_support import TEMPORAL_BIN
 from tests.workflows_runtime.standins import StandInRolloutWorkflow, standin_authorize
 from workflows.search_attributes import rollout_search_attributes
 from workflows.types import Phase, RolloutInput, WavePlan
 
-STANDIN = {"workflows": [StandInRolloutWorkflow], "activities": [standin_authorize]}
+
+class WorkerParts(TypedDict):
+    """The workflows and activities a test worker runs (`running_worker(**parts)`)."""
+
+    workflows: Sequence[type]
+    activities: Sequence[Callable[..., Any]]
+
+
+STANDIN: WorkerParts = {"workflows": [StandInRolloutWorkflow], "activities": [standin_authorize]}
 AUTHOR_ID = 3
 OPERATOR_ID = 7
 

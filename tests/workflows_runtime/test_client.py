@@ -199,7 +199,8 @@ def test_a_refused_update_raises_the_matching_domain_error_with_the_workflows_me
             execute_rollout_update(rollout_id, update, action)
         assert type(refused.value) is error
         assert refused.value.message == message
-        assert query_rollout_status(rollout_id).message == ""  # nothing changed
+        status = query_rollout_status(rollout_id)
+        assert status is not None and status.message == ""  # nothing changed
 
 
 def test_a_plain_validator_refusal_is_a_conflict_and_changes_nothing(temporal_settings):
@@ -209,7 +210,8 @@ def test_a_plain_validator_refusal_is_a_conflict_and_changes_nothing(temporal_se
         assert execute_rollout_update(rollout_id, Update.PAUSE, OPERATOR).paused is True
         with pytest.raises(Conflict, match="this one is paused"):
             execute_rollout_update(rollout_id, Update.PAUSE, OPERATOR)
-        assert query_rollout_status(rollout_id).phase == Phase.PAUSED
+        status = query_rollout_status(rollout_id)
+        assert status is not None and status.phase == Phase.PAUSED
 
 
 def test_update_or_query_of_a_rollout_without_workflow(temporal_settings):
