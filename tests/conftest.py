@@ -21,9 +21,8 @@ pytest_plugins = ["tests.temporal_support"]
 def _allow_decision_record_reset(sender, connection, **kwargs):
     """Transactional tests end with a flush (TRUNCATE of every table); migration 0005 refuses TRUNCATE on the
     decision record unless the session says the reset is deliberate."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET ota.allow_decision_record_reset = 'on'")
+    with connection.cursor() as cursor:
+        cursor.execute("SET ota.allow_decision_record_reset = 'on'")
 
 
 connection_created.connect(_allow_decision_record_reset)
