@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -143,3 +146,16 @@ def client_for() -> Callable[[object], APIClient]:
         return client
 
     return _client
+
+
+@pytest.fixture
+def embedded_data_dir():
+    """A DATA_DIR for the embedded PostgreSQL, outside tmp_path: pytest keeps /tmp/pytest-of-<user> private (0700)
+    and any pytest run starting meanwhile closes it again, but as root the server runs as another user, which must
+    reach its data directory. Any server left running there is stopped afterwards."""
+    from ota_project import embedded_db
+
+    path = Path(tempfile.mkdtemp(prefix="ota-embedded-db-"))
+    yield path
+    embedded_db.stop(path)
+    shutil.rmtree(path, ignore_errors=True)

@@ -4,7 +4,7 @@
 initialises `<DATA_DIR>/postgres/` once (initdb, trust authentication, superuser `postgres`), starts the server
 with `pg_ctl` listening only on a unix socket inside that directory (no TCP port, so it never clashes with a
 PostgreSQL already on the machine, and only this account can reach it), waits until it accepts connections,
-creates the database `ota`, and stops it cleanly (`pg_ctl -m fast`, then harder if it does not go).
+creates the database `ota`, and stops it cleanly (a fast shutdown, then harder if it does not go).
 
 - Idempotent: `start` finds a running server and returns; `stop` of a stopped server is a no-op. A file lock in
   DATA_DIR serialises concurrent calls.
@@ -113,21 +113,20 @@ def start(data_dir: Path, *, timeout: float = START_TIMEOUT_SECONDS) -> ServerSt
 
 
 def stop(data_dir: Path, *, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
-    """Stop the server (fast shutdown: sessions are ended, work is not lost); False if it was not running."""
+    """Stop the server (fast shutdown: sessions are ended, committed work is kept); False if it was not running.
+
+    Signals the postmaster directly, as `pg_ctl stop` does (SIGINT fast, SIGQUIT immediate), so stopping needs
+    no access to the data directory's path (it may have become unreachable while the server ran)."""
     home = pgdata(data_dir)
     with _locked(data_dir):
         pid = _running_pid(home)
         if pid is None:
             return False
-        _pg_ctl(["-w", "-t", str(int(timeout)), "-m", "fast", "stop"], home, _server_user(), check=False)
-        if _wait_gone(pid, home, timeout):
-            return True
-        # pg_ctl gave up (a stuck backend): immediate shutdown, then the postmaster itself.
-        _pg_ctl(["-w", "-t", "10", "-m", "immediate", "stop"], home, _server_user(), check=False)
-        if not _wait_gone(pid, home, 10):
+        for signum, wait_seconds in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, home, 5)
+                os.kill(pid, signum)
+            if _wait_gone(pid, home, wait_seconds):
+                break
     return True
 
 
@@ -205,12 +204,8 @@ def _initdb(home: Path, server_user: str | None) -> None:
         raise EmbeddedDbError(f"initdb failed in {home} (code {err.returncode})") from err
 
 
-def _pg_ctl(args: list[str], home: Path, server_user: str | None, *, check: bool = True) -> None:
-    try:
-        _package().pg_ctl(args, pgdata=home, **_run_as(server_user))
-    except subprocess.CalledProcessError:
-        if check:
-            raise
+def _pg_ctl(args: list[str], home: Path, server_user: str | None) -> None:
+    _package().pg_ctl(args, pgdata=home, **_run_as(server_user))
 
 
 def _pg_ctl_start(home: Path, sockets: Path, server_user: str | None, timeout: float) -> None:
