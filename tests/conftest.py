@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
@@ -29,6 +31,12 @@ def _allow_decision_record_reset(sender, connection, **kwargs):
 
 
 connection_created.connect(_allow_decision_record_reset)
+
+# A connection per use in tests, unless CONN_MAX_AGE is set: with the settings' persistent default (60 s) the threads
+# of in-process Temporal workers and live servers keep their test-database sessions after their test, and the test
+# database cannot be dropped at the end of the run. (pytest-django has imported the settings before this module.)
+if "CONN_MAX_AGE" not in os.environ:
+    django_settings.DATABASES[DEFAULT_DB_ALIAS]["CONN_MAX_AGE"] = 0
 
 
 @pytest.fixture(autouse=True)
