@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-## Start the embedded default: SQLite and the Temporal dev server in .data/, demo data, the Temporal worker,
-## web app on http://$(HOST):$(PORT), Temporal UI on http://127.0.0.1:8233 (Ctrl-C stops everything)
+## Start the embedded default: PostgreSQL (from a wheel) and the Temporal dev server in .data/, demo data, the
+## Temporal worker, web app on http://$(HOST):$(PORT), Temporal UI on http://127.0.0.1:8233 (Ctrl-C stops
+## everything, the database too). With DATABASE_URL set, that database is used and nothing is started for it.
 run: install
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py embedded_db start
+	$(BIN)/python manage.py migrate --noinput && \
+	  $(BIN)/python manage.py collectstatic --noinput --verbosity 0 && \
+	  $(BIN)/python manage.py seed_demo || { $(BIN)/python manage.py embedded_db stop; exit 1; }
 	OTA_DEMO_MODE=true $(BIN)/python manage.py run_embedded --host $(HOST) --port $(PORT)
 
 ## Run the whole suite on PostgreSQL (starts PostgreSQL and Redis when they are down)
@@ -55,4 +57,5 @@ bench-telemetry: install services
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_telemetry OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.telemetry
 
 clean:
+	-[ ! -x $(BIN)/python ] || $(BIN)/python manage.py embedded_db stop
 	rm -rf $(VENV) .data .pytest_cache

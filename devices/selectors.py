@@ -84,7 +84,7 @@ def _offline_after(poll_interval_seconds: int) -> timedelta:
 def device_offline_q(*, now: datetime | None = None) -> Q:
     """Devices that never checked in, or not within OTA_DEVICE_OFFLINE_AFTER_POLLS poll intervals of their region.
 
-    One condition per region (regions are few), so it works the same on PostgreSQL and SQLite.
+    One condition per region (regions are few).
     """
     now = now or timezone.now()
     stale = Q(pk__in=[])

@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
+from urllib.parse import quote
 
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
@@ -77,3 +78,17 @@ def atomic_with_retry(attempts: int = 3, *, using: str | None = None) -> Callabl
         return wrapper
 
     return decorator
+
+
+def database_url(alias: str = DEFAULT_DB_ALIAS) -> str:
+    """A DATABASE_URL naming the database `alias` uses now (under pytest: the test database), for child processes.
+    A unix-socket server (the embedded default) is named by `?host=<directory>`."""
+    db = connections[alias].settings_dict
+    user = quote(db.get("USER") or "", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
+    credentials = f"{user}{password}@" if user else ""
+    host = str(db.get("HOST") or db.get("OPTIONS", {}).get("host") or "127.0.0.1")
+    name = quote(str(db["NAME"]), safe="")
+    if host.startswith("/"):
+        return f"postgres://{credentials}/{name}?host={quote(host, safe='/')}"
+    return f"postgres://{credentials}{host}:{db.get('PORT') or 5432}/{name}"

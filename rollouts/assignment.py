@@ -18,9 +18,6 @@ from devices.models import Device
 from rollouts.choices import DeploymentStatus
 from rollouts.models import Deployment
 
-BULK_BATCH = 5000
-# Devices per lookup query where the database caps bound parameters (SQLite: 999 in older builds).
-LOOKUP_BATCH = 900
 UNKNOWN_SOFTWARE: tuple[str, int | None] = ("", None)
 BUSY_REASON = "skipped: the device already holds an active deployment (another rollout, or an update in flight)"
 
@@ -63,26 +60,16 @@ COPY_COLUMNS = (
 def _installed_software(device_ids: list[int]) -> dict[int, tuple[str, int | None]]:
     """What each device runs now per the inventory: device id -> (installed version, release counter).
 
-    One query on PostgreSQL (an array parameter, however large the wave), batches elsewhere; never one per device.
+    One query (an array parameter, however large the wave); never one per device.
     """
     if not device_ids:
         return {}
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT id, installed_version, installed_release_counter FROM {Device._meta.db_table} "
-                "WHERE id = ANY(%s)",
-                [device_ids],
-            )
-            return {pk: (version, counter) for pk, version, counter in cursor.fetchall()}
-    installed: dict[int, tuple[str, int | None]] = {}
-    for offset in range(0, len(device_ids), LOOKUP_BATCH):
-        batch = device_ids[offset : offset + LOOKUP_BATCH]
-        for pk, version, counter in Device.objects.filter(pk__in=batch).values_list(
-            "pk", "installed_version", "installed_release_counter"
-        ):
-            installed[pk] = (version, counter)
-    return installed
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, installed_version, installed_release_counter FROM {Device._meta.db_table} WHERE id = ANY(%s)",
+            [device_ids],
+        )
+        return {pk: (version, counter) for pk, version, counter in cursor.fetchall()}
 
 
 def _row_values(row: NewDeployment, installed: dict[int, tuple[str, int | None]], now: datetime) -> tuple:
@@ -94,8 +81,7 @@ def _row_values(row: NewDeployment, installed: dict[int, tuple[str, int | None]]
 def insert_deployments(rows: list[NewDeployment]) -> set[int]:
     """Insert new deployments in bulk; devices that already hold an active deployment get a skipped row instead.
 
-    COPY into a temporary table and one INSERT .. ON CONFLICT DO NOTHING on PostgreSQL (100,000 rows in seconds),
-    bulk_create(ignore_conflicts=True) elsewhere. Each row also stores what its device runs at this moment
+    COPY into a temporary table and one INSERT .. ON CONFLICT DO NOTHING (100,000 rows in seconds). Each row also stores what its device runs at this moment
     (`from_version`, `from_release_counter`), read in the same transaction. Returns the ids of the devices that
     were busy. Callers hold the wave or rollout row lock and pass only devices without a row of this kind yet.
     """
@@ -116,30 +102,22 @@ def insert_deployments(rows: list[NewDeployment]) -> set[int]:
 
 def _insert_ignoring_conflicts(values: list[tuple]) -> set[int]:
     """Insert rows (COPY_COLUMNS order); the device ids whose row went in (the rest hit a unique constraint)."""
-    if connection.vendor == "postgresql":
-        table = Deployment._meta.db_table
-        columns = ", ".join(COPY_COLUMNS)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"CREATE TEMPORARY TABLE IF NOT EXISTS new_deployments ON COMMIT DELETE ROWS AS "
-                f"SELECT {columns} FROM {table} WITH NO DATA"
-            )
-            cursor.execute("TRUNCATE new_deployments")
-            with cursor.cursor.copy(f"COPY new_deployments ({columns}) FROM STDIN") as copy:
-                for row in values:
-                    copy.write_row(row)
-            # A device missing from the inventory: the deferred foreign key refuses the row at commit.
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM new_deployments "
-                "ON CONFLICT DO NOTHING RETURNING device_id"
-            )
-            inserted = {device_id for (device_id,) in cursor.fetchall()}
-            cursor.execute("TRUNCATE new_deployments")
-            return inserted
-    objects = [Deployment(**dict(zip(COPY_COLUMNS, row, strict=True))) for row in values]
-    Deployment.objects.bulk_create(objects, batch_size=BULK_BATCH, ignore_conflicts=True)
-    keys = {(row[0], row[2], row[4]) for row in values}
-    found = Deployment.objects.filter(
-        rollout_id__in={k[0] for k in keys}, device_id__in={k[1] for k in keys}, created_at=values[0][12]
-    ).values_list("rollout_id", "device_id", "kind")
-    return {device_id for rollout_id, device_id, kind in found if (rollout_id, device_id, kind) in keys}
+    table = Deployment._meta.db_table
+    columns = ", ".join(COPY_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS new_deployments ON COMMIT DELETE ROWS AS "
+            f"SELECT {columns} FROM {table} WITH NO DATA"
+        )
+        cursor.execute("TRUNCATE new_deployments")
+        with cursor.cursor.copy(f"COPY new_deployments ({columns}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
+        # A device missing from the inventory: the deferred foreign key refuses the row at commit.
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM new_deployments "
+            "ON CONFLICT DO NOTHING RETURNING device_id"
+        )
+        inserted = {device_id for (device_id,) in cursor.fetchall()}
+        cursor.execute("TRUNCATE new_deployments")
+        return inserted

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
@@ -22,12 +27,17 @@ pytest_plugins = ["tests.temporal_support"]
 def _allow_decision_record_reset(sender, connection, **kwargs):
     """Transactional tests end with a flush (TRUNCATE of every table); migration 0005 refuses TRUNCATE on the
     decision record unless the session says the reset is deliberate."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET ota.allow_decision_record_reset = 'on'")
+    with connection.cursor() as cursor:
+        cursor.execute("SET ota.allow_decision_record_reset = 'on'")
 
 
 connection_created.connect(_allow_decision_record_reset)
+
+# A connection per use in tests, unless CONN_MAX_AGE is set: with the settings' persistent default (60 s) the threads
+# of in-process Temporal workers and live servers keep their test-database sessions after their test, and the test
+# database cannot be dropped at the end of the run. (pytest-django has imported the settings before this module.)
+if "CONN_MAX_AGE" not in os.environ:
+    django_settings.DATABASES[DEFAULT_DB_ALIAS]["CONN_MAX_AGE"] = 0
 
 
 @pytest.fixture(autouse=True)
@@ -145,3 +155,16 @@ def client_for() -> Callable[[User | None], APIClient]:
         return client
 
     return _client
+
+
+@pytest.fixture
+def embedded_data_dir():
+    """A DATA_DIR for the embedded PostgreSQL, outside tmp_path: pytest keeps /tmp/pytest-of-<user> private (0700)
+    and any pytest run starting meanwhile closes it again, but as root the server runs as another user, which must
+    reach its data directory. Any server left running there is stopped afterwards."""
+    from ota_project import embedded_db
+
+    path = Path(tempfile.mkdtemp(prefix="ota-embedded-db-"))
+    yield path
+    embedded_db.stop(path)
+    shutil.rmtree(path, ignore_errors=True)

@@ -242,25 +242,10 @@ def subprocess_env(settings: Any, **overrides: str) -> dict[str, str]:
 
     The subprocess reads committed rows only: use `transactional_db` (or `live_server`) in such tests.
     """
-    from django.db import connection
+    from ota_project.db import database_url
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "ota_project.settings"}
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("postgresql"):
-        user = db.get("USER") or ""
-        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-        credentials = f"{user}{password}@" if user else ""
-        env["DATABASE_URL"] = (
-            f"postgres://{credentials}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-        )
-    elif (
-        db["ENGINE"].endswith("sqlite3")
-        and str(db["NAME"]) not in (":memory:", "")
-        and "mode=memory" not in str(db["NAME"])
-    ):
-        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
-    else:
-        raise RuntimeError("a subprocess cannot share an in-memory test database")
+    env["DATABASE_URL"] = database_url()
     env.update(
         TEMPORAL_ADDRESS=settings.TEMPORAL_ADDRESS,
         TEMPORAL_NAMESPACE=settings.TEMPORAL_NAMESPACE,

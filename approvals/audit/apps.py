@@ -16,9 +16,9 @@ class AuditConfig(AppConfig):
         from approvals.audit.records import record_trust_install
 
         record_trust_install(AuditKeyTrust())
-        # Refusals of the shared layer and sign-in lockouts become security events; deferred ones are flushed.
+        # Refusals of the shared layer and sign-in lockouts become security events.
         from axes.signals import user_locked_out
-        from django.core.signals import request_finished, request_started
+        from django.core.signals import request_started
 
         from approvals.audit import security, security_receivers
         from ota_project.signals import refusal
@@ -26,4 +26,3 @@ class AuditConfig(AppConfig):
         refusal.connect(security_receivers.on_refusal, dispatch_uid="audit.security.refusal")
         user_locked_out.connect(security_receivers.on_user_locked_out, dispatch_uid="audit.security.axes")
         request_started.connect(security.security_request_begin, dispatch_uid="audit.security.request_begin")
-        request_finished.connect(security.flush_pending_security_events, dispatch_uid="audit.security.request_finished")

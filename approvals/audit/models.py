@@ -29,8 +29,8 @@ class DecisionRecord(models.Model):
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
     # Ed25519 over the hash by the audit key (outside the database). NULL means "never signed": records from before
-    # signing at append time, pinned by the signed checkpoint that migration 0005 wrote. Nullable also so that
-    # adding the columns does not rebuild the SQLite table (which would drop its append-only triggers).
+    # signing at append time, pinned by the signed checkpoint that migration 0005 wrote. (Nullable also because the
+    # embedded demo ran on SQLite then, where adding a NOT NULL column rebuilt the table and dropped its triggers.)
     signature = models.CharField(  # noqa: DJ001
         max_length=88, null=True, blank=True, help_text="base64 Ed25519 over the hash."
     )

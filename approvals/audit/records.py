@@ -134,10 +134,8 @@ def record_signing_message(hash_hex: str) -> bytes:
 
 def _lock_chain() -> None:
     # Serialises appends across processes so that seq and prev_hash form one line.
-    # SQLite serialises writers by itself (one write transaction at a time).
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
 
 
 def _json_safe(value: Any) -> Any:

@@ -5,10 +5,7 @@ control and rollouts can call `security_event` without a cycle. Three properties
 
 - **It survives the refusal's rollback.** Refusals are mostly raised inside `@transaction.atomic`, and the
   exception rolls that transaction back. Outside a transaction the row is written on the default connection in
-  autocommit; inside one it goes through a short-lived second connection to the same database in autocommit
-  (PostgreSQL), or, on SQLite (the embedded demo, one writer at a time, so a second connection would wait on the
-  first), it is kept aside and written once the transaction ended: at commit, at the end of the request, or at
-  the next event recorded outside a transaction.
+  autocommit; inside one it goes through a short-lived second connection to the same database in autocommit.
 - **It never breaks the request it records.** Database errors are logged to `ota.security` and swallowed.
 - **A flood cannot fill the table.** One row per (kind, source, time bucket, key) counts its refusals with an
   atomic upsert; the key is the refused person, else the device, else the address. Past
@@ -22,7 +19,6 @@ control and rollouts can call `security_event` without a cycle. Three properties
 from __future__ import annotations
 
 import logging
-import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -30,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
@@ -67,8 +63,6 @@ _COLUMNS = (
 # True once this request (or this worker context) recorded an event: lets a generic catch-all (the API exception
 # handler, the 403 page) stay silent about a refusal the refusing service already recorded with more detail.
 _recorded_in_request: ContextVar[bool] = ContextVar("security_event_recorded", default=False)
-# SQLite only: events raised inside a transaction, waiting for it to end (per thread, like the connection).
-_pending = threading.local()
 
 
 @dataclass(frozen=True)
@@ -146,10 +140,7 @@ def security_event(
     connection = connections[DEFAULT_DB_ALIAS]
     try:
         if not connection.in_atomic_block:
-            flush_pending_security_events()
             _write(connection, event)
-        elif connection.vendor == "sqlite":
-            _defer(event)
         else:
             _write_on_side_connection(event)
     except Exception:
@@ -174,32 +165,6 @@ def _write_on_side_connection(event: _Event) -> None:
         _write(side, event)
     finally:
         side.close()
-
-
-def _defer(event: _Event) -> None:
-    queue: list[_Event] | None = getattr(_pending, "events", None)
-    if queue is None:
-        queue = _pending.events = []
-    queue.append(event)
-    # Commit: written right after. Rollback: the hook is dropped, and the request end (or the next event
-    # recorded outside a transaction) writes it instead.
-    transaction.on_commit(flush_pending_security_events)
-
-
-def flush_pending_security_events(**kwargs: Any) -> None:
-    """Write the events kept aside while a SQLite transaction was open (no-op inside one, or when none wait)."""
-    queue: list[_Event] | None = getattr(_pending, "events", None)
-    if not queue:
-        return
-    connection = connections[DEFAULT_DB_ALIAS]
-    if connection.in_atomic_block:
-        return
-    _pending.events = []
-    for event in queue:
-        try:
-            _write(connection, event)
-        except Exception:
-            security_log.exception("security event %s from %s could not be stored: %s", event.kind, event.source, event)
 
 
 def _write(connection: BaseDatabaseWrapper, event: _Event) -> None:

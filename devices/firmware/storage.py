@@ -135,10 +135,9 @@ def _fsync_dir(path: Path) -> None:
 def _lock_digest(sha256: str) -> None:
     # Serialises stores of the same image until the transaction ends, so that a transaction that fails and
     # takes its file away cannot race one that decided to reuse that file.
-    if connection.vendor == "postgresql":
-        key = int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+    key = int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
 
 
 def _copy_verified(received: ReceivedArtifact, dest: Path) -> None:

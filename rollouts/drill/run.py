@@ -256,8 +256,6 @@ def validate_options(options: DrillOptions) -> Scenario:
         raise DrillError("--poll-seconds must be from 1 to 600")
     if not 1 <= options.web_processes <= 8:
         raise DrillError("--web-processes must be from 1 to 8")
-    if scenario.chaos == DROP_DB_CONNECTIONS and connection.vendor != "postgresql":
-        raise DrillError(f"{scenario.name} terminates PostgreSQL connections: run it on PostgreSQL")
     return scenario
 
 

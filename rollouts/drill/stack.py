@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
 
+from ota_project.db import database_url
 from ota_project.net import free_port, port_answers
 
 STARTUP_SECONDS = 60.0
@@ -50,26 +50,12 @@ class StackError(RuntimeError):
     """A part of the stack did not come up (the message names it and quotes its log)."""
 
 
-def database_url() -> str:
-    """DATABASE_URL of the database this process uses now (under pytest: the test database)."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("postgresql"):
-        user = db.get("USER") or ""
-        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-        credentials = f"{user}{password}@" if user else ""
-        return f"postgres://{credentials}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    name = str(db["NAME"])
-    if db["ENGINE"].endswith("sqlite3") and name not in (":memory:", "") and "mode=memory" not in name:
-        return f"sqlite:///{name}"
-    raise StackError("the drill's processes cannot share an in-memory database")
-
-
 def child_environment(**overrides: str) -> dict[str, str]:
     """Environment for the stack's Django processes: the same database, stores and keys as this process."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "DATABASE_URL": database_url(),
+        "DATABASE_URL": database_url(),  # the same database: under pytest the test one
         "OTA_DATA_DIR": str(settings.DATA_DIR),
         "OTA_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
         "OTA_EVIDENCE_ROOT": str(settings.EVIDENCE_ROOT),

@@ -59,10 +59,9 @@ _START_LOCK_KEY = 0x07A_5747_0001
 
 
 def _serialise_starts() -> None:
-    """One rollout start at a time (PostgreSQL advisory lock until commit; SQLite serialises writers itself)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_START_LOCK_KEY])
+    """One rollout start at a time (an advisory lock held until commit)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_START_LOCK_KEY])
 
 
 @atomic_with_retry()

@@ -6,14 +6,13 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from approvals.audit.keys import audit_key_id, audit_public_key_pem
 from approvals.audit.models import DecisionRecord
+from ota_project.db import database_url
 from tests.audit.chain import append_records, tamper
 
 pytestmark = pytest.mark.django_db
@@ -166,14 +165,10 @@ def test_audit_verify_of_a_missing_bundle_file_is_a_command_error(tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 def test_manage_py_audit_verify_exit_status_is_0_then_1_after_tampering(settings, tmp_path):
-    if connection.vendor != "postgresql":
-        pytest.skip("the subprocess reaches the test database through a PostgreSQL DATABASE_URL")
     records = append_records(2)
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@"
-        f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{quote(db['NAME'])}",
+        "DATABASE_URL": database_url(),  # the test database
         "OTA_DATA_DIR": str(tmp_path / "data"),
         # The same server: the audit key that signed the records and the checkpoint log that pins them.
         "OTA_AUDIT_SIGNING_KEY": str(settings.AUDIT_SIGNING_KEY_PATH),

@@ -151,22 +151,6 @@ def test_event_persists_when_the_callers_transaction_rolls_back():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_on_sqlite_events_of_a_rolled_back_transaction_are_written_when_it_ended(monkeypatch):
-    # SQLite (the embedded demo) allows one writer: the event waits for the transaction instead of a second
-    # connection. Simulated here on PostgreSQL by taking the SQLite branch.
-    monkeypatch.setattr(connection, "vendor", "sqlite")
-    with pytest.raises(RuntimeError), transaction.atomic():
-        _auth_failure(serial="ROLLED-BACK")
-        raise RuntimeError
-    assert not SecurityEvent.objects.exists()
-    security.flush_pending_security_events()  # what request_finished does
-    assert SecurityEvent.objects.get().device_serial == "ROLLED-BACK"
-    with transaction.atomic():
-        _auth_failure(serial="COMMITTED")
-    assert SecurityEvent.objects.filter(device_serial="COMMITTED").exists()  # on_commit flushed it
-
-
-@pytest.mark.django_db(transaction=True)
 def test_a_database_failure_is_logged_and_never_raised(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise OperationalError("database unavailable")

