@@ -37,6 +37,7 @@ class AuditRecordSerializer(serializers.ModelSerializer):
             "after",
             "reason",
             "prev_hash",
+            "step_key",
             "hash",
         ]
         read_only_fields = fields
