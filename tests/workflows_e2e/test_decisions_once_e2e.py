@@ -16,7 +16,6 @@ from temporalio import activity, workflow
 from temporalio.activity import _Definition
 
 import workflows.rollout
-from approvals import services as change_services
 from approvals.audit.models import DecisionRecord
 from approvals.audit.records import chain_verify
 from rollouts import rollout_services
@@ -43,18 +42,6 @@ def fast_plan(*, pilot_promotion: str, abort_policy: str = "halt_and_rollback") 
         "monitor_interval_seconds": 1,
         "deadlines": {"download_seconds": 60, "install_seconds": 60, "confirm_seconds": 60},
     }
-
-
-@pytest.fixture
-def start(temporal_settings, requester, change_fields, cab_member, cab_member_2, operator):
-    def _start(plan: dict) -> Rollout:
-        change = change_services.change_create(actor=requester, **{**change_fields, "rollout_plan": plan})
-        change = change_services.change_submit(actor=requester, change=change)
-        change_services.approval_grant(actor=cab_member, change=change, revision=1)
-        change = change_services.approval_grant(actor=cab_member_2, change=change, revision=1)
-        return rollout_services.rollout_start(actor=operator, change=change)
-
-    return _start
 
 
 class LostReplies:

@@ -8,7 +8,6 @@ import time
 import pytest
 from django.contrib.auth.models import Group
 
-from approvals import services as change_services
 from approvals.audit.models import DecisionRecord
 from approvals.audit.records import chain_verify
 from approvals.choices import ChangeStatus
@@ -38,20 +37,6 @@ def fast_plan(*, pilot_promotion: str = "auto", abort_policy: str = "halt_and_ro
         "monitor_interval_seconds": 1,
         "deadlines": {"download_seconds": download, "install_seconds": 60, "confirm_seconds": 60},
     }
-
-
-@pytest.fixture
-def start(temporal_settings, requester, change_fields, cab_member, cab_member_2, operator):
-    """start(plan) -> a started rollout of an approved change with that plan (workflow started on commit)."""
-
-    def _start(plan: dict) -> Rollout:
-        change = change_services.change_create(actor=requester, **{**change_fields, "rollout_plan": plan})
-        change = change_services.change_submit(actor=requester, change=change)
-        change_services.approval_grant(actor=cab_member, change=change, revision=1)
-        change = change_services.approval_grant(actor=cab_member_2, change=change, revision=1)
-        return rollout_services.rollout_start(actor=operator, change=change)
-
-    return _start
 
 
 def _search_attributes(workflow_id: str, *, phase: str = "", seconds: float = 10.0):
