@@ -16,6 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
+from ota_project.hsm.softhsm import softhsm_setup
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS, approved_change, change_fields, fleet, submitted_change  # noqa: F401
 from tests.factories import UserFactory
@@ -38,6 +39,26 @@ connection_created.connect(_allow_decision_record_reset)
 # database cannot be dropped at the end of the run. (pytest-django has imported the settings before this module.)
 if "CONN_MAX_AGE" not in os.environ:
     django_settings.DATABASES[DEFAULT_DB_ALIAS]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A throwaway SoftHSM2 token for the session, set up like the development one (ota_project.hsm.softhsm); the
+    environment carries it to every process the tests start (commands, drill stacks, live servers)."""
+    token = softhsm_setup(tmp_path_factory.mktemp("softhsm"), "ota-test")
+    environment = {
+        "SOFTHSM2_CONF": str(token.conf),
+        "OTA_PKCS11_TOKEN": token.token_label,
+        "OTA_PKCS11_PIN_FILE": str(token.pin_file),
+        "OTA_PKCS11_LABEL_PREFIX": "test",
+    }
+    os.environ.update(environment)
+    os.environ.pop("OTA_PKCS11_PIN", None)
+    django_settings.SOFTHSM2_CONF = token.conf
+    django_settings.PKCS11_TOKEN = token.token_label
+    django_settings.PKCS11_PIN = ""
+    django_settings.PKCS11_PIN_FILE = token.pin_file
+    django_settings.PKCS11_LABEL_PREFIX = "test"
 
 
 @pytest.fixture(autouse=True)
