@@ -61,7 +61,12 @@ def _ensure_in_token(label: str) -> TokenKey:
             if found:
                 return found[0]
             key = token_key_generate(label=label, algorithm=KeyAlgorithm.ED25519)
-            logger.warning("generated the audit key in the token (label %s, key id %s)", label, _key_id_of_pem(key))
+            logger.warning(
+                "generated the audit key in the token (label %s; record key id %s, TUF key id %s)",
+                label,
+                _key_id_of_pem(key),
+                key.key_id,
+            )
             return key
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])

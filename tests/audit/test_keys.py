@@ -13,11 +13,11 @@ from django.db import connection
 from pkcs11 import Attribute, ObjectClass
 from pkcs11.exceptions import AttributeSensitive
 
+from approvals.audit import checkpoints
 from approvals.audit import keys as audit_keys
-from approvals.audit.checkpoints import AuditKeyTrust
+from approvals.audit.checkpoints import AuditKeyTrust, checkpoint_after_verify, checkpoint_log_read
 from approvals.audit.keys import (
     audit_key_id,
-    audit_keyring,
     audit_public_key_pem,
     audit_sign,
     audit_verify_signature,
@@ -109,24 +109,35 @@ def _pem(key: Ed25519PrivateKey) -> str:
 
 
 @pytest.mark.django_db
-def test_records_signed_by_the_pre_hsm_pem_key_still_verify_while_its_file_is_kept(settings):
+def test_records_and_checkpoints_signed_by_the_pre_hsm_pem_key_still_verify(settings, monkeypatch):
     legacy = Ed25519PrivateKey.generate()
+    legacy_id = public_key_id(_pem(legacy))
     settings.AUDIT_SIGNING_KEY_PATH.write_bytes(
         legacy.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    record_trust_install(_PemKeyTrust(legacy))
-    try:
-        old = append_records(2)
-    finally:
-        record_trust_install(AuditKeyTrust())
-    append_records(1)  # signed in the token from now on
+    record_trust_install(_PemKeyTrust(legacy))  # what an earlier release did: sign records and a checkpoint by file
+    with monkeypatch.context() as before_the_hsm:
+        before_the_hsm.setattr(checkpoints, "audit_key_id", lambda: legacy_id)
+        before_the_hsm.setattr(checkpoints, "audit_sign_with_key_id", lambda data: (legacy_id, legacy.sign(data)))
+        try:
+            old = append_records(2)
+            assert checkpoint_after_verify()[1] is not None
+        finally:
+            record_trust_install(AuditKeyTrust())
+    append_records(1)  # the upgrade: signed in the token from now on
+    verdict, checkpoint = checkpoint_after_verify()
 
-    assert old[0].key_id == public_key_id(_pem(legacy)) != audit_key_id()
-    assert public_key_id(_pem(legacy)) in audit_keyring()
-    assert chain_verify().ok
+    assert checkpoint is not None and checkpoint.key_id == audit_key_id() != legacy_id == old[0].key_id
+    assert verdict.ok and chain_verify().checkpoints == 2
 
-    settings.AUDIT_SIGNING_KEY_PATH.unlink()  # its public half must then be in the retired-keys directory
+    # The runbook: keep the public half in the retired-keys directory, delete the private PEM file.
+    settings.AUDIT_RETIRED_KEYS_DIR.mkdir(parents=True, exist_ok=True)
+    (settings.AUDIT_RETIRED_KEYS_DIR / "pre-hsm.pem").write_text(_pem(legacy))
+    settings.AUDIT_SIGNING_KEY_PATH.unlink()
+    assert chain_verify().ok and [c.key_id for c in checkpoint_log_read().checkpoints] == [legacy_id, audit_key_id()]
+
+    (settings.AUDIT_RETIRED_KEYS_DIR / "pre-hsm.pem").unlink()  # and with its public half lost, nothing it signed
     verdict = chain_verify()
     assert not verdict.ok and verdict.broken_seq == 1

@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -20,6 +22,8 @@ from approvals.audit.models import DecisionRecord, SecurityEvent
 from approvals.audit.records import record_signing_message
 from devices.firmware.keys.choices import KeyLocation, KeyState
 from devices.firmware.keys.models import SigningKey
+from devices.firmware.keys.services import role_sign
+from ota_project.errors import Conflict
 from ota_project.hsm.public import signature_verify
 from ota_project.hsm.roles import KeyRole
 from ota_project.hsm.softhsm import softhsm_setup
@@ -124,6 +128,8 @@ def test_unknown_roles_unknown_keys_and_unknown_people_get_clear_errors(officer)
         keys("create", "--role", "rooot", "--actor", "sofia")
     with pytest.raises(CommandError, match="No registered key 'feed'"):
         keys("revoke", "--key-id", "feed", "--actor", "sofia", "--reason", "lost")
+    with pytest.raises(CommandError, match=r"Unknown algorithm 'rsa-2048'.*One of: ed25519, ecdsa-p256"):
+        keys("create", "--role", "snapshot", "--actor", "sofia", "--algorithm", "rsa-2048")
     with pytest.raises(CommandError, match="no active user named 'mallory'"):
         keys("create", "--role", "snapshot", "--actor", "mallory")
     assert not SigningKey.objects.exists() and not DecisionRecord.objects.filter(action__startswith="key.").exists()
@@ -172,7 +178,8 @@ def test_rotating_retires_the_old_key_destroys_its_private_half_and_records_both
     assert [key.key_id for key in token_keys(label=role_label(KeyRole.DIRECTOR))] == [new.key_id]
     record = DecisionRecord.objects.get(action="key.rotate")
     assert record.before is not None and record.after is not None
-    assert record.before["key_id"] == old.key_id and record.after["key_id"] == new.key_id
+    assert record.before == {"role": "director", "key_id": old.key_id, "algorithm": "ed25519", "state": "active"}
+    assert record.after["key_id"] == new.key_id and record.reason == "yearly"
 
 
 def test_revoking_a_key_records_who_when_and_why_and_it_cannot_be_revoked_twice(
@@ -246,3 +253,24 @@ def test_the_root_key_ceremony_offline_token_then_import_public(officer, tmp_pat
     assert root.key_id in ceremony.stderr
     assert token_keys(label=role_label(KeyRole.ROOT)) == []  # nothing of it on the server's token
     assert DecisionRecord.objects.get(action="key.import_public").object_id == root.key_id
+
+
+def test_a_role_signs_with_its_active_key_and_only_while_it_has_one_on_the_server(officer, tmp_path):
+    with pytest.raises(Conflict, match="Role timestamp has no active key"):
+        role_sign(role="timestamp", data=b"timestamp.json")
+    keys("create", "--role", "timestamp", "--actor", "sofia", "--algorithm", "ecdsa-p256")
+
+    key, signature = role_sign(role="timestamp", data=b"timestamp.json")
+
+    assert key == SigningKey.objects.get(role="timestamp", state="active")
+    assert signature_verify(key.public_key_pem, b"timestamp.json", signature)
+    offline_public = tmp_path / "director-root.pem"
+    offline_public.write_text(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    keys("import-public", "--role", "director-root", "--public-key", str(offline_public), "--actor", "sofia")
+    with pytest.raises(Conflict, match="on an offline token; it signs only in a key ceremony"):
+        role_sign(role="director-root", data=b"root.json")

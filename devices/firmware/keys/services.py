@@ -31,6 +31,7 @@ from ota_project.hsm.token import (
     role_label,
     token_key_destroy,
     token_key_generate,
+    token_sign,
 )
 from ota_project.roles import Role, has_role
 
@@ -65,6 +66,14 @@ def _role(role: str) -> KeyRole:
             f"Unknown key role {role!r}.", fields={"role": [f"Choose one of: {', '.join(KeyRole.values)}."]}
         )
     return KeyRole(role)
+
+
+def _algorithm(algorithm: str) -> KeyAlgorithm:
+    if algorithm not in KeyAlgorithm.__members__.values():
+        raise InvalidInput(
+            f"Unknown algorithm {algorithm!r}.", fields={"algorithm": [f"One of: {', '.join(KeyAlgorithm)}."]}
+        )
+    return KeyAlgorithm(algorithm)
 
 
 def _lock_role(role: str) -> None:
@@ -125,22 +134,21 @@ def key_create(*, actor: User | None, role: str, algorithm: str = KeyAlgorithm.E
     already has an active key, and for anyone but a security officer."""
     person = _check_actor(actor, "key.create")
     key_role = _role(role)
-    if algorithm not in KeyAlgorithm.__members__.values():
-        raise InvalidInput("Unknown algorithm.", fields={"algorithm": [f"One of: {', '.join(KeyAlgorithm)}."]})
+    key_algorithm = _algorithm(algorithm)
     if key_role in OFFLINE_ROLES:
         raise InvalidInput(
             f"{key_role} is an offline role: generate it on an offline token (keys create --offline) and register its "
             "public key with keys import-public.",
             fields={"role": ["Offline role."]},
         )
-    if key_role == KeyRole.AUDIT_CHECKPOINT and algorithm != KeyAlgorithm.ED25519:
+    if key_role == KeyRole.AUDIT_CHECKPOINT and key_algorithm != KeyAlgorithm.ED25519:
         raise InvalidInput(
             "The audit-checkpoint key is Ed25519 (auditors verify Ed25519).",
             fields={"algorithm": ["Must be ed25519 for audit-checkpoint."]},
         )
     _lock_role(key_role)
     _refuse_second_active(key_role)
-    token_key = _generate_on_server(key_role, KeyAlgorithm(algorithm))
+    token_key = _generate_on_server(key_role, key_algorithm)
     try:
         _refuse_registered(token_key.key_id)
         key = _insert(actor=person, role=key_role, token_key=token_key, location=KeyLocation.SERVER_TOKEN)
@@ -166,7 +174,7 @@ def key_generate_offline(
     the public half is carried to the server and registered with key_import_public."""
     key_role = _role(role)
     return token_key_generate(
-        label=role_label(key_role), algorithm=KeyAlgorithm(algorithm), token=token or offline_token()
+        label=role_label(key_role), algorithm=_algorithm(algorithm), token=token or offline_token()
     )
 
 
@@ -244,6 +252,7 @@ def key_rotate(*, actor: User | None, role: str, public_key: str = "", reason: s
     with transaction.atomic():
         _lock_role(key_role)
         old = _active(key_role)
+        before = _snapshot(old)
         if public_key:
             algorithm, pem = _parse_public_key(public_key)
             new_key = TokenKey(label="", key_id=tuf_key_id(pem), algorithm=algorithm, public_key_pem=pem)
@@ -264,7 +273,7 @@ def key_rotate(*, actor: User | None, role: str, public_key: str = "", reason: s
             action="key.rotate",
             object_type="signing_key",
             object_id=key.key_id,
-            before=_snapshot(old),
+            before=before,
             after=_snapshot(key),
             reason=reason,
         )
@@ -322,3 +331,15 @@ def key_revoke(*, actor: User | None, key_id: str, reason: str) -> SigningKey:
     if key.location == KeyLocation.SERVER_TOKEN:
         transaction.on_commit(lambda: token_key_destroy(key_id=key.key_id))
     return key
+
+
+def role_sign(*, role: str, data: bytes) -> tuple[SigningKey, bytes]:
+    """Sign `data` with the active key of `role` in the server's token (how the image repository and the director
+    sign); refused when the role has no active key, or its active key lives offline (sign those in a ceremony)."""
+    key_role = _role(role)
+    key = SigningKey.objects.filter(role=key_role, state=KeyState.ACTIVE).first()
+    if key is None:
+        raise Conflict(f"Role {key_role} has no active key.", fields={"role": ["No active key."]})
+    if key.location != KeyLocation.SERVER_TOKEN:
+        raise Conflict(f"The active {key_role} key is on an offline token; it signs only in a key ceremony.")
+    return key, token_sign(key_id=key.key_id, data=data)

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit.choices import SecurityEventKind
+from approvals.audit.keys import public_key_id
 from approvals.audit.security import security_event
 from devices.firmware.keys.selectors import signing_key_list
 from devices.firmware.keys.services import key_create, key_generate_offline, key_import_public, key_revoke, key_rotate
@@ -77,6 +78,8 @@ class Command(BaseCommand):
                     actor=actor, role=options["role"], algorithm=options["algorithm"], reason=options["reason"]
                 )
                 self.stdout.write(f"created {key.role} key {key.key_id} ({key.algorithm}) in the server's token")
+                if key.role == KeyRole.AUDIT_CHECKPOINT:
+                    self.stdout.write(f"the decision record names it {public_key_id(key.public_key_pem)}")
             elif action == "import-public":
                 key = key_import_public(
                     actor=actor,
