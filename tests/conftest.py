@@ -63,9 +63,9 @@ def _softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path, tmp_path_factory):
-    """Artifacts, evidence, the audit key and the checkpoint log go to per-test directories, never to .data/.
-    The audit files sit outside tmp_path: every decision record is signed, and tests that check tmp_path for
-    leftovers must not see the key appear there."""
+    """Artifacts, evidence, the audit files (checkpoint log, retired public keys, the pre-HSM key's path) go to
+    per-test directories, never to .data/; the audit key itself is in the session's token. The audit files sit outside
+    tmp_path: every decision record is signed, and tests that check tmp_path for leftovers must not see them there."""
     audit_dir = tmp_path_factory.mktemp("audit")
     (audit_dir / "key").mkdir()
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Library
 
 ED25519_OID = "1.3.101.112"
+logger = logging.getLogger(__name__)
+
 _CURVE = {KeyAlgorithm.ED25519: ED25519_OID, KeyAlgorithm.ECDSA_P256: "secp256r1"}
 _KEY_TYPE = {KeyAlgorithm.ED25519: KeyType.EC_EDWARDS, KeyAlgorithm.ECDSA_P256: KeyType.EC}
 _GENERATE = {
@@ -88,6 +91,8 @@ def _pin_from_file(path: Path) -> str:
     try:
         identity = (str(path), path.stat().st_mtime_ns)
         if _pin_file_read is None or _pin_file_read[0] != identity:
+            if path.stat().st_mode & 0o077:
+                logger.warning("PIN file %s is readable by group or others; it should be mode 0600", path)
             _pin_file_read = (identity, path.read_text().strip())
     except OSError as exc:
         raise TokenError(
