@@ -20,18 +20,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-## Start the embedded default: PostgreSQL (from a wheel) and the Temporal dev server in .data/, demo data, the
+## Start the embedded default: the SoftHSM2 token, PostgreSQL (from a wheel) and the Temporal dev server in .data/, demo data, the
 ## Temporal worker, web app on http://$(HOST):$(PORT), Temporal UI on http://127.0.0.1:8233 (Ctrl-C stops
 ## everything, the database too). With DATABASE_URL set, that database is used and nothing is started for it.
 run: install
+	@bash .ci/softhsm.sh
+	$(BIN)/python manage.py softhsm_setup
 	$(BIN)/python manage.py embedded_db start
 	$(BIN)/python manage.py migrate --noinput && \
 	  $(BIN)/python manage.py collectstatic --noinput --verbosity 0 && \
 	  $(BIN)/python manage.py seed_demo || { $(BIN)/python manage.py embedded_db stop; exit 1; }
 	OTA_DEMO_MODE=true $(BIN)/python manage.py run_embedded --host $(HOST) --port $(PORT)
 
-## Run the whole suite on PostgreSQL (starts PostgreSQL and Redis when they are down)
+## Run the whole suite on PostgreSQL (starts PostgreSQL and Redis when they are down, sets up the SoftHSM2 token;
+## the tests themselves sign with a throwaway token of their own)
 test: install services
+	$(BIN)/python manage.py softhsm_setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy

@@ -31,3 +31,6 @@ if ! command -v chromium >/dev/null; then
     echo "services: installing Chromium from Debian" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+
+# Signing keys live in a PKCS#11 token: Debian's SoftHSM2 in development and CI.
+bash "$(dirname "$0")/softhsm.sh"

@@ -22,12 +22,18 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 
 from approvals.audit import records  # noqa: E402
 from approvals.audit.checkpoints import AuditKeyTrust  # noqa: E402
 from approvals.audit.records import CheckpointSet, SignatureVerifier  # noqa: E402
+from ota_project.hsm.softhsm import softhsm_setup  # noqa: E402
+
+# The audit key lives in a token: a SoftHSM2 one in the bench's data directory unless the environment names another.
+if "SOFTHSM2_CONF" not in os.environ and "softhsm" in settings.PKCS11_MODULE:
+    softhsm_setup(settings.SOFTHSM2_CONF.parent, settings.PKCS11_TOKEN)
 
 
 class UnsignedTrust:

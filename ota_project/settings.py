@@ -139,6 +139,21 @@ ARTIFACT_ROOT = Path(os.environ.get("OTA_ARTIFACT_ROOT", DATA_DIR / "artifacts")
 ARTIFACT_MAX_BYTES = int(os.environ.get("OTA_ARTIFACT_MAX_BYTES", str(512 * 1024 * 1024)))
 EVIDENCE_ROOT = Path(os.environ.get("OTA_EVIDENCE_ROOT", DATA_DIR / "evidence"))
 EVIDENCE_MAX_BYTES = int(os.environ.get("OTA_EVIDENCE_MAX_BYTES", str(20 * 1024 * 1024)))
+# Signing keys live in a PKCS#11 token (ota_project.hsm): SoftHSM2 under .data/softhsm/ in development and CI
+# (`manage.py softhsm_setup`), a real HSM by module path, token label and PIN in production.
+PKCS11_MODULE = os.environ.get("OTA_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+PKCS11_TOKEN = os.environ.get("OTA_PKCS11_TOKEN", "ota")
+PKCS11_PIN = os.environ.get("OTA_PKCS11_PIN", "")  # else read from PKCS11_PIN_FILE
+PKCS11_PIN_FILE = Path(os.environ.get("OTA_PKCS11_PIN_FILE", DATA_DIR / "softhsm" / "user.pin"))
+# Labels of role keys are "<prefix>:<role>", so several deployments (or test runs) can share one token.
+PKCS11_LABEL_PREFIX = os.environ.get("OTA_PKCS11_LABEL_PREFIX", "ota")
+# SoftHSM2 reads its configuration (token directory) from SOFTHSM2_CONF; the development token's when unset.
+SOFTHSM2_CONF = Path(os.environ.get("SOFTHSM2_CONF", DATA_DIR / "softhsm" / "softhsm2.conf"))
+# An offline token (root and other offline keys, `keys create --offline`): never the server's token.
+PKCS11_OFFLINE_TOKEN = os.environ.get("OTA_PKCS11_OFFLINE_TOKEN", "")
+PKCS11_OFFLINE_PIN = os.environ.get("OTA_PKCS11_OFFLINE_PIN", "")
+# The Ed25519 audit key of releases before the HSM (a PEM file): only its public half is still used, to verify
+# what it signed. Signatures now come from the token key of role audit-checkpoint.
 AUDIT_SIGNING_KEY_PATH = Path(os.environ.get("OTA_AUDIT_SIGNING_KEY", DATA_DIR / "audit_signing_key.pem"))
 # Signed checkpoints of the decision record's head: kept outside the database, so whoever owns the table cannot
 # rewrite them. Back this file up and ship copies elsewhere (see README, "As an auditor").

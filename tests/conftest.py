@@ -16,6 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
+from ota_project.hsm.softhsm import softhsm_setup
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS, approved_change, change_fields, fleet, submitted_change  # noqa: F401
 from tests.factories import UserFactory
@@ -40,11 +41,31 @@ if "CONN_MAX_AGE" not in os.environ:
     django_settings.DATABASES[DEFAULT_DB_ALIAS]["CONN_MAX_AGE"] = 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A throwaway SoftHSM2 token for the session, set up like the development one (ota_project.hsm.softhsm); the
+    environment carries it to every process the tests start (commands, drill stacks, live servers)."""
+    token = softhsm_setup(tmp_path_factory.mktemp("softhsm"), "ota-test")
+    environment = {
+        "SOFTHSM2_CONF": str(token.conf),
+        "OTA_PKCS11_TOKEN": token.token_label,
+        "OTA_PKCS11_PIN_FILE": str(token.pin_file),
+        "OTA_PKCS11_LABEL_PREFIX": "test",
+    }
+    os.environ.update(environment)
+    os.environ.pop("OTA_PKCS11_PIN", None)
+    django_settings.SOFTHSM2_CONF = token.conf
+    django_settings.PKCS11_TOKEN = token.token_label
+    django_settings.PKCS11_PIN = ""
+    django_settings.PKCS11_PIN_FILE = token.pin_file
+    django_settings.PKCS11_LABEL_PREFIX = "test"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path, tmp_path_factory):
-    """Artifacts, evidence, the audit key and the checkpoint log go to per-test directories, never to .data/.
-    The audit files sit outside tmp_path: every decision record is signed, and tests that check tmp_path for
-    leftovers must not see the key appear there."""
+    """Artifacts, evidence, the audit files (checkpoint log, retired public keys, the pre-HSM key's path) go to
+    per-test directories, never to .data/; the audit key itself is in the session's token. The audit files sit outside
+    tmp_path: every decision record is signed, and tests that check tmp_path for leftovers must not see them there."""
     audit_dir = tmp_path_factory.mktemp("audit")
     (audit_dir / "key").mkdir()
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"

@@ -2,7 +2,7 @@
 
 Whoever owns the record table can rewrite it, recompute every hash and delete or truncate rows; they cannot sign.
 Each checkpoint says "the chain head was record #seq with this hash" and carries an Ed25519 signature by the audit
-key (settings.AUDIT_SIGNING_KEY_PATH, never in the database). Verification (approvals.audit.records.chain_verify) trusts
+key (role audit-checkpoint in the PKCS#11 token, approvals.audit.keys; never in the database). Verification (approvals.audit.records.chain_verify) trusts
 only checkpoints whose signature verifies with a known key (current or retired), so a shortened, emptied or
 recomputed chain no longer matches what was signed.
 
@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -37,7 +37,14 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.audit.keys import audit_key_id, audit_key_retire_current, audit_keyring, audit_sign_with_key_id
+from approvals.audit.keys import (
+    audit_key_ensure,
+    audit_key_id,
+    audit_key_retire_current,
+    audit_keyring,
+    audit_sign_with_key_id,
+    public_key_id,
+)
 from approvals.audit.models import DecisionRecord
 from approvals.audit.records import (
     GENESIS_HASH,
@@ -50,6 +57,7 @@ from approvals.audit.records import (
     record_decision,
 )
 from ota_project.errors import Conflict
+from ota_project.hsm.token import TokenKey
 
 logger = logging.getLogger(__name__)
 security_log = logging.getLogger("ota.security")
@@ -310,9 +318,14 @@ class KeyRotation:
     first_checkpoint_of_new_key: Checkpoint | None
 
 
-def audit_key_rotate(*, actor: User | None, reason: str = "") -> KeyRotation:
+def audit_key_rotate(
+    *, actor: User | None, reason: str = "", in_transaction: Callable[[TokenKey], None] | None = None
+) -> KeyRotation:
     """Retire the audit key (its public half stays known) and start a new one; refused unless the chain verifies,
-    so the retired key's last checkpoint vouches for everything it signed, and the rotation is itself recorded."""
+    so the retired key's last checkpoint vouches for everything it signed, and the rotation is itself recorded.
+
+    `in_transaction(new_key)` runs in the transaction that records the rotation: the key registry
+    (devices.firmware.keys, a room above this one) passes its own bookkeeping this way."""
     verdict, before = checkpoint_after_verify()
     if not verdict.ok:
         raise Conflict(f"the decision record does not verify, so the audit key is not rotated: {verdict.problems[0]}")
@@ -321,15 +334,18 @@ def audit_key_rotate(*, actor: User | None, reason: str = "") -> KeyRotation:
         existing = checkpoint_log_read().checkpoints
         last_of_retired = existing[-1] if existing else None
     retired_key_id = audit_key_retire_current()
-    new_key_id = audit_key_id()  # generates the new key
+    new_key = audit_key_ensure()  # generates the new key in the token
+    new_key_id = public_key_id(new_key.public_key_pem)
     with transaction.atomic():
+        if in_transaction is not None:
+            in_transaction(new_key)
         record_decision(
             actor=actor,
             action=KEY_ROTATE_ACTION,
             object_type="audit_key",
             object_id=new_key_id,
             before={"key_id": retired_key_id},
-            after={"key_id": new_key_id},
+            after={"key_id": new_key_id, "tuf_key_id": new_key.key_id},
             reason=reason,
             system_actor="audit_key_rotate",
         )

@@ -17,6 +17,7 @@ class SecurityEventKind(models.TextChoices):
     START_REFUSED = "start_refused", "Rollout start refused"
     LOGIN_LOCKED_OUT = "login_locked_out", "Sign-in locked out"
     API_AUTH_FAILED = "api_auth_failed", "API authentication failed"
+    HSM_PIN_REFUSED = "hsm_pin_refused", "HSM refused the PIN"
 
 
 class SecuritySeverity(models.TextChoices):
@@ -42,4 +43,5 @@ SECURITY_SEVERITY: dict[str, str] = {
     K.DEVICE_CROSS_DEVICE: SecuritySeverity.HIGH,
     K.ACTION_FORGED: SecuritySeverity.HIGH,
     K.LOGIN_LOCKED_OUT: SecuritySeverity.HIGH,
+    K.HSM_PIN_REFUSED: SecuritySeverity.HIGH,
 }

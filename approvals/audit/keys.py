@@ -1,9 +1,13 @@
-"""The server audit key: an Ed25519 key that signs the manifests of decision-record exports.
+"""The server audit key: the Ed25519 key of role audit-checkpoint in the PKCS#11 token (ota_project.hsm).
 
-The private key lives in a PEM file (PKCS#8) at settings.AUDIT_SIGNING_KEY_PATH, generated there with mode
-0600 on first use and never committed. The interface is deliberately four functions so that moving the key
-into a PKCS#11 HSM only changes this module: `audit_sign` becomes a C_Sign call, `audit_public_key_pem` reads
-the public object, and nothing outside this file ever holds private key material.
+It signs every decision record, the checkpoints of the chain head and the manifests of exports. The private key is
+generated inside the token (sensitive, never extractable) on first use, or by `manage.py keys create --role
+audit-checkpoint`, and signatures are C_Sign calls: nothing in this process ever holds private key material.
+
+Key id here is the audit record's own: sha256 (hex) of the raw 32-byte public key, as recorded in every record,
+checkpoint and export since before the HSM (the key registry shows the TUF key id of the same key beside it).
+Verification needs only public keys: the current one, retired ones kept as PEM in settings.AUDIT_RETIRED_KEYS_DIR,
+and the public half of the PEM key that signed before the HSM (settings.AUDIT_SIGNING_KEY_PATH) while it is kept.
 """
 
 from __future__ import annotations
@@ -18,109 +22,112 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+
+from ota_project.hsm.public import KeyAlgorithm
+from ota_project.hsm.roles import KeyRole
+from ota_project.hsm.token import (
+    TokenKey,
+    TokenKeyNotFound,
+    role_label,
+    token_key_destroy,
+    token_key_generate,
+    token_keys,
+    token_sign,
+)
 
 logger = logging.getLogger(__name__)
 
 AUDIT_SIGNATURE_ALGORITHM = "ed25519"
+AUDIT_KEY_ROLE = KeyRole.AUDIT_CHECKPOINT
 
 
-def _key_path() -> Path:
-    return Path(settings.AUDIT_SIGNING_KEY_PATH)
+def _advisory_lock_id(label: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"ota-hsm-key:{label}".encode()).digest()[:8], "big", signed=True)
 
 
-def _create_key_file(path: Path) -> None:
-    """Generate a key and publish it at `path` unless another process already did (first writer wins)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    private_key = Ed25519PrivateKey.generate()
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    # Race safety: the key is written completely to a private temporary file (O_EXCL, 0600) and then
-    # hard-linked to its final name. link(2), like O_EXCL, refuses to replace an existing file, so when two
-    # processes start at once exactly one key wins and nobody can ever read a half-written PEM.
-    temp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as temp_file:
-            temp_file.write(pem)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
+def _ensure_in_token(label: str) -> TokenKey:
+    """The token key labelled `label`, generated when there is none. A PostgreSQL advisory lock makes every web,
+    worker and command process that finds no key at the same moment agree on one: the first generates, the others
+    wait and find it (two keys for one label would be two audit keys)."""
+    found = token_keys(label=label)
+    if found:
+        return found[0]
+    lock_id = _advisory_lock_id(label)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [lock_id])
         try:
-            os.link(temp_path, path)
-        except FileExistsError:
-            return  # another process created the key first; use theirs
-        logger.warning("generated a new audit signing key at %s (key id %s)", path, _key_id_of(private_key))
-    finally:
-        temp_path.unlink(missing_ok=True)
+            found = token_keys(label=label)
+            if found:
+                return found[0]
+            key = token_key_generate(label=label, algorithm=KeyAlgorithm.ED25519)
+            logger.warning(
+                "generated the audit key in the token (label %s; record key id %s, TUF key id %s)",
+                label,
+                _key_id_of_pem(key),
+                key.key_id,
+            )
+            return key
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
 
 
-# The parsed key, remembered per file identity: every decision record is signed at append time, and parsing the PEM
-# costs far more than the signature. A rotated or replaced file has a new identity and is read again.
-_loaded_key: tuple[tuple[str, int, int, int], Ed25519PrivateKey, str] | None = None
+# The current token key, remembered per label: looking it up costs more than a signature. A key another process
+# retired (destroyed in the token) fails to sign with TokenKeyNotFound, which drops this and looks again.
+_current: tuple[str, TokenKey, str] | None = None
 
 
-def _load_private_key() -> Ed25519PrivateKey:
-    return _load_key_and_id()[0]
+def _current_key() -> tuple[TokenKey, str]:
+    global _current
+    label = role_label(AUDIT_KEY_ROLE)
+    if _current is None or _current[0] != label:
+        key = _ensure_in_token(label)
+        _current = (label, key, _key_id_of_pem(key))
+    return _current[1], _current[2]
 
 
-def _load_key_and_id() -> tuple[Ed25519PrivateKey, str]:
-    global _loaded_key
-    path = _key_path()
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        _create_key_file(path)
-        stat = path.stat()
-    identity = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    if _loaded_key is not None and _loaded_key[0] == identity:
-        return _loaded_key[1], _loaded_key[2]
-    key = _read_private_key(path)
-    _loaded_key = (identity, key, _key_id_of(key))
-    return key, _loaded_key[2]
+def _forget_current() -> None:
+    global _current
+    _current = None
 
 
-def _read_private_key(path: Path) -> Ed25519PrivateKey:
-    pem = path.read_bytes()
-    if path.stat().st_mode & 0o077:
-        logger.warning("audit signing key %s is readable by group or others; it should be mode 0600", path)
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ImproperlyConfigured(f"audit signing key {path} is not an unencrypted PKCS#8 PEM key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ImproperlyConfigured(f"audit signing key {path} is not an Ed25519 key")
-    return key
+def audit_key_ensure() -> TokenKey:
+    """The audit key in the token (generated when missing): what the key registry registers for the role."""
+    return _current_key()[0]
 
 
 def _raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _key_id_of(private_key: Ed25519PrivateKey) -> str:
-    return hashlib.sha256(_raw_public_bytes(private_key.public_key())).hexdigest()
+def _key_id_of_pem(key: TokenKey) -> str:
+    return public_key_id(key.public_key_pem)
 
 
 def audit_public_key_pem() -> str:
     """The server audit public key as PEM (SubjectPublicKeyInfo), for auditors to pin."""
-    public_key = _load_private_key().public_key()
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return _current_key()[0].public_key_pem
 
 
 def audit_key_id() -> str:
     """sha256 (hex) of the raw 32-byte public key: a short, stable name for the server audit key."""
-    return _load_key_and_id()[1]
+    return _current_key()[1]
 
 
 def audit_sign(data: bytes) -> bytes:
-    """Sign `data` with the server audit key (a 64-byte Ed25519 signature)."""
-    return _load_private_key().sign(data)
+    """Sign `data` with the server audit key in the token (a 64-byte Ed25519 signature)."""
+    return audit_sign_with_key_id(data)[1]
 
 
 def audit_sign_with_key_id(data: bytes) -> tuple[str, bytes]:
-    """(key id, signature) of `data` by the server audit key, from one load of the key (no rotation in between)."""
-    key, key_id = _load_key_and_id()
-    return key_id, key.sign(data)
+    """(key id, signature) of `data` by the server audit key, the id naming the key that really signed."""
+    key, key_id = _current_key()
+    try:
+        return key_id, token_sign(key_id=key.key_id, data=data)
+    except TokenKeyNotFound:
+        _forget_current()  # rotated by another process: sign with the key that now holds the role
+        key, key_id = _current_key()
+        return key_id, token_sign(key_id=key.key_id, data=data)
 
 
 def load_audit_public_key(public_pem: str | bytes) -> Ed25519PublicKey:
@@ -153,9 +160,28 @@ def _retired_dir() -> Path:
     return Path(settings.AUDIT_RETIRED_KEYS_DIR)
 
 
+def _legacy_public_key() -> Ed25519PublicKey | None:
+    """The public half of the PEM audit key used before the HSM, while its file is kept (it no longer signs)."""
+    path = Path(settings.AUDIT_SIGNING_KEY_PATH)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, OSError) as exc:
+        logger.warning("ignoring the pre-HSM audit key %s: %s", path, exc)
+        return None
+    return key.public_key() if isinstance(key, Ed25519PrivateKey) else None
+
+
 def audit_retired_public_keys() -> dict[str, str]:
-    """Public keys (PEM) of retired audit keys by key id, read from settings.AUDIT_RETIRED_KEYS_DIR (*.pem)."""
+    """Public keys (PEM) of retired audit keys by key id: settings.AUDIT_RETIRED_KEYS_DIR (*.pem) and the pre-HSM
+    PEM key while its file is kept."""
     keys: dict[str, str] = {}
+    legacy = _legacy_public_key()
+    if legacy is not None:
+        keys[hashlib.sha256(_raw_public_bytes(legacy)).hexdigest()] = legacy.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
     directory = _retired_dir()
     if not directory.is_dir():
         return keys
@@ -171,25 +197,27 @@ def audit_retired_public_keys() -> dict[str, str]:
 def audit_keyring() -> dict[str, Ed25519PublicKey]:
     """Every public key whose signatures verification accepts: the current audit key and the retired ones."""
     keyring = {key_id: load_audit_public_key(pem) for key_id, pem in audit_retired_public_keys().items()}
-    current = _load_private_key().public_key()
-    keyring[hashlib.sha256(_raw_public_bytes(current)).hexdigest()] = current
+    _forget_current()  # read the token afresh: another process may have rotated the key since this one cached it
+    key, key_id = _current_key()
+    keyring[key_id] = load_audit_public_key(key.public_key_pem)
     return keyring
 
 
 def audit_key_retire_current() -> str:
-    """Keep the current key's public half in the retired-keys directory and remove the private key (rotation);
-    the next signature generates a new key. Returns the retired key id."""
-    retired_id = audit_key_id()
+    """Keep the current key's public half in the retired-keys directory, then destroy the key in the token
+    (rotation); the next signature generates a new key. Returns the retired key id."""
+    key, retired_id = _current_key()
     directory = _retired_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = directory / f"{retired_id}.pem"
     temp_path = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     with temp_path.open("w") as temp_file:
-        temp_file.write(audit_public_key_pem())
+        temp_file.write(key.public_key_pem)
         temp_file.flush()
         os.fsync(temp_file.fileno())
     os.replace(temp_path, target)
     # Only once the public half is safely kept may the private half go: old signatures must stay verifiable.
-    _key_path().unlink()
-    logger.warning("retired audit signing key %s (public key kept at %s)", retired_id, target)
+    token_key_destroy(key_id=key.key_id)
+    _forget_current()
+    logger.warning("retired audit key %s (public key kept at %s)", retired_id, target)
     return retired_id

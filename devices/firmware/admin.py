@@ -1,5 +1,6 @@
-"""Read-only admin for releases and artifacts: releases are created through the API or `create_release`,
-so the service's rules (roles, semver, anti-rollback counter, content addressing, decision record) always apply."""
+"""Read-only admin for releases, artifacts and signing keys: releases are created through the API or
+`create_release` and keys through `keys`, so the services' rules (roles, semver, anti-rollback counter, content
+addressing, one key per role, decision record) always apply."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from devices.firmware.models import FirmwareArtifact, FirmwareRelease
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease, SigningKey
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -70,3 +71,14 @@ class FirmwareArtifactAdmin(ReadOnlyAdmin):
     @admin.display(description="Releases", ordering="release_count")
     def release_count(self, artifact: FirmwareArtifact) -> int:
         return artifact.release_count  # type: ignore[attr-defined]  # annotated by get_queryset above
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(ReadOnlyAdmin):
+    """The key registry, read only: keys change through `manage.py keys` (security officers, decision record)."""
+
+    list_display = ["role", "state", "algorithm", "location", "key_id", "created_by", "created_at"]
+    list_filter = ["role", "state", "location", "algorithm"]
+    search_fields = ["key_id", "role"]
+    list_select_related = ["created_by"]
+    readonly_fields = [field.name for field in SigningKey._meta.fields]

@@ -50,3 +50,9 @@ class FirmwareRelease(models.Model):
 
     def __str__(self) -> str:
         return self.version
+
+
+# The key registry's model is defined in its own package and registered with this app by this import.
+from devices.firmware.keys.models import SigningKey  # noqa: E402
+
+__all__ = ["FirmwareArtifact", "FirmwareRelease", "SigningKey"]

@@ -60,6 +60,12 @@ def child_environment(**overrides: str) -> dict[str, str]:
         "OTA_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
         "OTA_EVIDENCE_ROOT": str(settings.EVIDENCE_ROOT),
         "OTA_AUDIT_SIGNING_KEY": str(settings.AUDIT_SIGNING_KEY_PATH),
+        # The same token and labels, so the children sign the decision record with this process's audit key.
+        "SOFTHSM2_CONF": str(settings.SOFTHSM2_CONF),
+        "OTA_PKCS11_MODULE": settings.PKCS11_MODULE,
+        "OTA_PKCS11_TOKEN": settings.PKCS11_TOKEN,
+        "OTA_PKCS11_PIN_FILE": str(settings.PKCS11_PIN_FILE),
+        "OTA_PKCS11_LABEL_PREFIX": settings.PKCS11_LABEL_PREFIX,
         "OTA_AUDIT_CHECKPOINT_LOG": str(settings.AUDIT_CHECKPOINT_LOG_PATH),
         "OTA_AUDIT_RETIRED_KEYS_DIR": str(settings.AUDIT_RETIRED_KEYS_DIR),
         "SECRET_KEY": settings.SECRET_KEY,

@@ -33,6 +33,7 @@ from approvals.audit.records import chain_verify
 from approvals.audit.tasks import audit_checkpoint_task
 from approvals.audit.verify import audit_bundle_verify
 from ota_project.celery import app as celery_app
+from ota_project.roles import Role
 from tests.audit.chain import append_records, as_table_owner, rewrite_chain
 from tests.support.html import find, visible_text
 from tests.web.helpers import page_client
@@ -369,30 +370,36 @@ def test_a_bundle_exported_after_a_tail_deletion_fails_verification(tmp_path):
     assert "the bundle ends at #3 but checkpoint #1" in err and "records were deleted" in err
 
 
-def test_audit_key_rotate_keeps_old_signatures_verifiable_and_records_the_rotation(settings):
+def test_audit_key_rotate_keeps_old_signatures_verifiable_and_records_the_rotation(settings, make_user):
+    officer = make_user(Role.SECURITY_OFFICER, username="sofia")
     _checkpointed_chain(2)
+    _run("keys", "create", "--role", "audit-checkpoint", "--actor", "sofia")  # registers the key that signs (#3)
     old_key_id = audit_key_id()
 
-    status, out, _ = _run("audit_key_rotate", "--reason", "yearly")
+    status, out, _ = _run("keys", "rotate", "--role", "audit-checkpoint", "--actor", "sofia", "--reason", "yearly")
 
-    assert status == 0 and f"retired key {old_key_id}" in out
     new_key_id = audit_key_id()
+    assert status == 0 and "rotated audit-checkpoint" in out
     assert new_key_id != old_key_id and (settings.AUDIT_RETIRED_KEYS_DIR / f"{old_key_id}.pem").exists()
     rotation = DecisionRecord.objects.get(action="audit.key_rotate")
-    assert rotation.before == {"key_id": old_key_id} and rotation.after == {"key_id": new_key_id}
-    assert rotation.key_id == new_key_id
-    assert [json.loads(line)["key_id"] for line in checkpoint_log_lines()] == [old_key_id, new_key_id]
+    assert rotation.before == {"key_id": old_key_id} and rotation.after is not None
+    assert rotation.after["key_id"] == new_key_id
+    assert rotation.key_id == new_key_id and rotation.actor == officer and rotation.reason == "yearly"
+    # The old key's last checkpoint covers the head before the rotation, the new key's first one the rotation.
+    assert [json.loads(line)["key_id"] for line in checkpoint_log_lines()] == [old_key_id, old_key_id, new_key_id]
     assert _run("audit_verify")[0] == 0
 
 
-def test_audit_key_rotate_is_refused_on_a_broken_chain_and_changes_nothing():
+def test_audit_key_rotate_is_refused_on_a_broken_chain_and_changes_nothing(make_user):
+    make_user(Role.SECURITY_OFFICER, username="sofia")
     records = _checkpointed_chain(5)
+    _run("keys", "create", "--role", "audit-checkpoint", "--actor", "sofia")
     _delete_tail(records)
     old_key_id = audit_key_id()
     lines = checkpoint_log_lines()
 
     with pytest.raises(CommandError, match="does not verify, so the audit key is not rotated"):
-        call_command("audit_key_rotate")
+        call_command("keys", "rotate", "--role", "audit-checkpoint", "--actor", "sofia")
 
     assert audit_key_id() == old_key_id and checkpoint_log_lines() == lines
     assert not DecisionRecord.objects.filter(action="audit.key_rotate").exists()

@@ -122,7 +122,7 @@ def test_audit_verify_bundle_exits_1_when_signed_by_another_key(settings, tmp_pa
     append_records(2)
     pinned = tmp_path / "pinned.pem"
     pinned.write_text(audit_public_key_pem())
-    settings.AUDIT_SIGNING_KEY_PATH = tmp_path / "other-key.pem"
+    settings.PKCS11_LABEL_PREFIX = "other-server"  # the audit key of another server (another token label)
     output = tmp_path / "bundle.zip"
     _run("audit_export", "--output", str(output))
 
@@ -171,7 +171,7 @@ def test_manage_py_audit_verify_exit_status_is_0_then_1_after_tampering(settings
         "DATABASE_URL": database_url(),  # the test database
         "OTA_DATA_DIR": str(tmp_path / "data"),
         # The same server: the audit key that signed the records and the checkpoint log that pins them.
-        "OTA_AUDIT_SIGNING_KEY": str(settings.AUDIT_SIGNING_KEY_PATH),
+        "OTA_PKCS11_LABEL_PREFIX": settings.PKCS11_LABEL_PREFIX,
         "OTA_AUDIT_CHECKPOINT_LOG": str(settings.AUDIT_CHECKPOINT_LOG_PATH),
         "OTA_AUDIT_RETIRED_KEYS_DIR": str(settings.AUDIT_RETIRED_KEYS_DIR),
         "SECRET_KEY": "test-only-secret",

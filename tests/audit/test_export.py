@@ -257,7 +257,7 @@ def test_one_byte_changed_in_the_manifest_fails_the_signature_check():
 
 def test_a_bundle_signed_by_a_different_key_fails_against_the_pinned_key(settings, tmp_path):
     pinned_pem = audit_public_key_pem()
-    settings.AUDIT_SIGNING_KEY_PATH = tmp_path / "attacker.pem"  # an attacker re-signs with a key of their own
+    settings.PKCS11_LABEL_PREFIX = "attacker"  # an attacker re-signs with a key of their own
     _append(2)  # on a server of their own, whose records their key signed
     forged = audit_export(fmt="jsonl")
     attacker_key_id = audit_key_id()

@@ -1,0 +1,23 @@
+"""The roles a signing key can serve: one key per role, no key for two (the registry, devices.firmware.keys)."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class KeyRole(models.TextChoices):
+    """What a key signs; values live in rows and token labels and are never renamed."""
+
+    ROOT = "root", "TUF root (image repository, offline)"
+    TARGETS_RELEASE = "targets-release", "TUF targets: release signing"
+    TARGETS_SECURITY_OFFICER = "targets-security-officer", "TUF targets: security officer"
+    SNAPSHOT = "snapshot", "TUF snapshot (online)"
+    TIMESTAMP = "timestamp", "TUF timestamp (online)"
+    DIRECTOR_ROOT = "director-root", "Director root (offline)"
+    DIRECTOR = "director", "Director targets (online)"
+    AUDIT_CHECKPOINT = "audit-checkpoint", "Decision record: records, checkpoints, export manifests"
+
+
+# Keys that must not be generated on the server's token: made in a key ceremony on an offline token, and only
+# their public half registered (`keys import-public`).
+OFFLINE_ROLES = frozenset({KeyRole.ROOT, KeyRole.DIRECTOR_ROOT})
