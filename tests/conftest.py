@@ -42,7 +42,8 @@ if "CONN_MAX_AGE" not in os.environ:
 
 @pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path, tmp_path_factory):
-    """Artifacts, evidence, the audit key and the checkpoint log go to per-test directories, never to .data/.
+    """Artifacts, evidence, the audit key, the download-token key and the checkpoint log go to per-test
+    directories, never to .data/.
     The audit files sit outside tmp_path: every decision record is signed, and tests that check tmp_path for
     leftovers must not see the key appear there."""
     audit_dir = tmp_path_factory.mktemp("audit")
@@ -52,6 +53,7 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     settings.AUDIT_SIGNING_KEY_PATH = audit_dir / "key" / "audit_signing_key.pem"
     settings.AUDIT_CHECKPOINT_LOG_PATH = audit_dir / "audit_checkpoints.jsonl"
     settings.AUDIT_RETIRED_KEYS_DIR = audit_dir / "audit_retired_keys"
+    settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = audit_dir / "download_token_key"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
     # Fast hashing for test users; production keeps Django's default PBKDF2.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

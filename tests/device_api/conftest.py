@@ -9,6 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from devices.credentials import device_credential_issue
+from devices.edge.download_tokens import download_token_issue, now_seconds
 from devices.firmware.models import FirmwareArtifact
 from devices.firmware.storage import artifact_path
 from devices.models import Device
@@ -42,9 +43,25 @@ def sha(fleet) -> str:
     return fleet["new"].artifact.sha256
 
 
+def download_url(device: Device, sha: str, *, now: float | None = None) -> str:
+    """The device's download URL as its offer gives it: the image's path with a token for its deployment."""
+    deployment = Deployment.objects.filter(device=device).order_by("-pk").first()
+    assert deployment is not None  # the device's wave is assigned
+    token = download_token_issue(
+        device_id=device.pk,
+        deployment_id=deployment.pk,
+        sha256=sha,
+        length=len(IMAGE),
+        deadline_at=None,
+        now=now_seconds() if now is None else now,
+    )
+    return f"/device/v1/artifacts/{sha}/?token={token}"
+
+
 @pytest.fixture
-def artifact_url(sha) -> str:
-    return f"/device/v1/artifacts/{sha}/"
+def artifact_url(pilot, sha) -> str:
+    """The pilot's download URL, token included (what its offer names)."""
+    return download_url(pilot, sha)
 
 
 @pytest.fixture
