@@ -245,6 +245,10 @@ elif _CACHE_URL == "db":
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 OTA_DEVICE_BUDGET_CACHE = "default"
+# Per-process memory for short-lived verdicts (a download's rules, re-read every OTA_DOWNLOAD_RECHECK_SECONDS): a
+# network round trip would cost more than it saves, and a verdict's bound holds in each process alike.
+CACHES["process"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ota-process"}
+OTA_DOWNLOAD_VERDICT_CACHE = "process"
 
 # Device protocol: poll interval and per-region budgets (regions override these defaults; 0 = no limit).
 OTA_DEVICE_POLL_SECONDS = int(os.environ.get("OTA_DEVICE_POLL_SECONDS", "300"))

@@ -68,15 +68,16 @@ def download_recheck_seconds() -> int:
 
 
 def device_download_allowed(*, device: Device, deployment_id: int, sha256: str) -> bool:
-    """`device_artifact_downloadable`, its verdict shared through the cache for `download_recheck_seconds()`.
+    """`device_artifact_downloadable`, its verdict reused for `download_recheck_seconds()`.
 
-    The key names device, deployment and image, so a verdict never serves another request's question. If the
-    cache is unreachable the database answers (fail closed: never a range the rules would refuse)."""
+    The verdict lives in OTA_DOWNLOAD_VERDICT_CACHE (the web process's memory by default: each process asks the
+    database at most once per period per download). The key names device, deployment and image, so a verdict never
+    answers another request's question. If that cache fails the database answers (never a range the rules refuse)."""
     ttl = download_recheck_seconds()
     if not ttl:
         return device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
     key = f"ota:download:allowed:{device.pk}:{deployment_id}:{sha256}"
-    cache = caches[getattr(settings, "OTA_DEVICE_BUDGET_CACHE", "default")]
+    cache = caches[getattr(settings, "OTA_DOWNLOAD_VERDICT_CACHE", "default")]
     try:
         cached = cache.get(key)
     except Exception:  # noqa: BLE001 - no cache: ask the database

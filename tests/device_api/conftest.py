@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.core.cache import caches
 from rest_framework.test import APIClient
 
 from devices.credentials import device_credential_issue
@@ -24,6 +25,14 @@ IMAGE = bytes(range(256)) * 40 + b"tail-of-image"  # 10253 bytes
 @pytest.fixture(autouse=True)
 def _no_temporal(settings):
     settings.TEMPORAL_ENABLED = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_download_verdicts():
+    """Download verdicts live in per-process memory: no test sees another's (primary keys can repeat)."""
+    caches["process"].clear()
+    yield
+    caches["process"].clear()
 
 
 @pytest.fixture

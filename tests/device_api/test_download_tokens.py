@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.core.cache import caches
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -35,13 +34,6 @@ pytestmark = pytest.mark.django_db
 
 CHECKIN = "/device/v1/checkin/"
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(autouse=True)
-def _fresh_verdicts():
-    caches["default"].clear()  # verdicts are keyed per device and deployment, but tests reuse primary keys
-    yield
-    caches["default"].clear()
 
 
 @pytest.fixture
