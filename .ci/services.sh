@@ -31,3 +31,9 @@ if ! command -v chromium >/dev/null; then
     echo "services: installing Chromium from Debian" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+
+# Download tests put a real nginx in front of gunicorn (X-Accel-Redirect); `make bench-ranges` also needs wrk.
+if { ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; } || ! command -v wrk >/dev/null; then
+    echo "services: installing nginx-light and wrk from Debian" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+fi
