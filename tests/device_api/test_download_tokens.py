@@ -170,3 +170,16 @@ def test_the_recheck_is_per_device_deployment_and_image(offer, pilot, other_pilo
     assert device_client(pilot).get(_target(offer), HTTP_RANGE="bytes=0-0").status_code == 206
     # The other pilot's deployment is pending (never offered): the pilot's cached verdict must not answer for it.
     assert device_client(other_pilot).get(download_url(other_pilot, sha)).status_code == 404
+
+
+def test_the_key_is_generated_at_run_time_into_a_private_file_and_kept(settings, tmp_path, monkeypatch):
+    monkeypatch.delenv("OTA_DOWNLOAD_TOKEN_KEY", raising=False)
+    settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = tmp_path / "download_token_key"
+    token = download_token_issue(device_id=1, deployment_id=2, sha256="a" * 64, length=10, deadline_at=None, now=NOW)
+    key_file = tmp_path / "download_token_key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_text()) >= 64
+    assert [p.name for p in tmp_path.iterdir()] == ["download_token_key"]  # no staging file left behind
+    assert download_token_verify(token, device_id=1, sha256="a" * 64, now=NOW).deployment_id == 2
+    settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = tmp_path / "another_key"  # another key: the old tokens are void
+    with pytest.raises(DownloadTokenRefused):
+        download_token_verify(token, device_id=1, sha256="a" * 64, now=NOW)
