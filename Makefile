@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry clean
+.PHONY: run test install services lint bench bench-telemetry bench-ranges clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench: install services
 bench-telemetry: install services
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_telemetry" -c "CREATE DATABASE ota_bench_telemetry"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_telemetry OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.telemetry
+
+## Ranged downloads: 100 concurrent 1 MiB ranges vs nginx serving the same file (scratch database ota_bench_ranges)
+bench-ranges: install services
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_ranges" -c "CREATE DATABASE ota_bench_ranges"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_ranges OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.ranges
 
 clean:
 	-[ ! -x $(BIN)/python ] || $(BIN)/python manage.py embedded_db stop

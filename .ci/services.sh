@@ -32,5 +32,11 @@ if ! command -v chromium >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+# Download tests put a real nginx in front of gunicorn (X-Accel-Redirect); `make bench-ranges` also needs wrk.
+if { ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; } || ! command -v wrk >/dev/null; then
+    echo "services: installing nginx-light and wrk from Debian" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+fi
+
 # Signing keys live in a PKCS#11 token: Debian's SoftHSM2 in development and CI.
 bash "$(dirname "$0")/softhsm.sh"

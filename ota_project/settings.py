@@ -260,6 +260,10 @@ elif _CACHE_URL == "db":
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 OTA_DEVICE_BUDGET_CACHE = "default"
+# Per-process memory for short-lived verdicts (a download's rules, re-read every OTA_DOWNLOAD_RECHECK_SECONDS): a
+# network round trip would cost more than it saves, and a verdict's bound holds in each process alike.
+CACHES["process"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ota-process"}
+OTA_DOWNLOAD_VERDICT_CACHE = "process"
 
 # Device protocol: poll interval and per-region budgets (regions override these defaults; 0 = no limit).
 OTA_DEVICE_POLL_SECONDS = int(os.environ.get("OTA_DEVICE_POLL_SECONDS", "300"))
@@ -269,6 +273,15 @@ OTA_DEVICE_BUDGET_WINDOW_SECONDS = int(os.environ.get("OTA_DEVICE_BUDGET_WINDOW_
 OTA_DEVICE_DOWNLOAD_LEASE_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_LEASE_SECONDS", "900"))
 OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_RETRY_SECONDS", "30"))
 OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_POLLS", "3"))
+# Artifact downloads: the offer's URL carries a download token (HMAC key generated into DATA_DIR at run time unless
+# OTA_DOWNLOAD_TOKEN_KEY is set; lifetime at most 900 s and never past the deployment's deadline). A range re-reads
+# the deployment's rules at most every OTA_DOWNLOAD_RECHECK_SECONDS (the bound on how late a withdrawal stops new
+# ranges; 0: every range). OTA_ARTIFACT_ACCEL_REDIRECT (e.g. /_ota_artifacts/): nginx sends the bytes after the app
+# authorised them (X-Accel-Redirect to that internal location; see the README's nginx snippet).
+OTA_DOWNLOAD_TOKEN_KEY_FILE = Path(os.environ.get("OTA_DOWNLOAD_TOKEN_KEY_FILE", DATA_DIR / "download_token_key"))
+OTA_DOWNLOAD_TOKEN_SECONDS = int(os.environ.get("OTA_DOWNLOAD_TOKEN_SECONDS", "900"))
+OTA_DOWNLOAD_RECHECK_SECONDS = int(os.environ.get("OTA_DOWNLOAD_RECHECK_SECONDS", "5"))
+OTA_ARTIFACT_ACCEL_REDIRECT = os.environ.get("OTA_ARTIFACT_ACCEL_REDIRECT", "")
 OTA_TELEMETRY_RETENTION_DAYS = int(os.environ.get("OTA_TELEMETRY_RETENTION_DAYS", "90"))
 OTA_TELEMETRY_BATCH_KEEP_DAYS = int(os.environ.get("OTA_TELEMETRY_BATCH_KEEP_DAYS", "14"))
 

@@ -63,9 +63,10 @@ def _softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_storage(settings, tmp_path, tmp_path_factory):
-    """Artifacts, evidence, the audit files (checkpoint log, retired public keys, the pre-HSM key's path) go to
-    per-test directories, never to .data/; the audit key itself is in the session's token. The audit files sit outside
-    tmp_path: every decision record is signed, and tests that check tmp_path for leftovers must not see them there."""
+    """Artifacts, evidence, the audit files (checkpoint log, retired public keys, the pre-HSM key's path) and the
+    download-token key go to per-test directories, never to .data/; the audit key itself is in the session's token.
+    The audit files sit outside tmp_path: every decision record is signed, and tests that check tmp_path for
+    leftovers must not see them there."""
     audit_dir = tmp_path_factory.mktemp("audit")
     (audit_dir / "key").mkdir()
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
@@ -73,6 +74,7 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     settings.AUDIT_SIGNING_KEY_PATH = audit_dir / "key" / "audit_signing_key.pem"
     settings.AUDIT_CHECKPOINT_LOG_PATH = audit_dir / "audit_checkpoints.jsonl"
     settings.AUDIT_RETIRED_KEYS_DIR = audit_dir / "audit_retired_keys"
+    settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = audit_dir / "download_token_key"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
     # Fast hashing for test users; production keeps Django's default PBKDF2.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -3,8 +3,11 @@ telemetry intake."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.cache import caches
 from django.db import transaction
 
 from approvals.audit.security import SecurityEventKind, security_event
@@ -15,6 +18,9 @@ from rollouts.choices import DeploymentStatus
 from rollouts.deployment_services import deployment_withdrawal
 from rollouts.models import Deployment
 
+logger = logging.getLogger(__name__)
+
+DEFAULT_DOWNLOAD_RECHECK_SECONDS = 5
 # A device may fetch (and resume) the image of a deployment in these statuses only.
 DOWNLOADABLE = (DeploymentStatus.OFFERED, DeploymentStatus.DOWNLOADING, DeploymentStatus.DOWNLOADED)
 IN_FLIGHT = (
@@ -42,19 +48,49 @@ def device_has_deployment_in_flight(*, device: Device) -> bool:
     return Deployment.objects.filter(device=device, status__in=IN_FLIGHT).exists()
 
 
-def device_artifact_offered(*, device: Device, sha256: str) -> Deployment | None:
-    """The device's deployment that currently offers the image with this sha256, if any."""
+def device_artifact_downloadable(*, device: Device, deployment_id: int, sha256: str) -> bool:
+    """True while the device's deployment offers this image and the offer's rules still hold (one query + rules).
+
+    The offer's rules hold for every range: a quarantined device, a closed change, a halted rollout or a tripped
+    breaker stop the bytes too, not only new offers."""
     deployment = (
         Deployment.objects.select_related("release__artifact", "rollout__change")
-        .filter(device=device, status__in=DOWNLOADABLE, release__artifact__sha256=sha256)
-        .order_by("-updated_at")
+        .filter(pk=deployment_id, device=device, status__in=DOWNLOADABLE, release__artifact__sha256=sha256)
         .first()
     )
-    # The offer's rules hold for every range: a quarantined device, a closed change or a tripped breaker stop the
-    # bytes too, not only new offers.
-    if deployment is None or deployment_withdrawal(deployment, device) is not None:
-        return None
-    return deployment
+    return deployment is not None and deployment_withdrawal(deployment, device) is None
+
+
+def download_recheck_seconds() -> int:
+    """How long a verdict of `device_artifact_downloadable` is reused for further ranges (the bound on how late a
+    withdrawal, halt or quarantine stops new ranges); 0 asks the database for every range."""
+    return max(0, int(getattr(settings, "OTA_DOWNLOAD_RECHECK_SECONDS", DEFAULT_DOWNLOAD_RECHECK_SECONDS)))
+
+
+def device_download_allowed(*, device: Device, deployment_id: int, sha256: str) -> bool:
+    """`device_artifact_downloadable`, its verdict reused for `download_recheck_seconds()`.
+
+    The verdict lives in OTA_DOWNLOAD_VERDICT_CACHE (the web process's memory by default: each process asks the
+    database at most once per period per download). The key names device, deployment and image, so a verdict never
+    answers another request's question. If that cache fails the database answers (never a range the rules refuse)."""
+    ttl = download_recheck_seconds()
+    if not ttl:
+        return device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
+    key = f"ota:download:allowed:{device.pk}:{deployment_id}:{sha256}"
+    cache = caches[getattr(settings, "OTA_DOWNLOAD_VERDICT_CACHE", "default")]
+    try:
+        cached = cache.get(key)
+    except Exception:  # noqa: BLE001 - no cache: ask the database
+        logger.warning("download verdict cache unavailable; asking the database", exc_info=True)
+        return device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
+    if cached is not None:
+        return bool(cached)
+    allowed = device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
+    try:
+        cache.set(key, int(allowed), ttl)
+    except Exception:  # noqa: BLE001 - the verdict stands; the next range asks again
+        logger.warning("download verdict cache unavailable", exc_info=True)
+    return allowed
 
 
 @transaction.atomic

@@ -9,8 +9,10 @@ import logging
 import os
 import re
 from typing import Any, BinaryIO, Literal
+from urllib.parse import urlencode
 
-from django.http import FileResponse, HttpResponseBase
+from django.conf import settings
+from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -23,6 +25,13 @@ from rest_framework.views import APIView
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge import services
+from devices.edge.download_tokens import (
+    DownloadGrant,
+    DownloadTokenRefused,
+    download_token_issue,
+    download_token_verify,
+    now_seconds,
+)
 from devices.edge.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
 from devices.edge.serializers import (
     CheckinInputSerializer,
@@ -33,7 +42,8 @@ from devices.edge.serializers import (
     TelemetryOutputSerializer,
 )
 from devices.edge.throttle import DownloadLease, checkin_admit, download_acquire
-from devices.firmware.storage import artifact_open
+from devices.firmware.storage import artifact_open, artifact_relative_path
+from devices.models import Device
 from devices.selectors import LoadShaping
 from devices.services import device_record_report
 from ota_project.errors import DomainError
@@ -48,7 +58,7 @@ logger = logging.getLogger(__name__)
 IN_FLIGHT_POLL_SECONDS = 30
 SMALL_BODY_BYTES = 16 * 1024
 TELEMETRY_BODY_BYTES = 256 * 1024
-STREAM_BLOCK_BYTES = 64 * 1024
+STREAM_BLOCK_BYTES = 256 * 1024  # reads where the server has no sendfile (bounded memory)
 RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
 
 
@@ -121,7 +131,15 @@ def poll_interval(*, shaping: LoadShaping, in_flight: bool) -> int:
 
 def _offer_body(request: Request, deployment: Deployment) -> dict[str, Any]:
     artifact = deployment.release.artifact
-    url = reverse("device-artifact", kwargs={"sha256": artifact.sha256})
+    token = download_token_issue(
+        device_id=deployment.device_id,
+        deployment_id=deployment.pk,
+        sha256=artifact.sha256,
+        length=artifact.size_bytes,
+        deadline_at=deployment.deadline_at,
+        now=now_seconds(),
+    )
+    url = reverse("device-artifact", kwargs={"sha256": artifact.sha256}) + "?" + urlencode({"token": token})
     return {
         "deployment_id": deployment.pk,
         "kind": deployment.kind,
@@ -307,8 +325,13 @@ class TelemetryView(DeviceAPIView):
 
 
 class LeasedFileResponse(FileResponse):
-    """A file response that frees its region download slot when the server closes it (also on a cut stream)."""
+    """A file response that frees its region download slot when the server closes it (also on a cut stream).
 
+    Under gunicorn the WSGI handler hands `file_to_stream` to the server's file wrapper, whose close is this
+    close: gunicorn calls it in a `finally` after its sendfile, so a client that disconnects mid-range frees the
+    slot as surely as a complete transfer does."""
+
+    block_size = STREAM_BLOCK_BYTES
     lease: DownloadLease | None = None
 
     def close(self) -> None:
@@ -319,16 +342,20 @@ class LeasedFileResponse(FileResponse):
                 self.lease.release()
 
 
-class BoundedReader:
-    """A read-only view of `length` bytes of an open file from its current position.
+class FileRange:
+    """`length` bytes of an open file from its current position, for a FileResponse.
 
-    It has no fileno on purpose: a server's sendfile path would send to the end of the file, not the range.
-    Reads are in blocks, so memory stays bounded whatever the image size.
+    `fileno()` is the file's own: gunicorn sends a file wrapper with the kernel's sendfile from the descriptor's
+    current offset for exactly Content-Length bytes, so a range costs no Python-side loop. A server without that
+    path (the test client, a TLS-terminating gunicorn) reads it through `read()`, which stops at the range's end.
     """
 
     def __init__(self, file: BinaryIO, length: int):
         self._file = file
         self._remaining = length
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     def read(self, size: int = -1) -> bytes:
         if self._remaining <= 0:
@@ -363,7 +390,10 @@ def parse_range(header: str, size: int) -> tuple[int, int] | Literal[False] | No
 
 
 class ArtifactView(DeviceAPIView):
-    """Stream an offered image by sha256, with single byte ranges, resume and If-Range; never whole in memory."""
+    """Send an offered image by sha256 (token from the offer's URL), with single byte ranges, resume and If-Range.
+
+    The bytes go by the kernel's sendfile under gunicorn, or by nginx (X-Accel-Redirect) when configured; never
+    whole in memory, never a Python loop per block on either path."""
 
     def admit(self, request: Request) -> None:
         self.lease = download_acquire(device=current_device(request))
@@ -372,7 +402,9 @@ class ArtifactView(DeviceAPIView):
         operation_id="device_artifact",
         summary="Download an offered image by sha256 (Range, resume, If-Range)",
         description=(
-            "Only while a deployment offers this image to the device. One byte range per request (206 with "
+            "Use the offer's `artifact.url` as given: its `token` (at most 15 minutes, never past the deadline) is "
+            "bound to the device, the deployment and the image. Only while the deployment may still deliver the "
+            "image (a withdrawal stops new ranges within `OTA_DOWNLOAD_RECHECK_SECONDS`). One byte range per request (206 with "
             "`Content-Range`); `ETag` is the quoted sha256 and `If-Range` with another value answers the whole "
             "image. When the region already streams its maximum of concurrent downloads the answer is 429 with "
             "`Retry-After`."
@@ -386,7 +418,8 @@ class ArtifactView(DeviceAPIView):
             (206, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="One byte range."),
             **_errors(
                 {
-                    401: UNAUTHENTICATED,
+                    401: UNAUTHENTICATED + " Also: no download token, or an expired one (check in for a new one).",
+                    403: "A forged download token, or another device's or another image's.",
                     404: "Not offered to this device, or missing from the store.",
                     416: "The range starts beyond the image (`Content-Range: bytes */<size>`).",
                     429: OVER_BUDGET,
@@ -413,28 +446,18 @@ class ArtifactView(DeviceAPIView):
 
     def _stream(self, request: Request, sha256: str) -> HttpResponseBase:
         device = current_device(request)
-        deployment = services.device_artifact_offered(device=device, sha256=sha256)
-        if deployment is None:
-            _device_event(
-                request,
-                kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED,
-                endpoint="artifact",
-                subject=f"sha256:{sha256}",
-                message="An image was requested that is not offered to this device.",
-            )
-            raise exceptions.NotFound("No such artifact offered to this device.")
-        artifact = deployment.release.artifact
+        grant = self._authorise(request, device, sha256)
         try:
-            image = artifact_open(artifact.sha256)
+            image = artifact_open(sha256)
         except (FileNotFoundError, ValueError) as exc:
-            logger.error("artifact %s offered by deployment %s is missing", artifact.sha256, deployment.pk)
+            logger.error("artifact %s offered by deployment %s is missing", sha256, grant.deployment_id)
             raise exceptions.NotFound("The image is missing from the store.", code="artifact_missing") from exc
         size = os.fstat(image.fileno()).st_size
-        if size != artifact.size_bytes:
+        if size != grant.length:
             image.close()
-            logger.error("artifact %s has %s bytes on disk, %s recorded", artifact.sha256, size, artifact.size_bytes)
+            logger.error("artifact %s has %s bytes on disk, %s offered", sha256, size, grant.length)
             raise exceptions.NotFound("The image is damaged in the store.", code="artifact_missing")
-        etag = f'"{artifact.sha256}"'
+        etag = f'"{sha256}"'
         wanted = request.headers.get("Range", "")
         if_range = request.headers.get("If-Range")
         byte_range = parse_range(wanted, size) if wanted and (if_range is None or if_range == etag) else None
@@ -446,20 +469,65 @@ class ArtifactView(DeviceAPIView):
                 status=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
                 headers={**headers, "Content-Range": f"bytes */{size}"},
             )
+        accel = getattr(settings, "OTA_ARTIFACT_ACCEL_REDIRECT", "")
+        if accel:
+            image.close()
+            return _accel_response(accel, sha256, ranged=byte_range is not None, headers=headers)
+        start, end = byte_range if byte_range is not None else (0, size - 1)
+        image.seek(start)  # the descriptor's offset is where sendfile starts
+        response = LeasedFileResponse(FileRange(image, end - start + 1), content_type="application/octet-stream")
+        response["Content-Length"] = str(end - start + 1)
         if byte_range is None:
-            # The whole image: the open file goes to the server's file wrapper (sendfile where available).
-            response = LeasedFileResponse(image, content_type="application/octet-stream")
             response.status_code = status.HTTP_200_OK
-            response["Content-Length"] = str(size)
         else:
-            start, end = byte_range
-            image.seek(start)
-            response = LeasedFileResponse(
-                BoundedReader(image, end - start + 1), content_type="application/octet-stream"
-            )
             response.status_code = status.HTTP_206_PARTIAL_CONTENT
-            response["Content-Length"] = str(end - start + 1)
             response["Content-Range"] = f"bytes {start}-{end}/{size}"
         for name, value in headers.items():
             response[name] = value
         return response
+
+    def _authorise(self, request: Request, device: Device, sha256: str) -> DownloadGrant:
+        """The token's grant, if the token holds and the deployment may still deliver this image to the device."""
+        try:
+            grant = download_token_verify(
+                request.query_params.get("token", ""), device_id=device.pk, sha256=sha256, now=now_seconds()
+            )
+        except DownloadTokenRefused as refused:
+            _device_event(
+                request,
+                kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED,
+                endpoint="artifact",
+                subject=f"sha256:{sha256}",
+                message=f"{refused.code}: {refused.message}",
+            )
+            if refused.code == "download_token_invalid":
+                raise exceptions.PermissionDenied(refused.message, code=refused.code) from None
+            raise exceptions.NotAuthenticated(refused.message, code=refused.code) from None
+        if not services.device_download_allowed(device=device, deployment_id=grant.deployment_id, sha256=sha256):
+            _device_event(
+                request,
+                kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED,
+                endpoint="artifact",
+                subject=f"sha256:{sha256}",
+                message="An image was requested that is not offered to this device.",
+            )
+            raise exceptions.NotFound("No such artifact offered to this device.")
+        return grant
+
+
+def _accel_response(prefix: str, sha256: str, *, ranged: bool, headers: dict[str, str]) -> HttpResponse:
+    """Hand the bytes to nginx (X-Accel-Redirect) once the app has decided the answer.
+
+    The app decided 416 already; what is left is "the whole image" or "the one satisfiable range the request
+    names". Each has its own internal location (see the README's nginx snippet): `whole/` has ranges off, so a
+    Range the app chose to ignore (If-Range mismatch, several ranges, malformed) cannot be answered differently
+    by nginx; `range/` lets nginx apply the request's single range, whose If-Range it compares with the same
+    sha256 ETag. nginx sends ETag itself (from the path) and keeps the app's Cache-Control and Accept-Ranges.
+    """
+    response = HttpResponse(content_type="application/octet-stream")
+    response["X-Accel-Redirect"] = (
+        f"{prefix.rstrip('/')}/{'range' if ranged else 'whole'}/{artifact_relative_path(sha256)}"
+    )
+    for name, value in headers.items():
+        response[name] = value
+    return response

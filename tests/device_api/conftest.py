@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.core.cache import caches
 from rest_framework.test import APIClient
 
 from devices.credentials import device_credential_issue
+from devices.edge.download_tokens import download_token_issue, now_seconds
 from devices.firmware.models import FirmwareArtifact
 from devices.firmware.storage import artifact_path
 from devices.models import Device
@@ -23,6 +25,14 @@ IMAGE = bytes(range(256)) * 40 + b"tail-of-image"  # 10253 bytes
 @pytest.fixture(autouse=True)
 def _no_temporal(settings):
     settings.TEMPORAL_ENABLED = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_download_verdicts():
+    """Download verdicts live in per-process memory: no test sees another's (primary keys can repeat)."""
+    caches["process"].clear()
+    yield
+    caches["process"].clear()
 
 
 @pytest.fixture
@@ -42,9 +52,25 @@ def sha(fleet) -> str:
     return fleet["new"].artifact.sha256
 
 
+def download_url(device: Device, sha: str, *, now: float | None = None) -> str:
+    """The device's download URL as its offer gives it: the image's path with a token for its deployment."""
+    deployment = Deployment.objects.filter(device=device).order_by("-pk").first()
+    assert deployment is not None  # the device's wave is assigned
+    token = download_token_issue(
+        device_id=device.pk,
+        deployment_id=deployment.pk,
+        sha256=sha,
+        length=len(IMAGE),
+        deadline_at=None,
+        now=now_seconds() if now is None else now,
+    )
+    return f"/device/v1/artifacts/{sha}/?token={token}"
+
+
 @pytest.fixture
-def artifact_url(sha) -> str:
-    return f"/device/v1/artifacts/{sha}/"
+def artifact_url(pilot, sha) -> str:
+    """The pilot's download URL, token included (what its offer names)."""
+    return download_url(pilot, sha)
 
 
 @pytest.fixture

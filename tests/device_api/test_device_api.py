@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -123,7 +125,8 @@ def test_offer_only_when_the_rollout_runs(pilot, assigned, device_client, settin
     assert offer["deployment_id"] == deployment.pk and offer["kind"] == "update"
     assert (offer["release_version"], offer["release_counter"]) == ("1.1.0", 1)
     assert offer["artifact"]["sha256"] == sha and offer["artifact"]["length"] == len(IMAGE)
-    assert offer["artifact"]["url"].endswith(artifact_url) and offer["deadline_at"]
+    url = urlsplit(offer["artifact"]["url"])
+    assert url.path == urlsplit(artifact_url).path and url.query.startswith("token=") and offer["deadline_at"]
     assert deployment.status == DeploymentStatus.OFFERED
 
 
@@ -222,8 +225,11 @@ def test_download_refused_when_not_offered_to_this_device(pilot, other_pilot, as
     steps.rollout_phase(PhaseChange(assigned.pk, RolloutStatus.RUNNING, 0))
     _offer(client)
     stranger = device_client(Device.objects.exclude(pk__in=[pilot.pk, other_pilot.pk]).first())
-    assert stranger.get(artifact_url).status_code == 404
-    assert client.get(f"/device/v1/artifacts/{'0' * 64}/").status_code == 404
+    assert stranger.get(artifact_url).status_code == 403  # the pilot's token is bound to the pilot
+    assert (
+        client.get(artifact_url.replace(urlsplit(artifact_url).path, f"/device/v1/artifacts/{'0' * 64}/")).status_code
+        == 403
+    )
     assert APIClient().get(artifact_url).status_code == 401
 
 

@@ -16,7 +16,7 @@ from devices.edge import throttle
 from devices.models import Device, Region
 from devices.selectors import device_is_offline, device_list
 from devices.services import region_update
-from tests.device_api.conftest import IMAGE, checkin_body
+from tests.device_api.conftest import IMAGE, checkin_body, download_url
 
 pytestmark = pytest.mark.django_db
 
@@ -131,20 +131,21 @@ def test_strangers_learn_nothing_about_the_budget(fleet, operator, clock, api_cl
 
 
 def test_concurrent_downloads_over_the_region_limit_get_429_until_a_stream_ends(
-    pilot, other_pilot, running, device_client, operator, artifact_url, clock, settings
+    pilot, other_pilot, running, device_client, operator, artifact_url, sha, clock, settings
 ):
     settings.OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = 30
+    other_url = download_url(other_pilot, sha)
     first, second = device_client(pilot), device_client(other_pilot)
     for client in (first, second):
         assert client.post(CHECKIN, checkin_body(), format="json").json()["offer"] is not None
     region_update(actor=operator, region=_region(pilot), changes={"max_concurrent_downloads": 1})
     streaming = first.get(artifact_url)  # not read yet: the stream is open
     assert streaming.status_code == 200
-    refused = second.get(artifact_url, HTTP_RANGE="bytes=100-")
+    refused = second.get(other_url, HTTP_RANGE="bytes=100-")
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "region_over_budget"
     assert 30 <= int(refused["Retry-After"]) < 60
     assert _content(streaming) == IMAGE  # the stream ends, the server closes it, the slot is free
-    resumed = second.get(artifact_url, HTTP_RANGE="bytes=100-")
+    resumed = second.get(other_url, HTTP_RANGE="bytes=100-")
     assert resumed.status_code == 206 and _content(resumed) == IMAGE[100:]
 
 
@@ -152,8 +153,8 @@ def test_refused_and_failed_downloads_give_their_slot_back(pilot, running, devic
     client = device_client(pilot)
     client.post(CHECKIN, checkin_body(), format="json")
     region_update(actor=operator, region=_region(pilot), changes={"max_concurrent_downloads": 1})
-    assert client.get(f"/device/v1/artifacts/{'0' * 64}/").status_code == 404
-    assert client.get(f"/device/v1/artifacts/{'0' * 64}/").status_code == 404  # not 429: the slot came back
+    assert client.get(f"/device/v1/artifacts/{'0' * 64}/").status_code == 401  # no token
+    assert client.get(f"/device/v1/artifacts/{'0' * 64}/").status_code == 401  # not 429: the slot came back
 
 
 def test_a_lost_download_slot_frees_itself_after_two_lease_periods(

@@ -124,7 +124,7 @@ def test_an_image_not_offered_to_the_device_is_refused_and_recorded(pilot, other
     stranger = Device.objects.exclude(pk__in=[pilot.pk, other_pilot.pk]).first()
     assert stranger is not None
     response = device_client(stranger).get(f"/device/v1/artifacts/{sha}/")
-    assert response.status_code == 404
+    assert response.status_code == 401 and response.json()["error"]["code"] == "download_token_required"
     (event,) = SecurityEvent.objects.all()
     assert (event.kind, event.source, event.device_serial, event.subject) == (
         K.DEVICE_ARTIFACT_REFUSED,

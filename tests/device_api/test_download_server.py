@@ -1,0 +1,286 @@
+"""Downloads through real servers: gunicorn's sendfile path, a cut transfer freeing its slot, and nginx sending the
+bytes after the app authorised them (X-Accel-Redirect), all over real sockets with resume and If-Range."""
+
+from __future__ import annotations
+
+import getpass
+import http.client
+import json
+import os
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from approvals.audit.choices import SecurityEventKind
+from approvals.audit.models import SecurityEvent
+from devices.edge.nginx import nginx_device_site, nginx_main_conf
+from devices.firmware.models import FirmwareArtifact
+from devices.firmware.storage import artifact_path
+from devices.models import Device, Region
+from ota_project.db import database_url
+from tests.device_api.conftest import checkin_body
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIG = 32 * 1024 * 1024  # larger than loopback socket buffers: a cut client really interrupts sendfile
+CHECKIN = "/device/v1/checkin/"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen: {log.read_text()[-3000:]}")
+
+
+class Server:
+    """A running gunicorn (and optionally nginx in front of it); `port` is where devices connect."""
+
+    def __init__(self, port: int, probe_log: Path):
+        self.port = port
+        self.probe_log = probe_log
+
+    def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[Any, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, url, body=body, headers=headers)
+            response = connection.getresponse()
+            return response, response.read()
+        finally:
+            connection.close()
+
+    def sendfiles(self) -> list[dict[str, Any]]:
+        if not self.probe_log.exists():
+            return []
+        return [json.loads(line) for line in self.probe_log.read_text().splitlines()]
+
+
+@pytest.fixture
+def token_key(monkeypatch) -> str:
+    key = secrets.token_urlsafe(32)
+    monkeypatch.setenv("OTA_DOWNLOAD_TOKEN_KEY", key)  # the test process issues tokens the server verifies
+    return key
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_port(port, process, log)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def serve(settings, tmp_path, token_key) -> Iterator[Any]:
+    """serve(accel=False) -> a Server: gunicorn on the test database, with nginx in front when accel=True."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def _serve(*, accel: bool = False) -> Server:
+        app_port = _free_port()
+        probe_log = tmp_path / "sendfile.jsonl"
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "ota_project.settings",
+            "DATABASE_URL": database_url(),
+            "OTA_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
+            "OTA_DOWNLOAD_TOKEN_KEY": token_key,
+            "OTA_CACHE_URL": "",  # one worker: its in-process cache holds the region's download slots
+            "TEMPORAL_ENABLED": "false",
+            "SENDFILE_PROBE_LOG": str(probe_log),
+            "OTA_ARTIFACT_ACCEL_REDIRECT": "/_ota_artifacts/" if accel else "",
+        }
+        gunicorn = [
+            str(Path(sys.executable).with_name("gunicorn")),
+            "ota_project.wsgi",
+            "--config",
+            str(REPO_ROOT / "tests" / "support" / "gunicorn_sendfile_probe.py"),
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+            "--bind",
+            f"127.0.0.1:{app_port}",
+        ]
+        processes.append(_start(gunicorn, env, tmp_path / "gunicorn.log", app_port))
+        if not accel:
+            return Server(app_port, probe_log)
+        nginx_dir = tmp_path / "nginx"
+        nginx_dir.mkdir()
+        port = _free_port()
+        site = nginx_device_site(
+            listen=f"127.0.0.1:{port}", upstream=f"127.0.0.1:{app_port}", artifact_root=Path(settings.ARTIFACT_ROOT)
+        )
+        user = getpass.getuser() if os.geteuid() == 0 else ""  # root's workers would otherwise be `nobody`
+        (nginx_dir / "nginx.conf").write_text(nginx_main_conf(workdir=nginx_dir, servers=[site], user=user))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        argv = [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log")]
+        processes.append(_start(argv, env, nginx_dir / "stdout.log", port))
+        return Server(port, probe_log)
+
+    yield _serve
+    for process in reversed(processes):
+        _stop(process)
+
+
+def _big_image(sha: str) -> bytes:
+    """Put a 32 MiB image where the offered release's sha256 says (content is test data) and record its size."""
+    image = os.urandom(BIG)
+    artifact_path(sha).write_bytes(image)
+    FirmwareArtifact.objects.filter(sha256=sha).update(size_bytes=BIG)
+    return image
+
+
+def _offer(server: Server, auth: str) -> dict[str, Any]:
+    response, body = server.request(
+        "POST",
+        CHECKIN,
+        {"Authorization": auth, "Content-Type": "application/json"},
+        json.dumps(checkin_body()).encode(),
+    )
+    assert response.status == 200, body
+    offer: dict[str, Any] = json.loads(body)["offer"]
+    assert offer is not None
+    return offer
+
+
+def _auth(device_client, device: Device) -> str:
+    return str(device_client(device)._credentials["HTTP_AUTHORIZATION"])
+
+
+def _target(offer: dict[str, Any]) -> str:
+    url = urlsplit(offer["artifact"]["url"])
+    return f"{url.path}?{url.query}"
+
+
+def test_ranges_under_gunicorn_go_through_sendfile_from_the_range_start(serve, pilot, running, device_client, sha):
+    image = _big_image(sha)
+    server = serve()
+    auth = _auth(device_client, pilot)
+    target = _target(_offer(server, auth))
+    received = b""
+    for end in (999_999, 5_000_000, BIG + 10):  # resume from where the last range stopped
+        response, body = server.request(
+            "GET", target, {"Authorization": auth, "Range": f"bytes={len(received)}-{end}", "If-Range": f'"{sha}"'}
+        )
+        assert response.status == 206
+        assert response.getheader("Content-Range") == f"bytes {len(received)}-{min(end, BIG - 1)}/{BIG}"
+        assert response.getheader("ETag") == f'"{sha}"' and response.getheader("Accept-Ranges") == "bytes"
+        received += body
+    assert received == image
+    whole, body = server.request("GET", target, {"Authorization": auth, "Range": "bytes=7-", "If-Range": '"stale"'})
+    assert whole.status == 200 and body == image  # If-Range names another image: the whole one
+    refused, body = server.request("GET", target, {"Authorization": auth, "Range": f"bytes={BIG}-"})
+    assert refused.status == 416 and json.loads(body)["error"]["code"] == "range_not_satisfiable"
+    assert refused.getheader("Content-Range") == f"bytes */{BIG}"
+    # The kernel sent every body, from the descriptor positioned at the range's start, exactly the range's length.
+    assert [(s["used"], s["offset"], s["length"], s["error"]) for s in server.sendfiles()] == [
+        (True, 0, 1_000_000, None),
+        (True, 1_000_000, 4_000_001, None),
+        (True, 5_000_001, BIG - 5_000_001, None),
+        (True, 0, BIG, None),
+    ]
+
+
+def _cut_after(server: Server, target: str, auth: str, nbytes: int) -> None:
+    """Start a whole download, read `nbytes`, then reset the connection (a vehicle losing its link)."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n\r\n".encode())
+    got = 0
+    while got < nbytes:
+        chunk = sock.recv(65536)
+        assert chunk
+        got += len(chunk)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not a polite FIN
+    sock.close()
+
+
+def _status_within(server: Server, target: str, auth: str, wanted: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        response, _ = server.request("GET", target, {"Authorization": auth, "Range": "bytes=0-0"})
+        if response.status == wanted or time.monotonic() > deadline:
+            return int(response.status)
+        time.sleep(0.1)
+
+
+def test_a_cut_sendfile_transfer_gives_its_download_slot_back(serve, pilot, running, device_client, sha):
+    _big_image(sha)
+    Region.objects.filter(pk=pilot.region_id).update(max_concurrent_downloads=1)
+    server = serve()
+    auth = _auth(device_client, pilot)
+    target = _target(_offer(server, auth))
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n\r\n".encode())
+    assert b" 200 " in sock.recv(65536)  # streaming, never read on: the one slot is taken
+    response, _ = server.request("GET", target, {"Authorization": auth, "Range": "bytes=0-0"})
+    assert response.status == 429
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # the link drops mid-sendfile
+    assert _status_within(server, target, auth, 206, seconds=5) == 206  # the slot came back
+    _cut_after(server, target, auth, 4 * 1024 * 1024)
+    assert _status_within(server, target, auth, 206, seconds=5) == 206  # and again after a cut mid-image
+    cut = [s for s in server.sendfiles() if s["error"]]
+    assert [(s["offset"], s["length"]) for s in cut] == [(0, BIG), (0, BIG)]  # both were cut inside sendfile
+
+
+def test_nginx_sends_the_bytes_the_app_authorised(serve, pilot, other_pilot, running, device_client, sha):
+    image = _big_image(sha)
+    server = serve(accel=True)
+    auth = _auth(device_client, pilot)
+    target = _target(_offer(server, auth))
+    received = b""
+    for end in (999_999, BIG + 10):
+        response, body = server.request(
+            "GET", target, {"Authorization": auth, "Range": f"bytes={len(received)}-{end}", "If-Range": f'"{sha}"'}
+        )
+        assert response.status == 206, body[:200]
+        assert response.getheader("Content-Range") == f"bytes {len(received)}-{min(end, BIG - 1)}/{BIG}"
+        assert response.getheader("ETag") == f'"{sha}"'
+        assert response.getheader("Cache-Control") == "private, max-age=0, must-revalidate"
+        received += body
+    assert received == image
+    for headers in ({"Range": "bytes=7-", "If-Range": '"stale"'}, {"Range": "bytes=0-1,5-6"}, {}):
+        response, body = server.request("GET", target, {"Authorization": auth, **headers})
+        assert response.status == 200 and body == image  # the app decided "whole image"; nginx keeps to it
+    refused, body = server.request("GET", target, {"Authorization": auth, "Range": f"bytes={BIG}-"})
+    assert refused.status == 416 and json.loads(body)["error"]["code"] == "range_not_satisfiable"
+    assert server.sendfiles() == []  # gunicorn sent no image bytes: nginx did
+    stranger = _auth(device_client, other_pilot)
+    forbidden, body = server.request("GET", target, {"Authorization": stranger})
+    assert forbidden.status == 403 and json.loads(body)["error"]["code"] == "download_token_invalid"
+    internal, _ = server.request("GET", f"/_ota_artifacts/whole/{sha[:2]}/{sha}", {})
+    assert internal.status == 404  # the internal locations answer only the app's redirects
+    assert SecurityEvent.objects.filter(kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED).count() == 1
