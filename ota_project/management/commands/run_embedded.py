@@ -40,7 +40,8 @@ DEMO_FLEET_SIZE = 25  # `make run` (OTA_DEMO_MODE) shows this many simulated dev
 
 def children(*, host: str, port: int, simulated_devices: int = 0) -> list[Child]:
     """The processes `make run` supervises besides the Temporal dev server (add one per line)."""
-    # The access log goes to the terminal as runserver's did (OTA_WEB_ACCESS_LOG= turns it off).
+    # The access log goes to the terminal: a newcomer sees the devices and the browser at work (OTA_WEB_ACCESS_LOG=
+    # turns it off).
     web_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OTA_WEB_ACCESS_LOG": os.environ.get("OTA_WEB_ACCESS_LOG", "-")}
     processes = [
         Child("worker", manage_argv("temporal_worker")),
