@@ -387,13 +387,15 @@ def start_temporal_dev_server(
     namespace: str,
     db_file: Path,
     ui_port: int | None = None,
+    register_search_attributes: bool = True,
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
 ) -> Child:
     """Start `temporal server start-dev` from the wheel on a loopback `address` (state in `db_file`, web UI on
     `ui_port` or none), wait until it answers, then register the rollout search attributes (a `manage.py
-    temporal_worker --register-search-attributes` step with `env`, which must point TEMPORAL_ADDRESS at it).
-    The server stops last; its output and the step's go to `log_dir` (None: the launcher's stdout)."""
+    temporal_worker --register-search-attributes` step with `env`, which must point TEMPORAL_ADDRESS at it;
+    skip it only when no workflow can start before a worker, which registers them too, polls). The server stops
+    last; its output and the step's go to `log_dir` (None: the launcher's stdout)."""
     host, port = split_address(address)
     if not is_loopback(host):
         raise ProcessError(f"{address} does not answer, and a Temporal dev server only starts on a loopback address")
@@ -411,6 +413,8 @@ def start_temporal_dev_server(
     )
     supervisor.start(server)
     supervisor.wait_ready(server, "the Temporal dev server")
+    if not register_search_attributes:
+        return server
     register = Child(
         "register search attributes",
         manage_argv("temporal_worker", "--register-search-attributes"),

@@ -123,7 +123,8 @@ class Stack:
             address=address,
             namespace=settings.TEMPORAL_NAMESPACE,
             db_file=self.workdir / "temporal.db",
-            env=child_environment(TEMPORAL_ADDRESS=address),
+            # The drill starts its rollouts once the worker polls, and the worker registers them as it starts.
+            register_search_attributes=False,
             log_dir=self.workdir,
         )
         self.temporal_address = address
