@@ -205,7 +205,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "db-connections-dropped",
-            "every PostgreSQL connection of the web processes and the worker is terminated 3 times, 3 s apart, "
+            "every PostgreSQL connection of the web server and the worker is terminated 3 times, 3 s apart, "
             "during the fleet wave: the devices ride it out and the rollout completes",
             500,
             chaos=DROP_DB_CONNECTIONS,
@@ -598,7 +598,7 @@ class Drill:
             strata=world.pilot_serials,
         )
         proxy = FaultProxy(
-            [("127.0.0.1", port) for port in stack.web_ports],
+            [("127.0.0.1", stack.web_port)],
             self.scenario.network,
             seed=self.options.seed,
             port=free_port(),
@@ -749,16 +749,18 @@ class Drill:
         self._fault("database connections terminated", connections=terminated, round=rounds + 1)
 
     def _race_starts(self, world: World, stack: Stack) -> list[int]:
-        """Two operators start the two overlapping changes at the same instant, over HTTP, each on a web process."""
+        """Two operators start the two overlapping changes at the same instant, over HTTP, each on its own
+        connection to the web server (gunicorn serves them on two threads at once, in one worker or two)."""
         racers = [("otto", world.change), ("opal", world.rival_change)]
         barrier = threading.Barrier(len(racers))
         answers: list[dict[str, Any]] = [{} for _ in racers]
 
         def race(index: int, name: str, change: Any) -> None:
-            port = stack.web_ports[index % len(stack.web_ports)]
             barrier.wait()
             sent = datetime.now(UTC)
-            status, body = _post_json(port, "/api/v1/rollouts/", {"change": change.pk}, token=world.tokens[name])
+            status, body = _post_json(
+                stack.web_port, "/api/v1/rollouts/", {"change": change.pk}, token=world.tokens[name]
+            )
             answers[index] = {
                 "operator": f"drill-{world.run_id}-{name}",
                 "change": change.pk,
@@ -990,7 +992,7 @@ class Drill:
 
 
 def _post_json(port: int, path: str, payload: dict[str, Any], *, token: str | None = None) -> tuple[int, dict]:
-    """POST JSON to a web process of the drill's stack; (HTTP status, decoded body)."""
+    """POST JSON to the web server of the drill's stack; (HTTP status, decoded body)."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Token {token}"

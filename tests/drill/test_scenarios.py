@@ -1,4 +1,4 @@
-"""Every drill scenario at a small size on the real stack: Temporal dev server, worker and web processes as
+"""Every drill scenario at a small size on the real stack: Temporal dev server, worker and gunicorn as
 subprocesses, the fault proxy and the agents in one asyncio loop, PostgreSQL. The reports are checked against
 the acceptance outcomes of issue #4, and against the database where it tells the same story another way."""
 

@@ -110,6 +110,11 @@ def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all
         assert f"postgres://postgres@/ota?host={tmp_path}/postgres" in output()
         children = _children_of(launcher.pid)
         assert len(children) == 3, output()  # temporal dev server, worker, web
+        # The web app is gunicorn's master with its gthread workers (grandchildren), its access log on the terminal.
+        assert "Using worker: gthread" in output()
+        wait_until(lambda: '"GET / HTTP/1.1" ' in output(), 10, "the access log line")
+        grandchildren = set().union(*(_children_of(pid) for pid in children))
+        assert len(grandchildren) >= 2, output()
 
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=90) == 0, output()
@@ -118,7 +123,7 @@ def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all
             launcher.kill()
             launcher.wait()
 
-    assert not [pid for pid in children if _alive(pid)], output()
+    assert not [pid for pid in children | grandchildren if _alive(pid)], output()
     assert not port_answers("127.0.0.1", web_port)
     assert not port_answers("127.0.0.1", temporal_port)
     assert "temporal_worker: stopped" in output()

@@ -49,7 +49,7 @@ SUMMARY_KEYS = (
 class Command(BaseCommand):
     help = (
         "Run a fleet drill: provision drill users, devices and releases through the services, start the Temporal "
-        "dev server, a worker and web processes, put N reference agents behind a fault proxy, run an approved "
+        "dev server, a worker and the web app under gunicorn, put N reference agents behind a fault proxy, run an approved "
         "rollout and report what the database and the devices say; exit 1 if an acceptance check failed. Scenarios: "
         + ", ".join(SCENARIOS)
         + "."
@@ -62,7 +62,9 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print exactly one JSON object on stdout.")
         parser.add_argument("--image-bytes", type=int, default=None, help="Image size (default: by fleet size).")
         parser.add_argument("--poll-seconds", type=int, default=None, help="Idle poll interval (default: by size).")
-        parser.add_argument("--web-processes", type=int, default=2, help="Web server processes behind the proxy.")
+        parser.add_argument(
+            "--web-processes", type=int, default=2, help="gunicorn workers of the web server behind the proxy."
+        )
         parser.add_argument(
             "--temporal-address",
             default=None,
