@@ -10,7 +10,7 @@ import os
 import re
 from typing import Any, BinaryIO, Literal
 
-from django.http import FileResponse, HttpResponseBase
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -23,7 +23,14 @@ from rest_framework.views import APIView
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge import services
-from devices.edge.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
+from devices.edge.checkin import checkin_record
+from devices.edge.identity import (
+    DEVICE_AUTHENTICATION,
+    DEVICE_PERMISSIONS,
+    MalformedCredential,
+    current_device,
+    presented_credential,
+)
 from devices.edge.serializers import (
     CheckinInputSerializer,
     CheckinOutputSerializer,
@@ -34,11 +41,12 @@ from devices.edge.serializers import (
 )
 from devices.edge.throttle import DownloadLease, checkin_admit, download_acquire
 from devices.firmware.storage import artifact_open
-from devices.selectors import LoadShaping
+from devices.models import Device, Region
+from devices.selectors import LoadShaping, region_load_shaping
 from devices.services import device_record_report
-from ota_project.errors import DomainError
+from ota_project.errors import DomainError, InvalidInput
 from ota_project.exceptions import error_body
-from ota_project.parsers import SafeJSONParser
+from ota_project.parsers import JSONBodyError, SafeJSONParser, json_loads_strict
 from ota_project.serializers import ApiErrorSerializer
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.models import Deployment
@@ -119,7 +127,7 @@ def poll_interval(*, shaping: LoadShaping, in_flight: bool) -> int:
     return min(base, IN_FLIGHT_POLL_SECONDS) if in_flight else base
 
 
-def _offer_body(request: Request, deployment: Deployment) -> dict[str, Any]:
+def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[str, Any]:
     artifact = deployment.release.artifact
     url = reverse("device-artifact", kwargs={"sha256": artifact.sha256})
     return {
@@ -133,7 +141,20 @@ def _offer_body(request: Request, deployment: Deployment) -> dict[str, Any]:
 
 
 class CheckinView(DeviceAPIView):
-    """Record what the device runs; answer the poll interval and, when one is due, an offer."""
+    """Record what the device runs; answer the poll interval and, when one is due, an offer.
+
+    Most check-ins take the short path (`quick_checkin`): one SQL statement authenticates the device, stores its
+    report and looks for work. Only when work waits does the locking offer path run; anything else the short path
+    cannot answer exactly as the full path would (a bad credential or body, a region with a check-in budget) is
+    handed to the full DRF path, which answers it (401 and its security event, 400, 413, 429).
+    """
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if request.method == "POST":
+            answer = quick_checkin(request)
+            if answer is not None:
+                return answer
+        return super().dispatch(request, *args, **kwargs)
 
     def admit(self, request: Request) -> None:
         self.shaping = checkin_admit(device=current_device(request))
@@ -164,26 +185,74 @@ class CheckinView(DeviceAPIView):
         device = current_device(request)
         body = CheckinInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
-        data = body.validated_data
-        active = data["slots"][data["active_slot"]]
-        device_record_report(
-            device=device,
-            version=active["version"],
-            release_counter=active["release_counter"],
-            at=timezone.now(),
-            active_slot=data["active_slot"],
-            boot_count=data["boot_count"],
-            health=data["health"],
-        )
-        # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
-        # service withdraws what they had been offered and not yet started installing.
-        deployment = deployment_offer(device=device)
-        in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
-        answer = {
-            "poll_interval_seconds": poll_interval(shaping=self.shaping, in_flight=in_flight),
-            "offer": _offer_body(request, deployment) if deployment else None,
-        }
-        return Response(CheckinOutputSerializer(answer).data)
+        device_record_report(device=device, at=timezone.now(), **_report(body.validated_data))
+        return Response(_checkin_answer(request, device=device, shaping=self.shaping))
+
+
+def _report(data: dict[str, Any]) -> dict[str, Any]:
+    """The device_record_report arguments of a valid check-in body (the active slot's version is what it runs)."""
+    active = data["slots"][data["active_slot"]]
+    return {
+        "version": active["version"],
+        "release_counter": active["release_counter"],
+        "active_slot": data["active_slot"],
+        "boot_count": data["boot_count"],
+        "health": data["health"],
+    }
+
+
+def _checkin_answer(request: HttpRequest | Request, *, device: Device, shaping: LoadShaping) -> dict[str, Any]:
+    """The answer once the report is stored: the offer service decides (and locks), then the poll interval."""
+    # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
+    # service withdraws what they had been offered and not yet started installing.
+    deployment = deployment_offer(device=device)
+    in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
+    answer = {
+        "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=in_flight),
+        "offer": _offer_body(request, deployment) if deployment else None,
+    }
+    return dict(CheckinOutputSerializer(answer).data)
+
+
+def quick_checkin(request: HttpRequest) -> HttpResponse | None:
+    """The short check-in path: one SQL statement when nothing waits, the locking offer path only when work does.
+
+    None whenever the full path must answer instead: no or a malformed credential, a body that is too large or
+    not a valid report, a credential the statement does not accept, or a region with a check-in budget (admission
+    comes before anything is recorded). Nothing was written then, and no security event recorded.
+    """
+    try:
+        presented = presented_credential(request)
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except (MalformedCredential, ValueError):
+        return None
+    if presented is None or length > SMALL_BODY_BYTES or len(request.body) > SMALL_BODY_BYTES:
+        return None
+    try:
+        body = CheckinInputSerializer(data=json_loads_strict(request.body))
+    except JSONBodyError:
+        return None
+    if not body.is_valid():
+        return None
+    serial, secret = presented
+    try:
+        row = checkin_record(serial=serial, secret=secret, report=_report(body.validated_data), at=timezone.now())
+    except InvalidInput:
+        return None
+    if row is None or not row.recorded:
+        return None
+    region = Region(
+        pk=row.region_id,
+        poll_interval_seconds=row.region_poll_interval_seconds,
+        max_checkins_per_window=row.region_max_checkins_per_window,
+    )
+    shaping = region_load_shaping(region=region)
+    if row.work_waiting:
+        device = Device.objects.select_related("region", "hardware_model").get(pk=row.device_id)
+        answer = _checkin_answer(request, device=device, shaping=shaping)
+    else:
+        answer = {"poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way), "offer": None}
+    return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
 
 
 class StatusView(DeviceAPIView):
