@@ -553,7 +553,7 @@ def device_decommission(*, actor: Actor, device: Device, reason: str = "") -> De
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def device_report_changes(
+def device_report_check(
     *,
     version: str,
     release_counter: int,
@@ -562,13 +562,7 @@ def device_report_changes(
     boot_count: int | None = None,
     health: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """The column updates that store one check-in report: THE rule of what a report changes, as one UPDATE's SET.
-
-    An older report never overwrites a newer one (out-of-order safe: each reported_* column keeps its value unless
-    this report is at least as recent as the stored one); last_seen_at only moves forward. Every expression reads
-    the row as it was before the UPDATE, so they compose in one statement (the device API's one-statement check-in
-    embeds them). InvalidInput (nothing written) when the report does not fit.
-    """
+    """The report as it will be stored, checked (InvalidInput, nothing written, when it does not fit)."""
     if timezone.is_naive(at):
         _raise_if({"at": ["Must be timezone-aware."]}, "The device report is invalid.")
     report = parse(
@@ -582,17 +576,31 @@ def device_report_changes(
         },
         message="The device report is invalid.",
     )
+    report["at"] = at
+    return report
+
+
+def device_report_changes(**report: Any) -> dict[str, Any]:
+    """The column updates that store one check-in report: THE rule of what a report changes, as one UPDATE's SET.
+
+    Takes device_report_check's arguments (and checks them). An older report never overwrites a newer one
+    (out-of-order safe: each reported_* column keeps its value unless this report is at least as recent as the
+    stored one); last_seen_at only moves forward. Every expression reads the row as it was before the UPDATE, so
+    they compose in one statement (the device API's one-statement check-in compiles them into its statement).
+    """
+    checked = device_report_check(**report)
+    at = checked["at"]
     reported: dict[str, tuple[Any, Field[Any, Any]]] = {
-        "reported_version": (report["version"], CharField()),
-        "reported_release_counter": (report["release_counter"], IntegerField()),
+        "reported_version": (checked["version"], CharField()),
+        "reported_release_counter": (checked["release_counter"], IntegerField()),
         "reported_at": (at, DateTimeField()),
     }
-    if active_slot is not None:
-        reported["reported_active_slot"] = (active_slot, CharField())
-    if boot_count is not None:
-        reported["reported_boot_count"] = (boot_count, IntegerField())
-    if report["health"] is not None:
-        reported["reported_health"] = (dict(report["health"]), JSONField())
+    if checked["active_slot"] is not None:
+        reported["reported_active_slot"] = (checked["active_slot"], CharField())
+    if checked["boot_count"] is not None:
+        reported["reported_boot_count"] = (checked["boot_count"], IntegerField())
+    if checked["health"] is not None:
+        reported["reported_health"] = (dict(checked["health"]), JSONField())
     newer = Q(reported_at__isnull=True) | Q(reported_at__lte=at)
     changes: dict[str, Any] = {
         column: Case(When(newer, then=Value(value, output_field=kind)), default=F(column), output_field=kind)

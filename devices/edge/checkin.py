@@ -11,8 +11,9 @@ a device over its budget must be refused before anything is recorded, and admiss
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -22,23 +23,17 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.db.models.sql import UpdateQuery
 
+from devices.credentials import secret_hash
 from devices.edge.identity import accepted_devices
+from devices.edge.services import IN_FLIGHT
 from devices.models import Device
-from devices.services import device_report_changes
-from rollouts.choices import DeploymentStatus
+from devices.services import device_report_changes, device_report_check
+from devices.validators import SLOT_NAMES
+from rollouts.deployment_services import OFFER_CANDIDATES
 from rollouts.models import Deployment
 
-# What deployment_offer looks at: with none of these, it offers nothing and changes nothing.
-OFFER_CANDIDATES = (DeploymentStatus.PENDING, DeploymentStatus.OFFERED)
-# Between offer and confirmation: the device polls faster (devices.edge.services.IN_FLIGHT, offered excepted:
-# an offered deployment is a candidate and takes the offer path).
-_UNDER_WAY = (
-    DeploymentStatus.DOWNLOADING,
-    DeploymentStatus.DOWNLOADED,
-    DeploymentStatus.INSTALLING,
-    DeploymentStatus.REBOOTING,
-    DeploymentStatus.CONFIRMING,
-)
+# In flight (the device polls faster) but no offer candidate: an offered deployment takes the offer path.
+_UNDER_WAY = tuple(status for status in IN_FLIGHT if status not in OFFER_CANDIDATES)
 _CALLER = RawSQL('SELECT "device_id" FROM "caller"', ())
 
 
@@ -55,21 +50,97 @@ class CheckinRow:
     under_way: bool  # a deployment between download and confirmation
 
 
-def _sql(queryset: QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
+# Stand-ins the statement is compiled with once per shape of report; each marks where one request value goes.
+_STAND_INS: dict[str, Any] = {
+    "serial": "stand-in-serial-5f0c",
+    "secret": "stand-in-secret-5f0c",
+    "default_budget": 1_357_913,
+    "version": "9753.8642.1-stand.in",
+    "release_counter": 1_234_567_891,
+    "at": datetime(1901, 2, 3, 4, 5, 6, 789_012, tzinfo=UTC),
+    "active_slot": SLOT_NAMES[-1],
+    "boot_count": 1_987_654_321,
+    "health": {"stand-in-5f0c": True},
+}
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """The check-in statement compiled by Django, with where each request value goes among its parameters."""
+
+    sql: str
+    slots: tuple[tuple[str | None, Any], ...]  # (name of the request value, or None for a constant; compiled param)
+
+    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(param if name is None else _rewrapped(param, values[name]) for name, param in self.slots)
+
+
+def _plain(param: Any) -> Any:
+    value = getattr(param, "obj", param)  # psycopg's Jsonb keeps the value in .obj
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _rewrapped(param: Any, value: Any) -> Any:
+    # The same adapter class as Django chose (Int4, Jsonb with its dumps), so PostgreSQL sees the same types.
+    if hasattr(param, "obj") and hasattr(param, "dumps"):
+        return type(param)(value, param.dumps)
+    if isinstance(param, int) and type(param) is not int:
+        return type(param)(value)
+    return value
+
+
+def _sql(queryset: QuerySet[Any]) -> tuple[str, list[Any]]:
     text, params = queryset.query.sql_with_params()
-    return text, tuple(params)
+    return text, list(params)
 
 
-def _update_sql(changes: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    # Django's own UPDATE compiler, so the SET clause is exactly what device_record_report runs.
+def _compile(present: frozenset[str]) -> _Statement:
+    """Compile the statement from the rules' own querysets, with stand-ins where request values go."""
+    stand_in = _STAND_INS
+    report = {name: stand_in[name] if name in present else None for name in ("active_slot", "boot_count", "health")}
+    changes = device_report_changes(
+        version=stand_in["version"], release_counter=stand_in["release_counter"], at=stand_in["at"], **report
+    )
+    caller, caller_params = _sql(
+        accepted_devices(stand_in["serial"], stand_in["secret"]).values(
+            device_id=F("pk"),
+            region_ref=F("region_id"),
+            poll=F("region__poll_interval_seconds"),
+            own_budget=F("region__max_checkins_per_window"),
+            # The region's own budget, else the global default (devices.selectors.region_load_shaping's rule).
+            budget=Coalesce(F("region__max_checkins_per_window"), Value(stand_in["default_budget"])),
+        )
+    )
     update = UpdateQuery(Device)
     update.add_q(Q(pk__in=RawSQL('SELECT "device_id" FROM "caller" WHERE "budget" = 0', ())))
-    update.add_update_values(changes)
-    text, params = update.get_compiler(connection=connection).as_sql()
-    return text, tuple(params)
+    update.add_update_values(changes)  # Django's own UPDATE compiler: exactly the SET device_record_report runs
+    written, written_params = update.get_compiler(connection=connection).as_sql()
+    waiting, waiting_params = _exists(OFFER_CANDIDATES)
+    under_way, under_way_params = _exists(_UNDER_WAY)
+    sql = (
+        f"WITH caller AS ({caller}), written AS ({written} RETURNING 1) "
+        'SELECT caller."device_id", caller."region_ref", caller."poll", caller."own_budget", '
+        f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way} FROM caller"
+    )
+    markers = {name: value for name, value in stand_in.items() if name in present or name not in report}
+    markers["secret"] = secret_hash(stand_in["secret"])
+    slots = []
+    for param in (*caller_params, *written_params, *waiting_params, *under_way_params):
+        value = _plain(param)
+        name = next((n for n, m in markers.items() if type(m) is type(value) and m == value), None)
+        slots.append((name, param))
+    missing = set(markers) - {name for name, _ in slots}
+    if missing:
+        raise RuntimeError(f"the check-in statement lost its parameters {sorted(missing)}")
+    return _Statement(sql, tuple(slots))
 
 
-def _exists(statuses: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
+@functools.cache
+def _statement(present: frozenset[str]) -> _Statement:
+    return _compile(present)
+
+
+def _exists(statuses: tuple[str, ...]) -> tuple[str, list[Any]]:
     text, params = _sql(Deployment.objects.filter(device_id__in=_CALLER, status__in=statuses).order_by().values("pk"))
     return f"EXISTS ({text})", params
 
@@ -78,30 +149,21 @@ def checkin_record(*, serial: str, secret: str, report: dict[str, Any], at: date
     """Authenticate, store the report (unless the region has a check-in budget) and look for work: one statement.
 
     None when the credential is not accepted (nothing written; the caller takes the full path, which answers the
-    one 401 and records the security event). InvalidInput for a report that does not fit (nothing run).
+    one 401 and records the security event). InvalidInput for a report that does not fit (nothing run). The
+    statement is compiled once per shape of report (which optional values it has) and reused.
     """
-    changes = device_report_changes(at=at, **report)
-    default_budget = int(getattr(settings, "OTA_DEVICE_MAX_CHECKINS_PER_WINDOW", 0))
-    caller, caller_params = _sql(
-        accepted_devices(serial, secret).values(
-            device_id=F("pk"),
-            region_ref=F("region_id"),
-            poll=F("region__poll_interval_seconds"),
-            own_budget=F("region__max_checkins_per_window"),
-            # The region's own budget, else the global default (devices.selectors.region_load_shaping's rule).
-            budget=Coalesce(F("region__max_checkins_per_window"), Value(default_budget)),
-        )
-    )
-    update, update_params = _update_sql(changes)
-    waiting, waiting_params = _exists(OFFER_CANDIDATES)
-    under_way, under_way_params = _exists(_UNDER_WAY)
-    statement = (
-        f"WITH caller AS ({caller}), written AS ({update} RETURNING 1) "
-        'SELECT caller."device_id", caller."region_ref", caller."poll", caller."own_budget", '
-        f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way} FROM caller"
-    )
+    checked = device_report_check(at=at, **report)
+    present = frozenset(name for name in ("active_slot", "boot_count", "health") if checked[name] is not None)
+    values = {
+        **checked,
+        "serial": serial,
+        "secret": secret_hash(secret),
+        "default_budget": int(getattr(settings, "OTA_DEVICE_MAX_CHECKINS_PER_WINDOW", 0)),
+        "health": dict(checked["health"]) if checked["health"] is not None else None,
+    }
+    statement = _statement(present)
     with connection.cursor() as cursor:
-        cursor.execute(statement, (*caller_params, *update_params, *waiting_params, *under_way_params))
+        cursor.execute(statement.sql, statement.params(values))
         row = cursor.fetchone()
     if row is None:
         return None
