@@ -38,6 +38,7 @@ from devices.edge.serializers import (
     StatusOutputSerializer,
     TelemetryInputSerializer,
     TelemetryOutputSerializer,
+    checkin_input_valid,
 )
 from devices.edge.throttle import DownloadLease, checkin_admit, download_acquire
 from devices.firmware.storage import artifact_open
@@ -217,8 +218,8 @@ def _checkin_answer(request: HttpRequest | Request, *, device: Device, shaping: 
 def quick_checkin(request: HttpRequest) -> HttpResponse | None:
     """The short check-in path: one SQL statement when nothing waits, the locking offer path only when work does.
 
-    None whenever the full path must answer instead: no or a malformed credential, a body that is too large or
-    not a valid report, a credential the statement does not accept, or a region with a check-in budget (admission
+    None whenever the full path must answer instead: no or a malformed credential, a body without a length, too
+    large or not a valid report, a credential the statement does not accept, or a region with a check-in budget (admission
     comes before anything is recorded). Nothing was written then, and no security event recorded.
     """
     try:
@@ -226,17 +227,18 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except (MalformedCredential, ValueError):
         return None
-    if presented is None or length > SMALL_BODY_BYTES or len(request.body) > SMALL_BODY_BYTES:
+    # A stated length only: without one, reading the body before authentication would read what a stranger sends.
+    if presented is None or not 0 < length <= SMALL_BODY_BYTES or len(request.body) > SMALL_BODY_BYTES:
         return None
     try:
-        body = CheckinInputSerializer(data=json_loads_strict(request.body))
+        body = checkin_input_valid(json_loads_strict(request.body))
     except JSONBodyError:
         return None
-    if not body.is_valid():
+    if body is None:
         return None
     serial, secret = presented
     try:
-        row = checkin_record(serial=serial, secret=secret, report=_report(body.validated_data), at=timezone.now())
+        row = checkin_record(serial=serial, secret=secret, report=_report(body), at=timezone.now())
     except InvalidInput:
         return None
     if row is None or not row.recorded:

@@ -151,3 +151,17 @@ def test_a_region_with_a_check_in_budget_is_admitted_before_anything_is_written(
     assert device_client(second).post(CHECKIN, checkin_body(), format="json").status_code == 429
     second.refresh_from_db()
     assert second.last_seen_at is None and second.reported_at is None
+
+
+def test_the_reused_check_in_validator_keeps_nothing_between_requests(fleet, device_client):
+    device = _fleet_device(fleet)
+    client = device_client(device)
+    assert client.post(CHECKIN, checkin_body(version="1.0.1"), format="json").status_code == 200
+    nested_unknown = checkin_body(slots={"a": {"version": "1.0.2", "release_counter": 1, "extra": 1}})
+    refused = client.post(CHECKIN, nested_unknown, format="json")
+    assert refused.status_code == 400 and "extra" in refused.json()["error"]["fields"]["slots"]["a"]
+    missing_active = checkin_body(active_slot="b", slots={"a": {"version": "1.0.3", "release_counter": 1}})
+    assert client.post(CHECKIN, missing_active, format="json").status_code == 400
+    assert client.post(CHECKIN, checkin_body(version="1.0.4"), format="json").status_code == 200
+    device.refresh_from_db()
+    assert device.reported_version == "1.0.4"
