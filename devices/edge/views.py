@@ -250,7 +250,8 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
     )
     shaping = region_load_shaping(region=region)
     if row.work_waiting:
-        device = Device.objects.select_related("region", "hardware_model").get(pk=row.device_id)
+        # deployment_offer reads the region (windows) and reads the rest of what it decides on fresh itself.
+        device = Device.objects.select_related("region").get(pk=row.device_id)
         answer = _checkin_answer(request, device=device, shaping=shaping)
     else:
         answer = {"poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way), "offer": None}
