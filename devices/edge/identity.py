@@ -10,9 +10,11 @@ every reason); a request with no device credential at all is a plain 401 and no 
 How mTLS replaces it: the TLS terminator verifies the client certificate against the device CA and passes the
 certificate's sha256 fingerprint in a header it sets itself (stripping any client-supplied copy), e.g.
 `X-Client-Cert-Fingerprint`, or in the WSGI environ. A `DeviceCertificateAuthentication` class then looks up
-`Device.certificate_fingerprint` and applies the same status rules as `_device_for` below; the device views
+`Device.certificate_fingerprint` and applies the same status rules as `accepted_devices` below; the device views
 keep calling `current_device(request)` and name only `DEVICE_AUTHENTICATION` / `IsDevice`, so swapping the
-class in `DEVICE_AUTHENTICATION` is the whole change.
+class in `DEVICE_AUTHENTICATION` is the whole change for every endpoint but the check-in's short path
+(`devices.edge.checkin`), which embeds `accepted_devices` and reads `presented_credential`: give both the
+fingerprint (until then, a check-in without the header simply takes the full path).
 """
 
 from __future__ import annotations
