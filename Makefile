@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry bench-ranges clean
+.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench-telemetry: install services
 bench-ranges: install services
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_ranges" -c "CREATE DATABASE ota_bench_ranges"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_ranges OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.ranges
+
+## Check-in benchmark: gunicorn + wrk, idle and offer check-ins vs "hello" and "hello + one query" (ota_bench_checkin)
+bench-checkin: install services
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_checkin" -c "CREATE DATABASE ota_bench_checkin"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_checkin OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.checkin $(BENCH_ARGS)
 
 clean:
 	-[ ! -x $(BIN)/python ] || $(BIN)/python manage.py embedded_db stop

@@ -9,7 +9,19 @@ from typing import Any, TypedDict, TypeVar
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Model, Q
+from django.db.models import (
+    Case,
+    CharField,
+    DateTimeField,
+    F,
+    Field,
+    IntegerField,
+    JSONField,
+    Model,
+    Q,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -541,21 +553,16 @@ def device_decommission(*, actor: Actor, device: Device, reason: str = "") -> De
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@transaction.atomic
-def device_record_report(
+def device_report_check(
     *,
-    device: Device,
     version: str,
     release_counter: int,
     at: datetime,
     active_slot: str | None = None,
     boot_count: int | None = None,
     health: dict[str, bool] | None = None,
-) -> Device:
-    """Store what a device reports at check-in (version of its active slot, boot count, health summary) and when.
-
-    An older report never overwrites a newer one (out-of-order safe); last_seen_at only moves forward.
-    """
+) -> dict[str, Any]:
+    """The report as it will be stored, checked (InvalidInput, nothing written, when it does not fit)."""
     if timezone.is_naive(at):
         _raise_if({"at": ["Must be timezone-aware."]}, "The device report is invalid.")
     report = parse(
@@ -569,21 +576,65 @@ def device_record_report(
         },
         message="The device report is invalid.",
     )
-    version, release_counter, health = report["version"], report["release_counter"], report["health"]
-    state: dict[str, Any] = {}
-    if active_slot is not None:
-        state["reported_active_slot"] = active_slot
-    if boot_count is not None:
-        state["reported_boot_count"] = boot_count
-    if health is not None:
-        state["reported_health"] = dict(health)
-    Device.objects.filter(pk=device.pk).filter(Q(reported_at__isnull=True) | Q(reported_at__lte=at)).update(
-        reported_version=version,
-        reported_release_counter=release_counter,
-        reported_at=at,
-        **state,
+    report["at"] = at
+    return report
+
+
+def device_report_changes(**report: Any) -> dict[str, Any]:
+    """The column updates that store one check-in report: THE rule of what a report changes, as one UPDATE's SET.
+
+    Takes device_report_check's arguments (and checks them). An older report never overwrites a newer one
+    (out-of-order safe: each reported_* column keeps its value unless this report is at least as recent as the
+    stored one); last_seen_at only moves forward. Every expression reads the row as it was before the UPDATE, so
+    they compose in one statement (the device API's one-statement check-in compiles them into its statement).
+    """
+    checked = device_report_check(**report)
+    at = checked["at"]
+    reported: dict[str, tuple[Any, Field[Any, Any]]] = {
+        "reported_version": (checked["version"], CharField()),
+        "reported_release_counter": (checked["release_counter"], IntegerField()),
+        "reported_at": (at, DateTimeField()),
+    }
+    if checked["active_slot"] is not None:
+        reported["reported_active_slot"] = (checked["active_slot"], CharField())
+    if checked["boot_count"] is not None:
+        reported["reported_boot_count"] = (checked["boot_count"], IntegerField())
+    if checked["health"] is not None:
+        reported["reported_health"] = (dict(checked["health"]), JSONField())
+    newer = Q(reported_at__isnull=True) | Q(reported_at__lte=at)
+    changes: dict[str, Any] = {
+        column: Case(When(newer, then=Value(value, output_field=kind)), default=F(column), output_field=kind)
+        for column, (value, kind) in reported.items()
+    }
+    changes["last_seen_at"] = Greatest(Coalesce("last_seen_at", Value(at)), Value(at))
+    return changes
+
+
+@transaction.atomic
+def device_record_report(
+    *,
+    device: Device,
+    version: str,
+    release_counter: int,
+    at: datetime,
+    active_slot: str | None = None,
+    boot_count: int | None = None,
+    health: dict[str, bool] | None = None,
+) -> Device:
+    """Store what a device reports at check-in (version of its active slot, boot count, health summary) and when.
+
+    An older report never overwrites a newer one (out-of-order safe); last_seen_at only moves forward
+    (`device_report_changes` holds the rule).
+    """
+    changes = device_report_changes(
+        version=version,
+        release_counter=release_counter,
+        at=at,
+        active_slot=active_slot,
+        boot_count=boot_count,
+        health=health,
     )
-    Device.objects.filter(pk=device.pk).update(last_seen_at=Greatest(Coalesce("last_seen_at", at), at))
+    Device.objects.filter(pk=device.pk).update(**changes)
     device.refresh_from_db(
         fields=[
             "reported_version",

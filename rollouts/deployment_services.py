@@ -154,6 +154,11 @@ def _end_unstarted(deployment: Deployment, refusal: Refusal, now: datetime) -> N
     )
 
 
+# The deployments deployment_offer looks at: a device with none of them is offered nothing and nothing changes
+# (the device API's one-statement check-in relies on it to answer idle devices without the locking path).
+OFFER_CANDIDATES = (DeploymentStatus.PENDING, DeploymentStatus.OFFERED)
+
+
 @atomic_with_retry()
 def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployment | None:
     """The deployment to offer a checking-in device now, if any: rollbacks first, respecting pause, halt, the
@@ -168,7 +173,7 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
         # and artifact rows, so concurrent check-ins of one rollout skip each other's deployments (skip_locked).
         Deployment.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("rollout__change", "release__artifact")
-        .filter(device=device, status__in=(DeploymentStatus.PENDING, DeploymentStatus.OFFERED))
+        .filter(device=device, status__in=OFFER_CANDIDATES)
         .order_by("-kind", "created_at")  # "update" > "rollback": rollbacks come first
     )
     if not candidates:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -53,6 +54,27 @@ class CheckinInputSerializer(StrictSerializer):
         if attrs["active_slot"] not in attrs["slots"]:
             raise serializers.ValidationError({"active_slot": ["The active slot must be among the slots."]})
         return attrs
+
+
+_per_thread = threading.local()
+
+
+def checkin_input_valid(data: Any) -> dict[str, Any] | None:
+    """The check-in body as CheckinInputSerializer validates it, or None when it refuses it (the full path then
+    answers the 400 naming each field).
+
+    One serializer per thread, reused: DRF deep-copies every declared field into each new serializer, half of a
+    check-in's validation time. `run_validation` keeps no state between calls (unknown fields are checked against
+    the declared ones, not against `initial_data`).
+    """
+    serializer = getattr(_per_thread, "checkin", None)
+    if serializer is None:
+        serializer = _per_thread.checkin = CheckinInputSerializer()
+    try:
+        validated: dict[str, Any] = serializer.run_validation(data)
+    except serializers.ValidationError:
+        return None
+    return validated
 
 
 class StatusInputSerializer(StrictSerializer):

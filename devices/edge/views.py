@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.http import FileResponse, HttpResponse, HttpResponseBase
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge import services
+from devices.edge.checkin import checkin_record
 from devices.edge.download_tokens import (
     DownloadGrant,
     DownloadTokenRefused,
@@ -32,7 +33,13 @@ from devices.edge.download_tokens import (
     download_token_verify,
     now_seconds,
 )
-from devices.edge.identity import DEVICE_AUTHENTICATION, DEVICE_PERMISSIONS, current_device
+from devices.edge.identity import (
+    DEVICE_AUTHENTICATION,
+    DEVICE_PERMISSIONS,
+    MalformedCredential,
+    current_device,
+    presented_credential,
+)
 from devices.edge.serializers import (
     CheckinInputSerializer,
     CheckinOutputSerializer,
@@ -40,15 +47,16 @@ from devices.edge.serializers import (
     StatusOutputSerializer,
     TelemetryInputSerializer,
     TelemetryOutputSerializer,
+    checkin_input_valid,
 )
 from devices.edge.throttle import DownloadLease, checkin_admit, download_acquire
 from devices.firmware.storage import artifact_open, artifact_relative_path
-from devices.models import Device
-from devices.selectors import LoadShaping
+from devices.models import Device, Region
+from devices.selectors import LoadShaping, region_load_shaping
 from devices.services import device_record_report
-from ota_project.errors import DomainError
+from ota_project.errors import DomainError, InvalidInput
 from ota_project.exceptions import error_body
-from ota_project.parsers import SafeJSONParser
+from ota_project.parsers import JSONBodyError, SafeJSONParser, json_loads_strict
 from ota_project.serializers import ApiErrorSerializer
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.models import Deployment
@@ -129,7 +137,7 @@ def poll_interval(*, shaping: LoadShaping, in_flight: bool) -> int:
     return min(base, IN_FLIGHT_POLL_SECONDS) if in_flight else base
 
 
-def _offer_body(request: Request, deployment: Deployment) -> dict[str, Any]:
+def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[str, Any]:
     artifact = deployment.release.artifact
     token = download_token_issue(
         device_id=deployment.device_id,
@@ -151,7 +159,20 @@ def _offer_body(request: Request, deployment: Deployment) -> dict[str, Any]:
 
 
 class CheckinView(DeviceAPIView):
-    """Record what the device runs; answer the poll interval and, when one is due, an offer."""
+    """Record what the device runs; answer the poll interval and, when one is due, an offer.
+
+    Most check-ins take the short path (`quick_checkin`): one SQL statement authenticates the device, stores its
+    report and looks for work. Only when work waits does the locking offer path run; anything else the short path
+    cannot answer exactly as the full path would (a bad credential or body, a region with a check-in budget) is
+    handed to the full DRF path, which answers it (401 and its security event, 400, 413, 429).
+    """
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if request.method == "POST":
+            answer = quick_checkin(request)
+            if answer is not None:
+                return answer
+        return super().dispatch(request, *args, **kwargs)
 
     def admit(self, request: Request) -> None:
         self.shaping = checkin_admit(device=current_device(request))
@@ -182,26 +203,76 @@ class CheckinView(DeviceAPIView):
         device = current_device(request)
         body = CheckinInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
-        data = body.validated_data
-        active = data["slots"][data["active_slot"]]
-        device_record_report(
-            device=device,
-            version=active["version"],
-            release_counter=active["release_counter"],
-            at=timezone.now(),
-            active_slot=data["active_slot"],
-            boot_count=data["boot_count"],
-            health=data["health"],
-        )
-        # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
-        # service withdraws what they had been offered and not yet started installing.
-        deployment = deployment_offer(device=device)
-        in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
-        answer = {
-            "poll_interval_seconds": poll_interval(shaping=self.shaping, in_flight=in_flight),
-            "offer": _offer_body(request, deployment) if deployment else None,
-        }
-        return Response(CheckinOutputSerializer(answer).data)
+        device_record_report(device=device, at=timezone.now(), **_report(body.validated_data))
+        return Response(_checkin_answer(request, device=device, shaping=self.shaping))
+
+
+def _report(data: dict[str, Any]) -> dict[str, Any]:
+    """The device_record_report arguments of a valid check-in body (the active slot's version is what it runs)."""
+    active = data["slots"][data["active_slot"]]
+    return {
+        "version": active["version"],
+        "release_counter": active["release_counter"],
+        "active_slot": data["active_slot"],
+        "boot_count": data["boot_count"],
+        "health": data["health"],
+    }
+
+
+def _checkin_answer(request: HttpRequest | Request, *, device: Device, shaping: LoadShaping) -> dict[str, Any]:
+    """The answer once the report is stored: the offer service decides (and locks), then the poll interval."""
+    # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
+    # service withdraws what they had been offered and not yet started installing.
+    deployment = deployment_offer(device=device)
+    in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
+    answer = {
+        "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=in_flight),
+        "offer": _offer_body(request, deployment) if deployment else None,
+    }
+    return dict(CheckinOutputSerializer(answer).data)
+
+
+def quick_checkin(request: HttpRequest) -> HttpResponse | None:
+    """The short check-in path: one SQL statement when nothing waits, the locking offer path only when work does.
+
+    None whenever the full path must answer instead: no or a malformed credential, a body without a length, too
+    large or not a valid report, a credential the statement does not accept, or a region with a check-in budget (admission
+    comes before anything is recorded). Nothing was written then, and no security event recorded.
+    """
+    try:
+        presented = presented_credential(request)
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except (MalformedCredential, ValueError):
+        return None
+    # A stated length only: without one, reading the body before authentication would read what a stranger sends.
+    if presented is None or not 0 < length <= SMALL_BODY_BYTES or len(request.body) > SMALL_BODY_BYTES:
+        return None
+    try:
+        body = checkin_input_valid(json_loads_strict(request.body))
+    except JSONBodyError:
+        return None
+    if body is None:
+        return None
+    serial, secret = presented
+    try:
+        row = checkin_record(serial=serial, secret=secret, report=_report(body), at=timezone.now())
+    except InvalidInput:
+        return None
+    if row is None or not row.recorded:
+        return None
+    region = Region(
+        pk=row.region_id,
+        poll_interval_seconds=row.region_poll_interval_seconds,
+        max_checkins_per_window=row.region_max_checkins_per_window,
+    )
+    shaping = region_load_shaping(region=region)
+    if row.work_waiting:
+        # deployment_offer reads the region (windows) and reads the rest of what it decides on fresh itself.
+        device = Device.objects.select_related("region").get(pk=row.device_id)
+        answer = _checkin_answer(request, device=device, shaping=shaping)
+    else:
+        answer = {"poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way), "offer": None}
+    return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
 
 
 class StatusView(DeviceAPIView):

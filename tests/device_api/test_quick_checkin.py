@@ -1,0 +1,167 @@
+"""The one-statement check-in: an idle device costs one SQL statement, and the short path never answers what only
+the full path may (an offer, a refused credential, a budget, a bad body)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import caches
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from approvals.audit.choices import SecurityEventKind
+from approvals.audit.models import SecurityEvent
+from devices.credentials import device_credential_revoke
+from devices.models import Device
+from devices.services import device_decommission, device_quarantine, region_update
+from rollouts.choices import DeploymentStatus, RolloutStatus
+from rollouts.models import Deployment
+from rollouts.rollout_services import rollout_phase
+from tests.device_api.conftest import checkin_body
+from workflows.types import PhaseChange
+
+pytestmark = pytest.mark.django_db
+
+CHECKIN = "/device/v1/checkin/"
+
+
+@pytest.fixture(autouse=True)
+def _clean_budget_cache():
+    caches["default"].clear()
+    yield
+    caches["default"].clear()
+
+
+def _fleet_device(fleet) -> Device:
+    return Device.objects.filter(region=fleet["region"]).order_by("serial")[0]
+
+
+def _statements(client, body=None) -> tuple[int, dict, list[str]]:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(CHECKIN, body or checkin_body(), format="json")
+    # The check-in statement is bound on the server, so its logged text can be empty (None).
+    return response.status_code, response.json(), [q["sql"] or "" for q in queries.captured_queries]
+
+
+def test_an_idle_check_in_is_one_statement_that_stores_the_report(fleet, device_client, settings):
+    settings.OTA_DEVICE_POLL_SECONDS = 420
+    device = _fleet_device(fleet)
+    client = device_client(device)
+    status, answer, statements = _statements(client, checkin_body(version="1.0.3", release_counter=2))
+    assert (status, answer) == (200, {"poll_interval_seconds": 420, "offer": None})
+    assert len(statements) == 1
+    device.refresh_from_db()
+    assert (device.reported_version, device.reported_release_counter) == ("1.0.3", 2)
+    assert (device.reported_active_slot, device.reported_boot_count) == ("a", 12)
+    assert device.reported_health == {"modem_attach": True, "gnss_fix": True}
+    first_seen = device.last_seen_at
+    assert first_seen is not None
+    assert len(_statements(client)[2]) == 1
+    device.refresh_from_db()
+    assert device.last_seen_at is not None and device.last_seen_at >= first_seen
+    assert device.reported_version == "1.0.0"
+
+
+def test_a_device_with_an_update_under_way_polls_faster_in_one_statement(pilot, running, device_client, operator):
+    client = device_client(pilot)
+    offer = client.post(CHECKIN, checkin_body(), format="json").json()["offer"]
+    status_url = f"/device/v1/deployments/{offer['deployment_id']}/status/"
+    assert client.post(status_url, {"seq": 1, "status": "downloading"}, format="json").status_code == 200
+    region_update(actor=operator, region=pilot.region, changes={"poll_interval_seconds": 3600})
+    status, answer, statements = _statements(client)
+    assert (status, answer, len(statements)) == (200, {"poll_interval_seconds": 30, "offer": None}, 1)
+
+
+def test_a_live_offer_is_re_sent_by_the_locking_offer_path(pilot, running, device_client):
+    client = device_client(pilot)
+    first = client.post(CHECKIN, checkin_body(), format="json").json()["offer"]
+    status, answer, statements = _statements(client)
+    assert status == 200 and answer["offer"] == first and answer["poll_interval_seconds"] == 30
+    assert any("FOR UPDATE" in sql for sql in statements)  # deployment_offer's lock, never the short path
+    assert Deployment.objects.get(pk=first["deployment_id"]).status == DeploymentStatus.OFFERED
+
+
+def test_a_halted_rollouts_offer_is_not_re_sent(pilot, running, device_client):
+    client = device_client(pilot)
+    offer = client.post(CHECKIN, checkin_body(), format="json").json()["offer"]
+    assert offer is not None
+    rollout_phase(PhaseChange(running.pk, RolloutStatus.HALTED, 0))
+    status, answer, _ = _statements(client)
+    assert status == 200 and answer["offer"] is None
+    pilot.refresh_from_db()
+    assert pilot.last_seen_at is not None
+
+
+def test_a_withdrawn_offer_is_not_served_to_a_quarantined_device(pilot, running, device_client, operator):
+    client = device_client(pilot)
+    offer = client.post(CHECKIN, checkin_body(), format="json").json()["offer"]
+    device_quarantine(actor=operator, device=pilot, reason="tampered enclosure")
+    status, answer, _ = _statements(client, checkin_body(version="1.0.9"))
+    assert status == 200 and answer["offer"] is None
+    assert Deployment.objects.get(pk=offer["deployment_id"]).status == DeploymentStatus.CANCELLED
+    pilot.refresh_from_db()
+    assert pilot.reported_version == "1.0.9"  # a quarantined device's report is still drift evidence
+
+
+def _refused_once(client, device: Device) -> None:
+    before = Device.objects.get(pk=device.pk)
+    status, answer, _ = _statements(client, checkin_body(version="9.9.9"))
+    assert status == 401 and answer["error"]["message"] == "Invalid device credentials."
+    (event,) = SecurityEvent.objects.all()
+    assert (event.kind, event.count) == (SecurityEventKind.DEVICE_AUTH_FAILED, 1)
+    after = Device.objects.get(pk=device.pk)
+    assert (after.last_seen_at, after.reported_version) == (before.last_seen_at, before.reported_version)
+
+
+def test_a_revoked_credential_is_refused_once_and_records_nothing(fleet, device_client, operator):
+    device = _fleet_device(fleet)
+    client = device_client(device)
+    assert client.post(CHECKIN, checkin_body(), format="json").status_code == 200
+    device_credential_revoke(actor=operator, device=device, reason="unit stolen")
+    _refused_once(client, device)
+
+
+def test_a_decommissioned_device_is_refused_once_and_records_nothing(fleet, device_client, operator):
+    device = _fleet_device(fleet)
+    client = device_client(device)
+    device_decommission(actor=operator, device=device, reason="scrapped")
+    _refused_once(client, device)
+
+
+def test_a_bad_body_with_a_bad_credential_is_a_401_not_a_400(fleet, device_client):
+    device = _fleet_device(fleet)
+    client = device_client(device, secret="not-the-issued-secret")
+    device_client(device)  # the device has a real credential; the client sends another secret
+    _refused_once(client, device)
+    assert client.post(CHECKIN, {"slots": "nope"}, format="json").status_code == 401
+
+
+def test_a_bad_report_from_a_good_device_is_a_400_naming_the_field(fleet, device_client):
+    device = _fleet_device(fleet)
+    client = device_client(device)
+    answer = client.post(CHECKIN, checkin_body(version="not a version"), format="json")
+    assert answer.status_code == 400 and "version" in answer.json()["error"]["fields"]
+    device.refresh_from_db()
+    assert device.last_seen_at is None
+
+
+def test_a_region_with_a_check_in_budget_is_admitted_before_anything_is_written(fleet, device_client, operator):
+    region_update(actor=operator, region=fleet["region"], changes={"max_checkins_per_window": 1})
+    first, second = Device.objects.filter(region=fleet["region"])[:2]
+    assert device_client(first).post(CHECKIN, checkin_body(), format="json").status_code == 200
+    assert device_client(second).post(CHECKIN, checkin_body(), format="json").status_code == 429
+    second.refresh_from_db()
+    assert second.last_seen_at is None and second.reported_at is None
+
+
+def test_the_reused_check_in_validator_keeps_nothing_between_requests(fleet, device_client):
+    device = _fleet_device(fleet)
+    client = device_client(device)
+    assert client.post(CHECKIN, checkin_body(version="1.0.1"), format="json").status_code == 200
+    nested_unknown = checkin_body(slots={"a": {"version": "1.0.2", "release_counter": 1, "extra": 1}})
+    refused = client.post(CHECKIN, nested_unknown, format="json")
+    assert refused.status_code == 400 and "extra" in refused.json()["error"]["fields"]["slots"]["a"]
+    missing_active = checkin_body(active_slot="b", slots={"a": {"version": "1.0.3", "release_counter": 1}})
+    assert client.post(CHECKIN, missing_active, format="json").status_code == 400
+    assert client.post(CHECKIN, checkin_body(version="1.0.4"), format="json").status_code == 200
+    device.refresh_from_db()
+    assert device.reported_version == "1.0.4"
