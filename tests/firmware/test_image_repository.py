@@ -64,8 +64,8 @@ def test_a_third_party_client_verifies_the_repository_from_root_alone_and_downlo
         target = release_sign(actor=operator, change=approved_change)
 
     assert (target.path, target.release_counter, target.hardware_ids) == ("1.1.0/tcu-1.1.0.bin", 1, ["tcu-4g-r2"])
-    record = DecisionRecord.objects.get(action="release.sign")
-    assert record.after["sha256"] == target.sha256 and record.after["change"] == approved_change.pk
+    signed = DecisionRecord.objects.get(action="release.sign").after
+    assert signed is not None and (signed["sha256"], signed["change"]) == (target.sha256, approved_change.pk)
     root = (repository / "metadata" / "1.root.json").read_bytes()
     with served(repository) as url:
         updater = client(url, tmp_path / "vehicle", root)
