@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import UnsignedMetadataError
@@ -15,13 +17,21 @@ from tuf.api.metadata import Metadata, Targets
 from tuf.api.serialization import DeserializationError
 
 from approvals.audit.models import DecisionRecord, SecurityEvent
+from devices.firmware.keys.choices import KeyLocation
+from devices.firmware.keys.models import SigningKey
 from devices.firmware.keys.services import key_create, key_import_public
 from devices.firmware.repository.models import ImageMetadata, ImageTarget
 from devices.firmware.repository.services import image_repository_init, image_repository_refresh, root_draft
 from devices.firmware.signing import release_sign
 from devices.firmware.storage import artifact_path
+from devices.firmware.tasks import image_repository_refresh_task
+from ota_project.celery import app as celery_app
 from ota_project.errors import Conflict, InvalidInput
 from ota_project.hsm.public import public_key_pem
+from ota_project.hsm.roles import KeyRole
+from ota_project.hsm.token import role_label, token_keys
+from rollouts.models import Rollout
+from rollouts.rollout_services.start import rollout_start
 from tests.firmware.repository_support import ONLINE_ROLES, client, release_bytes, repository_start, served
 
 pytestmark = pytest.mark.django_db
@@ -166,3 +176,48 @@ def test_refresh_resigns_timestamp_and_snapshot_only_near_expiry(repository):
     assert (newest["snapshot"], newest["timestamp"]) == (versions["snapshot"] + 1, versions["timestamp"] + 2)
     assert newest["targets"] == versions["targets"]
     assert DecisionRecord.objects.filter(action="image_repository.refresh").count() == 2
+
+
+def test_a_rollout_start_signs_the_approved_release_before_any_device_is_offered(
+    repository, stored_release, approved_change, operator, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        rollout = rollout_start(actor=operator, change=approved_change, start_workflow=False)
+
+    assert ImageTarget.objects.get().release == stored_release
+    signed = DecisionRecord.objects.get(action="release.sign")
+    started = DecisionRecord.objects.get(action="rollout.start", object_id=str(rollout.pk))
+    assert signed.seq < started.seq
+
+
+def test_a_rollout_whose_artifact_changed_after_approval_does_not_start(
+    repository, stored_release, approved_change, operator
+):
+    artifact_path(stored_release.artifact.sha256).write_bytes(b"x" * len(IMAGE))
+    before = _published()
+    with pytest.raises(Conflict, match="changed after approval"):
+        rollout_start(actor=operator, change=approved_change, start_workflow=False)
+    assert not Rollout.objects.exists() and _published() == before and _refusal_events() == 1
+
+
+def test_celery_beat_refreshes_the_repository(repository):
+    assert "firmware.image_repository_refresh" in {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
+    assert image_repository_refresh_task.apply().get() == []  # freshly signed: nothing near expiry
+
+
+def test_the_development_ceremony_makes_root_on_its_own_token_and_a_client_trusts_it(
+    security_officer, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    settings.DATA_DIR = tmp_path / "data"
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("image_repository", "dev-ceremony", "--actor", security_officer.username, stdout=io.StringIO())
+
+    root_key = SigningKey.objects.get(role="root")
+    assert root_key.location == KeyLocation.OFFLINE
+    assert token_keys(label=role_label(KeyRole.ROOT)) == []  # the root key is not on the server's token
+    assert (tmp_path / "data" / "softhsm-offline-dev" / "softhsm2.conf").exists()
+    root_file = settings.IMAGE_REPOSITORY_DIR / "metadata" / "1.root.json"
+    with served(settings.IMAGE_REPOSITORY_DIR) as url:
+        client(url, tmp_path / "vehicle", root_file.read_bytes()).refresh()
+    with pytest.raises(CommandError, match="already has a root"):
+        call_command("image_repository", "init", "--actor", security_officer.username, "--root", str(root_file))
