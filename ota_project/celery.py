@@ -56,8 +56,6 @@ def embedded_defaults() -> dict[str, Any]:
             # A signed checkpoint of the decision record's head, kept outside the database (when the head moved).
             "audit-checkpoint": {"task": "approvals.audit_checkpoint", "schedule": 60.0},
             "security-events-purge": {"task": "approvals.security_event_purge", "schedule": crontab(hour=3, minute=41)},
-            # The image repository's timestamp (1 day) and snapshot (1 week) are re-signed well before they expire.
-            "image-repository-refresh": {"task": "firmware.image_repository_refresh", "schedule": 600.0},
             "finished-rollouts-expire-deadlines": {
                 "task": "rollouts.finished_rollouts_expire_deadlines",
                 "schedule": 300.0,

@@ -154,7 +154,7 @@ PKCS11_OFFLINE_TOKEN = os.environ.get("OTA_PKCS11_OFFLINE_TOKEN", "")
 PKCS11_OFFLINE_PIN = os.environ.get("OTA_PKCS11_OFFLINE_PIN", "")
 # The image repository (TUF, devices.firmware.repository): static files served CDN-style from this directory
 # (metadata/ and targets/), and how long each role's metadata stays valid (days). Timestamp and snapshot are
-# re-signed once less than half of their lifetime is left (`image_repository refresh`, run by celery beat).
+# re-signed once less than half of their lifetime is left (`image_repository refresh`, run by a Temporal schedule).
 IMAGE_REPOSITORY_DIR = Path(os.environ.get("OTA_IMAGE_REPOSITORY_DIR", DATA_DIR / "repository" / "image"))
 IMAGE_REPOSITORY_EXPIRY_DAYS = {
     "root": int(os.environ.get("OTA_IMAGE_ROOT_EXPIRY_DAYS", "365")),

@@ -24,8 +24,6 @@ from devices.firmware.repository.models import ImageMetadata, ImageTarget
 from devices.firmware.repository.services import image_repository_init, image_repository_refresh, root_draft
 from devices.firmware.signing import release_sign
 from devices.firmware.storage import artifact_path
-from devices.firmware.tasks import image_repository_refresh_task
-from ota_project.celery import app as celery_app
 from ota_project.errors import Conflict, InvalidInput
 from ota_project.hsm.public import public_key_pem
 from ota_project.hsm.roles import KeyRole
@@ -198,11 +196,6 @@ def test_a_rollout_whose_artifact_changed_after_approval_does_not_start(
     with pytest.raises(Conflict, match="changed after approval"):
         rollout_start(actor=operator, change=approved_change, start_workflow=False)
     assert not Rollout.objects.exists() and _published() == before and _refusal_events() == 1
-
-
-def test_celery_beat_refreshes_the_repository(repository):
-    assert "firmware.image_repository_refresh" in {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
-    assert image_repository_refresh_task.apply().get() == []  # freshly signed: nothing near expiry
 
 
 def test_the_development_ceremony_makes_root_on_its_own_token_and_a_client_trusts_it(

@@ -276,7 +276,8 @@ def _near_expiry(stored: ImageMetadata, now: datetime) -> bool:
 @transaction.atomic
 def image_repository_refresh(*, now: datetime | None = None) -> list[str]:
     """Re-sign snapshot (and so timestamp) or timestamp alone when within the margin of expiry; returns the roles
-    re-signed (empty before `init`, or when nothing is near expiry). Run periodically (celery beat)."""
+    re-signed (empty before `init`, or when nothing is near expiry). Run by the Temporal schedule
+    `image-repository-refresh` (workflows/schedules.py)."""
     if not image_repository_initialised():
         return []
     _lock()
