@@ -153,7 +153,7 @@ SOFTHSM2_CONF = Path(os.environ.get("SOFTHSM2_CONF", DATA_DIR / "softhsm" / "sof
 PKCS11_OFFLINE_TOKEN = os.environ.get("OTA_PKCS11_OFFLINE_TOKEN", "")
 PKCS11_OFFLINE_PIN = os.environ.get("OTA_PKCS11_OFFLINE_PIN", "")
 # The image repository (TUF, devices.firmware.repository): static files served CDN-style from this directory
-# (metadata/ and targets/), and how long each role's metadata stays valid (days). Timestamp and snapshot are
+# (metadata/ and targets/), and how long each role's metadata stays valid (days). Timestamp, snapshot and targets are
 # re-signed once less than half of their lifetime is left (`image_repository refresh`, run by a Temporal schedule).
 IMAGE_REPOSITORY_DIR = Path(os.environ.get("OTA_IMAGE_REPOSITORY_DIR", DATA_DIR / "repository" / "image"))
 IMAGE_REPOSITORY_EXPIRY_DAYS = {

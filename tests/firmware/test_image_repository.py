@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import uuid
 from datetime import timedelta
 
@@ -13,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import Metadata, Targets
+from tuf.api.metadata import Metadata, Root, Targets
 from tuf.api.serialization import DeserializationError
 
 from approvals.audit.models import DecisionRecord, SecurityEvent
@@ -24,7 +25,7 @@ from devices.firmware.repository.models import ImageMetadata, ImageTarget
 from devices.firmware.repository.services import image_repository_init, image_repository_refresh, root_draft
 from devices.firmware.signing import release_sign
 from devices.firmware.storage import artifact_path
-from ota_project.errors import Conflict, InvalidInput
+from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from ota_project.hsm.public import public_key_pem
 from ota_project.hsm.roles import KeyRole
 from ota_project.hsm.token import role_label, token_keys
@@ -161,6 +162,24 @@ def test_a_root_not_signed_by_the_registered_root_key_is_refused(security_office
     with pytest.raises(InvalidInput, match="not signed by the root key"):
         image_repository_init(actor=security_officer, root=root)
     assert not ImageMetadata.objects.exists()
+    assert SecurityEvent.objects.filter(kind="action_forged", source="image_repository").count() == 1
+
+
+def test_only_a_security_officer_starts_the_repository(operator):
+    with pytest.raises(NotPermitted):
+        image_repository_init(actor=operator, root=Metadata(Root()))
+    assert not ImageMetadata.objects.exists()
+    assert SecurityEvent.objects.filter(kind="action_unauthorised", source="image_repository").count() == 1
+
+
+def test_a_refresh_writes_a_lost_static_tree_again_from_the_database(repository, django_capture_on_commit_callbacks):
+    shutil.rmtree(repository)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert image_repository_refresh() == []
+    assert (repository / "metadata" / "timestamp.json").read_bytes() == bytes(
+        ImageMetadata.objects.get(role="timestamp").content
+    )
+    assert (repository / "metadata" / "1.root.json").exists() and (repository / "metadata" / "1.targets.json").exists()
 
 
 def test_refresh_resigns_timestamp_and_snapshot_only_near_expiry(repository):
@@ -174,6 +193,11 @@ def test_refresh_resigns_timestamp_and_snapshot_only_near_expiry(repository):
     assert (newest["snapshot"], newest["timestamp"]) == (versions["snapshot"] + 1, versions["timestamp"] + 2)
     assert newest["targets"] == versions["targets"]
     assert DecisionRecord.objects.filter(action="image_repository.refresh").count() == 2
+    # Targets (3 months) too, as a new version listing the same targets, signed again by both of its keys.
+    assert image_repository_refresh(now=timezone.now() + timedelta(days=46)) == ["targets", "snapshot", "timestamp"]
+    targets = ImageMetadata.objects.filter(role="targets").order_by("-version").first()
+    assert targets is not None and targets.version == versions["targets"] + 1
+    assert len(Metadata[Targets].from_bytes(bytes(targets.content)).signatures) == 2
 
 
 def test_a_rollout_start_signs_the_approved_release_before_any_device_is_offered(

@@ -27,7 +27,9 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from approvals.audit.choices import SecurityEventKind
 from approvals.audit.records import record_decision
+from approvals.audit.security import security_event
 from devices.firmware.keys.selectors import signing_key_active
 from devices.firmware.keys.services import key_manage_refusal
 from devices.firmware.models import FirmwareRelease
@@ -45,6 +47,7 @@ ROLE_KEYS: dict[str, tuple[KeyRole, ...]] = {
     ImageRole.SNAPSHOT: (KeyRole.SNAPSHOT,),
     ImageRole.TIMESTAMP: (KeyRole.TIMESTAMP,),
 }
+SOURCE = "image_repository"
 THRESHOLDS: dict[str, int] = {ImageRole.ROOT: 1, ImageRole.TARGETS: 2, ImageRole.SNAPSHOT: 1, ImageRole.TIMESTAMP: 1}
 _SERIALIZER = JSONSerializer(compact=False)
 
@@ -175,7 +178,9 @@ def _timestamp_sign(root: Metadata[Root], snapshot: ImageMetadata, now: datetime
 
 
 def _publish_after_commit() -> None:
-    transaction.on_commit(image_files_write)
+    # robust: the signed state is committed whatever happens to the files; a failed write is logged and the next
+    # refresh (every few minutes) writes the tree again from the rows.
+    transaction.on_commit(image_files_write, robust=True)
 
 
 def _refuse_root(root: Metadata[Root], now: datetime) -> None:
@@ -211,12 +216,25 @@ def image_repository_init(*, actor: User | None, root: Metadata[Root]) -> ImageM
     snapshot and timestamp, publish. Security officers only; refused once a root exists."""
     refusal = key_manage_refusal(actor)
     if refusal is not None:
+        security_event(
+            kind=SecurityEventKind.ACTION_UNAUTHORISED,
+            source=SOURCE,
+            message=refusal.message,
+            actor=actor,
+            subject="image_repository.init",
+        )
         raise refusal
     _lock()
     if image_repository_initialised():
         raise Conflict("The image repository already has a root; rotate it instead of starting again.")
     now = timezone.now()
-    _refuse_root(root, now)
+    try:
+        _refuse_root(root, now)
+    except InvalidInput as refused:  # a root that is not the ceremony's may be a forgery
+        security_event(
+            kind=SecurityEventKind.ACTION_FORGED, source=SOURCE, message=refused.message, actor=actor, subject="root"
+        )
+        raise
     stored_root = _store(root)
     targets = _targets_sign(root, now)
     snapshot = _snapshot_sign(root, targets, now)
@@ -275,7 +293,8 @@ def _near_expiry(stored: ImageMetadata, now: datetime) -> bool:
 
 @transaction.atomic
 def image_repository_refresh(*, now: datetime | None = None) -> list[str]:
-    """Re-sign snapshot (and so timestamp) or timestamp alone when within the margin of expiry; returns the roles
+    """Re-sign targets (and so snapshot and timestamp), snapshot (and so timestamp) or timestamp alone when within
+    the margin of expiry, each a new version listing the same content; returns the roles
     re-signed (empty before `init`, or when nothing is near expiry). Run by the Temporal schedule
     `image-repository-refresh` (workflows/schedules.py)."""
     if not image_repository_initialised():
@@ -287,12 +306,16 @@ def image_repository_refresh(*, now: datetime | None = None) -> list[str]:
     targets = _latest(ImageRole.TARGETS)
     assert snapshot is not None and timestamp is not None and targets is not None  # init signs all three
     resigned: list[str] = []
-    if _near_expiry(snapshot, now):
+    if _near_expiry(targets, now):  # the same list of targets, signed again by both targets keys
+        targets = _targets_sign(root, now)
+        resigned.append(ImageRole.TARGETS)
+    if resigned or _near_expiry(snapshot, now):
         snapshot = _snapshot_sign(root, targets, now)
         resigned.append(ImageRole.SNAPSHOT)
     if resigned or _near_expiry(timestamp, now):
         timestamp = _timestamp_sign(root, snapshot, now)
         resigned.append(ImageRole.TIMESTAMP)
+    _publish_after_commit()  # also rewrites a tree that a failed write or a lost disk left behind
     if resigned:
         record_decision(
             actor=None,
@@ -301,5 +324,4 @@ def image_repository_refresh(*, now: datetime | None = None) -> list[str]:
             object_id="timestamp.json",
             after={"resigned": resigned, "snapshot": snapshot.version, "timestamp": timestamp.version},
         )
-        _publish_after_commit()
     return resigned
