@@ -22,13 +22,18 @@ from devices.firmware.keys.choices import KeyLocation
 from devices.firmware.keys.models import SigningKey
 from devices.firmware.keys.services import key_create, key_import_public
 from devices.firmware.repository.models import ImageMetadata, ImageTarget
-from devices.firmware.repository.services import image_repository_init, image_repository_refresh, root_draft
+from devices.firmware.repository.services import (
+    image_repository_init,
+    image_repository_refresh,
+    root_draft,
+    root_sign_offline,
+)
 from devices.firmware.signing import release_sign
 from devices.firmware.storage import artifact_path
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
-from ota_project.hsm.public import public_key_pem
+from ota_project.hsm.public import KeyAlgorithm, public_key_pem
 from ota_project.hsm.roles import KeyRole
-from ota_project.hsm.token import role_label, token_keys
+from ota_project.hsm.token import role_label, server_token, token_key_generate, token_keys
 from rollouts.models import Rollout
 from rollouts.rollout_services.start import rollout_start
 from tests.firmware.repository_support import ONLINE_ROLES, client, release_bytes, repository_start, served
@@ -238,3 +243,25 @@ def test_the_development_ceremony_makes_root_on_its_own_token_and_a_client_trust
         client(url, tmp_path / "vehicle", root_file.read_bytes()).refresh()
     with pytest.raises(CommandError, match="already has a root"):
         call_command("image_repository", "init", "--actor", security_officer.username, "--root", str(root_file))
+
+
+def test_the_ceremony_by_hand_draft_on_the_server_sign_offline_init_with_the_signed_root(
+    security_officer, tmp_path, django_capture_on_commit_callbacks, settings
+):
+    root_key = token_key_generate(label=role_label(KeyRole.ROOT), algorithm=KeyAlgorithm.ED25519)
+    key_import_public(actor=security_officer, role="root", public_key=root_key.public_key_pem)
+    for role in ONLINE_ROLES:
+        key_create(actor=security_officer, role=role)
+    draft, signed = tmp_path / "root.draft.json", tmp_path / "root.json"
+    call_command("image_repository", "draft-root", "--out", str(draft), stdout=io.StringIO())
+    assert Metadata[Root].from_bytes(draft.read_bytes()).signatures == {}
+    with pytest.raises(CommandError, match="not signed by the root key"):
+        call_command("image_repository", "init", "--actor", security_officer.username, "--root", str(draft))
+    # What sign-root does on the ceremony machine, with the session token standing in for the offline one.
+    signed.write_bytes(
+        root_sign_offline(Metadata[Root].from_bytes(draft.read_bytes()), token=server_token()).to_bytes()
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("image_repository", "init", "--actor", security_officer.username, "--root", str(signed))
+    published = (settings.IMAGE_REPOSITORY_DIR / "metadata" / "1.root.json").read_bytes()
+    assert Metadata[Root].from_bytes(published) == Metadata[Root].from_bytes(signed.read_bytes())
