@@ -15,7 +15,7 @@ from approvals.audit.security import SecurityEventKind
 from approvals.models import ChangeRequest
 from approvals.plans import plan_hash, wave_sizes
 from approvals.selectors import change_start_refusal
-from devices.firmware.repository.services import image_repository_initialised
+from devices.firmware.repository.selectors import image_repository_initialised
 from devices.firmware.signing import release_sign
 from devices.scope import scope_devices
 from ota_project.db import atomic_with_retry

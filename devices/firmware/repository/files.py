@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 from devices.firmware.repository.models import ImageMetadata, ImageRole, ImageTarget
+from devices.firmware.repository.selectors import image_metadata_latest
 from devices.firmware.storage import CHUNK_SIZE, artifact_path
 
 _DIR_MODE = 0o755  # served as static files
@@ -83,13 +84,10 @@ def _copy_verified(source: Path, path: Path, sha256: str) -> None:
     _fsync_dir(path.parent)
 
 
-def _latest(role: str) -> ImageMetadata | None:
-    return ImageMetadata.objects.filter(role=role).order_by("-version").first()
-
-
 def image_files_write() -> None:
     """Bring the static tree up to the database: every target file and root version, the newest targets and
-    snapshot, then timestamp.json (run after each commit that signed something; idempotent)."""
+    snapshot, then timestamp.json (after each commit that signed something, and at each refresh; idempotent). A
+    target file that cannot be written stops it before the new timestamp appears."""
     for target in ImageTarget.objects.all():
         destination = target_file_path(target.path, target.sha256)
         if not destination.exists():
@@ -99,10 +97,10 @@ def image_files_write() -> None:
         if not versioned.exists():
             _write_atomic(versioned, bytes(root.content))
     for role in (ImageRole.TARGETS, ImageRole.SNAPSHOT):
-        latest = _latest(role)
+        latest = image_metadata_latest(role)
         if latest is not None and not (metadata_dir() / f"{latest.version}.{role}.json").exists():
             _write_atomic(metadata_dir() / f"{latest.version}.{role}.json", bytes(latest.content))
     for role in (ImageRole.ROOT, ImageRole.TIMESTAMP):
-        latest = _latest(role)
+        latest = image_metadata_latest(role)
         if latest is not None:
             _write_atomic(metadata_dir() / f"{role}.json", bytes(latest.content))

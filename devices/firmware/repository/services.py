@@ -35,6 +35,7 @@ from devices.firmware.keys.services import key_manage_refusal
 from devices.firmware.models import FirmwareRelease
 from devices.firmware.repository.files import image_files_write
 from devices.firmware.repository.models import ImageMetadata, ImageRole, ImageTarget
+from devices.firmware.repository.selectors import image_metadata_latest, image_repository_initialised
 from devices.firmware.repository.signers import role_signer, token_key_signer, tuf_key
 from ota_project.errors import Conflict, InvalidInput
 from ota_project.hsm.roles import KeyRole
@@ -63,20 +64,11 @@ def _lock() -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
 
 
-def _latest(role: str) -> ImageMetadata | None:
-    return ImageMetadata.objects.filter(role=role).order_by("-version").first()
-
-
 def _root() -> Metadata[Root]:
-    stored = _latest(ImageRole.ROOT)
+    stored = image_metadata_latest(ImageRole.ROOT)
     if stored is None:
         raise Conflict("The image repository has no root yet: run `manage.py image_repository init`.")
     return Metadata[Root].from_bytes(bytes(stored.content))
-
-
-def image_repository_initialised() -> bool:
-    """True once a root is stored (the signing step refuses nothing for lack of a repository after that)."""
-    return ImageMetadata.objects.filter(role=ImageRole.ROOT).exists()
 
 
 def root_draft(*, now: datetime | None = None) -> Metadata[Root]:
@@ -133,7 +125,7 @@ def _sign_online(
 
 
 def _next_version(role: str) -> int:
-    latest = _latest(role)
+    latest = image_metadata_latest(role)
     return 1 if latest is None else latest.version + 1
 
 
@@ -302,8 +294,8 @@ def image_repository_refresh(*, now: datetime | None = None) -> list[str]:
     _lock()
     now = now or timezone.now()
     root = _root()
-    snapshot, timestamp = _latest(ImageRole.SNAPSHOT), _latest(ImageRole.TIMESTAMP)
-    targets = _latest(ImageRole.TARGETS)
+    snapshot, timestamp = image_metadata_latest(ImageRole.SNAPSHOT), image_metadata_latest(ImageRole.TIMESTAMP)
+    targets = image_metadata_latest(ImageRole.TARGETS)
     assert snapshot is not None and timestamp is not None and targets is not None  # init signs all three
     resigned: list[str] = []
     if _near_expiry(targets, now):  # the same list of targets, signed again by both targets keys

@@ -19,7 +19,8 @@ from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
 
 from devices.firmware.repository.ceremony import dev_ceremony
-from devices.firmware.repository.models import ImageMetadata, ImageRole
+from devices.firmware.repository.models import ImageRole
+from devices.firmware.repository.selectors import image_metadata_latest
 from devices.firmware.repository.services import (
     image_repository_init,
     image_repository_refresh,
@@ -88,7 +89,7 @@ class Command(BaseCommand):
 
     def _status(self) -> None:
         for role in ImageRole.values:
-            latest = ImageMetadata.objects.filter(role=role).order_by("-version").first()
+            latest = image_metadata_latest(role)
             if latest is None:
                 self.stdout.write(f"{role:<10} none")
             else:
