@@ -20,7 +20,7 @@ from tuf.api.serialization import DeserializationError
 from approvals.audit.models import DecisionRecord, SecurityEvent
 from devices.firmware.keys.choices import KeyLocation
 from devices.firmware.keys.models import SigningKey
-from devices.firmware.keys.services import key_create, key_import_public
+from devices.firmware.keys.services import key_create, key_import_public, key_rotate
 from devices.firmware.repository.models import ImageMetadata, ImageTarget
 from devices.firmware.repository.services import (
     image_repository_init,
@@ -265,3 +265,11 @@ def test_the_ceremony_by_hand_draft_on_the_server_sign_offline_init_with_the_sig
         call_command("image_repository", "init", "--actor", security_officer.username, "--root", str(signed))
     published = (settings.IMAGE_REPOSITORY_DIR / "metadata" / "1.root.json").read_bytes()
     assert Metadata[Root].from_bytes(published) == Metadata[Root].from_bytes(signed.read_bytes())
+
+
+def test_an_online_key_the_root_does_not_name_signs_nothing(repository, security_officer):
+    key_rotate(actor=security_officer, role="timestamp", reason="rotated without a new root")
+    before = _published()
+    with pytest.raises(Conflict, match="not the ones root v1 trusts"):
+        image_repository_refresh(now=timezone.now() + timedelta(hours=13))
+    assert _published() == before

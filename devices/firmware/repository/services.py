@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -120,7 +121,15 @@ def _sign_online(
     role = metadata.signed.type
     for key_role in ROLE_KEYS[role]:
         metadata.sign(role_signer(key_role), append=True)
-    root.verify_delegate(role, metadata)  # the root's keys and threshold, as any client will check them
+    try:
+        root.verify_delegate(role, metadata)  # the root's keys and threshold, as any client will check them
+    except UnsignedMetadataError as exc:
+        # E.g. an online key rotated in the registry that the root does not name yet: nothing is signed by it.
+        raise Conflict(
+            f"The active {role} keys are not the ones root v{root.signed.version} trusts ({exc}); "
+            "sign a new root that names them (a key ceremony) first.",
+            code="key_not_in_root",
+        ) from exc
     return _store(metadata)
 
 
