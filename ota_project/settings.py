@@ -152,6 +152,16 @@ SOFTHSM2_CONF = Path(os.environ.get("SOFTHSM2_CONF", DATA_DIR / "softhsm" / "sof
 # An offline token (root and other offline keys, `keys create --offline`): never the server's token.
 PKCS11_OFFLINE_TOKEN = os.environ.get("OTA_PKCS11_OFFLINE_TOKEN", "")
 PKCS11_OFFLINE_PIN = os.environ.get("OTA_PKCS11_OFFLINE_PIN", "")
+# The image repository (TUF, devices.firmware.repository): static files served CDN-style from this directory
+# (metadata/ and targets/), and how long each role's metadata stays valid (days). Timestamp, snapshot and targets are
+# re-signed once less than half of their lifetime is left (`image_repository refresh`, run by a Temporal schedule).
+IMAGE_REPOSITORY_DIR = Path(os.environ.get("OTA_IMAGE_REPOSITORY_DIR", DATA_DIR / "repository" / "image"))
+IMAGE_REPOSITORY_EXPIRY_DAYS = {
+    "root": int(os.environ.get("OTA_IMAGE_ROOT_EXPIRY_DAYS", "365")),
+    "targets": int(os.environ.get("OTA_IMAGE_TARGETS_EXPIRY_DAYS", "90")),
+    "snapshot": int(os.environ.get("OTA_IMAGE_SNAPSHOT_EXPIRY_DAYS", "7")),
+    "timestamp": int(os.environ.get("OTA_IMAGE_TIMESTAMP_EXPIRY_DAYS", "1")),
+}
 # The Ed25519 audit key of releases before the HSM (a PEM file): only its public half is still used, to verify
 # what it signed. Signatures now come from the token key of role audit-checkpoint.
 AUDIT_SIGNING_KEY_PATH = Path(os.environ.get("OTA_AUDIT_SIGNING_KEY", DATA_DIR / "audit_signing_key.pem"))

@@ -18,6 +18,7 @@ from django.db import close_old_connections
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from devices.firmware.repository.services import image_repository_refresh as repository_refresh
 from ota_project.errors import DomainError
 from rollouts import rollout_services as steps
 from workflows.types import (
@@ -25,7 +26,9 @@ from workflows.types import (
     AuthorizeRequest,
     FinishRequest,
     HaltRequest,
+    MaintenanceActivity,
     PhaseChange,
+    RepositoryRefresh,
     RollbackRef,
     WaveAssignment,
     WaveHealth,
@@ -175,6 +178,16 @@ def wave_promote(ref: WaveRef) -> bool:
     return steps.wave_promote(rollout_id=ref.rollout_id, wave_index=ref.wave_index)
 
 
+@activity.defn(name=MaintenanceActivity.IMAGE_REPOSITORY_REFRESH)
+def image_repository_refresh() -> RepositoryRefresh:
+    """Re-sign the image repository's snapshot/timestamp when near expiry (idempotent: a retry finds them fresh)."""
+    close_old_connections()
+    try:
+        return RepositoryRefresh(resigned=repository_refresh())
+    finally:
+        close_old_connections()
+
+
 ACTIVITIES: list[Callable[..., Any]] = [
     wave_window_wait,
     wave_assign,
@@ -186,4 +199,5 @@ ACTIVITIES: list[Callable[..., Any]] = [
     rollout_finish,
     human_action_authorize,
     wave_promote,
+    image_repository_refresh,
 ]

@@ -50,6 +50,26 @@ class Activity:
     WAVE_PROMOTE = "rollouts.wave_promote"
 
 
+class MaintenanceActivity(StrEnum):
+    """Stable names of the activities of the scheduled maintenance workflows (workflows/maintenance.py)."""
+
+    IMAGE_REPOSITORY_REFRESH = "firmware.image_repository_refresh"  # None -> RepositoryRefresh
+
+
+# The Temporal schedule that refreshes the image repository's timestamp and snapshot (created by every worker that
+# runs the default registrations; a second creation is a no-op), its workflow's name and how often it fires.
+IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID = "image-repository-refresh"
+IMAGE_REPOSITORY_REFRESH_WORKFLOW = "ImageRepositoryRefresh"
+IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS = 600
+
+
+@dataclass
+class RepositoryRefresh:
+    """What one refresh re-signed ("snapshot", "timestamp"; empty when nothing was near expiry)."""
+
+    resigned: list[str]
+
+
 class Update(StrEnum):
     """A person's actions on a running rollout, sent as Temporal Updates of these names (the human actions)."""
 

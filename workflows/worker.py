@@ -1,4 +1,5 @@
-"""The Temporal worker: runs RolloutWorkflow and the rollout activities on settings.TEMPORAL_TASK_QUEUE.
+"""The Temporal worker: runs RolloutWorkflow, the rollout activities and the scheduled maintenance workflows
+(workflows/maintenance.py, their schedules made at start by workflows/schedules.py) on settings.TEMPORAL_TASK_QUEUE.
 
 Started by `python manage.py temporal_worker` (one per process; run as many processes as you like, on as many
 machines: they share the task queue). Activities are sync functions touching the Django ORM, so they run on a
@@ -24,6 +25,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from workflows.client import temporal_client
+from workflows.schedules import ensure_schedules
 from workflows.search_attributes import ensure_search_attributes
 
 logger = logging.getLogger(__name__)
@@ -35,9 +37,10 @@ DEFAULT_GRACEFUL_SHUTDOWN_SECONDS = 30
 def default_registrations() -> tuple[list[type], list[Callable[..., Any]]]:
     """The project's workflows and activities (imported late: activities need a configured Django)."""
     from workflows.activities import ACTIVITIES
+    from workflows.maintenance import ImageRepositoryRefreshWorkflow
     from workflows.rollout import RolloutWorkflow
 
-    return [RolloutWorkflow], list(ACTIVITIES)
+    return [RolloutWorkflow, ImageRepositoryRefreshWorkflow], list(ACTIVITIES)
 
 
 async def run_worker(
@@ -58,6 +61,7 @@ async def run_worker(
     Tests pass their own workflows/activities, a `stop` event and handle_signals=False (signals need the main
     thread). Raises if the worker fails (e.g. the namespace does not exist).
     """
+    with_defaults = workflows is None
     if workflows is None or activities is None:
         default_workflows, default_activities = default_registrations()
         workflows = default_workflows if workflows is None else workflows
@@ -65,6 +69,8 @@ async def run_worker(
     client = client or await temporal_client()
     task_queue = task_queue or settings.TEMPORAL_TASK_QUEUE
     await ensure_search_attributes(client)
+    if with_defaults:  # the worker that runs the scheduled workflows makes sure their schedules exist
+        await ensure_schedules(client, task_queue)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if handle_signals:

@@ -18,6 +18,7 @@ class SecurityEventKind(models.TextChoices):
     LOGIN_LOCKED_OUT = "login_locked_out", "Sign-in locked out"
     API_AUTH_FAILED = "api_auth_failed", "API authentication failed"
     HSM_PIN_REFUSED = "hsm_pin_refused", "HSM refused the PIN"
+    RELEASE_SIGN_REFUSED = "release_sign_refused", "Release signing refused"
 
 
 class SecuritySeverity(models.TextChoices):
@@ -44,4 +45,6 @@ SECURITY_SEVERITY: dict[str, str] = {
     K.ACTION_FORGED: SecuritySeverity.HIGH,
     K.LOGIN_LOCKED_OUT: SecuritySeverity.HIGH,
     K.HSM_PIN_REFUSED: SecuritySeverity.HIGH,
+    # An unapproved or altered image offered for signing: the gate the whole update chain rests on.
+    K.RELEASE_SIGN_REFUSED: SecuritySeverity.HIGH,
 }

@@ -52,7 +52,9 @@ class FirmwareRelease(models.Model):
         return self.version
 
 
-# The key registry's model is defined in its own package and registered with this app by this import.
+# The key registry's and the image repository's models are defined in their own packages and registered with this
+# app by these imports.
 from devices.firmware.keys.models import SigningKey  # noqa: E402
+from devices.firmware.repository.models import ImageMetadata, ImageTarget  # noqa: E402
 
-__all__ = ["FirmwareArtifact", "FirmwareRelease", "SigningKey"]
+__all__ = ["FirmwareArtifact", "FirmwareRelease", "ImageMetadata", "ImageTarget", "SigningKey"]

@@ -15,6 +15,8 @@ from approvals.audit.security import SecurityEventKind
 from approvals.models import ChangeRequest
 from approvals.plans import plan_hash, wave_sizes
 from approvals.selectors import change_start_refusal
+from devices.firmware.repository.selectors import image_repository_initialised
+from devices.firmware.signing import release_sign
 from devices.scope import scope_devices
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict
@@ -100,6 +102,11 @@ def _rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool) 
     plan = change.plan
     if plan is None:
         raise Conflict("The change has no rollout plan.", code="no_plan")
+    if image_repository_initialised():
+        # The release enters the signed image targets before any device can be offered it, and only through the
+        # signing step's own check of the approvals and the stored bytes. Before any record is written: the step
+        # takes the image repository's lock, which must come before the decision record's chain lock.
+        release_sign(actor=actor, change=change)
     rollout = Rollout.objects.create(
         change=change,
         release=change.release,

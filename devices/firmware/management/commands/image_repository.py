@@ -1,0 +1,111 @@
+"""`python manage.py image_repository draft-root|sign-root|init|dev-ceremony|refresh|status`: the image repository.
+
+The root is offline: `draft-root` (server) writes root v1 from the registered keys, `sign-root` (the ceremony
+machine, OTA_PKCS11_OFFLINE_TOKEN/PIN, no database needed) signs it with the root key of the offline token, `init
+--root` (server) checks and publishes it. `init` without --root signs in this process when the offline token is
+attached here. `dev-ceremony` does all of it on a SoftHSM2 token under .data/ for development only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from securesystemslib.exceptions import FormatError
+from tuf.api.metadata import Metadata, Root
+from tuf.api.serialization import DeserializationError
+
+from devices.firmware.repository.ceremony import dev_ceremony
+from devices.firmware.repository.models import ImageRole
+from devices.firmware.repository.selectors import image_metadata_latest
+from devices.firmware.repository.services import (
+    image_repository_init,
+    image_repository_refresh,
+    root_draft,
+    root_sign_offline,
+)
+from ota_project.errors import DomainError
+from ota_project.hsm.token import TokenError, offline_token
+
+
+class Command(BaseCommand):
+    help = (
+        "The TUF image repository: draft-root, sign-root (on the offline token), init (publish a signed root v1 "
+        "with empty targets), dev-ceremony (development only: all of it on a SoftHSM2 token under .data/), "
+        "refresh (re-sign timestamp/snapshot near expiry), status."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True)
+        draft = actions.add_parser("draft-root", help="Write root v1, unsigned, from the registry's active keys.")
+        draft.add_argument("--out", type=Path, required=True)
+        sign = actions.add_parser("sign-root", help="Sign a drafted root with the offline token's root key.")
+        sign.add_argument("--in", dest="source", type=Path, required=True)
+        sign.add_argument("--out", type=Path, required=True)
+        init = actions.add_parser("init", help="Start the repository from a signed root v1.")
+        init.add_argument("--actor", required=True, help="Username of the security officer.")
+        init.add_argument("--root", type=Path, help="The signed root (else signed here on the offline token).")
+        ceremony = actions.add_parser("dev-ceremony", help="Development only: root on a SoftHSM2 token in .data/.")
+        ceremony.add_argument("--actor", required=True, help="Username of the security officer.")
+        actions.add_parser("refresh", help="Re-sign timestamp and snapshot when they are near expiry.")
+        actions.add_parser("status", help="The newest version of each role and when it expires.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        try:
+            if action == "draft-root":
+                options["out"].write_bytes(root_draft().to_bytes())
+                self.stdout.write(f"root v1 draft written to {options['out']}; sign it with sign-root")
+            elif action == "sign-root":
+                root = root_sign_offline(self._load_root(options["source"]), token=offline_token())
+                options["out"].write_bytes(root.to_bytes())
+                self.stdout.write(f"signed root written to {options['out']}")
+            elif action == "init":
+                actor = self._actor(options["actor"])
+                root = (
+                    self._load_root(options["root"])
+                    if options["root"]
+                    else root_sign_offline(root_draft(), token=offline_token())
+                )
+                stored = image_repository_init(actor=actor, root=root)
+                self.stdout.write(f"image repository started: root v{stored.version} sha256 {stored.sha256}")
+            elif action == "dev-ceremony":
+                self.stderr.write("DEVELOPMENT ONLY: the root key is made on a SoftHSM2 token under the data dir")
+                stored = dev_ceremony(actor=self._actor(options["actor"]))
+                self.stdout.write(f"image repository started: root v{stored.version} sha256 {stored.sha256}")
+            elif action == "refresh":
+                resigned = image_repository_refresh()
+                self.stdout.write("re-signed: " + (", ".join(resigned) or "nothing (not near expiry)"))
+            else:
+                self._status()
+        except DomainError as exc:
+            details = "; ".join(f"{name}: {' '.join(map(str, messages))}" for name, messages in exc.fields.items())
+            raise CommandError(f"{exc.message} ({details})" if details else exc.message) from exc
+        except TokenError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _status(self) -> None:
+        for role in ImageRole.values:
+            latest = image_metadata_latest(role)
+            if latest is None:
+                self.stdout.write(f"{role:<10} none")
+            else:
+                self.stdout.write(f"{role:<10} v{latest.version:<6} expires {latest.expires:%Y-%m-%d %H:%M} UTC")
+
+    def _load_root(self, path: Path) -> Metadata[Root]:
+        try:
+            root = Metadata[Root].from_bytes(path.read_bytes())
+        except (OSError, DeserializationError, FormatError) as exc:
+            raise CommandError(f"cannot read a root from {path}: {exc}") from exc
+        if not isinstance(root.signed, Root):
+            raise CommandError(f"{path} is {root.signed.type} metadata, not root")
+        return root
+
+    def _actor(self, username: str) -> User:
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise CommandError(f"no active user named {username!r}")
+        return user

@@ -1,0 +1,15 @@
+"""Reads of the image repository's published state."""
+
+from __future__ import annotations
+
+from devices.firmware.repository.models import ImageMetadata, ImageRole
+
+
+def image_metadata_latest(role: str) -> ImageMetadata | None:
+    """The newest signed version of a role (None before `image_repository init`)."""
+    return ImageMetadata.objects.filter(role=role).order_by("-version").first()
+
+
+def image_repository_initialised() -> bool:
+    """True once a root is stored: from then on every rollout start signs its release."""
+    return ImageMetadata.objects.filter(role=ImageRole.ROOT).exists()

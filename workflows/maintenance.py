@@ -1,0 +1,31 @@
+"""Scheduled maintenance workflows (no Django: the Temporal sandbox), started by Temporal schedules.
+
+ImageRepositoryRefreshWorkflow: one activity that re-signs the image repository's timestamp and snapshot when they
+are near expiry; the schedule `image-repository-refresh` starts it every IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS and
+skips a firing while the previous run is still going.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.types import IMAGE_REPOSITORY_REFRESH_WORKFLOW, MaintenanceActivity, RepositoryRefresh
+
+
+@workflow.defn(name=IMAGE_REPOSITORY_REFRESH_WORKFLOW)
+class ImageRepositoryRefreshWorkflow:
+    """Re-sign the image repository's timestamp/snapshot before they expire (the refresh service decides which)."""
+
+    @workflow.run
+    async def run(self) -> RepositoryRefresh:
+        refreshed: RepositoryRefresh = await workflow.execute_activity(
+            MaintenanceActivity.IMAGE_REPOSITORY_REFRESH,
+            result_type=RepositoryRefresh,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=5)),
+        )
+        return refreshed
