@@ -71,6 +71,7 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     (audit_dir / "key").mkdir()
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     settings.EVIDENCE_ROOT = tmp_path / "evidence"
+    settings.IMAGE_REPOSITORY_DIR = tmp_path / "repository" / "image"
     settings.AUDIT_SIGNING_KEY_PATH = audit_dir / "key" / "audit_signing_key.pem"
     settings.AUDIT_CHECKPOINT_LOG_PATH = audit_dir / "audit_checkpoints.jsonl"
     settings.AUDIT_RETIRED_KEYS_DIR = audit_dir / "audit_retired_keys"

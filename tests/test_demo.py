@@ -13,14 +13,17 @@ from devices.firmware.models import FirmwareRelease
 from devices.models import Device
 from devices.scope import scope_devices
 from ota_project.roles import Role, roles_of
+from devices.firmware.repository.models import ImageMetadata
+from devices.firmware.repository.selectors import image_repository_initialised
 from rollouts.models import Rollout
 
 pytestmark = pytest.mark.django_db
 
 
-def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys):
+def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys, django_capture_on_commit_callbacks):
     settings.DATA_DIR = tmp_path
-    call_command("seed_demo")
+    with django_capture_on_commit_callbacks(execute=True):  # the repository's files are written after commit
+        call_command("seed_demo")
     printed = capsys.readouterr().out
     credentials = json.loads((tmp_path / "demo-credentials.txt").read_text())
     assert all(password in printed for password in credentials.values())
@@ -53,7 +56,13 @@ def test_seed_demo_builds_a_usable_demo_once(settings, tmp_path, capsys):
     verdict = chain_verify()
     assert verdict.ok and verdict.length > 20
 
+    # The development ceremony started the image repository once: a root and signed, empty image targets.
+    assert image_repository_initialised()
+    assert ImageMetadata.objects.filter(role="root").count() == 1
+    assert (settings.IMAGE_REPOSITORY_DIR / "metadata" / "1.root.json").exists()
+
     call_command("seed_demo")
+    assert ImageMetadata.objects.filter(role="root").count() == 1
     assert (
         ChangeRequest.objects.count() == 9 and Rollout.objects.count() == 2 and chain_verify().length == verdict.length
     )

@@ -66,6 +66,8 @@ REGIONS = (
 )
 # `make run` runs a simulated fleet of these devices (simulate_fleet picks the tag); one approved change targets
 # exactly them, with short soaks, so a newcomer can start it and watch it live.
+# The security officer who runs the development key ceremony of `seed_demo` (image repository root).
+DEMO_SECURITY_OFFICER = "sam"
 SIMULATED_MODEL = "tcu-5g-r1"
 SIMULATED_DEVICES = 25
 DEMO_POLL_SECONDS = 15

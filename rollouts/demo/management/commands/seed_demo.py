@@ -1,18 +1,31 @@
-"""`python manage.py seed_demo`: demo users, fleet, releases and changes for the embedded default."""
+"""`python manage.py seed_demo`: demo users, fleet, releases and changes for the embedded default, and (development
+only) the image repository started by the development key ceremony, so that demo rollouts are signed."""
 
 from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from rollouts.demo.seed import DEMO_USERS, seed_demo
+from devices.firmware.repository.ceremony import dev_ceremony
+from devices.firmware.repository.selectors import image_repository_initialised
+from rollouts.demo.seed import DEMO_SECURITY_OFFICER, DEMO_USERS, seed_demo
 
 
 class Command(BaseCommand):
-    help = "Load demo data (idempotent) and print the demo users with their passwords."
+    help = (
+        "Load demo data (idempotent), start the image repository with the DEVELOPMENT key ceremony unless it has a "
+        "root already, and print the demo users with their passwords."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         created, users = seed_demo()
         self.stdout.write("Demo data loaded." if created else "Demo data already present.")
+        if not image_repository_initialised():
+            officer, _ = users[DEMO_SECURITY_OFFICER]
+            root = dev_ceremony(actor=officer)
+            self.stdout.write(
+                f"Image repository started by the DEVELOPMENT key ceremony (root v{root.version}); "
+                "rollouts started from now on list their release in the signed targets."
+            )
         self.stdout.write("\nDemo users (passwords are kept in .data/demo-credentials.txt):")
         for demo in DEMO_USERS:
             _, password = users[demo.username]
