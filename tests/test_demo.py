@@ -10,11 +10,11 @@ from approvals.models import ChangeRequest
 from approvals.selectors import plan_wave_preview
 from devices.choices import SIMULATED_TAG
 from devices.firmware.models import FirmwareRelease
+from devices.firmware.repository.models import ImageMetadata
+from devices.firmware.repository.selectors import image_repository_initialised
 from devices.models import Device
 from devices.scope import scope_devices
 from ota_project.roles import Role, roles_of
-from devices.firmware.repository.models import ImageMetadata
-from devices.firmware.repository.selectors import image_repository_initialised
 from rollouts.models import Rollout
 
 pytestmark = pytest.mark.django_db
