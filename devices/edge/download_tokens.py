@@ -127,6 +127,13 @@ def download_token_verify(token: str, *, device_id: int, sha256: str, now: float
     return DownloadGrant(deployment_id=deployment_id, length=length, expires_at=expires_at)
 
 
+def download_token_deployment(token: str) -> int | None:
+    """The deployment a well-formed token names, read without checking it (None for a malformed token): only to
+    find what to check it against; `download_token_verify` decides."""
+    match = TOKEN_RE.match(token)
+    return int(match.group(1)) if match else None
+
+
 def now_seconds() -> float:
     """The clock tokens are issued and checked against (one place, so tests can move it)."""
     return time.time()
