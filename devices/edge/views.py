@@ -275,7 +275,7 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
         answer = _checkin_answer(request, device=device, shaping=shaping)
     else:
         # Nothing in flight: the one statement answered. Under way: a download in progress gets a fresh URL.
-        fetching = services.device_download_in_progress(device_id=row.device_id) if row.under_way else None
+        fetching = services.device_download_in_progress(device_id=row.device_id) if row.fetching else None
         offer = dict(OfferOutputSerializer(_offer_body(request, fetching)).data) if fetching else None
         answer = {"poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way), "offer": offer}
     return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
