@@ -87,8 +87,8 @@ class RecordingTransport(HttpTransport):
 
     def download(self, url: str, *, sink: Callable[[int, bytes], None], **kwargs: Any) -> int:
         self.download_offsets.append(kwargs["offset"])
-        if self.before_download is not None:
-            self.before_download, run = None, self.before_download
+        run, self.before_download = self.before_download, None
+        if run is not None:
             run()
 
         def flaky_sink(position: int, chunk: bytes) -> None:
