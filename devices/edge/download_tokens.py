@@ -51,7 +51,8 @@ class DownloadTokenRefused(Exception):
 
 
 def _key_file() -> Path:
-    return Path(getattr(settings, "OTA_DOWNLOAD_TOKEN_KEY_FILE", Path(settings.DATA_DIR) / "download_token_key"))
+    configured = getattr(settings, "OTA_DOWNLOAD_TOKEN_KEY_FILE", None)  # read per call: every range signs
+    return Path(configured) if configured else Path(settings.DATA_DIR) / "download_token_key"
 
 
 @functools.cache

@@ -504,13 +504,6 @@ class ArtifactView(DeviceAPIView):
             ),
         },
     )
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if request.method == "GET":
-            answer = quick_artifact(request, kwargs["sha256"])
-            if answer is not None:
-                return answer
-        return super().dispatch(request, *args, **kwargs)
-
     def get(self, request: Request, sha256: str) -> HttpResponseBase:
         lease = getattr(self, "lease", None)
         try:
@@ -571,7 +564,8 @@ class ArtifactView(DeviceAPIView):
 
 
 def quick_artifact(request: HttpRequest, sha256: str) -> HttpResponseBase | None:
-    """The short path for a range: no database, no DRF, when the full path recently vouched for this download.
+    """The short path for a range: no database, no DRF, when the full path recently vouched for this download
+    (called by devices.edge.middleware.QuickRangeMiddleware, ahead of the middleware a range does not need).
 
     It answers only when the credential matches a live download pass (`services.download_pass_device`: the full
     path authenticated this very secret and found the deployment's rules allow this image, at most
