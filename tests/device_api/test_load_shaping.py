@@ -9,6 +9,8 @@ from unittest import mock
 
 import pytest
 from django.core.cache import caches
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.audit.models import DecisionRecord
@@ -252,3 +254,20 @@ def test_a_region_can_be_created_with_its_budget(db, client_for, operator):
     )
     assert bad.status_code == 400 and set(bad.json()["error"]["fields"]) == {"max_concurrent_downloads"}
     assert not Region.objects.filter(code="ap-east").exists()
+
+
+def test_the_short_path_takes_a_download_slot_and_gives_it_back(
+    pilot, running, device_client, operator, artifact_url, clock, settings
+):
+    settings.OTA_DOWNLOAD_RECHECK_SECONDS = 60
+    client = device_client(pilot)
+    client.post(CHECKIN, checkin_body(), format="json")
+    region_update(actor=operator, region=_region(pilot), changes={"max_concurrent_downloads": 1})
+    assert _content(client.get(artifact_url, HTTP_RANGE="bytes=0-9")) == IMAGE[:10]  # full path: leaves a pass
+    with CaptureQueriesContext(connection) as queries:
+        streaming = client.get(artifact_url, HTTP_RANGE="bytes=10-")  # the short path; not read yet: slot held
+    assert streaming.status_code == 206 and [q["sql"] for q in queries] == []
+    refused = client.get(artifact_url, HTTP_RANGE="bytes=10-")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "region_over_budget"
+    assert _content(streaming) == IMAGE[10:]  # the server closes the stream: the slot is free again
+    assert _content(client.get(artifact_url, HTTP_RANGE="bytes=20-")) == IMAGE[20:]
