@@ -89,16 +89,26 @@ def build(idle: int, offered: int) -> dict[str, list[str]]:
     }
 
 
-def server_command(bind: str, workers: int, threads: int) -> list[str]:
-    """The gunicorn command line (with ota_project/gunicorn_conf.py: `-c` it and set OTA_WEB_BIND/WORKERS/THREADS)."""
-    options = ["--bind", bind, "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
-    return [str(BIN / "gunicorn"), "ota_project.wsgi", *options, "--backlog", "2048", "--log-level", "warning"]
+def server_command(bind: str, workers: int, threads: int) -> tuple[list[str], dict[str, str]]:
+    """The gunicorn command line and environment: the project's one configuration, set by OTA_WEB_* variables."""
+    env = {"OTA_WEB_BIND": bind, "OTA_WEB_WORKERS": str(workers), "OTA_WEB_THREADS": str(threads)}
+    return [str(BIN / "gunicorn"), "-c", str(ROOT / "ota_project" / "gunicorn_conf.py")], {
+        **env,
+        "OTA_WEB_LOG_LEVEL": "warning",
+    }
 
 
 def _start_server(port: int, workers: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "CONN_MAX_AGE": "600", "PYTHONPATH": str(ROOT)}
+    argv, web_env = server_command(f"127.0.0.1:{port}", workers, threads)
+    env = {
+        **os.environ,
+        **web_env,
+        "DJANGO_SETTINGS_MODULE": "bench.settings",
+        "CONN_MAX_AGE": "600",
+        "PYTHONPATH": str(ROOT),
+    }
     server = subprocess.Popen(
-        server_command(f"127.0.0.1:{port}", workers, threads),
+        argv,
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),
@@ -213,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(timeout=30)
     best = {name: max(results, key=lambda r: r["per_s"]) for name, results in runs.items()}
     rate = {name: result["per_s"] for name, result in best.items()}
+    server_argv, server_env = server_command(f"127.0.0.1:{args.port}", args.workers, args.threads)
     report = {
-        "server": " ".join(server_command(f"127.0.0.1:{args.port}", args.workers, args.threads)[1:]),
+        "server": " ".join([*(f"{k}={v}" for k, v in server_env.items()), "gunicorn", *server_argv[1:]]),
         "load": f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.seconds}s, {args.rounds} interleaved rounds",
         "devices": {"idle": len(credentials["idle"]), "offer": len(credentials["offer"])},
         "cpus": os.cpu_count(),

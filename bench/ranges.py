@@ -35,9 +35,9 @@ os.environ.setdefault("CONN_MAX_AGE", "300")  # persistent connections in the se
 
 MIB = 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The app server. Switching to the shared configuration is this one line:
-# GUNICORN = [".venv/bin/gunicorn", "ota_project.wsgi", "--config", "ota_project/gunicorn_conf.py"]
-GUNICORN = [".venv/bin/gunicorn", "ota_project.wsgi", "--worker-class", "gthread", "--workers", "2", "--threads", "16"]
+# The app server: the project's one gunicorn configuration, set by its OTA_WEB_* environment (README "Configuration").
+GUNICORN = [".venv/bin/gunicorn", "-c", "ota_project/gunicorn_conf.py"]
+GUNICORN_ENV = {"OTA_WEB_WORKERS": "2", "OTA_WEB_THREADS": "16", "OTA_WEB_LOG_LEVEL": "warning"}
 CHECKIN_BODY = {
     "slots": {"a": {"version": "1.0.0", "release_counter": 1}, "b": {"version": "0.9.0", "release_counter": 0}},
     "active_slot": "a",
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     _setup()
     from django.conf import settings
 
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(settings.DATA_DIR) / "bench-ranges"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {**os.environ, "TEMPORAL_ENABLED": "false", "OTA_CACHE_URL": "redis://127.0.0.1:6379/3"}
+    env = {**os.environ, **GUNICORN_ENV, "TEMPORAL_ENABLED": "false", "OTA_CACHE_URL": "redis://127.0.0.1:6379/3"}
     app_port, accel_app_port, nginx_port, accel_port = (_free_port() for _ in range(4))
     artifact_root = Path(settings.ARTIFACT_ROOT)
     direct = (
@@ -229,10 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     (work / "nginx.conf").write_text(nginx_main_conf(workdir=work, servers=[direct, accel_site], workers=2, user=user))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        processes.append(_start([*GUNICORN, "--bind", f"127.0.0.1:{app_port}"], env, app_port, work / "app.log"))
-        accel_env = {**env, "OTA_ARTIFACT_ACCEL_REDIRECT": DEFAULT_ACCEL_PREFIX}
-        accel_argv = [*GUNICORN, "--bind", f"127.0.0.1:{accel_app_port}"]
-        processes.append(_start(accel_argv, accel_env, accel_app_port, work / "app-accel.log"))
+        app_env = {**env, "OTA_WEB_BIND": f"127.0.0.1:{app_port}"}
+        processes.append(_start(GUNICORN, app_env, app_port, work / "app.log"))
+        accel_env = {
+            **env,
+            "OTA_WEB_BIND": f"127.0.0.1:{accel_app_port}",
+            "OTA_ARTIFACT_ACCEL_REDIRECT": DEFAULT_ACCEL_PREFIX,
+        }
+        processes.append(_start(GUNICORN, accel_env, accel_app_port, work / "app-accel.log"))
         nginx = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
         processes.append(_start([*nginx, "-e", str(work / "error.log")], env, nginx_port, work / "nginx.out"))
         targets = {
@@ -276,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "seconds_per_run": args.seconds,
             "rounds": args.rounds,
-            "gunicorn": " ".join(GUNICORN),
-            "load_average": os.getloadavg(),
+            "gunicorn": " ".join([*(f"{k}={v}" for k, v in GUNICORN_ENV.items()), *GUNICORN]),
+            "load_average_before": load_before,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
         "rounds": rounds,
         "median": median,

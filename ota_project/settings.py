@@ -64,6 +64,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A device's range that a live download pass covers is answered here (devices.edge.views.quick_artifact);
+    # nothing below it (sessions, CSRF, users, messages, routing) has anything to do for one. Others pass on.
+    "devices.edge.middleware.QuickRangeMiddleware",
     # Serves collected static files (Swagger UI, admin) from the app itself: no CDN, no extra web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -355,11 +355,13 @@ class Agent:
             self._boot()
         answer = yield from self._checkin()
         poll = float(answer.get("poll_interval_seconds") or DEFAULT_POLL_SECONDS)
+        offer = answer.get("offer")
         if self.deployment is None:
-            offer = answer.get("offer")
             if offer and offer["deployment_id"] not in self.state["finished"]:
                 self._accept(offer)
                 yield from self._flush()
+        elif offer:
+            self._refresh_url(offer)
         yield from self._advance()
         yield from self._send_telemetry()
         return 0.0 if self.deployment or self.booted_slot is None else poll
@@ -543,6 +545,17 @@ class Agent:
             return
         self._phase("downloading", download_offset=0)
 
+    def _refresh_url(self, offer: dict[str, Any]) -> bool:
+        """Take a fresh artifact URL (new download token) the server repeats for the deployment being fetched."""
+        dep = self.deployment
+        artifact = offer.get("artifact") or {}
+        if dep is None or offer.get("deployment_id") != dep["id"] or artifact.get("sha256") != dep["sha256"]:
+            return False
+        if artifact.get("url") and artifact["url"] != dep["url"]:
+            dep["url"] = artifact["url"]
+            self._save()
+        return True
+
     def _deadline_passed(self, dep: dict[str, Any]) -> bool:
         deadline = dep.get("deadline_at")
         return deadline is not None and self.clock() > deadline
@@ -605,7 +618,7 @@ class Agent:
                     self.hook("download:chunk")
 
                 try:
-                    total = yield Download(dep["url"], dep["sha256"], offset, sink, self.chunk_size)
+                    total = yield from self._fetch(dep, sink)
                     if total != length:
                         raise VerifyError(f"server has {total} bytes, the offer said {length}")
                 except VerifyError as exc:
@@ -630,6 +643,28 @@ class Agent:
             return
         self._record_throughput(dep)
         self._stage(dep)
+
+    def _fetch(self, dep: dict[str, Any], sink: Callable[[int, bytes], None]) -> Flow[int]:
+        """Download from the persisted offset; when the URL's token has expired, keep the bytes, check in for a
+        fresh URL and resume from where the download stopped (once per token: a second refusal is final)."""
+        try:
+            total: int = yield Download(dep["url"], dep["sha256"], self.state["download_offset"], sink, self.chunk_size)
+            return total
+        except TransportError as exc:
+            if exc.code != "download_token_expired":
+                raise
+            logger.info(
+                "deployment %s: download token expired at %s bytes, checking in",
+                dep["id"],
+                self.state["download_offset"],
+            )
+        answer = yield from self._checkin()
+        offer = answer.get("offer")
+        if not (offer and self._refresh_url(offer)):
+            raise TransportError("download token expired and no fresh URL offered", retryable=True)
+        self.hook("download:new_url")
+        total = yield Download(dep["url"], dep["sha256"], self.state["download_offset"], sink, self.chunk_size)
+        return total
 
     def _record_throughput(self, dep: dict[str, Any]) -> None:
         if self._download_started is None:

@@ -17,19 +17,42 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 class TransportError(Exception):
     """A failed call: `retryable` for network trouble, 5xx and 429/408; final for other 4xx."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+        code: str = "",
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.code = code  # the server's error code ({"error": {"code": ...}}), "" when the answer had none
 
 
 def classify_status(status: int, detail: str, retry_after: str | None) -> TransportError:
     """The TransportError for an HTTP error status: 5xx, 408, 425 and 429 are retryable (honouring Retry-After)."""
     retryable = status >= 500 or status in RETRYABLE_STATUSES
     return TransportError(
-        f"HTTP {status}: {detail}", retryable=retryable, status=status, retry_after=_retry_after(retry_after)
+        f"HTTP {status}: {detail}",
+        retryable=retryable,
+        status=status,
+        retry_after=_retry_after(retry_after),
+        code=_error_code(detail),
     )
+
+
+def _error_code(detail: str) -> str:
+    """The code of the server's error envelope in an answer's body; "" for any other body."""
+    try:
+        error = json.loads(detail).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 def _retry_after(value: str | None) -> float | None:

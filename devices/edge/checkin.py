@@ -31,6 +31,7 @@ from devices.edge.services import IN_FLIGHT
 from devices.models import Device
 from devices.services import device_report_changes, device_report_check
 from devices.validators import SLOT_NAMES
+from rollouts.choices import DeploymentStatus
 from rollouts.deployment_services import OFFER_CANDIDATES
 from rollouts.models import Deployment
 
@@ -50,6 +51,7 @@ class CheckinRow:
     recorded: bool  # False: the region has a check-in budget; nothing was written
     work_waiting: bool  # a pending or offered deployment: only deployment_offer may answer
     under_way: bool  # a deployment between download and confirmation
+    fetching: bool  # a deployment whose image the device is downloading: the answer repeats its offer (fresh URL)
 
 
 # Stand-ins the statement is compiled with once per shape of report; each marks where one request value goes.
@@ -119,15 +121,16 @@ def _compile(present: frozenset[str]) -> _Statement:
     written, written_params = update.get_compiler(connection=connection).as_sql()
     waiting, waiting_params = _exists(OFFER_CANDIDATES)
     under_way, under_way_params = _exists(_UNDER_WAY)
+    fetching, fetching_params = _exists((DeploymentStatus.DOWNLOADING,))
     sql = (
         f"WITH caller AS ({caller}), written AS ({written} RETURNING 1) "
         'SELECT caller."device_id", caller."region_ref", caller."poll", caller."own_budget", '
-        f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way} FROM caller"
+        f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way}, {fetching} FROM caller"
     )
     markers = {name: value for name, value in stand_in.items() if name in present or name not in report}
     markers["secret"] = secret_hash(stand_in["secret"])
     slots = []
-    for param in (*caller_params, *written_params, *waiting_params, *under_way_params):
+    for param in (*caller_params, *written_params, *waiting_params, *under_way_params, *fetching_params):
         value = _plain(param)
         name = next((n for n, m in markers.items() if type(m) is type(value) and m == value), None)
         slots.append((name, param))

@@ -51,7 +51,8 @@ class DownloadTokenRefused(Exception):
 
 
 def _key_file() -> Path:
-    return Path(getattr(settings, "OTA_DOWNLOAD_TOKEN_KEY_FILE", Path(settings.DATA_DIR) / "download_token_key"))
+    configured = getattr(settings, "OTA_DOWNLOAD_TOKEN_KEY_FILE", None)  # read per call: every range signs
+    return Path(configured) if configured else Path(settings.DATA_DIR) / "download_token_key"
 
 
 @functools.cache
@@ -125,6 +126,13 @@ def download_token_verify(token: str, *, device_id: int, sha256: str, now: float
     if now >= expires_at:
         raise DownloadTokenRefused("download_token_expired", "The download token has expired: check in for a new one.")
     return DownloadGrant(deployment_id=deployment_id, length=length, expires_at=expires_at)
+
+
+def download_token_deployment(token: str) -> int | None:
+    """The deployment a well-formed token names, read without checking it (None for a malformed token): only to
+    find what to check it against; `download_token_verify` decides."""
+    match = TOKEN_RE.match(token)
+    return int(match.group(1)) if match else None
 
 
 def now_seconds() -> float:

@@ -3,14 +3,19 @@ telemetry intake."""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import caches
+from django.core.cache import BaseCache, caches
 from django.db import transaction
 
 from approvals.audit.security import SecurityEventKind, security_event
+from devices.credentials import secret_hash
 from devices.models import Device
 from devices.telemetry import BatchAcceptance, telemetry_batch_accept
 from ota_project.errors import InvalidInput
@@ -48,6 +53,20 @@ def device_has_deployment_in_flight(*, device: Device) -> bool:
     return Deployment.objects.filter(device=device, status__in=IN_FLIGHT).exists()
 
 
+def device_download_in_progress(*, device_id: int) -> Deployment | None:
+    """The deployment whose image the device is fetching, while the offer's rules still hold: its check-in answer
+    repeats the offer with a fresh URL, so a download that outlives its token resumes with a new one."""
+    deployment = (
+        Deployment.objects.select_related("release__artifact", "rollout__change", "device")
+        .filter(device_id=device_id, status=DeploymentStatus.DOWNLOADING)
+        .order_by("-pk")
+        .first()
+    )
+    if deployment is None or deployment_withdrawal(deployment, deployment.device) is not None:
+        return None
+    return deployment
+
+
 def device_artifact_downloadable(*, device: Device, deployment_id: int, sha256: str) -> bool:
     """True while the device's deployment offers this image and the offer's rules still hold (one query + rules).
 
@@ -67,30 +86,93 @@ def download_recheck_seconds() -> int:
     return max(0, int(getattr(settings, "OTA_DOWNLOAD_RECHECK_SECONDS", DEFAULT_DOWNLOAD_RECHECK_SECONDS)))
 
 
-def device_download_allowed(*, device: Device, deployment_id: int, sha256: str) -> bool:
-    """`device_artifact_downloadable`, its verdict reused for `download_recheck_seconds()`.
+@dataclass(frozen=True)
+class DownloadVerdict:
+    """Whether the rules let this device fetch this deployment's image, and when the database said so."""
+
+    allowed: bool
+    decided_at: float
+
+
+def _verdict_cache() -> BaseCache:
+    return caches[getattr(settings, "OTA_DOWNLOAD_VERDICT_CACHE", "default")]
+
+
+def device_download_allowed(*, device: Device, deployment_id: int, sha256: str) -> DownloadVerdict:
+    """`device_artifact_downloadable`, its verdict reused for `download_recheck_seconds()` from when it was decided.
 
     The verdict lives in OTA_DOWNLOAD_VERDICT_CACHE (the web process's memory by default: each process asks the
     database at most once per period per download). The key names device, deployment and image, so a verdict never
     answers another request's question. If that cache fails the database answers (never a range the rules refuse)."""
     ttl = download_recheck_seconds()
     if not ttl:
-        return device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
+        allowed = device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
+        return DownloadVerdict(allowed=allowed, decided_at=time.time())
     key = f"ota:download:allowed:{device.pk}:{deployment_id}:{sha256}"
-    cache = caches[getattr(settings, "OTA_DOWNLOAD_VERDICT_CACHE", "default")]
+    cache = _verdict_cache()
     try:
         cached = cache.get(key)
     except Exception:  # noqa: BLE001 - no cache: ask the database
         logger.warning("download verdict cache unavailable; asking the database", exc_info=True)
-        return device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
-    if cached is not None:
-        return bool(cached)
-    allowed = device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
+        cached = None
+    if isinstance(cached, DownloadVerdict):
+        return cached
+    verdict = DownloadVerdict(
+        allowed=device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256),
+        decided_at=time.time(),
+    )
     try:
-        cache.set(key, int(allowed), ttl)
+        cache.set(key, verdict, ttl)
     except Exception:  # noqa: BLE001 - the verdict stands; the next range asks again
         logger.warning("download verdict cache unavailable", exc_info=True)
-    return allowed
+    return verdict
+
+
+@dataclass(frozen=True)
+class DownloadPass:
+    """A range's whole answer to "may this credential fetch this image now", valid until `until` (epoch seconds).
+
+    Written by the full path once it authenticated the credential (against the database) and found the rules allow
+    the download; it holds the presented secret's hash (the stored one, as they matched) and the device as then
+    read, so the short path (`devices.edge.views.quick_artifact`) checks the same credential without the database.
+    `until` is the rules verdict's decision time plus `download_recheck_seconds()`: a revoked credential, a
+    decommissioned or quarantined device and a withdrawn deployment all stop new ranges within that bound."""
+
+    secret_hash: str
+    device: Device
+    until: float
+
+
+def _pass_key(serial: str, deployment_id: int, sha256: str) -> str:
+    return f"ota:download:pass:{serial}:{deployment_id}:{sha256}"
+
+
+def download_pass_store(
+    *, secret: str, device: Device, deployment_id: int, sha256: str, verdict: DownloadVerdict
+) -> None:
+    """Keep what the full path established about this credential and download for the short path (until the bound)."""
+    until = verdict.decided_at + download_recheck_seconds()
+    remaining = until - time.time()
+    if not verdict.allowed or remaining <= 0:
+        return
+    granted = DownloadPass(secret_hash=secret_hash(secret), device=device, until=until)
+    try:
+        _verdict_cache().set(_pass_key(device.serial, deployment_id, sha256), granted, max(1, math.ceil(remaining)))
+    except Exception:  # noqa: BLE001 - no pass: the next range takes the full path
+        logger.warning("download verdict cache unavailable", exc_info=True)
+
+
+def download_pass_device(*, serial: str, secret: str, deployment_id: int, sha256: str) -> Device | None:
+    """The device of a live pass for this credential, deployment and image; None sends the range to the full path."""
+    try:
+        granted = _verdict_cache().get(_pass_key(serial, deployment_id, sha256))
+    except Exception:  # noqa: BLE001 - no cache: the full path decides
+        return None
+    if not isinstance(granted, DownloadPass) or time.time() >= granted.until:
+        return None
+    if not hmac.compare_digest(granted.secret_hash, secret_hash(secret)):
+        return None
+    return granted.device
 
 
 @transaction.atomic

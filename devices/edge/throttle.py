@@ -13,9 +13,11 @@ import logging
 import math
 import time
 import zlib
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import BaseCache, caches
+from django.core.cache.backends.redis import RedisCache
 from rest_framework.exceptions import Throttled
 
 from devices.models import Device
@@ -89,9 +91,58 @@ class DownloadLease:
             return
         self._held = False
         try:
-            self._cache.decr(self._key)
+            self._give_back()
         except Exception:  # noqa: BLE001 - expired or unreachable: the slot is free either way
             pass
+
+    def _give_back(self) -> None:
+        self._cache.decr(self._key)
+
+
+# On Redis a slot is one round trip each way (the generic cache API needs three to take one and two to give it
+# back, a millisecond or more per range). The same keys and counts as the generic path: Django's Redis cache stores
+# integers as plain Redis integers, so INCR and DECR act on what `cache.add`/`cache.incr` would.
+_TAKE_SLOT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if count + math.max(previous, 0) > tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[1])
+  return 0
+end
+return count
+"""
+_GIVE_BACK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+
+def _redis(cache: BaseCache, key: str) -> Any:
+    """The redis-py client Django's Redis cache holds for this key (its `_cache` is that backend's client)."""
+    return cache._cache.get_client(key, write=True)  # type: ignore[attr-defined]
+
+
+class _RedisDownloadLease(DownloadLease):
+    """A slot counted by the scripts above (decremented only while its period's key still exists)."""
+
+    def _give_back(self) -> None:
+        key = self._cache.make_and_validate_key(self._key)
+        _redis(self._cache, key).eval(_GIVE_BACK, 1, key)
+
+
+def _take_slot(cache: BaseCache, key: str, previous_key: str, *, timeout: int, limit: int) -> DownloadLease | None:
+    """A slot of `limit` counted over this period and the previous one; None when they are all taken."""
+    if isinstance(cache, RedisCache):
+        made, made_previous = cache.make_and_validate_key(key), cache.make_and_validate_key(previous_key)
+        taken = int(_redis(cache, made).eval(_TAKE_SLOT, 2, made, made_previous, timeout, limit))
+        return _RedisDownloadLease(cache, key) if taken else None
+    count = _incr(cache, key, timeout=timeout)
+    previous = max(0, int(cache.get(previous_key) or 0))
+    if count + previous > limit:
+        DownloadLease(cache, key).release()
+        return None
+    return DownloadLease(cache, key)
 
 
 def download_acquire(*, device: Device, now: float | None = None) -> DownloadLease | None:
@@ -109,18 +160,15 @@ def download_acquire(*, device: Device, now: float | None = None) -> DownloadLea
     epoch = math.floor(now / lease)
     key = f"ota:budget:downloads:{device.region_id}:{epoch}"
     previous_key = f"ota:budget:downloads:{device.region_id}:{epoch - 1}"
-    cache = _cache()
     try:
-        count = _incr(cache, key, timeout=lease * 2 + 60)
-        previous = max(0, int(cache.get(previous_key) or 0))
+        taken = _take_slot(_cache(), key, previous_key, timeout=lease * 2 + 60, limit=limit)
     except Exception:  # noqa: BLE001 - fail open
         logger.warning("device budget cache unavailable; download budget not enforced", exc_info=True)
         return None
-    if count + previous > limit:
-        DownloadLease(cache, key).release()
+    if taken is None:
         retry = int(getattr(settings, "OTA_DEVICE_DOWNLOAD_RETRY_SECONDS", DEFAULT_DOWNLOAD_RETRY_SECONDS))
         raise RegionOverBudget(
             wait=max(1, retry + _spread(device.serial, retry)),
             detail=f"Region {device.region.code} has {limit} downloads running, its limit.",
         )
-    return DownloadLease(cache, key)
+    return taken

@@ -29,6 +29,7 @@ from devices.edge.checkin import checkin_record
 from devices.edge.download_tokens import (
     DownloadGrant,
     DownloadTokenRefused,
+    download_token_deployment,
     download_token_issue,
     download_token_verify,
     now_seconds,
@@ -43,13 +44,14 @@ from devices.edge.identity import (
 from devices.edge.serializers import (
     CheckinInputSerializer,
     CheckinOutputSerializer,
+    OfferOutputSerializer,
     StatusInputSerializer,
     StatusOutputSerializer,
     TelemetryInputSerializer,
     TelemetryOutputSerializer,
     checkin_input_valid,
 )
-from devices.edge.throttle import DownloadLease, checkin_admit, download_acquire
+from devices.edge.throttle import DownloadLease, RegionOverBudget, checkin_admit, download_acquire
 from devices.firmware.storage import artifact_open, artifact_relative_path
 from devices.models import Device, Region
 from devices.selectors import LoadShaping, region_load_shaping
@@ -223,7 +225,8 @@ def _checkin_answer(request: HttpRequest | Request, *, device: Device, shaping: 
     """The answer once the report is stored: the offer service decides (and locks), then the poll interval."""
     # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
     # service withdraws what they had been offered and not yet started installing.
-    deployment = deployment_offer(device=device)
+    # A device fetching an image gets its offer again, with a fresh URL: a download outlives its token that way.
+    deployment = deployment_offer(device=device) or services.device_download_in_progress(device_id=device.pk)
     in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
     answer = {
         "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=in_flight),
@@ -271,7 +274,10 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
         device = Device.objects.select_related("region").get(pk=row.device_id)
         answer = _checkin_answer(request, device=device, shaping=shaping)
     else:
-        answer = {"poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way), "offer": None}
+        # Nothing in flight: the one statement answered. Under way: a download in progress gets a fresh URL.
+        fetching = services.device_download_in_progress(device_id=row.device_id) if row.fetching else None
+        offer = dict(OfferOutputSerializer(_offer_body(request, fetching)).data) if fetching else None
+        answer = {"poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way), "offer": offer}
     return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
 
 
@@ -499,63 +505,28 @@ class ArtifactView(DeviceAPIView):
         },
     )
     def get(self, request: Request, sha256: str) -> HttpResponseBase:
+        lease = getattr(self, "lease", None)
         try:
             response = self._stream(request, sha256)
         except BaseException:
-            self._release()
+            if lease is not None:
+                lease.release()
             raise
-        if isinstance(response, LeasedFileResponse):
-            response.lease = self.lease  # released when the server closes the response
-        else:
-            self._release()
-        return response
-
-    def _release(self) -> None:
-        lease = getattr(self, "lease", None)
-        if lease is not None:
-            lease.release()
+        return _leased(response, lease)
 
     def _stream(self, request: Request, sha256: str) -> HttpResponseBase:
         device = current_device(request)
         grant = self._authorise(request, device, sha256)
-        try:
-            image = artifact_open(sha256)
-        except (FileNotFoundError, ValueError) as exc:
-            logger.error("artifact %s offered by deployment %s is missing", sha256, grant.deployment_id)
-            raise exceptions.NotFound("The image is missing from the store.", code="artifact_missing") from exc
-        size = os.fstat(image.fileno()).st_size
-        if size != grant.length:
-            image.close()
-            logger.error("artifact %s has %s bytes on disk, %s offered", sha256, size, grant.length)
-            raise exceptions.NotFound("The image is damaged in the store.", code="artifact_missing")
-        etag = f'"{sha256}"'
-        wanted = request.headers.get("Range", "")
-        if_range = request.headers.get("If-Range")
-        byte_range = parse_range(wanted, size) if wanted and (if_range is None or if_range == etag) else None
-        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0, must-revalidate"}
+        image = _stored_image(sha256, grant.length)
+        byte_range, headers = _requested_range(request, sha256, grant.length)
         if byte_range is False:
             image.close()
             return Response(
-                error_body("range_not_satisfiable", f"The image has {size} bytes."),
+                error_body("range_not_satisfiable", f"The image has {grant.length} bytes."),
                 status=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
-                headers={**headers, "Content-Range": f"bytes */{size}"},
+                headers={**headers, "Content-Range": f"bytes */{grant.length}"},
             )
-        accel = getattr(settings, "OTA_ARTIFACT_ACCEL_REDIRECT", "")
-        if accel:
-            image.close()
-            return _accel_response(accel, sha256, ranged=byte_range is not None, headers=headers)
-        start, end = byte_range if byte_range is not None else (0, size - 1)
-        image.seek(start)  # the descriptor's offset is where sendfile starts
-        response = LeasedFileResponse(FileRange(image, end - start + 1), content_type="application/octet-stream")
-        response["Content-Length"] = str(end - start + 1)
-        if byte_range is None:
-            response.status_code = status.HTTP_200_OK
-        else:
-            response.status_code = status.HTTP_206_PARTIAL_CONTENT
-            response["Content-Range"] = f"bytes {start}-{end}/{size}"
-        for name, value in headers.items():
-            response[name] = value
-        return response
+        return _bytes_response(image, sha256, grant.length, byte_range, headers)
 
     def _authorise(self, request: Request, device: Device, sha256: str) -> DownloadGrant:
         """The token's grant, if the token holds and the deployment may still deliver this image to the device."""
@@ -574,7 +545,8 @@ class ArtifactView(DeviceAPIView):
             if refused.code == "download_token_invalid":
                 raise exceptions.PermissionDenied(refused.message, code=refused.code) from None
             raise exceptions.NotAuthenticated(refused.message, code=refused.code) from None
-        if not services.device_download_allowed(device=device, deployment_id=grant.deployment_id, sha256=sha256):
+        verdict = services.device_download_allowed(device=device, deployment_id=grant.deployment_id, sha256=sha256)
+        if not verdict.allowed:
             _device_event(
                 request,
                 kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED,
@@ -583,7 +555,119 @@ class ArtifactView(DeviceAPIView):
                 message="An image was requested that is not offered to this device.",
             )
             raise exceptions.NotFound("No such artifact offered to this device.")
+        presented = presented_credential(request)  # authentication accepted it: well-formed and the stored one
+        if presented is not None:
+            services.download_pass_store(
+                secret=presented[1], device=device, deployment_id=grant.deployment_id, sha256=sha256, verdict=verdict
+            )
         return grant
+
+
+def quick_artifact(request: HttpRequest, sha256: str) -> HttpResponseBase | None:
+    """The short path for a range: no database, no DRF, when the full path recently vouched for this download
+    (called by devices.edge.middleware.QuickRangeMiddleware, ahead of the middleware a range does not need).
+
+    It answers only when the credential matches a live download pass (`services.download_pass_device`: the full
+    path authenticated this very secret and found the deployment's rules allow this image, at most
+    OTA_DOWNLOAD_RECHECK_SECONDS ago), the token verifies for that device and image, the region has a download
+    slot and the range is one the image can satisfy. Anything else (no or a malformed credential, a missing,
+    forged or expired token, no pass, a full region, a missing image, 416) returns None and the full path answers
+    it, with its refusals, security events and error envelope.
+    """
+    try:
+        presented = presented_credential(request)
+    except MalformedCredential:
+        return None
+    token = request.GET.get("token", "")
+    deployment_id = download_token_deployment(token)
+    if presented is None or deployment_id is None:
+        return None
+    serial, secret = presented
+    device = services.download_pass_device(serial=serial, secret=secret, deployment_id=deployment_id, sha256=sha256)
+    if device is None:
+        return None
+    try:
+        grant = download_token_verify(token, device_id=device.pk, sha256=sha256, now=now_seconds())
+        lease = download_acquire(device=device)
+    except (DownloadTokenRefused, RegionOverBudget):
+        return None
+    try:
+        image = _stored_image(sha256, grant.length)
+        byte_range, headers = _requested_range(request, sha256, grant.length)
+        if byte_range is False:
+            image.close()
+            response = None
+        else:
+            response = _bytes_response(image, sha256, grant.length, byte_range, headers)
+    except exceptions.NotFound:
+        response = None
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    if response is None:
+        if lease is not None:
+            lease.release()
+        return None
+    return _leased(response, lease)
+
+
+def _leased(response: HttpResponseBase, lease: DownloadLease | None) -> HttpResponseBase:
+    """Tie the region download slot to the response: a file response frees it when the server closes it, any other
+    answer (nginx's hand-off, an error) at once."""
+    if isinstance(response, LeasedFileResponse):
+        response.lease = lease
+    elif lease is not None:
+        lease.release()
+    return response
+
+
+def _stored_image(sha256: str, length: int) -> BinaryIO:
+    """The image open for reading, checked to have the offered length; NotFound when missing or damaged."""
+    try:
+        image = artifact_open(sha256)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("artifact %s is offered but missing from the store", sha256)
+        raise exceptions.NotFound("The image is missing from the store.", code="artifact_missing") from exc
+    size = os.fstat(image.fileno()).st_size
+    if size != length:
+        image.close()
+        logger.error("artifact %s has %s bytes on disk, %s offered", sha256, size, length)
+        raise exceptions.NotFound("The image is damaged in the store.", code="artifact_missing")
+    return image
+
+
+def _requested_range(
+    request: HttpRequest, sha256: str, size: int
+) -> tuple[tuple[int, int] | Literal[False] | None, dict[str, str]]:
+    """The one range to send (None: the whole image; False: unsatisfiable) and the headers every answer carries."""
+    etag = f'"{sha256}"'
+    wanted = request.headers.get("Range", "")
+    if_range = request.headers.get("If-Range")
+    byte_range = parse_range(wanted, size) if wanted and (if_range is None or if_range == etag) else None
+    return byte_range, {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=0, must-revalidate"}
+
+
+def _bytes_response(
+    image: BinaryIO, sha256: str, size: int, byte_range: tuple[int, int] | None, headers: dict[str, str]
+) -> HttpResponseBase:
+    """The bytes of a decided answer: nginx's hand-off when configured, else the kernel's sendfile of the range."""
+    accel = getattr(settings, "OTA_ARTIFACT_ACCEL_REDIRECT", "")
+    if accel:
+        image.close()
+        return _accel_response(accel, sha256, ranged=byte_range is not None, headers=headers)
+    start, end = byte_range if byte_range is not None else (0, size - 1)
+    image.seek(start)  # the descriptor's offset is where sendfile starts
+    response = LeasedFileResponse(FileRange(image, end - start + 1), content_type="application/octet-stream")
+    response["Content-Length"] = str(end - start + 1)
+    if byte_range is None:
+        response.status_code = status.HTTP_200_OK
+    else:
+        response.status_code = status.HTTP_206_PARTIAL_CONTENT
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    for name, value in headers.items():
+        response[name] = value
+    return response
 
 
 def _accel_response(prefix: str, sha256: str, *, ranged: bool, headers: dict[str, str]) -> HttpResponse:

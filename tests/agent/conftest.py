@@ -78,6 +78,7 @@ class RecordingTransport(HttpTransport):
         self.reports: list[dict[str, Any]] = []
         self.download_offsets: list[int] = []
         self.fail_download_after: int | None = None  # drop the connection once this many bytes have arrived
+        self.before_download: Callable[[], None] | None = None  # runs once, just before the next download request
 
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if "/status/" in path:
@@ -86,6 +87,9 @@ class RecordingTransport(HttpTransport):
 
     def download(self, url: str, *, sink: Callable[[int, bytes], None], **kwargs: Any) -> int:
         self.download_offsets.append(kwargs["offset"])
+        run, self.before_download = self.before_download, None
+        if run is not None:
+            run()
 
         def flaky_sink(position: int, chunk: bytes) -> None:
             sink(position, chunk)

@@ -8,14 +8,17 @@ import random
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from devices.agent import PowerLoss, TransportError
 from devices.agent.agent import backoff_delay
+from devices.edge import download_tokens
 from rollouts.choices import DeploymentStatus
 from rollouts.models import Deployment
 from tests.agent.conftest import FACTORY_IMAGE, IMAGE
@@ -123,6 +126,31 @@ def test_dropped_link_backs_off_and_resumes(device, drop_after):
     assert resumed_at >= drop_after - 4096 and resumed_at > 0
     assert device.transport.bytes_received < 1.1 * len(IMAGE)
     assert sleeps[0] > 0  # the failed cycle backed off before trying again
+    assert_updated(device)
+
+
+def test_a_token_that_expires_before_the_resume_is_renewed_by_a_check_in_and_the_bytes_kept(
+    device, settings, monkeypatch
+):
+    settings.OTA_DOWNLOAD_TOKEN_SECONDS = 60
+    device.transport.fail_download_after = 12288  # the link drops mid-image
+    events: list[str] = []
+    agent = device.power_on(hook=events.append)
+    agent.run(max_cycles=1, sleep=no_sleep)
+    stopped_at = state(device)["download_offset"]
+    assert 0 < stopped_at < len(IMAGE)
+
+    def token_expires() -> None:  # between the next check-in and the resume, the server's clock passes 60 s
+        later = time.time() + 61
+        monkeypatch.setattr(download_tokens, "time", SimpleNamespace(time=lambda: later))
+
+    device.transport.before_download = token_expires
+    agent.run(max_cycles=4, sleep=no_sleep)
+    # 401 download_token_expired on the resume; a check-in's fresh URL; the resume again from the same byte.
+    assert device.transport.download_offsets == [0, stopped_at, stopped_at]
+    assert "download:new_url" in events
+    assert device.transport.bytes_received < 1.1 * len(IMAGE)
+    assert "failed" not in [report["status"] for report in device.transport.reports]
     assert_updated(device)
 
 

@@ -61,15 +61,39 @@ def test_the_offers_url_downloads_and_resumes(offer, pilot, device_client, sha):
     assert b"".join(first.streaming_content) + b"".join(rest.streaming_content) == IMAGE
 
 
-def test_a_range_with_a_fresh_verdict_asks_the_database_nothing(offer, pilot, device_client, settings):
+def test_a_range_with_a_fresh_pass_asks_the_database_nothing(offer, pilot, device_client, settings):
     settings.OTA_DOWNLOAD_RECHECK_SECONDS = 60
     client = device_client(pilot)
     target = _target(offer)
-    assert client.get(target, HTTP_RANGE="bytes=0-0").status_code == 206  # asks once, caches the verdict
+    assert client.get(target, HTTP_RANGE="bytes=0-0").status_code == 206  # the full path: asks, leaves a pass
     with CaptureQueriesContext(connection) as queries:
-        assert client.get(target, HTTP_RANGE="bytes=1-1").status_code == 206
-    # Only the credential lookup of the device identity (not this part's) remains: no deployment, release or join.
-    assert not [q["sql"] for q in queries if "rollouts_deployment" in q["sql"]]
+        second = client.get(target, HTTP_RANGE="bytes=1-3")
+    assert (second.status_code, second["Content-Range"], b"".join(second.streaming_content)) == (
+        206,
+        f"bytes 1-3/{len(IMAGE)}",
+        IMAGE[1:4],
+    )
+    assert [q["sql"] for q in queries] == []  # neither the credential nor the deployment: the pass covers both
+
+
+def test_a_pass_answers_only_its_own_credential(offer, pilot, device_client, settings):
+    settings.OTA_DOWNLOAD_RECHECK_SECONDS = 60
+    target = _target(offer)
+    assert device_client(pilot).get(target, HTTP_RANGE="bytes=0-0").status_code == 206
+    response = device_client(pilot, secret="not-the-secret").get(target, HTTP_RANGE="bytes=1-1")
+    assert response.status_code == 401
+    assert SecurityEvent.objects.filter(kind=SecurityEventKind.DEVICE_AUTH_FAILED, device_serial=pilot.serial).exists()
+
+
+def test_an_expired_token_is_refused_even_with_a_fresh_pass(offer, pilot, device_client, sha, settings, monkeypatch):
+    settings.OTA_DOWNLOAD_RECHECK_SECONDS = 3600
+    client = device_client(pilot)
+    assert client.get(_target(offer), HTTP_RANGE="bytes=0-0").status_code == 206
+    later = time.time() + MAX_LIFETIME_SECONDS + 1
+    monkeypatch.setattr(download_tokens, "time", SimpleNamespace(time=lambda: later))
+    response = client.get(_target(offer), HTTP_RANGE="bytes=1-1")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "download_token_expired"
+    assert _refusals()[-1].message.startswith("download_token_expired")
 
 
 def test_the_token_lives_at_most_15_minutes_and_never_past_the_deadline():
@@ -150,19 +174,22 @@ def test_a_withdrawal_stops_new_ranges_within_the_recheck_bound(
     assert _refusals()[-1].message == "An image was requested that is not offered to this device."
 
 
-def test_a_revoked_credential_or_decommissioned_device_stops_at_the_next_range(
+def test_a_revoked_credential_or_decommissioned_device_stops_within_the_recheck_bound(
     offer, pilot, operator, device_client, settings
 ):
-    settings.OTA_DOWNLOAD_RECHECK_SECONDS = 3600  # a cached verdict does not outlive the identity check
+    settings.OTA_DOWNLOAD_RECHECK_SECONDS = 1  # the pass (credential and rules) lives at most this long
     client = device_client(pilot)
     target = _target(offer)
     assert client.get(target, HTTP_RANGE="bytes=0-0").status_code == 206
     device_credential_revoke(actor=operator, device=pilot, reason="stolen unit")
+    time.sleep(1.1)  # the bound
     assert client.get(target, HTTP_RANGE="bytes=1-1").status_code == 401
     again = device_client(pilot)  # a new credential, then the device leaves the fleet
     assert again.get(target, HTTP_RANGE="bytes=1-1").status_code == 206
     device_decommission(actor=operator, device=pilot, reason="scrapped")
+    time.sleep(1.1)
     assert again.get(target, HTTP_RANGE="bytes=1-1").status_code == 401
+    assert SecurityEvent.objects.filter(kind=SecurityEventKind.DEVICE_AUTH_FAILED, device_serial=pilot.serial).exists()
 
 
 def test_the_recheck_is_per_device_deployment_and_image(offer, pilot, other_pilot, device_client, sha, settings):

@@ -3,12 +3,16 @@ what check-in stores (boot count, slot, health, last check-in) and "offline"."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import timedelta
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 from django.core.cache import caches
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.audit.models import DecisionRecord
@@ -37,6 +41,23 @@ def clock(monkeypatch):
     now = SimpleNamespace(value=T0)
     monkeypatch.setattr(throttle, "time", SimpleNamespace(time=lambda: now.value))
     return now
+
+
+@pytest.fixture(params=["memory", "redis"])
+def budget_cache(request, settings) -> str:
+    """The download budget on the process's memory and on a real Redis (its one-round-trip scripts)."""
+    if request.param == "redis":
+        redis_url = os.environ.get("OTA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+        settings.CACHES = {
+            **settings.CACHES,
+            "budget": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": redis_url,
+                "KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+            },
+        }
+        settings.OTA_DEVICE_BUDGET_CACHE = "budget"
+    return str(request.param)
 
 
 def _region(device: Device) -> Region:
@@ -131,7 +152,7 @@ def test_strangers_learn_nothing_about_the_budget(fleet, operator, clock, api_cl
 
 
 def test_concurrent_downloads_over_the_region_limit_get_429_until_a_stream_ends(
-    pilot, other_pilot, running, device_client, operator, artifact_url, sha, clock, settings
+    budget_cache, pilot, other_pilot, running, device_client, operator, artifact_url, sha, clock, settings
 ):
     settings.OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = 30
     other_url = download_url(other_pilot, sha)
@@ -149,7 +170,9 @@ def test_concurrent_downloads_over_the_region_limit_get_429_until_a_stream_ends(
     assert resumed.status_code == 206 and _content(resumed) == IMAGE[100:]
 
 
-def test_refused_and_failed_downloads_give_their_slot_back(pilot, running, device_client, operator, clock):
+def test_refused_and_failed_downloads_give_their_slot_back(
+    budget_cache, pilot, running, device_client, operator, clock
+):
     client = device_client(pilot)
     client.post(CHECKIN, checkin_body(), format="json")
     region_update(actor=operator, region=_region(pilot), changes={"max_concurrent_downloads": 1})
@@ -158,7 +181,7 @@ def test_refused_and_failed_downloads_give_their_slot_back(pilot, running, devic
 
 
 def test_a_lost_download_slot_frees_itself_after_two_lease_periods(
-    pilot, running, device_client, operator, artifact_url, clock, settings
+    budget_cache, pilot, running, device_client, operator, artifact_url, clock, settings
 ):
     settings.OTA_DEVICE_DOWNLOAD_LEASE_SECONDS = 900
     client = device_client(pilot)
@@ -252,3 +275,20 @@ def test_a_region_can_be_created_with_its_budget(db, client_for, operator):
     )
     assert bad.status_code == 400 and set(bad.json()["error"]["fields"]) == {"max_concurrent_downloads"}
     assert not Region.objects.filter(code="ap-east").exists()
+
+
+def test_the_short_path_takes_a_download_slot_and_gives_it_back(
+    budget_cache, pilot, running, device_client, operator, artifact_url, clock, settings
+):
+    settings.OTA_DOWNLOAD_RECHECK_SECONDS = 60
+    client = device_client(pilot)
+    client.post(CHECKIN, checkin_body(), format="json")
+    region_update(actor=operator, region=_region(pilot), changes={"max_concurrent_downloads": 1})
+    assert _content(client.get(artifact_url, HTTP_RANGE="bytes=0-9")) == IMAGE[:10]  # full path: leaves a pass
+    with CaptureQueriesContext(connection) as queries:
+        streaming = client.get(artifact_url, HTTP_RANGE="bytes=10-")  # the short path; not read yet: slot held
+    assert streaming.status_code == 206 and [q["sql"] for q in queries] == []
+    refused = client.get(artifact_url, HTTP_RANGE="bytes=10-")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "region_over_budget"
+    assert _content(streaming) == IMAGE[10:]  # the server closes the stream: the slot is free again
+    assert _content(client.get(artifact_url, HTTP_RANGE="bytes=20-")) == IMAGE[20:]

@@ -3,6 +3,8 @@ the full path may (an offer, a refused credential, a budget, a bad body)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 from django.core.cache import caches
 from django.db import connection
@@ -65,10 +67,31 @@ def test_a_device_with_an_update_under_way_polls_faster_in_one_statement(pilot, 
     client = device_client(pilot)
     offer = client.post(CHECKIN, checkin_body(), format="json").json()["offer"]
     status_url = f"/device/v1/deployments/{offer['deployment_id']}/status/"
-    assert client.post(status_url, {"seq": 1, "status": "downloading"}, format="json").status_code == 200
+    for seq, step in enumerate(("downloading", "downloaded"), start=1):
+        assert client.post(status_url, {"seq": seq, "status": step}, format="json").status_code == 200
     region_update(actor=operator, region=pilot.region, changes={"poll_interval_seconds": 3600})
     status, answer, statements = _statements(client)
     assert (status, answer, len(statements)) == (200, {"poll_interval_seconds": 30, "offer": None}, 1)
+
+
+def test_a_download_in_progress_gets_its_offer_again_with_a_fresh_url(pilot, running, device_client, settings):
+    settings.OTA_DOWNLOAD_TOKEN_SECONDS = 60
+    client = device_client(pilot)
+    offer = client.post(CHECKIN, checkin_body(), format="json").json()["offer"]
+    status_url = f"/device/v1/deployments/{offer['deployment_id']}/status/"
+    assert client.post(status_url, {"seq": 1, "status": "downloading"}, format="json").status_code == 200
+    status, answer, statements = _statements(client)
+    again = answer["offer"]
+    assert status == 200 and answer["poll_interval_seconds"] == 30
+    same = ("deployment_id", "kind", "release_version", "release_counter")
+    assert [again[k] for k in same] == [offer[k] for k in same]
+    assert again["artifact"]["sha256"] == offer["artifact"]["sha256"]
+    assert "token=" in again["artifact"]["url"]
+    # The statement, then reads only (the deployment, its rules' breaker): never the offer path's lock.
+    assert len(statements) == 3 and not any("FOR UPDATE" in sql for sql in statements)
+    url = urlsplit(again["artifact"]["url"])
+    assert client.get(f"{url.path}?{url.query}", HTTP_RANGE="bytes=0-9").status_code == 206
+    assert Deployment.objects.get(pk=offer["deployment_id"]).status == DeploymentStatus.DOWNLOADING
 
 
 def test_a_live_offer_is_re_sent_by_the_locking_offer_path(pilot, running, device_client):
