@@ -21,6 +21,7 @@ from approvals.choices import ChangeStatus
 from devices.choices import DeviceStatus
 from devices.firmware.models import FirmwareRelease
 from devices.models import Device
+from ota_project.compiled_queries import CompiledQuery
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, InvalidInput
 from rollouts.choices import (
@@ -214,6 +215,10 @@ def _offer_candidates(device_id: int) -> QuerySet[OfferCandidate]:
     )
 
 
+# Compiled once per connection: building this wide statement costs Django more than PostgreSQL needs to run it.
+_offer_candidates_of: CompiledQuery[OfferCandidate] = CompiledQuery(_offer_candidates, stand_in=1_975_318_642)
+
+
 @atomic_with_retry()
 def deployment_offer(*, device_id: int, now: datetime | None = None) -> Deployment | None:
     """The deployment to offer a checking-in device now, if any: rollbacks first, respecting pause, halt, the
@@ -224,7 +229,7 @@ def deployment_offer(*, device_id: int, now: datetime | None = None) -> Deployme
     One statement locks the candidates and reads all of that, so re-sending a live offer costs that statement.
     """
     now = now or timezone.now()
-    for deployment in _offer_candidates(device_id):
+    for deployment in _offer_candidates_of(device_id):
         rollout = deployment.rollout
         allowed = OFFERABLE_ROLLOUTS if deployment.kind == DeploymentKind.UPDATE else (RolloutStatus.ROLLING_BACK,)
         if rollout.status not in allowed:
