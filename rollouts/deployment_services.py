@@ -175,7 +175,7 @@ if TYPE_CHECKING:  # WithAnnotations takes its second argument only for the type
 
 
 # What the offer rules and the offer's answer read of the joined rows (every deployment column is kept). A rule
-# that reads another column would cost a query per candidate: tests/device_api/test_offer_checkin.py counts them.
+# that reads another column would cost a query per candidate: tests/device_api/test_quick_checkin.py counts them.
 _OFFER_COLUMNS = (
     *(field.name for field in Deployment._meta.concrete_fields),
     "rollout__status",
