@@ -105,7 +105,7 @@ def _offered_image(size: int) -> tuple[str, str, bytes]:
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     device = Deployment.objects.get(rollout=rollout).device
-    offered = deployment_offer(device=device)
+    offered = deployment_offer(device_id=device.pk)
     assert offered is not None, "the bench device got no offer"
     # The image goes where the approved release's sha256 says (the content is bench data: nothing verifies it here).
     sha = offered.release.artifact.sha256

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from django.db.models import F, Value
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -20,6 +21,7 @@ from approvals.choices import ChangeStatus
 from devices.choices import DeviceStatus
 from devices.firmware.models import FirmwareRelease
 from devices.models import Device
+from ota_project.compiled_queries import CompiledQuery
 from ota_project.db import atomic_with_retry
 from ota_project.errors import Conflict, InvalidInput
 from rollouts.choices import (
@@ -39,6 +41,9 @@ from rollouts.transitions import deployment_transition
 from rollouts.windows import region_open
 from workflows import policy
 from workflows.types import Verdict
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 RETRY_BACKOFF_SECONDS = 60
 OFFERABLE_ROLLOUTS = (RolloutStatus.RUNNING, RolloutStatus.AWAITING_PROMOTION, RolloutStatus.ROLLING_BACK)
@@ -84,8 +89,9 @@ class Refusal:
     reason: str
 
 
-def _withdrawal(deployment: Deployment, device_status: str) -> Refusal | None:
-    """Why the rollout no longer wants this deployment to go on: device not active, change closed, breaker."""
+def _withdrawal(deployment: Deployment, device_status: str, *, tripped: bool) -> Refusal | None:
+    """Why the rollout no longer wants this deployment to go on: device not active, change closed, breaker
+    (`tripped`: whether the rollout's breaker has tripped, read by the caller with `tripped_waves`)."""
     rollout = deployment.rollout
     if device_status != DeviceStatus.ACTIVE:
         return Refusal(DeploymentStatus.CANCELLED, f"withdrawn: the device is {device_status}")
@@ -93,32 +99,29 @@ def _withdrawal(deployment: Deployment, device_status: str) -> Refusal | None:
         return Refusal(DeploymentStatus.CANCELLED, f"withdrawn: the change is {rollout.change.status}")
     if deployment.kind == DeploymentKind.UPDATE and rollout.status in UPDATES_STOPPED:
         return Refusal(DeploymentStatus.CANCELLED, f"withdrawn: the rollout is {rollout.status}")
-    if deployment.kind == DeploymentKind.UPDATE and breaker_tripped(rollout.pk):
+    if deployment.kind == DeploymentKind.UPDATE and tripped:
         return Refusal(DeploymentStatus.CANCELLED, "withdrawn: the rollout's failure threshold was crossed")
     return None
 
 
-def _refusal_to_offer(deployment: Deployment, facts: DeviceFacts) -> Refusal | None:
+def _refusal_to_offer(deployment: Deployment, *, supported_model_ids: list[int], tripped: bool) -> Refusal | None:
     """Why this deployment may not be offered (or stay offered) to the device now; None when it may.
 
     Checked at offer time, not only at submission: the device's inventory, its status, the change and the
-    rollout's breaker may all have moved since the deployment was created.
+    rollout's breaker may all have moved since the deployment was created. Everything is read by the locking
+    candidate statement itself (`_offer_candidates`), as of that statement.
     """
-    withdrawal = _withdrawal(deployment, facts.status)
+    facts = DeviceFacts.of(deployment.device)
+    withdrawal = _withdrawal(deployment, facts.status, tripped=tripped)
     if withdrawal is not None:
         return withdrawal
-    ineligible = release_ineligibility(deployment.release, facts)
-    return Refusal(DeploymentStatus.SKIPPED, f"skipped: {ineligible}") if ineligible else None
-
-
-def release_ineligibility(release: FirmwareRelease, facts: DeviceFacts) -> str:
-    """Why a device may not take this release now (hardware model, anti-rollback); "" when it may."""
-    return release_refusal(
-        release,
-        supported_model_ids=set(release.hardware_models.values_list("pk", flat=True)),
+    ineligible = release_refusal(
+        deployment.release,
+        supported_model_ids=supported_model_ids,
         hardware_model_id=facts.hardware_model_id,
         committed_counter=facts.committed_counter,
     )
+    return Refusal(DeploymentStatus.SKIPPED, f"skipped: {ineligible}") if ineligible else None
 
 
 @dataclass(frozen=True)
@@ -129,18 +132,21 @@ class DeviceFacts:
     hardware_model_id: int
     committed_counter: int
 
+    @classmethod
+    def of(cls, device: Device) -> DeviceFacts:
+        """The device's status, hardware model and committed counter (the higher of inventory and its report)."""
+        committed = max(device.installed_release_counter or 0, device.reported_release_counter or 0)
+        return cls(device.status, device.hardware_model_id, committed)
 
-def device_facts(device_id: int) -> DeviceFacts:
-    """The device's status, hardware model and committed counter (the higher of inventory and its own report)."""
-    status, model_id, installed, reported = Device.objects.filter(pk=device_id).values_list(
-        "status", "hardware_model_id", "installed_release_counter", "reported_release_counter"
-    )[0]
-    return DeviceFacts(status, model_id, max(installed or 0, reported or 0))
+
+def tripped_waves(rollout: int | OuterRef) -> QuerySet[Wave]:
+    """The waves of a rollout that crossed their failure threshold: any one trips the rollout's breaker."""
+    return Wave.objects.filter(Q(rollout=rollout), breaker_tripped_at__isnull=False)  # Q: the stubs refuse OuterRef
 
 
 def breaker_tripped(rollout_id: int) -> bool:
     """True once any wave of the rollout crossed its failure threshold (the release is offered nowhere)."""
-    return Wave.objects.filter(rollout_id=rollout_id, breaker_tripped_at__isnull=False).exists()
+    return tripped_waves(rollout_id).exists()
 
 
 def _end_unstarted(deployment: Deployment, refusal: Refusal, now: datetime) -> None:
@@ -159,32 +165,78 @@ def _end_unstarted(deployment: Deployment, refusal: Refusal, now: datetime) -> N
 OFFER_CANDIDATES = (DeploymentStatus.PENDING, DeploymentStatus.OFFERED)
 
 
+class _OfferRules(TypedDict):
+    supported_model_ids: list[int]
+    breaker_tripped: bool
+
+
+if TYPE_CHECKING:  # WithAnnotations takes its second argument only for the type checker
+    OfferCandidate = WithAnnotations[Deployment, _OfferRules]
+
+
+# What the offer rules and the offer's answer read of the joined rows (every deployment column is kept). A rule
+# that reads another column would cost a query per candidate: tests/device_api/test_quick_checkin.py counts them.
+_OFFER_COLUMNS = (
+    *(field.name for field in Deployment._meta.concrete_fields),
+    "rollout__status",
+    "rollout__plan",
+    "rollout__change__status",
+    "release__version",
+    "release__release_counter",
+    "release__artifact__sha256",
+    "release__artifact__size_bytes",
+    "device__status",
+    "device__hardware_model_id",
+    "device__installed_release_counter",
+    "device__reported_release_counter",
+    "device__region__code",
+    "device__region__time_zone",
+)
+
+
+def _offer_candidates(device_id: int) -> QuerySet[OfferCandidate]:
+    """The device's pending and offered deployments, rollbacks first, locked, each with what the offer rules read:
+    its device (and region), rollout, change, release and artifact rows, the release's supported hardware models
+    (`supported_model_ids`) and whether the rollout's breaker has tripped (`breaker_tripped`)."""
+    supported = FirmwareRelease.hardware_models.through.objects.filter(firmwarerelease_id=OuterRef("release_id"))
+    return (
+        # of=("self",): lock only the deployment rows. Without it PostgreSQL also locks the joined rollout, release,
+        # artifact and device rows, so concurrent check-ins of one rollout skip each other's deployments
+        # (skip_locked) and every report of the device would queue behind the offer.
+        Deployment.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("rollout__change", "release__artifact", "device__region")
+        .only(*_OFFER_COLUMNS)
+        .annotate(
+            supported_model_ids=ArraySubquery(supported.values("hardwaremodel_id")),
+            breaker_tripped=Exists(tripped_waves(OuterRef("rollout_id"))),
+        )
+        .filter(device_id=device_id, status__in=OFFER_CANDIDATES)
+        .order_by("-kind", "created_at")  # "update" > "rollback": rollbacks come first
+    )
+
+
+# Compiled once per connection: building this wide statement costs Django more than PostgreSQL needs to run it.
+_offer_candidates_of: CompiledQuery[OfferCandidate] = CompiledQuery(_offer_candidates, stand_in=1_975_318_642)
+
+
 @atomic_with_retry()
-def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployment | None:
+def deployment_offer(*, device_id: int, now: datetime | None = None) -> Deployment | None:
     """The deployment to offer a checking-in device now, if any: rollbacks first, respecting pause, halt, the
     breaker, pacing, the region's maintenance window and the plan's concurrent-download limit.
 
     Every candidate is re-checked against the device as it is now (status, hardware model, anti-rollback) and the
     change (still implementing): a deployment that no longer qualifies is skipped (or cancelled) with the reason.
+    One statement locks the candidates and reads all of that, so re-sending a live offer costs that statement.
     """
     now = now or timezone.now()
-    candidates = list(
-        # of=("self",): lock only the deployment rows. Without it PostgreSQL also locks the joined rollout, release
-        # and artifact rows, so concurrent check-ins of one rollout skip each other's deployments (skip_locked).
-        Deployment.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("rollout__change", "release__artifact")
-        .filter(device=device, status__in=OFFER_CANDIDATES)
-        .order_by("-kind", "created_at")  # "update" > "rollback": rollbacks come first
-    )
-    if not candidates:
-        return None
-    facts = device_facts(device.pk)
-    for deployment in candidates:
+    for deployment in _offer_candidates_of(device_id):
         rollout = deployment.rollout
         allowed = OFFERABLE_ROLLOUTS if deployment.kind == DeploymentKind.UPDATE else (RolloutStatus.ROLLING_BACK,)
         if rollout.status not in allowed:
             continue
-        refusal = _refusal_to_offer(deployment, facts)
+        refusal = _refusal_to_offer(
+            deployment, supported_model_ids=deployment.supported_model_ids, tripped=deployment.breaker_tripped
+        )
         if refusal:
             _end_unstarted(deployment, refusal, now)
             continue
@@ -192,7 +244,7 @@ def deployment_offer(*, device: Device, now: datetime | None = None) -> Deployme
             return deployment
         if deployment.not_before and deployment.not_before > now:
             continue
-        region = device.region
+        region = deployment.device.region
         if deployment.kind == DeploymentKind.UPDATE and not region_open(
             rollout.approved_plan, region.code, region.time_zone, now
         ):
@@ -366,7 +418,8 @@ def deployment_withdrawal(deployment: Deployment, device: Device) -> Refusal | N
     """Why a deployment must not go on now (device not active, change closed, breaker tripped); None if it may.
 
     `device` is the one this request authenticated (its status read at the start of the request)."""
-    return _withdrawal(deployment, device.status)
+    tripped = deployment.kind == DeploymentKind.UPDATE and breaker_tripped(deployment.rollout_id)
+    return _withdrawal(deployment, device.status, tripped=tripped)
 
 
 def _commit_inventory(device: Device, deployment: Deployment, now: datetime) -> None:

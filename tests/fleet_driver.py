@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from django.db import close_old_connections
 
-from devices.models import Device
 from rollouts.choices import DEPLOYMENT_TERMINAL, RolloutStatus
 from rollouts.demo.playback import FAIL_BOOT, HAPPY, play
 from rollouts.deployment_services import deployment_offer
@@ -33,7 +32,7 @@ def step(rollout_id: int, behaviour: Behaviour) -> int:
         .distinct()
     )
     for device_id in list(device_ids):
-        deployment = deployment_offer(device=Device.objects.get(pk=device_id))
+        deployment = deployment_offer(device_id=device_id)
         if deployment is None:
             continue
         statuses = behaviour(deployment)

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from django.conf import settings
 from django.db import connection
-from django.db.backends.utils import CursorWrapper
 from django.db.models import F, Q, QuerySet, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
@@ -31,6 +29,7 @@ from devices.edge.services import IN_FLIGHT
 from devices.models import Device
 from devices.services import device_report_changes, device_report_check
 from devices.validators import SLOT_NAMES
+from ota_project.compiled_queries import prepared_cursor
 from rollouts.choices import DeploymentStatus
 from rollouts.deployment_services import OFFER_CANDIDATES
 from rollouts.models import Deployment
@@ -140,36 +139,6 @@ def _compile(present: frozenset[str]) -> _Statement:
     return _Statement(sql, tuple(slots))
 
 
-_NEVER_BY_COUNT = 2**31 - 1
-
-
-class _PreparingCursor(psycopg.Cursor[Any]):
-    """Server-side binding, prepared at first use on each connection: PostgreSQL plans the statement once per
-    connection, not per check-in, and the client sends only the values. (Behind a transaction-pooling PgBouncer
-    this needs its `max_prepared_statements`.)"""
-
-    def execute(
-        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
-    ) -> Any:
-        return super().execute(query, params, prepare=True, binary=binary)
-
-
-def _prepared_cursor() -> CursorWrapper:
-    """A _PreparingCursor on Django's connection, wrapped as Django wraps its own (query log, execute wrappers)."""
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        raw = connection.connection
-        if raw.prepare_threshold is None:
-            # Django turns preparing off (None) for connection poolers, and psycopg then ignores prepare=True too.
-            # Django's own cursors bind on the client and never prepare, so a threshold no query reaches enables
-            # preparing for the cursors that ask for it (this one) and for no other.
-            raw.prepare_threshold = _NEVER_BY_COUNT
-        cursor = _PreparingCursor(raw)
-    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
-    return wrap(cursor)  # type: ignore[arg-type]  # django-stubs say CursorWrapper; Django passes a DB-API cursor
-
-
 @functools.cache
 def _statement(present: frozenset[str]) -> _Statement:
     return _compile(present)
@@ -197,7 +166,7 @@ def checkin_record(*, serial: str, secret: str, report: dict[str, Any], at: date
         "health": dict(checked["health"]) if checked["health"] is not None else None,
     }
     statement = _statement(present)
-    with _prepared_cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(statement.sql, statement.params(values))
         row = cursor.fetchone()
     if row is None:

@@ -12,7 +12,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import BaseCache, caches
-from django.db import transaction
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.credentials import secret_hash
@@ -48,9 +47,9 @@ def deployment_is_another_devices(*, device: Device, deployment_id: int) -> bool
     return Deployment.objects.filter(pk=deployment_id).exclude(device=device).exists()
 
 
-def device_has_deployment_in_flight(*, device: Device) -> bool:
+def device_has_deployment_in_flight(*, device_id: int) -> bool:
     """True while one of the device's deployments is between offer and confirmation (it should poll faster)."""
-    return Deployment.objects.filter(device=device, status__in=IN_FLIGHT).exists()
+    return Deployment.objects.filter(device_id=device_id, status__in=IN_FLIGHT).exists()
 
 
 def device_download_in_progress(*, device_id: int) -> Deployment | None:
@@ -175,11 +174,13 @@ def download_pass_device(*, serial: str, secret: str, deployment_id: int, sha256
     return granted.device
 
 
-@transaction.atomic
 def telemetry_accept(*, device: Device, samples: list[dict[str, Any]], batch_id: str | None) -> BatchAcceptance:
-    """Accept a device's KPI batch for asynchronous processing; samples may name only the device's own deployments."""
+    """Accept a device's KPI batch for asynchronous processing; samples may name only the device's own deployments.
+
+    Not a transaction of its own: it only reads before the batch's atomic insert (a refusal's security event is
+    written on its own connection anyway), and each transaction is two round trips a batch would wait on."""
     named = {s["deployment_id"] for s in samples if s.get("deployment_id")}
-    own = set(Deployment.objects.filter(device=device, pk__in=named).values_list("pk", flat=True))
+    own = set(Deployment.objects.filter(device=device, pk__in=named).values_list("pk", flat=True)) if named else set()
     unknown = sorted(named - own)
     if unknown:
         others = list(Deployment.objects.filter(pk__in=unknown).order_by("pk").values_list("pk", flat=True)[:20])

@@ -206,7 +206,7 @@ class CheckinView(DeviceAPIView):
         body = CheckinInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
         device_record_report(device=device, at=timezone.now(), **_report(body.validated_data))
-        return Response(_checkin_answer(request, device=device, shaping=self.shaping))
+        return Response(_checkin_answer(request, device_id=device.pk, shaping=self.shaping))
 
 
 def _report(data: dict[str, Any]) -> dict[str, Any]:
@@ -221,13 +221,14 @@ def _report(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _checkin_answer(request: HttpRequest | Request, *, device: Device, shaping: LoadShaping) -> dict[str, Any]:
+def _checkin_answer(request: HttpRequest | Request, *, device_id: int, shaping: LoadShaping) -> dict[str, Any]:
     """The answer once the report is stored: the offer service decides (and locks), then the poll interval."""
     # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
-    # service withdraws what they had been offered and not yet started installing.
+    # service withdraws what they had been offered and not yet started installing. It reads the device's row
+    # itself, in its locking statement: the request's copy is not what it decides on.
     # A device fetching an image gets its offer again, with a fresh URL: a download outlives its token that way.
-    deployment = deployment_offer(device=device) or services.device_download_in_progress(device_id=device.pk)
-    in_flight = deployment is not None or services.device_has_deployment_in_flight(device=device)
+    deployment = deployment_offer(device_id=device_id) or services.device_download_in_progress(device_id=device_id)
+    in_flight = deployment is not None or services.device_has_deployment_in_flight(device_id=device_id)
     answer = {
         "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=in_flight),
         "offer": _offer_body(request, deployment) if deployment else None,
@@ -270,9 +271,7 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
     )
     shaping = region_load_shaping(region=region)
     if row.work_waiting:
-        # deployment_offer reads the region (windows) and reads the rest of what it decides on fresh itself.
-        device = Device.objects.select_related("region").get(pk=row.device_id)
-        answer = _checkin_answer(request, device=device, shaping=shaping)
+        answer = _checkin_answer(request, device_id=row.device_id, shaping=shaping)
     else:
         # Nothing in flight: the one statement answered. Under way: a download in progress gets a fresh URL.
         fetching = services.device_download_in_progress(device_id=row.device_id) if row.fetching else None

@@ -35,7 +35,7 @@ def _devices_poll(rollout: Rollout, fails: set[int]) -> None:
         pending = rollout.deployments.filter(device_id=device_id).select_related("device").first()
         if pending is None:
             continue
-        offered = deployment_offer(device=pending.device)
+        offered = deployment_offer(device_id=pending.device_id)
         if offered is not None:
             if device_id in fails and offered.kind == "update":
                 play(offered, FAIL_BOOT, failure_detail="boot health check failed: modem_attach")

@@ -32,7 +32,7 @@ def rollout(approved_change, operator):
 
 def _drive(deployment: Deployment, *statuses: str) -> Deployment:
     """Offer the deployment to its device and report these statuses as the device would."""
-    offered = deployment_offer(device=deployment.device)
+    offered = deployment_offer(device_id=deployment.device_id)
     assert offered is not None and offered.pk == deployment.pk
     for seq, status in enumerate(statuses, start=offered.last_seq + 1):
         report = (

@@ -127,7 +127,7 @@ def test_offer_skips_a_device_whose_hardware_model_changed_since_assignment(roll
     deployment = Deployment.objects.select_related("device").first()
     assert deployment is not None
     Device.objects.filter(pk=deployment.device_id).update(hardware_model=HardwareModelFactory.create(name="tcu-9g-r1"))
-    assert deployment_offer(device=deployment.device) is None
+    assert deployment_offer(device_id=deployment.device_id) is None
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.SKIPPED
     assert "does not support the device's hardware model now" in deployment.detail
@@ -138,7 +138,7 @@ def test_offer_never_lowers_a_devices_committed_counter(rollout):
     deployment = Deployment.objects.select_related("device").first()
     assert deployment is not None
     Device.objects.filter(pk=deployment.device_id).update(installed_release_counter=9)
-    assert deployment_offer(device=deployment.device) is None
+    assert deployment_offer(device_id=deployment.device_id) is None
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.SKIPPED and "anti-rollback" in deployment.detail
     assert Device.objects.get(pk=deployment.device_id).installed_release_counter == 9
@@ -159,7 +159,7 @@ def test_a_cancelled_change_offers_nothing_any_more(rollout):
     assert assigned is not None
     device = assigned.device
     ChangeRequest.objects.filter(pk=rollout.change_id).update(status=ChangeStatus.CANCELLED)  # a side door
-    assert deployment_offer(device=device) is None
+    assert deployment_offer(device_id=device.pk) is None
     assert Deployment.objects.get(device=device).detail == "withdrawn: the change is cancelled"
 
 
@@ -187,7 +187,7 @@ def test_the_report_that_crosses_the_failure_threshold_stops_every_offer_at_once
     assert wave.breaker_tripped_at is not None and "crossed its failure threshold" in wave.breaker_reason
     # No workflow has run the halt: the rollout still says running, yet nothing is offered any more.
     assert Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.RUNNING
-    assert deployment_offer(device=second.device) is None
+    assert deployment_offer(device_id=second.device_id) is None
     assert Deployment.objects.get(pk=second.pk).status == DeploymentStatus.CANCELLED
     assert DecisionRecord.objects.filter(action="rollout.breaker_tripped").count() == 1
 

@@ -167,7 +167,7 @@ def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(ro
     first, second = Deployment.objects.order_by("pk")
     _drive(expect_offer(first.device), *HAPPY)
     cancelled = steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="failure threshold crossed")
-    assert cancelled == 1 and deployment_offer(device=second.device) is None
+    assert cancelled == 1 and deployment_offer(device_id=second.device_id) is None
     assert steps.rollback_assign(rollout_id=rollout.pk) == 1
     rollback = Deployment.objects.get(kind=DeploymentKind.ROLLBACK)
     assert rollback.device_id == first.device_id and rollback.release.version == "1.0.0"
@@ -237,9 +237,9 @@ def test_pause_blocks_offers(rollout):
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.PAUSED, 0))
     assigned = Deployment.objects.first()
     assert assigned is not None
-    assert deployment_offer(device=assigned.device) is None
+    assert deployment_offer(device_id=assigned.device_id) is None
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
-    assert deployment_offer(device=assigned.device) is not None
+    assert deployment_offer(device_id=assigned.device_id) is not None
 
 
 def test_maintenance_window_waits_for_the_region(rollout):
@@ -267,7 +267,7 @@ def test_failures_the_plan_retries_are_offered_again(rollout):
     ).deployment
     assert retried.status == DeploymentStatus.PENDING
     assert retried.not_before is not None and retried.not_before > timezone.now()
-    assert deployment_offer(device=device) is None  # backoff first
+    assert deployment_offer(device_id=device.pk) is None  # backoff first
     later = timezone.now() + timedelta(minutes=5)
     for attempt in range(2, 5):  # the plan retries downloads 3 times: attempts 1..4 are offered, 4 fails for good
         again = expect_offer(device, now=later)

@@ -61,7 +61,7 @@ def _snapshot(deployment_ids) -> list[tuple]:
 
 def _confirming(deployment: Deployment) -> Deployment:
     """Drive a deployment the real way, through the device services, up to confirming its boot."""
-    offered = deployment_offer(device=deployment.device)
+    offered = deployment_offer(device_id=deployment.device_id)
     assert offered is not None and offered.pk == deployment.pk
     play(offered, ("downloading", "downloaded", "installing", "rebooting", "confirming"))
     offered.refresh_from_db()

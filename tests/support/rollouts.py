@@ -73,6 +73,6 @@ def abort(rollout: Rollout, actor: User | None = None, *, reason: str = "aborted
 def expect_offer(device: Device, *, now: datetime | None = None) -> Deployment:
     """The deployment `deployment_offer` gives `device` now, for a test that expects the device to be offered work
     (fails the test, naming the device, when nothing is offered)."""
-    offered = deployment_offer(device=device, now=now)
+    offered = deployment_offer(device_id=device.pk, now=now)
     assert offered is not None, f"nothing was offered to {device.serial}"
     return offered

@@ -17,7 +17,7 @@ from workflows.types import PhaseChange
 
 def drive(deployment: Deployment, *statuses: str) -> Deployment:
     """Offer the deployment to its device, then report these statuses as the device would (device services)."""
-    offered = deployment_offer(device=deployment.device)
+    offered = deployment_offer(device_id=deployment.device_id)
     assert offered is not None and offered.pk == deployment.pk
     play(offered, statuses)
     offered.refresh_from_db()

@@ -506,7 +506,7 @@ def test_dashboard_shows_the_tripped_breaker_and_why_devices_were_set_aside(roll
     play_wave(rollout, 0, [FAIL_BOOT])
     other = Deployment.objects.filter(rollout=rollout, status="pending").select_related("device").first()
     assert other is not None
-    assert deployment_offer(device=other.device) is None  # withdrawn by the breaker, no workflow involved
+    assert deployment_offer(device_id=other.device_id) is None  # withdrawn by the breaker, no workflow involved
     html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
     breaker_match = re.search(r'id="breaker-0">(.*?)</p>', html, re.S)
     assert breaker_match is not None
