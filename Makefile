@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges clean
+.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,24 +51,28 @@ lint: install
 	$(BIN)/mypy
 
 ## Rollout-scale benchmark on PostgreSQL (a scratch database ota_bench is recreated): prints JSON ratios
-bench: install services
+bench: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench" -c "CREATE DATABASE ota_bench"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.rollout_scale
 
 ## Telemetry intake benchmark on PostgreSQL with a real Celery worker on Redis (scratch database ota_bench_telemetry)
-bench-telemetry: install services
+bench-telemetry: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_telemetry" -c "CREATE DATABASE ota_bench_telemetry"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_telemetry OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.telemetry
 
 ## Ranged downloads: 100 concurrent 1 MiB ranges vs nginx serving the same file (scratch database ota_bench_ranges)
-bench-ranges: install services
+bench-ranges: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_ranges" -c "CREATE DATABASE ota_bench_ranges"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_ranges OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.ranges
 
 ## Check-in benchmark: gunicorn + wrk, idle and offer check-ins vs "hello" and "hello + one query" (ota_bench_checkin)
-bench-checkin: install services
+bench-checkin: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_checkin" -c "CREATE DATABASE ota_bench_checkin"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_checkin OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.checkin $(BENCH_ARGS)
+
+## The benchmarks' own SoftHSM2 token and data, in .data/bench (their servers sign decision records too)
+bench-data: install
+	OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python manage.py softhsm_setup
 
 clean:
 	-[ ! -x $(BIN)/python ] || $(BIN)/python manage.py embedded_db stop
