@@ -64,9 +64,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # A device's range that a live download pass covers is answered here (devices.edge.views.quick_artifact);
-    # nothing below it (sessions, CSRF, users, messages, routing) has anything to do for one. Others pass on.
-    "devices.edge.middleware.QuickRangeMiddleware",
+    # A device's check-in (devices.edge.views.quick_checkin) and a range that a live download pass covers
+    # (quick_artifact) are answered here: nothing below (sessions, CSRF, users, messages, routing, DRF) has anything
+    # to do for them. Whatever they decline, and every other request, passes on.
+    "devices.edge.middleware.DeviceShortPathMiddleware",
     # Serves collected static files (Swagger UI, admin) from the app itself: no CDN, no extra web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1,8 +1,12 @@
-"""The ranged-download short path's place in the request: right after SecurityMiddleware, before everything a
-device's range does not need (static files, sessions, CSRF, users, messages, htmx, sign-in lockout, URL routing).
+"""The device edge's short paths and their place in the request: right after SecurityMiddleware, before everything
+a device's check-in or range does not need (static files, sessions, CSRF, users, messages, htmx, sign-in lockout,
+URL routing, DRF).
 
-Only a GET of an artifact URL is looked at, and only `quick_artifact` answers it; whatever it declines goes down
-the ordinary chain to ArtifactView (the full path), unchanged. Staff pages never reach this branch.
+Only a POST of the check-in URL and a GET of an artifact URL are looked at, and only `quick_checkin` and
+`quick_artifact` answer them; whatever they decline goes down the ordinary chain to CheckinView or ArtifactView
+(the full paths), unchanged, with their refusals, security events and error envelope. Staff pages never reach
+either branch. A deadlock or serialization failure in a short path answers 503 + Retry-After, as
+`ota_project.views.RetryLaterMiddleware` does for views.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import reverse
 
-from devices.edge.views import quick_artifact
+from devices.edge.views import quick_artifact, quick_checkin
+from ota_project.db import is_retryable_db_error
+from ota_project.views import retry_later
 
 _SHA256 = "0" * 64
 
@@ -26,17 +32,32 @@ def _artifact_path_re() -> re.Pattern[str]:
     return re.compile(rf"\A{re.escape(prefix)}(?P<sha256>[0-9a-f]{{64}})/\Z")
 
 
-class QuickRangeMiddleware:
-    """Answer a device's range on the short path when it can; pass every other request on untouched."""
+@functools.cache
+def _checkin_path() -> str:
+    return reverse("device-checkin")
+
+
+class DeviceShortPathMiddleware:
+    """Answer a device's check-in or range on its short path when it can; pass every other request on untouched."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            answer = self._short(request)
+        except Exception as exc:
+            if not is_retryable_db_error(exc):
+                raise
+            return retry_later(request)
+        return answer if answer is not None else self.get_response(request)
+
+    @staticmethod
+    def _short(request: HttpRequest) -> HttpResponseBase | None:
+        if request.method == "POST" and request.path_info == _checkin_path():
+            return quick_checkin(request)
         if request.method == "GET":
             match = _artifact_path_re().match(request.path_info)
             if match is not None:
-                answer = quick_artifact(request, match["sha256"])
-                if answer is not None:
-                    return answer
-        return self.get_response(request)
+                return quick_artifact(request, match["sha256"])
+        return None

@@ -163,18 +163,12 @@ def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[
 class CheckinView(DeviceAPIView):
     """Record what the device runs; answer the poll interval and, when one is due, an offer.
 
-    Most check-ins take the short path (`quick_checkin`): one SQL statement authenticates the device, stores its
-    report and looks for work. Only when work waits does the locking offer path run; anything else the short path
-    cannot answer exactly as the full path would (a bad credential or body, a region with a check-in budget) is
-    handed to the full DRF path, which answers it (401 and its security event, 400, 413, 429).
+    Most check-ins never get here: they take the short path (`quick_checkin`, run by
+    devices.edge.middleware.DeviceShortPathMiddleware before sessions, CSRF, routing and DRF): one SQL statement
+    authenticates the device, stores its report and looks for work. Only when work waits does the locking offer path
+    run; anything else the short path cannot answer exactly as this view would (a bad credential or body, a region
+    with a check-in budget) comes here, which answers it (401 and its security event, 400, 413, 429).
     """
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if request.method == "POST":
-            answer = quick_checkin(request)
-            if answer is not None:
-                return answer
-        return super().dispatch(request, *args, **kwargs)
 
     def admit(self, request: Request) -> None:
         self.shaping = checkin_admit(device=current_device(request))
@@ -564,7 +558,7 @@ class ArtifactView(DeviceAPIView):
 
 def quick_artifact(request: HttpRequest, sha256: str) -> HttpResponseBase | None:
     """The short path for a range: no database, no DRF, when the full path recently vouched for this download
-    (called by devices.edge.middleware.QuickRangeMiddleware, ahead of the middleware a range does not need).
+    (called by devices.edge.middleware.DeviceShortPathMiddleware, ahead of the middleware a range does not need).
 
     It answers only when the credential matches a live download pass (`services.download_pass_device`: the full
     path authenticated this very secret and found the deployment's rules allow this image, at most

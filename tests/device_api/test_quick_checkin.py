@@ -264,3 +264,34 @@ def test_the_reused_check_in_validator_keeps_nothing_between_requests(fleet, dev
     assert client.post(CHECKIN, checkin_body(version="1.0.4"), format="json").status_code == 200
     device.refresh_from_db()
     assert device.reported_version == "1.0.4"
+
+
+def test_the_short_path_runs_before_the_rest_of_the_chain_and_the_view_alone_answers_the_same(
+    fleet, device_client, settings
+):
+    settings.OTA_DEVICE_POLL_SECONDS = 420
+    device = _fleet_device(fleet)
+    short = device_client(device).post(CHECKIN, checkin_body(), format="json")
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if not m.endswith("DeviceShortPathMiddleware")]
+    full = device_client(device).post(CHECKIN, checkin_body(), format="json")  # a new client loads the new chain
+    assert short.status_code == full.status_code == 200
+    assert short.json() == full.json() == {"poll_interval_seconds": 420, "offer": None}
+    # XFrameOptionsMiddleware (further down the chain) marks every answer it sees: the short path's it never saw.
+    assert "X-Frame-Options" not in short and full["X-Frame-Options"] == "DENY"
+
+
+def test_a_deadlock_on_the_short_path_answers_503_with_retry_after(fleet, device_client, monkeypatch):
+    import psycopg
+    from django.db import OperationalError
+
+    from devices.edge import middleware
+
+    def deadlocked(request):
+        error = OperationalError("deadlock detected")
+        error.__cause__ = psycopg.errors.DeadlockDetected("deadlock detected")
+        raise error
+
+    monkeypatch.setattr(middleware, "quick_checkin", deadlocked)
+    response = device_client(_fleet_device(fleet)).post(CHECKIN, checkin_body(), format="json")
+    assert response.status_code == 503 and response.json()["error"]["code"] == "retry_later"
+    assert int(response["Retry-After"]) > 0
