@@ -45,12 +45,13 @@ def key_manage_refusal(actor: User | None) -> DomainError | None:
     return None
 
 
-def _check_actor(actor: User | None, action: str) -> User:
+def key_manager_check(actor: User | None, action: str, *, source: str = SOURCE) -> User:
+    """The acting security officer; anyone else is refused with an `action_unauthorised` security event."""
     refusal = key_manage_refusal(actor)
     if refusal is not None:
         security_event(
             kind=SecurityEventKind.ACTION_UNAUTHORISED,
-            source=SOURCE,
+            source=source,
             message=refusal.message,
             actor=actor,
             subject=action,
@@ -105,6 +106,19 @@ def _snapshot(key: SigningKey) -> dict[str, str]:
     return {"role": key.role, "key_id": key.key_id, "algorithm": key.algorithm, "state": key.state}
 
 
+def _record(person: User, action: str, key: SigningKey, reason: str, before: dict[str, str] | None = None) -> None:
+    """The key action's decision record: the key as it is now, and as it was before when it changed."""
+    record_decision(
+        actor=person,
+        action=action,
+        object_type="signing_key",
+        object_id=key.key_id,
+        before=before,
+        after=_snapshot(key),
+        reason=reason,
+    )
+
+
 def _insert(*, actor: User, role: str, token_key: TokenKey, location: str) -> SigningKey:
     try:
         with transaction.atomic():
@@ -132,7 +146,7 @@ def _generate_on_server(role: KeyRole, algorithm: KeyAlgorithm) -> TokenKey:
 def key_create(*, actor: User | None, role: str, algorithm: str = KeyAlgorithm.ED25519, reason: str = "") -> SigningKey:
     """Generate the key of a role in the server's token and register it; refused for offline roles, for a role that
     already has an active key, and for anyone but a security officer."""
-    person = _check_actor(actor, "key.create")
+    person = key_manager_check(actor, "key.create")
     key_role = _role(role)
     key_algorithm = _algorithm(algorithm)
     if key_role in OFFLINE_ROLES:
@@ -156,14 +170,7 @@ def key_create(*, actor: User | None, role: str, algorithm: str = KeyAlgorithm.E
         if key_role != KeyRole.AUDIT_CHECKPOINT:
             token_key_destroy(key_id=token_key.key_id)
         raise
-    record_decision(
-        actor=person,
-        action="key.create",
-        object_type="signing_key",
-        object_id=key.key_id,
-        after=_snapshot(key),
-        reason=reason,
-    )
+    _record(person, "key.create", key, reason)
     return key
 
 
@@ -189,7 +196,7 @@ def _parse_public_key(text: str) -> tuple[KeyAlgorithm, str]:
 @transaction.atomic
 def key_import_public(*, actor: User | None, role: str, public_key: str, reason: str = "") -> SigningKey:
     """Register the public half of a key generated elsewhere (an offline token) as the active key of `role`."""
-    person = _check_actor(actor, "key.import_public")
+    person = key_manager_check(actor, "key.import_public")
     key_role = _role(role)
     if key_role == KeyRole.AUDIT_CHECKPOINT:
         raise InvalidInput(
@@ -201,14 +208,7 @@ def key_import_public(*, actor: User | None, role: str, public_key: str, reason:
     _refuse_second_active(key_role)
     _refuse_registered(token_key.key_id)
     key = _insert(actor=person, role=key_role, token_key=token_key, location=KeyLocation.OFFLINE)
-    record_decision(
-        actor=person,
-        action="key.import_public",
-        object_type="signing_key",
-        object_id=key.key_id,
-        after=_snapshot(key),
-        reason=reason,
-    )
+    _record(person, "key.import_public", key, reason)
     return key
 
 
@@ -240,7 +240,7 @@ def _leave(key: SigningKey, to: str, actor: User, reason: str = "") -> None:
 def key_rotate(*, actor: User | None, role: str, public_key: str = "", reason: str = "") -> SigningKey:
     """Replace the active key of a role: a new key (generated in the server's token, or for an offline role the
     public half of one made in a ceremony) becomes active, the old one is retired and its private half destroyed."""
-    person = _check_actor(actor, "key.rotate")
+    person = key_manager_check(actor, "key.rotate")
     key_role = _role(role)
     if key_role == KeyRole.AUDIT_CHECKPOINT:
         return _audit_key_rotate(person, reason)
@@ -268,15 +268,7 @@ def key_rotate(*, actor: User | None, role: str, public_key: str = "", reason: s
             if location == KeyLocation.SERVER_TOKEN:
                 token_key_destroy(key_id=new_key.key_id)
             raise
-        record_decision(
-            actor=person,
-            action="key.rotate",
-            object_type="signing_key",
-            object_id=key.key_id,
-            before=before,
-            after=_snapshot(key),
-            reason=reason,
-        )
+        _record(person, "key.rotate", key, reason, before)
         if old.location == KeyLocation.SERVER_TOKEN:
             # A retired key signs nothing more; its public half stays here for what it signed.
             transaction.on_commit(lambda: token_key_destroy(key_id=old.key_id))
@@ -306,7 +298,7 @@ def key_revoke(*, actor: User | None, key_id: str, reason: str) -> SigningKey:
     """Revoke a key (compromised or withdrawn): it is trusted for nothing from now on and its private half, if on
     the server's token, is destroyed. A reason is required; the audit key is rotated, never revoked (its signatures
     are what the decision record's verification rests on)."""
-    person = _check_actor(actor, "key.revoke")
+    person = key_manager_check(actor, "key.revoke")
     if not reason.strip():
         raise InvalidInput("A reason is required to revoke a key.", fields={"reason": ["Required."]})
     key = SigningKey.objects.select_for_update().filter(key_id=key_id).first()
@@ -319,15 +311,7 @@ def key_revoke(*, actor: User | None, key_id: str, reason: str) -> SigningKey:
         )
     before = _snapshot(key)
     _leave(key, KeyState.REVOKED, person, reason)
-    record_decision(
-        actor=person,
-        action="key.revoke",
-        object_type="signing_key",
-        object_id=key.key_id,
-        before=before,
-        after=_snapshot(key),
-        reason=reason,
-    )
+    _record(person, "key.revoke", key, reason, before)
     if key.location == KeyLocation.SERVER_TOKEN:
         transaction.on_commit(lambda: token_key_destroy(key_id=key.key_id))
     return key

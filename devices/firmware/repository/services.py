@@ -32,7 +32,7 @@ from approvals.audit.choices import SecurityEventKind
 from approvals.audit.records import record_decision
 from approvals.audit.security import security_event
 from devices.firmware.keys.selectors import signing_key_active
-from devices.firmware.keys.services import key_manage_refusal
+from devices.firmware.keys.services import key_manager_check
 from devices.firmware.models import FirmwareRelease
 from devices.firmware.repository.files import image_files_write
 from devices.firmware.repository.models import ImageMetadata, ImageRole, ImageTarget
@@ -215,16 +215,7 @@ def _refuse_root(root: Metadata[Root], now: datetime) -> None:
 def image_repository_init(*, actor: User | None, root: Metadata[Root]) -> ImageMetadata:
     """Start the image repository from a root v1 signed in the key ceremony: keep the root, sign empty targets,
     snapshot and timestamp, publish. Security officers only; refused once a root exists."""
-    refusal = key_manage_refusal(actor)
-    if refusal is not None:
-        security_event(
-            kind=SecurityEventKind.ACTION_UNAUTHORISED,
-            source=SOURCE,
-            message=refusal.message,
-            actor=actor,
-            subject="image_repository.init",
-        )
-        raise refusal
+    key_manager_check(actor, "image_repository.init", source=SOURCE)
     _lock()
     if image_repository_initialised():
         raise Conflict("The image repository already has a root; rotate it instead of starting again.")
