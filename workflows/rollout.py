@@ -75,6 +75,9 @@ REPROJECT_ON_START_PATCH = "reproject-on-start"
 # A state change not yet projected (a resume accepted while the health check that passed the wave was in flight)
 # reaches the database before the automatic promotion, which the database refuses for a paused rollout.
 PROJECT_BEFORE_PROMOTION_PATCH = "project-before-promotion"
+# The final phase (completed, aborted, rolled_back) reaches the search attributes too, with the pause flag cleared:
+# before this, a finished rollout kept showing the last phase a projection upserted.
+FINAL_SEARCH_ATTRIBUTES_PATCH = "search-attributes-final"
 # _watch_wave's result when a person promoted (Verdict.PASS: promoted automatically).
 _PROMOTED_BY_PERSON = "promoted_by_person"
 
@@ -456,6 +459,7 @@ class RolloutWorkflow:
         )
         self._phase, self._gate, self._paused, self._message = outcome, Gate.NONE, False, reason
         self._projected = self._projection_key()
+        self._show_in_visibility(FINAL_SEARCH_ATTRIBUTES_PATCH)
         # Let accepted updates (already refused by their re-check, or finished) complete before the run closes.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
@@ -511,9 +515,13 @@ class RolloutWorkflow:
             retry_policy=_RETRY,
         )
         self._projected = key
-        # Keep the Temporal UI's filters (phase, wave, paused) current. Only for workflows started with the rollout
-        # search attributes (so they are registered), and guarded: histories recorded before this lack the command.
-        if OTA_PHASE in workflow.info().typed_search_attributes and workflow.patched("search-attributes-upserted"):  # type: ignore[comparison-overlap]  # __contains__ takes a key, iteration yields pairs
+        self._show_in_visibility("search-attributes-upserted")
+
+    def _show_in_visibility(self, patch_id: str) -> None:
+        """Keep the Temporal UI's filters (phase, wave, paused) current. Only for workflows started with the rollout
+        search attributes (so they are registered), and guarded: histories recorded before `patch_id` lack the
+        command."""
+        if OTA_PHASE in workflow.info().typed_search_attributes and workflow.patched(patch_id):  # type: ignore[comparison-overlap]  # __contains__ takes a key, iteration yields pairs
             workflow.upsert_search_attributes(
                 progress_updates(phase=self._shown_phase(), wave=self._wave_index, paused=self._paused)
             )

@@ -21,7 +21,7 @@ from rollouts.models import Deployment, Rollout
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, run_until
 from tests.temporal_support import in_temporal_loop, running_worker, subprocess_env, worker_process
 from workflows.client import TemporalUnavailable, temporal_client
-from workflows.search_attributes import OTA_CHANGE_ID, OTA_PHASE
+from workflows.search_attributes import OTA_CHANGE_ID, OTA_PAUSED, OTA_PHASE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,6 +57,28 @@ def _search_attributes(workflow_id: str, *, phase: str = "", seconds: float = 10
         time.sleep(0.2)
 
 
+def _listed_by_final_phase(rollout: Rollout, phase: str, seconds: float = 10.0) -> list[str]:
+    """The workflow ids the Temporal visibility API lists for `OtaPhase=phase` of this change (what an operator's
+    `temporal workflow list --query ...` answers), once the final phase has reached it."""
+
+    async def listed():
+        query = f'OtaPhase="{phase}" AND OtaChangeId={rollout.change_id}'
+        return [execution.id async for execution in (await temporal_client()).list_workflows(query)]
+
+    deadline = time.monotonic() + seconds
+    while True:
+        ids = in_temporal_loop(listed())
+        if ids or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.2)
+
+
+def _shows_final_phase(rollout: Rollout, phase: str) -> None:
+    attributes = _search_attributes(rollout.workflow_id, phase=phase)
+    assert (attributes.get(OTA_PHASE), attributes.get(OTA_PAUSED)) == (phase, False)
+    assert _listed_by_final_phase(rollout, phase) == [rollout.workflow_id]
+
+
 def _no_duplicates(rollout: Rollout) -> None:
     per_device = (
         Deployment.objects.filter(rollout=rollout, kind=DeploymentKind.UPDATE).values("device").distinct().count()
@@ -73,6 +95,7 @@ def test_healthy_rollout_completes_every_wave(start):
     _no_duplicates(rollout)
     assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.COMPLETED
     assert chain_verify().ok
+    _shows_final_phase(rollout, "completed")
 
 
 def test_failing_pilot_halts_and_rolls_back_before_the_fleet_sees_it(start):
@@ -93,6 +116,7 @@ def test_failing_pilot_halts_and_rolls_back_before_the_fleet_sees_it(start):
     assert not Device.objects.filter(installed_version="1.1.0").exists()
     assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.ROLLED_BACK
     assert DecisionRecord.objects.filter(action="rollout.halt").exists()
+    _shows_final_phase(rollout, "rolled_back")
 
 
 def test_manual_gate_waits_for_a_permitted_operator(start, operator, requester):
@@ -158,6 +182,7 @@ def test_missed_deadlines_time_out_and_halt(start, operator):
         rollout = run_until(rollout.pk, lambda d: None, finished)
     assert rollout.status == RolloutStatus.ABORTED
     assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.CANCELLED
+    _shows_final_phase(rollout, "aborted")
 
 
 def test_worker_killed_mid_wave_loses_and_duplicates_nothing(start, settings):
