@@ -144,17 +144,16 @@ def decision_refusal(user: User, change: ChangeRequest, decision: str) -> Domain
     if change.author_id == user.pk:
         return NotPermitted("You are the author of this change; authors never approve their own change.")
     held = roles_of(user)
-    required = set(policy_requirements(policy_for(change)))
-    if decision == ApprovalDecision.APPROVED:
-        if not held & required:
-            return NotPermitted(
-                f"Your role is not needed by the policy for a {change.risk_level}-risk {change.change_type} change "
-                f"(it needs: {_role_list(required)})."
-            )
-    elif not held & APPROVER_ROLES:
+    if not held & APPROVER_ROLES:
         return NotPermitted(
             f"Your roles ({_role_list(held)}) do not take part in change decisions "
-            f"(CAB, emergency CAB and the security officer do)."
+            f"(CAB, emergency CAB and the security officer do); you see this change read-only."
+        )
+    required = set(policy_requirements(policy_for(change)))
+    if decision == ApprovalDecision.APPROVED and not held & required:
+        return NotPermitted(
+            f"Your role is not needed by the policy for a {change.risk_level}-risk {change.change_type} change "
+            f"(it needs: {_role_list(required)})."
         )
     if change.status not in CHANGE_REVIEWABLE:
         return Conflict(

@@ -15,17 +15,23 @@ from ota_project.roles import roles_of
 from ota_project.signals import REFUSAL_API_AUTH_FAILED, refusal
 
 MeSerializer = inline_serializer(
-    "Me", {"username": serializers.CharField(), "roles": serializers.ListField(child=serializers.CharField())}
+    "Me",
+    {
+        "id": serializers.IntegerField(),
+        "username": serializers.CharField(),
+        "roles": serializers.ListField(child=serializers.CharField()),
+    },
 )
 TokenSerializer = inline_serializer("Token", {"token": serializers.CharField()})
 
 
 class MeView(APIView):
-    """The signed-in user and the roles they hold."""
+    """The signed-in user (the id that workflow updates and the decision record name) and the roles they hold."""
 
     @extend_schema(responses=MeSerializer)
     def get(self, request: Request) -> Response:
-        return Response({"username": request.user.get_username(), "roles": sorted(roles_of(request.user))})
+        user = request.user
+        return Response({"id": user.pk, "username": user.get_username(), "roles": sorted(roles_of(user))})
 
 
 class TokenIssueView(APIView):

@@ -23,6 +23,9 @@ class Role(models.TextChoices):
 
 # Roles whose members take part in change decisions.
 APPROVER_ROLES = frozenset({Role.CAB_MEMBER, Role.EMERGENCY_CAB, Role.SECURITY_OFFICER})
+# Roles that read every (non-draft) change in any status without deciding on it: auditors for the record,
+# operators for what they will carry out.
+CHANGE_READER_ROLES = frozenset({Role.AUDITOR, Role.OPERATOR})
 
 
 def roles_of(user: User | AnonymousUser | None) -> frozenset[str]:

@@ -41,7 +41,7 @@ from approvals.selectors import (
 )
 from devices.scope import scope_devices, scope_summary
 from ota_project.errors import DomainError, InvalidInput, NotPermitted
-from ota_project.roles import APPROVER_ROLES, has_role
+from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, has_role
 
 # Statuses whose rollout holds (or is about to hold) devices: a change overlapping them competes for vehicles.
 ACTIVE_ROLLOUT_STATUSES = (ChangeStatus.SCHEDULED, ChangeStatus.IMPLEMENTING)
@@ -58,16 +58,16 @@ def _risk_rank() -> Case:
 def queue_changes(
     user: User, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = ""
 ) -> QuerySet[ChangeRequest]:
-    """The queue page's rows: pending changes (or, with `mine`, the user's own in any status), riskiest first,
-    then by requested window; requesters who do not review only ever see their own changes."""
+    """The queue page's rows, riskiest first, then by requested window: for reviewers the pending changes, for
+    readers (auditors, operators) every change in any status, with `mine` the user's own in any status; requesters
+    who neither review nor read only ever see their own changes."""
     changes = change_list_for_user(user)
-    if mine or not has_role(user, *APPROVER_ROLES):
+    reviewer = has_role(user, *APPROVER_ROLES)
+    if mine or not (reviewer or has_role(user, *CHANGE_READER_ROLES)):
         changes = changes.filter(author=user)
-        if status:
-            changes = changes.filter(status=status)
-    elif status:
+    if status:
         changes = changes.filter(status=status)
-    else:
+    elif reviewer and not mine:
         changes = changes.filter(status__in=CHANGE_PENDING_REVIEW)
     if change_type:
         changes = changes.filter(change_type=change_type)

@@ -37,13 +37,13 @@ from approvals.web import change_forms as f
 from approvals.web.change_selectors import change_page, queue_changes, queue_rows
 from devices.scope import TargetScope, scope_parse, scope_summary
 from ota_project.errors import DomainError, InvalidInput, NotPermitted
-from ota_project.roles import APPROVER_ROLES, Role, acting_user, has_role
+from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, Role, acting_user, has_role
 from ota_project.web.access import forbidden, role_required
 from ota_project.web.forms import form_field
 from ota_project.web.text import describe_duration
 
 ANY_ROLE = tuple(Role.values)
-QUEUE_ROLES = (*sorted(APPROVER_ROLES), Role.REQUESTER)
+QUEUE_ROLES = (*sorted(APPROVER_ROLES), *sorted(CHANGE_READER_ROLES), Role.REQUESTER)
 PAGE_SIZE = 25
 DECISION_SERVICES: dict[str, Callable[..., ChangeRequest]] = {
     ApprovalDecision.APPROVED: services.approval_grant,
@@ -91,12 +91,14 @@ def _detail_url(change: ChangeRequest) -> str:
 @require_GET
 @role_required(*QUEUE_ROLES)
 def queue(request: HttpRequest) -> HttpResponse:
-    """Pending change requests, riskiest and soonest first, with policy progress; filters for mine/status/type/risk."""
+    """Pending change requests, riskiest and soonest first, with policy progress; filters for mine/status/type/risk.
+    Readers (auditors, operators) see every change in any status."""
     reviewer = has_role(request.user, *APPROVER_ROLES)
+    reader = not reviewer and has_role(request.user, *CHANGE_READER_ROLES)
     filters = f.QueueFilterForm(request.GET or None)
     values = filters.cleaned_data if filters.is_valid() else {}
-    mine = bool(values.get("mine")) or not reviewer
-    if mine:
+    mine = bool(values.get("mine")) or not (reviewer or reader)
+    if mine or reader:
         form_field(filters, "status", forms.ChoiceField).choices = [("", "Any status"), *ChangeStatus.choices]
     changes = queue_changes(
         acting_user(request),
@@ -111,6 +113,8 @@ def queue(request: HttpRequest) -> HttpResponse:
         "page": page,
         "rows": queue_rows(list(page.object_list)),
         "reviewer": reviewer,
+        "reader": reader,
+        "may_file": has_role(request.user, Role.REQUESTER),
         "mine": mine,
         "may_create": change_create_refusal(acting_user(request)) is None,
         "filtered": any(values.get(k) for k in ("mine", "status", "change_type", "risk_level")),

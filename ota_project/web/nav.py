@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 from django.http import HttpRequest
 from django.urls import reverse
 
-from ota_project.roles import APPROVER_ROLES, Role, roles_of
+from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, Role, roles_of
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ def _sections(roles: frozenset[str]) -> list[tuple[str, str]]:
         items.append(("New change", reverse("web-changes:create")))
     if roles & APPROVER_ROLES:
         items.append(("CAB queue", reverse("web-changes:queue")))
-    if Role.OPERATOR in roles:
+    elif roles & CHANGE_READER_ROLES:
+        items.append(("Changes", reverse("web-changes:queue")))
+    if roles & {Role.OPERATOR, Role.AUDITOR}:
         items.append(("Rollouts", reverse("web-rollouts:list")))
     items.append(("Fleet", reverse("web-fleet:inventory")))
     items.append(("KPIs", reverse("web-rollouts:kpis")))

@@ -201,3 +201,9 @@ def test_cab_queue_lists_pending_changes_highest_risk_first(client_for, requeste
     queue = client_for(cab_member).get("/api/v1/changes/queue/").json()["results"]
     assert [c["id"] for c in queue] == [high.pk, low.pk]
     assert json.dumps(queue[0]["policy"])  # progress is part of every queue row
+
+
+def test_me_names_the_signed_in_user_by_id_and_role(client_for, make_user):
+    person = make_user(Role.OPERATOR, Role.AUDITOR, username="omar")
+    body = client_for(person).get("/api/v1/me/").json()
+    assert body == {"id": person.pk, "username": "omar", "roles": ["auditor", "operator"]}

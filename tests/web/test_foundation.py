@@ -78,14 +78,16 @@ def test_nav_for_cab_member_has_cab_queue(cab_member):
     assert labels == ["Overview", "CAB queue", "Fleet", "KPIs"]
 
 
-def test_nav_for_operator_has_rollouts(operator):
+def test_nav_for_operator_has_changes_and_rollouts(operator):
     labels = _nav_labels(page_client(operator).get("/").content.decode())
-    assert labels == ["Overview", "Rollouts", "Fleet", "KPIs"]
+    assert labels == ["Overview", "Changes", "Rollouts", "Fleet", "KPIs"]
 
 
 def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_officer):
     assert _nav_labels(page_client(auditor).get("/").content.decode()) == [
         "Overview",
+        "Changes",
+        "Rollouts",
         "Fleet",
         "KPIs",
         "Audit",
