@@ -31,6 +31,15 @@ ACT_ROLES = (Role.OPERATOR,)
 PAGE_SIZE = 25
 POLL_SECONDS = 3
 ACTION_LABELS: dict[str, str] = {name: label for name, label, *_ in page_selectors.ACTIONS}
+# What an accepted action sets going (the workflow acts on it a moment later): the banner says this, never the
+# phase the update was validated in, which is the state before the action.
+ACCEPTED_NEXT: dict[str, str] = {
+    Update.PAUSE: "no new wave starts and nothing is promoted until someone resumes",
+    Update.RESUME: "the rollout continues where it was paused",
+    Update.PROMOTE: "wave {wave} is promoted and the next wave starts",
+    Update.ABORT: "the rollout stops; devices keep what they installed and the change is cancelled",
+    Update.ROLLBACK: "every device that took the new release is being offered the old one",
+}
 
 
 def state_token(rollout: Rollout) -> str:
@@ -111,7 +120,7 @@ def rollout_act(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         return redirect("web-rollouts:detail", pk=rollout.pk)
     wave_index = form.cleaned_data["wave_index"]
     try:
-        result = rollout_services.rollout_act(
+        rollout_services.rollout_act(
             actor=acting_user(request),
             rollout=rollout,
             action=action,
@@ -121,8 +130,6 @@ def rollout_act(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     except DomainError as refused:
         messages.error(request, f"{label} refused: {refused.message}")
     else:
-        phase = str(getattr(result, "phase", "") or "").replace("_", " ")
-        messages.success(
-            request, f"{label} accepted by the workflow" + (f"; the rollout is {phase}." if phase else ".")
-        )
+        wave = (wave_index if wave_index is not None else rollout.current_wave) + 1
+        messages.success(request, f"{label} accepted by the workflow: {ACCEPTED_NEXT[action].format(wave=wave)}.")
     return redirect("web-rollouts:detail", pk=rollout.pk)

@@ -189,6 +189,10 @@ def test_change_journey_from_request_to_audit(page: Page, make_user, fleet, temp
         # 6. Pause, resume, promote: each with a reason, each answered by the workflow.
         _act(page, "Pause", "Shift handover: hold the gate.")
         expect(_live_status(page)).to_have_attribute("data-status", "paused", timeout=LIVE_TIMEOUT_MS)
+        # The banner about the action gives way to the state it led to, without a reload.
+        expect(page.locator("#messages").get_by_role("status")).to_have_text(
+            re.compile(r"^Now: Paused\b"), timeout=LIVE_TIMEOUT_MS
+        )
         screenshot(page, "journey-06-dashboard-paused")
         _act(page, "Resume", "Handover done.")
         expect(_live_status(page)).to_have_attribute("data-status", "awaiting_promotion", timeout=LIVE_TIMEOUT_MS)

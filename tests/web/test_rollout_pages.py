@@ -271,9 +271,13 @@ def test_fragment_brings_new_buttons_only_when_the_state_changed(rollout, operat
     client = page_client(operator)
     state = f"{rollout.status}:{rollout.gate}:{rollout.current_wave}"
     same = html_of(client.get(f"/rollouts/{rollout.pk}/live/", {"state": state}))
-    assert 'id="rollout-actions"' not in same
+    assert 'id="rollout-actions"' not in same and 'id="messages"' not in same  # a banner stays while true
     set_state(rollout, RolloutStatus.PAUSED, reason="paused by olga")
     changed = html_of(client.get(f"/rollouts/{rollout.pk}/live/", {"state": state}))
+    # The banner about the action (written before the workflow acted) gives way to the state it led to.
+    (banner,) = find_all(find(changed, id="messages"), role="status")
+    assert find(changed, id="messages").get("hx-swap-oob") == "true"
+    assert banner.text() == "Now: Paused. paused by olga" and "alert-warning" in banner.classes
     assert (
         '<section id="rollout-actions" class="card" aria-labelledby="rollout-actions-heading" hx-swap-oob="true">'
         in (changed)
@@ -474,7 +478,8 @@ def test_pause_resume_and_promote_through_the_page_reach_the_workflow(
 
         reason = f"shift change {uuid.uuid4().hex[:6]}"
         page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/pause/", {"reason": reason}))
-        assert "Pause accepted by the workflow" in " ".join(messages_of(page))
+        said = " ".join(messages_of(page))
+        assert "Pause accepted by the workflow: no new wave starts" in said and "awaiting promotion" not in said
         run_until(rollout.pk, lambda d: None, lambda r: r.status == RolloutStatus.PAUSED, timeout=20)
         assert DecisionRecord.objects.get(action="rollout.pause").reason == reason
         paused = html_of(client.get(f"/rollouts/{rollout.pk}/"))
@@ -491,7 +496,7 @@ def test_pause_resume_and_promote_through_the_page_reach_the_workflow(
         page = follow(
             client, client.post(f"/rollouts/{rollout.pk}/actions/promote/", {"reason": "pilot ok", "wave_index": 0})
         )
-        assert "Promote accepted by the workflow" in " ".join(messages_of(page))
+        assert "Promote accepted by the workflow: wave 1 is promoted" in " ".join(messages_of(page))
         rollout = run_until(rollout.pk, healthy, finished, timeout=60)
     assert rollout.status == RolloutStatus.COMPLETED
     assert Deployment.objects.filter(rollout=rollout, kind=DeploymentKind.UPDATE, status="succeeded").count() == 20
