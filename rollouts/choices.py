@@ -48,7 +48,9 @@ ROLLOUT_ACTIVE = frozenset(set(R.values) - ROLLOUT_TERMINAL)
 
 
 class WaveStatus(models.TextChoices):
-    """A wave's status: opened once, judged by its gate, then promoted (the next wave may open) or failed."""
+    """A wave's status: opened once, judged by its gate, then promoted (the next wave may open), failed (its gate
+    or a circuit breaker said so) or stopped (a person aborted or rolled back, or a step failed for good, while the
+    wave had not failed)."""
 
     PENDING = "pending", "Pending"
     WAITING_WINDOW = "waiting_window", "Waiting for a window"
@@ -57,22 +59,24 @@ class WaveStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     INCONCLUSIVE = "inconclusive", "Inconclusive"
     PROMOTED = "promoted", "Promoted"
+    STOPPED = "stopped", "Stopped"
 
 
 W = WaveStatus
 # Every move a wave may make (rollouts.transitions.wave_transition refuses the rest).
 WAVE_TRANSITIONS: dict[str, frozenset[str]] = {
-    # A halt on a wave that never opened (a step failed for good before its assignment) ends it failed.
-    W.PENDING: frozenset({W.WAITING_WINDOW, W.RUNNING, W.FAILED}),
-    W.WAITING_WINDOW: frozenset({W.RUNNING, W.FAILED}),
-    W.RUNNING: frozenset({W.PASSED, W.INCONCLUSIVE, W.FAILED, W.PROMOTED}),
+    # A halt on a wave that never opened (a step failed for good before its assignment) ends it stopped.
+    W.PENDING: frozenset({W.WAITING_WINDOW, W.RUNNING, W.FAILED, W.STOPPED}),
+    W.WAITING_WINDOW: frozenset({W.RUNNING, W.FAILED, W.STOPPED}),
+    W.RUNNING: frozenset({W.PASSED, W.INCONCLUSIVE, W.FAILED, W.PROMOTED, W.STOPPED}),
     # A gate is open: a person promotes; the health checks go on and can still fail the wave.
-    W.PASSED: frozenset({W.FAILED, W.PROMOTED}),
-    W.INCONCLUSIVE: frozenset({W.FAILED, W.PROMOTED}),
+    W.PASSED: frozenset({W.FAILED, W.PROMOTED, W.STOPPED}),
+    W.INCONCLUSIVE: frozenset({W.FAILED, W.PROMOTED, W.STOPPED}),
     W.FAILED: frozenset(),
     W.PROMOTED: frozenset(),
+    W.STOPPED: frozenset(),
 }
-WAVE_TERMINAL = frozenset({W.FAILED, W.PROMOTED})
+WAVE_TERMINAL = frozenset({W.FAILED, W.PROMOTED, W.STOPPED})
 # Opened to devices and not yet decided for good.
 WAVE_ACTIVE = frozenset({W.RUNNING, W.PASSED, W.INCONCLUSIVE})
 # The wave status an open gate of the workflow shows (Gate.NONE: the projection leaves the wave alone).

@@ -18,6 +18,7 @@ from ota_project.roles import operator_not_author_refusal, roles_of
 from rollouts.action_tokens import action_token_check, action_token_mint, action_token_spend, action_token_spent
 from rollouts.choices import (
     ROLLOUT_ACTIVE,
+    WAVE_TERMINAL,
     WaveStatus,
 )
 from rollouts.models import Rollout, Wave
@@ -37,8 +38,9 @@ def _promotable(rollout: Rollout, wave_index: int) -> str:
     wave = Wave.objects.filter(rollout=rollout, index=wave_index).first()
     if wave is None or wave.started_at is None:
         return f"Wave {wave_index} has not started."
-    if wave.status in (WaveStatus.FAILED, WaveStatus.PROMOTED) or wave.breaker_tripped_at is not None:
-        return f"Wave {wave.name} is {'failed' if wave.status != WaveStatus.PROMOTED else 'already promoted'}."
+    if wave.status in WAVE_TERMINAL or wave.breaker_tripped_at is not None:
+        done = {WaveStatus.PROMOTED: "already promoted", WaveStatus.STOPPED: "stopped"}.get(wave.status, "failed")
+        return f"Wave {wave.name} is {done}."
     soak = timedelta(seconds=rollout.approved_plan.waves[wave_index].soak_seconds)
     if timezone.now() < wave.started_at + soak:
         return f"Wave {wave.name} is still soaking."

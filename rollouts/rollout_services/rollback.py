@@ -13,7 +13,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from approvals import services as change_services
-from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
 from rollouts.assignment import NewDeployment, insert_deployments
 from rollouts.choices import (
@@ -31,7 +30,7 @@ from workflows.types import Update, WaveHealth
 
 if TYPE_CHECKING:
     pass
-from rollouts.rollout_services.shared import _forged, _record, _transition
+from rollouts.rollout_services.shared import _forged, _person_decided, _record, _transition
 from rollouts.rollout_services.waves import _expire_deadlines, _health_sample, _promoted_frontier
 
 # Update deployments whose device took (or may have taken) the new image, once the update is over for the device.
@@ -131,14 +130,6 @@ def rollback_health(*, rollout_id: int) -> WaveHealth:
     health = replace(health, total=health.total + waiting, pending=health.pending + waiting)
     _health_sample(rollout_id, rollout.current_wave, HealthSample.Kind.ROLLBACK, health)
     return health
-
-
-def _person_decided(rollout: Rollout, action: str, actor_id: int | None = None) -> bool:
-    """True when the decision record holds this person's (or any person's) authorised action on the rollout."""
-    records = DecisionRecord.objects.filter(
-        object_type="rollout", object_id=str(rollout.pk), action=f"rollout.{action}", actor__isnull=False
-    )
-    return records.filter(actor_id=actor_id).exists() if actor_id else records.exists()
 
 
 def _require_finish_allowed(rollout: Rollout, outcome: str, actor_id: int | None) -> None:

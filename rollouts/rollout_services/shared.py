@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from approvals.audit.models import DecisionRecord
 from approvals.audit.records import record_decision
 from approvals.audit.security import SecurityEventKind, security_event
 from ota_project.errors import Conflict, DomainError, NotPermitted
@@ -91,3 +92,11 @@ def _refusals_recorded(kind: str, source: str, *, actor: User | None, subject: s
 
 def _forged(rollout: Rollout, message: str) -> NotPermitted:
     return workflow_step_forged(rollout_id=rollout.pk, message=message)
+
+
+def _person_decided(rollout: Rollout, action: str, actor_id: int | None = None) -> bool:
+    """True when the decision record holds this person's (or any person's) authorised action on the rollout."""
+    records = DecisionRecord.objects.filter(
+        object_type="rollout", object_id=str(rollout.pk), action=f"rollout.{action}", actor__isnull=False
+    )
+    return records.filter(actor_id=actor_id).exists() if actor_id else records.exists()

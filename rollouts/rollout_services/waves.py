@@ -32,11 +32,11 @@ from rollouts.step_keys import HOLD_GATES, verdict_step_key
 from rollouts.transitions import deployment_transition, wave_transition
 from rollouts.windows import blackout_until, region_next_opening
 from workflows import policy
-from workflows.types import PhaseChange, Verdict, WaveAssignment, WaveHealth
+from workflows.types import PhaseChange, Update, Verdict, WaveAssignment, WaveHealth
 
 if TYPE_CHECKING:
     pass
-from rollouts.rollout_services.shared import SYSTEM, _forged, _record, _transition
+from rollouts.rollout_services.shared import SYSTEM, _forged, _person_decided, _record, _transition
 from rollouts.rollout_services.start import _targets
 
 
@@ -321,11 +321,30 @@ def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
     return True
 
 
+def _wave_failed(rollout: Rollout, wave: Wave, now: datetime) -> bool:
+    if wave.breaker_tripped_at is not None:
+        return True
+    plan = rollout.approved_plan.waves[wave.index]
+    health = deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE))
+    soak_done = wave.started_at is not None and now >= wave.started_at + timedelta(seconds=plan.soak_seconds)
+    return policy.wave_verdict(health, wave_plan_of(plan), soak_done=soak_done) == Verdict.FAIL
+
+
 @transaction.atomic
 def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
     """Halt at once: the release is offered nowhere any more (undelivered deployments are cancelled)."""
     rollout = Rollout.objects.select_for_update(of=("self",)).get(pk=rollout_id)
     now = timezone.now()
+    wave = Wave.objects.filter(rollout=rollout, index=wave_index).first()
+    # Stopped when a person's recorded abort or rollback ended the rollout while its gate (judged by the database,
+    # before anything is cancelled) and its breakers had not failed it; failed otherwise (gate, breaker, a step
+    # that failed for good), which is also what lets the abort policy roll back.
+    by_person = _person_decided(rollout, Update.ABORT) or _person_decided(rollout, Update.ROLLBACK)
+    ended = (
+        WaveStatus.STOPPED
+        if by_person and wave is not None and not _wave_failed(rollout, wave, now)
+        else WaveStatus.FAILED
+    )
     # The table cancels only deployments not yet installing; those installing finish and report.
     cancelled = deployment_transition(
         deployments=rollout.deployments.filter(kind=DeploymentKind.UPDATE),
@@ -333,7 +352,8 @@ def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
         now=now,
         reason="rollout halted",
     )
-    wave_transition(waves=Wave.objects.filter(rollout=rollout, index=wave_index), to=WaveStatus.FAILED, verdict_at=now)
+    if wave is not None:
+        wave_transition(waves=[wave.pk], to=ended, verdict_at=now)
     if rollout.status in (
         RolloutStatus.HALTED,
         RolloutStatus.ROLLING_BACK,

@@ -16,10 +16,10 @@ from approvals.models import ChangeRequest
 from devices.models import Device
 from ota_project.errors import Conflict, InvalidInput, NotPermitted
 from rollouts import rollout_services as steps
-from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
+from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus, WaveStatus
 from rollouts.demo.playback import HAPPY
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
-from rollouts.models import Deployment, Rollout
+from rollouts.models import Deployment, Rollout, Wave
 from tests.support.rollouts import assign_through, authorize, expect_offer
 from workflows.types import PhaseChange
 
@@ -179,6 +179,26 @@ def test_halt_stops_offering_and_rollback_targets_devices_that_took_the_image(ro
     first.device.refresh_from_db()
     assert first.device.installed_version == "1.0.0"
     assert ChangeRequest.objects.get(pk=rollout.change_id).status == ChangeStatus.ROLLED_BACK
+
+
+def test_a_wave_a_person_rolled_back_while_it_was_healthy_is_stopped_not_failed(rollout, operator):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    first, _ = Deployment.objects.order_by("pk")
+    _drive(expect_offer(first.device), *HAPPY)
+    authorize(rollout, "rollback", operator, reason="wrong customer batch")
+    steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="Rolling back: wrong customer batch")
+    assert Wave.objects.get(rollout=rollout, index=0).status == WaveStatus.STOPPED
+    assert steps.rollback_assign(rollout_id=rollout.pk) == 1  # the person's recorded decision allows it
+
+
+def test_a_wave_that_crossed_its_failure_threshold_is_failed_even_when_a_person_rolls_back(rollout, operator):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    for deployment in Deployment.objects.order_by("pk"):  # every device of the pilot fails: past any sample
+        _drive(expect_offer(deployment.device), "downloading", "downloaded", "installing")
+        _drive(Deployment.objects.get(pk=deployment.pk), "failed")
+    authorize(rollout, "rollback", operator, reason="pilot bricks modems")
+    steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="Rolling back: pilot bricks modems")
+    assert Wave.objects.get(rollout=rollout, index=0).status == WaveStatus.FAILED
 
 
 def test_halt_cancels_a_downloaded_image_before_it_is_installed(rollout):
