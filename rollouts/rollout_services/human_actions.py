@@ -39,7 +39,9 @@ def _promotable(rollout: Rollout, wave_index: int) -> str:
     if wave is None or wave.started_at is None:
         return f"Wave {wave_index} has not started."
     if wave.status in WAVE_TERMINAL or wave.breaker_tripped_at is not None:
-        done = {WaveStatus.PROMOTED: "already promoted", WaveStatus.STOPPED: "stopped"}.get(wave.status, "failed")
+        done = {str(WaveStatus.PROMOTED): "already promoted", str(WaveStatus.STOPPED): "stopped"}.get(
+            wave.status, "failed"
+        )
         return f"Wave {wave.name} is {done}."
     soak = timedelta(seconds=rollout.approved_plan.waves[wave_index].soak_seconds)
     if timezone.now() < wave.started_at + soak:
