@@ -696,12 +696,13 @@ class RolloutWorkflow:
 
     @workflow.query(name=Query.STATUS)
     def status(self) -> RolloutProgress:
-        """Where the rollout stands: phase, wave, open gate, last health and verdict."""
+        """Where the rollout stands: phase, wave, open gate, last health and verdict. The phase counts an accepted
+        abort or rollback the main loop has not acted on yet, so an update's answer shows the state after it."""
         inp = self._inp
         index = min(self._wave_index, len(inp.waves) - 1) if inp.waves else 0
         return RolloutProgress(
             rollout_id=inp.rollout_id,
-            phase=self._shown_phase(),
+            phase=self._phase_for_validation(),
             wave_index=self._wave_index,
             wave_name=inp.waves[index].name if inp.waves else "",
             waves_total=len(inp.waves),
