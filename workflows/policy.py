@@ -94,7 +94,11 @@ def _promote_refusal(*, phase: str, gate: str, gated_wave: int, requested_wave: 
     if gate not in PROMOTABLE_GATES:
         return "No wave is waiting for promotion."
     if requested_wave != gated_wave:
-        return f"Wave {gated_wave} is waiting for promotion, not wave {requested_wave}."
+        # People count waves from 1; the API's wave_index counts from 0: the refusal names both.
+        return (
+            f"Wave {gated_wave + 1} (wave_index {gated_wave}) is waiting for promotion, "
+            f"not wave {requested_wave + 1} (wave_index {requested_wave})."
+        )
     return ""
 
 

@@ -20,6 +20,8 @@ def when(value: datetime | date | None) -> dict[str, Any]:
 
 
 @register.filter
-def duration_words(value: timedelta | None) -> str:
-    """A timedelta in words: '15 minutes', '1 hour 30 minutes'."""
-    return describe_duration(value)
+def duration_words(value: timedelta | int | float | None) -> str:
+    """A timedelta, or a number of seconds, in words: '15 minutes', '1 hour 30 minutes' (one wording everywhere)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = timedelta(seconds=value)
+    return describe_duration(value) if isinstance(value, timedelta) else ""

@@ -37,7 +37,7 @@ def _promotable(rollout: Rollout, wave_index: int) -> str:
     """Why a person may not promote this wave now ("" when they may): it must be open, over its soak, not failed."""
     wave = Wave.objects.filter(rollout=rollout, index=wave_index).first()
     if wave is None or wave.started_at is None:
-        return f"Wave {wave_index} has not started."
+        return f"Wave {wave_index + 1} (wave_index {wave_index}) has not started."
     if wave.status in WAVE_TERMINAL or wave.breaker_tripped_at is not None:
         done = {str(WaveStatus.PROMOTED): "already promoted", str(WaveStatus.STOPPED): "stopped"}.get(
             wave.status, "failed"

@@ -99,7 +99,7 @@ def _require_previous_wave_promoted(rollout: Rollout, wave_index: int) -> None:
     if previous != WaveStatus.PROMOTED:
         raise _forged(
             rollout,
-            f"Wave {wave_index} may not start: wave {wave_index - 1} was not promoted (it is {previous or 'missing'}).",
+            f"Wave {wave_index + 1} may not start: wave {wave_index} was not promoted (it is {previous or 'missing'}).",
         )
 
 

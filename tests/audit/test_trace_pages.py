@@ -92,6 +92,10 @@ def test_trace_shows_every_stage_in_time_order(rolled_out, auditor):
     # The report that crossed the failure threshold tripped the wave's breaker before the workflow halted it.
     assert [r.action for r in pilot.records] == ["rollout.wave_assign", "rollout.breaker_tripped"]
     assert "pilot failure rate 50% over the 5% threshold" in body
+    # Waves are counted from 1 and durations said in words, as on the dashboard and the start page.
+    text = visible_text(body)
+    assert "Wave 1: pilot" in text and "Wave 0" not in text
+    assert ">1 — pilot</option>" in body
     assert "rollout.halt" in [r.action for r in trace.rollout_events]
     # Timeline: every record about the change, approvals and rollout, in chain order.
     seqs = [entry.record.seq for entry in trace.timeline]

@@ -492,7 +492,10 @@ def test_pause_resume_and_promote_through_the_page_reach_the_workflow(
         wrong = follow(
             client, client.post(f"/rollouts/{rollout.pk}/actions/promote/", {"reason": "go", "wave_index": 1})
         )
-        assert "Promote refused: Wave 0 is waiting for promotion, not wave 1." in " ".join(messages_of(wrong))
+        assert (
+            "Promote refused: Wave 1 (wave_index 0) is waiting for promotion, not wave 2 (wave_index 1)."
+            in " ".join(messages_of(wrong))
+        )
         page = follow(
             client, client.post(f"/rollouts/{rollout.pk}/actions/promote/", {"reason": "pilot ok", "wave_index": 0})
         )

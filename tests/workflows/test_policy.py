@@ -120,7 +120,10 @@ def test_an_operator_may_promote_the_gated_wave(gate):
 
 
 def test_promote_names_exactly_the_gated_wave():
-    assert refusal(Update.PROMOTE, requested_wave=2) == "Wave 1 is waiting for promotion, not wave 2."
+    assert (
+        refusal(Update.PROMOTE, requested_wave=2)
+        == "Wave 2 (wave_index 1) is waiting for promotion, not wave 3 (wave_index 2)."
+    )
 
 
 @pytest.mark.parametrize("gate", [Gate.NONE, Gate.HALTED])

@@ -211,7 +211,9 @@ async def test_a_manual_gate_blocks_until_a_permitted_operator_promotes(time_env
         cab = HumanAction(actor_id=CAB_MEMBER_ID, actor_roles=["cab_member"], reason="lgtm", wave_index=0)
         assert await refused(handle, Update.PROMOTE, cab) == "Only an operator may promote a rollout."
         wrong_wave = operator(wave_index=1)
-        assert await refused(handle, Update.PROMOTE, wrong_wave) == "Wave 0 is waiting for promotion, not wave 1."
+        assert await refused(handle, Update.PROMOTE, wrong_wave) == (
+            "Wave 1 (wave_index 0) is waiting for promotion, not wave 2 (wave_index 1)."
+        )
         assert Activity.HUMAN_ACTION_AUTHORIZE not in fleet.names()
         # Refused by the database (the authorize activity): the update fails, the gate stays.
         assert "may not act" in await refused(handle, Update.PROMOTE, operator(OTHER_OPERATOR_ID, wave_index=0))

@@ -54,7 +54,10 @@ class StandInRolloutWorkflow:
         if "operator" not in action.actor_roles:
             raise ApplicationError("Only an operator may promote a rollout.", type="NotPermitted")
         if action.wave_index != 0:
-            raise ApplicationError(f"Wave 0 is waiting for promotion, not wave {action.wave_index}.", type="Conflict")
+            raise ApplicationError(
+                f"Wave 1 (wave_index 0) is waiting for promotion, not wave {action.wave_index + 1} (wave_index {action.wave_index}).",
+                type="Conflict",
+            )
 
     @workflow.update(name=Update.PAUSE)
     async def pause(self, action: HumanAction) -> RolloutProgress:

@@ -177,7 +177,7 @@ def test_update_returns_the_workflows_status(temporal_settings):
             HumanAction(actor_id=OPERATOR_ID, actor_roles=["operator"], wave_index=1),
             Update.PROMOTE,
             Conflict,
-            "Wave 0 is waiting for promotion, not wave 1.",
+            "Wave 1 (wave_index 0) is waiting for promotion, not wave 2 (wave_index 1).",
         ),
         (
             # refused by the authorize activity (the database), not by the validator

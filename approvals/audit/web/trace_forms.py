@@ -24,7 +24,7 @@ class DeploymentFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         form_field(self, "wave", forms.ChoiceField).choices = [
             ("", "Any wave"),
-            *((str(index), f"{index} — {name}") for index, name in waves or []),
+            *((str(index), f"{index + 1} — {name}") for index, name in waves or []),  # people count from 1
         ]
 
     def selector_filters(self) -> dict[str, Any]:
