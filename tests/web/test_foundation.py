@@ -320,3 +320,13 @@ def test_server_error_page_falls_back_when_the_layout_fails(monkeypatch):
     monkeypatch.setattr(error_views, "render", broken_render)
     response = error_views.server_error(RequestFactory().get("/changes/"))
     assert response.status_code == 500 and b"Something went wrong" in response.content
+
+
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/redoc/"])
+def test_api_reference_pages_load_nothing_from_another_origin(client_for, operator, path):
+    response = client_for(operator).get(path)
+    html = response.content.decode()
+    assert response.status_code == 200
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert urls, "the page loads its script"
+    assert [url for url in urls if "://" in url or url.startswith("//")] == []
