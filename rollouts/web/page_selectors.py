@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +19,7 @@ from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subq
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
@@ -163,6 +164,18 @@ class WaveView:
     plan: PlanWave
     health: WaveHealth
     is_current: bool
+
+    @property
+    def soak_ends_at(self) -> datetime | None:
+        """When the wave's soak is over (None before it opened): the earliest its gate can pass."""
+        return self.started_at + timedelta(seconds=self.plan.soak_seconds) if self.started_at else None
+
+    @property
+    def soak_left(self) -> timedelta | None:
+        """How much of the soak is still to run (None when it is over or never started)."""
+        ends = self.soak_ends_at
+        left = ends - timezone.now() if ends is not None else None
+        return left if left is not None and left.total_seconds() > 0 else None
 
     @property
     def failure_rate(self) -> float | None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client
+from django.utils import timezone
 
 from approvals import services as change_services
 from approvals.audit.models import DecisionRecord
@@ -24,7 +26,7 @@ from ota_project.roles import Role
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentKind, RolloutStatus
 from rollouts.deployment_services import deployment_offer
-from rollouts.models import Deployment, HealthSample, Rollout
+from rollouts.models import Deployment, HealthSample, Rollout, Wave
 from tests.fleet_driver import FAIL_BOOT, HAPPY, finished, healthy, play, run_until
 from tests.support.html import accessible_name, badges, find, find_all, number, row_cells, visible_text
 from tests.support.rollouts import abort, assign_through, authorize, expect_offer
@@ -283,6 +285,18 @@ def test_fragment_brings_new_buttons_only_when_the_state_changed(rollout, operat
         in (changed)
     )
     assert buttons(changed) == ["Resume", "Abort", "Roll back"]
+
+
+def test_dashboard_counts_down_the_current_waves_soak_and_stops_when_it_is_over(rollout, operator):
+    client = page_client(operator)
+    wave = rollout.waves.get(index=0)
+    soak = rollout.approved_plan.waves[0].soak_seconds
+    Wave.objects.filter(pk=wave.pk).update(started_at=timezone.now() - timedelta(seconds=soak - 125))
+    countdown = find(html_of(client.get(f"/rollouts/{rollout.pk}/")), id="soak-countdown")
+    assert visible_text(countdown).startswith("2 minutes ")
+    assert "left, until" in visible_text(countdown)
+    Wave.objects.filter(pk=wave.pk).update(started_at=timezone.now() - timedelta(seconds=soak + 1))
+    assert find_all(html_of(client.get(f"/rollouts/{rollout.pk}/")), id="soak-countdown") == []
 
 
 def test_running_rollout_offers_pause_abort_and_rollback_to_operators(rollout, operator):
