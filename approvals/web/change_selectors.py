@@ -19,6 +19,7 @@ from approvals.choices import (
     ChangeType,
 )
 from approvals.models import Approval, ChangeRequest, RiskQuestion
+from approvals.plan_warnings import PlanWarning, change_plan_warnings
 from approvals.policy import ROLE_LABELS
 from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
@@ -318,6 +319,7 @@ class ChangePage:
     actions: ChangeActions
     compatible_models: list[str]
     emergency: bool
+    warnings: list[PlanWarning]
 
 
 def change_page(user: User, change: ChangeRequest) -> ChangePage:
@@ -344,4 +346,5 @@ def change_page(user: User, change: ChangeRequest) -> ChangePage:
         actions=change_actions(user, change),
         compatible_models=sorted(change.release.hardware_models.values_list("name", flat=True)),
         emergency=change.change_type == ChangeType.EMERGENCY,
+        warnings=change_plan_warnings(change) if waves else [],
     )

@@ -24,6 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from approvals import services
 from approvals.choices import ApprovalDecision, ChangeStatus
 from approvals.models import ChangeRequest
+from approvals.plan_warnings import plan_warnings
 from approvals.plans import default_plan, plan_parse
 from approvals.risk import risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
@@ -453,6 +454,7 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest
         "risk_errors": [],
         "waves": None,
         "plan_errors": [],
+        "warnings": [],
     }
     checked_scope = None
     if not scope.is_empty:
@@ -472,7 +474,19 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest
         result["plan_errors"] = settings_errors
     elif checked_scope is not None:
         try:
-            result["waves"] = plan_wave_preview(plan_parse(plan), checked_scope)
+            parsed = plan_parse(plan)
+            result["waves"] = plan_wave_preview(parsed, checked_scope)
+            window = form.cleaned_data if form.is_bound and hasattr(form, "cleaned_data") else {}
+            result["warnings"] = plan_warnings(
+                parsed,
+                result["waves"],
+                window_start=window.get("requested_window_start")
+                if window
+                else getattr(change, "requested_window_start", None),
+                window_end=window.get("requested_window_end")
+                if window
+                else getattr(change, "requested_window_end", None),
+            )
         except InvalidInput as exc:
             result["plan_errors"] = f.error_lines(exc.fields.get("rollout_plan", exc.message))
     else:

@@ -22,6 +22,7 @@ from rollouts.rollout_services.rollback import TOOK_NEW_IMAGE, rollback_assign, 
 from rollouts.rollout_services.shared import workflow_step_forged
 from rollouts.rollout_services.start import (
     rollout_start,
+    rollout_start_blockers,
     rollout_workflows_ensure,
     search_attributes_for,
     workflow_input,
@@ -51,6 +52,7 @@ __all__ = [
     "rollout_halt",
     "rollout_phase",
     "rollout_start",
+    "rollout_start_blockers",
     "rollout_workflows_ensure",
     "search_attributes_for",
     "wave_assign",

@@ -3,6 +3,7 @@ workflow starts after commit with a deterministic id, and a sweep re-starts any 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from django.utils import timezone
 from approvals import services as change_services
 from approvals.audit.security import SecurityEventKind
 from approvals.models import ChangeRequest
+from approvals.plan_warnings import change_plan_warnings
 from approvals.plans import plan_hash, wave_sizes
 from approvals.selectors import change_start_refusal
 from devices.firmware.repository.selectors import image_repository_initialised
@@ -66,38 +68,84 @@ def _serialise_starts() -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_START_LOCK_KEY])
 
 
+def rollout_start_blockers(change: ChangeRequest) -> list[Conflict]:
+    """What stops this change's rollout from starting besides who and when (`change_start_refusal`): a rollback
+    release that can no longer roll back, another active rollout on some of the same devices. The start raises the
+    first; the start page lists them all before anyone presses Start."""
+    blockers = []
+    cannot_roll_back = change_services.rollback_plan_errors(change)
+    if cannot_roll_back:
+        blockers.append(
+            Conflict(
+                "The change cannot roll back: " + " ".join(cannot_roll_back),
+                code="cannot_roll_back",
+                fields={"rollback_release": cannot_roll_back},
+            )
+        )
+    clashes = _conflicting_rollouts(change)
+    if clashes:
+        blockers.append(
+            Conflict(
+                "Another active rollout targets some of the same devices: " + "; ".join(clashes) + ".",
+                code="conflict",
+            )
+        )
+    return blockers
+
+
+def _warnings_record(change: ChangeRequest, acknowledged: Collection[str] | None) -> list[dict[str, object]]:
+    """The plan's warnings as the start finds them; with `acknowledged` (the start page), each must be among them."""
+    warnings = change_plan_warnings(change)
+    if acknowledged is not None:
+        missing = [warning.message for warning in warnings if warning.code not in acknowledged]
+        if missing:
+            raise Conflict(
+                "Acknowledge each warning before starting: " + " ".join(missing),
+                code="warnings_not_acknowledged",
+                fields={"acknowledge": missing},
+            )
+    return [
+        {"code": w.code, "message": w.message, "acknowledged": acknowledged is not None and w.code in acknowledged}
+        for w in warnings
+    ]
+
+
 @atomic_with_retry()
-def rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool = True) -> Rollout:
+def rollout_start(
+    *,
+    actor: User,
+    change: ChangeRequest,
+    start_workflow: bool = True,
+    acknowledged_warnings: Collection[str] | None = None,
+) -> Rollout:
     """Start the rollout of an approved change: an operator who is not its author, inside its window, no overlap.
 
     Starts are serialised (one advisory lock, taken first), so two operators starting overlapping changes at the
     same instant cannot both pass the overlap check; the partial unique index on active deployments backs it up.
-    `start_workflow=False` only records the start (the demo history plays its steps through the services)."""
+    `start_workflow=False` only records the start (the demo history plays its steps through the services).
+    `acknowledged_warnings` (the start page): the codes of the plan warnings the operator acknowledged; every
+    current warning must be among them. The decision record keeps the warnings and whether each was acknowledged."""
     with _refusals_recorded(
         SecurityEventKind.START_REFUSED, "rollouts.rollout_start", actor=actor, subject=f"change:{change.pk}"
     ):
-        return _rollout_start(actor=actor, change=change, start_workflow=start_workflow)
+        return _rollout_start(
+            actor=actor, change=change, start_workflow=start_workflow, acknowledged=acknowledged_warnings
+        )
 
 
-def _rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool) -> Rollout:
+def _rollout_start(
+    *, actor: User, change: ChangeRequest, start_workflow: bool, acknowledged: Collection[str] | None
+) -> Rollout:
     _serialise_starts()
     change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
     # Who may start, and when: one rule shared with the change page and the start page.
     refusal = change_start_refusal(actor, change)
     if refusal is not None:
         raise refusal
-    cannot_roll_back = change_services.rollback_plan_errors(change)
-    if cannot_roll_back:
-        raise Conflict(
-            "The change cannot roll back: " + " ".join(cannot_roll_back),
-            code="cannot_roll_back",
-            fields={"rollback_release": cannot_roll_back},
-        )
-    clashes = _conflicting_rollouts(change)
-    if clashes:
-        raise Conflict(
-            "Another active rollout targets some of the same devices: " + "; ".join(clashes) + ".", code="conflict"
-        )
+    blockers = rollout_start_blockers(change)
+    if blockers:
+        raise blockers[0]
+    warnings = _warnings_record(change, acknowledged)
     targets = _targets(change)
     plan = change.plan
     if plan is None:
@@ -131,6 +179,7 @@ def _rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool) 
             "devices": len(targets),
             "wave_sizes": sizes,
             "plan_hash": rollout.plan_hash,
+            "warnings": warnings,
         },
     )
     if start_workflow:

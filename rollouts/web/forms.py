@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django import forms
 
+from approvals.plan_warnings import PlanWarning
 from rollouts.kpis import DEFAULT_PERIODS, MAX_PERIODS, PERIOD_UNITS, WEEK
 
 
@@ -16,13 +18,33 @@ class ChangeChoiceForm(forms.Form):
 
 
 class StartRolloutForm(forms.Form):
-    """The operator confirms the rollout described on the page."""
+    """The operator confirms the rollout described on the page, and acknowledges each warning it shows."""
 
     change = forms.IntegerField(min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput)
+    acknowledge = forms.MultipleChoiceField(
+        label="I acknowledge",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Each warning above, acknowledged one by one; the start records which.",
+    )
     confirm = forms.BooleanField(
         label="I checked the release, the scope and the waves above",
         error_messages={"required": "Tick the box to confirm you checked what will be rolled out."},
     )
+
+    def __init__(self, *args: Any, warnings: Sequence[PlanWarning] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["acknowledge"]
+        assert isinstance(field, forms.MultipleChoiceField)
+        field.choices = [(warning.code, warning.message) for warning in warnings]
+        self._warnings = list(warnings)
+
+    def clean_acknowledge(self) -> list[str]:
+        given = set(self.cleaned_data.get("acknowledge") or [])
+        missing = [warning.message for warning in self._warnings if warning.code not in given]
+        if missing:
+            raise forms.ValidationError(["Acknowledge this warning to start: " + message for message in missing])
+        return sorted(given)
 
 
 class RolloutActionForm(forms.Form):

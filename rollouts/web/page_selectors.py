@@ -24,6 +24,7 @@ from django.utils import timezone
 from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
+from approvals.plan_warnings import PlanWarning, change_plan_warnings
 from approvals.plans import PlanWave, wave_sizes
 from approvals.selectors import change_records, change_start_refusal
 from devices.scope import scope_devices
@@ -38,7 +39,7 @@ from rollouts.choices import (
 from rollouts.health import deployment_health, wave_plan_of
 from rollouts.kpis import percent
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
-from rollouts.rollout_services import rollout_action_refusal
+from rollouts.rollout_services import rollout_action_refusal, rollout_start_blockers
 from workflows import policy
 from workflows.types import Gate, Update, Verdict, WaveHealth
 
@@ -106,6 +107,7 @@ class StartPreview:
     waves: list[WavePreview]
     existing: Rollout | None
     blockers: list[str]
+    warnings: list[PlanWarning]
 
 
 def rollout_start_preview(change: ChangeRequest, user: User) -> StartPreview:
@@ -126,7 +128,9 @@ def rollout_start_preview(change: ChangeRequest, user: User) -> StartPreview:
     existing = Rollout.objects.filter(change=change).first()
     refusal = change_start_refusal(user, change)
     blockers = [refusal.message] if refusal is not None else []
-    return StartPreview(change, scope_size, pilots, by_model, waves, existing, blockers)
+    if existing is None:  # what Start would refuse anyway, said before anyone presses it
+        blockers += [blocker.message for blocker in rollout_start_blockers(change)]
+    return StartPreview(change, scope_size, pilots, by_model, waves, existing, blockers, change_plan_warnings(change))
 
 
 def changes_ready_to_start(user: User) -> QuerySet[ChangeRequest]:

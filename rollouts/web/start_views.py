@@ -10,7 +10,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from approvals.models import ChangeRequest
-from approvals.selectors import change_get_for_user
+from approvals.plan_warnings import change_plan_warnings
+from approvals.selectors import change_get_for_user, change_start_refusal
 from ota_project.errors import DomainError
 from ota_project.roles import Role, acting_user
 from ota_project.web.access import role_required
@@ -49,17 +50,28 @@ def rollout_start(request: HttpRequest) -> HttpResponse:
         if not choice.is_valid():
             return _choose(request, choice, status=400)
         change = change_get_for_user(acting_user(request), choice.cleaned_data["change"])
-        return _render(request, change, StartRolloutForm(initial={"change": change.pk}))
-    form = StartRolloutForm(request.POST)
-    if not form.is_valid():
-        choice = ChangeChoiceForm(request.POST)
-        if not choice.is_valid():
-            return _choose(request, choice, status=400)
-        change = change_get_for_user(acting_user(request), choice.cleaned_data["change"])
+        form = StartRolloutForm(initial={"change": change.pk}, warnings=change_plan_warnings(change))
+        return _render(request, change, form)
+    choice = ChangeChoiceForm(request.POST)
+    if not choice.is_valid():
+        return _choose(request, choice, status=400)
+    change = change_get_for_user(acting_user(request), choice.cleaned_data["change"])
+    # The warnings as they stand now: one that appeared since the page was read must be acknowledged too.
+    form = StartRolloutForm(request.POST, warnings=change_plan_warnings(change))
+    # Who may start and when, and what blocks any start (no rollback, an overlap), are said first (the service
+    # refuses them and records the attempt); the form's own checks (the confirmation, each warning acknowledged)
+    # come after.
+    refused = change_start_refusal(acting_user(request), change) is not None or bool(
+        rollout_services.rollout_start_blockers(change)
+    )
+    if not refused and not form.is_valid():
         return _render(request, change, form, status=400)
-    change = change_get_for_user(acting_user(request), form.cleaned_data["change"])
     try:
-        rollout = rollout_services.rollout_start(actor=acting_user(request), change=change)
+        rollout = rollout_services.rollout_start(
+            actor=acting_user(request),
+            change=change,
+            acknowledged_warnings=None if refused else form.cleaned_data["acknowledge"],
+        )
     except DomainError as refused:
         started = Rollout.objects.filter(change=change).first()
         if started is not None:

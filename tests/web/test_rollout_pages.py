@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -20,6 +21,7 @@ from approvals import services as change_services
 from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
+from approvals.plan_warnings import change_plan_warnings
 from devices.models import Device
 from ota_project.net import free_port
 from ota_project.roles import Role
@@ -53,6 +55,11 @@ def rollout(approved_change, operator) -> Rollout:
     steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     return Rollout.objects.get(pk=rollout.pk)
+
+
+def start_form(change: ChangeRequest) -> dict[str, Any]:
+    """What an operator sends from the start page: the confirmation and every warning it shows acknowledged."""
+    return {"change": change.pk, "confirm": "on", "acknowledge": [w.code for w in change_plan_warnings(change)]}
 
 
 def play_wave(rollout: Rollout, wave_index: int, behaviours: list[tuple[str, ...]]) -> None:
@@ -165,13 +172,36 @@ def test_start_page_shows_release_scope_and_waves(operator, approved_change):
 
 def test_operator_starts_a_rollout_and_lands_on_its_dashboard(operator, approved_change):
     client = page_client(operator)
-    response = client.post(START_URL, {"change": approved_change.pk, "confirm": "on"})
+    warnings = change_plan_warnings(approved_change)
+    assert warnings, "the fixture's pilot needs more devices than it has: a warning to acknowledge"
+    codes = [warning.code for warning in warnings]
+    response = client.post(START_URL, {"change": approved_change.pk, "confirm": "on", "acknowledge": codes})
     rollout = Rollout.objects.get(change=approved_change)
     assert response.status_code == 302 and response["Location"] == f"/rollouts/{rollout.pk}/"
     page = client.get(response["Location"])
     assert f"Rollout {rollout.pk} started" in html_of(page)
-    assert DecisionRecord.objects.filter(action="rollout.start", actor=operator).exists()
+    record = DecisionRecord.objects.get(action="rollout.start", actor=operator)
+    assert [(w["code"], w["acknowledged"]) for w in record.after["warnings"]] == [(code, True) for code in codes]
     assert ChangeRequest.objects.get(pk=approved_change.pk).status == ChangeStatus.IMPLEMENTING
+
+
+def test_start_page_shows_each_warning_and_refuses_a_start_that_does_not_acknowledge_them_all(
+    operator, approved_change
+):
+    client = page_client(operator)
+    warnings = change_plan_warnings(approved_change)
+    page = html_of(client.get(f"{START_URL}?change={approved_change.pk}"))
+    shown = [item.get("data-warning") for item in find_all(find(page, id="plan-warnings"), "li")]
+    assert shown == [warning.code for warning in warnings]
+    assert all(f'value="{warning.code}"' in page for warning in warnings)  # one checkbox each
+    records = DecisionRecord.objects.count()
+    partial = client.post(
+        START_URL, {"change": approved_change.pk, "confirm": "on", "acknowledge": [warnings[0].code][:0]}
+    )
+    assert partial.status_code == 400 and "Acknowledge this warning to start" in html_of(partial)
+    forged = client.post(START_URL, {"change": approved_change.pk, "confirm": "on", "acknowledge": ["nonsense"]})
+    assert forged.status_code == 400
+    assert not Rollout.objects.exists() and DecisionRecord.objects.count() == records
 
 
 def test_start_needs_the_confirmation_tick(operator, approved_change):
@@ -216,6 +246,10 @@ def test_conflicting_rollout_is_refused_plainly(rollout, operator, requester, ch
     )
     change_services.approval_grant(actor=cab_member, change=other, revision=1)
     other = change_services.approval_grant(actor=cab_member_2, change=other, revision=1)
+    # Said on the start page before anyone presses Start, and no Start button is offered.
+    page = html_of(page_client(operator).get(f"{START_URL}?change={other.pk}"))
+    assert f"Another active rollout targets some of the same devices: rollout-{rollout.pk}" in page
+    assert "Start rollout</button>" not in page
     refused = page_client(operator).post(START_URL, {"change": other.pk, "confirm": "on"})
     assert refused.status_code == 409
     assert f"Another active rollout targets some of the same devices: rollout-{rollout.pk}" in html_of(refused)
@@ -245,7 +279,7 @@ def test_temporal_unreachable_at_start_is_shown_plainly(settings, operator, appr
     settings.TEMPORAL_ENABLED = True
     settings.TEMPORAL_ADDRESS = f"127.0.0.1:{free_port()}"
     client = page_client(operator)
-    response = client.post(START_URL, {"change": approved_change.pk, "confirm": "on"})
+    response = client.post(START_URL, start_form(approved_change))
     rollout = Rollout.objects.get(change=approved_change)
     page = follow(client, response)
     text = " ".join(messages_of(page))
@@ -483,7 +517,7 @@ def test_pause_resume_and_promote_through_the_page_reach_the_workflow(
     change = change_services.approval_grant(actor=cab_member_2, change=change, revision=1)
     client = page_client(operator)
     with running_worker():
-        started = client.post(START_URL, {"change": change.pk, "confirm": "on"})
+        started = client.post(START_URL, start_form(change))
         rollout = Rollout.objects.get(change=change)
         assert started["Location"] == f"/rollouts/{rollout.pk}/"
         run_until(rollout.pk, healthy, lambda r: r.status == RolloutStatus.AWAITING_PROMOTION)
