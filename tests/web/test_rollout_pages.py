@@ -181,6 +181,7 @@ def test_operator_starts_a_rollout_and_lands_on_its_dashboard(operator, approved
     page = client.get(response["Location"])
     assert f"Rollout {rollout.pk} started" in html_of(page)
     record = DecisionRecord.objects.get(action="rollout.start", actor=operator)
+    assert record.after is not None
     assert [(w["code"], w["acknowledged"]) for w in record.after["warnings"]] == [(code, True) for code in codes]
     assert ChangeRequest.objects.get(pk=approved_change.pk).status == ChangeStatus.IMPLEMENTING
 
