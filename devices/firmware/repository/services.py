@@ -441,6 +441,12 @@ def image_target_add(*, release: FirmwareRelease, change_id: int) -> tuple[Image
         release.hardware_models.filter(signing_scheme=SigningScheme.HYBRID_ML_DSA_65).values_list("name", flat=True)
     )
     if hybrid_models and not root_is_hybrid(root.signed):
+        security_event(
+            kind=SecurityEventKind.RELEASE_SIGN_REFUSED,
+            source=SOURCE,
+            message=f"release {release.version} for hybrid model(s) {', '.join(hybrid_models)} in a classical repository",
+            subject=f"release:{release.version} sha256:{release.artifact.sha256}",
+        )
         raise Conflict(
             f"Hardware model(s) {', '.join(hybrid_models)} need hybrid signatures (classical and ML-DSA-65); root "
             f"v{root.signed.version} is classical: rotate to a hybrid root first (image_repository rotate-root).",

@@ -24,6 +24,8 @@ from securesystemslib.exceptions import FormatError
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
 
+from approvals.audit.choices import SecurityEventKind
+from approvals.audit.security import security_event
 from devices.firmware.repository.ceremony import dev_ceremony, dev_rotate_root
 from devices.firmware.repository.expiry import expiry_audit
 from devices.firmware.repository.models import ImageRole
@@ -40,7 +42,7 @@ from devices.firmware.repository.services import (
     root_sign_rotation,
 )
 from ota_project.errors import DomainError
-from ota_project.hsm.token import TokenError, offline_token
+from ota_project.hsm.token import TokenError, TokenPinRefused, offline_token
 
 
 class Command(BaseCommand):
@@ -148,6 +150,17 @@ class Command(BaseCommand):
         except DomainError as exc:
             details = "; ".join(f"{name}: {' '.join(map(str, messages))}" for name, messages in exc.fields.items())
             raise CommandError(f"{exc.message} ({details})" if details else exc.message) from exc
+        except TokenPinRefused as exc:
+            actor_name = options.get("actor")
+            person = get_user_model().objects.filter(username=actor_name).first() if actor_name else None
+            security_event(
+                kind=SecurityEventKind.HSM_PIN_REFUSED,
+                source="image_repository",
+                message=str(exc),
+                actor=person,
+                subject=action,
+            )
+            raise CommandError(str(exc)) from exc
         except TokenError as exc:
             raise CommandError(str(exc)) from exc
 
