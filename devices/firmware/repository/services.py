@@ -23,6 +23,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
+from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
@@ -48,10 +49,10 @@ from devices.firmware.repository.models import ImageMetadata, ImageRole, ImageTa
 from devices.firmware.repository.selectors import image_metadata_latest, image_repository_initialised
 from devices.firmware.repository.signers import root_named_signer, token_key_signer, tuf_key
 from devices.models import HardwareModel
-from ota_project.errors import Conflict, InvalidInput
+from ota_project.errors import Conflict, DomainError, InvalidInput
 from ota_project.hsm.public import TUF_KEY_TYPE, KeyAlgorithm
 from ota_project.hsm.roles import KeyRole
-from ota_project.hsm.token import TokenConfig, role_label, token_keys
+from ota_project.hsm.token import TokenConfig, TokenError, role_label, token_keys
 
 # Which registry roles sign each TUF role, and how many of them must.
 ROLE_KEYS: dict[str, tuple[KeyRole, ...]] = {
@@ -164,8 +165,19 @@ def _sign_with_root_keys(root: Metadata[Root], named: set[str], token: TokenConf
     if not keys:
         raise Conflict(f"Token {token.token_label!r} holds none of the root keys this root names: {sorted(named)}.")
     for key in keys:
-        root.sign(token_key_signer(key, token), append=True)
+        _sign(root, token_key_signer(key, token))
     return root
+
+
+def _sign(metadata: Metadata, signer: Signer) -> None:
+    """Append the signer's signature; a token's refusal (a wrong PIN, a missing key) surfaces as itself, not wrapped
+    in python-tuf's UnsignedMetadataError, so callers record it (hsm_pin_refused) and report it plainly."""
+    try:
+        metadata.sign(signer, append=True)
+    except UnsignedMetadataError as exc:
+        if isinstance(exc.__cause__, TokenError | DomainError):
+            raise exc.__cause__ from None
+        raise
 
 
 def _size_limit(role: str, hybrid: bool) -> int:
@@ -202,7 +214,7 @@ def _sign_online(
     hybrid = root_is_hybrid(root.signed)
     named = set(root.signed.roles[role].keyids)
     for key_role in role_keys(hybrid=hybrid)[role]:
-        metadata.sign(root_named_signer(key_role, named), append=True)
+        _sign(metadata, root_named_signer(key_role, named))
     try:
         root.verify_delegate(role, metadata)  # the root's keys and threshold, as any client will check them
     except UnsignedMetadataError as exc:
