@@ -29,7 +29,7 @@ from approvals.audit.security import security_event
 from devices.firmware.repository.ceremony import dev_ceremony, dev_rotate_root
 from devices.firmware.repository.expiry import expiry_audit
 from devices.firmware.repository.models import ImageRole
-from devices.firmware.repository.selectors import image_metadata_latest
+from devices.firmware.repository.selectors import expiry_alert_open_list, image_metadata_latest
 from devices.firmware.repository.services import (
     image_repository_init,
     image_repository_refresh,
@@ -171,6 +171,11 @@ class Command(BaseCommand):
                 self.stdout.write(f"{role:<10} none")
             else:
                 self.stdout.write(f"{role:<10} v{latest.version:<6} expires {latest.expires:%Y-%m-%d %H:%M} UTC")
+        if image_metadata_latest(ImageRole.ROOT) is not None:
+            mode = "hybrid (classical + ML-DSA-65)" if root_is_hybrid(image_repository_root().signed) else "classical"
+            self.stdout.write(f"mode       {mode}")
+        for alert in expiry_alert_open_list():
+            self.stdout.write(f"alert      {alert.severity}: {alert.message}")
 
     def _load_root(self, path: Path) -> Metadata[Root]:
         try:
