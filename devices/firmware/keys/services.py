@@ -21,6 +21,7 @@ from approvals.audit.records import record_decision
 from approvals.audit.security import security_event
 from devices.firmware.keys.choices import KEY_TRANSITIONS, KeyLocation, KeyState
 from devices.firmware.keys.models import SigningKey
+from devices.firmware.repository.selectors import image_repository_initialised
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.hsm.public import CLASSICAL_ALGORITHMS, KeyAlgorithm, public_key_load, public_key_pem, tuf_key_id
 from ota_project.hsm.roles import ML_DSA_ROLES, OFFLINE_ROLES, KeyRole
@@ -310,8 +311,6 @@ def _kept_until_root_rotation(role: KeyRole) -> bool:
     """A planned rotation of an image repository online key keeps the old private half until a root that no longer
     names it is published (`image_repository rotate-root` destroys it then): the repository keeps signing with the
     key the published root trusts, so it never stops serving in between. A revoked key is destroyed at once."""
-    from devices.firmware.repository.selectors import image_repository_initialised  # the room's own upper part
-
     return role in REPOSITORY_ONLINE_ROLES and image_repository_initialised()
 
 
@@ -375,12 +374,15 @@ def key_revoke_and_replace(*, actor: User | None, key_id: str, reason: str) -> t
     """Revoke a compromised online key and give its role a new key in the server's token, in one transaction
     (returns revoked, new). The image repository signs with the new key once a root naming it is signed
     (`image_repository rotate-root`); offline roles get their new key in a ceremony (`keys import-public`)."""
-    revoked = key_revoke(actor=actor, key_id=key_id, reason=reason)
-    if revoked.role in OFFLINE_ROLES:
+    key_manager_check(actor, "key.revoke")
+    registered = SigningKey.objects.filter(key_id=key_id).first()
+    if registered is not None and registered.role in OFFLINE_ROLES:
         raise InvalidInput(
-            f"{revoked.role} is an offline role: make its new key in a ceremony and register it with import-public.",
+            f"{registered.role} is an offline role: revoke it without --replace, make its new key in a ceremony and "
+            "register it with import-public.",
             fields={"key_id": ["Offline role: no replacement on the server."]},
         )
+    revoked = key_revoke(actor=actor, key_id=key_id, reason=reason)
     replacement = key_create(
         actor=actor, role=revoked.role, algorithm=revoked.algorithm, reason=f"replaces revoked {key_id}: {reason}"
     )

@@ -14,12 +14,13 @@ Run by the Temporal schedule `expiry-audit` (workflows/schedules.py) and `image_
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from tuf.api.metadata import Metadata, Root
 
@@ -128,6 +129,12 @@ def _key_findings(now: datetime) -> list[ExpiryFinding]:
     return findings
 
 
+def _lock() -> None:
+    lock_id = int.from_bytes(hashlib.sha256(b"ota-expiry-audit").digest()[:8], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+
+
 def expiry_findings(*, now: datetime | None = None) -> list[ExpiryFinding]:
     """What is close to expiry or wrongly trusted right now (no writes)."""
     now = now or timezone.now()
@@ -139,6 +146,7 @@ def expiry_audit(*, now: datetime | None = None) -> list[ExpiryFinding]:
     """Flag what is close to expiry: open an alert per new finding, refresh the ones still there, resolve the ones
     gone (each opening and resolution a decision record); returns the current findings. Idempotent."""
     now = now or timezone.now()
+    _lock()  # one audit at a time: two overlapping runs would both open the same new alert
     findings = expiry_findings(now=now)
     open_alerts = {
         (alert.subject_type, alert.subject, alert.code): alert
