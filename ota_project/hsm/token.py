@@ -284,14 +284,14 @@ def token_sign(*, key_id: str, data: bytes, token: TokenConfig | None = None) ->
     """Sign `data` in the token: Ed25519 (raw 64 bytes), or ECDSA P-256 over SHA-256 hashed here (DER); ML-DSA-65
     over TAP 21's `mldsa_message(data)`, with the seed the token unwraps for this one signature."""
     with token_session(token) as session:
-        wrapped = _mldsa_objects(session, key_id=key_id)
-        if wrapped:
-            return _mldsa_sign(session, wrapped[0], data)
         try:
             private = cast(
                 pkcs11.SignMixin, session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=bytes.fromhex(key_id))
             )
         except (pkcs11.NoSuchKey, ValueError) as exc:
+            wrapped = _mldsa_objects(session, key_id=key_id) if isinstance(exc, pkcs11.NoSuchKey) else []
+            if wrapped:  # an ML-DSA key: no private key object, its wrapped seed instead
+                return _mldsa_sign(session, wrapped[0], data)
             raise TokenKeyNotFound(f"no private key {key_id} in the token") from exc
         if private.key_type == KeyType.EC_EDWARDS:
             return private.sign(data, mechanism=Mechanism.EDDSA)

@@ -13,7 +13,7 @@ from tuf.api.metadata import Metadata, Root, Timestamp
 from approvals.audit.models import DecisionRecord, SecurityEvent
 from devices.firmware.keys.choices import KeyState
 from devices.firmware.keys.models import SigningKey
-from devices.firmware.keys.services import key_revoke_and_replace
+from devices.firmware.keys.services import key_revoke_and_replace, key_rotate
 from devices.firmware.repository.models import ImageMetadata
 from devices.firmware.repository.services import (
     _sign_with_root_keys,
@@ -150,3 +150,24 @@ def test_the_rotate_root_command_flow_draft_sign_with_old_and_new_keys_publish(
     with vehicle(repository, tmp_path / "vehicle") as car:
         car.updater().refresh()
         assert car.trusted_version("root") == 2
+
+
+def test_a_planned_rotation_keeps_serving_until_the_new_root_which_then_destroys_every_retired_private_half(
+    repository, security_officer, django_capture_on_commit_callbacks, tmp_path
+):
+    first = SigningKey.objects.get(role="snapshot", state="active")
+    with django_capture_on_commit_callbacks(execute=True):
+        second = key_rotate(actor=security_officer, role="snapshot", reason="yearly")
+        third = key_rotate(actor=security_officer, role="snapshot", reason="yearly, again")  # second never in a root
+    in_token = {key.key_id for key in token_keys()}
+    assert {first.key_id, second.key_id, third.key_id} <= in_token  # nothing lost before the new root
+    with vehicle(repository, tmp_path / "vehicle") as car:
+        car.updater().refresh()
+        with django_capture_on_commit_callbacks(execute=True):
+            rotate_root(security_officer, reason="snapshot key rotation")
+        car.updater().refresh()
+        assert car.trusted_version("root") == 2
+    in_token = {key.key_id for key in token_keys()}
+    assert third.key_id in in_token and not {first.key_id, second.key_id} & in_token
+    record = DecisionRecord.objects.get(action="image_repository.rotate_root")
+    assert record.after is not None and set(record.after["retired_keys_destroyed"]) == {first.key_id, second.key_id}

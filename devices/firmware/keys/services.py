@@ -314,11 +314,14 @@ def _kept_until_root_rotation(role: KeyRole) -> bool:
     return role in REPOSITORY_ONLINE_ROLES and image_repository_initialised()
 
 
-def key_retired_destroy(*, key_ids: set[str]) -> list[str]:
-    """Destroy the private halves of retired server-token keys among `key_ids` (called by the image repository once
-    a new root no longer names them); returns the ids destroyed, after the caller's transaction commits."""
+def key_retired_destroy(*, keep: set[str]) -> list[str]:
+    """Destroy the private halves of the image repository's retired online keys except those in `keep` (the keys
+    a newly published root still names); returns the ids, destroyed after the caller's transaction commits."""
     retired = list(
-        SigningKey.objects.filter(key_id__in=key_ids, state=KeyState.RETIRED, location=KeyLocation.SERVER_TOKEN)
+        SigningKey.objects.filter(
+            role__in=REPOSITORY_ONLINE_ROLES, state=KeyState.RETIRED, location=KeyLocation.SERVER_TOKEN
+        )
+        .exclude(key_id__in=keep)
         .values_list("key_id", flat=True)
         .order_by("key_id")
     )

@@ -106,7 +106,7 @@ def root_is_hybrid(root: Root) -> bool:
     """True when no role of `root` can meet its threshold with classical keys alone or with ML-DSA keys alone."""
     for role in ROLE_KEYS:
         keyids = root.roles[role].keyids
-        ml_dsa = sum(1 for keyid in keyids if root.keys[keyid].keytype == _ML_DSA_KEY_TYPE)
+        ml_dsa = sum(1 for keyid in keyids if keyid in root.keys and root.keys[keyid].keytype == _ML_DSA_KEY_TYPE)
         threshold = root.roles[role].threshold
         if ml_dsa == 0 or ml_dsa >= threshold or len(keyids) - ml_dsa >= threshold:
             return False
@@ -413,7 +413,7 @@ def image_repository_rotate_root(*, actor: User | None, root: Metadata[Root], re
     timestamp = _timestamp_sign(root, snapshot, now)
     named = {keyid for role in ROLE_KEYS for keyid in root.signed.roles[role].keyids}
     dropped = {keyid for role in ROLE_KEYS for keyid in trusted.signed.roles[role].keyids} - named
-    destroyed = key_retired_destroy(key_ids=dropped)
+    destroyed = key_retired_destroy(keep=named)
     record_decision(
         actor=actor,
         action="image_repository.rotate_root",
