@@ -3,10 +3,12 @@ decision records; a finding that goes away is resolved; running it again changes
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from approvals.audit.models import DecisionRecord
@@ -78,3 +80,14 @@ def test_keys_past_their_maximum_age_are_flagged(repository, settings):
     aged = {subject for subject, code, severity in _open() if code == "key_due_for_rotation" and severity == "critical"}
     online = set(SigningKey.objects.exclude(role="root").filter(state="active").values_list("key_id", flat=True))
     assert online <= aged and SigningKey.objects.get(role="root").key_id not in aged  # root: 5 years
+
+
+def test_the_commands_print_the_findings_and_the_status_shows_the_open_alerts(repository, settings):
+    settings.EXPIRY_WARN_ROOT_DAYS = 400
+    out = io.StringIO()
+    call_command("image_repository", "expiry-audit", stdout=out)
+    assert "warning" in out.getvalue() and "1 finding(s)" in out.getvalue()
+    status = io.StringIO()
+    call_command("image_repository", "status", stdout=status)
+    assert "mode       classical" in status.getvalue()
+    assert "alert      warning: 1.root.json expires at" in status.getvalue()
