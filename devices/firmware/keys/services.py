@@ -32,6 +32,7 @@ from ota_project.hsm.token import (
     role_label,
     token_key_destroy,
     token_key_generate,
+    token_keys,
     token_sign,
 )
 from ota_project.roles import Role, has_role
@@ -317,14 +318,15 @@ def _kept_until_root_rotation(role: KeyRole) -> bool:
 def key_retired_destroy(*, keep: set[str]) -> list[str]:
     """Destroy the private halves of the image repository's retired online keys except those in `keep` (the keys
     a newly published root still names); returns the ids, destroyed after the caller's transaction commits."""
-    retired = list(
+    candidates = (
         SigningKey.objects.filter(
             role__in=REPOSITORY_ONLINE_ROLES, state=KeyState.RETIRED, location=KeyLocation.SERVER_TOKEN
         )
         .exclude(key_id__in=keep)
         .values_list("key_id", flat=True)
-        .order_by("key_id")
     )
+    in_token = {key.key_id for key in token_keys()}  # those destroyed by an earlier rotation are not listed again
+    retired = sorted(key_id for key_id in candidates if key_id in in_token)
     for key_id in retired:
         transaction.on_commit(lambda key_id=key_id: token_key_destroy(key_id=key_id))  # type: ignore[misc]
     return retired
