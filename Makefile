@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges bench-data clean
+.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges bench-signatures bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ bench-ranges: install services bench-data
 bench-checkin: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_checkin" -c "CREATE DATABASE ota_bench_checkin"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_checkin OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.checkin $(BENCH_ARGS)
+
+## Image repository verification on the vehicle: one ngclient refresh from the root alone, classical vs hybrid
+## (ML-DSA-65), next to the raw signature checks it needs, same run (no database or server needed)
+bench-signatures: install
+	$(BIN)/python -m bench.signatures --out bench/results/signatures-$$(date -u +%Y-%m-%d).json $(BENCH_ARGS)
 
 ## The benchmarks' own SoftHSM2 token and data, in .data/bench (their servers sign decision records too)
 bench-data: install

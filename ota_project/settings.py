@@ -166,6 +166,11 @@ IMAGE_REPOSITORY_EXPIRY_DAYS = {
     "snapshot": int(os.environ.get("OTA_IMAGE_SNAPSHOT_EXPIRY_DAYS", "7")),
     "timestamp": int(os.environ.get("OTA_IMAGE_TIMESTAMP_EXPIRY_DAYS", "1")),
 }
+# The expiry audit (devices.firmware.repository.expiry): warn this long before the root expires, and rotate keys
+# older than these maximum ages (online keys; offline root keys).
+EXPIRY_WARN_ROOT_DAYS = int(os.environ.get("OTA_EXPIRY_WARN_ROOT_DAYS", "30"))
+KEY_MAX_AGE_DAYS = int(os.environ.get("OTA_KEY_MAX_AGE_DAYS", "365"))
+OFFLINE_KEY_MAX_AGE_DAYS = int(os.environ.get("OTA_OFFLINE_KEY_MAX_AGE_DAYS", "1825"))
 # The Ed25519 audit key of releases before the HSM (a PEM file): only its public half is still used, to verify
 # what it signed. Signatures now come from the token key of role audit-checkpoint.
 AUDIT_SIGNING_KEY_PATH = Path(os.environ.get("OTA_AUDIT_SIGNING_KEY", DATA_DIR / "audit_signing_key.pem"))

@@ -18,12 +18,14 @@ from django.db import close_old_connections
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from devices.firmware.repository.expiry import expiry_audit as run_expiry_audit
 from devices.firmware.repository.services import image_repository_refresh as repository_refresh
 from ota_project.errors import DomainError
 from rollouts import rollout_services as steps
 from workflows.types import (
     Activity,
     AuthorizeRequest,
+    ExpiryAuditResult,
     FinishRequest,
     HaltRequest,
     MaintenanceActivity,
@@ -188,6 +190,19 @@ def image_repository_refresh() -> RepositoryRefresh:
         close_old_connections()
 
 
+@activity.defn(name=MaintenanceActivity.EXPIRY_AUDIT)
+def expiry_audit() -> ExpiryAuditResult:
+    """Flag keys and metadata close to expiry (alert rows, decision records; idempotent: a retry finds them open)."""
+    close_old_connections()
+    try:
+        findings = run_expiry_audit()
+        return ExpiryAuditResult(
+            findings=len(findings), critical=sum(1 for finding in findings if finding.severity == "critical")
+        )
+    finally:
+        close_old_connections()
+
+
 ACTIVITIES: list[Callable[..., Any]] = [
     wave_window_wait,
     wave_assign,
@@ -200,4 +215,5 @@ ACTIVITIES: list[Callable[..., Any]] = [
     human_action_authorize,
     wave_promote,
     image_repository_refresh,
+    expiry_audit,
 ]

@@ -3,6 +3,9 @@
 ImageRepositoryRefreshWorkflow: one activity that re-signs the image repository's timestamp and snapshot when they
 are near expiry; the schedule `image-repository-refresh` starts it every IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS and
 skips a firing while the previous run is still going.
+
+ExpiryAuditWorkflow: one activity that flags keys and metadata close to expiry (alert rows, decision records);
+the schedule `expiry-audit` starts it every EXPIRY_AUDIT_EVERY_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.types import IMAGE_REPOSITORY_REFRESH_WORKFLOW, MaintenanceActivity, RepositoryRefresh
+    from workflows.types import (
+        EXPIRY_AUDIT_WORKFLOW,
+        IMAGE_REPOSITORY_REFRESH_WORKFLOW,
+        ExpiryAuditResult,
+        MaintenanceActivity,
+        RepositoryRefresh,
+    )
 
 
 @workflow.defn(name=IMAGE_REPOSITORY_REFRESH_WORKFLOW)
@@ -29,3 +38,18 @@ class ImageRepositoryRefreshWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=5)),
         )
         return refreshed
+
+
+@workflow.defn(name=EXPIRY_AUDIT_WORKFLOW)
+class ExpiryAuditWorkflow:
+    """Flag keys and metadata close to expiry, or trusted when they must not be (the expiry audit service decides)."""
+
+    @workflow.run
+    async def run(self) -> ExpiryAuditResult:
+        audited: ExpiryAuditResult = await workflow.execute_activity(
+            MaintenanceActivity.EXPIRY_AUDIT,
+            result_type=ExpiryAuditResult,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=5)),
+        )
+        return audited

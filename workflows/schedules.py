@@ -3,6 +3,7 @@
 `image-repository-refresh` starts ImageRepositoryRefreshWorkflow every IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS on
 the worker's task queue; a firing while the previous run is still going is skipped. An existing schedule is left
 as it is (an operator may have paused it: `temporal schedule toggle --schedule-id image-repository-refresh`).
+`expiry-audit` starts ExpiryAuditWorkflow every EXPIRY_AUDIT_EVERY_SECONDS the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from temporalio.client import (
 )
 
 from workflows.types import (
+    EXPIRY_AUDIT_EVERY_SECONDS,
+    EXPIRY_AUDIT_SCHEDULE_ID,
+    EXPIRY_AUDIT_WORKFLOW,
     IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS,
     IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID,
     IMAGE_REPOSITORY_REFRESH_WORKFLOW,
@@ -28,17 +32,21 @@ from workflows.types import (
 
 
 async def ensure_schedules(client: Client, task_queue: str) -> None:
-    """Create the image repository's refresh schedule on `task_queue` unless it exists."""
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            IMAGE_REPOSITORY_REFRESH_WORKFLOW, id=IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID, task_queue=task_queue
+    """Create the image repository's refresh and expiry-audit schedules on `task_queue` unless they exist."""
+    for schedule_id, workflow_name, every in (
+        (
+            IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID,
+            IMAGE_REPOSITORY_REFRESH_WORKFLOW,
+            IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS,
         ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS))]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
-    try:
-        await client.create_schedule(IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID, schedule)
-    except ScheduleAlreadyRunningError:
-        pass  # made by another worker (or an earlier start of this one)
+        (EXPIRY_AUDIT_SCHEDULE_ID, EXPIRY_AUDIT_WORKFLOW, EXPIRY_AUDIT_EVERY_SECONDS),
+    ):
+        schedule = Schedule(
+            action=ScheduleActionStartWorkflow(workflow_name, id=schedule_id, task_queue=task_queue),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every))]),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        )
+        try:
+            await client.create_schedule(schedule_id, schedule)
+        except ScheduleAlreadyRunningError:
+            pass  # made by another worker (or an earlier start of this one)

@@ -54,6 +54,7 @@ class MaintenanceActivity(StrEnum):
     """Stable names of the activities of the scheduled maintenance workflows (workflows/maintenance.py)."""
 
     IMAGE_REPOSITORY_REFRESH = "firmware.image_repository_refresh"  # None -> RepositoryRefresh
+    EXPIRY_AUDIT = "firmware.expiry_audit"  # None -> ExpiryAuditResult
 
 
 # The Temporal schedule that refreshes the image repository's timestamp and snapshot (created by every worker that
@@ -61,6 +62,20 @@ class MaintenanceActivity(StrEnum):
 IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID = "image-repository-refresh"
 IMAGE_REPOSITORY_REFRESH_WORKFLOW = "ImageRepositoryRefresh"
 IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS = 600
+
+
+# The expiry audit's schedule (keys and metadata close to expiry, next to the refresh): its workflow and period.
+EXPIRY_AUDIT_SCHEDULE_ID = "expiry-audit"
+EXPIRY_AUDIT_WORKFLOW = "ExpiryAudit"
+EXPIRY_AUDIT_EVERY_SECONDS = 3600
+
+
+@dataclass
+class ExpiryAuditResult:
+    """How many findings the expiry audit has (open alerts), and how many of them are critical."""
+
+    findings: int
+    critical: int
 
 
 @dataclass

@@ -37,10 +37,10 @@ DEFAULT_GRACEFUL_SHUTDOWN_SECONDS = 30
 def default_registrations() -> tuple[list[type], list[Callable[..., Any]]]:
     """The project's workflows and activities (imported late: activities need a configured Django)."""
     from workflows.activities import ACTIVITIES
-    from workflows.maintenance import ImageRepositoryRefreshWorkflow
+    from workflows.maintenance import ExpiryAuditWorkflow, ImageRepositoryRefreshWorkflow
     from workflows.rollout import RolloutWorkflow
 
-    return [RolloutWorkflow, ImageRepositoryRefreshWorkflow], list(ACTIVITIES)
+    return [RolloutWorkflow, ImageRepositoryRefreshWorkflow, ExpiryAuditWorkflow], list(ACTIVITIES)
 
 
 async def run_worker(

@@ -55,6 +55,6 @@ class FirmwareRelease(models.Model):
 # The key registry's and the image repository's models are defined in their own packages and registered with this
 # app by these imports.
 from devices.firmware.keys.models import SigningKey  # noqa: E402
-from devices.firmware.repository.models import ImageMetadata, ImageTarget  # noqa: E402
+from devices.firmware.repository.models import ExpiryAlert, ImageMetadata, ImageTarget  # noqa: E402
 
-__all__ = ["FirmwareArtifact", "FirmwareRelease", "ImageMetadata", "ImageTarget", "SigningKey"]
+__all__ = ["ExpiryAlert", "FirmwareArtifact", "FirmwareRelease", "ImageMetadata", "ImageTarget", "SigningKey"]

@@ -10,14 +10,26 @@ The token is named by module path, token label and PIN (`TokenConfig`): the serv
 OTA_PKCS11_OFFLINE_TOKEN / OTA_PKCS11_OFFLINE_PIN. One logged-in session per process and token is kept and used
 under a lock (PKCS#11 login is per process, so a second login would not check its PIN); a different PIN closes it
 first so the token itself judges that PIN. After a fork the library is re-initialised (sessions do not survive it).
+
+ML-DSA-65 (hybrid post-quantum mode): SoftHSM2, like most tokens today, has no ML-DSA mechanism, so an ML-DSA key
+cannot be generated or used inside it. Its private half (the 32-byte seed) is instead kept in the token WRAPPED:
+encrypted with AES-256-GCM by the token's wrapping key (`<prefix>:ml-dsa-wrap`, generated in the token as sensitive
+and never extractable), the key id as associated data, stored as a private data object of the token (label = the
+role label, application "ota-ml-dsa:<key id>"). To sign, the token decrypts the seed into this process's memory for
+that one signature. That is the honest limit of a token without ML-DSA: the seed is in host memory while it signs
+(and in the generating process while it is made); the wrapping key never leaves the token, so a copy of the token's
+files or of the database is not enough to sign. A token with ML-DSA (PKCS#11 3.2 CKM_ML_DSA, by module path) would
+generate and sign inside instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,18 +40,22 @@ from typing import TYPE_CHECKING, cast
 import pkcs11
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from django.conf import settings
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass
 from pkcs11.exceptions import NoSuchToken, PinIncorrect, PinLenRange, PKCS11Error
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from ota_project.hsm.public import KeyAlgorithm, public_key_pem, tuf_key_id
+from ota_project.hsm.public import KeyAlgorithm, mldsa_message, public_key_pem, tuf_key_id
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Library
 
 ED25519_OID = "1.3.101.112"
+MLDSA_APPLICATION = "ota-ml-dsa:"  # + key id: the data object holding a wrapped ML-DSA key
+WRAPPING_KEY_ROLE = "ml-dsa-wrap"  # label "<prefix>:ml-dsa-wrap": the AES key that wraps ML-DSA seeds
+_GCM_TAG_BITS = 128
 logger = logging.getLogger(__name__)
 
 _CURVE = {KeyAlgorithm.ED25519: ED25519_OID, KeyAlgorithm.ECDSA_P256: "secp256r1"}
@@ -201,7 +217,10 @@ def _token_key(public: pkcs11.PublicKey) -> TokenKey:
 
 
 def token_key_generate(*, label: str, algorithm: KeyAlgorithm, token: TokenConfig | None = None) -> TokenKey:
-    """Generate a key pair inside the token: private half sensitive and never extractable, CKA_ID = its key id."""
+    """Generate a key pair inside the token: private half sensitive and never extractable, CKA_ID = its key id.
+    ML-DSA-65 (no token mechanism): generated here, its seed kept in the token wrapped by the token's AES key."""
+    if algorithm == KeyAlgorithm.ML_DSA_65:
+        return _mldsa_generate(label=label, token=token)
     with token_session(token) as session:
         parameters = session.create_domain_parameters(
             _KEY_TYPE[algorithm], {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVE[algorithm])}, local=True
@@ -241,12 +260,16 @@ def token_keys(*, label: str | None = None, token: TokenConfig | None = None) ->
             for obj in session.get_objects(template)
             if bytes(obj[Attribute.ID]) in private_ids
         ]
+        keys += [key for key, _ in _mldsa_objects(session, label=label)]
     return sorted(keys, key=lambda key: key.key_id)
 
 
 def token_key_get(*, key_id: str, token: TokenConfig | None = None) -> TokenKey:
     """The key with this id; TokenKeyNotFound when its private half is not in the token."""
     with token_session(token) as session:
+        wrapped = _mldsa_objects(session, key_id=key_id)
+        if wrapped:
+            return wrapped[0][0]
         try:
             session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=bytes.fromhex(key_id))
             public = cast(
@@ -258,13 +281,17 @@ def token_key_get(*, key_id: str, token: TokenConfig | None = None) -> TokenKey:
 
 
 def token_sign(*, key_id: str, data: bytes, token: TokenConfig | None = None) -> bytes:
-    """Sign `data` in the token: Ed25519 (raw 64 bytes), or ECDSA P-256 over SHA-256 hashed here (DER)."""
+    """Sign `data` in the token: Ed25519 (raw 64 bytes), or ECDSA P-256 over SHA-256 hashed here (DER); ML-DSA-65
+    over TAP 21's `mldsa_message(data)`, with the seed the token unwraps for this one signature."""
     with token_session(token) as session:
         try:
             private = cast(
                 pkcs11.SignMixin, session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=bytes.fromhex(key_id))
             )
         except (pkcs11.NoSuchKey, ValueError) as exc:
+            wrapped = _mldsa_objects(session, key_id=key_id) if isinstance(exc, pkcs11.NoSuchKey) else []
+            if wrapped:  # an ML-DSA key: no private key object, its wrapped seed instead
+                return _mldsa_sign(session, wrapped[0], data)
             raise TokenKeyNotFound(f"no private key {key_id} in the token") from exc
         if private.key_type == KeyType.EC_EDWARDS:
             return private.sign(data, mechanism=Mechanism.EDDSA)
@@ -278,3 +305,96 @@ def token_key_destroy(*, key_id: str, token: TokenConfig | None = None) -> None:
     with token_session(token) as session:
         for obj in list(session.get_objects({Attribute.ID: bytes.fromhex(key_id)})):
             obj.destroy()
+        for obj in list(
+            session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: MLDSA_APPLICATION + key_id})
+        ):
+            obj.destroy()
+
+
+def _wrapping_key(session: pkcs11.Session) -> pkcs11.SecretKey:
+    """The token's AES-256 key that wraps ML-DSA seeds: made in the token once, sensitive, never extractable."""
+    label = role_label(WRAPPING_KEY_ROLE)
+    found = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}))
+    if found:
+        return cast(pkcs11.SecretKey, found[0])
+    return session.generate_key(
+        KeyType.AES,
+        256,
+        label=label,
+        store=True,
+        template={
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.ENCRYPT: True,
+            Attribute.DECRYPT: True,
+            Attribute.PRIVATE: True,
+        },
+    )
+
+
+def _mldsa_objects(
+    session: pkcs11.Session, *, label: str | None = None, key_id: str | None = None
+) -> list[tuple[TokenKey, dict[str, str]]]:
+    """The token's wrapped ML-DSA keys (with that label, or that key id): the key and its stored envelope."""
+    template: dict[Attribute, object] = {Attribute.CLASS: ObjectClass.DATA}
+    if label is not None:
+        template[Attribute.LABEL] = label
+    if key_id is not None:
+        template[Attribute.APPLICATION] = MLDSA_APPLICATION + key_id
+    found = []
+    for obj in session.get_objects(template):
+        application = str(obj[Attribute.APPLICATION])
+        if not application.startswith(MLDSA_APPLICATION):
+            continue
+        envelope = json.loads(bytes(obj[Attribute.VALUE]))
+        key = TokenKey(
+            label=str(obj[Attribute.LABEL]),
+            key_id=application.removeprefix(MLDSA_APPLICATION),
+            algorithm=KeyAlgorithm.ML_DSA_65,
+            public_key_pem=envelope["public_key_pem"],
+        )
+        found.append((key, envelope))
+    return found
+
+
+def _mldsa_generate(*, label: str, token: TokenConfig | None) -> TokenKey:
+    private = MLDSA65PrivateKey.generate()
+    pem = public_key_pem(private.public_key())
+    key = TokenKey(label=label, key_id=tuf_key_id(pem), algorithm=KeyAlgorithm.ML_DSA_65, public_key_pem=pem)
+    nonce = secrets.token_bytes(12)
+    with token_session(token) as session:
+        wrapped = cast(pkcs11.EncryptMixin, _wrapping_key(session)).encrypt(
+            private.private_bytes_raw(),
+            mechanism=Mechanism.AES_GCM,
+            mechanism_param=GCMParams(nonce, bytes.fromhex(key.key_id), _GCM_TAG_BITS),
+        )
+        envelope = {"public_key_pem": pem, "nonce": nonce.hex(), "wrapped_seed": cast(bytes, wrapped).hex()}
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.MODIFIABLE: False,
+                Attribute.LABEL: label,
+                Attribute.APPLICATION: MLDSA_APPLICATION + key.key_id,
+                Attribute.VALUE: json.dumps(envelope).encode(),
+            }
+        )
+    del private
+    return key
+
+
+def _mldsa_sign(session: pkcs11.Session, wrapped: tuple[TokenKey, dict[str, str]], data: bytes) -> bytes:
+    key, envelope = wrapped
+    # The token authenticates the envelope (GCM, key id as associated data): a swapped or edited blob is refused.
+    seed = cast(pkcs11.DecryptMixin, _wrapping_key(session)).decrypt(
+        bytes.fromhex(envelope["wrapped_seed"]),
+        mechanism=Mechanism.AES_GCM,
+        mechanism_param=GCMParams(bytes.fromhex(envelope["nonce"]), bytes.fromhex(key.key_id), _GCM_TAG_BITS),
+    )
+    private = MLDSA65PrivateKey.from_seed_bytes(cast(bytes, seed))
+    if public_key_pem(private.public_key()) != key.public_key_pem:
+        raise TokenError(f"the wrapped ML-DSA key {key.key_id} does not match its public key")
+    signature = private.sign(mldsa_message(data))
+    del private, seed
+    return signature

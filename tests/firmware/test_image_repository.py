@@ -20,7 +20,7 @@ from tuf.api.serialization import DeserializationError
 from approvals.audit.models import DecisionRecord, SecurityEvent
 from devices.firmware.keys.choices import KeyLocation
 from devices.firmware.keys.models import SigningKey
-from devices.firmware.keys.services import key_create, key_import_public, key_rotate
+from devices.firmware.keys.services import key_create, key_import_public, key_revoke, key_rotate
 from devices.firmware.repository.models import ImageMetadata, ImageTarget
 from devices.firmware.repository.services import (
     image_repository_init,
@@ -267,9 +267,22 @@ def test_the_ceremony_by_hand_draft_on_the_server_sign_offline_init_with_the_sig
     assert Metadata[Root].from_bytes(published) == Metadata[Root].from_bytes(signed.read_bytes())
 
 
+def test_after_a_planned_rotation_the_repository_keeps_signing_with_the_key_the_root_names(
+    repository, security_officer
+):
+    old = SigningKey.objects.get(role="timestamp", state="active")
+    new = key_rotate(actor=security_officer, role="timestamp", reason="rotated before the new root")
+    assert image_repository_refresh(now=timezone.now() + timedelta(hours=13)) == ["timestamp"]
+    timestamp = Metadata.from_bytes(bytes(ImageMetadata.objects.filter(role="timestamp").latest("version").content))
+    assert set(timestamp.signatures) == {old.key_id} and new.key_id not in timestamp.signatures
+    assert old.key_id in {key.key_id for key in token_keys()}  # kept until a root no longer names it
+
+
 def test_an_online_key_the_root_does_not_name_signs_nothing(repository, security_officer):
-    key_rotate(actor=security_officer, role="timestamp", reason="rotated without a new root")
+    old = SigningKey.objects.get(role="timestamp", state="active")
+    key_revoke(actor=security_officer, key_id=old.key_id, reason="compromised")
+    key_create(actor=security_officer, role="timestamp")
     before = _published()
-    with pytest.raises(Conflict, match="not the ones root v1 trusts"):
+    with pytest.raises(Conflict, match="names no timestamp key this server can sign with"):
         image_repository_refresh(now=timezone.now() + timedelta(hours=13))
     assert _published() == before

@@ -26,6 +26,7 @@ from approvals.audit.models import DecisionRecord
 from approvals.audit.security_selectors import security_event_list, security_event_summary
 from approvals.audit.web import selectors as audit_selectors
 from approvals.audit.web.forms import RecordFilterForm
+from devices.firmware.repository.selectors import expiry_alert_open_list
 from ota_project.web.access import HtmxHttpRequest, role_required
 
 PAGE_SIZE = 50
@@ -138,7 +139,8 @@ def verify_chain(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 @role_required(*AUDIT_READ_ROLES)
 def security(request: HttpRequest) -> HttpResponse:
-    """Security events: refusals per kind over 24 hours and 7 days, and the latest rows (optionally of one kind)."""
+    """Security events: refusals per kind over 24 hours and 7 days, the latest rows (optionally of one kind), and the
+    expiry audit's open alerts (keys and metadata close to expiry, or trusted when they must not be)."""
     filters = SecurityEventFilter(request.GET, queryset=security_event_list())
     page = Paginator(filters.qs, PAGE_SIZE).get_page(request.GET.get("page")) if filters.is_valid() else None
     kinds = filters.form.cleaned_data.get("kind") if filters.is_valid() else None
@@ -148,5 +150,6 @@ def security(request: HttpRequest) -> HttpResponse:
         "events": list(page.object_list) if page else [],
         "kind_labels": [str(SecurityEventKind(kind).label) for kind in kinds or ()],
         "filtered": bool(page is not None and any(filters.form.cleaned_data.values())),
+        "expiry_alerts": list(expiry_alert_open_list()[:PAGE_SIZE]),
     }
     return render(request, "approvals/audit/security.html", context)

@@ -21,9 +21,10 @@ from approvals.audit.records import record_decision
 from approvals.audit.security import security_event
 from devices.firmware.keys.choices import KEY_TRANSITIONS, KeyLocation, KeyState
 from devices.firmware.keys.models import SigningKey
+from devices.firmware.repository.selectors import image_repository_initialised
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
-from ota_project.hsm.public import KeyAlgorithm, public_key_load, public_key_pem, tuf_key_id
-from ota_project.hsm.roles import OFFLINE_ROLES, KeyRole
+from ota_project.hsm.public import CLASSICAL_ALGORITHMS, KeyAlgorithm, public_key_load, public_key_pem, tuf_key_id
+from ota_project.hsm.roles import ML_DSA_ROLES, OFFLINE_ROLES, KeyRole
 from ota_project.hsm.token import (
     TokenConfig,
     TokenKey,
@@ -31,11 +32,24 @@ from ota_project.hsm.token import (
     role_label,
     token_key_destroy,
     token_key_generate,
+    token_keys,
     token_sign,
 )
 from ota_project.roles import Role, has_role
 
 SOURCE = "keys"
+# Online keys of the image repository: signing with them depends on the published root naming them.
+REPOSITORY_ONLINE_ROLES = frozenset(
+    {
+        KeyRole.TARGETS_RELEASE,
+        KeyRole.TARGETS_SECURITY_OFFICER,
+        KeyRole.SNAPSHOT,
+        KeyRole.TIMESTAMP,
+        KeyRole.TARGETS_ML_DSA,
+        KeyRole.SNAPSHOT_ML_DSA,
+        KeyRole.TIMESTAMP_ML_DSA,
+    }
+)
 
 
 def key_manage_refusal(actor: User | None) -> DomainError | None:
@@ -69,12 +83,31 @@ def _role(role: str) -> KeyRole:
     return KeyRole(role)
 
 
-def _algorithm(algorithm: str) -> KeyAlgorithm:
+def _algorithm(algorithm: str, role: KeyRole | None = None) -> KeyAlgorithm:
+    """The key's algorithm: the role's default when none is given (ML-DSA-65 for the post-quantum roles, Ed25519
+    otherwise); ML-DSA-65 for those roles only, so a hybrid role's threshold can never be met by one key type."""
+    if not algorithm:
+        return KeyAlgorithm.ML_DSA_65 if role in ML_DSA_ROLES else KeyAlgorithm.ED25519
     if algorithm not in KeyAlgorithm.__members__.values():
         raise InvalidInput(
             f"Unknown algorithm {algorithm!r}.", fields={"algorithm": [f"One of: {', '.join(KeyAlgorithm)}."]}
         )
+    _refuse_algorithm_for_role(KeyAlgorithm(algorithm), role)
     return KeyAlgorithm(algorithm)
+
+
+def _refuse_algorithm_for_role(algorithm: KeyAlgorithm, role: KeyRole | None) -> None:
+    if role is None:
+        return
+    if role in ML_DSA_ROLES and algorithm != KeyAlgorithm.ML_DSA_65:
+        raise InvalidInput(
+            f"{role} is a post-quantum role: its key is ml-dsa-65.", fields={"algorithm": ["Must be ml-dsa-65."]}
+        )
+    if role not in ML_DSA_ROLES and algorithm not in CLASSICAL_ALGORITHMS:
+        raise InvalidInput(
+            f"{role} is a classical role: its key is ed25519 or ecdsa-p256 (ML-DSA keys serve the *-ml-dsa roles).",
+            fields={"algorithm": ["Must be ed25519 or ecdsa-p256."]},
+        )
 
 
 def _lock_role(role: str) -> None:
@@ -143,12 +176,12 @@ def _generate_on_server(role: KeyRole, algorithm: KeyAlgorithm) -> TokenKey:
 
 
 @transaction.atomic
-def key_create(*, actor: User | None, role: str, algorithm: str = KeyAlgorithm.ED25519, reason: str = "") -> SigningKey:
+def key_create(*, actor: User | None, role: str, algorithm: str = "", reason: str = "") -> SigningKey:
     """Generate the key of a role in the server's token and register it; refused for offline roles, for a role that
-    already has an active key, and for anyone but a security officer."""
+    already has an active key, and for anyone but a security officer. No algorithm: the role's default."""
     person = key_manager_check(actor, "key.create")
     key_role = _role(role)
-    key_algorithm = _algorithm(algorithm)
+    key_algorithm = _algorithm(algorithm, key_role)
     if key_role in OFFLINE_ROLES:
         raise InvalidInput(
             f"{key_role} is an offline role: generate it on an offline token (keys create --offline) and register its "
@@ -174,14 +207,12 @@ def key_create(*, actor: User | None, role: str, algorithm: str = KeyAlgorithm.E
     return key
 
 
-def key_generate_offline(
-    *, role: str, algorithm: str = KeyAlgorithm.ED25519, token: TokenConfig | None = None
-) -> TokenKey:
+def key_generate_offline(*, role: str, algorithm: str = "", token: TokenConfig | None = None) -> TokenKey:
     """Generate a role's key on the offline token of a key ceremony (never the server's); nothing is registered here:
     the public half is carried to the server and registered with key_import_public."""
     key_role = _role(role)
     return token_key_generate(
-        label=role_label(key_role), algorithm=_algorithm(algorithm), token=token or offline_token()
+        label=role_label(key_role), algorithm=_algorithm(algorithm, key_role), token=token or offline_token()
     )
 
 
@@ -203,6 +234,7 @@ def key_import_public(*, actor: User | None, role: str, public_key: str, reason:
             "The audit-checkpoint key signs on the server: create it there.", fields={"role": ["Server role."]}
         )
     algorithm, pem = _parse_public_key(public_key)
+    _refuse_algorithm_for_role(algorithm, key_role)
     token_key = TokenKey(label="", key_id=tuf_key_id(pem), algorithm=algorithm, public_key_pem=pem)
     _lock_role(key_role)
     _refuse_second_active(key_role)
@@ -255,6 +287,7 @@ def key_rotate(*, actor: User | None, role: str, public_key: str = "", reason: s
         before = _snapshot(old)
         if public_key:
             algorithm, pem = _parse_public_key(public_key)
+            _refuse_algorithm_for_role(algorithm, key_role)
             new_key = TokenKey(label="", key_id=tuf_key_id(pem), algorithm=algorithm, public_key_pem=pem)
             location = KeyLocation.OFFLINE
         else:
@@ -269,10 +302,34 @@ def key_rotate(*, actor: User | None, role: str, public_key: str = "", reason: s
                 token_key_destroy(key_id=new_key.key_id)
             raise
         _record(person, "key.rotate", key, reason, before)
-        if old.location == KeyLocation.SERVER_TOKEN:
+        if old.location == KeyLocation.SERVER_TOKEN and not _kept_until_root_rotation(key_role):
             # A retired key signs nothing more; its public half stays here for what it signed.
             transaction.on_commit(lambda: token_key_destroy(key_id=old.key_id))
     return key
+
+
+def _kept_until_root_rotation(role: KeyRole) -> bool:
+    """A planned rotation of an image repository online key keeps the old private half until a root that no longer
+    names it is published (`image_repository rotate-root` destroys it then): the repository keeps signing with the
+    key the published root trusts, so it never stops serving in between. A revoked key is destroyed at once."""
+    return role in REPOSITORY_ONLINE_ROLES and image_repository_initialised()
+
+
+def key_retired_destroy(*, keep: set[str]) -> list[str]:
+    """Destroy the private halves of the image repository's retired online keys except those in `keep` (the keys
+    a newly published root still names); returns the ids, destroyed after the caller's transaction commits."""
+    candidates = (
+        SigningKey.objects.filter(
+            role__in=REPOSITORY_ONLINE_ROLES, state=KeyState.RETIRED, location=KeyLocation.SERVER_TOKEN
+        )
+        .exclude(key_id__in=keep)
+        .values_list("key_id", flat=True)
+    )
+    in_token = {key.key_id for key in token_keys()}  # those destroyed by an earlier rotation are not listed again
+    retired = sorted(key_id for key_id in candidates if key_id in in_token)
+    for key_id in retired:
+        transaction.on_commit(lambda key_id=key_id: token_key_destroy(key_id=key_id))  # type: ignore[misc]
+    return retired
 
 
 def _audit_key_rotate(person: User, reason: str) -> SigningKey:
@@ -315,6 +372,26 @@ def key_revoke(*, actor: User | None, key_id: str, reason: str) -> SigningKey:
     if key.location == KeyLocation.SERVER_TOKEN:
         transaction.on_commit(lambda: token_key_destroy(key_id=key.key_id))
     return key
+
+
+@transaction.atomic
+def key_revoke_and_replace(*, actor: User | None, key_id: str, reason: str) -> tuple[SigningKey, SigningKey]:
+    """Revoke a compromised online key and give its role a new key in the server's token, in one transaction
+    (returns revoked, new). The image repository signs with the new key once a root naming it is signed
+    (`image_repository rotate-root`); offline roles get their new key in a ceremony (`keys import-public`)."""
+    key_manager_check(actor, "key.revoke")
+    registered = SigningKey.objects.filter(key_id=key_id).first()
+    if registered is not None and registered.role in OFFLINE_ROLES:
+        raise InvalidInput(
+            f"{registered.role} is an offline role: revoke it without --replace, make its new key in a ceremony and "
+            "register it with import-public.",
+            fields={"key_id": ["Offline role: no replacement on the server."]},
+        )
+    revoked = key_revoke(actor=actor, key_id=key_id, reason=reason)
+    replacement = key_create(
+        actor=actor, role=revoked.role, algorithm=revoked.algorithm, reason=f"replaces revoked {key_id}: {reason}"
+    )
+    return revoked, replacement
 
 
 def role_sign(*, role: str, data: bytes) -> tuple[SigningKey, bytes]:

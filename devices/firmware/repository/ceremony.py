@@ -22,9 +22,18 @@ from tuf.api.metadata import Metadata, Root
 from devices.firmware.keys.selectors import signing_key_active
 from devices.firmware.keys.services import key_create, key_import_public
 from devices.firmware.repository.models import ImageMetadata
-from devices.firmware.repository.services import ROLE_KEYS, image_repository_init, root_draft
+from devices.firmware.repository.services import (
+    image_repository_init,
+    image_repository_root,
+    image_repository_rotate_root,
+    repository_hybrid_required,
+    role_keys,
+    root_draft,
+    root_draft_rotation,
+    root_is_hybrid,
+)
 from ota_project.errors import Conflict
-from ota_project.hsm.roles import OFFLINE_ROLES, KeyRole
+from ota_project.hsm.roles import OFFLINE_ROLES
 from ota_project.hsm.softhsm import softhsm_setup
 
 DEV_OFFLINE_TOKEN = "ota-offline-dev"
@@ -53,21 +62,56 @@ def _manage(environment: dict[str, str], *arguments: str) -> None:
         raise Conflict(f"ceremony step `{' '.join(arguments[:2])}` failed: {done.stderr.strip()[-500:]}")
 
 
+def _dev_keys(actor: User, environment: dict[str, str], work: Path, *, hybrid: bool) -> None:
+    """Register the missing keys a root needs: offline roles made on the dev offline token, the rest on the server's."""
+    for key_roles in role_keys(hybrid=hybrid).values():
+        for key_role in key_roles:
+            if signing_key_active(key_role) is not None:
+                continue
+            if key_role in OFFLINE_ROLES:
+                public_key = work / f"{key_role}.pem"
+                _manage(environment, "keys", "create", "--role", key_role, "--offline", "--out", str(public_key))
+                key_import_public(
+                    actor=actor, role=key_role, public_key=public_key.read_text(), reason="development key ceremony"
+                )
+            else:
+                key_create(actor=actor, role=key_role, reason="development key ceremony")
+
+
 def dev_ceremony(*, actor: User, directory: Path | None = None) -> ImageMetadata:
     """Development only: make the root key on a SoftHSM2 token under DATA_DIR/softhsm-offline-dev, the missing
     online keys on the server's token, and start the image repository from a root v1 signed on that token."""
     environment = _ceremony_environment(directory or Path(settings.DATA_DIR) / "softhsm-offline-dev")
     with tempfile.TemporaryDirectory() as work:
-        public_key, draft, signed = Path(work) / "root.pem", Path(work) / "root.draft.json", Path(work) / "root.json"
-        if signing_key_active(KeyRole.ROOT) is None:
-            _manage(environment, "keys", "create", "--role", KeyRole.ROOT, "--offline", "--out", str(public_key))
-            key_import_public(
-                actor=actor, role=KeyRole.ROOT, public_key=public_key.read_text(), reason="development key ceremony"
-            )
-        for key_roles in ROLE_KEYS.values():
-            for key_role in key_roles:
-                if key_role not in OFFLINE_ROLES and signing_key_active(key_role) is None:
-                    key_create(actor=actor, role=key_role, reason="development key ceremony")
+        draft, signed = Path(work) / "root.draft.json", Path(work) / "root.json"
+        _dev_keys(actor, environment, Path(work), hybrid=repository_hybrid_required())
         draft.write_bytes(root_draft().to_bytes())
         _manage(environment, "image_repository", "sign-root", "--in", str(draft), "--out", str(signed))
         return image_repository_init(actor=actor, root=Metadata[Root].from_bytes(signed.read_bytes()))
+
+
+def dev_rotate_root(*, actor: User, reason: str = "", directory: Path | None = None) -> ImageMetadata:
+    """Development only: root N+1 from the registry's active keys (hybrid when the published root is or a model
+    needs it; missing keys made as in dev_ceremony), signed on the dev offline token by old and new root keys."""
+    environment = _ceremony_environment(directory or Path(settings.DATA_DIR) / "softhsm-offline-dev")
+    trusted = image_repository_root()
+    hybrid = root_is_hybrid(trusted.signed) or repository_hybrid_required()
+    with tempfile.TemporaryDirectory() as work:
+        draft, signed, old = Path(work) / "draft.json", Path(work) / "root.json", Path(work) / "trusted.json"
+        _dev_keys(actor, environment, Path(work), hybrid=hybrid)
+        draft.write_bytes(root_draft_rotation(hybrid=hybrid).to_bytes())
+        old.write_bytes(trusted.to_bytes())
+        _manage(
+            environment,
+            "image_repository",
+            "sign-root",
+            "--in",
+            str(draft),
+            "--out",
+            str(signed),
+            "--trusted",
+            str(old),
+        )
+        return image_repository_rotate_root(
+            actor=actor, root=Metadata[Root].from_bytes(signed.read_bytes()), reason=reason or "development rotation"
+        )

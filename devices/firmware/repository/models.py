@@ -52,3 +52,43 @@ class ImageTarget(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+
+class ExpiryAlertSeverity(models.TextChoices):
+    """How soon something must be renewed; values live in rows and are never renamed."""
+
+    WARNING = "warning", "Warning: renew soon"
+    CRITICAL = "critical", "Critical: expired, or trusted while it must not be"
+
+
+class ExpiryAlert(models.Model):
+    """One open (or resolved) finding of the expiry audit: metadata, a key (and later a certificate) close to expiry
+    or trusted when it should not be. At most one open alert per subject and code (constraint); the audit updates
+    it while the finding stays and resolves it when it goes."""
+
+    subject_type = models.CharField(max_length=32, help_text="image_metadata, signing_key, certificate ...")
+    subject = models.CharField(max_length=128, help_text="What it is about, e.g. timestamp.json or a key id.")
+    code = models.CharField(max_length=48, help_text="The finding, e.g. expires_soon, revoked_key_trusted.")
+    severity = models.CharField(max_length=16, choices=ExpiryAlertSeverity.choices)
+    message = models.TextField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        app_label = "firmware"
+        ordering = ["resolved_at", "-severity", "expires_at", "subject"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subject_type", "subject", "code"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="one_open_expiry_alert_per_finding",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(severity__in=ExpiryAlertSeverity.values), name="expiry_alert_severity_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.severity} {self.subject_type} {self.subject}: {self.code}"

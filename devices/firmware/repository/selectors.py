@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from devices.firmware.repository.models import ImageMetadata, ImageRole
+from django.db.models import QuerySet
+
+from devices.firmware.repository.models import ExpiryAlert, ImageMetadata, ImageRole
 
 
 def image_metadata_latest(role: str) -> ImageMetadata | None:
@@ -13,3 +15,8 @@ def image_metadata_latest(role: str) -> ImageMetadata | None:
 def image_repository_initialised() -> bool:
     """True once a root is stored: from then on every rollout start signs its release."""
     return ImageMetadata.objects.filter(role=ImageRole.ROOT).exists()
+
+
+def expiry_alert_open_list() -> QuerySet[ExpiryAlert]:
+    """The expiry audit's open alerts, critical first, soonest expiry first (what the security page shows)."""
+    return ExpiryAlert.objects.filter(resolved_at__isnull=True).order_by("severity", "expires_at", "subject")

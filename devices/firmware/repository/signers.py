@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from securesystemslib.signer import Key, SecretsHandler, Signature, Signer, SSlibKey
 
+from devices.firmware.keys.choices import KeyLocation, KeyState
 from devices.firmware.keys.models import SigningKey
 from devices.firmware.keys.selectors import signing_key_active
 from devices.firmware.keys.services import role_sign
@@ -73,3 +74,21 @@ def role_signer(role: str) -> TokenSigner:
 def token_key_signer(key: TokenKey, token: TokenConfig) -> TokenSigner:
     """A signer for a key of `token` (the offline token of a key ceremony: no registry, no database needed)."""
     return TokenSigner(tuf_key(key), lambda payload: token_sign(key_id=key.key_id, data=payload, token=token))
+
+
+def root_named_signer(role: str, named_key_ids: set[str]) -> TokenSigner:
+    """A signer for the key of `role` that the published root names: the active key when the root names it, else a
+    retired key of the role still in the server's token (a planned rotation before the new root is signed). Refused
+    (`key_not_in_root`) when the root names no key of the role this server can sign with (e.g. it was revoked)."""
+    candidates = SigningKey.objects.filter(
+        role=role, key_id__in=named_key_ids, state__in=[KeyState.ACTIVE, KeyState.RETIRED]
+    ).order_by("state", "-created_at")  # "active" sorts before "retired"
+    key = next((key for key in candidates if key.location == KeyLocation.SERVER_TOKEN), None)
+    if key is None:
+        raise Conflict(
+            f"The published root names no {role} key this server can sign with; sign a new root that names the "
+            f"active {role} key (image_repository rotate-root).",
+            code="key_not_in_root",
+        )
+    signing_key = key
+    return TokenSigner(tuf_key(signing_key), lambda payload: token_sign(key_id=signing_key.key_id, data=payload))

@@ -13,9 +13,15 @@ from approvals.audit.choices import SecurityEventKind
 from approvals.audit.keys import public_key_id
 from approvals.audit.security import security_event
 from devices.firmware.keys.selectors import signing_key_list
-from devices.firmware.keys.services import key_create, key_generate_offline, key_import_public, key_revoke, key_rotate
+from devices.firmware.keys.services import (
+    key_create,
+    key_generate_offline,
+    key_import_public,
+    key_revoke,
+    key_revoke_and_replace,
+    key_rotate,
+)
 from ota_project.errors import DomainError
-from ota_project.hsm.public import KeyAlgorithm
 from ota_project.hsm.roles import KeyRole
 from ota_project.hsm.token import TokenError, TokenPinRefused
 
@@ -39,7 +45,11 @@ class Command(BaseCommand):
         roles = ", ".join(KeyRole.values)
         create = actions.add_parser("create", help="Create the key of a role.")
         create.add_argument("--role", required=True, help=f"One of: {roles}.")
-        create.add_argument("--algorithm", default=KeyAlgorithm.ED25519, help="ed25519 (default) or ecdsa-p256.")
+        create.add_argument(
+            "--algorithm",
+            default="",
+            help="ed25519 (default) or ecdsa-p256; ml-dsa-65 (the default) for the *-ml-dsa roles of hybrid mode.",
+        )
         create.add_argument(
             "--offline",
             action="store_true",
@@ -59,6 +69,11 @@ class Command(BaseCommand):
         person(rotate)
         revoke = actions.add_parser("revoke", help="Revoke a key (compromised or withdrawn).")
         revoke.add_argument("--key-id", required=True, help="The key id as `keys list` shows it.")
+        revoke.add_argument(
+            "--replace",
+            action="store_true",
+            help="Online roles: give the role a new key in the same step (then image_repository rotate-root).",
+        )
         person(revoke)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -92,6 +107,14 @@ class Command(BaseCommand):
                 public_key = self._read(options["public_key"]) if options["public_key"] else ""
                 key = key_rotate(actor=actor, role=options["role"], public_key=public_key, reason=options["reason"])
                 self.stdout.write(f"rotated {key.role}: new key {key.key_id}; the previous key is retired")
+            elif options["replace"]:
+                key, replacement = key_revoke_and_replace(
+                    actor=actor, key_id=options["key_id"], reason=options["reason"]
+                )
+                self.stdout.write(
+                    f"revoked {key.role} key {key.key_id}; new {replacement.role} key {replacement.key_id}. "
+                    "Next: image_repository draft-root --rotation, sign it with the root keys, rotate-root."
+                )
             else:
                 key = key_revoke(actor=actor, key_id=options["key_id"], reason=options["reason"])
                 self.stdout.write(f"revoked {key.role} key {key.key_id}")
