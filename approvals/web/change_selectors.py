@@ -21,6 +21,7 @@ from approvals.choices import (
 from approvals.models import Approval, ChangeRequest, RiskQuestion
 from approvals.plan_warnings import PlanWarning, change_plan_warnings
 from approvals.policy import ROLE_LABELS
+from approvals.revision_diff import RevisionDiff, revision_diffs
 from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
     WavePreview,
@@ -320,6 +321,7 @@ class ChangePage:
     compatible_models: list[str]
     emergency: bool
     warnings: list[PlanWarning]
+    revisions: list[RevisionDiff]
 
 
 def change_page(user: User, change: ChangeRequest) -> ChangePage:
@@ -329,6 +331,7 @@ def change_page(user: User, change: ChangeRequest) -> ChangePage:
     waves, waves_problem = change_waves(change)
     progress = change_policy_progress(change)
     reviewed = change.status not in (ChangeStatus.DRAFT,) and change.status not in CHANGE_TERMINAL
+    history = list(change_history(change).select_related("actor"))
     return ChangePage(
         scope=summary,
         assessment=assessment,
@@ -341,10 +344,11 @@ def change_page(user: User, change: ChangeRequest) -> ChangePage:
         progress_satisfied=progress.satisfied,
         approvals=approval_rows(change),
         conflicts=change_conflicts(change),
-        history=list(change_history(change).select_related("actor")),
+        history=history,
         evidence=list(change.evidence.select_related("uploaded_by")),
         actions=change_actions(user, change),
         compatible_models=sorted(change.release.hardware_models.values_list("name", flat=True)),
         emergency=change.change_type == ChangeType.EMERGENCY,
         warnings=change_plan_warnings(change) if waves else [],
+        revisions=revision_diffs(history),
     )

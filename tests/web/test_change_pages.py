@@ -24,7 +24,7 @@ from devices.scope import scope_parse
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS
 from tests.factories import DeviceFactory
-from tests.support.html import Element, find_all
+from tests.support.html import Element, find_all, row_cells
 from tests.web.helpers import html_of, messages_of, page_client, text_of
 
 pytestmark = pytest.mark.django_db
@@ -819,3 +819,34 @@ def test_plan_settings_with_a_duplicated_key_are_refused_naming_it(requester, fl
     assert response.status_code == 400
     assert 'the key "monitor_interval_seconds" appears more than once' in html_of(response).replace("&quot;", '"')
     assert not ChangeRequest.objects.exists()
+
+
+def test_change_page_shows_what_each_revision_changed_field_by_field_and_wave_by_wave(
+    submitted_change, requester, cab_member, change_fields
+):
+    plan = default_plan().to_json()
+    plan["waves"][0]["min_sample"] = 2
+    services.change_update(
+        actor=requester,
+        change=submitted_change,
+        impact_analysis="Two reboots.",
+        rollout_plan=plan,
+        target_scope={"hardware_models": ["tcu-4g-r2"], "tags": ["pilot"]},
+    )
+    html = html_of(page_client(cab_member).get(_detail(submitted_change)))
+    (table,) = find_all(html, "table", **{"data-revision": "2"})
+
+    def rows(*headers: str) -> list[list[str]]:
+        return [row_cells(table, header) for header in headers]
+
+    assert rows("Impact analysis", "Plan, wave 1 (pilot): min_sample", "Target scope: tags", "Devices in scope") == [
+        ["One reboot per unit, during parking.", "Two reboots."],
+        ["5", "2"],
+        ["—", '["pilot"]'],
+        ["20", "2"],
+    ]
+    # The page shows what the decision record holds.
+    record = DecisionRecord.objects.get(action="change.edit")
+    assert record.before is not None and record.after is not None
+    assert record.before["rollout_plan"]["waves"][0]["min_sample"] == 5
+    assert record.after["rollout_plan"]["waves"][0]["min_sample"] == 2
