@@ -47,8 +47,8 @@ def test_every_device_route_is_documented_with_the_device_scheme(api_client):
     }
     assert set(schema["paths"]) == routes
     scheme = schema["components"]["securitySchemes"]["DeviceCredential"]
-    assert scheme["type"] == "apiKey" and scheme["in"] == "header" and scheme["name"] == "Authorization"
-    assert "Device <serial>:<secret>" in scheme["description"]
+    assert scheme["type"] == "mutualTLS"  # the verified client certificate is the device's identity
+    assert "Device <serial>:<secret>" in scheme["description"] and "OTA_DEVICE_AUTH=secret" in scheme["description"]
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             assert operation["security"] == [{"DeviceCredential": []}], (path, method)
