@@ -1,9 +1,10 @@
 """Device certificates: provision (issue), renew and revoke; every action a decision record.
 
-The active certificate's fingerprint is also on the device row (`Device.certificate_fingerprint`, unique): the
-device API's one-statement check-in finds the device by it. A revocation clears it in the same transaction as the
-certificate row changes, so from the next request on the device API refuses the certificate (bound: 0 s for
-check-ins, status reports and telemetry; a download already vouched for stops within OTA_DOWNLOAD_RECHECK_SECONDS).
+The device API finds a device by its active certificate row (devices.edge.identity.accepted_certificate_devices);
+`Device.certificate_fingerprint` mirrors the active fingerprint for the pages. A revocation or renewal changes the
+row's status in its transaction, so from the next request on the device API refuses the certificate (bound: 0 s
+for check-ins, status reports and telemetry; a download already vouched for stops within
+OTA_DOWNLOAD_RECHECK_SECONDS).
 The database holds the rules: one active certificate per device (a partial unique index), one device per
 fingerprint (unique).
 """

@@ -6,8 +6,9 @@ By default (OTA_DEVICE_AUTH=certificate) a device is the client certificate ngin
 (DEVICE_PROXY_SECRET_FILE); it sets both itself, so a client's own copies never pass. The app trusts the certificate
 header only with that secret (compared in constant time): anything that reaches gunicorn's port directly and
 sends the headers without it is refused and recorded (`device_auth_failed`, "spoofed identity headers"). The
-identity is the sha256 of the DER certificate, matched against `Device.certificate_fingerprint` (the active
-certificate; unique) in one indexed lookup, which the one-statement check-in (devices.edge.checkin) embeds.
+identity is the sha256 of the DER certificate, matched against the device's active `DeviceCertificate` (the active
+certificate, through its own row) in one indexed lookup, which the one-statement check-in (devices.edge.checkin)
+embeds.
 
 OTA_DEVICE_AUTH=secret is the development mode: `Authorization: Device <serial>:<secret>` (a per-device credential
 whose sha256 is stored) is accepted too. Off by default; with it off such a header is refused and recorded.
@@ -39,7 +40,7 @@ from rest_framework.request import Request
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.certificates import certificate_presented_revoked
-from devices.choices import DeviceStatus
+from devices.choices import CertificateStatus, DeviceStatus
 from devices.credentials import secret_hash
 from devices.models import Device
 
@@ -250,12 +251,18 @@ def accepted_devices(serial: str, secret: str) -> QuerySet[Device]:
 
 
 def accepted_certificate_devices(fingerprint: str) -> QuerySet[Device]:
-    """THE rule of who may talk to the device API with a certificate: the device whose active certificate has this
-    fingerprint (nginx verified it against the CA and its validity period) and whose status allows it.
+    """THE rule of who may talk to the device API with a certificate: the device that holds the active certificate
+    with this fingerprint (nginx verified it against the CA and its validity period), if its status allows it.
 
-    One indexed lookup on the unique column; a revoked or superseded certificate is no longer on any device row.
-    The one-statement check-in (devices.edge.checkin) embeds this same query."""
-    return Device.objects.filter(certificate_fingerprint=fingerprint).exclude(status__in=REFUSED_STATUSES).order_by()
+    One lookup on the certificates' unique fingerprint index, joined to the device by the certificate's own foreign
+    key: only the certificate services (issue, renew, revoke) decide which device a certificate belongs to, never an
+    inventory edit of `Device.certificate_fingerprint` (which mirrors the active one for the pages). The
+    one-statement check-in (devices.edge.checkin) embeds this same query."""
+    return (
+        Device.objects.filter(certificates__fingerprint=fingerprint, certificates__status=CertificateStatus.ACTIVE)
+        .exclude(status__in=REFUSED_STATUSES)
+        .order_by()
+    )
 
 
 def identity_devices(presented: PresentedIdentity) -> QuerySet[Device]:
