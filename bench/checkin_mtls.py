@@ -158,6 +158,24 @@ def _request(path: str) -> bytes:
     return head.encode() + BODY
 
 
+async def _body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body of one answer: Content-Length, or chunked (nginx re-chunks an answer without a length)."""
+    lower = head.lower()
+    for line in lower.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return await reader.readexactly(int(line[15:]))
+    if b"transfer-encoding: chunked" not in lower:
+        raise RuntimeError(f"an answer without a length: {head[:200]!r}")
+    parts = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
 async def _connection(identity: Path, port: int, path: str, until: float, out: dict[str, Any]) -> None:
     context = ssl.create_default_context(cafile=str(identity / "ca.pem"))
     context.load_cert_chain(str(identity / "device.pem"), str(identity / "device-key.pem"))
@@ -169,11 +187,7 @@ async def _connection(identity: Path, port: int, path: str, until: float, out: d
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length)
+            body = await _body(reader, head)
             out["latencies"].append(time.perf_counter() - started)
             if status != 200 or (path.endswith("/checkin/") and b'"offer":null' not in body):
                 out["bad"] += 1
