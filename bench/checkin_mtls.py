@@ -5,8 +5,8 @@ The production shape on loopback: nginx terminating mutual TLS (client certifica
 the verified certificate passed to the app with the proxy secret) in front of gunicorn with the project's
 configuration, in certificate mode. Measured in the same run, interleaved round by round, through the same nginx
 server block and the same TLS connections' settings:
-(a) `hello`, a bare Django view (bench.urls), and (b) idle check-ins of provisioned devices (the one-statement path
-with the certificate identity). wrk cannot present client certificates, so the load comes from this module's own
+(a) `hello`, a bare Django view, (b) `hello_query`, the same plus one indexed query (bench.urls), and (c) idle
+check-ins of provisioned devices (the one-statement path with the certificate identity). wrk cannot present client certificates, so the load comes from this module's own
 generator: processes of asyncio keep-alive HTTP/1.1 clients, one device certificate per connection (each
 connection is one device; TLS handshakes happen once per connection, as a polling device with keep-alive would).
 The generator shares the 2 cores with nginx, gunicorn and PostgreSQL: the absolute rates are what this machine does
@@ -35,7 +35,7 @@ from typing import Any
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ota_project.settings")
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"hello": "/bench/hello/", "checkin_idle": "/device/v1/checkin/"}
+TARGETS = {"hello": "/bench/hello/", "hello_query": "/bench/hello-query/", "checkin_idle": "/device/v1/checkin/"}
 BODY = json.dumps(
     {
         "slots": {"a": {"version": "1.0.0", "release_counter": 1}, "b": {"version": "0.9.0", "release_counter": 0}},
@@ -166,7 +166,7 @@ async def _body(reader: asyncio.StreamReader, head: bytes) -> bytes:
             return await reader.readexactly(int(line[15:]))
     if b"transfer-encoding: chunked" not in lower:
         raise RuntimeError(f"an answer without a length: {head[:200]!r}")
-    parts = []
+    parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
         if size == 0:
@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "provision_per_s": round(args.devices / issuing),
         "best_per_s": {name: round(result["per_s"]) for name, result in best.items()},
         "ratio_checkin_to_hello": round(best["checkin_idle"]["per_s"] / best["hello"]["per_s"], 3),
+        "ratio_checkin_to_hello_query": round(best["checkin_idle"]["per_s"] / best["hello_query"]["per_s"], 3),
         "latency_ms_of_best": {name: {"p50": r["p50_ms"], "p99": r["p99_ms"]} for name, r in best.items()},
         "runs_per_s": {name: [round(r["per_s"]) for r in results] for name, results in runs.items()},
     }

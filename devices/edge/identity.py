@@ -150,9 +150,9 @@ def from_device_proxy(request: HttpRequest | Request) -> bool:
 def tls_refusal_record(request: HttpRequest) -> bool:
     """Record a client certificate nginx refused (unknown CA, expired, none): nginx hands such a request here
     (`error_page 495 496`) with its verification result. False (nothing recorded) unless it came from nginx."""
-    if not from_device_proxy(request):
-        return False
-    verdict = _header_bytes(request, TLS_REFUSED_META).decode("latin-1")[:120] or "unknown"
+    verdict = _header_bytes(request, TLS_REFUSED_META).decode("latin-1")[:120]
+    if not verdict or _header_bytes(request, CERTIFICATE_META) or not from_device_proxy(request):
+        return False  # not nginx's hand-off of a refused handshake (which carries no certificate)
     address = _header_bytes(request, FORWARDED_FOR_META).decode("latin-1")[:64]
     security_event(
         kind=SecurityEventKind.DEVICE_AUTH_FAILED,

@@ -137,9 +137,13 @@ def nginx_device_tls_site(
         "        proxy_set_header X-Forwarded-Proto https;\n"
         "        proxy_set_header X-OTA-Client-Cert $ssl_client_escaped_cert;\n"
         f'        proxy_set_header X-OTA-Proxy-Auth "{proxy_secret}";\n'
+        '        proxy_set_header X-OTA-TLS-Refused "";\n'
         "        proxy_buffering on;\n"
         "    }\n"
         "    location / {\n"
+        "        return 404;\n"
+        "    }\n"
+        "    location = /device/v1/tls-refused/ {\n"  # only nginx's own hand-off below reaches it
         "        return 404;\n"
         "    }\n"
         "    error_page 495 496 = @ota_tls_refused;\n"

@@ -379,8 +379,10 @@ def test_nginx_refuses_a_client_certificate_from_an_unknown_ca_and_no_certificat
     assert _seen(pilot) == before
 
 
-def test_the_tls_refusal_endpoint_records_nothing_for_a_caller_past_nginx(edge):
+def test_the_tls_refusal_endpoint_records_nothing_for_a_caller_past_nginx_or_a_device_through_it(edge, pilot):
     status, _ = edge.direct("POST", "/device/v1/tls-refused/", {"X-OTA-TLS-Refused": "FAILED:forged"})
+    assert status == 404
+    status, _ = edge.raw(pilot, "POST", "/device/v1/tls-refused/", {"X-OTA-TLS-Refused": "FAILED:forged"})
     assert status == 404
     assert not SecurityEvent.objects.exists()
 
