@@ -117,10 +117,12 @@ class Command(BaseCommand):
             supervisor.start(nginx)
             supervisor.wait_ready(supervisor.child("web"), "the web app")
             supervisor.wait_ready(nginx, "nginx on the device port")
-            self._banner(loopback_for(options["host"]), options["port"], server, options["temporal_ui_port"])
-            self._say(
-                f"  Device API:   https://{loopback_for(options['host'])}:{options['device_port']}/device/v1/ "
-                "(mutual TLS; `python manage.py devices provision` issues device certificates)"
+            self._banner(
+                loopback_for(options["host"]),
+                options["port"],
+                server,
+                options["temporal_ui_port"],
+                device_port=options["device_port"],
             )
             supervisor.wait()
         except Stopped:
@@ -158,7 +160,9 @@ class Command(BaseCommand):
             ui_port=ui_port or port + 1000,
         )
 
-    def _banner(self, web_host: str, web_port: int, server: Child | None, ui_port: int | None) -> None:
+    def _banner(
+        self, web_host: str, web_port: int, server: Child | None, ui_port: int | None, *, device_port: int
+    ) -> None:
         lines = ["", "=" * 72, f"  Web app:      http://{web_host}:{web_port}/   (API docs /api/docs/, admin /admin/)"]
         if server is not None:
             _, port = split_address(settings.TEMPORAL_ADDRESS)
@@ -174,6 +178,10 @@ class Command(BaseCommand):
         if settings.EMBEDDED_DATABASE:
             lines.append(f"  Database:     embedded PostgreSQL, {embedded_db.url(Path(settings.DATA_DIR))}")
         lines.append(f"  Task queue:   {settings.TEMPORAL_TASK_QUEUE}   Ctrl-C stops everything.")
+        lines.append(
+            f"  Device API:   https://{web_host}:{device_port}/device/v1/ "
+            "(mutual TLS; `python manage.py devices provision` issues device certificates)"
+        )
         lines += ["=" * 72, ""]
         self._say("\n".join(lines))
 
