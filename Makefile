@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+DEVICE_PORT ?= 8443
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges bench-signatures bench-data clean
+.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-mtls bench-ranges bench-signatures bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,7 @@ run: install
 	$(BIN)/python manage.py migrate --noinput && \
 	  $(BIN)/python manage.py collectstatic --noinput --verbosity 0 && \
 	  $(BIN)/python manage.py seed_demo || { $(BIN)/python manage.py embedded_db stop; exit 1; }
-	OTA_DEMO_MODE=true $(BIN)/python manage.py run_embedded --host $(HOST) --port $(PORT)
+	OTA_DEMO_MODE=true $(BIN)/python manage.py run_embedded --host $(HOST) --port $(PORT) --device-port $(DEVICE_PORT)
 
 ## Run the whole suite on PostgreSQL (starts PostgreSQL and Redis when they are down, sets up the SoftHSM2 token;
 ## the tests themselves sign with a throwaway token of their own)
@@ -74,6 +75,11 @@ bench-checkin: install services bench-data
 ## (ML-DSA-65), next to the raw signature checks it needs, same run (no database or server needed)
 bench-signatures: install
 	$(BIN)/python -m bench.signatures --out bench/results/signatures-$$(date -u +%Y-%m-%d).json $(BENCH_ARGS)
+
+## Check-ins over mutual TLS through nginx next to a bare view through the same server block (scratch database ota_bench_mtls)
+bench-mtls: install services bench-data
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_mtls" -c "CREATE DATABASE ota_bench_mtls"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_mtls OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.checkin_mtls $(BENCH_ARGS)
 
 ## The benchmarks' own SoftHSM2 token and data, in .data/bench (their servers sign decision records too)
 bench-data: install

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ota_project.settings")
+# The app path without TLS in front: devices use the development mode's secret credential (bench-mtls measures
+# the certificate identity through nginx).
+os.environ.setdefault("OTA_DEVICE_AUTH", "secret")
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -31,6 +31,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ota_project.settings")
+# The app path without TLS in front: devices use the development mode's secret credential (bench-mtls measures
+# the certificate identity through nginx).
+os.environ.setdefault("OTA_DEVICE_AUTH", "secret")
 os.environ.setdefault("CONN_MAX_AGE", "300")  # persistent connections in the servers started below
 
 MIB = 1024 * 1024

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ota_project.settings")
+# The app path without TLS in front: devices use the development mode's secret credential (bench-mtls measures
+# the certificate identity through nginx).
+os.environ.setdefault("OTA_DEVICE_AUTH", "secret")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"bench-telemetry-{uuid.uuid4().hex[:8]}")
 # Persistent database connections for the API clients and the worker (the settings' default is a new one per request).

@@ -73,3 +73,11 @@ class NetworkCapability(models.TextChoices):
 
 # Devices with this tag are the ones `simulate_fleet` runs first (the `make run` demo's live fleet).
 SIMULATED_TAG = "simulated"
+
+
+class CertificateStatus(models.TextChoices):
+    """Life of a device certificate; values live in rows and must never be renamed."""
+
+    ACTIVE = "active", "Active"
+    SUPERSEDED = "superseded", "Superseded by a renewal"
+    REVOKED = "revoked", "Revoked"

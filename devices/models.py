@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import F, Q
 
-from devices.choices import DeviceStatus, SigningScheme, UpdateChannel, UsageProfile, VehicleType
+from devices.choices import CertificateStatus, DeviceStatus, SigningScheme, UpdateChannel, UsageProfile, VehicleType
 
 
 class HardwareModel(models.Model):
@@ -158,6 +158,40 @@ class DeviceCredential(models.Model):
 
     def __str__(self) -> str:
         return f"credential of {self.device_id}"
+
+
+class DeviceCertificate(models.Model):
+    """A client certificate issued to a device by the project's issuing CA; at most one active per device.
+
+    The device's identity on the device API is the sha256 fingerprint of the DER certificate nginx verified:
+    `Device.certificate_fingerprint` holds the active one (the check-in's one statement reads only that column),
+    this row keeps every certificate ever issued, for renewal, revocation and the audit."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="certificates")
+    fingerprint = models.CharField(max_length=64, unique=True, help_text="sha256 hex of the DER certificate.")
+    serial_number = models.CharField(max_length=40, unique=True, help_text="The certificate's serial, hex.")
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    issued_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=CertificateStatus.choices, default=CertificateStatus.ACTIVE)
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="When it was superseded or revoked.")
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["device_id", "-issued_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device"], condition=Q(status="active"), name="device_certificate_one_active"
+            ),
+            models.CheckConstraint(condition=Q(status__in=CertificateStatus.values), name="device_certificate_status"),
+            models.CheckConstraint(
+                condition=Q(status="active", ended_at__isnull=True) | (~Q(status="active") & Q(ended_at__isnull=False)),
+                name="device_certificate_ended_iff_not_active",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"certificate {self.serial_number} of {self.device_id}"
 
 
 class TelemetrySample(models.Model):

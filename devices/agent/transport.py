@@ -1,15 +1,24 @@
-"""A tiny HTTP client for the device API on urllib.request: JSON POSTs and ranged, resumable downloads."""
+"""A tiny HTTP client for the device API on urllib.request: JSON POSTs and ranged, resumable downloads.
+
+With a TLS identity (devices.agent.tls) it speaks mutual TLS: the device certificate is its identity, the server's
+key must be pinned (checked on every connection before anything is sent), redirects are never followed, and a URL
+on another origin is refused before connecting (code `foreign_origin`). Without one (development mode only) it
+sends `Authorization: Device <serial>:<secret>`."""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+
+from devices.agent.tls import FOREIGN_ORIGIN, PIN_MISMATCH, PinMismatch, TlsIdentity, origin_check, pin_check
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
@@ -75,19 +84,76 @@ def _from_http_error(exc: urllib.error.HTTPError) -> TransportError:
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout)
 
 
-class HttpTransport:
-    """Speaks to one server as one device (`Authorization: Device <serial>:<secret>`)."""
+class _PinnedConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks the server's key against the pins right after the handshake."""
 
-    def __init__(self, server: str, serial: str, secret: str, *, timeout: float = 30.0):
+    def __init__(self, *args: Any, pins: frozenset[str], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._pins = pins
+
+    def connect(self) -> None:
+        super().connect()
+        try:
+            pin_check(self.sock, self._pins)
+        except PinMismatch:
+            self.sock.close()
+            raise
+
+
+class _PinnedHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, pins: frozenset[str]):
+        super().__init__(context=context)
+        self._pins = pins
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_PinnedConnection, pins=self._pins), req, context=self._context)  # type: ignore[attr-defined]
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: the agent's requests go to its origin only."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _pin_failure(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, PinMismatch) or isinstance(reason, PinMismatch)
+
+
+class HttpTransport:
+    """Speaks to one server as one device: its TLS client certificate (`tls`), or in the development mode
+    `Authorization: Device <serial>:<secret>`."""
+
+    def __init__(
+        self, server: str, serial: str = "", secret: str = "", *, timeout: float = 30.0, tls: TlsIdentity | None = None
+    ):
         self.server = server.rstrip("/")
-        self.auth = f"Device {serial}:{secret}"
+        if tls is not None and urllib.parse.urlsplit(self.server).scheme != "https":
+            raise ValueError("a TLS identity needs an https:// server")
+        self.auth_headers = {"Authorization": f"Device {serial}:{secret}"} if secret else {}
         self.timeout = timeout
+        self.tls = tls
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+        if tls is not None:
+            handlers.append(_PinnedHandler(tls.context(), tls.pins))
+        self.opener = urllib.request.build_opener(*handlers)
         self.bytes_received = 0  # image bytes received, over all downloads (tests check resume efficiency)
         self.downloads = 0  # download requests made
         self.resumed_downloads = 0  # of which ranged (resuming a partial image)
 
     def _url(self, path: str) -> str:
+        foreign = origin_check(self.server, path)
+        if foreign is not None:
+            raise TransportError(
+                f"{FOREIGN_ORIGIN}: refused to send a request to {foreign}", retryable=False, code=FOREIGN_ORIGIN
+            )
         return path if urllib.parse.urlsplit(path).scheme else self.server + path
+
+    def _network_error(self, exc: BaseException) -> TransportError:
+        if _pin_failure(exc):
+            return TransportError(f"{PIN_MISMATCH}: the server's key is not pinned", retryable=True, code=PIN_MISMATCH)
+        return TransportError(f"network: {exc}", retryable=True)
 
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()
@@ -95,16 +161,16 @@ class HttpTransport:
             self._url(path),
             data=data,
             method="POST",
-            headers={"Authorization": self.auth, "Content-Type": "application/json", "Accept": "application/json"},
+            headers={**self.auth_headers, "Content-Type": "application/json", "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self.opener.open(request, timeout=self.timeout) as response:
                 answer: dict[str, Any] = json.loads(response.read() or b"{}")
                 return answer
         except urllib.error.HTTPError as exc:
             raise _from_http_error(exc) from exc
         except NETWORK_ERRORS as exc:
-            raise TransportError(f"network: {exc}", retryable=True) from exc
+            raise self._network_error(exc) from exc
         except ValueError as exc:  # a non-JSON answer: a proxy or a server in trouble
             raise TransportError(f"bad answer: {exc}", retryable=True) from exc
 
@@ -114,14 +180,15 @@ class HttpTransport:
         """Stream the image from `offset` into sink(position, chunk); returns the full image length.
 
         The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed)."""
-        headers = {"Authorization": self.auth}
+        target = self._url(url)  # a foreign origin is refused before anything is counted or sent
+        headers = dict(self.auth_headers)
         self.downloads += 1
         if offset > 0:
             self.resumed_downloads += 1
             headers.update({"Range": f"bytes={offset}-", "If-Range": f'"{sha256}"'})
-        request = urllib.request.Request(self._url(url), headers=headers, method="GET")
+        request = urllib.request.Request(target, headers=headers, method="GET")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self.opener.open(request, timeout=self.timeout) as response:
                 if response.status == 206:
                     start, total = content_range(response.headers.get("Content-Range", ""))
                 else:
@@ -140,7 +207,7 @@ class HttpTransport:
                 raise TransportError("range not satisfiable", retryable=False, status=416) from exc
             raise _from_http_error(exc) from exc
         except NETWORK_ERRORS as exc:
-            raise TransportError(f"network: {exc}", retryable=True) from exc
+            raise self._network_error(exc) from exc
 
 
 def content_range(value: str) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """The one-statement check-in: authentication, the report write and the pending-work check in one SQL statement.
 
 Every part is compiled from the query that holds its rule, not written again here: who may talk to the device API
-is `identity.accepted_devices`, what a report changes is `devices.services.device_report_changes`, and "work
+is `identity.accepted_certificate_devices` (or, in the development mode, `identity.accepted_devices`), what a report changes is `devices.services.device_report_changes`, and "work
 waiting" is a deployment the offer service would look at (`deployment_offer` considers pending and offered ones
 only). The statement never offers anything: when work waits, the view takes the locking offer path.
 
@@ -24,7 +24,7 @@ from django.db.models.functions import Coalesce
 from django.db.models.sql import UpdateQuery
 
 from devices.credentials import secret_hash
-from devices.edge.identity import accepted_devices
+from devices.edge.identity import PresentedIdentity, accepted_certificate_devices, accepted_devices
 from devices.edge.services import IN_FLIGHT
 from devices.models import Device
 from devices.services import device_report_changes, device_report_check
@@ -57,6 +57,7 @@ class CheckinRow:
 _STAND_INS: dict[str, Any] = {
     "serial": "stand-in-serial-5f0c",
     "secret": "stand-in-secret-5f0c",
+    "fingerprint": "5f0c" * 16,
     "default_budget": 1_357_913,
     "version": "9753.8642.1-stand.in",
     "release_counter": 1_234_567_891,
@@ -97,15 +98,20 @@ def _sql(queryset: QuerySet[Any]) -> tuple[str, list[Any]]:
     return text, list(params)
 
 
-def _compile(present: frozenset[str]) -> _Statement:
+def _compile(present: frozenset[str], by_certificate: bool) -> _Statement:
     """Compile the statement from the rules' own querysets, with stand-ins where request values go."""
     stand_in = _STAND_INS
     report = {name: stand_in[name] if name in present else None for name in ("active_slot", "boot_count", "health")}
     changes = device_report_changes(
         version=stand_in["version"], release_counter=stand_in["release_counter"], at=stand_in["at"], **report
     )
+    accepted = (
+        accepted_certificate_devices(stand_in["fingerprint"])
+        if by_certificate
+        else accepted_devices(stand_in["serial"], stand_in["secret"])
+    )
     caller, caller_params = _sql(
-        accepted_devices(stand_in["serial"], stand_in["secret"]).values(
+        accepted.values(
             device_id=F("pk"),
             region_ref=F("region_id"),
             poll=F("region__poll_interval_seconds"),
@@ -127,7 +133,11 @@ def _compile(present: frozenset[str]) -> _Statement:
         f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way}, {fetching} FROM caller"
     )
     markers = {name: value for name, value in stand_in.items() if name in present or name not in report}
-    markers["secret"] = secret_hash(stand_in["secret"])
+    if by_certificate:
+        del markers["serial"], markers["secret"]
+    else:
+        del markers["fingerprint"]
+        markers["secret"] = secret_hash(stand_in["secret"])
     slots = []
     for param in (*caller_params, *written_params, *waiting_params, *under_way_params, *fetching_params):
         value = _plain(param)
@@ -140,8 +150,8 @@ def _compile(present: frozenset[str]) -> _Statement:
 
 
 @functools.cache
-def _statement(present: frozenset[str]) -> _Statement:
-    return _compile(present)
+def _statement(present: frozenset[str], by_certificate: bool) -> _Statement:
+    return _compile(present, by_certificate)
 
 
 def _exists(statuses: tuple[str, ...]) -> tuple[str, list[Any]]:
@@ -149,23 +159,24 @@ def _exists(statuses: tuple[str, ...]) -> tuple[str, list[Any]]:
     return f"EXISTS ({text})", params
 
 
-def checkin_record(*, serial: str, secret: str, report: dict[str, Any], at: datetime) -> CheckinRow | None:
+def checkin_record(*, presented: PresentedIdentity, report: dict[str, Any], at: datetime) -> CheckinRow | None:
     """Authenticate, store the report (unless the region has a check-in budget) and look for work: one statement.
 
     None when the credential is not accepted (nothing written; the caller takes the full path, which answers the
     one 401 and records the security event). InvalidInput for a report that does not fit (nothing run). The
-    statement is compiled once per shape of report (which optional values it has) and reused.
+    statement is compiled once per shape of report (which optional values it has) and identity kind, and reused.
     """
     checked = device_report_check(at=at, **report)
     present = frozenset(name for name in ("active_slot", "boot_count", "health") if checked[name] is not None)
     values = {
         **checked,
-        "serial": serial,
-        "secret": secret_hash(secret),
+        "serial": presented.serial,
+        "secret": secret_hash(presented.secret),
+        "fingerprint": presented.fingerprint,
         "default_budget": int(getattr(settings, "OTA_DEVICE_MAX_CHECKINS_PER_WINDOW", 0)),
         "health": dict(checked["health"]) if checked["health"] is not None else None,
     }
-    statement = _statement(present)
+    statement = _statement(present, presented.by_certificate)
     with prepared_cursor() as cursor:
         cursor.execute(statement.sql, statement.params(values))
         row = cursor.fetchone()

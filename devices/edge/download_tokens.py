@@ -1,14 +1,15 @@
 """Short-lived download tokens: the offer's artifact URL carries one, so each range is authorised without a join.
 
-A token names a deployment and the image's length and expiry, signed with HMAC-SHA256 over the device, the
+A token names a deployment and the image's length and expiry, signed with HMAC-SHA256 over the device, the sha256
+fingerprint of the device certificate it was issued to (empty in the secret-credential development mode), the
 deployment, the image's sha256, its length and the expiry. Nothing in it is secret; it cannot be moved to
 another device or image, stretched past its expiry, or made up without the server's key. The key is generated at
 run time into OTA_DOWNLOAD_TOKEN_KEY_FILE (default `.data/download_token_key`, mode 0600, never committed), so
 every web process on the machine shares it; several machines share the file (or the OTA_DOWNLOAD_TOKEN_KEY
 environment variable). Rotating the key voids every outstanding token: devices get a fresh one at check-in.
 
-A token is bound to the device's primary key today; with mutual TLS (device identity issue) the bound identity
-becomes the certificate's device, the same field.
+A token presented over another certificate (another device's, or the same device's after a renewal or revocation)
+fails the same comparison as a forged one: the caller refuses it and records a security event.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from django.conf import settings
 
 MAX_LIFETIME_SECONDS = 900  # issue 16: at most 15 minutes
 TOKEN_RE = re.compile(r"\A(\d{1,18})\.(\d{1,18})\.(\d{1,12})\.([A-Za-z0-9_-]{43})\Z")
-_CONTEXT = b"ota-download-token-v1"
+_CONTEXT = b"ota-download-token-v2"
 
 
 @dataclass(frozen=True)
@@ -85,33 +86,48 @@ def _lifetime_seconds() -> int:
     return max(1, min(configured, MAX_LIFETIME_SECONDS))
 
 
-def _signature(*, device_id: int, deployment_id: int, sha256: str, length: int, expires_at: int) -> str:
+def _signature(
+    *, device_id: int, certificate: str, deployment_id: int, sha256: str, length: int, expires_at: int
+) -> str:
     message = b"|".join(
-        [_CONTEXT, str(device_id).encode(), str(deployment_id).encode(), sha256.encode(), b"%d" % length]
-        + [b"%d" % expires_at]
+        [_CONTEXT, str(device_id).encode(), certificate.encode(), str(deployment_id).encode(), sha256.encode()]
+        + [b"%d" % length, b"%d" % expires_at]
     )
     digest = hmac.new(_key(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def download_token_issue(
-    *, device_id: int, deployment_id: int, sha256: str, length: int, deadline_at: datetime | None, now: float
+    *,
+    device_id: int,
+    certificate: str,
+    deployment_id: int,
+    sha256: str,
+    length: int,
+    deadline_at: datetime | None,
+    now: float,
 ) -> str:
-    """A token for this device's deployment and image: valid at most 15 minutes and never past the deadline."""
+    """A token for this device (and the certificate it presented) for this deployment's image: valid at most
+    15 minutes and never past the deadline."""
     expires_at = int(now) + _lifetime_seconds()
     if deadline_at is not None:
         expires_at = min(expires_at, int(deadline_at.timestamp()))
     signature = _signature(
-        device_id=device_id, deployment_id=deployment_id, sha256=sha256, length=length, expires_at=expires_at
+        device_id=device_id,
+        certificate=certificate,
+        deployment_id=deployment_id,
+        sha256=sha256,
+        length=length,
+        expires_at=expires_at,
     )
     return f"{deployment_id}.{length}.{expires_at}.{signature}"
 
 
-def download_token_verify(token: str, *, device_id: int, sha256: str, now: float) -> DownloadGrant:
-    """The grant a token carries for this device and image; DownloadTokenRefused when it does not hold.
+def download_token_verify(token: str, *, device_id: int, certificate: str, sha256: str, now: float) -> DownloadGrant:
+    """The grant a token carries for this device, certificate and image; DownloadTokenRefused when it does not hold.
 
-    No database: the signature binds the device and the image, so a token replayed by another device or onto
-    another image fails the same comparison as a forged one."""
+    No database: the signature binds the device, its certificate and the image, so a token replayed by another
+    device, over another certificate or onto another image fails the same comparison as a forged one."""
     if not token:
         raise DownloadTokenRefused("download_token_required", "A download token is required: use the offer's URL.")
     match = TOKEN_RE.match(token)
@@ -119,7 +135,12 @@ def download_token_verify(token: str, *, device_id: int, sha256: str, now: float
         raise DownloadTokenRefused("download_token_invalid", "The download token is not valid for this request.")
     deployment_id, length, expires_at = (int(match.group(i)) for i in (1, 2, 3))
     expected = _signature(
-        device_id=device_id, deployment_id=deployment_id, sha256=sha256, length=length, expires_at=expires_at
+        device_id=device_id,
+        certificate=certificate,
+        deployment_id=deployment_id,
+        sha256=sha256,
+        length=length,
+        expires_at=expires_at,
     )
     if not hmac.compare_digest(expected, match.group(4)):
         raise DownloadTokenRefused("download_token_invalid", "The download token is not valid for this request.")

@@ -13,21 +13,19 @@ SECURITY_SCHEME = "DeviceCredential"
 
 
 class DeviceCredentialScheme(OpenApiAuthenticationExtension):
-    """Documents devices.edge.identity.DeviceCredentialAuthentication as the device API's security scheme."""
+    """Documents devices.edge.identity.DeviceAuthentication as the device API's security scheme."""
 
-    target_class = "devices.edge.identity.DeviceCredentialAuthentication"
+    target_class = "devices.edge.identity.DeviceAuthentication"
     name = SECURITY_SCHEME
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
         return {
-            "type": "apiKey",
-            "in": "header",
-            "name": "Authorization",
+            "type": "mutualTLS",
             "description": (
-                "`Authorization: Device <serial>:<secret>` with the per-device secret an operator issued at "
-                "provisioning (POST /api/v1/devices/<serial>/credential/, shown once). A missing, unknown, wrong "
-                "or revoked credential, or a revoked or decommissioned device, all answer the same 401. "
-                "With the secure update chain, the verified TLS client certificate replaces this header."
+                "The device's client certificate (EC P-256, issued by `python manage.py devices provision`), "
+                "verified by nginx on the device port against the device CA. A certificate bound to no active "
+                "device (revoked, superseded, unknown), or a revoked or decommissioned device, all answer the same "
+                "401. Development mode only (OTA_DEVICE_AUTH=secret): `Authorization: Device <serial>:<secret>`."
             ),
         }
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.cache import BaseCache, caches
 
 from approvals.audit.security import SecurityEventKind, security_event
-from devices.credentials import secret_hash
+from devices.edge.identity import PresentedIdentity
 from devices.models import Device
 from devices.telemetry import BatchAcceptance, telemetry_batch_accept
 from ota_project.errors import InvalidInput
@@ -129,47 +129,48 @@ def device_download_allowed(*, device: Device, deployment_id: int, sha256: str) 
 
 @dataclass(frozen=True)
 class DownloadPass:
-    """A range's whole answer to "may this credential fetch this image now", valid until `until` (epoch seconds).
+    """A range's whole answer to "may this presenter fetch this image now", valid until `until` (epoch seconds).
 
-    Written by the full path once it authenticated the credential (against the database) and found the rules allow
-    the download; it holds the presented secret's hash (the stored one, as they matched) and the device as then
-    read, so the short path (`devices.edge.views.quick_artifact`) checks the same credential without the database.
-    `until` is the rules verdict's decision time plus `download_recheck_seconds()`: a revoked credential, a
-    decommissioned or quarantined device and a withdrawn deployment all stop new ranges within that bound."""
+    Written by the full path once it authenticated the presented identity (against the database) and found the
+    rules allow the download; it holds the proof (the certificate's fingerprint, or the development mode's secret
+    hash) and the device as then read, so the short path (`devices.edge.views.quick_artifact`) checks the same
+    identity without the database. `until` is the rules verdict's decision time plus `download_recheck_seconds()`:
+    a revoked certificate, a decommissioned or quarantined device and a withdrawn deployment all stop new ranges
+    within that bound."""
 
-    secret_hash: str
+    proof: str
     device: Device
     until: float
 
 
-def _pass_key(serial: str, deployment_id: int, sha256: str) -> str:
-    return f"ota:download:pass:{serial}:{deployment_id}:{sha256}"
+def _pass_key(presenter: str, deployment_id: int, sha256: str) -> str:
+    return f"ota:download:pass:{presenter}:{deployment_id}:{sha256}"
 
 
 def download_pass_store(
-    *, secret: str, device: Device, deployment_id: int, sha256: str, verdict: DownloadVerdict
+    *, presented: PresentedIdentity, device: Device, deployment_id: int, sha256: str, verdict: DownloadVerdict
 ) -> None:
-    """Keep what the full path established about this credential and download for the short path (until the bound)."""
+    """Keep what the full path established about this identity and download for the short path (until the bound)."""
     until = verdict.decided_at + download_recheck_seconds()
     remaining = until - time.time()
     if not verdict.allowed or remaining <= 0:
         return
-    granted = DownloadPass(secret_hash=secret_hash(secret), device=device, until=until)
+    granted = DownloadPass(proof=presented.proof, device=device, until=until)
     try:
-        _verdict_cache().set(_pass_key(device.serial, deployment_id, sha256), granted, max(1, math.ceil(remaining)))
+        _verdict_cache().set(_pass_key(presented.key, deployment_id, sha256), granted, max(1, math.ceil(remaining)))
     except Exception:  # noqa: BLE001 - no pass: the next range takes the full path
         logger.warning("download verdict cache unavailable", exc_info=True)
 
 
-def download_pass_device(*, serial: str, secret: str, deployment_id: int, sha256: str) -> Device | None:
-    """The device of a live pass for this credential, deployment and image; None sends the range to the full path."""
+def download_pass_device(*, presented: PresentedIdentity, deployment_id: int, sha256: str) -> Device | None:
+    """The device of a live pass for this identity, deployment and image; None sends the range to the full path."""
     try:
-        granted = _verdict_cache().get(_pass_key(serial, deployment_id, sha256))
+        granted = _verdict_cache().get(_pass_key(presented.key, deployment_id, sha256))
     except Exception:  # noqa: BLE001 - no cache: the full path decides
         return None
     if not isinstance(granted, DownloadPass) or time.time() >= granted.until:
         return None
-    if not hmac.compare_digest(granted.secret_hash, secret_hash(secret)):
+    if not hmac.compare_digest(granted.proof, presented.proof):
         return None
     return granted.device
 

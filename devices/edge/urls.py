@@ -11,4 +11,5 @@ urlpatterns = [
     path("deployments/<int:deployment_id>/status/", views.StatusView.as_view(), name="device-status"),
     path("telemetry/", views.TelemetryView.as_view(), name="device-telemetry"),
     path("schema/", DeviceSchemaView.as_view(), name="device-schema"),
+    path("tls-refused/", views.tls_refused, name="device-tls-refused"),
 ]

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
@@ -38,8 +39,11 @@ from devices.edge.identity import (
     DEVICE_AUTHENTICATION,
     DEVICE_PERMISSIONS,
     MalformedCredential,
+    PresentedIdentity,
     current_device,
-    presented_credential,
+    presented_identity,
+    request_identity,
+    tls_refusal_record,
 )
 from devices.edge.serializers import (
     CheckinInputSerializer,
@@ -141,8 +145,10 @@ def poll_interval(*, shaping: LoadShaping, in_flight: bool) -> int:
 
 def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[str, Any]:
     artifact = deployment.release.artifact
+    presented = request_identity(request)
     token = download_token_issue(
         device_id=deployment.device_id,
+        certificate=presented.fingerprint if presented is not None else "",
         deployment_id=deployment.pk,
         sha256=artifact.sha256,
         length=artifact.size_bytes,
@@ -155,9 +161,21 @@ def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[
         "kind": deployment.kind,
         "release_version": deployment.release.version,
         "release_counter": deployment.release.release_counter,
-        "artifact": {"sha256": artifact.sha256, "length": artifact.size_bytes, "url": request.build_absolute_uri(url)},
+        "artifact": {
+            "sha256": artifact.sha256,
+            "length": artifact.size_bytes,
+            "url": _absolute(request, url, presented),
+        },
         "deadline_at": deployment.deadline_at,
     }
+
+
+def _absolute(request: HttpRequest | Request, path: str, presented: PresentedIdentity | None) -> str:
+    """The URL of `path` on the origin the device spoke to: https for a certificate (it came through the TLS
+    proxy, which the proxy secret proved), the request's own scheme otherwise. The agent refuses any other origin."""
+    if presented is not None and presented.by_certificate:
+        return f"https://{request.get_host()}{path}"
+    return request.build_absolute_uri(path)
 
 
 class CheckinView(DeviceAPIView):
@@ -230,6 +248,18 @@ def _checkin_answer(request: HttpRequest | Request, *, device_id: int, shaping: 
     return dict(CheckinOutputSerializer(answer).data)
 
 
+@csrf_exempt
+def tls_refused(request: HttpRequest) -> HttpResponse:
+    """Where nginx sends a request whose client certificate it refused (495/496): record it, answer 400.
+
+    Only nginx can reach it meaningfully (the proxy secret); anything else gets a plain 404 and records nothing,
+    so the endpoint cannot be used to flood the security events."""
+    if not tls_refusal_record(request):
+        return HttpResponse(JSONRenderer().render(error_body("not_found", "Not found.")), status=404)
+    body = error_body("client_certificate_refused", "A valid device certificate is required.")
+    return HttpResponse(JSONRenderer().render(body), status=400, content_type="application/json")
+
+
 def quick_checkin(request: HttpRequest) -> HttpResponse | None:
     """The short check-in path: one SQL statement when nothing waits, the locking offer path only when work does.
 
@@ -238,7 +268,7 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
     comes before anything is recorded). Nothing was written then, and no security event recorded.
     """
     try:
-        presented = presented_credential(request)
+        presented = presented_identity(request)
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except (MalformedCredential, ValueError):
         return None
@@ -251,13 +281,13 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
         return None
     if body is None:
         return None
-    serial, secret = presented
     try:
-        row = checkin_record(serial=serial, secret=secret, report=_report(body), at=timezone.now())
+        row = checkin_record(presented=presented, report=_report(body), at=timezone.now())
     except InvalidInput:
         return None
     if row is None or not row.recorded:
         return None
+    request.device_identity = presented  # type: ignore[attr-defined]  # the offer's token binds it
     region = Region(
         pk=row.region_id,
         poll_interval_seconds=row.region_poll_interval_seconds,
@@ -523,9 +553,14 @@ class ArtifactView(DeviceAPIView):
 
     def _authorise(self, request: Request, device: Device, sha256: str) -> DownloadGrant:
         """The token's grant, if the token holds and the deployment may still deliver this image to the device."""
+        presented = request_identity(request)
         try:
             grant = download_token_verify(
-                request.query_params.get("token", ""), device_id=device.pk, sha256=sha256, now=now_seconds()
+                request.query_params.get("token", ""),
+                device_id=device.pk,
+                certificate=presented.fingerprint if presented is not None else "",
+                sha256=sha256,
+                now=now_seconds(),
             )
         except DownloadTokenRefused as refused:
             _device_event(
@@ -548,10 +583,9 @@ class ArtifactView(DeviceAPIView):
                 message="An image was requested that is not offered to this device.",
             )
             raise exceptions.NotFound("No such artifact offered to this device.")
-        presented = presented_credential(request)  # authentication accepted it: well-formed and the stored one
-        if presented is not None:
+        if presented is not None:  # authentication accepted it: the stored certificate (or secret)
             services.download_pass_store(
-                secret=presented[1], device=device, deployment_id=grant.deployment_id, sha256=sha256, verdict=verdict
+                presented=presented, device=device, deployment_id=grant.deployment_id, sha256=sha256, verdict=verdict
             )
         return grant
 
@@ -560,27 +594,28 @@ def quick_artifact(request: HttpRequest, sha256: str) -> HttpResponseBase | None
     """The short path for a range: no database, no DRF, when the full path recently vouched for this download
     (called by devices.edge.middleware.DeviceShortPathMiddleware, ahead of the middleware a range does not need).
 
-    It answers only when the credential matches a live download pass (`services.download_pass_device`: the full
-    path authenticated this very secret and found the deployment's rules allow this image, at most
+    It answers only when the identity matches a live download pass (`services.download_pass_device`: the full
+    path authenticated this very certificate (or secret) and found the deployment's rules allow this image, at most
     OTA_DOWNLOAD_RECHECK_SECONDS ago), the token verifies for that device and image, the region has a download
     slot and the range is one the image can satisfy. Anything else (no or a malformed credential, a missing,
     forged or expired token, no pass, a full region, a missing image, 416) returns None and the full path answers
     it, with its refusals, security events and error envelope.
     """
     try:
-        presented = presented_credential(request)
+        presented: PresentedIdentity | None = presented_identity(request)
     except MalformedCredential:
         return None
     token = request.GET.get("token", "")
     deployment_id = download_token_deployment(token)
     if presented is None or deployment_id is None:
         return None
-    serial, secret = presented
-    device = services.download_pass_device(serial=serial, secret=secret, deployment_id=deployment_id, sha256=sha256)
+    device = services.download_pass_device(presented=presented, deployment_id=deployment_id, sha256=sha256)
     if device is None:
         return None
     try:
-        grant = download_token_verify(token, device_id=device.pk, sha256=sha256, now=now_seconds())
+        grant = download_token_verify(
+            token, device_id=device.pk, certificate=presented.fingerprint, sha256=sha256, now=now_seconds()
+        )
         lease = download_acquire(device=device)
     except (DownloadTokenRefused, RegionOverBudget):
         return None

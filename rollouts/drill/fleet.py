@@ -1,5 +1,6 @@
 """A simulated fleet: N reference agents in ONE asyncio event loop, each with its own state directory, talking
-HTTP to the device API (through the fault proxy in a drill).
+HTTPS with mutual TLS to the device API (through the fault proxy in a drill, a TCP proxy: TLS goes end to end to
+nginx), each device presenting its own certificate and pinning the server's key.
 
 A device's life: wait for its start (spread over the ramp so the fleet does not check in at one instant), power
 on (a new `Agent` on its state directory), poll until told to stop. A power loss is the agent object being
@@ -23,6 +24,7 @@ from typing import Any
 
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss
 from devices.agent.state import STATE_FILE
+from devices.agent.tls import TlsIdentity
 from rollouts.drill.faults import DeviceFate, health_check_for, power_cut_for, probe_for
 from rollouts.drill.proxy import FaultProxy
 
@@ -33,10 +35,11 @@ RESTART_AFTER_ERROR_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A provisioned unit: identity, credential and what it runs from the factory."""
+    """A provisioned unit: its serial, its identity directory (key, certificate, CA bundle and server pins, as
+    `devices provision` writes it) and what it runs from the factory."""
 
     serial: str
-    secret: str
+    identity_dir: Path
     hardware_model: str
     version: str
     release_counter: int
@@ -74,8 +77,8 @@ class OfferRecordingTransport(AsyncHttpTransport):
     """The agent's asyncio transport, noting every offer a check-in answer carries (accepted or not): when the
     server last offered a release is known on the devices' side, whatever the server recorded."""
 
-    def __init__(self, server: str, serial: str, secret: str, *, offers: list[OfferSeen], timeout: float = 30.0):
-        super().__init__(server, serial, secret, timeout=timeout)
+    def __init__(self, server: str, serial: str, tls: TlsIdentity, *, offers: list[OfferSeen], timeout: float = 30.0):
+        super().__init__(server, timeout=timeout, tls=tls)
         self.serial = serial
         self.offers = offers
 
@@ -135,8 +138,9 @@ class Fleet:
         self.devices: list[SimulatedDevice] = []
         self.offers: list[OfferSeen] = []  # appended on the fleet's loop; read once the fleet stopped
         for spec in specs:
+            tls = TlsIdentity.from_directory(spec.identity_dir)
             transport = OfferRecordingTransport(
-                settings.server_url, spec.serial, spec.secret, offers=self.offers, timeout=settings.timeout
+                settings.server_url, spec.serial, tls, offers=self.offers, timeout=settings.timeout
             )
             self.devices.append(SimulatedDevice(spec, fates[spec.serial], settings.state_root / spec.serial, transport))
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -6,7 +6,9 @@ fixed order, so a run is reproducible for a given seed and arrival order:
 - drop: closed right after it was accepted, before a byte reaches the server;
 - stall: held open without forwarding anything for `stall_seconds`, then closed;
 - cut: only for requests that start with `cut_match` (e.g. image downloads): the first K response bytes reach
-  the client, then both sides are closed (K drawn from `cut_after`);
+  the client, then both sides are closed (K drawn from `cut_after`, counted after the first `cut_skip` bytes).
+  Over TLS the request is not readable: `cut_match=b""` matches every connection and `cut_skip` passes the
+  handshake and small answers (a check-in), so only long responses (image downloads) are cut;
 - latency: every chunk in both directions is delayed by half the round-trip `latency_seconds` plus or minus
   `jitter_seconds`, pipelined (delays never reorder bytes and do not cap throughput).
 
@@ -36,6 +38,7 @@ class NetworkFaults:
     cut_rate: float = 0.0
     cut_match: bytes = b"GET "
     cut_after: tuple[int, int] = (512, 64 * 1024)
+    cut_skip: int = 0
 
     @property
     def any(self) -> bool:
@@ -167,7 +170,7 @@ class FaultProxy:
             limit = None
             if first and self.faults.cut_rate and first.startswith(self.faults.cut_match):
                 if fate.cut_draw < self.faults.cut_rate:
-                    limit = fate.cut_after
+                    limit = self.faults.cut_skip + fate.cut_after
             upstream = asyncio.create_task(self._pipe(client_reader, server_writer, rng, first, to_server=True))
             downstream = asyncio.create_task(self._pipe(server_reader, client_writer, rng, b"", limit=limit))
             try:

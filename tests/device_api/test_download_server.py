@@ -117,6 +117,7 @@ def serve(settings, tmp_path, token_key) -> Iterator[Any]:
             "OTA_DOWNLOAD_TOKEN_KEY": token_key,
             "OTA_CACHE_URL": "",  # one worker: its in-process cache holds the region's download slots
             "TEMPORAL_ENABLED": "false",
+            "OTA_DEVICE_AUTH": "secret",  # these speak to gunicorn directly with the development credential
             "SENDFILE_PROBE_LOG": str(probe_log),
             "OTA_ARTIFACT_ACCEL_REDIRECT": "/_ota_artifacts/" if accel else "",
         }

@@ -98,14 +98,19 @@ def test_an_expired_token_is_refused_even_with_a_fresh_pass(offer, pilot, device
 
 def test_the_token_lives_at_most_15_minutes_and_never_past_the_deadline():
     deadline = datetime.fromtimestamp(NOW + 60, tz=UTC)
-    token = download_token_issue(device_id=1, deployment_id=2, sha256="a" * 64, length=10, deadline_at=None, now=NOW)
-    short = download_token_issue(
-        device_id=1, deployment_id=2, sha256="a" * 64, length=10, deadline_at=deadline, now=NOW
+    token = download_token_issue(
+        certificate="", device_id=1, deployment_id=2, sha256="a" * 64, length=10, deadline_at=None, now=NOW
     )
-    assert download_token_verify(token, device_id=1, sha256="a" * 64, now=NOW).expires_at == NOW + MAX_LIFETIME_SECONDS
-    assert download_token_verify(short, device_id=1, sha256="a" * 64, now=NOW).expires_at == NOW + 60
+    short = download_token_issue(
+        certificate="", device_id=1, deployment_id=2, sha256="a" * 64, length=10, deadline_at=deadline, now=NOW
+    )
+    assert (
+        download_token_verify(token, device_id=1, certificate="", sha256="a" * 64, now=NOW).expires_at
+        == NOW + MAX_LIFETIME_SECONDS
+    )
+    assert download_token_verify(short, device_id=1, certificate="", sha256="a" * 64, now=NOW).expires_at == NOW + 60
     with pytest.raises(DownloadTokenRefused) as late:
-        download_token_verify(short, device_id=1, sha256="a" * 64, now=NOW + 60)
+        download_token_verify(short, device_id=1, certificate="", sha256="a" * 64, now=NOW + 60)
     assert late.value.code == "download_token_expired"
 
 
@@ -202,11 +207,13 @@ def test_the_recheck_is_per_device_deployment_and_image(offer, pilot, other_pilo
 def test_the_key_is_generated_at_run_time_into_a_private_file_and_kept(settings, tmp_path, monkeypatch):
     monkeypatch.delenv("OTA_DOWNLOAD_TOKEN_KEY", raising=False)
     settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = tmp_path / "download_token_key"
-    token = download_token_issue(device_id=1, deployment_id=2, sha256="a" * 64, length=10, deadline_at=None, now=NOW)
+    token = download_token_issue(
+        certificate="", device_id=1, deployment_id=2, sha256="a" * 64, length=10, deadline_at=None, now=NOW
+    )
     key_file = tmp_path / "download_token_key"
     assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_text()) >= 64
     assert [p.name for p in tmp_path.iterdir()] == ["download_token_key"]  # no staging file left behind
-    assert download_token_verify(token, device_id=1, sha256="a" * 64, now=NOW).deployment_id == 2
+    assert download_token_verify(token, device_id=1, certificate="", sha256="a" * 64, now=NOW).deployment_id == 2
     settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = tmp_path / "another_key"  # another key: the old tokens are void
     with pytest.raises(DownloadTokenRefused):
-        download_token_verify(token, device_id=1, sha256="a" * 64, now=NOW)
+        download_token_verify(token, device_id=1, certificate="", sha256="a" * 64, now=NOW)

@@ -110,6 +110,26 @@ async def test_downloads_are_cut_after_k_bytes_and_other_requests_are_not():
     assert proxy.counters.cut == 1 and upstream.connections == 2
 
 
+async def test_over_tls_every_connection_may_be_cut_but_only_after_the_skipped_bytes():
+    """The drills speak TLS through the proxy: it cannot read the request, so `cut_match=b""` arms every connection
+    and `cut_skip` lets the handshake and short answers through whole; only long answers are cut."""
+    async with Upstream() as upstream:
+        faults = NetworkFaults(cut_rate=1.0, cut_match=b"", cut_after=(5000, 5000), cut_skip=len(BODY) + 100)
+        proxy = await FaultProxy([("127.0.0.1", upstream.port)], faults, seed=1).start()
+        try:
+            whole = await exchange(proxy.port, b"\x16\x03\x01 opaque TLS bytes\r\n\r\n")
+        finally:
+            await proxy.close()
+        short_skip = NetworkFaults(cut_rate=1.0, cut_match=b"", cut_after=(5000, 5000), cut_skip=1000)
+        proxy = await FaultProxy([("127.0.0.1", upstream.port)], short_skip, seed=1).start()
+        try:
+            cut = await exchange(proxy.port, b"\x16\x03\x01 opaque TLS bytes\r\n\r\n")
+        finally:
+            await proxy.close()
+    assert whole.endswith(BODY)  # shorter than the skipped bytes plus K: never cut
+    assert len(cut) == 6000  # the skipped 1000 bytes, then K = 5000, then the link went away
+
+
 async def test_latency_delays_the_answer_without_reordering_it():
     async with Upstream() as upstream:
         faults = NetworkFaults(latency_seconds=0.4, jitter_seconds=0.1)

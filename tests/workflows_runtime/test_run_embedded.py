@@ -53,7 +53,7 @@ def _postgres_processes_of(pgdata: Path) -> list[int]:
 
 def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all_on_sigint(embedded_data_dir):
     tmp_path = embedded_data_dir
-    web_port, temporal_port, ui_port = free_port(), free_port(), free_port()
+    web_port, temporal_port, ui_port, device_port = free_port(), free_port(), free_port(), free_port()
     environment = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     env = {
         **environment,  # no DATABASE_URL: the embedded PostgreSQL in OTA_DATA_DIR, as `make run` has it
@@ -64,7 +64,9 @@ def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all
         "PYTHONUNBUFFERED": "1",
     }
     manage = [sys.executable, str(REPO_ROOT / "manage.py")]
-    # What `make run` does before run_embedded: start the database, migrate (run_embedded reuses the server).
+    # What `make run` does before run_embedded: the token, start the database, migrate (run_embedded reuses the
+    # server). The device CA's issuing key goes into that token when nginx's configuration is generated.
+    subprocess.run([*manage, "softhsm_setup"], env=env, cwd=REPO_ROOT, check=True, timeout=120)
     subprocess.run([*manage, "embedded_db", "start"], env=env, cwd=REPO_ROOT, check=True, timeout=120)
     database_pid = embedded_db.status(tmp_path).pid
     assert database_pid is not None
@@ -81,6 +83,8 @@ def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all
                 str(web_port),
                 "--temporal-ui-port",
                 str(ui_port),
+                "--device-port",
+                str(device_port),
             ],
             env=env,
             cwd=REPO_ROOT,
@@ -108,8 +112,12 @@ def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all
         assert (tmp_path / "temporal.db").exists()
         assert embedded_db.status(tmp_path).pid == database_pid  # reused, not restarted
         assert f"postgres://postgres@/ota?host={tmp_path}/postgres" in output()
+        # The device port: nginx with mutual TLS, its configuration and the device CA generated into the data dir.
+        assert port_answers("127.0.0.1", device_port)
+        assert f"https://127.0.0.1:{device_port}/device/v1/" in output()
+        assert (tmp_path / "nginx" / "nginx.conf").exists() and (tmp_path / "pki" / "ca-bundle.pem").exists()
         children = _children_of(launcher.pid)
-        assert len(children) == 3, output()  # temporal dev server, worker, web
+        assert len(children) == 4, output()  # temporal dev server, worker, web, nginx
         # The web app is gunicorn's master with its gthread workers (grandchildren), its access log on the terminal.
         assert "Using worker: gthread" in output()
         wait_until(lambda: '"GET / HTTP/1.1" ' in output(), 10, "the access log line")
@@ -125,6 +133,7 @@ def test_run_embedded_starts_database_temporal_worker_and_web_and_stops_them_all
 
     assert not [pid for pid in children | grandchildren if _alive(pid)], output()
     assert not port_answers("127.0.0.1", web_port)
+    assert not port_answers("127.0.0.1", device_port)
     assert not port_answers("127.0.0.1", temporal_port)
     assert "temporal_worker: stopped" in output()
     assert "run_embedded: stopped the embedded PostgreSQL" in output()

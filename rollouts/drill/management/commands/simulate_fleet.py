@@ -2,16 +2,16 @@
 
 `make run` starts it (through run_embedded) so a newcomer sees devices check in, take offers and report. Each
 device is a reference agent (asyncio transport, all in one process) with its state under
-$OTA_DATA_DIR/simulated-fleet/<serial>; credentials are issued through the credential service once and kept
-(0600) next to the states, so a restart continues where the devices were. SIGINT or SIGTERM stops it.
+$OTA_DATA_DIR/simulated-fleet/<serial>. Each speaks mutual TLS with a device certificate provisioned through the
+certificate service (devices.certificates) into $OTA_DATA_DIR/simulated-fleet/identities/<serial> and kept, so a
+restart continues where the devices were; an identity whose certificate is no longer the device's active one is
+renewed (or provisioned again after a revocation). SIGINT or SIGTERM stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import random
 import signal
 import threading
@@ -25,15 +25,17 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss, TransportError
-from devices.choices import SIMULATED_TAG, DeviceStatus
-from devices.credentials import device_credential_issue, secret_hash
-from devices.models import Device, DeviceCredential
+from devices.agent.tls import TlsIdentity
+from devices.certificates import device_ca_ensure, device_certificate_renew, device_certificates_provision
+from devices.choices import SIMULATED_TAG, CertificateStatus, DeviceStatus
+from devices.models import Device, DeviceCertificate
+from devices.pki import certificate_fingerprint, device_identity_write, server_pins
 from ota_project.roles import Role
 from rollouts.drill.faults import DeviceFate, probe_for
 
 SUMMARY_SECONDS = 60.0
 WAIT_SECONDS = 5.0
-CREDENTIALS_FILE = "credentials.json"
+IDENTITIES = "identities"
 
 
 class NotReady(Exception):
@@ -60,8 +62,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--devices", type=int, default=25, help="How many active devices to simulate (1-200).")
-        parser.add_argument("--server", default="http://127.0.0.1:8000", help="Base URL of the web server.")
-        parser.add_argument("--operator", default=None, help="Username issuing credentials (default: an operator).")
+        parser.add_argument("--server", default="https://127.0.0.1:8443", help="The device port (nginx, mutual TLS).")
+        parser.add_argument("--operator", default=None, help="Username issuing certificates (default: an operator).")
         parser.add_argument("--state-dir", type=Path, default=None, help="Default: $OTA_DATA_DIR/simulated-fleet.")
         parser.add_argument("--seed", type=int, default=1)
 
@@ -78,16 +80,16 @@ class Command(BaseCommand):
         if ready is None:
             self._say("simulate_fleet: stopped")
             return
-        devices, secrets_by_serial = ready
+        devices, identities = ready
         logging.getLogger("devices.agent").setLevel(logging.ERROR)
         self._say(f"simulate_fleet: {len(devices)} devices checking in at {options['server']} (state in {root})")
-        asyncio.run(self._run(devices, secrets_by_serial, root, options["server"], options["seed"]))
+        asyncio.run(self._run(devices, identities, root, options["server"], options["seed"]))
         self._say("simulate_fleet: stopped")
 
     def _wait_for_fleet(
         self, count: int, root: Path, operator_name: str | None, stop: threading.Event
-    ) -> tuple[list[Device], dict[str, str]] | None:
-        """Active devices with credentials; waits (saying why) while there are none or no operator to issue them."""
+    ) -> tuple[list[Device], dict[str, TlsIdentity]] | None:
+        """Active devices with certificates; waits (saying why) while there are none or no operator to issue them."""
         said = ""
         while not stop.is_set():
             active = Device.objects.filter(status=DeviceStatus.ACTIVE).select_related("hardware_model")
@@ -98,7 +100,7 @@ class Command(BaseCommand):
             try:
                 if not devices:
                     raise NotReady("no active devices yet (make run loads the demo fleet)")
-                return devices, self._credentials(devices, root, operator_name)
+                return devices, self._identities(devices, root, operator_name)
             except NotReady as exc:
                 if str(exc) != said:
                     said = str(exc)
@@ -106,27 +108,30 @@ class Command(BaseCommand):
             stop.wait(WAIT_SECONDS)
         return None
 
-    def _credentials(self, devices: list[Device], root: Path, operator_name: str | None) -> dict[str, str]:
-        """Reuse the kept secret of each device while it is still its valid credential, else issue a new one."""
-        path = root / CREDENTIALS_FILE
-        kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        valid = {
-            c.device_id: c.secret_hash
-            for c in DeviceCredential.objects.filter(device__in=devices, revoked_at__isnull=True)
-        }
-        operator = None
-        result = {}
+    def _identities(self, devices: list[Device], root: Path, operator_name: str | None) -> dict[str, TlsIdentity]:
+        """Reuse each device's kept identity while its certificate is the device's active one; renew one whose
+        files are gone or stale, provision the devices with none (one batch)."""
+        directory = root / IDENTITIES
+        active = dict(
+            DeviceCertificate.objects.filter(device__in=devices, status=CertificateStatus.ACTIVE).values_list(
+                "device_id", "fingerprint"
+            )
+        )
+        operator: User | None = None
+        device_ca_ensure()  # normally made by `make run`'s nginx step already
+        pins = server_pins()
+        unprovisioned = [device for device in devices if device.pk not in active]
         for device in devices:
-            secret = kept.get(device.serial)
-            if secret and valid.get(device.pk) == secret_hash(secret):
-                result[device.serial] = secret
+            if device.pk not in active or _kept_fingerprint(directory / device.serial) == active[device.pk]:
                 continue
             operator = operator or self._operator(operator_name)
-            result[device.serial] = device_credential_issue(actor=operator, device=device)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump({**kept, **result}, file, indent=1)
-        return result
+            renewal = device_certificate_renew(actor=operator, device=device, reason="simulated fleet restarted")
+            device_identity_write(directory, renewal.issued, pins)
+        if unprovisioned:
+            operator = operator or self._operator(operator_name)
+            for issued in device_certificates_provision(actor=operator, devices=unprovisioned):
+                device_identity_write(directory, issued, pins)
+        return {device.serial: TlsIdentity.from_directory(directory / device.serial) for device in devices}
 
     def _operator(self, username: str | None) -> User:
         users = get_user_model().objects.filter(is_active=True, groups__name=Role.OPERATOR)
@@ -137,21 +142,26 @@ class Command(BaseCommand):
             )
         return user
 
-    async def _run(self, devices: list[Device], secrets: dict[str, str], root: Path, server: str, seed: int) -> None:
+    async def _run(
+        self, devices: list[Device], identities: dict[str, TlsIdentity], root: Path, server: str, seed: int
+    ) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         rng = random.Random(seed)
         lives = [
-            self._live(device, secrets[device.serial], root, server, rng.randrange(2**31), stop) for device in devices
+            self._live(device, identities[device.serial], root, server, rng.randrange(2**31), stop)
+            for device in devices
         ]
         lives.append(self._summarise(len(devices), stop))
         await asyncio.gather(*lives)
 
-    async def _live(self, device: Device, secret: str, root: Path, server: str, seed: int, stop: asyncio.Event) -> None:
+    async def _live(
+        self, device: Device, identity: TlsIdentity, root: Path, server: str, seed: int, stop: asyncio.Event
+    ) -> None:
         rng = random.Random(seed)
-        transport = CountingTransport(server, device.serial, secret, timeout=20)
+        transport = CountingTransport(server, timeout=20, tls=identity)
         fate = DeviceFate(device.serial, device.hardware_model.name, kpi_seed=seed)
 
         def hook(event: str) -> None:
@@ -195,3 +205,16 @@ class Command(BaseCommand):
     def _say(self, message: str) -> None:
         self.stdout.write(message)
         self.stdout.flush()
+
+
+def _kept_fingerprint(directory: Path) -> str:
+    """The fingerprint of the certificate kept in an identity directory ("" when there is none)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        certificate = x509.load_pem_x509_certificates((directory / "device.pem").read_bytes())[0]
+        (directory / "device-key.pem").stat()
+    except (OSError, ValueError, IndexError):
+        return ""
+    return certificate_fingerprint(certificate.public_bytes(Encoding.DER))
