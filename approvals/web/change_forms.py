@@ -423,6 +423,12 @@ def _error_leaves(detail: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tup
 class QueueFilterForm(forms.Form):
     """Filters of the CAB queue."""
 
+    q = forms.CharField(
+        label="Search",
+        required=False,
+        max_length=100,
+        help_text="CR number, words of the title, release version or author.",
+    )
     mine = forms.BooleanField(label="Only changes I filed (any status)", required=False)
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Awaiting review"), *ChangeStatus.choices])
     change_type = forms.ChoiceField(label="Type", required=False, choices=[("", "Any type"), *ChangeType.choices])

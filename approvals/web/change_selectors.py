@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 
 from approvals.audit.models import DecisionRecord
 from approvals.choices import (
@@ -57,8 +57,20 @@ def _risk_rank() -> Case:
     )
 
 
+def _search_filter(search: str) -> Q:
+    """Every word must match the title, the release version or the author; "CR-12" or "12" also finds change 12."""
+    condition = Q()
+    for word in search.split()[:8]:
+        number = word.upper().removeprefix("CR-").removeprefix("#")
+        either = Q(title__icontains=word) | Q(release__version__icontains=word) | Q(author__username__icontains=word)
+        if number.isdigit() and len(number) < 19:
+            either |= Q(pk=int(number))
+        condition &= either
+    return condition
+
+
 def queue_changes(
-    user: User, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = ""
+    user: User, *, mine: bool, status: str = "", change_type: str = "", risk_level: str = "", search: str = ""
 ) -> QuerySet[ChangeRequest]:
     """The queue page's rows, riskiest first, then by requested window: for reviewers the pending changes, for
     readers (auditors, operators) every change in any status, with `mine` the user's own in any status; requesters
@@ -75,6 +87,8 @@ def queue_changes(
         changes = changes.filter(change_type=change_type)
     if risk_level:
         changes = changes.filter(risk_level=risk_level)
+    if search.strip():
+        changes = changes.filter(_search_filter(search))
     return changes.annotate(risk_rank=_risk_rank()).order_by("-risk_rank", "requested_window_start", "id")
 
 

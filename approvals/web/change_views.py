@@ -107,6 +107,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         status=values.get("status", ""),
         change_type=values.get("change_type", ""),
         risk_level=values.get("risk_level", ""),
+        search=values.get("q", ""),
     )
     page = Paginator(changes, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
@@ -118,7 +119,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         "may_file": has_role(request.user, Role.REQUESTER),
         "mine": mine,
         "may_create": change_create_refusal(acting_user(request)) is None,
-        "filtered": any(values.get(k) for k in ("mine", "status", "change_type", "risk_level")),
+        "filtered": any(values.get(k) for k in ("q", "mine", "status", "change_type", "risk_level")),
     }
     return render(request, "approvals/changes/queue.html", context)
 

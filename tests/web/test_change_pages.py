@@ -24,7 +24,7 @@ from devices.scope import scope_parse
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS
 from tests.factories import DeviceFactory
-from tests.support.html import Element, find_all, row_cells
+from tests.support.html import Element, find_all, row_cells, visible_text
 from tests.web.helpers import html_of, messages_of, page_client, text_of
 
 pytestmark = pytest.mark.django_db
@@ -850,3 +850,19 @@ def test_change_page_shows_what_each_revision_changed_field_by_field_and_wave_by
     assert record.before is not None and record.after is not None
     assert record.before["rollout_plan"]["waves"][0]["min_sample"] == 5
     assert record.after["rollout_plan"]["waves"][0]["min_sample"] == 2
+
+
+def test_queue_search_finds_by_number_title_words_release_and_author(requester, cab_member, change_fields):
+    reconnect = _submitted(requester, change_fields, title="Modem reconnect fix")
+    gps = _submitted(requester, change_fields, title="GPS cold start")
+    client = page_client(cab_member)
+
+    def found(q: str) -> list[str]:
+        return re.findall(r'<tr data-change="(\d+)">', html_of(client.get(QUEUE, {"q": q})))
+
+    assert found("reconnect modem") == [str(reconnect.pk)]
+    assert found(f"CR-{gps.pk}") == [str(gps.pk)]
+    assert sorted(found("rita 1.1.0")) == sorted([str(reconnect.pk), str(gps.pk)])
+    assert found("nothing-like-this") == []
+    html = html_of(client.get(QUEUE))
+    assert "There is no bulk approve, on purpose" in visible_text(html)
