@@ -1,6 +1,8 @@
 /* OTA change control: small progressive enhancements (the pages work without this file).
    - <time class="local-time" datetime="...Z"> is rewritten to the viewer's time zone; the UTC value stays in the title.
-   - Runs on load and again after every htmx swap, so live fragments get local times too. */
+   - A table too wide for its .table-wrap scrolls sideways: the wrapper becomes a named, focusable region, so keyboard
+     users can scroll it too (WCAG 2.1.1; axe's scrollable-region-focusable).
+   - Runs on load and again after every htmx swap (and on resize), so live fragments get both too. */
 (function () {
   "use strict";
 
@@ -27,15 +29,40 @@
     }
   }
 
+  function scrollableTables(root) {
+    if (!root || !root.querySelectorAll) { return; }
+    var wraps = root.querySelectorAll(".table-wrap");
+    for (var i = 0; i < wraps.length; i++) {
+      var wrap = wraps[i];
+      if (wrap.scrollWidth > wrap.clientWidth + 1) {
+        var caption = wrap.querySelector("caption");
+        wrap.setAttribute("tabindex", "0");
+        wrap.setAttribute("role", "region");
+        if (!wrap.hasAttribute("aria-label")) {
+          wrap.setAttribute("aria-label", (caption && caption.textContent.trim()) || "Table (scrolls sideways)");
+        }
+      } else if (wrap.getAttribute("role") === "region") {
+        wrap.removeAttribute("tabindex");
+        wrap.removeAttribute("role");
+      }
+    }
+  }
+
+  function enhance() {
+    localise(document);
+    scrollableTables(document);
+  }
+
   window.otaLocaliseTimes = localise;
 
   if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", function () { localise(document); });
+    document.addEventListener("DOMContentLoaded", enhance);
   } else {
-    localise(document);
+    enhance();
   }
   // After a swap the swapped element may already be detached (outerHTML), so scan the document:
   // times that were rewritten before carry data-localised and are skipped.
-  document.addEventListener("htmx:afterSwap", function () { localise(document); });
-  document.addEventListener("htmx:oobAfterSwap", function () { localise(document); });
+  document.addEventListener("htmx:afterSwap", enhance);
+  document.addEventListener("htmx:oobAfterSwap", enhance);
+  window.addEventListener("resize", function () { scrollableTables(document); });
 })();
