@@ -4,7 +4,7 @@ names, landmarks, focusable order and colour contrast (WCAG 2.1 A and AA rules).
 from __future__ import annotations
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
+from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]  # ships no types
 from playwright.sync_api import Page
 
 from ota_project.roles import Role
