@@ -73,6 +73,22 @@ class ChangeRequest(models.Model):
     retrospective_due_at = models.DateTimeField(null=True, blank=True)
     retrospective_done_at = models.DateTimeField(null=True, blank=True)
     post_review_done_at = models.DateTimeField(null=True, blank=True)
+    # The change's timers (workflows/change.py drives them; these columns are what people and the rules read).
+    review_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the current round of review began (submission or resubmission)."
+    )
+    scheduled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The operator who scheduled the start; the timer starts the rollout as this person.",
+    )
+    approval_lapsed_at = models.DateTimeField(null=True, blank=True)
+    approval_lapse_reason = models.CharField(max_length=200, blank=True, default="")
+    start_held_at = models.DateTimeField(null=True, blank=True)
+    start_held_reason = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -174,10 +190,26 @@ class ApprovalPolicy(models.Model):
         help_text="Emergency changes: a retrospective review is due this many days after approval.",
     )
     allowed = models.BooleanField(default=True, help_text="False: changes of this type may not carry this risk level.")
+    review_deadline_minutes = models.PositiveIntegerField(
+        default=2880,
+        help_text="Reviewers must decide within this many minutes of submission; then the change escalates "
+        "(emergency changes to the emergency CAB, others to the CAB chair).",
+    )
+    reminder_every_minutes = models.PositiveIntegerField(
+        default=480,
+        help_text="Remind the reviewers who may still decide this often until the deadline (0: no reminders).",
+    )
+    approval_valid_minutes = models.PositiveIntegerField(
+        default=20160,
+        help_text="An approval lapses this many minutes after it was given (and always when the requested window "
+        "closes); a lapsed change needs a fresh decision.",
+    )
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["change_type", "risk_level"], name="one_policy_per_type_and_risk")
+            models.UniqueConstraint(fields=["change_type", "risk_level"], name="one_policy_per_type_and_risk"),
+            models.CheckConstraint(condition=Q(review_deadline_minutes__gt=0), name="review_deadline_positive"),
+            models.CheckConstraint(condition=Q(approval_valid_minutes__gt=0), name="approval_validity_positive"),
         ]
         ordering = ["change_type", "risk_level"]
 

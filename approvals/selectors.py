@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -28,6 +29,10 @@ from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
 from devices.scope import TargetScope, scope_devices
 from ota_project.errors import Conflict, DomainError, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role, operator_not_author_refusal, roles_of
+
+# Used when no policy row matches (a change that failed readiness never reaches review; these are a safety net).
+DEFAULT_REVIEW_DEADLINE_MINUTES = 2880
+DEFAULT_APPROVAL_VALID_MINUTES = 20160
 
 
 def change_list_for_user(user: User) -> QuerySet[ChangeRequest]:
@@ -224,22 +229,51 @@ def _approved_refusal(change: ChangeRequest) -> DomainError | None:
     return None
 
 
+def change_review_due_at(change: ChangeRequest) -> datetime | None:
+    """When reviewers must have decided the change in review by (its policy's deadline); None when not in review."""
+    if change.status not in CHANGE_REVIEWABLE or change.review_started_at is None:
+        return None
+    policy = policy_for(change)
+    minutes = policy.review_deadline_minutes if policy is not None else DEFAULT_REVIEW_DEADLINE_MINUTES
+    return change.review_started_at + timedelta(minutes=minutes)
+
+
+def change_approval_expires_at(change: ChangeRequest) -> datetime | None:
+    """When the approval of an approved or scheduled change lapses: when its requested window closes, or after the
+    policy's validity, whichever comes first; None when the change is not (or no longer) approved."""
+    if change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED) or change.approved_at is None:
+        return None
+    policy = policy_for(change)
+    minutes = policy.approval_valid_minutes if policy is not None else DEFAULT_APPROVAL_VALID_MINUTES
+    return min(change.requested_window_end, change.approved_at + timedelta(minutes=minutes))
+
+
+def _lapsed_refusal(change: ChangeRequest, now: datetime) -> DomainError | None:
+    """An expired approval counts for nothing, even before the change's timer has marked it lapsed."""
+    expires = change_approval_expires_at(change)
+    if expires is not None and now >= expires:
+        return Conflict(
+            f"The approval lapsed at {expires:%Y-%m-%d %H:%M} UTC; the change needs a fresh decision.",
+            code="approval_lapsed",
+        )
+    return None
+
+
 def change_schedule_refusal(user: User, change: ChangeRequest) -> DomainError | None:
-    """Why `user` may not schedule the change (None when they may): an operator other than the author schedules
-    an approved change whose approvals still satisfy the policy. The start time is checked by the service."""
+    """Why `user` may not schedule (or re-schedule) the change (None when they may): an operator other than the
+    author schedules an approved change whose approvals still satisfy the policy and have not lapsed. The start
+    time is checked by the service."""
     refusal = operator_not_author_refusal(
         user, author_id=change.author_id, act="schedule a change", act_as_other="schedule it"
     )
     if refusal is not None:
         return refusal
-    if change.status == ChangeStatus.SCHEDULED:
-        return Conflict("The change is already scheduled.", code="invalid_transition")
-    if change.status != ChangeStatus.APPROVED:
+    if change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED):
         return Conflict(f"The change is {_status_label(change)}, not approved.", code="not_approved")
-    return _approved_refusal(change)
+    return _approved_refusal(change) or _lapsed_refusal(change, timezone.now())
 
 
-def change_start_refusal(user: User, change: ChangeRequest) -> DomainError | None:
+def change_start_refusal(user: User, change: ChangeRequest, *, now: datetime | None = None) -> DomainError | None:
     """Why `user` may not start the change's rollout now (None when they may): an operator other than the author,
     an approved (or scheduled) change still satisfying its policy, inside its window, at or after its scheduled
     start, without a rollout yet. `rollouts.rollout_services.rollout_start` raises what this returns and then
@@ -256,7 +290,10 @@ def change_start_refusal(user: User, change: ChangeRequest) -> DomainError | Non
     not_approved = _approved_refusal(change)
     if not_approved is not None:
         return not_approved
-    now = timezone.now()
+    now = now or timezone.now()
+    lapsed = _lapsed_refusal(change, now)
+    if lapsed is not None:
+        return lapsed
     if not change.requested_window_start <= now < change.requested_window_end:
         return Conflict(
             f"Outside the change's requested window ({change.requested_window_start:%Y-%m-%d %H:%M} to "

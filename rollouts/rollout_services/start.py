@@ -3,7 +3,7 @@ workflow starts after commit with a deterministic id, and a sweep re-starts any 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.contrib.auth.models import User
@@ -19,7 +19,7 @@ from devices.firmware.repository.selectors import image_repository_initialised
 from devices.firmware.signing import release_sign
 from devices.scope import scope_devices
 from ota_project.db import atomic_with_retry
-from ota_project.errors import Conflict
+from ota_project.errors import Conflict, DomainError
 from rollouts.choices import (
     ROLLOUT_ACTIVE,
     RolloutStatus,
@@ -79,25 +79,39 @@ def rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool = 
         return _rollout_start(actor=actor, change=change, start_workflow=start_workflow)
 
 
-def _rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool) -> Rollout:
-    _serialise_starts()
-    change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
-    # Who may start, and when: one rule shared with the change page and the start page.
-    refusal = change_start_refusal(actor, change)
+def rollout_start_refusal(actor: User, change: ChangeRequest, *, now: datetime | None = None) -> DomainError | None:
+    """Everything a person would check at Start, as the start itself checks it (None when the start may go ahead):
+    who may start and when (`change_start_refusal`: approval still valid and not lapsed, inside the window, at or
+    after the scheduled start), the premise (the rollback release fits every target) and no overlapping rollout.
+    The one pre-flight: `rollout_start` raises what this returns under its lock, and the scheduled start holds the
+    change with it."""
+    refusal = change_start_refusal(actor, change, now=now)
     if refusal is not None:
-        raise refusal
+        return refusal
     cannot_roll_back = change_services.rollback_plan_errors(change)
     if cannot_roll_back:
-        raise Conflict(
+        return Conflict(
             "The change cannot roll back: " + " ".join(cannot_roll_back),
             code="cannot_roll_back",
             fields={"rollback_release": cannot_roll_back},
         )
     clashes = _conflicting_rollouts(change)
     if clashes:
-        raise Conflict(
+        return Conflict(
             "Another active rollout targets some of the same devices: " + "; ".join(clashes) + ".", code="conflict"
         )
+    if change.plan is None:
+        return Conflict("The change has no rollout plan.", code="no_plan")
+    return None
+
+
+def _rollout_start(*, actor: User, change: ChangeRequest, start_workflow: bool, now: datetime | None = None) -> Rollout:
+    _serialise_starts()
+    change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
+    # Who may start, and when, the premise and the overlap: one rule shared with the pages and the scheduled start.
+    refusal = rollout_start_refusal(actor, change, now=now)
+    if refusal is not None:
+        raise refusal
     targets = _targets(change)
     plan = change.plan
     if plan is None:
