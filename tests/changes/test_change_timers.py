@@ -100,7 +100,9 @@ def test_an_overdue_emergency_escalates_to_the_emergency_cab(
     timers.settled(change.pk, lambda s: s.next_due == "escalation")
     timers.skip(timedelta(minutes=31))
     (escalation,) = _wait_for_record(change, "change.review_escalated")
-    assert _after(escalation)["escalated_to"] == Role.EMERGENCY_CAB and _after(escalation)["notified"] == [ecab.username]
+    assert _after(escalation)["escalated_to"] == Role.EMERGENCY_CAB and _after(escalation)["notified"] == [
+        ecab.username
+    ]
     assert not _records(change, "change.review_reminder")  # reminders are off for this policy
 
 
