@@ -41,7 +41,7 @@ def change_list_for_user(user: User) -> QuerySet[ChangeRequest]:
         return ChangeRequest.objects.none()
     return (
         ChangeRequest.objects.filter(~Q(status=ChangeStatus.DRAFT) | Q(author=user))
-        .select_related("release__artifact", "rollback_release", "author", "template")
+        .select_related("release__artifact", "rollback_release", "author", "template", "scheduled_by")
         .prefetch_related("release__hardware_models")
     )
 

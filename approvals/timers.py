@@ -71,7 +71,7 @@ def review_clock(change: ChangeRequest) -> ReviewClock | None:
     return ReviewClock(change.review_started_at, due, timedelta(minutes=every) if every else None)
 
 
-def _step_key(change: ChangeRequest, clock: ReviewClock, step: str) -> str:
+def review_step_key(change: ChangeRequest, clock: ReviewClock, step: str) -> str:
     return f"change:{change.pk}:review:{clock.round_key}:{step}"
 
 
@@ -111,7 +111,7 @@ def change_review_timers_fire(*, change_id: int, now: datetime) -> list[str]:
     due_text = f"{clock.due_at:%Y-%m-%d %H:%M} UTC"
     progress = change_policy_progress(change)
     if now >= clock.due_at:
-        key = _step_key(change, clock, "escalation")
+        key = review_step_key(change, clock, "escalation")
         if not _recorded(key):
             role = escalation_role(change)
             notified = notify_people(
@@ -138,7 +138,7 @@ def change_review_timers_fire(*, change_id: int, now: datetime) -> list[str]:
         return done
     index = clock.reminder_index(now)
     if index:
-        key = _step_key(change, clock, f"reminder:{index}")
+        key = review_step_key(change, clock, f"reminder:{index}")
         if not _recorded(key):
             reviewers = reviewers_who_may_decide(change)
             notified = notify_people(
@@ -178,9 +178,9 @@ def change_timer_state(*, change_id: int, now: datetime) -> ChangeState:
     owed: list[tuple[datetime, str]] = []
     clock = review_clock(change)
     if clock is not None:
-        if not _recorded(_step_key(change, clock, "escalation")):
+        if not _recorded(review_step_key(change, clock, "escalation")):
             index = clock.reminder_index(now)
-            if index and not _recorded(_step_key(change, clock, f"reminder:{index}")):
+            if index and not _recorded(review_step_key(change, clock, f"reminder:{index}")):
                 owed.append((clock.reminder_at(index) or clock.due_at, "reminder"))
             else:
                 upcoming = clock.reminder_at(index + 1)
