@@ -83,7 +83,16 @@ class ApprovalRequirementInline(admin.TabularInline):
 
 @admin.register(ApprovalPolicy)
 class ApprovalPolicyAdmin(RecordedConfigAdmin):
-    list_display = ["change_type", "risk_level", "allowed", "retrospective_days", "requirement_summary"]
+    list_display = [
+        "change_type",
+        "risk_level",
+        "allowed",
+        "review_deadline_minutes",
+        "reminder_every_minutes",
+        "approval_valid_minutes",
+        "retrospective_days",
+        "requirement_summary",
+    ]
     list_filter = ["change_type", "risk_level"]
     inlines = [ApprovalRequirementInline]
 
