@@ -250,3 +250,38 @@ class Approval(models.Model):
                 fields=["change", "approver", "revision"], name="one_decision_per_person_per_revision"
             ),
         ]
+
+
+class ChangeFreeze(models.Model):
+    """A period in which no change starts and no running rollout opens a wave, fleet-wide or in one region
+    (holidays, peak seasons, incidents); an emergency change passes with a security officer's approval."""
+
+    reason = models.CharField(max_length=300)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    region = models.ForeignKey(
+        "devices.Region",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Empty: the whole fleet. Otherwise changes that target any device in this region.",
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who answers for the freeze (named in every refusal it causes).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["starts_at", "id"]
+        indexes = [models.Index(fields=["ends_at", "starts_at"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="freeze_ends_after_start"),
+        ]
+
+    def __str__(self) -> str:
+        where = self.region.code if self.region is not None else "fleet-wide"
+        return f"{where} freeze {self.starts_at:%Y-%m-%d %H:%M} - {self.ends_at:%Y-%m-%d %H:%M} UTC: {self.reason}"

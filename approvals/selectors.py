@@ -22,8 +22,9 @@ from approvals.choices import (
     RISK_ORDER,
     ApprovalDecision,
     ChangeStatus,
+    ChangeType,
 )
-from approvals.models import Approval, ApprovalPolicy, ChangeRequest
+from approvals.models import Approval, ApprovalPolicy, ChangeFreeze, ChangeRequest
 from approvals.plans import Cohort, RolloutPlan, plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
 from devices.scope import TargetScope, scope_devices
@@ -151,7 +152,9 @@ def decision_refusal(user: User, change: ChangeRequest, decision: str) -> Domain
     held = roles_of(user)
     required = set(policy_requirements(policy_for(change)))
     if decision == ApprovalDecision.APPROVED:
-        if not held & required:
+        # A security officer may always approve an emergency change: that approval lets it pass change freezes.
+        emergency_officer = change.change_type == ChangeType.EMERGENCY and Role.SECURITY_OFFICER in held
+        if not held & required and not emergency_officer:
             return NotPermitted(
                 f"Your role is not needed by the policy for a {change.risk_level}-risk {change.change_type} change "
                 f"(it needs: {_role_list(required)})."
@@ -161,7 +164,14 @@ def decision_refusal(user: User, change: ChangeRequest, decision: str) -> Domain
             f"Your roles ({_role_list(held)}) do not take part in change decisions "
             f"(CAB, emergency CAB and the security officer do)."
         )
-    if change.status not in CHANGE_REVIEWABLE:
+    # ... also once it is approved, to let it pass a freeze declared after the approval.
+    freeze_exemption = (
+        decision == ApprovalDecision.APPROVED
+        and change.change_type == ChangeType.EMERGENCY
+        and Role.SECURITY_OFFICER in held
+        and change.status == ChangeStatus.APPROVED
+    )
+    if change.status not in CHANGE_REVIEWABLE and not freeze_exemption:
         return Conflict(
             f"The change is not in review; it is {change.get_status_display().lower()}.", code="not_reviewable"
         )
@@ -248,6 +258,72 @@ def change_approval_expires_at(change: ChangeRequest) -> datetime | None:
     return min(change.requested_window_end, change.approved_at + timedelta(minutes=minutes))
 
 
+def change_freezes(change: ChangeRequest, start: datetime, end: datetime) -> list[ChangeFreeze]:
+    """Freezes overlapping [start, end) that apply to the change: fleet-wide ones, and those of a region it targets."""
+    regions = scope_devices(change.scope).values("region_id")
+    return list(
+        ChangeFreeze.objects.filter(starts_at__lt=end, ends_at__gt=start)
+        .filter(Q(region__isnull=True) | Q(region_id__in=regions))
+        .select_related("region", "owner")
+        .order_by("starts_at", "id")
+    )
+
+
+def freeze_exempt(change: ChangeRequest) -> bool:
+    """An emergency change passes freezes once a security officer has approved its current revision."""
+    if change.change_type != ChangeType.EMERGENCY:
+        return False
+    return any(Role.SECURITY_OFFICER in approval.roles_held for approval in valid_approvals(change))
+
+
+def _freeze_words(freeze: ChangeFreeze) -> str:
+    where = f"in region {freeze.region.code}" if freeze.region is not None else "fleet-wide"
+    return (
+        f"Change freeze {where} until {freeze.ends_at:%Y-%m-%d %H:%M} UTC ({freeze.reason}; owner "
+        f"{freeze.owner.get_username()})"
+    )
+
+
+def freeze_refusal(change: ChangeRequest, *, at: datetime) -> DomainError | None:
+    """Why the change may not start (or open a wave) at `at` because of a freeze (None when it may)."""
+    if freeze_exempt(change):
+        return None
+    frozen = change_freezes(change, at, at + timedelta(microseconds=1))
+    if not frozen:
+        return None
+    return Conflict(
+        f"{_freeze_words(frozen[0])}. An emergency change passes with a security officer's approval.",
+        code="change_freeze",
+    )
+
+
+def freeze_end(change: ChangeRequest, *, at: datetime) -> tuple[datetime, str] | None:
+    """When the freezes holding the change at `at` are over (chained freezes count as one), and the first's words."""
+    if freeze_exempt(change):
+        return None
+    frozen = change_freezes(change, at, at + timedelta(microseconds=1))
+    if not frozen:
+        return None
+    end = max(f.ends_at for f in frozen)
+    while True:
+        following = [f for f in change_freezes(change, end, end + timedelta(microseconds=1)) if f.ends_at > end]
+        if not following:
+            return end, _freeze_words(frozen[0])
+        end = max(f.ends_at for f in following)
+
+
+def window_frozen_refusal(change: ChangeRequest) -> DomainError | None:
+    """A change whose whole requested window is frozen could never start: refused at submission (emergencies pass
+    here, since their security officer approval can only come after)."""
+    if change.change_type == ChangeType.EMERGENCY:
+        return None
+    start, end = change.requested_window_start, change.requested_window_end
+    held = freeze_end(change, at=start)
+    if held is not None and held[0] >= end:
+        return Conflict(f"The whole requested window is frozen: {held[1]}.", code="change_freeze")
+    return None
+
+
 def _lapsed_refusal(change: ChangeRequest, now: datetime) -> DomainError | None:
     """An expired approval counts for nothing, even before the change's timer has marked it lapsed."""
     expires = change_approval_expires_at(change)
@@ -302,6 +378,9 @@ def change_start_refusal(user: User, change: ChangeRequest, *, now: datetime | N
         )
     if change.scheduled_start and now < change.scheduled_start:
         return Conflict(f"The change is scheduled to start at {change.scheduled_start:%Y-%m-%d %H:%M} UTC.")
+    frozen = freeze_refusal(change, at=now)
+    if frozen is not None:
+        return frozen
     # Through the ORM relation: change control does not import the rollouts app.
     if ChangeRequest.objects.filter(pk=change.pk, rollout__isnull=False).exists():
         return Conflict("This change already has a rollout.", code="already_started")

@@ -43,9 +43,11 @@ from approvals.selectors import (
     change_submit_refusal,
     decision_refusal,
     evidence_add_refusal,
+    freeze_refusal,
     policy_for,
     post_review_refusal,
     retrospective_refusal,
+    window_frozen_refusal,
 )
 from devices.models import Region
 from devices.scope import scope_devices, scope_parse, scope_summary
@@ -424,6 +426,9 @@ def change_submit(*, actor: User, change: ChangeRequest) -> ChangeRequest:
     assessment = _assess(change)
     _apply_assessment(change, assessment)
     _require_ready(change, assessment)
+    frozen = window_frozen_refusal(change)
+    if frozen is not None:
+        raise InvalidInput(frozen.message, fields={"requested_window_end": [frozen.message]})
     change.save(update_fields=["risk_score", "risk_level", "risk_raised_by"])
     now = timezone.now()
     return _transition(
@@ -490,6 +495,11 @@ def _decide(*, actor: User, change: ChangeRequest, revision: int, decision: str,
             action="change.request_changes",
             reason=comment,
         )
+    if change.status == ChangeStatus.APPROVED:
+        # A security officer's approval of an approved emergency change (its freeze exemption): recorded above,
+        # nothing else moves.
+        _nudge_workflow(change, "approval.approved")
+        return change
     if change.status == ChangeStatus.SUBMITTED:
         change = _transition(actor=actor, change=change, to=ChangeStatus.IN_REVIEW, action="change.review_started")
     progress = change_policy_progress(change)
@@ -558,6 +568,9 @@ def change_schedule(*, actor: User, change: ChangeRequest, start: datetime) -> C
         raise InvalidInput(
             "The start must fall inside the requested window.", fields={"start": ["Outside the window."]}
         )
+    frozen = freeze_refusal(change, at=start)
+    if frozen is not None:
+        raise InvalidInput(frozen.message, fields={"start": ["Inside a change freeze."]})
     expires = change_approval_expires_at(change)
     if expires is not None and start >= expires:
         raise InvalidInput(

@@ -27,6 +27,7 @@ from approvals.selectors import (
     change_approval_expires_at,
     change_cancel_refusal,
     change_edit_refusal,
+    change_freezes,
     change_history,
     change_list_for_user,
     change_plan_hash,
@@ -119,6 +120,7 @@ class ChangeTimers:
     scheduled_by: str = ""
     held_at: datetime | None = None
     held_reason: str = ""
+    freezes: tuple[str, ...] = ()
 
 
 def change_timers_shown(change: ChangeRequest, *, now: datetime | None = None) -> ChangeTimers:
@@ -147,6 +149,9 @@ def change_timers_shown(change: ChangeRequest, *, now: datetime | None = None) -
         else "",
         held_at=change.start_held_at if held else None,
         held_reason=change.start_held_reason if held else "",
+        freezes=tuple(str(freeze) for freeze in change_freezes(change, now, change.requested_window_end))
+        if change.status not in CHANGE_TERMINAL and change.requested_window_end > now
+        else (),
     )
 
 
