@@ -73,6 +73,9 @@ class ChangeRequest(models.Model):
     retrospective_due_at = models.DateTimeField(null=True, blank=True)
     retrospective_done_at = models.DateTimeField(null=True, blank=True)
     post_review_done_at = models.DateTimeField(null=True, blank=True)
+    post_review_due_at = models.DateTimeField(
+        null=True, blank=True, help_text="Completed or rolled-back changes owe a post-implementation review by then."
+    )
     # The change's timers (workflows/change.py drives them; these columns are what people and the rules read).
     review_started_at = models.DateTimeField(
         null=True, blank=True, help_text="When the current round of review began (submission or resubmission)."
@@ -190,6 +193,10 @@ class ApprovalPolicy(models.Model):
         help_text="Emergency changes: a retrospective review is due this many days after approval.",
     )
     allowed = models.BooleanField(default=True, help_text="False: changes of this type may not carry this risk level.")
+    post_review_days = models.PositiveIntegerField(
+        default=5,
+        help_text="A completed or rolled-back change owes its post-implementation review this many days after.",
+    )
     review_deadline_minutes = models.PositiveIntegerField(
         default=2880,
         help_text="Reviewers must decide within this many minutes of submission; then the change escalates "

@@ -115,6 +115,25 @@ def cab_queue(user: User) -> QuerySet[ChangeRequest]:
     )
 
 
+def emergency_filing_refusal(user: User, *, now: datetime | None = None) -> DomainError | None:
+    """Why `user` may not file (or submit) an emergency change now: a retrospective review of an emergency change
+    they authored is overdue (None when they may). The review is done by the CAB; the author asks for it."""
+    overdue = (
+        ChangeRequest.objects.filter(
+            author=user, retrospective_due_at__lt=now or timezone.now(), retrospective_done_at__isnull=True
+        )
+        .order_by("retrospective_due_at")
+        .first()
+    )
+    if overdue is None:
+        return None
+    return Conflict(
+        f"The retrospective review of your emergency change CR-{overdue.pk} was due "
+        f"{overdue.retrospective_due_at:%Y-%m-%d %H:%M} UTC and is not done; no further emergency change until it is.",
+        code="retrospective_overdue",
+    )
+
+
 def change_list_retrospective_overdue() -> QuerySet[ChangeRequest]:
     """Emergency changes whose retrospective review is past due and not done."""
     return ChangeRequest.objects.filter(

@@ -42,6 +42,7 @@ from approvals.selectors import (
     change_schedule_refusal,
     change_submit_refusal,
     decision_refusal,
+    emergency_filing_refusal,
     evidence_add_refusal,
     freeze_refusal,
     policy_for,
@@ -352,12 +353,21 @@ def change_create(*, actor: User, **fields: Any) -> ChangeRequest:
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
     fields.setdefault("change_type", ChangeType.NORMAL)
     fields.setdefault("risk_answers", {})
+    if fields["change_type"] == ChangeType.EMERGENCY:
+        _raise_emergency_refusal(actor)
     cleaned = _validate_shape(fields)
     change = ChangeRequest(author=actor, status=ChangeStatus.DRAFT, **cleaned)
     _apply_assessment(change, _assess(change))
     change.save()
     _record(actor, change, "change.create", after=_snapshot(change))
     return change
+
+
+def _raise_emergency_refusal(actor: User) -> None:
+    """An author whose emergency change's retrospective review is overdue files no other emergency change."""
+    refusal = emergency_filing_refusal(actor)
+    if refusal is not None:
+        raise InvalidInput(refusal.message, fields={"change_type": [refusal.message]})
 
 
 def _void_approvals(actor: User | None, change: ChangeRequest, reason: str, *, system_actor: str = "system") -> int:
@@ -386,6 +396,8 @@ def change_update(*, actor: User, change: ChangeRequest, **fields: Any) -> Chang
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
     merged = {name: getattr(change, name) for name in EDITABLE_FIELDS}
     merged.update(fields)
+    if merged["change_type"] == ChangeType.EMERGENCY and change.change_type != ChangeType.EMERGENCY:
+        _raise_emergency_refusal(actor)
     cleaned = _validate_shape(merged)
     before = _snapshot(change)
     for name, value in cleaned.items():
@@ -423,6 +435,8 @@ def change_submit(*, actor: User, change: ChangeRequest) -> ChangeRequest:
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
     _raise_refusal(actor, change, change_submit_refusal(actor, change), service="change_submit")
+    if change.change_type == ChangeType.EMERGENCY:
+        _raise_emergency_refusal(actor)
     assessment = _assess(change)
     _apply_assessment(change, assessment)
     _require_ready(change, assessment)
@@ -689,9 +703,13 @@ def change_mark_implemented(
 ) -> ChangeRequest:
     """Close a change after its rollout ended: completed, rolled back, or cancelled when the rollout was aborted."""
     change = _lock(change)
-    return _transition(
-        actor=actor, change=change, to=IMPLEMENTATION_OUTCOMES[outcome], action=f"change.{outcome}", reason=reason
-    )
+    to = IMPLEMENTATION_OUTCOMES[outcome]
+    updates: dict[str, Any] = {}
+    if to in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK) and change.status != to:
+        policy = policy_for(change)
+        days = policy.post_review_days if policy is not None else 5
+        updates["post_review_due_at"] = timezone.now() + timedelta(days=days)
+    return _transition(actor=actor, change=change, to=to, action=f"change.{outcome}", reason=reason, **updates)
 
 
 @atomic_with_retry()
@@ -721,6 +739,7 @@ def change_retrospective_complete(*, actor: User, change: ChangeRequest, comment
         after={"overdue": change.retrospective_due_at is not None and now > change.retrospective_due_at},
         reason=comment,
     )
+    _nudge_workflow(change, "change.retrospective_review")
     return change
 
 
@@ -735,6 +754,7 @@ def change_post_implementation_review(*, actor: User, change: ChangeRequest, com
     ChangeRequest.objects.filter(pk=change.pk).update(post_review_done_at=now)
     change.post_review_done_at = now
     _record(actor, change, "change.post_implementation_review", reason=comment)
+    _nudge_workflow(change, "change.post_implementation_review")
     return change
 
 

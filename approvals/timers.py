@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import User
+from django.db.models import Q
 
 from approvals.audit.models import DecisionRecord
 from approvals.audit.records import record_decision
@@ -165,6 +166,115 @@ def change_review_timers_fire(*, change_id: int, now: datetime) -> list[str]:
     return done
 
 
+@dataclass(frozen=True)
+class FollowUpReview:
+    """A review the change owes after the fact: an emergency's retrospective, or the post-implementation review."""
+
+    kind: str  # "retrospective" | "post_review"
+    started_at: datetime
+    due_at: datetime
+
+    @property
+    def label(self) -> str:
+        return "retrospective review" if self.kind == "retrospective" else "post-implementation review"
+
+    @property
+    def reminder_at(self) -> datetime:
+        """A day before it is due (half-way for shorter terms)."""
+        return self.due_at - min(timedelta(days=1), (self.due_at - self.started_at) / 2)
+
+    def step_key(self, change: ChangeRequest, step: str) -> str:
+        return f"change:{change.pk}:{self.kind}:{int(self.due_at.timestamp())}:{step}"
+
+
+def follow_up_reviews(change: ChangeRequest) -> list[FollowUpReview]:
+    """The reviews the change still owes (none once recorded)."""
+    owed = []
+    if change.retrospective_due_at is not None and change.retrospective_done_at is None:
+        started = change.approved_at or change.retrospective_due_at - timedelta(days=1)
+        owed.append(FollowUpReview("retrospective", started, change.retrospective_due_at))
+    if (
+        change.post_review_due_at is not None
+        and change.post_review_done_at is None
+        and change.status in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK)
+    ):
+        policy = policy_for(change)
+        days = policy.post_review_days if policy is not None else 5
+        owed.append(
+            FollowUpReview("post_review", change.post_review_due_at - timedelta(days=days), change.post_review_due_at)
+        )
+    return owed
+
+
+@atomic_with_retry()
+def change_follow_up_reviews_fire(*, change_id: int, now: datetime) -> list[str]:
+    """Remind (a day before) and escalate (when due) the retrospective and post-implementation reviews still owed."""
+    change = ChangeRequest.objects.select_for_update(of=("self",)).select_related("author").get(pk=change_id)
+    done: list[str] = []
+    for review in follow_up_reviews(change):
+        due_text = f"{review.due_at:%Y-%m-%d %H:%M} UTC"
+        escalation_key = review.step_key(change, "escalation")
+        if now >= review.due_at:
+            if _recorded(escalation_key):
+                continue
+            notified = notify_people(
+                users_with_roles(Role.CAB_CHAIR),
+                subject=f"Overdue {review.label}: CR-{change.pk} {change.title}",
+                body=(
+                    f"The {review.label} of change CR-{change.pk} ({change.title}) was due by {due_text} and is not "
+                    "recorded. It is escalated to you as CAB chair."
+                    + (
+                        f" Until it is done, {change.author.get_username()} files no further emergency change."
+                        if review.kind == "retrospective"
+                        else ""
+                    )
+                ),
+            )
+            record_decision(
+                actor=None,
+                action=f"change.{review.kind}_escalated",
+                object_type="change",
+                object_id=change.pk,
+                revision=change.revision,
+                after={"escalated_to": Role.CAB_CHAIR, "notified": notified, "due_at": review.due_at.isoformat()},
+                reason=f"The {review.label} was due by {due_text}.",
+                system_actor=f"{TIMER_ACTOR} for the CAB",
+                step_key=escalation_key,
+            )
+            done.append(f"{review.kind} escalation")
+        elif now >= review.reminder_at:
+            key = review.step_key(change, "reminder")
+            if _recorded(key):
+                continue
+            reviewers = [
+                person
+                for person in users_with_roles(Role.CAB_MEMBER, Role.SECURITY_OFFICER)
+                if person.pk != change.author_id
+            ]
+            notified = notify_people(
+                [*reviewers, change.author],
+                subject=f"{review.label.capitalize()} due: CR-{change.pk} {change.title}",
+                body=(
+                    f"The {review.label} of change CR-{change.pk} ({change.title}) is due by {due_text}. A CAB member "
+                    "or the security officer (not its author) records it on the change page; after the due time "
+                    "it escalates to the CAB chair."
+                ),
+            )
+            record_decision(
+                actor=None,
+                action=f"change.{review.kind}_reminder",
+                object_type="change",
+                object_id=change.pk,
+                revision=change.revision,
+                after={"notified": notified, "due_at": review.due_at.isoformat()},
+                reason=f"The {review.label} is due by {due_text}.",
+                system_actor=f"{TIMER_ACTOR} for the CAB",
+                step_key=key,
+            )
+            done.append(f"{review.kind} reminder")
+    return done
+
+
 def _iso(value: datetime | None) -> str:
     return value.isoformat() if value is not None else ""
 
@@ -189,6 +299,14 @@ def change_timer_state(*, change_id: int, now: datetime) -> ChangeState:
         owed.append((expires, "approval_expiry"))
     if scheduled is not None:
         owed.append((scheduled, "scheduled_start"))
+    reviews = follow_up_reviews(change)
+    for review in reviews:
+        if _recorded(review.step_key(change, "escalation")):
+            continue
+        if now < review.reminder_at or not _recorded(review.step_key(change, "reminder")):
+            owed.append((review.reminder_at, f"{review.kind}_reminder"))
+        else:
+            owed.append((review.due_at, f"{review.kind}_escalation"))
     next_at, next_kind = min(owed) if owed else (None, "")
     return ChangeState(
         change_id=change.pk,
@@ -201,7 +319,8 @@ def change_timer_state(*, change_id: int, now: datetime) -> ChangeState:
         scheduled_start=_iso(scheduled),
         next_due_at=_iso(next_at),
         next_due=next_kind,
-        closed=change.status in CHANGE_TERMINAL or change.status == ChangeStatus.DRAFT,
+        # A closed change keeps its workflow while it still owes a review after the fact.
+        closed=change.status == ChangeStatus.DRAFT or (change.status in CHANGE_TERMINAL and not reviews),
     )
 
 
@@ -213,8 +332,13 @@ def change_workflows_ensure() -> list[int]:
     """
     from workflows.change_client import nudge_change_workflow
 
+    owes_review = Q(retrospective_due_at__isnull=False, retrospective_done_at__isnull=True) | Q(
+        status__in=[ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK],
+        post_review_due_at__isnull=False,
+        post_review_done_at__isnull=True,
+    )
     open_changes = (
-        ChangeRequest.objects.exclude(status__in=[*CHANGE_TERMINAL, ChangeStatus.DRAFT])
+        ChangeRequest.objects.filter(~Q(status__in=[*CHANGE_TERMINAL, ChangeStatus.DRAFT]) | owes_review)
         .order_by("pk")
         .values_list("pk", "status")
     )

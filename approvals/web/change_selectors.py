@@ -121,6 +121,7 @@ class ChangeTimers:
     held_at: datetime | None = None
     held_reason: str = ""
     freezes: tuple[str, ...] = ()
+    post_review_due_at: datetime | None = None
 
 
 def change_timers_shown(change: ChangeRequest, *, now: datetime | None = None) -> ChangeTimers:
@@ -149,6 +150,7 @@ def change_timers_shown(change: ChangeRequest, *, now: datetime | None = None) -
         else "",
         held_at=change.start_held_at if held else None,
         held_reason=change.start_held_reason if held else "",
+        post_review_due_at=change.post_review_due_at if change.post_review_done_at is None else None,
         freezes=tuple(str(freeze) for freeze in change_freezes(change, now, change.requested_window_end))
         if change.status not in CHANGE_TERMINAL and change.requested_window_end > now
         else (),

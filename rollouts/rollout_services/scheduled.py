@@ -66,6 +66,7 @@ def change_timers_fire(*, change_id: int, now: datetime) -> ChangeState:
     pre-flight refuses a lapsed approval anyway. Each part is its own transaction and idempotent.
     """
     done = change_timers.change_review_timers_fire(change_id=change_id, now=now)
+    done += change_timers.change_follow_up_reviews_fire(change_id=change_id, now=now)
     if change_services.change_approval_lapse(change_id=change_id, now=now) is not None:
         done.append("approval lapsed")
     outcome = change_scheduled_start(change_id=change_id, now=now)
