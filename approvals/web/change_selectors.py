@@ -102,7 +102,11 @@ def queue_rows(changes: list[ChangeRequest]) -> list[QueueRow]:
             progress = "not submitted"
         else:
             progress = change.get_status_display().lower()
-        rows.append(QueueRow(change, progress, scope_devices(change.scope).count(), change_timers_shown(change)))
+        rows.append(
+            QueueRow(
+                change, progress, scope_devices(change.scope).count(), change_timers_shown(change, with_freezes=False)
+            )
+        )
     return rows
 
 
@@ -124,7 +128,9 @@ class ChangeTimers:
     post_review_due_at: datetime | None = None
 
 
-def change_timers_shown(change: ChangeRequest, *, now: datetime | None = None) -> ChangeTimers:
+def change_timers_shown(
+    change: ChangeRequest, *, now: datetime | None = None, with_freezes: bool = True
+) -> ChangeTimers:
     """The change's deadlines and marks as of `now`: computed from the same rules its workflow and Start use."""
     now = now or timezone.now()
     due = change_review_due_at(change)
@@ -152,7 +158,7 @@ def change_timers_shown(change: ChangeRequest, *, now: datetime | None = None) -
         held_reason=change.start_held_reason if held else "",
         post_review_due_at=change.post_review_due_at if change.post_review_done_at is None else None,
         freezes=tuple(str(freeze) for freeze in change_freezes(change, now, change.requested_window_end))
-        if change.status not in CHANGE_TERMINAL and change.requested_window_end > now
+        if with_freezes and change.status not in CHANGE_TERMINAL and change.requested_window_end > now
         else (),
     )
 
