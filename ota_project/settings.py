@@ -256,6 +256,11 @@ TEMPORAL_API_KEY = os.environ.get("TEMPORAL_API_KEY", "")
 # Start workflows when rollouts are started (tests of pure services may switch this off).
 TEMPORAL_ENABLED = _env_bool("TEMPORAL_ENABLED", True)
 
+# The change timers' activities decide what is due by this machine's clock; on (tests with the time-skipping Temporal
+# test server only) the Temporal server's later time counts too. Never on in production: a server clock could then
+# make a step come due early.
+OTA_CHANGE_TIMERS_TEMPORAL_CLOCK = _env_bool("OTA_CHANGE_TIMERS_TEMPORAL_CLOCK", False)
+
 # E-mail (review reminders, escalations, held starts): Django's mail backends. The default prints to the console
 # (the embedded demo); production sets EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and EMAIL_HOST etc.
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

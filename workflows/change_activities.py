@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 from temporalio import activity
@@ -22,8 +23,12 @@ from workflows.change_types import ChangeActivity, ChangeRef, ChangeState, chang
 
 
 def _now() -> datetime:
-    """The later of this machine's clock and the Temporal server's time for this attempt (set by the server, so a
-    forged workflow cannot move it; ahead of the wall clock only on the time-skipping test server)."""
+    """This machine's clock: what is due is decided by the database's rules at the real time, so neither a forged
+    workflow nor a Temporal server with a wrong clock can make a step come due early. Only where
+    OTA_CHANGE_TIMERS_TEMPORAL_CLOCK is on (the time-skipping test server) does the server's time for this attempt
+    count, when it is later."""
+    if not settings.OTA_CHANGE_TIMERS_TEMPORAL_CLOCK:
+        return timezone.now()
     scheduled = activity.info().current_attempt_scheduled_time
     if scheduled.tzinfo is None:
         scheduled = scheduled.replace(tzinfo=UTC)

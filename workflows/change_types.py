@@ -24,7 +24,7 @@ class ChangeActivity:
                                             approval expiry, the scheduled start or its hold; each once, by step key)
 
     Both run only for the change's own workflow (`change-<id>`), and CHANGE_FIRE acts only on what the database
-    says is due at the Temporal server's time: a forged or early call changes nothing.
+    says is due now (the worker's clock): a forged or early call changes nothing.
     """
 
     CHANGE_SYNC = "changes.change_sync"

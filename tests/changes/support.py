@@ -99,7 +99,8 @@ class TimeSkipping:
 
 @contextmanager
 def time_skipping_worker() -> Iterator[TimeSkipping]:
-    """A fresh time-skipping server with a ChangeWorkflow worker (real activities on a thread pool)."""
+    """A fresh time-skipping server with a ChangeWorkflow worker (real activities on a thread pool); the activities
+    take the test server's skipped time as now (OTA_CHANGE_TIMERS_TEMPORAL_CLOCK, set by the caller's fixture)."""
     env = in_temporal_loop(WorkflowEnvironment.start_time_skipping(test_server_existing_path=TEST_SERVER))
     task_queue = f"changes-test-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()

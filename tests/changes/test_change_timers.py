@@ -27,6 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def timers(settings: Any) -> Any:
     settings.TEMPORAL_ENABLED = False  # the test starts and signals the workflow itself (see tests/changes/support.py)
+    settings.OTA_CHANGE_TIMERS_TEMPORAL_CLOCK = True  # the test server's skipped time is "now" for the activities
     with time_skipping_worker() as skipping:
         yield skipping
 

@@ -88,6 +88,7 @@ def test_the_retrospective_is_reminded_then_escalated_once_each(
 
 @pytest.fixture
 def timers(settings: Any) -> Any:
+    settings.OTA_CHANGE_TIMERS_TEMPORAL_CLOCK = True  # the test server's skipped time is "now" for the activities
     with time_skipping_worker() as skipping:
         yield skipping
 

@@ -147,3 +147,16 @@ def test_a_reschedule_moves_the_start_and_records_who(approved_change, operator,
     assert moved.status == ChangeStatus.SCHEDULED and moved.scheduled_by == other
     assert moved.scheduled_start == first + timedelta(hours=1)
     assert DecisionRecord.objects.filter(action="change.reschedule", actor=other).count() == 1
+
+
+def test_a_temporal_clock_ahead_of_the_wall_clock_makes_nothing_due_early(settings, approved_change, operator):
+    change = services.change_schedule(actor=operator, change=approved_change, start=timezone.now() + timedelta(hours=1))
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info,
+        workflow_id=f"change-{change.pk}",
+        current_attempt_scheduled_time=timezone.now() + timedelta(days=30),
+    )
+    assert abs((env.run(change_activities._now) - timezone.now()).total_seconds()) < 5  # the wall clock counts
+    settings.OTA_CHANGE_TIMERS_TEMPORAL_CLOCK = True  # the time-skipping test server only
+    assert env.run(change_activities._now) > timezone.now() + timedelta(days=29)
