@@ -27,8 +27,8 @@ ENSURE_WORKFLOWS_EVERY_SECONDS = 60
 
 class Command(BaseCommand):
     help = (
-        "Run the Temporal worker (RolloutWorkflow and the rollout activities) on TEMPORAL_TASK_QUEUE. Registers the "
-        "rollout search attributes first. SIGTERM/SIGINT: stop polling, let running activities finish, exit 0. "
+        "Run the Temporal worker (RolloutWorkflow, ChangeWorkflow and their activities) on TEMPORAL_TASK_QUEUE. "
+        "Registers the search attributes first. SIGTERM/SIGINT: stop polling, let running activities finish, exit 0. "
         "Run it as its own process (it ends with os._exit)."
     )
 
