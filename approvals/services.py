@@ -183,7 +183,7 @@ def _transition(
     change.refresh_from_db()
     after = {"status": to, **{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in updates.items()}}
     _record(actor, change, action, before=before, after=after, reason=reason, system_actor=system_actor)
-    if to != ChangeStatus.DRAFT:
+    if change.submitted_at is not None:  # a draft has no workflow (and a draft cancelled before submission none)
         _nudge_workflow(change, action)
     return change
 
