@@ -19,7 +19,7 @@ from approvals.models import ApprovalPolicy, ChangeRequest
 from ota_project.roles import Role
 from rollouts.models import Rollout
 from tests.changes.support import TimeSkipping, time_skipping_worker
-from tests.temporal_support import wait_until
+from tests.temporal_support import in_temporal_loop, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,3 +176,20 @@ def test_a_refused_pre_flight_holds_the_change_and_tells_its_operator(
     assert not Rollout.objects.filter(change=change).exists()
     assert [m.to for m in mail.outbox] == [[operator.email]] and "did not start" in mail.outbox[0].subject
     timers.save_history(change.pk, "start_held")
+
+
+def test_history_stays_small_across_many_reminders(
+    timers: TimeSkipping, submitted_change: ChangeRequest, cab_member: Any, cab_member_2: Any
+):
+    from tests.workflows.support import run_histories
+    from workflows.change import HISTORY_EVENT_BUDGET
+
+    _policy(submitted_change, review_deadline_minutes=200, reminder_every_minutes=1)
+    handle = timers.start(submitted_change.pk)
+    timers.settled(submitted_change.pk, lambda s: s.next_due == "reminder")
+    timers.skip(timedelta(minutes=201))
+    _wait_for_record(submitted_change, "change.review_escalated")
+    assert len(_records(submitted_change, "change.review_reminder")) == 199  # one a minute, none twice
+    histories = in_temporal_loop(run_histories(timers.client, handle))
+    assert len(histories) >= 2  # continued as new
+    assert all(len(history.events) <= HISTORY_EVENT_BUDGET + 50 for history in histories)
