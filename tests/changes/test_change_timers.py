@@ -193,3 +193,18 @@ def test_history_stays_small_across_many_reminders(
     histories = in_temporal_loop(run_histories(timers.client, handle))
     assert len(histories) >= 2  # continued as new
     assert all(len(history.events) <= HISTORY_EVENT_BUDGET + 50 for history in histories)
+
+
+def test_cancelling_a_scheduled_change_ends_its_workflow_and_nothing_starts(
+    timers: TimeSkipping, approved_change: ChangeRequest, operator: Any, cab_member: Any
+):
+    start = timezone.now() + timedelta(hours=1)
+    change = services.change_schedule(actor=operator, change=approved_change, start=start)
+    handle = timers.start(change.pk)
+    timers.settled(change.pk, lambda s: s.next_due == "scheduled_start")
+    services.change_cancel(actor=cab_member, change=change, reason="Superseded by CR-99.")
+    timers.nudge(change.pk, "change.cancel")
+    final = in_temporal_loop(handle.result())
+    assert final.closed and final.status == ChangeStatus.CANCELLED
+    timers.skip(timedelta(hours=2))
+    assert not Rollout.objects.filter(change=change).exists()
