@@ -14,6 +14,7 @@ from approvals.models import (
     Approval,
     ApprovalPolicy,
     ApprovalRequirement,
+    ChangeFreeze,
     ChangeRequest,
     ChangeTemplate,
     RiskLevelBand,
@@ -83,7 +84,16 @@ class ApprovalRequirementInline(admin.TabularInline):
 
 @admin.register(ApprovalPolicy)
 class ApprovalPolicyAdmin(RecordedConfigAdmin):
-    list_display = ["change_type", "risk_level", "allowed", "retrospective_days", "requirement_summary"]
+    list_display = [
+        "change_type",
+        "risk_level",
+        "allowed",
+        "review_deadline_minutes",
+        "reminder_every_minutes",
+        "approval_valid_minutes",
+        "retrospective_days",
+        "requirement_summary",
+    ]
     list_filter = ["change_type", "risk_level"]
     inlines = [ApprovalRequirementInline]
 
@@ -123,6 +133,16 @@ class RiskLevelBandAdmin(RecordedConfigAdmin):
 class ChangeTemplateAdmin(RecordedConfigAdmin):
     list_display = ["name", "max_risk_level", "is_active"]
     filter_horizontal = ["hardware_models"]
+
+
+@admin.register(ChangeFreeze)
+class ChangeFreezeAdmin(RecordedConfigAdmin):
+    list_display = ["starts_at", "ends_at", "region", "reason", "owner"]
+    list_filter = ["region"]
+    search_fields = ["reason", "owner__username"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {**super().get_changeform_initial_data(request), "owner": request.user.pk}
 
 
 @admin.register(ChangeRequest)

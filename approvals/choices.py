@@ -26,7 +26,8 @@ CHANGE_TRANSITIONS: dict[str, frozenset[str]] = {
     S.IN_REVIEW: frozenset({S.SUBMITTED, S.APPROVED, S.REJECTED, S.CHANGES_REQUESTED, S.CANCELLED}),
     S.CHANGES_REQUESTED: frozenset({S.SUBMITTED, S.CANCELLED}),
     S.APPROVED: frozenset({S.SUBMITTED, S.SCHEDULED, S.IMPLEMENTING, S.CANCELLED}),
-    S.SCHEDULED: frozenset({S.APPROVED, S.IMPLEMENTING, S.CANCELLED}),
+    # scheduled -> approved: the pre-flight held the automatic start; -> submitted: the approval lapsed.
+    S.SCHEDULED: frozenset({S.SUBMITTED, S.APPROVED, S.IMPLEMENTING, S.CANCELLED}),
     S.IMPLEMENTING: frozenset({S.COMPLETED, S.ROLLED_BACK, S.CANCELLED}),
     S.REJECTED: frozenset(),
     S.COMPLETED: frozenset(),

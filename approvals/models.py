@@ -73,6 +73,25 @@ class ChangeRequest(models.Model):
     retrospective_due_at = models.DateTimeField(null=True, blank=True)
     retrospective_done_at = models.DateTimeField(null=True, blank=True)
     post_review_done_at = models.DateTimeField(null=True, blank=True)
+    post_review_due_at = models.DateTimeField(
+        null=True, blank=True, help_text="Completed or rolled-back changes owe a post-implementation review by then."
+    )
+    # The change's timers (workflows/change.py drives them; these columns are what people and the rules read).
+    review_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the current round of review began (submission or resubmission)."
+    )
+    scheduled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The operator who scheduled the start; the timer starts the rollout as this person.",
+    )
+    approval_lapsed_at = models.DateTimeField(null=True, blank=True)
+    approval_lapse_reason = models.CharField(max_length=200, blank=True, default="")
+    start_held_at = models.DateTimeField(null=True, blank=True)
+    start_held_reason = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -174,10 +193,30 @@ class ApprovalPolicy(models.Model):
         help_text="Emergency changes: a retrospective review is due this many days after approval.",
     )
     allowed = models.BooleanField(default=True, help_text="False: changes of this type may not carry this risk level.")
+    post_review_days = models.PositiveIntegerField(
+        default=5,
+        help_text="A completed or rolled-back change owes its post-implementation review this many days after.",
+    )
+    review_deadline_minutes = models.PositiveIntegerField(
+        default=2880,
+        help_text="Reviewers must decide within this many minutes of submission; then the change escalates "
+        "(emergency changes to the emergency CAB, others to the CAB chair).",
+    )
+    reminder_every_minutes = models.PositiveIntegerField(
+        default=480,
+        help_text="Remind the reviewers who may still decide this often until the deadline (0: no reminders).",
+    )
+    approval_valid_minutes = models.PositiveIntegerField(
+        default=20160,
+        help_text="An approval lapses this many minutes after it was given (and always when the requested window "
+        "closes); a lapsed change needs a fresh decision.",
+    )
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["change_type", "risk_level"], name="one_policy_per_type_and_risk")
+            models.UniqueConstraint(fields=["change_type", "risk_level"], name="one_policy_per_type_and_risk"),
+            models.CheckConstraint(condition=Q(review_deadline_minutes__gt=0), name="review_deadline_positive"),
+            models.CheckConstraint(condition=Q(approval_valid_minutes__gt=0), name="approval_validity_positive"),
         ]
         ordering = ["change_type", "risk_level"]
 
@@ -218,3 +257,38 @@ class Approval(models.Model):
                 fields=["change", "approver", "revision"], name="one_decision_per_person_per_revision"
             ),
         ]
+
+
+class ChangeFreeze(models.Model):
+    """A period in which no change starts and no running rollout opens a wave, fleet-wide or in one region
+    (holidays, peak seasons, incidents); an emergency change passes with a security officer's approval."""
+
+    reason = models.CharField(max_length=300)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    region = models.ForeignKey(
+        "devices.Region",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Empty: the whole fleet. Otherwise changes that target any device in this region.",
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who answers for the freeze (named in every refusal it causes).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["starts_at", "id"]
+        indexes = [models.Index(fields=["ends_at", "starts_at"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="freeze_ends_after_start"),
+        ]
+
+    def __str__(self) -> str:
+        where = self.region.code if self.region is not None else "fleet-wide"
+        return f"{where} freeze {self.starts_at:%Y-%m-%d %H:%M} - {self.ends_at:%Y-%m-%d %H:%M} UTC: {self.reason}"

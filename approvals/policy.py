@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 ROLE_LABELS = {
     "cab_member": "CAB",
+    "cab_chair": "CAB chair",
     "emergency_cab": "emergency CAB",
     "security_officer": "security officer",
     "requester": "requester",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -21,13 +22,18 @@ from approvals.choices import (
     RISK_ORDER,
     ApprovalDecision,
     ChangeStatus,
+    ChangeType,
 )
-from approvals.models import Approval, ApprovalPolicy, ChangeRequest
+from approvals.models import Approval, ApprovalPolicy, ChangeFreeze, ChangeRequest
 from approvals.plans import Cohort, RolloutPlan, plan_hash, wave_sizes
 from approvals.policy import ROLE_LABELS, PolicyProgress, Vote, policy_progress
 from devices.scope import TargetScope, scope_devices
 from ota_project.errors import Conflict, DomainError, NotPermitted
 from ota_project.roles import APPROVER_ROLES, Role, has_role, operator_not_author_refusal, roles_of
+
+# Used when no policy row matches (a change that failed readiness never reaches review; these are a safety net).
+DEFAULT_REVIEW_DEADLINE_MINUTES = 2880
+DEFAULT_APPROVAL_VALID_MINUTES = 20160
 
 
 def change_list_for_user(user: User) -> QuerySet[ChangeRequest]:
@@ -36,7 +42,7 @@ def change_list_for_user(user: User) -> QuerySet[ChangeRequest]:
         return ChangeRequest.objects.none()
     return (
         ChangeRequest.objects.filter(~Q(status=ChangeStatus.DRAFT) | Q(author=user))
-        .select_related("release__artifact", "rollback_release", "author", "template")
+        .select_related("release__artifact", "rollback_release", "author", "template", "scheduled_by")
         .prefetch_related("release__hardware_models")
     )
 
@@ -109,6 +115,25 @@ def cab_queue(user: User) -> QuerySet[ChangeRequest]:
     )
 
 
+def emergency_filing_refusal(user: User, *, now: datetime | None = None) -> DomainError | None:
+    """Why `user` may not file (or submit) an emergency change now: a retrospective review of an emergency change
+    they authored is overdue (None when they may). The review is done by the CAB; the author asks for it."""
+    overdue = (
+        ChangeRequest.objects.filter(
+            author=user, retrospective_due_at__lt=now or timezone.now(), retrospective_done_at__isnull=True
+        )
+        .order_by("retrospective_due_at")
+        .first()
+    )
+    if overdue is None:
+        return None
+    return Conflict(
+        f"The retrospective review of your emergency change CR-{overdue.pk} was due "
+        f"{overdue.retrospective_due_at:%Y-%m-%d %H:%M} UTC and is not done; no further emergency change until it is.",
+        code="retrospective_overdue",
+    )
+
+
 def change_list_retrospective_overdue() -> QuerySet[ChangeRequest]:
     """Emergency changes whose retrospective review is past due and not done."""
     return ChangeRequest.objects.filter(
@@ -150,12 +175,22 @@ def decision_refusal(user: User, change: ChangeRequest, decision: str) -> Domain
             f"(CAB, emergency CAB and the security officer do); you see this change read-only."
         )
     required = set(policy_requirements(policy_for(change)))
-    if decision == ApprovalDecision.APPROVED and not held & required:
-        return NotPermitted(
-            f"Your role is not needed by the policy for a {change.risk_level}-risk {change.change_type} change "
-            f"(it needs: {_role_list(required)})."
-        )
-    if change.status not in CHANGE_REVIEWABLE:
+    if decision == ApprovalDecision.APPROVED:
+        # A security officer may always approve an emergency change: that approval lets it pass change freezes.
+        emergency_officer = change.change_type == ChangeType.EMERGENCY and Role.SECURITY_OFFICER in held
+        if not held & required and not emergency_officer:
+            return NotPermitted(
+                f"Your role is not needed by the policy for a {change.risk_level}-risk {change.change_type} change "
+                f"(it needs: {_role_list(required)})."
+            )
+    # ... also once it is approved, to let it pass a freeze declared after the approval.
+    freeze_exemption = (
+        decision == ApprovalDecision.APPROVED
+        and change.change_type == ChangeType.EMERGENCY
+        and Role.SECURITY_OFFICER in held
+        and change.status == ChangeStatus.APPROVED
+    )
+    if change.status not in CHANGE_REVIEWABLE and not freeze_exemption:
         return Conflict(
             f"The change is not in review; it is {change.get_status_display().lower()}.", code="not_reviewable"
         )
@@ -223,22 +258,117 @@ def _approved_refusal(change: ChangeRequest) -> DomainError | None:
     return None
 
 
+def change_review_due_at(change: ChangeRequest) -> datetime | None:
+    """When reviewers must have decided the change in review by (its policy's deadline); None when not in review."""
+    if change.status not in CHANGE_REVIEWABLE or change.review_started_at is None:
+        return None
+    policy = policy_for(change)
+    minutes = policy.review_deadline_minutes if policy is not None else DEFAULT_REVIEW_DEADLINE_MINUTES
+    return change.review_started_at + timedelta(minutes=minutes)
+
+
+def change_approval_expires_at(change: ChangeRequest) -> datetime | None:
+    """When the approval of an approved or scheduled change lapses: when its requested window closes, or after the
+    policy's validity, whichever comes first; None when the change is not (or no longer) approved."""
+    if change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED) or change.approved_at is None:
+        return None
+    policy = policy_for(change)
+    minutes = policy.approval_valid_minutes if policy is not None else DEFAULT_APPROVAL_VALID_MINUTES
+    return min(change.requested_window_end, change.approved_at + timedelta(minutes=minutes))
+
+
+def change_freezes(change: ChangeRequest, start: datetime, end: datetime) -> list[ChangeFreeze]:
+    """Freezes overlapping [start, end) that apply to the change: fleet-wide ones, and those of a region it targets."""
+    regions = scope_devices(change.scope).values("region_id")
+    return list(
+        ChangeFreeze.objects.filter(starts_at__lt=end, ends_at__gt=start)
+        .filter(Q(region__isnull=True) | Q(region_id__in=regions))
+        .select_related("region", "owner")
+        .order_by("starts_at", "id")
+    )
+
+
+def freeze_exempt(change: ChangeRequest) -> bool:
+    """An emergency change passes freezes once a security officer has approved its current revision."""
+    if change.change_type != ChangeType.EMERGENCY:
+        return False
+    return any(Role.SECURITY_OFFICER in approval.roles_held for approval in valid_approvals(change))
+
+
+def _freeze_words(freeze: ChangeFreeze) -> str:
+    where = f"in region {freeze.region.code}" if freeze.region is not None else "fleet-wide"
+    return (
+        f"Change freeze {where} until {freeze.ends_at:%Y-%m-%d %H:%M} UTC ({freeze.reason}; owner "
+        f"{freeze.owner.get_username()})"
+    )
+
+
+def freeze_refusal(change: ChangeRequest, *, at: datetime) -> DomainError | None:
+    """Why the change may not start (or open a wave) at `at` because of a freeze (None when it may)."""
+    if freeze_exempt(change):
+        return None
+    frozen = change_freezes(change, at, at + timedelta(microseconds=1))
+    if not frozen:
+        return None
+    return Conflict(
+        f"{_freeze_words(frozen[0])}. An emergency change passes with a security officer's approval.",
+        code="change_freeze",
+    )
+
+
+def freeze_end(change: ChangeRequest, *, at: datetime) -> tuple[datetime, str] | None:
+    """When the freezes holding the change at `at` are over (chained freezes count as one), and the first's words."""
+    if freeze_exempt(change):
+        return None
+    frozen = change_freezes(change, at, at + timedelta(microseconds=1))
+    if not frozen:
+        return None
+    end = max(f.ends_at for f in frozen)
+    while True:
+        following = [f for f in change_freezes(change, end, end + timedelta(microseconds=1)) if f.ends_at > end]
+        if not following:
+            return end, _freeze_words(frozen[0])
+        end = max(f.ends_at for f in following)
+
+
+def window_frozen_refusal(change: ChangeRequest) -> DomainError | None:
+    """A change whose whole requested window is frozen could never start: refused at submission (emergencies pass
+    here, since their security officer approval can only come after)."""
+    if change.change_type == ChangeType.EMERGENCY:
+        return None
+    start, end = change.requested_window_start, change.requested_window_end
+    held = freeze_end(change, at=start)
+    if held is not None and held[0] >= end:
+        return Conflict(f"The whole requested window is frozen: {held[1]}.", code="change_freeze")
+    return None
+
+
+def _lapsed_refusal(change: ChangeRequest, now: datetime) -> DomainError | None:
+    """An expired approval counts for nothing, even before the change's timer has marked it lapsed."""
+    expires = change_approval_expires_at(change)
+    if expires is not None and now >= expires:
+        return Conflict(
+            f"The approval lapsed at {expires:%Y-%m-%d %H:%M} UTC; the change needs a fresh decision.",
+            code="approval_lapsed",
+        )
+    return None
+
+
 def change_schedule_refusal(user: User, change: ChangeRequest) -> DomainError | None:
-    """Why `user` may not schedule the change (None when they may): an operator other than the author schedules
-    an approved change whose approvals still satisfy the policy. The start time is checked by the service."""
+    """Why `user` may not schedule (or re-schedule) the change (None when they may): an operator other than the
+    author schedules an approved change whose approvals still satisfy the policy and have not lapsed. The start
+    time is checked by the service."""
     refusal = operator_not_author_refusal(
         user, author_id=change.author_id, act="schedule a change", act_as_other="schedule it"
     )
     if refusal is not None:
         return refusal
-    if change.status == ChangeStatus.SCHEDULED:
-        return Conflict("The change is already scheduled.", code="invalid_transition")
-    if change.status != ChangeStatus.APPROVED:
+    if change.status not in (ChangeStatus.APPROVED, ChangeStatus.SCHEDULED):
         return Conflict(f"The change is {_status_label(change)}, not approved.", code="not_approved")
-    return _approved_refusal(change)
+    return _approved_refusal(change) or _lapsed_refusal(change, timezone.now())
 
 
-def change_start_refusal(user: User, change: ChangeRequest) -> DomainError | None:
+def change_start_refusal(user: User, change: ChangeRequest, *, now: datetime | None = None) -> DomainError | None:
     """Why `user` may not start the change's rollout now (None when they may): an operator other than the author,
     an approved (or scheduled) change still satisfying its policy, inside its window, at or after its scheduled
     start, without a rollout yet. `rollouts.rollout_services.rollout_start` raises what this returns and then
@@ -255,7 +385,10 @@ def change_start_refusal(user: User, change: ChangeRequest) -> DomainError | Non
     not_approved = _approved_refusal(change)
     if not_approved is not None:
         return not_approved
-    now = timezone.now()
+    now = now or timezone.now()
+    lapsed = _lapsed_refusal(change, now)
+    if lapsed is not None:
+        return lapsed
     if not change.requested_window_start <= now < change.requested_window_end:
         return Conflict(
             f"Outside the change's requested window ({change.requested_window_start:%Y-%m-%d %H:%M} to "
@@ -264,6 +397,9 @@ def change_start_refusal(user: User, change: ChangeRequest) -> DomainError | Non
         )
     if change.scheduled_start and now < change.scheduled_start:
         return Conflict(f"The change is scheduled to start at {change.scheduled_start:%Y-%m-%d %H:%M} UTC.")
+    frozen = freeze_refusal(change, at=now)
+    if frozen is not None:
+        return frozen
     # Through the ORM relation: change control does not import the rollouts app.
     if ChangeRequest.objects.filter(pk=change.pk, rollout__isnull=False).exists():
         return Conflict("This change already has a rollout.", code="already_started")

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
 from django.utils import timezone
 
 from approvals.audit.records import record_decision
@@ -27,9 +28,11 @@ from approvals.choices import (
     risk_rank,
 )
 from approvals.models import Approval, ChangeRequest, TestEvidence
+from approvals.notify import TIMER_ACTOR, notify_people
 from approvals.plans import plan_parse
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
+    change_approval_expires_at,
     change_cancel_refusal,
     change_create_refusal,
     change_edit_refusal,
@@ -39,10 +42,13 @@ from approvals.selectors import (
     change_schedule_refusal,
     change_submit_refusal,
     decision_refusal,
+    emergency_filing_refusal,
     evidence_add_refusal,
+    freeze_refusal,
     policy_for,
     post_review_refusal,
     retrospective_refusal,
+    window_frozen_refusal,
 )
 from devices.models import Region
 from devices.scope import scope_devices, scope_parse, scope_summary
@@ -129,6 +135,8 @@ def _record(
     before: Any = None,
     after: Any = None,
     reason: str = "",
+    system_actor: str = "system",
+    step_key: str | None = None,
 ) -> None:
     record_decision(
         actor=actor,
@@ -139,13 +147,31 @@ def _record(
         before=before,
         after=after,
         reason=reason,
+        system_actor=system_actor,
+        step_key=step_key,
     )
 
 
+def _nudge_workflow(change: ChangeRequest, reason: str) -> None:
+    """After commit, start or signal the change's ChangeWorkflow so its timers follow the decision."""
+    from workflows.change_client import nudge_change_workflow  # the Temporal client loads only when used
+
+    change_id, status = change.pk, change.status
+    transaction.on_commit(lambda: nudge_change_workflow(change_id, reason, status=status))
+
+
 def _transition(
-    *, actor: User | None, change: ChangeRequest, to: str, action: str, reason: str = "", **updates: Any
+    *,
+    actor: User | None,
+    change: ChangeRequest,
+    to: str,
+    action: str,
+    reason: str = "",
+    system_actor: str = "system",
+    **updates: Any,
 ) -> ChangeRequest:
-    """The one guarded status change: checks the table, updates only from the expected status, records it."""
+    """The one guarded status change: checks the table, updates only from the expected status, records it, and
+    tells the change's workflow after commit (its timers follow the status)."""
     if change.status == to and not updates:
         return change
     if to != change.status and to not in CHANGE_TRANSITIONS[change.status]:
@@ -158,7 +184,9 @@ def _transition(
         raise Conflict("The change was modified at the same time; reload it and try again.")
     change.refresh_from_db()
     after = {"status": to, **{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in updates.items()}}
-    _record(actor, change, action, before=before, after=after, reason=reason)
+    _record(actor, change, action, before=before, after=after, reason=reason, system_actor=system_actor)
+    if change.submitted_at is not None:  # a draft has no workflow (and a draft cancelled before submission none)
+        _nudge_workflow(change, action)
     return change
 
 
@@ -327,6 +355,8 @@ def change_create(*, actor: User, **fields: Any) -> ChangeRequest:
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
     fields.setdefault("change_type", ChangeType.NORMAL)
     fields.setdefault("risk_answers", {})
+    if fields["change_type"] == ChangeType.EMERGENCY:
+        _raise_emergency_refusal(actor)
     cleaned = _validate_shape(fields)
     change = ChangeRequest(author=actor, status=ChangeStatus.DRAFT, **cleaned)
     _apply_assessment(change, _assess(change))
@@ -335,12 +365,26 @@ def change_create(*, actor: User, **fields: Any) -> ChangeRequest:
     return change
 
 
-def _void_approvals(actor: User, change: ChangeRequest, reason: str) -> int:
+def _raise_emergency_refusal(actor: User) -> None:
+    """An author whose emergency change's retrospective review is overdue files no other emergency change."""
+    refusal = emergency_filing_refusal(actor)
+    if refusal is not None:
+        raise InvalidInput(refusal.message, fields={"change_type": [refusal.message]})
+
+
+def _void_approvals(actor: User | None, change: ChangeRequest, reason: str, *, system_actor: str = "system") -> int:
     now = timezone.now()
     voided = list(change.approvals.filter(voided_at__isnull=True).values_list("pk", flat=True))
     if voided:
         change.approvals.filter(pk__in=voided).update(voided_at=now, void_reason=reason[:200])
-        _record(actor, change, "change.approvals_void", after={"voided_approvals": voided}, reason=reason)
+        _record(
+            actor,
+            change,
+            "change.approvals_void",
+            after={"voided_approvals": voided},
+            reason=reason,
+            system_actor=system_actor,
+        )
     return len(voided)
 
 
@@ -354,6 +398,8 @@ def change_update(*, actor: User, change: ChangeRequest, **fields: Any) -> Chang
         raise InvalidInput("Unknown fields.", fields={k: ["Unknown field."] for k in sorted(unknown)})
     merged = {name: getattr(change, name) for name in EDITABLE_FIELDS}
     merged.update(fields)
+    if merged["change_type"] == ChangeType.EMERGENCY and change.change_type != ChangeType.EMERGENCY:
+        _raise_emergency_refusal(actor)
     cleaned = _validate_shape(merged)
     before = _snapshot(change)
     for name, value in cleaned.items():
@@ -379,7 +425,10 @@ def change_update(*, actor: User, change: ChangeRequest, **fields: Any) -> Chang
                 to=ChangeStatus.SUBMITTED,
                 action="change.resubmit",
                 reason="edited after submission",
+                review_started_at=timezone.now(),
             )
+        else:
+            _nudge_workflow(change, "change.edit")
     return change
 
 
@@ -388,12 +437,23 @@ def change_submit(*, actor: User, change: ChangeRequest) -> ChangeRequest:
     """Send a draft (or a change that was sent back) to the CAB; it must pass every readiness check."""
     change = _lock(change)
     _raise_refusal(actor, change, change_submit_refusal(actor, change), service="change_submit")
+    if change.change_type == ChangeType.EMERGENCY:
+        _raise_emergency_refusal(actor)
     assessment = _assess(change)
     _apply_assessment(change, assessment)
     _require_ready(change, assessment)
+    frozen = window_frozen_refusal(change)
+    if frozen is not None:
+        raise InvalidInput(frozen.message, fields={"requested_window_end": [frozen.message]})
     change.save(update_fields=["risk_score", "risk_level", "risk_raised_by"])
+    now = timezone.now()
     return _transition(
-        actor=actor, change=change, to=ChangeStatus.SUBMITTED, action="change.submit", submitted_at=timezone.now()
+        actor=actor,
+        change=change,
+        to=ChangeStatus.SUBMITTED,
+        action="change.submit",
+        submitted_at=now,
+        review_started_at=now,
     )
 
 
@@ -451,6 +511,11 @@ def _decide(*, actor: User, change: ChangeRequest, revision: int, decision: str,
             action="change.request_changes",
             reason=comment,
         )
+    if change.status == ChangeStatus.APPROVED:
+        # A security officer's approval of an approved emergency change (its freeze exemption): recorded above,
+        # nothing else moves.
+        _nudge_workflow(change, "approval.approved")
+        return change
     if change.status == ChangeStatus.SUBMITTED:
         change = _transition(actor=actor, change=change, to=ChangeStatus.IN_REVIEW, action="change.review_started")
     progress = change_policy_progress(change)
@@ -468,6 +533,8 @@ def _decide(*, actor: User, change: ChangeRequest, revision: int, decision: str,
             reason=progress.summary(),
             approved_at=now,
             retrospective_due_at=due,
+            approval_lapsed_at=None,
+            approval_lapse_reason="",
         )
     return change
 
@@ -503,19 +570,47 @@ def change_assert_approved(change: ChangeRequest) -> None:
 
 @atomic_with_retry()
 def change_schedule(*, actor: User, change: ChangeRequest, start: datetime) -> ChangeRequest:
-    """Schedule an approved change inside its requested window; operators only, never the author."""
+    """Schedule (or re-schedule) an approved change inside its requested window; operators only, never the author.
+
+    At `start` the change's workflow starts the rollout as this operator, after the pre-flight (a re-schedule moves
+    that timer; the operator who re-schedules becomes the one the rollout starts as)."""
     change = _lock(change)
     refusal = change_schedule_refusal(actor, change)
     if not isinstance(refusal, NotPermitted) and change.status == ChangeStatus.SCHEDULED:
-        if change.scheduled_start == start:
+        if change.scheduled_start == start and change.scheduled_by_id == actor.pk:
             return change  # the same request again (a retry): a no-op
     _raise_refusal(actor, change, refusal, service="change_schedule")
     if not change.requested_window_start <= start < change.requested_window_end:
         raise InvalidInput(
             "The start must fall inside the requested window.", fields={"start": ["Outside the window."]}
         )
+    frozen = freeze_refusal(change, at=start)
+    if frozen is not None:
+        raise InvalidInput(frozen.message, fields={"start": ["Inside a change freeze."]})
+    expires = change_approval_expires_at(change)
+    if expires is not None and start >= expires:
+        raise InvalidInput(
+            f"The approval lapses at {expires:%Y-%m-%d %H:%M} UTC, before this start.",
+            fields={"start": [f"After the approval lapses ({expires:%Y-%m-%d %H:%M} UTC)."]},
+        )
+    if change.status == ChangeStatus.SCHEDULED:
+        before = {"scheduled_start": change.scheduled_start.isoformat() if change.scheduled_start else None}
+        ChangeRequest.objects.filter(pk=change.pk).update(
+            scheduled_start=start, scheduled_by=actor, updated_at=timezone.now()
+        )
+        change.refresh_from_db()
+        _record(actor, change, "change.reschedule", before=before, after={"scheduled_start": start.isoformat()})
+        _nudge_workflow(change, "change.reschedule")
+        return change
     return _transition(
-        actor=actor, change=change, to=ChangeStatus.SCHEDULED, action="change.schedule", scheduled_start=start
+        actor=actor,
+        change=change,
+        to=ChangeStatus.SCHEDULED,
+        action="change.schedule",
+        scheduled_start=start,
+        scheduled_by_id=actor.pk,
+        start_held_at=None,
+        start_held_reason="",
     )
 
 
@@ -525,6 +620,76 @@ def change_mark_implementing(*, actor: User, change: ChangeRequest) -> ChangeReq
     change = _lock(change)
     change_assert_approved(change)
     return _transition(actor=actor, change=change, to=ChangeStatus.IMPLEMENTING, action="change.implementing")
+
+
+def _on_behalf_of(user: User | None, component: str = TIMER_ACTOR) -> str:
+    """The system actor's name for an automatic step taken for a person (decision records say both)."""
+    return f"{component} for {user.get_username()}"[:140] if user is not None else component
+
+
+@atomic_with_retry()
+def change_approval_lapse(*, change_id: int, now: datetime) -> ChangeRequest | None:
+    """Lapse the approval of an approved or scheduled change whose approval expired (window closed or too old).
+
+    A lapsed change needs a fresh decision: its revision is bumped (as for an edit), the approvals are voided, and
+    it goes back to submitted with a new review clock; the lapse is marked on the change. Idempotent, and a no-op
+    when the database says nothing expired at `now` (a timer that fired early or was forged changes nothing).
+    """
+    change = ChangeRequest.objects.select_for_update(of=("self",)).select_related("release__artifact").get(pk=change_id)
+    expires = change_approval_expires_at(change)
+    if expires is None or now < expires:
+        return None
+    closed = expires >= change.requested_window_end
+    why = "the requested window closed" if closed else "the approval is older than the policy allows"
+    change.revision += 1
+    change.save(update_fields=["revision", "updated_at"])
+    _void_approvals(None, change, f"approval lapsed: {why}", system_actor=TIMER_ACTOR)
+    return _transition(
+        actor=None,
+        change=change,
+        to=ChangeStatus.SUBMITTED,
+        action="change.approval_lapsed",
+        reason=f"The approval lapsed at {expires:%Y-%m-%d %H:%M} UTC: {why}; the change needs a fresh decision.",
+        system_actor=_on_behalf_of(None, f"{TIMER_ACTOR} for approval policy {change.change_type}/{change.risk_level}"),
+        review_started_at=now,
+        scheduled_start=None,
+        scheduled_by_id=None,
+        approval_lapsed_at=now,
+        approval_lapse_reason=f"Lapsed: {why}."[:200],
+    )
+
+
+@atomic_with_retry()
+def change_start_hold(*, change_id: int, reason: str, now: datetime) -> ChangeRequest | None:
+    """Hold a scheduled change whose pre-flight refused the automatic start: back to approved, recorded, and its
+    operator told by e-mail. A person looks, fixes what the reason names, and schedules or starts it again."""
+    change = ChangeRequest.objects.select_for_update(of=("self",)).select_related("scheduled_by").get(pk=change_id)
+    if change.status != ChangeStatus.SCHEDULED:
+        return None
+    operator = change.scheduled_by
+    held = _transition(
+        actor=None,
+        change=change,
+        to=ChangeStatus.APPROVED,
+        action="change.start_held",
+        reason=reason,
+        system_actor=_on_behalf_of(operator),
+        scheduled_start=None,
+        scheduled_by_id=None,
+        start_held_at=now,
+        start_held_reason=reason,
+    )
+    if operator is not None:
+        notify_people(
+            [operator],
+            subject=f"CR-{change.pk} did not start: {change.title}",
+            body=(
+                f"The rollout of change CR-{change.pk} ({change.title}) was due to start at "
+                f"{now:%Y-%m-%d %H:%M} UTC as scheduled by you, but the pre-flight check refused it:\n\n{reason}\n\n"
+                "The change is held (approved, no longer scheduled). Fix the cause, then schedule or start it again."
+            ),
+        )
+    return held
 
 
 IMPLEMENTATION_OUTCOMES = {
@@ -540,9 +705,13 @@ def change_mark_implemented(
 ) -> ChangeRequest:
     """Close a change after its rollout ended: completed, rolled back, or cancelled when the rollout was aborted."""
     change = _lock(change)
-    return _transition(
-        actor=actor, change=change, to=IMPLEMENTATION_OUTCOMES[outcome], action=f"change.{outcome}", reason=reason
-    )
+    to = IMPLEMENTATION_OUTCOMES[outcome]
+    updates: dict[str, Any] = {}
+    if to in (ChangeStatus.COMPLETED, ChangeStatus.ROLLED_BACK) and change.status != to:
+        policy = policy_for(change)
+        days = policy.post_review_days if policy is not None else 5
+        updates["post_review_due_at"] = timezone.now() + timedelta(days=days)
+    return _transition(actor=actor, change=change, to=to, action=f"change.{outcome}", reason=reason, **updates)
 
 
 @atomic_with_retry()
@@ -572,6 +741,7 @@ def change_retrospective_complete(*, actor: User, change: ChangeRequest, comment
         after={"overdue": change.retrospective_due_at is not None and now > change.retrospective_due_at},
         reason=comment,
     )
+    _nudge_workflow(change, "change.retrospective_review")
     return change
 
 
@@ -586,6 +756,7 @@ def change_post_implementation_review(*, actor: User, change: ChangeRequest, com
     ChangeRequest.objects.filter(pk=change.pk).update(post_review_done_at=now)
     change.post_review_done_at = now
     _record(actor, change, "change.post_implementation_review", reason=comment)
+    _nudge_workflow(change, "change.post_implementation_review")
     return change
 
 
@@ -623,5 +794,8 @@ def evidence_add(*, actor: User, change: ChangeRequest, upload: UploadedFile) ->
                 to=ChangeStatus.SUBMITTED,
                 action="change.resubmit",
                 reason="test evidence added after submission",
+                review_started_at=timezone.now(),
             )
+        else:
+            _nudge_workflow(change, "change.evidence_add")
     return evidence

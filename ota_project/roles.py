@@ -15,6 +15,7 @@ class Role(models.TextChoices):
 
     REQUESTER = "requester", "Requester (release engineer)"
     CAB_MEMBER = "cab_member", "CAB member"
+    CAB_CHAIR = "cab_chair", "CAB chair (overdue reviews escalate here)"
     EMERGENCY_CAB = "emergency_cab", "Emergency CAB member"
     SECURITY_OFFICER = "security_officer", "Security officer"
     OPERATOR = "operator", "Operator"

@@ -262,6 +262,21 @@ TEMPORAL_API_KEY = os.environ.get("TEMPORAL_API_KEY", "")
 # Start workflows when rollouts are started (tests of pure services may switch this off).
 TEMPORAL_ENABLED = _env_bool("TEMPORAL_ENABLED", True)
 
+# The change timers' activities decide what is due by this machine's clock; on (tests with the time-skipping Temporal
+# test server only) the Temporal server's later time counts too. Never on in production: a server clock could then
+# make a step come due early.
+OTA_CHANGE_TIMERS_TEMPORAL_CLOCK = _env_bool("OTA_CHANGE_TIMERS_TEMPORAL_CLOCK", False)
+
+# E-mail (review reminders, escalations, held starts): Django's mail backends. The default prints to the console
+# (the embedded demo); production sets EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and EMAIL_HOST etc.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "ota-change-control@localhost")
+
 # The embedded demo (`make run`): the sign-in page lists the demo users (never their passwords).
 OTA_DEMO_MODE = _env_bool("OTA_DEMO_MODE", False)
 

@@ -102,10 +102,14 @@ def _migration_data_for_transactional_tests(request):
 
     groups = importlib.import_module("approvals.migrations.0003_role_groups")
     defaults = importlib.import_module("approvals.migrations.0004_default_risk_and_policy")
+    timers = importlib.import_module("approvals.migrations.0009_change_timers")
     if not Group.objects.exists():
         groups.create_groups(apps, None)
     if not ApprovalPolicy.objects.exists():
         defaults.load_defaults(apps, None)
+        timers.load_timer_defaults(apps, None)
+    if not Group.objects.filter(name="cab_chair").exists():
+        timers.load_timer_defaults(apps, None)
 
 
 def _uses_database(request: pytest.FixtureRequest) -> bool:

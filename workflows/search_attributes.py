@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -31,7 +32,28 @@ OTA_PHASE: SearchAttributeKey[str] = SearchAttributeKey.for_keyword("OtaPhase")
 OTA_WAVE: SearchAttributeKey[int] = SearchAttributeKey.for_int("OtaWave")
 OTA_PAUSED: SearchAttributeKey[bool] = SearchAttributeKey.for_bool("OtaPaused")
 
-ALL_KEYS: tuple[SearchAttributeKey[Any], ...] = (OTA_CHANGE_ID, OTA_RELEASE_VERSION, OTA_PHASE, OTA_WAVE, OTA_PAUSED)
+# ChangeWorkflow (workflows/change.py): the change's status, risk, type and due dates, e.g.
+# `temporal workflow list --query 'OtaChangeStatus="in_review" AND OtaReviewDueAt < "2026-12-07T00:00:00Z"'`.
+OTA_CHANGE_STATUS: SearchAttributeKey[str] = SearchAttributeKey.for_keyword("OtaChangeStatus")
+OTA_RISK_LEVEL: SearchAttributeKey[str] = SearchAttributeKey.for_keyword("OtaRiskLevel")
+OTA_CHANGE_TYPE: SearchAttributeKey[str] = SearchAttributeKey.for_keyword("OtaChangeType")
+OTA_REVIEW_DUE_AT: SearchAttributeKey[datetime] = SearchAttributeKey.for_datetime("OtaReviewDueAt")
+OTA_APPROVAL_EXPIRES_AT: SearchAttributeKey[datetime] = SearchAttributeKey.for_datetime("OtaApprovalExpiresAt")
+OTA_SCHEDULED_START: SearchAttributeKey[datetime] = SearchAttributeKey.for_datetime("OtaScheduledStart")
+
+ALL_KEYS: tuple[SearchAttributeKey[Any], ...] = (
+    OTA_CHANGE_ID,
+    OTA_RELEASE_VERSION,
+    OTA_PHASE,
+    OTA_WAVE,
+    OTA_PAUSED,
+    OTA_CHANGE_STATUS,
+    OTA_RISK_LEVEL,
+    OTA_CHANGE_TYPE,
+    OTA_REVIEW_DUE_AT,
+    OTA_APPROVAL_EXPIRES_AT,
+    OTA_SCHEDULED_START,
+)
 KEYS_BY_NAME: dict[str, SearchAttributeKey[Any]] = {key.name: key for key in ALL_KEYS}
 
 
@@ -57,6 +79,37 @@ def rollout_search_attributes(
 def progress_updates(*, phase: str, wave: int, paused: bool) -> list[SearchAttributeUpdate[Any]]:
     """What `RolloutWorkflow` upserts when its phase, wave or pause flag changes (deterministic, no I/O)."""
     return [OTA_PHASE.value_set(phase), OTA_WAVE.value_set(wave), OTA_PAUSED.value_set(paused)]
+
+
+def _when(value: str) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def change_search_attribute_updates(
+    *,
+    change_id: int,
+    status: str,
+    risk_level: str,
+    change_type: str,
+    review_due_at: str,
+    approval_expires_at: str,
+    scheduled_start: str,
+) -> list[SearchAttributeUpdate[Any]]:
+    """What `ChangeWorkflow` upserts whenever the change's state changes (deterministic, no I/O; "" unsets a date)."""
+    updates: list[SearchAttributeUpdate[Any]] = [
+        OTA_CHANGE_ID.value_set(change_id),
+        OTA_CHANGE_STATUS.value_set(status),
+        OTA_RISK_LEVEL.value_set(risk_level),
+        OTA_CHANGE_TYPE.value_set(change_type),
+    ]
+    for key, value in (
+        (OTA_REVIEW_DUE_AT, review_due_at),
+        (OTA_APPROVAL_EXPIRES_AT, approval_expires_at),
+        (OTA_SCHEDULED_START, scheduled_start),
+    ):
+        when = _when(value)
+        updates.append(key.value_set(when) if when is not None else key.value_unset())
+    return updates
 
 
 def to_typed_search_attributes(

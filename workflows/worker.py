@@ -37,10 +37,15 @@ DEFAULT_GRACEFUL_SHUTDOWN_SECONDS = 30
 def default_registrations() -> tuple[list[type], list[Callable[..., Any]]]:
     """The project's workflows and activities (imported late: activities need a configured Django)."""
     from workflows.activities import ACTIVITIES
+    from workflows.change import ChangeWorkflow
+    from workflows.change_activities import CHANGE_ACTIVITIES
     from workflows.maintenance import ExpiryAuditWorkflow, ImageRepositoryRefreshWorkflow
     from workflows.rollout import RolloutWorkflow
 
-    return [RolloutWorkflow, ImageRepositoryRefreshWorkflow, ExpiryAuditWorkflow], list(ACTIVITIES)
+    return (
+        [RolloutWorkflow, ChangeWorkflow, ImageRepositoryRefreshWorkflow, ExpiryAuditWorkflow],
+        [*ACTIVITIES, *CHANGE_ACTIVITIES],
+    )
 
 
 async def run_worker(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -17,7 +18,13 @@ from approvals.models import (
     TestEvidence,
 )
 from approvals.plans import RolloutPlan, plan_parse
-from approvals.selectors import change_plan_hash, change_policy_progress, change_release_sha256
+from approvals.selectors import (
+    change_approval_expires_at,
+    change_plan_hash,
+    change_policy_progress,
+    change_release_sha256,
+    change_review_due_at,
+)
 from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel
 from ota_project.errors import InvalidInput
@@ -120,6 +127,9 @@ class ChangeSerializer(serializers.ModelSerializer):
     release_sha256 = serializers.SerializerMethodField()
     plan_hash = serializers.SerializerMethodField()
     policy = serializers.SerializerMethodField()
+    scheduled_by = serializers.CharField(source="scheduled_by.username", default=None, read_only=True)
+    review_due_at = serializers.SerializerMethodField()
+    approval_expires_at = serializers.SerializerMethodField()
 
     class Meta:
         model = ChangeRequest
@@ -156,8 +166,25 @@ class ChangeSerializer(serializers.ModelSerializer):
             "release_sha256",
             "plan_hash",
             "policy",
+            "scheduled_by",
+            "review_started_at",
+            "review_due_at",
+            "approval_expires_at",
+            "approval_lapsed_at",
+            "approval_lapse_reason",
+            "start_held_at",
+            "start_held_reason",
+            "post_review_due_at",
         ]
         read_only_fields = fields
+
+    def get_review_due_at(self, change: ChangeRequest) -> datetime | None:
+        """When reviewers must have decided by (the policy's deadline); null when not in review."""
+        return change_review_due_at(change)
+
+    def get_approval_expires_at(self, change: ChangeRequest) -> datetime | None:
+        """When the approval lapses (window end or the policy's validity); null when not approved."""
+        return change_approval_expires_at(change)
 
     def get_release_sha256(self, change: ChangeRequest) -> str:
         return change_release_sha256(change)

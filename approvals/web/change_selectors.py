@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.utils import timezone
 
 from approvals.audit.models import DecisionRecord
 from approvals.choices import (
@@ -25,13 +26,16 @@ from approvals.revision_diff import RevisionDiff, revision_diffs
 from approvals.risk import RiskAssessment, risk_assess
 from approvals.selectors import (
     WavePreview,
+    change_approval_expires_at,
     change_cancel_refusal,
     change_edit_refusal,
+    change_freezes,
     change_history,
     change_list_for_user,
     change_plan_hash,
     change_policy_progress,
     change_release_sha256,
+    change_review_due_at,
     change_schedule_refusal,
     change_start_refusal,
     change_submit_refusal,
@@ -41,6 +45,7 @@ from approvals.selectors import (
     post_review_refusal,
     retrospective_refusal,
 )
+from approvals.timers import review_clock, review_step_key
 from devices.scope import scope_devices, scope_summary
 from ota_project.errors import DomainError, InvalidInput, NotPermitted
 from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, has_role
@@ -99,10 +104,12 @@ class QueueRow:
     change: ChangeRequest
     progress: str
     devices: int
+    timers: ChangeTimers
 
 
 def queue_rows(changes: list[ChangeRequest]) -> list[QueueRow]:
-    """Policy progress in words (only while it is being reviewed) and the targeted device count per change."""
+    """Policy progress in words (only while it is being reviewed), the targeted device count and the change's
+    timers (review deadline, overdue, a lapsed approval) per change."""
     rows = []
     for change in changes:
         if change.status in CHANGE_PENDING_REVIEW:
@@ -111,8 +118,65 @@ def queue_rows(changes: list[ChangeRequest]) -> list[QueueRow]:
             progress = "not submitted"
         else:
             progress = change.get_status_display().lower()
-        rows.append(QueueRow(change, progress, scope_devices(change.scope).count()))
+        rows.append(
+            QueueRow(
+                change, progress, scope_devices(change.scope).count(), change_timers_shown(change, with_freezes=False)
+            )
+        )
     return rows
+
+
+@dataclass(frozen=True)
+class ChangeTimers:
+    """What the change's timers mean for the people looking at it (change page, CAB queue)."""
+
+    review_due_at: datetime | None = None
+    review_overdue: bool = False
+    escalated_to: str = ""
+    approval_expires_at: datetime | None = None
+    lapsed_at: datetime | None = None
+    lapse_reason: str = ""
+    scheduled_start: datetime | None = None
+    scheduled_by: str = ""
+    held_at: datetime | None = None
+    held_reason: str = ""
+    freezes: tuple[str, ...] = ()
+    post_review_due_at: datetime | None = None
+
+
+def change_timers_shown(
+    change: ChangeRequest, *, now: datetime | None = None, with_freezes: bool = True
+) -> ChangeTimers:
+    """The change's deadlines and marks as of `now`: computed from the same rules its workflow and Start use."""
+    now = now or timezone.now()
+    due = change_review_due_at(change)
+    clock = review_clock(change)
+    escalated = ""
+    if clock is not None:
+        record = DecisionRecord.objects.filter(step_key=review_step_key(change, clock, "escalation")).first()
+        if record is not None and isinstance(record.after, dict):
+            escalated = ROLE_LABELS.get(str(record.after.get("escalated_to", "")), "")
+    in_review = change.status in CHANGE_PENDING_REVIEW
+    lapsed = in_review and change.approval_lapsed_at is not None
+    held = change.status == ChangeStatus.APPROVED and change.start_held_at is not None
+    return ChangeTimers(
+        review_due_at=due,
+        review_overdue=due is not None and now >= due,
+        escalated_to=escalated,
+        approval_expires_at=change_approval_expires_at(change),
+        lapsed_at=change.approval_lapsed_at if lapsed else None,
+        lapse_reason=change.approval_lapse_reason if lapsed else "",
+        scheduled_start=change.scheduled_start if change.status == ChangeStatus.SCHEDULED else None,
+        scheduled_by=change.scheduled_by.get_username()
+        if change.status == ChangeStatus.SCHEDULED and change.scheduled_by is not None
+        else "",
+        held_at=change.start_held_at if held else None,
+        held_reason=change.start_held_reason if held else "",
+        post_review_due_at=change.post_review_due_at if change.post_review_done_at is None else None,
+        freezes=tuple(str(freeze) for freeze in change_freezes(change, now, change.requested_window_end))
+        if with_freezes and change.status not in CHANGE_TERMINAL and change.requested_window_end > now
+        else (),
+    )
 
 
 @dataclass(frozen=True)
@@ -336,6 +400,7 @@ class ChangePage:
     emergency: bool
     warnings: list[PlanWarning]
     revisions: list[RevisionDiff]
+    timers: ChangeTimers
 
 
 def change_page(user: User, change: ChangeRequest) -> ChangePage:
@@ -365,4 +430,5 @@ def change_page(user: User, change: ChangeRequest) -> ChangePage:
         emergency=change.change_type == ChangeType.EMERGENCY,
         warnings=change_plan_warnings(change) if waves else [],
         revisions=revision_diffs(history),
+        timers=change_timers_shown(change),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
@@ -19,6 +19,7 @@ from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from approvals import services
@@ -127,6 +128,17 @@ def queue(request: HttpRequest) -> HttpResponse:
 # ---- Change page and its actions ---------------------------------------------------------------------------
 
 
+def _suggested_start(change: ChangeRequest) -> datetime:
+    """The schedule form's suggestion: the current scheduled start, else two minutes from now (whole minutes)
+    when that falls inside the requested window, else the window's start."""
+    if change.status == ChangeStatus.SCHEDULED and change.scheduled_start is not None:
+        return change.scheduled_start
+    soon = (timezone.now() + timedelta(minutes=3)).replace(second=0, microsecond=0)
+    if change.requested_window_start <= soon < change.requested_window_end:
+        return soon
+    return change.requested_window_start
+
+
 def _render_detail(
     request: HttpRequest,
     change: ChangeRequest,
@@ -140,7 +152,7 @@ def _render_detail(
     defaults = {
         **{f"{prefix}_form": form_class(prefix=prefix) for prefix, (form_class, *_) in FORM_ACTIONS.items()},
         "decision_form": f.DecisionForm(initial={"revision": change.revision}),
-        "schedule_form": f.ScheduleForm(prefix="schedule", initial={"start": change.requested_window_start}),
+        "schedule_form": f.ScheduleForm(prefix="schedule", initial={"start": _suggested_start(change)}),
         "evidence_form": f.EvidenceForm(),
     }
     defaults.update(forms)

@@ -46,7 +46,7 @@ DEMO_USERS = (
     DemoUser("rita", (Role.REQUESTER,)),
     DemoUser("rob", (Role.REQUESTER,)),
     DemoUser("carl", (Role.CAB_MEMBER,)),
-    DemoUser("cora", (Role.CAB_MEMBER,)),
+    DemoUser("cora", (Role.CAB_MEMBER, Role.CAB_CHAIR)),
     DemoUser("eddie", (Role.CAB_MEMBER, Role.EMERGENCY_CAB)),
     DemoUser("sam", (Role.SECURITY_OFFICER,)),
     DemoUser("olga", (Role.OPERATOR,)),
@@ -87,7 +87,13 @@ def _ensure_users() -> dict[str, tuple[Any, str]]:
     for demo in DEMO_USERS:
         password = known.get(demo.username) or secrets.token_urlsafe(12)
         user, created = user_model.objects.get_or_create(
-            username=demo.username, defaults={"is_staff": demo.superuser, "is_superuser": demo.superuser}
+            username=demo.username,
+            defaults={
+                "is_staff": demo.superuser,
+                "is_superuser": demo.superuser,
+                # The change timers' e-mails (reminders, escalations, held starts) print on the console in the demo.
+                "email": f"{demo.username}@demo.invalid",
+            },
         )
         if created or demo.username not in known:
             user.set_password(password)

@@ -242,6 +242,9 @@ class DrillOptions:
     timeout_seconds: float = 900.0
     workdir: Path | None = None
     keep_workdir: bool = False
+    # Schedule the change this many seconds ahead and let its ChangeWorkflow's timer start the rollout (None: the
+    # drill operator presses Start at once).
+    scheduled_start_seconds: int | None = None
     say: Callable[[str], None] = lambda message: None
     progress: ProgressBar = field(default_factory=lambda: ProgressBar(enabled=False))
 
@@ -259,6 +262,11 @@ def validate_options(options: DrillOptions) -> Scenario:
         raise DrillError("--poll-seconds must be from 1 to 600")
     if not 1 <= options.web_processes <= 8:
         raise DrillError("--web-processes must be from 1 to 8")
+    if options.scheduled_start_seconds is not None:
+        if not 1 <= options.scheduled_start_seconds <= 3600:
+            raise DrillError("--scheduled-start-seconds must be from 1 to 3600")
+        if scenario.chaos == RACING_STARTS:
+            raise DrillError("--scheduled-start-seconds does not combine with a scenario that races starts")
     return scenario
 
 
@@ -543,7 +551,10 @@ class Drill:
         stack: Stack | None = None
         fleet: Fleet | None = None
         try:
-            world = provision(self.options, self.plan, self.say, workdir / "identities")
+            # Provisioning files, submits and approves the change before the drill's own Temporal exists: its
+            # change workflow starts when the drill schedules or starts it, on the drill's task queue.
+            with override_settings(TEMPORAL_ENABLED=False):
+                world = provision(self.options, self.plan, self.say, workdir / "identities")
             task_queue = f"ota-drill-{world.run_id}"
             stack = Stack(
                 workdir,
@@ -562,6 +573,8 @@ class Drill:
             ):
                 if self.scenario.chaos == RACING_STARTS:
                     self.rollout_ids = self._race_starts(world, stack)
+                elif self.options.scheduled_start_seconds is not None:
+                    self.rollout_ids = [self._scheduled_start(world, self.options.scheduled_start_seconds)]
                 else:
                     rollout = rollout_services.rollout_start(actor=world.users["operator"], change=world.change)
                     self.rollout_ids = [rollout.pk]
@@ -582,6 +595,23 @@ class Drill:
             close_old_connections()
             if not self.options.keep_workdir and self.options.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    def _scheduled_start(self, world: World, seconds: int) -> int:
+        """Schedule the change `seconds` ahead as the drill operator and wait for its timer to start the rollout."""
+        start = timezone.now() + timedelta(seconds=seconds)
+        change_services.change_schedule(actor=world.users["operator"], change=world.change, start=start)
+        self.say(f"change {world.change.pk} scheduled to start at {start:%H:%M:%S} UTC; waiting for its timer")
+        deadline = time.monotonic() + seconds + 120
+        while time.monotonic() < deadline:
+            rollout = Rollout.objects.filter(change=world.change).first()
+            if rollout is not None:
+                self.say(f"the timer started rollout {rollout.pk} at {rollout.created_at:%H:%M:%S} UTC")
+                return rollout.pk
+            world.change.refresh_from_db()
+            if world.change.start_held_at is not None:
+                raise DrillError(f"the scheduled start was held: {world.change.start_held_reason}")
+            time.sleep(0.5)
+        raise DrillError(f"the change's timer did not start its rollout within {seconds + 120} s")
 
     def _worker_argv(self, workdir: Path) -> list[str] | None:
         """The drill's own worker entry point (with its fault hook) when the scenario stalls an activity."""

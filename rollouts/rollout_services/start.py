@@ -4,7 +4,7 @@ workflow starts after commit with a deterministic id, and a sweep re-starts any 
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.contrib.auth.models import User
@@ -21,7 +21,7 @@ from devices.firmware.repository.selectors import image_repository_initialised
 from devices.firmware.signing import release_sign
 from devices.scope import scope_devices
 from ota_project.db import atomic_with_retry
-from ota_project.errors import Conflict
+from ota_project.errors import Conflict, DomainError
 from rollouts.choices import (
     ROLLOUT_ACTIVE,
     RolloutStatus,
@@ -133,18 +133,37 @@ def rollout_start(
         )
 
 
+def rollout_start_refusal(actor: User, change: ChangeRequest, *, now: datetime | None = None) -> DomainError | None:
+    """Everything a person would check at Start, as the start itself checks it (None when the start may go ahead):
+    who may start and when (`change_start_refusal`: approval still valid and not lapsed, inside the window, at or
+    after the scheduled start), the premise (the rollback release fits every target) and no overlapping rollout
+    (`rollout_start_blockers`). The one pre-flight: `rollout_start` raises what this returns under its lock, and the
+    scheduled start holds the change with it."""
+    refusal = change_start_refusal(actor, change, now=now)
+    if refusal is not None:
+        return refusal
+    blockers = rollout_start_blockers(change)
+    if blockers:
+        return blockers[0]
+    if change.plan is None:
+        return Conflict("The change has no rollout plan.", code="no_plan")
+    return None
+
+
 def _rollout_start(
-    *, actor: User, change: ChangeRequest, start_workflow: bool, acknowledged: Collection[str] | None
+    *,
+    actor: User,
+    change: ChangeRequest,
+    start_workflow: bool,
+    acknowledged: Collection[str] | None = None,
+    now: datetime | None = None,
 ) -> Rollout:
     _serialise_starts()
     change = ChangeRequest.objects.select_for_update(of=("self",)).get(pk=change.pk)
-    # Who may start, and when: one rule shared with the change page and the start page.
-    refusal = change_start_refusal(actor, change)
+    # Who may start, and when, the premise and the overlap: one rule shared with the pages and the scheduled start.
+    refusal = rollout_start_refusal(actor, change, now=now)
     if refusal is not None:
         raise refusal
-    blockers = rollout_start_blockers(change)
-    if blockers:
-        raise blockers[0]
     warnings = _warnings_record(change, acknowledged)
     targets = _targets(change)
     plan = change.plan

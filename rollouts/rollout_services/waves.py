@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from approvals.choices import ChangeStatus
 from approvals.plans import Pacing
+from approvals.selectors import freeze_end
 from devices.models import Region
 from devices.scope import scope_devices
 from ota_project.errors import Conflict
@@ -47,9 +48,14 @@ def _wave(rollout_id: int, wave_index: int) -> Wave:
 
 
 def wave_window_wait(*, rollout_id: int, wave_index: int) -> tuple[int, str]:
-    """Seconds until the wave may start (0: now) and why: blackouts, then the targeted regions' windows."""
-    rollout = Rollout.objects.get(pk=rollout_id)
+    """Seconds until the wave may start (0: now) and why: change freezes, blackouts, then the targeted regions'
+    windows. A freeze that begins while the rollout runs holds its next wave until the freeze ends."""
+    rollout = Rollout.objects.select_related("change").get(pk=rollout_id)
     now = timezone.now()
+    frozen = freeze_end(rollout.change, at=now)
+    if frozen is not None:
+        end, words = frozen
+        return max(1, int((end - now).total_seconds()) + 1), words
     plan = rollout.approved_plan
     blackout = blackout_until(plan, now)
     if blackout:

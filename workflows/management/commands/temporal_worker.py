@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connections
 
+from approvals import timers as change_timers
 from ota_project.errors import DomainError
 from rollouts import rollout_services
 from workflows.client import temporal_client
@@ -26,8 +27,8 @@ ENSURE_WORKFLOWS_EVERY_SECONDS = 60
 
 class Command(BaseCommand):
     help = (
-        "Run the Temporal worker (RolloutWorkflow and the rollout activities) on TEMPORAL_TASK_QUEUE. Registers the "
-        "rollout search attributes first. SIGTERM/SIGINT: stop polling, let running activities finish, exit 0. "
+        "Run the Temporal worker (RolloutWorkflow, ChangeWorkflow and their activities) on TEMPORAL_TASK_QUEUE. "
+        "Registers the search attributes first. SIGTERM/SIGINT: stop polling, let running activities finish, exit 0. "
         "Run it as its own process (it ends with os._exit)."
     )
 
@@ -93,7 +94,7 @@ class Command(BaseCommand):
         threading.Thread(target=self._ensure_workflows_forever, name="rollout-workflows-ensure", daemon=True).start()
 
     def _ensure_workflows_forever(self) -> None:
-        """Start workflows of rollouts recorded while Temporal was unreachable: now, then every minute."""
+        """Start workflows of rollouts and changes recorded while Temporal was unreachable: now, then every minute."""
         while True:
             close_old_connections()
             try:
@@ -105,6 +106,10 @@ class Command(BaseCommand):
             else:
                 if started:
                     logger.info("temporal_worker: started workflows of rollouts %s", started)
+            try:
+                change_timers.change_workflows_ensure()
+            except Exception:  # never let the reconciler kill the worker; the next round tries again
+                logger.exception("temporal_worker: starting change workflows failed")
             finally:
                 close_old_connections()
             time.sleep(ENSURE_WORKFLOWS_EVERY_SECONDS)

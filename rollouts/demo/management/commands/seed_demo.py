@@ -4,6 +4,7 @@ only) the image repository started by the development key ceremony, so that demo
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.test.utils import override_settings
 
 from devices.firmware.repository.ceremony import dev_ceremony
 from devices.firmware.repository.selectors import image_repository_initialised
@@ -17,7 +18,9 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        created, users = seed_demo()
+        # Seeding runs before the demo's Temporal server: the worker's reconcile loop starts the change workflows.
+        with override_settings(TEMPORAL_ENABLED=False):
+            created, users = seed_demo()
         self.stdout.write("Demo data loaded." if created else "Demo data already present.")
         if not image_repository_initialised():
             officer, _ = users[DEMO_SECURITY_OFFICER]

@@ -70,6 +70,13 @@ class Command(BaseCommand):
             default=None,
             help="Use this Temporal server instead of starting a dev server of the drill's own.",
         )
+        parser.add_argument(
+            "--scheduled-start-seconds",
+            type=int,
+            default=None,
+            help="Schedule the drill's change this many seconds ahead and let its timer start the rollout "
+            "(default: start at once).",
+        )
         parser.add_argument("--timeout", type=float, default=900.0, help="Give up after this many seconds.")
         parser.add_argument("--workdir", type=Path, default=None, help="Keep device states and logs here.")
 
@@ -85,6 +92,7 @@ class Command(BaseCommand):
             web_processes=options["web_processes"],
             temporal_address=options["temporal_address"],
             timeout_seconds=options["timeout"],
+            scheduled_start_seconds=options["scheduled_start_seconds"],
             workdir=options["workdir"],
             keep_workdir=options["workdir"] is not None,
             say=self._say_to_stderr if as_json else self._say,
