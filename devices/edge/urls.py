@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from devices.edge import views
+from devices.edge import trust_views, views
 from devices.edge.schema import DeviceSchemaView
 
 urlpatterns = [
@@ -11,4 +11,8 @@ urlpatterns = [
     path("deployments/<int:deployment_id>/status/", views.StatusView.as_view(), name="device-status"),
     path("telemetry/", views.TelemetryView.as_view(), name="device-telemetry"),
     path("schema/", DeviceSchemaView.as_view(), name="device-schema"),
+    path("director/targets.json", trust_views.DirectorTargetsView.as_view(), name="device-director-targets"),
+    path("director/<int:version>.root.json", trust_views.DirectorRootView.as_view(), name="device-director-root"),
+    # Public, like the CDN in front of it in production: the image repository's metadata and target files.
+    path("repository/image/<path:path>", trust_views.image_repository_file, name="device-image-repository"),
 ]
