@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges bench-data clean
+.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-ranges bench-verify bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ bench-ranges: install services bench-data
 bench-checkin: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_checkin" -c "CREATE DATABASE ota_bench_checkin"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_checkin OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.checkin $(BENCH_ARGS)
+
+## Vehicle-side verification: one update check with full verification of both repositories vs the raw signature
+## checks it needs (agent CPU), and the director's signature at offer time vs a bare token signature (ota_bench_verify)
+bench-verify: install services bench-data
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_verify" -c "CREATE DATABASE ota_bench_verify"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_verify OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.verify $(BENCH_ARGS)
 
 ## The benchmarks' own SoftHSM2 token and data, in .data/bench (their servers sign decision records too)
 bench-data: install

@@ -51,8 +51,15 @@ from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
 from approvals.plans import RolloutPlan, plan_parse
 from devices import services as device_services
+from devices.agent.verify import Trust
 from devices.credentials import device_credential_issue
+from devices.firmware.director.ceremony import director_dev_ceremony
+from devices.firmware.director.models import DirectorRoot
+from devices.firmware.director.services import director_initialised
 from devices.firmware.models import FirmwareRelease
+from devices.firmware.repository.ceremony import dev_ceremony
+from devices.firmware.repository.models import ImageMetadata, ImageRole
+from devices.firmware.repository.selectors import image_repository_initialised
 from devices.firmware.services import release_create_from_chunks
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
@@ -428,11 +435,13 @@ def provision(options: DrillOptions, plan: RolloutPlan, say: Callable[[str], Non
     if report.errors:
         raise DrillError(f"the drill's device rows are invalid: {report.errors[:3]}")
     say(f"provisioned {options.devices} devices ({pilots} pilots) on {', '.join(models)}")
+    roots = signed_chain(users["security"], say)
     specs = []
     device_ids = []
     for device in Device.objects.filter(hardware_model__name__in=models).select_related("hardware_model"):
         secret = device_credential_issue(actor=operator, device=device)
-        specs.append(DeviceSpec(device.serial, secret, device.hardware_model.name, old_version, 1))
+        trust = Trust(device.serial, device.hardware_model.name, *roots)
+        specs.append(DeviceSpec(device.serial, secret, device.hardware_model.name, old_version, 1, trust))
         device_ids.append(device.pk)
     specs.sort(key=lambda spec: spec.serial)
     pilot_serials = {row["serial"] for number, row in rows if "pilot" in row["tags"]}
@@ -449,6 +458,21 @@ def provision(options: DrillOptions, plan: RolloutPlan, say: Callable[[str], Non
         rival = _approved_change(options, users, run_id, {"hardware_models": models[:1]}, new, old, plan)
     say(f"change {change.pk} approved; releases {old_version} -> {new_version}")
     return World(run_id, users, models, specs, pilot_serials, old, new, images, change, device_ids, rival, tokens)
+
+
+def signed_chain(officer: User, say: Callable[[str], None]) -> tuple[bytes, bytes]:
+    """The image repository and the director (started by the DEVELOPMENT key ceremony when the database has
+    neither yet), and the first root of each: what every drill vehicle is provisioned with, so each one verifies
+    its offers fully."""
+    if not image_repository_initialised():
+        dev_ceremony(actor=officer)
+        say("image repository started by the development key ceremony")
+    if not director_initialised():
+        director_dev_ceremony(actor=officer)
+        say("director started by the development key ceremony")
+    image_root = ImageMetadata.objects.get(role=ImageRole.ROOT, version=1)
+    director_root = DirectorRoot.objects.get(version=1)
+    return bytes(image_root.content), bytes(director_root.content)
 
 
 def _approved_change(
@@ -917,6 +941,9 @@ class Drill:
             "power_losses": facts["power_losses"],
             "agent_errors": facts["agent_errors"],
             "devices_still_busy": facts["still_busy"],
+            # Every offer a vehicle took was verified against both repositories first; none was refused as untrusted.
+            "verified_offers": sum(device.verified for device in fleet.devices),
+            "untrusted_refusals": deployments.filter(failure_class="untrusted").count(),
             "telemetry_samples": TelemetrySample.objects.filter(device_id__in=world.device_ids).count(),
             "network": fleet.proxy.counters.as_dict() if fleet.proxy else {},
             "poll_seconds": self.poll,

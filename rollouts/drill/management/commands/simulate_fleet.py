@@ -25,8 +25,11 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss, TransportError
+from devices.agent.verify import Trust
 from devices.choices import SIMULATED_TAG, DeviceStatus
 from devices.credentials import device_credential_issue, secret_hash
+from devices.firmware.director.models import DirectorRoot
+from devices.firmware.repository.models import ImageMetadata, ImageRole
 from devices.models import Device, DeviceCredential
 from ota_project.roles import Role
 from rollouts.drill.faults import DeviceFate, probe_for
@@ -50,6 +53,16 @@ class CountingTransport(AsyncHttpTransport):
         if path.endswith("/checkin/"):
             CountingTransport.checkins += 1
         return answer
+
+
+def trust_roots() -> tuple[bytes, bytes] | None:
+    """The first root of the image repository and of the director, what each vehicle is provisioned with; None
+    while either does not exist (then the vehicles only check the offer's sha256: the legacy path)."""
+    image_root = ImageMetadata.objects.filter(role=ImageRole.ROOT, version=1).first()
+    director_root = DirectorRoot.objects.filter(version=1).first()
+    if image_root is None or director_root is None:
+        return None
+    return bytes(image_root.content), bytes(director_root.content)
 
 
 class Command(BaseCommand):
@@ -81,6 +94,7 @@ class Command(BaseCommand):
         devices, secrets_by_serial = ready
         logging.getLogger("devices.agent").setLevel(logging.ERROR)
         self._say(f"simulate_fleet: {len(devices)} devices checking in at {options['server']} (state in {root})")
+        self.roots = trust_roots()
         asyncio.run(self._run(devices, secrets_by_serial, root, options["server"], options["seed"]))
         self._say("simulate_fleet: stopped")
 
@@ -174,6 +188,7 @@ class Command(BaseCommand):
                 factory_image=f"factory image {device.installed_version} {device.serial}\n".encode(),
                 rng=random.Random(rng.randrange(2**31)),
                 backoff_cap=60,
+                trust=Trust(device.serial, device.hardware_model.name, *self.roots) if self.roots else None,
             )
             try:
                 await agent.arun(stop=stop)
