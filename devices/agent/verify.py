@@ -67,7 +67,7 @@ class Trust:
     hardware_id: str
     image_root: bytes
     director_root: bytes
-    image_repository_url: str = "/device/v1/repository/image/"  # metadata/ and targets/ below it
+    image_repository_url: str = "/repository/image/"  # metadata/ and targets/ below it (a CDN's URL in production)
     director_url: str = "/device/v1/director/"
 
 

@@ -13,6 +13,4 @@ urlpatterns = [
     path("schema/", DeviceSchemaView.as_view(), name="device-schema"),
     path("director/targets.json", trust_views.DirectorTargetsView.as_view(), name="device-director-targets"),
     path("director/<int:version>.root.json", trust_views.DirectorRootView.as_view(), name="device-director-root"),
-    # Public, like the CDN in front of it in production: the image repository's metadata and target files.
-    path("repository/image/<path:path>", trust_views.image_repository_file, name="device-image-repository"),
 ]

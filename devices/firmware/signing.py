@@ -22,7 +22,7 @@ from approvals.selectors import change_plan_hash
 from approvals.services import change_assert_approved
 from devices.firmware.models import FirmwareRelease
 from devices.firmware.repository.models import ImageTarget
-from devices.firmware.repository.services import image_target_add
+from devices.firmware.repository.services import image_targets_add
 from devices.firmware.storage import CHUNK_SIZE, artifact_open
 from ota_project.errors import Conflict, DomainError
 
@@ -92,30 +92,12 @@ def release_sign(*, actor: User | None, change: ChangeRequest) -> ImageTarget:
             subject=f"change:{change.pk} release:{change.release.version} sha256:{change.release.artifact.sha256}",
         )
         raise refusal
-    target, created = image_target_add(release=change.release, change_id=change.pk)
     rollback = change.rollback_release
-    if rollback is not None and rollback.pk != change.release_id:
-        rollback_target, rollback_created = image_target_add(release=rollback, change_id=change.pk)
-        if rollback_created:
-            record_decision(
-                actor=actor,
-                action="release.sign",
-                object_type="firmware_release",
-                object_id=rollback.pk,
-                revision=change.revision,
-                after={
-                    "change": change.pk,
-                    "version": rollback.version,
-                    "role_in_change": "rollback_release",
-                    "path": rollback_target.path,
-                    "sha256": rollback_target.sha256,
-                    "length": rollback_target.length,
-                    "hardware_ids": rollback_target.hardware_ids,
-                    "release_counter": rollback_target.release_counter,
-                    "plan_hash": change_plan_hash(change),
-                    "targets_version": rollback_target.targets_version,
-                },
-            )
+    releases = [change.release] if rollback is None or rollback.pk == change.release_id else [change.release, rollback]
+    # One new targets version lists both: the rollback release was approved with the change, and a vehicle verifies
+    # a rollback like any update.
+    signed = image_targets_add(releases=releases, change_id=change.pk)
+    (target, created), rollback_signed = signed[0], signed[1:]
     if created:
         record_decision(
             actor=actor,
@@ -135,4 +117,23 @@ def release_sign(*, actor: User | None, change: ChangeRequest) -> ImageTarget:
                 "targets_version": target.targets_version,
             },
         )
+    for rollback_target, rollback_created in rollback_signed:
+        if rollback_created:
+            record_decision(
+                actor=actor,
+                action="release.sign_rollback",
+                object_type="firmware_release",
+                object_id=rollback_target.release_id,
+                revision=change.revision,
+                after={
+                    "change": change.pk,
+                    "path": rollback_target.path,
+                    "sha256": rollback_target.sha256,
+                    "length": rollback_target.length,
+                    "hardware_ids": rollback_target.hardware_ids,
+                    "release_counter": rollback_target.release_counter,
+                    "plan_hash": change_plan_hash(change),
+                    "targets_version": rollback_target.targets_version,
+                },
+            )
     return target

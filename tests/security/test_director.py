@@ -120,12 +120,12 @@ def test_the_rollout_does_not_start_when_the_rollback_release_bytes_changed(chai
 
 def test_the_image_repository_is_served_as_static_files_and_nothing_outside_it(chain, settings, tmp_path):
     client = APIClient()
-    root = client.get("/device/v1/repository/image/metadata/1.root.json")
+    root = client.get("/repository/image/metadata/1.root.json")
     assert root.status_code == 200
     assert json.loads(root.getvalue())["signed"]["_type"] == "root"
     (tmp_path / "secret.txt").write_text("not for devices")
     for path in ("../secret.txt", "metadata/../../secret.txt", "metadata/%2e%2e/%2e%2e/secret.txt", "metadata/"):
-        assert client.get(f"/device/v1/repository/image/{path}").status_code == 404
+        assert client.get(f"/repository/image/{path}").status_code == 404
 
 
 def test_a_device_without_a_deployment_is_told_director_withdrawn(chain, fleet, operator):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,9 +51,26 @@ def director_root_latest() -> DirectorRoot | None:
     return DirectorRoot.objects.order_by("-version").first()
 
 
+# "No director yet", as this process last read it, and until when (monotonic seconds). Only the negative answer is
+# kept: a site without a director re-sends offers without asking the database each time, and a director started
+# in another process is seen within this many seconds (at once in the process that started it).
+_ABSENT_RECHECK_SECONDS = 5.0
+_absent_until = 0.0
+
+
 def director_initialised() -> bool:
     """True once the director has a root: from then on offers carry director metadata."""
-    return DirectorRoot.objects.exists()
+    global _absent_until
+    if time.monotonic() < _absent_until:
+        return False
+    present = DirectorRoot.objects.exists()
+    _absent_until = 0.0 if present else time.monotonic() + _ABSENT_RECHECK_SECONDS
+    return present
+
+
+def _forget_absence() -> None:
+    global _absent_until
+    _absent_until = 0.0
 
 
 def director_root_draft(*, now: datetime | None = None) -> Metadata[Root]:
@@ -133,6 +151,8 @@ def director_init(*, actor: User | None, root: Metadata[Root]) -> DirectorRoot:
         )
         raise InvalidInput(message, fields={"root": problems})
     content = root.to_bytes(_PRETTY)
+    _forget_absence()
+    transaction.on_commit(_forget_absence)
     stored = DirectorRoot.objects.create(
         version=root.signed.version,
         content=content,
