@@ -80,6 +80,17 @@ class OfferRecordingTransport(AsyncHttpTransport):
         super().__init__(server, serial, secret, timeout=timeout)
         self.serial = serial
         self.offers = offers
+        self.metadata_bytes = 0  # TUF metadata fetched for verification (kept out of the image traffic figures)
+
+    async def download(self, url: str, **kwargs: Any) -> int:
+        if "/artifacts/" in url:
+            return await super().download(url, **kwargs)
+        received, downloads = self.bytes_received, self.downloads
+        try:
+            return await super().download(url, **kwargs)
+        finally:
+            self.metadata_bytes += self.bytes_received - received
+            self.bytes_received, self.downloads = received, downloads
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = await super().post_json(path, body)

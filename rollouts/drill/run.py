@@ -944,6 +944,9 @@ class Drill:
             # Every offer a vehicle took was verified against both repositories first; none was refused as untrusted.
             "verified_offers": sum(device.verified for device in fleet.devices),
             "untrusted_refusals": deployments.filter(failure_class="untrusted").count(),
+            "verification_metadata_bytes": sum(
+                getattr(device.transport, "metadata_bytes", 0) for device in fleet.devices
+            ),
             "telemetry_samples": TelemetrySample.objects.filter(device_id__in=world.device_ids).count(),
             "network": fleet.proxy.counters.as_dict() if fleet.proxy else {},
             "poll_seconds": self.poll,

@@ -190,3 +190,27 @@ def test_an_image_repository_timestamp_version_rollback_is_refused_and_the_trust
     agent = run(vehicle)
     assert_refused(vehicle, agent, "image_rollback", director_before=trusted_director)
     assert (vehicle.dir / "tuf" / "image" / "timestamp.json").read_bytes() == trusted_timestamp
+
+
+def test_the_asyncio_agent_verifies_both_repositories_and_installs(vehicle, operator):
+    """The fleet drill's driver: the same verification on the asyncio transport (thousands of agents per loop)."""
+    import asyncio
+    import random
+
+    from devices.agent import Agent, AsyncHttpTransport
+    from devices.credentials import device_credential_issue
+
+    secret = device_credential_issue(actor=operator, device=vehicle.model)
+    transport = AsyncHttpTransport(vehicle.transport.server, vehicle.model.serial, secret, timeout=10)
+    events: list[str] = []
+    agent = Agent(
+        vehicle.dir, transport, trust=vehicle.trust, factory_image=OLD_IMAGE, hook=events.append, rng=random.Random(2)
+    )
+
+    async def no_wait(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    asyncio.run(agent.arun(max_cycles=4, sleep=no_wait))
+    assert "verified" in events and events.index("verified") < events.index("downloaded")
+    assert agent.state["slots"][agent.state["active_slot"]]["version"] == "1.1.0"
+    assert Deployment.objects.get(pk=vehicle.deployment.pk).status == DeploymentStatus.SUCCEEDED
