@@ -239,6 +239,9 @@ class Agent:
         # Provisioned with trust roots: every offer is verified against both repositories (devices.agent.verify).
         # Without them (no image repository in use) only the offer's sha256 and length are checked: the legacy path.
         self.verifier = Verifier(self.store.dir, trust) if trust is not None else None
+        # Metadata fetched for the offer being verified, kept across cycles that a dropped link cut short, so a flaky
+        # link makes progress instead of starting over (memory only: a power loss starts the verification again).
+        self._offer_fetches: dict[int, dict[str, bytes | None]] = {}
         self.state.setdefault("trusted_time", 0.0)
         self.transport = transport
         self.health_check = health_check or (lambda image, slot: True)
@@ -604,24 +607,33 @@ class Agent:
         assert self.verifier is not None
         committed = int(self.state["slots"][self.state["active_slot"]]["release_counter"])
         now = self._trusted_now()
+        fetched = self._offer_fetches.setdefault(int(offer["deployment_id"]), {})
         try:
             verified: VerifiedTarget = yield from self._verification(
-                self.verifier.verify_offer(offer, committed_counter=committed, now=now)
+                self.verifier.verify_offer(offer, committed_counter=committed, now=now), fetched
             )
         except UntrustedUpdate as exc:
+            self._offer_fetches.clear()
             self.state["deployment"] = _deployment_of(offer, None)  # as offered, only to report its refusal
             self._finish("failed", finished=True, failure_class="untrusted", detail=f"untrusted: {exc}"[:500])
             return None
+        self._offer_fetches.clear()
         self._trust_time(now)
         self.hook("verified")
         return verified
 
-    def _verification(self, verification: Verification) -> Flow[Any]:
-        """Drive a verification generator: each FetchBytes it yields is fetched through the agent's transport."""
+    def _verification(self, verification: Verification, fetched: dict[str, bytes | None] | None = None) -> Flow[Any]:
+        """Drive a verification generator: each FetchBytes it yields is fetched through the agent's transport
+        (or taken from `fetched`, what an earlier, interrupted attempt for the same offer already fetched)."""
         try:
             request = next(verification)
             while True:
-                data = yield from self._get_bytes(request)
+                if fetched is not None and request.url in fetched:
+                    data = fetched[request.url]
+                else:
+                    data = yield from self._get_bytes(request)
+                    if fetched is not None:
+                        fetched[request.url] = data
                 request = verification.send(data)
         except StopIteration as stop:
             return stop.value

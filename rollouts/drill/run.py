@@ -282,6 +282,9 @@ def pilot_count(devices: int, share: float = 0.01) -> int:
     return max(3, round(devices * share))
 
 
+VERIFICATION_SECONDS = 6  # what full verification adds to one update on the drill's links (see drill_plan)
+
+
 def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     """pilot -> fleet, soaks of seconds, deadlines sized to the poll interval and the fleet."""
     soak_covers_deadline = scenario.soak_covers_deadline
@@ -291,7 +294,10 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     download = max(120, 4 * poll + devices // 5)
     # A wave is judged at the end of its soak on at least min_sample finished devices: the soak covers one poll
     # interval (devices learn of the wave when they check in) plus an update's own time.
-    soak = poll + (8 if devices <= 100 else 15)
+    # An update's own time includes its verification: five more round trips (root probe, timestamp, snapshot,
+    # targets, the director before installing), each one a dropped or cut connection away from a retry on a flaky
+    # link.
+    soak = poll + (8 if devices <= 100 else 15) + VERIFICATION_SECONDS
     if soak_covers_deadline:
         download = max(30, 3 * poll + devices // 4)  # online devices must all make it; the offline ones time out
         soak = download + 5
