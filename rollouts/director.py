@@ -73,8 +73,16 @@ def deployment_director_targets(*, deployment: Deployment, now: datetime | None 
         # metadata, which a verifying device refuses (and reports); the operator sees the cause in the log.
         logger.exception("director metadata for deployment %s could not be signed", deployment.pk)
         return None
-    # Only this row, only these two columns: nothing else about the deployment changes with its metadata.
-    Deployment.objects.filter(pk=deployment.pk).update(director_targets=signed.content, director_expires=signed.expires)
+    # Only this row, only these two columns, and only if no concurrent request stored newer metadata since this one
+    # read the row (compare-and-set on the expiry): a device must never be handed a version below one it was given.
+    stored = Deployment.objects.filter(pk=deployment.pk, director_expires=deployment.director_expires).update(
+        director_targets=signed.content, director_expires=signed.expires
+    )
+    if not stored:
+        current = Deployment.objects.filter(pk=deployment.pk).values_list("director_targets", "director_expires").get()
+        if current[0] is not None:
+            deployment.director_targets, deployment.director_expires = current
+            return bytes(current[0])
     deployment.director_targets, deployment.director_expires = signed.content, signed.expires
     return signed.content
 

@@ -143,3 +143,14 @@ def test_without_a_director_offers_carry_none(running, operator):
     DirectorRoot.objects.all().delete()
     deployment = _pilot_deployment()
     assert deployment_director_targets(deployment=deployment) is None
+
+
+def test_a_concurrent_offer_that_stored_newer_metadata_first_wins(running, operator):
+    deployment = _pilot_deployment()
+    stale = Deployment.objects.get(pk=deployment.pk)  # read before the other request stored its metadata
+    first = deployment_director_targets(deployment=Deployment.objects.get(pk=deployment.pk))
+    assert first is not None
+    # The stale copy has no metadata: it signs its own, but the row already holds another request's; that one is
+    # what both answers carry, so the device never sees two versions out of order.
+    assert deployment_director_targets(deployment=stale) == first
+    assert bytes(Deployment.objects.get(pk=deployment.pk).director_targets) == first
