@@ -9,7 +9,7 @@ PORT ?= 8000
 DEVICE_PORT ?= 8443
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-mtls bench-ranges bench-signatures bench-data clean
+.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-mtls bench-ranges bench-signatures bench-verify bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,12 @@ bench-signatures: install
 bench-mtls: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_mtls" -c "CREATE DATABASE ota_bench_mtls"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_mtls OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.checkin_mtls $(BENCH_ARGS)
+
+## Vehicle-side verification: one update check with full verification of both repositories vs the raw signature
+## checks it needs (agent CPU), and the director's signature at offer time vs a bare token signature (ota_bench_verify)
+bench-verify: install services bench-data
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_verify" -c "CREATE DATABASE ota_bench_verify"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_verify OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.verify $(BENCH_ARGS)
 
 ## The benchmarks' own SoftHSM2 token and data, in .data/bench (their servers sign decision records too)
 bench-data: install

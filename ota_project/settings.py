@@ -172,6 +172,10 @@ IMAGE_REPOSITORY_EXPIRY_DAYS = {
 EXPIRY_WARN_ROOT_DAYS = int(os.environ.get("OTA_EXPIRY_WARN_ROOT_DAYS", "30"))
 KEY_MAX_AGE_DAYS = int(os.environ.get("OTA_KEY_MAX_AGE_DAYS", "365"))
 OFFLINE_KEY_MAX_AGE_DAYS = int(os.environ.get("OTA_OFFLINE_KEY_MAX_AGE_DAYS", "1825"))
+# The director (devices.firmware.director, rollouts.director): its root's lifetime (days) and how long one device's
+# targets metadata stays valid (seconds); an offer re-sent with less than half of that left gets a freshly signed one.
+DIRECTOR_ROOT_EXPIRY_DAYS = int(os.environ.get("OTA_DIRECTOR_ROOT_EXPIRY_DAYS", "365"))
+DIRECTOR_TARGETS_EXPIRY_SECONDS = int(os.environ.get("OTA_DIRECTOR_TARGETS_EXPIRY_SECONDS", "3600"))
 # The Ed25519 audit key of releases before the HSM (a PEM file): only its public half is still used, to verify
 # what it signed. Signatures now come from the token key of role audit-checkpoint.
 AUDIT_SIGNING_KEY_PATH = Path(os.environ.get("OTA_AUDIT_SIGNING_KEY", DATA_DIR / "audit_signing_key.pem"))

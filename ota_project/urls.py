@@ -29,6 +29,8 @@ urlpatterns = [
     path("api/v1/", include((api_v1, "api"), namespace="api")),
     # The device protocol: devices authenticate with their own credential (mTLS later), never as staff users.
     path("device/v1/", include("devices.edge.urls")),
+    # The image repository (TUF metadata and targets) as static files; production serves the directory from a CDN.
+    path("repository/image/", include("devices.edge.repository_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

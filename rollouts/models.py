@@ -107,6 +107,10 @@ class Deployment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The director's signed targets for this device and this deployment (rollouts.director): signed once at the
+    # offer and reused by every re-sent offer until less than half of its lifetime is left (no query, no signature).
+    director_targets = models.BinaryField(null=True, blank=True, editable=False)
+    director_expires = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [

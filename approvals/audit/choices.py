@@ -19,6 +19,7 @@ class SecurityEventKind(models.TextChoices):
     API_AUTH_FAILED = "api_auth_failed", "API authentication failed"
     HSM_PIN_REFUSED = "hsm_pin_refused", "HSM refused the PIN"
     RELEASE_SIGN_REFUSED = "release_sign_refused", "Release signing refused"
+    DEVICE_UPDATE_UNTRUSTED = "device_update_untrusted", "Device refused an update its signed metadata did not back"
 
 
 class SecuritySeverity(models.TextChoices):
@@ -43,6 +44,8 @@ SECURITY_SEVERITY: dict[str, str] = {
     # A device naming another's deployment, a forged step or a locked-out account points at an attack.
     K.DEVICE_CROSS_DEVICE: SecuritySeverity.HIGH,
     K.ACTION_FORGED: SecuritySeverity.HIGH,
+    # A vehicle found metadata or an image that does not verify: a compromised server, mirror or link.
+    K.DEVICE_UPDATE_UNTRUSTED: SecuritySeverity.HIGH,
     K.LOGIN_LOCKED_OUT: SecuritySeverity.HIGH,
     K.HSM_PIN_REFUSED: SecuritySeverity.HIGH,
     # An unapproved or altered image offered for signing: the gate the whole update chain rests on.

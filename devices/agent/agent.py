@@ -30,6 +30,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from devices.agent.state import StateStore, fsync_dir, other_slot, write_atomic
 from devices.agent.transport import TransportError
+from devices.agent.verify import (
+    FetchBytes,
+    Trust,
+    UntrustedUpdate,
+    Verification,
+    VerifiedTarget,
+    Verifier,
+    file_matches,
+    trusted_now,
+)
 
 logger = logging.getLogger("devices.agent")
 
@@ -55,6 +65,10 @@ class PowerLoss(Exception):
 
 class VerifyError(Exception):
     """The downloaded image is not the offered one (length or sha256)."""
+
+
+class _TooLarge(Exception):
+    """A metadata answer larger than the verification allows for it."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,40 @@ def _epoch(value: Any) -> float | None:
 
 def _utc_iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _deployment_of(offer: dict[str, Any], verified: VerifiedTarget | None) -> dict[str, Any]:
+    """The agent's record of an offered deployment; with `verified`, hash, length and counter are the signed ones."""
+    artifact = offer["artifact"]
+    return {
+        "id": offer["deployment_id"],
+        "sha256": verified.sha256 if verified else artifact["sha256"],
+        "length": verified.length if verified else int(artifact["length"]),
+        "url": artifact["url"],
+        "release_version": offer["release_version"],
+        "release_counter": verified.release_counter if verified else int(offer["release_counter"]),
+        "deadline_at": _epoch(offer.get("deadline_at")),
+        "phase": "offered",
+        "kpis": {},
+        # The signed target the image must match before it is staged (None on the legacy path).
+        "verified": _target_state(verified) if verified else None,
+    }
+
+
+def _target_state(target: VerifiedTarget) -> dict[str, Any]:
+    return {
+        "path": target.path,
+        "length": target.length,
+        "sha256": target.sha256,
+        "release_counter": target.release_counter,
+        "deployment_id": target.deployment_id,
+        "director_version": target.director_version,
+        "hashes": dict(target.hashes),
+    }
+
+
+def _target_from_state(stored: dict[str, Any]) -> VerifiedTarget:
+    return VerifiedTarget(**stored)
 
 
 def _perform(transport: Any, call: Call) -> Any:
@@ -184,9 +232,17 @@ class Agent:
         backoff_cap: float = 300.0,
         poll_jitter: float = 0.1,
         clock: Callable[[], float] = time.time,
+        trust: Trust | None = None,
     ):
         self.store = StateStore(state_dir, version=version, release_counter=release_counter, image=factory_image)
         self.state = self.store.data
+        # Provisioned with trust roots: every offer is verified against both repositories (devices.agent.verify).
+        # Without them (no image repository in use) only the offer's sha256 and length are checked: the legacy path.
+        self.verifier = Verifier(self.store.dir, trust) if trust is not None else None
+        # Metadata fetched for the offer being verified, kept across cycles that a dropped link cut short, so a flaky
+        # link makes progress instead of starting over (memory only: a power loss starts the verification again).
+        self._offer_fetches: dict[int, dict[str, bytes | None]] = {}
+        self.state.setdefault("trusted_time", 0.0)
         self.transport = transport
         self.health_check = health_check or (lambda image, slot: True)
         self.hook = hook or (lambda event: None)
@@ -358,7 +414,9 @@ class Agent:
         offer = answer.get("offer")
         if self.deployment is None:
             if offer and offer["deployment_id"] not in self.state["finished"]:
-                self._accept(offer)
+                verified = (yield from self._verify_offer(offer)) if self.verifier is not None else None
+                if self.deployment is None and (self.verifier is None or verified is not None):
+                    self._accept(offer, verified)
                 yield from self._flush()
         elif offer:
             self._refresh_url(offer)
@@ -523,27 +581,104 @@ class Agent:
 
     # --- offer, download, install ----------------------------------------------------------------------------
 
-    def _accept(self, offer: dict[str, Any]) -> None:
-        artifact = offer["artifact"]
-        self.state["deployment"] = {
-            "id": offer["deployment_id"],
-            "sha256": artifact["sha256"],
-            "length": int(artifact["length"]),
-            "url": artifact["url"],
-            "release_version": offer["release_version"],
-            "release_counter": int(offer["release_counter"]),
-            "deadline_at": _epoch(offer.get("deadline_at")),
-            "phase": "offered",
-            "kpis": {},
-        }
+    def _accept(self, offer: dict[str, Any], verified: VerifiedTarget | None = None) -> None:
+        self.state["deployment"] = _deployment_of(offer, verified)
         self.store.partial_path.unlink(missing_ok=True)
         committed = int(self.state["slots"][self.state["active_slot"]]["release_counter"])
-        if int(offer["release_counter"]) < committed:
+        if int(self.state["deployment"]["release_counter"]) < committed:
             # Anti-rollback on the device too: whatever the server offers, the committed counter never goes down.
             detail = f"anti_rollback: offered counter {offer['release_counter']} is below the committed {committed}"
             self._finish("failed", finished=True, failure_class="anti_rollback", detail=detail)
             return
         self._phase("downloading", download_offset=0)
+
+    # --- verification against the image repository and the director ----------------------------------------------
+
+    def _trusted_now(self) -> datetime:
+        return trusted_now(self.clock(), float(self.state["trusted_time"]))
+
+    def _trust_time(self, now: datetime) -> None:
+        """Remember the time just trusted (monotonic, persisted): a clock set back later cannot go below it."""
+        self.state["trusted_time"] = max(float(self.state["trusted_time"]), now.timestamp())
+        self._save()
+
+    def _verify_offer(self, offer: dict[str, Any]) -> Flow[VerifiedTarget | None]:
+        """Verify an offer fully before anything is fetched; a refusal ends it as failed/untrusted (None)."""
+        assert self.verifier is not None
+        committed = int(self.state["slots"][self.state["active_slot"]]["release_counter"])
+        now = self._trusted_now()
+        fetched = self._offer_fetches.setdefault(int(offer["deployment_id"]), {})
+        try:
+            verified: VerifiedTarget = yield from self._verification(
+                self.verifier.verify_offer(offer, committed_counter=committed, now=now), fetched
+            )
+        except UntrustedUpdate as exc:
+            self._offer_fetches.clear()
+            self.state["deployment"] = _deployment_of(offer, None)  # as offered, only to report its refusal
+            self._finish("failed", finished=True, failure_class="untrusted", detail=f"untrusted: {exc}"[:500])
+            return None
+        self._offer_fetches.clear()
+        self._trust_time(now)
+        self.hook("verified")
+        return verified
+
+    def _verification(self, verification: Verification, fetched: dict[str, bytes | None] | None = None) -> Flow[Any]:
+        """Drive a verification generator: each FetchBytes it yields is fetched through the agent's transport
+        (or taken from `fetched`, what an earlier, interrupted attempt for the same offer already fetched)."""
+        try:
+            request = next(verification)
+            while True:
+                if fetched is not None and request.url in fetched:
+                    data = fetched[request.url]
+                else:
+                    data = yield from self._get_bytes(request)
+                    if fetched is not None:
+                        fetched[request.url] = data
+                request = verification.send(data)
+        except StopIteration as stop:
+            return stop.value
+
+    def _get_bytes(self, request: FetchBytes) -> Flow[bytes | None]:
+        """GET a (small) file through the transport's download call; None for 404, bounded by max_length."""
+        buffer = bytearray()
+
+        def sink(position: int, chunk: bytes) -> None:
+            if position != len(buffer):
+                if position != 0:
+                    raise TransportError(f"unexpected range start {position}", retryable=True)
+                buffer.clear()
+            if len(buffer) + len(chunk) > request.max_length:
+                raise _TooLarge(f"{request.url} is larger than {request.max_length} bytes")
+            buffer.extend(chunk)
+
+        try:
+            yield Download(request.url, "", 0, sink, self.chunk_size)
+        except TransportError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        except _TooLarge as exc:
+            raise UntrustedUpdate("metadata_too_large", str(exc)) from exc
+        return bytes(buffer)
+
+    def _still_directed(self, dep: dict[str, Any]) -> Flow[bool]:
+        """Before installing: ask the director again; withdrawn (halt, cancel) -> abandon, untrusted -> fail."""
+        assert self.verifier is not None
+        target = _target_from_state(dep["verified"])
+        now = self._trusted_now()
+        try:
+            data = yield from self._get_bytes(
+                FetchBytes(self.verifier.trust.director_url.rstrip("/") + "/targets.json")
+            )
+            directed: bool = yield from self._verification(self.verifier.still_directed(data, target, now=now))
+        except UntrustedUpdate as exc:
+            self._finish("failed", finished=True, failure_class="untrusted", detail=f"untrusted: {exc}"[:500])
+            return False
+        if not directed:
+            self._abandon("the director withdrew it")
+            return False
+        self._trust_time(now)
+        return True
 
     def _refresh_url(self, offer: dict[str, Any]) -> bool:
         """Take a fresh artifact URL (new download token) the server repeats for the deployment being fetched."""
@@ -580,6 +715,9 @@ class Agent:
             yield from self._flush()
         if self.deployment is dep and dep["phase"] == "downloaded":
             if self._give_up_if_late(dep, "install"):
+                yield from self._flush()
+                return
+            if dep.get("verified") and self.verifier is not None and not (yield from self._still_directed(dep)):
                 yield from self._flush()
                 return
             dep.setdefault("kpis", {})["install_started"] = self.clock()
@@ -622,7 +760,8 @@ class Agent:
                     if total != length:
                         raise VerifyError(f"server has {total} bytes, the offer said {length}")
                 except VerifyError as exc:
-                    self._finish("failed", finished=False, failure_class="verify", detail=f"verify: {exc}")
+                    failure = "untrusted" if dep.get("verified") else "verify"
+                    self._finish("failed", finished=False, failure_class=failure, detail=f"{failure}: artifact: {exc}")
                     return
                 except TransportError as exc:
                     if exc.status == 416:
@@ -635,12 +774,20 @@ class Agent:
                     raise
         if self.state["download_offset"] < length:
             raise TransportError("download ended early", retryable=True)
-        # Verify length and sha256 of the whole image before anything else happens to it.
-        size = path.stat().st_size
-        digest = _sha256_file(path)
-        if size != length or digest != dep["sha256"]:
-            self._finish("failed", finished=False, failure_class="verify", detail=f"verify: sha256 {digest}")
-            return
+        # Verify the whole image before anything else happens to it: against the signed target's hashes and length
+        # (python-tuf's check) when the repositories are in use, else against the offer's sha256 and length.
+        if dep.get("verified"):
+            mismatch = file_matches(path, _target_from_state(dep["verified"]))
+            if mismatch is not None:
+                detail = f"untrusted: artifact: {mismatch}"[:500]
+                self._finish("failed", finished=False, failure_class="untrusted", detail=detail)
+                return
+        else:
+            size = path.stat().st_size
+            digest = _sha256_file(path)
+            if size != length or digest != dep["sha256"]:
+                self._finish("failed", finished=False, failure_class="verify", detail=f"verify: sha256 {digest}")
+                return
         self._record_throughput(dep)
         self._stage(dep)
 

@@ -93,14 +93,15 @@ def nginx_device_tls_site(
     client_ca_bundle: Path,
     proxy_secret: str,
     prefix: str = DEFAULT_ACCEL_PREFIX,
-    proxied: tuple[str, ...] = ("/device/",),
+    proxied: tuple[str, ...] = ("/device/", "/repository/"),
 ) -> str:
     """The device port: TLS with client certificates verified against the device CA, the device API proxied to the
     app (`upstream`, host:port, over loopback) and artifact bytes sent by nginx.
 
     nginx sets `X-OTA-Client-Cert` (the verified certificate) and `X-OTA-Proxy-Auth` (the secret the app trusts that
     header with) itself: proxy_set_header replaces a client's header of the same name, and headers with underscores
-    are dropped (nginx's default), so no spelling of them gets through from a client. Only /device/ is served.
+    are dropped (nginx's default), so no spelling of them gets through from a client. Only /device/ (the device API)
+    and /repository/ (the image repository's static TUF tree, which the agents verify) are served.
     A refused client certificate (unknown CA, expired, none: 495/496) is handed to the app's `tls-refused`
     endpoint with nginx's verification result, which records it as a security event and answers 400."""
     if any(char in proxy_secret for char in "\"'\\;{} \n\r\t$"):

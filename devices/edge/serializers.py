@@ -17,7 +17,9 @@ from devices.validators import MAX_RELEASE_COUNTER, SLOT_NAMES
 from rollouts.choices import DEPLOYMENT_REPORTABLE
 
 MAX_TELEMETRY_SAMPLES = 500
-FAILURE_CLASSES = ("download", "install", "boot", "health", "verify", "space", "power", "other")
+# "untrusted": the signed metadata did not verify (image repository, director, or the image against them) - the
+# device refused the update; the server records a security event for each such report.
+FAILURE_CLASSES = ("download", "install", "boot", "health", "verify", "untrusted", "space", "power", "other")
 
 
 class StrictSerializer(serializers.Serializer):
@@ -219,6 +221,11 @@ class OfferOutputSerializer(serializers.Serializer):
     release_counter = serializers.IntegerField()
     artifact = ArtifactOutputSerializer()
     deadline_at = serializers.DateTimeField(allow_null=True)
+    director = serializers.CharField(
+        allow_null=True,
+        required=False,
+        help_text="The director's signed targets for this device (TUF JSON, as signed), or null without a director.",
+    )
 
 
 class CheckinOutputSerializer(serializers.Serializer):

@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from devices.edge import views
+from devices.edge import trust_views, views
 from devices.edge.schema import DeviceSchemaView
 
 urlpatterns = [
@@ -12,4 +12,6 @@ urlpatterns = [
     path("telemetry/", views.TelemetryView.as_view(), name="device-telemetry"),
     path("schema/", DeviceSchemaView.as_view(), name="device-schema"),
     path("tls-refused/", views.tls_refused, name="device-tls-refused"),
+    path("director/targets.json", trust_views.DirectorTargetsView.as_view(), name="device-director-targets"),
+    path("director/<int:version>.root.json", trust_views.DirectorRootView.as_view(), name="device-director-root"),
 ]

@@ -65,6 +65,7 @@ from ota_project.exceptions import error_body
 from ota_project.parsers import JSONBodyError, SafeJSONParser, json_loads_strict
 from ota_project.serializers import ApiErrorSerializer
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
+from rollouts.director import deployment_director_targets
 from rollouts.models import Deployment
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ IN_FLIGHT_POLL_SECONDS = 30
 SMALL_BODY_BYTES = 16 * 1024
 TELEMETRY_BODY_BYTES = 256 * 1024
 STREAM_BLOCK_BYTES = 256 * 1024  # reads where the server has no sendfile (bounded memory)
+UNTRUSTED = "untrusted"  # the failure class of an update the vehicle's verification refused
 RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
 
 
@@ -167,6 +169,7 @@ def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[
             "url": _absolute(request, url, presented),
         },
         "deadline_at": deployment.deadline_at,
+        "director": _director(deployment),
     }
 
 
@@ -176,6 +179,12 @@ def _absolute(request: HttpRequest | Request, path: str, presented: PresentedIde
     if presented is not None and presented.by_certificate:
         return f"https://{request.get_host()}{path}"
     return request.build_absolute_uri(path)
+
+
+def _director(deployment: Deployment) -> str | None:
+    """The director's signed targets for this offer (signed at the first offer, then reused from the row)."""
+    signed = deployment_director_targets(deployment=deployment)
+    return signed.decode() if signed is not None else None
 
 
 class CheckinView(DeviceAPIView):
@@ -364,6 +373,16 @@ class StatusView(DeviceAPIView):
             raise
         # Decided under the deployment's row lock: of concurrent copies of one report exactly one says applied.
         after, applied = outcome.deployment, outcome.applied
+        if applied and report.failure_class == UNTRUSTED:
+            # The vehicle refused what the server offered because its signed metadata did not back it: whatever
+            # the cause (tampered mirror, forged director entry, downgrade, replay), someone should look.
+            _device_event(
+                request,
+                kind=SecurityEventKind.DEVICE_UPDATE_UNTRUSTED,
+                endpoint="status",
+                subject=f"deployment:{deployment_id}",
+                message=report.detail or "The device refused an update that did not verify.",
+            )
         if not applied:
             # Usually a lost answer re-sent over a flaky link (low severity), but also what a replay attack looks like.
             _device_event(

@@ -52,9 +52,18 @@ class FirmwareRelease(models.Model):
         return self.version
 
 
-# The key registry's and the image repository's models are defined in their own packages and registered with this
+# The key registry's, the image repository's and the director's models are defined in their own packages and registered with this
 # app by these imports.
+from devices.firmware.director.models import DirectorRoot  # noqa: E402
 from devices.firmware.keys.models import SigningKey  # noqa: E402
 from devices.firmware.repository.models import ExpiryAlert, ImageMetadata, ImageTarget  # noqa: E402
 
-__all__ = ["ExpiryAlert", "FirmwareArtifact", "FirmwareRelease", "ImageMetadata", "ImageTarget", "SigningKey"]
+__all__ = [
+    "DirectorRoot",
+    "ExpiryAlert",
+    "FirmwareArtifact",
+    "FirmwareRelease",
+    "ImageMetadata",
+    "ImageTarget",
+    "SigningKey",
+]

@@ -25,6 +25,7 @@ from typing import Any
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss
 from devices.agent.state import STATE_FILE
 from devices.agent.tls import TlsIdentity
+from devices.agent.verify import Trust
 from rollouts.drill.faults import DeviceFate, health_check_for, power_cut_for, probe_for
 from rollouts.drill.proxy import FaultProxy
 
@@ -43,6 +44,7 @@ class DeviceSpec:
     hardware_model: str
     version: str
     release_counter: int
+    trust: Trust | None = None  # the two trust roots it was provisioned with (None: no image repository in use)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,17 @@ class OfferRecordingTransport(AsyncHttpTransport):
         super().__init__(server, timeout=timeout, tls=tls)
         self.serial = serial
         self.offers = offers
+        self.metadata_bytes = 0  # TUF metadata fetched for verification (kept out of the image traffic figures)
+
+    async def download(self, url: str, **kwargs: Any) -> int:
+        if "/artifacts/" in url:
+            return await super().download(url, **kwargs)
+        received, downloads = self.bytes_received, self.downloads
+        try:
+            return await super().download(url, **kwargs)
+        finally:
+            self.metadata_bytes += self.bytes_received - received
+            self.bytes_received, self.downloads = received, downloads
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = await super().post_json(path, body)
@@ -112,6 +125,7 @@ class SimulatedDevice:
     agent_errors: list[str] = field(default_factory=list)
     installed_versions: list[str] = field(default_factory=list)  # every release this unit wrote to a slot
     bytes_needed: int = 0  # lengths of the images this unit downloaded completely (once per completed download)
+    verified: int = 0  # offers this unit verified fully against both repositories before fetching the image
 
     def hook(self, event: str) -> None:
         dep = self.agent.deployment if self.agent is not None else None
@@ -119,6 +133,8 @@ class SimulatedDevice:
             self.installed_versions.append(dep["release_version"])
         elif event == "downloaded" and dep:
             self.bytes_needed += int(dep["length"])
+        elif event == "verified":
+            self.verified += 1
         power_cut_for(self.fate)(event)
 
 
@@ -186,6 +202,7 @@ class Fleet:
                 rng=random.Random(rng.randrange(2**31)),
                 backoff_base=self.settings.backoff_base,
                 backoff_cap=self.settings.backoff_cap,
+                trust=device.spec.trust,
             )
             try:
                 await device.agent.arun(stop=stop)

@@ -51,8 +51,15 @@ from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
 from approvals.plans import RolloutPlan, plan_parse
 from devices import services as device_services
+from devices.agent.verify import Trust
 from devices.certificates import device_ca_ensure, device_certificates_provision
+from devices.firmware.director.ceremony import director_dev_ceremony
+from devices.firmware.director.models import DirectorRoot
+from devices.firmware.director.services import director_initialised
 from devices.firmware.models import FirmwareRelease
+from devices.firmware.repository.ceremony import dev_ceremony
+from devices.firmware.repository.models import ImageMetadata, ImageRole
+from devices.firmware.repository.selectors import image_repository_initialised
 from devices.firmware.services import release_create_from_chunks
 from devices.importer import import_rows
 from devices.models import Device, TelemetrySample
@@ -286,6 +293,9 @@ def pilot_count(devices: int, share: float = 0.01) -> int:
     return max(3, round(devices * share))
 
 
+VERIFICATION_SECONDS = 6  # what full verification adds to one update on the drill's links (see drill_plan)
+
+
 def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     """pilot -> fleet, soaks of seconds, deadlines sized to the poll interval and the fleet."""
     soak_covers_deadline = scenario.soak_covers_deadline
@@ -295,7 +305,10 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     download = max(120, 4 * poll + devices // 5)
     # A wave is judged at the end of its soak on at least min_sample finished devices: the soak covers one poll
     # interval (devices learn of the wave when they check in) plus an update's own time.
-    soak = poll + (8 if devices <= 100 else 15)
+    # An update's own time includes its verification: five more round trips (root probe, timestamp, snapshot,
+    # targets, the director before installing), each one a dropped or cut connection away from a retry on a flaky
+    # link.
+    soak = poll + (8 if devices <= 100 else 15) + VERIFICATION_SECONDS
     if soak_covers_deadline:
         download = max(30, 3 * poll + devices // 4)  # online devices must all make it; the offline ones time out
         soak = download + 5
@@ -439,12 +452,13 @@ def provision(options: DrillOptions, plan: RolloutPlan, say: Callable[[str], Non
     if report.errors:
         raise DrillError(f"the drill's device rows are invalid: {report.errors[:3]}")
     say(f"provisioned {options.devices} devices ({pilots} pilots) on {', '.join(models)}")
+    roots = signed_chain(users["security"], say)
     devices = list(
         Device.objects.filter(hardware_model__name__in=models).select_related("hardware_model").order_by("serial")
     )
     device_ids = [device.pk for device in devices]
     # Certificates from the device CA in one batch (one token session, one decision record), written where each
-    # agent reads its identity.
+    # agent reads its identity; each agent also gets both trust roots of the signed update chain.
     device_ca_ensure()
     started = time.monotonic()
     issued = device_certificates_provision(actor=operator, devices=devices)
@@ -452,7 +466,12 @@ def provision(options: DrillOptions, plan: RolloutPlan, say: Callable[[str], Non
     identities = identity_root / f"drill-{run_id}"
     specs = [
         DeviceSpec(
-            pair.serial, device_identity_write(identities, pair, pins), device.hardware_model.name, old_version, 1
+            pair.serial,
+            device_identity_write(identities, pair, pins),
+            device.hardware_model.name,
+            old_version,
+            1,
+            Trust(device.serial, device.hardware_model.name, *roots),
         )
         for device, pair in zip(devices, issued, strict=True)
     ]
@@ -470,6 +489,21 @@ def provision(options: DrillOptions, plan: RolloutPlan, say: Callable[[str], Non
         rival = _approved_change(options, users, run_id, {"hardware_models": models[:1]}, new, old, plan)
     say(f"change {change.pk} approved; releases {old_version} -> {new_version}")
     return World(run_id, users, models, specs, pilot_serials, old, new, images, change, device_ids, rival, tokens)
+
+
+def signed_chain(officer: User, say: Callable[[str], None]) -> tuple[bytes, bytes]:
+    """The image repository and the director (started by the DEVELOPMENT key ceremony when the database has
+    neither yet), and the first root of each: what every drill vehicle is provisioned with, so each one verifies
+    its offers fully."""
+    if not image_repository_initialised():
+        dev_ceremony(actor=officer)
+        say("image repository started by the development key ceremony")
+    if not director_initialised():
+        director_dev_ceremony(actor=officer)
+        say("director started by the development key ceremony")
+    image_root = ImageMetadata.objects.get(role=ImageRole.ROOT, version=1)
+    director_root = DirectorRoot.objects.get(version=1)
+    return bytes(image_root.content), bytes(director_root.content)
 
 
 def _approved_change(
@@ -960,6 +994,12 @@ class Drill:
             "power_losses": facts["power_losses"],
             "agent_errors": facts["agent_errors"],
             "devices_still_busy": facts["still_busy"],
+            # Every offer a vehicle took was verified against both repositories first; none was refused as untrusted.
+            "verified_offers": sum(device.verified for device in fleet.devices),
+            "untrusted_refusals": deployments.filter(failure_class="untrusted").count(),
+            "verification_metadata_bytes": sum(
+                getattr(device.transport, "metadata_bytes", 0) for device in fleet.devices
+            ),
             "telemetry_samples": TelemetrySample.objects.filter(device_id__in=world.device_ids).count(),
             "network": fleet.proxy.counters.as_dict() if fleet.proxy else {},
             "poll_seconds": self.poll,

@@ -47,6 +47,7 @@ def child_environment(**overrides: str) -> dict[str, str]:
         "OTA_DATA_DIR": str(settings.DATA_DIR),
         "OTA_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
         "OTA_EVIDENCE_ROOT": str(settings.EVIDENCE_ROOT),
+        "OTA_IMAGE_REPOSITORY_DIR": str(settings.IMAGE_REPOSITORY_DIR),  # the web serves what this process signs
         "OTA_AUDIT_SIGNING_KEY": str(settings.AUDIT_SIGNING_KEY_PATH),
         # The same token and labels, so the children sign the decision record with this process's audit key.
         "SOFTHSM2_CONF": str(settings.SOFTHSM2_CONF),

@@ -45,6 +45,8 @@ def test_every_device_route_is_documented_with_the_device_scheme(api_client):
         "/device/v1/artifacts/{sha256}/",
         "/device/v1/deployments/{deployment_id}/status/",
         "/device/v1/telemetry/",
+        "/device/v1/director/targets.json",
+        "/device/v1/director/{version}.root.json",
     }
     assert set(schema["paths"]) == routes
     scheme = schema["components"]["securitySchemes"]["DeviceCredential"]

@@ -20,7 +20,14 @@ from tests.temporal_support import REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ZEROS = ("lost_deployments", "duplicated_deployments", "bricked_devices", "agent_errors", "updated_disagreements")
+ZEROS = (
+    "lost_deployments",
+    "duplicated_deployments",
+    "bricked_devices",
+    "agent_errors",
+    "updated_disagreements",
+    "untrusted_refusals",
+)
 
 
 def assert_clean(report: dict) -> None:
@@ -52,6 +59,7 @@ def test_healthy_drill_from_the_command_line_updates_every_device_and_prints_one
     assert report["updated"] == 24 and report["failed"] == report["timed_out"] == report["rolled_back"] == 0
     assert report["bytes_downloaded"] == report["bytes_needed"] > 0
     assert report["telemetry_samples"] >= 24
+    assert report["verified_offers"] >= 24  # every vehicle verified both repositories before it fetched the image
     assert_clean(report)
     new_version = report["new_release"]
     assert drill_devices(report).filter(installed_version=new_version).count() == 24

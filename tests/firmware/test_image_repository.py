@@ -58,7 +58,9 @@ def repository(security_officer, django_capture_on_commit_callbacks, settings):
 
 @pytest.fixture
 def stored_release(fleet):
-    """The fleet's 1.1.0 with a real image on disk, set before the change is approved."""
+    """The fleet's 1.1.0 with a real image on disk, set before the change is approved; its rollback release 1.0.0
+    has real bytes too (the signing step signs it with the change)."""
+    release_bytes(fleet["old"], b"tcu firmware 1.0.0\n" * 300)
     release_bytes(fleet["new"], IMAGE)
     return fleet["new"]
 
@@ -211,7 +213,9 @@ def test_a_rollout_start_signs_the_approved_release_before_any_device_is_offered
     with django_capture_on_commit_callbacks(execute=True):
         rollout = rollout_start(actor=operator, change=approved_change, start_workflow=False)
 
-    assert ImageTarget.objects.get().release == stored_release
+    assert ImageTarget.objects.get(release=stored_release).targets_version == 2
+    # The rollback release was approved with the change: the same targets version lists it.
+    assert ImageTarget.objects.get(release=approved_change.rollback_release).targets_version == 2
     signed = DecisionRecord.objects.get(action="release.sign")
     started = DecisionRecord.objects.get(action="rollout.start", object_id=str(rollout.pk))
     assert signed.seq < started.seq

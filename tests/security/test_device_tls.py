@@ -44,9 +44,22 @@ from devices.models import Device
 from devices.pki import device_identity_write, issuer_open, pki_paths, server_pins
 from ota_project.db import database_url
 from rollouts.models import Deployment
+from tests.change_fixtures import fleet  # noqa: F401 - the plain fleet, not the signed chain's of conftest.py
+from tests.device_api import conftest as _device_api
 from tests.device_api.conftest import IMAGE, checkin_body
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
+
+# The device API's fixtures (a running rollout with its image stored, its two pilots), in place of the signed chain's
+# fixtures of the same names in conftest.py.
+_fresh_download_verdicts = _device_api._fresh_download_verdicts
+_no_temporal = _device_api._no_temporal
+rollout = _device_api.rollout
+assigned = _device_api.assigned
+running = _device_api.running
+pilot = _device_api.pilot
+other_pilot = _device_api.other_pilot
+sha = _device_api.sha
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKIN = "/device/v1/checkin/"

@@ -84,6 +84,17 @@ def _copy_verified(source: Path, path: Path, sha256: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _write_if_different(path: Path, data: bytes) -> None:
+    """A versioned file is written once; one that holds other bytes (a directory left behind by another database,
+    e.g. a drill or a restored backup) is replaced by the database's version, which is what clients verify."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    _write_atomic(path, data)
+
+
 def image_files_write() -> None:
     """Bring the static tree up to the database: every target file and root version, the newest targets and
     snapshot, then timestamp.json (after each commit that signed something, and at each refresh; idempotent). A
@@ -93,13 +104,11 @@ def image_files_write() -> None:
         if not destination.exists():
             _copy_verified(artifact_path(target.sha256), destination, target.sha256)
     for root in ImageMetadata.objects.filter(role=ImageRole.ROOT).order_by("version"):
-        versioned = metadata_dir() / f"{root.version}.root.json"
-        if not versioned.exists():
-            _write_atomic(versioned, bytes(root.content))
+        _write_if_different(metadata_dir() / f"{root.version}.root.json", bytes(root.content))
     for role in (ImageRole.TARGETS, ImageRole.SNAPSHOT):
         latest = image_metadata_latest(role)
-        if latest is not None and not (metadata_dir() / f"{latest.version}.{role}.json").exists():
-            _write_atomic(metadata_dir() / f"{latest.version}.{role}.json", bytes(latest.content))
+        if latest is not None:
+            _write_if_different(metadata_dir() / f"{latest.version}.{role}.json", bytes(latest.content))
     for role in (ImageRole.ROOT, ImageRole.TIMESTAMP):
         latest = image_metadata_latest(role)
         if latest is not None:

@@ -482,6 +482,41 @@ def image_target_add(*, release: FirmwareRelease, change_id: int) -> tuple[Image
     return target, True
 
 
+def image_targets_add(*, releases: list[FirmwareRelease], change_id: int) -> list[tuple[ImageTarget, bool]]:
+    """List several releases' images in ONE new targets version (then snapshot and timestamp): the signing step's
+    release and its rollback release, approved together. Each (target, created); a release already listed with
+    the same hash is kept as it is, and when every one is, nothing is signed."""
+    _lock()
+    results: list[tuple[ImageTarget, bool]] = []
+    now = timezone.now()
+    version = _next_version(ImageRole.TARGETS)
+    for release in releases:
+        existing = ImageTarget.objects.filter(release=release).first()
+        if existing is not None:
+            if existing.sha256 != release.artifact.sha256:
+                raise Conflict(f"Release {release.version} is already signed with another image ({existing.sha256}).")
+            results.append((existing, False))
+            continue
+        target = ImageTarget.objects.create(
+            release=release,
+            path=f"{release.version}/{release.artifact_name}",
+            sha256=release.artifact.sha256,
+            length=release.artifact.size_bytes,
+            hardware_ids=sorted(model.name for model in release.hardware_models.all()),
+            release_counter=release.release_counter,
+            change_id=change_id,
+            targets_version=version,
+            signed_at=now,
+        )
+        results.append((target, True))
+    if any(created for _, created in results):
+        root = _root()
+        targets = _targets_sign(root, now)
+        _timestamp_sign(root, _snapshot_sign(root, targets, now), now)
+        _publish_after_commit()
+    return results
+
+
 def _near_expiry(stored: ImageMetadata, now: datetime) -> bool:
     """Within the refresh margin: less than half of the role's lifetime left."""
     lifetime = timedelta(days=settings.IMAGE_REPOSITORY_EXPIRY_DAYS[stored.role])

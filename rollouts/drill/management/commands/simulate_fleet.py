@@ -26,8 +26,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devices.agent import Agent, AsyncHttpTransport, PowerLoss, TransportError
 from devices.agent.tls import TlsIdentity
+from devices.agent.verify import Trust
 from devices.certificates import device_ca_ensure, device_certificate_renew, device_certificates_provision
 from devices.choices import SIMULATED_TAG, CertificateStatus, DeviceStatus
+from devices.firmware.director.models import DirectorRoot
+from devices.firmware.repository.models import ImageMetadata, ImageRole
 from devices.models import Device, DeviceCertificate
 from devices.pki import certificate_fingerprint, device_identity_write, server_pins
 from ota_project.roles import Role
@@ -52,6 +55,16 @@ class CountingTransport(AsyncHttpTransport):
         if path.endswith("/checkin/"):
             CountingTransport.checkins += 1
         return answer
+
+
+def trust_roots() -> tuple[bytes, bytes] | None:
+    """The first root of the image repository and of the director, what each vehicle is provisioned with; None
+    while either does not exist (then the vehicles only check the offer's sha256: the legacy path)."""
+    image_root = ImageMetadata.objects.filter(role=ImageRole.ROOT, version=1).first()
+    director_root = DirectorRoot.objects.filter(version=1).first()
+    if image_root is None or director_root is None:
+        return None
+    return bytes(image_root.content), bytes(director_root.content)
 
 
 class Command(BaseCommand):
@@ -83,6 +96,7 @@ class Command(BaseCommand):
         devices, identities = ready
         logging.getLogger("devices.agent").setLevel(logging.ERROR)
         self._say(f"simulate_fleet: {len(devices)} devices checking in at {options['server']} (state in {root})")
+        self.roots = trust_roots()
         asyncio.run(self._run(devices, identities, root, options["server"], options["seed"]))
         self._say("simulate_fleet: stopped")
 
@@ -184,6 +198,7 @@ class Command(BaseCommand):
                 factory_image=f"factory image {device.installed_version} {device.serial}\n".encode(),
                 rng=random.Random(rng.randrange(2**31)),
                 backoff_cap=60,
+                trust=Trust(device.serial, device.hardware_model.name, *self.roots) if self.roots else None,
             )
             try:
                 await agent.arun(stop=stop)
