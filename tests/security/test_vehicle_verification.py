@@ -214,3 +214,16 @@ def test_the_asyncio_agent_verifies_both_repositories_and_installs(vehicle, oper
     assert "verified" in events and events.index("verified") < events.index("downloaded")
     assert agent.state["slots"][agent.state["active_slot"]]["version"] == "1.1.0"
     assert Deployment.objects.get(pk=vehicle.deployment.pk).status == DeploymentStatus.SUCCEEDED
+
+
+def test_a_targets_file_from_another_snapshot_is_refused_mix_and_match(vehicle):
+    """The snapshot names the targets version that lists this release; an attacker serves an older, validly
+    signed targets file under that name (mix-and-match): the vehicle refuses it and installs nothing."""
+    versions = ImageMetadata.objects.filter(role=ImageRole.TARGETS).order_by("version")
+    older, latest = versions.first(), versions.last()
+    assert older is not None and latest is not None and older.version < latest.version
+    stale = bytes(older.content)
+    vehicle.transport.bytes_rewrite = lambda url, data: stale if url.endswith(".targets.json") else data
+    agent = run(vehicle)
+    assert_refused(vehicle, agent, "")
+    assert any(url.endswith(f"/{latest.version}.targets.json") for url in vehicle.transport.fetched)
