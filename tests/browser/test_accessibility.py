@@ -15,6 +15,15 @@ from workflows.types import PhaseChange
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 AXE = Axe()
+
+
+@pytest.fixture(autouse=True)
+def _no_temporal(settings) -> None:
+    """The rollout below is recorded without its workflow; no change workflow is nudged either (the Playwright loop
+    runs in this thread, where the sync Temporal helpers refuse to block)."""
+    settings.TEMPORAL_ENABLED = False
+
+
 WCAG_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
 
 

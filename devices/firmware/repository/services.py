@@ -437,18 +437,8 @@ def image_repository_root() -> Metadata[Root]:
     return _root()
 
 
-def image_target_add(*, release: FirmwareRelease, change_id: int) -> tuple[ImageTarget, bool]:
-    """List a release's image in a new targets version (then snapshot and timestamp); (target, created).
-
-    Called only by the approval-gated signing step (devices.firmware.signing), inside its transaction, after it has
-    checked the approvals and the stored bytes. A release already listed with the same hash is a no-op."""
-    _lock()
-    existing = ImageTarget.objects.filter(release=release).first()
-    if existing is not None:
-        if existing.sha256 != release.artifact.sha256:
-            raise Conflict(f"Release {release.version} is already signed with another image ({existing.sha256}).")
-        return existing, False
-    root = _root()
+def _refuse_hybrid_in_classical(release: FirmwareRelease, root: Metadata[Root]) -> None:
+    """A release for a hybrid hardware model enters only a hybrid repository (refused and recorded otherwise)."""
     hybrid_models = sorted(
         release.hardware_models.filter(signing_scheme=SigningScheme.HYBRID_ML_DSA_65).values_list("name", flat=True)
     )
@@ -464,6 +454,21 @@ def image_target_add(*, release: FirmwareRelease, change_id: int) -> tuple[Image
             f"v{root.signed.version} is classical: rotate to a hybrid root first (image_repository rotate-root).",
             code="hybrid_root_required",
         )
+
+
+def image_target_add(*, release: FirmwareRelease, change_id: int) -> tuple[ImageTarget, bool]:
+    """List a release's image in a new targets version (then snapshot and timestamp); (target, created).
+
+    Called only by the approval-gated signing step (devices.firmware.signing), inside its transaction, after it has
+    checked the approvals and the stored bytes. A release already listed with the same hash is a no-op."""
+    _lock()
+    existing = ImageTarget.objects.filter(release=release).first()
+    if existing is not None:
+        if existing.sha256 != release.artifact.sha256:
+            raise Conflict(f"Release {release.version} is already signed with another image ({existing.sha256}).")
+        return existing, False
+    root = _root()
+    _refuse_hybrid_in_classical(release, root)
     now = timezone.now()
     target = ImageTarget.objects.create(
         release=release,
@@ -487,6 +492,10 @@ def image_targets_add(*, releases: list[FirmwareRelease], change_id: int) -> lis
     release and its rollback release, approved together. Each (target, created); a release already listed with
     the same hash is kept as it is, and when every one is, nothing is signed."""
     _lock()
+    root = _root()
+    for release in releases:
+        if not ImageTarget.objects.filter(release=release).exists():
+            _refuse_hybrid_in_classical(release, root)
     results: list[tuple[ImageTarget, bool]] = []
     now = timezone.now()
     version = _next_version(ImageRole.TARGETS)
@@ -510,7 +519,6 @@ def image_targets_add(*, releases: list[FirmwareRelease], change_id: int) -> lis
         )
         results.append((target, True))
     if any(created for _, created in results):
-        root = _root()
         targets = _targets_sign(root, now)
         _timestamp_sign(root, _snapshot_sign(root, targets, now), now)
         _publish_after_commit()
