@@ -42,6 +42,18 @@ if "CONN_MAX_AGE" not in os.environ:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_foreign_temporal() -> None:
+    """Tests reach only a Temporal server they started themselves (`temporal_settings`, the drill stacks): by
+    default the address is a loopback port nobody listens on, never 127.0.0.1:7233, where a developer's `make run`
+    may be serving (its worker would receive the tests' change workflows). Nudges then fail fast and are reconciled,
+    as when Temporal is down."""
+    from ota_project.net import free_port
+
+    django_settings.TEMPORAL_ADDRESS = f"127.0.0.1:{free_port()}"
+    os.environ["TEMPORAL_ADDRESS"] = django_settings.TEMPORAL_ADDRESS
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A throwaway SoftHSM2 token for the session, set up like the development one (ota_project.hsm.softhsm); the
     environment carries it to every process the tests start (commands, drill stacks, live servers)."""
