@@ -253,6 +253,19 @@ def subprocess_env(settings: Any, **overrides: str) -> dict[str, str]:
         TEMPORAL_TASK_QUEUE=settings.TEMPORAL_TASK_QUEUE,
         TEMPORAL_ENABLED="true" if settings.TEMPORAL_ENABLED else "false",
     )
+    # The test's own files (tests/conftest.py puts them per test), never the checkout's .data/: a device CA or a
+    # repository left there would outlive this session's throwaway token and break the next run.
+    env.update(
+        OTA_ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
+        OTA_EVIDENCE_ROOT=str(settings.EVIDENCE_ROOT),
+        OTA_IMAGE_REPOSITORY_DIR=str(settings.IMAGE_REPOSITORY_DIR),
+        OTA_AUDIT_SIGNING_KEY=str(settings.AUDIT_SIGNING_KEY_PATH),
+        OTA_AUDIT_CHECKPOINT_LOG=str(settings.AUDIT_CHECKPOINT_LOG_PATH),
+        OTA_AUDIT_RETIRED_KEYS_DIR=str(settings.AUDIT_RETIRED_KEYS_DIR),
+        OTA_DEVICE_PKI_DIR=str(settings.DEVICE_PKI_DIR),
+        OTA_DEVICE_PROXY_SECRET_FILE=str(settings.DEVICE_PROXY_SECRET_FILE),
+        OTA_DOWNLOAD_TOKEN_KEY_FILE=str(settings.OTA_DOWNLOAD_TOKEN_KEY_FILE),
+    )
     env.update(overrides)
     return env
 
