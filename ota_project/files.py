@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,30 @@ from pathlib import Path
 from django.core.files.uploadedfile import UploadedFile
 
 from ota_project.errors import InvalidInput
+
+
+@functools.cache
+def run_time_secret(path: Path, from_environment: str = "", *, nbytes: int = 32) -> bytes:
+    """A secret generated at run time: `from_environment` when set, else the file at `path`, created on first use
+    (mode 0600, `nbytes` random bytes, URL-safe). Written whole under a temporary name and linked into place, so of
+    processes starting together one wins and all read the same secret (link refuses to overwrite). Cached per
+    process and argument."""
+    if from_environment:
+        return from_environment.encode()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(nbytes))
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            pass
+        finally:
+            staging.unlink()
+    return path.read_text().strip().encode()
+
 
 SAFE_FILE_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 SAFE_FILE_NAME_MAX_LENGTH = 128

@@ -15,18 +15,18 @@ fails the same comparison as a forged one: the caller refuses it and records a s
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+
+from ota_project.files import run_time_secret
 
 MAX_LIFETIME_SECONDS = 900  # issue 16: at most 15 minutes
 TOKEN_RE = re.compile(r"\A(\d{1,18})\.(\d{1,18})\.(\d{1,12})\.([A-Za-z0-9_-]{43})\Z")
@@ -56,29 +56,8 @@ def _key_file() -> Path:
     return Path(configured) if configured else Path(settings.DATA_DIR) / "download_token_key"
 
 
-@functools.cache
-def _key_at(path: Path, from_environment: str) -> bytes:
-    if from_environment:
-        return from_environment.encode()
-    if not path.exists():
-        # Written whole under a temporary name, then linked into place: of web processes starting together one
-        # wins and all read the same key (link refuses to overwrite).
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(48))
-        try:
-            os.link(staging, path)
-        except FileExistsError:
-            pass
-        finally:
-            staging.unlink()
-    return path.read_text().strip().encode()
-
-
 def _key() -> bytes:
-    return _key_at(_key_file(), os.environ.get("OTA_DOWNLOAD_TOKEN_KEY", ""))
+    return run_time_secret(_key_file(), os.environ.get("OTA_DOWNLOAD_TOKEN_KEY", ""), nbytes=48)
 
 
 def _lifetime_seconds() -> int:

@@ -20,11 +20,9 @@ reason); a request with no identity at all is a plain 401 and no event.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from devices.certificates import certificate_presented_revoked
 from devices.choices import CertificateStatus, DeviceStatus
 from devices.credentials import secret_hash
 from devices.models import Device
+from ota_project.files import run_time_secret
 
 KEYWORD = "Device"
 MAX_HEADER_LENGTH = 512
@@ -116,30 +115,10 @@ def _proxy_secret_file() -> Path:
     return Path(configured) if configured else Path(settings.DATA_DIR) / "device_proxy_secret"
 
 
-@functools.cache
-def _proxy_secret_at(path: Path, from_environment: str) -> bytes:
-    if from_environment:
-        return from_environment.encode()
-    if not path.exists():
-        # Whole under a temporary name, then linked into place: of processes starting together one wins.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32))
-        try:
-            os.link(staging, path)
-        except FileExistsError:
-            pass
-        finally:
-            staging.unlink()
-    return path.read_text().strip().encode()
-
-
 def device_proxy_secret() -> str:
     """The secret nginx adds to every request it proxies from the device port (OTA_DEVICE_PROXY_SECRET, else the
     file, generated on first use with mode 0600)."""
-    return _proxy_secret_at(_proxy_secret_file(), os.environ.get("OTA_DEVICE_PROXY_SECRET", "")).decode()
+    return run_time_secret(_proxy_secret_file(), os.environ.get("OTA_DEVICE_PROXY_SECRET", "")).decode()
 
 
 def from_device_proxy(request: HttpRequest | Request) -> bool:
