@@ -39,8 +39,10 @@ from ota_project.hsm.softhsm import softhsm_setup
 DEV_OFFLINE_TOKEN = "ota-offline-dev"
 
 
-def _ceremony_environment(directory: Path) -> dict[str, str]:
-    token = softhsm_setup(directory, DEV_OFFLINE_TOKEN)
+def offline_dev_environment(directory: Path | None = None) -> dict[str, str]:
+    """The ceremony's child processes' environment: the development offline token (its own SoftHSM2
+    configuration, under DATA_DIR/softhsm-offline-dev unless `directory` says otherwise)."""
+    token = softhsm_setup(directory or Path(settings.DATA_DIR) / "softhsm-offline-dev", DEV_OFFLINE_TOKEN)
     return {
         **os.environ,
         "SOFTHSM2_CONF": str(token.conf),
@@ -50,7 +52,8 @@ def _ceremony_environment(directory: Path) -> dict[str, str]:
     }
 
 
-def _manage(environment: dict[str, str], *arguments: str) -> None:
+def ceremony_step(environment: dict[str, str], *arguments: str) -> None:
+    """Run one `manage.py` step of the ceremony in a child process that holds the offline token."""
     done = subprocess.run(
         [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *arguments],
         env=environment,
@@ -62,38 +65,44 @@ def _manage(environment: dict[str, str], *arguments: str) -> None:
         raise Conflict(f"ceremony step `{' '.join(arguments[:2])}` failed: {done.stderr.strip()[-500:]}")
 
 
+def dev_key_ensure(actor: User, environment: dict[str, str], work: Path, key_role: str) -> None:
+    """Register the role's key unless one is active: an offline role's made on the dev offline token (a child
+    process; only its public half reaches the server), any other on the server's token."""
+    if signing_key_active(key_role) is not None:
+        return
+    if key_role in OFFLINE_ROLES:
+        public_key = work / f"{key_role}.pem"
+        ceremony_step(environment, "keys", "create", "--role", key_role, "--offline", "--out", str(public_key))
+        key_import_public(
+            actor=actor, role=key_role, public_key=public_key.read_text(), reason="development key ceremony"
+        )
+    else:
+        key_create(actor=actor, role=key_role, reason="development key ceremony")
+
+
 def _dev_keys(actor: User, environment: dict[str, str], work: Path, *, hybrid: bool) -> None:
-    """Register the missing keys a root needs: offline roles made on the dev offline token, the rest on the server's."""
+    """Register the missing keys a root needs."""
     for key_roles in role_keys(hybrid=hybrid).values():
         for key_role in key_roles:
-            if signing_key_active(key_role) is not None:
-                continue
-            if key_role in OFFLINE_ROLES:
-                public_key = work / f"{key_role}.pem"
-                _manage(environment, "keys", "create", "--role", key_role, "--offline", "--out", str(public_key))
-                key_import_public(
-                    actor=actor, role=key_role, public_key=public_key.read_text(), reason="development key ceremony"
-                )
-            else:
-                key_create(actor=actor, role=key_role, reason="development key ceremony")
+            dev_key_ensure(actor, environment, work, key_role)
 
 
 def dev_ceremony(*, actor: User, directory: Path | None = None) -> ImageMetadata:
     """Development only: make the root key on a SoftHSM2 token under DATA_DIR/softhsm-offline-dev, the missing
     online keys on the server's token, and start the image repository from a root v1 signed on that token."""
-    environment = _ceremony_environment(directory or Path(settings.DATA_DIR) / "softhsm-offline-dev")
+    environment = offline_dev_environment(directory)
     with tempfile.TemporaryDirectory() as work:
         draft, signed = Path(work) / "root.draft.json", Path(work) / "root.json"
         _dev_keys(actor, environment, Path(work), hybrid=repository_hybrid_required())
         draft.write_bytes(root_draft().to_bytes())
-        _manage(environment, "image_repository", "sign-root", "--in", str(draft), "--out", str(signed))
+        ceremony_step(environment, "image_repository", "sign-root", "--in", str(draft), "--out", str(signed))
         return image_repository_init(actor=actor, root=Metadata[Root].from_bytes(signed.read_bytes()))
 
 
 def dev_rotate_root(*, actor: User, reason: str = "", directory: Path | None = None) -> ImageMetadata:
     """Development only: root N+1 from the registry's active keys (hybrid when the published root is or a model
     needs it; missing keys made as in dev_ceremony), signed on the dev offline token by old and new root keys."""
-    environment = _ceremony_environment(directory or Path(settings.DATA_DIR) / "softhsm-offline-dev")
+    environment = offline_dev_environment(directory)
     trusted = image_repository_root()
     hybrid = root_is_hybrid(trusted.signed) or repository_hybrid_required()
     with tempfile.TemporaryDirectory() as work:
@@ -101,7 +110,7 @@ def dev_rotate_root(*, actor: User, reason: str = "", directory: Path | None = N
         _dev_keys(actor, environment, Path(work), hybrid=hybrid)
         draft.write_bytes(root_draft_rotation(hybrid=hybrid).to_bytes())
         old.write_bytes(trusted.to_bytes())
-        _manage(
+        ceremony_step(
             environment,
             "image_repository",
             "sign-root",

@@ -11,12 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from securesystemslib.exceptions import FormatError
-from tuf.api.metadata import Metadata, Root
-from tuf.api.serialization import DeserializationError
 
 from devices.firmware.director.ceremony import director_dev_ceremony
 from devices.firmware.director.services import (
@@ -25,6 +20,8 @@ from devices.firmware.director.services import (
     director_root_latest,
     director_root_sign_offline,
 )
+from devices.firmware.management.root_files import read_root
+from ota_project.command_support import active_user, refusal_text
 from ota_project.errors import DomainError
 from ota_project.hsm.token import TokenError, offline_token
 
@@ -56,13 +53,13 @@ class Command(BaseCommand):
                 options["out"].write_bytes(director_root_draft().to_bytes())
                 self.stdout.write(f"director root v1 draft written to {options['out']}; sign it with sign-root")
             elif action == "sign-root":
-                root = director_root_sign_offline(self._load_root(options["source"]), token=offline_token())
+                root = director_root_sign_offline(read_root(options["source"]), token=offline_token())
                 options["out"].write_bytes(root.to_bytes())
                 self.stdout.write(f"signed director root written to {options['out']}")
             elif action == "init":
-                actor = self._actor(options["actor"])
+                actor = active_user(options["actor"])
                 root = (
-                    self._load_root(options["root"])
+                    read_root(options["root"])
                     if options["root"]
                     else director_root_sign_offline(director_root_draft(), token=offline_token())
                 )
@@ -70,7 +67,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"director started: root v{stored.version} sha256 {stored.sha256}")
             elif action == "dev-ceremony":
                 self.stderr.write("DEVELOPMENT ONLY: the director root key is made on a SoftHSM2 token in the data dir")
-                stored = director_dev_ceremony(actor=self._actor(options["actor"]))
+                stored = director_dev_ceremony(actor=active_user(options["actor"]))
                 self.stdout.write(f"director started: root v{stored.version} sha256 {stored.sha256}")
             else:
                 latest = director_root_latest()
@@ -80,22 +77,6 @@ class Command(BaseCommand):
                     else f"director root v{latest.version} expires {latest.expires:%Y-%m-%d %H:%M} UTC"
                 )
         except DomainError as exc:
-            details = "; ".join(f"{name}: {' '.join(map(str, messages))}" for name, messages in exc.fields.items())
-            raise CommandError(f"{exc.message} ({details})" if details else exc.message) from exc
+            raise CommandError(refusal_text(exc)) from exc
         except TokenError as exc:
             raise CommandError(str(exc)) from exc
-
-    def _load_root(self, path: Path) -> Metadata[Root]:
-        try:
-            root = Metadata[Root].from_bytes(path.read_bytes())
-        except (OSError, DeserializationError, FormatError) as exc:
-            raise CommandError(f"cannot read a root from {path}: {exc}") from exc
-        if not isinstance(root.signed, Root):
-            raise CommandError(f"{path} is {root.signed.type} metadata, not root")
-        return root
-
-    def _actor(self, username: str) -> User:
-        user = get_user_model().objects.filter(username=username, is_active=True).first()
-        if user is None:
-            raise CommandError(f"no active user named {username!r}")
-        return user

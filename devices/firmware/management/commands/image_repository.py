@@ -18,14 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from securesystemslib.exceptions import FormatError
-from tuf.api.metadata import Metadata, Root
-from tuf.api.serialization import DeserializationError
 
 from approvals.audit.choices import SecurityEventKind
 from approvals.audit.security import security_event
+from devices.firmware.management.root_files import read_root
 from devices.firmware.repository.ceremony import dev_ceremony, dev_rotate_root
 from devices.firmware.repository.expiry import expiry_audit
 from devices.firmware.repository.models import ImageRole
@@ -41,6 +38,7 @@ from devices.firmware.repository.services import (
     root_sign_offline,
     root_sign_rotation,
 )
+from ota_project.command_support import active_user, refusal_text
 from ota_project.errors import DomainError
 from ota_project.hsm.token import TokenError, TokenPinRefused, offline_token
 
@@ -101,18 +99,18 @@ class Command(BaseCommand):
                     f"root v{drafted.signed.version} draft ({mode}) written to {options['out']}; sign it with sign-root"
                 )
             elif action == "sign-root":
-                draft = self._load_root(options["source"])
+                draft = read_root(options["source"])
                 root = (
-                    root_sign_rotation(draft, trusted=self._load_root(options["trusted"]), token=offline_token())
+                    root_sign_rotation(draft, trusted=read_root(options["trusted"]), token=offline_token())
                     if options["trusted"]
                     else root_sign_offline(draft, token=offline_token())
                 )
                 options["out"].write_bytes(root.to_bytes())
                 self.stdout.write(f"signed root v{root.signed.version} written to {options['out']}")
             elif action == "rotate-root":
-                actor = self._actor(options["actor"])
+                actor = active_user(options["actor"])
                 root = (
-                    self._load_root(options["root"])
+                    read_root(options["root"])
                     if options["root"]
                     else root_sign_rotation(
                         root_draft_rotation(), trusted=image_repository_root(), token=offline_token()
@@ -122,7 +120,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"root rotated: v{stored.version} sha256 {stored.sha256}; online roles re-signed")
             elif action == "dev-rotate-root":
                 self.stderr.write("DEVELOPMENT ONLY: the root keys are on a SoftHSM2 token under the data dir")
-                stored = dev_rotate_root(actor=self._actor(options["actor"]), reason=options["reason"])
+                stored = dev_rotate_root(actor=active_user(options["actor"]), reason=options["reason"])
                 self.stdout.write(f"root rotated: v{stored.version} sha256 {stored.sha256}; online roles re-signed")
             elif action == "expiry-audit":
                 findings = expiry_audit()
@@ -130,9 +128,9 @@ class Command(BaseCommand):
                     self.stdout.write(f"{finding.severity:<8} {finding.subject:<40} {finding.message}")
                 self.stdout.write(f"{len(findings)} finding(s)")
             elif action == "init":
-                actor = self._actor(options["actor"])
+                actor = active_user(options["actor"])
                 root = (
-                    self._load_root(options["root"])
+                    read_root(options["root"])
                     if options["root"]
                     else root_sign_offline(root_draft(), token=offline_token())
                 )
@@ -140,7 +138,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"image repository started: root v{stored.version} sha256 {stored.sha256}")
             elif action == "dev-ceremony":
                 self.stderr.write("DEVELOPMENT ONLY: the root key is made on a SoftHSM2 token under the data dir")
-                stored = dev_ceremony(actor=self._actor(options["actor"]))
+                stored = dev_ceremony(actor=active_user(options["actor"]))
                 self.stdout.write(f"image repository started: root v{stored.version} sha256 {stored.sha256}")
             elif action == "refresh":
                 resigned = image_repository_refresh()
@@ -148,8 +146,7 @@ class Command(BaseCommand):
             else:
                 self._status()
         except DomainError as exc:
-            details = "; ".join(f"{name}: {' '.join(map(str, messages))}" for name, messages in exc.fields.items())
-            raise CommandError(f"{exc.message} ({details})" if details else exc.message) from exc
+            raise CommandError(refusal_text(exc)) from exc
         except TokenPinRefused as exc:
             actor_name = options.get("actor")
             person = get_user_model().objects.filter(username=actor_name).first() if actor_name else None
@@ -176,18 +173,3 @@ class Command(BaseCommand):
             self.stdout.write(f"mode       {mode}")
         for alert in expiry_alert_open_list():
             self.stdout.write(f"alert      {alert.severity}: {alert.message}")
-
-    def _load_root(self, path: Path) -> Metadata[Root]:
-        try:
-            root = Metadata[Root].from_bytes(path.read_bytes())
-        except (OSError, DeserializationError, FormatError) as exc:
-            raise CommandError(f"cannot read a root from {path}: {exc}") from exc
-        if not isinstance(root.signed, Root):
-            raise CommandError(f"{path} is {root.signed.type} metadata, not root")
-        return root
-
-    def _actor(self, username: str) -> User:
-        user = get_user_model().objects.filter(username=username, is_active=True).first()
-        if user is None:
-            raise CommandError(f"no active user named {username!r}")
-        return user

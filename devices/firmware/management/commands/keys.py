@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit.choices import SecurityEventKind
@@ -21,6 +19,7 @@ from devices.firmware.keys.services import (
     key_revoke_and_replace,
     key_rotate,
 )
+from ota_project.command_support import active_user, refusal_text
 from ota_project.errors import DomainError
 from ota_project.hsm.roles import KeyRole
 from ota_project.hsm.token import TokenError, TokenPinRefused
@@ -86,7 +85,7 @@ class Command(BaseCommand):
             return
         if not options.get("actor"):
             raise CommandError("--actor is required: the security officer the decision is recorded under")
-        actor = self._actor(options["actor"])
+        actor = active_user(options["actor"])
         try:
             if action == "create":
                 key = key_create(
@@ -119,7 +118,7 @@ class Command(BaseCommand):
                 key = key_revoke(actor=actor, key_id=options["key_id"], reason=options["reason"])
                 self.stdout.write(f"revoked {key.role} key {key.key_id}")
         except DomainError as exc:
-            raise CommandError(_describe(exc)) from exc
+            raise CommandError(refusal_text(exc)) from exc
         except TokenPinRefused as exc:
             security_event(
                 kind=SecurityEventKind.HSM_PIN_REFUSED, source="keys", message=str(exc), actor=actor, subject=action
@@ -144,7 +143,7 @@ class Command(BaseCommand):
         try:
             key = key_generate_offline(role=options["role"], algorithm=options["algorithm"])
         except DomainError as exc:
-            raise CommandError(_describe(exc)) from exc
+            raise CommandError(refusal_text(exc)) from exc
         except TokenError as exc:  # no security event: an offline machine has no server to record it on
             raise CommandError(str(exc)) from exc
         if options["out"]:
@@ -156,19 +155,8 @@ class Command(BaseCommand):
             "server with: manage.py keys import-public"
         )
 
-    def _actor(self, username: str) -> User:
-        user = get_user_model().objects.filter(username=username, is_active=True).first()
-        if user is None:
-            raise CommandError(f"no active user named {username!r}")
-        return user
-
     def _read(self, path: Path) -> str:
         try:
             return path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"cannot read {path}: {exc}") from exc
-
-
-def _describe(exc: DomainError) -> str:
-    details = "; ".join(f"{name}: {' '.join(str(m) for m in messages)}" for name, messages in exc.fields.items())
-    return f"{exc.message} ({details})" if details else exc.message
