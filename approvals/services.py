@@ -417,18 +417,30 @@ def change_update(*, actor: User, change: ChangeRequest, **fields: Any) -> Chang
     change.save()
     _record(actor, change, "change.edit", before=changed_before, after=changed_after)
     if submitted:
-        _void_approvals(actor, change, f"revision {change.revision} supersedes earlier revisions")
-        if change.status in (ChangeStatus.IN_REVIEW, ChangeStatus.APPROVED):
-            change = _transition(
-                actor=actor,
-                change=change,
-                to=ChangeStatus.SUBMITTED,
-                action="change.resubmit",
-                reason="edited after submission",
-                review_started_at=timezone.now(),
-            )
-        else:
-            _nudge_workflow(change, "change.edit")
+        change = _back_to_review(
+            actor,
+            change,
+            voided=f"revision {change.revision} supersedes earlier revisions",
+            reason="edited after submission",
+            action="change.edit",
+        )
+    return change
+
+
+def _back_to_review(actor: User, change: ChangeRequest, *, voided: str, reason: str, action: str) -> ChangeRequest:
+    """After a submitted change changed: void its approvals and, when it was in review or approved, send it back to
+    the CAB as a resubmission (the review clock starts again); otherwise tell its workflow what happened."""
+    _void_approvals(actor, change, voided)
+    if change.status in (ChangeStatus.IN_REVIEW, ChangeStatus.APPROVED):
+        return _transition(
+            actor=actor,
+            change=change,
+            to=ChangeStatus.SUBMITTED,
+            action="change.resubmit",
+            reason=reason,
+            review_started_at=timezone.now(),
+        )
+    _nudge_workflow(change, action)
     return change
 
 
@@ -786,16 +798,11 @@ def evidence_add(*, actor: User, change: ChangeRequest, upload: UploadedFile) ->
         after={"file_name": name, "sha256": stored.sha256, "size_bytes": stored.size_bytes},
     )
     if change.status != ChangeStatus.DRAFT:
-        _void_approvals(actor, change, f"revision {change.revision} adds test evidence")
-        if change.status in (ChangeStatus.IN_REVIEW, ChangeStatus.APPROVED):
-            _transition(
-                actor=actor,
-                change=change,
-                to=ChangeStatus.SUBMITTED,
-                action="change.resubmit",
-                reason="test evidence added after submission",
-                review_started_at=timezone.now(),
-            )
-        else:
-            _nudge_workflow(change, "change.evidence_add")
+        _back_to_review(
+            actor,
+            change,
+            voided=f"revision {change.revision} adds test evidence",
+            reason="test evidence added after submission",
+            action="change.evidence_add",
+        )
     return evidence

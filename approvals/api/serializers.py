@@ -25,6 +25,7 @@ from approvals.selectors import (
     change_release_sha256,
     change_review_due_at,
 )
+from approvals.services import EDITABLE_FIELDS
 from devices.firmware.models import FirmwareRelease
 from devices.models import HardwareModel
 from ota_project.errors import InvalidInput
@@ -135,20 +136,7 @@ class ChangeSerializer(serializers.ModelSerializer):
         model = ChangeRequest
         fields = [
             "id",
-            "change_type",
-            "template",
-            "title",
-            "justification",
-            "release",
-            "rollback_release",
-            "target_scope",
-            "impact_analysis",
-            "test_evidence_summary",
-            "requested_window_start",
-            "requested_window_end",
-            "rollout_plan",
-            "emergency_reason",
-            "risk_answers",
+            *EDITABLE_FIELDS,
             "risk_score",
             "risk_level",
             "risk_raised_by",
