@@ -499,6 +499,8 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest
                 window_end=window.get("requested_window_end")
                 if window
                 else getattr(change, "requested_window_end", None),
+                scope=checked_scope,
+                exclude_change_id=getattr(change, "pk", None),
             )
         except InvalidInput as exc:
             result["plan_errors"] = f.error_lines(exc.fields.get("rollout_plan", exc.message))
