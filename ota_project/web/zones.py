@@ -13,6 +13,7 @@ import zoneinfo
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
+from urllib.parse import unquote
 
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -94,7 +95,7 @@ class ViewerTimeZoneMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         zone = None
         if not request.path.startswith(MACHINE_PREFIXES):
-            zone = zone_named(request.COOKIES.get(ZONE_COOKIE))
+            zone = zone_named(unquote(request.COOKIES.get(ZONE_COOKIE) or ""))
         if zone is None:
             timezone.deactivate()
         else:

@@ -17,8 +17,8 @@
   }
   if (zone && /^[A-Za-z][A-Za-z0-9_+\-]*(\/[A-Za-z0-9_+\-]+){0,2}$/.test(zone)) {
     var current = document.cookie.match(/(?:^|;\s*)ota_tz=([^;]*)/);
-    if (!current || decodeURIComponent(current[1]) !== zone) {
-      document.cookie = "ota_tz=" + encodeURIComponent(zone) + "; path=/; max-age=31536000; SameSite=Lax";
+    if (!current || current[1] !== zone) {
+      document.cookie = "ota_tz=" + zone + "; path=/; max-age=31536000; SameSite=Lax";  // tz names are cookie-safe (checked above)
     }
   }
 
