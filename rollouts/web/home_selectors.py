@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import User
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from approvals.audit.models import SecurityEvent
 from approvals.audit.security_selectors import KindCount, security_event_list, security_event_summary
 from approvals.choices import ChangeStatus
-from approvals.models import ChangeRequest
+from approvals.models import Approval, ChangeRequest
 from approvals.selectors import (
     cab_queue,
     change_list_for_user,
@@ -154,7 +154,11 @@ def decisions_due(user: User, now: datetime) -> tuple[list[DecisionDue], bool]:
     """Changes in review this person may still decide, the earliest review deadline first (then risk, as the queue
     orders them); True as the second value when the list was cut at LIST_ROWS."""
     due: list[DecisionDue] = []
-    for change in cab_queue(user).select_related("author", "release")[:CAB_EXAMINED]:
+    # Only narrows what the rule below examines (the author, and revisions this person already decided, are refused
+    # by decision_refusal too); the rule itself stays reviewer_may_still_decide.
+    decided = Approval.objects.filter(change=OuterRef("pk"), approver=user, revision=OuterRef("revision"))
+    pending = cab_queue(user).exclude(author=user).exclude(Exists(decided)).select_related("author", "release")
+    for change in pending[:CAB_EXAMINED]:
         progress = change_policy_progress(change)
         if not reviewer_may_still_decide(user, change, progress.missing):
             continue

@@ -197,3 +197,22 @@ def test_window_typed_on_the_viewers_clock_is_stored_in_utc(requester, change_fi
     assert refused.status_code in (200, 400)
     assert "YYYY-MM-DD HH:MM" in visible_text(html_of(refused))
     assert ChangeRequest.objects.get(pk=change.pk).requested_window_start == change.requested_window_start
+
+
+@pytest.mark.django_db
+def test_scheduling_reads_the_start_on_the_operators_clock_and_confirms_it_in_both(approved_change, operator, settings):
+    settings.TEMPORAL_ENABLED = False
+    client = page_client(operator)
+    client.cookies[ZONE_COOKIE] = "Europe/Berlin"
+    start = (timezone.now() + timedelta(hours=2)).astimezone(BERLIN).replace(second=0, microsecond=0)
+    response = client.post(
+        f"/changes/{approved_change.pk}/schedule/",
+        {"schedule-start": start.strftime("%Y-%m-%d %H:%M"), "schedule-start_zone": "Europe/Berlin"},
+        follow=True,
+    )
+    approved_change.refresh_from_db()
+    assert approved_change.scheduled_start == start.astimezone(UTC)
+    message = next(text for text in map(str, response.context["messages"]) if text.startswith("Scheduled"))
+    assert message == (
+        f"Scheduled to start at {start:%Y-%m-%d %H:%M} {start.tzname()} ({start.astimezone(UTC):%Y-%m-%d %H:%M} UTC)."
+    )
