@@ -14,11 +14,14 @@ from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
 from ota_project.roles import Role
 from ota_project.web.zones import ZONE_COOKIE
+from rollouts import rollout_services as steps
+from rollouts.choices import RolloutStatus
 from rollouts.models import Rollout
 from rollouts.web.home_selectors import needs_you_now
 from tests.support.html import find, find_all, visible_text
 from tests.support.rollouts import abort
 from tests.web.helpers import html_of, page_client
+from workflows.types import Gate, PhaseChange
 
 pytestmark = pytest.mark.django_db
 
@@ -134,3 +137,33 @@ def test_home_times_are_in_the_viewers_zone_with_utc_on_hover(submitted_change, 
     assert moment.text().endswith("IST")
     assert (moment.get("title") or "").endswith("UTC")
     assert moment.get("data-zone") == "Asia/Kolkata"
+
+
+@pytest.fixture
+def running(approved_change, operator, no_temporal) -> Rollout:
+    """The approved change started and its pilot wave opened (its soak runs)."""
+    rollout = steps.rollout_start(actor=operator, change=approved_change)
+    steps.rollout_phase(PhaseChange(rollout.pk, RolloutStatus.RUNNING, 0))
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    return Rollout.objects.get(pk=rollout.pk)
+
+
+def test_a_running_wave_shows_its_soak_countdown_and_a_held_gate_replaces_it(running, operator):
+    page = needs_you_now(operator)
+    assert page.operator is not None and page.operator.needs == []
+    (soak,) = page.operator.soaks
+    assert soak.rollout.pk == running.pk and soak.wave_number == 1 and soak.left > timedelta(0)
+    text = visible_text(_section(page_client(operator).get("/"), "operator"))
+    assert f"Rollout {running.pk}, wave 1" in text and "soak ends in" in text
+
+    steps.rollout_phase(
+        PhaseChange(running.pk, RolloutStatus.AWAITING_PROMOTION, 0, gate=Gate.INCONCLUSIVE, reason="too few devices")
+    )
+    page = needs_you_now(operator)
+    assert page.operator is not None and page.operator.soaks == []
+    assert [(need.kind, need.gate.label) for need in page.operator.needs] == [("held", "Held: inconclusive")]
+
+    steps.rollout_phase(PhaseChange(running.pk, RolloutStatus.AWAITING_PROMOTION, 0, gate=Gate.PROMOTION))
+    page = needs_you_now(operator)
+    assert page.operator is not None
+    assert [(need.kind, need.gate.label) for need in page.operator.needs] == [("gate", "Awaiting promotion")]
