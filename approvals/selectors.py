@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth.models import User
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
@@ -64,12 +64,21 @@ def change_plan_hash(change: ChangeRequest) -> str:
 
 
 def policy_for(change: ChangeRequest) -> ApprovalPolicy | None:
-    """The approval policy for the change's type and current risk level."""
-    return (
+    """The approval policy for the change's type and current risk level.
+
+    Kept on the change object for its type and risk (a page asks several rules about one change, each asking for
+    the policy); a service re-reads the change under its lock, so it reads the policy afresh."""
+    key = (change.change_type, change.risk_level)
+    cached = getattr(change, "_ota_policy", None)
+    if cached is not None and cached[0] == key:
+        return cast("ApprovalPolicy | None", cached[1])
+    policy = (
         ApprovalPolicy.objects.filter(change_type=change.change_type, risk_level=change.risk_level)
         .prefetch_related("requirements")
         .first()
     )
+    change._ota_policy = (key, policy)  # type: ignore[attr-defined]  # a per-object cache, not a field
+    return policy
 
 
 def policy_requirements(policy: ApprovalPolicy | None) -> dict[str, int]:

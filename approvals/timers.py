@@ -10,6 +10,7 @@ approval_valid_minutes) an administrator edits.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,7 +31,7 @@ from approvals.selectors import (
     policy_for,
 )
 from ota_project.db import atomic_with_retry
-from ota_project.roles import Role
+from ota_project.roles import Role, roles_of
 from workflows.change_types import ChangeState
 
 
@@ -80,16 +81,20 @@ def _recorded(key: str) -> bool:
     return DecisionRecord.objects.filter(step_key=key).exists()
 
 
+def reviewer_may_still_decide(person: User, change: ChangeRequest, missing: Iterable[str] | None = None) -> bool:
+    """Whether `person` holds a role the policy still misses and may approve the change now (the service's rule):
+    whom the reminders go to, and whose "needs you now" page lists the change."""
+    if missing is None:
+        missing = change_policy_progress(change).missing
+    return bool(roles_of(person) & set(missing)) and decision_refusal(person, change, ApprovalDecision.APPROVED) is None
+
+
 def reviewers_who_may_decide(change: ChangeRequest) -> list[User]:
     """People holding a role the policy still misses who may approve the change now (the rule the service applies)."""
     missing = change_policy_progress(change).missing
     if not missing:
         return []
-    return [
-        person
-        for person in users_with_roles(*missing)
-        if decision_refusal(person, change, ApprovalDecision.APPROVED) is None
-    ]
+    return [person for person in users_with_roles(*missing) if reviewer_may_still_decide(person, change, missing)]
 
 
 def escalation_role(change: ChangeRequest) -> str:

@@ -15,6 +15,7 @@ api_v1 = [
 
 # The web UI: each app owns its pages; the shared layer owns sign-in and the layout.
 web = [
+    path("", include("rollouts.web.home_urls")),
     path("", include("ota_project.web.urls")),
     path("changes/", include(("approvals.web.change_urls", "web-changes"), namespace="web-changes")),
     path("audit/", include(("approvals.audit.web.urls", "web-audit"), namespace="web-audit")),

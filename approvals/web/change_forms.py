@@ -27,9 +27,9 @@ from devices.models import HardwareModel, Region, Tag
 from devices.scope import FILTER_KEYS, SCOPE_KEYS, TargetScope
 from ota_project.errors import DomainError, InvalidInput
 from ota_project.parsers import JSONBodyError, json_loads_strict
+from ota_project.web.datetime_input import ZonedDateTimeField
 from ota_project.web.forms import form_field
 
-DATETIME_INPUT_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
 # Service fields the form passes on as cleaned; the scope, the answers and the plan are built from several fields.
 PLAIN_FIELDS = (
     "title",
@@ -48,23 +48,8 @@ WAVE_FIELD_FOR = {"cohort": "cohort_kind"}
 YES_NO = [("", "Not answered"), ("true", "Yes"), ("false", "No")]
 
 
-class UtcDateTimeInput(forms.DateTimeInput):
-    """A datetime-local input whose value is UTC (the label says so), to the second."""
-
-    input_type = "datetime-local"
-
-    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
-        super().__init__(attrs={"step": "1", **(attrs or {})}, format="%Y-%m-%dT%H:%M:%S")
-
-
-def _utc_field(label: str, **kwargs: Any) -> forms.DateTimeField:
-    return forms.DateTimeField(
-        label=label, widget=UtcDateTimeInput(), input_formats=DATETIME_INPUT_FORMATS, help_text="UTC.", **kwargs
-    )
-
-
 def _to_seconds(value: datetime) -> datetime:
-    """What a datetime input can show: UTC, to the second (so an untouched field reads back unchanged)."""
+    """What a date-and-time input can show: to the second (so an untouched field reads back unchanged)."""
     return value.astimezone(UTC).replace(microsecond=0)
 
 
@@ -182,8 +167,8 @@ class ChangeForm(forms.Form):
     test_evidence_summary = forms.CharField(
         label="Test evidence summary", widget=forms.Textarea(attrs={"rows": 3}), required=False, max_length=10_000
     )
-    requested_window_start = _utc_field("Requested window start")
-    requested_window_end = _utc_field("Requested window end")
+    requested_window_start = ZonedDateTimeField(label="Requested window start")
+    requested_window_end = ZonedDateTimeField(label="Requested window end")
     abort_policy = forms.ChoiceField(
         label="When a wave fails",
         choices=[(p, p.replace("_", " ").capitalize()) for p in ABORT_POLICIES],
@@ -460,7 +445,7 @@ class CommentForm(forms.Form):
 
 
 class ScheduleForm(forms.Form):
-    start = _utc_field("Start")
+    start = ZonedDateTimeField(label="Start")
 
 
 class EvidenceForm(forms.Form):

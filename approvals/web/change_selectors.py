@@ -20,7 +20,7 @@ from approvals.choices import (
     ChangeType,
 )
 from approvals.models import Approval, ChangeRequest, RiskQuestion
-from approvals.plan_warnings import PlanWarning, change_plan_warnings
+from approvals.plan_warnings import PlanWarning, change_plan_warnings, changes_sharing_targets
 from approvals.policy import ROLE_LABELS
 from approvals.revision_diff import RevisionDiff, revision_diffs
 from approvals.risk import RiskAssessment, risk_assess
@@ -245,17 +245,17 @@ class ChangeConflicts:
 def change_conflicts(change: ChangeRequest) -> ChangeConflicts:
     """Scheduled or implementing changes that target some of the same devices, and the plan's blackout windows
     that overlap the requested window (the rollout will wait them out)."""
-    targets = scope_devices(change.scope).values("pk")
-    overlapping = []
-    others = ChangeRequest.objects.filter(status__in=ACTIVE_ROLLOUT_STATUSES).exclude(pk=change.pk)
-    for other in others.select_related("release").order_by("requested_window_start", "id"):
-        shared = scope_devices(other.scope).filter(pk__in=targets).count()
-        if shared:
-            window = (
-                other.requested_window_start < change.requested_window_end
-                and change.requested_window_start < other.requested_window_end
-            )
-            overlapping.append(OverlappingChange(other, shared, window))
+    overlapping = [
+        OverlappingChange(item.change, item.shared_devices, item.window_overlaps)
+        for item in changes_sharing_targets(
+            change.scope,
+            window_start=change.requested_window_start,
+            window_end=change.requested_window_end,
+            exclude_change_id=change.pk,
+            statuses=ACTIVE_ROLLOUT_STATUSES,
+        )
+        if item.shared_devices
+    ]
     blackouts = []
     try:
         plan = change.plan

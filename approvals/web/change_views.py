@@ -43,6 +43,7 @@ from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, Role, acting_
 from ota_project.web.access import forbidden, role_required
 from ota_project.web.forms import form_field
 from ota_project.web.text import describe_duration
+from ota_project.web.zones import shown_time, utc_time
 
 ANY_ROLE = tuple(Role.values)
 QUEUE_ROLES = (*sorted(APPROVER_ROLES), *sorted(CHANGE_READER_ROLES), Role.REQUESTER)
@@ -58,6 +59,12 @@ DECISION_DONE = {
     ApprovalDecision.CHANGES_REQUESTED: "You sent the change back to its author.",
 }
 
+
+def _shown_with_utc(value: datetime | None) -> str:
+    """A time in a message: on the viewer's clock, then in UTC ("2026-12-06 10:00 CET, 09:00 UTC")."""
+    return "" if value is None else f"{shown_time(value)} ({utc_time(value)})"
+
+
 # The change page's one-field forms, each running one service on the change: form prefix ->
 # (form, service, the field passed on to it, the message on success formatted with the service's `result`).
 FORM_ACTIONS: dict[str, tuple[type[Form], Callable[..., ChangeRequest], str, str]] = {
@@ -66,7 +73,7 @@ FORM_ACTIONS: dict[str, tuple[type[Form], Callable[..., ChangeRequest], str, str
         f.ScheduleForm,
         services.change_schedule,
         "start",
-        "Scheduled to start at {result.scheduled_start:%Y-%m-%d %H:%M:%S} UTC.",
+        "Scheduled to start at {start}.",
     ),
     "retrospective": (
         f.CommentForm,
@@ -253,7 +260,7 @@ def _form_action(request: HttpRequest, pk: int, prefix: str) -> HttpResponse:
         f"{prefix}_form",
         form_class(request.POST, prefix=prefix),
         lambda data: service(actor=acting_user(request), change=change, **{field_name: data[field_name]}),
-        lambda result: done.format(result=result),
+        lambda result: done.format(result=result, start=_shown_with_utc(result.scheduled_start)),
     )
 
 
@@ -499,6 +506,8 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest
                 window_end=window.get("requested_window_end")
                 if window
                 else getattr(change, "requested_window_end", None),
+                scope=checked_scope,
+                exclude_change_id=getattr(change, "pk", None),
             )
         except InvalidInput as exc:
             result["plan_errors"] = f.error_lines(exc.fields.get("rollout_plan", exc.message))

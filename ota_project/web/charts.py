@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from django.utils import timezone
+from ota_project.web.zones import as_utc, in_viewer_zone, shown_time
 
 # Colours for series named after statuses (stacked bars of device states); others take the palette in order.
 # All have at least 3:1 contrast against white, as WCAG asks of graphical objects.
@@ -58,7 +58,8 @@ LINE_LEFT = 56
 LINE_RIGHT = 110
 LINE_TOP = 16
 LINE_BOTTOM = 36
-POINT_TIME_FORMAT = "%Y-%m-%d %H:%M UTC"
+# Below this many counted items a plotted value is marked as a small sample (a hollow dot) and shows its n.
+SMALL_SAMPLE = 10
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,23 @@ class Tick:
 
 @dataclass(frozen=True)
 class Point:
-    """A measurement drawn as a dot; `title` is its tooltip ("rate 2025-05-01 08:20 UTC: 4")."""
+    """A measurement drawn as a dot; `title` is its tooltip ("rate 2025-05-01 09:20 CET: 4 (n=3)"); `small` marks
+    a value from fewer than SMALL_SAMPLE items (drawn hollow)."""
 
     x: float
     y: float
     title: str
+    small: bool = False
+
+
+@dataclass(frozen=True)
+class SingleValue:
+    """A series with one measurement only: shown as a value with its time (and n), not as a line."""
+
+    label: str
+    value: str
+    at: datetime
+    n: int | None
 
 
 @dataclass(frozen=True)
@@ -212,6 +225,9 @@ class LineChart:
     lines: tuple[Line, ...]
     legend: tuple[LegendEntry, ...]
     table: DataTable
+    singles: tuple[SingleValue, ...] = ()
+    has_small: bool = False
+    small_sample: int = SMALL_SAMPLE
 
 
 def format_number(value: float) -> str:
@@ -232,13 +248,6 @@ def as_number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return 0.0
-
-
-def as_utc(value: datetime) -> datetime:
-    """An aware datetime in UTC (naive ones are taken to be UTC already)."""
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value, UTC)
-    return value.astimezone(UTC)
 
 
 def humanize_status(value: Any) -> str:
@@ -380,33 +389,48 @@ def stacked_bars_data(
     )
 
 
-def _measured_series(series: Iterable[Mapping[str, Any]] | None) -> list[tuple[str, list[tuple[datetime, float]]]]:
-    """The series that have points, each with its points in time order (points without a time are dropped)."""
+Measured = tuple[datetime, float, int | None]
+
+
+def _measured_series(series: Iterable[Mapping[str, Any]] | None) -> list[tuple[str, list[Measured]]]:
+    """The series that have points, each with its points in time order (points without a time are dropped).
+
+    A point is (time, value) or (time, value, n): n is how many items the value was computed from."""
     lines = []
     for item in series or []:
-        points = sorted(
-            ((as_utc(moment), as_number(value)) for moment, value in (item.get("points") or []) if moment is not None),
-            key=lambda point: point[0],
-        )
+        points: list[Measured] = []
+        for point in item.get("points") or []:
+            moment, value, *rest = point
+            if moment is None:
+                continue
+            n = rest[0] if rest and rest[0] is not None else None
+            points.append((as_utc(moment), as_number(value), None if n is None else int(as_number(n))))
         if points:
-            lines.append((str(item.get("label", "")), points))
+            lines.append((str(item.get("label", "")), sorted(points, key=lambda point: point[0])))
     return lines
+
+
+def _with_n(text: str, n: int | None) -> str:
+    return text if n is None else f"{text} (n={n})"
 
 
 def line_chart_data(
     series: Iterable[Mapping[str, Any]] | None, title: str = "", threshold: Any = None, y_label: str = ""
 ) -> LineChart | None:
-    """Lines over time for [{"label", "points": [(datetime, value)]}] on a round value axis that also covers the
-    threshold, so the limit line is always inside the plot (None when no series has a point)."""
+    """Lines over time for [{"label", "points": [(datetime, value[, n])]}] on a round value axis that also covers
+    the threshold, so the limit line is always inside the plot (None when no series has a point).
+
+    Times are on the viewer's clock (ota_project.web.zones). A chart whose every series has one point is a set of
+    values (`singles`), not lines; a value computed from fewer than SMALL_SAMPLE items is drawn hollow with its n."""
     measured = _measured_series(series)
     if not measured:
         return None
     limit = None if threshold is None or threshold == "" else as_number(threshold)
     all_points = [point for _, points in measured for point in points]
-    start = min(moment for moment, _ in all_points)
-    end = max(moment for moment, _ in all_points)
+    start = min(moment for moment, _, _ in all_points)
+    end = max(moment for moment, _, _ in all_points)
     span = (end - start).total_seconds() or 1.0
-    values = [value for _, value in all_points] + ([limit] if limit is not None else [])
+    values = [value for _, value, _ in all_points] + ([limit] if limit is not None else [])
     low, high, step = nice_scale(min(0.0, min(values)), max(values))
     plot_w = CHART_WIDTH - LINE_LEFT - LINE_RIGHT
     plot_h = LINE_HEIGHT - LINE_TOP - LINE_BOTTOM
@@ -417,21 +441,27 @@ def line_chart_data(
     def y_of(value: float) -> float:
         return round(LINE_TOP + plot_h * (1 - (value - low) / (high - low)), 1)
 
+    def small(n: int | None) -> bool:
+        return n is not None and n < SMALL_SAMPLE
+
     ticks = tuple(
         Tick(y_of(low + step * tick), format_number(round(low + step * tick, 2)))
         for tick in range(int(round((high - low) / step)) + 1)
     )
     # Short spans (a soak of minutes) need seconds to tell the ends apart; long ones need the day.
-    time_format = "%H:%M:%S UTC" if span < 3600 else "%d %b %H:%M UTC"
+    time_format = "%H:%M:%S" if span < 3600 else "%d %b %H:%M"
     lines = tuple(
         Line(
             label=label,
             colour=PALETTE[index % len(PALETTE)],
             points=tuple(
                 Point(
-                    x_of(moment), y_of(value), f"{label} {moment.strftime(POINT_TIME_FORMAT)}: {format_number(value)}"
+                    x_of(moment),
+                    y_of(value),
+                    _with_n(f"{label} {shown_time(moment)}: {format_number(value)}", n),
+                    small(n),
                 )
-                for moment, value in points
+                for moment, value, n in points
             ),
         )
         for index, (label, points) in enumerate(measured)
@@ -447,11 +477,19 @@ def line_chart_data(
         caption,
         ["Series", "Time", y_label or "Value"],
         [
-            (label, moment.strftime(POINT_TIME_FORMAT), format_number(value))
+            (label, shown_time(moment), _with_n(format_number(value), n))
             for label, points in measured
-            for moment, value in points
+            for moment, value, n in points
         ],
     )
+    singles: tuple[SingleValue, ...] = ()
+    if all(len(points) == 1 for _, points in measured):
+        singles = tuple(
+            SingleValue(label, format_number(value) + (f" {y_label}" if y_label else ""), moment, n)
+            for label, points in measured
+            for moment, value, n in points
+        )
+    local_start, local_end = in_viewer_zone(start), in_viewer_zone(end)
     return LineChart(
         title=title,
         width=CHART_WIDTH,
@@ -460,8 +498,8 @@ def line_chart_data(
         right=LINE_LEFT + plot_w,
         bottom=LINE_TOP + plot_h,
         time_y=LINE_TOP + plot_h + 18,
-        start_text=start.strftime(time_format),
-        end_text=end.strftime(time_format),
+        start_text=shown_time(local_start, time_format),
+        end_text=shown_time(local_end, time_format),
         ticks=ticks,
         tick_label_x=LINE_LEFT - 6,
         y_label=y_label,
@@ -470,4 +508,6 @@ def line_chart_data(
         lines=lines,
         legend=legend,
         table=table,
+        singles=singles,
+        has_small=any(small(n) for _, _, n in all_points),
     )

@@ -1,4 +1,4 @@
-"""Sign-in, sign-out and the role-aware landing page (URL names only: this layer imports no app)."""
+"""Sign-in and sign-out pages (the landing page is rollouts.web.home_views: it reads every app)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.views import LoginView, LogoutView
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
-from django.views.decorators.cache import never_cache
 
-from ota_project.roles import APPROVER_ROLES, Role, roles_of
+from ota_project.roles import Role
 from ota_project.web.access import role_labels
 from ota_project.web.text import describe_duration
 
@@ -27,23 +25,6 @@ class DemoAccount:
 
     username: str
     roles: list[str]
-
-
-@dataclass(frozen=True)
-class OverviewLink:
-    """One 'what needs your attention' link on the landing page."""
-
-    title: str
-    url: str
-    text: str
-
-
-@dataclass(frozen=True)
-class OverviewSection:
-    """The landing page's block for one of the user's roles."""
-
-    heading: str
-    links: list[OverviewLink]
 
 
 def demo_accounts() -> list[DemoAccount]:
@@ -115,94 +96,3 @@ class SignOutView(LogoutView):
         response = super().post(request, *args, **kwargs)
         messages.info(request, "You are signed out.")
         return response
-
-
-def _overview(roles: frozenset[str]) -> list[OverviewSection]:
-    """The landing page's sections for a person holding `roles`."""
-    sections: list[OverviewSection] = []
-    if Role.REQUESTER in roles:
-        sections.append(
-            OverviewSection(
-                "Your change requests",
-                [
-                    OverviewLink(
-                        "My changes",
-                        reverse("web-changes:queue") + "?mine=1",
-                        "Drafts to finish, changes the CAB sent back, and where each of yours stands.",
-                    ),
-                    OverviewLink(
-                        "File a new change request",
-                        reverse("web-changes:create"),
-                        "Release, target scope, risk questionnaire, rollback plan and rollout plan.",
-                    ),
-                ],
-            )
-        )
-    if roles & APPROVER_ROLES:
-        sections.append(
-            OverviewSection(
-                "Decisions waiting for you",
-                [
-                    OverviewLink(
-                        "CAB queue",
-                        reverse("web-changes:queue"),
-                        "Pending change requests by risk and requested window, with what each policy still needs.",
-                    ),
-                ],
-            )
-        )
-    if Role.OPERATOR in roles:
-        sections.append(
-            OverviewSection(
-                "Rollouts",
-                [
-                    OverviewLink(
-                        "Rollouts",
-                        reverse("web-rollouts:list"),
-                        "Running, paused, held and halted rollouts; start the rollout of an approved change.",
-                    ),
-                ],
-            )
-        )
-    if roles & {Role.AUDITOR, Role.SECURITY_OFFICER}:
-        sections.append(
-            OverviewSection(
-                "Audit",
-                [
-                    OverviewLink(
-                        "Decision record",
-                        reverse("web-audit:records"),
-                        "Every decision, the chain's verification status and signed exports.",
-                    ),
-                ],
-            )
-        )
-    if roles:
-        sections.append(
-            OverviewSection(
-                "Fleet and results",
-                [
-                    OverviewLink(
-                        "Fleet inventory",
-                        reverse("web-fleet:inventory"),
-                        "Devices, versions per hardware model, drift and quarantined units.",
-                    ),
-                    OverviewLink(
-                        "KPIs",
-                        reverse("web-rollouts:kpis"),
-                        "Deployment success rate, time to recover, adoption of the current release, rollbacks.",
-                    ),
-                ],
-            )
-        )
-    return sections
-
-
-@never_cache
-def home(request: HttpRequest) -> HttpResponse:
-    """Signed out: the sign-in page. Signed in: what needs this person's attention, per role."""
-    if not request.user.is_authenticated:
-        return redirect(settings.LOGIN_URL)
-    roles = roles_of(request.user)
-    held = [str(label) for value, label in Role.choices if value in roles]
-    return render(request, "home.html", {"sections": _overview(roles), "held_roles": held})

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from ota_project.web.charts import as_number, as_utc, humanize_status
+from ota_project.web.charts import as_number, humanize_status
+from ota_project.web.zones import as_utc, shown_time, utc_time, viewer_zone, zone_name
 
 EMPTY = "—"
 _counter = itertools.count(1)
@@ -26,21 +27,24 @@ def page_unique_id(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class Moment:
-    """A point in time as shown: `machine` is the <time datetime> value ("" when there is no time to mark up);
-    `utc` times are rewritten to the viewer's zone by app.js."""
+    """A point in time as shown: `machine` is the <time datetime> value in UTC ("" when there is no time to mark
+    up), `text` the time on the viewer's clock with its zone, `utc_text` the same instant in UTC (the hover text),
+    `zone` the IANA name the text was rendered in (app.js re-renders when the browser's zone differs)."""
 
     machine: str
     text: str
-    utc: bool = False
+    utc_text: str = ""
+    zone: str = ""
 
 
 def moment_data(value: datetime | date | None) -> Moment:
-    """A datetime in UTC, a date as it is, "—" for nothing, any other value as its text."""
+    """A datetime on the viewer's clock (ota_project.web.zones), a date as it is, "—" for nothing, any other value
+    as its text."""
     if value is None or value == "":
         return Moment("", EMPTY)
     if isinstance(value, datetime):
         utc = as_utc(value)
-        return Moment(utc.isoformat().replace("+00:00", "Z"), utc.strftime("%Y-%m-%d %H:%M UTC"), utc=True)
+        return Moment(utc.isoformat().replace("+00:00", "Z"), shown_time(utc), utc_time(utc), zone_name(viewer_zone()))
     if isinstance(value, date):
         return Moment(value.isoformat(), value.isoformat())
     return Moment("", str(value))

@@ -37,7 +37,8 @@ def _charts(report: kpis.KpiReport) -> dict[str, object]:
     success_series = [
         {
             "label": "Success rate (%)",
-            "points": [(r.period.start, _percent(r.rate)) for r in report.success if r.rate is not None],
+            # Each value carries its n (deployments finished): the chart marks small samples and shows n.
+            "points": [(r.period.start, _percent(r.rate), r.attempted) for r in report.success if r.rate is not None],
         }
     ]
     outcomes = [
@@ -46,14 +47,14 @@ def _charts(report: kpis.KpiReport) -> dict[str, object]:
         for r in report.success
     ]  # fmt: skip
     mttr_bars = [
-        (row.period.label, round(row.mean.total_seconds() / 60, 1))
+        (f"{row.period.label} (n={len(row.recoveries)})", round(row.mean.total_seconds() / 60, 1))
         for row in report.recovery.rows
         if row.mean is not None
     ]
     share_series = [
         {
             "label": share.model,
-            "points": [(p.at, _percent(p.share)) for p in share.points if p.share is not None],
+            "points": [(p.at, _percent(p.share), p.devices) for p in share.points if p.share is not None],
         }
         for share in report.shares
     ]

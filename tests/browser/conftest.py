@@ -59,7 +59,8 @@ def base_url(live_server: Any) -> str:
 
 @pytest.fixture
 def new_page(browser: Browser, base_url: str) -> Iterator[Callable[..., Page]]:
-    """new_page(viewport=LAPTOP) -> a page in a fresh browser context (own cookies), closed after the test.
+    """new_page(viewport=LAPTOP, timezone_id=...) -> a page in a fresh browser context (own cookies), closed after
+    the test.
 
     Uncaught JavaScript errors on any page fail the test: the UI's scripts must run cleanly.
     """
@@ -67,9 +68,9 @@ def new_page(browser: Browser, base_url: str) -> Iterator[Callable[..., Page]]:
     errors: list[str] = []
 
     def _new(viewport: ViewportSize | None = None, **options: Any) -> Page:
-        context = browser.new_context(
-            base_url=base_url, viewport=viewport or LAPTOP, timezone_id="Europe/Berlin", **options
-        )
+        # Europe/Berlin unless the test asks for another zone (timezone_id=...): never the machine's UTC.
+        options.setdefault("timezone_id", "Europe/Berlin")
+        context = browser.new_context(base_url=base_url, viewport=viewport or LAPTOP, **options)
         context.set_default_timeout(DEFAULT_TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()

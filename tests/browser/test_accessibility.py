@@ -7,6 +7,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]  # ships no types
 from playwright.sync_api import Page
 
+from approvals.audit.security import security_event
 from ota_project.roles import Role
 from rollouts import rollout_services as steps
 from tests.browser.support import sign_in
@@ -48,6 +49,8 @@ def test_the_main_pages_of_every_role_pass_axe(new_page, make_user, approved_cha
     steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
     make_user(Role.CAB_MEMBER, Role.SECURITY_OFFICER, username="carl-sec")
     make_user(Role.AUDITOR, username="anna")
+    # Something on every home section: a security event for the auditor's, the running rollout for the operator's.
+    security_event(kind="action_forged", source="test.a11y", message="forged promote token")
     found: list[str] = []
 
     login = new_page()
@@ -61,12 +64,12 @@ def test_the_main_pages_of_every_role_pass_axe(new_page, make_user, approved_cha
 
     olga = new_page()
     sign_in(olga, operator.username)
-    for path in ("/rollouts/", f"/rollouts/{rollout.pk}/", "/rollouts/start/"):
+    for path in ("/", "/rollouts/", f"/rollouts/{rollout.pk}/", "/rollouts/start/"):
         found += _check(olga, path)
 
     anna = new_page()
     sign_in(anna, "anna")
-    for path in ("/audit/", f"/audit/changes/{approved_change.pk}/trace/"):
+    for path in ("/", "/audit/", f"/audit/changes/{approved_change.pk}/trace/"):
         found += _check(anna, path)
 
     assert found == []

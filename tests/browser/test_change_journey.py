@@ -12,6 +12,7 @@ import json
 import re
 import zipfile
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -45,8 +46,8 @@ PLAN_SETTINGS = (
 
 
 def _local_input(moment: datetime) -> str:
-    """A datetime-local value in UTC, as the change form expects."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    """What a person types: the time on the browser's clock (the fixture's Europe/Berlin), 24-hour ISO order."""
+    return moment.astimezone(ZoneInfo("Europe/Berlin")).strftime("%Y-%m-%d %H:%M")
 
 
 def _file_change(page: Page) -> int:

@@ -23,7 +23,7 @@ def test_sign_in_lands_on_overview_and_sign_out_ends_the_session(page: Page, mak
 
     sign_in(page, "olga")
     expect(page).to_have_url(re.compile(r"/$"))
-    expect(page.get_by_role("heading", level=1)).to_have_text("Overview")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Needs you now")
     expect(page.locator(".user-box")).to_contain_text("Operator")
     screenshot(page, "overview-operator")
 

@@ -24,7 +24,7 @@ from devices.scope import scope_parse
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS
 from tests.factories import DeviceFactory
-from tests.support.html import Element, find_all, row_cells, visible_text
+from tests.support.html import Element, find, find_all, row_cells, visible_text
 from tests.web.helpers import html_of, messages_of, page_client, text_of
 
 pytestmark = pytest.mark.django_db
@@ -866,3 +866,9 @@ def test_queue_search_finds_by_number_title_words_release_and_author(requester, 
     assert found("nothing-like-this") == []
     html = html_of(client.get(QUEUE))
     assert "There is no bulk approve, on purpose" in visible_text(html)
+
+
+def test_live_preview_warns_of_an_approved_change_on_the_same_vehicles_in_the_window(requester, fleet, approved_change):
+    html = html_of(page_client(requester).post(PREVIEW, _form_data(fleet)))
+    codes = [item.get("data-warning") for item in find_all(find(html, id="plan-warnings"), "li")]
+    assert f"overlap-change-{approved_change.pk}" in codes

@@ -95,3 +95,15 @@ def test_bad_period_choices_are_field_errors_not_500(operator, query, message):
     response = page_client(operator).get(URL, query)
     html = response.content.decode()
     assert response.status_code == 400 and message in html and "These periods cannot be shown" in html
+
+
+def test_one_period_with_data_is_a_value_with_its_n_not_a_line(auditor, rolled_back):
+    html = page_client(auditor).get(URL, {"unit": "day", "periods": "7"}).content.decode()
+    success = re.search(r'id="success-heading".*?</section>', html, re.S)
+    assert success is not None
+    single = find(success.group(0), "figure", **{"data-testid": "chart-single"})
+    text = visible_text(single)
+    assert "50 %" in text and "(n=2, a small sample)" in text
+    assert not find_all(single, "svg")
+    recovery = re.search(r'id="mttr-heading".*?</section>', html, re.S)
+    assert recovery is not None and "(n=1)" in recovery.group(0)

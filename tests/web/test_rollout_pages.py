@@ -396,12 +396,20 @@ def test_dashboard_shows_device_counts_and_the_health_history_chart(rollout, ope
     assert HealthSample.objects.filter(rollout=rollout).count() == 2
     charts = {visible_text(find(figure, "figcaption")): figure for figure in find_all(html, "figure", class_="chart")}
     failure_chart = charts["Failure rate of wave pilot over time (%)"]
-    # The first sample had no finished device (no rate yet); the second one measured 0 %, below the 5 % limit.
-    (point,) = find_all(failure_chart, "circle")
-    assert accessible_name(point).endswith(": 0")
-    assert number(find(failure_chart, "line", class_="threshold"), "y1") < number(point, "cy")  # drawn above it
-    thresholds = [visible_text(label) for label in find_all(html, "text", class_="threshold-label")]
-    assert "threshold 5" in thresholds and "threshold 95" in thresholds  # the pilot's failure and success thresholds
+    # The first sample had no finished device (no rate yet); the second one measured 0 %, below the 5 % limit:
+    # one measurement is a value next to its threshold, not a line.
+    assert not find_all(failure_chart, "svg") and failure_chart.get("data-testid") == "chart-single"
+    assert "0 %" in visible_text(find(failure_chart, "strong", class_="single-value"))
+    thresholds = [visible_text(label) for label in find_all(html, class_="threshold-label")]
+    assert "Threshold 5." in thresholds and "threshold 95" in thresholds  # failure (one value) and success (a line)
+    play_wave(rollout, 0, [HAPPY])
+    steps.wave_health(rollout_id=rollout.pk, wave_index=0)
+    html = html_of(page_client(operator).get(f"/rollouts/{rollout.pk}/"))
+    charts = {visible_text(find(figure, "figcaption")): figure for figure in find_all(html, "figure", class_="chart")}
+    failure_chart = charts["Failure rate of wave pilot over time (%)"]
+    points = find_all(failure_chart, "circle")  # two measurements: now a line
+    assert len(points) == 2 and accessible_name(points[-1]).endswith(": 0")
+    assert number(find(failure_chart, "line", class_="threshold"), "y1") < number(points[-1], "cy")  # drawn above
 
 
 def test_timeline_lists_decisions_newest_first(rollout, operator):
