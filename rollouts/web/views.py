@@ -90,7 +90,12 @@ def _live_context(request: HttpRequest, rollout: Rollout) -> dict[str, Any]:
 def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The live dashboard of one rollout (the #rollout-live fragment polls every 3 s until the rollout ends)."""
     rollout = page_selectors.rollout_page_get(pk)
-    return render(request, "rollouts/dashboard.html", _live_context(request, rollout))
+    context = _live_context(request, rollout)
+    if len(messages.get_messages(request)):
+        # A banner about an action (or a refusal) is on the page: the first refresh replaces it with the state the
+        # rollout is in by then, even when the page was already rendered in that state.
+        context["poll_state"] = "banner"
+    return render(request, "rollouts/dashboard.html", context)
 
 
 @require_GET

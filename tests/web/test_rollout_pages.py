@@ -322,6 +322,22 @@ def test_fragment_brings_new_buttons_only_when_the_state_changed(rollout, operat
     assert buttons(changed) == ["Resume", "Abort", "Roll back"]
 
 
+def test_a_banner_about_an_action_gives_way_to_the_live_state_at_the_first_refresh(rollout, operator):
+    """Even when the page after the action was rendered in the state the action led to: the banner is replaced."""
+    client = page_client(operator)
+    page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/pause/", {"reason": ""}))
+    assert any(text.startswith("Pause was not sent.") for text in messages_of(page))
+    live_url = find(html_of(page), id="rollout-live").get("hx-get")
+    assert live_url.endswith("?state=banner")
+    refreshed = html_of(client.get(live_url))
+    (banner,) = find_all(find(refreshed, id="messages"), role="status")
+    assert banner.text().startswith("Now: ")
+    # Without a banner, the page polls with its own state and a refresh in that state brings no banner.
+    quiet = find(html_of(client.get(f"/rollouts/{rollout.pk}/")), id="rollout-live").get("hx-get")
+    assert not quiet.endswith("?state=banner")
+    assert 'id="messages"' not in html_of(client.get(quiet))
+
+
 def test_dashboard_counts_down_the_current_waves_soak_and_stops_when_it_is_over(rollout, operator):
     client = page_client(operator)
     wave = rollout.waves.get(index=0)
