@@ -51,3 +51,20 @@ SECURITY_SEVERITY: dict[str, str] = {
     # An unapproved or altered image offered for signing: the gate the whole update chain rests on.
     K.RELEASE_SIGN_REFUSED: SecuritySeverity.HIGH,
 }
+
+
+class AuditKind(models.TextChoices):
+    """The recurring audits (each a Temporal schedule `audit-<value>`); values live in rows and schedule ids."""
+
+    STALE_DEVICES = "stale_devices", "Stale devices"
+    INVENTORY_DRIFT = "inventory_drift", "Inventory drift"
+    OVERDUE_REVIEWS = "overdue_reviews", "Overdue post-implementation reviews"
+    TELEMETRY_GAPS = "telemetry_gaps", "Telemetry gaps"
+    CERTIFICATES = "certificates", "Certificates"
+
+
+class FindingSeverity(models.TextChoices):
+    """How urgent a finding is; values live in rows and are never renamed."""
+
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
