@@ -13,6 +13,7 @@ rollouts.metrics, which also serves /metrics.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import time
@@ -42,16 +43,23 @@ REQUEST_LATENCY = Histogram(
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def _route_of_path(path: str) -> str:
+    # Cached: a device's check-in path is answered before routing thousands of times a second. Bounded, so a
+    # scanner's random paths only evict entries (and all share the label `unmatched`).
+    try:
+        return resolve(path).view_name or UNMATCHED
+    except Resolver404:
+        return UNMATCHED
+
+
 def route_name(request: HttpRequest) -> str:
     """The name of the route that answered (namespaced view name), or `unmatched`; never the raw path."""
     match = getattr(request, "resolver_match", None)
-    if match is None:
-        # Answered before routing (the device short path) or not found: resolve once, for the label only.
-        try:
-            match = resolve(request.path_info)
-        except Resolver404:
-            return UNMATCHED
-    return match.view_name or UNMATCHED
+    if match is not None:
+        return match.view_name or UNMATCHED
+    # Answered before routing (the device short path) or not found: resolve for the label only.
+    return _route_of_path(request.path_info)
 
 
 class RequestMetricsMiddleware:

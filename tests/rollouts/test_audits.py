@@ -41,7 +41,7 @@ def test_findings_sync_opens_refreshes_and_resolves_with_one_decision_record_per
     result = findings_sync(kind=AuditKind.STALE_DEVICES, findings=[first], now=NOW)
     assert (result.opened, result.open) == (1, 1)
     records = DecisionRecord.objects.filter(action="audit.findings", object_id=AuditKind.STALE_DEVICES)
-    assert records.count() == 1 and records.get().after["opened_subjects"] == [["device", "TCU1", "not_seen"]]
+    assert records.count() == 1 and (records.get().after or {})["opened_subjects"] == [["device", "TCU1", "not_seen"]]
 
     worse = Finding("device", "TCU1", "not_seen", "critical", "gone a month", {"days": 30})
     again = findings_sync(kind=AuditKind.STALE_DEVICES, findings=[worse, worse], now=NOW + timedelta(hours=1))
