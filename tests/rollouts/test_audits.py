@@ -231,3 +231,21 @@ def test_an_unknown_audit_kind_is_refused(db):
     with pytest.raises(ValueError):
         audit_run(kind="devices; drop table")
     assert not AuditFinding.objects.exists()
+
+
+def test_the_audits_command_runs_every_audit_and_lists_findings(fleet, settings):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.OTA_AUDIT_STALE_DEVICE_DAYS = 7
+    seen_recently()
+    quiet = Device.objects.order_by("pk")[0]
+    Device.objects.filter(pk=quiet.pk).update(last_seen_at=timezone.now() - timedelta(days=9))
+    out = StringIO()
+    call_command("audits", "run", stdout=out)
+    assert "stale_devices: 1 open (0 critical); opened 1, resolved 0" in out.getvalue()
+    assert all(f"{kind}:" in out.getvalue() for kind in AuditKind.values)
+    listed = StringIO()
+    call_command("audits", "list", "--kind", "stale_devices", stdout=listed)
+    assert f"device:{quiet.serial} not_seen (open)" in listed.getvalue()
