@@ -80,8 +80,8 @@ class ExpiryAuditResult:
 
 
 # The recurring audits (rollouts.audits): one Temporal schedule per kind, `audit-<kind with dashes>`, each starting
-# RecurringAuditWorkflow with AuditRun(kind) every so many seconds. The kinds equal approvals.audit.choices.AuditKind
-# (a test holds them together; this module may import no Django).
+# RecurringAuditWorkflow with AuditRun(kind) every so many seconds. The kinds equal approvals.audit.choices
+# RECURRING_AUDIT_KINDS (a test holds them together; this module may import no Django).
 AUDIT_WORKFLOW = "RecurringAudit"
 AUDIT_EVERY_SECONDS: dict[str, int] = {
     "stale_devices": 6 * 3600,

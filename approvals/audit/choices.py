@@ -61,6 +61,12 @@ class AuditKind(models.TextChoices):
     OVERDUE_REVIEWS = "overdue_reviews", "Overdue post-implementation reviews"
     TELEMETRY_GAPS = "telemetry_gaps", "Telemetry gaps"
     CERTIFICATES = "certificates", "Certificates"
+    # The expiry audit of the signed chain (devices.firmware.repository.expiry; its own schedule `expiry-audit`).
+    SIGNING_EXPIRY = "signing_expiry", "Signing keys and metadata"
+
+
+# The audits RecurringAuditWorkflow runs (schedules `audit-<kind>`); the signing expiry audit has its own workflow.
+RECURRING_AUDIT_KINDS = frozenset(AuditKind.values) - {AuditKind.SIGNING_EXPIRY}
 
 
 class FindingSeverity(models.TextChoices):

@@ -21,7 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Case, F, QuerySet, Value, When
+from django.db.models import Case, DateTimeField, F, QuerySet, Value, When
+from django.db.models.functions import Greatest
 
 from approvals.audit.choices import AuditKind, FindingSeverity
 from approvals.audit.models import AuditFinding
@@ -119,7 +120,9 @@ def findings_sync(*, kind: str, findings: Sequence[Finding], now: datetime) -> F
     for chunk in _chunks(kept):
         AuditFinding.objects.filter(pk__in=chunk).update(last_seen_at=now)
     for chunk in _chunks([pk for pk, _identity in gone]):
-        AuditFinding.objects.filter(pk__in=chunk).update(resolved_at=now, last_seen_at=now)
+        # Never before it was first seen (a run whose clock lags the one that opened it): the constraint says so.
+        resolved_at = Greatest(Value(now, output_field=DateTimeField()), F("first_seen_at"))
+        AuditFinding.objects.filter(pk__in=chunk).update(resolved_at=resolved_at)
     AuditFinding.objects.bulk_create(
         [
             AuditFinding(

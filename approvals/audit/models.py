@@ -6,6 +6,8 @@ the append-only triggers of approvals migrations 0002 and 0005 are bound to the 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 
@@ -144,3 +146,14 @@ class AuditFinding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.subject_type} {self.subject}: {self.code}"
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When what the finding is about expires, if the audit said (evidence `expires_at`, ISO-8601)."""
+        value = self.evidence.get("expires_at") if isinstance(self.evidence, dict) else None
+        if not isinstance(value, str):
+            return None
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None

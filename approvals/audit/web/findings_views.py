@@ -19,7 +19,7 @@ from approvals.audit.models import AuditFinding
 from approvals.audit.web.forms import FindingFilterForm
 from ota_project.roles import FINDING_READER_ROLES
 from ota_project.web.access import role_required
-from workflows.types import AUDIT_EVERY_SECONDS, audit_schedule_id
+from workflows.types import AUDIT_EVERY_SECONDS, EXPIRY_AUDIT_EVERY_SECONDS, EXPIRY_AUDIT_SCHEDULE_ID, audit_schedule_id
 
 PAGE_SIZE = 50
 
@@ -64,8 +64,10 @@ def findings(request: HttpRequest) -> HttpResponse:
         .annotate(n=Count("id"))
         .values_list("kind", "n")
     )
+    schedules = {kind: (audit_schedule_id(kind), every) for kind, every in AUDIT_EVERY_SECONDS.items()}
+    schedules[AuditKind.SIGNING_EXPIRY] = (EXPIRY_AUDIT_SCHEDULE_ID, EXPIRY_AUDIT_EVERY_SECONDS)
     context["audits"] = [
-        AuditSchedule(kind, str(label), audit_schedule_id(kind), AUDIT_EVERY_SECONDS[kind] // 60, counts.get(kind, 0))
+        AuditSchedule(kind, str(label), schedules[kind][0], schedules[kind][1] // 60, counts.get(kind, 0))
         for kind, label in AuditKind.choices
     ]
     if form.is_bound and not form.is_valid():

@@ -1,5 +1,6 @@
 """`python manage.py audits run [KIND ...]` runs recurring audits now (all of them by default), as their Temporal
-schedules would; `python manage.py audits list [--kind KIND] [--all]` prints the open (or every) finding.
+schedules would; `python manage.py audits list [--kind KIND] [--all]` prints the open (or every) finding (also the signing expiry
+audit's, which `image_repository expiry-audit` runs).
 
 For the 3 a.m. operator: the schedules `audit-<kind>` run these by themselves; run one by hand after fixing what it
 flagged to see the finding resolve without waiting for the next firing."""
@@ -12,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from approvals.audit.choices import AuditKind
 from approvals.audit.findings import audit_finding_list
-from rollouts.audits import audit_run
+from rollouts.audits import AUDITS, audit_run
 
 
 class Command(BaseCommand):
@@ -21,17 +22,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         commands = parser.add_subparsers(dest="command", required=True)
         run = commands.add_parser("run", help="Run audits now (all when no kind is given).")
-        run.add_argument("kinds", nargs="*", metavar="KIND", help=", ".join(AuditKind.values))
+        run.add_argument("kinds", nargs="*", metavar="KIND", help=", ".join(AUDITS))
         listing = commands.add_parser("list", help="Print open findings.")
         listing.add_argument("--kind", choices=AuditKind.values, default="")
         listing.add_argument("--all", action="store_true", help="Include resolved findings.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["command"] == "run":
-            unknown = sorted(set(options["kinds"]) - set(AuditKind.values))
+            unknown = sorted(set(options["kinds"]) - set(AUDITS))
             if unknown:
-                raise CommandError(f"Unknown audit {', '.join(unknown)}; one of {', '.join(AuditKind.values)}")
-            for kind in options["kinds"] or AuditKind.values:
+                raise CommandError(f"Unknown audit {', '.join(unknown)}; one of {', '.join(AUDITS)}")
+            for kind in options["kinds"] or list(AUDITS):
                 synced = audit_run(kind=kind)
                 self.stdout.write(
                     f"{kind}: {synced.open} open ({synced.critical} critical); opened {synced.opened}, "
