@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -62,6 +63,11 @@ def route_name(request: HttpRequest) -> str:
     return _route_of_path(request.path_info)
 
 
+# The labelled histogram per (route, method, status class), so a request skips `labels()` (its locking and checks);
+# bounded like the labels themselves.
+_series: dict[tuple[str, str, int], Any] = {}
+
+
 class RequestMetricsMiddleware:
     """Observe every request's duration in REQUEST_LATENCY (first in the chain, so it times everything below)."""
 
@@ -73,7 +79,11 @@ class RequestMetricsMiddleware:
         response = self.get_response(request)
         elapsed = time.perf_counter() - started
         method = request.method if request.method in METHODS else "other"
-        REQUEST_LATENCY.labels(route_name(request), method, f"{response.status_code // 100}xx").observe(elapsed)
+        key = (route_name(request), method, response.status_code // 100)
+        series = _series.get(key)
+        if series is None:  # first request of this route, method and status class in this process
+            series = _series.setdefault(key, REQUEST_LATENCY.labels(key[0], method, f"{key[2]}xx"))
+        series.observe(elapsed)
         return response
 
 

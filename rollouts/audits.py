@@ -185,14 +185,15 @@ def telemetry_gap_findings(now: datetime) -> list[Finding]:
     """Watched devices updated more than OTA_AUDIT_TELEMETRY_GAP_HOURS ago with no telemetry received since."""
     gap = _hours("OTA_AUDIT_TELEMETRY_GAP_HOURS")
     oldest = now - timedelta(days=int(settings.OTA_TELEMETRY_RETENTION_DAYS))
-    last_update = (
-        Deployment.objects.filter(device_id=OuterRef("pk"), status=DeploymentStatus.SUCCEEDED)
-        .order_by("-finished_at")
-        .values("finished_at")[:1]
+    last_update = Deployment.objects.filter(device_id=OuterRef("pk"), status=DeploymentStatus.SUCCEEDED).order_by(
+        "-finished_at", "-pk"
     )
     updated = (
         Device.objects.filter(status__in=WATCHED_STATUSES)
-        .annotate(last_update_at=Subquery(last_update))
+        .annotate(
+            last_update_at=Subquery(last_update.values("finished_at")[:1]),
+            last_rollout=Subquery(last_update.values("rollout_id")[:1]),
+        )
         .filter(last_update_at__lte=now - gap, last_update_at__gte=oldest)
     )
     sample_since = TelemetrySample.objects.filter(device_id=OuterRef("pk"), received_at__gte=OuterRef("last_update_at"))
@@ -201,16 +202,17 @@ def telemetry_gap_findings(now: datetime) -> list[Finding]:
         updated.annotate(sample=Exists(sample_since), batch=Exists(batch_since))
         .filter(sample=False, batch=False)
         .order_by("serial")
-        .values_list("serial", "last_update_at", "installed_version")
+        .values_list("serial", "last_update_at", "installed_version", "last_rollout")
     )
     return [
         Finding(
             "device", serial, "no_telemetry_since_update", WARNING,
             f"Device {serial} was updated to {version} at {updated_at:%Y-%m-%d %H:%M} UTC and has sent no telemetry "
             "since: the health gates cannot see it.",
-            {"updated_at": _iso(updated_at), "installed_version": version, "hours": int(gap.total_seconds() // 3600)},
+            {"updated_at": _iso(updated_at), "installed_version": version, "rollout": rollout_id,
+             "hours": int(gap.total_seconds() // 3600)},
         )
-        for serial, updated_at, version in silent.iterator(chunk_size=5000)
+        for serial, updated_at, version, rollout_id in silent.iterator(chunk_size=5000)
     ]  # fmt: skip
 
 

@@ -158,7 +158,9 @@ def test_telemetry_gaps_flag_updated_devices_silent_since_their_update(fleet, se
     TelemetrySample.objects.create(device=talking, reported_at=NOW - timedelta(hours=3), boot_time_s=30)
 
     audit_run(kind=AuditKind.TELEMETRY_GAPS, now=NOW)
-    assert set(open_findings(AuditKind.TELEMETRY_GAPS)) == {(silent.serial, "no_telemetry_since_update")}
+    found = open_findings(AuditKind.TELEMETRY_GAPS)
+    assert set(found) == {(silent.serial, "no_telemetry_since_update")}
+    assert found[(silent.serial, "no_telemetry_since_update")].evidence["rollout"] == rollout.pk
 
     TelemetrySample.objects.create(device=silent, reported_at=NOW, boot_time_s=31)
     audit_run(kind=AuditKind.TELEMETRY_GAPS, now=NOW + timedelta(minutes=5))

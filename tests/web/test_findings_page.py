@@ -35,6 +35,11 @@ def test_findings_are_listed_critical_first_with_links_and_filters(operator, aud
         now=now,
     )
     findings_sync(
+        kind=AuditKind.TELEMETRY_GAPS,
+        findings=[Finding("device", device.serial, "no_telemetry_since_update", "warning", "Silent.", {"rollout": 77})],
+        now=now,
+    )
+    findings_sync(
         kind=AuditKind.CERTIFICATES,
         findings=[Finding("server_certificate", "server", "expires_soon", "warning", "Server certificate expires.")],
         now=now - timedelta(days=1),
@@ -48,6 +53,7 @@ def test_findings_are_listed_critical_first_with_links_and_filters(operator, aud
     assert f'href="/fleet/devices/{device.serial}/"' in body and 'href="/changes/42/"' in body
     assert "Server certificate expires." not in body  # resolved: not in the open list
     assert 'data-testid="open-stale_devices">1<' in body
+    assert 'href="/rollouts/77/">rollout 77</a>' in body
 
     only_stale = signed_in(auditor).get("/audit/findings/", {"kind": "stale_devices"}).content.decode()
     assert "went quiet" in only_stale and "review overdue" not in only_stale

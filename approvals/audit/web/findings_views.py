@@ -36,10 +36,17 @@ def finding_url(finding: AuditFinding) -> str:
     return ""
 
 
+def finding_rollout_url(finding: AuditFinding) -> str:
+    """The rollout a finding's evidence names (a telemetry gap: the rollout that updated the device), or ""."""
+    rollout = finding.evidence.get("rollout") if isinstance(finding.evidence, dict) else None
+    return reverse("web-rollouts:detail", args=[rollout]) if isinstance(rollout, int) and rollout > 0 else ""
+
+
 @dataclass(frozen=True)
 class FindingRow:
     finding: AuditFinding
     url: str
+    rollout_url: str
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ def findings(request: HttpRequest) -> HttpResponse:
     page = Paginator(listed, PAGE_SIZE).get_page(request.GET.get("page"))
     context.update(
         page=page,
-        rows=[FindingRow(finding, finding_url(finding)) for finding in page.object_list],
+        rows=[FindingRow(finding, finding_url(finding), finding_rollout_url(finding)) for finding in page.object_list],
         filtered=any(data.get(name) for name in ("kind", "severity")) or data["state"] != "open",
         state=data["state"],
     )
