@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from django.conf import settings
-from django.db.models import Exists, Max, OuterRef, Q, Subquery
+from django.db.models import Exists, F, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from approvals.audit.choices import AuditKind, FindingSeverity, SecurityEventKind
@@ -107,9 +107,22 @@ def inventory_drift_findings(now: datetime) -> list[Finding]:
     """Devices that report (or are registered with) a version the register does not allow them to have."""
     known = _known_versions()
     deploying = Deployment.objects.filter(device_id=OuterRef("pk"), status__in=DEPLOYMENT_ACTIVE)
+    release_of_model = FirmwareRelease.hardware_models.through.objects.filter(
+        hardwaremodel_id=OuterRef("hardware_model_id")
+    )
+    has_report = Q(reported_at__isnull=False) & ~Q(reported_version="")
+    # Only the candidates leave the database (a fleet in order costs one scan, not a row per device).
     devices = (
         Device.objects.exclude(status=DeviceStatus.DECOMMISSIONED)
-        .annotate(deploying=Exists(deploying))
+        .annotate(
+            deploying=Exists(deploying),
+            reported_known=Exists(release_of_model.filter(firmwarerelease__version=OuterRef("reported_version"))),
+            installed_known=Exists(release_of_model.filter(firmwarerelease__version=OuterRef("installed_version"))),
+        )
+        .filter(
+            (has_report & (Q(reported_known=False) | ~Q(reported_version=F("installed_version"))))
+            | Q(installed_known=False)
+        )
         .order_by("serial")
         .values_list(
             "serial", "hardware_model_id", "hardware_model__name", "installed_version", "reported_version",
