@@ -32,6 +32,8 @@ logger = logging.getLogger("ota.audits")
 
 # Subjects named in one run's decision record (the rest are counted): the findings page lists them all.
 RECORDED_SUBJECTS = 100
+# Findings the alert hook reports one by one per run; the rest in one summary.
+ALERTED_PER_RUN = 20
 _CHUNK = 2000
 
 
@@ -63,13 +65,23 @@ class FindingsSynced:
 
 
 def audit_findings_opened(*, kind: str, findings: Sequence[Finding]) -> None:
-    """The alert hook: called once per run of audit `kind`, after the commit, with the findings it opened.
+    """The alert hook: called once per run of audit `kind`, after the commit, with the findings it opened
+    (critical ones first).
 
-    Logs them (critical ones as errors); the alerting room wires its deduplicated alert here (dedup key
-    `audit:<kind>:<subject_type>:<subject>:<code>`, link: the findings page filtered by kind)."""
-    for finding in findings:
+    Logs the first ALERTED_PER_RUN one by one (critical ones as errors) and the rest as one summary line, so a
+    fleet-wide outage (every device stale at once) is one burst, not a hundred thousand lines. The alerting room
+    wires its deduplicated alert here the same way (dedup key `audit:<kind>:<subject_type>:<subject>:<code>`, one
+    summary alert `audit:<kind>:many` beyond the cap; link: the findings page filtered by kind)."""
+    ordered = sorted(findings, key=lambda f: (f.severity != FindingSeverity.CRITICAL, f.identity))
+    for finding in ordered[:ALERTED_PER_RUN]:
         log = logger.error if finding.severity == FindingSeverity.CRITICAL else logger.warning
         log("audit %s: %s", kind, finding.message)
+    if len(ordered) > ALERTED_PER_RUN:
+        critical = sum(1 for f in ordered if f.severity == FindingSeverity.CRITICAL)
+        logger.warning(
+            "audit %s: %d more findings opened (%d critical in all): see /audit/findings/?kind=%s",
+            kind, len(ordered) - ALERTED_PER_RUN, critical, kind,
+        )  # fmt: skip
 
 
 def _lock(kind: str) -> None:

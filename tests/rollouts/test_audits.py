@@ -251,3 +251,17 @@ def test_the_audits_command_runs_every_audit_and_lists_findings(fleet, settings)
     listed = StringIO()
     call_command("audits", "list", "--kind", "stale_devices", stdout=listed)
     assert f"device:{quiet.serial} not_seen (open)" in listed.getvalue()
+
+
+def test_a_fleet_wide_outage_is_one_burst_of_alerts_not_one_per_device(db, caplog, django_capture_on_commit_callbacks):
+    findings = [
+        Finding("device", f"TCU{i:05d}", "not_seen", "warning", f"Device TCU{i:05d} is quiet.") for i in range(500)
+    ]
+    findings.append(Finding("device", "TCU99999", "never_seen", "critical", "Device TCU99999 never came."))
+    with caplog.at_level("WARNING", logger="ota.audits"), django_capture_on_commit_callbacks(execute=True):
+        result = findings_sync(kind=AuditKind.STALE_DEVICES, findings=findings, now=NOW)
+    lines = [record.getMessage() for record in caplog.records if record.name == "ota.audits"]
+    assert result.opened == 501 and AuditFinding.objects.count() == 501
+    assert len(lines) == 21 and "never came" in lines[0]  # critical first
+    assert "481 more findings opened (1 critical in all)" in lines[-1]
+    assert DecisionRecord.objects.filter(action="audit.findings").count() == 1
