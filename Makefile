@@ -9,7 +9,7 @@ PORT ?= 8000
 DEVICE_PORT ?= 8443
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-telemetry bench-checkin bench-mtls bench-ranges bench-signatures bench-verify bench-data clean
+.PHONY: run test install services lint bench bench-audits bench-telemetry bench-checkin bench-mtls bench-ranges bench-signatures bench-verify bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,11 @@ bench-verify: install services bench-data
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_verify OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.verify $(BENCH_ARGS)
 
 ## The benchmarks' own SoftHSM2 token and data, in .data/bench (their servers sign decision records too)
+## /metrics scrape and recurring audits on 1,000 and 100,000 devices next to a bare scan (scratch database ota_bench_audits)
+bench-audits: install services bench-data
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_audits" -c "CREATE DATABASE ota_bench_audits"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_audits OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.audits
+
 bench-data: install
 	OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python manage.py softhsm_setup
 

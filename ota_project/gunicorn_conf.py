@@ -46,3 +46,24 @@ proc_name = "ota-web"
 # one machine, such as a drill next to `make run`, would fight over).
 control_socket = os.environ.get("OTA_WEB_CONTROL_SOCKET", "")
 control_socket_disable = not control_socket
+
+
+# /metrics: each worker writes its request histograms to files in PROMETHEUS_MULTIPROC_DIR (default
+# DATA_DIR/prometheus) and a scrape sums them (prometheus_client's multiprocess mode; see ota_project/metrics.py).
+# Set when the master starts, before it forks a worker (workers import prometheus_client after the fork and inherit
+# it); not at import, so reading this file changes no one's environment. Emptied then, so a restart does not add
+# the previous run's samples; a dead worker's files are marked so its live gauges drop out.
+_data_dir = Path(os.environ.get("OTA_DATA_DIR") or Path(chdir) / ".data")
+
+
+def on_starting(server: object) -> None:
+    directory = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_data_dir / "prometheus")))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: object, worker: object) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(getattr(worker, "pid", 0))

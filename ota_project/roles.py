@@ -22,6 +22,12 @@ class Role(models.TextChoices):
     AUDITOR = "auditor", "Auditor (read-only)"
 
 
+# Roles that read the recurring audits' findings (devices, certificates, overdue reviews): the nav and the page.
+FINDING_READER_ROLES = frozenset(
+    {Role.OPERATOR, Role.AUDITOR, Role.SECURITY_OFFICER, Role.CAB_MEMBER, Role.CAB_CHAIR, Role.EMERGENCY_CAB}
+)
+
+
 # Roles whose members take part in change decisions.
 APPROVER_ROLES = frozenset({Role.CAB_MEMBER, Role.EMERGENCY_CAB, Role.SECURITY_OFFICER})
 # Roles that read every (non-draft) change in any status without deciding on it: auditors for the record,

@@ -64,6 +64,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Times every request (also those answered on the device short path) for /metrics, labelled by route name.
+    "ota_project.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # A device's check-in (devices.edge.views.quick_checkin) and a range that a live download pass covers
     # (quick_artifact) are answered here: nothing below (sessions, CSRF, users, messages, routing, DRF) has anything
@@ -345,3 +347,16 @@ OTA_SECURITY_EVENT_BUCKET_SECONDS = int(os.environ.get("OTA_SECURITY_EVENT_BUCKE
 OTA_SECURITY_EVENT_KEYS_PER_BUCKET = int(os.environ.get("OTA_SECURITY_EVENT_KEYS_PER_BUCKET", "100"))
 OTA_SECURITY_EVENT_KEYS_PER_ADDRESS = int(os.environ.get("OTA_SECURITY_EVENT_KEYS_PER_ADDRESS", "5"))
 OTA_SECURITY_EVENT_RETENTION_DAYS = int(os.environ.get("OTA_SECURITY_EVENT_RETENTION_DAYS", "180"))
+
+# /metrics (README "Metrics and Grafana"): Prometheus scrapes with `Authorization: Bearer <token>`; the token is
+# OTA_METRICS_TOKEN, else the file OTA_METRICS_TOKEN_FILE (generated on first use, mode 0600; point Prometheus's
+# `credentials_file` at it). Every other request is refused (401) and counted as a security event.
+METRICS_TOKEN = os.environ.get("OTA_METRICS_TOKEN", "")
+METRICS_TOKEN_FILE = Path(os.environ.get("OTA_METRICS_TOKEN_FILE", DATA_DIR / "metrics_token"))
+
+# Recurring audits (README "Recurring audits"): Temporal schedules `audit-<kind>`; the thresholds they apply.
+OTA_AUDIT_STALE_DEVICE_DAYS = int(os.environ.get("OTA_AUDIT_STALE_DEVICE_DAYS", "7"))
+OTA_AUDIT_TELEMETRY_GAP_HOURS = int(os.environ.get("OTA_AUDIT_TELEMETRY_GAP_HOURS", "24"))
+OTA_AUDIT_CERT_WARN_DAYS = int(os.environ.get("OTA_AUDIT_CERT_WARN_DAYS", "30"))
+OTA_AUDIT_CERT_ABSENT_DAYS = int(os.environ.get("OTA_AUDIT_CERT_ABSENT_DAYS", "14"))
+OTA_AUDIT_REVOKED_PRESENTING_HOURS = int(os.environ.get("OTA_AUDIT_REVOKED_PRESENTING_HOURS", "24"))

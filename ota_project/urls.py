@@ -32,6 +32,8 @@ urlpatterns = [
     path("device/v1/", include("devices.edge.urls")),
     # The image repository (TUF metadata and targets) as static files; production serves the directory from a CDN.
     path("repository/image/", include("devices.edge.repository_urls")),
+    # Prometheus scrapes with a bearer token (rollouts.metrics; README "Metrics and Grafana").
+    path("", include("rollouts.metrics_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

@@ -1,6 +1,7 @@
 """Rollout KPIs over time: deployment success rate, mean time to recover, share of devices on the latest release
-per hardware model, and rollbacks per release. Read-only selectors; every figure comes from the deployments'
-own timestamps, so the numbers can be recomputed (and audited) at any time.
+per hardware model, rollbacks per release, and incidents contained (halts before the release left its pilot).
+Read-only selectors; every figure comes from the deployments' own timestamps, so the numbers can be recomputed
+(and audited) at any time.
 
 Periods are UTC days or ISO weeks (Monday 00:00 UTC); the last period is the current, partial one.
 """
@@ -12,14 +13,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Count, F, Max, Q
+from django.db import connection
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from devices.choices import DeviceStatus
 from devices.firmware.models import FirmwareRelease
 from devices.models import Device, HardwareModel
 from rollouts.choices import DeploymentKind, DeploymentStatus, RolloutStatus
-from rollouts.models import Deployment, Rollout
+from rollouts.models import Deployment, Rollout, Wave
 
 DAY = "day"
 WEEK = "week"
@@ -183,33 +185,67 @@ class MeanTimeToRecover:
         return sum((r.duration for r in self.recoveries), timedelta()) / len(self.recoveries)
 
 
-def mean_time_to_recover(periods: list[Period]) -> MeanTimeToRecover:
-    """Halt -> the last rollback deployment succeeded, for rollouts whose every rollback deployment succeeded.
+def _recovery_rows() -> list[tuple[int, int, int, datetime | None]]:
+    """Per halted rollout: (rollout id, affected devices, restored devices, when the last of them was restored).
 
-    A rollout counts in the period in which it recovered. Rollouts halted in the window whose rollback is still
-    running or left devices behind (a rollback deployment failed, timed out or was cancelled) are listed as
-    unrecovered: they have no recovery time yet. A halt that needed no rollback (abort) is not a recovery.
+    A device is affected when it took the new image (its update succeeded) or the rollback saga offered it the
+    rollback release (it took, or may have taken, the image); it is restored at its first successful rollback
+    deployment. Two aggregate levels in one statement: per (rollout, device), then per rollout.
     """
-    rollback = Q(deployments__kind=DeploymentKind.ROLLBACK)
-    rollouts = (
-        Rollout.objects.filter(halted_at__isnull=False)
-        .annotate(
-            rollback_total=Count("deployments", filter=rollback),
-            rollback_ok=Count("deployments", filter=rollback & Q(deployments__status=DeploymentStatus.SUCCEEDED)),
-            recovered_at=Max("deployments__finished_at", filter=rollback),
-        )
-        .filter(rollback_total__gt=0)
-    )
-    recovered = rollouts.filter(
-        rollback_ok=F("rollback_total"), recovered_at__gte=periods[0].start, recovered_at__lt=periods[-1].end
-    ).values_list(
-        "pk", "change_id", "release__version", "rollback_release__version", "halted_at", "recovered_at", "rollback_ok"
+    table = Deployment._meta.db_table
+    rollouts = Rollout._meta.db_table
+    sql = f"""
+        SELECT per_device.rollout_id, COUNT(*), COUNT(per_device.restored_at), MAX(per_device.restored_at)
+        FROM (
+            SELECT d.rollout_id, d.device_id,
+                   MIN(CASE WHEN d.kind = %s AND d.status = %s THEN d.finished_at END) AS restored_at,
+                   MAX(CASE WHEN d.kind = %s OR d.status = %s THEN 1 ELSE 0 END) AS affected
+            FROM {table} d JOIN {rollouts} r ON r.id = d.rollout_id
+            WHERE r.halted_at IS NOT NULL
+            GROUP BY d.rollout_id, d.device_id
+        ) per_device
+        WHERE per_device.affected = 1
+        GROUP BY per_device.rollout_id
+    """
+    params = [DeploymentKind.ROLLBACK, DeploymentStatus.SUCCEEDED, DeploymentKind.ROLLBACK, DeploymentStatus.SUCCEEDED]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(rollout_id, affected, restored, at) for rollout_id, affected, restored, at in cursor.fetchall()]
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """A raw cursor's timestamp (SQLite answers text) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def mean_time_to_recover(periods: list[Period]) -> MeanTimeToRecover:
+    """Halt -> every affected device restored (its rollback deployment succeeded), for halted rollouts.
+
+    Affected devices are those that took the new image (update succeeded) or were offered the rollback; a rollout
+    counts in the period in which its last affected device was restored. Rollouts halted in the window with an
+    affected device not restored (rollback still running, a rollback failed or timed out, or aborted without a
+    rollback while devices run the release) are listed as unrecovered. A halt that affected no device (stopped
+    before anyone installed) has nothing to recover and is not counted.
+    """
+    rows_by_rollout = {pk: (affected, restored, _aware(at)) for pk, affected, restored, at in _recovery_rows()}
+    start, end = periods[0].start, periods[-1].end
+    recovered_ids = [
+        pk
+        for pk, (affected, restored, at) in rows_by_rollout.items()
+        if affected == restored and at is not None and start <= at < end
+    ]
+    details = Rollout.objects.filter(pk__in=recovered_ids).values_list(
+        "pk", "change_id", "release__version", "rollback_release__version", "halted_at"
     )
     recoveries = sorted(
         (
-            Recovery(pk, change_id, release, rollback, halted_at, recovered_at, devices)
-            for pk, change_id, release, rollback, halted_at, recovered_at, devices in recovered
-            if halted_at is not None  # always: only halted rollouts are read
+            Recovery(pk, change_id, release, rollback, halted_at, recovered_at, rows_by_rollout[pk][1])
+            for pk, change_id, release, rollback, halted_at in details
+            if halted_at is not None and (recovered_at := rows_by_rollout[pk][2]) is not None
         ),
         key=lambda r: (r.recovered_at, r.rollout_id),
     )
@@ -217,13 +253,95 @@ def mean_time_to_recover(periods: list[Period]) -> MeanTimeToRecover:
     starts = [p.start for p in periods]
     for recovery in recoveries:
         rows[bisect.bisect_right(starts, recovery.recovered_at) - 1].recoveries.append(recovery)
-    unrecovered = list(
-        rollouts.filter(halted_at__gte=periods[0].start, halted_at__lt=periods[-1].end)
-        .exclude(rollback_ok=F("rollback_total"))
-        .order_by("pk")
-        .values_list("pk", flat=True)
+    unrecovered = sorted(
+        Rollout.objects.filter(
+            pk__in=[pk for pk, (affected, restored, _at) in rows_by_rollout.items() if restored < affected],
+            halted_at__gte=start,
+            halted_at__lt=end,
+        ).values_list("pk", flat=True)
     )
     return MeanTimeToRecover(rows, recoveries, unrecovered)
+
+
+# --- incidents contained --------------------------------------------------------------------------------------
+
+
+@dataclass
+class IncidentRow:
+    """Halts in one period, and how many of them stopped the release before it left its pilot wave."""
+
+    period: Period
+    halts: int = 0
+    contained: int = 0
+
+    @property
+    def escaped(self) -> int:
+        return self.halts - self.contained
+
+    @property
+    def share(self) -> float | None:
+        return self.contained / self.halts if self.halts else None
+
+    @property
+    def share_pct(self) -> str:
+        return percent(self.share)
+
+
+@dataclass
+class IncidentsContained:
+    """Incidents contained per period, the contained and escaped rollouts (ids) of the window, and the totals."""
+
+    rows: list[IncidentRow]
+    contained: list[int]
+    escaped: list[int]
+
+    @property
+    def halts(self) -> int:
+        return len(self.contained) + len(self.escaped)
+
+    @property
+    def share(self) -> float | None:
+        return len(self.contained) / self.halts if self.halts else None
+
+    @property
+    def share_pct(self) -> str:
+        return percent(self.share)
+
+
+PILOT_WAVE = 0
+
+
+def incidents_contained(periods: list[Period]) -> IncidentsContained:
+    """Per period (by halt time): rollouts halted, and those halted before the release left its pilot wave.
+
+    Contained: no wave after the pilot (index 0) was ever opened and no device outside the pilot was given an
+    update deployment of the release. Every halt is an incident (a gate, breaker or safety net stopped the
+    release); a rollout halted twice counts once, at its latest halt.
+    """
+    beyond_pilot = Wave.objects.filter(rollout=OuterRef("pk"), index__gt=PILOT_WAVE).filter(
+        Q(started_at__isnull=False) | Q(deployments__kind=DeploymentKind.UPDATE)
+    )
+    halted = (
+        Rollout.objects.filter(halted_at__gte=periods[0].start, halted_at__lt=periods[-1].end)
+        .annotate(left_pilot=Exists(beyond_pilot))
+        .order_by("halted_at", "pk")
+        .values_list("pk", "halted_at", "left_pilot")
+    )
+    rows = [IncidentRow(p) for p in periods]
+    starts = [p.start for p in periods]
+    contained: list[int] = []
+    escaped: list[int] = []
+    for pk, halted_at, left_pilot in halted:
+        if halted_at is None:  # never: the filter needs a halt time
+            continue
+        row = rows[bisect.bisect_right(starts, halted_at) - 1]
+        row.halts += 1
+        if left_pilot:
+            escaped.append(pk)
+        else:
+            row.contained += 1
+            contained.append(pk)
+    return IncidentsContained(rows, contained, escaped)
 
 
 # --- share of devices on the latest release per hardware model ------------------------------------------------
@@ -423,7 +541,7 @@ def rollbacks_per_release(periods: list[Period]) -> list[ReleaseRollbacks]:
 
 @dataclass
 class KpiReport:
-    """The four KPIs over the same periods."""
+    """The five KPIs over the same periods."""
 
     unit: str
     periods: list[Period]
@@ -432,6 +550,7 @@ class KpiReport:
     recovery: MeanTimeToRecover
     shares: list[ModelShare]
     rollbacks: list[ReleaseRollbacks]
+    incidents: IncidentsContained
 
 
 def kpi_report(*, unit: str = WEEK, count: int | None = None, now: datetime | None = None) -> KpiReport:
@@ -447,4 +566,5 @@ def kpi_report(*, unit: str = WEEK, count: int | None = None, now: datetime | No
         recovery=mean_time_to_recover(periods),
         shares=latest_release_share(periods, now=now),
         rollbacks=rollbacks_per_release(periods),
+        incidents=incidents_contained(periods),
     )

@@ -225,3 +225,33 @@ def test_the_gunicorn_configuration_is_read_from_the_environment(monkeypatch):
     assert (tuned["workers"], tuned["threads"], tuned["accesslog"]) == (5, 16, "-")
     assert tuned["bind"] == ["0.0.0.0:8000", "[::]:8000"]
     assert tuned["max_requests"] == tuned["max_requests_jitter"] == 0
+
+
+def test_under_gunicorn_metrics_sum_the_request_histograms_of_every_worker(tmp_path, supervised, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    runpy.run_path(str(processes.GUNICORN_CONF))
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # reading the configuration changes no environment
+    port = free_port()
+    env = {
+        **os.environ, "OTA_WEB_WORKERS": "2", "OTA_WEB_THREADS": "2", "OTA_DATA_DIR": str(tmp_path),
+        "OTA_METRICS_TOKEN": "gunicorn-test-token",
+    }  # fmt: skip
+    stale = tmp_path / "prometheus" / "histogram_999999.db"
+    stale.parent.mkdir()
+    stale.write_bytes(b"left over from an earlier run")
+    web = web_server("web", "127.0.0.1", port, env=env, log_path=tmp_path / "web.log")
+    supervisor = supervised(web)
+    supervisor.wait_ready(web, "gunicorn")
+    assert not stale.exists()  # emptied at start: an earlier run's samples are not added
+    for _ in range(12):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=30) as response:
+            assert response.status == 200
+    scrape = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer gunicorn-test-token"}
+    )
+    with urllib.request.urlopen(scrape, timeout=30) as response:
+        text = response.read().decode()
+    count = 'ota_http_request_duration_seconds_count{method="GET",route="login",status="2xx"} 12.0'
+    assert count in text, [line for line in text.splitlines() if 'route="login"' in line]
+    assert list((tmp_path / "prometheus").glob("histogram_*.db"))  # the workers write to the shared directory
+    supervisor.stop_all()

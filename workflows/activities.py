@@ -18,12 +18,17 @@ from django.db import close_old_connections
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from approvals.audit.security import SecurityEventKind, security_event
 from devices.firmware.repository.expiry import expiry_audit as run_expiry_audit
 from devices.firmware.repository.services import image_repository_refresh as repository_refresh
 from ota_project.errors import DomainError
 from rollouts import rollout_services as steps
+from rollouts.audits import AUDITS
+from rollouts.audits import audit_run as run_audit
 from workflows.types import (
     Activity,
+    AuditResult,
+    AuditRun,
     AuthorizeRequest,
     ExpiryAuditResult,
     FinishRequest,
@@ -203,6 +208,33 @@ def expiry_audit() -> ExpiryAuditResult:
         close_old_connections()
 
 
+@activity.defn(name=MaintenanceActivity.AUDIT_RUN)
+def audit_run(run: AuditRun) -> AuditResult:
+    """Run one recurring audit from the database (idempotent: a retry refreshes the same findings). A kind that is
+    no audit is refused for good and recorded: only the project's schedules start this workflow."""
+    if run.kind not in AUDITS:
+        security_event(
+            kind=SecurityEventKind.ACTION_FORGED,
+            source="audits.run",
+            message=f"Workflow {activity.info().workflow_id} asked for an unknown audit.",
+            subject=str(run.kind)[:200],
+        )
+        raise ApplicationError(f"Unknown audit {run.kind!r}", type="UnknownAudit", non_retryable=True)
+    close_old_connections()
+    try:
+        synced = run_audit(kind=run.kind)
+        return AuditResult(
+            kind=run.kind,
+            opened=synced.opened,
+            refreshed=synced.refreshed,
+            resolved=synced.resolved,
+            open=synced.open,
+            critical=synced.critical,
+        )
+    finally:
+        close_old_connections()
+
+
 ACTIVITIES: list[Callable[..., Any]] = [
     wave_window_wait,
     wave_assign,
@@ -216,4 +248,5 @@ ACTIVITIES: list[Callable[..., Any]] = [
     wave_promote,
     image_repository_refresh,
     expiry_audit,
+    audit_run,
 ]

@@ -3,7 +3,9 @@
 `image-repository-refresh` starts ImageRepositoryRefreshWorkflow every IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS on
 the worker's task queue; a firing while the previous run is still going is skipped. An existing schedule is left
 as it is (an operator may have paused it: `temporal schedule toggle --schedule-id image-repository-refresh`).
-`expiry-audit` starts ExpiryAuditWorkflow every EXPIRY_AUDIT_EVERY_SECONDS the same way.
+`expiry-audit` starts ExpiryAuditWorkflow every EXPIRY_AUDIT_EVERY_SECONDS the same way, and `audit-<kind>`
+(audit-stale-devices, audit-inventory-drift, audit-overdue-reviews, audit-telemetry-gaps, audit-certificates) start
+RecurringAuditWorkflow with AuditRun(kind) every AUDIT_EVERY_SECONDS[kind].
 """
 
 from __future__ import annotations
@@ -22,30 +24,50 @@ from temporalio.client import (
 )
 
 from workflows.types import (
+    AUDIT_EVERY_SECONDS,
+    AUDIT_WORKFLOW,
     EXPIRY_AUDIT_EVERY_SECONDS,
     EXPIRY_AUDIT_SCHEDULE_ID,
     EXPIRY_AUDIT_WORKFLOW,
     IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS,
     IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID,
     IMAGE_REPOSITORY_REFRESH_WORKFLOW,
+    AuditRun,
+    audit_schedule_id,
 )
 
 
-async def ensure_schedules(client: Client, task_queue: str) -> None:
-    """Create the image repository's refresh and expiry-audit schedules on `task_queue` unless they exist."""
-    for schedule_id, workflow_name, every in (
+def project_schedules(task_queue: str) -> dict[str, Schedule]:
+    """Every schedule the project runs, by id: the repository refresh, the expiry audit and the recurring audits."""
+    plain = [
         (
             IMAGE_REPOSITORY_REFRESH_SCHEDULE_ID,
             IMAGE_REPOSITORY_REFRESH_WORKFLOW,
             IMAGE_REPOSITORY_REFRESH_EVERY_SECONDS,
         ),
         (EXPIRY_AUDIT_SCHEDULE_ID, EXPIRY_AUDIT_WORKFLOW, EXPIRY_AUDIT_EVERY_SECONDS),
-    ):
-        schedule = Schedule(
-            action=ScheduleActionStartWorkflow(workflow_name, id=schedule_id, task_queue=task_queue),
+    ]
+    actions: list[tuple[str, ScheduleActionStartWorkflow, int]] = [
+        (schedule_id, ScheduleActionStartWorkflow(workflow_name, id=schedule_id, task_queue=task_queue), every)
+        for schedule_id, workflow_name, every in plain
+    ]
+    for kind, every in AUDIT_EVERY_SECONDS.items():
+        schedule_id = audit_schedule_id(kind)
+        action = ScheduleActionStartWorkflow(AUDIT_WORKFLOW, AuditRun(kind=kind), id=schedule_id, task_queue=task_queue)
+        actions.append((schedule_id, action, every))
+    return {
+        schedule_id: Schedule(
+            action=action,
             spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every))]),
             policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
         )
+        for schedule_id, action, every in actions
+    }
+
+
+async def ensure_schedules(client: Client, task_queue: str) -> None:
+    """Create every project schedule on `task_queue` unless it exists (an existing one is left as it is)."""
+    for schedule_id, schedule in project_schedules(task_queue).items():
         try:
             await client.create_schedule(schedule_id, schedule)
         except ScheduleAlreadyRunningError:

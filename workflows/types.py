@@ -55,6 +55,7 @@ class MaintenanceActivity(StrEnum):
 
     IMAGE_REPOSITORY_REFRESH = "firmware.image_repository_refresh"  # None -> RepositoryRefresh
     EXPIRY_AUDIT = "firmware.expiry_audit"  # None -> ExpiryAuditResult
+    AUDIT_RUN = "audits.run"  # AuditRun -> AuditResult
 
 
 # The Temporal schedule that refreshes the image repository's timestamp and snapshot (created by every worker that
@@ -75,6 +76,43 @@ class ExpiryAuditResult:
     """How many findings the expiry audit has (open alerts), and how many of them are critical."""
 
     findings: int
+    critical: int
+
+
+# The recurring audits (rollouts.audits): one Temporal schedule per kind, `audit-<kind with dashes>`, each starting
+# RecurringAuditWorkflow with AuditRun(kind) every so many seconds. The kinds equal approvals.audit.choices
+# RECURRING_AUDIT_KINDS (a test holds them together; this module may import no Django).
+AUDIT_WORKFLOW = "RecurringAudit"
+AUDIT_EVERY_SECONDS: dict[str, int] = {
+    "stale_devices": 6 * 3600,
+    "inventory_drift": 3600,
+    "overdue_reviews": 3600,
+    "telemetry_gaps": 3600,
+    "certificates": 3600,
+}
+
+
+def audit_schedule_id(kind: str) -> str:
+    """The schedule of audit `kind`, e.g. audit-stale-devices."""
+    return "audit-" + kind.replace("_", "-")
+
+
+@dataclass
+class AuditRun:
+    """Which audit to run (one of AUDIT_EVERY_SECONDS)."""
+
+    kind: str
+
+
+@dataclass
+class AuditResult:
+    """What one audit run changed, and how many of its findings are open (and critical) now."""
+
+    kind: str
+    opened: int
+    refreshed: int
+    resolved: int
+    open: int
     critical: int
 
 

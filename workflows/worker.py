@@ -39,11 +39,11 @@ def default_registrations() -> tuple[list[type], list[Callable[..., Any]]]:
     from workflows.activities import ACTIVITIES
     from workflows.change import ChangeWorkflow
     from workflows.change_activities import CHANGE_ACTIVITIES
-    from workflows.maintenance import ExpiryAuditWorkflow, ImageRepositoryRefreshWorkflow
+    from workflows.maintenance import ExpiryAuditWorkflow, ImageRepositoryRefreshWorkflow, RecurringAuditWorkflow
     from workflows.rollout import RolloutWorkflow
 
     return (
-        [RolloutWorkflow, ChangeWorkflow, ImageRepositoryRefreshWorkflow, ExpiryAuditWorkflow],
+        [RolloutWorkflow, ChangeWorkflow, ImageRepositoryRefreshWorkflow, ExpiryAuditWorkflow, RecurringAuditWorkflow],
         [*ACTIVITIES, *CHANGE_ACTIVITIES],
     )
 

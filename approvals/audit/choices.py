@@ -51,3 +51,26 @@ SECURITY_SEVERITY: dict[str, str] = {
     # An unapproved or altered image offered for signing: the gate the whole update chain rests on.
     K.RELEASE_SIGN_REFUSED: SecuritySeverity.HIGH,
 }
+
+
+class AuditKind(models.TextChoices):
+    """The recurring audits (each a Temporal schedule `audit-<value>`); values live in rows and schedule ids."""
+
+    STALE_DEVICES = "stale_devices", "Stale devices"
+    INVENTORY_DRIFT = "inventory_drift", "Inventory drift"
+    OVERDUE_REVIEWS = "overdue_reviews", "Overdue post-implementation reviews"
+    TELEMETRY_GAPS = "telemetry_gaps", "Telemetry gaps"
+    CERTIFICATES = "certificates", "Certificates"
+    # The expiry audit of the signed chain (devices.firmware.repository.expiry; its own schedule `expiry-audit`).
+    SIGNING_EXPIRY = "signing_expiry", "Signing keys and metadata"
+
+
+# The audits RecurringAuditWorkflow runs (schedules `audit-<kind>`); the signing expiry audit has its own workflow.
+RECURRING_AUDIT_KINDS = frozenset(AuditKind.values) - {AuditKind.SIGNING_EXPIRY}
+
+
+class FindingSeverity(models.TextChoices):
+    """How urgent a finding is; values live in rows and are never renamed."""
+
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"

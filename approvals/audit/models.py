@@ -6,10 +6,12 @@ the append-only triggers of approvals migrations 0002 and 0005 are bound to the 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 
-from approvals.audit.choices import SecurityEventKind
+from approvals.audit.choices import AuditKind, FindingSeverity, SecurityEventKind
 
 
 class DecisionRecord(models.Model):
@@ -102,3 +104,56 @@ class SecurityEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.source} {self.key} x{self.count}"
+
+
+class AuditFinding(models.Model):
+    """One finding of a recurring audit (approvals.audit.findings.findings_sync opens, refreshes and resolves them).
+
+    A finding names what it is about by type and id (`device` + serial, `change` + id, `device_certificate` +
+    serial, `server_certificate` + role), not by foreign key: the audit room sits below the apps it audits. At most
+    one open finding per (kind, subject, code) (constraint); it stays open, refreshed by each run, until a run no
+    longer finds it."""
+
+    kind = models.CharField(max_length=32, choices=AuditKind.choices)
+    subject_type = models.CharField(max_length=32, help_text="device, change, device_certificate, server_certificate")
+    subject = models.CharField(max_length=128, help_text="The subject's id: a serial, a change id, a role.")
+    code = models.CharField(max_length=48, help_text="The finding, e.g. not_seen, unknown_version, expires_soon.")
+    severity = models.CharField(max_length=16, choices=FindingSeverity.choices)
+    message = models.TextField()
+    evidence = models.JSONField(default=dict, blank=True, help_text="The figures the audit saw (times, versions).")
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["kind", "subject", "code", "first_seen_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "subject_type", "subject", "code"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="one_open_audit_finding",
+            ),
+            models.CheckConstraint(condition=models.Q(kind__in=AuditKind.values), name="audit_finding_kind_known"),
+            models.CheckConstraint(
+                condition=models.Q(severity__in=FindingSeverity.values), name="audit_finding_severity_known"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(resolved_at__isnull=True) | models.Q(resolved_at__gte=models.F("first_seen_at")),
+                name="audit_finding_resolved_after_seen",
+            ),
+        ]
+        indexes = [models.Index(fields=["kind", "resolved_at"], name="audit_finding_kind_open")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subject_type} {self.subject}: {self.code}"
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When what the finding is about expires, if the audit said (evidence `expires_at`, ISO-8601)."""
+        value = self.evidence.get("expires_at") if isinstance(self.evidence, dict) else None
+        if not isinstance(value, str):
+            return None
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None

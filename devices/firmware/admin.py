@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from devices.firmware.models import ExpiryAlert, FirmwareArtifact, FirmwareRelease, SigningKey
+from devices.firmware.models import FirmwareArtifact, FirmwareRelease, SigningKey
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -82,14 +82,3 @@ class SigningKeyAdmin(ReadOnlyAdmin):
     search_fields = ["key_id", "role"]
     list_select_related = ["created_by"]
     readonly_fields = [field.name for field in SigningKey._meta.fields]
-
-
-@admin.register(ExpiryAlert)
-class ExpiryAlertAdmin(ReadOnlyAdmin):
-    """The expiry audit's findings: open ones first (devices.firmware.repository.expiry)."""
-
-    list_display = ["severity", "subject_type", "subject", "code", "expires_at", "first_seen_at", "resolved_at"]
-    list_filter = ["severity", "subject_type", "code", ("resolved_at", admin.EmptyFieldListFilter)]
-    search_fields = ["subject", "message"]
-    readonly_fields = ["severity", "subject_type", "subject", "code", "message", "expires_at", "first_seen_at"]
-    readonly_fields += ["last_seen_at", "resolved_at"]

@@ -56,11 +56,10 @@ class FirmwareRelease(models.Model):
 # app by these imports.
 from devices.firmware.director.models import DirectorRoot  # noqa: E402
 from devices.firmware.keys.models import SigningKey  # noqa: E402
-from devices.firmware.repository.models import ExpiryAlert, ImageMetadata, ImageTarget  # noqa: E402
+from devices.firmware.repository.models import ImageMetadata, ImageTarget  # noqa: E402
 
 __all__ = [
     "DirectorRoot",
-    "ExpiryAlert",
     "FirmwareArtifact",
     "FirmwareRelease",
     "ImageMetadata",

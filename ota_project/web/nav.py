@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 from django.http import HttpRequest
 from django.urls import reverse
 
-from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, Role, roles_of
+from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, FINDING_READER_ROLES, Role, roles_of
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ def _sections(roles: frozenset[str]) -> list[tuple[str, str]]:
         items.append(("Rollouts", reverse("web-rollouts:list")))
     items.append(("Fleet", reverse("web-fleet:inventory")))
     items.append(("KPIs", reverse("web-rollouts:kpis")))
+    if roles & FINDING_READER_ROLES:
+        items.append(("Findings", reverse("web-audit:findings")))
     if roles & {Role.AUDITOR, Role.SECURITY_OFFICER}:
         items.append(("Audit", reverse("web-audit:records")))
         items.append(("Security", reverse("web-audit:security")))

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]  # ships no types
+from django.utils import timezone
 from playwright.sync_api import Page
 
+from approvals.audit.choices import AuditKind
+from approvals.audit.findings import Finding, findings_sync
 from approvals.audit.security import security_event
 from ota_project.roles import Role
 from rollouts import rollout_services as steps
@@ -62,9 +65,14 @@ def test_the_main_pages_of_every_role_pass_axe(new_page, make_user, approved_cha
     for path in ("/", "/changes/", f"/changes/{approved_change.pk}/", "/fleet/", "/rollouts/kpis/", "/audit/security/"):
         found += _check(cab, path)
 
+    findings_sync(
+        kind=AuditKind.STALE_DEVICES,
+        findings=[Finding("device", "TCU-QUIET", "not_seen", "critical", "Device TCU-QUIET has not checked in.")],
+        now=timezone.now(),
+    )
     olga = new_page()
     sign_in(olga, operator.username)
-    for path in ("/", "/rollouts/", f"/rollouts/{rollout.pk}/", "/rollouts/start/"):
+    for path in ("/", "/rollouts/", f"/rollouts/{rollout.pk}/", "/rollouts/start/", "/audit/findings/"):
         found += _check(olga, path)
 
     anna = new_page()

@@ -11,11 +11,12 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from approvals.audit.models import DecisionRecord
+from approvals.audit.choices import AuditKind
+from approvals.audit.models import AuditFinding, DecisionRecord
 from devices.firmware.keys.models import SigningKey
 from devices.firmware.keys.services import key_revoke, key_rotate
 from devices.firmware.repository.expiry import expiry_audit
-from devices.firmware.repository.models import ExpiryAlert, ImageMetadata
+from devices.firmware.repository.models import ImageMetadata
 from devices.firmware.repository.services import image_repository_refresh
 from tests.firmware.repository_support import repository_start
 
@@ -31,12 +32,16 @@ def repository(settings, tmp_path, security_officer, django_capture_on_commit_ca
     return settings.IMAGE_REPOSITORY_DIR
 
 
+def _alerts():
+    return AuditFinding.objects.filter(kind=AuditKind.SIGNING_EXPIRY)
+
+
 def _open() -> set[tuple[str, str, str]]:
-    return set(ExpiryAlert.objects.filter(resolved_at__isnull=True).values_list("subject", "code", "severity"))
+    return set(_alerts().filter(resolved_at__isnull=True).values_list("subject", "code", "severity"))
 
 
 def test_a_fresh_repository_has_no_findings(repository):
-    assert expiry_audit() == [] and not ExpiryAlert.objects.exists()
+    assert expiry_audit() == [] and not _alerts().exists()
 
 
 def test_metadata_near_and_past_expiry_is_flagged_then_resolved_once_re_signed(repository):
@@ -44,16 +49,17 @@ def test_metadata_near_and_past_expiry_is_flagged_then_resolved_once_re_signed(r
     near = timestamp.expires - timedelta(hours=3)  # a quarter of the day-long lifetime left: the refresh is failing
     expiry_audit(now=near)
     assert _open() == {("timestamp", "expires_soon", "warning")}
-    assert expiry_audit(now=near) and ExpiryAlert.objects.count() == 1  # idempotent: the same alert, refreshed
+    assert expiry_audit(now=near) and _alerts().count() == 1  # idempotent: the same alert, refreshed
     expiry_audit(now=timestamp.expires + timedelta(minutes=1))
     assert ("timestamp", "expired", "critical") in _open()
 
     image_repository_refresh(now=near)  # re-signed: a new timestamp version with a full day ahead of `near`
     expiry_audit(now=near)
     assert _open() == set()
-    assert ExpiryAlert.objects.filter(resolved_at__isnull=False).count() == 2
-    flagged = DecisionRecord.objects.filter(action="expiry_audit.flagged").count()
-    resolved = DecisionRecord.objects.filter(action="expiry_audit.resolved").count()
+    assert _alerts().filter(resolved_at__isnull=False).count() == 2
+    runs = DecisionRecord.objects.filter(action="audit.findings", object_id=AuditKind.SIGNING_EXPIRY)
+    flagged = sum((record.after or {})["opened"] for record in runs)
+    resolved = sum((record.after or {})["resolved"] for record in runs)
     assert (flagged, resolved) == (2, 2)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.utils.timezone import now as timezone_now
 
 from devices.firmware.models import FirmwareRelease
 from devices.models import Device
@@ -13,6 +14,7 @@ from rollouts.kpis import (
     DAY,
     WEEK,
     deployment_success_rate,
+    incidents_contained,
     kpi_periods,
     kpi_report,
     latest_release_share,
@@ -265,3 +267,98 @@ def test_report_uses_default_period_counts(old_fleet):
     assert report.success_total is not None  # the default window has periods, so there is a total
     assert report.success_total.attempted == 0 and report.recovery.mean is None and report.rollbacks == []
     assert {s.model for s in report.shares} == {"tcu-4g-r2", "tcu-5g-r1"}
+
+
+def test_mttr_counts_an_abort_that_left_devices_on_the_release_as_unrecovered(old_fleet):
+    devices = list(Device.objects.filter(hardware_model=old_fleet["model"]).order_by("pk"))
+    abandoned = make_rollout(old_fleet["new"], old_fleet["old"], status=RolloutStatus.ABORTED, halted_at=W48)
+    deploy(abandoned, devices[0], DeploymentStatus.SUCCEEDED, W48 - timedelta(hours=1))
+    # A device that fell back on its own (A/B) was never affected: the rollout recovers with the restored one.
+    retried = make_rollout(
+        FirmwareReleaseFactory.create(version="1.5.0", release_counter=6, hardware_models=[old_fleet["model"]]),
+        old_fleet["old"],
+        status=RolloutStatus.ROLLED_BACK,
+        halted_at=W48 + timedelta(hours=1),
+    )
+    deploy(retried, devices[1], DeploymentStatus.SUCCEEDED, W48, kind=DeploymentKind.UPDATE)
+    deploy(retried, devices[1], DeploymentStatus.SUCCEEDED, W48 + timedelta(hours=5), kind=DeploymentKind.ROLLBACK)
+    deploy(retried, devices[4], DeploymentStatus.ROLLED_BACK, W48, kind=DeploymentKind.UPDATE)
+    # A device that took the image but was never offered the rollback keeps the rollout unrecovered.
+    forgotten = make_rollout(
+        FirmwareReleaseFactory.create(version="1.6.0", release_counter=7, hardware_models=[old_fleet["model"]]),
+        old_fleet["old"],
+        status=RolloutStatus.ROLLING_BACK,
+        halted_at=W48 + timedelta(hours=1),
+    )
+    deploy(forgotten, devices[2], DeploymentStatus.SUCCEEDED, W48, kind=DeploymentKind.UPDATE)
+    deploy(forgotten, devices[3], DeploymentStatus.SUCCEEDED, W48, kind=DeploymentKind.UPDATE)
+    deploy(forgotten, devices[2], DeploymentStatus.SUCCEEDED, W48 + timedelta(hours=2), kind=DeploymentKind.ROLLBACK)
+
+    mttr = mean_time_to_recover(kpi_periods(unit=WEEK, count=3, now=NOW))
+
+    assert [(r.rollout_id, r.devices, r.duration) for r in mttr.recoveries] == [(retried.pk, 1, timedelta(hours=4))]
+    assert mttr.unrecovered == sorted([abandoned.pk, forgotten.pk])
+
+
+def test_incidents_contained_are_halts_before_the_release_left_its_pilot_wave(old_fleet):
+    devices = list(Device.objects.filter(hardware_model=old_fleet["model"]).order_by("pk"))
+
+    def release(version: str, counter: int) -> FirmwareRelease:
+        return FirmwareReleaseFactory.create(
+            version=version, release_counter=counter, hardware_models=[old_fleet["model"]]
+        )
+
+    contained = make_rollout(old_fleet["new"], old_fleet["old"], status=RolloutStatus.HALTED, halted_at=W47)
+    Wave.objects.create(rollout=contained, index=1, name="rest", planned_devices=10)  # never opened
+    deploy(contained, devices[0], DeploymentStatus.FAILED, W47)
+    escaped = make_rollout(release("2.0.0", 8), old_fleet["old"], status=RolloutStatus.HALTED, halted_at=W48)
+    Wave.objects.create(rollout=escaped, index=1, name="rest", planned_devices=10, started_at=W48 - timedelta(hours=1))
+    # Offered outside the pilot without the wave's start recorded still escaped the pilot.
+    offered = make_rollout(release("2.1.0", 9), old_fleet["old"], status=RolloutStatus.HALTED, halted_at=W48)
+    second = Wave.objects.create(rollout=offered, index=1, name="rest", planned_devices=10)
+    Deployment.objects.create(
+        rollout=offered, wave=second, device=devices[1], release=offered.release, status=DeploymentStatus.OFFERED
+    )
+    contained_too = make_rollout(release("2.2.0", 10), old_fleet["old"], status=RolloutStatus.ABORTED, halted_at=W48)
+    make_rollout(release("2.3.0", 11), old_fleet["old"], status=RolloutStatus.COMPLETED)  # never halted
+    make_rollout(release("2.4.0", 12), old_fleet["old"], status=RolloutStatus.HALTED, halted_at=LONG_AGO)  # outside
+
+    incidents = incidents_contained(kpi_periods(unit=WEEK, count=3, now=NOW))
+
+    assert [(r.period.label, r.halts, r.contained) for r in incidents.rows] == [
+        ("2026-W46", 0, 0),
+        ("2026-W47", 1, 1),
+        ("2026-W48", 3, 1),
+    ]
+    assert incidents.contained == [contained.pk, contained_too.pk]
+    assert sorted(incidents.escaped) == sorted([escaped.pk, offered.pk])
+    assert incidents.halts == 4 and incidents.share == 0.5 and incidents.share_pct == "50 %"
+    assert incidents.rows[0].share is None  # no halt: unknown, not 0 %
+
+
+def test_kpi_api_returns_the_report_for_any_role_and_refuses_bad_periods(old_fleet, client_for, operator, auditor):
+    devices = list(Device.objects.filter(hardware_model=old_fleet["model"]).order_by("pk"))
+    halted_at = timezone_now()
+    rollout = make_rollout(old_fleet["new"], old_fleet["old"], status=RolloutStatus.ROLLED_BACK, halted_at=halted_at)
+    deploy(rollout, devices[0], DeploymentStatus.SUCCEEDED, halted_at - timedelta(minutes=5))
+    deploy(
+        rollout, devices[0], DeploymentStatus.SUCCEEDED, halted_at + timedelta(minutes=30),
+        kind=DeploymentKind.ROLLBACK,
+    )  # fmt: skip
+
+    answer = client_for(auditor).get("/api/v1/kpis/", {"unit": "day", "periods": 3})
+
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert [p["label"] for p in body["periods"]][-1] == timezone_now().strftime("%Y-%m-%d")
+    assert body["mean_time_to_recover"]["mean_seconds"] == 1800.0
+    assert body["mean_time_to_recover"]["recoveries"][0]["rollout"] == rollout.pk
+    assert body["incidents_contained"] | {"rows": None} == {
+        "halts": 1, "contained": 1, "share": 1.0, "rows": None, "contained_rollouts": [rollout.pk],
+        "escaped_rollouts": [],
+    }  # fmt: skip
+    assert body["success_rate"]["total"] == {"attempted": 1, "rate": 1.0}
+    for bad in ({"unit": "month"}, {"unit": "day", "periods": 91}, {"unit": "week", "periods": 53}, {"periods": "x"}):
+        refused = client_for(operator).get("/api/v1/kpis/", bad)
+        assert refused.status_code == 400, bad
+    assert client_for(None).get("/api/v1/kpis/").status_code in (401, 403)

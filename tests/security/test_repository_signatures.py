@@ -13,8 +13,9 @@ from tuf.api.exceptions import ExpiredMetadataError, UnsignedMetadataError
 from tuf.api.metadata import Metadata, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 
+from approvals.audit.models import AuditFinding
 from devices.firmware.repository.expiry import expiry_audit
-from devices.firmware.repository.models import ExpiryAlert, ImageMetadata
+from devices.firmware.repository.models import ImageMetadata
 from devices.firmware.repository.signers import role_signer
 from ota_project.hsm.roles import KeyRole
 from tests.security.repository_chain import chain_settings_fixture, publish, repository_fixture, vehicle  # noqa: F401
@@ -84,4 +85,9 @@ def test_expired_metadata_is_refused_the_trusted_kept_and_the_expiry_audit_flags
     assert ("image_metadata", "timestamp", "expired", "critical") in {
         (f.subject_type, f.subject, f.code, f.severity) for f in findings
     }
-    assert ExpiryAlert.objects.filter(subject="timestamp", code="expired", resolved_at__isnull=True).count() == 1
+    assert (
+        AuditFinding.objects.filter(
+            kind="signing_expiry", subject="timestamp", code="expired", resolved_at__isnull=True
+        ).count()
+        == 1
+    )

@@ -77,12 +77,12 @@ def test_nav_for_requester_has_own_changes_but_no_cab_queue(requester):
 
 def test_nav_for_cab_member_has_cab_queue(cab_member):
     labels = _nav_labels(page_client(cab_member).get("/").content.decode())
-    assert labels == ["Overview", "CAB queue", "Fleet", "KPIs"]
+    assert labels == ["Overview", "CAB queue", "Fleet", "KPIs", "Findings"]
 
 
 def test_nav_for_operator_has_changes_and_rollouts(operator):
     labels = _nav_labels(page_client(operator).get("/").content.decode())
-    assert labels == ["Overview", "Changes", "Rollouts", "Fleet", "KPIs"]
+    assert labels == ["Overview", "Changes", "Rollouts", "Fleet", "KPIs", "Findings"]
 
 
 def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_officer):
@@ -92,6 +92,7 @@ def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_office
         "Rollouts",
         "Fleet",
         "KPIs",
+        "Findings",
         "Audit",
         "Security",
     ]
@@ -100,6 +101,7 @@ def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_office
         "CAB queue",
         "Fleet",
         "KPIs",
+        "Findings",
         "Audit",
         "Security",
     ]

@@ -327,13 +327,13 @@ def test_a_banner_about_an_action_gives_way_to_the_live_state_at_the_first_refre
     client = page_client(operator)
     page = follow(client, client.post(f"/rollouts/{rollout.pk}/actions/pause/", {"reason": ""}))
     assert any(text.startswith("Pause was not sent.") for text in messages_of(page))
-    live_url = find(html_of(page), id="rollout-live").get("hx-get")
+    live_url = find(html_of(page), id="rollout-live").get("hx-get") or ""
     assert live_url.endswith("?state=banner")
     refreshed = html_of(client.get(live_url))
     (banner,) = find_all(find(refreshed, id="messages"), role="status")
     assert banner.text().startswith("Now: ")
     # Without a banner, the page polls with its own state and a refresh in that state brings no banner.
-    quiet = find(html_of(client.get(f"/rollouts/{rollout.pk}/")), id="rollout-live").get("hx-get")
+    quiet = find(html_of(client.get(f"/rollouts/{rollout.pk}/")), id="rollout-live").get("hx-get") or ""
     assert not quiet.endswith("?state=banner")
     assert 'id="messages"' not in html_of(client.get(quiet))
 

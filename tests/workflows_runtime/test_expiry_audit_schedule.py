@@ -7,7 +7,7 @@ import uuid
 import pytest
 from temporalio.client import ScheduleActionStartWorkflow
 
-from devices.firmware.repository.models import ExpiryAlert
+from approvals.audit.models import AuditFinding
 from tests.firmware.repository_support import repository_start
 from tests.temporal_support import in_temporal_loop, running_worker, wait_until
 from workflows.client import temporal_client
@@ -40,10 +40,12 @@ def test_the_worker_schedules_the_expiry_audit_and_a_firing_flags_what_is_close_
             assert (action.workflow, action.task_queue) == (EXPIRY_AUDIT_WORKFLOW, settings.TEMPORAL_TASK_QUEUE)
             in_temporal_loop(handle.trigger())
             wait_until(
-                lambda: ExpiryAlert.objects.filter(subject="root", code="expires_soon").exists(),
+                lambda: AuditFinding.objects.filter(
+                    kind="signing_expiry", subject="root", code="expires_soon"
+                ).exists(),
                 30,
                 "the root flagged",
             )
     finally:
         in_temporal_loop(_schedules_delete())
-    assert ExpiryAlert.objects.filter(resolved_at__isnull=True).count() == 1
+    assert AuditFinding.objects.filter(kind="signing_expiry", resolved_at__isnull=True).count() == 1

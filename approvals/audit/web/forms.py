@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 
+from approvals.audit.choices import AuditKind, FindingSeverity
 from approvals.audit.web.selectors import audit_action_list, audit_object_type_list
 from ota_project.web.forms import form_field
 
@@ -75,3 +76,19 @@ class RecordFilterForm(forms.Form):
         """True when a filter other than the date range is set (exports cover only date ranges)."""
         data = self.cleaned_data
         return any((data.get("action"), data.get("actor"), data.get("object_type"), data.get("object_id")))
+
+
+FINDING_STATES = (("open", "Open"), ("resolved", "Resolved"), ("all", "Open and resolved"))
+
+
+class FindingFilterForm(forms.Form):
+    """Filters of the findings page: audit kind, severity, open or resolved."""
+
+    kind = forms.ChoiceField(label="Audit", required=False, choices=[("", "Every audit"), *AuditKind.choices])
+    severity = forms.ChoiceField(
+        label="Severity", required=False, choices=[("", "Any severity"), *FindingSeverity.choices]
+    )
+    state = forms.ChoiceField(label="State", required=False, choices=FINDING_STATES)
+
+    def clean_state(self) -> str:
+        return self.cleaned_data.get("state") or "open"

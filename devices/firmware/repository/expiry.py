@@ -1,7 +1,8 @@
 """The expiry audit: what in the signed chain is close to expiry, or trusted when it must not be.
 
-Findings (each an `ExpiryAlert` row the admin and the key pages show, opened once, kept up to date while it lasts,
-resolved when it goes; opening and resolving are decision records, critical findings also a log error):
+Findings (audit findings of kind `signing_expiry`, kept by approvals.audit.findings.findings_sync like every other
+audit's: opened once, kept up to date while they last, resolved when they go; each run that opens or resolves one
+appends a decision record; shown on the security page, the findings page and the admin):
 - metadata: the newest version of each role expires within its warning margin (root: OTA_EXPIRY_WARN_ROOT_DAYS,
   default 30; targets, snapshot, timestamp: a quarter of their lifetime, i.e. the refresh, which re-signs at half,
   has been failing for a while) - critical once expired;
@@ -14,24 +15,21 @@ Run by the Temporal schedule `expiry-audit` (workflows/schedules.py) and `image_
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
 from django.utils import timezone
 from tuf.api.metadata import Metadata, Root
 
-from approvals.audit.records import record_decision
+from approvals.audit.choices import AuditKind, FindingSeverity
+from approvals.audit.findings import Finding, findings_sync
 from devices.firmware.keys.choices import KeyState
 from devices.firmware.keys.models import SigningKey
-from devices.firmware.repository.models import ExpiryAlert, ExpiryAlertSeverity, ImageRole
+from devices.firmware.repository.models import ImageRole
 from devices.firmware.repository.selectors import image_metadata_latest
 from ota_project.hsm.roles import OFFLINE_ROLES, KeyRole
 
-logger = logging.getLogger(__name__)
 # The image repository's key roles (the director's and the audit key are reported by their own rooms).
 _REPOSITORY_ROLES = frozenset(KeyRole) - {KeyRole.DIRECTOR, KeyRole.DIRECTOR_ROOT, KeyRole.AUDIT_CHECKPOINT}
 KEY_AGE_WARNING = timedelta(days=30)
@@ -65,7 +63,7 @@ def _metadata_findings(now: datetime) -> list[ExpiryFinding]:
         if latest.expires <= now:
             findings.append(
                 ExpiryFinding(
-                    "image_metadata", role, "expired", ExpiryAlertSeverity.CRITICAL,
+                    "image_metadata", role, "expired", FindingSeverity.CRITICAL,
                     f"{name} expired at {latest.expires:%Y-%m-%d %H:%M} UTC: clients refuse the repository.",
                     latest.expires,
                 )
@@ -74,7 +72,7 @@ def _metadata_findings(now: datetime) -> list[ExpiryFinding]:
             action = "rotate the root (image_repository rotate-root)" if role == ImageRole.ROOT else "check the refresh"
             findings.append(
                 ExpiryFinding(
-                    "image_metadata", role, "expires_soon", ExpiryAlertSeverity.WARNING,
+                    "image_metadata", role, "expires_soon", FindingSeverity.WARNING,
                     f"{name} expires at {latest.expires:%Y-%m-%d %H:%M} UTC: {action}.",
                     latest.expires,
                 )
@@ -94,7 +92,7 @@ def _key_findings(now: datetime) -> list[ExpiryFinding]:
         if key.state == KeyState.REVOKED and key.key_id in named:
             findings.append(
                 ExpiryFinding(
-                    "signing_key", key.key_id, "revoked_key_trusted", ExpiryAlertSeverity.CRITICAL,
+                    "signing_key", key.key_id, "revoked_key_trusted", FindingSeverity.CRITICAL,
                     f"The published root v{stored_root.version if stored_root else '?'} still names revoked "
                     f"{key.role} key {key.key_id}: sign and publish a root without it now (image_repository "
                     "rotate-root).",
@@ -105,7 +103,7 @@ def _key_findings(now: datetime) -> list[ExpiryFinding]:
         if stored_root is not None and key.key_id not in named:
             findings.append(
                 ExpiryFinding(
-                    "signing_key", key.key_id, "key_not_in_root", ExpiryAlertSeverity.WARNING,
+                    "signing_key", key.key_id, "key_not_in_root", FindingSeverity.WARNING,
                     f"Active {key.role} key {key.key_id} is not named by the published root: rotate the root so "
                     "the repository signs with it.",
                 )
@@ -120,7 +118,7 @@ def _key_findings(now: datetime) -> list[ExpiryFinding]:
             findings.append(
                 ExpiryFinding(
                     "signing_key", key.key_id, "key_due_for_rotation",
-                    ExpiryAlertSeverity.CRITICAL if due <= now else ExpiryAlertSeverity.WARNING,
+                    FindingSeverity.CRITICAL if due <= now else FindingSeverity.WARNING,
                     f"{key.role} key {key.key_id} reaches its maximum age at {due:%Y-%m-%d}: rotate it (keys rotate, "
                     "then image_repository rotate-root).",
                     due,
@@ -129,64 +127,30 @@ def _key_findings(now: datetime) -> list[ExpiryFinding]:
     return findings
 
 
-def _lock() -> None:
-    lock_id = int.from_bytes(hashlib.sha256(b"ota-expiry-audit").digest()[:8], "big", signed=True)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
-
-
 def expiry_findings(*, now: datetime | None = None) -> list[ExpiryFinding]:
     """What is close to expiry or wrongly trusted right now (no writes)."""
     now = now or timezone.now()
     return _metadata_findings(now) + _key_findings(now)
 
 
-@transaction.atomic
 def expiry_audit(*, now: datetime | None = None) -> list[ExpiryFinding]:
-    """Flag what is close to expiry: open an alert per new finding, refresh the ones still there, resolve the ones
-    gone (each opening and resolution a decision record); returns the current findings. Idempotent."""
+    """Flag what is close to expiry: open a finding per new one, refresh the ones still there, resolve the ones
+    gone (findings_sync, kind `signing_expiry`); returns the current findings. Idempotent."""
     now = now or timezone.now()
-    _lock()  # one audit at a time: two overlapping runs would both open the same new alert
     findings = expiry_findings(now=now)
-    open_alerts = {
-        (alert.subject_type, alert.subject, alert.code): alert
-        for alert in ExpiryAlert.objects.select_for_update().filter(resolved_at__isnull=True)
-    }
-    for finding in findings:
-        identity = (finding.subject_type, finding.subject, finding.code)
-        alert = open_alerts.pop(identity, None)
-        if alert is not None:
-            ExpiryAlert.objects.filter(pk=alert.pk).update(
-                last_seen_at=now, severity=finding.severity, message=finding.message, expires_at=finding.expires_at
+    findings_sync(
+        kind=AuditKind.SIGNING_EXPIRY,
+        findings=[
+            Finding(
+                finding.subject_type,
+                finding.subject,
+                finding.code,
+                finding.severity,
+                finding.message,
+                {"expires_at": finding.expires_at.astimezone(UTC).isoformat()} if finding.expires_at else {},
             )
-            continue
-        ExpiryAlert.objects.create(
-            subject_type=finding.subject_type,
-            subject=finding.subject,
-            code=finding.code,
-            severity=finding.severity,
-            message=finding.message,
-            expires_at=finding.expires_at,
-            first_seen_at=now,
-            last_seen_at=now,
-        )
-        record_decision(
-            actor=None,
-            action="expiry_audit.flagged",
-            object_type=finding.subject_type,
-            object_id=finding.subject,
-            after={"code": finding.code, "severity": finding.severity, "message": finding.message},
-        )
-        log = logger.error if finding.severity == ExpiryAlertSeverity.CRITICAL else logger.warning
-        log("expiry audit: %s", finding.message)
-    for alert in open_alerts.values():  # gone: renewed, rotated or re-signed
-        ExpiryAlert.objects.filter(pk=alert.pk).update(resolved_at=now)
-        record_decision(
-            actor=None,
-            action="expiry_audit.resolved",
-            object_type=alert.subject_type,
-            object_id=alert.subject,
-            before={"code": alert.code, "severity": alert.severity},
-            after={"resolved_at": now.isoformat()},
-        )
+            for finding in findings
+        ],
+        now=now,
+    )
     return findings

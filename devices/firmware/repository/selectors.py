@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from devices.firmware.repository.models import ExpiryAlert, ImageMetadata, ImageRole
+from approvals.audit.choices import AuditKind
+from approvals.audit.findings import audit_finding_list
+from approvals.audit.models import AuditFinding
+from devices.firmware.repository.models import ImageMetadata, ImageRole
 
 
 def image_metadata_latest(role: str) -> ImageMetadata | None:
@@ -17,6 +20,6 @@ def image_repository_initialised() -> bool:
     return ImageMetadata.objects.filter(role=ImageRole.ROOT).exists()
 
 
-def expiry_alert_open_list() -> QuerySet[ExpiryAlert]:
-    """The expiry audit's open alerts, critical first, soonest expiry first (what the security page shows)."""
-    return ExpiryAlert.objects.filter(resolved_at__isnull=True).order_by("severity", "expires_at", "subject")
+def expiry_alert_open_list() -> QuerySet[AuditFinding]:
+    """The expiry audit's open findings, critical first (what the security page and `image_repository status` show)."""
+    return audit_finding_list(kind=AuditKind.SIGNING_EXPIRY)
