@@ -2,10 +2,11 @@
 
 from rest_framework.routers import SimpleRouter
 
-from rollouts.api import rollout_views
+from rollouts.api import alert_views, rollout_views
 
 router = SimpleRouter()
 router.register("rollouts", rollout_views.RolloutViewSet, basename="rollout")
+router.register("alerts", alert_views.AlertViewSet, basename="alert")
 
 urlpatterns = [
     *router.urls,
