@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -21,6 +22,7 @@ from ota_project.errors import InvalidInput
 from rollouts.choices import DeploymentStatus
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.models import Deployment
+from rollouts.tasks import fleet_safety_check_task
 from tests.web.helpers import page_client
 
 pytestmark = pytest.mark.django_db
@@ -137,3 +139,20 @@ def test_a_success_resets_the_count(pilot, running):
     )
     pilot.refresh_from_db()
     assert pilot.install_failures == 0 and pilot.status == DeviceStatus.ACTIVE
+
+
+def test_a_rolled_back_install_counts_and_asks_for_a_fleet_check_of_its_release(
+    pilot, running, monkeypatch, django_capture_on_commit_callbacks
+):
+    cache.clear()
+    checked: list[int] = []
+    monkeypatch.setattr(fleet_safety_check_task, "delay", lambda release_id: checked.append(release_id))
+    offered = deployment_offer(device_id=pilot.pk, now=timezone.now())
+    assert offered is not None
+    for seq, status in enumerate(("downloading", "downloaded", "installing", "rebooting"), start=1):
+        deployment_report(device=pilot, deployment_id=offered.pk, report=Report(seq, status))
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment_report(device=pilot, deployment_id=offered.pk, report=Report(5, "rolled_back", failure_class="boot"))
+    pilot.refresh_from_db()
+    assert pilot.install_failures == 1
+    assert checked == [offered.release_id]
