@@ -47,7 +47,7 @@ def test_an_operator_acknowledges_with_a_decision_record(alert, client_for, oper
     assert answer.json()["status"] == AlertStatus.ACKNOWLEDGED and answer.json()["acknowledged_by"] == operator.username
     record = DecisionRecord.objects.get(action="alert.acknowledge")
     assert (record.actor, record.object_id, record.reason) == (operator, str(alert.pk), "on it")
-    assert record.before == {"status": "open"} and record.after["status"] == "acknowledged"
+    assert record.before == {"status": "open"} and (record.after or {}).get("status") == "acknowledged"
     # A repeated click changes and records nothing.
     assert client_for(operator).post(f"{API}{alert.pk}/acknowledge/", {}, format="json").status_code == 200
     assert DecisionRecord.objects.filter(action="alert.acknowledge").count() == 1

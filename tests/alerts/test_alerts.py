@@ -188,7 +188,7 @@ def test_the_webhook_is_signed_and_retried_with_backoff_until_delivered(receiver
     delivery.refresh_from_db()
     assert delivery.attempts == 2 and 15 < (delivery.next_attempt_at - timezone.now()).total_seconds() <= 20
     AlertDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
-    webhook_deliver_task.apply(args=[delivery.pk])
+    webhook_deliver_task.apply(args=(delivery.pk,))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.DELIVERED, 3)
     assert len(receiver.received) == 3
@@ -236,7 +236,7 @@ def test_a_failed_attempt_outside_eager_mode_is_retried_by_celery_with_the_backo
         return Retried()
 
     monkeypatch.setattr(webhook_deliver_task, "retry", fake_retry)
-    webhook_deliver_task.push_request(is_eager=False, retries=0)
+    webhook_deliver_task.push_request(**{"is_eager": False, "retries": 0})
     try:
         with pytest.raises(Retried):
             webhook_deliver_task.run(delivery.pk)
