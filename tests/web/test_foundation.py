@@ -80,7 +80,7 @@ def test_nav_for_cab_member_has_cab_queue(cab_member):
 
 def test_nav_for_operator_has_changes_and_rollouts(operator):
     labels = _nav_labels(page_client(operator).get("/").content.decode())
-    assert labels == ["Overview", "Changes", "Rollouts", "Fleet", "KPIs"]
+    assert labels == ["Overview", "Changes", "Rollouts", "Fleet", "KPIs", "Alerts"]
 
 
 def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_officer):
@@ -90,6 +90,7 @@ def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_office
         "Rollouts",
         "Fleet",
         "KPIs",
+        "Alerts",
         "Audit",
         "Security",
     ]
@@ -98,6 +99,7 @@ def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_office
         "CAB queue",
         "Fleet",
         "KPIs",
+        "Alerts",
         "Audit",
         "Security",
     ]
