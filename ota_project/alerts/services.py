@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -261,7 +262,15 @@ def webhook_attempt(*, delivery_id: int, now: datetime | None = None) -> Attempt
         pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now
     ).update(next_attempt_at=now + timedelta(seconds=timeout + 30))
     if not claimed:
-        return AttemptOutcome(attempted=False)
+        # Not due yet (an early redelivery, or another worker holds the lease): say when to look again.
+        due = (
+            AlertDelivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING)
+            .values_list("next_attempt_at", flat=True)
+            .first()
+        )
+        return AttemptOutcome(
+            attempted=False, retry_in=None if due is None else max(1, math.ceil((due - now).total_seconds()))
+        )
     delivery = AlertDelivery.objects.get(pk=delivery_id)
     result = webhook_post(
         url=delivery.url,
