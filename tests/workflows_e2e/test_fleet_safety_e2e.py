@@ -60,6 +60,7 @@ def test_a_fleet_wide_rollback_spike_pauses_the_running_workflow(start, operator
         _rolled_back_elsewhere(rollout, 4)
         assert fleet_safety.fleet_safety_check(release_id=rollout.release_id) == [rollout.pk]
         rollout = run_until(rollout.pk, healthy, lambda r: r.status == RolloutStatus.PAUSED, timeout=30)
+        assert rollout.status_reason.startswith("Paused by the fleet safety net: Across all rollouts of release")
         pause = DecisionRecord.objects.get(action="rollout.pause", object_id=str(rollout.pk))
         assert pause.actor is None and pause.actor_name == "system:fleet-safety"
         assert Alert.objects.get().evidence["rollouts_paused"] == [rollout.pk]
