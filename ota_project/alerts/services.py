@@ -55,8 +55,8 @@ def _input_errors(
         errors["kind"] = ["A dotted lowercase name of at most 64 characters, e.g. fleet.rollback_rate."]
     if not isinstance(dedup_key, str) or not 1 <= len(dedup_key) <= 200 or not dedup_key.isprintable():
         errors["dedup_key"] = ["1 to 200 printable characters."]
-    if not isinstance(title, str) or not 1 <= len(title.strip()) <= 200:
-        errors["title"] = ["1 to 200 characters."]
+    if not isinstance(title, str) or not 1 <= len(title.strip()) <= 200 or not title.isprintable():
+        errors["title"] = ["1 to 200 printable characters on one line (it is the mail's subject)."]
     if not isinstance(summary, str) or not 1 <= len(summary.strip()) <= MAX_SUMMARY_CHARS:
         errors["summary"] = [f"1 to {MAX_SUMMARY_CHARS} characters."]
     if not isinstance(link, str) or len(link) > 500 or not LINK_RE.match(link):

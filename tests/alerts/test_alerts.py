@@ -84,6 +84,7 @@ def test_a_security_kind_also_mails_security_officers(django_capture_on_commit_c
         ("kind", "Fleet Rollback!"),
         ("dedup_key", ""),
         ("title", " "),
+        ("title", "Subject\nBcc: everyone@example.test"),
         ("summary", ""),
         ("link", "https://evil.example/"),
         ("link", "//evil.example/"),
