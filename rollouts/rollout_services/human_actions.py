@@ -96,7 +96,7 @@ def human_action_authorize(
     # The rollout row lock serialises every action on this rollout, so the earlier attempt has committed or failed.
     step_key = human_action_step_key(rollout_id, wave_index, action, update_id)
     if actor_id == policy.SYSTEM_ACTOR_ID:
-        _safety_pause_authorize(rollout, action=action, reason=reason, step_key=step_key, subject=subject)
+        _safety_pause_authorize(rollout, action=action, reason=reason, step_key=step_key)
         return
     if step_key is not None and _authorized_before(
         rollout, step_key, action=action, actor_id=actor_id, wave_index=wave_index, token=token, subject=subject
@@ -131,7 +131,7 @@ def human_action_authorize(
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason, step_key=step_key)
 
 
-def _safety_pause_authorize(rollout: Rollout, *, action: str, reason: str, step_key: str | None, subject: str) -> None:
+def _safety_pause_authorize(rollout: Rollout, *, action: str, reason: str, step_key: str | None) -> None:
     """A pause no person sent: only the safety net's, backed by its request in the decision record (the latest word
     on the rollout, see `safety_pause_pending`); recorded as `system:fleet-safety`, once per Update."""
     if step_key is not None:
@@ -184,7 +184,7 @@ def rollout_safety_pause(*, rollout_id: int) -> bool:
             ),
         )
     except TemporalUnavailable:
-        raise
+        raise  # retried by the task, then re-sent by the beat check
     except DomainError as exc:  # refused by the workflow: it is no longer in a phase that pauses
         logger.warning("safety pause of rollout %s refused: %s", rollout_id, exc.message)
         return False
