@@ -41,7 +41,13 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "maintenance_windows": {},
     "blackout_windows": [],
 }
-PLAN_KEYS = {"waves", "abort_policy", *PLAN_DEFAULTS}
+# Optional plan-wide settings: absent from a stored plan unless stated (so plans approved before them keep their hash).
+# quarantine_after_failures: consecutive failed installs (failed or rolled back) after which a device is quarantined
+# automatically; absent: DEFAULT_QUARANTINE_AFTER_FAILURES; 0: never automatically.
+OPTIONAL_PLAN_KEYS = {"quarantine_after_failures"}
+DEFAULT_QUARANTINE_AFTER_FAILURES = 3
+MAX_QUARANTINE_AFTER_FAILURES = 20
+PLAN_KEYS = {"waves", "abort_policy", *PLAN_DEFAULTS, *OPTIONAL_PLAN_KEYS}
 HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
@@ -182,6 +188,12 @@ def _settings_errors(plan: dict[str, Any]) -> dict[str, Any]:
         or not all(_int_in(v, 0, 10) for v in retries.values())
     ):
         errors["retries"] = ["download and install retries, each 0 to 10."]
+    if "quarantine_after_failures" in plan and not _int_in(
+        plan["quarantine_after_failures"], 0, MAX_QUARANTINE_AFTER_FAILURES
+    ):
+        errors["quarantine_after_failures"] = [
+            f"An integer from 0 (never) to {MAX_QUARANTINE_AFTER_FAILURES} consecutive failed installs."
+        ]
     for key, check in (
         ("pacing", _pacing_errors),
         ("maintenance_windows", _window_errors),
@@ -371,6 +383,14 @@ class RolloutPlan:
     # region code (or "*" for every other region) -> its windows; empty: devices may update at any time
     maintenance_windows: Mapping[str, tuple[MaintenanceWindow, ...]]
     blackout_windows: tuple[Blackout, ...]
+    quarantine_after_failures: int | None = None  # None: not stated in the plan (the default applies)
+
+    @property
+    def quarantine_threshold(self) -> int:
+        """Consecutive failed installs that quarantine a device (0: never automatically)."""
+        if self.quarantine_after_failures is None:
+            return DEFAULT_QUARANTINE_AFTER_FAILURES
+        return self.quarantine_after_failures
 
     @property
     def rolls_back(self) -> bool:
@@ -393,6 +413,11 @@ class RolloutPlan:
 
     def to_json(self) -> dict[str, Any]:
         """Exactly the JSON stored on the change (and hashed by approvals)."""
+        optional = (
+            {}
+            if self.quarantine_after_failures is None
+            else {"quarantine_after_failures": self.quarantine_after_failures}
+        )
         return {
             "waves": [wave.to_json() for wave in self.waves],
             "abort_policy": self.abort_policy,
@@ -404,6 +429,7 @@ class RolloutPlan:
                 region: [window.to_json() for window in windows] for region, windows in self.maintenance_windows.items()
             },
             "blackout_windows": [blackout.to_json() for blackout in self.blackout_windows],
+            **optional,
         }
 
 
@@ -482,6 +508,7 @@ def plan_parse(data: object) -> RolloutPlan:
             for region, windows in plan["maintenance_windows"].items()
         },
         blackout_windows=tuple(Blackout(b["start"], b["end"], b.get("reason")) for b in plan["blackout_windows"]),
+        quarantine_after_failures=plan.get("quarantine_after_failures"),
     )
 
 

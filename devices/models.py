@@ -112,6 +112,8 @@ class Device(models.Model):
     )
     status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ACTIVE)
     status_reason = models.TextField(blank=True, default="")
+    # Failed installs since the last success or release from quarantine (the plan's quarantine_after_failures).
+    install_failures = models.PositiveIntegerField(default=0)
     certificate_fingerprint = models.CharField(max_length=64, unique=True, null=True, blank=True)
     # The last accepted check-in (what "offline" is measured against).
     last_seen_at = models.DateTimeField(null=True, blank=True)
@@ -127,6 +129,11 @@ class Device(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=DeviceStatus.values), name="device_status_valid"),
+            # Taken out of service for cause: the reason is what the person who releases it reads.
+            models.CheckConstraint(
+                condition=~Q(status__in=[DeviceStatus.QUARANTINED, DeviceStatus.REVOKED]) | ~Q(status_reason=""),
+                name="device_out_of_service_has_reason",
+            ),
         ]
 
     def __str__(self) -> str:

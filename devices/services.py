@@ -484,7 +484,9 @@ def device_update(*, actor: Actor, device: Device, changes: DeviceChanges, reaso
 
 
 @transaction.atomic
-def device_set_status(*, actor: Actor, device: Device, status: str, reason: str = "") -> Device:
+def device_set_status(
+    *, actor: Actor, device: Device, status: str, reason: str = "", system_actor: str = "system"
+) -> Device:
     """Move a device along DEVICE_TRANSITIONS with a conditional UPDATE and a decision record.
 
     A no-op when the device already has that status (callers such as activities retry); refuses moves the
@@ -510,8 +512,10 @@ def device_set_status(*, actor: Actor, device: Device, status: str, reason: str 
         )
     now = timezone.now()
     # The status in the WHERE clause makes the move atomic against a concurrent one: exactly one of them wins.
+    # Back in service: its failure count starts again (a person looked at it).
+    reset = {"install_failures": 0} if status == DeviceStatus.ACTIVE else {}
     moved = Device.objects.filter(pk=device.pk, status=current).update(
-        status=status, status_reason=reason, updated_at=now
+        status=status, status_reason=reason, updated_at=now, **reset
     )
     if moved != 1:
         raise Conflict("The device's status changed while this request ran; reload and try again.", code="stale")
@@ -523,14 +527,26 @@ def device_set_status(*, actor: Actor, device: Device, status: str, reason: str 
         before={"status": current},
         after={"status": status},
         reason=reason,
+        system_actor=system_actor,
     )
     device.status, device.status_reason, device.updated_at = status, reason, now
     return device
 
 
-def device_quarantine(*, actor: Actor, device: Device, reason: str) -> Device:
+def device_quarantine(*, actor: Actor, device: Device, reason: str, system_actor: str = "system") -> Device:
     """Take a device out of rollouts while it is investigated (reason required)."""
-    return device_set_status(actor=actor, device=device, status=DeviceStatus.QUARANTINED, reason=reason)
+    return device_set_status(
+        actor=actor, device=device, status=DeviceStatus.QUARANTINED, reason=reason, system_actor=system_actor
+    )
+
+
+def device_install_failure_count(*, device_id: int) -> int:
+    """Count one more failed install of the device and return its count since the last success or release.
+
+    Must run in the caller's transaction: the UPDATE takes the device's row lock until commit, so concurrent failure
+    reports of one device are counted one after another and exactly one of them reaches a quarantine threshold."""
+    Device.objects.filter(pk=device_id).update(install_failures=F("install_failures") + 1)
+    return int(Device.objects.filter(pk=device_id).values_list("install_failures", flat=True).get())
 
 
 def device_release_from_quarantine(*, actor: Actor, device: Device, reason: str = "") -> Device:

@@ -25,6 +25,8 @@ EMBEDDED_BROKER = "memory://"
 VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT_SECONDS", "60"))
 # How often beat looks for telemetry batches whose task was lost (devices.telemetry.telemetry_requeue_stale).
 TELEMETRY_REQUEUE_SECONDS = float(os.environ.get("OTA_TELEMETRY_REQUEUE_SECONDS", "30"))
+# How often beat evaluates the fleet-wide rollback and reboot rates (the same variable as settings.py reads).
+FLEET_CHECK_SECONDS = float(os.environ.get("OTA_FLEET_CHECK_SECONDS", "60"))
 
 
 def embedded_defaults() -> dict[str, Any]:
@@ -56,6 +58,10 @@ def embedded_defaults() -> dict[str, Any]:
             # A signed checkpoint of the decision record's head, kept outside the database (when the head moved).
             "audit-checkpoint": {"task": "approvals.audit_checkpoint", "schedule": 60.0},
             "security-events-purge": {"task": "approvals.security_event_purge", "schedule": crontab(hour=3, minute=41)},
+            # Alert webhooks whose task was lost or whose backoff outlived a Celery retry.
+            "alerts-webhook-sweep": {"task": "alerts.webhook_sweep", "schedule": 30.0},
+            # The fleet-wide safety net over every release with running rollouts (rollouts.fleet_safety).
+            "fleet-safety-check": {"task": "rollouts.fleet_safety_check", "schedule": FLEET_CHECK_SECONDS},
             "finished-rollouts-expire-deadlines": {
                 "task": "rollouts.finished_rollouts_expire_deadlines",
                 "schedule": 300.0,

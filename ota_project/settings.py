@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from ota_project import embedded_db
 
@@ -51,6 +52,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "axes",
     "ota_project",
+    # Alerts (label `alerts`): in the core so every app can raise them (ota_project.alerts.services.raise_alert).
+    "ota_project.alerts",
     # The audit room sits below every other app: the inventory, change control and rollouts append to its record.
     "approvals.audit",
     "devices",
@@ -360,3 +363,29 @@ OTA_AUDIT_TELEMETRY_GAP_HOURS = int(os.environ.get("OTA_AUDIT_TELEMETRY_GAP_HOUR
 OTA_AUDIT_CERT_WARN_DAYS = int(os.environ.get("OTA_AUDIT_CERT_WARN_DAYS", "30"))
 OTA_AUDIT_CERT_ABSENT_DAYS = int(os.environ.get("OTA_AUDIT_CERT_ABSENT_DAYS", "14"))
 OTA_AUDIT_REVOKED_PRESENTING_HOURS = int(os.environ.get("OTA_AUDIT_REVOKED_PRESENTING_HOURS", "24"))
+
+# Alerts (README "Alerts"): one live alert per condition, shown at /alerts/, mailed to the roles concerned and POSTed
+# as signed JSON to OTA_ALERT_WEBHOOK_URL (empty: no webhook). The HMAC-SHA256 secret: OTA_ALERT_WEBHOOK_SECRET, else
+# a file generated at run time (OTA_ALERT_WEBHOOK_SECRET_FILE). An alert nobody acknowledged is notified again after
+# OTA_ALERT_RENOTIFY_SECONDS if it is raised again. OTA_PUBLIC_URL (e.g. https://ota.example.com) makes the links in
+# mails and webhooks absolute.
+OTA_PUBLIC_URL = os.environ.get("OTA_PUBLIC_URL", "")
+OTA_ALERT_WEBHOOK_URL = os.environ.get("OTA_ALERT_WEBHOOK_URL", "")
+if OTA_ALERT_WEBHOOK_URL and not OTA_ALERT_WEBHOOK_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("OTA_ALERT_WEBHOOK_URL must be an http(s) URL.")
+OTA_ALERT_WEBHOOK_SECRET_FILE = Path(os.environ.get("OTA_ALERT_WEBHOOK_SECRET_FILE", DATA_DIR / "alert_webhook_secret"))
+OTA_ALERT_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("OTA_ALERT_WEBHOOK_TIMEOUT_SECONDS", "5"))
+OTA_ALERT_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("OTA_ALERT_WEBHOOK_MAX_ATTEMPTS", "10"))
+OTA_ALERT_WEBHOOK_BACKOFF_SECONDS = int(os.environ.get("OTA_ALERT_WEBHOOK_BACKOFF_SECONDS", "10"))
+OTA_ALERT_RENOTIFY_SECONDS = int(os.environ.get("OTA_ALERT_RENOTIFY_SECONDS", "3600"))
+
+# Fleet-wide safety net (README "Fleet-wide safety net"): across all rollouts of one release, over the last
+# OTA_FLEET_WINDOW_SECONDS, a rollback rate (rolled-back of finished update deployments) or an unexpected-reboot
+# rate (updated devices reporting unexpected reboots in their telemetry) above its limit pauses every running
+# rollout of the release and raises an alert; judged only once OTA_FLEET_MIN_SAMPLE devices count. 0 turns a limit
+# off. Checked when rollbacks are reported and every OTA_FLEET_CHECK_SECONDS by celery beat.
+OTA_FLEET_ROLLBACK_RATE_LIMIT = float(os.environ.get("OTA_FLEET_ROLLBACK_RATE_LIMIT", "0.1"))
+OTA_FLEET_REBOOT_RATE_LIMIT = float(os.environ.get("OTA_FLEET_REBOOT_RATE_LIMIT", "0.2"))
+OTA_FLEET_WINDOW_SECONDS = int(os.environ.get("OTA_FLEET_WINDOW_SECONDS", "3600"))
+OTA_FLEET_MIN_SAMPLE = int(os.environ.get("OTA_FLEET_MIN_SAMPLE", "20"))
+OTA_FLEET_CHECK_SECONDS = float(os.environ.get("OTA_FLEET_CHECK_SECONDS", "60"))

@@ -22,6 +22,7 @@ web = [
     path("audit/", include(("approvals.audit.web.trace_urls", "web-trace"), namespace="web-trace")),
     path("rollouts/", include(("rollouts.web.urls", "web-rollouts"), namespace="web-rollouts")),
     path("fleet/", include(("devices.web.urls", "web-fleet"), namespace="web-fleet")),
+    path("alerts/", include(("rollouts.web.alert_urls", "web-alerts"), namespace="web-alerts")),
 ]
 
 urlpatterns = [

@@ -34,8 +34,10 @@ from rollouts.choices import (
     RolloutStatus,
 )
 from rollouts.eligibility import release_refusal
+from rollouts.fleet_safety import fleet_safety_check_soon
 from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, Wave
+from rollouts.quarantine import device_failure_record
 from rollouts.step_keys import verdict_step_key
 from rollouts.transitions import deployment_transition
 from rollouts.windows import region_open
@@ -351,6 +353,11 @@ def deployment_report(
         _commit_inventory(device, deployment, now)
     elif status in _WAVE_FAILURES and deployment.kind == DeploymentKind.UPDATE:
         wave_breaker_check(wave_id=deployment.wave_id, now=now, system_actor="device_api")
+    if report.status in _WAVE_FAILURES and deployment.kind == DeploymentKind.UPDATE:
+        # Counted per failure report, also when the plan retries it (the deployment went back to pending).
+        device_failure_record(device=device, deployment=deployment, failure_class=report.failure_class, now=now)
+    if status == DeploymentStatus.ROLLED_BACK and deployment.kind == DeploymentKind.UPDATE:
+        fleet_safety_check_soon(deployment.release_id)
     deployment.refresh_from_db()
     return ReportOutcome(deployment, applied=True)
 
@@ -428,6 +435,7 @@ def _commit_inventory(device: Device, deployment: Deployment, now: datetime) -> 
     Device.objects.filter(pk=device.pk).update(
         installed_version=deployment.release.version,
         installed_release_counter=Greatest(F("installed_release_counter"), Value(counter)),
+        install_failures=0,  # a confirmed healthy install: the quarantine count starts again
         updated_at=now,
     )
 

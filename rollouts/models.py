@@ -127,6 +127,8 @@ class Deployment(models.Model):
             models.Index(fields=["rollout", "kind", "status"]),
             models.Index(fields=["device", "status"]),
             models.Index(fields=["status", "deadline_at"]),
+            # The fleet-wide safety net's window over one release (rollouts.fleet_safety).
+            models.Index(fields=["release", "kind", "finished_at"], name="deployment_release_finished"),
         ]
 
     def __str__(self) -> str:

@@ -88,6 +88,7 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     settings.AUDIT_CHECKPOINT_LOG_PATH = audit_dir / "audit_checkpoints.jsonl"
     settings.AUDIT_RETIRED_KEYS_DIR = audit_dir / "audit_retired_keys"
     settings.OTA_DOWNLOAD_TOKEN_KEY_FILE = audit_dir / "download_token_key"
+    settings.OTA_ALERT_WEBHOOK_SECRET_FILE = audit_dir / "alert_webhook_secret"
     # The device PKI (CA files, nginx's certificate) and the proxy secret per test too. The device-protocol tests
     # that speak to the app directly use the development mode's secret credential; the mutual-TLS tests
     # (tests/security/test_device_tls.py) switch to certificate mode, the production default.

@@ -100,6 +100,10 @@ class DeviceFactory(factory.django.DjangoModelFactory[Device]):
     network_capabilities = factory.LazyFunction(lambda: ["lte"])
     installed_version = "1.0.0"
     installed_release_counter = 1
+    # A device out of service for cause has its reason (a database constraint): the factory gives one.
+    status_reason = factory.LazyAttribute(
+        lambda device: "set up by the test" if getattr(device, "status", "active") in ("quarantined", "revoked") else ""
+    )
 
     tags = factory.post_generation(_add_tags)
 

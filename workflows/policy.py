@@ -51,6 +51,12 @@ def wave_verdict(health: WaveHealth, wave: WavePlan, *, soak_done: bool) -> str:
     return Verdict.INCONCLUSIVE
 
 
+# The fleet-wide safety net (rollouts.fleet_safety) pauses rollouts without a person: this actor id (no person has
+# it) with this role. It may only pause; the authorize activity then requires the database's record of its trip.
+SYSTEM_ACTOR_ID = 0
+SAFETY_NET_ROLE = "system:safety_net"
+
+
 def human_action_refusal(
     action: str,
     *,
@@ -71,6 +77,12 @@ def human_action_refusal(
     """
     if action not in HUMAN_ACTIONS:
         return f"Unknown action {action!r}; expected one of {', '.join(HUMAN_ACTIONS)}."
+    if actor_id == SYSTEM_ACTOR_ID:
+        if action != Update.PAUSE or SAFETY_NET_ROLE not in actor_roles:
+            return "Only the fleet safety net acts without a person, and it only pauses."
+        if phase not in PAUSABLE_PHASES:
+            return f"Only a running rollout or one awaiting promotion can be paused; this one is {phase}."
+        return ""
     if OPERATOR_ROLE not in actor_roles:
         return f"Only an operator may {action} a rollout."
     if actor_id == author_id:

@@ -672,7 +672,8 @@ class RolloutWorkflow:
 
         def apply() -> None:
             self._paused = True
-            self._message = f"Paused by an operator: {request.reason}"
+            by = "the fleet safety net" if request.actor_id == policy.SYSTEM_ACTOR_ID else "an operator"
+            self._message = f"Paused by {by}: {request.reason}"
 
         return await self._authorize_and_apply(Update.PAUSE, request, apply)
 

@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl, urlsplit
 from django.http import HttpRequest
 from django.urls import reverse
 
+from ota_project.alerts.choices import ALERT_READ_ROLES
+from ota_project.alerts.selectors import open_alert_count
 from ota_project.roles import APPROVER_ROLES, CHANGE_READER_ROLES, FINDING_READER_ROLES, Role, roles_of
 
 
@@ -18,6 +20,7 @@ class NavItem:
     label: str
     url: str
     current: bool = False
+    badge: int | None = None  # a count shown next to the label (open alerts)
 
 
 def _sections(roles: frozenset[str]) -> list[tuple[str, str]]:
@@ -39,6 +42,8 @@ def _sections(roles: frozenset[str]) -> list[tuple[str, str]]:
     items.append(("KPIs", reverse("web-rollouts:kpis")))
     if roles & FINDING_READER_ROLES:
         items.append(("Findings", reverse("web-audit:findings")))
+    if roles & ALERT_READ_ROLES:
+        items.append(("Alerts", reverse("web-alerts:list")))
     if roles & {Role.AUDITOR, Role.SECURITY_OFFICER}:
         items.append(("Audit", reverse("web-audit:records")))
         items.append(("Security", reverse("web-audit:security")))
@@ -70,4 +75,8 @@ def nav_items(request: HttpRequest) -> list[NavItem]:
     scores = [_match_score(request, url) for _, url in sections]
     best = max((score for score in scores if score is not None), default=None)
     current_index = scores.index(best) if best is not None else -1
-    return [NavItem(label, url, index == current_index) for index, (label, url) in enumerate(sections)]
+    alerts_url = reverse("web-alerts:list") if any(label == "Alerts" for label, _ in sections) else None
+    return [
+        NavItem(label, url, index == current_index, open_alert_count() if url == alerts_url else None)
+        for index, (label, url) in enumerate(sections)
+    ]

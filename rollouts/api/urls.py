@@ -3,10 +3,11 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from rollouts.api import kpi_views, rollout_views
+from rollouts.api import alert_views, kpi_views, rollout_views
 
 router = SimpleRouter()
 router.register("rollouts", rollout_views.RolloutViewSet, basename="rollout")
+router.register("alerts", alert_views.AlertViewSet, basename="alert")
 
 urlpatterns = [
     *router.urls,

@@ -17,6 +17,7 @@ from rollouts.rollout_services.human_actions import (
     rollout_act_refusal,
     rollout_action_refusal,
     rollout_actor_refusal,
+    rollout_safety_pause,
 )
 from rollouts.rollout_services.rollback import TOOK_NEW_IMAGE, rollback_assign, rollback_health, rollout_finish
 from rollouts.rollout_services.shared import workflow_step_forged
@@ -48,6 +49,7 @@ __all__ = [
     "rollout_act_refusal",
     "rollout_action_refusal",
     "rollout_actor_refusal",
+    "rollout_safety_pause",
     "rollout_finish",
     "rollout_halt",
     "rollout_phase",

@@ -3,6 +3,7 @@ single-use proof an operator mints, and the activity that re-checks the person b
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.audit.models import DecisionRecord
+from approvals.audit.records import record_decision
 from approvals.audit.security import SecurityEventKind
 from ota_project.errors import Conflict, DomainError, InvalidInput, NotPermitted
 from ota_project.roles import operator_not_author_refusal, roles_of
@@ -21,6 +23,7 @@ from rollouts.choices import (
     WAVE_TERMINAL,
     WaveStatus,
 )
+from rollouts.fleet_safety import PAUSABLE_ROLLOUTS, PAUSE_REQUESTED, SAFETY_ACTOR, safety_pause_pending
 from rollouts.models import Rollout, Wave
 from rollouts.step_keys import human_action_step_key
 from rollouts.transitions import wave_transition
@@ -31,6 +34,8 @@ from workflows.types import Update
 if TYPE_CHECKING:
     from workflows.types import RolloutProgress as WorkflowStatus
 from rollouts.rollout_services.shared import _forged, _record, _refusals_recorded
+
+logger = logging.getLogger(__name__)
 
 
 def _promotable(rollout: Rollout, wave_index: int) -> str:
@@ -90,6 +95,9 @@ def human_action_authorize(
     subject = f"rollout:{rollout_id} {action} as user {actor_id}"
     # The rollout row lock serialises every action on this rollout, so the earlier attempt has committed or failed.
     step_key = human_action_step_key(rollout_id, wave_index, action, update_id)
+    if actor_id == policy.SYSTEM_ACTOR_ID:
+        _safety_pause_authorize(rollout, action=action, reason=reason, step_key=step_key)
+        return
     if step_key is not None and _authorized_before(
         rollout, step_key, action=action, actor_id=actor_id, wave_index=wave_index, token=token, subject=subject
     ):
@@ -121,6 +129,66 @@ def human_action_authorize(
         )
     after = {"wave": wave_index} if wave_index >= 0 else None
     _record(actor, rollout, f"rollout.{action}", after=after, reason=reason, step_key=step_key)
+
+
+def _safety_pause_authorize(rollout: Rollout, *, action: str, reason: str, step_key: str | None) -> None:
+    """A pause no person sent: only the safety net's, backed by its request in the decision record (the latest word
+    on the rollout, see `safety_pause_pending`); recorded as `system:fleet-safety`, once per Update."""
+    if step_key is not None:
+        done = DecisionRecord.objects.filter(step_key=step_key).only("action", "actor_id").first()
+        if done is not None and done.action == "rollout.pause" and done.actor_id is None:
+            return  # a retried attempt of this very pause
+        if done is not None:
+            raise _forged(rollout, f"Update {step_key} was already recorded for another action or person.")
+    if action != Update.PAUSE or not safety_pause_pending(rollout.pk):
+        raise _forged(rollout, f"No person sent this {action} and the fleet safety net did not ask for it.")
+    record_decision(
+        actor=None,
+        action="rollout.pause",
+        object_type="rollout",
+        object_id=rollout.pk,
+        reason=reason,
+        system_actor=SAFETY_ACTOR,
+        step_key=step_key,
+    )
+
+
+def rollout_safety_pause(*, rollout_id: int) -> bool:
+    """Send the safety net's pause to the workflow as an Update, the path an operator's pause takes (the workflow
+    validates it and its authorize activity re-checks the request above); True when the workflow paused.
+
+    A rollout that is no longer pausable (paused, halted, finished) or whose request was carried out is left alone.
+    """
+    from workflows.client import TemporalUnavailable, execute_rollout_update
+    from workflows.types import HumanAction
+
+    if not safety_pause_pending(rollout_id):
+        return False
+    rollout = Rollout.objects.get(pk=rollout_id)
+    if rollout.status not in PAUSABLE_ROLLOUTS:
+        return False
+    request = (
+        DecisionRecord.objects.filter(object_type="rollout", object_id=str(rollout_id), action=PAUSE_REQUESTED)
+        .order_by("-seq")
+        .values_list("reason", flat=True)
+        .first()
+    )
+    try:
+        execute_rollout_update(
+            rollout_id,
+            Update.PAUSE,
+            HumanAction(
+                actor_id=policy.SYSTEM_ACTOR_ID,
+                actor_roles=[policy.SAFETY_NET_ROLE],
+                reason=(request or "fleet-wide safety net")[:1000],
+            ),
+        )
+    except TemporalUnavailable:
+        raise  # retried by the task, then re-sent by the beat check
+    except DomainError as exc:  # refused by the workflow: it is no longer in a phase that pauses
+        logger.warning("safety pause of rollout %s refused: %s", rollout_id, exc.message)
+        return False
+    return True
 
 
 def rollout_actor_refusal(actor: User | None, rollout: Rollout) -> NotPermitted | None:

@@ -81,3 +81,21 @@ def test_the_main_pages_of_every_role_pass_axe(new_page, make_user, approved_cha
         found += _check(anna, path)
 
     assert found == []
+
+
+def test_the_alert_pages_pass_axe(new_page, operator):
+    from ota_project.alerts.services import raise_alert
+
+    alert = raise_alert(
+        kind="fleet.rollback_rate",
+        dedup_key="fleet.rollback_rate:release:1",
+        title="Fleet-wide rollback rate 30% on release 1.1.0",
+        summary="Rollbacks across every rollout of 1.1.0 are over the limit.",
+        link="/rollouts/",
+        evidence={"finished": 40, "rolled_back": 12},
+        severity="critical",
+    )
+    olga = new_page()
+    sign_in(olga, operator.username)
+    found = _check(olga, "/alerts/") + _check(olga, f"/alerts/{alert.pk}/") + _check(olga, "/alerts/?show=resolved")
+    assert found == []

@@ -129,7 +129,7 @@ def test_upsert_updates_existing_devices_and_creates_new_ones(device_row, hardwa
         serial="TCU-IMPORT-00001", hardware_model=hardware_model, installed_version="1.0.0", tags=["old"]
     )
     existing_status = DeviceStatus.QUARANTINED
-    Device.objects.filter(pk=existing.pk).update(status=existing_status)
+    Device.objects.filter(pk=existing.pk).update(status=existing_status, status_reason="tamper alarm")
     rows = [device_row(1, hardware_model=other_model.name, tags=["pilot", "eu"]), device_row(2)]
     report = _import(rows_to_csv(rows), "csv", mode="upsert", actor=operator)
     assert (report.created, report.updated) == (1, 1)

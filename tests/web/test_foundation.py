@@ -82,7 +82,7 @@ def test_nav_for_cab_member_has_cab_queue(cab_member):
 
 def test_nav_for_operator_has_changes_and_rollouts(operator):
     labels = _nav_labels(page_client(operator).get("/").content.decode())
-    assert labels == ["Overview", "Changes", "Rollouts", "Fleet", "KPIs", "Findings"]
+    assert labels == ["Overview", "Changes", "Rollouts", "Fleet", "KPIs", "Findings", "Alerts"]
 
 
 def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_officer):
@@ -93,6 +93,7 @@ def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_office
         "Fleet",
         "KPIs",
         "Findings",
+        "Alerts",
         "Audit",
         "Security",
     ]
@@ -102,6 +103,7 @@ def test_nav_for_auditor_and_security_officer_has_audit(auditor, security_office
         "Fleet",
         "KPIs",
         "Findings",
+        "Alerts",
         "Audit",
         "Security",
     ]
