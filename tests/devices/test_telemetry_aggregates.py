@@ -128,7 +128,7 @@ def test_a_batch_folds_with_one_statement_in_the_samples_transaction(django_asse
     with django_assert_num_queries(6):
         assert telemetry.telemetry_batch_process(batch_pk=accepted.batch.pk) == 2
     row = ReleaseTelemetryAggregate.objects.get(release_version="1.0.0", indicator="gps_fix_s")
-    assert (row.n, row.total, row.total_sq) == (2, 70, 30 * 30 + 40 * 40)
+    assert (row.n, int(row.total), int(row.total_sq)) == (2, 70, 30 * 30 + 40 * 40)
 
 
 def test_a_redelivered_batch_is_not_counted_twice():
@@ -207,4 +207,4 @@ def test_two_batches_on_the_same_aggregate_row_both_count():
     other.join(10)
     assert not errors
     row = ReleaseTelemetryAggregate.objects.get(release_version="1.0.0", hardware_model=model, indicator="gps_fix_s")
-    assert (row.n, row.total, row.total_sq) == (2, 80, 30 * 30 + 50 * 50)
+    assert (row.n, int(row.total), int(row.total_sq)) == (2, 80, 30 * 30 + 50 * 50)
