@@ -1,0 +1,286 @@
+"""Health gates on post-update signals: a significant regression halts the wave, too little data holds it, a
+regression within tolerance lets it promote; the verdict's numbers land on the wave, in the records and the page."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from approvals import services as change_services
+from approvals.audit.models import DecisionRecord
+from approvals.plans import HealthGate
+from devices import telemetry
+from devices.models import Device
+from devices.telemetry_aggregates import INDICATORS, Summary
+from ota_project.errors import DomainError
+from rollouts import rollout_services as steps
+from rollouts.demo.playback import HAPPY
+from rollouts.deployment_services import Report, deployment_report
+from rollouts.health import wave_plan_of
+from rollouts.models import Deployment, Rollout, Wave
+from rollouts.signal_gates import deployment_attributions
+from rollouts.signal_policy import signal_compare, signal_verdict
+from tests.support.rollouts import end_soak, expect_offer
+from workflows import policy
+from workflows.types import SignalVerdict, Verdict
+
+pytestmark = pytest.mark.django_db
+
+_WAVE = {"soak_seconds": 60, "min_sample": 1, "success_threshold": 0.9, "failure_threshold": 0.1}
+GPS_GATE = {"indicator": "gps_fix_s", "tolerance": 0.1, "significance": 0.05, "min_sample": 10}
+
+
+def _plan(*gates: dict) -> dict:
+    return {
+        "waves": [
+            {"name": "pilot", "cohort": {"kind": "pilot"}, "promotion": "auto", **_WAVE},
+            {"name": "fleet", "cohort": {"kind": "percent", "value": 100}, "promotion": "auto", **_WAVE},
+        ],
+        "abort_policy": "halt",
+        "monitor_interval_seconds": 1,
+        "health_gates": list(gates),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_temporal(settings):
+    settings.TEMPORAL_ENABLED = False
+
+
+@pytest.fixture
+def start(requester, change_fields, cab_member, cab_member_2, operator):
+    def started(*gates: dict) -> Rollout:
+        change = change_services.change_create(actor=requester, **{**change_fields, "rollout_plan": _plan(*gates)})
+        change = change_services.change_submit(actor=requester, change=change)
+        change_services.approval_grant(actor=cab_member, change=change, revision=1)
+        change = change_services.approval_grant(actor=cab_member_2, change=change, revision=1)
+        rollout = steps.rollout_start(actor=operator, change=change)
+        steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+        return rollout
+
+    return started
+
+
+def _drive(deployment: Deployment) -> None:
+    for seq, status in enumerate(HAPPY, start=deployment.last_seq + 1):
+        report = (
+            Report(seq, status, booted_version=deployment.release.version, health_passed=True)
+            if status == "succeeded"
+            else Report(seq, status)
+        )
+        deployment = deployment_report(device=deployment.device, deployment_id=deployment.pk, report=report).deployment
+
+
+def _send(device: Device, values: list[int], *, deployment: Deployment | None = None, key: str = "gps_fix_s") -> None:
+    """The device's agent reports samples (through the intake, attributed as the device API attributes them)."""
+    now = timezone.now()
+    samples = [
+        {"deployment_id": deployment.pk if deployment else None, "reported_at": now - timedelta(minutes=i), key: v}
+        for i, v in enumerate(values)
+    ]
+    named = deployment_attributions(device=device, deployment_ids=[deployment.pk]) if deployment else {}
+    accepted = telemetry.telemetry_batch_accept(device=device, samples=samples, deployments=named)
+    telemetry.telemetry_batch_process(batch_pk=accepted.batch.pk)
+
+
+def _normal(mean: float, n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [max(0, round(rng.gauss(mean, 4))) for _ in range(n)]
+
+
+def _baseline(rollout: Rollout, mean: float = 30) -> None:
+    """The fleet on the old release (same hardware model, not in the pilot) reports its GPS time to fix."""
+    others = Device.objects.filter(hardware_model__name="tcu-4g-r2").exclude(deployments__rollout=rollout)
+    for index, device in enumerate(others[:10]):
+        _send(device, _normal(mean, 5, seed=index))
+
+
+def _pilots_update(rollout: Rollout, mean: float, per_device: int) -> None:
+    """Every pilot device installs the release and reports its post-update GPS time to fix."""
+    for index, deployment in enumerate(Deployment.objects.filter(rollout=rollout, wave__index=0)):
+        _drive(expect_offer(deployment.device))
+        _send(deployment.device, _normal(mean, per_device, seed=100 + index), deployment=deployment)
+
+
+def _records(rollout: Rollout, action: str) -> list[DecisionRecord]:
+    return list(DecisionRecord.objects.filter(object_type="rollout", object_id=str(rollout.pk), action=action))
+
+
+def _verdict(rollout: Rollout, *, soak_done: bool) -> tuple[str, Wave]:
+    """The wave's health step as the workflow runs it, and the verdict the workflow's policy gives on it."""
+    health = steps.wave_health(rollout_id=rollout.pk, wave_index=0)
+    wave = Wave.objects.get(rollout=rollout, index=0)
+    return policy.wave_verdict(health, wave_plan_of(rollout.approved_plan.waves[0]), soak_done=soak_done), wave
+
+
+def test_a_planted_regression_with_an_adequate_sample_halts_the_wave(start):
+    rollout = start(GPS_GATE)
+    _baseline(rollout, mean=30)
+    _pilots_update(rollout, mean=60, per_device=10)  # GPS fix twice as slow on the new image
+
+    verdict, wave = _verdict(rollout, soak_done=False)  # mid-soak: a regression halts at once, like failures
+    assert verdict == Verdict.FAIL
+    assert wave.signals["verdict"] == "regression"
+    [comparison] = wave.signals["comparisons"]
+    assert comparison["hardware_model"] == "tcu-4g-r2" and comparison["test"] == "welch"
+    assert (comparison["candidate_n"], comparison["baseline_n"]) == (20, 50)
+    assert comparison["candidate"] > 55 and comparison["baseline"] < 35 and comparison["p_value"] < 1e-6
+    [record] = _records(rollout, "rollout.signal_gate")
+    assert record.after["verdict"] == "regression" and record.after["comparisons"][0]["p_value"] < 1e-6
+    assert "GPS time to fix on tcu-4g-r2" in record.reason
+    steps.wave_health(rollout_id=rollout.pk, wave_index=0)  # the next tick records nothing new
+    assert len(_records(rollout, "rollout.signal_gate")) == 1
+    end_soak(rollout, 0)
+    with pytest.raises(DomainError):  # a forged promotion is refused on the database's numbers
+        steps.wave_promote(rollout_id=rollout.pk, wave_index=0)
+    assert not _records(rollout, "rollout.promote_auto")
+
+
+def test_the_same_regression_on_a_small_sample_holds_and_never_promotes(start):
+    rollout = start(GPS_GATE)
+    _baseline(rollout, mean=30)
+    _pilots_update(rollout, mean=60, per_device=2)  # 4 samples, 10 needed
+    verdict, wave = _verdict(rollout, soak_done=False)
+    assert verdict == Verdict.CONTINUE
+    end_soak(rollout, 0)
+    verdict, wave = _verdict(rollout, soak_done=True)
+    assert verdict == Verdict.INCONCLUSIVE  # every device succeeded, but the signals cannot vouch for the release
+    assert wave.signals["verdict"] == "inconclusive" and "too little data" in wave.signals["reason"]
+    with pytest.raises(DomainError):
+        steps.wave_promote(rollout_id=rollout.pk, wave_index=0)
+    assert not _records(rollout, "rollout.signal_gate")
+
+
+def test_a_regression_within_tolerance_promotes_with_its_evidence(start):
+    rollout = start(GPS_GATE)
+    _baseline(rollout, mean=30)
+    _pilots_update(rollout, mean=31, per_device=10)  # about 3 % slower, 10 % allowed
+    end_soak(rollout, 0)
+    verdict, wave = _verdict(rollout, soak_done=True)
+    assert verdict == Verdict.PASS and wave.signals["verdict"] == "pass"
+    assert steps.wave_promote(rollout_id=rollout.pk, wave_index=0) is True
+    [record] = _records(rollout, "rollout.promote_auto")
+    assert record.after["signals"]["verdict"] == "pass"
+    assert record.after["signals"]["comparisons"][0]["tolerance"] == 0.1
+
+
+def test_a_plan_without_gates_is_judged_on_install_outcomes_only(start):
+    rollout = start()
+    _pilots_update(rollout, mean=90, per_device=10)
+    end_soak(rollout, 0)
+    verdict, wave = _verdict(rollout, soak_done=True)
+    assert verdict == Verdict.PASS and wave.signals is None
+
+
+def test_no_telemetry_from_the_wave_is_inconclusive(start):
+    rollout = start(GPS_GATE)
+    _baseline(rollout)
+    for deployment in Deployment.objects.filter(rollout=rollout, wave__index=0):
+        _drive(expect_offer(deployment.device))
+    end_soak(rollout, 0)
+    verdict, wave = _verdict(rollout, soak_done=True)
+    assert verdict == Verdict.INCONCLUSIVE
+    assert wave.signals["comparisons"][0]["candidate_n"] == 0
+
+
+def test_the_dashboard_shows_the_verdict_and_its_numbers(start, operator):
+    rollout = start(GPS_GATE)
+    _baseline(rollout, mean=30)
+    _pilots_update(rollout, mean=60, per_device=10)
+    steps.wave_health(rollout_id=rollout.pk, wave_index=0)
+    browser = Client()
+    browser.force_login(operator)
+    page = browser.get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert 'data-testid="signal-gates"' in page
+    assert "Regression: the wave halts" in page
+    assert "GPS time to fix" in page and "tcu-4g-r2" in page and "n=20" in page and "n=50" in page
+    assert "Welch" in page and "10 %" in page  # the test used and the plan's tolerance
+
+
+# --- the pure comparison ---------------------------------------------------------------------------------------
+
+
+def _summary(values: list[int]) -> Summary:
+    return Summary(len(values), sum(values), sum(v * v for v in values))
+
+
+def test_welch_gate_halts_only_beyond_the_tolerance():
+    gate = HealthGate("gps_fix_s", 0.1, 0.05, 20)
+    baseline = _summary(_normal(30, 400, seed=1))
+    worse = signal_compare(
+        INDICATORS["gps_fix_s"], gate, hardware_model="m", baseline=baseline, candidate=_summary(_normal(36, 60, 2))
+    )
+    within = signal_compare(
+        INDICATORS["gps_fix_s"], gate, hardware_model="m", baseline=baseline, candidate=_summary(_normal(31, 60, 3))
+    )
+    small = signal_compare(
+        INDICATORS["gps_fix_s"], gate, hardware_model="m", baseline=baseline, candidate=_summary(_normal(60, 5, 4))
+    )
+    assert (worse.verdict, within.verdict, small.verdict) == ("regression", "pass", "inconclusive")
+    assert worse.change is not None and worse.change > 0.1 and worse.p_value is not None and worse.p_value < 0.05
+    assert small.p_value is None and small.test == ""
+
+
+def test_lower_is_worse_for_link_throughput():
+    gate = HealthGate("link_kbps", 0.05, 0.01, 20)
+    baseline = _summary(_normal(2000, 200, seed=5))
+    slower = signal_compare(
+        INDICATORS["link_kbps"], gate, hardware_model="m", baseline=baseline, candidate=_summary(_normal(1500, 50, 6))
+    )
+    faster = signal_compare(
+        INDICATORS["link_kbps"], gate, hardware_model="m", baseline=baseline, candidate=_summary(_normal(2500, 50, 7))
+    )
+    assert (slower.verdict, faster.verdict) == ("regression", "pass")
+
+
+def test_fisher_gate_on_a_proportion():
+    gate = HealthGate("sensor_calibration_failures", 0.5, 0.05, 20)
+    indicator = INDICATORS["sensor_calibration_failures"]
+    baseline = Summary(1000, 20, 20)  # 2 % of units fail calibration on the old release
+    spike = signal_compare(indicator, gate, hardware_model="m", baseline=baseline, candidate=Summary(50, 10, 10))
+    same = signal_compare(indicator, gate, hardware_model="m", baseline=baseline, candidate=Summary(50, 1, 1))
+    doubtful = signal_compare(indicator, gate, hardware_model="m", baseline=baseline, candidate=Summary(50, 2, 2))
+    assert spike.verdict == "regression" and spike.test == "fisher" and spike.p_value < 0.001
+    assert same.verdict == "pass"
+    assert doubtful.verdict == "inconclusive"  # 4 % vs 2 %: beyond the tolerance, not significant on 50 units
+
+
+def test_constant_values_on_both_sides_are_judged_without_a_spread():
+    gate = HealthGate("boot_time_s", 0.1, 0.05, 2)
+    same = signal_compare(
+        INDICATORS["boot_time_s"],
+        gate,
+        hardware_model="m",
+        baseline=Summary(5, 100, 2000),
+        candidate=Summary(5, 100, 2000),
+    )
+    slower = signal_compare(
+        INDICATORS["boot_time_s"],
+        gate,
+        hardware_model="m",
+        baseline=Summary(5, 100, 2000),
+        candidate=Summary(5, 150, 4500),
+    )
+    assert (same.verdict, slower.verdict) == ("pass", "regression")
+
+
+def test_the_wave_verdict_is_the_worst_comparison():
+    gate = HealthGate("boot_time_s", 0.1, 0.05, 2)
+    indicator = INDICATORS["boot_time_s"]
+    fine = signal_compare(
+        indicator, gate, hardware_model="a", baseline=Summary(5, 100, 2000), candidate=Summary(5, 100, 2000)
+    )
+    bad = signal_compare(
+        indicator, gate, hardware_model="b", baseline=Summary(5, 100, 2000), candidate=Summary(5, 150, 4500)
+    )
+    few = signal_compare(
+        indicator, gate, hardware_model="c", baseline=Summary(5, 100, 2000), candidate=Summary(1, 20, 400)
+    )
+    assert signal_verdict([]) == SignalVerdict.NONE
+    assert signal_verdict([fine]) == SignalVerdict.PASS
+    assert signal_verdict([fine, few]) == SignalVerdict.INCONCLUSIVE
+    assert signal_verdict([few, bad, fine]) == SignalVerdict.REGRESSION
