@@ -9,10 +9,11 @@ fleet runs before it), from every sample the fleet has sent on it. The judging i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from approvals.plans import HealthGate
 from devices.models import Device, HardwareModel
 from devices.telemetry import SampleAttribution
 from devices.telemetry_aggregates import INDICATORS, Summary, cohort_summaries, release_summaries
@@ -75,10 +76,15 @@ def wave_signals(*, rollout: Rollout, wave: Wave) -> SignalReport | None:
     gates = rollout.approved_plan.gates
     if not gates:
         return None
+    return signal_report(gates, cohort=wave_cohort(wave.pk), baseline_release=rollout.rollback_release.version)
+
+
+def signal_report(gates: Sequence[HealthGate], *, cohort: str, baseline_release: str) -> SignalReport:
+    """Judge a cohort against the baseline release, per hardware model and gate: two or three small reads (one row
+    per model and indicator on each side, whatever the number of devices) and the pure comparisons."""
     indicators = [gate.indicator for gate in gates]
-    candidate = cohort_summaries(wave_cohort(wave.pk), indicators)
+    candidate = cohort_summaries(cohort, indicators)
     model_ids = sorted({model for model, _ in candidate})
-    baseline_release = rollout.rollback_release.version
     baseline = release_summaries(baseline_release, model_ids, indicators) if model_ids else {}
     # No post-update sample yet from any model: every gate is judged (inconclusive) on nothing.
     judged: list[int | None] = [*model_ids] or [None]
@@ -90,6 +96,7 @@ def wave_signals(*, rollout: Rollout, wave: Wave) -> SignalReport | None:
             hardware_model=names.get(model, ANY_MODEL) if model is not None else ANY_MODEL,
             baseline=baseline.get((model, gate.indicator), Summary()) if model is not None else Summary(),
             candidate=candidate.get((model, gate.indicator), Summary()) if model is not None else Summary(),
+            comparisons=len(judged) * len(gates),
         )
         for model in judged
         for gate in gates

@@ -12,6 +12,9 @@ The tests (scipy, a maintained statistics library, not hand-written maths):
 - proportions (devices with unexpected reboots, sensor calibration failures): Fisher's exact test on the 2x2 table
   (`scipy.stats.fisher_exact`, one-sided), exact at the small counts rare events give in a pilot, where a normal
   approximation is not; a halt also needs the observed rate beyond the tolerance.
+Each comparison is judged at the gate's level divided by the number of comparisons of the wave (Bonferroni: a
+wave judged on 6 indicators over 3 hardware models makes 18, and would otherwise halt a healthy release far more
+often than the level says).
 Verdicts: REGRESSION (significant and beyond tolerance: halt like a failure threshold); INCONCLUSIVE (fewer than
 min_sample samples on a side, or worse than the tolerance but not significantly: hold, never promote); PASS.
 """
@@ -85,9 +88,20 @@ def _fisher_p(indicator: Indicator, baseline: Summary, candidate: Summary) -> fl
 
 
 def signal_compare(
-    indicator: Indicator, gate: HealthGate, *, hardware_model: str, baseline: Summary, candidate: Summary
+    indicator: Indicator,
+    gate: HealthGate,
+    *,
+    hardware_model: str,
+    baseline: Summary,
+    candidate: Summary,
+    comparisons: int = 1,
 ) -> Comparison:
-    """Judge one indicator of one hardware model: REGRESSION, INCONCLUSIVE or PASS, with its numbers."""
+    """Judge one indicator of one hardware model: REGRESSION, INCONCLUSIVE or PASS, with its numbers.
+
+    `comparisons`: how many comparisons the wave's verdict makes in all; each is judged at the gate's level divided
+    by it (Bonferroni), so the gate's significance level is the chance of halting a healthy wave, not of halting it
+    on each of its models and indicators."""
+    level = gate.level / max(1, comparisons)
     numbers: dict[str, Any] = {
         "indicator": indicator.name,
         "hardware_model": hardware_model,
@@ -96,7 +110,7 @@ def signal_compare(
         "baseline": baseline.mean,
         "candidate": candidate.mean,
         "tolerance": float(gate.tolerance),
-        "significance": gate.level,
+        "significance": level,
         "min_sample": gate.sample,
     }
     if baseline.n < gate.sample or candidate.n < gate.sample:
@@ -116,10 +130,10 @@ def signal_compare(
     beyond = change is None or change > gate.tolerance
     if indicator.kind == MEAN:
         test, p_value = "welch", _welch_p(indicator, gate, baseline, candidate)
-        significant = p_value < gate.level
+        significant = p_value < level
     else:
         test, p_value = "fisher", _fisher_p(indicator, baseline, candidate)
-        significant = p_value < gate.level and beyond
+        significant = p_value < level and beyond
     shown = "worse than a zero baseline" if change is None else f"{change:+.1%}"
     words = (
         f"{indicator.label} on {hardware_model}: {_value(indicator, mean_c)} after the update vs "

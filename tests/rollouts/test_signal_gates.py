@@ -294,3 +294,15 @@ def test_the_wave_verdict_is_the_worst_comparison():
     assert signal_verdict([fine]) == SignalVerdict.PASS
     assert signal_verdict([fine, few]) == SignalVerdict.INCONCLUSIVE
     assert signal_verdict([few, bad, fine]) == SignalVerdict.REGRESSION
+
+
+def test_the_level_is_shared_by_every_comparison_of_the_wave():
+    gate = HealthGate("sensor_calibration_failures", 0.5, 0.05, 20)
+    indicator = INDICATORS["sensor_calibration_failures"]
+    baseline, candidate = Summary(1000, 20, 20), Summary(100, 6, 6)  # 6 % vs 2 %: p = 0.025
+    alone = signal_compare(indicator, gate, hardware_model="m", baseline=baseline, candidate=candidate)
+    among_six = signal_compare(
+        indicator, gate, hardware_model="m", baseline=baseline, candidate=candidate, comparisons=6
+    )
+    assert alone.verdict == "regression"
+    assert among_six.verdict == "inconclusive" and among_six.significance == pytest.approx(0.05 / 6)
