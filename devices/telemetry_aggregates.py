@@ -3,7 +3,8 @@
 Three keys, each one row per indicator (count, sum, sum of squares):
 - per device and release (DeviceTelemetryAggregate): one unit's history, kept after its raw samples are purged;
 - per release and hardware model (ReleaseTelemetryAggregate): the baseline a later release is judged against;
-- per cohort and hardware model (CohortTelemetryAggregate): the candidate side of a health gate (a rollout's wave).
+- per cohort and hardware model (CohortTelemetryAggregate): the candidate side of a health gate (a rollout's wave),
+  one sample per deployment (the first stored).
 
 Which release a sample measures is fixed when its batch is accepted: the release of the deployment the sample names
 (the agent sends one sample per finished deployment, with the KPIs measured on the new image), else the version the
@@ -111,10 +112,17 @@ def _fold_sql() -> str:
     add = "n = t.n + EXCLUDED.n, total = t.total + EXCLUDED.total, total_sq = t.total_sq + EXCLUDED.total_sq, updated_at = EXCLUDED.updated_at"
     return f"""
 WITH s AS (
-    SELECT s.release_version, s.cohort, v.indicator, v.value
+    SELECT s.id, s.deployment_id, s.release_version, s.cohort, v.indicator, v.value
     FROM {samples} s {_unpivot_sql()}
     WHERE s.device_id = %(device)s AND s.received_at = %(received_at)s AND s.release_version <> ''
       AND v.value IS NOT NULL
+), first_of_deployment AS (
+    -- A wave counts one sample per deployment (the agent sends one, when the deployment finishes): a device that
+    -- re-sends or floods samples naming its deployment cannot outweigh the rest of its wave.
+    SELECT DISTINCT ON (c.deployment_id) c.id FROM {samples} c
+    WHERE c.device_id = %(device)s AND c.received_at = %(received_at)s AND c.cohort <> ''
+      AND NOT EXISTS (SELECT 1 FROM {samples} e WHERE e.deployment_id = c.deployment_id AND e.id < c.id)
+    ORDER BY c.deployment_id, c.id
 ), model AS (
     SELECT hardware_model_id FROM {devices} WHERE id = %(device)s
 ), per_device AS (
@@ -131,7 +139,8 @@ WITH s AS (
     RETURNING 1
 )
 INSERT INTO {per_cohort} AS t (cohort, hardware_model_id, indicator, n, total, total_sq, updated_at)
-SELECT cohort, (SELECT hardware_model_id FROM model), indicator, {sums} FROM s WHERE cohort <> ''
+SELECT cohort, (SELECT hardware_model_id FROM model), indicator, {sums} FROM s
+WHERE cohort <> '' AND id IN (SELECT id FROM first_of_deployment)
 GROUP BY cohort, indicator ORDER BY cohort, indicator
 ON CONFLICT (cohort, hardware_model_id, indicator) DO UPDATE SET {add}
 """

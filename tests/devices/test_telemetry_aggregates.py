@@ -48,9 +48,15 @@ def _value(indicator: str, sample: TelemetrySample) -> int | None:
     return None if value is None else int(value)
 
 
-def _direct(key_of) -> dict[tuple[Any, ...], Summary]:
+def _direct(key_of, *, first_per_deployment: bool = False) -> dict[tuple[Any, ...], Summary]:
     sums: dict[tuple[Any, ...], Summary] = defaultdict(Summary)
-    for sample in TelemetrySample.objects.select_related("device"):
+    seen: set[int] = set()
+    for sample in TelemetrySample.objects.select_related("device").order_by("pk"):
+        if first_per_deployment:
+            if sample.deployment_id in seen:
+                continue
+            if sample.deployment_id is not None:
+                seen.add(sample.deployment_id)
         for indicator in INDICATORS:
             value = _value(indicator, sample)
             key = key_of(sample)
@@ -108,7 +114,10 @@ def test_aggregates_equal_a_direct_computation_over_the_raw_samples(batches):
             )
         per_device = _direct(lambda s: (s.device_id, s.release_version))
         per_release = _direct(lambda s: (s.release_version, s.device.hardware_model_id))
-        per_cohort = _direct(lambda s: (s.cohort, s.device.hardware_model_id) if s.cohort else None)
+        # A wave counts the first sample of each deployment only.
+        per_cohort = _direct(
+            lambda s: (s.cohort, s.device.hardware_model_id) if s.cohort else None, first_per_deployment=True
+        )
         assert _stored(DeviceTelemetryAggregate, "device_id", "release_version") == per_device
         assert _stored(ReleaseTelemetryAggregate, "release_version", "hardware_model_id") == per_release
         assert _stored(CohortTelemetryAggregate, "cohort", "hardware_model_id") == per_cohort

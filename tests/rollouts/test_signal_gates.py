@@ -15,7 +15,7 @@ from approvals import services as change_services
 from approvals.audit.models import DecisionRecord
 from approvals.plans import HealthGate
 from devices import telemetry
-from devices.models import Device
+from devices.models import Device, Tag
 from devices.telemetry_aggregates import INDICATORS, Summary
 from ota_project.errors import DomainError
 from rollouts import rollout_services as steps
@@ -55,6 +55,10 @@ def _no_temporal(settings):
 @pytest.fixture
 def start(requester, change_fields, cab_member, cab_member_2, operator):
     def started(*gates: dict) -> Rollout:
+        # 16 pilots of tcu-4g-r2 (the fleet fixture tags 2): a pilot large enough to judge on its own.
+        pilot = Tag.objects.get(name="pilot")
+        for device in Device.objects.filter(hardware_model__name="tcu-4g-r2").exclude(tags=pilot)[:14]:
+            device.tags.add(pilot)
         change = change_services.change_create(actor=requester, **{**change_fields, "rollout_plan": _plan(*gates)})
         change = change_services.change_submit(actor=requester, change=change)
         change_services.approval_grant(actor=cab_member, change=change, revision=1)
@@ -94,17 +98,19 @@ def _normal(mean: float, n: int, seed: int) -> list[int]:
 
 
 def _baseline(rollout: Rollout, mean: float = 30) -> None:
-    """The fleet on the old release (same hardware model, not in the pilot) reports its GPS time to fix."""
-    others = Device.objects.filter(hardware_model__name="tcu-4g-r2").exclude(deployments__rollout=rollout)
-    for index, device in enumerate(others[:10]):
-        _send(device, _normal(mean, 5, seed=index))
+    """Every tcu-4g-r2 unit, still on the old release, reports its GPS time to fix three times (boot samples)."""
+    for index, device in enumerate(Device.objects.filter(hardware_model__name="tcu-4g-r2").order_by("pk")):
+        _send(device, _normal(mean, 3, seed=index))
 
 
-def _pilots_update(rollout: Rollout, mean: float, per_device: int) -> None:
-    """Every pilot device installs the release and reports its post-update GPS time to fix."""
-    for index, deployment in enumerate(Deployment.objects.filter(rollout=rollout, wave__index=0)):
+def _pilots_update(rollout: Rollout, mean: float, reporting: int | None = None) -> None:
+    """Every pilot device installs the release; `reporting` of them (all: None) report their post-update GPS time to
+    fix, each one sample naming its deployment."""
+    deployments = Deployment.objects.filter(rollout=rollout, wave__index=0).order_by("pk")
+    for index, deployment in enumerate(deployments):
         _drive(expect_offer(deployment.device))
-        _send(deployment.device, _normal(mean, per_device, seed=100 + index), deployment=deployment)
+        if reporting is None or index < reporting:
+            _send(deployment.device, _normal(mean, 1, seed=100 + index), deployment=deployment)
 
 
 def _records(rollout: Rollout, action: str) -> list[DecisionRecord]:
@@ -128,14 +134,14 @@ def _after(record: DecisionRecord) -> dict[str, Any]:
 def test_a_planted_regression_with_an_adequate_sample_halts_the_wave(start):
     rollout = start(GPS_GATE)
     _baseline(rollout, mean=30)
-    _pilots_update(rollout, mean=60, per_device=10)  # GPS fix twice as slow on the new image
+    _pilots_update(rollout, mean=60)  # GPS fix twice as slow on the new image
 
     verdict, signals = _verdict(rollout, soak_done=False)  # mid-soak: a regression halts at once, like failures
     assert verdict == Verdict.FAIL
     assert signals["verdict"] == "regression"
     [comparison] = signals["comparisons"]
     assert comparison["hardware_model"] == "tcu-4g-r2" and comparison["test"] == "welch"
-    assert (comparison["candidate_n"], comparison["baseline_n"]) == (20, 50)
+    assert (comparison["candidate_n"], comparison["baseline_n"]) == (16, 60)
     assert comparison["candidate"] > 55 and comparison["baseline"] < 35 and comparison["p_value"] < 1e-6
     [record] = _records(rollout, "rollout.signal_gate")
     assert _after(record)["verdict"] == "regression" and _after(record)["comparisons"][0]["p_value"] < 1e-6
@@ -148,10 +154,22 @@ def test_a_planted_regression_with_an_adequate_sample_halts_the_wave(start):
     assert not _records(rollout, "rollout.promote_auto")
 
 
+def test_a_device_flooding_samples_for_its_deployment_counts_once(start):
+    rollout = start(GPS_GATE)
+    _baseline(rollout, mean=30)
+    _pilots_update(rollout, mean=60)
+    flooder = Deployment.objects.filter(rollout=rollout, wave__index=0).order_by("pk").first()
+    assert flooder is not None
+    for _ in range(3):  # 1,500 "perfect" fixes to mask the regression
+        _send(flooder.device, list(range(1, 501)), deployment=flooder)
+    verdict, signals = _verdict(rollout, soak_done=False)
+    assert verdict == Verdict.FAIL and signals["comparisons"][0]["candidate_n"] == 16
+
+
 def test_the_same_regression_on_a_small_sample_holds_and_never_promotes(start):
     rollout = start(GPS_GATE)
     _baseline(rollout, mean=30)
-    _pilots_update(rollout, mean=60, per_device=2)  # 4 samples, 10 needed
+    _pilots_update(rollout, mean=60, reporting=4)  # 4 samples, 10 needed
     verdict, signals = _verdict(rollout, soak_done=False)
     assert verdict == Verdict.CONTINUE
     end_soak(rollout, 0)
@@ -166,7 +184,7 @@ def test_the_same_regression_on_a_small_sample_holds_and_never_promotes(start):
 def test_a_regression_within_tolerance_promotes_with_its_evidence(start):
     rollout = start(GPS_GATE)
     _baseline(rollout, mean=30)
-    _pilots_update(rollout, mean=31, per_device=10)  # about 3 % slower, 10 % allowed
+    _pilots_update(rollout, mean=31)  # about 3 % slower, 10 % allowed
     end_soak(rollout, 0)
     verdict, signals = _verdict(rollout, soak_done=True)
     assert verdict == Verdict.PASS and signals["verdict"] == "pass"
@@ -178,7 +196,7 @@ def test_a_regression_within_tolerance_promotes_with_its_evidence(start):
 
 def test_a_plan_without_gates_is_judged_on_install_outcomes_only(start):
     rollout = start()
-    _pilots_update(rollout, mean=90, per_device=10)
+    _pilots_update(rollout, mean=90)
     end_soak(rollout, 0)
     verdict, signals = _verdict(rollout, soak_done=True)
     assert verdict == Verdict.PASS and signals == {}
@@ -199,14 +217,14 @@ def test_no_telemetry_from_the_wave_is_inconclusive(start):
 def test_the_dashboard_shows_the_verdict_and_its_numbers(start, operator):
     rollout = start(GPS_GATE)
     _baseline(rollout, mean=30)
-    _pilots_update(rollout, mean=60, per_device=10)
+    _pilots_update(rollout, mean=60)
     steps.wave_health(rollout_id=rollout.pk, wave_index=0)
     browser = Client()
     browser.force_login(operator)
     page = browser.get(f"/rollouts/{rollout.pk}/").content.decode()
     assert 'data-testid="signal-gates"' in page
     assert "Regression: the wave halts" in page
-    assert "GPS time to fix" in page and "tcu-4g-r2" in page and "n=20" in page and "n=50" in page
+    assert "GPS time to fix" in page and "tcu-4g-r2" in page and "n=16" in page and "n=60" in page
     assert "Welch" in page and "10 %" in page  # the test used and the plan's tolerance
 
 
