@@ -27,7 +27,7 @@ from rollouts.signal_gates import deployment_attributions
 from rollouts.signal_policy import signal_compare, signal_verdict
 from tests.support.rollouts import end_soak, expect_offer
 from workflows import policy
-from workflows.types import SignalVerdict, Verdict
+from workflows.types import PhaseChange, SignalVerdict, Verdict
 
 pytestmark = pytest.mark.django_db
 
@@ -179,6 +179,13 @@ def test_the_same_regression_on_a_small_sample_holds_and_never_promotes(start):
     with pytest.raises(DomainError):
         steps.wave_promote(rollout_id=rollout.pk, wave_index=0)
     assert not _records(rollout, "rollout.signal_gate")
+    # The workflow projects the inconclusive gate: the hold's record carries the gates' numbers.
+    steps.rollout_phase(
+        PhaseChange(rollout.pk, "awaiting_promotion", 0, gate="inconclusive", reason="held by the health gates")
+    )
+    [hold] = _records(rollout, "rollout.hold")
+    assert _after(hold)["signals"]["verdict"] == "inconclusive"
+    assert _after(hold)["signals"]["comparisons"][0]["candidate_n"] == 4
 
 
 def test_a_regression_within_tolerance_promotes_with_its_evidence(start):
