@@ -221,6 +221,17 @@ def test_no_telemetry_from_the_wave_is_inconclusive(start):
     assert signals["comparisons"][0]["candidate_n"] == 0
 
 
+def test_the_api_gives_each_waves_signal_verdict(start, client_for, auditor):
+    rollout = start(GPS_GATE)
+    _baseline(rollout, mean=30)
+    _pilots_update(rollout, mean=60)
+    steps.wave_health(rollout_id=rollout.pk, wave_index=0)
+    waves = client_for(auditor).get(f"/api/v1/rollouts/{rollout.pk}/").json()["waves"]
+    assert waves[0]["signals"]["verdict"] == "regression"
+    assert waves[0]["signals"]["comparisons"][0]["indicator"] == "gps_fix_s"
+    assert waves[1]["signals"] is None  # not opened yet
+
+
 def test_the_dashboard_shows_the_verdict_and_its_numbers(start, operator):
     rollout = start(GPS_GATE)
     _baseline(rollout, mean=30)
