@@ -2,7 +2,8 @@
 
 Three keys, each one row per indicator (count, sum, sum of squares):
 - per device and release (DeviceTelemetryAggregate): one unit's history, kept after its raw samples are purged;
-- per release and hardware model (ReleaseTelemetryAggregate): the baseline a later release is judged against;
+- per release and hardware model (ReleaseTelemetryAggregate): the baseline a later release is judged against, at
+  most BASELINE_SAMPLES_PER_DEVICE samples of each device;
 - per cohort and hardware model (CohortTelemetryAggregate): the candidate side of a health gate (a rollout's wave),
   one sample per deployment (the first stored).
 
@@ -34,6 +35,8 @@ from devices.models import (
 
 MEAN = "mean"
 PROPORTION = "proportion"
+# How many samples of one device (per release and indicator) a release's baseline takes: its first ones.
+BASELINE_SAMPLES_PER_DEVICE = 20
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,15 @@ WITH s AS (
     WHERE c.device_id = %(device)s AND c.received_at = %(received_at)s AND c.cohort <> ''
       AND NOT EXISTS (SELECT 1 FROM {samples} e WHERE e.deployment_id = c.deployment_id AND e.id < c.id)
     ORDER BY c.deployment_id, c.id
+), capped AS (
+    -- A release's baseline takes at most BASELINE_SAMPLES_PER_DEVICE samples of each device and indicator (its first
+    -- ones): a unit that reboots all day, or floods, cannot move the baseline its whole model is judged against.
+    -- The per-device sums are read as they were before this statement (every CTE sees the same snapshot).
+    SELECT r.release_version, r.indicator, r.value FROM (
+        SELECT s.*, row_number() OVER (PARTITION BY s.release_version, s.indicator ORDER BY s.id) AS nth FROM s
+    ) r LEFT JOIN {per_device} d
+      ON d.device_id = %(device)s AND d.release_version = r.release_version AND d.indicator = r.indicator
+    WHERE r.nth + COALESCE(d.n, 0) <= {BASELINE_SAMPLES_PER_DEVICE}
 ), model AS (
     SELECT hardware_model_id FROM {devices} WHERE id = %(device)s
 ), per_device AS (
@@ -133,7 +145,7 @@ WITH s AS (
     RETURNING 1
 ), per_release AS (
     INSERT INTO {per_release} AS t (release_version, hardware_model_id, indicator, n, total, total_sq, updated_at)
-    SELECT release_version, (SELECT hardware_model_id FROM model), indicator, {sums} FROM s
+    SELECT release_version, (SELECT hardware_model_id FROM model), indicator, {sums} FROM capped
     GROUP BY release_version, indicator ORDER BY release_version, indicator
     ON CONFLICT (release_version, hardware_model_id, indicator) DO UPDATE SET {add}
     RETURNING 1

@@ -23,7 +23,7 @@ from devices.models import (
     TelemetrySample,
 )
 from devices.telemetry import SampleAttribution
-from devices.telemetry_aggregates import INDICATORS, Summary
+from devices.telemetry_aggregates import BASELINE_SAMPLES_PER_DEVICE, INDICATORS, Summary
 from tests.factories import DeviceFactory, HardwareModelFactory, RegionFactory
 
 pytestmark = pytest.mark.django_db
@@ -48,9 +48,12 @@ def _value(indicator: str, sample: TelemetrySample) -> int | None:
     return None if value is None else int(value)
 
 
-def _direct(key_of, *, first_per_deployment: bool = False) -> dict[tuple[Any, ...], Summary]:
+def _direct(
+    key_of, *, first_per_deployment: bool = False, per_device_cap: int | None = None
+) -> dict[tuple[Any, ...], Summary]:
     sums: dict[tuple[Any, ...], Summary] = defaultdict(Summary)
     seen: set[int] = set()
+    taken: dict[tuple[Any, ...], int] = defaultdict(int)
     for sample in TelemetrySample.objects.select_related("device").order_by("pk"):
         if first_per_deployment:
             if sample.deployment_id in seen:
@@ -62,6 +65,10 @@ def _direct(key_of, *, first_per_deployment: bool = False) -> dict[tuple[Any, ..
             key = key_of(sample)
             if value is None or key is None:
                 continue
+            if per_device_cap is not None:
+                taken[(sample.device_id, sample.release_version, indicator)] += 1
+                if taken[(sample.device_id, sample.release_version, indicator)] > per_device_cap:
+                    continue
             sums[(*key, indicator)] += Summary(1, value, value * value)
     return dict(sums)
 
@@ -88,7 +95,7 @@ _samples = st.lists(
         }
     ),
     min_size=1,
-    max_size=12,
+    max_size=30,
 )
 
 
@@ -113,7 +120,10 @@ def test_aggregates_equal_a_direct_computation_over_the_raw_samples(batches):
                 devices[device_index], body, deployments=attribution, batch_id=f"b{index}", now=AT + timedelta(index)
             )
         per_device = _direct(lambda s: (s.device_id, s.release_version))
-        per_release = _direct(lambda s: (s.release_version, s.device.hardware_model_id))
+        # A release's baseline takes each device's first samples only.
+        per_release = _direct(
+            lambda s: (s.release_version, s.device.hardware_model_id), per_device_cap=BASELINE_SAMPLES_PER_DEVICE
+        )
         # A wave counts the first sample of each deployment only.
         per_cohort = _direct(
             lambda s: (s.cohort, s.device.hardware_model_id) if s.cohort else None, first_per_deployment=True
@@ -217,3 +227,22 @@ def test_two_batches_on_the_same_aggregate_row_both_count():
     assert not errors
     row = ReleaseTelemetryAggregate.objects.get(release_version="1.0.0", hardware_model=model, indicator="gps_fix_s")
     assert (row.n, int(row.total), int(row.total_sq)) == (2, 80, 30 * 30 + 50 * 50)
+
+
+def test_a_release_baseline_takes_only_each_devices_first_samples():
+    model = HardwareModelFactory.create()
+    flooder, quiet = DeviceFactory.create_batch(2, hardware_model=model, installed_version="1.0.0")
+    for batch in range(3):  # 45 samples of 1000 s from one unit
+        samples = [{"reported_at": AT + timedelta(minutes=i), "gps_fix_s": 1000} for i in range(15)]
+        _accept_and_process(flooder, samples, batch_id=f"flood-{batch}")
+    _accept_and_process(quiet, [{"reported_at": AT, "gps_fix_s": 30}])
+    baseline = ReleaseTelemetryAggregate.objects.get(
+        release_version="1.0.0", hardware_model=model, indicator="gps_fix_s"
+    )
+    assert (baseline.n, int(baseline.total)) == (
+        BASELINE_SAMPLES_PER_DEVICE + 1,
+        BASELINE_SAMPLES_PER_DEVICE * 1000 + 30,
+    )
+    assert (
+        DeviceTelemetryAggregate.objects.get(device=flooder, indicator="gps_fix_s").n == 45
+    )  # its own history is whole
