@@ -219,6 +219,9 @@ class TelemetrySample(models.Model):
         indexes = [
             models.Index(fields=["device", "reported_at"]),
             models.Index(fields=["deployment_id"]),
+            # One batch's rows (one device, one receipt time): what the aggregates' fold reads back, whatever the
+            # device's history.
+            models.Index(fields=["device", "received_at"], name="telemetry_sample_batch"),
         ]
 
     def __str__(self) -> str:

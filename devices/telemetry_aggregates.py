@@ -130,11 +130,15 @@ WITH s AS (
     -- A release's baseline takes at most BASELINE_SAMPLES_PER_DEVICE samples of each device and indicator (its first
     -- ones): a unit that reboots all day, or floods, cannot move the baseline its whole model is judged against.
     -- The per-device sums are read as they were before this statement (every CTE sees the same snapshot).
+    -- A unit already at the cap is left out before the window (the usual case for a unit that sends big batches).
     SELECT r.release_version, r.indicator, r.value FROM (
-        SELECT s.*, row_number() OVER (PARTITION BY s.release_version, s.indicator ORDER BY s.id) AS nth FROM s
-    ) r LEFT JOIN {per_device} d
-      ON d.device_id = %(device)s AND d.release_version = r.release_version AND d.indicator = r.indicator
-    WHERE r.nth + COALESCE(d.n, 0) <= {BASELINE_SAMPLES_PER_DEVICE}
+        SELECT s.release_version, s.indicator, s.value, COALESCE(d.n, 0) AS prior,
+               row_number() OVER (PARTITION BY s.release_version, s.indicator ORDER BY s.id) AS nth
+        FROM s LEFT JOIN {per_device} d
+          ON d.device_id = %(device)s AND d.release_version = s.release_version AND d.indicator = s.indicator
+        WHERE COALESCE(d.n, 0) < {BASELINE_SAMPLES_PER_DEVICE}
+    ) r
+    WHERE r.nth + r.prior <= {BASELINE_SAMPLES_PER_DEVICE}
 ), model AS (
     SELECT hardware_model_id FROM {devices} WHERE id = %(device)s
 ), per_device AS (
