@@ -9,7 +9,7 @@ PORT ?= 8000
 DEVICE_PORT ?= 8443
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ota
 
-.PHONY: run test install services lint bench bench-audits bench-telemetry bench-checkin bench-mtls bench-ranges bench-signatures bench-verify bench-data clean
+.PHONY: run test install services lint bench bench-audits bench-gates bench-telemetry bench-checkin bench-mtls bench-ranges bench-signatures bench-verify bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ lint: install
 bench: install services bench-data
 	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench" -c "CREATE DATABASE ota_bench"
 	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.rollout_scale
+
+## Health-gate tick on a 100,000-device wave next to a 1,000-device wave, reading aggregates (scratch database ota_bench_gates)
+bench-gates: install services
+	psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS ota_bench_gates" -c "CREATE DATABASE ota_bench_gates"
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_gates OTA_DATA_DIR=$(CURDIR)/.data/bench $(BIN)/python -m bench.gates $(BENCH_ARGS)
 
 ## Telemetry intake benchmark on PostgreSQL with a real Celery worker on Redis (scratch database ota_bench_telemetry)
 bench-telemetry: install services bench-data

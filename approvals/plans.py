@@ -9,7 +9,8 @@ Waves run in order; each names its cohort, how long it soaks, how many devices m
 the thresholds that promote or halt it, and whether a person promotes. Plan-wide settings (all optional, filled
 with defaults so that what is approved is exactly what runs): monitoring interval, per-device deadlines, retries
 per failure class, pacing (globally and per region), maintenance windows in each region's local time, and
-blackout windows in UTC. Durations are integer seconds.
+blackout windows in UTC, and health gates on post-update signals (indicator, allowed relative regression,
+significance level, minimum sample per side: rollouts.signal_gates). Durations are integer seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from approvals.audit.records import canonical_json
+from devices.telemetry_aggregates import INDICATORS
 from ota_project.errors import InvalidInput
 
 COHORT_KINDS = ("pilot", "percent", "count")
@@ -47,7 +49,11 @@ PLAN_DEFAULTS: dict[str, Any] = {
 OPTIONAL_PLAN_KEYS = {"quarantine_after_failures"}
 DEFAULT_QUARANTINE_AFTER_FAILURES = 3
 MAX_QUARANTINE_AFTER_FAILURES = 20
-PLAN_KEYS = {"waves", "abort_policy", *PLAN_DEFAULTS, *OPTIONAL_PLAN_KEYS}
+PLAN_KEYS = {"waves", "abort_policy", "health_gates", *PLAN_DEFAULTS, *OPTIONAL_PLAN_KEYS}
+# Optional plan-wide health gates on post-update signals (absent: no signal gates; an empty list is kept as given).
+HEALTH_GATE_KEYS = {"indicator", "tolerance", "significance", "min_sample"}
+HEALTH_GATE_DEFAULTS: dict[str, Any] = {"significance": 0.05, "min_sample": 20}
+MAX_TOLERANCE = 10.0  # a tenfold regression allowed: beyond that a gate would judge nothing
 HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
@@ -168,6 +174,42 @@ def _blackout_errors(blackouts: Any) -> list[str]:
         if start is None or end is None or end <= start:
             return ["Blackout start and end are ISO times with a zone, end after start."]
     return []
+
+
+def _health_gate_errors(gates: Any) -> list[str] | dict[str, Any]:
+    """Field errors of the health gates: known indicators, each once, sensible tolerance, level and sample."""
+    if not isinstance(gates, list) or len(gates) > len(INDICATORS):
+        return [f"A list of at most {len(INDICATORS)} gates: " + '{"indicator": ..., "tolerance": 0.1}.']
+    errors: dict[str, Any] = {}
+    seen: set[str] = set()
+    for index, gate in enumerate(gates):
+        if not isinstance(gate, dict):
+            errors[str(index)] = {"gate": ["Must be an object."]}
+            continue
+        problems: dict[str, list[str]] = {key: ["Unknown field."] for key in sorted(set(gate) - HEALTH_GATE_KEYS)}
+        indicator = gate.get("indicator")
+        if not isinstance(indicator, str) or indicator not in INDICATORS:
+            problems["indicator"] = ["One of " + ", ".join(INDICATORS) + "."]
+        elif indicator in seen:
+            problems["indicator"] = ["Each indicator is gated once."]
+        else:
+            seen.add(indicator)
+        tolerance = gate.get("tolerance")
+        if not (
+            isinstance(tolerance, int | float)
+            and not isinstance(tolerance, bool)
+            and math.isfinite(tolerance)
+            and 0 <= tolerance <= MAX_TOLERANCE
+        ):
+            problems["tolerance"] = [f"The allowed relative regression, from 0 to {MAX_TOLERANCE:g} (0.1 = 10 %)."]
+        significance = gate.get("significance", HEALTH_GATE_DEFAULTS["significance"])
+        if not (_is_fraction(significance) and 0.0001 <= significance <= 0.2):
+            problems["significance"] = ["A significance level from 0.0001 to 0.2 (e.g. 0.05)."]
+        if not _int_in(gate.get("min_sample", HEALTH_GATE_DEFAULTS["min_sample"]), 2, 1_000_000):
+            problems["min_sample"] = ["Samples needed on each side, an integer from 2 to 1,000,000."]
+        if problems:
+            errors[str(index)] = problems
+    return errors
 
 
 def _settings_errors(plan: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +413,43 @@ class Blackout:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthGate:
+    """A health gate on one post-update indicator: the wave's updated devices against the same hardware model on the
+    previous release. Halts on a significant regression beyond `tolerance` (relative: 0.1 = 10 % worse) at level
+    `significance`; holds while either side has fewer than `min_sample` samples."""
+
+    indicator: str  # a key of devices.telemetry_aggregates.INDICATORS
+    tolerance: float
+    significance: float | None = None  # None: not stated (HEALTH_GATE_DEFAULTS applies, left out of the JSON)
+    min_sample: int | None = None
+
+    @property
+    def level(self) -> float:
+        return float(self.significance if self.significance is not None else HEALTH_GATE_DEFAULTS["significance"])
+
+    @property
+    def sample(self) -> int:
+        return int(self.min_sample if self.min_sample is not None else HEALTH_GATE_DEFAULTS["min_sample"])
+
+    @property
+    def label(self) -> str:
+        return INDICATORS[self.indicator].label
+
+    @property
+    def tolerance_percent(self) -> str:
+        """The allowed regression as people read it: 0.1 -> "10 %"."""
+        return f"{self.tolerance * 100:g} %"
+
+    def to_json(self) -> dict[str, Any]:
+        gate: dict[str, Any] = {"indicator": self.indicator, "tolerance": self.tolerance}
+        if self.significance is not None:
+            gate["significance"] = self.significance
+        if self.min_sample is not None:
+            gate["min_sample"] = self.min_sample
+        return gate
+
+
+@dataclass(frozen=True, slots=True)
 class RolloutPlan:
     """A checked rollout plan: waves in order, what a failed wave does, and the plan-wide settings."""
 
@@ -391,6 +470,12 @@ class RolloutPlan:
         if self.quarantine_after_failures is None:
             return DEFAULT_QUARANTINE_AFTER_FAILURES
         return self.quarantine_after_failures
+
+    health_gates: tuple[HealthGate, ...] | None = None  # None: not stated (no signal gates; left out of the JSON)
+
+    @property
+    def gates(self) -> tuple[HealthGate, ...]:
+        return self.health_gates or ()
 
     @property
     def rolls_back(self) -> bool:
@@ -418,7 +503,7 @@ class RolloutPlan:
             if self.quarantine_after_failures is None
             else {"quarantine_after_failures": self.quarantine_after_failures}
         )
-        return {
+        plan = {
             "waves": [wave.to_json() for wave in self.waves],
             "abort_policy": self.abort_policy,
             "monitor_interval_seconds": self.monitor_interval_seconds,
@@ -431,6 +516,9 @@ class RolloutPlan:
             "blackout_windows": [blackout.to_json() for blackout in self.blackout_windows],
             **optional,
         }
+        if self.health_gates is not None:
+            plan["health_gates"] = [gate.to_json() for gate in self.health_gates]
+        return plan
 
 
 def _utc(value: str) -> datetime:
@@ -461,6 +549,10 @@ def _check(data: object) -> dict[str, Any]:
             errors["waves"] = ["Wave names must be unique."]
     if plan.get("abort_policy") not in ABORT_POLICIES:
         errors["abort_policy"] = ["halt or halt_and_rollback."]
+    if "health_gates" in plan:
+        gate_errors = _health_gate_errors(plan["health_gates"])
+        if gate_errors:
+            errors["health_gates"] = gate_errors
     if errors:
         raise InvalidInput("The rollout plan is invalid.", fields={"rollout_plan": errors})
     return plan
@@ -509,6 +601,12 @@ def plan_parse(data: object) -> RolloutPlan:
         },
         blackout_windows=tuple(Blackout(b["start"], b["end"], b.get("reason")) for b in plan["blackout_windows"]),
         quarantine_after_failures=plan.get("quarantine_after_failures"),
+        health_gates=None
+        if "health_gates" not in plan
+        else tuple(
+            HealthGate(g["indicator"], g["tolerance"], g.get("significance"), g.get("min_sample"))
+            for g in plan["health_gates"]
+        ),
     )
 
 

@@ -215,11 +215,20 @@ class TelemetrySample(models.Model):
     gps_fix_s = models.PositiveIntegerField(null=True, blank=True)
     sensor_calibrated = models.BooleanField(null=True, blank=True)
     link_kbps = models.PositiveIntegerField(null=True, blank=True)
+    # Attribution, fixed when the batch is accepted (devices.telemetry_aggregates): the release the sample measures
+    # (its deployment's release, else the device's installed version) and the opaque cohort its deployment belongs
+    # to (the rollout's wave, named by the caller; "" for none).
+    # A database default too: batches accepted before the attribution are copied without these columns.
+    release_version = models.CharField(max_length=64, blank=True, default="", db_default="")
+    cohort = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [
             models.Index(fields=["device", "reported_at"]),
             models.Index(fields=["deployment_id"]),
+            # One batch's rows (one device, one receipt time): what the aggregates' fold reads back, whatever the
+            # device's history.
+            models.Index(fields=["device", "received_at"], name="telemetry_sample_batch"),
         ]
 
     def __str__(self) -> str:
@@ -255,3 +264,75 @@ class TelemetryBatch(models.Model):
 
     def __str__(self) -> str:
         return f"telemetry batch {self.batch_id} of {self.device_id}"
+
+
+class _TelemetryAggregate(models.Model):
+    """Running sums of one indicator (count, sum, sum of squares: enough for a mean, a variance and a proportion),
+    added to in the transaction that stores the samples and kept when the raw samples are purged."""
+
+    indicator = models.CharField(max_length=40)
+    n = models.BigIntegerField(default=0)
+    # Exact integer sums (every indicator value is an integer), so no rounding ever drifts the aggregates.
+    total = models.DecimalField(max_digits=38, decimal_places=0, default=0)
+    total_sq = models.DecimalField(max_digits=38, decimal_places=0, default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class DeviceTelemetryAggregate(_TelemetryAggregate):
+    """One device's indicator on one release."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry_aggregates")
+    release_version = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "release_version", "indicator"], name="device_telemetry_aggregate_key"
+            ),
+            models.CheckConstraint(condition=Q(n__gte=0), name="device_telemetry_aggregate_n"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.indicator} of {self.device_id} on {self.release_version}"
+
+
+class ReleaseTelemetryAggregate(_TelemetryAggregate):
+    """An indicator over every device of a hardware model on one release: the baseline a later release is judged
+    against."""
+
+    release_version = models.CharField(max_length=64)
+    hardware_model = models.ForeignKey(HardwareModel, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["release_version", "hardware_model", "indicator"], name="release_telemetry_aggregate_key"
+            ),
+            models.CheckConstraint(condition=Q(n__gte=0), name="release_telemetry_aggregate_n"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.indicator} of {self.hardware_model_id} on {self.release_version}"
+
+
+class CohortTelemetryAggregate(_TelemetryAggregate):
+    """An indicator over the devices of one cohort (a rollout's wave) and hardware model: the candidate side of a
+    health gate, one row per (cohort, model, indicator) whatever the wave's size."""
+
+    cohort = models.CharField(max_length=64)
+    hardware_model = models.ForeignKey(HardwareModel, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cohort", "hardware_model", "indicator"], name="cohort_telemetry_aggregate_key"
+            ),
+            models.CheckConstraint(condition=~Q(cohort=""), name="cohort_telemetry_aggregate_named"),
+            models.CheckConstraint(condition=Q(n__gte=0), name="cohort_telemetry_aggregate_n"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.indicator} of {self.cohort} ({self.hardware_model_id})"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, TelemetryBatch, TelemetrySample
+from devices.telemetry_aggregates import telemetry_aggregates_fold
 from ota_project.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -48,9 +50,25 @@ class BatchAcceptance:
 
 
 _SAMPLE_FIELD_SET = frozenset(SAMPLE_FIELDS)
-# The columns of a batch's COPY text, in this order: the device and the time the batch was received, then the sample.
-COPY_COLUMNS = ("device_id", "received_at", "deployment_id", "reported_at", *KPI_FIELDS)
+# The columns of a batch's COPY text, in this order: the device and the time the batch was received, the sample, then
+# its attribution (the release it measures and its cohort: devices.telemetry_aggregates). Batches accepted before the
+# attribution have the shorter column list; they are copied as they are and count in no aggregate.
+UNATTRIBUTED_COPY_COLUMNS = ("device_id", "received_at", "deployment_id", "reported_at", *KPI_FIELDS)
+COPY_COLUMNS = (*UNATTRIBUTED_COPY_COLUMNS, "release_version", "cohort")
 COPY_NULL = "\\N"
+
+
+@dataclass(frozen=True)
+class SampleAttribution:
+    """What a sample naming a deployment measures: that deployment's release, and the cohort (wave) it belongs to."""
+
+    release_version: str
+    cohort: str = ""
+
+
+def _copy_text(value: str) -> str:
+    """A text value for COPY's text format (backslash, tab and line breaks escaped)."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 _BOOL_TEXT = {True: "t", False: "f", None: COPY_NULL}
@@ -104,8 +122,26 @@ def _enqueue(batch_pk: int) -> None:
     telemetry_batch_process_task.delay(batch_pk)
 
 
+def _attribution_text(
+    samples: list[dict[str, Any]], device: Device, deployments: Mapping[int, SampleAttribution]
+) -> list[str]:
+    """Each sample's attribution as COPY text: its deployment's release and cohort, else the installed version."""
+    installed = SampleAttribution(device.installed_version)
+    texts = []
+    for sample in samples:
+        deployment_id = sample.get("deployment_id")
+        attribution = deployments.get(deployment_id, installed) if deployment_id else installed
+        texts.append(_copy_text(attribution.release_version) + "\t" + _copy_text(attribution.cohort))
+    return texts
+
+
 def telemetry_batch_accept(
-    *, device: Device, samples: list[dict[str, Any]], batch_id: str | None = None, now: datetime | None = None
+    *,
+    device: Device,
+    samples: list[dict[str, Any]],
+    batch_id: str | None = None,
+    now: datetime | None = None,
+    deployments: Mapping[int, SampleAttribution] | None = None,
 ) -> BatchAcceptance:
     """Accept a device's KPI batch once per (device, batch id) and hand it to the Celery task after commit.
 
@@ -124,8 +160,13 @@ def telemetry_batch_accept(
     batch_id = batch_id or content_batch_id([text for text, _ in texts])
     received_at = now or timezone.now()
     prefix = f"{device.pk}\t{received_at.isoformat()}\t"
-    # dict.fromkeys: the samples that carry a KPI, each once, in the order sent.
-    rows = "".join(prefix + text + "\n" for text in dict.fromkeys(text for text, has_kpi in texts if has_kpi))
+    attributions = _attribution_text(samples, device, deployments or {})
+    # dict.fromkeys: the samples that carry a KPI, each once, in the order sent (a repeat of a sample names the same
+    # deployment, so it has the same attribution).
+    kept = dict.fromkeys(
+        (text, attribution) for (text, has_kpi), attribution in zip(texts, attributions, strict=True) if has_kpi
+    )
+    rows = "".join(f"{prefix}{text}\t{attribution}\n" for text, attribution in kept)
     try:
         with transaction.atomic():
             batch = TelemetryBatch.objects.create(
@@ -165,9 +206,11 @@ def _legacy_rows(batch: TelemetryBatch) -> str:
 def _copy_samples(rows: str) -> None:
     """Hand a batch's COPY text to PostgreSQL in one COPY, inside the caller's transaction."""
     table = TelemetrySample._meta.db_table
+    first = rows[: rows.index("\n")]
+    columns = COPY_COLUMNS if first.count("\t") == len(COPY_COLUMNS) - 1 else UNATTRIBUTED_COPY_COLUMNS
     with (
         connection.cursor() as cursor,
-        cursor.cursor.copy(f"COPY {table} ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy,
+        cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
     ):
         copy.write(rows)
 
@@ -198,6 +241,8 @@ def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> in
     rows = _legacy_rows(batch) if batch.samples is not None else batch.rows
     if rows:
         _copy_samples(rows)
+        # Same transaction as the samples: the aggregates hold exactly the samples stored, once.
+        telemetry_aggregates_fold(device_id=batch.device_id, received_at=batch.received_at)
     stored = rows.count("\n")
     TelemetryBatch.objects.filter(pk=batch.pk).update(
         rows="", samples=None, processed_at=now or timezone.now(), stored_count=stored

@@ -72,6 +72,9 @@ class Wave(models.Model):
     # or not a workflow worker is alive to run the halt step.
     breaker_tripped_at = models.DateTimeField(null=True, blank=True)
     breaker_reason = models.CharField(max_length=300, blank=True, default="")
+    # The health gates' last reading (rollouts.signal_gates): verdict and, per hardware model and indicator, the
+    # numbers it was decided on (n, means or rates, p-value, tolerance). None: the plan names no health gates.
+    signals = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["rollout", "index"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from workflows.types import Gate, Phase, Update, Verdict, WaveHealth, WavePlan
+from workflows.types import Gate, Phase, SignalVerdict, Update, Verdict, WaveHealth, WavePlan
 
 OPERATOR_ROLE = "operator"
 # The one list of what a person may ask of a running rollout (API, pages, token minting and the workflow use it).
@@ -26,12 +26,15 @@ def wave_verdict(health: WaveHealth, wave: WavePlan, *, soak_done: bool) -> str:
     """Judge one wave from its deployment counts: FAIL early, PASS only at soak end on enough evidence.
 
     - An empty wave (0 devices assigned, e.g. the cohort had nobody left) passes at once: nothing to judge.
-    - FAIL as soon as enough devices finished and failures/finished >= failure_threshold, even mid-soak.
+    - FAIL as soon as enough devices finished and failures/finished >= failure_threshold, even mid-soak; FAIL as
+      well on a significant signal regression (health.signal, the plan's health gates), even mid-soak.
       "Enough" is min_sample, or every device of a wave smaller than min_sample: a 3-device wave whose
       3 devices all failed must halt, not wait for a sample it can never reach.
     - CONTINUE while the soak runs.
     - At or after soak end: INCONCLUSIVE below min_sample finished (promotion always needs the full sample);
-      PASS when succeeded/total >= success_threshold (cancelled devices stay in total: no evidence of success);
+      PASS when succeeded/total >= success_threshold (cancelled devices stay in total: no evidence of success)
+      and the health gates do not doubt (an inconclusive signal holds: CONTINUE while devices are unfinished,
+      then INCONCLUSIVE; never PASS);
       CONTINUE while devices are unfinished (their deadlines will resolve them); otherwise INCONCLUSIVE.
     """
     if health.total == 0:
@@ -40,11 +43,16 @@ def wave_verdict(health: WaveHealth, wave: WavePlan, *, soak_done: bool) -> str:
     failure_sample = max(1, min(wave.min_sample, health.total))
     if finished >= failure_sample and health.failures / finished >= wave.failure_threshold - _EPSILON:
         return Verdict.FAIL
+    if health.signal == SignalVerdict.REGRESSION:
+        return Verdict.FAIL
     if not soak_done:
         return Verdict.CONTINUE
     if finished < wave.min_sample:
         return Verdict.INCONCLUSIVE
     if health.succeeded / health.total >= wave.success_threshold - _EPSILON:
+        if health.signal == SignalVerdict.INCONCLUSIVE:
+            # Installed is not healthy: wait for the telemetry of devices still finishing, then hold for a person.
+            return Verdict.CONTINUE if health.unfinished > 0 else Verdict.INCONCLUSIVE
         return Verdict.PASS
     if health.unfinished > 0:
         return Verdict.CONTINUE

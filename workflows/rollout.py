@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         RollbackRef,
         RolloutInput,
         RolloutProgress,
+        SignalVerdict,
         Update,
         Verdict,
         WaveAssignment,
@@ -353,10 +354,7 @@ class RolloutWorkflow:
     async def _fail(self, index: int, wave: WavePlan) -> NoReturn:
         """The wave failed: stop offering the release at once, then follow the abort policy."""
         health = self._last_health or WaveHealth()
-        reason = (
-            f"Wave {wave.name} failed: {health.failures} of {health.finished} finished devices failed "
-            f"(threshold {wave.failure_threshold:.0%})."
-        )
+        reason = _failure_reason(wave, health)
         self._paused, self._gate, self._phase = False, Gate.NONE, Phase.HALTED  # a halt overrides a pause
         self._message = reason
         await self._halt(reason)
@@ -736,8 +734,21 @@ def _progress(wave: WavePlan, health: WaveHealth, soak_done: bool) -> str:
 
 
 def _inconclusive_reason(wave: WavePlan, health: WaveHealth) -> str:
+    signals = f" Health gates: {health.signal_reason}" if health.signal == SignalVerdict.INCONCLUSIVE else ""
     return (
         f"Wave {wave.name} is inconclusive at the end of its soak: {health.finished} of {health.total} devices "
         f"finished (minimum {wave.min_sample}), {health.succeeded} succeeded "
-        f"(needs {wave.success_threshold:.0%}). Waiting for an operator to promote, abort or roll back."
+        f"(needs {wave.success_threshold:.0%}).{signals} Waiting for an operator to promote, abort or roll back."
+    )
+
+
+def _failure_reason(wave: WavePlan, health: WaveHealth) -> str:
+    """Why a wave failed: its failure threshold, else (the verdict's other FAIL) a regression of its signals."""
+    finished = health.finished
+    crossed = finished > 0 and health.failures / finished >= wave.failure_threshold - 1e-9
+    if health.signal == SignalVerdict.REGRESSION and not crossed:
+        return f"Wave {wave.name} failed its health gates: {health.signal_reason}"
+    return (
+        f"Wave {wave.name} failed: {health.failures} of {health.finished} finished devices failed "
+        f"(threshold {wave.failure_threshold:.0%})."
     )

@@ -173,6 +173,15 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
+class SignalVerdict(StrEnum):
+    """The health gates' verdict on a wave's post-update signals (rollouts.signal_policy); "" when none gate."""
+
+    NONE = ""
+    PASS = "pass"
+    REGRESSION = "regression"
+    INCONCLUSIVE = "inconclusive"
+
+
 @dataclass
 class WavePlan:
     """One wave as approved with the change (copied into the workflow input at start)."""
@@ -239,6 +248,10 @@ class WaveHealth:
     timed_out: int = 0
     rolled_back: int = 0
     cancelled: int = 0
+    # The health gates on post-update signals, read in the same activity (absent in histories from before them,
+    # which therefore replay unchanged): a SignalVerdict and one sentence naming the deciding comparison.
+    signal: str = ""
+    signal_reason: str = ""
 
     @property
     def failures(self) -> int:

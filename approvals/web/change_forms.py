@@ -177,8 +177,9 @@ class ChangeForm(forms.Form):
     plan_settings = forms.CharField(
         label="Other plan settings (JSON)",
         widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false", "class": "mono"}),
-        help_text="Monitoring interval, deadlines, retries, pacing, maintenance windows (local time per region) "
-        "and blackout windows (UTC).",
+        help_text="Monitoring interval, deadlines, retries, pacing, maintenance windows (local time per region), "
+        "blackout windows (UTC) and health gates on post-update signals, e.g. "
+        '"health_gates": [{"indicator": "gps_fix_s", "tolerance": 0.1, "significance": 0.05, "min_sample": 20}].',
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -176,6 +176,7 @@ def _render_detail(
             }
             for w, wave in zip(page.waves, plan.waves if plan else (), strict=True)
         ],
+        "plan_gates": plan.gates if plan else (),
         "plan_hash": change_plan_hash(change),
         "plan_json": json.dumps(change.rollout_plan, indent=2, sort_keys=True),
         "error": error,
@@ -475,6 +476,7 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest
         "waves": None,
         "plan_errors": [],
         "warnings": [],
+        "gates": (),
     }
     checked_scope = None
     if not scope.is_empty:
@@ -496,6 +498,7 @@ def _preview(form: f.ChangeForm, waves: f.BaseWaveFormSet, change: ChangeRequest
         try:
             parsed = plan_parse(plan)
             result["waves"] = plan_wave_preview(parsed, checked_scope)
+            result["gates"] = parsed.gates
             window = form.cleaned_data if form.is_bound and hasattr(form, "cleaned_data") else {}
             result["warnings"] = plan_warnings(
                 parsed,

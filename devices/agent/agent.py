@@ -233,6 +233,7 @@ class Agent:
         poll_jitter: float = 0.1,
         clock: Callable[[], float] = time.time,
         trust: Trust | None = None,
+        boot_samples: bool = False,
     ):
         self.store = StateStore(state_dir, version=version, release_counter=release_counter, image=factory_image)
         self.state = self.store.data
@@ -247,6 +248,9 @@ class Agent:
         self.health_check = health_check or (lambda image, slot: True)
         self.hook = hook or (lambda event: None)
         self.probe = probe
+        # Report the boot KPIs of the running release after booting its committed slot (a sample naming no
+        # deployment): the fleet's own baseline that health gates judge a new release against.
+        self.boot_samples = boot_samples
         self.chunk_size = chunk_size
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base
@@ -319,6 +323,26 @@ class Agent:
             sample["sensor_calibrated"] = bool(kpis["sensor_calibrated"])
         self.state["telemetry"] = (self.state["telemetry"] + [sample])[-TELEMETRY_KEPT:]
         self.state["unexpected_reboots"] = 0
+
+    def _sample_boot(self, slot: str) -> None:
+        """Queue the boot KPIs of the committed slot's release (no deployment: the server counts it toward the
+        version it knows the device runs). A broken probe costs the sample, never the boot."""
+        if self.probe is None:
+            return
+        try:
+            measured = self.probe(slot)
+        except Exception:  # noqa: BLE001
+            logger.exception("boot probe raised")
+            return
+        sample: dict[str, Any] = {
+            "reported_at": _utc_iso(self.clock()),
+            **{k: measured[k] for k in ("boot_time_s", "gps_fix_s") if k in measured},
+        }
+        if "sensor_calibrated" in measured:
+            sample["sensor_calibrated"] = bool(measured["sensor_calibrated"])
+        if len(sample) > 1:
+            self.state["telemetry"] = (self.state["telemetry"] + [sample])[-TELEMETRY_KEPT:]
+            self._save()
 
     def _cleanup(self) -> None:
         """Remove what a power loss left behind that the current phase does not need."""
@@ -519,6 +543,8 @@ class Agent:
         trial = self.state["trial_slot"]
         if trial is None:
             self.booted_slot = self.state["active_slot"]
+            if self.boot_samples:
+                self._sample_boot(self.booted_slot)
             return
         self.state["boot_count"] += 1
         self._save()

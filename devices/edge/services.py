@@ -21,6 +21,7 @@ from ota_project.errors import InvalidInput
 from rollouts.choices import DeploymentStatus
 from rollouts.deployment_services import deployment_withdrawal
 from rollouts.models import Deployment
+from rollouts.signal_gates import deployment_attributions
 
 logger = logging.getLogger(__name__)
 
@@ -176,13 +177,14 @@ def download_pass_device(*, presented: PresentedIdentity, deployment_id: int, sh
 
 
 def telemetry_accept(*, device: Device, samples: list[dict[str, Any]], batch_id: str | None) -> BatchAcceptance:
-    """Accept a device's KPI batch for asynchronous processing; samples may name only the device's own deployments.
+    """Accept a device's KPI batch for asynchronous processing; samples may name only the device's own deployments
+    (and count toward their release and wave: rollouts.signal_gates.deployment_attributions).
 
     Not a transaction of its own: it only reads before the batch's atomic insert (a refusal's security event is
     written on its own connection anyway), and each transaction is two round trips a batch would wait on."""
     named = {s["deployment_id"] for s in samples if s.get("deployment_id")}
-    own = set(Deployment.objects.filter(device=device, pk__in=named).values_list("pk", flat=True)) if named else set()
-    unknown = sorted(named - own)
+    own = deployment_attributions(device=device, deployment_ids=named) if named else {}
+    unknown = sorted(named - set(own))
     if unknown:
         others = list(Deployment.objects.filter(pk__in=unknown).order_by("pk").values_list("pk", flat=True)[:20])
         if others:
@@ -197,4 +199,4 @@ def telemetry_accept(*, device: Device, samples: list[dict[str, Any]], batch_id:
             "Telemetry names deployments this device does not have.",
             fields={"samples": [f"Unknown deployment {pk}." for pk in unknown[:20]]},
         )
-    return telemetry_batch_accept(device=device, samples=samples, batch_id=batch_id)
+    return telemetry_batch_accept(device=device, samples=samples, batch_id=batch_id, deployments=own)

@@ -50,6 +50,7 @@ class WaveSerializer(serializers.ModelSerializer):
             "started_at",
             "verdict_at",
             "health",
+            "signals",  # the health gates' last reading: verdict, reason and every comparison's numbers
         ]
         read_only_fields = fields
 

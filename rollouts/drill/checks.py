@@ -145,6 +145,20 @@ def acceptance_checks(report: Mapping[str, Any], *, expected_status: str | None)
         poll = report.get("poll_seconds")
         within = gap is not None and poll is not None and gap <= poll
         checks.append(Check("last offer of the failing release within one poll interval of the threshold", within, gap))
+    if report.get("silent_regression"):
+        signals = report.get("pilot_signal_gate") or {}
+        checks.append(
+            Check(
+                "the health gate found the regression in the pilot",
+                signals.get("verdict") == "regression",
+                signals.get("reason"),
+            )
+        )
+        checks.append(
+            Check("the rollout halted in the pilot wave", report.get("halted_wave") == 0, report.get("halted_wave"))
+        )
+        outside = report.get("bad_release_installed_outside_pilot")
+        checks.append(Check("0 devices outside the pilot installed the release", outside == 0, outside))
     racing = report.get("racing")
     if racing is not None:
         starts = racing.get("starts_succeeded")

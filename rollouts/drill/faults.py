@@ -106,17 +106,33 @@ def power_cut_for(fate: DeviceFate) -> Callable[[str], None]:
     return hook
 
 
-def probe_for(fate: DeviceFate) -> Callable[[str], dict[str, Any]]:
-    """Boot KPIs of this unit after a boot: plausible, seeded per device and boot."""
+def probe_for(fate: DeviceFate, gps_factor: Callable[[str], float] | None = None) -> Callable[[str], dict[str, Any]]:
+    """Boot KPIs of this unit after a boot: plausible, seeded per device and boot. `gps_factor(slot)` scales the
+    GPS time to fix of the image in that slot (a silent regression: the image boots fine, the receiver is slow)."""
     boots = [0]
 
     def probe(slot: str) -> dict[str, Any]:
         boots[0] += 1
         rng = random.Random(f"{fate.kpi_seed}:{boots[0]}")
+        factor = gps_factor(slot) if gps_factor is not None else 1.0
         return {
             "boot_time_s": rng.randint(8, 25),
-            "gps_fix_s": rng.randint(4, 90),
+            "gps_fix_s": round(rng.randint(4, 90) * factor),
             "sensor_calibrated": rng.random() > 0.02,
         }
 
     return probe
+
+
+def gps_factor_for(
+    fate: DeviceFate, slot_image: Callable[[str], bytes], *, regressed_sha256: str | None, model: str, factor: float
+) -> Callable[[str], float]:
+    """The silent regression: on units of `model`, the image with `regressed_sha256` takes `factor` times longer
+    to get a GPS fix; every other unit and image is unaffected."""
+
+    def gps_factor(slot: str) -> float:
+        if not regressed_sha256 or fate.hardware_model != model:
+            return 1.0
+        return factor if hashlib.sha256(slot_image(slot)).hexdigest() == regressed_sha256 else 1.0
+
+    return gps_factor

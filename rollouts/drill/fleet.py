@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from devices.agent import Agent, AsyncHttpTransport, PowerLoss
 from devices.agent.state import STATE_FILE
 from devices.agent.tls import TlsIdentity
 from devices.agent.verify import Trust
-from rollouts.drill.faults import DeviceFate, health_check_for, power_cut_for, probe_for
+from rollouts.drill.faults import DeviceFate, gps_factor_for, health_check_for, power_cut_for, probe_for
 from rollouts.drill.proxy import FaultProxy
 
 logger = logging.getLogger("rollouts.drill")
@@ -62,6 +63,12 @@ class FleetSettings:
     ramp_seconds: float = 5.0
     power_off_seconds: tuple[float, float] = (0.5, 3.0)
     bad_sha256: str | None = None
+    # A silent regression: units of `regressed_model` take `gps_factor` times longer to get a GPS fix on the image
+    # with `regressed_sha256`; devices report boot KPIs after every power-on (the baseline the gates compare with).
+    regressed_sha256: str | None = None
+    regressed_model: str = ""
+    gps_factor: float = 1.0
+    boot_samples: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,7 +201,7 @@ class Fleet:
                 device.transport,
                 health_check=health_check_for(device.fate, self.settings.bad_sha256),
                 hook=device.hook,
-                probe=probe_for(device.fate),
+                probe=probe_for(device.fate, self._gps_factor(device)),
                 version=device.spec.version,
                 release_counter=device.spec.release_counter,
                 factory_image=self.settings.factory_image,
@@ -203,6 +210,7 @@ class Fleet:
                 backoff_base=self.settings.backoff_base,
                 backoff_cap=self.settings.backoff_cap,
                 trust=device.spec.trust,
+                boot_samples=self.settings.boot_samples,
             )
             try:
                 await device.agent.arun(stop=stop)
@@ -216,6 +224,22 @@ class Fleet:
                 wait = RESTART_AFTER_ERROR_SECONDS
             if await _sleep_or_stop(stop, wait):
                 return
+
+    def _gps_factor(self, device: SimulatedDevice) -> Callable[[str], float] | None:
+        if not self.settings.regressed_sha256:
+            return None
+
+        def slot_image(slot: str) -> bytes:
+            agent = device.agent
+            return agent.store.slot_path(slot).read_bytes() if agent is not None else b""
+
+        return gps_factor_for(
+            device.fate,
+            slot_image,
+            regressed_sha256=self.settings.regressed_sha256,
+            model=self.settings.regressed_model,
+            factor=self.settings.gps_factor,
+        )
 
     def start(self) -> Fleet:
         """Run the fleet in a background thread with its own event loop."""

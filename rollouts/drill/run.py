@@ -46,6 +46,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from approvals import services as change_services
+from approvals.audit.models import DecisionRecord
 from approvals.audit.records import chain_verify
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeRequest
@@ -144,6 +145,11 @@ class Scenario:
     pilot_share: float = 0.01
     pilot_min_sample: int | None = None  # default: min(pilots, 10)
     pilot_spread_seconds: int = 0  # pace the offers of the pilot over this long (0: all at once)
+    # A silent regression: the new image installs and boots fine everywhere, but units of the first hardware model
+    # take this many times longer to get a GPS fix on it (1.0: none). Devices then report boot KPIs after every
+    # power-on (the baseline), and the plan gates on the GPS time to fix.
+    gps_regression: float = 1.0
+    health_gates: tuple[dict[str, Any], ...] = ()
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -157,6 +163,17 @@ SCENARIOS: dict[str, Scenario] = {
             faults=DeviceFaults(bad_boot_share=0.3),
             bad_release=True,
             expected_status=RolloutStatus.ROLLED_BACK,
+        ),
+        Scenario(
+            "silent-regression",
+            "the new image installs and boots fine on every device but takes 2.5x longer to get a GPS fix on one "
+            "hardware model: the health gate halts the pilot on the signal and rolls it back; nobody outside the pilot "
+            "installs it",
+            300,
+            gps_regression=2.5,
+            health_gates=({"indicator": "gps_fix_s", "tolerance": 0.1, "significance": 0.01, "min_sample": 10},),
+            expected_status=RolloutStatus.ROLLED_BACK,
+            pilot_share=0.1,
         ),
         Scenario(
             "flaky-network",
@@ -344,6 +361,7 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
             "monitor_interval_seconds": 1 if devices <= 100 else 2,
             "deadlines": {"download_seconds": download, "install_seconds": 60 + poll, "confirm_seconds": 60 + poll},
             "retries": {"download": 3, "install": 1},
+            **({"health_gates": list(scenario.health_gates)} if scenario.health_gates else {}),
         }
     )
 
@@ -664,6 +682,11 @@ class Drill:
             str(self._stall_mark),
         ]
 
+    @property
+    def _regresses(self) -> bool:
+        """The new release is silently worse on one hardware model (the scenario's signal regression)."""
+        return self.scenario.gps_regression != 1.0
+
     def _fleet(self, world: World, stack: Stack, workdir: Path) -> Fleet:
         faults = self.scenario.faults
         if self.scenario.bad_release:
@@ -687,6 +710,10 @@ class Drill:
             seed=self.options.seed,
             ramp_seconds=min(float(self.poll), 10.0),
             bad_sha256=hashlib.sha256(world.images["new"]).hexdigest() if self.scenario.bad_release else None,
+            regressed_sha256=hashlib.sha256(world.images["new"]).hexdigest() if self._regresses else None,
+            regressed_model=world.models[0],
+            gps_factor=self.scenario.gps_regression,
+            boot_samples=bool(self.scenario.health_gates),
         )
         return Fleet(world.specs, fates, fleet_settings, proxy=proxy)
 
@@ -893,7 +920,7 @@ class Drill:
         images = {world.old.version: world.old.artifact.sha256, new_version: world.new.artifact.sha256}
         outcomes = fleet.outcomes(images)
         bytes_needed = sum(device.bytes_needed for device in fleet.devices)
-        bad_version = new_version if self.scenario.bad_release else None
+        bad_version = new_version if self.scenario.bad_release or self._regresses else None
         facts = fleet_facts(
             outcomes,
             new_version=new_version,
@@ -930,6 +957,7 @@ class Drill:
         facts = {**facts, **self._chaos_figures(world, fleet, stack)}
         offline_db = Device.objects.filter(pk__in=world.device_ids, last_seen_at__isnull=True)
         waves = list(rollout.waves.order_by("index").values_list("status", flat=True))
+        pilot_signals = rollout.waves.filter(index=0).values_list("signals", flat=True).first()
         return {
             "scenario": self.scenario.name,
             "devices": len(world.specs),
@@ -982,6 +1010,12 @@ class Drill:
             "seconds_threshold_to_last_offer": facts["seconds_threshold_to_last_offer"],
             "offers_of_failing_release_after_threshold": facts["offers_of_failing_release_after_threshold"],
             "bad_release_sha256": world.new.artifact.sha256 if self.scenario.bad_release else None,
+            "silent_regression": self._regresses,
+            # The pilot's health gates as last read (verdict and, per model and indicator, n, means, p-value).
+            "pilot_signal_gate": pilot_signals,
+            "signal_gate_records": DecisionRecord.objects.filter(
+                object_type="rollout", object_id=str(rollout.pk), action="rollout.signal_gate"
+            ).count(),
             "chaos": self.scenario.chaos or None,
             "chaos_steps": self.fault_steps,
             "racing": self.racing,

@@ -29,6 +29,7 @@ from rollouts.deployment_services import breaker_tripped, wave_breaker_check
 from rollouts.eligibility import release_refusal
 from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
+from rollouts.signal_gates import signal_record_due, wave_signals, with_signals
 from rollouts.step_keys import HOLD_GATES, verdict_step_key
 from rollouts.transitions import deployment_transition, wave_transition
 from rollouts.windows import blackout_until, region_next_opening
@@ -243,10 +244,24 @@ def wave_health(*, rollout_id: int, wave_index: int) -> WaveHealth:
     _expire_deadlines(deployments, now)
     wave_breaker_check(wave_id=wave.pk, now=now, system_actor=SYSTEM)
     health = deployment_health(deployments)
-    Wave.objects.filter(pk=wave.pk).update(health=health_counts(health))
+    # The health gates on post-update signals: a few aggregate rows, whatever the wave's size.
+    report = wave_signals(rollout=wave.rollout, wave=wave)
+    Wave.objects.filter(pk=wave.pk).update(
+        health=health_counts(health), signals=report.to_json() if report is not None else None
+    )
     Rollout.objects.filter(pk=rollout_id).update(last_health=health_counts(health))
     _health_sample(rollout_id, wave_index, HealthSample.Kind.WAVE, health)
-    return health
+    if report is not None and signal_record_due(report):
+        # The verdict that halts the wave, with its numbers, once per wave (the halt record follows it).
+        _record(
+            None,
+            wave.rollout,
+            "rollout.signal_gate",
+            after={"wave": wave_index, **report.to_json()},
+            reason=f"Wave {wave.name} failed its health gates: {report.reason}",
+            step_key=verdict_step_key(rollout_id, wave_index, "signal_gate", report.verdict),
+        )
+    return with_signals(health, report)
 
 
 def _promoted_frontier(rollout: Rollout) -> int:
@@ -282,15 +297,22 @@ def rollout_phase(change: PhaseChange) -> None:
         )
         if moved and change.gate in HOLD_GATES:
             # The gate verdict "hold" itself, once per (wave, gate) however often it is projected again.
+            evidence: dict[str, Any] = {
+                "wave": change.wave_index,
+                "gate": change.gate,
+                "counts": health_counts(change.health) if change.health is not None else None,
+            }
+            # The health gates' numbers as last read (only when the plan names gates).
+            signals = (
+                Wave.objects.filter(rollout=rollout, index=change.wave_index).values_list("signals", flat=True).first()
+            )
+            if signals is not None:
+                evidence["signals"] = signals
             _record(
                 None,
                 rollout,
                 "rollout.hold",
-                after={
-                    "wave": change.wave_index,
-                    "gate": change.gate,
-                    "counts": health_counts(change.health) if change.health is not None else None,
-                },
+                after=evidence,
                 reason=change.reason,
                 step_key=verdict_step_key(rollout.pk, change.wave_index, "hold", change.gate),
             )
@@ -307,7 +329,9 @@ def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
     plan = rollout.approved_plan.waves[wave_index]
     if not plan.promotes_automatically:
         raise _forged(rollout, f"Wave {wave.name} is promoted only by a person (manual gate).")
-    health = deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE))
+    # The signal gates are read again here: a promotion the workflow asks for is re-judged on the database's numbers.
+    report = wave_signals(rollout=rollout, wave=wave)
+    health = with_signals(deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE)), report)
     soak_done = wave.started_at is not None and timezone.now() >= wave.started_at + timedelta(seconds=plan.soak_seconds)
     verdict = policy.wave_verdict(health, wave_plan_of(plan), soak_done=soak_done)
     if verdict != Verdict.PASS or wave.breaker_tripped_at is not None or rollout.status not in WAVE_OPENABLE:
@@ -317,7 +341,11 @@ def wave_promote(*, rollout_id: int, wave_index: int) -> bool:
         None,
         rollout,
         "rollout.promote_auto",
-        after={"wave": wave_index, "counts": health_counts(health)},
+        after={
+            "wave": wave_index,
+            "counts": health_counts(health),
+            "signals": report.to_json() if report is not None else None,
+        },
         reason=(
             f"Wave {wave.name} passed and was promoted automatically: {health.succeeded} of {health.total} devices "
             f"succeeded (needs {plan.success_threshold:.0%}), {health.failures} failed."
@@ -331,7 +359,8 @@ def _wave_failed(rollout: Rollout, wave: Wave, now: datetime) -> bool:
     if wave.breaker_tripped_at is not None:
         return True
     plan = rollout.approved_plan.waves[wave.index]
-    health = deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE))
+    report = wave_signals(rollout=rollout, wave=wave)
+    health = with_signals(deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE)), report)
     soak_done = wave.started_at is not None and now >= wave.started_at + timedelta(seconds=plan.soak_seconds)
     return policy.wave_verdict(health, wave_plan_of(plan), soak_done=soak_done) == Verdict.FAIL
 

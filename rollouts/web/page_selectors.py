@@ -28,6 +28,7 @@ from approvals.plan_warnings import PlanWarning, change_plan_warnings
 from approvals.plans import PlanWave, wave_sizes
 from approvals.selectors import change_records, change_start_refusal
 from devices.scope import scope_devices
+from devices.telemetry_aggregates import INDICATORS, MEAN, Indicator
 from rollouts.choices import (
     DEPLOYMENT_FAILURES,
     ROLLOUT_ACTIVE,
@@ -168,6 +169,21 @@ class WaveView:
     plan: PlanWave
     health: WaveHealth
     is_current: bool
+    signals: dict[str, Any] | None = None  # the health gates' last reading (Wave.signals); None: no gates
+
+    @property
+    def signal_verdict(self) -> str:
+        return str(self.signals.get("verdict", "")) if self.signals else ""
+
+    @property
+    def signal_reason(self) -> str:
+        return str(self.signals.get("reason", "")) if self.signals else ""
+
+    @property
+    def signal_rows(self) -> list[SignalRow]:
+        """Each comparison of the last reading, formatted for the page."""
+        comparisons = self.signals.get("comparisons", []) if self.signals else []
+        return [signal_row(comparison) for comparison in comparisons]
 
     @property
     def soak_ends_at(self) -> datetime | None:
@@ -234,6 +250,62 @@ class WaveView:
         return share is not None and share >= self.success_threshold - 1e-9
 
 
+@dataclass(frozen=True)
+class SignalRow:
+    """One health-gate comparison as the dashboard shows it (text already formatted)."""
+
+    indicator: str
+    hardware_model: str
+    verdict: str
+    before: str
+    after: str
+    change: str
+    tolerance: str
+    p_value: str
+    test: str
+    reason: str
+
+
+def _signal_value(indicator: Indicator | None, value: Any, n: int) -> str:
+    if value is None:
+        return f"— (n={n})"
+    if indicator is not None and indicator.kind == MEAN:
+        return f"{float(value):.1f} {indicator.unit} (n={n})".replace("  ", " ")
+    return f"{float(value):.1%} (n={n})"
+
+
+def _signal_change(change: Any, *, judged: bool) -> str:
+    if not judged:
+        return "—"
+    if change is None:
+        return "worse than a zero baseline"
+    value = float(change)
+    if value > 0:
+        return f"{value:.1%} worse"
+    return f"{-value:.1%} better" if value < 0 else "no change"
+
+
+def signal_row(comparison: dict[str, Any]) -> SignalRow:
+    """A stored comparison (rollouts.signal_policy.Comparison.to_json) as a row of the dashboard."""
+    indicator = INDICATORS.get(str(comparison.get("indicator")))
+    change = comparison.get("change")
+    p_value = comparison.get("p_value")
+    return SignalRow(
+        indicator=indicator.label if indicator is not None else str(comparison.get("indicator")),
+        hardware_model=str(comparison.get("hardware_model", "")),
+        verdict=str(comparison.get("verdict", "")),
+        before=_signal_value(indicator, comparison.get("baseline"), int(comparison.get("baseline_n") or 0)),
+        after=_signal_value(indicator, comparison.get("candidate"), int(comparison.get("candidate_n") or 0)),
+        change=_signal_change(change, judged=bool(comparison.get("test"))),
+        tolerance=f"{float(comparison.get('tolerance') or 0):.0%}",
+        p_value="—"
+        if p_value is None
+        else f"{float(p_value):.3g} (level {float(comparison.get('significance') or 0):g})",
+        test={"welch": "Welch's t-test", "fisher": "Fisher's exact test"}.get(str(comparison.get("test")), "not run"),
+        reason=str(comparison.get("reason", "")),
+    )
+
+
 def wave_views(rollout: Rollout) -> list[WaveView]:
     """Every wave of the rollout with live counts of its update deployments, grouped as the gate groups them."""
     plan_waves = rollout.approved_plan.waves
@@ -250,6 +322,7 @@ def wave_views(rollout: Rollout) -> list[WaveView]:
             # Read-only: unlike rollout_services.wave_health this expires no deadline and writes nothing.
             health=deployment_health(wave.deployments.filter(kind=DeploymentKind.UPDATE)),
             is_current=wave.index == rollout.current_wave,
+            signals=wave.signals,
         )
         for wave in rollout.waves.order_by("index")
     ]

@@ -357,3 +357,46 @@ def test_any_valid_plan_round_trips_to_the_json_and_hash_it_is_stored_as(data):
     assert plan.to_json() == stored
     assert plan_hash(plan) == plan_hash(stored)
     assert plan_parse(plan.to_json()) == plan
+
+
+# --- health gates ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gates", "where", "fragment"),
+    [
+        ({"indicator": "gps_fix_s"}, (), "A list of at most"),
+        ([{"indicator": "gps_position", "tolerance": 0.1}], ("0", "indicator"), "One of boot_time_s"),
+        ([{"indicator": "gps_fix_s", "tolerance": -0.1}], ("0", "tolerance"), "allowed relative regression"),
+        ([{"indicator": "gps_fix_s", "tolerance": "10%"}], ("0", "tolerance"), "allowed relative regression"),
+        ([{"indicator": "gps_fix_s", "tolerance": True}], ("0", "tolerance"), "allowed relative regression"),
+        ([{"indicator": "gps_fix_s", "tolerance": 11}], ("0", "tolerance"), "from 0 to 10"),
+        ([{"indicator": "gps_fix_s"}], ("0", "tolerance"), "allowed relative regression"),
+        ([{"indicator": "gps_fix_s", "tolerance": 0.1, "significance": 0.5}], ("0", "significance"), "0.0001 to 0.2"),
+        ([{"indicator": "gps_fix_s", "tolerance": 0.1, "min_sample": 1}], ("0", "min_sample"), "2 to 1,000,000"),
+        ([{"indicator": "gps_fix_s", "tolerance": 0.1, "window": 3}], ("0", "window"), "Unknown field"),
+        (["gps_fix_s"], ("0", "gate"), "Must be an object"),
+        (
+            [{"indicator": "gps_fix_s", "tolerance": 0.1}, {"indicator": "gps_fix_s", "tolerance": 0.2}],
+            ("1", "indicator"),
+            "gated once",
+        ),
+    ],
+)
+def test_each_invalid_health_gate_is_named(gates, where, fragment):
+    errors = _field_errors({**RICH, "health_gates": gates})["health_gates"]
+    for key in where:
+        errors = errors[key]
+    assert any(fragment in message for message in errors), errors
+
+
+def test_health_gates_parse_with_their_defaults_and_keep_the_json_they_were_given():
+    gates = [{"indicator": "gps_fix_s", "tolerance": 0.1}, {"indicator": "link_kbps", "tolerance": 0, "min_sample": 50}]
+    plan = plan_parse({**RICH, "health_gates": gates})
+    assert [(g.indicator, g.tolerance, g.level, g.sample) for g in plan.gates] == [
+        ("gps_fix_s", 0.1, 0.05, 20),
+        ("link_kbps", 0, 0.05, 50),
+    ]
+    assert plan.to_json()["health_gates"] == gates  # defaults are not written: the hash is of what was approved
+    assert plan_hash(plan) == plan_hash({**plan_parse(RICH).to_json(), "health_gates": gates})
+    assert "health_gates" not in plan_parse(RICH).to_json() and plan_parse(RICH).gates == ()

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devices import telemetry
-from devices.models import TelemetryBatch, TelemetrySample
+from devices.models import CohortTelemetryAggregate, ReleaseTelemetryAggregate, TelemetryBatch, TelemetrySample
 from devices.selectors import device_telemetry_summary, telemetry_deployment_kpis
 from ota_project.celery import app as celery_app
 from rollouts.models import Deployment
@@ -333,3 +333,19 @@ def test_a_batch_stored_as_json_before_the_copy_intake_is_folded_once(pilot):
     assert (stored.boot_time_s, stored.sensor_calibrated, stored.received_at) == (38, True, received)
     batch.refresh_from_db()
     assert batch.samples is None and batch.rows == "" and batch.stored_count == 1
+
+
+def test_samples_count_toward_their_deployments_wave_or_the_installed_release(
+    offered, pilot, django_capture_on_commit_callbacks
+):
+    deployment = Deployment.objects.get(device=pilot)
+    body = {"batch_id": "att-1", "samples": [_sample(deployment.pk, gps_fix_s=40), _sample(None, gps_fix_s=25)]}
+    assert _post(offered, body, django_capture_on_commit_callbacks).status_code == 202
+    attributed = dict(TelemetrySample.objects.filter(device=pilot).values_list("gps_fix_s", "cohort"))
+    versions = dict(TelemetrySample.objects.filter(device=pilot).values_list("gps_fix_s", "release_version"))
+    assert attributed == {40: f"wave:{deployment.wave_id}", 25: ""}
+    assert versions == {40: deployment.release.version, 25: pilot.installed_version}
+    cohort = CohortTelemetryAggregate.objects.get(cohort=f"wave:{deployment.wave_id}", indicator="gps_fix_s")
+    assert (cohort.n, int(cohort.total)) == (1, 40)
+    baseline = ReleaseTelemetryAggregate.objects.get(release_version=pilot.installed_version, indicator="gps_fix_s")
+    assert (baseline.n, int(baseline.total)) == (1, 25)

@@ -80,6 +80,26 @@ def test_bad_release_halts_in_the_pilot_and_every_exposed_device_ends_on_a_good_
     assert not drill_devices(report).filter(installed_version=new_version).exists()
 
 
+def test_a_silent_regression_is_halted_in_the_pilot_by_its_health_gate(drill):
+    report = drill("silent-regression", 120)
+    # Every pilot installed and booted the image; only the signal said it was worse.
+    assert report["deployments_succeeded"] == report["exposed_to_bad_release"] >= 10
+    assert report["fell_back_on_device"] == 0 and report["failed"] == 0
+    assert report["halted"] is True and report["halted_wave"] == 0 and report["rollout_status"] == "rolled_back"
+    assert report["bad_release_installed_outside_pilot"] == 0 and report["exposed_ending_on_bad_release"] == 0
+    signals = report["pilot_signal_gate"]
+    assert signals["verdict"] == "regression" and report["signal_gate_records"] == 1
+    [regressed] = [c for c in signals["comparisons"] if c["verdict"] == "regression"]
+    assert regressed["indicator"] == "gps_fix_s" and regressed["candidate"] > 2 * regressed["baseline"]
+    assert report["checks_passed"] is True
+    assert_clean(report)
+    updates = Deployment.objects.filter(rollout_id=report["rollout_id"], kind=DeploymentKind.UPDATE)
+    assert not updates.exclude(wave__index=0).exists()  # the fleet never got the release
+    assert DecisionRecord.objects.filter(
+        object_id=str(report["rollout_id"]), action="rollout.signal_gate", after__verdict="regression"
+    ).exists()
+
+
 def test_flaky_network_still_updates_every_device_and_resumes_instead_of_downloading_again(drill):
     report = drill("flaky-network", 30)
     network = report["network"]

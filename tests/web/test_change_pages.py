@@ -872,3 +872,31 @@ def test_live_preview_warns_of_an_approved_change_on_the_same_vehicles_in_the_wi
     html = html_of(page_client(requester).post(PREVIEW, _form_data(fleet)))
     codes = [item.get("data-warning") for item in find_all(find(html, id="plan-warnings"), "li")]
     assert f"overlap-change-{approved_change.pk}" in codes
+
+
+GATES = [{"indicator": "gps_fix_s", "tolerance": 0.1, "min_sample": 30}, {"indicator": "link_kbps", "tolerance": 0.05}]
+
+
+def test_cab_page_shows_the_plans_health_gates(requester, cab_member, change_fields):
+    plan = {**default_plan().to_json(), "health_gates": GATES}
+    change = services.change_create(actor=requester, **{**change_fields, "rollout_plan": plan})
+    change = services.change_submit(actor=requester, change=change)
+    html = html_of(page_client(cab_member).get(_detail(change)))
+    [table] = find_all(html, "table", data_testid="plan-health-gates")
+    assert row_cells(table, "GPS time to fix gps_fix_s") == ["10 %", "0.05", "30"]
+    assert row_cells(table, "Link throughput link_kbps") == ["5 %", "0.05", "20"]
+
+
+def test_a_plan_without_gates_says_so_on_the_cab_page(cab_member, submitted_change):
+    assert "No health gates: waves are judged on install outcomes only" in text_of(
+        page_client(cab_member).get(_detail(submitted_change))
+    )
+
+
+def test_change_form_preview_shows_the_gates_and_refuses_unknown_ones(requester, fleet):
+    good = _form_data(fleet, plan_settings='{"health_gates": [{"indicator": "gps_fix_s", "tolerance": 0.1}]}')
+    text = text_of(page_client(requester).post(PREVIEW, good))
+    assert "Health gates of the plan" in text and "GPS time to fix gps_fix_s 10 % 0.05 20" in text
+    bad = _form_data(fleet, plan_settings='{"health_gates": [{"indicator": "gps_position", "tolerance": 0.1}]}')
+    text = text_of(page_client(requester).post(PREVIEW, bad))
+    assert "One of boot_time_s" in text and "Health gates of the plan" not in text

@@ -9,7 +9,7 @@ import pytest
 from tests.workflows.fakes import counts
 from tests.workflows.support import wave
 from workflows import policy
-from workflows.types import Gate, Phase, Update, Verdict, WaveHealth
+from workflows.types import Gate, Phase, SignalVerdict, Update, Verdict, WaveHealth
 
 WAVE = wave("early", min_sample=10, success=0.9, failure=0.2)
 
@@ -190,3 +190,29 @@ def test_the_soak_clamp_applies_only_when_the_soak_ends_within_one_interval():
     assert policy.soak_clamp_applies(30, 10.0)
     assert not policy.soak_clamp_applies(30, 30.0)
     assert not policy.soak_clamp_applies(30, 0.0)
+
+
+# --- health gates on signals (folded into the wave's health) ------------------------------------------------------
+
+
+def _signals(health: WaveHealth, signal: str) -> WaveHealth:
+    health.signal, health.signal_reason = signal, f"{signal} in a test"
+    return health
+
+
+def test_a_signal_regression_fails_the_wave_mid_soak_though_every_device_succeeded():
+    assert verdict(_signals(counts(20, succeeded=20), SignalVerdict.REGRESSION), soak_done=False) == Verdict.FAIL
+
+
+def test_inconclusive_signals_never_pass_a_wave():
+    health = _signals(counts(20, succeeded=20), SignalVerdict.INCONCLUSIVE)
+    assert verdict(health, soak_done=False) == Verdict.CONTINUE
+    assert verdict(health, soak_done=True) == Verdict.INCONCLUSIVE
+    # While devices are still finishing (their telemetry still to come) the wave keeps soaking.
+    assert verdict(_signals(counts(20, succeeded=19), SignalVerdict.INCONCLUSIVE), soak_done=True) == Verdict.CONTINUE
+
+
+def test_passing_or_absent_signals_leave_the_count_rules_as_they_were():
+    for signal in (SignalVerdict.PASS, SignalVerdict.NONE):
+        assert verdict(_signals(counts(20, succeeded=20), signal), soak_done=True) == Verdict.PASS
+        assert verdict(_signals(counts(100, succeeded=8, failed=2), signal), soak_done=False) == Verdict.FAIL
