@@ -23,10 +23,13 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import Case, DateTimeField, F, QuerySet, Value, When
 from django.db.models.functions import Greatest
+from django.urls import reverse
 
 from approvals.audit.choices import AuditKind, FindingSeverity
 from approvals.audit.models import AuditFinding
 from approvals.audit.records import record_decision
+from ota_project.alerts.services import raise_alert
+from ota_project.errors import DomainError
 
 logger = logging.getLogger("ota.audits")
 
@@ -34,6 +37,8 @@ logger = logging.getLogger("ota.audits")
 RECORDED_SUBJECTS = 100
 # Findings the alert hook reports one by one per run; the rest in one summary.
 ALERTED_PER_RUN = 20
+# Audits whose alerts go to security officers as well (alert kinds under `security.`).
+SECURITY_AUDITS = frozenset({AuditKind.CERTIFICATES, AuditKind.SIGNING_EXPIRY})
 _CHUNK = 2000
 
 
@@ -65,23 +70,52 @@ class FindingsSynced:
 
 
 def audit_findings_opened(*, kind: str, findings: Sequence[Finding]) -> None:
-    """The alert hook: called once per run of audit `kind`, after the commit, with the findings it opened
-    (critical ones first).
+    """The alert hook: called once per run of audit `kind`, after the commit, with the findings it opened.
 
-    Logs the first ALERTED_PER_RUN one by one (critical ones as errors) and the rest as one summary line, so a
-    fleet-wide outage (every device stale at once) is one burst, not a hundred thousand lines. The alerting room
-    wires its deduplicated alert here the same way (dedup key `audit:<kind>:<subject_type>:<subject>:<code>`, one
-    summary alert `audit:<kind>:many` beyond the cap; link: the findings page filtered by kind)."""
+    The first ALERTED_PER_RUN (critical ones first) each raise an alert (dedup key
+    `audit:<kind>:<subject_type>:<subject>:<code>`); the rest one summary alert `audit:<kind>:many`, so a fleet-wide
+    outage (every device stale at once) is one burst of mail, not a hundred thousand. Alerts link to the findings
+    page filtered by the audit; the certificate and signing audits reach security officers as well as operators.
+    An alert that cannot be raised is logged: the findings are committed and shown either way."""
     ordered = sorted(findings, key=lambda f: (f.severity != FindingSeverity.CRITICAL, f.identity))
+    alert_kind = f"{'security.' if kind in SECURITY_AUDITS else ''}audit.{kind}"
+    link = f"{reverse('web-audit:findings')}?kind={kind}"
+    label = AuditKind(kind).label if kind in AuditKind.values else kind
     for finding in ordered[:ALERTED_PER_RUN]:
-        log = logger.error if finding.severity == FindingSeverity.CRITICAL else logger.warning
-        log("audit %s: %s", kind, finding.message)
-    if len(ordered) > ALERTED_PER_RUN:
-        critical = sum(1 for f in ordered if f.severity == FindingSeverity.CRITICAL)
-        logger.warning(
-            "audit %s: %d more findings opened (%d critical in all): see /audit/findings/?kind=%s",
-            kind, len(ordered) - ALERTED_PER_RUN, critical, kind,
+        (logger.error if finding.severity == FindingSeverity.CRITICAL else logger.warning)(
+            "audit %s: %s", kind, finding.message
+        )
+        _alert(
+            kind=alert_kind,
+            dedup_key=f"audit:{kind}:{finding.subject_type}:{finding.subject}:{finding.code}"[:200],
+            title=f"{label}: {finding.message}"[:200].splitlines()[0],
+            summary=finding.message,
+            link=link,
+            evidence={"audit": kind, "subject_type": finding.subject_type, "subject": finding.subject,
+                      "code": finding.code, **finding.evidence},
+            severity=finding.severity,
         )  # fmt: skip
+    if len(ordered) > ALERTED_PER_RUN:
+        more = len(ordered) - ALERTED_PER_RUN
+        critical = sum(1 for f in ordered if f.severity == FindingSeverity.CRITICAL)
+        logger.warning("audit %s: %d more findings opened (%d critical in all): see %s", kind, more, critical, link)
+        _alert(
+            kind=alert_kind,
+            dedup_key=f"audit:{kind}:many",
+            title=f"{label}: {len(ordered)} new findings in one run",
+            summary=f"{len(ordered)} findings opened in one run ({critical} critical); the findings page lists them all.",
+            link=link,
+            evidence={"audit": kind, "opened": len(ordered), "critical": critical},
+            severity=FindingSeverity.CRITICAL if critical else FindingSeverity.WARNING,
+        )
+
+
+def _alert(**alert: Any) -> None:
+    try:
+        with transaction.atomic():
+            raise_alert(**alert)
+    except DomainError:  # noqa: PERF203 - one bad subject must not hide the others' alerts
+        logger.exception("audit alert refused: %s", alert.get("dedup_key"))
 
 
 def _lock(kind: str) -> None:

@@ -48,6 +48,8 @@ class AlertKind(models.TextChoices):
     DEVICE_QUARANTINED = "device.quarantined", "Device quarantined after repeated failures"
     FLEET_ROLLBACK_RATE = "fleet.rollback_rate", "Fleet-wide rollback rate over its limit"
     FLEET_REBOOT_RATE = "fleet.reboot_rate", "Fleet-wide unexpected-reboot rate over its limit"
+    ROLLOUT_HALTED = "rollout.halted", "Rollout halted by its gates or breakers"
+    ROLLOUT_HELD = "rollout.held", "Rollout held: a wave is inconclusive"
 
 
 # Who is mailed about an alert, by the first matching prefix of its kind; operators always.

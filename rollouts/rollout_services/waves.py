@@ -29,12 +29,13 @@ from rollouts.deployment_services import breaker_tripped, wave_breaker_check
 from rollouts.eligibility import release_refusal
 from rollouts.health import deployment_health, health_counts, wave_plan_of
 from rollouts.models import Deployment, HealthSample, Rollout, Wave
+from rollouts.rollout_alerts import alert_rollout_halted, alert_wave_held
 from rollouts.signal_gates import signal_record_due, wave_signals, with_signals
 from rollouts.step_keys import HOLD_GATES, verdict_step_key
 from rollouts.transitions import deployment_transition, wave_transition
 from rollouts.windows import blackout_until, region_next_opening
 from workflows import policy
-from workflows.types import PhaseChange, Update, Verdict, WaveAssignment, WaveHealth
+from workflows.types import Gate, PhaseChange, Update, Verdict, WaveAssignment, WaveHealth
 
 if TYPE_CHECKING:
     pass
@@ -316,6 +317,8 @@ def rollout_phase(change: PhaseChange) -> None:
                 reason=change.reason,
                 step_key=verdict_step_key(rollout.pk, change.wave_index, "hold", change.gate),
             )
+            if change.gate == Gate.INCONCLUSIVE:
+                alert_wave_held(rollout=rollout, wave_index=change.wave_index, reason=change.reason, evidence=evidence)
 
 
 @transaction.atomic
@@ -414,4 +417,6 @@ def rollout_halt(*, rollout_id: int, wave_index: int, reason: str) -> int:
         after={"cancelled_deployments": cancelled},
         step_key=verdict_step_key(rollout.pk, wave_index, "halt", "stop_offering"),
     )
+    if ended == WaveStatus.FAILED and wave is not None:
+        alert_rollout_halted(rollout=rollout, wave_index=wave_index, wave_name=wave.name, reason=reason)
     return cancelled

@@ -74,7 +74,9 @@ def test_stale_devices_are_flagged_and_resolved_when_they_check_in(fleet, settin
     quiet, never, revoked = Device.objects.order_by("pk")[:3]
     Device.objects.filter(pk=quiet.pk).update(last_seen_at=NOW - timedelta(days=8))
     Device.objects.filter(pk=never.pk).update(last_seen_at=None, created_at=NOW - timedelta(days=30))
-    Device.objects.filter(pk=revoked.pk).update(last_seen_at=None, status=DeviceStatus.REVOKED)  # expected silent
+    Device.objects.filter(pk=revoked.pk).update(
+        last_seen_at=None, status=DeviceStatus.REVOKED, status_reason="stolen"
+    )  # expected silent
 
     audit_run(kind=AuditKind.STALE_DEVICES, now=NOW)
     assert set(open_findings(AuditKind.STALE_DEVICES)) == {(quiet.serial, "not_seen"), (never.serial, "never_seen")}

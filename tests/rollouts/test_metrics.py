@@ -81,7 +81,7 @@ def test_gauges_show_the_known_fleet(fleet, token, settings):
     now = timezone.now()
     Device.objects.update(last_seen_at=now)
     devices = list(Device.objects.filter(hardware_model=fleet["model"]).order_by("pk"))
-    Device.objects.filter(pk=devices[0].pk).update(status=DeviceStatus.QUARANTINED)
+    Device.objects.filter(pk=devices[0].pk).update(status=DeviceStatus.QUARANTINED, status_reason="tampered enclosure")
     Device.objects.filter(pk=devices[1].pk).update(reported_version="9.9", reported_at=now)  # drifted
     Device.objects.filter(pk__in=[devices[2].pk, devices[3].pk]).update(last_seen_at=now - timedelta(days=8))
     running = rollout(fleet, RolloutStatus.RUNNING)

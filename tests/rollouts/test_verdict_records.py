@@ -12,6 +12,7 @@ from django.db.models import Count
 from approvals import services as change_services
 from approvals.audit.models import DecisionRecord
 from approvals.audit.records import chain_verify
+from ota_project.alerts.models import Alert
 from ota_project.errors import NotPermitted
 from ota_project.roles import Role
 from rollouts import rollout_services as steps
@@ -230,6 +231,12 @@ def test_a_hold_is_recorded_once_per_wave_and_reason_not_per_projection(rollout)
     holds = _records(rollout, "rollout.hold")
     assert [(after_state(r)["wave"], after_state(r)["gate"]) for r in holds] == [(0, "inconclusive"), (1, "promotion")]
     _no_step_key_twice()
+    # The inconclusive hold needs a person: one alert for it however often it was projected; a manual gate is the
+    # plan's own stop and raises none.
+    [alert] = Alert.objects.all()
+    assert (alert.kind, alert.severity, alert.occurrences) == ("rollout.held", "warning", 1)
+    assert alert.link == f"/rollouts/{rollout.pk}/" and alert.evidence["wave"] == 1
+    assert alert.title.startswith(f"Rollout {rollout.pk} (change #{rollout.change_id}) held at wave 1")
 
 
 def test_a_halt_and_its_breaker_are_recorded_once_each(rollout):
@@ -250,6 +257,10 @@ def test_a_halt_and_its_breaker_are_recorded_once_each(rollout):
     assert Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.HALTED
     assert not Deployment.objects.filter(rollout=rollout, status=DeploymentStatus.PENDING, wave__index=0).exists()
     _no_step_key_twice()
+    # The halt raised one critical alert for the on-call operator, not one per retried step.
+    [alert] = Alert.objects.all()
+    assert (alert.kind, alert.severity, alert.occurrences) == ("rollout.halted", "critical", 1)
+    assert alert.link == f"/rollouts/{rollout.pk}/" and "Wave pilot failed." in alert.summary
 
 
 def test_a_step_key_fits_its_column_however_long_the_update_id():
@@ -259,3 +270,19 @@ def test_a_step_key_fits_its_column_however_long_the_update_id():
     assert key == human_action_step_key(12, 3, "pause", long_id)  # deterministic
     assert key != human_action_step_key(12, 3, "pause", long_id + "y")
     assert human_action_step_key(12, 3, "pause", "") is None  # histories from before update ids were sent
+
+
+def test_a_halt_a_person_decided_raises_no_alert(rollout, operator):
+    steps.wave_assign(rollout_id=rollout.pk, wave_index=0)
+    steps.human_action_authorize(
+        rollout_id=rollout.pk,
+        action="abort",
+        actor_id=operator.pk,
+        reason="wrong window",
+        wave_index=0,
+        token=token_for(operator, rollout, "abort", 0),
+        update_id="update-abort",
+    )
+    steps.rollout_halt(rollout_id=rollout.pk, wave_index=0, reason="aborted by an operator")
+    assert Rollout.objects.get(pk=rollout.pk).status == RolloutStatus.HALTED
+    assert not Alert.objects.exists()  # the person who aborted is on it already
