@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from devices.agent.limits import TRANSFER_DEADLINE, AnswerTooLarge, TransferAborted, TransferLimits
 from devices.agent.state import StateStore, fsync_dir, other_slot, write_atomic
 from devices.agent.transport import TransportError
 from devices.agent.verify import (
@@ -88,6 +89,8 @@ class Download:
     offset: int
     sink: Callable[[int, bytes], None]
     chunk_size: int
+    max_length: int | None = None  # the most bytes the file may have (refused before reading when declared larger)
+    limits: TransferLimits | None = None  # deadline and throughput floor, enforced while bytes flow
 
 
 Call = PostJson | Download
@@ -164,7 +167,13 @@ def _perform(transport: Any, call: Call) -> Any:
     if isinstance(call, PostJson):
         return transport.post_json(call.path, call.body)
     return transport.download(
-        call.url, sha256=call.sha256, offset=call.offset, sink=call.sink, chunk_size=call.chunk_size
+        call.url,
+        sha256=call.sha256,
+        offset=call.offset,
+        sink=call.sink,
+        chunk_size=call.chunk_size,
+        max_length=call.max_length,
+        limits=call.limits,
     )
 
 
@@ -172,7 +181,13 @@ async def _aperform(transport: Any, call: Call) -> Any:
     if isinstance(call, PostJson):
         return await transport.post_json(call.path, call.body)
     return await transport.download(
-        call.url, sha256=call.sha256, offset=call.offset, sink=call.sink, chunk_size=call.chunk_size
+        call.url,
+        sha256=call.sha256,
+        offset=call.offset,
+        sink=call.sink,
+        chunk_size=call.chunk_size,
+        max_length=call.max_length,
+        limits=call.limits,
     )
 
 
@@ -233,6 +248,7 @@ class Agent:
         poll_jitter: float = 0.1,
         clock: Callable[[], float] = time.time,
         trust: Trust | None = None,
+        transfer_limits: TransferLimits | None = None,
     ):
         self.store = StateStore(state_dir, version=version, release_counter=release_counter, image=factory_image)
         self.state = self.store.data
@@ -248,6 +264,8 @@ class Agent:
         self.hook = hook or (lambda event: None)
         self.probe = probe
         self.chunk_size = chunk_size
+        # Per transfer: a wall-clock cap (never past the offer's deadline either) and a throughput floor.
+        self.transfer_limits = transfer_limits or TransferLimits()
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -652,13 +670,13 @@ class Agent:
             buffer.extend(chunk)
 
         try:
-            yield Download(request.url, "", 0, sink, self.chunk_size)
+            yield Download(request.url, "", 0, sink, self.chunk_size, request.max_length, self._limits(None))
+        except (_TooLarge, AnswerTooLarge) as exc:
+            raise UntrustedUpdate("metadata_too_large", str(exc)) from exc
         except TransportError as exc:
             if exc.status == 404:
                 return None
             raise
-        except _TooLarge as exc:
-            raise UntrustedUpdate("metadata_too_large", str(exc)) from exc
         return bytes(buffer)
 
     def _still_directed(self, dep: dict[str, Any]) -> Flow[bool]:
@@ -690,6 +708,15 @@ class Agent:
             dep["url"] = artifact["url"]
             self._save()
         return True
+
+    def _limits(self, dep: dict[str, Any] | None) -> TransferLimits:
+        """This transfer's limits: the per-transfer cap, shortened to the offer's deadline when that comes first."""
+        limits = self.transfer_limits
+        deadline = dep.get("deadline_at") if dep else None
+        if deadline is None:
+            return limits
+        seconds = max(0.0, min(limits.seconds, deadline - self.clock()))
+        return TransferLimits(seconds, limits.floor_bytes_per_second, limits.window_seconds)
 
     def _deadline_passed(self, dep: dict[str, Any]) -> bool:
         deadline = dep.get("deadline_at")
@@ -759,10 +786,22 @@ class Agent:
                     total = yield from self._fetch(dep, sink)
                     if total != length:
                         raise VerifyError(f"server has {total} bytes, the offer said {length}")
-                except VerifyError as exc:
+                except (VerifyError, AnswerTooLarge) as exc:
                     failure = "untrusted" if dep.get("verified") else "verify"
                     self._finish("failed", finished=False, failure_class=failure, detail=f"{failure}: artifact: {exc}")
                     return
+                except TransferAborted as exc:
+                    # The bytes so far are kept (download_offset is persisted per chunk): the next cycle resumes
+                    # with Range. Past the offer's deadline it is over: a `download` failure (the plan's retries).
+                    received = self.state["download_offset"]
+                    logger.warning(
+                        "deployment %s: transfer aborted at %s of %s bytes: %s", dep["id"], received, length, exc
+                    )
+                    if exc.code == TRANSFER_DEADLINE and self._deadline_passed(dep):
+                        detail = f"download: {exc.code}: deadline {_utc_iso(dep['deadline_at'])}, {received} of {length} bytes"
+                        self._finish("failed", finished=False, failure_class="download", detail=detail)
+                        return
+                    raise
                 except TransportError as exc:
                     if exc.status == 416:
                         self.state["download_offset"] = 0
@@ -795,7 +834,7 @@ class Agent:
         """Download from the persisted offset; when the URL's token has expired, keep the bytes, check in for a
         fresh URL and resume from where the download stopped (once per token: a second refusal is final)."""
         try:
-            total: int = yield Download(dep["url"], dep["sha256"], self.state["download_offset"], sink, self.chunk_size)
+            total: int = yield self._image_call(dep, sink)
             return total
         except TransportError as exc:
             if exc.code != "download_token_expired":
@@ -810,8 +849,13 @@ class Agent:
         if not (offer and self._refresh_url(offer)):
             raise TransportError("download token expired and no fresh URL offered", retryable=True)
         self.hook("download:new_url")
-        total = yield Download(dep["url"], dep["sha256"], self.state["download_offset"], sink, self.chunk_size)
+        total = yield self._image_call(dep, sink)
         return total
+
+    def _image_call(self, dep: dict[str, Any], sink: Callable[[int, bytes], None]) -> Download:
+        """The ranged image GET from the persisted offset, bounded by the offered length and this transfer's limits."""
+        offset = self.state["download_offset"]
+        return Download(dep["url"], dep["sha256"], offset, sink, self.chunk_size, dep["length"], self._limits(dep))
 
     def _record_throughput(self, dep: dict[str, Any]) -> None:
         if self._download_started is None:
