@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from devices.agent.attestation import BOOTED_IMAGE, MAX_LINEAGE, evidence_sign, load_device_key
 from devices.agent.limits import TRANSFER_DEADLINE, AnswerTooLarge, TransferAborted, TransferLimits
 from devices.agent.state import StateStore, fsync_dir, other_slot, write_atomic
 from devices.agent.transport import TransportError
@@ -249,6 +250,7 @@ class Agent:
         clock: Callable[[], float] = time.time,
         trust: Trust | None = None,
         transfer_limits: TransferLimits | None = None,
+        attestation_key: str | os.PathLike[str] | None = None,
     ):
         self.store = StateStore(state_dir, version=version, release_counter=release_counter, image=factory_image)
         self.state = self.store.data
@@ -266,6 +268,16 @@ class Agent:
         self.chunk_size = chunk_size
         # Per transfer: a wall-clock cap (never past the offer's deadline either) and a throughput floor.
         self.transfer_limits = transfer_limits or TransferLimits()
+        # Attestation: the device key (by default its TLS client key) signs the evidence over the server's nonce.
+        # Without a key (the secret-credential development mode) the agent sends no evidence.
+        tls = getattr(transport, "tls", None)
+        key_path = attestation_key if attestation_key is not None else (tls.key if tls is not None else None)
+        self.attestation_key = load_device_key(key_path) if key_path is not None else None
+        self.state.setdefault("attestation_nonce", None)
+        if not self.state.setdefault("lineage", []):
+            # First start (or an agent from before attestation): the chain starts with the committed image.
+            self.state["lineage"] = [self._slot_sha256(self.state["active_slot"])]
+            self._save()
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -442,7 +454,35 @@ class Agent:
         yield from self._send_telemetry()
         return 0.0 if self.deployment or self.booted_slot is None else poll
 
+    def _slot_sha256(self, slot: str) -> str:
+        """The sha256 of the image in `slot`, remembered in the state (set at install; hashed once otherwise)."""
+        images = self.state.setdefault("slot_images", {})
+        if not images.get(slot):
+            path = self.store.slot_path(slot)
+            images[slot] = _sha256_file(path) if path.exists() else ""
+            self._save()
+        return str(images[slot])
+
+    def _evidence(self) -> dict[str, Any] | None:
+        """Signed evidence over the server's last nonce, or None (no key or no nonce). The nonce is forgotten, and
+        that persisted, before the check-in carrying it is sent: a nonce is used once, even if the answer is lost."""
+        nonce = self.state.get("attestation_nonce")
+        if self.attestation_key is None or not nonce:
+            return None
+        self.state["attestation_nonce"] = None
+        self._save()
+        booted = self.booted_slot or self.state["active_slot"]
+        measurements = {BOOTED_IMAGE: self._slot_sha256(booted)}
+        return evidence_sign(self.attestation_key, nonce, measurements, list(self.state["lineage"]))
+
     def _checkin(self) -> Flow[dict[str, Any]]:
+        """Check in; when the server withholds an offer for want of fresh evidence, once more with its new nonce."""
+        answer = yield from self._checkin_once()
+        if answer.get("attestation_required") and self.state.get("attestation_nonce") and self.attestation_key:
+            answer = yield from self._checkin_once()
+        return answer
+
+    def _checkin_once(self) -> Flow[dict[str, Any]]:
         slots = {
             name: {"version": slot["version"], "release_counter": slot["release_counter"]}
             for name, slot in self.state["slots"].items()
@@ -454,8 +494,17 @@ class Agent:
             "boot_count": self.state["boot_count"],
             "health": {"on_trial": self.state["trial_slot"] is not None},
         }
+        evidence = self._evidence()
+        if evidence is not None:
+            body["attestation"] = evidence
         answer = yield PostJson("/device/v1/checkin/", body)
-        return answer if isinstance(answer, dict) else {}
+        if not isinstance(answer, dict):
+            return {}
+        nonce = answer.get("attestation_nonce")
+        if isinstance(nonce, str) and nonce != self.state.get("attestation_nonce"):
+            self.state["attestation_nonce"] = nonce
+            self._save()
+        return answer
 
     def _flush(self) -> Flow[None]:
         """Send queued reports in order; each attempt takes a new seq, persisted before it is sent."""
@@ -595,6 +644,8 @@ class Agent:
         self.state["active_slot"] = trial
         self.state["trial_slot"] = None
         self.state["boot_count"] = 0
+        # The committed image joins the firmware lineage the device attests to (saved with the report below).
+        self.state["lineage"] = (self.state["lineage"] + [self._slot_sha256(trial)])[-MAX_LINEAGE:]
         self._finish("succeeded", finished=True, booted_version=slot["version"], health_passed=True)
 
     # --- offer, download, install ----------------------------------------------------------------------------
@@ -896,6 +947,7 @@ class Agent:
             return
         target = other_slot(self.state["active_slot"])
         self.state["slots"][target] = {"version": "", "release_counter": 0, "present": False}
+        self.state.setdefault("slot_images", {}).pop(target, None)
         self._save()  # the slot is being overwritten: never report or boot it half-written
         with open(self.store.slot_path(target), "wb") as file:
             half = len(image) // 2
@@ -910,6 +962,7 @@ class Agent:
             "release_counter": dep["release_counter"],
             "present": True,
         }
+        self.state.setdefault("slot_images", {})[target] = dep["sha256"]
         self.store.staged_path.unlink(missing_ok=True)
         kpis = dep.setdefault("kpis", {})
         started = kpis.pop("install_started", None)

@@ -208,23 +208,17 @@ class HttpTransport:
                     raise AnswerTooLarge(url, max_length)
                 position = start
                 while True:
-                    try:
-                        # read1: what has arrived (one receive at most), so a trickle is seen byte by byte
-                        chunk = response.read1(chunk_size)
-                    except TimeoutError:
-                        if watch is None:
-                            raise
-                        watch.check()  # a read that waited a whole window: below any floor, or past the deadline
-                        raise
-                    if not chunk:
-                        break
+                    chunk, stop = _next_chunk(response, chunk_size, watch)
                     if max_length is not None and position + len(chunk) > max_length:
                         raise AnswerTooLarge(url, max_length)
-                    self.bytes_received += len(chunk)
-                    sink(position, chunk)
-                    position += len(chunk)
-                    if watch is not None:
-                        watch.add(len(chunk))
+                    if chunk:
+                        self.bytes_received += len(chunk)
+                        sink(position, chunk)  # what arrived before an abort is kept: the resume starts after it
+                        position += len(chunk)
+                    if stop is not None:
+                        raise stop
+                    if not chunk:
+                        break
                 return total
         except urllib.error.HTTPError as exc:
             if exc.code == 416:
@@ -232,6 +226,34 @@ class HttpTransport:
             raise _from_http_error(exc) from exc
         except NETWORK_ERRORS as exc:
             raise self._network_error(exc) from exc
+
+
+def _next_chunk(
+    response: http.client.HTTPResponse, chunk_size: int, watch: TransferWatch | None
+) -> tuple[bytes, BaseException | None]:
+    """Up to chunk_size bytes (fewer only at the end of the body) and the error that stopped the read, if any.
+
+    Read with read1 (what has arrived, one receive at most), so the watch sees a trickle byte by byte and ends it
+    while it trickles; the bytes gathered before an abort or a dropped link are returned with the error."""
+    gathered = bytearray()
+    try:
+        while len(gathered) < chunk_size:
+            piece = response.read1(chunk_size - len(gathered))
+            if not piece:
+                break
+            gathered += piece
+            if watch is not None:
+                watch.add(len(piece))
+    except TimeoutError as exc:
+        if watch is not None:
+            try:
+                watch.check()  # a read that waited a whole window: below any floor, or past the deadline
+            except TransportError as aborted:
+                return bytes(gathered), aborted
+        return bytes(gathered), exc
+    except Exception as exc:  # noqa: BLE001 - handed to the caller after the bytes gathered so far
+        return bytes(gathered), exc
+    return bytes(gathered), None
 
 
 def _length(value: str | None) -> int:
