@@ -61,6 +61,8 @@ class Attestation:
 
     @property
     def offers_allowed(self) -> bool:
+        """Whether the offer rules may run: not without evidence. After a refusal they run, and find the device
+        quarantined: deployment_offer then withdraws what it was offered and a download gets no fresh URL."""
         return self.verdict is not Verdict.ABSENT
 
     def answer_fields(self, *, withheld: bool) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge import services
+from devices.edge.abuse import source_address
 from devices.edge.attestation import Attestation, Verdict, checkin_attestation
 from devices.edge.checkin import checkin_record
 from devices.edge.download_tokens import (
@@ -242,7 +243,7 @@ def _attestation(request: HttpRequest | Request, device_id: int, body: dict[str,
         presented=presented,
         device_id=device_id,
         evidence=body.get("attestation"),
-        address=str(request.META.get("REMOTE_ADDR", "") or ""),
+        address=source_address(request),
         now=time.time(),
     )
 
