@@ -117,6 +117,8 @@ class Device(models.Model):
     certificate_fingerprint = models.CharField(max_length=64, unique=True, null=True, blank=True)
     # The last accepted check-in (what "offline" is measured against).
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Attestation (devices.attestation): the issue time (µs) of the last nonce consumed, so each nonce is used once.
+    attested_nonce_us = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -322,6 +322,10 @@ OTA_DEVICE_CA_KEY = os.environ.get("OTA_DEVICE_CA_KEY", "token")
 OTA_DEVICE_CERT_DAYS = int(os.environ.get("OTA_DEVICE_CERT_DAYS", "90"))
 OTA_DEVICE_CERT_RENEW_DAYS = int(os.environ.get("OTA_DEVICE_CERT_RENEW_DAYS", "30"))
 DEVICE_PROXY_SECRET_FILE = Path(os.environ.get("OTA_DEVICE_PROXY_SECRET_FILE", DATA_DIR / "device_proxy_secret"))
+# Attestation (README "Attestation"): over a device certificate every check-in answer carries a nonce (usable for
+# OTA_ATTESTATION_NONCE_SECONDS, once) and offers need evidence signed over it; `off` lifts the requirement.
+OTA_DEVICE_ATTESTATION = os.environ.get("OTA_DEVICE_ATTESTATION", "required")
+OTA_ATTESTATION_NONCE_SECONDS = int(os.environ.get("OTA_ATTESTATION_NONCE_SECONDS", "900"))
 
 # Device protocol: poll interval and per-region budgets (regions override these defaults; 0 = no limit).
 OTA_DEVICE_POLL_SECONDS = int(os.environ.get("OTA_DEVICE_POLL_SECONDS", "300"))
@@ -331,6 +335,15 @@ OTA_DEVICE_BUDGET_WINDOW_SECONDS = int(os.environ.get("OTA_DEVICE_BUDGET_WINDOW_
 OTA_DEVICE_DOWNLOAD_LEASE_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_LEASE_SECONDS", "900"))
 OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_RETRY_SECONDS", "30"))
 OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_POLLS", "3"))
+# Abuse and swarm limits (README "Abuse and swarm limits"), per web process, before any database work; 0 = off.
+OTA_DEVICE_RATE_PER_SECOND = float(os.environ.get("OTA_DEVICE_RATE_PER_SECOND", "1"))
+OTA_DEVICE_RATE_BURST = int(os.environ.get("OTA_DEVICE_RATE_BURST", "60"))
+OTA_ADDRESS_RATE_PER_SECOND = float(os.environ.get("OTA_ADDRESS_RATE_PER_SECOND", "500"))
+OTA_ADDRESS_RATE_BURST = int(os.environ.get("OTA_ADDRESS_RATE_BURST", "5000"))
+OTA_UNAUTHENTICATED_RATE_PER_SECOND = float(os.environ.get("OTA_UNAUTHENTICATED_RATE_PER_SECOND", "2"))
+OTA_UNAUTHENTICATED_RATE_BURST = int(os.environ.get("OTA_UNAUTHENTICATED_RATE_BURST", "20"))
+OTA_DEVICE_SWARM_THRESHOLD = int(os.environ.get("OTA_DEVICE_SWARM_THRESHOLD", "50"))
+OTA_DEVICE_SWARM_WINDOW_SECONDS = int(os.environ.get("OTA_DEVICE_SWARM_WINDOW_SECONDS", "60"))
 # Artifact downloads: the offer's URL carries a download token (HMAC key generated into DATA_DIR at run time unless
 # OTA_DOWNLOAD_TOKEN_KEY is set; lifetime at most 900 s and never past the deployment's deadline). A range re-reads
 # the deployment's rules at most every OTA_DOWNLOAD_RECHECK_SECONDS (the bound on how late a withdrawal stops new

@@ -20,6 +20,9 @@ class SecurityEventKind(models.TextChoices):
     HSM_PIN_REFUSED = "hsm_pin_refused", "HSM refused the PIN"
     RELEASE_SIGN_REFUSED = "release_sign_refused", "Release signing refused"
     DEVICE_UPDATE_UNTRUSTED = "device_update_untrusted", "Device refused an update its signed metadata did not back"
+    DEVICE_ATTESTATION_FAILED = "device_attestation_failed", "Device attestation failed (device quarantined)"
+    DEVICE_RATE_LIMITED = "device_rate_limited", "Device credential or address over its request limit"
+    DEVICE_SWARM = "device_swarm", "Many devices or addresses over their limits at once"
 
 
 class SecuritySeverity(models.TextChoices):
@@ -41,11 +44,16 @@ SECURITY_SEVERITY: dict[str, str] = {
     K.ACTION_UNAUTHORISED: SecuritySeverity.MEDIUM,
     K.START_REFUSED: SecuritySeverity.MEDIUM,
     K.API_AUTH_FAILED: SecuritySeverity.MEDIUM,
+    K.DEVICE_RATE_LIMITED: SecuritySeverity.MEDIUM,
     # A device naming another's deployment, a forged step or a locked-out account points at an attack.
     K.DEVICE_CROSS_DEVICE: SecuritySeverity.HIGH,
     K.ACTION_FORGED: SecuritySeverity.HIGH,
     # A vehicle found metadata or an image that does not verify: a compromised server, mirror or link.
     K.DEVICE_UPDATE_UNTRUSTED: SecuritySeverity.HIGH,
+    # A device whose signed evidence does not match, or that replays a nonce: compromised or cloned.
+    K.DEVICE_ATTESTATION_FAILED: SecuritySeverity.HIGH,
+    # Many credentials or addresses over their limits in one window: a botnet or a fleet-wide fault.
+    K.DEVICE_SWARM: SecuritySeverity.HIGH,
     K.LOGIN_LOCKED_OUT: SecuritySeverity.HIGH,
     K.HSM_PIN_REFUSED: SecuritySeverity.HIGH,
     # An unapproved or altered image offered for signing: the gate the whole update chain rests on.

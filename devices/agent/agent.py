@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from devices.agent.attestation import BOOTED_IMAGE, MAX_LINEAGE, evidence_sign, load_device_key
+from devices.agent.limits import TRANSFER_DEADLINE, AnswerTooLarge, TransferAborted, TransferLimits
 from devices.agent.state import StateStore, fsync_dir, other_slot, write_atomic
 from devices.agent.transport import TransportError
 from devices.agent.verify import (
@@ -88,6 +90,8 @@ class Download:
     offset: int
     sink: Callable[[int, bytes], None]
     chunk_size: int
+    max_length: int | None = None  # the most bytes the file may have (refused before reading when declared larger)
+    limits: TransferLimits | None = None  # deadline and throughput floor, enforced while bytes flow
 
 
 Call = PostJson | Download
@@ -164,7 +168,13 @@ def _perform(transport: Any, call: Call) -> Any:
     if isinstance(call, PostJson):
         return transport.post_json(call.path, call.body)
     return transport.download(
-        call.url, sha256=call.sha256, offset=call.offset, sink=call.sink, chunk_size=call.chunk_size
+        call.url,
+        sha256=call.sha256,
+        offset=call.offset,
+        sink=call.sink,
+        chunk_size=call.chunk_size,
+        max_length=call.max_length,
+        limits=call.limits,
     )
 
 
@@ -172,7 +182,13 @@ async def _aperform(transport: Any, call: Call) -> Any:
     if isinstance(call, PostJson):
         return await transport.post_json(call.path, call.body)
     return await transport.download(
-        call.url, sha256=call.sha256, offset=call.offset, sink=call.sink, chunk_size=call.chunk_size
+        call.url,
+        sha256=call.sha256,
+        offset=call.offset,
+        sink=call.sink,
+        chunk_size=call.chunk_size,
+        max_length=call.max_length,
+        limits=call.limits,
     )
 
 
@@ -234,6 +250,8 @@ class Agent:
         clock: Callable[[], float] = time.time,
         trust: Trust | None = None,
         boot_samples: bool = False,
+        transfer_limits: TransferLimits | None = None,
+        attestation_key: str | os.PathLike[str] | None = None,
     ):
         self.store = StateStore(state_dir, version=version, release_counter=release_counter, image=factory_image)
         self.state = self.store.data
@@ -252,6 +270,18 @@ class Agent:
         # deployment): the fleet's own baseline that health gates judge a new release against.
         self.boot_samples = boot_samples
         self.chunk_size = chunk_size
+        # Per transfer: a wall-clock cap (never past the offer's deadline either) and a throughput floor.
+        self.transfer_limits = transfer_limits or TransferLimits()
+        # Attestation: the device key (by default its TLS client key) signs the evidence over the server's nonce.
+        # Without a key (the secret-credential development mode) the agent sends no evidence.
+        tls = getattr(transport, "tls", None)
+        key_path = attestation_key if attestation_key is not None else (tls.key if tls is not None else None)
+        self.attestation_key = load_device_key(key_path) if key_path is not None else None
+        self.state.setdefault("attestation_nonce", None)
+        if not self.state.setdefault("lineage", []):
+            # First start (or an agent from before attestation): the chain starts with the committed image.
+            self.state["lineage"] = [self._slot_sha256(self.state["active_slot"])]
+            self._save()
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -448,7 +478,35 @@ class Agent:
         yield from self._send_telemetry()
         return 0.0 if self.deployment or self.booted_slot is None else poll
 
+    def _slot_sha256(self, slot: str) -> str:
+        """The sha256 of the image in `slot`, remembered in the state (set at install; hashed once otherwise)."""
+        images = self.state.setdefault("slot_images", {})
+        if not images.get(slot):
+            path = self.store.slot_path(slot)
+            images[slot] = _sha256_file(path) if path.exists() else ""
+            self._save()
+        return str(images[slot])
+
+    def _evidence(self) -> dict[str, Any] | None:
+        """Signed evidence over the server's last nonce, or None (no key or no nonce). The nonce is forgotten, and
+        that persisted, before the check-in carrying it is sent: a nonce is used once, even if the answer is lost."""
+        nonce = self.state.get("attestation_nonce")
+        if self.attestation_key is None or not nonce:
+            return None
+        self.state["attestation_nonce"] = None
+        self._save()
+        booted = self.booted_slot or self.state["active_slot"]
+        measurements = {BOOTED_IMAGE: self._slot_sha256(booted)}
+        return evidence_sign(self.attestation_key, nonce, measurements, list(self.state["lineage"]))
+
     def _checkin(self) -> Flow[dict[str, Any]]:
+        """Check in; when the server withholds an offer for want of fresh evidence, once more with its new nonce."""
+        answer = yield from self._checkin_once()
+        if answer.get("attestation_required") and self.state.get("attestation_nonce") and self.attestation_key:
+            answer = yield from self._checkin_once()
+        return answer
+
+    def _checkin_once(self) -> Flow[dict[str, Any]]:
         slots = {
             name: {"version": slot["version"], "release_counter": slot["release_counter"]}
             for name, slot in self.state["slots"].items()
@@ -460,8 +518,17 @@ class Agent:
             "boot_count": self.state["boot_count"],
             "health": {"on_trial": self.state["trial_slot"] is not None},
         }
+        evidence = self._evidence()
+        if evidence is not None:
+            body["attestation"] = evidence
         answer = yield PostJson("/device/v1/checkin/", body)
-        return answer if isinstance(answer, dict) else {}
+        if not isinstance(answer, dict):
+            return {}
+        nonce = answer.get("attestation_nonce")
+        if isinstance(nonce, str) and nonce != self.state.get("attestation_nonce"):
+            self.state["attestation_nonce"] = nonce
+            self._save()
+        return answer
 
     def _flush(self) -> Flow[None]:
         """Send queued reports in order; each attempt takes a new seq, persisted before it is sent."""
@@ -603,6 +670,8 @@ class Agent:
         self.state["active_slot"] = trial
         self.state["trial_slot"] = None
         self.state["boot_count"] = 0
+        # The committed image joins the firmware lineage the device attests to (saved with the report below).
+        self.state["lineage"] = (self.state["lineage"] + [self._slot_sha256(trial)])[-MAX_LINEAGE:]
         self._finish("succeeded", finished=True, booted_version=slot["version"], health_passed=True)
 
     # --- offer, download, install ----------------------------------------------------------------------------
@@ -678,13 +747,13 @@ class Agent:
             buffer.extend(chunk)
 
         try:
-            yield Download(request.url, "", 0, sink, self.chunk_size)
+            yield Download(request.url, "", 0, sink, self.chunk_size, request.max_length, self._limits(None))
+        except (_TooLarge, AnswerTooLarge) as exc:
+            raise UntrustedUpdate("metadata_too_large", str(exc)) from exc
         except TransportError as exc:
             if exc.status == 404:
                 return None
             raise
-        except _TooLarge as exc:
-            raise UntrustedUpdate("metadata_too_large", str(exc)) from exc
         return bytes(buffer)
 
     def _still_directed(self, dep: dict[str, Any]) -> Flow[bool]:
@@ -716,6 +785,15 @@ class Agent:
             dep["url"] = artifact["url"]
             self._save()
         return True
+
+    def _limits(self, dep: dict[str, Any] | None) -> TransferLimits:
+        """This transfer's limits: the per-transfer cap, shortened to the offer's deadline when that comes first."""
+        limits = self.transfer_limits
+        deadline = dep.get("deadline_at") if dep else None
+        if deadline is None:
+            return limits
+        seconds = max(0.0, min(limits.seconds, deadline - self.clock()))
+        return TransferLimits(seconds, limits.floor_bytes_per_second, limits.window_seconds)
 
     def _deadline_passed(self, dep: dict[str, Any]) -> bool:
         deadline = dep.get("deadline_at")
@@ -785,10 +863,22 @@ class Agent:
                     total = yield from self._fetch(dep, sink)
                     if total != length:
                         raise VerifyError(f"server has {total} bytes, the offer said {length}")
-                except VerifyError as exc:
+                except (VerifyError, AnswerTooLarge) as exc:
                     failure = "untrusted" if dep.get("verified") else "verify"
                     self._finish("failed", finished=False, failure_class=failure, detail=f"{failure}: artifact: {exc}")
                     return
+                except TransferAborted as exc:
+                    # The bytes so far are kept (download_offset is persisted per chunk): the next cycle resumes
+                    # with Range. Past the offer's deadline it is over: a `download` failure (the plan's retries).
+                    received = self.state["download_offset"]
+                    logger.warning(
+                        "deployment %s: transfer aborted at %s of %s bytes: %s", dep["id"], received, length, exc
+                    )
+                    if exc.code == TRANSFER_DEADLINE and self._deadline_passed(dep):
+                        detail = f"download: {exc.code}: deadline {_utc_iso(dep['deadline_at'])}, {received} of {length} bytes"
+                        self._finish("failed", finished=False, failure_class="download", detail=detail)
+                        return
+                    raise
                 except TransportError as exc:
                     if exc.status == 416:
                         self.state["download_offset"] = 0
@@ -821,7 +911,7 @@ class Agent:
         """Download from the persisted offset; when the URL's token has expired, keep the bytes, check in for a
         fresh URL and resume from where the download stopped (once per token: a second refusal is final)."""
         try:
-            total: int = yield Download(dep["url"], dep["sha256"], self.state["download_offset"], sink, self.chunk_size)
+            total: int = yield self._image_call(dep, sink)
             return total
         except TransportError as exc:
             if exc.code != "download_token_expired":
@@ -836,8 +926,13 @@ class Agent:
         if not (offer and self._refresh_url(offer)):
             raise TransportError("download token expired and no fresh URL offered", retryable=True)
         self.hook("download:new_url")
-        total = yield Download(dep["url"], dep["sha256"], self.state["download_offset"], sink, self.chunk_size)
+        total = yield self._image_call(dep, sink)
         return total
+
+    def _image_call(self, dep: dict[str, Any], sink: Callable[[int, bytes], None]) -> Download:
+        """The ranged image GET from the persisted offset, bounded by the offered length and this transfer's limits."""
+        offset = self.state["download_offset"]
+        return Download(dep["url"], dep["sha256"], offset, sink, self.chunk_size, dep["length"], self._limits(dep))
 
     def _record_throughput(self, dep: dict[str, Any]) -> None:
         if self._download_started is None:
@@ -878,6 +973,7 @@ class Agent:
             return
         target = other_slot(self.state["active_slot"])
         self.state["slots"][target] = {"version": "", "release_counter": 0, "present": False}
+        self.state.setdefault("slot_images", {}).pop(target, None)
         self._save()  # the slot is being overwritten: never report or boot it half-written
         with open(self.store.slot_path(target), "wb") as file:
             half = len(image) // 2
@@ -892,6 +988,7 @@ class Agent:
             "release_counter": dep["release_counter"],
             "present": True,
         }
+        self.state.setdefault("slot_images", {})[target] = dep["sha256"]
         self.store.staged_path.unlink(missing_ok=True)
         kpis = dep.setdefault("kpis", {})
         started = kpis.pop("install_started", None)

@@ -19,11 +19,12 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
+from devices.agent.limits import MAX_ANSWER_BYTES, AnswerTooLarge, TransferLimits, TransferWatch, declared_too_large
 from devices.agent.tls import FOREIGN_ORIGIN, PIN_MISMATCH, PinMismatch, TlsIdentity, origin_check, pin_check
 from devices.agent.transport import TransportError, classify_status, content_range
 
 MAX_HEAD_BYTES = 32 * 1024
-MAX_JSON_BYTES = 1024 * 1024
+MAX_JSON_BYTES = MAX_ANSWER_BYTES
 ERROR_DETAIL_BYTES = 2048
 NETWORK_ERRORS = (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError)
 
@@ -116,28 +117,35 @@ class AsyncHttpTransport:
                 fields[name.strip().lower()] = value.strip()
         return _Response(status, fields, reader, writer)
 
-    async def _chunks(self, response: _Response, chunk_size: int) -> AsyncGenerator[bytes, None]:
+    async def _chunks(
+        self, response: _Response, chunk_size: int, watch: TransferWatch | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """The body in chunks of at most chunk_size bytes; a body cut short is a retryable TransportError."""
         reader = response.reader
+
+        def timeout() -> float:
+            # With limits, no read waits past the deadline or a whole floor window: a stall ends while it happens.
+            return watch.read_timeout(self.timeout) if watch is not None else self.timeout
+
         try:
             if "chunked" in response.headers.get("transfer-encoding", "").lower():
                 while True:
-                    size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), self.timeout)
+                    size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout())
                     size = int(size_line.split(b";")[0].strip() or b"0", 16)
                     if size == 0:
                         return
                     while size > 0:
-                        chunk = await asyncio.wait_for(reader.read(min(size, chunk_size)), self.timeout)
+                        chunk = await asyncio.wait_for(reader.read(min(size, chunk_size)), timeout())
                         if not chunk:
                             raise EOFError("connection closed inside a chunk")
                         size -= len(chunk)
                         yield chunk
-                    await asyncio.wait_for(reader.readexactly(2), self.timeout)
+                    await asyncio.wait_for(reader.readexactly(2), timeout())
             length = response.headers.get("content-length")
             remaining = int(length) if length is not None else -1
             while remaining != 0:
                 want = chunk_size if remaining < 0 else min(chunk_size, remaining)
-                chunk = await asyncio.wait_for(reader.read(want), self.timeout)
+                chunk = await asyncio.wait_for(reader.read(want), timeout())
                 if not chunk:
                     if remaining > 0:
                         raise EOFError(f"connection closed with {remaining} bytes of the body missing")
@@ -148,16 +156,21 @@ class AsyncHttpTransport:
         except ValueError as exc:
             raise TransportError(f"bad answer: {exc}", retryable=True) from exc
         except NETWORK_ERRORS as exc:
+            if watch is not None and isinstance(exc, TimeoutError):
+                watch.check()  # a read that waited a whole window: below any floor, or past the deadline
             raise TransportError(f"network: {type(exc).__name__}: {exc}", retryable=True) from exc
 
     async def _read_body(self, response: _Response, limit: int) -> bytes:
+        """The body if it is at most `limit` bytes: a larger declared length is refused unread, else limit + 1 at most."""
+        if declared_too_large(response.headers.get("content-length"), limit):
+            raise AnswerTooLarge("the answer", limit)
         parts: list[bytes] = []
         size = 0
         async with aclosing(self._chunks(response, 64 * 1024)) as chunks:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
-                    raise TransportError(f"answer larger than {limit} bytes", retryable=True)
+                    raise AnswerTooLarge("the answer", limit)
                 parts.append(chunk)
         return b"".join(parts)
 
@@ -185,11 +198,22 @@ class AsyncHttpTransport:
         return answer if isinstance(answer, dict) else {}
 
     async def download(
-        self, url: str, *, sha256: str, offset: int, sink: Callable[[int, bytes], None], chunk_size: int = 64 * 1024
+        self,
+        url: str,
+        *,
+        sha256: str,
+        offset: int,
+        sink: Callable[[int, bytes], None],
+        chunk_size: int = 64 * 1024,
+        max_length: int | None = None,
+        limits: TransferLimits | None = None,
     ) -> int:
         """Stream the image from `offset` into sink(position, chunk); returns the full image length.
 
-        The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed)."""
+        The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed).
+        A body (or a whole file, for a range) over `max_length` is refused (AnswerTooLarge) before it is read;
+        `limits` end a transfer that runs past its deadline or below its throughput floor (TransferAborted), the
+        chunks already given to the sink staying given."""
         self._split(url)  # a foreign origin is refused before anything is counted or sent
         headers = dict(self.auth_headers)
         self.downloads += 1
@@ -209,11 +233,18 @@ class AsyncHttpTransport:
                     position, total = 0, int(response.headers.get("content-length", "-1"))
                 except ValueError as exc:
                     raise TransportError(f"bad Content-Length: {exc}", retryable=True) from exc
-            async with aclosing(self._chunks(response, chunk_size)) as chunks:
+            if max_length is not None and total > max_length:
+                raise AnswerTooLarge(url, max_length)
+            watch = TransferWatch(limits) if limits is not None else None
+            async with aclosing(self._chunks(response, chunk_size, watch)) as chunks:
                 async for chunk in chunks:
+                    if max_length is not None and position + len(chunk) > max_length:
+                        raise AnswerTooLarge(url, max_length)
                     self.bytes_received += len(chunk)
                     sink(position, chunk)  # the agent's own errors (verify, power loss) pass through unchanged
                     position += len(chunk)
+                    if watch is not None:
+                        watch.add(len(chunk))
             return total
         finally:
             _close(response.writer)

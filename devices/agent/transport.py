@@ -3,7 +3,11 @@
 With a TLS identity (devices.agent.tls) it speaks mutual TLS: the device certificate is its identity, the server's
 key must be pinned (checked on every connection before anything is sent), redirects are never followed, and a URL
 on another origin is refused before connecting (code `foreign_origin`). Without one (development mode only) it
-sends `Authorization: Device <serial>:<secret>`."""
+sends `Authorization: Device <serial>:<secret>`.
+
+Every answer is bounded (devices.agent.limits): JSON answers by MAX_ANSWER_BYTES, downloads by their `max_length`,
+refused on a declared Content-Length before the body is read and otherwise after at most bound + 1 bytes; a download
+with `limits` runs under a TransferWatch (deadline and throughput floor, checked on every read)."""
 
 from __future__ import annotations
 
@@ -18,28 +22,19 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from devices.agent.errors import TransportError
+from devices.agent.limits import (
+    MAX_ANSWER_BYTES,
+    AnswerTooLarge,
+    TransferLimits,
+    TransferWatch,
+    declared_too_large,
+)
 from devices.agent.tls import FOREIGN_ORIGIN, PIN_MISMATCH, PinMismatch, TlsIdentity, origin_check, pin_check
 
+__all__ = ["HttpTransport", "TransportError", "classify_status", "content_range"]
+
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
-
-
-class TransportError(Exception):
-    """A failed call: `retryable` for network trouble, 5xx and 429/408; final for other 4xx."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        retry_after: float | None = None,
-        code: str = "",
-    ):
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
-        self.retry_after = retry_after
-        self.code = code  # the server's error code ({"error": {"code": ...}}), "" when the answer had none
 
 
 def classify_status(status: int, detail: str, retry_after: str | None) -> TransportError:
@@ -165,21 +160,34 @@ class HttpTransport:
         )
         try:
             with self.opener.open(request, timeout=self.timeout) as response:
-                answer: dict[str, Any] = json.loads(response.read() or b"{}")
-                return answer
+                raw = _read_bounded(response, MAX_ANSWER_BYTES, "the answer")
         except urllib.error.HTTPError as exc:
             raise _from_http_error(exc) from exc
         except NETWORK_ERRORS as exc:
             raise self._network_error(exc) from exc
+        try:
+            answer = json.loads(raw or b"{}")
         except ValueError as exc:  # a non-JSON answer: a proxy or a server in trouble
             raise TransportError(f"bad answer: {exc}", retryable=True) from exc
+        return answer if isinstance(answer, dict) else {}
 
     def download(
-        self, url: str, *, sha256: str, offset: int, sink: Callable[[int, bytes], None], chunk_size: int = 64 * 1024
+        self,
+        url: str,
+        *,
+        sha256: str,
+        offset: int,
+        sink: Callable[[int, bytes], None],
+        chunk_size: int = 64 * 1024,
+        max_length: int | None = None,
+        limits: TransferLimits | None = None,
     ) -> int:
         """Stream the image from `offset` into sink(position, chunk); returns the full image length.
 
-        The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed)."""
+        The position of the first chunk is 0, not `offset`, when the server ignored the range (If-Range failed).
+        A body (or a whole file, for a range) over `max_length` is refused (AnswerTooLarge) before it is read;
+        `limits` end a transfer that runs past its deadline or below its throughput floor (TransferAborted), the
+        chunks already given to the sink staying given."""
         target = self._url(url)  # a foreign origin is refused before anything is counted or sent
         headers = dict(self.auth_headers)
         self.downloads += 1
@@ -187,20 +195,30 @@ class HttpTransport:
             self.resumed_downloads += 1
             headers.update({"Range": f"bytes={offset}-", "If-Range": f'"{sha256}"'})
         request = urllib.request.Request(target, headers=headers, method="GET")
+        watch = TransferWatch(limits) if limits is not None else None
+        # With limits, no single read may wait past the deadline or a whole floor window (a silent stall ends too).
+        timeout = watch.read_timeout(self.timeout) if watch is not None else self.timeout
         try:
-            with self.opener.open(request, timeout=self.timeout) as response:
+            with self.opener.open(request, timeout=timeout) as response:
                 if response.status == 206:
                     start, total = content_range(response.headers.get("Content-Range", ""))
                 else:
-                    start, total = 0, int(response.headers.get("Content-Length", "-1"))
+                    start, total = 0, _length(response.headers.get("Content-Length"))
+                if max_length is not None and total > max_length:
+                    raise AnswerTooLarge(url, max_length)
                 position = start
                 while True:
-                    chunk = response.read(chunk_size)
+                    chunk, stop = _next_chunk(response, chunk_size, watch)
+                    if max_length is not None and position + len(chunk) > max_length:
+                        raise AnswerTooLarge(url, max_length)
+                    if chunk:
+                        self.bytes_received += len(chunk)
+                        sink(position, chunk)  # what arrived before an abort is kept: the resume starts after it
+                        position += len(chunk)
+                    if stop is not None:
+                        raise stop
                     if not chunk:
                         break
-                    self.bytes_received += len(chunk)
-                    sink(position, chunk)
-                    position += len(chunk)
                 return total
         except urllib.error.HTTPError as exc:
             if exc.code == 416:
@@ -208,6 +226,51 @@ class HttpTransport:
             raise _from_http_error(exc) from exc
         except NETWORK_ERRORS as exc:
             raise self._network_error(exc) from exc
+
+
+def _next_chunk(
+    response: http.client.HTTPResponse, chunk_size: int, watch: TransferWatch | None
+) -> tuple[bytes, BaseException | None]:
+    """Up to chunk_size bytes (fewer only at the end of the body) and the error that stopped the read, if any.
+
+    Read with read1 (what has arrived, one receive at most), so the watch sees a trickle byte by byte and ends it
+    while it trickles; the bytes gathered before an abort or a dropped link are returned with the error."""
+    gathered = bytearray()
+    try:
+        while len(gathered) < chunk_size:
+            piece = response.read1(chunk_size - len(gathered))
+            if not piece:
+                break
+            gathered += piece
+            if watch is not None:
+                watch.add(len(piece))
+    except TimeoutError as exc:
+        if watch is not None:
+            try:
+                watch.check()  # a read that waited a whole window: below any floor, or past the deadline
+            except TransportError as aborted:
+                return bytes(gathered), aborted
+        return bytes(gathered), exc
+    except Exception as exc:  # noqa: BLE001 - handed to the caller after the bytes gathered so far
+        return bytes(gathered), exc
+    return bytes(gathered), None
+
+
+def _length(value: str | None) -> int:
+    try:
+        return int(value) if value is not None else -1
+    except ValueError as exc:
+        raise TransportError(f"bad Content-Length {value!r}", retryable=True) from exc
+
+
+def _read_bounded(response: http.client.HTTPResponse, limit: int, what: str) -> bytes:
+    """The body, if it is at most `limit` bytes: a larger declared length is refused unread, else limit + 1 at most."""
+    if declared_too_large(response.headers.get("Content-Length"), limit):
+        raise AnswerTooLarge(what, limit)
+    body = response.read(limit + 1)
+    if len(body) > limit:
+        raise AnswerTooLarge(what, limit)
+    return body
 
 
 def content_range(value: str) -> tuple[int, int]:

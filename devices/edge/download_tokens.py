@@ -15,6 +15,7 @@ fails the same comparison as a forged one: the caller refuses it and records a s
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -58,6 +59,17 @@ def _key_file() -> Path:
 
 def _key() -> bytes:
     return run_time_secret(_key_file(), os.environ.get("OTA_DOWNLOAD_TOKEN_KEY", ""), nbytes=48)
+
+
+def derived_key(purpose: bytes) -> bytes:
+    """A key for another of the edge's HMACs (attestation nonces), derived from this one: one secret to provision
+    and rotate, never the same key for two kinds of message."""
+    return _derived(_key(), purpose)
+
+
+@functools.lru_cache(maxsize=16)
+def _derived(key: bytes, purpose: bytes) -> bytes:
+    return hmac.new(key, b"ota-derived-key|" + purpose, hashlib.sha256).digest()
 
 
 def _lifetime_seconds() -> int:

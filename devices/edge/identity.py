@@ -89,6 +89,7 @@ class PresentedIdentity:
     fingerprint: str = ""
     serial: str = ""
     secret: str = ""
+    certificate: bytes = b""  # the DER certificate nginx verified (attestation checks signatures with its key)
 
     @property
     def by_certificate(self) -> bool:
@@ -142,8 +143,8 @@ def tls_refusal_record(request: HttpRequest) -> bool:
     return True
 
 
-def _certificate_fingerprint(escaped: bytes) -> str:
-    """sha256 hex of the DER certificate in nginx's `$ssl_client_escaped_cert` (URL-encoded PEM)."""
+def _certificate_der(escaped: bytes) -> bytes:
+    """The DER certificate in nginx's `$ssl_client_escaped_cert` (URL-encoded PEM)."""
     pem = unquote_to_bytes(escaped)
     begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
     head = pem.find(begin)
@@ -154,7 +155,7 @@ def _certificate_fingerprint(escaped: bytes) -> str:
         der = base64.b64decode(b"".join(pem[head + len(begin) : tail].split()), validate=True)
     except ValueError:
         raise MalformedCredential(why="The certificate header holds no certificate.") from None
-    return hashlib.sha256(der).hexdigest()
+    return der
 
 
 def _header_bytes(request: HttpRequest | Request, name: str) -> bytes:
@@ -175,7 +176,8 @@ def presented_identity(request: HttpRequest | Request) -> PresentedIdentity | No
             return None  # through nginx without a client certificate (nginx refuses that; defence in depth)
         if len(certificate) > MAX_CERTIFICATE_HEADER_LENGTH:
             raise MalformedCredential(why="The certificate header is too long.")
-        return PresentedIdentity(fingerprint=_certificate_fingerprint(certificate))
+        der = _certificate_der(certificate)
+        return PresentedIdentity(fingerprint=hashlib.sha256(der).hexdigest(), certificate=der)
     presented = presented_credential(request)
     if presented is None:
         return None

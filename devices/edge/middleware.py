@@ -5,7 +5,8 @@ URL routing, DRF).
 Only a POST of the check-in URL and a GET of an artifact URL are looked at, and only `quick_checkin` and
 `quick_artifact` answer them; whatever they decline goes down the ordinary chain to CheckinView or ArtifactView
 (the full paths), unchanged, with their refusals, security events and error envelope. Staff pages never reach
-either branch. A deadlock or serialization failure in a short path answers 503 + Retry-After, as
+either branch. Before either, every device API request passes the abuse limits (devices.edge.abuse: per credential
+and per source address, in memory, no database): over them it is answered 429 here. A deadlock or serialization failure in a short path answers 503 + Retry-After, as
 `ota_project.views.RetryLaterMiddleware` does for views.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import reverse
 
+from devices.edge.abuse import LimitExceeded, limit_refusal, limits_check
 from devices.edge.views import quick_artifact, quick_checkin
 from ota_project.db import is_retryable_db_error
 from ota_project.views import retry_later
@@ -37,6 +39,12 @@ def _checkin_path() -> str:
     return reverse("device-checkin")
 
 
+@functools.cache
+def _device_api_prefix() -> str:
+    """Where the device API is mounted (read from the URLconf: the check-in route's parent)."""
+    return _checkin_path().removesuffix("checkin/")
+
+
 class DeviceShortPathMiddleware:
     """Answer a device's check-in or range on its short path when it can; pass every other request on untouched."""
 
@@ -44,6 +52,11 @@ class DeviceShortPathMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.path_info.startswith(_device_api_prefix()):
+            try:
+                limits_check(request)
+            except LimitExceeded as refused:
+                return limit_refusal(refused)
         try:
             answer = self._short(request)
         except Exception as exc:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.fields import empty
 
+from devices.attestation import evidence_shape_errors
 from devices.inputs import HealthField
 from devices.validators import MAX_RELEASE_COUNTER, SLOT_NAMES
 from rollouts.choices import DEPLOYMENT_REPORTABLE
@@ -45,6 +46,18 @@ class CheckinInputSerializer(StrictSerializer):
     active_slot = serializers.ChoiceField(choices=SLOT_NAMES)
     boot_count = serializers.IntegerField(min_value=0, max_value=MAX_RELEASE_COUNTER)
     health = HealthField(required=False, default=dict)
+    attestation = serializers.JSONField(
+        required=False,
+        help_text="Evidence over the previous answer's `attestation_nonce`: {nonce, measurements: "
+        "{booted_image_sha256}, lineage: [sha256 of each committed image, oldest first], signature: base64 ECDSA "
+        "P-256/SHA-256 by the device certificate's key over devices.agent.attestation.evidence_message}.",
+    )
+
+    def validate_attestation(self, value: Any) -> Any:
+        errors = evidence_shape_errors(value)
+        if errors:
+            raise serializers.ValidationError([f"{name}: {'; '.join(texts)}" for name, texts in errors.items()])
+        return value
 
     def validate_slots(self, value: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(value) - set(SLOT_NAMES))
@@ -231,6 +244,12 @@ class OfferOutputSerializer(serializers.Serializer):
 class CheckinOutputSerializer(serializers.Serializer):
     poll_interval_seconds = serializers.IntegerField()
     offer = OfferOutputSerializer(allow_null=True)
+    attestation_nonce = serializers.CharField(
+        required=False, help_text="Over a device certificate: the nonce the next check-in's evidence signs (used once)."
+    )
+    attestation_required = serializers.BooleanField(
+        required=False, help_text="An offer waits for evidence over `attestation_nonce`: check in again now."
+    )
 
 
 class StatusOutputSerializer(serializers.Serializer):

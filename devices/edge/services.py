@@ -53,6 +53,12 @@ def device_has_deployment_in_flight(*, device_id: int) -> bool:
     return Deployment.objects.filter(device_id=device_id, status__in=IN_FLIGHT).exists()
 
 
+def device_has_work(*, device_id: int) -> bool:
+    """Whether a deployment waits for the device or is under way (what an offer or a fresh URL would be for)."""
+    statuses = (DeploymentStatus.PENDING, *IN_FLIGHT)
+    return Deployment.objects.filter(device_id=device_id, status__in=statuses).exists()
+
+
 def device_download_in_progress(*, device_id: int) -> Deployment | None:
     """The deployment whose image the device is fetching, while the offer's rules still hold: its check-in answer
     repeats the offer with a fresh URL, so a download that outlives its token resumes with a new one."""

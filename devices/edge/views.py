@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from typing import Any, BinaryIO, Literal
 from urllib.parse import urlencode
 
@@ -26,6 +27,8 @@ from rest_framework.views import APIView
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge import services
+from devices.edge.abuse import source_address
+from devices.edge.attestation import Attestation, Verdict, checkin_attestation
 from devices.edge.checkin import checkin_record
 from devices.edge.download_tokens import (
     DownloadGrant,
@@ -227,7 +230,22 @@ class CheckinView(DeviceAPIView):
         body = CheckinInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
         device_record_report(device=device, at=timezone.now(), **_report(body.validated_data))
-        return Response(_checkin_answer(request, device_id=device.pk, shaping=self.shaping))
+        attestation = _attestation(request, device.pk, body.validated_data)
+        return Response(_checkin_answer(request, device_id=device.pk, shaping=self.shaping, attestation=attestation))
+
+
+def _attestation(request: HttpRequest | Request, device_id: int, body: dict[str, Any]) -> Attestation:
+    """The check-in's attestation verdict (devices.edge.attestation) for the identity the request presented."""
+    presented = request_identity(request)
+    if presented is None:
+        return Attestation(Verdict.OFF)
+    return checkin_attestation(
+        presented=presented,
+        device_id=device_id,
+        evidence=body.get("attestation"),
+        address=source_address(request),
+        now=time.time(),
+    )
 
 
 def _report(data: dict[str, Any]) -> dict[str, Any]:
@@ -242,8 +260,26 @@ def _report(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _checkin_answer(request: HttpRequest | Request, *, device_id: int, shaping: LoadShaping) -> dict[str, Any]:
-    """The answer once the report is stored: the offer service decides (and locks), then the poll interval."""
+def _checkin_answer(
+    request: HttpRequest | Request,
+    *,
+    device_id: int,
+    shaping: LoadShaping,
+    attestation: Attestation,
+    work_waiting: bool | None = None,
+) -> dict[str, Any]:
+    """The answer once the report is stored: the offer service decides (and locks), then the poll interval.
+
+    Without verified evidence where attestation applies nothing is offered (and nothing marked offered): the
+    answer carries a fresh nonce and, when work waits, `attestation_required`, so the device attests at once."""
+    if not attestation.offers_allowed:
+        waiting = services.device_has_work(device_id=device_id) if work_waiting is None else work_waiting
+        answer = {
+            "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=waiting),
+            "offer": None,
+            **attestation.answer_fields(withheld=waiting),
+        }
+        return dict(CheckinOutputSerializer(answer).data)
     # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
     # service withdraws what they had been offered and not yet started installing. It reads the device's row
     # itself, in its locking statement: the request's copy is not what it decides on.
@@ -253,6 +289,7 @@ def _checkin_answer(request: HttpRequest | Request, *, device_id: int, shaping: 
     answer = {
         "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=in_flight),
         "offer": _offer_body(request, deployment) if deployment else None,
+        **attestation.answer_fields(withheld=False),
     }
     return dict(CheckinOutputSerializer(answer).data)
 
@@ -303,13 +340,22 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
         max_checkins_per_window=row.region_max_checkins_per_window,
     )
     shaping = region_load_shaping(region=region)
+    # Evidence costs one statement when the check-in carries it; a nonce for the next one costs none.
+    attestation = _attestation(request, row.device_id, body)
     if row.work_waiting:
-        answer = _checkin_answer(request, device_id=row.device_id, shaping=shaping)
+        answer = _checkin_answer(
+            request, device_id=row.device_id, shaping=shaping, attestation=attestation, work_waiting=True
+        )
     else:
         # Nothing in flight: the one statement answered. Under way: a download in progress gets a fresh URL.
-        fetching = services.device_download_in_progress(device_id=row.device_id) if row.fetching else None
+        refresh = row.fetching and attestation.offers_allowed
+        fetching = services.device_download_in_progress(device_id=row.device_id) if refresh else None
         offer = dict(OfferOutputSerializer(_offer_body(request, fetching)).data) if fetching else None
-        answer = {"poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way), "offer": offer}
+        answer = {
+            "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=row.under_way),
+            "offer": offer,
+            **attestation.answer_fields(withheld=row.fetching and not attestation.offers_allowed),
+        }
     return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
 
 

@@ -311,6 +311,9 @@ def pilot_count(devices: int, share: float = 0.01) -> int:
 
 
 VERIFICATION_SECONDS = 6  # what full verification adds to one update on the drill's links (see drill_plan)
+# What attestation adds: the check-in that gets the offer first attests over a fresh nonce (one more round trip), and
+# so does every check-in after an answer a flaky link lost (the agent never reuses a nonce).
+ATTESTATION_SECONDS = 4
 
 
 def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
@@ -325,7 +328,7 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     # An update's own time includes its verification: five more round trips (root probe, timestamp, snapshot,
     # targets, the director before installing), each one a dropped or cut connection away from a retry on a flaky
     # link.
-    soak = poll + (8 if devices <= 100 else 15) + VERIFICATION_SECONDS
+    soak = poll + (8 if devices <= 100 else 15) + VERIFICATION_SECONDS + ATTESTATION_SECONDS
     if soak_covers_deadline:
         download = max(30, 3 * poll + devices // 4)  # online devices must all make it; the offline ones time out
         soak = download + 5

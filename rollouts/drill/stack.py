@@ -64,6 +64,10 @@ def child_environment(**overrides: str) -> dict[str, str]:
         "OTA_DEVICE_AUTH": "certificate",
         "OTA_DEVICE_PKI_DIR": str(settings.DEVICE_PKI_DIR),
         "OTA_DEVICE_PROXY_SECRET_FILE": str(settings.DEVICE_PROXY_SECRET_FILE),
+        # The whole simulated fleet reaches nginx from one address (this machine, through the fault proxy): a
+        # per-address limit would throttle the fleet as one client. Per-credential limits stay as in production.
+        "OTA_ADDRESS_RATE_PER_SECOND": "0",
+        "OTA_UNAUTHENTICATED_RATE_PER_SECOND": "0",
     }
     env.update(overrides)
     return env

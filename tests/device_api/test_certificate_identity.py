@@ -4,6 +4,7 @@ certificate is refused at once, and the secret credential is refused while its d
 
 from __future__ import annotations
 
+import time
 from urllib.parse import quote
 
 import pytest
@@ -23,6 +24,7 @@ from devices.edge.identity import device_proxy_secret
 from devices.models import Device
 from devices.pki import DeviceKeyPair, device_certificate_make, issuer_open
 from tests.device_api.conftest import checkin_body
+from tests.security.attestation_support import evidence
 
 pytestmark = pytest.mark.django_db
 
@@ -61,9 +63,36 @@ def test_an_idle_check_in_with_a_certificate_is_one_statement(fleet, settings):
     device = _device(fleet)
     (issued,) = device_certificates_provision(actor=None, devices=[device])
     status, answer, statements = _post(_through_nginx(issued))
+    nonce = answer.pop("attestation_nonce")  # minted without the database (an HMAC), for the next check-in
     assert (status, answer, statements) == (200, {"poll_interval_seconds": 420, "offer": None}, 1)
+    assert nonce.startswith(f"{device.pk}.")
     device.refresh_from_db()
     assert device.reported_version == "1.0.3" and device.last_seen_at is not None
+
+
+def test_an_idle_attested_check_in_adds_one_statement_and_a_stale_nonce_quarantines_nothing(fleet, settings, tmp_path):
+    device = _device(fleet)
+    (issued,) = device_certificates_provision(actor=None, devices=[device])
+    key = tmp_path / "device-key.pem"
+    key.write_bytes(issued.key_pem)
+    client = _through_nginx(issued)
+    nonce = client.post(CHECKIN, checkin_body(), format="json").json()["attestation_nonce"]
+    signed = {**checkin_body(), "attestation": evidence(key, nonce)}
+    with CaptureQueriesContext(connection) as queries:
+        answer = client.post(CHECKIN, signed, format="json").json()
+    assert len(queries.captured_queries) == 2  # the check-in's one statement + consuming the nonce with the lineage
+    assert answer["offer"] is None and answer["attestation_nonce"] != nonce
+    device.refresh_from_db()
+    assert device.attested_nonce_us is not None
+    # A nonce older than its life (a device back from a long time offline) is no attack: no offer, a fresh nonce.
+    settings.OTA_ATTESTATION_NONCE_SECONDS = 1
+    old = answer["attestation_nonce"]
+    time.sleep(1.1)
+    stale = client.post(CHECKIN, {**checkin_body(), "attestation": evidence(key, old)}, format="json").json()
+    assert stale["offer"] is None and stale["attestation_nonce"] != old
+    device.refresh_from_db()
+    assert device.status == "active"
+    assert not SecurityEvent.objects.exists()
 
 
 def test_the_certificate_header_without_the_proxy_secret_is_refused_and_recorded(fleet):

@@ -47,6 +47,7 @@ from rollouts.models import Deployment
 from tests.change_fixtures import fleet  # noqa: F401 - the plain fleet, not the signed chain's of conftest.py
 from tests.device_api import conftest as _device_api
 from tests.device_api.conftest import IMAGE, checkin_body
+from tests.security.attestation_support import attested_checkin, attested_checkin_async
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -214,7 +215,7 @@ def _target(url: str) -> str:
 
 def test_a_provisioned_device_checks_in_and_downloads_over_mutual_tls(edge, pilot, sha):
     transport = edge.transport(pilot)
-    answer = transport.post_json(CHECKIN, checkin_body())
+    answer = attested_checkin(transport)
     offer = answer["offer"]
     assert offer is not None and offer["artifact"]["sha256"] == sha
     assert offer["artifact"]["url"].startswith(f"{edge.server}/device/v1/artifacts/{sha}/?token=")
@@ -231,7 +232,7 @@ def test_a_provisioned_device_checks_in_and_downloads_over_mutual_tls(edge, pilo
 
 def test_the_asyncio_transport_speaks_mutual_tls_with_pinning_too(edge, pilot):
     transport = AsyncHttpTransport(edge.server, tls=edge.identity(pilot), timeout=15)
-    answer = asyncio.run(transport.post_json(CHECKIN, checkin_body()))
+    answer = asyncio.run(attested_checkin_async(transport))
     assert answer["offer"] is not None
     pilot.refresh_from_db()
     assert pilot.last_seen_at is not None
@@ -330,7 +331,7 @@ def test_the_agent_refuses_urls_on_another_origin_before_connecting(edge, pilot,
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
     transport = edge.transport(pilot)
-    offer = transport.post_json(CHECKIN, checkin_body())["offer"]
+    offer = attested_checkin(transport)["offer"]
     foreign = f"https://127.0.0.1:{port}{_target(offer['artifact']['url'])}"
     with pytest.raises(TransportError) as refused:
         transport.download(foreign, sha256=sha, offset=0, sink=lambda _p, _c: None)
@@ -407,7 +408,7 @@ def test_a_revoked_certificate_is_refused_from_the_next_check_in_and_ranges_with
     security_officer,
 ):
     transport = edge.transport(pilot)
-    offer = transport.post_json(CHECKIN, checkin_body())["offer"]
+    offer = attested_checkin(transport)["offer"]
     transport.download(offer["artifact"]["url"], sha256=sha, offset=0, sink=lambda _p, _c: None)  # pass cached
     revoked = device_certificate_revoke(actor=security_officer, device=pilot, reason="unit reported stolen")
     before = _seen(pilot)
@@ -431,7 +432,7 @@ def test_a_renewed_device_uses_its_new_certificate_and_the_old_one_and_its_token
     sha,
 ):
     old = edge.transport(pilot)
-    offer = old.post_json(CHECKIN, checkin_body())["offer"]
+    offer = attested_checkin(old)["offer"]
     renewal = device_certificate_renew(actor=None, device=pilot, reason="due")
     device_identity_write(edge.identities, renewal.issued, server_pins())
     new = edge.transport(pilot)
@@ -442,7 +443,7 @@ def test_a_renewed_device_uses_its_new_certificate_and_the_old_one_and_its_token
     with pytest.raises(TransportError) as token_refused:
         new.download(offer["artifact"]["url"], sha256=sha, offset=0, sink=lambda _p, _c: None)
     assert token_refused.value.status == 403
-    fresh = new.post_json(CHECKIN, checkin_body())["offer"]
+    fresh = attested_checkin(new)["offer"]
     received = bytearray()
     new.download(fresh["artifact"]["url"], sha256=sha, offset=0, sink=lambda _p, c: received.extend(c))
     assert bytes(received) == IMAGE
@@ -458,7 +459,7 @@ def test_a_certificate_of_device_x_cannot_act_on_device_y_deployment_or_use_its_
     other_pilot,
     sha,
 ):
-    theirs = edge.transport(other_pilot).post_json(CHECKIN, checkin_body())["offer"]
+    theirs = attested_checkin(edge.transport(other_pilot))["offer"]
     their_deployment = _deployment(other_pilot)
     status_before = (their_deployment.status, their_deployment.last_seq)
     mine = edge.transport(pilot)
@@ -479,7 +480,7 @@ def test_a_certificate_of_device_x_cannot_act_on_device_y_deployment_or_use_its_
 
 def test_an_expired_token_is_refused_and_recorded(edge, pilot, sha):
     transport = edge.transport(pilot)
-    transport.post_json(CHECKIN, checkin_body())
+    attested_checkin(transport)
     deployment = _deployment(pilot)
     pilot.refresh_from_db()
     expired = download_token_issue(
