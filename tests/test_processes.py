@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ota_project import processes
+from ota_project.db import database_url
 from ota_project.net import free_port
 from ota_project.processes import Child, ProcessError, Supervisor, web_server
 from tests.temporal_support import wait_until
@@ -227,6 +228,7 @@ def test_the_gunicorn_configuration_is_read_from_the_environment(monkeypatch):
     assert tuned["max_requests"] == tuned["max_requests_jitter"] == 0
 
 
+@pytest.mark.django_db(transaction=True)
 def test_under_gunicorn_metrics_sum_the_request_histograms_of_every_worker(tmp_path, supervised, monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     runpy.run_path(str(processes.GUNICORN_CONF))
@@ -235,6 +237,7 @@ def test_under_gunicorn_metrics_sum_the_request_histograms_of_every_worker(tmp_p
     env = {
         **os.environ, "OTA_WEB_WORKERS": "2", "OTA_WEB_THREADS": "2", "OTA_DATA_DIR": str(tmp_path),
         "OTA_METRICS_TOKEN": "gunicorn-test-token",
+        "DATABASE_URL": database_url(),  # the test database: the scrape's gauges read it
     }  # fmt: skip
     stale = tmp_path / "prometheus" / "histogram_999999.db"
     stale.parent.mkdir()

@@ -314,6 +314,10 @@ VERIFICATION_SECONDS = 6  # what full verification adds to one update on the dri
 # What attestation adds: the check-in that gets the offer first attests over a fresh nonce (one more round trip), and
 # so does every check-in after an answer a flaky link lost (the agent never reuses a nonce).
 ATTESTATION_SECONDS = 4
+# What a lossy link adds: a dropped or cut connection costs the agent its backoff (0.3 s doubling, jittered, up to
+# about 10 s after five misses in a row), and a device can meet several in one update; without the margin a pilot
+# device still retrying at the end of the soak leaves the wave inconclusive (seen in 1 of ~5 full runs).
+LOSSY_LINK_SECONDS = 20
 
 
 def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
@@ -329,6 +333,8 @@ def drill_plan(devices: int, poll: int, scenario: Scenario) -> RolloutPlan:
     # targets, the director before installing), each one a dropped or cut connection away from a retry on a flaky
     # link.
     soak = poll + (8 if devices <= 100 else 15) + VERIFICATION_SECONDS + ATTESTATION_SECONDS
+    if scenario.network.drop_rate or scenario.network.cut_rate:
+        soak += LOSSY_LINK_SECONDS
     if soak_covers_deadline:
         download = max(30, 3 * poll + devices // 4)  # online devices must all make it; the offline ones time out
         soak = download + 5
