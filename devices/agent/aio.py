@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
+from devices.agent.errors import json_answer
 from devices.agent.limits import MAX_ANSWER_BYTES, AnswerTooLarge, TransferLimits, TransferWatch, declared_too_large
 from devices.agent.tls import FOREIGN_ORIGIN, PIN_MISMATCH, PinMismatch, TlsIdentity, origin_check, pin_check
 from devices.agent.transport import TransportError, classify_status, content_range
@@ -191,11 +192,7 @@ class AsyncHttpTransport:
             raw = await self._read_body(response, MAX_JSON_BYTES)
         finally:
             _close(response.writer)
-        try:
-            answer = json.loads(raw or b"{}")
-        except ValueError as exc:  # a non-JSON answer: a proxy or a server in trouble
-            raise TransportError(f"bad answer: {exc}", retryable=True) from exc
-        return answer if isinstance(answer, dict) else {}
+        return json_answer(raw)
 
     async def download(
         self,

@@ -1,6 +1,10 @@
-"""The agent's one error type for a failed call (standard library only; both transports raise it)."""
+"""The agent's one error type for a failed call (standard library only; both transports raise it), and the one
+reading of a JSON answer both transports share."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 
 class TransportError(Exception):
@@ -20,3 +24,13 @@ class TransportError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.code = code  # the server's error code ({"error": {"code": ...}}), "" when the answer had none
+
+
+def json_answer(raw: bytes) -> dict[str, Any]:
+    """A JSON object answer; a body that is not JSON (a proxy or a server in trouble) is a retryable failure, and
+    anything but an object reads as empty."""
+    try:
+        answer = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise TransportError(f"bad answer: {exc}", retryable=True) from exc
+    return answer if isinstance(answer, dict) else {}

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from devices.agent.errors import TransportError
+from devices.agent.errors import TransportError, json_answer
 from devices.agent.limits import (
     MAX_ANSWER_BYTES,
     AnswerTooLarge,
@@ -165,11 +165,7 @@ class HttpTransport:
             raise _from_http_error(exc) from exc
         except NETWORK_ERRORS as exc:
             raise self._network_error(exc) from exc
-        try:
-            answer = json.loads(raw or b"{}")
-        except ValueError as exc:  # a non-JSON answer: a proxy or a server in trouble
-            raise TransportError(f"bad answer: {exc}", retryable=True) from exc
-        return answer if isinstance(answer, dict) else {}
+        return json_answer(raw)
 
     def download(
         self,
