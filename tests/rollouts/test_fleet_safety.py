@@ -3,14 +3,12 @@ running rollout of that release through the workflow (a system pause the databas
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core import mail
 from django.core.cache import cache
-from django.db import connection
 from django.utils import timezone
 
 from approvals.audit.choices import SecurityEventKind
@@ -28,6 +26,7 @@ from rollouts.models import Deployment, FleetSignalSnapshot, Rollout, Wave
 from rollouts.signal_gates import deployment_attributions
 from rollouts.tasks import fleet_safety_check_task
 from tests.factories import ChangeRequestFactory, DeviceFactory, FirmwareReleaseFactory, UserFactory
+from tests.support.alerts import raised_concurrently
 from workflows import client as workflow_client
 from workflows import policy
 from workflows.types import HumanAction, Phase, Update
@@ -221,26 +220,7 @@ def test_reboots_reported_before_the_window_stop_counting(releases, pauses_sent,
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_checks_alert_once_and_ask_each_rollout_once(releases, pauses_sent):
     _finished(releases["first"], ["rolled_back"] * 5 + ["succeeded"] * 5)
-    barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
-
-    def check() -> None:
-        try:
-            barrier.wait()
-            fleet_safety.fleet_safety_check(release_id=releases["bad"].pk)
-        except BaseException as exc:  # reported to the test thread
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=check) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors
-    alert = Alert.objects.get()
-    assert alert.occurrences == 6 and alert.notifications == 1 and len(mail.outbox) == 1
+    raised_concurrently(lambda: fleet_safety.fleet_safety_check(release_id=releases["bad"].pk), times=6)
     assert _requested() == sorted([releases["first"].pk, releases["second"].pk])
     assert sorted(rollout_id for rollout_id, _, _ in pauses_sent) == _requested()
 
