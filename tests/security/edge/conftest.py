@@ -1,23 +1,17 @@
 """The production edge on loopback for the device API's tests through it: gunicorn (the project's configuration, on
 the test database) behind nginx terminating mutual TLS, with the device API's fixtures (a running rollout with its
 image stored, its two pilots) and the plain fleet in place of the signed chain's fixtures of the same names in
-tests/security/conftest.py. The process helpers serve any test here that starts gunicorn itself."""
+tests/security/conftest.py."""
 
 from __future__ import annotations
 
 import http.client
-import os
 import secrets
 import shutil
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -27,11 +21,10 @@ from devices.agent.transport import HttpTransport
 from devices.certificates import device_certificates_provision
 from devices.models import Device
 from devices.pki import device_identity_write, pki_paths, server_pins
-from ota_project import processes
-from ota_project.db import database_url
 from ota_project.net import free_port
 from tests import change_fixtures as _changes
 from tests.device_api import conftest as _device_api
+from tests.support.servers import gunicorn_env, gunicorn_start, process_start, process_stop
 
 fleet = _changes.fleet
 _fresh_download_verdicts = _device_api._fresh_download_verdicts
@@ -42,55 +35,6 @@ running = _device_api.running
 pilot = _device_api.pilot
 other_pilot = _device_api.other_pilot
 sha = _device_api.sha
-
-
-def process_start(argv: list[str], env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    """Start `argv` (in the checkout, output to `log`) and wait until it listens on `port` of loopback."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, env=env, cwd=processes.REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{argv[0]} exited: {log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{argv[0]} did not listen: {log.read_text()[-3000:]}")
-
-
-def process_stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def gunicorn_env(settings: Any, **overrides: str) -> dict[str, str]:
-    """The environment of a gunicorn serving this test's database, artifact store, device PKI and proxy secret (no
-    Temporal, the cache in each process), with `overrides`."""
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "ota_project.settings",
-        "DATABASE_URL": database_url(),
-        "OTA_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-        "OTA_DEVICE_PKI_DIR": str(settings.DEVICE_PKI_DIR),
-        "OTA_DEVICE_PROXY_SECRET_FILE": str(settings.DEVICE_PROXY_SECRET_FILE),
-        "OTA_CACHE_URL": "",
-        "TEMPORAL_ENABLED": "false",
-        **overrides,
-    }
-
-
-def gunicorn_start(env: dict[str, str], log: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
-    """gunicorn with the project's configuration (ota_project/gunicorn_conf.py) on 127.0.0.1:`port`."""
-    argv = [sys.executable, "-m", "gunicorn", "--config", str(processes.GUNICORN_CONF), "--bind", f"127.0.0.1:{port}"]
-    return process_start([*argv, *options], env, log, port)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from devices.models import Device
 from devices.services import region_update
 from ota_project.net import free_port
 from tests.device_api.conftest import checkin_body
-from tests.security.edge.conftest import gunicorn_env, gunicorn_start, process_stop
+from tests.support.servers import gunicorn_env, gunicorn_start, process_stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
