@@ -25,6 +25,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from approvals.audit.alert_decisions import alert_resolve_live
 from approvals.audit.records import record_decision
 from devices.choices import DEVICE_TRANSITIONS, DeviceStatus, SigningScheme, UpdateChannel, UsageProfile
 from devices.inputs import (
@@ -39,6 +40,7 @@ from devices.inputs import (
 )
 from devices.models import Device, HardwareModel, Region, Tag
 from devices.validators import validate_reason
+from ota_project.alerts.choices import AlertKind
 from ota_project.errors import Conflict, InvalidInput
 
 Actor = User | None
@@ -549,9 +551,22 @@ def device_install_failure_count(*, device_id: int) -> int:
     return int(Device.objects.filter(pk=device_id).values_list("install_failures", flat=True).get())
 
 
+def device_quarantine_alert_key(serial: str) -> str:
+    """The dedup key of a device's `device.quarantined` alert (raised by rollouts.quarantine, resolved on release)."""
+    return f"{AlertKind.DEVICE_QUARANTINED}:{serial}"
+
+
+@transaction.atomic
 def device_release_from_quarantine(*, actor: Actor, device: Device, reason: str = "") -> Device:
-    """Return a quarantined device to active service."""
-    return device_set_status(actor=actor, device=device, status=DeviceStatus.ACTIVE, reason=reason)
+    """Return a quarantined device to active service. A person's release is also the resolution of the device's live
+    `device.quarantined` alert, with that person as resolver, in the same transaction (one decision, not two)."""
+    # The device's row lock from here to the commit: of two people releasing at once, exactly one finds it quarantined.
+    was = Device.objects.select_for_update().filter(pk=device.pk).values_list("status", flat=True).first()
+    device = device_set_status(actor=actor, device=device, status=DeviceStatus.ACTIVE, reason=reason)
+    if actor is not None and was == DeviceStatus.QUARANTINED:
+        note = f"Released from quarantine: {reason}" if reason else "Released from quarantine."
+        alert_resolve_live(actor=actor, dedup_key=device_quarantine_alert_key(device.serial), note=note)
+    return device
 
 
 def device_revoke(*, actor: Actor, device: Device, reason: str) -> Device:

@@ -57,6 +57,9 @@ _data_dir = Path(os.environ.get("OTA_DATA_DIR") or Path(chdir) / ".data")
 
 
 def on_starting(server: object) -> None:
+    # The workers' share of the device API's abuse limits (devices.edge.abuse) divides by the number of workers this
+    # master actually runs (OTA_WEB_WORKERS above, or a command line's -w): exported before any worker is forked.
+    os.environ["OTA_WEB_WORKERS"] = str(getattr(getattr(server, "cfg", None), "workers", workers))
     directory = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_data_dir / "prometheus")))
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):

@@ -335,7 +335,10 @@ OTA_DEVICE_BUDGET_WINDOW_SECONDS = int(os.environ.get("OTA_DEVICE_BUDGET_WINDOW_
 OTA_DEVICE_DOWNLOAD_LEASE_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_LEASE_SECONDS", "900"))
 OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_RETRY_SECONDS", "30"))
 OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_POLLS", "3"))
-# Abuse and swarm limits (README "Abuse and swarm limits"), per web process, before any database work; 0 = off.
+# Abuse and swarm limits (README "Abuse and swarm limits"), for the whole server, before any database work; 0 = off.
+# Each web process keeps rate/W and burst/W, W the server's web workers: gunicorn's master exports its worker count
+# as OTA_WEB_WORKERS before it forks them (ota_project/gunicorn_conf.py); a process not started by it serves alone.
+OTA_WEB_WORKERS = max(1, int(os.environ.get("OTA_WEB_WORKERS") or 1))
 OTA_DEVICE_RATE_PER_SECOND = float(os.environ.get("OTA_DEVICE_RATE_PER_SECOND", "1"))
 OTA_DEVICE_RATE_BURST = int(os.environ.get("OTA_DEVICE_RATE_BURST", "60"))
 OTA_ADDRESS_RATE_PER_SECOND = float(os.environ.get("OTA_ADDRESS_RATE_PER_SECOND", "500"))

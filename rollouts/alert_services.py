@@ -9,19 +9,16 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
-from django.utils import timezone
 
-from approvals.audit.records import record_decision
+from approvals.audit.alert_decisions import VERBS, alert_move_recorded
 from approvals.audit.security import SecurityEventKind, security_event
 from ota_project.alerts.choices import ALERT_ACK_ROLES, AlertStatus
 from ota_project.alerts.models import Alert
 from ota_project.alerts.selectors import alert_get
-from ota_project.alerts.services import alert_transition
 from ota_project.errors import InvalidInput, NotPermitted
 from ota_project.roles import has_role
 
 MAX_NOTE_CHARS = 1000
-VERBS: dict[str, str] = {AlertStatus.ACKNOWLEDGED: "acknowledge", AlertStatus.RESOLVED: "resolve"}
 
 
 def alert_act_refusal(actor: User | AnonymousUser | None) -> NotPermitted | None:
@@ -56,21 +53,10 @@ def _alert_move(*, actor: User, alert_id: int, to: str, note: object) -> Alert:
     cleaned = _note_clean(note)
     if to == AlertStatus.RESOLVED and not cleaned:
         raise InvalidInput("Say how the alert was resolved.", fields={"note": ["Required to resolve an alert."]})
-    moved = alert_transition(alert_id=alert_id, to=to, by=actor, note=cleaned, now=timezone.now())
-    if moved is None:  # already there: a repeated click changes and records nothing
+    alert = alert_move_recorded(actor=actor, alert_id=alert_id, to=to, note=cleaned)
+    if alert is None:  # already there: a repeated click changes and records nothing
         alert = alert_get(alert_id)
-        assert alert is not None  # alert_transition found it
-        return alert
-    alert, previous = moved
-    record_decision(
-        actor=actor,
-        action=f"alert.{verb}",
-        object_type="alert",
-        object_id=alert.pk,
-        before={"status": previous},
-        after={"status": to, "kind": alert.kind, "dedup_key": alert.dedup_key, "occurrences": alert.occurrences},
-        reason=cleaned,
-    )
+        assert alert is not None  # the guarded move found it
     return alert
 
 

@@ -179,3 +179,26 @@ class ActionTokenUse(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} on {self.rollout_id} by {self.actor_id}"
+
+
+class FleetSignalSnapshot(models.Model):
+    """A release's cumulative post-update reboot counts (from the wave cohorts' telemetry aggregates) at one check of
+    the fleet-wide safety net: the counts over a window are the growth since the snapshot at the window's start."""
+
+    release = models.ForeignKey(FirmwareRelease, on_delete=models.CASCADE, related_name="+")
+    taken_at = models.DateTimeField()
+    # Update deployments whose post-update sample carried the reboot count, and those whose count was above zero.
+    reporting = models.BigIntegerField()
+    rebooting = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["release", "taken_at"], name="fleet_snapshot_release_taken")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(reporting__gte=0, rebooting__gte=0, rebooting__lte=models.F("reporting")),
+                name="fleet_snapshot_counts",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"release {self.release_id} at {self.taken_at:%Y-%m-%d %H:%M:%S}: {self.rebooting}/{self.reporting}"

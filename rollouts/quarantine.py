@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from devices.choices import DeviceStatus
 from devices.models import Device
-from devices.services import device_install_failure_count, device_quarantine
+from devices.services import device_install_failure_count, device_quarantine, device_quarantine_alert_key
 from ota_project.alerts.choices import AlertKind, AlertSeverity
 from ota_project.alerts.services import raise_alert
 from rollouts.models import Deployment
@@ -52,7 +52,7 @@ def device_failure_record(*, device: Device, deployment: Deployment, failure_cla
     device_quarantine(actor=None, device=device, reason=reason, system_actor=QUARANTINE_ACTOR)
     raise_alert(
         kind=AlertKind.DEVICE_QUARANTINED,
-        dedup_key=f"{AlertKind.DEVICE_QUARANTINED}:{device.serial}",
+        dedup_key=device_quarantine_alert_key(device.serial),
         title=f"Device {device.serial} quarantined after {failures} failed installs",
         summary=(
             f"{reason} It gets no offer from any rollout until an operator releases it on its page, "

@@ -92,7 +92,7 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     settings.OTA_ALERT_WEBHOOK_SECRET_FILE = audit_dir / "alert_webhook_secret"
     # The device PKI (CA files, nginx's certificate) and the proxy secret per test too. The device-protocol tests
     # that speak to the app directly use the development mode's secret credential; the mutual-TLS tests
-    # (tests/security/test_device_tls.py) switch to certificate mode, the production default.
+    # (tests/security/edge/test_device_tls.py) switch to certificate mode, the production default.
     settings.DEVICE_PKI_DIR = audit_dir / "pki"
     settings.DEVICE_PROXY_SECRET_FILE = audit_dir / "device_proxy_secret"
     settings.OTA_DEVICE_AUTH = "secret"

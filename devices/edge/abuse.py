@@ -19,8 +19,18 @@ once per swarm window as a `device_rate_limited` security event, not once per re
 OTA_DEVICE_SWARM_THRESHOLD distinct keys are over their limits within one OTA_DEVICE_SWARM_WINDOW_SECONDS window,
 that is a swarm: one `device_swarm` security event and one alert (`_swarm_alert`) per window.
 
-Limits are per web process: with W processes a key gets up to W times the rate (a flood still costs each of them
-almost nothing). A rate of 0 turns that limit off.
+The configured figures are the whole server's: each of its W web processes (settings.OTA_WEB_WORKERS, which
+gunicorn's master sets to the number of workers it forks) keeps buckets of rate/W and burst/W (at least 1), so a
+key hammering across all of them gets at most the configured rate and burst in total. Why divide rather than share
+the buckets in Redis: these limits exist to refuse floods at almost no cost, before anything else runs; one Redis
+round trip per request (measured here: ~140 us for a PING or a one-line script on loopback, against ~1.2 us for the
+in-memory bucket and ~320 us for a whole bare Django view) would more than double the cost of every refusal, put a
+shared server in front of every device request, and need a policy for when Redis is down (the broker may be
+RabbitMQ, with no Redis at all). The price of dividing: a key whose requests all reach one process (one keep-alive
+connection; a lightly loaded gthread worker accepts every connection it can) gets rate/W there; the defaults (60 at
+once, 1/s) leave a device that polls every few minutes far inside that, and an update's burst of requests too with
+a few workers. Each server of several behind a balancer has its own buckets (N servers: up to N times the figures).
+A rate of 0 turns that limit off. The swarm threshold counts keys each process saw over its share.
 """
 
 from __future__ import annotations
@@ -142,11 +152,18 @@ def source_address(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR", "") or "")[:64]
 
 
+def process_share(rate: float, burst: float) -> tuple[float, float]:
+    """This process's share of a whole-server limit: (rate/W, burst/W, at least 1 token), W the web processes."""
+    workers = max(1, int(getattr(settings, "OTA_WEB_WORKERS", 1)))
+    return rate / workers, max(1.0, burst / workers)
+
+
 def _take(buckets: TokenBuckets, key: str, rate_name: str, burst_name: str, now: float) -> float:
     rate = _setting(rate_name)
     if rate <= 0:
         return 0.0
-    return buckets.take(key, rate=rate, burst=max(1.0, _setting(burst_name)), now=now)
+    share, burst = process_share(rate, max(1.0, _setting(burst_name)))
+    return buckets.take(key, rate=share, burst=burst, now=now)
 
 
 def limits_check(request: HttpRequest, *, now: float | None = None) -> None:

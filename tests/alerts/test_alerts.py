@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core import mail
-from django.db import connection
 from django.utils import timezone
 
 from ota_project.alerts import services
@@ -20,6 +18,7 @@ from ota_project.alerts.webhook import SIGNATURE_HEADER, webhook_secret, webhook
 from ota_project.errors import InvalidInput
 from ota_project.roles import Role
 from tests.factories import UserFactory
+from tests.support.alerts import raised_concurrently
 
 
 def _raise(**overrides: Any) -> Alert:
@@ -106,27 +105,7 @@ def test_concurrent_raises_of_one_condition_make_one_alert_and_one_notification(
     UserFactory.create(roles=[Role.OPERATOR])
     settings.OTA_ALERT_WEBHOOK_URL = "http://127.0.0.1:9/unused"  # outbox rows only: the sweep is not run here
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    barrier = threading.Barrier(8)
-    errors: list[BaseException] = []
-
-    def raise_one() -> None:
-        try:
-            barrier.wait()
-            _raise()
-        except BaseException as exc:  # reported to the test thread
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=raise_one) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not errors
-    alert = Alert.objects.get()
-    assert alert.occurrences == 8 and alert.notifications == 1
-    assert len(mail.outbox) == 1
+    alert = raised_concurrently(_raise, times=8, timeout=30)
     assert AlertDelivery.objects.filter(alert=alert).count() == 1
 
 

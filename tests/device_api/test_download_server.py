@@ -28,32 +28,15 @@ from devices.firmware.models import FirmwareArtifact
 from devices.firmware.storage import artifact_path
 from devices.models import Device, Region
 from ota_project.db import database_url
+from ota_project.net import free_port
 from tests.device_api.conftest import checkin_body
+from tests.support.servers import process_start, process_stop
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIG = 32 * 1024 * 1024  # larger than loopback socket buffers: a cut client really interrupts sendfile
 CHECKIN = "/device/v1/checkin/"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not listen: {log.read_text()[-3000:]}")
 
 
 class Server:
@@ -85,29 +68,13 @@ def token_key(monkeypatch) -> str:
     return key
 
 
-def _start(argv: list[str], env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    _wait_for_port(port, process, log)
-    return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture
 def serve(settings, tmp_path, token_key) -> Iterator[Any]:
     """serve(accel=False) -> a Server: gunicorn on the test database, with nginx in front when accel=True."""
     processes: list[subprocess.Popen[bytes]] = []
 
     def _serve(*, accel: bool = False) -> Server:
-        app_port = _free_port()
+        app_port = free_port()
         probe_log = tmp_path / "sendfile.jsonl"
         env = {
             **os.environ,
@@ -135,12 +102,12 @@ def serve(settings, tmp_path, token_key) -> Iterator[Any]:
             "--bind",
             f"127.0.0.1:{app_port}",
         ]
-        processes.append(_start(gunicorn, env, tmp_path / "gunicorn.log", app_port))
+        processes.append(process_start(gunicorn, env, tmp_path / "gunicorn.log", app_port))
         if not accel:
             return Server(app_port, probe_log)
         nginx_dir = tmp_path / "nginx"
         nginx_dir.mkdir()
-        port = _free_port()
+        port = free_port()
         site = nginx_device_site(
             listen=f"127.0.0.1:{port}", upstream=f"127.0.0.1:{app_port}", artifact_root=Path(settings.ARTIFACT_ROOT)
         )
@@ -148,12 +115,12 @@ def serve(settings, tmp_path, token_key) -> Iterator[Any]:
         (nginx_dir / "nginx.conf").write_text(nginx_main_conf(workdir=nginx_dir, servers=[site], user=user))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         argv = [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log")]
-        processes.append(_start(argv, env, nginx_dir / "stdout.log", port))
+        processes.append(process_start(argv, env, nginx_dir / "stdout.log", port))
         return Server(port, probe_log)
 
     yield _serve
     for process in reversed(processes):
-        _stop(process)
+        process_stop(process)
 
 
 def _big_image(sha: str) -> bytes:

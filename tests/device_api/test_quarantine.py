@@ -16,7 +16,7 @@ from devices.choices import DeviceStatus
 from devices.models import Device
 from devices.scope import scope_devices
 from devices.services import device_release_from_quarantine
-from ota_project.alerts.choices import AlertKind
+from ota_project.alerts.choices import AlertKind, AlertStatus
 from ota_project.alerts.models import Alert
 from ota_project.errors import InvalidInput
 from rollouts.choices import DeploymentStatus
@@ -124,6 +124,34 @@ def test_a_person_releases_the_device_recorded_and_its_count_starts_again(pilot,
     assert (pilot.status, pilot.install_failures) == (DeviceStatus.ACTIVE, 0)
     record = DecisionRecord.objects.get(action="devices.device.release", object_id=pilot.serial)
     assert record.actor == operator and record.reason == "modem replaced, bench-tested"
+
+
+def test_releasing_the_device_resolves_its_quarantine_alert_by_that_person(pilot, running, operator):
+    now = timezone.now()
+    _fail_install(pilot, at=now, first_seq=1)
+    _fail_install(pilot, at=now + timedelta(minutes=5), first_seq=4)
+    alert = Alert.objects.get(kind=AlertKind.DEVICE_QUARANTINED)
+    assert alert.status == AlertStatus.OPEN
+    pilot.refresh_from_db()
+    with pytest.raises(InvalidInput):  # refused (a reason is text of at most so many characters): nothing changes
+        device_release_from_quarantine(actor=operator, device=pilot, reason="x" * 5000)
+    alert.refresh_from_db()
+    pilot.refresh_from_db()
+    assert (alert.status, pilot.status) == (AlertStatus.OPEN, DeviceStatus.QUARANTINED)
+    device_release_from_quarantine(actor=operator, device=pilot, reason="modem replaced, bench-tested")
+    alert.refresh_from_db()
+    assert (alert.status, alert.resolved_by, alert.resolve_note) == (
+        AlertStatus.RESOLVED,
+        operator,
+        "Released from quarantine: modem replaced, bench-tested",
+    )
+    release = DecisionRecord.objects.get(action="devices.device.release", object_id=pilot.serial)
+    resolve = DecisionRecord.objects.get(action="alert.resolve", object_id=str(alert.pk))
+    # One decision: both rows in the same transaction, one after the other, by the same person.
+    assert resolve.actor == operator and resolve.seq == release.seq + 1
+    # Releasing again changes nothing and resolves nothing more.
+    device_release_from_quarantine(actor=operator, device=pilot, reason="again")
+    assert DecisionRecord.objects.filter(action="alert.resolve").count() == 1
 
 
 def test_a_success_resets_the_count(pilot, running):

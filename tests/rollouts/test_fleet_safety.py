@@ -3,19 +3,18 @@ running rollout of that release through the workflow (a system pause the databas
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core import mail
 from django.core.cache import cache
-from django.db import connection
 from django.utils import timezone
 
 from approvals.audit.choices import SecurityEventKind
 from approvals.audit.models import DecisionRecord, SecurityEvent
 from approvals.plans import default_plan, plan_hash
+from devices import telemetry
 from devices.models import TelemetrySample
 from ota_project.alerts.choices import AlertKind, AlertSeverity
 from ota_project.alerts.models import Alert
@@ -23,9 +22,11 @@ from ota_project.errors import NotPermitted
 from ota_project.roles import Role
 from rollouts import fleet_safety, rollout_services
 from rollouts.choices import DeploymentKind, RolloutStatus
-from rollouts.models import Deployment, Rollout, Wave
+from rollouts.models import Deployment, FleetSignalSnapshot, Rollout, Wave
+from rollouts.signal_gates import deployment_attributions
 from rollouts.tasks import fleet_safety_check_task
 from tests.factories import ChangeRequestFactory, DeviceFactory, FirmwareReleaseFactory, UserFactory
+from tests.support.alerts import raised_concurrently
 from workflows import client as workflow_client
 from workflows import policy
 from workflows.types import HumanAction, Phase, Update
@@ -151,49 +152,75 @@ def test_a_rollback_spike_pauses_every_running_rollout_of_the_release_and_alerts
     assert Alert.objects.get().occurrences == 2 and len(mail.outbox) == 1 and len(pauses_sent) == 2
 
 
-@pytest.mark.django_db
-def test_an_unexpected_reboot_spike_pauses_too(releases, pauses_sent, django_capture_on_commit_callbacks):
-    deployments = _finished(releases["first"], ["succeeded"] * 10)
+def _report_reboots(deployments: list[Deployment], rebooting: int) -> None:
+    """Each device's agent sends its post-update sample naming its deployment through the telemetry intake (attributed
+    as the device API attributes it); the first `rebooting` of them report unexpected reboots."""
     now = timezone.now()
     for index, deployment in enumerate(deployments):
-        TelemetrySample.objects.create(
-            device=deployment.device,
-            deployment_id=deployment.pk,
-            reported_at=now - timedelta(minutes=1),
-            unexpected_reboots=2 if index < 4 else 0,
-            boot_time_s=40,
-        )
+        sample = {
+            "deployment_id": deployment.pk,
+            "reported_at": now - timedelta(minutes=1),
+            "unexpected_reboots": 2 if index < rebooting else 0,
+            "boot_time_s": 40,
+        }
+        named = deployment_attributions(device=deployment.device, deployment_ids=[deployment.pk])
+        accepted = telemetry.telemetry_batch_accept(device=deployment.device, samples=[sample], deployments=named)
+        telemetry.telemetry_batch_process(batch_pk=accepted.batch.pk)
+
+
+@pytest.mark.django_db
+def test_an_unexpected_reboot_spike_pauses_too(releases, pauses_sent, django_capture_on_commit_callbacks):
+    _report_reboots(_finished(releases["first"], ["succeeded"] * 10), rebooting=4)
     with django_capture_on_commit_callbacks(execute=True):
         fleet_safety_check_task()  # the periodic check finds the release by its running rollouts
-    assert Alert.objects.get().kind == AlertKind.FLEET_REBOOT_RATE
+    alert = Alert.objects.get()
+    assert alert.kind == AlertKind.FLEET_REBOOT_RATE
+    assert (alert.evidence["rebooting_devices"], alert.evidence["reporting_devices"]) == (4, 10)
     assert sorted(rollout_id for rollout_id, _, _ in pauses_sent) == sorted(
         [releases["first"].pk, releases["second"].pk]
     )
 
 
+@pytest.mark.django_db
+def test_the_reboot_spike_still_trips_after_the_raw_samples_are_purged(releases, pauses_sent, settings):
+    _report_reboots(_finished(releases["first"], ["succeeded"] * 10), rebooting=4)
+    settings.OTA_TELEMETRY_RETENTION_DAYS = 0
+    assert telemetry.telemetry_purge(now=timezone.now() + timedelta(seconds=1))["samples"] == 10
+    assert not TelemetrySample.objects.exists()
+    assert sorted(fleet_safety.fleet_safety_check(release_id=releases["bad"].pk)) == sorted(
+        [releases["first"].pk, releases["second"].pk]
+    )
+    assert Alert.objects.get().kind == AlertKind.FLEET_REBOOT_RATE
+
+
+@pytest.mark.django_db
+def test_reboots_reported_before_the_window_stop_counting(releases, pauses_sent, settings):
+    settings.OTA_FLEET_CHECK_SECONDS = 60
+    bad = releases["bad"].pk
+    start = timezone.now()
+    Rollout.objects.filter(release_id=bad).update(created_at=start - timedelta(hours=3))
+    # No snapshot yet of a release older than the window: the first check measures nothing and stores its counts.
+    _report_reboots(_finished(releases["first"], ["succeeded"] * 10), rebooting=8)
+    assert fleet_safety.fleet_safety_check(release_id=bad, now=start) == []
+    assert fleet_safety.fleet_rates(release_id=bad, now=start).reboot_span_seconds == 0
+    # The checks go on every minute; a spike an hour later counts from the snapshot at the window's start.
+    for minute in range(1, 61):
+        fleet_safety.fleet_safety_check(release_id=bad, now=start + timedelta(minutes=minute))
+    _report_reboots(_finished(releases["second"], ["succeeded"] * 10), rebooting=4)
+    later = start + timedelta(minutes=61, seconds=30)
+    rates = fleet_safety.fleet_rates(release_id=bad, now=later)
+    assert (rates.rebooting_devices, rates.reporting_devices) == (4, 10)  # the first spike is over an hour old
+    assert 3600 <= rates.reboot_span_seconds <= 3600 + 120
+    assert fleet_safety.fleet_safety_check(release_id=bad, now=later) != []
+    assert Alert.objects.get().evidence["reboot_span_seconds"] == rates.reboot_span_seconds
+    # Snapshots no window can start from are pruned: about an hour's worth are kept.
+    assert FleetSignalSnapshot.objects.filter(release_id=bad).count() <= 63
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_checks_alert_once_and_ask_each_rollout_once(releases, pauses_sent):
     _finished(releases["first"], ["rolled_back"] * 5 + ["succeeded"] * 5)
-    barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
-
-    def check() -> None:
-        try:
-            barrier.wait()
-            fleet_safety.fleet_safety_check(release_id=releases["bad"].pk)
-        except BaseException as exc:  # reported to the test thread
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=check) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors
-    alert = Alert.objects.get()
-    assert alert.occurrences == 6 and alert.notifications == 1 and len(mail.outbox) == 1
+    raised_concurrently(lambda: fleet_safety.fleet_safety_check(release_id=releases["bad"].pk), times=6)
     assert _requested() == sorted([releases["first"].pk, releases["second"].pk])
     assert sorted(rollout_id for rollout_id, _, _ in pauses_sent) == _requested()
 

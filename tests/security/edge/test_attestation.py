@@ -21,22 +21,9 @@ from devices.models import Device
 from rollouts.choices import DeploymentStatus
 from rollouts.models import Deployment
 from tests.device_api.conftest import checkin_body
-from tests.security import test_device_tls as _tls
 from tests.security.attestation_support import CHECKIN, FACTORY_IMAGE, attested_checkin, evidence
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-# The real nginx + gunicorn edge and the device API's rollout fixtures (tests/security/test_device_tls.py).
-edge = _tls.edge
-fleet = _tls.fleet
-_fresh_download_verdicts = _tls._fresh_download_verdicts
-_no_temporal = _tls._no_temporal
-rollout = _tls.rollout
-assigned = _tls.assigned
-running = _tls.running
-pilot = _tls.pilot
-other_pilot = _tls.other_pilot
-sha = _tls.sha
 
 
 def _deployment(device: Device) -> Deployment:

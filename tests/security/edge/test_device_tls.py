@@ -10,17 +10,10 @@ import asyncio
 import datetime as dt
 import http.client
 import json
-import os
-import secrets
-import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -31,166 +24,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from django.core.management import call_command
 
 from approvals.audit.choices import SecurityEventKind
 from approvals.audit.models import SecurityEvent
 from devices.agent.aio import AsyncHttpTransport
-from devices.agent.tls import FOREIGN_ORIGIN, PIN_MISMATCH, TlsIdentity
+from devices.agent.tls import FOREIGN_ORIGIN, PIN_MISMATCH
 from devices.agent.transport import HttpTransport, TransportError
-from devices.certificates import device_certificate_renew, device_certificate_revoke, device_certificates_provision
+from devices.certificates import device_certificate_renew, device_certificate_revoke
 from devices.edge.download_tokens import download_token_issue
 from devices.models import Device
 from devices.pki import device_identity_write, issuer_open, pki_paths, server_pins
-from ota_project.db import database_url
 from rollouts.models import Deployment
-from tests.change_fixtures import fleet  # noqa: F401 - the plain fleet, not the signed chain's of conftest.py
-from tests.device_api import conftest as _device_api
 from tests.device_api.conftest import IMAGE, checkin_body
 from tests.security.attestation_support import attested_checkin, attested_checkin_async
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-# The device API's fixtures (a running rollout with its image stored, its two pilots), in place of the signed chain's
-# fixtures of the same names in conftest.py.
-_fresh_download_verdicts = _device_api._fresh_download_verdicts
-_no_temporal = _device_api._no_temporal
-rollout = _device_api.rollout
-assigned = _device_api.assigned
-running = _device_api.running
-pilot = _device_api.pilot
-other_pilot = _device_api.other_pilot
-sha = _device_api.sha
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKIN = "/device/v1/checkin/"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start(argv: list[str], env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{argv[0]} exited: {log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{argv[0]} did not listen: {log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@dataclass
-class Edge:
-    """gunicorn on `app_port` (loopback) behind nginx terminating mutual TLS on `tls_port`."""
-
-    app_port: int
-    tls_port: int
-    nginx_dir: Path
-    identities: Path
-    token_key: str
-
-    @property
-    def server(self) -> str:
-        return f"https://127.0.0.1:{self.tls_port}"
-
-    def identity(self, device: Device) -> TlsIdentity:
-        return TlsIdentity.from_directory(self.identities / device.serial)
-
-    def transport(self, device: Device) -> HttpTransport:
-        return HttpTransport(self.server, tls=self.identity(device), timeout=15)
-
-    def raw(
-        self, device: Device | None, method: str, target: str, headers: dict[str, str], body: bytes = b""
-    ) -> tuple[int, bytes]:
-        """One request through nginx with `device`'s certificate (None: none), not through the agent."""
-        context = ssl.create_default_context(cafile=str(pki_paths().bundle))
-        if device is not None:
-            identity = self.identity(device)
-            context.load_cert_chain(str(identity.certificate), str(identity.key))
-        connection = http.client.HTTPSConnection("127.0.0.1", self.tls_port, context=context, timeout=15)
-        try:
-            connection.request(method, target, body=body or None, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def direct(self, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
-        """A request straight to gunicorn's port, past nginx."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.app_port, timeout=15)
-        try:
-            connection.request(method, target, body=body or None, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def nginx_log(self) -> str:
-        path = self.nginx_dir / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
-@pytest.fixture
-def edge(settings, tmp_path, monkeypatch, running, pilot, other_pilot) -> Iterator[Edge]:
-    """The production shape on loopback: device CA + server certificate + nginx (ssl_verify_client on) + gunicorn
-    in certificate mode on the test database; both pilots provisioned (in the token-held issuing CA)."""
-    settings.OTA_DEVICE_AUTH = "certificate"
-    settings.OTA_DEVICE_CA_KEY = "token"
-    token_key = secrets.token_urlsafe(32)
-    monkeypatch.setenv("OTA_DOWNLOAD_TOKEN_KEY", token_key)  # this process issues tokens the server verifies
-    app_port, tls_port = _free_port(), _free_port()
-    nginx_dir = tmp_path / "nginx"
-    call_command(
-        "devices", "nginx-config", "--listen", f"127.0.0.1:{tls_port}", "--upstream", f"127.0.0.1:{app_port}",
-        "--out", str(nginx_dir),
-    )  # fmt: skip
-    identities = tmp_path / "identities"
-    pins = server_pins()
-    for issued in device_certificates_provision(actor=None, devices=[pilot, other_pilot]):
-        device_identity_write(identities, issued, pins)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "ota_project.settings",
-        "DATABASE_URL": database_url(),
-        "OTA_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-        "OTA_DOWNLOAD_TOKEN_KEY": token_key,
-        "OTA_DEVICE_AUTH": "certificate",
-        "OTA_DEVICE_PKI_DIR": str(settings.DEVICE_PKI_DIR),
-        "OTA_DEVICE_PROXY_SECRET_FILE": str(settings.DEVICE_PROXY_SECRET_FILE),
-        "OTA_ARTIFACT_ACCEL_REDIRECT": "/_ota_artifacts/",
-        "OTA_DOWNLOAD_RECHECK_SECONDS": "1",
-        "OTA_CACHE_URL": "",
-        "OTA_WEB_WORKERS": "1",
-        "TEMPORAL_ENABLED": "false",
-    }
-    gunicorn = [sys.executable, "-m", "gunicorn", "--config", str(REPO_ROOT / "ota_project" / "gunicorn_conf.py")]
-    processes = [_start([*gunicorn, "--bind", f"127.0.0.1:{app_port}"], env, tmp_path / "gunicorn.log", app_port)]
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    argv = [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log")]
-    try:
-        processes.append(_start(argv, env, nginx_dir / "stdout.log", tls_port))
-        yield Edge(app_port, tls_port, nginx_dir, identities, token_key)
-    finally:
-        for process in reversed(processes):
-            _stop(process)
 
 
 def _seen(device: Device) -> tuple[Any, ...]:
