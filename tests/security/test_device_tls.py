@@ -106,6 +106,13 @@ class Edge:
     nginx_dir: Path
     identities: Path
     token_key: str
+    access_log: Path
+
+    def app_requests(self, fragment: str) -> int:
+        """How many requests reached gunicorn whose request line contains `fragment` (its access log)."""
+        if not self.access_log.exists():
+            return 0
+        return sum(fragment in line for line in self.access_log.read_text().splitlines())
 
     @property
     def server(self) -> str:
@@ -149,7 +156,13 @@ class Edge:
 
 
 @pytest.fixture
-def edge(settings, tmp_path, monkeypatch, running, pilot, other_pilot) -> Iterator[Edge]:
+def recheck_seconds() -> str:
+    """The app's OTA_DOWNLOAD_RECHECK_SECONDS (1: nginx reuses no vouch; a test parametrizes a longer one)."""
+    return "1"
+
+
+@pytest.fixture
+def edge(settings, tmp_path, monkeypatch, running, pilot, other_pilot, recheck_seconds) -> Iterator[Edge]:
     """The production shape on loopback: device CA + server certificate + nginx (ssl_verify_client on) + gunicorn
     in certificate mode on the test database; both pilots provisioned (in the token-held issuing CA)."""
     settings.OTA_DEVICE_AUTH = "certificate"
@@ -176,18 +189,20 @@ def edge(settings, tmp_path, monkeypatch, running, pilot, other_pilot) -> Iterat
         "OTA_DEVICE_PKI_DIR": str(settings.DEVICE_PKI_DIR),
         "OTA_DEVICE_PROXY_SECRET_FILE": str(settings.DEVICE_PROXY_SECRET_FILE),
         "OTA_ARTIFACT_ACCEL_REDIRECT": "/_ota_artifacts/",
-        "OTA_DOWNLOAD_RECHECK_SECONDS": "1",
+        "OTA_DOWNLOAD_RECHECK_SECONDS": recheck_seconds,
         "OTA_CACHE_URL": "",
         "OTA_WEB_WORKERS": "1",
         "TEMPORAL_ENABLED": "false",
     }
     gunicorn = [sys.executable, "-m", "gunicorn", "--config", str(REPO_ROOT / "ota_project" / "gunicorn_conf.py")]
-    processes = [_start([*gunicorn, "--bind", f"127.0.0.1:{app_port}"], env, tmp_path / "gunicorn.log", app_port)]
+    access_log = tmp_path / "access.log"
+    gunicorn += ["--access-logfile", str(access_log), "--bind", f"127.0.0.1:{app_port}"]
+    processes = [_start(gunicorn, env, tmp_path / "gunicorn.log", app_port)]
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     argv = [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log")]
     try:
         processes.append(_start(argv, env, nginx_dir / "stdout.log", tls_port))
-        yield Edge(app_port, tls_port, nginx_dir, identities, token_key)
+        yield Edge(app_port, tls_port, nginx_dir, identities, token_key, access_log)
     finally:
         for process in reversed(processes):
             _stop(process)
@@ -424,6 +439,40 @@ def test_a_revoked_certificate_is_refused_from_the_next_check_in_and_ranges_with
     (event,) = _events(SecurityEventKind.DEVICE_AUTH_FAILED)
     assert event.device_serial == pilot.serial and "revoked" in event.message and event.count == 2
     assert event.subject == f"certificate:{revoked.serial_number}"
+
+
+@pytest.mark.parametrize("recheck_seconds", ["4"])
+def test_nginx_reuses_a_vouch_for_its_certificate_only_and_stops_within_the_bound_on_revocation(
+    edge, pilot, other_pilot, sha, security_officer
+):
+    mine = edge.transport(pilot)
+    offer = attested_checkin(mine)["offer"]
+    target = _target(offer["artifact"]["url"])
+    decided = time.time()  # the app's first (and only) database check of this download comes after this
+    for start in (0, 100, 5000):
+        status, body = edge.raw(pilot, "GET", target, {"Range": f"bytes={start}-{start + 9}"})
+        assert status == 206 and body == IMAGE[start : start + 10]
+    resumed = bytearray()  # the agent's resume, through the same cached vouch
+    mine.download(offer["artifact"]["url"], sha256=sha, offset=100, sink=lambda _p, c: resumed.extend(c))
+    assert bytes(resumed) == IMAGE[100:]
+    assert edge.app_requests(f"/artifacts/{sha}/vouch/") == 1  # nginx reused the app's vouch
+    assert edge.app_requests(f"/artifacts/{sha}/?") == 0  # and sent every range itself
+    # Right after the owner's cached use, its URL over another device's certificate is refused and recorded.
+    status, body = edge.raw(other_pilot, "GET", target, {"Range": "bytes=0-9"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "download_token_invalid"
+    (foreign,) = _events(SecurityEventKind.DEVICE_ARTIFACT_REFUSED)
+    assert foreign.device_serial == other_pilot.serial
+    device_certificate_revoke(actor=security_officer, device=pilot, reason="unit reported stolen")
+    seen = []
+    while time.time() < decided + 8:
+        status, _ = edge.raw(pilot, "GET", target, {"Range": "bytes=1-1"})
+        seen.append((round(time.time() - decided, 2), status))
+        if status != 206:
+            break
+        time.sleep(0.1)
+    assert seen[-1][1] == 401 and seen[-1][0] <= 4.5, seen  # OTA_DOWNLOAD_RECHECK_SECONDS of the last check
+    (revoked,) = _events(SecurityEventKind.DEVICE_AUTH_FAILED)
+    assert revoked.device_serial == pilot.serial and "revoked" in revoked.message
 
 
 def test_a_renewed_device_uses_its_new_certificate_and_the_old_one_and_its_tokens_are_refused(
