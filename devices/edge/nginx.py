@@ -85,8 +85,9 @@ def nginx_artifact_locations(
         f"    proxy_cache {VOUCH_ZONE};\n"
         f'    proxy_cache_key "$ota_sha256 $ota_token {identity}";\n'
         "    proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Redirect X-Accel-Limit-Rate;\n"
-        "    proxy_cache_lock on;\n"
-        "    proxy_cache_lock_timeout 5s;\n"
+        # No cache lock: a waiter re-polls every 500 ms, and an answer nginx may not keep (a region with a download
+        # limit, OTA_DOWNLOAD_RECHECK_SECONDS=0) would queue a download's concurrent ranges behind one another.
+        "    proxy_cache_lock off;\n"
         "}\n",
         "location @ota_range_not_satisfiable {\n"
         "    default_type application/json;\n"

@@ -58,6 +58,19 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeo
     raise RuntimeError(f"server did not listen: {log.read_text()[-3000:]}")
 
 
+def _logged_requests(access_log: Path | None, fragment: str) -> int:
+    """Requests in gunicorn's access log whose line contains `fragment`, once the log has settled (gunicorn writes
+    a line after it sent the answer, so the client may read the answer first)."""
+    counted, deadline = -1, time.monotonic() + 5
+    while True:
+        lines = access_log.read_text().splitlines() if access_log is not None and access_log.exists() else []
+        count = sum(fragment in line for line in lines)
+        if count == counted or time.monotonic() > deadline:
+            return count
+        counted = count
+        time.sleep(0.5)
+
+
 class Server:
     """A running gunicorn (and optionally nginx in front of it); `port` is where devices connect."""
 
@@ -78,9 +91,7 @@ class Server:
 
     def app_requests(self, fragment: str) -> int:
         """How many requests reached gunicorn whose request line contains `fragment` (its access log)."""
-        if self.access_log is None or not self.access_log.exists():
-            return 0
-        return sum(fragment in line for line in self.access_log.read_text().splitlines())
+        return _logged_requests(self.access_log, fragment)
 
     def direct(self, url: str, headers: dict[str, str]) -> int:
         """A GET straight to gunicorn's port, past nginx."""

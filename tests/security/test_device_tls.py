@@ -97,6 +97,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _logged_requests(access_log: Path | None, fragment: str) -> int:
+    """Requests in gunicorn's access log whose line contains `fragment`, once the log has settled (gunicorn writes
+    a line after it sent the answer, so the client may read the answer first)."""
+    counted, deadline = -1, time.monotonic() + 5
+    while True:
+        lines = access_log.read_text().splitlines() if access_log is not None and access_log.exists() else []
+        count = sum(fragment in line for line in lines)
+        if count == counted or time.monotonic() > deadline:
+            return count
+        counted = count
+        time.sleep(0.5)
+
+
 @dataclass
 class Edge:
     """gunicorn on `app_port` (loopback) behind nginx terminating mutual TLS on `tls_port`."""
@@ -110,9 +123,7 @@ class Edge:
 
     def app_requests(self, fragment: str) -> int:
         """How many requests reached gunicorn whose request line contains `fragment` (its access log)."""
-        if not self.access_log.exists():
-            return 0
-        return sum(fragment in line for line in self.access_log.read_text().splitlines())
+        return _logged_requests(self.access_log, fragment)
 
     @property
     def server(self) -> str:
