@@ -2,13 +2,16 @@
 `DATABASE_URL=postgres://postgres@127.0.0.1:5432/ota_bench_ranges python -m bench.ranges`.
 
 One 64 MiB image in the artifact store, offered to one device; `wrk` (2 threads, 100 connections, a Lua script
-that asks for 1 MiB at a random offset per request) runs against three targets in interleaved rounds:
+that asks for 1 MiB at a random offset per request) runs against four targets in interleaved rounds:
 - `nginx`: nginx serving the same file directly (the baseline; no authentication at all);
 - `gunicorn`: the device API under gunicorn (gthread): credential, download token, cached rules, kernel sendfile;
-- `nginx_accel`: the device API behind nginx with X-Accel-Redirect: the app authorises, nginx sends the bytes.
+- `nginx_vouch`: the device site of devices.edge.nginx (what `devices nginx-config` renders, without TLS): nginx asks
+  the app (auth_request), caches its vouch for at most OTA_DOWNLOAD_RECHECK_SECONDS (5) and sends the ranges itself;
+- `nginx_vouch_every_range`: the same site with OTA_DOWNLOAD_RECHECK_SECONDS=0: the app vouches for every range
+  (what the X-Accel-Redirect path cost: the app authorises each range, nginx sends).
 Each target is checked once first (206, the right bytes). Printed as JSON: MB/s and p50/p99 per target and round,
-the median per target, and the ratios to nginx. The bench writes its nginx.conf under OTA_DATA_DIR/bench-ranges,
-starts nginx and two gunicorns itself and stops them at the end.
+the median per target, and the ratios to nginx. The bench writes its nginx.conf files under
+OTA_DATA_DIR/bench-ranges, starts two nginx and three gunicorns itself and stops them at the end.
 """
 
 from __future__ import annotations
@@ -219,34 +222,56 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(settings.DATA_DIR) / "bench-ranges"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {**os.environ, **GUNICORN_ENV, "TEMPORAL_ENABLED": "false", "OTA_CACHE_URL": "redis://127.0.0.1:6379/3"}
-    app_port, accel_app_port, nginx_port, accel_port = (_free_port() for _ in range(4))
+    proxy_secret = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        **GUNICORN_ENV,
+        "TEMPORAL_ENABLED": "false",
+        "OTA_CACHE_URL": "redis://127.0.0.1:6379/3",
+        "OTA_DEVICE_PROXY_SECRET": proxy_secret,
+        # One device asking for 100 ranges at once is the load under test here, not abuse (devices.edge.abuse).
+        "OTA_DEVICE_RATE_PER_SECOND": "0",
+        "OTA_ADDRESS_RATE_PER_SECOND": "0",
+    }
+    app_port, vouch_app_port, every_app_port, nginx_port, vouch_port, every_port = (_free_port() for _ in range(6))
     artifact_root = Path(settings.ARTIFACT_ROOT)
     direct = (
         f"server {{\n    listen 127.0.0.1:{nginx_port};\n    sendfile on;\n    tcp_nopush on;\n"
         f"    location /static/ {{\n        alias {artifact_root}/;\n    }}\n}}\n"
     )
-    accel_site = nginx_device_site(
-        listen=f"127.0.0.1:{accel_port}", upstream=f"127.0.0.1:{accel_app_port}", artifact_root=artifact_root
-    )
     user = getpass.getuser() if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(nginx_main_conf(workdir=work, servers=[direct, accel_site], workers=2, user=user))
+    sites = {"vouch": (vouch_port, vouch_app_port, "5"), "every": (every_port, every_app_port, "0")}
+    for name, (port, upstream_port, _) in sites.items():
+        site = nginx_device_site(
+            listen=f"127.0.0.1:{port}",
+            upstream=f"127.0.0.1:{upstream_port}",
+            artifact_root=artifact_root,
+            proxy_secret=proxy_secret,
+        )
+        (work / name).mkdir()
+        servers = [direct, site] if name == "vouch" else [site]
+        conf = nginx_main_conf(workdir=work / name, servers=servers, workers=2, user=user)
+        (work / name / "nginx.conf").write_text(conf)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         app_env = {**env, "OTA_WEB_BIND": f"127.0.0.1:{app_port}"}
         processes.append(_start(GUNICORN, app_env, app_port, work / "app.log"))
-        accel_env = {
-            **env,
-            "OTA_WEB_BIND": f"127.0.0.1:{accel_app_port}",
-            "OTA_ARTIFACT_ACCEL_REDIRECT": DEFAULT_ACCEL_PREFIX,
-        }
-        processes.append(_start(GUNICORN, accel_env, accel_app_port, work / "app-accel.log"))
-        nginx = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
-        processes.append(_start([*nginx, "-e", str(work / "error.log")], env, nginx_port, work / "nginx.out"))
+        for name, (port, upstream_port, recheck) in sites.items():
+            site_env = {
+                **env,
+                "OTA_WEB_BIND": f"127.0.0.1:{upstream_port}",
+                "OTA_ARTIFACT_ACCEL_REDIRECT": DEFAULT_ACCEL_PREFIX,
+                "OTA_DOWNLOAD_RECHECK_SECONDS": recheck,
+            }
+            processes.append(_start(GUNICORN, site_env, upstream_port, work / f"app-{name}.log"))
+            nginx = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / name / "nginx.conf")]
+            nginx += ["-p", str(work / name), "-e", str(work / name / "error.log")]
+            processes.append(_start(nginx, env, port, work / name / "nginx.out"))
         targets = {
             "nginx": (nginx_port, f"/static/{artifact_relative_path(sha)}", ""),
             "gunicorn": (app_port, _offer_target(app_port, auth), auth),
-            "nginx_accel": (accel_port, _offer_target(accel_port, auth), auth),
+            "nginx_vouch": (vouch_port, _offer_target(vouch_port, auth), auth),
+            "nginx_vouch_every_range": (every_port, _offer_target(every_port, auth), auth),
         }
         for name, (port, target, header) in targets.items():
             headers = {"Range": f"bytes={MIB}-{MIB + span - 1}", **({"Authorization": header} if header else {})}
@@ -273,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         for process in reversed(processes):
             _stop(process)
     median = {
-        name: {key: statistics.median(r[key] for r in runs) for key in ("MB_per_s", "p50_ms", "p99_ms")}
+        name: {key: statistics.median(r[key] for r in runs) for key in ("MB_per_s", "p50_ms", "p99_ms", "non_2xx")}
         for name, runs in rounds.items()
     }
     base = median["nginx"]
@@ -285,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_per_run": args.seconds,
             "rounds": args.rounds,
             "gunicorn": " ".join([*(f"{k}={v}" for k, v in GUNICORN_ENV.items()), *GUNICORN]),
+            "nginx_workers": 2,
             "load_average_before": load_before,
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },

@@ -350,8 +350,9 @@ OTA_DEVICE_SWARM_WINDOW_SECONDS = int(os.environ.get("OTA_DEVICE_SWARM_WINDOW_SE
 # Artifact downloads: the offer's URL carries a download token (HMAC key generated into DATA_DIR at run time unless
 # OTA_DOWNLOAD_TOKEN_KEY is set; lifetime at most 900 s and never past the deployment's deadline). A range re-reads
 # the deployment's rules at most every OTA_DOWNLOAD_RECHECK_SECONDS (the bound on how late a withdrawal stops new
-# ranges; 0: every range). OTA_ARTIFACT_ACCEL_REDIRECT (e.g. /_ota_artifacts/): nginx sends the bytes after the app
-# authorised them (X-Accel-Redirect to that internal location; see the README's nginx snippet).
+# ranges, nginx's cached vouch included; 0: every range). OTA_ARTIFACT_ACCEL_REDIRECT (e.g. /_ota_artifacts/): nginx
+# sends the bytes after the app authorised them (X-Accel-Redirect to that internal location; see the README's nginx
+# snippet, devices.edge.nginx).
 OTA_DOWNLOAD_TOKEN_KEY_FILE = Path(os.environ.get("OTA_DOWNLOAD_TOKEN_KEY_FILE", DATA_DIR / "download_token_key"))
 OTA_DOWNLOAD_TOKEN_SECONDS = int(os.environ.get("OTA_DOWNLOAD_TOKEN_SECONDS", "900"))
 OTA_DOWNLOAD_RECHECK_SECONDS = int(os.environ.get("OTA_DOWNLOAD_RECHECK_SECONDS", "5"))

@@ -2,8 +2,8 @@
 a device's check-in or range does not need (static files, sessions, CSRF, users, messages, htmx, sign-in lockout,
 URL routing, DRF).
 
-Only a POST of the check-in URL and a GET of an artifact URL are looked at, and only `quick_checkin` and
-`quick_artifact` answer them; whatever they decline goes down the ordinary chain to CheckinView or ArtifactView
+Only a POST of the check-in URL and a GET of an artifact URL or its vouch (nginx's question, devices.edge.vouch)
+are looked at, and only `quick_checkin`, `quick_artifact` and `artifact_vouch` answer them; whatever they decline goes down the ordinary chain to CheckinView or ArtifactView
 (the full paths), unchanged, with their refusals, security events and error envelope. Staff pages never reach
 either branch. Before either, every device API request passes the abuse limits (devices.edge.abuse: per credential
 and per source address, in memory, no database): over them it is answered 429 here. A deadlock or serialization failure in a short path answers 503 + Retry-After, as
@@ -21,6 +21,7 @@ from django.urls import reverse
 
 from devices.edge.abuse import LimitExceeded, limit_refusal, limits_check
 from devices.edge.views import quick_artifact, quick_checkin
+from devices.edge.vouch import artifact_vouch
 from ota_project.db import is_retryable_db_error
 from ota_project.views import retry_later
 
@@ -31,7 +32,7 @@ _SHA256 = "0" * 64
 def _artifact_path_re() -> re.Pattern[str]:
     """The artifact route's path, as the URLconf places it (the prefix is read from it, not written again here)."""
     prefix = reverse("device-artifact", kwargs={"sha256": _SHA256}).removesuffix(f"{_SHA256}/")
-    return re.compile(rf"\A{re.escape(prefix)}(?P<sha256>[0-9a-f]{{64}})/\Z")
+    return re.compile(rf"\A{re.escape(prefix)}(?P<sha256>[0-9a-f]{{64}})/(?P<vouch>vouch/)?\Z")
 
 
 @functools.cache
@@ -71,6 +72,8 @@ class DeviceShortPathMiddleware:
             return quick_checkin(request)
         if request.method == "GET":
             match = _artifact_path_re().match(request.path_info)
+            if match is not None and match["vouch"]:
+                return artifact_vouch(request, match["sha256"])
             if match is not None:
                 return quick_artifact(request, match["sha256"])
         return None

@@ -169,8 +169,9 @@ def download_pass_store(
         logger.warning("download verdict cache unavailable", exc_info=True)
 
 
-def download_pass_device(*, presented: PresentedIdentity, deployment_id: int, sha256: str) -> Device | None:
-    """The device of a live pass for this identity, deployment and image; None sends the range to the full path."""
+def download_pass_get(*, presented: PresentedIdentity, deployment_id: int, sha256: str) -> DownloadPass | None:
+    """The live pass for this identity, deployment and image (its proof matches what is presented); None sends the
+    range to the full path."""
     try:
         granted = _verdict_cache().get(_pass_key(presented.key, deployment_id, sha256))
     except Exception:  # noqa: BLE001 - no cache: the full path decides
@@ -179,7 +180,13 @@ def download_pass_device(*, presented: PresentedIdentity, deployment_id: int, sh
         return None
     if not hmac.compare_digest(granted.proof, presented.proof):
         return None
-    return granted.device
+    return granted
+
+
+def download_pass_device(*, presented: PresentedIdentity, deployment_id: int, sha256: str) -> Device | None:
+    """The device of a live pass for this identity, deployment and image; None sends the range to the full path."""
+    granted = download_pass_get(presented=presented, deployment_id=deployment_id, sha256=sha256)
+    return granted.device if granted is not None else None
 
 
 def telemetry_accept(*, device: Device, samples: list[dict[str, Any]], batch_id: str | None) -> BatchAcceptance:

@@ -2,12 +2,13 @@
 
 from django.urls import path, re_path
 
-from devices.edge import trust_views, views
+from devices.edge import trust_views, views, vouch
 from devices.edge.schema import DeviceSchemaView
 
 urlpatterns = [
     path("checkin/", views.CheckinView.as_view(), name="device-checkin"),
     re_path(r"^artifacts/(?P<sha256>[0-9a-f]{64})/$", views.ArtifactView.as_view(), name="device-artifact"),
+    re_path(r"^artifacts/(?P<sha256>[0-9a-f]{64})/vouch/$", vouch.artifact_vouch, name="device-artifact-vouch"),
     path("deployments/<int:deployment_id>/status/", views.StatusView.as_view(), name="device-status"),
     path("telemetry/", views.TelemetryView.as_view(), name="device-telemetry"),
     path("schema/", DeviceSchemaView.as_view(), name="device-schema"),

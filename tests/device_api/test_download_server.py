@@ -29,8 +29,10 @@ from devices.firmware.storage import artifact_path
 from devices.models import Device, Region
 from ota_project.db import database_url
 from ota_project.net import free_port
-from tests.device_api.conftest import checkin_body
-from tests.support.servers import process_start, process_stop
+from rollouts.choices import DeploymentStatus
+from rollouts.models import Deployment
+from tests.device_api.conftest import checkin_body, download_url
+from tests.support.servers import logged_requests, process_start, process_stop
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -42,9 +44,11 @@ CHECKIN = "/device/v1/checkin/"
 class Server:
     """A running gunicorn (and optionally nginx in front of it); `port` is where devices connect."""
 
-    def __init__(self, port: int, probe_log: Path):
+    def __init__(self, port: int, probe_log: Path, access_log: Path | None = None, app_port: int = 0):
         self.port = port
         self.probe_log = probe_log
+        self.access_log = access_log
+        self.app_port = app_port or port
 
     def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[Any, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -52,6 +56,21 @@ class Server:
             connection.request(method, url, body=body, headers=headers)
             response = connection.getresponse()
             return response, response.read()
+        finally:
+            connection.close()
+
+    def app_requests(self, fragment: str) -> int:
+        """How many requests reached gunicorn whose request line contains `fragment` (its access log)."""
+        return logged_requests(self.access_log, fragment)
+
+    def direct(self, url: str, headers: dict[str, str]) -> int:
+        """A GET straight to gunicorn's port, past nginx."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.app_port, timeout=30)
+        try:
+            connection.request("GET", url, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            return int(response.status)
         finally:
             connection.close()
 
@@ -69,13 +88,21 @@ def token_key(monkeypatch) -> str:
 
 
 @pytest.fixture
-def serve(settings, tmp_path, token_key) -> Iterator[Any]:
+def proxy_secret(monkeypatch) -> str:
+    secret = secrets.token_urlsafe(32)
+    monkeypatch.setenv("OTA_DEVICE_PROXY_SECRET", secret)  # nginx's vouch header carries it (devices.edge.vouch)
+    return secret
+
+
+@pytest.fixture
+def serve(settings, tmp_path, token_key, proxy_secret) -> Iterator[Any]:
     """serve(accel=False) -> a Server: gunicorn on the test database, with nginx in front when accel=True."""
     processes: list[subprocess.Popen[bytes]] = []
 
-    def _serve(*, accel: bool = False) -> Server:
+    def _serve(*, accel: bool = False, recheck_seconds: int = 5) -> Server:
         app_port = free_port()
         probe_log = tmp_path / "sendfile.jsonl"
+        access_log = tmp_path / "access.log"
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "ota_project.settings",
@@ -87,6 +114,7 @@ def serve(settings, tmp_path, token_key) -> Iterator[Any]:
             "OTA_DEVICE_AUTH": "secret",  # these speak to gunicorn directly with the development credential
             "SENDFILE_PROBE_LOG": str(probe_log),
             "OTA_ARTIFACT_ACCEL_REDIRECT": "/_ota_artifacts/" if accel else "",
+            "OTA_DOWNLOAD_RECHECK_SECONDS": str(recheck_seconds),
         }
         gunicorn = [
             str(Path(sys.executable).with_name("gunicorn")),
@@ -101,6 +129,8 @@ def serve(settings, tmp_path, token_key) -> Iterator[Any]:
             "8",
             "--bind",
             f"127.0.0.1:{app_port}",
+            "--access-logfile",
+            str(access_log),
         ]
         processes.append(process_start(gunicorn, env, tmp_path / "gunicorn.log", app_port))
         if not accel:
@@ -109,14 +139,17 @@ def serve(settings, tmp_path, token_key) -> Iterator[Any]:
         nginx_dir.mkdir()
         port = free_port()
         site = nginx_device_site(
-            listen=f"127.0.0.1:{port}", upstream=f"127.0.0.1:{app_port}", artifact_root=Path(settings.ARTIFACT_ROOT)
+            listen=f"127.0.0.1:{port}",
+            upstream=f"127.0.0.1:{app_port}",
+            artifact_root=Path(settings.ARTIFACT_ROOT),
+            proxy_secret=proxy_secret,
         )
         user = getpass.getuser() if os.geteuid() == 0 else ""  # root's workers would otherwise be `nobody`
         (nginx_dir / "nginx.conf").write_text(nginx_main_conf(workdir=nginx_dir, servers=[site], user=user))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         argv = [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log")]
         processes.append(process_start(argv, env, nginx_dir / "stdout.log", port))
-        return Server(port, probe_log)
+        return Server(port, probe_log, access_log, app_port)
 
     yield _serve
     for process in reversed(processes):
@@ -252,3 +285,95 @@ def test_nginx_sends_the_bytes_the_app_authorised(serve, pilot, other_pilot, run
     internal, _ = server.request("GET", f"/_ota_artifacts/whole/{sha[:2]}/{sha}", {})
     assert internal.status == 404  # the internal locations answer only the app's redirects
     assert SecurityEvent.objects.filter(kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED).count() == 1
+
+
+def _refusals() -> list[SecurityEvent]:
+    return list(SecurityEvent.objects.filter(kind=SecurityEventKind.DEVICE_ARTIFACT_REFUSED).order_by("pk"))
+
+
+def test_nginx_reuses_the_apps_vouch_within_the_bound_and_never_for_another_credential(
+    serve, pilot, other_pilot, running, device_client, sha
+):
+    image = _big_image(sha)
+    server = serve(accel=True, recheck_seconds=30)
+    auth = _auth(device_client, pilot)
+    target = _target(_offer(server, auth))
+    for start in (0, 4096, BIG - 10):
+        response, body = server.request("GET", target, {"Authorization": auth, "Range": f"bytes={start}-{start + 9}"})
+        assert response.status == 206 and body == image[start : start + 10]
+        assert response.msg.get_all("ETag") == [f'"{sha}"']
+    # One vouch from the app, then nginx alone: no range reached the app's artifact path.
+    assert server.app_requests(f"/artifacts/{sha}/vouch/") == 1
+    assert server.app_requests(f"/artifacts/{sha}/?") == 0
+    # The owner's cached vouch does not answer for another device's credential with the same URL.
+    stranger = _auth(device_client, other_pilot)
+    forbidden, body = server.request("GET", target, {"Authorization": stranger, "Range": "bytes=0-9"})
+    assert forbidden.status == 403 and json.loads(body)["error"]["code"] == "download_token_invalid"
+    (event,) = _refusals()
+    assert event.device_serial == other_pilot.serial and "download_token_invalid" in event.message
+    again, body = server.request("GET", target, {"Authorization": stranger, "Range": "bytes=0-9"})
+    assert again.status == 403  # refusals are never cached: each one reaches the app and is recorded
+    assert SecurityEvent.objects.get(pk=event.pk).count == 2
+    # 416 and a stale If-Range answer as before, from the cached vouch too.
+    refused, body = server.request("GET", target, {"Authorization": auth, "Range": f"bytes={BIG}-"})
+    assert refused.status == 416 and json.loads(body)["error"]["code"] == "range_not_satisfiable"
+    assert refused.msg.get_all("Content-Range") == [f"bytes */{BIG}"]
+    assert refused.msg.get_all("ETag") == [f'"{sha}"'] and refused.getheader("Content-Type") == "application/json"
+    whole, body = server.request("GET", target, {"Authorization": auth, "Range": "bytes=7-9", "If-Range": '"old"'})
+    assert whole.status == 200 and body == image
+
+
+def test_a_cached_vouch_stops_within_the_recheck_bound_after_a_withdrawal(serve, pilot, running, device_client, sha):
+    _big_image(sha)
+    server = serve(accel=True, recheck_seconds=3)
+    auth = _auth(device_client, pilot)
+    target = _target(_offer(server, auth))
+    decided = time.time()  # the app's rules verdict is taken at the first range, after this
+    response, _ = server.request("GET", target, {"Authorization": auth, "Range": "bytes=0-0"})
+    assert response.status == 206
+    Deployment.objects.filter(device=pilot).update(status=DeploymentStatus.CANCELLED)  # withdrawn
+    statuses = []
+    while time.time() < decided + 6:
+        response, _ = server.request("GET", target, {"Authorization": auth, "Range": "bytes=1-1"})
+        statuses.append((round(time.time() - decided, 2), response.status))
+        if response.status != 206:
+            break
+        time.sleep(0.1)
+    after, status = statuses[-1]
+    assert status == 404 and after <= 3.0 + 0.5, statuses  # within OTA_DOWNLOAD_RECHECK_SECONDS of the last check
+    assert len(statuses) > 1, statuses  # a vouch was reused meanwhile (the bound, not a per-range database read)
+    assert _refusals()[-1].message == "An image was requested that is not offered to this device."
+
+
+def test_an_expired_token_through_nginx_is_refused_and_recorded(serve, pilot, running, device_client, sha):
+    _big_image(sha)
+    server = serve(accel=True, recheck_seconds=30)
+    auth = _auth(device_client, pilot)
+    _offer(server, auth)
+    url = download_url(pilot, sha, now=time.time() - 3600)
+    refused, body = server.request("GET", url, {"Authorization": auth, "Range": "bytes=0-9"})
+    assert refused.status == 401 and json.loads(body)["error"]["code"] == "download_token_expired"
+    assert "download_token_expired" in _refusals()[-1].message
+
+
+def test_the_vouch_answers_only_nginx(serve, pilot, running, device_client, sha, proxy_secret):
+    _big_image(sha)
+    server = serve(accel=True, recheck_seconds=30)
+    auth = _auth(device_client, pilot)
+    target = _target(_offer(server, auth))
+    vouch = target.replace("/?token=", "/vouch/?token=")
+    for headers in ({}, {"X-OTA-Vouch-Auth": "guessed"}):
+        assert server.direct(vouch, {"Authorization": auth, **headers}) == 404
+    assert server.direct(vouch, {"Authorization": auth, "X-OTA-Vouch-Auth": proxy_secret}) == 200
+    assert server.request("GET", vouch, {"Authorization": auth})[0].status == 404  # nginx: only its internal one
+    assert not SecurityEvent.objects.exists()
+
+
+def test_reuse_never_reaches_the_bound_in_nginx_whole_seconds():
+    from devices.edge.vouch import reuse_seconds
+
+    for now, until in ((100.0, 105.0), (100.9, 105.0), (100.1, 104.95), (100.5, 101.2), (100.0, 99.0)):
+        seconds = reuse_seconds(until=until, now=now)
+        # nginx stores at its whole-second clock (<= now) and serves while that clock is <= stored + seconds.
+        assert seconds == 0 or int(now) + seconds + 1 <= until
+    assert reuse_seconds(until=105.0, now=100.0) == 4

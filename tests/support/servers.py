@@ -62,3 +62,16 @@ def gunicorn_start(env: dict[str, str], log: Path, port: int, *options: str) -> 
     """gunicorn with the project's configuration (ota_project/gunicorn_conf.py) on 127.0.0.1:`port`."""
     argv = [sys.executable, "-m", "gunicorn", "--config", str(processes.GUNICORN_CONF), "--bind", f"127.0.0.1:{port}"]
     return process_start([*argv, *options], env, log, port)
+
+
+def logged_requests(access_log: Path | None, fragment: str) -> int:
+    """Requests in gunicorn's access log whose line contains `fragment`, once the log has settled (gunicorn writes
+    a line after it sent the answer, so the client may read the answer first)."""
+    counted, deadline = -1, time.monotonic() + 5
+    while True:
+        lines = access_log.read_text().splitlines() if access_log is not None and access_log.exists() else []
+        count = sum(fragment in line for line in lines)
+        if count == counted or time.monotonic() > deadline:
+            return count
+        counted = count
+        time.sleep(0.5)

@@ -24,7 +24,7 @@ from devices.pki import device_identity_write, pki_paths, server_pins
 from ota_project.net import free_port
 from tests import change_fixtures as _changes
 from tests.device_api import conftest as _device_api
-from tests.support.servers import gunicorn_env, gunicorn_start, process_start, process_stop
+from tests.support.servers import gunicorn_env, gunicorn_start, logged_requests, process_start, process_stop
 
 fleet = _changes.fleet
 _fresh_download_verdicts = _device_api._fresh_download_verdicts
@@ -46,6 +46,11 @@ class Edge:
     nginx_dir: Path
     identities: Path
     token_key: str
+    access_log: Path
+
+    def app_requests(self, fragment: str) -> int:
+        """How many requests reached gunicorn whose request line contains `fragment` (its access log)."""
+        return logged_requests(self.access_log, fragment)
 
     @property
     def server(self) -> str:
@@ -89,7 +94,13 @@ class Edge:
 
 
 @pytest.fixture
-def edge(settings, tmp_path, monkeypatch, running, pilot, other_pilot) -> Iterator[Edge]:
+def recheck_seconds() -> str:
+    """The app's OTA_DOWNLOAD_RECHECK_SECONDS (1: nginx reuses no vouch; a test parametrizes a longer one)."""
+    return "1"
+
+
+@pytest.fixture
+def edge(settings, tmp_path, monkeypatch, running, pilot, other_pilot, recheck_seconds) -> Iterator[Edge]:
     """The production shape on loopback: device CA + server certificate + nginx (ssl_verify_client on) + gunicorn
     in certificate mode on the test database; both pilots provisioned (in the token-held issuing CA)."""
     settings.OTA_DEVICE_AUTH = "certificate"
@@ -111,15 +122,16 @@ def edge(settings, tmp_path, monkeypatch, running, pilot, other_pilot) -> Iterat
         OTA_DOWNLOAD_TOKEN_KEY=token_key,
         OTA_DEVICE_AUTH="certificate",
         OTA_ARTIFACT_ACCEL_REDIRECT="/_ota_artifacts/",
-        OTA_DOWNLOAD_RECHECK_SECONDS="1",
+        OTA_DOWNLOAD_RECHECK_SECONDS=recheck_seconds,
         OTA_WEB_WORKERS="1",
     )
-    started = [gunicorn_start(env, tmp_path / "gunicorn.log", app_port)]
+    access_log = tmp_path / "access.log"
+    started = [gunicorn_start(env, tmp_path / "gunicorn.log", app_port, "--access-logfile", str(access_log))]
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     argv = [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log")]
     try:
         started.append(process_start(argv, env, nginx_dir / "stdout.log", tls_port))
-        yield Edge(app_port, tls_port, nginx_dir, identities, token_key)
+        yield Edge(app_port, tls_port, nginx_dir, identities, token_key, access_log)
     finally:
         for process in reversed(started):
             process_stop(process)

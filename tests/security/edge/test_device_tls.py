@@ -276,6 +276,40 @@ def test_a_revoked_certificate_is_refused_from_the_next_check_in_and_ranges_with
     assert event.subject == f"certificate:{revoked.serial_number}"
 
 
+@pytest.mark.parametrize("recheck_seconds", ["4"])
+def test_nginx_reuses_a_vouch_for_its_certificate_only_and_stops_within_the_bound_on_revocation(
+    edge, pilot, other_pilot, sha, security_officer
+):
+    mine = edge.transport(pilot)
+    offer = attested_checkin(mine)["offer"]
+    target = _target(offer["artifact"]["url"])
+    decided = time.time()  # the app's first (and only) database check of this download comes after this
+    for start in (0, 100, 5000):
+        status, body = edge.raw(pilot, "GET", target, {"Range": f"bytes={start}-{start + 9}"})
+        assert status == 206 and body == IMAGE[start : start + 10]
+    resumed = bytearray()  # the agent's resume, through the same cached vouch
+    mine.download(offer["artifact"]["url"], sha256=sha, offset=100, sink=lambda _p, c: resumed.extend(c))
+    assert bytes(resumed) == IMAGE[100:]
+    assert edge.app_requests(f"/artifacts/{sha}/vouch/") == 1  # nginx reused the app's vouch
+    assert edge.app_requests(f"/artifacts/{sha}/?") == 0  # and sent every range itself
+    # Right after the owner's cached use, its URL over another device's certificate is refused and recorded.
+    status, body = edge.raw(other_pilot, "GET", target, {"Range": "bytes=0-9"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "download_token_invalid"
+    (foreign,) = _events(SecurityEventKind.DEVICE_ARTIFACT_REFUSED)
+    assert foreign.device_serial == other_pilot.serial
+    device_certificate_revoke(actor=security_officer, device=pilot, reason="unit reported stolen")
+    seen = []
+    while time.time() < decided + 8:
+        status, _ = edge.raw(pilot, "GET", target, {"Range": "bytes=1-1"})
+        seen.append((round(time.time() - decided, 2), status))
+        if status != 206:
+            break
+        time.sleep(0.1)
+    assert seen[-1][1] == 401 and seen[-1][0] <= 4.5, seen  # OTA_DOWNLOAD_RECHECK_SECONDS of the last check
+    (revoked,) = _events(SecurityEventKind.DEVICE_AUTH_FAILED)
+    assert revoked.device_serial == pilot.serial and "revoked" in revoked.message
+
+
 def test_a_renewed_device_uses_its_new_certificate_and_the_old_one_and_its_tokens_are_refused(
     edge,
     pilot,
