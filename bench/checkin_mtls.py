@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.db_stats import commits
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ota_project.settings")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,16 +272,17 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in TARGETS}
         for _ in range(args.rounds):
             for name, path in TARGETS.items():
-                runs[name].append(
-                    load(
-                        identities,
-                        args.tls_port,
-                        path,
-                        seconds=args.seconds,
-                        processes=args.load_processes,
-                        connections=args.connections,
-                    )
+                before = commits()
+                result = load(
+                    identities,
+                    args.tls_port,
+                    path,
+                    seconds=args.seconds,
+                    processes=args.load_processes,
+                    connections=args.connections,
                 )
+                result["db_transactions_per_request"] = (commits() - before) / max(1, result["requests"])
+                runs[name].append(result)
     finally:
         for process in reversed(processes):
             os.killpg(process.pid, signal.SIGTERM)
@@ -302,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_checkin_to_hello_query": round(best["checkin_idle"]["per_s"] / best["hello_query"]["per_s"], 3),
         "latency_ms_of_best": {name: {"p50": r["p50_ms"], "p99": r["p99_ms"]} for name, r in best.items()},
         "runs_per_s": {name: [round(r["per_s"]) for r in results] for name, results in runs.items()},
+        "db_transactions_per_request": {
+            name: [round(r["db_transactions_per_request"], 3) for r in results] for name, results in runs.items()
+        },
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -338,3 +338,19 @@ class CohortTelemetryAggregate(_TelemetryAggregate):
 
     def __str__(self) -> str:
         return f"{self.indicator} of {self.cohort} ({self.hardware_model_id})"
+
+
+class CheckinEpoch(models.Model):
+    """A counter the database bumps (triggers) whenever a cached "nothing to do" check-in answer may have gone stale.
+
+    `work`: a deployment became an offer candidate or in flight. `identity`: a credential or certificate changed
+    (revoked, superseded, deleted), or a device's status, region or serial changed, or a region's poll interval or
+    check-in budget did. Never written by application code; devices.edge.quiet reads them (a missing row counts 0)."""
+
+    name = models.CharField(max_length=16, primary_key=True)
+    value = models.BigIntegerField(default=0)
+    # The transaction and statement that bumped it last: a statement changing many rows bumps it once.
+    bumped_by = models.CharField(max_length=64, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"

@@ -70,3 +70,11 @@ def child_exit(server: object, worker: object) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(getattr(worker, "pid", 0))
+
+
+# What a worker buffered in memory (devices.edge.quiet: the check-ins it answered from memory) is written when it
+# exits (restart after max_requests, SIGTERM, HUP), not lost with it: the apps answer this signal.
+def worker_exit(server: object, worker: object) -> None:
+    from ota_project.signals import worker_exiting
+
+    worker_exiting.send_robust(sender=None)

@@ -335,6 +335,14 @@ OTA_DEVICE_BUDGET_WINDOW_SECONDS = int(os.environ.get("OTA_DEVICE_BUDGET_WINDOW_
 OTA_DEVICE_DOWNLOAD_LEASE_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_LEASE_SECONDS", "900"))
 OTA_DEVICE_DOWNLOAD_RETRY_SECONDS = int(os.environ.get("OTA_DEVICE_DOWNLOAD_RETRY_SECONDS", "30"))
 OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_POLLS", "3"))
+# Quiet check-ins from memory (devices.edge.quiet): the check-in epochs are re-read at most every
+# OTA_CHECKIN_EPOCH_SECONDS (the bound on how late new work, a revocation or a status change reaches a device that
+# had nothing to do); entries live OTA_CHECKIN_CACHE_SECONDS, at most OTA_CHECKIN_CACHE_ENTRIES per process; their
+# last_seen_at and reports are written every OTA_LAST_SEEN_FLUSH_SECONDS and at worker exit.
+OTA_CHECKIN_EPOCH_SECONDS = float(os.environ.get("OTA_CHECKIN_EPOCH_SECONDS", "1"))
+OTA_CHECKIN_CACHE_SECONDS = int(os.environ.get("OTA_CHECKIN_CACHE_SECONDS", "3600"))
+OTA_CHECKIN_CACHE_ENTRIES = int(os.environ.get("OTA_CHECKIN_CACHE_ENTRIES", "250000"))
+OTA_LAST_SEEN_FLUSH_SECONDS = float(os.environ.get("OTA_LAST_SEEN_FLUSH_SECONDS", "2"))
 # Abuse and swarm limits (README "Abuse and swarm limits"), for the whole server, before any database work; 0 = off.
 # Each web process keeps rate/W and burst/W, W the server's web workers: gunicorn's master exports its worker count
 # as OTA_WEB_WORKERS before it forks them (ota_project/gunicorn_conf.py); a process not started by it serves alone.

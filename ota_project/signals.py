@@ -11,3 +11,7 @@ refusal = Signal()
 
 REFUSAL_UNAUTHORISED = "action_unauthorised"
 REFUSAL_API_AUTH_FAILED = "api_auth_failed"
+
+# A web worker is exiting (gunicorn's worker_exit hook; ota_project/gunicorn_conf.py): apps write back what they
+# buffered in the process's memory. No arguments. Sent with send_robust: one receiver's failure spares the others.
+worker_exiting = Signal()

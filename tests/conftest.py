@@ -17,6 +17,7 @@ from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
 from devices.edge.abuse import limits_reset
+from devices.edge.quiet import quiet_reset
 from ota_project.hsm.softhsm import softhsm_setup
 from ota_project.roles import Role
 from tests.change_fixtures import SAFE_ANSWERS, approved_change, change_fields, fleet, submitted_change  # noqa: F401
@@ -102,6 +103,8 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     # The device API's abuse limits (devices.edge.abuse) are per process and would carry one test's requests into the
     # next: every test starts with empty buckets and the limits off; tests/security/test_device_limits.py turns them on.
     limits_reset()
+    # The quiet check-ins' memory (devices.edge.quiet) is per process too: primary keys and epochs repeat.
+    quiet_reset()
     settings.OTA_DEVICE_RATE_PER_SECOND = 0
     settings.OTA_ADDRESS_RATE_PER_SECOND = 0
     settings.OTA_UNAUTHENTICATED_RATE_PER_SECOND = 0

@@ -25,8 +25,9 @@ from django.db.models.sql import UpdateQuery
 
 from devices.credentials import secret_hash
 from devices.edge.identity import PresentedIdentity, accepted_certificate_devices, accepted_devices
+from devices.edge.quiet import IDENTITY, WORK, Epochs, QuietDevice
 from devices.edge.services import IN_FLIGHT
-from devices.models import Device
+from devices.models import CheckinEpoch, Device
 from devices.services import device_report_changes, device_report_check
 from devices.validators import SLOT_NAMES
 from ota_project.compiled_queries import prepared_cursor
@@ -51,6 +52,17 @@ class CheckinRow:
     work_waiting: bool  # a pending or offered deployment: only deployment_offer may answer
     under_way: bool  # a deployment between download and confirmation
     fetching: bool  # a deployment whose image the device is downloading: the answer repeats its offer (fresh URL)
+    epochs: Epochs  # the check-in epochs as of the statement's snapshot (devices.edge.quiet)
+
+    @property
+    def quiet(self) -> bool:
+        """Recorded, and nothing waiting or under way: an answer devices.edge.quiet may give again from memory."""
+        return self.recorded and not self.work_waiting and not self.under_way
+
+    def quiet_device(self) -> QuietDevice:
+        return QuietDevice(
+            self.device_id, self.region_id, self.region_poll_interval_seconds, self.region_max_checkins_per_window
+        )
 
 
 # Stand-ins the statement is compiled with once per shape of report; each marks where one request value goes.
@@ -127,10 +139,12 @@ def _compile(present: frozenset[str], by_certificate: bool) -> _Statement:
     waiting, waiting_params = _exists(OFFER_CANDIDATES)
     under_way, under_way_params = _exists(_UNDER_WAY)
     fetching, fetching_params = _exists((DeploymentStatus.DOWNLOADING,))
+    work, work_params = _epoch(WORK)
+    identity, identity_params = _epoch(IDENTITY)
     sql = (
         f"WITH caller AS ({caller}), written AS ({written} RETURNING 1) "
         'SELECT caller."device_id", caller."region_ref", caller."poll", caller."own_budget", '
-        f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way}, {fetching} FROM caller"
+        f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way}, {fetching}, {work}, {identity} FROM caller"
     )
     markers = {name: value for name, value in stand_in.items() if name in present or name not in report}
     if by_certificate:
@@ -139,7 +153,8 @@ def _compile(present: frozenset[str], by_certificate: bool) -> _Statement:
         del markers["fingerprint"]
         markers["secret"] = secret_hash(stand_in["secret"])
     slots = []
-    for param in (*caller_params, *written_params, *waiting_params, *under_way_params, *fetching_params):
+    every = (*caller_params, *written_params, *waiting_params, *under_way_params, *fetching_params)
+    for param in (*every, *work_params, *identity_params):
         value = _plain(param)
         name = next((n for n, m in markers.items() if type(m) is type(value) and m == value), None)
         slots.append((name, param))
@@ -157,6 +172,11 @@ def _statement(present: frozenset[str], by_certificate: bool) -> _Statement:
 def _exists(statuses: tuple[str, ...]) -> tuple[str, list[Any]]:
     text, params = _sql(Deployment.objects.filter(device_id__in=_CALLER, status__in=statuses).order_by().values("pk"))
     return f"EXISTS ({text})", params
+
+
+def _epoch(name: str) -> tuple[str, list[Any]]:
+    text, params = _sql(CheckinEpoch.objects.filter(name=name).values("value"))
+    return f"COALESCE(({text}), 0)", params
 
 
 def checkin_record(*, presented: PresentedIdentity, report: dict[str, Any], at: datetime) -> CheckinRow | None:
@@ -182,4 +202,15 @@ def checkin_record(*, presented: PresentedIdentity, report: dict[str, Any], at: 
         row = cursor.fetchone()
     if row is None:
         return None
-    return CheckinRow(*row)
+    device_id, region_id, poll, budget, recorded, waiting, under_way, fetching, work, identity = row
+    return CheckinRow(
+        device_id=device_id,
+        region_id=region_id,
+        region_poll_interval_seconds=poll,
+        region_max_checkins_per_window=budget,
+        recorded=recorded,
+        work_waiting=waiting,
+        under_way=under_way,
+        fetching=fetching,
+        epochs=Epochs(work=int(work), identity=int(identity)),
+    )

@@ -48,6 +48,7 @@ from devices.edge.identity import (
     request_identity,
     tls_refusal_record,
 )
+from devices.edge.quiet import QuietDevice, last_seen_note, quiet_forget, quiet_lookup, quiet_remember
 from devices.edge.serializers import (
     CheckinInputSerializer,
     CheckinOutputSerializer,
@@ -230,6 +231,7 @@ class CheckinView(DeviceAPIView):
         body = CheckinInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
         device_record_report(device=device, at=timezone.now(), **_report(body.validated_data))
+        quiet_forget(device.pk)  # what this process remembers of its report is not what is stored now
         attestation = _attestation(request, device.pk, body.validated_data)
         return Response(_checkin_answer(request, device_id=device.pk, shaping=self.shaping, attestation=attestation))
 
@@ -327,21 +329,26 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
         return None
     if body is None:
         return None
+    report = _report(body)
+    if body.get("attestation") is None:  # evidence is checked against the database: never from memory
+        remembered = quiet_lookup(presented, report)
+        if remembered is not None:
+            return _quiet_answer(request, remembered, body, report)
+    as_of = time.monotonic()
     try:
-        row = checkin_record(presented=presented, report=_report(body), at=timezone.now())
+        row = checkin_record(presented=presented, report=report, at=timezone.now())
     except InvalidInput:
         return None
     if row is None or not row.recorded:
         return None
     request.device_identity = presented  # type: ignore[attr-defined]  # the offer's token binds it
-    region = Region(
-        pk=row.region_id,
-        poll_interval_seconds=row.region_poll_interval_seconds,
-        max_checkins_per_window=row.region_max_checkins_per_window,
-    )
-    shaping = region_load_shaping(region=region)
+    shaping = region_load_shaping(region=_region(row.quiet_device()))
     # Evidence costs one statement when the check-in carries it; a nonce for the next one costs none.
     attestation = _attestation(request, row.device_id, body)
+    if row.quiet and attestation.verdict is not Verdict.REFUSED:
+        quiet_remember(presented, row.quiet_device(), report, row.epochs, as_of)
+    else:
+        quiet_forget(row.device_id)
     if row.work_waiting:
         answer = _checkin_answer(
             request, device_id=row.device_id, shaping=shaping, attestation=attestation, work_waiting=True
@@ -356,6 +363,30 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
             "offer": offer,
             **attestation.answer_fields(withheld=row.fetching and not attestation.offers_allowed),
         }
+    return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
+
+
+def _region(device: QuietDevice) -> Region:
+    return Region(
+        pk=device.region_id,
+        poll_interval_seconds=device.region_poll_interval_seconds,
+        max_checkins_per_window=device.region_max_checkins_per_window,
+    )
+
+
+def _quiet_answer(
+    request: HttpRequest, device: QuietDevice, body: dict[str, Any], report: dict[str, Any]
+) -> HttpResponse:
+    """The answer the statement gave this quiet device, again, from memory (devices.edge.quiet): no offer, the
+    region's poll interval, a fresh attestation nonce where attestation applies (no evidence came: no database)."""
+    shaping = region_load_shaping(region=_region(device))
+    attestation = _attestation(request, device.device_id, body)
+    last_seen_note(device.device_id, timezone.now(), report)
+    answer = {
+        "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=False),
+        "offer": None,
+        **attestation.answer_fields(withheld=False),
+    }
     return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
 
 
