@@ -112,24 +112,20 @@ def test_expired_image_metadata_replayed_is_refused_also_with_the_device_clock_s
 
 
 @pytest.mark.parametrize(
-    ("declared_length", "bound"),
-    [
-        (None, 64 * 1024 * 1024),  # no Content-Length: the bytes never end; read up to the offered length, then cut
-        (1 << 40, 1024 * 1024),  # a terabyte declared: refused before a byte of the body is read
-    ],
+    "declared_length",
+    [None, 1 << 40],  # no Content-Length: bytes that never end; a terabyte declared: refused before the body is read
     ids=["endless", "declared-oversized"],
 )
-def test_an_endless_or_oversized_download_is_cut_off_and_never_staged(
-    vehicle, live_server, operator, declared_length, bound
-):
+def test_an_endless_or_oversized_download_is_cut_off_and_never_staged(vehicle, live_server, operator, declared_length):
     artifact = EndlessArtifact(declared_length=declared_length)
     with endless_artifact_proxy(live_server.url, artifact) as proxy:
         secret = device_credential_issue(actor=operator, device=vehicle.model)
         vehicle.transport = AttackerTransport(proxy, vehicle.model.serial, secret, timeout=10)
         agent = run(vehicle)
     assert artifact.answered >= 1
-    # The agent hung up: the man in the middle never got near its cap (socket buffers hold a few MiB at most).
-    assert artifact.sent < bound < artifact.cap
+    # The agent hung up: the man in the middle never got near its cap (what it wrote is what the sockets' buffers
+    # took before the close, a few MiB; the agent itself kept at most the offered length, checked below).
+    assert artifact.sent < 64 * 1024 * 1024 < artifact.cap
     failed = [r for r in vehicle.transport.reports if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["failure_class"] == "untrusted", failed
     assert failed[0]["detail"].startswith("untrusted: artifact: answer_too_large:")
