@@ -655,14 +655,16 @@ def change_approval_lapse(*, change_id: int, now: datetime) -> ChangeRequest | N
     why = "the requested window closed" if closed else "the approval is older than the policy allows"
     change.revision += 1
     change.save(update_fields=["revision", "updated_at"])
-    _void_approvals(None, change, f"approval lapsed: {why}", system_actor=TIMER_ACTOR)
+    # On whose behalf: the approval policy whose validity ran out (its voided approvals and the lapse alike).
+    timer = f"{TIMER_ACTOR} for approval policy {change.change_type}/{change.risk_level}"
+    _void_approvals(None, change, f"approval lapsed: {why}", system_actor=timer)
     return _transition(
         actor=None,
         change=change,
         to=ChangeStatus.SUBMITTED,
         action="change.approval_lapsed",
         reason=f"The approval lapsed at {expires:%Y-%m-%d %H:%M} UTC: {why}; the change needs a fresh decision.",
-        system_actor=_on_behalf_of(None, f"{TIMER_ACTOR} for approval policy {change.change_type}/{change.risk_level}"),
+        system_actor=timer,
         review_started_at=now,
         scheduled_start=None,
         scheduled_by_id=None,

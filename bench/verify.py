@@ -7,7 +7,8 @@
    vehicle (nothing trusted yet but the provisioned roots) and on a vehicle that already trusts the current
    snapshot and targets. The metadata is built with python-tuf in the same shape and key types as the server's.
    Next to it, in the same run: the raw signature checks it needs (6 Ed25519 verifications) and the JSON parsing
-   of the same files. Target: at most 20 ms of agent CPU per update check.
+   of the same files. Target: at most 20 ms of agent CPU per update check. The same again in hybrid mode (an
+   ML-DSA-65 key beside every image role's classical key, all required), same run (`agent_hybrid`).
 2. Server cost at offer time: one `director_targets_sign` (one signature in the SoftHSM2 token, the root check,
    serialisation) next to one bare token signature, same run; a re-sent offer reuses the stored bytes (0 signatures).
 """
@@ -42,9 +43,12 @@ def _cpu(action: Callable[[], Any], rounds: int) -> dict[str, float]:
     return {"median_ms": round(statistics.median(samples), 3), "p95_ms": round(samples[int(len(samples) * 0.95)], 3)}
 
 
-def _repositories() -> dict[str, Any]:
+def _repositories(hybrid: bool = False) -> dict[str, Any]:
     """Both repositories as the server publishes them: image root/targets(2 keys)/snapshot/timestamp, consistent
-    snapshots, a target with the custom fields; director root and one device's targets with its custom fields."""
+    snapshots, a target with the custom fields; director root and one device's targets with its custom fields.
+    `hybrid`: every image role also lists an ML-DSA-65 key, all keys required (the director stays classical, as
+    the server's is)."""
+    from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
     from securesystemslib.signer import CryptoSigner
     from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
     from tuf.api.serialization.json import JSONSerializer
@@ -52,13 +56,23 @@ def _repositories() -> dict[str, Any]:
     pretty, compact = JSONSerializer(compact=False), JSONSerializer(compact=True)
     now = datetime.now(UTC).replace(microsecond=0)
     keys = {name: CryptoSigner.generate_ed25519() for name in ("root", "t1", "t2", "snap", "ts", "droot", "dir")}
+    names_of = {"root": ["root"], "targets": ["t1", "t2"], "snapshot": ["snap"], "timestamp": ["ts"]}
+    if hybrid:
+        for role, names in names_of.items():
+            keys[f"{role}-ml-dsa"] = CryptoSigner(MLDSA65PrivateKey.generate())
+            names.append(f"{role}-ml-dsa")
     image_root = Root(expires=now + timedelta(days=365), consistent_snapshot=True)
-    for role, names in (("root", ["root"]), ("targets", ["t1", "t2"]), ("snapshot", ["snap"]), ("timestamp", ["ts"])):
+    for role, names in names_of.items():
         for name in names:
             image_root.add_key(keys[name].public_key, role)
         image_root.roles[role].threshold = len(names)
+
+    def sign(metadata: Metadata[Any], role: str) -> None:
+        for name in names_of[role]:
+            metadata.sign(keys[name], append=True)
+
     root_md = Metadata(image_root)
-    root_md.sign(keys["root"])
+    sign(root_md, "root")
     image = b"\x5a" * 4_000_000
     import hashlib
 
@@ -75,12 +89,11 @@ def _repositories() -> dict[str, Any]:
         for i in range(20)  # twenty releases listed, one of them offered
     }
     targets_md = Metadata(Targets(version=7, expires=now + timedelta(days=90), targets=targets))
-    targets_md.sign(keys["t1"], append=True)
-    targets_md.sign(keys["t2"], append=True)
+    sign(targets_md, "targets")
     snapshot_md = Metadata(
         Snapshot(version=9, expires=now + timedelta(days=7), meta={"targets.json": MetaFile(version=7)})
     )
-    snapshot_md.sign(keys["snap"])
+    sign(snapshot_md, "snapshot")
     snapshot_bytes = snapshot_md.to_bytes(pretty)
     timestamp_md = Metadata(
         Timestamp(
@@ -91,7 +104,7 @@ def _repositories() -> dict[str, Any]:
             ),
         )
     )
-    timestamp_md.sign(keys["ts"])
+    sign(timestamp_md, "timestamp")
     director_root = Root(expires=now + timedelta(days=365), consistent_snapshot=True)
     director_root.add_key(keys["droot"].public_key, "root")
     director_root.add_key(keys["dir"].public_key, "targets")
@@ -145,13 +158,13 @@ def _repositories() -> dict[str, Any]:
     }
 
 
-def bench_agent(rounds: int) -> dict[str, Any]:
+def bench_agent(rounds: int, *, hybrid: bool = False) -> dict[str, Any]:
     """Agent CPU per update check (fresh vehicle and warm vehicle) next to the raw checks it needs."""
     from securesystemslib.formats import encode_canonical
 
     from devices.agent.verify import Trust, Verifier
 
-    repos = _repositories()
+    repos = _repositories(hybrid)
     trust = Trust(SERIAL, HARDWARE, repos["image_root"], repos["director_root"], image_repository_url="/m/")
     now = datetime.now(UTC)
 
@@ -264,6 +277,13 @@ def main() -> None:
     parser.add_argument("--agent-only", action="store_true", help="Skip the server part (no database needed).")
     args = parser.parse_args()
     result: dict[str, Any] = {"agent": bench_agent(args.rounds)}
+    # Hybrid in the same run: the image repository with ML-DSA-65 beside every classical key (issue #11 item 5).
+    hybrid = bench_agent(args.rounds, hybrid=True)
+    hybrid["ratio_to_classical_fresh"] = round(
+        hybrid["update_check_fresh_vehicle"]["median_ms"] / result["agent"]["update_check_fresh_vehicle"]["median_ms"],
+        2,
+    )
+    result["agent_hybrid"] = hybrid
     if not args.agent_only:
         result["server"] = bench_server(max(20, args.rounds // 4))
     print(json.dumps(result, indent=1))

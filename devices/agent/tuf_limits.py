@@ -13,6 +13,7 @@ Standard library only (the agent's dependency list is checked by tests/agent/tes
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 HYBRID_SCHEME = "hybrid-ecdsa-p256+ml-dsa-65"  # devices.choices.SigningScheme.HYBRID_ML_DSA_65
@@ -41,6 +42,25 @@ HYBRID_LIMITS = TufLimits(
 def tuf_limits(signing_scheme: str) -> TufLimits:
     """The limits for a hardware model's signing scheme (hybrid, or a classical one)."""
     return HYBRID_LIMITS if signing_scheme == HYBRID_SCHEME else CLASSICAL_LIMITS
+
+
+def limits_for_root_keys(keytypes: Iterable[str]) -> TufLimits:
+    """The limits for a repository by what its trusted root names: hybrid as soon as one key is ML-DSA (a hybrid
+    repository, or a classical one rotated to hybrid), classical otherwise. The vehicle's agent uses this: it knows
+    its repository by its root, not by the server's name for its hardware model's scheme."""
+    return HYBRID_LIMITS if any(keytype.startswith("ml-dsa") for keytype in keytypes) else CLASSICAL_LIMITS
+
+
+def limit_for_file(limits: TufLimits, filename: str) -> int:
+    """The most bytes a client takes for one metadata file (`2.root.json`, `timestamp.json`, `7.targets.json`...)."""
+    for role, limit in (
+        ("root", limits.root_max_length),
+        ("timestamp", limits.timestamp_max_length),
+        ("snapshot", limits.snapshot_max_length),
+    ):
+        if filename.endswith(f"{role}.json"):
+            return limit
+    return limits.targets_max_length
 
 
 def updater_config_kwargs(signing_scheme: str) -> dict[str, int]:

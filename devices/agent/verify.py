@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,9 @@ from tuf.api.serialization import DeserializationError
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from devices.agent.state import write_atomic
+from devices.agent.tuf_limits import TufLimits, limit_for_file, limits_for_root_keys
 
-MAX_METADATA_BYTES = 2_000_000  # any metadata file the agent fetches (ngclient applies its own tighter caps)
+MAX_METADATA_BYTES = 2_000_000  # a director file; the image repository's are bounded per role (tuf_limits)
 MAX_ROOT_ROTATIONS = 32
 MAX_PASSES = 8  # ngclient passes over prefetched bytes before giving up (each pass fetches what it missed)
 
@@ -145,12 +146,24 @@ class Verifier:
             write_atomic(self.image_dir / "root.json", trust.image_root, mode=0o644)
         if not (self.director_dir / "root.json").exists():
             write_atomic(self.director_dir / "root.json", trust.director_root, mode=0o644)
-        self.config = UpdaterConfig(max_root_rotations=MAX_ROOT_ROTATIONS)
 
     # --- image repository (ngclient) -------------------------------------------------------------------------
 
     def _metadata_url(self) -> str:
         return self.trust.image_repository_url.rstrip("/") + "/metadata/"
+
+    def _limits(self) -> TufLimits:
+        """The size limits of the image repository as its trusted root says it is (hybrid: raised for ML-DSA)."""
+        try:
+            keys = json.loads((self.image_dir / "root.json").read_bytes())["signed"]["keys"]
+            keytypes = [str(key.get("keytype", "")) for key in keys.values()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            keytypes = []  # ngclient refuses a broken root anyway; the tight limits meanwhile
+        return limits_for_root_keys(keytypes)
+
+    def _fetch(self, url: str) -> FetchBytes:
+        """The GET of one metadata file, bounded by the limit of its role (the same limit ngclient applies)."""
+        return FetchBytes(url, max_length=limit_for_file(self._limits(), url))
 
     def _prefetch(self, fetcher: PrefetchedFetcher) -> Verification:
         """Fetch what ngclient will ask for, guessing versions from the unverified timestamp and snapshot and
@@ -158,9 +171,9 @@ class Verifier:
         base = self._metadata_url()
         root_version = _local_version(self.image_dir / "root.json") or 1
         next_root = f"{base}{root_version + 1}.root.json"
-        fetcher.files[next_root] = yield FetchBytes(next_root)
+        fetcher.files[next_root] = yield self._fetch(next_root)
         timestamp_url = f"{base}timestamp.json"
-        timestamp = fetcher.files[timestamp_url] = yield FetchBytes(timestamp_url)
+        timestamp = fetcher.files[timestamp_url] = yield self._fetch(timestamp_url)
         snapshot_version = _json_hint(timestamp).get("meta", {}).get("snapshot.json", {}).get("version")
         if not isinstance(snapshot_version, int):
             return
@@ -169,22 +182,24 @@ class Verifier:
         if _local_version(self.image_dir / "snapshot.json") == snapshot_version:
             snapshot = (self.image_dir / "snapshot.json").read_bytes()
         else:
-            snapshot = fetcher.files[snapshot_url] = yield FetchBytes(snapshot_url)
+            snapshot = fetcher.files[snapshot_url] = yield self._fetch(snapshot_url)
         targets_version = _json_hint(snapshot).get("meta", {}).get("targets.json", {}).get("version")
         if isinstance(targets_version, int) and _local_version(self.image_dir / "targets.json") != targets_version:
             targets_url = f"{base}{targets_version}.targets.json"
-            fetcher.files[targets_url] = yield FetchBytes(targets_url)
+            fetcher.files[targets_url] = yield self._fetch(targets_url)
 
     def image_target(self, path: str, now: datetime) -> Verification:
         """The image repository's verified entry for `path` (refresh through ngclient, trusted time `now`)."""
         fetcher = PrefetchedFetcher()
         yield from self._prefetch(fetcher)
         for _ in range(MAX_PASSES):
+            # Each pass re-reads the limits: a root rotated to hybrid in the last pass raises them for the rest.
+            config = UpdaterConfig(max_root_rotations=MAX_ROOT_ROTATIONS, **asdict(self._limits()))
             updater = Updater(
                 str(self.image_dir),
                 self._metadata_url(),
                 fetcher=fetcher,
-                config=self.config,
+                config=config,
                 bootstrap=None,
             )
             # ngclient judges expiry by the system clock; the vehicle judges it by its trusted time.
@@ -193,7 +208,7 @@ class Verifier:
                 updater.refresh()
                 info = updater.get_targetinfo(path)
             except NeedFetch as need:
-                fetcher.files[need.url] = yield FetchBytes(need.url)
+                fetcher.files[need.url] = yield self._fetch(need.url)
                 continue
             except tuf_exceptions.ExpiredMetadataError as exc:
                 raise UntrustedUpdate("image_expired", str(exc)) from exc

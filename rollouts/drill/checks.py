@@ -136,6 +136,13 @@ def acceptance_checks(report: Mapping[str, Any], *, expected_status: str | None)
         Check("0 doubly-held devices", report.get("doubly_held_devices") == 0, report.get("doubly_held_devices")),
         Check("0 bricked devices", report.get("bricked_devices") == 0, report.get("bricked_devices")),
         Check("the audit chain verifies", report.get("audit_chain_ok") is True, report.get("audit_chain_ok")),
+        # Full verification on every agent (issue #11): each install followed a verified offer, none was refused.
+        Check(
+            "every install was verified against both repositories",
+            report.get("unverified_installs") == 0,
+            report.get("unverified_installs"),
+        ),
+        Check("0 offers refused as untrusted", report.get("untrusted_refusals") == 0, report.get("untrusted_refusals")),
     ]
     if expected_status is not None:
         status = report.get("rollout_status")

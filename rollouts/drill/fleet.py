@@ -133,11 +133,14 @@ class SimulatedDevice:
     installed_versions: list[str] = field(default_factory=list)  # every release this unit wrote to a slot
     bytes_needed: int = 0  # lengths of the images this unit downloaded completely (once per completed download)
     verified: int = 0  # offers this unit verified fully against both repositories before fetching the image
+    unverified_installs: int = 0  # images it wrote to a slot without a signed target verified for that offer
 
     def hook(self, event: str) -> None:
         dep = self.agent.deployment if self.agent is not None else None
         if event == "rebooting" and dep:
             self.installed_versions.append(dep["release_version"])
+            if not dep.get("verified"):
+                self.unverified_installs += 1
         elif event == "downloaded" and dep:
             self.bytes_needed += int(dep["length"])
         elif event == "verified":

@@ -1040,6 +1040,8 @@ class Drill:
             # Every offer a vehicle took was verified against both repositories first; none was refused as untrusted.
             "verified_offers": sum(device.verified for device in fleet.devices),
             "untrusted_refusals": deployments.filter(failure_class="untrusted").count(),
+            # Full verification on every agent: no image reached a slot without the signed target of its offer.
+            "unverified_installs": sum(device.unverified_installs for device in fleet.devices),
             "verification_metadata_bytes": sum(
                 getattr(device.transport, "metadata_bytes", 0) for device in fleet.devices
             ),

@@ -92,6 +92,7 @@ class StartingSoon:
     starts_at: datetime
     scheduled: bool
     late: bool
+    held_reason: str = ""  # its scheduled start was held by the pre-flight (the change is approved again)
 
 
 @dataclass
@@ -240,8 +241,12 @@ def operator_section(user: User, now: datetime) -> OperatorSection:
         scheduled = change.status == ChangeStatus.SCHEDULED and change.scheduled_start is not None
         starts_at = change.scheduled_start if scheduled else change.requested_window_start
         if starts_at is not None and starts_at <= now + SOON and change.requested_window_end > now:
-            section.starting.append(StartingSoon(change, starts_at, scheduled, starts_at < now))
-    section.starting = sorted(section.starting, key=lambda item: (item.starts_at, item.change.pk))[:LIST_ROWS]
+            held = change.start_held_reason if change.start_held_at is not None and not scheduled else ""
+            section.starting.append(StartingSoon(change, starts_at, scheduled, starts_at < now, held))
+    # A held scheduled start needs someone now: first, then by start time.
+    section.starting = sorted(
+        section.starting, key=lambda item: (not item.held_reason, item.starts_at, item.change.pk)
+    )[:LIST_ROWS]
     return section
 
 

@@ -54,9 +54,15 @@ def test_a_change_submitted_approved_and_scheduled_starts_by_its_timer(
         change = services.change_submit(actor=requester, change=change)
         assert _status(change.pk) == WorkflowExecutionStatus.RUNNING  # started by the submission, after commit
         wait_until(
-            lambda: _listed(f'OtaChangeId={change.pk} AND OtaChangeStatus="submitted"') != [],
+            lambda: (
+                _listed(
+                    f'OtaChangeId={change.pk} AND OtaChangeStatus="submitted" AND OtaChangeType="{change.change_type}"'
+                    f' AND OtaRiskLevel="{change.risk_level}" AND OtaReviewDueAt > "{timezone.now().isoformat()}"'
+                )
+                != []
+            ),
             30,
-            "the workflow to show the change as submitted",
+            "the workflow to show the change as submitted, its type, risk and review deadline",
             interval=0.2,
         )
         services.approval_grant(actor=cab_member, change=change, revision=1)
@@ -64,9 +70,15 @@ def test_a_change_submitted_approved_and_scheduled_starts_by_its_timer(
         start = timezone.now() + timedelta(seconds=4)
         change = services.change_schedule(actor=operator, change=change, start=start)
         wait_until(
-            lambda: _listed(f'OtaChangeId={change.pk} AND OtaChangeStatus="scheduled"') != [],
+            lambda: (
+                _listed(
+                    f'OtaChangeId={change.pk} AND OtaChangeStatus="scheduled" AND OtaScheduledStart IS NOT NULL'
+                    " AND OtaApprovalExpiresAt IS NOT NULL AND OtaReviewDueAt IS NULL"
+                )
+                != []
+            ),
             30,
-            "the workflow to show the change as scheduled",
+            "the workflow to show the change as scheduled, with its start and approval expiry (no review due)",
             interval=0.2,
         )
         assert not Rollout.objects.filter(change=change).exists()  # not before its time

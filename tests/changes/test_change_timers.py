@@ -77,6 +77,8 @@ def test_reviewers_are_reminded_and_the_overdue_review_escalates_to_the_cab_chai
     timers.skip(timedelta(minutes=60))
     (escalation,) = _wait_for_record(submitted_change, "change.review_escalated")
     assert _after(escalation)["escalated_to"] == Role.CAB_CHAIR and _after(escalation)["notified"] == [chair.username]
+    policy = f"system:change-timer for approval policy {submitted_change.change_type}/{submitted_change.risk_level}"
+    assert escalation.actor is None and escalation.actor_name == policy
     assert "chloe-chair@example.test" in [m.to[0] for m in mail.outbox]
     state = timers.settled(submitted_change.pk, lambda s: s.next_due == "")
     assert state.status == ChangeStatus.IN_REVIEW
@@ -123,7 +125,10 @@ def test_an_approval_lapses_after_its_validity_and_the_change_needs_a_fresh_deci
     assert change.status == ChangeStatus.SUBMITTED and change.revision == approved_change.revision + 1
     assert change.approval_lapsed_at is not None and "older than the policy allows" in change.approval_lapse_reason
     assert not change.approvals.filter(voided_at__isnull=True).exists()
-    assert lapse.actor is None and lapse.actor_name.startswith("system:change-timer")
+    policy = f"system:change-timer for approval policy {approved_change.change_type}/{approved_change.risk_level}"
+    assert lapse.actor is None and lapse.actor_name == policy
+    (voided,) = _records(approved_change, "change.approvals_void")  # the approvals it voided, on the same behalf
+    assert voided.actor is None and voided.actor_name == policy
     # A fresh review round began: its deadline is what the workflow waits for now.
     state = timers.settled(change.pk, lambda s: s.status == ChangeStatus.SUBMITTED and s.review_due_at != "")
     assert state.approval_expires_at == ""

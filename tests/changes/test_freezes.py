@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from approvals import services
-from approvals.audit.models import DecisionRecord
+from approvals.audit.models import DecisionRecord, SecurityEvent
 from approvals.choices import ChangeStatus
 from approvals.models import ChangeFreeze, ChangeRequest
 from ota_project.errors import Conflict, InvalidInput
@@ -44,6 +44,8 @@ def test_start_is_refused_during_a_fleet_wide_freeze_and_nothing_changes(approve
     assert "Black Friday" in refused.value.message and "fred-freeze" in refused.value.message
     assert not Rollout.objects.exists() and DecisionRecord.objects.count() == records
     assert ChangeRequest.objects.get(pk=approved_change.pk).status == ChangeStatus.APPROVED
+    event = SecurityEvent.objects.get(kind="start_refused", subject=f"change:{approved_change.pk}")
+    assert event.actor_name == operator.username and "Black Friday" in event.message
 
 
 def test_a_freeze_in_another_region_does_not_apply(approved_change, operator, make_user):

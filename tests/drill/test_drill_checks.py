@@ -139,6 +139,8 @@ def clean_report(**changes):
         "doubly_held_devices": 0,
         "bricked_devices": 0,
         "audit_chain_ok": True,
+        "unverified_installs": 0,
+        "untrusted_refusals": 0,
         "poll_seconds": 2,
         "bad_release_sha256": None,
         "seconds_threshold_to_last_offer": None,
@@ -149,7 +151,7 @@ def clean_report(**changes):
 
 def test_a_clean_report_passes_every_check():
     checks = acceptance_checks(clean_report(), expected_status="completed")
-    assert failed_checks(checks) == [] and len(checks) == 7
+    assert failed_checks(checks) == [] and len(checks) == 9
 
 
 def test_each_target_missed_fails_its_own_check_with_the_figure():
@@ -163,6 +165,18 @@ def test_each_target_missed_fails_its_own_check_with_the_figure():
         "the audit chain verifies": False,
         "the rollout ended completed": "aborted",
     }
+
+
+def test_an_install_without_verification_or_an_untrusted_refusal_fails_the_drill():
+    # "Every drill scenario passes with full verification on every agent" (issue #11): a unit that wrote an image
+    # no verified offer backed, or any offer refused as untrusted, fails the drill; a report without the figures too.
+    for changes, name, value in (
+        ({"unverified_installs": 1}, "every install was verified against both repositories", 1),
+        ({"untrusted_refusals": 2}, "0 offers refused as untrusted", 2),
+        ({"unverified_installs": None}, "every install was verified against both repositories", None),
+    ):
+        failed = failed_checks(acceptance_checks(clean_report(**changes), expected_status="completed"))
+        assert [(check.name, check.value) for check in failed] == [(name, value)]
 
 
 def test_a_rollout_that_never_ended_fails_and_cannot_claim_zero_lost():

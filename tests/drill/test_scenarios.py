@@ -27,12 +27,16 @@ ZEROS = (
     "agent_errors",
     "updated_disagreements",
     "untrusted_refusals",
+    "unverified_installs",
 )
 
 
 def assert_clean(report: dict) -> None:
     assert {key: report[key] for key in ZEROS} == dict.fromkeys(ZEROS, 0)
     assert report["audit_chain_ok"] is True and report["devices_still_busy"] == 0
+    # Full verification on every agent: each device on the new release verified a signed offer for it first.
+    assert report["verified_offers"] >= report["updated"]
+    assert [check for check in report["checks"] if not check["ok"]] == []
 
 
 def drill_devices(report: dict):

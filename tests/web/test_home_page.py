@@ -94,6 +94,20 @@ def test_operator_sees_an_approved_change_whose_window_is_open(approved_change, 
     assert "window open, not started" in text
 
 
+def test_operator_sees_a_held_scheduled_start_first_with_its_reason(approved_change, operator):
+    from rollouts.rollout_services.scheduled import change_scheduled_start
+
+    start = timezone.now() + timedelta(minutes=5)
+    change_services.change_schedule(actor=operator, change=approved_change, start=start)
+    operator.groups.remove(Group.objects.get(name=Role.OPERATOR))  # the pre-flight refuses a start as them now
+    assert change_scheduled_start(change_id=approved_change.pk, now=start + timedelta(seconds=1)) == "held"
+    operator.groups.add(Group.objects.get(name=Role.OPERATOR))
+    rows = find_all(_section(page_client(operator).get("/"), "operator"), "li")
+    held = [visible_text(row) for row in rows if f"CR-{approved_change.pk}" in visible_text(row)]
+    assert len(held) == 1 and "scheduled start held: Pre-flight refused the scheduled start" in held[0]
+    assert "operator role" in held[0]
+
+
 def test_oversight_sees_recent_security_events_and_overdue_reviews(approved_change, auditor, security_officer):
     security_event(kind="action_forged", source="test.home", message="forged promote token")
     ChangeRequest.objects.filter(pk=approved_change.pk).update(
