@@ -28,7 +28,7 @@ from approvals.choices import (
     risk_rank,
 )
 from approvals.models import Approval, ChangeRequest, TestEvidence
-from approvals.notify import TIMER_ACTOR, notify_people
+from approvals.notify import TIMER_ACTOR, alert_start_held, notify_people
 from approvals.plans import plan_parse
 from approvals.risk import RiskAssessment, risk_answers_validate, risk_assess, risk_questionnaire
 from approvals.selectors import (
@@ -675,8 +675,8 @@ def change_approval_lapse(*, change_id: int, now: datetime) -> ChangeRequest | N
 
 @atomic_with_retry()
 def change_start_hold(*, change_id: int, reason: str, now: datetime) -> ChangeRequest | None:
-    """Hold a scheduled change whose pre-flight refused the automatic start: back to approved, recorded, and its
-    operator told by e-mail. A person looks, fixes what the reason names, and schedules or starts it again."""
+    """Hold a scheduled change whose pre-flight refused the automatic start: back to approved, recorded, an alert for
+    the operators on call, and the operator who scheduled it told by e-mail. A person looks, fixes what the reason names, and schedules or starts it again."""
     change = ChangeRequest.objects.select_for_update(of=("self",)).select_related("scheduled_by").get(pk=change_id)
     if change.status != ChangeStatus.SCHEDULED:
         return None
@@ -693,7 +693,8 @@ def change_start_hold(*, change_id: int, reason: str, now: datetime) -> ChangeRe
         start_held_at=now,
         start_held_reason=reason,
     )
-    if operator is not None:
+    alert_start_held(change=change, scheduled_by=operator.get_username() if operator else "", reason=reason)
+    if operator is not None:  # also when they have left the operator role the alert mails
         notify_people(
             [operator],
             subject=f"CR-{change.pk} did not start: {change.title}",

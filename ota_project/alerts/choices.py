@@ -50,6 +50,7 @@ class AlertKind(models.TextChoices):
     FLEET_REBOOT_RATE = "fleet.reboot_rate", "Fleet-wide unexpected-reboot rate over its limit"
     ROLLOUT_HALTED = "rollout.halted", "Rollout halted by its gates or breakers"
     ROLLOUT_HELD = "rollout.held", "Rollout held: a wave is inconclusive"
+    CHANGE_START_HELD = "change.start_held", "Scheduled start held: the pre-flight refused it"
 
 
 # Who is mailed about an alert, by the first matching prefix of its kind; operators always.

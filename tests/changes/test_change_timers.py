@@ -16,6 +16,8 @@ from approvals import services
 from approvals.audit.models import DecisionRecord
 from approvals.choices import ChangeStatus
 from approvals.models import ApprovalPolicy, ChangeRequest
+from ota_project.alerts.choices import AlertKind, AlertStatus
+from ota_project.alerts.models import Alert
 from ota_project.roles import Role
 from rollouts.models import Rollout
 from tests.changes.support import TimeSkipping, time_skipping_worker
@@ -179,7 +181,13 @@ def test_a_refused_pre_flight_holds_the_change_and_tells_its_operator(
     assert "operator role" in change.start_held_reason and change.start_held_at is not None
     assert held.actor_name == f"system:change-timer for {operator.username}"
     assert not Rollout.objects.filter(change=change).exists()
-    assert [m.to for m in mail.outbox] == [[operator.email]] and "did not start" in mail.outbox[0].subject
+    # The operator who scheduled it is mailed (no longer an operator, the alert's round does not reach them) ...
+    mine = [m for m in mail.outbox if m.to == [operator.email]]
+    assert len(mine) == 1 and "did not start" in mine[0].subject
+    # ... and the operators on call get an alert naming the change, who scheduled it and the refusal.
+    alert = Alert.objects.get(kind=AlertKind.CHANGE_START_HELD, dedup_key=f"change.start_held:{change.pk}")
+    assert alert.status == AlertStatus.OPEN and alert.evidence["scheduled_by"] == operator.username
+    assert "operator role" in alert.evidence["reason"] and f"CR-{change.pk}" in alert.title
     timers.save_history(change.pk, "start_held")
 
 
