@@ -5,6 +5,7 @@ once processed, samples older than the retention period deleted)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, TelemetryBatch, TelemetrySample
 from devices.telemetry_aggregates import telemetry_aggregates_fold
+from ota_project.compiled_queries import prepared_cursor
 from ota_project.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -189,17 +191,17 @@ def telemetry_batch_accept(
     return BatchAcceptance(batch=batch, duplicate=duplicate)
 
 
-def _legacy_rows(batch: TelemetryBatch) -> str:
+def _legacy_rows(*, device_id: int, received_at: datetime, samples: list[dict[str, Any]]) -> str:
     """The COPY text of a batch stored as JSON samples (accepted before the COPY intake), empty and repeated ones
     dropped as they always were."""
-    samples = []
-    for sample in batch.samples or []:
+    parsed = []
+    for sample in samples:
         reported_at = parse_datetime(sample["reported_at"])
         if reported_at is None:  # checked when the batch was accepted: a stored batch with a bad time is corrupt
             raise ValueError(f"unreadable reported_at {sample['reported_at']!r} in a stored telemetry batch")
-        samples.append({**sample, "reported_at": reported_at})
-    texts = [text for text, has_kpi in _samples_text(samples) if has_kpi] if samples else []
-    prefix = f"{batch.device_id}\t{batch.received_at.isoformat()}\t"
+        parsed.append({**sample, "reported_at": reported_at})
+    texts = [text for text, has_kpi in _samples_text(parsed) if has_kpi] if parsed else []
+    prefix = f"{device_id}\t{received_at.isoformat()}\t"
     return "".join(prefix + text + "\n" for text in dict.fromkeys(texts))
 
 
@@ -215,39 +217,54 @@ def _copy_samples(rows: str) -> None:
         copy.write(rows)
 
 
+def _claim_sql() -> str:
+    table = TelemetryBatch._meta.db_table
+    # The stored samples are one line each in `rows`: their count is its line breaks. The commit need not wait for
+    # its WAL flush: if the server crashes before the flush, the whole transaction (samples, aggregates and
+    # processed mark) is gone together, the batch row (committed durably when it was accepted) is still
+    # unprocessed, and the stale requeue folds it again. Atomicity is kept; only the wait on the disk is saved.
+    return f"""
+WITH batch AS (
+    SELECT id, rows, samples FROM {table} WHERE id = %(batch)s AND processed_at IS NULL FOR UPDATE
+)
+UPDATE {table} AS b
+SET rows = '', samples = NULL, processed_at = %(now)s,
+    stored_count = length(batch.rows) - length(replace(batch.rows, E'\\n', ''))
+FROM batch WHERE b.id = batch.id
+RETURNING b.device_id, b.received_at, batch.rows, batch.samples::text, b.stored_count,
+    set_config('synchronous_commit', 'off', true)
+"""
+
+
+_CLAIM_SQL = _claim_sql()
+
+
 @transaction.atomic
 def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> int | None:
     """Fold an accepted batch into TelemetrySample rows exactly once, with one COPY.
 
     Returns the number of samples stored, or None when the batch is gone or was processed already (a redelivered
-    task message does nothing). Exactly once: the batch's row lock is held from the check to the commit, and the
-    COPY and the processed mark commit together, so a redelivered or requeued copy of the task waits for the lock
-    and then finds the batch processed (or, if the worker died, finds nothing written and does it all). The raw
-    batch is cleared afterwards; its id stays as the idempotency record.
+    task message does nothing). Exactly once: one statement locks the batch's row, reads its samples and marks it
+    processed (clearing the raw batch; its id stays as the idempotency record), and the COPY, the aggregates and
+    that mark commit together, so a redelivered or requeued copy of the task waits for the lock and then finds the
+    batch processed (or, if the worker died, finds nothing written and does it all). Three statements: the claim,
+    the COPY, the fold.
     """
-    batch = (
-        TelemetryBatch.objects.select_for_update()
-        .filter(pk=batch_pk)
-        .only("pk", "device_id", "received_at", "rows", "samples", "processed_at")
-        .first()
-    )
-    if batch is None or batch.processed_at is not None:
+    with prepared_cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"batch": batch_pk, "now": now or timezone.now()})
+        claimed = cursor.fetchone()
+    if claimed is None:
         return None
-    # The commit need not wait for its WAL flush: if the server crashes before the flush, the whole transaction
-    # (samples and processed mark) is gone together, the batch row (committed durably when it was accepted) is still
-    # unprocessed, and the stale requeue folds it again. Atomicity is kept; only the wait on the disk is saved.
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL synchronous_commit TO OFF")
-    rows = _legacy_rows(batch) if batch.samples is not None else batch.rows
+    device_id, received_at, rows, samples, stored, _ = claimed
+    if samples is not None:
+        rows = _legacy_rows(device_id=device_id, received_at=received_at, samples=json.loads(samples))
+        stored = rows.count("\n")
+        TelemetryBatch.objects.filter(pk=batch_pk).update(stored_count=stored)
     if rows:
         _copy_samples(rows)
         # Same transaction as the samples: the aggregates hold exactly the samples stored, once.
-        telemetry_aggregates_fold(device_id=batch.device_id, received_at=batch.received_at)
-    stored = rows.count("\n")
-    TelemetryBatch.objects.filter(pk=batch.pk).update(
-        rows="", samples=None, processed_at=now or timezone.now(), stored_count=stored
-    )
-    return stored
+        telemetry_aggregates_fold(device_id=device_id, received_at=received_at)
+    return int(stored)
 
 
 def _requeue_delay(requeues: int) -> timedelta:
