@@ -284,9 +284,10 @@ def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> in
         claimed = cursor.fetchone()
     if claimed is None:
         return None
-    device_id, received_at, rows, samples, stored, _ = claimed
+    device_id, received_at, rows, samples_json, stored, _ = claimed
+    samples = json.loads(samples_json) if samples_json is not None else None  # a JSON null reads as Django read it
     if samples is not None:
-        rows = _legacy_rows(device_id=device_id, received_at=received_at, samples=json.loads(samples))
+        rows = _legacy_rows(device_id=device_id, received_at=received_at, samples=samples)
         stored = rows.count("\n")
         TelemetryBatch.objects.filter(pk=batch_pk).update(stored_count=stored)
     if rows:
