@@ -5,6 +5,7 @@ once processed, samples older than the retention period deleted)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -13,13 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, TelemetryBatch, TelemetrySample
 from devices.telemetry_aggregates import telemetry_aggregates_fold
+from ota_project.compiled_queries import prepared_cursor
 from ota_project.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -76,38 +78,41 @@ _BOOL_TEXT = {True: "t", False: "f", None: COPY_NULL}
 
 def _column_text(values: list[Any], *, boolean: bool) -> list[str]:
     """One column of COPY text; only integers (or booleans) and nulls, so nothing needs escaping."""
-    kinds = {type(value) for value in values} - {type(None)}
-    if kinds - {bool if boolean else int}:
+    kinds = set(map(type, values))
+    nulls = type(None) in kinds
+    if kinds - {bool if boolean else int, type(None)}:
         # Validated upstream; never let other text into the COPY stream.
         raise InvalidInput("Telemetry values are integers or booleans.", fields={"samples": ["Not a number."]})
     if boolean:
-        return [_BOOL_TEXT[value] for value in values]
+        return list(map(_BOOL_TEXT.__getitem__, values))
+    if not nulls:
+        return list(map(int.__str__, values))
     return [COPY_NULL if value is None else str(value) for value in values]
 
 
 def _samples_text(samples: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     """Validated samples as COPY text (deployment_id, reported_at and the KPIs, tab-separated), each with whether it
-    carries a KPI; formatted column by column."""
-    if not _SAMPLE_FIELD_SET.issuperset(set().union(*samples)):
-        unknown = set().union(*samples) - _SAMPLE_FIELD_SET
+    carries a KPI; formatted column by column (a field no sample has is a column of nulls)."""
+    fields = set().union(*samples)
+    if not _SAMPLE_FIELD_SET.issuperset(fields):
+        unknown = fields - _SAMPLE_FIELD_SET
         raise InvalidInput("A telemetry sample has unknown fields.", fields={"samples": sorted(unknown)[:20]})
     times: list[Any] = [sample.get("reported_at") for sample in samples]
     if not all(isinstance(at, datetime) and at.utcoffset() is not None for at in times):
         raise InvalidInput("Every sample needs a timezone-aware reported_at.", fields={"samples": ["reported_at"]})
-    kpis = [[sample.get(key) for sample in samples] for key in KPI_FIELDS]
-    columns = [
-        _column_text([sample.get("deployment_id") for sample in samples], boolean=False),
-        [at.isoformat() for at in times],
-        *(
-            _column_text(values, boolean=key == "sensor_calibrated")
-            for key, values in zip(KPI_FIELDS, kpis, strict=True)
-        ),
-    ]
-    empty = len(KPI_FIELDS)
-    return [
-        ("\t".join(parts), row.count(None) != empty)
-        for parts, row in zip(zip(*columns, strict=True), zip(*kpis, strict=True), strict=True)
-    ]
+    nulls = [COPY_NULL] * len(samples)
+
+    def column(key: str, *, boolean: bool = False) -> list[str]:
+        if key not in fields:
+            return nulls
+        return _column_text([sample.get(key) for sample in samples], boolean=boolean)
+
+    kpis = [column(key, boolean=key == "sensor_calibrated") for key in KPI_FIELDS]
+    texts = list(map("\t".join, zip(column("deployment_id"), map(datetime.isoformat, times), *kpis, strict=True)))
+    if any(COPY_NULL not in values for values in kpis):  # a KPI every sample carries
+        return [(text, True) for text in texts]
+    empty = (COPY_NULL,) * len(KPI_FIELDS)
+    return [(text, row != empty) for text, row in zip(texts, zip(*kpis, strict=True), strict=True)]
 
 
 def content_batch_id(sample_texts: list[str]) -> str:
@@ -126,13 +131,25 @@ def _attribution_text(
     samples: list[dict[str, Any]], device: Device, deployments: Mapping[int, SampleAttribution]
 ) -> list[str]:
     """Each sample's attribution as COPY text: its deployment's release and cohort, else the installed version."""
-    installed = SampleAttribution(device.installed_version)
-    texts = []
-    for sample in samples:
-        deployment_id = sample.get("deployment_id")
-        attribution = deployments.get(deployment_id, installed) if deployment_id else installed
-        texts.append(_copy_text(attribution.release_version) + "\t" + _copy_text(attribution.cohort))
-    return texts
+    installed = _copy_text(device.installed_version) + "\t"
+    named = {pk: _copy_text(one.release_version) + "\t" + _copy_text(one.cohort) for pk, one in deployments.items()}
+    return [
+        named.get(deployment_id, installed) if (deployment_id := sample.get("deployment_id")) else installed
+        for sample in samples
+    ]
+
+
+def _insert_sql() -> str:
+    table = TelemetryBatch._meta.db_table
+    return f"""
+INSERT INTO {table} (device_id, batch_id, received_at, sample_count, rows, requeue_after, requeue_count)
+VALUES (%(device)s, %(batch_id)s, %(received_at)s, %(sample_count)s, %(rows)s, %(requeue_after)s, 0)
+ON CONFLICT (device_id, batch_id) DO NOTHING
+RETURNING id
+"""
+
+
+_INSERT_SQL = _insert_sql()
 
 
 def telemetry_batch_accept(
@@ -150,9 +167,8 @@ def telemetry_batch_accept(
     inventory app does not know deployments. The batch is stored as the COPY text of its samples (empty and
     repeated samples dropped here), so the task has nothing left to convert.
 
-    Its one write, the insert, is its own atomic block (a transaction of its own from the device API, a savepoint
-    inside a caller's transaction), so a duplicate's IntegrityError never spoils a caller's transaction; the
-    conversion before it needs none, and the device API's accept costs BEGIN, INSERT, COMMIT.
+    Its one write is one prepared INSERT ... ON CONFLICT DO NOTHING: a transaction of its own from the device API
+    (no BEGIN and COMMIT round trips), a statement in a caller's transaction, which a duplicate never spoils.
     """
     if not samples or len(samples) > MAX_BATCH_SAMPLES:
         raise InvalidInput("A batch has 1 to 500 samples.", fields={"samples": ["1 to 500 samples."]})
@@ -167,20 +183,35 @@ def telemetry_batch_accept(
         (text, attribution) for (text, has_kpi), attribution in zip(texts, attributions, strict=True) if has_kpi
     )
     rows = "".join(f"{prefix}{text}\t{attribution}\n" for text, attribution in kept)
-    try:
-        with transaction.atomic():
-            batch = TelemetryBatch.objects.create(
-                device=device,
-                batch_id=batch_id,
-                received_at=received_at,
-                sample_count=len(texts),
-                rows=rows,
-                requeue_after=received_at + timedelta(seconds=STALE_BATCH_SECONDS),
-            )
-        duplicate = False
-    except IntegrityError:
+    requeue_after = received_at + timedelta(seconds=STALE_BATCH_SECONDS)
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            {
+                "device": device.pk,
+                "batch_id": batch_id,
+                "received_at": received_at,
+                "sample_count": len(texts),
+                "rows": rows,
+                "requeue_after": requeue_after,
+            },
+        )
+        inserted = cursor.fetchone()
+    if inserted is None:
         batch = TelemetryBatch.objects.get(device=device, batch_id=batch_id)
         duplicate = True
+    else:
+        batch = TelemetryBatch(
+            pk=inserted[0],
+            device=device,
+            batch_id=batch_id,
+            received_at=received_at,
+            sample_count=len(texts),
+            rows=rows,
+            requeue_after=requeue_after,
+        )
+        batch._state.adding, batch._state.db = False, connection.alias  # as loaded: the row exists
+        duplicate = False
     if batch.processed_at is None:
         # After commit, so the worker finds the row; a re-sent batch whose task was lost is enqueued again (the
         # task is idempotent). robust: a broker outage must not fail the device's request; the batch waits.
@@ -189,17 +220,17 @@ def telemetry_batch_accept(
     return BatchAcceptance(batch=batch, duplicate=duplicate)
 
 
-def _legacy_rows(batch: TelemetryBatch) -> str:
+def _legacy_rows(*, device_id: int, received_at: datetime, samples: list[dict[str, Any]]) -> str:
     """The COPY text of a batch stored as JSON samples (accepted before the COPY intake), empty and repeated ones
     dropped as they always were."""
-    samples = []
-    for sample in batch.samples or []:
+    parsed = []
+    for sample in samples:
         reported_at = parse_datetime(sample["reported_at"])
         if reported_at is None:  # checked when the batch was accepted: a stored batch with a bad time is corrupt
             raise ValueError(f"unreadable reported_at {sample['reported_at']!r} in a stored telemetry batch")
-        samples.append({**sample, "reported_at": reported_at})
-    texts = [text for text, has_kpi in _samples_text(samples) if has_kpi] if samples else []
-    prefix = f"{batch.device_id}\t{batch.received_at.isoformat()}\t"
+        parsed.append({**sample, "reported_at": reported_at})
+    texts = [text for text, has_kpi in _samples_text(parsed) if has_kpi] if parsed else []
+    prefix = f"{device_id}\t{received_at.isoformat()}\t"
     return "".join(prefix + text + "\n" for text in dict.fromkeys(texts))
 
 
@@ -215,39 +246,55 @@ def _copy_samples(rows: str) -> None:
         copy.write(rows)
 
 
+def _claim_sql() -> str:
+    table = TelemetryBatch._meta.db_table
+    # The stored samples are one line each in `rows`: their count is its line breaks. The commit need not wait for
+    # its WAL flush: if the server crashes before the flush, the whole transaction (samples, aggregates and
+    # processed mark) is gone together, the batch row (committed durably when it was accepted) is still
+    # unprocessed, and the stale requeue folds it again. Atomicity is kept; only the wait on the disk is saved.
+    return f"""
+WITH batch AS (
+    SELECT id, rows, samples FROM {table} WHERE id = %(batch)s AND processed_at IS NULL FOR UPDATE
+)
+UPDATE {table} AS b
+SET rows = '', samples = NULL, processed_at = %(now)s,
+    stored_count = length(batch.rows) - length(replace(batch.rows, E'\\n', ''))
+FROM batch WHERE b.id = batch.id
+RETURNING b.device_id, b.received_at, batch.rows, batch.samples::text, b.stored_count,
+    set_config('synchronous_commit', 'off', true)
+"""
+
+
+_CLAIM_SQL = _claim_sql()
+
+
 @transaction.atomic
 def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> int | None:
     """Fold an accepted batch into TelemetrySample rows exactly once, with one COPY.
 
     Returns the number of samples stored, or None when the batch is gone or was processed already (a redelivered
-    task message does nothing). Exactly once: the batch's row lock is held from the check to the commit, and the
-    COPY and the processed mark commit together, so a redelivered or requeued copy of the task waits for the lock
-    and then finds the batch processed (or, if the worker died, finds nothing written and does it all). The raw
-    batch is cleared afterwards; its id stays as the idempotency record.
+    task message does nothing). Exactly once: one statement locks the batch's row, reads its samples and marks it
+    processed (clearing the raw batch; its id stays as the idempotency record), and the COPY, the aggregates and
+    that mark commit together, so a redelivered or requeued copy of the task waits for the lock and then finds the
+    batch processed (or, if the worker died, finds nothing written and does it all). Three statements: the claim,
+    the COPY, the fold.
     """
-    batch = (
-        TelemetryBatch.objects.select_for_update()
-        .filter(pk=batch_pk)
-        .only("pk", "device_id", "received_at", "rows", "samples", "processed_at")
-        .first()
-    )
-    if batch is None or batch.processed_at is not None:
+    with prepared_cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"batch": batch_pk, "now": now or timezone.now()})
+        claimed = cursor.fetchone()
+    if claimed is None:
         return None
-    # The commit need not wait for its WAL flush: if the server crashes before the flush, the whole transaction
-    # (samples and processed mark) is gone together, the batch row (committed durably when it was accepted) is still
-    # unprocessed, and the stale requeue folds it again. Atomicity is kept; only the wait on the disk is saved.
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL synchronous_commit TO OFF")
-    rows = _legacy_rows(batch) if batch.samples is not None else batch.rows
+    device_id, received_at, rows, samples_json, stored, _ = claimed
+    samples = json.loads(samples_json) if samples_json is not None else None  # a JSON null reads as Django read it
+    if samples is not None:
+        rows = _legacy_rows(device_id=device_id, received_at=received_at, samples=samples)
+        stored = rows.count("\n")
+        TelemetryBatch.objects.filter(pk=batch_pk).update(stored_count=stored)
     if rows:
         _copy_samples(rows)
         # Same transaction as the samples: the aggregates hold exactly the samples stored, once.
-        telemetry_aggregates_fold(device_id=batch.device_id, received_at=batch.received_at)
-    stored = rows.count("\n")
-    TelemetryBatch.objects.filter(pk=batch.pk).update(
-        rows="", samples=None, processed_at=now or timezone.now(), stored_count=stored
-    )
-    return stored
+        telemetry_aggregates_fold(device_id=device_id, received_at=received_at)
+    return int(stored)
 
 
 def _requeue_delay(requeues: int) -> timedelta:

@@ -11,10 +11,11 @@ Which release a sample measures is fixed when its batch is accepted: the release
 (the agent sends one sample per finished deployment, with the KPIs measured on the new image), else the version the
 inventory says the device runs at that moment. The cohort is the caller's opaque label for the deployment's wave.
 
-A batch is folded with one INSERT ... ON CONFLICT DO UPDATE per key, grouped in SQL over the rows just copied (all
-of one device and one receipt time): additive upserts, so concurrent batches of other devices on the same aggregate
-row serialise on that row's lock and neither is lost; rows are upserted in key order, so two batches never wait on
-each other in opposite orders.
+A batch is folded by one prepared statement, an INSERT ... ON CONFLICT DO UPDATE per key, grouped in SQL over the
+rows just copied (all of one device and one receipt time) column-wise (one pass, each indicator a column, unpivoted
+once summed): additive upserts, so concurrent batches of other devices on the same aggregate row serialise on that
+row's lock and neither is lost; rows are upserted in key order, so two batches never wait on each other in opposite
+orders.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import connection
-
 from devices.models import (
     CohortTelemetryAggregate,
     Device,
@@ -32,6 +31,7 @@ from devices.models import (
     ReleaseTelemetryAggregate,
     TelemetrySample,
 )
+from ota_project.compiled_queries import prepared_cursor
 
 MEAN = "mean"
 PROPORTION = "proportion"
@@ -101,8 +101,38 @@ class Summary:
 
 
 def _unpivot_sql() -> str:
+    """One row per sample and indicator, (indicator, value), over the sample table's alias `s` (what a computation
+    from the raw samples groups by; the fold sums column-wise instead)."""
     values = ", ".join(f"('{name}', ({indicator.sql})::bigint)" for name, indicator in INDICATORS.items())
     return f"CROSS JOIN LATERAL (VALUES {values}) AS v(indicator, value)"
+
+
+def _column(position: int) -> str:
+    """The name of an indicator's value column in the fold (by its position in INDICATORS)."""
+    return f"v{position}"
+
+
+def _sums_sql(source: str, condition: str = "") -> str:
+    """count, sum and sum of squares of every indicator's column over `source`, each as n<i>, t<i>, q<i>; with
+    `condition` (a format string over the position), only the values of the rows it holds for."""
+    parts = []
+    for position in range(len(INDICATORS)):
+        value = f"{source}.{_column(position)}"
+        only = f" FILTER (WHERE {condition.format(position)})" if condition else ""
+        parts.append(
+            f"count({value}){only} AS n{position}, sum({value}){only} AS t{position}, "
+            f"sum({value} * {value}){only} AS q{position}"
+        )
+    return ", ".join(parts)
+
+
+def _unpivot_sums_sql(source: str) -> str:
+    """One row per indicator with a value among `source`'s sums: (indicator, n, total, total_sq)."""
+    values = ", ".join(
+        f"('{name}', {source}.n{position}, {source}.t{position}, {source}.q{position})"
+        for position, name in enumerate(INDICATORS)
+    )
+    return f"CROSS JOIN LATERAL (VALUES {values}) AS u(indicator, n, total, total_sq)"
 
 
 def _fold_sql() -> str:
@@ -111,14 +141,28 @@ def _fold_sql() -> str:
     per_device = DeviceTelemetryAggregate._meta.db_table
     per_release = ReleaseTelemetryAggregate._meta.db_table
     per_cohort = CohortTelemetryAggregate._meta.db_table
-    sums = "count(*), sum(value), sum(value * value), now()"
+    positions = range(len(INDICATORS))
+    values = ", ".join(f"({indicator.sql})::bigint AS {_column(i)}" for i, indicator in enumerate(INDICATORS.values()))
+    priors = ", ".join(
+        f"COALESCE(max(n) FILTER (WHERE indicator = '{name}'), 0) AS p{i}" for i, name in enumerate(INDICATORS)
+    )
+    with_priors = ", ".join(
+        [*(f"s.{_column(i)}" for i in positions), *(f"COALESCE(p.p{i}, 0) AS p{i}" for i in positions)]
+    )
+    under_cap = " OR ".join(f"({_column(i)} IS NOT NULL AND p{i} < {BASELINE_SAMPLES_PER_DEVICE})" for i in positions)
+    numbered = ", ".join(
+        [*(f"{_column(i)}, p{i}" for i in positions), *(f"count({_column(i)}) OVER nth AS c{i}" for i in positions)]
+    )
+    taken = f"r.c{{0}} + r.p{{0}} <= {BASELINE_SAMPLES_PER_DEVICE}"
+    sums = "u.n, u.total, u.total_sq, now()"
     add = "n = t.n + EXCLUDED.n, total = t.total + EXCLUDED.total, total_sq = t.total_sq + EXCLUDED.total_sq, updated_at = EXCLUDED.updated_at"
+    # Column-wise: each sample is one row with a column per indicator, summed in one pass per key, and turned into
+    # one row per indicator only once summed (a few rows, not one per sample and indicator).
     return f"""
 WITH s AS (
-    SELECT s.id, s.deployment_id, s.release_version, s.cohort, v.indicator, v.value
-    FROM {samples} s {_unpivot_sql()}
+    SELECT s.id, s.release_version, s.cohort, {values}
+    FROM {samples} s
     WHERE s.device_id = %(device)s AND s.received_at = %(received_at)s AND s.release_version <> ''
-      AND v.value IS NOT NULL
 ), first_of_deployment AS (
     -- A wave counts one sample per deployment (the agent sends one, when the deployment finishes): a device that
     -- re-sends or floods samples naming its deployment cannot outweigh the rest of its wave.
@@ -126,38 +170,48 @@ WITH s AS (
     WHERE c.device_id = %(device)s AND c.received_at = %(received_at)s AND c.cohort <> ''
       AND NOT EXISTS (SELECT 1 FROM {samples} e WHERE e.deployment_id = c.deployment_id AND e.id < c.id)
     ORDER BY c.deployment_id, c.id
+), prior AS (
+    -- The device's sums per release as they were before this statement (every CTE sees the same snapshot).
+    SELECT release_version, {priors} FROM {per_device} WHERE device_id = %(device)s GROUP BY release_version
 ), capped AS (
     -- A release's baseline takes at most BASELINE_SAMPLES_PER_DEVICE samples of each device and indicator (its first
     -- ones): a unit that reboots all day, or floods, cannot move the baseline its whole model is judged against.
-    -- The per-device sums are read as they were before this statement (every CTE sees the same snapshot).
-    -- A unit already at the cap is left out before the window (the usual case for a unit that sends big batches).
-    SELECT r.release_version, r.indicator, r.value FROM (
-        SELECT s.release_version, s.indicator, s.value, COALESCE(d.n, 0) AS prior,
-               row_number() OVER (PARTITION BY s.release_version, s.indicator ORDER BY s.id) AS nth
-        FROM s LEFT JOIN {per_device} d
-          ON d.device_id = %(device)s AND d.release_version = s.release_version AND d.indicator = s.indicator
-        WHERE COALESCE(d.n, 0) < {BASELINE_SAMPLES_PER_DEVICE}
+    -- c<i> numbers the values of indicator i in the order stored. Only samples with a value of an indicator still
+    -- under the cap are numbered: for such an indicator that is every sample with its value, so the numbering is
+    -- the same as over the whole batch; a unit at the cap on every indicator (the usual case for a unit that sends
+    -- big batches) numbers nothing.
+    SELECT release_version, {_sums_sql("r", taken)} FROM (
+        SELECT release_version, {numbered} FROM (
+            SELECT s.id, s.release_version, {with_priors} FROM s LEFT JOIN prior p ON p.release_version = s.release_version
+        ) w
+        WHERE {under_cap}
+        WINDOW nth AS (PARTITION BY release_version ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     ) r
-    WHERE r.nth + r.prior <= {BASELINE_SAMPLES_PER_DEVICE}
+    GROUP BY release_version
 ), model AS (
     SELECT hardware_model_id FROM {devices} WHERE id = %(device)s
 ), per_device AS (
     INSERT INTO {per_device} AS t (device_id, release_version, indicator, n, total, total_sq, updated_at)
-    SELECT %(device)s, release_version, indicator, {sums} FROM s GROUP BY release_version, indicator
-    ORDER BY release_version, indicator
+    SELECT %(device)s, g.release_version, u.indicator, {sums}
+    FROM (SELECT release_version, {_sums_sql("s")} FROM s GROUP BY release_version) g {_unpivot_sums_sql("g")}
+    WHERE u.n > 0 ORDER BY g.release_version, u.indicator
     ON CONFLICT (device_id, release_version, indicator) DO UPDATE SET {add}
     RETURNING 1
 ), per_release AS (
     INSERT INTO {per_release} AS t (release_version, hardware_model_id, indicator, n, total, total_sq, updated_at)
-    SELECT release_version, (SELECT hardware_model_id FROM model), indicator, {sums} FROM capped
-    GROUP BY release_version, indicator ORDER BY release_version, indicator
+    SELECT g.release_version, (SELECT hardware_model_id FROM model), u.indicator, {sums}
+    FROM capped g {_unpivot_sums_sql("g")}
+    WHERE u.n > 0 ORDER BY g.release_version, u.indicator
     ON CONFLICT (release_version, hardware_model_id, indicator) DO UPDATE SET {add}
     RETURNING 1
 )
 INSERT INTO {per_cohort} AS t (cohort, hardware_model_id, indicator, n, total, total_sq, updated_at)
-SELECT cohort, (SELECT hardware_model_id FROM model), indicator, {sums} FROM s
-WHERE cohort <> '' AND id IN (SELECT id FROM first_of_deployment)
-GROUP BY cohort, indicator ORDER BY cohort, indicator
+SELECT g.cohort, (SELECT hardware_model_id FROM model), u.indicator, {sums}
+FROM (
+    SELECT cohort, {_sums_sql("s")} FROM s
+    WHERE cohort <> '' AND id IN (SELECT id FROM first_of_deployment) GROUP BY cohort
+) g {_unpivot_sums_sql("g")}
+WHERE u.n > 0 ORDER BY g.cohort, u.indicator
 ON CONFLICT (cohort, hardware_model_id, indicator) DO UPDATE SET {add}
 """
 
@@ -167,11 +221,11 @@ _FOLD_SQL: str | None = None
 
 def telemetry_aggregates_fold(*, device_id: int, received_at: datetime) -> None:
     """Add the samples of one processed batch (one device, one receipt time) to every aggregate, in one statement
-    inside the caller's transaction (the one that stored the samples)."""
+    inside the caller's transaction (the one that stored the samples); prepared once per connection."""
     global _FOLD_SQL
     if _FOLD_SQL is None:
         _FOLD_SQL = _fold_sql()
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_FOLD_SQL, {"device": device_id, "received_at": received_at})
 
 

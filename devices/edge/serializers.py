@@ -188,15 +188,13 @@ class TelemetrySamplesField(serializers.ListField):
         if {type(text) for text in texts} != {str}:
             return None
         zone = timezone.get_current_timezone()
-        times: dict[str, datetime] = {}
-        for text in texts:
-            try:
-                parsed = datetime.fromisoformat(text)  # what django's parse_datetime tries first
-                if parsed.tzinfo is None:
-                    return None  # made aware by the serializer, with its checks
-                times[text] = parsed.astimezone(zone)
-            except (ValueError, OverflowError):
-                return None
+        try:
+            parsed = list(map(datetime.fromisoformat, texts))  # what django's parse_datetime tries first
+            if any(at.tzinfo is None for at in parsed):
+                return None  # made aware by the serializer, with its checks
+            times = [at.astimezone(zone) for at in parsed]
+        except (ValueError, OverflowError):
+            return None
         for name, boolean, low, high in columns:
             present = [value for sample in samples if (value := sample.get(name)) is not None]
             if not present:
@@ -206,7 +204,7 @@ class TelemetrySamplesField(serializers.ListField):
                 return None
             if not boolean and (min(present) < low or max(present) > high):
                 return None
-        return [{**defaults, **sample, "reported_at": times[text]} for sample, text in zip(samples, texts, strict=True)]
+        return [{**defaults, **sample, "reported_at": at} for sample, at in zip(samples, times, strict=True)]
 
 
 class TelemetryInputSerializer(StrictSerializer):

@@ -143,8 +143,8 @@ def test_a_batch_folds_with_one_statement_in_the_samples_transaction(django_asse
     accepted = telemetry.telemetry_batch_accept(
         device=device, samples=[{"reported_at": AT, "gps_fix_s": 30}, {"reported_at": AT, "gps_fix_s": 40}]
     )
-    # Savepoint, lock the batch, SET LOCAL, the fold, mark processed, release (the COPY is not a logged query).
-    with django_assert_num_queries(6):
+    # Savepoint, claim the batch (lock, read, mark processed), the fold, release (the COPY is not a logged query).
+    with django_assert_num_queries(4):
         assert telemetry.telemetry_batch_process(batch_pk=accepted.batch.pk) == 2
     row = ReleaseTelemetryAggregate.objects.get(release_version="1.0.0", indicator="gps_fix_s")
     assert (row.n, int(row.total), int(row.total_sq)) == (2, 70, 30 * 30 + 40 * 40)
