@@ -480,7 +480,11 @@ class StatusView(DeviceAPIView):
 
 
 class TelemetryView(DeviceAPIView):
-    """Accept a batch of KPI samples (at most 500); a Celery task folds it into the KPI samples."""
+    """Accept a batch of KPI samples (at most 500); a Celery task folds it into the KPI samples.
+
+    A valid batch of an accepted device is answered on the short path (devices.edge.telemetry_quick, before the
+    middleware chain) with this view's serializer, deployments check, accept and answer; this view answers the rest
+    (401, 400 with fields, 413) and records their security events."""
 
     max_body_bytes = TELEMETRY_BODY_BYTES
 
