@@ -70,9 +70,9 @@ MIDDLEWARE = [
     # Times every request (also those answered on the device short path) for /metrics, labelled by route name.
     "ota_project.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # A device's check-in (devices.edge.views.quick_checkin) and a range that a live download pass covers
-    # (quick_artifact) are answered here: nothing below (sessions, CSRF, users, messages, routing, DRF) has anything
-    # to do for them. Whatever they decline, and every other request, passes on.
+    # A device's check-in (devices.edge.views.quick_checkin), a telemetry batch (devices.edge.telemetry_quick) and a
+    # range that a live download pass covers (quick_artifact) are answered here: nothing below (sessions, CSRF, users,
+    # messages, routing, DRF) has anything to do for them. Whatever they decline, and every other request, passes on.
     "devices.edge.middleware.DeviceShortPathMiddleware",
     # Serves collected static files (Swagger UI, admin) from the app itself: no CDN, no extra web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",

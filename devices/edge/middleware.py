@@ -2,8 +2,8 @@
 a device's check-in or range does not need (static files, sessions, CSRF, users, messages, htmx, sign-in lockout,
 URL routing, DRF).
 
-Only a POST of the check-in URL and a GET of an artifact URL or its vouch (nginx's question, devices.edge.vouch)
-are looked at, and only `quick_checkin`, `quick_artifact` and `artifact_vouch` answer them; whatever they decline goes down the ordinary chain to CheckinView or ArtifactView
+Only a POST of the check-in or telemetry URL and a GET of an artifact URL or its vouch (nginx's question, devices.edge.vouch)
+are looked at, and only `quick_checkin`, `quick_telemetry` (devices.edge.telemetry_quick), `quick_artifact` and `artifact_vouch` answer them; whatever they decline goes down the ordinary chain to CheckinView, TelemetryView or ArtifactView
 (the full paths), unchanged, with their refusals, security events and error envelope. Staff pages never reach
 either branch. Before either, every device API request passes the abuse limits (devices.edge.abuse: per credential
 and per source address, in memory, no database): over them it is answered 429 here. A deadlock or serialization failure in a short path answers 503 + Retry-After, as
@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import reverse
 
 from devices.edge.abuse import LimitExceeded, limit_refusal, limits_check
+from devices.edge.telemetry_quick import quick_telemetry
 from devices.edge.views import quick_artifact, quick_checkin
 from devices.edge.vouch import artifact_vouch
 from ota_project.db import is_retryable_db_error
@@ -38,6 +39,11 @@ def _artifact_path_re() -> re.Pattern[str]:
 @functools.cache
 def _checkin_path() -> str:
     return reverse("device-checkin")
+
+
+@functools.cache
+def _telemetry_path() -> str:
+    return reverse("device-telemetry")
 
 
 @functools.cache
@@ -70,6 +76,8 @@ class DeviceShortPathMiddleware:
     def _short(request: HttpRequest) -> HttpResponseBase | None:
         if request.method == "POST" and request.path_info == _checkin_path():
             return quick_checkin(request)
+        if request.method == "POST" and request.path_info == _telemetry_path():
+            return quick_telemetry(request)
         if request.method == "GET":
             match = _artifact_path_re().match(request.path_info)
             if match is not None and match["vouch"]:

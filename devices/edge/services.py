@@ -16,7 +16,7 @@ from django.core.cache import BaseCache, caches
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge.identity import PresentedIdentity
 from devices.models import Device
-from devices.telemetry import BatchAcceptance, telemetry_batch_accept
+from devices.telemetry import BatchAcceptance, SampleAttribution, telemetry_batch_accept
 from ota_project.errors import InvalidInput
 from rollouts.choices import DeploymentStatus
 from rollouts.deployment_services import deployment_withdrawal
@@ -189,15 +189,23 @@ def download_pass_device(*, presented: PresentedIdentity, deployment_id: int, sh
     return granted.device if granted is not None else None
 
 
+def telemetry_deployments(
+    *, device: Device, samples: list[dict[str, Any]]
+) -> tuple[dict[int, SampleAttribution], list[int]]:
+    """The device's own deployments the samples name (with what their samples measure), and the ids of those it does
+    not have, ascending (the one read of THE rule that telemetry names only the device's own deployments)."""
+    named = {s["deployment_id"] for s in samples if s.get("deployment_id")}
+    own = deployment_attributions(device=device, deployment_ids=named) if named else {}
+    return own, sorted(named - set(own))
+
+
 def telemetry_accept(*, device: Device, samples: list[dict[str, Any]], batch_id: str | None) -> BatchAcceptance:
     """Accept a device's KPI batch for asynchronous processing; samples may name only the device's own deployments
     (and count toward their release and wave: rollouts.signal_gates.deployment_attributions).
 
     Not a transaction of its own: it only reads before the batch's atomic insert (a refusal's security event is
     written on its own connection anyway), and each transaction is two round trips a batch would wait on."""
-    named = {s["deployment_id"] for s in samples if s.get("deployment_id")}
-    own = deployment_attributions(device=device, deployment_ids=named) if named else {}
-    unknown = sorted(named - set(own))
+    own, unknown = telemetry_deployments(device=device, samples=samples)
     if unknown:
         others = list(Deployment.objects.filter(pk__in=unknown).order_by("pk").values_list("pk", flat=True)[:20])
         if others:

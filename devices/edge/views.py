@@ -59,6 +59,7 @@ from devices.edge.serializers import (
     TelemetryOutputSerializer,
     checkin_input_valid,
 )
+from devices.edge.telemetry_quick import TELEMETRY_BODY_BYTES, telemetry_answer
 from devices.edge.throttle import DownloadLease, RegionOverBudget, checkin_admit, download_acquire
 from devices.firmware.storage import artifact_open, artifact_relative_path
 from devices.models import Device, Region
@@ -76,7 +77,6 @@ logger = logging.getLogger(__name__)
 
 IN_FLIGHT_POLL_SECONDS = 30
 SMALL_BODY_BYTES = 16 * 1024
-TELEMETRY_BODY_BYTES = 256 * 1024
 STREAM_BLOCK_BYTES = 256 * 1024  # reads where the server has no sendfile (bounded memory)
 UNTRUSTED = "untrusted"  # the failure class of an update the vehicle's verification refused
 RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
@@ -480,7 +480,11 @@ class StatusView(DeviceAPIView):
 
 
 class TelemetryView(DeviceAPIView):
-    """Accept a batch of KPI samples (at most 500); a Celery task folds it into the KPI samples."""
+    """Accept a batch of KPI samples (at most 500); a Celery task folds it into the KPI samples.
+
+    A valid batch of an accepted device is answered on the short path (devices.edge.telemetry_quick, before the
+    middleware chain) with this view's serializer, deployments check, accept and answer; this view answers the rest
+    (401, 400 with fields, 413) and records their security events."""
 
     max_body_bytes = TELEMETRY_BODY_BYTES
 
@@ -512,12 +516,7 @@ class TelemetryView(DeviceAPIView):
         outcome = services.telemetry_accept(
             device=device, samples=body.validated_data["samples"], batch_id=body.validated_data.get("batch_id")
         )
-        answer = {
-            "accepted": outcome.batch.sample_count,
-            "batch_id": outcome.batch.batch_id,
-            "duplicate": outcome.duplicate,
-        }
-        return Response(TelemetryOutputSerializer(answer).data, status=status.HTTP_202_ACCEPTED)
+        return Response(telemetry_answer(outcome), status=status.HTTP_202_ACCEPTED)
 
 
 class LeasedFileResponse(FileResponse):
