@@ -1,6 +1,7 @@
 """The zero-database idle check-in: per-process memory of devices with nothing to do, invalidated by database epochs.
 
-Only the "nothing to do" answer is ever given from here. The one-statement check-in (devices.edge.checkin) fills two
+Two answers are given from here: "nothing to do", and a live offer the locking path already re-sent (see
+offer_lookup: every epoch counts for it, `offer` included, and rollouts.offer_resend ends it in time). The one-statement check-in (devices.edge.checkin) fills two
 bounded LRU maps when it found the device quiet (no deployment waiting or in flight, the report written, no check-in
 budget in its region): the presented identity (certificate fingerprint, or serial + the secret's sha256) -> device id
 and region settings, and the device -> a digest of the report it last wrote. A later check-in presenting the same
