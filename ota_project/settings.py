@@ -342,6 +342,9 @@ OTA_DEVICE_OFFLINE_AFTER_POLLS = int(os.environ.get("OTA_DEVICE_OFFLINE_AFTER_PO
 OTA_CHECKIN_EPOCH_SECONDS = float(os.environ.get("OTA_CHECKIN_EPOCH_SECONDS", "1"))
 OTA_CHECKIN_CACHE_SECONDS = int(os.environ.get("OTA_CHECKIN_CACHE_SECONDS", "3600"))
 OTA_CHECKIN_CACHE_ENTRIES = int(os.environ.get("OTA_CHECKIN_CACHE_ENTRIES", "250000"))
+# Live offers re-sent from memory (same module): at most this long (and never past the deployment's deadline);
+# 0: every re-send takes the locking offer path.
+OTA_CHECKIN_OFFER_CACHE_SECONDS = int(os.environ.get("OTA_CHECKIN_OFFER_CACHE_SECONDS", "3600"))
 OTA_LAST_SEEN_FLUSH_SECONDS = float(os.environ.get("OTA_LAST_SEEN_FLUSH_SECONDS", "2"))
 # Abuse and swarm limits (README "Abuse and swarm limits"), for the whole server, before any database work; 0 = off.
 # Each web process keeps rate/W and burst/W, W the server's web workers: gunicorn's master exports its worker count

@@ -9,7 +9,7 @@ anyway, so a re-sent offer costs no query and no signature until less than half 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -38,12 +38,17 @@ DIRECTOR_SERVED = (
 )
 
 
-def _fresh(deployment: Deployment, now: datetime) -> bool:
-    """The stored metadata has more than half of its lifetime left."""
+def director_targets_fresh_until(deployment: Deployment) -> datetime | None:
+    """Until when the stored metadata is reused (while it has more than half of its lifetime left); None: none."""
     expires = deployment.director_expires
     if deployment.director_targets is None or expires is None:
-        return False
-    return (expires - now).total_seconds() > settings.DIRECTOR_TARGETS_EXPIRY_SECONDS / 2
+        return None
+    return expires - timedelta(seconds=settings.DIRECTOR_TARGETS_EXPIRY_SECONDS / 2)
+
+
+def _fresh(deployment: Deployment, now: datetime) -> bool:
+    until = director_targets_fresh_until(deployment)
+    return until is not None and now < until
 
 
 def deployment_director_targets(*, deployment: Deployment, now: datetime | None = None) -> bytes | None:

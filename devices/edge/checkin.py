@@ -25,7 +25,7 @@ from django.db.models.sql import UpdateQuery
 
 from devices.credentials import secret_hash
 from devices.edge.identity import PresentedIdentity, accepted_certificate_devices, accepted_devices
-from devices.edge.quiet import IDENTITY, WORK, Epochs, QuietDevice
+from devices.edge.quiet import IDENTITY, OFFER, WORK, Epochs, QuietDevice
 from devices.edge.services import IN_FLIGHT
 from devices.models import CheckinEpoch, Device
 from devices.services import device_report_changes, device_report_check
@@ -50,6 +50,7 @@ class CheckinRow:
     region_max_checkins_per_window: int | None
     recorded: bool  # False: the region has a check-in budget; nothing was written
     work_waiting: bool  # a pending or offered deployment: only deployment_offer may answer
+    one_candidate: bool  # exactly one pending or offered deployment (an offer re-sent may be remembered)
     under_way: bool  # a deployment between download and confirmation
     fetching: bool  # a deployment whose image the device is downloading: the answer repeats its offer (fresh URL)
     epochs: Epochs  # the check-in epochs as of the statement's snapshot (devices.edge.quiet)
@@ -137,14 +138,19 @@ def _compile(present: frozenset[str], by_certificate: bool) -> _Statement:
     update.add_update_values(changes)  # Django's own UPDATE compiler: exactly the SET device_record_report runs
     written, written_params = update.get_compiler(connection=connection).as_sql()
     waiting, waiting_params = _exists(OFFER_CANDIDATES)
+    candidates, candidates_params = _sql(
+        Deployment.objects.filter(device_id__in=_CALLER, status__in=OFFER_CANDIDATES).order_by().values("pk")[:2]
+    )
     under_way, under_way_params = _exists(_UNDER_WAY)
     fetching, fetching_params = _exists((DeploymentStatus.DOWNLOADING,))
     work, work_params = _epoch(WORK)
     identity, identity_params = _epoch(IDENTITY)
+    offer, offer_params = _epoch(OFFER)
     sql = (
         f"WITH caller AS ({caller}), written AS ({written} RETURNING 1) "
         'SELECT caller."device_id", caller."region_ref", caller."poll", caller."own_budget", '
-        f"EXISTS (SELECT 1 FROM written), {waiting}, {under_way}, {fetching}, {work}, {identity} FROM caller"
+        f"EXISTS (SELECT 1 FROM written), {waiting}, (SELECT count(*) FROM ({candidates}) AS candidates) = 1, "
+        f"{under_way}, {fetching}, {work}, {identity}, {offer} FROM caller"
     )
     markers = {name: value for name, value in stand_in.items() if name in present or name not in report}
     if by_certificate:
@@ -153,8 +159,8 @@ def _compile(present: frozenset[str], by_certificate: bool) -> _Statement:
         del markers["fingerprint"]
         markers["secret"] = secret_hash(stand_in["secret"])
     slots = []
-    every = (*caller_params, *written_params, *waiting_params, *under_way_params, *fetching_params)
-    for param in (*every, *work_params, *identity_params):
+    every = (*caller_params, *written_params, *waiting_params, *candidates_params, *under_way_params, *fetching_params)
+    for param in (*every, *work_params, *identity_params, *offer_params):
         value = _plain(param)
         name = next((n for n, m in markers.items() if type(m) is type(value) and m == value), None)
         slots.append((name, param))
@@ -202,7 +208,7 @@ def checkin_record(*, presented: PresentedIdentity, report: dict[str, Any], at: 
         row = cursor.fetchone()
     if row is None:
         return None
-    device_id, region_id, poll, budget, recorded, waiting, under_way, fetching, work, identity = row
+    device_id, region_id, poll, budget, recorded, waiting, one_candidate, under_way, fetching, *epochs = row
     return CheckinRow(
         device_id=device_id,
         region_id=region_id,
@@ -210,7 +216,8 @@ def checkin_record(*, presented: PresentedIdentity, report: dict[str, Any], at: 
         region_max_checkins_per_window=budget,
         recorded=recorded,
         work_waiting=waiting,
+        one_candidate=one_candidate,
         under_way=under_way,
         fetching=fetching,
-        epochs=Epochs(work=int(work), identity=int(identity)),
+        epochs=Epochs(*(int(epoch) for epoch in epochs)),
     )

@@ -1,6 +1,7 @@
 """The zero-database idle check-in: per-process memory of devices with nothing to do, invalidated by database epochs.
 
-Only the "nothing to do" answer is ever given from here. The one-statement check-in (devices.edge.checkin) fills two
+Two answers are given from here: "nothing to do", and a live offer the locking path already re-sent (see
+offer_lookup: every epoch counts for it, `offer` included, and rollouts.offer_resend ends it in time). The one-statement check-in (devices.edge.checkin) fills two
 bounded LRU maps when it found the device quiet (no deployment waiting or in flight, the report written, no check-in
 budget in its region): the presented identity (certificate fingerprint, or serial + the secret's sha256) -> device id
 and region settings, and the device -> a digest of the report it last wrote. A later check-in presenting the same
@@ -47,13 +48,19 @@ DEFAULT_EPOCH_SECONDS = 1.0
 DEFAULT_CACHE_SECONDS = 3600
 DEFAULT_CACHE_ENTRIES = 250_000
 DEFAULT_FLUSH_SECONDS = 2.0
-WORK, IDENTITY = "work", "identity"
+WORK, IDENTITY, OFFER = "work", "identity", "offer"
 
 
 @dataclass(frozen=True)
 class Epochs:
     work: int
     identity: int
+    offer: int = 0
+
+    @property
+    def quiet(self) -> tuple[int, int]:
+        """The epochs a quiet answer depends on (an offer changing does not make a quiet device's answer stale)."""
+        return self.work, self.identity
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,32 @@ class QuietDevice:
     region_id: int
     region_poll_interval_seconds: int | None
     region_max_checkins_per_window: int | None
+
+
+@dataclass(frozen=True)
+class OfferParts:
+    """What an offer's answer says apart from its download URL (whose token is signed afresh for every answer)."""
+
+    device_id: int
+    deployment_id: int
+    kind: str
+    release_version: str
+    release_counter: int
+    sha256: str
+    length: int
+    deadline_at: datetime | None
+    director: str | None
+
+
+@dataclass(frozen=True)
+class RememberedOffer:
+    """A live offer a device holds, re-sent from memory while nothing could have withdrawn or changed it."""
+
+    device: QuietDevice
+    parts: OfferParts
+    digest: bytes
+    epochs: Epochs
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -104,6 +137,7 @@ class _Memory:
         self.lock = threading.Lock()
         self.identities: OrderedDict[str, _Identity] = OrderedDict()
         self.quiet: OrderedDict[int, _Quiet] = OrderedDict()
+        self.offers: OrderedDict[int, RememberedOffer] = OrderedDict()
         self.epochs: Epochs | None = None
         self.checked_at = float("-inf")  # monotonic time the epochs were known to hold
         self.seen: dict[int, tuple[datetime, dict[str, Any]]] = {}
@@ -116,13 +150,15 @@ class _Memory:
         re-read is authoritative (any difference, even backwards after a restore, empties the maps)."""
         known = self.epochs
         if known is not None and not authoritative:
-            if epochs.work < known.work or epochs.identity < known.identity:
+            if epochs.work < known.work or epochs.identity < known.identity or epochs.offer < known.offer:
                 return False
         if known is None or epochs.identity != known.identity:
             self.identities.clear()
             self.quiet.clear()
         elif epochs.work != known.work:
             self.quiet.clear()
+        if known != epochs:
+            self.offers.clear()
         self.epochs = epochs
         self.checked_at = max(self.checked_at, as_of) if known == epochs else as_of
         return True
@@ -131,6 +167,7 @@ class _Memory:
         with self.lock:
             self.identities.clear()
             self.quiet.clear()
+            self.offers.clear()
             self.epochs = None
             self.checked_at = float("-inf")
             self.seen.clear()
@@ -148,7 +185,7 @@ def quiet_reset() -> None:
 def epochs_read() -> Epochs:
     """The epochs as the database has them now (one statement; a missing row counts 0)."""
     values = dict(CheckinEpoch.objects.values_list("name", "value"))
-    return Epochs(work=int(values.get(WORK, 0)), identity=int(values.get(IDENTITY, 0)))
+    return Epochs(work=int(values.get(WORK, 0)), identity=int(values.get(IDENTITY, 0)), offer=int(values.get(OFFER, 0)))
 
 
 def _fresh() -> bool:
@@ -177,10 +214,10 @@ def quiet_lookup(presented: PresentedIdentity, report: dict[str, Any]) -> QuietD
     with _memory.lock:
         known = _memory.epochs
         found = _memory.identities.get(key)
-        if found is None or found.epochs != known or found.expires <= now:
+        if known is None or found is None or found.epochs.identity != known.identity or found.expires <= now:
             return None
         quiet = _memory.quiet.get(found.device.device_id)
-        if quiet is None or quiet.epochs != known or quiet.expires <= now or quiet.digest != digest:
+        if quiet is None or quiet.epochs.quiet != known.quiet or quiet.expires <= now or quiet.digest != digest:
             return None
         _memory.identities.move_to_end(key)
         _memory.quiet.move_to_end(found.device.device_id)
@@ -201,6 +238,7 @@ def quiet_remember(
             return
         _memory.identities[key] = _Identity(device, epochs, expires)
         _memory.identities.move_to_end(key)
+        _memory.offers.pop(device.device_id, None)
         _memory.quiet[device.device_id] = _Quiet(digest, epochs, expires)
         _memory.quiet.move_to_end(device.device_id)
         while len(_memory.identities) > size:
@@ -209,10 +247,69 @@ def quiet_remember(
             _memory.quiet.popitem(last=False)
 
 
+def offer_lookup(presented: PresentedIdentity, report: dict[str, Any]) -> RememberedOffer | None:
+    """The live offer this identity holds, if it reports what it last wrote and no epoch moved since; else None.
+
+    Like quiet_lookup, at most the epochs' re-read. Every epoch counts: `offer` (something that could withdraw or
+    change it), `work` (another deployment of the device became a candidate) and `identity` (a quarantine, a
+    revocation, a region change)."""
+    key = identity_key(presented)
+    with _memory.lock:
+        if key not in _memory.identities:
+            return None
+    if not _fresh():
+        return None
+    now, digest = time.monotonic(), report_digest(report)
+    with _memory.lock:
+        known = _memory.epochs
+        found = _memory.identities.get(key)
+        if known is None or found is None or found.epochs.identity != known.identity or found.expires <= now:
+            return None
+        offer = _memory.offers.get(found.device.device_id)
+        if offer is None or offer.epochs != known or offer.expires <= now or offer.digest != digest:
+            return None
+        _memory.identities.move_to_end(key)
+        _memory.offers.move_to_end(found.device.device_id)
+        return offer
+
+
+def offer_remember(
+    presented: PresentedIdentity,
+    device: QuietDevice,
+    report: dict[str, Any],
+    parts: OfferParts,
+    until: datetime,
+    epochs: Epochs,
+    as_of: float,
+) -> None:
+    """Remember the live offer the locking path re-sent to a device whose statement (started at monotonic `as_of`,
+    `epochs` from its snapshot) found it the device's only deployment under way; never past `until` (wall clock)."""
+    ttl = _seconds("OTA_CHECKIN_OFFER_CACHE_SECONDS", DEFAULT_CACHE_SECONDS)
+    size = max(0, int(getattr(settings, "OTA_CHECKIN_CACHE_ENTRIES", DEFAULT_CACHE_ENTRIES)))
+    # Measured from the statement's start, which came before now: the entry ends before `until`, never after.
+    left = (until - datetime.now(tz=until.tzinfo)).total_seconds()
+    if not ttl or not size or left <= 0:
+        return
+    key, digest = identity_key(presented), report_digest(report)
+    with _memory.lock:
+        if not _memory.adopt(epochs, as_of, authoritative=False):
+            return
+        _memory.identities[key] = _Identity(device, epochs, as_of + ttl)
+        _memory.identities.move_to_end(key)
+        _memory.quiet.pop(device.device_id, None)
+        _memory.offers[device.device_id] = RememberedOffer(device, parts, digest, epochs, as_of + min(ttl, left))
+        _memory.offers.move_to_end(device.device_id)
+        while len(_memory.identities) > size:
+            _memory.identities.popitem(last=False)
+        while len(_memory.offers) > size:
+            _memory.offers.popitem(last=False)
+
+
 def quiet_forget(device_id: int) -> None:
-    """The device is not quiet (any more): its next check-in takes the statement."""
+    """The device is not quiet (any more), nor holding the offer remembered: its next check-in takes the statement."""
     with _memory.lock:
         _memory.quiet.pop(device_id, None)
+        _memory.offers.pop(device_id, None)
 
 
 def last_seen_note(device_id: int, at: datetime, report: dict[str, Any]) -> None:

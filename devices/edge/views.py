@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge import services
 from devices.edge.abuse import source_address
-from devices.edge.attestation import Attestation, Verdict, checkin_attestation
+from devices.edge.attestation import Attestation, Verdict, attestation_enforced, checkin_attestation
 from devices.edge.checkin import checkin_record
 from devices.edge.download_tokens import (
     DownloadGrant,
@@ -48,7 +48,17 @@ from devices.edge.identity import (
     request_identity,
     tls_refusal_record,
 )
-from devices.edge.quiet import QuietDevice, last_seen_note, quiet_forget, quiet_lookup, quiet_remember
+from devices.edge.quiet import (
+    OfferParts,
+    QuietDevice,
+    RememberedOffer,
+    last_seen_note,
+    offer_lookup,
+    offer_remember,
+    quiet_forget,
+    quiet_lookup,
+    quiet_remember,
+)
 from devices.edge.serializers import (
     CheckinInputSerializer,
     CheckinOutputSerializer,
@@ -72,6 +82,7 @@ from ota_project.serializers import ApiErrorSerializer
 from rollouts.deployment_services import Report, deployment_offer, deployment_report
 from rollouts.director import deployment_director_targets
 from rollouts.models import Deployment
+from rollouts.offer_resend import offer_resend_until
 
 logger = logging.getLogger(__name__)
 
@@ -149,31 +160,47 @@ def poll_interval(*, shaping: LoadShaping, in_flight: bool) -> int:
     return min(base, IN_FLIGHT_POLL_SECONDS) if in_flight else base
 
 
-def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[str, Any]:
+def _offer_parts(deployment: Deployment) -> OfferParts:
+    """What the offer of `deployment` says apart from its URL (the director metadata may be signed here)."""
     artifact = deployment.release.artifact
-    presented = request_identity(request)
-    token = download_token_issue(
+    return OfferParts(
         device_id=deployment.device_id,
-        certificate=presented.fingerprint if presented is not None else "",
         deployment_id=deployment.pk,
+        kind=deployment.kind,
+        release_version=deployment.release.version,
+        release_counter=deployment.release.release_counter,
         sha256=artifact.sha256,
         length=artifact.size_bytes,
         deadline_at=deployment.deadline_at,
+        director=_director(deployment),
+    )
+
+
+def _offer_body(request: HttpRequest | Request, deployment: Deployment) -> dict[str, Any]:
+    return _offer_answer(request, _offer_parts(deployment))
+
+
+def _offer_answer(request: HttpRequest | Request, parts: OfferParts) -> dict[str, Any]:
+    """The offer's answer with a download URL whose token is signed now (an HMAC: no database)."""
+    presented = request_identity(request)
+    token = download_token_issue(
+        device_id=parts.device_id,
+        certificate=presented.fingerprint if presented is not None else "",
+        deployment_id=parts.deployment_id,
+        sha256=parts.sha256,
+        length=parts.length,
+        deadline_at=parts.deadline_at,
         now=now_seconds(),
     )
-    url = reverse("device-artifact", kwargs={"sha256": artifact.sha256}) + "?" + urlencode({"token": token})
+    url = reverse("device-artifact", kwargs={"sha256": parts.sha256}) + "?" + urlencode({"token": token})
     return {
-        "deployment_id": deployment.pk,
-        "kind": deployment.kind,
-        "release_version": deployment.release.version,
-        "release_counter": deployment.release.release_counter,
-        "artifact": {
-            "sha256": artifact.sha256,
-            "length": artifact.size_bytes,
-            "url": _absolute(request, url, presented),
-        },
-        "deadline_at": deployment.deadline_at,
-        "director": _director(deployment),
+        "deployment_id": parts.deployment_id,
+        "kind": parts.kind,
+        "release_version": parts.release_version,
+        "release_counter": parts.release_counter,
+        "artifact": {"sha256": parts.sha256, "length": parts.length, "url": _absolute(request, url, presented)},
+        "deadline_at": parts.deadline_at,
+        "director": parts.director,
     }
 
 
@@ -270,7 +297,21 @@ def _checkin_answer(
     attestation: Attestation,
     work_waiting: bool | None = None,
 ) -> dict[str, Any]:
-    """The answer once the report is stored: the offer service decides (and locks), then the poll interval.
+    """The answer once the report is stored: the offer service decides (and locks), then the poll interval."""
+    return _checkin_decision(
+        request, device_id=device_id, shaping=shaping, attestation=attestation, work_waiting=work_waiting
+    )[0]
+
+
+def _checkin_decision(
+    request: HttpRequest | Request,
+    *,
+    device_id: int,
+    shaping: LoadShaping,
+    attestation: Attestation,
+    work_waiting: bool | None = None,
+) -> tuple[dict[str, Any], tuple[Deployment, OfferParts] | None]:
+    """The answer, and the deployment offered (with what its offer said) when the offer service offered one.
 
     Without verified evidence where attestation applies nothing is offered (and nothing marked offered): the
     answer carries a fresh nonce and, when work waits, `attestation_required`, so the device attests at once."""
@@ -281,19 +322,21 @@ def _checkin_answer(
             "offer": None,
             **attestation.answer_fields(withheld=waiting),
         }
-        return dict(CheckinOutputSerializer(answer).data)
+        return dict(CheckinOutputSerializer(answer).data), None
     # Quarantined devices may check in (their report is drift evidence) but are offered nothing; the offer
     # service withdraws what they had been offered and not yet started installing. It reads the device's row
     # itself, in its locking statement: the request's copy is not what it decides on.
     # A device fetching an image gets its offer again, with a fresh URL: a download outlives its token that way.
-    deployment = deployment_offer(device_id=device_id) or services.device_download_in_progress(device_id=device_id)
+    offered = deployment_offer(device_id=device_id)
+    deployment = offered or services.device_download_in_progress(device_id=device_id)
     in_flight = deployment is not None or services.device_has_deployment_in_flight(device_id=device_id)
+    parts = _offer_parts(deployment) if deployment else None
     answer = {
         "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=in_flight),
-        "offer": _offer_body(request, deployment) if deployment else None,
+        "offer": _offer_answer(request, parts) if parts else None,
         **attestation.answer_fields(withheld=False),
     }
-    return dict(CheckinOutputSerializer(answer).data)
+    return dict(CheckinOutputSerializer(answer).data), (offered, parts) if offered and parts else None
 
 
 @csrf_exempt
@@ -334,6 +377,9 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
         remembered = quiet_lookup(presented, report)
         if remembered is not None:
             return _quiet_answer(request, remembered, body, report)
+        resent = offer_lookup(presented, report) if not attestation_enforced(presented) else None
+        if resent is not None:
+            return _resent_answer(request, presented, resent, report)
     as_of = time.monotonic()
     try:
         row = checkin_record(presented=presented, report=report, at=timezone.now())
@@ -350,9 +396,15 @@ def quick_checkin(request: HttpRequest) -> HttpResponse | None:
     else:
         quiet_forget(row.device_id)
     if row.work_waiting:
-        answer = _checkin_answer(
+        answer, offered = _checkin_decision(
             request, device_id=row.device_id, shaping=shaping, attestation=attestation, work_waiting=True
         )
+        # The device's one deployment under way, offered, where attestation does not apply: memory may re-send it.
+        if offered and row.one_candidate and not row.under_way and attestation.verdict is Verdict.OFF:
+            deployment, parts = offered
+            until = offer_resend_until(deployment, director=parts.director is not None)
+            if until is not None:
+                offer_remember(presented, row.quiet_device(), report, parts, until, row.epochs, as_of)
     else:
         # Nothing in flight: the one statement answered. Under way: a download in progress gets a fresh URL.
         refresh = row.fetching and attestation.offers_allowed
@@ -388,6 +440,21 @@ def _quiet_answer(
         **attestation.answer_fields(withheld=False),
     }
     return HttpResponse(JSONRenderer().render(answer), content_type="application/json")
+
+
+def _resent_answer(
+    request: HttpRequest, presented: PresentedIdentity, resent: RememberedOffer, report: dict[str, Any]
+) -> HttpResponse:
+    """The live offer the locking path re-sent to this device, again, from memory (devices.edge.quiet): the same
+    answer with a download token signed now. Only where attestation does not apply (no nonce, no evidence)."""
+    request.device_identity = presented  # type: ignore[attr-defined]  # the offer's token binds it
+    shaping = region_load_shaping(region=_region(resent.device))
+    last_seen_note(resent.device.device_id, timezone.now(), report)
+    answer = {
+        "poll_interval_seconds": poll_interval(shaping=shaping, in_flight=True),
+        "offer": _offer_answer(request, resent.parts),
+    }
+    return HttpResponse(JSONRenderer().render(CheckinOutputSerializer(answer).data), content_type="application/json")
 
 
 class StatusView(DeviceAPIView):
@@ -433,6 +500,8 @@ class StatusView(DeviceAPIView):
         body = StatusInputSerializer(data=self.body(request))
         body.is_valid(raise_exception=True)
         report = Report(**body.validated_data)
+        # The offer this process may remember for the device is not what it will be: the epoch tells the others.
+        quiet_forget(device.pk)
         try:
             outcome = deployment_report(device=device, deployment_id=deployment_id, report=report)
         except DomainError as exc:

@@ -29,6 +29,13 @@ CHECKIN = "/device/v1/checkin/"
 
 
 @pytest.fixture(autouse=True)
+def _locking_path(settings):
+    """These tests are about the locking offer path itself: no re-send from memory (tests/device_api/
+    test_offer_resend.py has the memory's, each change within OTA_CHECKIN_EPOCH_SECONDS)."""
+    settings.OTA_CHECKIN_OFFER_CACHE_SECONDS = 0
+
+
+@pytest.fixture(autouse=True)
 def _clean_budget_cache():
     caches["default"].clear()
     yield
