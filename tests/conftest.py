@@ -105,10 +105,6 @@ def _isolated_storage(settings, tmp_path, tmp_path_factory):
     limits_reset()
     # The quiet check-ins' memory (devices.edge.quiet) is per process too: primary keys and epochs repeat.
     quiet_reset()
-    # A test of what a change does to the next check-in sees it at once: the epochs are re-read on every check-in
-    # answered from memory (one statement). The bound itself (1 s by default) is what tests/device_api/
-    # test_quiet_checkin.py, test_offer_resend.py and the two-worker tests set and check.
-    settings.OTA_CHECKIN_EPOCH_SECONDS = 0
     settings.OTA_DEVICE_RATE_PER_SECOND = 0
     settings.OTA_ADDRESS_RATE_PER_SECOND = 0
     settings.OTA_UNAUTHENTICATED_RATE_PER_SECOND = 0

@@ -30,6 +30,13 @@ from tests.security.conftest import HARDWARE
 pytestmark = pytest.mark.django_db(transaction=True)  # on-commit publishing of the static tree
 
 
+@pytest.fixture(autouse=True)
+def _epochs_at_once(settings):
+    """These tests ask what a change does to the very next check-in: the epochs are re-read on every check-in
+    answered from memory (devices.edge.quiet; the 1 s bound is tests/device_api/test_offer_resend.py's)."""
+    settings.OTA_CHECKIN_EPOCH_SECONDS = 0
+
+
 def _device_client(operator, device) -> APIClient:
     client = APIClient()
     client.credentials(
