@@ -354,3 +354,31 @@ class CheckinEpoch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}={self.value}"
+
+
+class LimitedKey(models.Model):
+    """A credential or source address the device API's abuse limits refused in one swarm window, once for the whole
+    server (devices.edge.abuse): the swarm threshold counts these rows, whichever web process refused each key."""
+
+    window = models.DateTimeField(
+        help_text="Start of the swarm window (OTA_DEVICE_SWARM_WINDOW_SECONDS, epoch-aligned)."
+    )
+    key = models.CharField(max_length=200, help_text="credential:<fingerprint or serial> or address:<ip>.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["window", "key"], name="one_limited_key_per_swarm_window")]
+
+    def __str__(self) -> str:
+        return f"{self.key} in {self.window:%Y-%m-%d %H:%M:%S}"
+
+
+class SwarmWindow(models.Model):
+    """A swarm window that crossed OTA_DEVICE_SWARM_THRESHOLD: its unique row lets exactly one web process raise the
+    window's `device_swarm` security event and alert (devices.edge.abuse)."""
+
+    window = models.DateTimeField(unique=True, help_text="Start of the swarm window.")
+    keys = models.PositiveIntegerField(help_text="Distinct keys over their limits when the swarm was declared.")
+    declared_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"swarm of {self.keys} keys in {self.window:%Y-%m-%d %H:%M:%S}"

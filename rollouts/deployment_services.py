@@ -40,7 +40,7 @@ from rollouts.models import Deployment, Wave
 from rollouts.quarantine import device_failure_record
 from rollouts.step_keys import verdict_step_key
 from rollouts.transitions import deployment_transition
-from rollouts.windows import region_open
+from rollouts.windows import region_next_opening, region_open
 from workflows import policy
 from workflows.types import Verdict
 
@@ -228,6 +228,8 @@ def deployment_offer(*, device_id: int, now: datetime | None = None) -> Deployme
 
     Every candidate is re-checked against the device as it is now (status, hardware model, anti-rollback) and the
     change (still implementing): a deployment that no longer qualifies is skipped (or cancelled) with the reason.
+    An update offered earlier is re-sent only while its region's window is open: the agent acts on an offer at once,
+    so after the window closed an offer whose download has not started goes back to pending for the next window.
     One statement locks the candidates and reads all of that, so re-sending a live offer costs that statement.
     """
     now = now or timezone.now()
@@ -242,14 +244,20 @@ def deployment_offer(*, device_id: int, now: datetime | None = None) -> Deployme
         if refusal:
             _end_unstarted(deployment, refusal, now)
             continue
+        region = deployment.device.region
+        window_closed = deployment.kind == DeploymentKind.UPDATE and not region_open(
+            rollout.approved_plan, region.code, region.time_zone, now
+        )
         if deployment.status == DeploymentStatus.OFFERED:
-            return deployment
+            if not window_closed:
+                return deployment
+            # An update must not start outside its region's window: an offer the device has not acted on is not
+            # re-sent (the agent acts at once on an offer) but goes back to pending for the next window.
+            _offer_withdraw_to_pending(deployment, region.code, region.time_zone, now)
+            continue
         if deployment.not_before and deployment.not_before > now:
             continue
-        region = deployment.device.region
-        if deployment.kind == DeploymentKind.UPDATE and not region_open(
-            rollout.approved_plan, region.code, region.time_zone, now
-        ):
+        if window_closed:
             continue
         if not _download_slot_free(deployment, region.code):
             continue
@@ -265,6 +273,29 @@ def deployment_offer(*, device_id: int, now: datetime | None = None) -> Deployme
         deployment.refresh_from_db()
         return deployment
     return None
+
+
+def _offer_withdraw_to_pending(deployment: Deployment, region_code: str, time_zone: str, now: datetime) -> None:
+    """Return an offer whose download has not started to pending because its region's maintenance window closed:
+    no failure and no attempt counted (the next offer is the same attempt), the reason kept in its detail, and its
+    download deadline counted from the region's next opening, so waiting for the window never times it out."""
+    plan = deployment.rollout.approved_plan
+    opening = region_next_opening(plan, region_code, time_zone, now)
+    download = timedelta(seconds=plan.deadlines.download_seconds)
+    deadline = (opening or now) + download
+    if deployment.deadline_at is not None:
+        deadline = max(deadline, deployment.deadline_at)
+    deployment_transition(
+        deployments=[deployment.pk],  # under the candidate statement's row lock: still offered
+        to=DeploymentStatus.PENDING,
+        now=now,
+        reason=(
+            f"back to pending: region {region_code}'s maintenance window closed before the download started; "
+            + (f"offered again from {opening.isoformat()}" if opening else "no window opens within a week")
+        ),
+        attempts=max(0, deployment.attempts - 1),
+        deadline_at=deadline,
+    )
 
 
 def _download_slot_free(deployment: Deployment, region_code: str) -> bool:

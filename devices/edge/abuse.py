@@ -14,10 +14,14 @@ region's admission), on headers only, in process memory (token buckets; no cache
   OTA_UNAUTHENTICATED_RATE_PER_SECOND / OTA_UNAUTHENTICATED_RATE_BURST, so an unauthenticated flood is answered 429
   from memory and never reaches authentication, which costs a lookup and a security event per request.
 
-A refusal is 429 with Retry-After (seconds until the bucket has a token again). Each key over its limit is recorded
-once per swarm window as a `device_rate_limited` security event, not once per request. When
-OTA_DEVICE_SWARM_THRESHOLD distinct keys are over their limits within one OTA_DEVICE_SWARM_WINDOW_SECONDS window,
-that is a swarm: one `device_swarm` security event and one alert (`_swarm_alert`) per window.
+A refusal is 429 with Retry-After (seconds until the bucket has a token again). The swarm counts the whole server:
+windows of OTA_DEVICE_SWARM_WINDOW_SECONDS aligned to the epoch (the same in every process); a process's first
+refusal of a key in a window inserts the key's row for the window (`LimitedKey`, unique per window and key, so once
+for the whole server) and counts the window's rows in the same statement, and only the process whose row was new
+records the key's `device_rate_limited` security event. When OTA_DEVICE_SWARM_THRESHOLD distinct keys are over
+their limits within one window, that is a swarm: the process whose `SwarmWindow` row for the window is inserted
+(unique: no check-then-act race) raises the one `device_swarm` security event and alert (`_swarm_alert`). Requests
+within their limits, and further refusals of a key already noted, never touch the database.
 
 The configured figures are the whole server's: each of its W web processes (settings.OTA_WEB_WORKERS, which
 gunicorn's master sets to the number of workers it forks) keeps buckets of rate/W and burst/W (at least 1), so a
@@ -30,7 +34,7 @@ RabbitMQ, with no Redis at all). The price of dividing: a key whose requests all
 connection; a lightly loaded gthread worker accepts every connection it can) gets rate/W there; the defaults (60 at
 once, 1/s) leave a device that polls every few minutes far inside that, and an update's burst of requests too with
 a few workers. Each server of several behind a balancer has its own buckets (N servers: up to N times the figures).
-A rate of 0 turns that limit off. The swarm threshold counts keys each process saw over its share.
+A rate of 0 turns that limit off. The swarm threshold counts keys over their limits across all processes.
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.audit.security import SecurityEventKind, security_event
 from devices.edge.identity import (
@@ -55,6 +61,7 @@ from devices.edge.identity import (
     from_device_proxy,
     presented_identity,
 )
+from devices.models import LimitedKey, SwarmWindow
 from ota_project.alerts.choices import AlertSeverity
 from ota_project.alerts.services import raise_alert
 from ota_project.errors import DomainError
@@ -110,9 +117,10 @@ class TokenBuckets:
 
 @dataclass
 class _Window:
-    """Keys over their limits in the current swarm window (each recorded once), and whether it alerted."""
+    """This process's view of the current swarm window: the keys it already noted (each costs the database once per
+    window and process) and whether it knows the window's swarm was declared (by any process)."""
 
-    started: float = 0.0
+    started: float = -1.0
     keys: set[str] = field(default_factory=set)
     alerted: bool = False
 
@@ -129,7 +137,7 @@ def limits_reset() -> None:
     for buckets in (_device_buckets, _address_buckets, _stranger_buckets):
         buckets.clear()
     with _window_lock:
-        _window.started, _window.alerted = 0.0, False
+        _window.started, _window.alerted = -1.0, False
         _window.keys.clear()
 
 
@@ -194,8 +202,10 @@ def limits_check(request: HttpRequest, *, now: float | None = None) -> None:
 
 
 def limit_refusal(refused: LimitExceeded, *, now: float | None = None) -> HttpResponse:
-    """The 429 answer; the first refusal of each key in a swarm window is recorded, and a swarm alerts once."""
-    _note(refused, time.monotonic() if now is None else now)
+    """The 429 answer; the first refusal of each key in a swarm window is recorded, and a swarm alerts once.
+
+    `now`: wall-clock epoch seconds (swarm windows are aligned to the epoch, the same in every process)."""
+    _note(refused, time.time() if now is None else now)
     retry_after = max(1, math.ceil(refused.retry_after))
     body = error_body("rate_limited", f"Too many requests: retry after {retry_after} s.")
     response = JsonResponse(body, status=429)
@@ -205,23 +215,60 @@ def limit_refusal(refused: LimitExceeded, *, now: float | None = None) -> HttpRe
 
 # The swarm alert's kind (under `security.`: security officers are told as well as operators) and dedup key.
 SWARM_ALERT_KIND = "security.device_swarm"
+_LIMITED_KEYS = LimitedKey._meta.db_table
+# One round trip, on the refusal path only: forget the keys of earlier windows (an index range, empty after the
+# window's first refusal), insert the key's row for the window if no process did yet, and count the window's keys as
+# they were before (the CTE's row is not visible to the count in the same statement, so the two add up).
+_COUNT_KEY = (
+    f'WITH purged AS (DELETE FROM {_LIMITED_KEYS} WHERE "window" < %s), '
+    f'added AS (INSERT INTO {_LIMITED_KEYS} ("window", "key") VALUES (%s, %s) '
+    'ON CONFLICT ("window", "key") DO NOTHING RETURNING 1) '
+    f'SELECT (SELECT COUNT(*) FROM added), (SELECT COUNT(*) FROM {_LIMITED_KEYS} WHERE "window" = %s)'
+)
+SWARM_WINDOWS_KEPT = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class _Counted:
+    """What the database said about a key's first refusal in a window (in this process)."""
+
+    first_on_server: bool  # no other process had recorded the key in this window
+    keys: int  # distinct keys over their limits in this window, server-wide, this one included
+
+
+def _count_key(key: str, window: datetime) -> _Counted | None:
+    """Record the key for the window once for the whole server and count the window's keys (one indexed statement,
+    in the middleware's autocommit). None: the database failed (the refusal stands and is recorded anyway)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_COUNT_KEY, [window, window, key[:200], window])
+            added, before = cursor.fetchone()
+    except DatabaseError:
+        logger.exception("device API limits: the swarm count is unavailable; recording the refusal only")
+        return None
+    return _Counted(first_on_server=bool(added), keys=int(before) + int(added))
 
 
 def _note(refused: LimitExceeded, now: float) -> None:
-    """Record the key once per window; past the threshold of distinct keys, one swarm event and alert."""
-    window_seconds = max(1.0, _setting("OTA_DEVICE_SWARM_WINDOW_SECONDS"))
+    """Record the key once per window for the whole server; when the server's distinct keys in the window reach the
+    threshold, one swarm event and alert for the window, whichever process sees it first (a unique row decides)."""
+    window_seconds = max(1, int(_setting("OTA_DEVICE_SWARM_WINDOW_SECONDS")))
+    started = float(int(now) // window_seconds * window_seconds)
     with _window_lock:
-        if now - _window.started >= window_seconds:
-            _window.started, _window.alerted = now, False
+        if _window.started != started:
+            _window.started, _window.alerted = started, False
             _window.keys.clear()
         first = refused.key not in _window.keys
         if first:
             _window.keys.add(refused.key)
-        count = len(_window.keys)
-        swarm = not _window.alerted and count >= max(1, int(_setting("OTA_DEVICE_SWARM_THRESHOLD")))
-        if swarm:
-            _window.alerted = True
-    if first:
+        declared = _window.alerted
+    if not first:
+        return  # the hot path of a flood: memory only
+    window = datetime.fromtimestamp(started, tz=UTC)
+    # Once the window's swarm is declared nothing more is counted (the table stays bounded by the threshold plus
+    # the processes); the key is still recorded, by this process.
+    counted = None if declared else _count_key(refused.key, window)
+    if counted is None or counted.first_on_server:
         security_event(
             kind=SecurityEventKind.DEVICE_RATE_LIMITED,
             source="device_api.limits",
@@ -230,36 +277,53 @@ def _note(refused: LimitExceeded, now: float) -> None:
             address=refused.address,
             subject=refused.key[:200],
         )
-    if swarm:
-        message = f"{count} credentials or addresses over their device API limits within {int(window_seconds)} s."
+    if counted is not None and counted.keys >= max(1, int(_setting("OTA_DEVICE_SWARM_THRESHOLD"))):
+        if _swarm_declare(window=window, keys=counted.keys, window_seconds=window_seconds):
+            with _window_lock:
+                if _window.started == started:
+                    _window.alerted = True
+
+
+def _swarm_declare(*, window: datetime, keys: int, window_seconds: int) -> bool:
+    """The window's one swarm event and alert: only the process whose row for the window is inserted raises them.
+    True once the window's swarm is declared (by this process or another); False when that failed."""
+    message = f"{keys} credentials or addresses over their device API limits within {window_seconds} s."
+    try:
+        with transaction.atomic():
+            SwarmWindow.objects.filter(window__lt=window - SWARM_WINDOWS_KEPT).delete()
+            _, declared = SwarmWindow.objects.get_or_create(
+                window=window, defaults={"keys": keys, "declared_at": timezone.now()}
+            )
+            if declared:
+                _swarm_alert(message=message, keys=keys, window_seconds=window_seconds)
+    except (DatabaseError, DomainError):
+        # The alert and the window's row roll back together: another process (or the next key) declares it again.
+        alert_logger.exception("the swarm alert could not be raised")
+        return False
+    if declared:
         security_event(
             kind=SecurityEventKind.DEVICE_SWARM,
             source="device_api.limits",
             message=message,
-            subject=f"swarm:{count}",
+            subject=f"swarm:{keys}",
         )
-        _swarm_alert(message=message, keys=count, window_seconds=int(window_seconds))
+    return True
 
 
 def _swarm_alert(*, message: str, keys: int, window_seconds: int) -> None:
-    """Raise the swarm alert (once per window per process; one live alert however many processes and windows: a
-    recurring swarm bumps it). Operators and security officers are told; an alert that cannot be raised is logged,
-    the refusals and the security event stand either way."""
+    """Raise the swarm alert (once per window for the whole server; one live alert however many windows: a recurring
+    swarm bumps it). Operators and security officers are told. Runs in the caller's transaction (raises on failure)."""
     alert_logger.error("device API swarm: %s (keys=%s, window=%ss)", message, keys, window_seconds)
-    try:
-        with transaction.atomic():
-            raise_alert(
-                kind=SWARM_ALERT_KIND,
-                dedup_key=SWARM_ALERT_KIND,
-                severity=AlertSeverity.CRITICAL,
-                title="Device API swarm: many credentials or addresses over their limits at once",
-                summary=(
-                    f"{message} Each is refused with 429 before any database work; the security page lists the "
-                    "keys (device_rate_limited events). A swarm of real devices after an outage backs off by itself; "
-                    "one of unknown credentials or addresses is an attack: block its sources at the edge."
-                ),
-                link=reverse("web-audit:security"),
-                evidence={"keys_over_limit": keys, "window_seconds": window_seconds},
-            )
-    except DomainError:
-        alert_logger.exception("the swarm alert could not be raised")
+    raise_alert(
+        kind=SWARM_ALERT_KIND,
+        dedup_key=SWARM_ALERT_KIND,
+        severity=AlertSeverity.CRITICAL,
+        title="Device API swarm: many credentials or addresses over their limits at once",
+        summary=(
+            f"{message} Each is refused with 429 before authentication or any other work; the security page "
+            "lists the keys (device_rate_limited events). A swarm of real devices after an outage backs off by itself; "
+            "one of unknown credentials or addresses is an attack: block its sources at the edge."
+        ),
+        link=reverse("web-audit:security"),
+        evidence={"keys_over_limit": keys, "window_seconds": window_seconds},
+    )

@@ -14,9 +14,10 @@ from approvals.audit.choices import SecurityEventKind
 from approvals.audit.models import SecurityEvent
 from devices.edge import abuse
 from devices.edge.identity import device_proxy_secret
-from devices.models import Device
+from devices.models import Device, SwarmWindow
 from devices.services import region_update
 from ota_project.alerts.models import Alert
+from ota_project.errors import Conflict
 from tests import change_fixtures as _changes
 from tests.device_api import conftest as _device_api
 from tests.device_api.conftest import checkin_body
@@ -73,9 +74,11 @@ def test_one_credential_hammering_check_ins_is_refused_while_its_region_keeps_be
     assert not _events(SecurityEventKind.DEVICE_SWARM)
 
 
-def test_an_unauthenticated_flood_is_refused_without_database_queries(django_assert_num_queries):
+def test_an_unauthenticated_flood_is_refused_without_database_queries(django_assert_num_queries, settings):
+    settings.OTA_DEVICE_SWARM_WINDOW_SECONDS = 3600  # no window boundary (a second count) within the flood
     client = Client(REMOTE_ADDR="203.0.113.9")
-    with django_assert_num_queries(0):
+    # One statement for the whole flood: the address's first refusal counts it for the server's swarm threshold.
+    with django_assert_num_queries(1):
         answers = [client.post(CHECKIN, b"{}", content_type="application/json") for _ in range(200)]
     assert [a.status_code for a in answers[:5]] == [401] * 5  # the burst reaches authentication: a plain 401
     assert {a.status_code for a in answers[5:]} == {429}
@@ -87,12 +90,13 @@ def test_an_unauthenticated_flood_is_refused_without_database_queries(django_ass
     assert Client(REMOTE_ADDR="203.0.113.10").post(CHECKIN, b"{}", content_type="application/json").status_code == 401
 
 
-def test_forged_credentials_are_limited_per_credential_before_the_database(fleet, django_assert_num_queries):
+def test_forged_credentials_are_limited_per_credential_before_the_database(fleet, django_assert_num_queries, settings):
+    settings.OTA_DEVICE_SWARM_WINDOW_SECONDS = 3600  # no window boundary (a second count) within the flood
     device = Device.objects.filter(region=fleet["region"])[0]
     client = Client(REMOTE_ADDR="198.51.100.7", HTTP_AUTHORIZATION=f"Device {device.serial}:wrong-secret")
     first = [client.post(CHECKIN, checkin_body(), content_type="application/json") for _ in range(3)]
     assert {a.status_code for a in first} == {401}  # each one looked up and recorded as a failed authentication
-    with django_assert_num_queries(0):
+    with django_assert_num_queries(1):  # the credential's first refusal, counted for the swarm; then memory only
         flood = [client.post(CHECKIN, checkin_body(), content_type="application/json") for _ in range(100)]
     assert {a.status_code for a in flood} == {429}
     assert _events(SecurityEventKind.DEVICE_AUTH_FAILED)[0].count == 3  # the flood added no lookups or events
@@ -114,6 +118,54 @@ def test_many_keys_over_their_limits_at_once_are_one_swarm_event_and_one_alert(s
     [alert] = Alert.objects.all()  # one alert for operators and security officers, with its evidence
     assert (alert.kind, alert.severity, alert.link) == ("security.device_swarm", "critical", "/audit/security/")
     assert alert.evidence["keys_over_limit"] == 5
+
+
+def _flood(addresses: range) -> None:
+    for host in addresses:
+        client = Client(REMOTE_ADDR=f"192.0.2.{host}")
+        for _ in range(3):
+            client.post(CHECKIN, b"{}", content_type="application/json")
+
+
+def test_the_swarm_threshold_counts_the_keys_every_process_refused(settings):
+    settings.OTA_DEVICE_SWARM_THRESHOLD = 5
+    settings.OTA_DEVICE_SWARM_WINDOW_SECONDS = 3600
+    settings.OTA_UNAUTHENTICATED_RATE_BURST = 1
+    _flood(range(3))  # this process refuses three addresses
+    abuse.limits_reset()  # another process: its own buckets and window memory, the same database
+    _flood(range(1, 3))  # two of them again: already counted by the first process, recorded once
+    assert not _events(SecurityEventKind.DEVICE_SWARM)
+    assert len(_events(SecurityEventKind.DEVICE_RATE_LIMITED)) == 3
+    assert all(event.count == 1 for event in _events(SecurityEventKind.DEVICE_RATE_LIMITED))
+    _flood(range(3, 5))  # two new ones: five keys over their limits on the server, three in this process
+    (swarm,) = _events(SecurityEventKind.DEVICE_SWARM)
+    assert swarm.count == 1 and "5 credentials or addresses" in swarm.message
+    assert Alert.objects.get().evidence["keys_over_limit"] == 5
+    abuse.limits_reset()  # a third process that never saw the swarm
+    _flood(range(5, 8))
+    assert _events(SecurityEventKind.DEVICE_SWARM)[0].count == 1 and Alert.objects.count() == 1  # once per window
+    assert SwarmWindow.objects.count() == 1
+
+
+def test_a_swarm_whose_alert_failed_is_declared_again_by_the_next_key(settings, monkeypatch):
+    settings.OTA_DEVICE_SWARM_THRESHOLD = 2
+    settings.OTA_DEVICE_SWARM_WINDOW_SECONDS = 3600
+    settings.OTA_UNAUTHENTICATED_RATE_BURST = 1
+    raise_alert = abuse.raise_alert
+    failures = iter([Conflict("The alert changed too often while it was raised; try again.", code="stale")])
+
+    def flaky_raise_alert(**kwargs):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return raise_alert(**kwargs)
+
+    monkeypatch.setattr(abuse, "raise_alert", flaky_raise_alert)
+    _flood(range(2))  # the threshold is reached, but the alert fails: nothing of the swarm is kept
+    assert not SwarmWindow.objects.exists() and not _events(SecurityEventKind.DEVICE_SWARM)
+    _flood(range(2, 3))
+    (swarm,) = _events(SecurityEventKind.DEVICE_SWARM)
+    assert swarm.count == 1 and Alert.objects.get().evidence["keys_over_limit"] == 3
 
 
 def test_the_source_address_is_nginx_s_only_with_the_proxy_secret(rf):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
@@ -24,7 +25,7 @@ from ota_project.hsm.token import role_label, server_token, token_key_generate
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentStatus
 from rollouts.director import deployment_director_targets
-from rollouts.models import Deployment
+from rollouts.models import Deployment, Rollout
 from tests.security.conftest import HARDWARE
 
 pytestmark = pytest.mark.django_db(transaction=True)  # on-commit publishing of the static tree
@@ -108,6 +109,22 @@ def test_director_metadata_is_withdrawn_when_the_rollout_halts(running, operator
     withdrawn = client.get("/device/v1/director/targets.json")
     assert withdrawn.status_code == 404 and withdrawn.json()["error"]["code"] == "director_withdrawn"
     assert _checkin(client)["offer"] is None
+
+
+def test_director_metadata_is_withdrawn_when_the_window_closes_before_the_download_started(running, operator):
+    deployment = _pilot_deployment()
+    client = _device_client(operator, deployment.device)
+    hour = timezone.now().astimezone(ZoneInfo(deployment.device.region.time_zone)).hour
+    open_now = {"days": list(range(7)), "start": f"{(hour - 1) % 24:02d}:00", "end": f"{(hour + 2) % 24:02d}:00"}
+    closed_now = {"days": list(range(7)), "start": f"{(hour + 3) % 24:02d}:00", "end": f"{(hour + 4) % 24:02d}:00"}
+    Rollout.objects.filter(pk=running.pk).update(plan={**running.plan, "maintenance_windows": {"*": [open_now]}})
+    assert _checkin(client)["offer"]["director"]
+    assert client.get("/device/v1/director/targets.json").status_code == 200
+    Rollout.objects.filter(pk=running.pk).update(plan={**running.plan, "maintenance_windows": {"*": [closed_now]}})
+    assert _checkin(client)["offer"] is None
+    assert Deployment.objects.get(pk=deployment.pk).status == DeploymentStatus.PENDING
+    withdrawn = client.get("/device/v1/director/targets.json")
+    assert withdrawn.status_code == 404 and withdrawn.json()["error"]["code"] == "director_withdrawn"
 
 
 def test_the_rollback_release_is_signed_with_the_change_at_rollout_start(running, fleet):

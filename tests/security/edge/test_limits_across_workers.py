@@ -1,6 +1,7 @@
 """The device API's abuse limits are the whole server's (devices.edge.abuse): under a real two-worker gunicorn, one
 credential hammering check-ins across both workers is let through at the configured rate and burst in total, not
-twice that, and the rest of its region keeps being served."""
+twice that, and the rest of its region keeps being served; the swarm threshold counts the keys every server process
+refused (two gunicorn processes on one database), with one swarm event and alert per window."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from approvals.audit.choices import SecurityEventKind
+from approvals.audit.models import SecurityEvent
 from devices.credentials import device_credential_issue
-from devices.models import Device
+from devices.models import Device, LimitedKey, SwarmWindow
 from devices.services import region_update
+from ota_project.alerts.models import Alert
 from ota_project.net import free_port
 from tests.device_api.conftest import checkin_body
 from tests.support.servers import gunicorn_env, gunicorn_start, process_stop
@@ -127,3 +131,51 @@ def test_one_credential_hammering_both_workers_gets_the_configured_rate_and_its_
             assert _post(port, credentials[device.serial], checkin_body()) == 200
     finally:
         process_stop(server)
+
+
+def _refuse(port: int, serial: str) -> list[int]:
+    """A forged credential checks in until the server refuses it for its rate (its first request: 401)."""
+    statuses = [_post(port, f"Device {serial}:forged", checkin_body()) for _ in range(3)]
+    assert statuses[-1] == 429, statuses
+    return statuses
+
+
+def test_the_swarm_threshold_counts_keys_refused_by_two_server_processes_and_alerts_once(settings, tmp_path):
+    # Two gunicorn processes on one database, each refusing fewer keys than the threshold: together they reach it.
+    env = gunicorn_env(
+        settings,
+        OTA_DEVICE_AUTH="secret",
+        OTA_WEB_THREADS="4",
+        OTA_DEVICE_RATE_PER_SECOND="0.01",
+        OTA_DEVICE_RATE_BURST="1",
+        OTA_DEVICE_SWARM_THRESHOLD="4",
+        OTA_DEVICE_SWARM_WINDOW_SECONDS="3600",
+    )
+    ports = [free_port(), free_port()]
+    servers = [
+        gunicorn_start(env, tmp_path / f"gunicorn-{n}.log", port, "--workers", "1") for n, port in enumerate(ports)
+    ]
+    try:
+        for n, port in enumerate(ports):
+            _refuse(port, f"FORGED-{n}-0")
+        assert LimitedKey.objects.count() == 2  # each key once for the server
+        assert not SecurityEvent.objects.filter(kind=SecurityEventKind.DEVICE_SWARM).exists()
+        # Two more keys at each process, all at once: each process refused three (under the threshold), the server
+        # six; both may see the threshold crossed at the same moment: one swarm event and one alert.
+        threads = [
+            threading.Thread(target=_refuse, args=(port, f"FORGED-{n}-{key}"))
+            for key in range(1, 3)
+            for n, port in enumerate(ports)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        (swarm,) = SecurityEvent.objects.filter(kind=SecurityEventKind.DEVICE_SWARM)
+        assert swarm.count == 1
+        (alert,) = Alert.objects.all()
+        assert alert.kind == "security.device_swarm" and alert.evidence["keys_over_limit"] >= 4
+        assert SwarmWindow.objects.count() == 1
+    finally:
+        for server in servers:
+            process_stop(server)
