@@ -84,7 +84,11 @@ def nginx_artifact_locations(
         f'    proxy_set_header {VOUCH_HEADER} "{proxy_secret}";\n'
         f"    proxy_cache {VOUCH_ZONE};\n"
         f'    proxy_cache_key "$ota_sha256 $ota_token {identity}";\n'
-        "    proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Redirect X-Accel-Limit-Rate;\n"
+        # Cache-Control is read: the app's yes gives its fresh seconds (max-age, as X-Accel-Expires) and its last
+        # second as stale-while-revalidate, which nginx serves while one request renews the vouch in the background
+        # (no range waits on the app at a renewal; devices.edge.vouch). No proxy_cache_use_stale: stale only so.
+        "    proxy_ignore_headers Expires Set-Cookie Vary X-Accel-Redirect X-Accel-Limit-Rate;\n"
+        "    proxy_cache_background_update on;\n"
         # No cache lock: a waiter re-polls every 500 ms, and an answer nginx may not keep (a region with a download
         # limit, OTA_DOWNLOAD_RECHECK_SECONDS=0) would queue a download's concurrent ranges behind one another.
         "    proxy_cache_lock off;\n"
