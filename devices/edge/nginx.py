@@ -9,6 +9,8 @@ vouched for them, and the vouch is cached by nginx for a bounded time:
   OTA_DOWNLOAD_RECHECK_SECONDS) or declines. nginx caches only those 200s (`proxy_cache`, keyed by the image, the
   token and the identity the request presents: the verified client certificate, or in development mode the
   Authorization header), so a token presented with another certificate is never answered from another's vouch;
+  the yes's last second is `stale-while-revalidate`: nginx serves ranges from it while one request renews the
+  vouch in the background (`proxy_cache_background_update`), so no range waits on the app at a renewal;
 - a range beyond the image is answered by nginx (416, `Content-Range: bytes */<size>`, the app's error envelope);
 - a decline (401/403) and an app that could not answer (500) go to `@ota_artifact_app`: the original
   request, proxied to the app's full artifact path, which refuses and records the security event (one per refused
