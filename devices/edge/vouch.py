@@ -21,8 +21,10 @@ the ranges of that last second from the vouch it has while one request asks the 
 of every range in flight missing at once and waiting on the app. The two parts add up to the reuse above, so nginx
 serves no yes later than before (nginx also reuses a yes within that window if the app cannot be reached). The
 renewal must yield a longer reuse: a vouch whose download pass (or rules verdict) would leave REFRESH_SECONDS or
-less is decided anew from the database (identity, token, rules), not from the pass. Only requests carrying the vouch header with the proxy secret are
-answered (nginx's internal location adds it); anything else gets a plain 404 and records nothing.
+less is decided anew from the database (identity, token, rules), not from the pass.
+
+Only requests carrying the vouch header with the proxy secret are answered (nginx's internal location adds it);
+anything else gets a plain 404 and records nothing.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def _answer(status: int, *, reuse_seconds: int = 0) -> HttpResponse:
     response = HttpResponse(status=status)
     fresh, stale = reuse_split(reuse_seconds)
     if fresh:
-        # Before X-Accel-Expires: nginx 1.22 reads Cache-Control's extensions only while X-Accel-Expires is unseen.
+        # Before X-Accel-Expires: nginx before 1.23 skips a Cache-Control (stale-while-revalidate too) read after an
+        # X-Accel-Expires; in this order 1.22 was seen serving the last second stale while renewing.
         response["Cache-Control"] = f"max-age={fresh}, stale-while-revalidate={stale}"
     response["X-Accel-Expires"] = str(fresh)  # 0: nginx stores nothing
     return response
