@@ -167,8 +167,9 @@ def _get(port: int, target: str, headers: dict[str, str]) -> tuple[int, bytes, s
 
 
 def _offer_target(port: int, auth: str) -> str:
-    """The artifact URL (path and token) from a real check-in, as a device gets it."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    """The artifact URL (path and token) from a real check-in, as a device gets it (the first request of a server:
+    it waits for the workers' boot, over 30 s on a loaded machine)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
     try:
         body = json.dumps(CHECKIN_BODY).encode()
         connection.request(

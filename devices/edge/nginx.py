@@ -9,6 +9,8 @@ vouched for them, and the vouch is cached by nginx for a bounded time:
   OTA_DOWNLOAD_RECHECK_SECONDS) or declines. nginx caches only those 200s (`proxy_cache`, keyed by the image, the
   token and the identity the request presents: the verified client certificate, or in development mode the
   Authorization header), so a token presented with another certificate is never answered from another's vouch;
+  the yes's last second is `stale-while-revalidate`: nginx serves ranges from it while one request renews the
+  vouch in the background (`proxy_cache_background_update`), so no range waits on the app at a renewal;
 - a range beyond the image is answered by nginx (416, `Content-Range: bytes */<size>`, the app's error envelope);
 - a decline (401/403) and an app that could not answer (500) go to `@ota_artifact_app`: the original
   request, proxied to the app's full artifact path, which refuses and records the security event (one per refused
@@ -84,7 +86,11 @@ def nginx_artifact_locations(
         f'    proxy_set_header {VOUCH_HEADER} "{proxy_secret}";\n'
         f"    proxy_cache {VOUCH_ZONE};\n"
         f'    proxy_cache_key "$ota_sha256 $ota_token {identity}";\n'
-        "    proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Redirect X-Accel-Limit-Rate;\n"
+        # Cache-Control is read: the app's yes gives its fresh seconds (max-age, as X-Accel-Expires) and its last
+        # second as stale-while-revalidate, which nginx serves while one request renews the vouch in the background
+        # (no range waits on the app at a renewal; devices.edge.vouch). No proxy_cache_use_stale: stale only so.
+        "    proxy_ignore_headers Expires Set-Cookie Vary X-Accel-Redirect X-Accel-Limit-Rate;\n"
+        "    proxy_cache_background_update on;\n"
         # No cache lock: a waiter re-polls every 500 ms, and an answer nginx may not keep (a region with a download
         # limit, OTA_DOWNLOAD_RECHECK_SECONDS=0) would queue a download's concurrent ranges behind one another.
         "    proxy_cache_lock off;\n"

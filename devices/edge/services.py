@@ -104,23 +104,25 @@ def _verdict_cache() -> BaseCache:
     return caches[getattr(settings, "OTA_DOWNLOAD_VERDICT_CACHE", "default")]
 
 
-def device_download_allowed(*, device: Device, deployment_id: int, sha256: str) -> DownloadVerdict:
+def device_download_allowed(*, device: Device, deployment_id: int, sha256: str, fresh: bool = False) -> DownloadVerdict:
     """`device_artifact_downloadable`, its verdict reused for `download_recheck_seconds()` from when it was decided.
 
     The verdict lives in OTA_DOWNLOAD_VERDICT_CACHE (the web process's memory by default: each process asks the
     database at most once per period per download). The key names device, deployment and image, so a verdict never
-    answers another request's question. If that cache fails the database answers (never a range the rules refuse)."""
+    answers another request's question. If that cache fails the database answers (never a range the rules refuse).
+    `fresh`: ask the database now and keep that verdict (nginx's vouch renewing before the reused one runs out)."""
     ttl = download_recheck_seconds()
     if not ttl:
         allowed = device_artifact_downloadable(device=device, deployment_id=deployment_id, sha256=sha256)
         return DownloadVerdict(allowed=allowed, decided_at=time.time())
     key = f"ota:download:allowed:{device.pk}:{deployment_id}:{sha256}"
     cache = _verdict_cache()
+    cached = None
     try:
-        cached = cache.get(key)
+        if not fresh:
+            cached = cache.get(key)
     except Exception:  # noqa: BLE001 - no cache: ask the database
         logger.warning("download verdict cache unavailable; asking the database", exc_info=True)
-        cached = None
     if isinstance(cached, DownloadVerdict):
         return cached
     verdict = DownloadVerdict(

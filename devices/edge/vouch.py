@@ -13,8 +13,18 @@ How long a yes may be reused: never past the token's expiry and never past the r
 time plus OTA_DOWNLOAD_RECHECK_SECONDS), counted in whole seconds as nginx counts them (an entry nginx stores at
 second s for n seconds is served until s + n + 1), so a revocation, a halt, a withdrawal or a decommissioning stops
 cached ranges within the same bound as the app's own. A region with a concurrent-download limit gets no reuse
-(0): every range is admitted by the app. Only requests carrying the vouch header with the proxy secret are
-answered (nginx's internal location adds it); anything else gets a plain 404 and records nothing.
+(0): every range is admitted by the app.
+
+Renewal without a stampede: the last REFRESH_SECONDS of a reuse are given as `stale-while-revalidate` (Cache-Control
+`max-age` = the fresh part, the same in `X-Accel-Expires`); nginx (`proxy_cache_background_update`) then serves
+the ranges of that last second from the vouch it has while one request asks the app again in the background, instead
+of every range in flight missing at once and waiting on the app. The two parts add up to the reuse above, so nginx
+serves no yes later than before (nginx also reuses a yes within that window if the app cannot be reached). The
+renewal must yield a longer reuse: a vouch whose download pass (or rules verdict) would leave REFRESH_SECONDS or
+less is decided anew from the database (identity, token, rules), not from the pass.
+
+Only requests carrying the vouch header with the proxy secret are answered (nginx's internal location adds it);
+anything else gets a plain 404 and records nothing.
 """
 
 from __future__ import annotations
@@ -45,9 +55,18 @@ def _from_nginx(request: HttpRequest) -> bool:
     return bool(presented) and hmac.compare_digest(presented, device_proxy_secret().encode())
 
 
+# The last seconds of a reuse, during which nginx serves its vouch while it renews it in the background.
+REFRESH_SECONDS = 1
+
+
 def _answer(status: int, *, reuse_seconds: int = 0) -> HttpResponse:
     response = HttpResponse(status=status)
-    response["X-Accel-Expires"] = str(reuse_seconds)  # 0: nginx stores nothing
+    fresh, stale = reuse_split(reuse_seconds)
+    if fresh:
+        # Before X-Accel-Expires: nginx before 1.23 skips a Cache-Control (stale-while-revalidate too) read after an
+        # X-Accel-Expires; in this order 1.22 was seen serving the last second stale while renewing.
+        response["Cache-Control"] = f"max-age={fresh}, stale-while-revalidate={stale}"
+    response["X-Accel-Expires"] = str(fresh)  # 0: nginx stores nothing
     return response
 
 
@@ -66,6 +85,21 @@ def reuse_seconds(*, until: float, now: float) -> int:
     return max(0, math.floor(until) - math.floor(now) - 1)
 
 
+def reuse_split(seconds: int) -> tuple[int, int]:
+    """(fresh, stale) of a reuse of `seconds`: nginx serves the vouch fresh for the first part and, while renewing
+    it, for the second (stale-while-revalidate); both together never exceed `seconds`. A reuse of one second (or
+    none) is all fresh."""
+    stale = REFRESH_SECONDS if seconds > REFRESH_SECONDS else 0
+    return seconds - stale, stale
+
+
+def _renewing(*, until: float, now: float) -> bool:
+    """Whether a vouch reused until `until` is at its renewal (nginx is asking in its last REFRESH_SECONDS) and a
+    fresh rules verdict would give a longer reuse than what is left of it."""
+    left = reuse_seconds(until=until, now=now)
+    return left <= REFRESH_SECONDS < services.download_recheck_seconds() - 1
+
+
 def artifact_vouch(request: HttpRequest, sha256: str) -> HttpResponse:
     """200 with `X-Accel-Expires` when nginx may send this request's bytes itself; 403 (decline) otherwise."""
     if request.method not in ("GET", "HEAD") or not _from_nginx(request):
@@ -79,11 +113,13 @@ def artifact_vouch(request: HttpRequest, sha256: str) -> HttpResponse:
     deployment_id = download_token_deployment(token)
     if presented is None or deployment_id is None:
         return decline
+    now = now_seconds()
     granted = services.download_pass_get(presented=presented, deployment_id=deployment_id, sha256=sha256)
+    if granted is not None and _renewing(until=granted.until, now=now):
+        granted = None  # renewed from the database below: the identity, then a fresh rules verdict
     device = granted.device if granted is not None else identity_devices(presented).select_related("region").first()
     if device is None:
         return decline
-    now = now_seconds()
     try:
         grant = download_token_verify(
             token, device_id=device.pk, certificate=presented.fingerprint, sha256=sha256, now=now
@@ -94,6 +130,10 @@ def artifact_vouch(request: HttpRequest, sha256: str) -> HttpResponse:
         until = granted.until
     else:
         verdict = services.device_download_allowed(device=device, deployment_id=grant.deployment_id, sha256=sha256)
+        if _renewing(until=verdict.decided_at + services.download_recheck_seconds(), now=now):
+            verdict = services.device_download_allowed(
+                device=device, deployment_id=grant.deployment_id, sha256=sha256, fresh=True
+            )
         if not verdict.allowed:
             return decline
         services.download_pass_store(

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -44,14 +45,17 @@ CHECKIN = "/device/v1/checkin/"
 class Server:
     """A running gunicorn (and optionally nginx in front of it); `port` is where devices connect."""
 
-    def __init__(self, port: int, probe_log: Path, access_log: Path | None = None, app_port: int = 0):
+    def __init__(self, port: int, probe_log: Path, access_log: Path | None = None, app_port: int = 0, app_pid: int = 0):
         self.port = port
         self.probe_log = probe_log
         self.access_log = access_log
         self.app_port = app_port or port
+        self.app_pid = app_pid  # gunicorn's master
 
-    def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[Any, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, *, timeout: float = 30
+    ) -> tuple[Any, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             connection.request(method, url, body=body, headers=headers)
             response = connection.getresponse()
@@ -132,7 +136,8 @@ def serve(settings, tmp_path, token_key, proxy_secret) -> Iterator[Any]:
             "--access-logfile",
             str(access_log),
         ]
-        processes.append(process_start(gunicorn, env, tmp_path / "gunicorn.log", app_port))
+        app = process_start(gunicorn, env, tmp_path / "gunicorn.log", app_port)
+        processes.append(app)
         if not accel:
             return Server(app_port, probe_log)
         nginx_dir = tmp_path / "nginx"
@@ -149,7 +154,7 @@ def serve(settings, tmp_path, token_key, proxy_secret) -> Iterator[Any]:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         argv = [nginx, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log")]
         processes.append(process_start(argv, env, nginx_dir / "stdout.log", port))
-        return Server(port, probe_log, access_log, app_port)
+        return Server(port, probe_log, access_log, app_port, app.pid)
 
     yield _serve
     for process in reversed(processes):
@@ -345,6 +350,52 @@ def test_a_cached_vouch_stops_within_the_recheck_bound_after_a_withdrawal(serve,
     assert _refusals()[-1].message == "An image was requested that is not offered to this device."
 
 
+def _workers(master: int) -> list[int]:
+    """gunicorn's workers: the processes whose parent is its master (/proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == master:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_nginx_renews_a_vouch_in_the_background_before_it_runs_out(serve, pilot, running, device_client, sha):
+    """The ranges of a vouch's last second are served while one request renews it: no range waits on the app at
+    a renewal (here the app cannot answer at all then), and the renewal reaches the app."""
+    image = _big_image(sha)
+    server = serve(accel=True, recheck_seconds=4)  # reuse 3 s from the first range: 2 fresh, then 1 renewing
+    auth = _auth(device_client, pilot)
+    target = _target(_offer(server, auth))
+    time.sleep(1.05 - time.time() % 1)  # start early in a second, so nginx's whole seconds are the app's
+    second = int(time.time())
+
+    def ranges_until(moment: float) -> None:
+        while time.time() < moment:
+            response, body = server.request("GET", target, {"Authorization": auth, "Range": "bytes=5-9"}, timeout=3)
+            assert response.status == 206 and body == image[5:10]
+            time.sleep(0.1)
+
+    ranges_until(second + 2.8)  # the fresh part (nginx's whole seconds `second` to `second + 2`)
+    assert server.app_requests(f"/artifacts/{sha}/vouch/") == 1
+    frozen = _workers(server.app_pid)
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)  # the app answers nothing until SIGCONT
+    try:
+        time.sleep(max(0.0, second + 3.05 - time.time()))
+        ranges_until(second + 3.8)  # the renewing second, within the first vouch's bound (second + 4)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    # The renewal was asked in that second and reached the app once it could answer; no range took the full path.
+    assert server.app_requests(f"/artifacts/{sha}/vouch/") == 2
+    assert server.app_requests(f"/artifacts/{sha}/?") == 0
+
+
 def test_an_expired_token_through_nginx_is_refused_and_recorded(serve, pilot, running, device_client, sha):
     _big_image(sha)
     server = serve(accel=True, recheck_seconds=30)
@@ -377,3 +428,22 @@ def test_reuse_never_reaches_the_bound_in_nginx_whole_seconds():
         # nginx stores at its whole-second clock (<= now) and serves while that clock is <= stored + seconds.
         assert seconds == 0 or int(now) + seconds + 1 <= until
     assert reuse_seconds(until=105.0, now=100.0) == 4
+
+
+def test_a_vouch_renews_within_its_reuse_and_refusals_are_kept_by_no_one():
+    from devices.edge.vouch import REFRESH_SECONDS, _answer, reuse_split
+
+    for seconds in range(8):
+        fresh, stale = reuse_split(seconds)
+        assert fresh + stale == seconds and 0 <= stale <= REFRESH_SECONDS  # nginx serves no yes past the bound
+        assert fresh >= 1 or seconds == 0
+    answer = _answer(200, reuse_seconds=4)
+    # Cache-Control first: nginx before 1.23 skips a Cache-Control read after X-Accel-Expires.
+    assert [k for k in answer.headers if k in ("Cache-Control", "X-Accel-Expires")] == [
+        "Cache-Control",
+        "X-Accel-Expires",
+    ]
+    assert answer["Cache-Control"] == "max-age=3, stale-while-revalidate=1" and answer["X-Accel-Expires"] == "3"
+    for status, seconds in ((200, 0), (403, 0)):
+        kept = _answer(status, reuse_seconds=seconds)
+        assert kept["X-Accel-Expires"] == "0" and "Cache-Control" not in kept  # nginx stores nothing
