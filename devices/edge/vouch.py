@@ -149,5 +149,6 @@ def artifact_vouch(request: HttpRequest, sha256: str) -> HttpResponse:
         lease.release()  # nginx's transfer is not counted (README: use limit_conn); the limit is checked per range
     if not _stored_with_length(sha256, grant.length):
         return decline
-    seconds = 0 if limited else reuse_seconds(until=min(until, grant.expires_at), now=now)
+    # The clock as the answer leaves (the checks above may have crossed a second): nginx stores it at that second.
+    seconds = 0 if limited else reuse_seconds(until=min(until, grant.expires_at), now=now_seconds())
     return _answer(200, reuse_seconds=seconds)
