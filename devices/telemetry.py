@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -251,16 +251,15 @@ def _copy_samples(rows: str) -> None:
 
 def _claim_sql() -> str:
     table = TelemetryBatch._meta.db_table
-    # The task's own batch is locked waiting (a redelivered copy of a task being run waits for it, then finds the
-    # batch processed); the others are the oldest unprocessed batches no one holds (SKIP LOCKED: never a wait, so
-    # never a deadlock between two workers), taken only when the own batch is claimed.
+    # Its own batch and the oldest other unprocessed ones, each only if no one holds it (SKIP LOCKED: never a wait, so
+    # two workers never queue behind each other's folds nor deadlock); the others only when the own batch is claimed.
     # The stored samples are one line each in `rows`: their count is its line breaks. The commit need not wait for
     # its WAL flush: if the server crashes before the flush, the whole transaction (samples, aggregates and
     # processed marks) is gone together, the batch rows (committed durably when they were accepted) are still
     # unprocessed, and the stale requeue folds them again. Atomicity is kept; only the wait on the disk is saved.
     return f"""
 WITH own AS (
-    SELECT id, rows, samples FROM {table} WHERE id = %(batch)s AND processed_at IS NULL FOR UPDATE
+    SELECT id, rows, samples FROM {table} WHERE id = %(batch)s AND processed_at IS NULL FOR UPDATE SKIP LOCKED
 ), others AS (
     SELECT id, rows, samples FROM {table}
     WHERE processed_at IS NULL AND id <> %(batch)s AND EXISTS (SELECT 1 FROM own)
@@ -284,21 +283,37 @@ def _fold_limit() -> int:
     return max(1, int(getattr(settings, "OTA_TELEMETRY_FOLD_BATCHES", DEFAULT_FOLD_BATCHES)))
 
 
-@transaction.atomic
 def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> int | None:
     """Fold an accepted batch into TelemetrySample rows exactly once, with the oldest other batches waiting (at most
     OTA_TELEMETRY_FOLD_BATCHES in all) folded in the same transaction.
 
-    Returns the number of samples of this batch stored, or None when the batch is gone or was processed already (a
-    redelivered task message, or the message of a batch another task folded, does nothing). Exactly once: one
-    statement locks the batches' rows, reads their samples and marks them processed (clearing the raw batches; their
-    ids stay as the idempotency records), and the COPY, the aggregates and those marks commit together, so a
-    redelivered or requeued copy of a task waits for the lock and then finds its batch processed (or, if the worker
-    died, finds nothing written and does it all). Three statements whatever the number of batches: the claim, the
-    COPY, the fold; under load a task folds a backlog at the cost of one.
+    Returns the number of samples of this batch stored, or None when the batch is gone, was processed already, or is
+    being folded by another task right now (a redelivered task message, or the message of a batch another task
+    folds, does nothing and never waits). Exactly once: one statement locks the batches' rows, reads their samples
+    and marks them processed (clearing the raw batches; their ids stay as the idempotency records), and the COPY,
+    the aggregates and those marks commit together. If the worker holding a batch dies, its transaction rolls back
+    and the batch is unprocessed and unlocked again: the dead task's message is redelivered (and folds its batch and
+    the oldest waiting, oldest first), the next task's claim takes it among the others, and the stale requeue sends
+    it again if neither comes. Three statements whatever the number of batches: the claim, the COPY, the fold; under
+    load a task folds a backlog at the cost of one.
+
+    A batch that cannot be stored (a corrupt legacy batch) fails only its own task: a fold of several that fails on
+    its data is done again with the own batch alone.
     """
+    limit = _fold_limit()
+    try:
+        return _process(batch_pk=batch_pk, now=now, others=limit - 1)
+    except (ValueError, DataError, IntegrityError):
+        if limit == 1:
+            raise
+        logger.warning("telemetry: a fold of several batches failed on its data; batch %s alone", batch_pk)
+        return _process(batch_pk=batch_pk, now=now, others=0)
+
+
+@transaction.atomic
+def _process(*, batch_pk: int, now: datetime | None, others: int) -> int | None:
     with prepared_cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {"batch": batch_pk, "now": now or timezone.now(), "others": _fold_limit() - 1})
+        cursor.execute(_CLAIM_SQL, {"batch": batch_pk, "now": now or timezone.now(), "others": others})
         # In the order accepted (batch id): the samples are stored, and so numbered for the baselines, in that order.
         claimed = sorted(cursor.fetchall())
     if not claimed:

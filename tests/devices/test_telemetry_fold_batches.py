@@ -161,6 +161,20 @@ def test_a_failed_fold_leaves_every_batch_it_claimed_waiting_then_folds_them_onc
     assert (row.n, int(row.total)) == (3, 30 + 31 + 32)
 
 
+def test_a_corrupt_batch_waiting_fails_only_its_own_task():
+    device = DeviceFactory.create(installed_version="1.0.0")
+    corrupt = _accept(device, [{"reported_at": AT, "gps_fix_s": 1}], batch_id="corrupt")
+    # A legacy batch (JSON samples) whose time cannot be read: storing it fails.
+    TelemetryBatch.objects.filter(pk=corrupt).update(rows="", samples=[{"reported_at": "yesterday", "gps_fix_s": 1}])
+    good = _accept(device, [{"reported_at": AT, "gps_fix_s": 2}], batch_id="good")
+    assert telemetry.telemetry_batch_process(batch_pk=good) == 1  # its fold with the corrupt one failed: alone
+    assert _unprocessed() == {corrupt}
+    with pytest.raises(ValueError):
+        telemetry.telemetry_batch_process(batch_pk=corrupt)
+    assert _unprocessed() == {corrupt}
+    assert list(TelemetrySample.objects.values_list("gps_fix_s", flat=True)) == [2]
+
+
 def test_unattributed_and_attributed_batches_fold_together():
     device = DeviceFactory.create(installed_version="1.0.0")
     old = _accept(device, [{"reported_at": AT, "boot_time_s": 20}], batch_id="old")
@@ -211,3 +225,40 @@ def test_a_batch_another_worker_holds_is_skipped_without_waiting():
     assert telemetry.telemetry_batch_process(batch_pk=held) == 1
     row = DeviceTelemetryAggregate.objects.get(device=device, indicator="gps_fix_s")
     assert (row.n, int(row.total)) == (2, 30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_message_of_a_batch_being_folded_returns_at_once_and_the_fold_stands_or_is_redone():
+    device = DeviceFactory.create(installed_version="1.0.0")
+    batch = _accept(device, [{"reported_at": AT, "gps_fix_s": 10}], batch_id="b")
+    locked, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def fold_then_die() -> None:
+        # A worker folds the batch, then dies before its commit (its transaction rolls back).
+        try:
+            with transaction.atomic():
+                assert telemetry.telemetry_batch_process(batch_pk=batch) == 1
+                locked.set()
+                release.wait(10)
+                transaction.set_rollback(True)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=fold_then_die)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        assert telemetry.telemetry_batch_process(batch_pk=batch) is None  # held: no wait, nothing done
+    finally:
+        release.set()
+        holder.join(10)
+    assert not errors
+    assert _unprocessed() == {batch}
+    assert not TelemetrySample.objects.exists()
+    assert telemetry.telemetry_batch_process(batch_pk=batch) == 1  # the redelivered message
+    assert telemetry.telemetry_batch_process(batch_pk=batch) is None
+    row = DeviceTelemetryAggregate.objects.get(device=device, indicator="gps_fix_s")
+    assert (row.n, int(row.total)) == (1, 10)
