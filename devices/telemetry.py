@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -38,6 +38,9 @@ DEFAULT_BATCH_KEEP_DAYS = 14
 STALE_BATCH_SECONDS = 30
 MAX_STALE_BATCH_SECONDS = 3600
 REQUEUE_LIMIT = 1000
+# A task folds its own batch with up to this many others in all (the oldest waiting, none another worker holds): under
+# load one claim, one COPY, one fold and one commit serve many batches; bounded so one transaction stays short.
+DEFAULT_FOLD_BATCHES = 20
 # The purge deletes in chunks within a time budget, well inside the Celery time limit; the rest waits an hour.
 PURGE_CHUNK = 5000
 PURGE_BUDGET_SECONDS = 10.0
@@ -248,19 +251,27 @@ def _copy_samples(rows: str) -> None:
 
 def _claim_sql() -> str:
     table = TelemetryBatch._meta.db_table
+    # Its own batch and the oldest other unprocessed ones, each only if no one holds it (SKIP LOCKED: never a wait, so
+    # two workers never queue behind each other's folds nor deadlock); the others only when the own batch is claimed.
     # The stored samples are one line each in `rows`: their count is its line breaks. The commit need not wait for
     # its WAL flush: if the server crashes before the flush, the whole transaction (samples, aggregates and
-    # processed mark) is gone together, the batch row (committed durably when it was accepted) is still
-    # unprocessed, and the stale requeue folds it again. Atomicity is kept; only the wait on the disk is saved.
+    # processed marks) is gone together, the batch rows (committed durably when they were accepted) are still
+    # unprocessed, and the stale requeue folds them again. Atomicity is kept; only the wait on the disk is saved.
     return f"""
-WITH batch AS (
-    SELECT id, rows, samples FROM {table} WHERE id = %(batch)s AND processed_at IS NULL FOR UPDATE
+WITH own AS (
+    SELECT id, rows, samples FROM {table} WHERE id = %(batch)s AND processed_at IS NULL FOR UPDATE SKIP LOCKED
+), others AS (
+    SELECT id, rows, samples FROM {table}
+    WHERE processed_at IS NULL AND id <> %(batch)s AND EXISTS (SELECT 1 FROM own)
+    ORDER BY processed_at, received_at LIMIT %(others)s FOR UPDATE SKIP LOCKED
+), batch AS (
+    SELECT * FROM own UNION ALL SELECT * FROM others
 )
 UPDATE {table} AS b
 SET rows = '', samples = NULL, processed_at = %(now)s,
     stored_count = length(batch.rows) - length(replace(batch.rows, E'\\n', ''))
 FROM batch WHERE b.id = batch.id
-RETURNING b.device_id, b.received_at, batch.rows, batch.samples::text, b.stored_count,
+RETURNING b.id, b.device_id, b.received_at, batch.rows, batch.samples::text, b.stored_count,
     set_config('synchronous_commit', 'off', true)
 """
 
@@ -268,33 +279,67 @@ RETURNING b.device_id, b.received_at, batch.rows, batch.samples::text, b.stored_
 _CLAIM_SQL = _claim_sql()
 
 
-@transaction.atomic
-def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> int | None:
-    """Fold an accepted batch into TelemetrySample rows exactly once, with one COPY.
+def _fold_limit() -> int:
+    return max(1, int(getattr(settings, "OTA_TELEMETRY_FOLD_BATCHES", DEFAULT_FOLD_BATCHES)))
 
-    Returns the number of samples stored, or None when the batch is gone or was processed already (a redelivered
-    task message does nothing). Exactly once: one statement locks the batch's row, reads its samples and marks it
-    processed (clearing the raw batch; its id stays as the idempotency record), and the COPY, the aggregates and
-    that mark commit together, so a redelivered or requeued copy of the task waits for the lock and then finds the
-    batch processed (or, if the worker died, finds nothing written and does it all). Three statements: the claim,
-    the COPY, the fold.
+
+def telemetry_batch_process(*, batch_pk: int, now: datetime | None = None) -> int | None:
+    """Fold an accepted batch into TelemetrySample rows exactly once, with the oldest other batches waiting (at most
+    OTA_TELEMETRY_FOLD_BATCHES in all) folded in the same transaction.
+
+    Returns the number of samples of this batch stored, or None when the batch is gone, was processed already, or is
+    being folded by another task right now (a redelivered task message, or the message of a batch another task
+    folds, does nothing and never waits). Exactly once: one statement locks the batches' rows, reads their samples
+    and marks them processed (clearing the raw batches; their ids stay as the idempotency records), and the COPY,
+    the aggregates and those marks commit together. If the worker holding a batch dies, its transaction rolls back
+    and the batch is unprocessed and unlocked again: the dead task's message is redelivered (and folds its batch and
+    the oldest waiting, oldest first), the next task's claim takes it among the others, and the stale requeue sends
+    it again if neither comes. Three statements whatever the number of batches: the claim, the COPY, the fold; under
+    load a task folds a backlog at the cost of one.
+
+    A batch that cannot be stored (a corrupt legacy batch) fails only its own task: a fold of several that fails on
+    its data is done again with the own batch alone.
     """
+    limit = _fold_limit()
+    try:
+        return _process(batch_pk=batch_pk, now=now, others=limit - 1)
+    except (ValueError, DataError, IntegrityError):
+        if limit == 1:
+            raise
+        logger.warning("telemetry: a fold of several batches failed on its data; batch %s alone", batch_pk)
+        return _process(batch_pk=batch_pk, now=now, others=0)
+
+
+@transaction.atomic
+def _process(*, batch_pk: int, now: datetime | None, others: int) -> int | None:
     with prepared_cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {"batch": batch_pk, "now": now or timezone.now()})
-        claimed = cursor.fetchone()
-    if claimed is None:
+        cursor.execute(_CLAIM_SQL, {"batch": batch_pk, "now": now or timezone.now(), "others": others})
+        # In the order accepted (batch id): the samples are stored, and so numbered for the baselines, in that order.
+        claimed = sorted(cursor.fetchall())
+    if not claimed:
         return None
-    device_id, received_at, rows, samples_json, stored, _ = claimed
-    samples = json.loads(samples_json) if samples_json is not None else None  # a JSON null reads as Django read it
-    if samples is not None:
-        rows = _legacy_rows(device_id=device_id, received_at=received_at, samples=samples)
-        stored = rows.count("\n")
-        TelemetryBatch.objects.filter(pk=batch_pk).update(stored_count=stored)
-    if rows:
-        _copy_samples(rows)
+    texts: dict[bool, list[str]] = {True: [], False: []}  # attributed or not: the COPY's column list
+    keys: list[tuple[int, datetime]] = []
+    own = 0
+    for pk, device_id, received_at, rows, samples_json, stored, _ in claimed:
+        samples = json.loads(samples_json) if samples_json is not None else None  # a JSON null reads as Django did
+        if samples is not None:
+            rows = _legacy_rows(device_id=device_id, received_at=received_at, samples=samples)
+            stored = rows.count("\n")
+            TelemetryBatch.objects.filter(pk=pk).update(stored_count=stored)
+        if pk == batch_pk:
+            own = int(stored)
+        if rows:
+            first = rows[: rows.index("\n")]
+            texts[first.count("\t") == len(COPY_COLUMNS) - 1].append(rows)
+            keys.append((device_id, received_at))
+    for attributed in (True, False):
+        if texts[attributed]:
+            _copy_samples("".join(texts[attributed]))
+    if keys:
         # Same transaction as the samples: the aggregates hold exactly the samples stored, once.
-        telemetry_aggregates_fold(device_id=device_id, received_at=received_at)
-    return int(stored)
+        telemetry_aggregates_fold(keys)
+    return own
 
 
 def _requeue_delay(requeues: int) -> timedelta:

@@ -11,8 +11,8 @@ Which release a sample measures is fixed when its batch is accepted: the release
 (the agent sends one sample per finished deployment, with the KPIs measured on the new image), else the version the
 inventory says the device runs at that moment. The cohort is the caller's opaque label for the deployment's wave.
 
-A batch is folded by one prepared statement, an INSERT ... ON CONFLICT DO UPDATE per key, grouped in SQL over the
-rows just copied (all of one device and one receipt time) column-wise (one pass, each indicator a column, unpivoted
+Batches are folded by one prepared statement, an INSERT ... ON CONFLICT DO UPDATE per key, grouped in SQL over the
+rows just copied (each batch's rows are those of one device and one receipt time; a task folds one or several) column-wise (one pass, each indicator a column, unpivoted
 once summed): additive upserts, so concurrent batches of other devices on the same aggregate row serialise on that
 row's lock and neither is lost; rows are upserted in key order, so two batches never wait on each other in opposite
 orders.
@@ -20,6 +20,7 @@ orders.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -159,59 +160,69 @@ def _fold_sql() -> str:
     # Column-wise: each sample is one row with a column per indicator, summed in one pass per key, and turned into
     # one row per indicator only once summed (a few rows, not one per sample and indicator).
     return f"""
-WITH s AS (
-    SELECT s.id, s.release_version, s.cohort, {values}
-    FROM {samples} s
-    WHERE s.device_id = %(device)s AND s.received_at = %(received_at)s AND s.release_version <> ''
+WITH k AS (
+    -- The batches folded: (device, receipt time) pairs, each once.
+    SELECT DISTINCT device_id, received_at FROM unnest(%(devices)s::bigint[], %(received)s::timestamptz[])
+        AS k(device_id, received_at)
+), s AS (
+    SELECT s.id, s.device_id, d.hardware_model_id, s.release_version, s.cohort, {values}
+    FROM k JOIN {samples} s ON s.device_id = k.device_id AND s.received_at = k.received_at
+    JOIN {devices} d ON d.id = s.device_id
+    WHERE s.release_version <> ''
 ), first_of_deployment AS (
     -- A wave counts one sample per deployment (the agent sends one, when the deployment finishes): a device that
     -- re-sends or floods samples naming its deployment cannot outweigh the rest of its wave.
-    SELECT DISTINCT ON (c.deployment_id) c.id FROM {samples} c
-    WHERE c.device_id = %(device)s AND c.received_at = %(received_at)s AND c.cohort <> ''
+    SELECT DISTINCT ON (c.deployment_id) c.id
+    FROM k JOIN {samples} c ON c.device_id = k.device_id AND c.received_at = k.received_at
+    WHERE c.cohort <> ''
       AND NOT EXISTS (SELECT 1 FROM {samples} e WHERE e.deployment_id = c.deployment_id AND e.id < c.id)
     ORDER BY c.deployment_id, c.id
 ), prior AS (
-    -- The device's sums per release as they were before this statement (every CTE sees the same snapshot).
-    SELECT release_version, {priors} FROM {per_device} WHERE device_id = %(device)s GROUP BY release_version
+    -- Each device's sums per release as they were before this statement (every CTE sees the same snapshot).
+    SELECT device_id, release_version, {priors} FROM {per_device}
+    WHERE device_id IN (SELECT device_id FROM k) GROUP BY device_id, release_version
 ), capped AS (
     -- A release's baseline takes at most BASELINE_SAMPLES_PER_DEVICE samples of each device and indicator (its first
     -- ones): a unit that reboots all day, or floods, cannot move the baseline its whole model is judged against.
-    -- c<i> numbers the values of indicator i in the order stored. Only samples with a value of an indicator still
-    -- under the cap are numbered: for such an indicator that is every sample with its value, so the numbering is
-    -- the same as over the whole batch; a unit at the cap on every indicator (the usual case for a unit that sends
-    -- big batches) numbers nothing.
-    SELECT release_version, {_sums_sql("r", taken)} FROM (
-        SELECT release_version, {numbered} FROM (
-            SELECT s.id, s.release_version, {with_priors} FROM s LEFT JOIN prior p ON p.release_version = s.release_version
+    -- c<i> numbers the values of indicator i of one device in the order stored (over all the batches folded, so
+    -- folding batches together counts as folding them one by one). Only samples with a value of an indicator still
+    -- under the cap are numbered: for such an indicator that is every sample of the device with its value, so the
+    -- numbering is the same as over all of them; a unit at the cap on every indicator (the usual case for a unit
+    -- that sends big batches) numbers nothing.
+    SELECT release_version, hardware_model_id, {_sums_sql("r", taken)} FROM (
+        SELECT release_version, hardware_model_id, {numbered} FROM (
+            SELECT s.id, s.device_id, s.hardware_model_id, s.release_version, {with_priors}
+            FROM s LEFT JOIN prior p ON p.device_id = s.device_id AND p.release_version = s.release_version
         ) w
         WHERE {under_cap}
-        WINDOW nth AS (PARTITION BY release_version ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        WINDOW nth AS (
+            PARTITION BY device_id, release_version ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        )
     ) r
-    GROUP BY release_version
-), model AS (
-    SELECT hardware_model_id FROM {devices} WHERE id = %(device)s
+    GROUP BY release_version, hardware_model_id
 ), per_device AS (
     INSERT INTO {per_device} AS t (device_id, release_version, indicator, n, total, total_sq, updated_at)
-    SELECT %(device)s, g.release_version, u.indicator, {sums}
-    FROM (SELECT release_version, {_sums_sql("s")} FROM s GROUP BY release_version) g {_unpivot_sums_sql("g")}
-    WHERE u.n > 0 ORDER BY g.release_version, u.indicator
+    SELECT g.device_id, g.release_version, u.indicator, {sums}
+    FROM (SELECT device_id, release_version, {_sums_sql("s")} FROM s GROUP BY device_id, release_version) g
+    {_unpivot_sums_sql("g")}
+    WHERE u.n > 0 ORDER BY g.device_id, g.release_version, u.indicator
     ON CONFLICT (device_id, release_version, indicator) DO UPDATE SET {add}
     RETURNING 1
 ), per_release AS (
     INSERT INTO {per_release} AS t (release_version, hardware_model_id, indicator, n, total, total_sq, updated_at)
-    SELECT g.release_version, (SELECT hardware_model_id FROM model), u.indicator, {sums}
+    SELECT g.release_version, g.hardware_model_id, u.indicator, {sums}
     FROM capped g {_unpivot_sums_sql("g")}
-    WHERE u.n > 0 ORDER BY g.release_version, u.indicator
+    WHERE u.n > 0 ORDER BY g.release_version, g.hardware_model_id, u.indicator
     ON CONFLICT (release_version, hardware_model_id, indicator) DO UPDATE SET {add}
     RETURNING 1
 )
 INSERT INTO {per_cohort} AS t (cohort, hardware_model_id, indicator, n, total, total_sq, updated_at)
-SELECT g.cohort, (SELECT hardware_model_id FROM model), u.indicator, {sums}
+SELECT g.cohort, g.hardware_model_id, u.indicator, {sums}
 FROM (
-    SELECT cohort, {_sums_sql("s")} FROM s
-    WHERE cohort <> '' AND id IN (SELECT id FROM first_of_deployment) GROUP BY cohort
+    SELECT cohort, hardware_model_id, {_sums_sql("s")} FROM s
+    WHERE cohort <> '' AND id IN (SELECT id FROM first_of_deployment) GROUP BY cohort, hardware_model_id
 ) g {_unpivot_sums_sql("g")}
-WHERE u.n > 0 ORDER BY g.cohort, u.indicator
+WHERE u.n > 0 ORDER BY g.cohort, g.hardware_model_id, u.indicator
 ON CONFLICT (cohort, hardware_model_id, indicator) DO UPDATE SET {add}
 """
 
@@ -219,14 +230,17 @@ ON CONFLICT (cohort, hardware_model_id, indicator) DO UPDATE SET {add}
 _FOLD_SQL: str | None = None
 
 
-def telemetry_aggregates_fold(*, device_id: int, received_at: datetime) -> None:
-    """Add the samples of one processed batch (one device, one receipt time) to every aggregate, in one statement
-    inside the caller's transaction (the one that stored the samples); prepared once per connection."""
+def telemetry_aggregates_fold(batches: Sequence[tuple[int, datetime]]) -> None:
+    """Add the samples of processed batches, each (device id, receipt time), to every aggregate, in one statement
+    inside the caller's transaction (the one that stored the samples); prepared once per connection. Folding
+    several batches at once adds the same sums as folding them one by one in the order their samples were stored."""
     global _FOLD_SQL
     if _FOLD_SQL is None:
         _FOLD_SQL = _fold_sql()
+    devices = [device_id for device_id, _ in batches]
+    received = [received_at for _, received_at in batches]
     with prepared_cursor() as cursor:
-        cursor.execute(_FOLD_SQL, {"device": device_id, "received_at": received_at})
+        cursor.execute(_FOLD_SQL, {"devices": devices, "received": received})
 
 
 def _summary(row: tuple[int, Decimal, Decimal]) -> Summary:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.schedules import crontab
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ota_project.settings")
 
@@ -74,4 +75,19 @@ app = Celery("ota_project")
 # Lazily: settings are read when the configuration is first needed, never while Django imports its settings.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.add_defaults(embedded_defaults)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _database_connections_kept_as_django_keeps_them(task: Task | None = None, **_: Any) -> None:
+    """Around every task a worker runs, what Django does around every request: close a connection past CONN_MAX_AGE,
+    one that saw an error or is unusable, and health-check it at next use. Celery's fixup closes it outright unless
+    CELERY_DB_REUSE_MAX is set (settings). Never for an eager task: it runs inside its caller's request or
+    transaction."""
+    if task is not None and not getattr(task.request, "is_eager", False):
+        from django.db import close_old_connections
+
+        close_old_connections()
+
+
 app.autodiscover_tasks()

@@ -295,6 +295,11 @@ OTA_DEMO_MODE = _env_bool("OTA_DEMO_MODE", False)
 # in-process when queued. Production: CELERY_BROKER_URL=redis://... or amqp://... and `celery -A ota_project worker`.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "") or "memory://"
 CELERY_TASK_ALWAYS_EAGER = _env_bool("CELERY_TASK_ALWAYS_EAGER", not os.environ.get("CELERY_BROKER_URL"))
+# Celery's Django fixup closes the database connection before and after every task unless this is set (then only every
+# this many tasks): a new PostgreSQL connection, and its prepared statements planned again, per telemetry task. With
+# it, a worker keeps its connection as a web process does: Django's own rule (CONN_MAX_AGE, a connection that saw an
+# error, the health check) applies around every task (ota_project.celery).
+CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "1000"))
 
 # Cache (device load-shaping counters): in-process by default; OTA_CACHE_URL=redis://... for several processes,
 # OTA_CACHE_URL=db on PostgreSQL-only deployments (run `manage.py createcachetable` once).

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 from django.db import connection, transaction
+from django.test import override_settings
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -183,6 +184,7 @@ def test_purge_deletes_old_samples_and_keeps_the_aggregates(settings):
 
 
 @pytest.mark.django_db(transaction=True)
+@override_settings(OTA_TELEMETRY_FOLD_BATCHES=1)  # two folds at once (together, one task would fold both)
 def test_two_batches_on_the_same_aggregate_row_both_count():
     model = HardwareModelFactory.create()
     first, second = DeviceFactory.create_batch(2, hardware_model=model, installed_version="1.0.0")
