@@ -26,6 +26,6 @@ def default(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("devices", "0010_checkin_epochs")]
+    dependencies = [("devices", "0011_abuse_limited_keys_and_swarm_windows")]
 
     operations = [migrations.RunPython(lz4, default)]
