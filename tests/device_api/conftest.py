@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 from django.core.cache import caches
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from devices.credentials import device_credential_issue
 from devices.edge.download_tokens import download_token_issue, now_seconds
 from devices.firmware.models import FirmwareArtifact
 from devices.firmware.storage import artifact_path
-from devices.models import Device
+from devices.models import CheckinEpoch, Device
 from rollouts import rollout_services as steps
 from rollouts.choices import RolloutStatus
 from rollouts.models import Deployment, Rollout
@@ -128,3 +129,9 @@ def checkin_body(version: str = "1.0.0", release_counter: int = 1, **overrides: 
     }
     body.update(overrides)
     return body
+
+
+def epoch_rereads(queries: CaptureQueriesContext) -> int:
+    """How many of the captured statements are the check-in epochs' own re-read (devices.edge.quiet.epochs_read)."""
+    read = str(CheckinEpoch.objects.values_list("name", "value").query)
+    return sum(query["sql"] == read for query in queries.captured_queries)

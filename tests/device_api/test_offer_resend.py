@@ -24,7 +24,7 @@ from devices.services import device_quarantine
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment, Rollout, Wave
-from tests.device_api.conftest import IMAGE, checkin_body
+from tests.device_api.conftest import IMAGE, checkin_body, epoch_rereads
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
@@ -81,6 +81,18 @@ def test_a_re_sent_offer_costs_no_statement_and_equals_the_database_answer(held,
     # The token signed from memory is a real one: the download it names is served.
     response = client.get(remembered["offer"]["artifact"]["url"])
     assert response.status_code == 200 and b"".join(response.streaming_content) == IMAGE
+
+
+def test_a_changed_report_takes_the_database_path_without_re_reading_the_epochs(held, settings):
+    settings.OTA_CHECKIN_EPOCH_SECONDS = 0  # the epochs are due at every check-in
+    client, remembered = held
+    with CaptureQueriesContext(connection) as queries:
+        answer = client.post(CHECKIN, checkin_body(boot_count=13), format="json").json()
+    assert answer["offer"]["deployment_id"] == remembered["offer"]["deployment_id"]
+    assert len(queries.captured_queries) > 1 and epoch_rereads(queries) == 0  # the locking path, and nothing more
+    with CaptureQueriesContext(connection) as queries:
+        assert client.post(CHECKIN, checkin_body(boot_count=13), format="json").json()["offer"] is not None
+    assert len(queries.captured_queries) == epoch_rereads(queries) == 1  # remembered again: the re-read alone
 
 
 def _halt(rollout: Rollout, device: Device, operator) -> None:

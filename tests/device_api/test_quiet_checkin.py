@@ -28,7 +28,7 @@ from devices.services import (
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment
-from tests.device_api.conftest import checkin_body
+from tests.device_api.conftest import checkin_body, epoch_rereads
 from workflows.types import PhaseChange
 
 pytestmark = pytest.mark.django_db
@@ -90,6 +90,19 @@ def test_a_changed_report_is_written_at_once(fleet, device_client, settings):
         device.refresh_from_db()
         stored = (device.reported_version, device.reported_health)
         assert stored == (body["slots"]["a"]["version"], body["health"])
+
+
+def test_only_a_check_in_memory_could_answer_re_reads_the_epochs(fleet, device_client, settings):
+    settings.OTA_CHECKIN_EPOCH_SECONDS = 0  # the epochs are due at every check-in
+    client = device_client(_quiet_device(fleet))
+    assert _post(client)[2] == 1  # unknown to memory: the statement alone
+    with CaptureQueriesContext(connection) as queries:
+        assert client.post(CHECKIN, checkin_body(), format="json").status_code == 200
+    assert len(queries.captured_queries) == epoch_rereads(queries) == 1  # from memory, once the epochs held
+    # A changed report takes the statement anyway: memory refuses it before asking the database for the epochs.
+    with CaptureQueriesContext(connection) as queries:
+        assert client.post(CHECKIN, checkin_body(boot_count=13), format="json").status_code == 200
+    assert (len(queries.captured_queries), epoch_rereads(queries)) == (1, 0)
 
 
 def test_a_report_stored_by_another_worker_is_replaced_by_the_next_flush(fleet, device_client, settings):
