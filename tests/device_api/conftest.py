@@ -15,6 +15,7 @@ from devices.edge.download_tokens import download_token_issue, now_seconds
 from devices.firmware.models import FirmwareArtifact
 from devices.firmware.storage import artifact_path
 from devices.models import CheckinEpoch, Device
+from ota_project.celery import app as celery_app
 from rollouts import rollout_services as steps
 from rollouts.choices import RolloutStatus
 from rollouts.models import Deployment, Rollout
@@ -101,6 +102,23 @@ def other_pilot(assigned) -> Device:
     deployment = Deployment.objects.order_by("pk").last()
     assert deployment is not None  # the pilot wave is assigned
     return deployment.device
+
+
+@pytest.fixture
+def eager_celery():
+    """Tasks run in the test's process, as in the embedded default (the real worker has its own test)."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def offered(pilot, running, device_client) -> APIClient:
+    """The pilot's client, once its check-in got the offer."""
+    client = device_client(pilot)
+    assert client.post("/device/v1/checkin/", checkin_body(), format="json").json()["offer"]
+    return client
 
 
 @pytest.fixture
