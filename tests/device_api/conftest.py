@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.core.cache import caches
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
@@ -22,6 +23,8 @@ from rollouts.models import Deployment, Rollout
 from workflows.types import PhaseChange
 
 IMAGE = bytes(range(256)) * 40 + b"tail-of-image"  # 10253 bytes
+CHECKIN = "/device/v1/checkin/"
+MEMORY_BOUND = 0.3  # the check-in memory's tests: OTA_CHECKIN_EPOCH_SECONDS short enough to wait out
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +150,21 @@ def checkin_body(version: str = "1.0.0", release_counter: int = 1, **overrides: 
     }
     body.update(overrides)
     return body
+
+
+@pytest.fixture
+def memory_bounds(settings) -> None:
+    """The check-in memory's epochs re-read at most every MEMORY_BOUND s, its last_seen buffer flushed by the tests
+    themselves (devices.edge.quiet)."""
+    settings.OTA_CHECKIN_EPOCH_SECONDS = MEMORY_BOUND
+    settings.OTA_LAST_SEEN_FLUSH_SECONDS = 3600
+
+
+def checkin_counted(client: APIClient, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], int]:
+    """A check-in's status and answer, and how many SQL statements it cost."""
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(CHECKIN, body or checkin_body(), format="json")
+    return response.status_code, response.json(), len(queries.captured_queries)
 
 
 def epoch_rereads(queries: CaptureQueriesContext) -> int:
