@@ -117,10 +117,12 @@ def eager_celery():
 
 
 @pytest.fixture
-def offered(pilot, running, device_client) -> APIClient:
-    """The pilot's client, once its check-in got the offer."""
+def offered(pilot, running, device_client, sha) -> APIClient:
+    """The pilot's client, once its check-in got the offer of the rollout's image."""
     client = device_client(pilot)
-    assert client.post("/device/v1/checkin/", checkin_body(), format="json").json()["offer"]
+    response = client.post(CHECKIN, checkin_body(), format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["offer"]["artifact"]["sha256"] == sha
     return client
 
 
