@@ -30,9 +30,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection
@@ -111,6 +112,9 @@ class _Quiet:
     digest: bytes
     epochs: Epochs
     expires: float
+
+
+_Entry = TypeVar("_Entry", _Quiet, RememberedOffer)
 
 
 def _seconds(name: str, default: float) -> float:
@@ -200,28 +204,58 @@ def _fresh() -> bool:
         return _memory.adopt(epochs, started, authoritative=True)
 
 
-def quiet_lookup(presented: PresentedIdentity, report: dict[str, Any]) -> QuietDevice | None:
-    """The quiet device this identity is, if it has nothing to do and reports what it last wrote; else None.
+def _recall(
+    presented: PresentedIdentity,
+    report: dict[str, Any],
+    entries: OrderedDict[int, _Entry],
+    counted: Callable[[Epochs], object],
+) -> tuple[QuietDevice, _Entry] | None:
+    """The device this identity is and its entry in `entries`, if the entry holds for this report; else None.
 
-    At most one statement (the epochs' re-read, at most once per OTA_CHECKIN_EPOCH_SECONDS), usually none."""
-    key = identity_key(presented)
+    What memory alone can refuse is refused first (an unknown identity, another report's digest, an expired entry):
+    those check-ins take the statement anyway, so they cost no epoch re-read. Only then are the epochs made fresh
+    (one statement, at most once per OTA_CHECKIN_EPOCH_SECONDS), and the entries must still be there and tagged
+    with the epochs `counted` picks out of the current ones."""
+    key, digest = identity_key(presented), report_digest(report)
     with _memory.lock:
-        if key not in _memory.identities:
+        found = _memory.identities.get(key)
+        entry = entries.get(found.device.device_id) if found is not None else None
+        if found is None or entry is None or entry.digest != digest or not _live(found, entry):
             return None
     if not _fresh():
         return None
-    now, digest = time.monotonic(), report_digest(report)
     with _memory.lock:
         known = _memory.epochs
-        found = _memory.identities.get(key)
-        if known is None or found is None or found.epochs.identity != known.identity or found.expires <= now:
+        # The re-read may have emptied the maps, and another thread replaced entries: only the ones checked count.
+        if (
+            known is None
+            or _memory.identities.get(key) is not found
+            or entries.get(found.device.device_id) is not entry
+        ):
             return None
-        quiet = _memory.quiet.get(found.device.device_id)
-        if quiet is None or quiet.epochs.quiet != known.quiet or quiet.expires <= now or quiet.digest != digest:
+        if (
+            found.epochs.identity != known.identity
+            or counted(entry.epochs) != counted(known)
+            or not _live(found, entry)
+        ):
             return None
         _memory.identities.move_to_end(key)
-        _memory.quiet.move_to_end(found.device.device_id)
-        return found.device
+        entries.move_to_end(found.device.device_id)
+        return found.device, entry
+
+
+def _live(found: _Identity, entry: _Quiet | RememberedOffer) -> bool:
+    now = time.monotonic()
+    return found.expires > now and entry.expires > now
+
+
+def quiet_lookup(presented: PresentedIdentity, report: dict[str, Any]) -> QuietDevice | None:
+    """The quiet device this identity is, if it has nothing to do and reports what it last wrote; else None.
+
+    At most one statement (the epochs' re-read, at most once per OTA_CHECKIN_EPOCH_SECONDS), usually none; none
+    at all when memory alone refuses. The `offer` epoch does not count (an offer changing leaves a quiet answer)."""
+    recalled = _recall(presented, report, _memory.quiet, lambda epochs: epochs.quiet)
+    return recalled[0] if recalled is not None else None
 
 
 def quiet_remember(
@@ -253,24 +287,8 @@ def offer_lookup(presented: PresentedIdentity, report: dict[str, Any]) -> Rememb
     Like quiet_lookup, at most the epochs' re-read. Every epoch counts: `offer` (something that could withdraw or
     change it), `work` (another deployment of the device became a candidate) and `identity` (a quarantine, a
     revocation, a region change)."""
-    key = identity_key(presented)
-    with _memory.lock:
-        if key not in _memory.identities:
-            return None
-    if not _fresh():
-        return None
-    now, digest = time.monotonic(), report_digest(report)
-    with _memory.lock:
-        known = _memory.epochs
-        found = _memory.identities.get(key)
-        if known is None or found is None or found.epochs.identity != known.identity or found.expires <= now:
-            return None
-        offer = _memory.offers.get(found.device.device_id)
-        if offer is None or offer.epochs != known or offer.expires <= now or offer.digest != digest:
-            return None
-        _memory.identities.move_to_end(key)
-        _memory.offers.move_to_end(found.device.device_id)
-        return offer
+    recalled = _recall(presented, report, _memory.offers, lambda epochs: epochs)
+    return recalled[1] if recalled is not None else None
 
 
 def offer_remember(

@@ -74,22 +74,30 @@ class CheckinInputSerializer(StrictSerializer):
 _per_thread = threading.local()
 
 
-def checkin_input_valid(data: Any) -> dict[str, Any] | None:
-    """The check-in body as CheckinInputSerializer validates it, or None when it refuses it (the full path then
-    answers the 400 naming each field).
+def _validated(kind: type[StrictSerializer], data: Any) -> dict[str, Any] | None:
+    """`data` as a `kind` serializer validates it, or None when it refuses it (the full path then answers the 400
+    naming each field).
 
-    One serializer per thread, reused: DRF deep-copies every declared field into each new serializer, half of a
-    check-in's validation time. `run_validation` keeps no state between calls (unknown fields are checked against
-    the declared ones, not against `initial_data`).
+    One serializer per thread and kind, reused: DRF deep-copies every declared field into each new serializer, half
+    of a check-in's validation time. `run_validation` keeps no state between calls (unknown fields are checked
+    against the declared ones, not against `initial_data`).
     """
-    serializer = getattr(_per_thread, "checkin", None)
+    reused: dict[type[StrictSerializer], StrictSerializer] | None = getattr(_per_thread, "serializers", None)
+    if reused is None:
+        reused = _per_thread.serializers = {}
+    serializer = reused.get(kind)
     if serializer is None:
-        serializer = _per_thread.checkin = CheckinInputSerializer()
+        serializer = reused[kind] = kind()
     try:
         validated: dict[str, Any] = serializer.run_validation(data)
     except serializers.ValidationError:
         return None
     return validated
+
+
+def checkin_input_valid(data: Any) -> dict[str, Any] | None:
+    """The check-in body as CheckinInputSerializer validates it, or None when it refuses it (see _validated)."""
+    return _validated(CheckinInputSerializer, data)
 
 
 class StatusInputSerializer(StrictSerializer):
@@ -220,16 +228,8 @@ class TelemetryInputSerializer(StrictSerializer):
 
 
 def telemetry_input_valid(data: Any) -> dict[str, Any] | None:
-    """The telemetry body as TelemetryInputSerializer validates it, or None when it refuses it (the full path then
-    answers the 400 naming each field). One serializer per thread, reused, as for checkin_input_valid."""
-    serializer = getattr(_per_thread, "telemetry", None)
-    if serializer is None:
-        serializer = _per_thread.telemetry = TelemetryInputSerializer()
-    try:
-        validated: dict[str, Any] = serializer.run_validation(data)
-    except serializers.ValidationError:
-        return None
-    return validated
+    """The telemetry body as TelemetryInputSerializer validates it, or None when it refuses it (see _validated)."""
+    return _validated(TelemetryInputSerializer, data)
 
 
 class ArtifactOutputSerializer(serializers.Serializer):

@@ -7,19 +7,24 @@ from typing import Any
 
 import pytest
 from django.core.cache import caches
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from devices.credentials import device_credential_issue
 from devices.edge.download_tokens import download_token_issue, now_seconds
 from devices.firmware.models import FirmwareArtifact
 from devices.firmware.storage import artifact_path
-from devices.models import Device
+from devices.models import CheckinEpoch, Device
+from ota_project.celery import app as celery_app
 from rollouts import rollout_services as steps
 from rollouts.choices import RolloutStatus
 from rollouts.models import Deployment, Rollout
 from workflows.types import PhaseChange
 
 IMAGE = bytes(range(256)) * 40 + b"tail-of-image"  # 10253 bytes
+CHECKIN = "/device/v1/checkin/"
+MEMORY_BOUND = 0.3  # the check-in memory's tests: OTA_CHECKIN_EPOCH_SECONDS short enough to wait out
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +108,25 @@ def other_pilot(assigned) -> Device:
 
 
 @pytest.fixture
+def eager_celery():
+    """Tasks run in the test's process, as in the embedded default (the real worker has its own test)."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def offered(pilot, running, device_client, sha) -> APIClient:
+    """The pilot's client, once its check-in got the offer of the rollout's image."""
+    client = device_client(pilot)
+    response = client.post(CHECKIN, checkin_body(), format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["offer"]["artifact"]["sha256"] == sha
+    return client
+
+
+@pytest.fixture
 def device_client(operator) -> Callable[[Device], APIClient]:
     """device_client(device) -> a client sending that device's freshly issued credential."""
 
@@ -128,3 +152,24 @@ def checkin_body(version: str = "1.0.0", release_counter: int = 1, **overrides: 
     }
     body.update(overrides)
     return body
+
+
+@pytest.fixture
+def memory_bounds(settings) -> None:
+    """The check-in memory's epochs re-read at most every MEMORY_BOUND s, its last_seen buffer flushed by the tests
+    themselves (devices.edge.quiet)."""
+    settings.OTA_CHECKIN_EPOCH_SECONDS = MEMORY_BOUND
+    settings.OTA_LAST_SEEN_FLUSH_SECONDS = 3600
+
+
+def checkin_counted(client: APIClient, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], int]:
+    """A check-in's status and answer, and how many SQL statements it cost."""
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(CHECKIN, body or checkin_body(), format="json")
+    return response.status_code, response.json(), len(queries.captured_queries)
+
+
+def epoch_rereads(queries: CaptureQueriesContext) -> int:
+    """How many of the captured statements are the check-in epochs' own re-read (devices.edge.quiet.epochs_read)."""
+    read = str(CheckinEpoch.objects.values_list("name", "value").query)
+    return sum(query["sql"] == read for query in queries.captured_queries)

@@ -6,7 +6,6 @@ import pytest
 
 from devices.models import Device, TelemetryBatch
 from rollouts.models import Deployment
-from tests.device_api.conftest import checkin_body
 
 pytestmark = pytest.mark.django_db
 
@@ -15,13 +14,6 @@ CHECKIN = "/device/v1/checkin/"
 
 def status_url(deployment_id: int) -> str:
     return f"/device/v1/deployments/{deployment_id}/status/"
-
-
-@pytest.fixture
-def offered(pilot, running, device_client):
-    client = device_client(pilot)
-    assert client.post(CHECKIN, checkin_body(), format="json").json()["offer"]
-    return client
 
 
 def _snapshot(pilot: Device) -> tuple:

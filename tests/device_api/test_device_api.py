@@ -176,25 +176,18 @@ def test_oversized_body_is_413(pilot, device_client):
 # --- artifact download ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def offered_client(pilot, running, device_client, sha) -> APIClient:
-    client = device_client(pilot)
-    assert _offer(client)["artifact"]["sha256"] == sha
-    return client
-
-
-def test_full_download_with_etag(offered_client, sha, artifact_url):
-    response = offered_client.get(artifact_url)
+def test_full_download_with_etag(offered, sha, artifact_url):
+    response = offered.get(artifact_url)
     assert response.status_code == 200
     assert response["ETag"] == f'"{sha}"' and response["Accept-Ranges"] == "bytes"
     assert int(response["Content-Length"]) == len(IMAGE)
     assert _content(response) == IMAGE
 
 
-def test_resuming_from_several_offsets_rebuilds_the_exact_image(offered_client, sha, artifact_url):
+def test_resuming_from_several_offsets_rebuilds_the_exact_image(offered, sha, artifact_url):
     received = b""
     for end in (999, 4095, 7000, len(IMAGE) + 500):
-        response = offered_client.get(artifact_url, HTTP_RANGE=f"bytes={len(received)}-{end}", HTTP_IF_RANGE=f'"{sha}"')
+        response = offered.get(artifact_url, HTTP_RANGE=f"bytes={len(received)}-{end}", HTTP_IF_RANGE=f'"{sha}"')
         assert response.status_code == 206
         last = min(end, len(IMAGE) - 1)
         assert response["Content-Range"] == f"bytes {len(received)}-{last}/{len(IMAGE)}"
@@ -202,20 +195,20 @@ def test_resuming_from_several_offsets_rebuilds_the_exact_image(offered_client, 
         assert int(response["Content-Length"]) == len(chunk)
         received += chunk
     assert received == IMAGE
-    tail = offered_client.get(artifact_url, HTTP_RANGE="bytes=10000-")
+    tail = offered.get(artifact_url, HTTP_RANGE="bytes=10000-")
     assert tail.status_code == 206 and _content(tail) == IMAGE[10000:]
 
 
-def test_suffix_range_unsatisfiable_and_if_range_mismatch(offered_client, artifact_url):
-    suffix = offered_client.get(artifact_url, HTTP_RANGE="bytes=-100")
+def test_suffix_range_unsatisfiable_and_if_range_mismatch(offered, artifact_url):
+    suffix = offered.get(artifact_url, HTTP_RANGE="bytes=-100")
     assert suffix.status_code == 206 and _content(suffix) == IMAGE[-100:]
     assert suffix["Content-Range"] == f"bytes {len(IMAGE) - 100}-{len(IMAGE) - 1}/{len(IMAGE)}"
-    unsatisfiable = offered_client.get(artifact_url, HTTP_RANGE=f"bytes={len(IMAGE)}-")
+    unsatisfiable = offered.get(artifact_url, HTTP_RANGE=f"bytes={len(IMAGE)}-")
     assert unsatisfiable.status_code == 416 and unsatisfiable["Content-Range"] == f"bytes */{len(IMAGE)}"
     assert unsatisfiable.json()["error"]["code"] == "range_not_satisfiable"
-    stale = offered_client.get(artifact_url, HTTP_RANGE="bytes=100-", HTTP_IF_RANGE='"0000"')
+    stale = offered.get(artifact_url, HTTP_RANGE="bytes=100-", HTTP_IF_RANGE='"0000"')
     assert stale.status_code == 200 and _content(stale) == IMAGE
-    multiple = offered_client.get(artifact_url, HTTP_RANGE="bytes=0-1,5-6")
+    multiple = offered.get(artifact_url, HTTP_RANGE="bytes=0-1,5-6")
     assert multiple.status_code == 200 and _content(multiple) == IMAGE
 
 
@@ -236,20 +229,20 @@ def test_download_refused_when_not_offered_to_this_device(pilot, other_pilot, as
 # --- status feedback -----------------------------------------------------------------------------------------
 
 
-def test_status_flow_to_succeeded_with_replays(offered_client, pilot):
+def test_status_flow_to_succeeded_with_replays(offered, pilot):
     deployment_id = Deployment.objects.get(device=pilot).pk
     url = status_url(deployment_id)
     for seq, status in enumerate(("downloading", "downloaded", "installing", "rebooting", "confirming"), start=1):
-        response = offered_client.post(url, {"seq": seq, "status": status}, format="json")
+        response = offered.post(url, {"seq": seq, "status": status}, format="json")
         assert response.status_code == 200 and response.json()["applied"] is True
         assert response.json()["status"] == status and response.json()["last_seq"] == seq
-    replay = offered_client.post(url, {"seq": 5, "status": "confirming"}, format="json")
+    replay = offered.post(url, {"seq": 5, "status": "confirming"}, format="json")
     assert replay.status_code == 200 and replay.json()["applied"] is False
-    old = offered_client.post(url, {"seq": 2, "status": "downloaded"}, format="json")
+    old = offered.post(url, {"seq": 2, "status": "downloaded"}, format="json")
     assert old.status_code == 409 and old.json()["error"]["code"] == "stale_seq"
     assert old.json()["error"]["fields"] == {"seq": ["Must be at least 5."]}
     assert Deployment.objects.get(pk=deployment_id).status == "confirming"
-    done = offered_client.post(
+    done = offered.post(
         url, {"seq": 6, "status": "succeeded", "booted_version": "1.1.0", "health_passed": True}, format="json"
     )
     assert done.status_code == 200 and done.json()["status"] == "succeeded" and done.json()["applied"] is True
@@ -257,17 +250,17 @@ def test_status_flow_to_succeeded_with_replays(offered_client, pilot):
     assert (pilot.installed_version, pilot.installed_release_counter) == ("1.1.0", 1)
 
 
-def test_out_of_order_report_never_moves_backwards(offered_client, pilot):
+def test_out_of_order_report_never_moves_backwards(offered, pilot):
     url = status_url(Deployment.objects.get(device=pilot).pk)
-    offered_client.post(url, {"seq": 7, "status": "installing"}, format="json")
-    late = offered_client.post(url, {"seq": 8, "status": "downloading"}, format="json")
+    offered.post(url, {"seq": 7, "status": "installing"}, format="json")
+    late = offered.post(url, {"seq": 8, "status": "downloading"}, format="json")
     assert late.status_code == 200 and late.json()["status"] == "installing"
 
 
-def test_refused_reports_change_nothing(offered_client, pilot, other_pilot, operator, device_client):
+def test_refused_reports_change_nothing(offered, pilot, other_pilot, operator, device_client):
     deployment = Deployment.objects.get(device=pilot)
     other = Deployment.objects.get(device=other_pilot)
-    offered_client.post(status_url(deployment.pk), {"seq": 1, "status": "confirming"}, format="json")
+    offered.post(status_url(deployment.pk), {"seq": 1, "status": "confirming"}, format="json")
     before = Deployment.objects.get(pk=deployment.pk)
     url = status_url(deployment.pk)
     cases = [
@@ -282,7 +275,7 @@ def test_refused_reports_change_nothing(offered_client, pilot, other_pilot, oper
         (url, {"seq": 9, "status": "succeeded", "booted_version": "1.1.0", "health_passed": False}, 400),
     ]
     for target, body, expected in cases:
-        response = offered_client.post(target, body, format="json")
+        response = offered.post(target, body, format="json")
         assert response.status_code == expected, (body, response.json())
         assert set(response.json()) == {"error"}
     after = Deployment.objects.get(pk=deployment.pk)

@@ -24,25 +24,10 @@ from devices.services import device_quarantine
 from rollouts import rollout_services as steps
 from rollouts.choices import DeploymentStatus, RolloutStatus
 from rollouts.models import Deployment, Rollout, Wave
-from tests.device_api.conftest import IMAGE, checkin_body
+from tests.device_api.conftest import CHECKIN, IMAGE, MEMORY_BOUND, checkin_body, checkin_counted, epoch_rereads
 from workflows.types import PhaseChange
 
-pytestmark = pytest.mark.django_db
-
-CHECKIN = "/device/v1/checkin/"
-BOUND = 0.3
-
-
-@pytest.fixture(autouse=True)
-def _bounds(settings):
-    settings.OTA_CHECKIN_EPOCH_SECONDS = BOUND
-    settings.OTA_LAST_SEEN_FLUSH_SECONDS = 3600  # flushed by the tests themselves
-
-
-def _post(client) -> tuple[int, dict, int]:
-    with CaptureQueriesContext(connection) as queries:
-        response = client.post(CHECKIN, checkin_body(), format="json")
-    return response.status_code, response.json(), len(queries.captured_queries)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("memory_bounds")]
 
 
 def _offer_epoch() -> int:
@@ -62,9 +47,9 @@ def _without_token(answer: dict) -> dict:
 def held(running, pilot, device_client):
     """The pilot holds a live offer and its re-send is answered from memory."""
     client = device_client(pilot)
-    status, first, _ = _post(client)
+    status, first, _ = checkin_counted(client)
     assert status == 200 and first["offer"] is not None
-    status, again, statements = _post(client)
+    status, again, statements = checkin_counted(client)
     assert (status, statements) == (200, 0)
     return client, again
 
@@ -73,7 +58,7 @@ def test_a_re_sent_offer_costs_no_statement_and_equals_the_database_answer(held,
     settings.OTA_CHECKIN_EPOCH_SECONDS = 60
     client, remembered = held
     quiet.quiet_reset()  # the next answer comes from the locking offer path
-    status, from_database, statements = _post(client)
+    status, from_database, statements = checkin_counted(client)
     assert status == 200 and statements >= 2
     assert _without_token(remembered) == _without_token(from_database)
     deployment = Deployment.objects.get(pk=remembered["offer"]["deployment_id"])
@@ -81,6 +66,18 @@ def test_a_re_sent_offer_costs_no_statement_and_equals_the_database_answer(held,
     # The token signed from memory is a real one: the download it names is served.
     response = client.get(remembered["offer"]["artifact"]["url"])
     assert response.status_code == 200 and b"".join(response.streaming_content) == IMAGE
+
+
+def test_a_changed_report_takes_the_database_path_without_re_reading_the_epochs(held, settings):
+    settings.OTA_CHECKIN_EPOCH_SECONDS = 0  # the epochs are due at every check-in
+    client, remembered = held
+    with CaptureQueriesContext(connection) as queries:
+        answer = client.post(CHECKIN, checkin_body(boot_count=13), format="json").json()
+    assert answer["offer"]["deployment_id"] == remembered["offer"]["deployment_id"]
+    assert len(queries.captured_queries) > 1 and epoch_rereads(queries) == 0  # the locking path, and nothing more
+    with CaptureQueriesContext(connection) as queries:
+        assert client.post(CHECKIN, checkin_body(boot_count=13), format="json").json()["offer"] is not None
+    assert len(queries.captured_queries) == epoch_rereads(queries) == 1  # remembered again: the re-read alone
 
 
 def _halt(rollout: Rollout, device: Device, operator) -> None:
@@ -138,17 +135,17 @@ def test_whatever_stops_the_offer_stops_the_remembered_one_within_the_bound(stop
     before = _offer_epoch()
     STOPS[stop](running, pilot, operator)
     assert _offer_epoch() > before or stop == "quarantine"  # a quarantine moves the identity epoch
-    time.sleep(BOUND)
-    status, answer, statements = _post(client)
+    time.sleep(MEMORY_BOUND)
+    status, answer, statements = checkin_counted(client)
     assert (status, answer["offer"]) == (200, None) and statements >= 1  # the database answered: no offer
-    assert _post(client)[1]["offer"] is None  # and nothing offers it again from memory
+    assert checkin_counted(client)[1]["offer"] is None  # and nothing offers it again from memory
 
 
 def test_a_revoked_credential_gets_no_remembered_offer(held, pilot, operator):
     client, _ = held
     device_credential_revoke(actor=operator, device=pilot, reason="unit stolen")
-    time.sleep(BOUND)
-    status, answer, _ = _post(client)
+    time.sleep(MEMORY_BOUND)
+    status, answer, _ = checkin_counted(client)
     assert status == 401 and answer["error"]["message"] == "Invalid device credentials."
 
 
@@ -156,12 +153,14 @@ def test_a_download_under_way_takes_the_database_path(held, pilot):
     client, remembered = held
     url = f"/device/v1/deployments/{remembered['offer']['deployment_id']}/status/"
     assert client.post(url, {"seq": 1, "status": "downloading"}, format="json").status_code == 200
-    time.sleep(BOUND)
-    status, answer, statements = _post(client)
+    time.sleep(MEMORY_BOUND)
+    status, answer, statements = checkin_counted(client)
     assert (
         status == 200 and statements >= 1 and answer["offer"]["deployment_id"] == remembered["offer"]["deployment_id"]
     )
-    assert _post(client)[2] >= 1  # never from memory while downloading: each answer signs a fresh URL from the row
+    assert (
+        checkin_counted(client)[2] >= 1
+    )  # never from memory while downloading: each answer signs a fresh URL from the row
 
 
 def test_an_offer_in_a_region_with_maintenance_windows_is_never_remembered(running, pilot, device_client):
@@ -170,28 +169,28 @@ def test_an_offer_in_a_region_with_maintenance_windows_is_never_remembered(runni
     always.append({"days": list(range(7)), "start": "12:00", "end": "00:00"})
     Rollout.objects.filter(pk=running.pk).update(plan={**running.plan, "maintenance_windows": {"*": always}})
     client = device_client(pilot)
-    assert _post(client)[1]["offer"] is not None
+    assert checkin_counted(client)[1]["offer"] is not None
     for _ in range(2):
-        status, answer, statements = _post(client)
+        status, answer, statements = checkin_counted(client)
         assert status == 200 and answer["offer"] is not None and statements >= 1
 
 
 def test_an_offer_is_never_remembered_past_its_deadline(running, pilot, device_client, settings):
     settings.OTA_CHECKIN_EPOCH_SECONDS = 60
     client = device_client(pilot)
-    assert _post(client)[1]["offer"] is not None
+    assert checkin_counted(client)[1]["offer"] is not None
     deadline = timezone.now() + timedelta(seconds=0.6)
     Deployment.objects.filter(device=pilot).update(deadline_at=deadline)
     quiet.quiet_reset()
-    assert _post(client)[2] >= 1  # remembered now, until the deadline
-    assert _post(client)[2] == 0
+    assert checkin_counted(client)[2] >= 1  # remembered now, until the deadline
+    assert checkin_counted(client)[2] == 0
     time.sleep(max(0.0, (deadline - timezone.now()).total_seconds()) + 0.05)
-    assert _post(client)[2] >= 1
+    assert checkin_counted(client)[2] >= 1
 
 
 def test_a_halt_of_many_offers_bumps_the_offer_epoch_once(running, device_client):
     for deployment in Deployment.objects.filter(rollout=running):
-        assert _post(device_client(deployment.device))[1]["offer"] is not None
+        assert checkin_counted(device_client(deployment.device))[1]["offer"] is not None
     assert Deployment.objects.filter(rollout=running, status=DeploymentStatus.OFFERED).count() >= 2
     before = _offer_epoch()
     steps.rollout_halt(rollout_id=running.pk, wave_index=0, reason="bad telemetry")
@@ -201,12 +200,12 @@ def test_a_halt_of_many_offers_bumps_the_offer_epoch_once(running, device_client
 def test_no_offer_is_remembered_when_turned_off(running, pilot, device_client, settings):
     settings.OTA_CHECKIN_OFFER_CACHE_SECONDS = 0
     client = device_client(pilot)
-    assert _post(client)[1]["offer"] is not None
-    assert _post(client)[2] > 1  # the locking path again
+    assert checkin_counted(client)[1]["offer"] is not None
+    assert checkin_counted(client)[2] > 1  # the locking path again
 
 
 def test_a_status_report_forgets_the_remembered_offer_at_once_in_its_process(held, pilot):
     client, remembered = held
     url = f"/device/v1/deployments/{remembered['offer']['deployment_id']}/status/"
     assert client.post(url, {"seq": 1, "status": "downloading"}, format="json").status_code == 200
-    assert _post(client)[2] >= 1  # no wait for the epoch: this process handled the report
+    assert checkin_counted(client)[2] >= 1  # no wait for the epoch: this process handled the report

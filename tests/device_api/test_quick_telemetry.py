@@ -13,28 +13,11 @@ from approvals.audit.choices import SecurityEventKind
 from approvals.audit.models import SecurityEvent
 from devices.credentials import device_credential_revoke
 from devices.models import TelemetryBatch, TelemetrySample
-from ota_project.celery import app as celery_app
 from rollouts.models import Deployment
-from tests.device_api.conftest import checkin_body
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_celery")]
 
 TELEMETRY = "/device/v1/telemetry/"
-
-
-@pytest.fixture(autouse=True)
-def _eager_celery():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
-
-
-@pytest.fixture
-def offered(pilot, running, device_client):
-    client = device_client(pilot)
-    assert client.post("/device/v1/checkin/", checkin_body(), format="json").json()["offer"]
-    return client
 
 
 def _samples(count: int, deployment_id: int | None = None) -> list[dict[str, object]]:

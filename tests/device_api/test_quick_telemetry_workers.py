@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from devices.credentials import device_credential_issue, device_credential_revoke
 from devices.models import Device, TelemetryBatch, TelemetrySample
-from ota_project.db import database_url
-from tests.device_api.test_quiet_checkin_workers import _free_port, _pids
+from ota_project.net import free_port
+from tests.support.servers import answering_workers, gunicorn_device_workers, process_stop
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TELEMETRY = "/device/v1/telemetry/"
 
 
@@ -38,59 +33,28 @@ def _post(port: int, auth: str, batch: int) -> tuple[int, dict]:
         connection.close()
 
 
-def test_two_workers_accept_telemetry_and_refuse_a_revoked_credential_at_once(fleet, operator, tmp_path):
+def test_two_workers_accept_telemetry_and_refuse_a_revoked_credential_at_once(fleet, operator, settings, tmp_path):
     device = Device.objects.filter(region=fleet["region"]).order_by("serial")[0]
     auth = f"Device {device.serial}:{device_credential_issue(actor=operator, device=device)}"
-    port, access = _free_port(), tmp_path / "access.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "ota_project.settings",
-        "DATABASE_URL": database_url(),
-        "OTA_DATA_DIR": str(tmp_path),
-        "OTA_WEB_BIND": f"127.0.0.1:{port}",
-        "OTA_WEB_WORKERS": "2",
-        "OTA_WEB_THREADS": "2",
-        "OTA_CACHE_URL": "",
-        "TEMPORAL_ENABLED": "false",
-        "OTA_DEVICE_AUTH": "secret",
-        "OTA_DEVICE_RATE_PER_SECOND": "0",
-        "OTA_UNAUTHENTICATED_RATE_PER_SECOND": "0",
-        "CELERY_BROKER_URL": "",  # the task runs in the worker that accepted the batch (the embedded default)
-    }
-    argv = [
-        str(Path(sys.executable).with_name("gunicorn")),
-        "-c",
-        str(REPO_ROOT / "ota_project" / "gunicorn_conf.py"),
-        "--access-logfile",
-        str(access),
-        "--access-logformat",
-        "%(p)s %(s)s",
-    ]
-    with (tmp_path / "gunicorn.log").open("ab") as out:
-        server = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    port, access = free_port(), tmp_path / "access.log"
+    # The task runs in the worker that accepted the batch (the embedded default).
+    server = gunicorn_device_workers(settings, tmp_path, port, CELERY_BROKER_URL="")
     batch = 0
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert _post(port, auth, batch) == (202, {"accepted": 1, "batch_id": "w-0", "duplicate": False})
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
-                time.sleep(0.2)
-        while len(_pids(access, 202)) < 2:  # until both workers accepted a batch
+        assert _post(port, auth, batch) == (202, {"accepted": 1, "batch_id": "w-0", "duplicate": False})
+        while len(answering_workers(access, 202)) < 2:  # until both workers accepted a batch
             assert time.monotonic() < deadline, "one worker answered every request"
             batch += 1
             assert _post(port, auth, batch)[0] == 202
         assert _post(port, auth, batch) == (202, {"accepted": 1, "batch_id": f"w-{batch}", "duplicate": True})
         device_credential_revoke(actor=operator, device=device, reason="unit stolen")
         refused = 0
-        while len(_pids(access, 401)) < 2:
+        while len(answering_workers(access, 401)) < 2:
             assert time.monotonic() < deadline, "one worker never answered after the revocation"
             assert _post(port, auth, batch + 1 + refused)[0] == 401
             refused += 1
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        process_stop(server, grace=60)
     assert TelemetryBatch.objects.filter(device=device).count() == batch + 1
     assert TelemetrySample.objects.filter(device=device).count() == batch + 1

@@ -14,7 +14,7 @@ from devices.credentials import device_credential_issue, device_credential_revok
 from devices.models import Device, TelemetryBatch
 from rollouts.models import Deployment
 from tests.device_api.conftest import checkin_body
-from tests.device_api.test_device_api import CHECKIN, _offer, status_url
+from tests.device_api.test_device_api import CHECKIN, status_url
 
 pytestmark = pytest.mark.django_db
 
@@ -23,13 +23,6 @@ K = SecurityEventKind
 
 def _events(kind: str) -> list[SecurityEvent]:
     return list(SecurityEvent.objects.filter(kind=kind))
-
-
-@pytest.fixture
-def offered_client(pilot, running, device_client, sha) -> APIClient:
-    client = device_client(pilot)
-    assert _offer(client)["artifact"]["sha256"] == sha
-    return client
 
 
 @pytest.mark.parametrize(
@@ -73,13 +66,11 @@ def test_no_credential_at_all_is_a_401_without_event(pilot):
     assert not SecurityEvent.objects.exists()
 
 
-def test_a_status_report_for_another_devices_deployment_is_cross_device_and_still_404(
-    offered_client, pilot, other_pilot
-):
+def test_a_status_report_for_another_devices_deployment_is_cross_device_and_still_404(offered, pilot, other_pilot):
     other = Deployment.objects.get(device=other_pilot)
-    response = offered_client.post(status_url(other.pk), {"seq": 9, "status": "downloading"}, format="json")
+    response = offered.post(status_url(other.pk), {"seq": 9, "status": "downloading"}, format="json")
     assert response.status_code == 404
-    missing = offered_client.post(status_url(999_999), {"seq": 9, "status": "downloading"}, format="json")
+    missing = offered.post(status_url(999_999), {"seq": 9, "status": "downloading"}, format="json")
     assert missing.json() == response.json()  # the device cannot tell "not yours" from "missing"
     (event,) = SecurityEvent.objects.all()
     assert (event.kind, event.source, event.device_serial, event.subject) == (
@@ -92,19 +83,19 @@ def test_a_status_report_for_another_devices_deployment_is_cross_device_and_stil
     assert (after.status, after.last_seq, after.updated_at) == (other.status, other.last_seq, other.updated_at)
 
 
-def test_stale_and_replayed_reports_are_recorded_and_change_nothing(offered_client, pilot):
+def test_stale_and_replayed_reports_are_recorded_and_change_nothing(offered, pilot):
     deployment = Deployment.objects.get(device=pilot)
     url = status_url(deployment.pk)
     for seq, status in ((1, "downloading"), (2, "downloaded")):
-        assert offered_client.post(url, {"seq": seq, "status": status}, format="json").json()["applied"] is True
+        assert offered.post(url, {"seq": seq, "status": status}, format="json").json()["applied"] is True
     assert not SecurityEvent.objects.exists()  # progress is no refusal
     before = Deployment.objects.get(pk=deployment.pk)
     records = DecisionRecord.objects.count()
 
-    replay = offered_client.post(url, {"seq": 2, "status": "downloaded"}, format="json")
+    replay = offered.post(url, {"seq": 2, "status": "downloaded"}, format="json")
     assert replay.status_code == 200 and replay.json()["applied"] is False
-    offered_client.post(url, {"seq": 2, "status": "downloaded"}, format="json")
-    stale = offered_client.post(url, {"seq": 1, "status": "downloading"}, format="json")
+    offered.post(url, {"seq": 2, "status": "downloaded"}, format="json")
+    stale = offered.post(url, {"seq": 1, "status": "downloading"}, format="json")
     assert stale.status_code == 409 and stale.json()["error"]["code"] == "stale_seq"
 
     (replayed,) = _events(K.DEVICE_REPLAY)
@@ -135,10 +126,10 @@ def test_an_image_not_offered_to_the_device_is_refused_and_recorded(pilot, other
     assert not Deployment.objects.filter(device=stranger).exists()
 
 
-def test_telemetry_naming_another_devices_deployment_is_cross_device(offered_client, pilot, other_pilot):
+def test_telemetry_naming_another_devices_deployment_is_cross_device(offered, pilot, other_pilot):
     other = Deployment.objects.get(device=other_pilot).pk
     body = {"samples": [{"reported_at": "2026-01-05T10:00:00Z", "deployment_id": other, "boot_time_s": 3}]}
-    assert offered_client.post("/device/v1/telemetry/", body, format="json").status_code == 400
+    assert offered.post("/device/v1/telemetry/", body, format="json").status_code == 400
     (event,) = SecurityEvent.objects.all()
     assert (event.kind, event.source, event.subject) == (
         K.DEVICE_CROSS_DEVICE,

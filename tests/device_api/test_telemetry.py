@@ -15,29 +15,11 @@ from django.utils import timezone
 from devices import telemetry
 from devices.models import CohortTelemetryAggregate, ReleaseTelemetryAggregate, TelemetryBatch, TelemetrySample
 from devices.selectors import device_telemetry_summary, telemetry_deployment_kpis
-from ota_project.celery import app as celery_app
 from rollouts.models import Deployment
-from tests.device_api.conftest import checkin_body
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_celery")]
 
 TELEMETRY = "/device/v1/telemetry/"
-
-
-@pytest.fixture(autouse=True)
-def _eager_celery():
-    """Tasks run in the test's process, as in the embedded default (the real worker has its own test)."""
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
-
-
-@pytest.fixture
-def offered(pilot, running, device_client):
-    client = device_client(pilot)
-    assert client.post("/device/v1/checkin/", checkin_body(), format="json").json()["offer"]
-    return client
 
 
 def _sample(deployment_id: int | None = None, **kpis: object) -> dict[str, object]:

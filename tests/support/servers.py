@@ -32,11 +32,11 @@ def process_start(argv: list[str], env: dict[str, str], log: Path, port: int) ->
     raise RuntimeError(f"{argv[0]} did not listen: {log.read_text()[-3000:]}")
 
 
-def process_stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
+def process_stop(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -62,6 +62,34 @@ def gunicorn_start(env: dict[str, str], log: Path, port: int, *options: str) -> 
     """gunicorn with the project's configuration (ota_project/gunicorn_conf.py) on 127.0.0.1:`port`."""
     argv = [sys.executable, "-m", "gunicorn", "--config", str(processes.GUNICORN_CONF), "--bind", f"127.0.0.1:{port}"]
     return process_start([*argv, *options], env, log, port)
+
+
+# An access log format naming the worker (its pid) and the status of each answer: see answering_workers.
+WORKER_STATUS_FORMAT = "%(p)s %(s)s"
+
+
+def gunicorn_device_workers(settings: Any, directory: Path, port: int, **overrides: str) -> subprocess.Popen[bytes]:
+    """Two gunicorn workers of two threads each serving devices by secret credential without rate limits (the data
+    directory `directory`, `overrides` in the environment), logging to directory/access.log which worker answered
+    what (WORKER_STATUS_FORMAT)."""
+    env = gunicorn_env(
+        settings,
+        OTA_DATA_DIR=str(directory),
+        OTA_WEB_WORKERS="2",
+        OTA_WEB_THREADS="2",
+        OTA_DEVICE_AUTH="secret",
+        OTA_DEVICE_RATE_PER_SECOND="0",
+        OTA_UNAUTHENTICATED_RATE_PER_SECOND="0",
+        **overrides,
+    )
+    log_options = ("--access-logfile", str(directory / "access.log"), "--access-logformat", WORKER_STATUS_FORMAT)
+    return gunicorn_start(env, directory / "gunicorn.log", port, *log_options)
+
+
+def answering_workers(access_log: Path, status: int) -> set[str]:
+    """The workers (pids) that gave an answer of `status`, from an access log in WORKER_STATUS_FORMAT."""
+    lines = access_log.read_text().splitlines() if access_log.exists() else []
+    return {line.split()[0] for line in lines if line.endswith(f" {status}")}
 
 
 def logged_requests(access_log: Path | None, fragment: str) -> int:

@@ -37,6 +37,18 @@ other_pilot = _device_api.other_pilot
 sha = _device_api.sha
 
 
+def _exchange(
+    connection: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str], body: bytes
+) -> tuple[int, bytes]:
+    """One request on a new `connection` (closed after): the answer's status and body."""
+    try:
+        connection.request(method, target, body=body or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 @dataclass
 class Edge:
     """gunicorn on `app_port` (loopback) behind nginx terminating mutual TLS on `tls_port`."""
@@ -71,22 +83,12 @@ class Edge:
             identity = self.identity(device)
             context.load_cert_chain(str(identity.certificate), str(identity.key))
         connection = http.client.HTTPSConnection("127.0.0.1", self.tls_port, context=context, timeout=15)
-        try:
-            connection.request(method, target, body=body or None, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        return _exchange(connection, method, target, headers, body)
 
     def direct(self, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
         """A request straight to gunicorn's port, past nginx."""
         connection = http.client.HTTPConnection("127.0.0.1", self.app_port, timeout=15)
-        try:
-            connection.request(method, target, body=body or None, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        return _exchange(connection, method, target, headers, body)
 
     def nginx_log(self) -> str:
         path = self.nginx_dir / "error.log"
