@@ -449,6 +449,10 @@ def _report_updates(device: Device, deployment: Deployment, report: Report, now:
         )
     elif _progress_index(status) > _progress_index(deployment.status):
         updates.update(status=status, deadline_at=_deadline(deployment, status, now))
+        if deployment.status == DeploymentStatus.PENDING:
+            # A start reported on a pending deployment (an offer given back at its window's close whose download had
+            # begun, the report late) is an attempt, as its offer was: the plan's retries count it.
+            updates["attempts"] = deployment.attempts + 1
     return updates
 
 

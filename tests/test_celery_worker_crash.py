@@ -163,3 +163,54 @@ def test_a_batch_whose_pool_process_was_killed_is_redelivered_at_once_and_counte
         assert TelemetrySample.objects.filter(device=device).count() == 2
     finally:
         _stop(worker)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_folded_together_by_a_killed_pool_process_are_each_counted_once_soon(crash_queue, tmp_path):
+    """A task folds the batches waiting with its own (OTA_TELEMETRY_FOLD_BATCHES): when its process dies in the middle
+    of such a fold, every batch it had taken is folded again soon (the redelivered message, or the other batches' own
+    messages), and each exactly once."""
+    device = DeviceFactory.create()
+    now = timezone.now()
+    batches = [
+        telemetry.telemetry_batch_accept(
+            device=device, batch_id=f"together-{n}", samples=[{"reported_at": now, "boot_time_s": 30 + n}]
+        ).batch
+        for n in range(3)
+    ]  # queued before any worker runs: the first task takes all three
+    gate = tmp_path / "hold"
+    gate.write_text("")
+    worker = _start_worker(
+        crash_queue,
+        tmp_path,
+        "together",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "1",
+        "--include",
+        "tests.support.slow_telemetry",
+        env={"OTA_TEST_SLOW_WHILE_FILE": str(gate)},
+    )
+    try:
+        held = _wait_for(lambda: all(_being_processed(batch.pk) for batch in batches), timeout=60)
+        assert held, (tmp_path / "together.log").read_text()  # one fold holds all three
+        (pool_process,) = _pool_processes(worker.pid)
+        os.kill(pool_process, signal.SIGKILL)
+        killed_at = time.monotonic()
+        gate.unlink()
+        pks = [batch.pk for batch in batches]
+        processed = _wait_for(
+            lambda: TelemetryBatch.objects.filter(pk__in=pks, processed_at__isnull=False).count() == len(pks),
+            timeout=30,
+        )
+        waited = time.monotonic() - killed_at
+        assert processed and waited < 15, (waited, (tmp_path / "together.log").read_text())
+        assert [TelemetryBatch.objects.get(pk=pk).stored_count for pk in pks] == [1, 1, 1]
+        assert sorted(TelemetrySample.objects.filter(device=device).values_list("boot_time_s", flat=True)) == [
+            30,
+            31,
+            32,
+        ]
+    finally:
+        _stop(worker)

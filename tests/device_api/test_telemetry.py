@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 from unittest import mock
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -16,6 +15,7 @@ from devices import telemetry
 from devices.models import CohortTelemetryAggregate, ReleaseTelemetryAggregate, TelemetryBatch, TelemetrySample
 from devices.selectors import device_telemetry_summary, telemetry_deployment_kpis
 from rollouts.models import Deployment
+from tests.support.transactions import transaction_held
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_celery")]
 
@@ -210,28 +210,11 @@ def test_each_requeue_of_a_batch_waits_twice_as_long(pilot):
 def test_a_batch_a_worker_is_processing_is_not_requeued(pilot):
     locked, other = _unsent_batch(pilot, "in-progress"), _unsent_batch(pilot, "lost")
     later = timezone.now() + timedelta(seconds=telemetry.STALE_BATCH_SECONDS + 1)
-    holding, release = threading.Event(), threading.Event()
-
-    def worker() -> None:
-        # What telemetry_batch_process does: hold the batch's row lock until its transaction commits.
-        try:
-            with transaction.atomic():
-                TelemetryBatch.objects.select_for_update().get(pk=locked.pk)
-                holding.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    # What telemetry_batch_process does: hold the batch's row lock until its transaction commits.
+    with transaction_held(lambda: TelemetryBatch.objects.select_for_update().get(pk=locked.pk)):
         with mock.patch.object(telemetry, "_enqueue") as enqueue:
             assert telemetry.telemetry_requeue_stale(now=later) == 1
         assert [c.args for c in enqueue.call_args_list] == [(other.pk,)]
-    finally:
-        release.set()
-        thread.join(10)
     assert TelemetryBatch.objects.get(pk=locked.pk).requeue_count == 0
 
 

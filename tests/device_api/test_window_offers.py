@@ -91,6 +91,16 @@ def test_a_download_under_way_goes_on_after_the_window_closes(evening, pilot):
     assert outcome.deployment.status == DeploymentStatus.DOWNLOADED
 
 
+def test_a_start_reported_late_on_an_offer_given_back_counts_its_attempt(evening, pilot):
+    offered = expect_offer(pilot, now=_local(pilot, 1, 21, 59))
+    assert deployment_offer(device_id=pilot.pk, now=_local(pilot, 1, 22, 1)) is None
+    assert Deployment.objects.get(pk=offered.pk).attempts == 0  # given back with the offer
+    # The device had begun at 21:59; its report arrives after the close: the download goes on, as the attempt it is.
+    report = Report(1, DeploymentStatus.DOWNLOADING)
+    outcome = deployment_report(device=pilot, deployment_id=offered.pk, report=report, now=_local(pilot, 1, 22, 2))
+    assert (outcome.deployment.status, outcome.deployment.attempts) == (DeploymentStatus.DOWNLOADING, 1)
+
+
 def test_a_rollback_offer_is_re_sent_outside_the_window(evening, pilot):
     first = expect_offer(pilot, now=_local(pilot, 1, 21, 0))
     for seq, status in enumerate(("downloading", "downloaded", "installing", "rebooting", "confirming"), start=1):

@@ -26,6 +26,7 @@ from devices.models import (
 from devices.telemetry import SampleAttribution
 from devices.telemetry_aggregates import BASELINE_SAMPLES_PER_DEVICE, INDICATORS, Summary
 from tests.factories import DeviceFactory, HardwareModelFactory, RegionFactory
+from tests.support.transactions import transaction_held
 
 pytestmark = pytest.mark.django_db
 
@@ -100,18 +101,23 @@ _samples = st.lists(
 )
 
 
+def three_devices() -> tuple[list[Any], dict[int, SampleAttribution]]:
+    """Three devices on two hardware models, and the attribution of two deployments: deployment 1 belongs to a wave
+    (a cohort), deployment 2 to a rollback (a release, no cohort)."""
+    region = RegionFactory.create()
+    models = [HardwareModelFactory.create(), HardwareModelFactory.create()]
+    devices = [
+        DeviceFactory.create(hardware_model=models[i % 2], region=region, installed_version=f"1.{i}.0")
+        for i in range(3)
+    ]
+    return devices, {1: SampleAttribution("2.0.0", "wave:7"), 2: SampleAttribution("1.0.0")}
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.tuples(st.integers(0, 2), _samples), min_size=1, max_size=5))
 def test_aggregates_equal_a_direct_computation_over_the_raw_samples(batches):
     with transaction.atomic():
-        region = RegionFactory.create()
-        models = [HardwareModelFactory.create(), HardwareModelFactory.create()]
-        devices = [
-            DeviceFactory.create(hardware_model=models[i % 2], region=region, installed_version=f"1.{i}.0")
-            for i in range(3)
-        ]
-        # Deployment 1 belongs to a wave (a cohort), deployment 2 to a rollback (a release, no cohort).
-        attribution = {1: SampleAttribution("2.0.0", "wave:7"), 2: SampleAttribution("1.0.0")}
+        devices, attribution = three_devices()
         for index, (device_index, samples) in enumerate(batches):
             body = [
                 {k: v for k, v in s.items() if k != "minute"} | {"reported_at": AT + timedelta(minutes=s["minute"])}
@@ -193,38 +199,22 @@ def test_two_batches_on_the_same_aggregate_row_both_count():
             telemetry.telemetry_batch_accept(device=device, samples=[{"reported_at": AT, "gps_fix_s": value}]).batch.pk
             for device, value in ((first, 30), (second, 50))
         ]
-    folded, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
-    def hold_first() -> None:
-        # The first batch's transaction folds, then stays open holding the aggregate rows' locks.
+    def second_batch() -> None:
         try:
-            with transaction.atomic():
-                telemetry.telemetry_batch_process(batch_pk=batches[0])
-                folded.set()
-                release.wait(10)
+            telemetry.telemetry_batch_process(batch_pk=batches[1])
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
             errors.append(exc)
         finally:
             connection.close()
 
-    def second_batch() -> None:
-        try:
-            telemetry.telemetry_batch_process(batch_pk=batches[1])
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_first)
-    holder.start()
-    assert folded.wait(10)
-    other = threading.Thread(target=second_batch)
-    other.start()
-    other.join(0.5)
-    assert other.is_alive()  # waits on the aggregate row the first transaction holds, instead of losing an update
-    release.set()
-    holder.join(10)
+    # The first batch's transaction folds, then stays open holding the aggregate rows' locks.
+    with transaction_held(lambda: telemetry.telemetry_batch_process(batch_pk=batches[0])):
+        other = threading.Thread(target=second_batch)
+        other.start()
+        other.join(0.5)
+        assert other.is_alive()  # waits on the aggregate row the first transaction holds, instead of losing an update
     other.join(10)
     assert not errors
     row = ReleaseTelemetryAggregate.objects.get(release_version="1.0.0", hardware_model=model, indicator="gps_fix_s")

@@ -4,12 +4,11 @@ the other batches' own task messages then do nothing, and a fold that fails leav
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from unittest import mock
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +22,9 @@ from devices.models import (
 )
 from devices.telemetry import SampleAttribution
 from devices.telemetry_aggregates import BASELINE_SAMPLES_PER_DEVICE
-from tests.devices.test_telemetry_aggregates import AT, _direct, _samples, _stored
-from tests.factories import DeviceFactory, HardwareModelFactory, RegionFactory
+from tests.devices.test_telemetry_aggregates import AT, _direct, _samples, _stored, three_devices
+from tests.factories import DeviceFactory, HardwareModelFactory
+from tests.support.transactions import transaction_held
 
 pytestmark = pytest.mark.django_db
 
@@ -51,13 +51,7 @@ def _all_aggregates():
 @given(batches=st.lists(st.tuples(st.integers(0, 2), _samples), min_size=2, max_size=6))
 def test_batches_folded_together_equal_a_direct_computation_over_the_raw_samples(batches):
     with transaction.atomic():
-        region = RegionFactory.create()
-        models = [HardwareModelFactory.create(), HardwareModelFactory.create()]
-        devices = [
-            DeviceFactory.create(hardware_model=models[i % 2], region=region, installed_version=f"1.{i}.0")
-            for i in range(3)
-        ]
-        attribution = {1: SampleAttribution("2.0.0", "wave:7"), 2: SampleAttribution("1.0.0")}
+        devices, attribution = three_devices()
         pks = [
             _accept(
                 devices[device_index],
@@ -197,31 +191,10 @@ def test_unattributed_and_attributed_batches_fold_together():
 def test_a_batch_another_worker_holds_is_skipped_without_waiting():
     device = DeviceFactory.create(installed_version="1.0.0")
     held, mine = (_accept(device, [{"reported_at": AT, "gps_fix_s": v}], batch_id=f"b{v}") for v in (10, 20))
-    locked, release = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
-
-    def hold() -> None:
-        # Another worker in the middle of its fold: it holds the batch's row lock until it commits.
-        try:
-            with transaction.atomic():
-                TelemetryBatch.objects.select_for_update().get(pk=held)
-                locked.set()
-                release.wait(10)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    # Another worker in the middle of its fold: it holds the batch's row lock until it commits.
+    with transaction_held(lambda: TelemetryBatch.objects.select_for_update().get(pk=held)):
         assert telemetry.telemetry_batch_process(batch_pk=mine) == 1  # would block here if it waited for `held`
         assert _unprocessed() == {held}
-    finally:
-        release.set()
-        holder.join(10)
-    assert not errors
     assert telemetry.telemetry_batch_process(batch_pk=held) == 1
     row = DeviceTelemetryAggregate.objects.get(device=device, indicator="gps_fix_s")
     assert (row.n, int(row.total)) == (2, 30)
@@ -231,31 +204,13 @@ def test_a_batch_another_worker_holds_is_skipped_without_waiting():
 def test_the_message_of_a_batch_being_folded_returns_at_once_and_the_fold_stands_or_is_redone():
     device = DeviceFactory.create(installed_version="1.0.0")
     batch = _accept(device, [{"reported_at": AT, "gps_fix_s": 10}], batch_id="b")
-    locked, release = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
 
-    def fold_then_die() -> None:
-        # A worker folds the batch, then dies before its commit (its transaction rolls back).
-        try:
-            with transaction.atomic():
-                assert telemetry.telemetry_batch_process(batch_pk=batch) == 1
-                locked.set()
-                release.wait(10)
-                transaction.set_rollback(True)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test below
-            errors.append(exc)
-        finally:
-            connection.close()
+    def fold() -> None:
+        assert telemetry.telemetry_batch_process(batch_pk=batch) == 1
 
-    holder = threading.Thread(target=fold_then_die)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    # A worker folds the batch, then dies before its commit (its transaction rolls back).
+    with transaction_held(fold, rollback=True):
         assert telemetry.telemetry_batch_process(batch_pk=batch) is None  # held: no wait, nothing done
-    finally:
-        release.set()
-        holder.join(10)
-    assert not errors
     assert _unprocessed() == {batch}
     assert not TelemetrySample.objects.exists()
     assert telemetry.telemetry_batch_process(batch_pk=batch) == 1  # the redelivered message
