@@ -405,7 +405,8 @@ def device_tls_server(
     child = Child(name, nginx, env, workdir / "stdout.log")
     child.restartable = True
     local = loopback_for(listen_host)
-    child.ready_check = lambda: port_answers(local, listen_port)
+    # Its own process alive too: a port that answers while nginx cannot bind it (taken) is someone else's.
+    child.ready_check = lambda: child.alive and port_answers(local, listen_port)
     return child
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from django.conf import settings
 
 from ota_project.db import database_url
-from ota_project.net import free_port
+from ota_project.net import free_port, free_ports
 from ota_project.processes import (
     Child,
     ProcessError,
@@ -96,8 +96,9 @@ class Stack:
         self.worker_argv = list(worker_argv) if worker_argv is not None else None
         self.worker_env = worker_env or {}
         self.temporal: Child | None = None
-        self.web_port = free_port()  # the web server's, chosen now so the fleet's proxy can be set up from it
-        self.tls_port = free_port()  # nginx's device port (mutual TLS), where the fleet's proxy leads
+        # The web server's (chosen now so the fleet's proxy can be set up from it) and nginx's device port (mutual
+        # TLS, where the fleet's proxy leads): distinct, or nginx could not bind and gunicorn would answer the TLS port.
+        self.web_port, self.tls_port = free_ports(2)
         self.supervisor = Supervisor(say=lambda message: None)
 
     @property
