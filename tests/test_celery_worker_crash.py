@@ -125,16 +125,14 @@ def _pool_processes(worker_pid: int) -> list[int]:
     return [int(pid) for pid in children]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_batch_whose_pool_process_was_killed_is_redelivered_at_once_and_counted_once(crash_queue, tmp_path):
-    """Prefork (the production pool): the task is acknowledged late and rejected when its process is lost, so the
-    broker hands it to the next pool process at once, without waiting for the visibility timeout or the requeue."""
-    gate = tmp_path / "hold"
+def _start_held_prefork_worker(queue: str, tmp_path: Path, name: str, gate: Path) -> subprocess.Popen:
+    """A prefork worker (the production pool) with one pool process, whose folds wait while `gate` exists (it is
+    created here): the test kills the pool process in the middle of a fold, then removes the gate."""
     gate.write_text("")
-    worker = _start_worker(
-        crash_queue,
+    return _start_worker(
+        queue,
         tmp_path,
-        "prefork",
+        name,
         "--pool",
         "prefork",
         "--concurrency",
@@ -143,6 +141,14 @@ def test_a_batch_whose_pool_process_was_killed_is_redelivered_at_once_and_counte
         "tests.support.slow_telemetry",
         env={"OTA_TEST_SLOW_WHILE_FILE": str(gate)},
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_pool_process_was_killed_is_redelivered_at_once_and_counted_once(crash_queue, tmp_path):
+    """Prefork (the production pool): the task is acknowledged late and rejected when its process is lost, so the
+    broker hands it to the next pool process at once, without waiting for the visibility timeout or the requeue."""
+    gate = tmp_path / "hold"
+    worker = _start_held_prefork_worker(crash_queue, tmp_path, "prefork", gate)
     try:
         device = DeviceFactory.create()
         now = timezone.now()
@@ -179,19 +185,7 @@ def test_batches_folded_together_by_a_killed_pool_process_are_each_counted_once_
         for n in range(3)
     ]  # queued before any worker runs: the first task takes all three
     gate = tmp_path / "hold"
-    gate.write_text("")
-    worker = _start_worker(
-        crash_queue,
-        tmp_path,
-        "together",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "1",
-        "--include",
-        "tests.support.slow_telemetry",
-        env={"OTA_TEST_SLOW_WHILE_FILE": str(gate)},
-    )
+    worker = _start_held_prefork_worker(crash_queue, tmp_path, "together", gate)
     try:
         held = _wait_for(lambda: all(_being_processed(batch.pk) for batch in batches), timeout=60)
         assert held, (tmp_path / "together.log").read_text()  # one fold holds all three
